@@ -1,0 +1,405 @@
+"""The training-free generative semantic codec (paper Sections III-B, III-C).
+
+Transmitter (:meth:`GenerativeCodec.encode`)::
+
+    z_0 = s_vae * mode(E(x))                 # 1. posterior-mode VAE latent
+    z_k = k DDIM-inversion steps of z_0      # 2. eq. (10), guided noise prediction
+    alpha = 1/sqrt(mean(z_k^2))              # 3. unit-power normalisation
+    s_i = alpha (z[2i] + j z[2i+1]) / sqrt(2)
+
+Receiver (:meth:`GenerativeCodec.decode`)::
+
+    z~_k = sqrt(2) [Re s, Im s] / alpha      # 1. de-normalise
+    z_{k+m} = m more inversion steps         # 2. eq. (10)
+    N = rule(SNR estimate)                   # 3.-4. Proposition 1, eq. (17)
+    z_0' = N DDIM-sampling steps             # 5. eq. (9)
+    x' = D(z_0' / s_vae)
+
+Timestep convention: see :mod:`gr_gdmcom.codec.schedule` (the step between
+grid points j and j+1 evaluates the UNet at ``tau_{j+1}`` both ways).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from ..config import CodecConfig
+from .images import ImageError, ImageLike, describe, load_rgb, to_tensor, to_uint8
+from .models import Components, load_components
+from .schedule import Grid, StepChoice, get_grid, sampling_path, select_steps
+
+log = logging.getLogger(__name__)
+
+STAGES = ("vae_encode", "inversion", "sampling", "vae_decode")
+
+
+class CodecError(ValueError):
+    """Bad input to the codec; the message names the item and the problem."""
+
+
+@dataclass
+class LatentMeta:
+    """What the receiver needs besides the symbols (carried in the frame header).
+
+    Attributes:
+        alpha: power-normalisation factor, ``1/sqrt(P)``.
+        latent_shape: (C, h, w) of the latent (padded image size / 8).
+        image_size: (H, W) of the original image, for cropping back.
+        k: transmitter inversion steps; T: grid size.
+        guidance: CFG scale used by the transmitter; prompt: its prompt.
+        forward: ``ddim`` or ``random``.
+        name: a label for logs and file names (e.g. the file stem).
+    """
+
+    alpha: float
+    latent_shape: Tuple[int, int, int]
+    image_size: Tuple[int, int]
+    k: int
+    T: int
+    guidance: float
+    prompt: str
+    forward: str = "ddim"
+    name: str = "image"
+
+    @property
+    def power(self) -> float:
+        return 1.0 / (self.alpha * self.alpha)
+
+    @property
+    def n_symbols(self) -> int:
+        return int(np.prod(self.latent_shape)) // 2
+
+    @property
+    def prompt_hash(self) -> int:
+        return zlib.crc32(self.prompt.encode("utf-8")) & 0xFFFFFFFF
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["latent_shape"] = list(self.latent_shape)
+        d["image_size"] = list(self.image_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LatentMeta":
+        try:
+            return cls(alpha=float(d["alpha"]), latent_shape=tuple(int(v) for v in d["latent_shape"]),
+                       image_size=tuple(int(v) for v in d["image_size"]), k=int(d["k"]), T=int(d["T"]),
+                       guidance=float(d["guidance"]), prompt=str(d["prompt"]),
+                       forward=str(d.get("forward", "ddim")), name=str(d.get("name", "image")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CodecError(f"bad latent metadata: {exc!r}") from None
+
+
+@dataclass
+class Encoded:
+    """Transmitter output: complex64 symbols (n,) with unit mean energy, and metadata."""
+
+    symbols: np.ndarray
+    meta: LatentMeta
+    record: dict = field(default_factory=dict)
+
+
+@dataclass
+class Decoded:
+    """Receiver output: the image (H, W, 3) uint8 and a record of what was done."""
+
+    image: np.ndarray
+    record: dict
+
+
+@dataclass
+class Failed:
+    """One item of a batch that could not be processed."""
+
+    error: str
+    name: str = "image"
+
+
+def symbols_from_latent(z: np.ndarray) -> Tuple[np.ndarray, float]:
+    """Real latent (any shape, 2n values) -> (n complex64 unit-energy symbols, alpha)."""
+    flat = np.asarray(z, dtype=np.float64).reshape(-1)
+    p = float(np.mean(flat * flat))
+    alpha = 1.0 / math.sqrt(p)
+    s = alpha * (flat[0::2] + 1j * flat[1::2]) / math.sqrt(2.0)
+    return s.astype(np.complex64), alpha
+
+
+def latent_from_symbols(symbols: np.ndarray, meta: LatentMeta) -> np.ndarray:
+    """Inverse of :func:`symbols_from_latent`: (n,) complex -> float32 latent ``meta.latent_shape``."""
+    s = np.asarray(symbols)
+    if s.ndim != 1 or not np.iscomplexobj(s):
+        raise CodecError(f"{meta.name}: received symbols must be a 1-D complex array, got {s.dtype} {s.shape}")
+    if s.size != meta.n_symbols:
+        raise CodecError(f"{meta.name}: metadata says latent shape {tuple(meta.latent_shape)} = "
+                         f"{meta.n_symbols} symbols but {s.size} symbols were received")
+    bad = int(np.count_nonzero(~np.isfinite(s)))
+    if bad:
+        raise CodecError(f"{meta.name}: received symbols contain {bad} non-finite values (NaN/inf)")
+    if not (math.isfinite(meta.alpha) and meta.alpha > 0):
+        raise CodecError(f"{meta.name}: alpha must be a positive finite number, got {meta.alpha}")
+    z = np.empty(2 * s.size, dtype=np.float64)
+    z[0::2], z[1::2] = s.real, s.imag
+    return (z * (math.sqrt(2.0) / meta.alpha)).astype(np.float32).reshape(meta.latent_shape)
+
+
+class GenerativeCodec:
+    """Encoder and decoder sharing one loaded model.
+
+    Args:
+        config: :class:`CodecConfig` (validated here).
+        components: already loaded model components (else loaded from ``config.model``).
+    """
+
+    def __init__(self, config: Optional[CodecConfig] = None, components: Optional[Components] = None):
+        self.config = (config or CodecConfig()).validate()
+        self.c = components or load_components(self.config.model, self.config.device, self.config.dtype)
+        self.grid: Grid = get_grid(self.config.T, self.c.scheduler_config)
+        self._embeddings: Dict[str, torch.Tensor] = {}
+        self.stats = dict(unet_calls=0, images_encoded=0, images_decoded=0, failures=0)
+
+    # ------------------------------------------------------------------ model calls
+    def _text_embedding(self, prompt: str) -> torch.Tensor:
+        """(2, 77, D): unconditional and conditional CLIP embeddings, computed once per prompt."""
+        if prompt not in self._embeddings:
+            tok = self.c.tokenizer([ "", prompt], padding="max_length", truncation=True,
+                                   max_length=self.c.tokenizer.model_max_length, return_tensors="pt")
+            with torch.no_grad():
+                emb = self.c.text_encoder(tok.input_ids.to(self.c.device))[0]
+            self._embeddings[prompt] = emb.to(self.c.dtype)
+        return self._embeddings[prompt]
+
+    def _eps(self, x: torch.Tensor, t: torch.Tensor, prompt: str, guidance: float) -> torch.Tensor:
+        """Guided noise prediction ``e(x, t)``: one batched UNet call for both CFG halves."""
+        emb = self._text_embedding(prompt)
+        b = x.shape[0]
+        xin = x.to(self.c.dtype)
+        if guidance == 1.0:  # plain conditional prediction: the unconditional half is not needed
+            out = self.c.unet(xin, t, encoder_hidden_states=emb[1:].expand(b, -1, -1)).sample.float()
+        else:
+            cond = torch.cat([emb[:1].expand(b, -1, -1), emb[1:].expand(b, -1, -1)])
+            out = self.c.unet(torch.cat([xin, xin]), torch.cat([t, t]), encoder_hidden_states=cond).sample.float()
+            e_u, e_c = out.chunk(2)
+            out = e_u + guidance * (e_c - e_u)
+        self.stats["unet_calls"] += 1
+        return out
+
+    def _ddim(self, x: torch.Tensor, paths: Sequence[list], prompt: str, guidance: float) -> torch.Tensor:
+        """Run DDIM steps (eq. 9 and eq. 10 are the same update) on a batch.
+
+        ``paths[b]`` lists ``(t_eval, a_from, a_to)`` for item ``b``; paths of
+        different lengths are aligned at their ends, and each iteration is one
+        UNet call for all items that are active in it (per-item timesteps).
+        Arithmetic is float32 whatever the UNet's dtype.
+        """
+        x = x.float().clone()
+        L = max((len(p) for p in paths), default=0)
+        for i in range(L):
+            idx = [b for b, p in enumerate(paths) if i >= L - len(p)]
+            steps = [paths[b][i - (L - len(paths[b]))] for b in idx]
+            t = torch.tensor([s[0] for s in steps], device=x.device, dtype=torch.float32)
+            a_from = torch.tensor([s[1] for s in steps], device=x.device, dtype=torch.float32).view(-1, 1, 1, 1)
+            a_to = torch.tensor([s[2] for s in steps], device=x.device, dtype=torch.float32).view(-1, 1, 1, 1)
+            xb = x[idx]
+            e = self._eps(xb, t, prompt, guidance)
+            x0 = (xb - (1 - a_from).sqrt() * e) / a_from.sqrt()
+            x[idx] = a_to.sqrt() * x0 + (1 - a_to).sqrt() * e
+        return x
+
+    def inversion_path(self, j0: int, j1: int) -> list:
+        """Inversion steps from grid index ``j0`` to ``j1`` (eq. 10), each at ``tau_{j+1}``."""
+        g = self.grid
+        return [(float(g.timesteps[j + 1]), float(g.alphas[j]), float(g.alphas[j + 1])) for j in range(j0, j1)]
+
+    def _sync(self):
+        if self.c.device.type == "cuda":
+            torch.cuda.synchronize(self.c.device)
+
+    # ------------------------------------------------------------------ transmitter
+    def encode(self, image: ImageLike, name: Optional[str] = None) -> Encoded:
+        """Encode one image; raises :class:`ImageError`/:class:`CodecError` on bad input."""
+        out = self.encode_many([image], [name] if name else None)[0]
+        if isinstance(out, Failed):
+            raise CodecError(out.error)
+        return out
+
+    def encode_many(self, images: Sequence[ImageLike], names: Optional[Sequence[str]] = None
+                    ) -> List[Union[Encoded, Failed]]:
+        """Encode a batch; images of the same padded size share every model call.
+        Items that fail are returned as :class:`Failed`; the others complete."""
+        cfg = self.config
+        names = list(names) if names else [_default_name(im, i) for i, im in enumerate(images)]
+        results: List[Union[Encoded, Failed, None]] = [None] * len(images)
+        loaded = {}
+        for i, im in enumerate(images):
+            try:
+                loaded[i] = load_rgb(im, cfg.max_pixels)
+            except ImageError as exc:
+                results[i] = Failed(str(exc), names[i])
+                self.stats["failures"] += 1
+                log.warning("%s", exc)
+        groups: Dict[tuple, list] = {}
+        for i, img in loaded.items():
+            groups.setdefault(to_tensor(img).shape, []).append(i)
+        for shape, members in groups.items():
+            for start in range(0, len(members), cfg.batch_size):
+                batch = members[start:start + cfg.batch_size]
+                for i, enc in zip(batch, self._encode_batch([loaded[i] for i in batch], [names[i] for i in batch])):
+                    results[i] = enc
+        return results  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def _encode_batch(self, imgs, names) -> List[Encoded]:
+        cfg, c = self.config, self.c
+        t_start = time.perf_counter()
+        calls0 = self.stats["unet_calls"]
+        # 1. posterior-mode VAE latent
+        x = torch.cat([to_tensor(im) for im in imgs]).to(c.device, c.dtype)
+        z0 = c.vae.encode(x).latent_dist.mode().float() * c.vae_scale
+        self._sync()
+        t_vae = time.perf_counter()
+        # 2. k forward steps: DDIM inversion (eq. 10) or the random-noise ablation (eq. 5)
+        if cfg.forward == "ddim":
+            zk = self._ddim(z0, [self.inversion_path(0, cfg.k)] * len(imgs), cfg.prompt, cfg.guidance)
+        else:
+            a_k = float(self.grid.alphas[cfg.k])
+            noise = torch.stack([torch.randn(z0.shape[1:], generator=torch.Generator().manual_seed(cfg.seed))
+                                 for _ in imgs]).to(c.device)
+            zk = math.sqrt(a_k) * z0 + math.sqrt(1 - a_k) * noise
+        self._sync()
+        t_inv = time.perf_counter()
+        # 3. unit-power normalisation and real -> complex mapping
+        out = []
+        zk_np = zk.cpu().numpy()
+        for b, (im, name) in enumerate(zip(imgs, names)):
+            sym, alpha = symbols_from_latent(zk_np[b])
+            meta = LatentMeta(alpha=alpha, latent_shape=tuple(zk_np.shape[1:]), image_size=(im.size[1], im.size[0]),
+                              k=cfg.k, T=cfg.T, guidance=cfg.guidance, prompt=cfg.prompt, forward=cfg.forward,
+                              name=name)
+            out.append(Encoded(sym, meta))
+        t_end = time.perf_counter()
+        seconds = dict(vae_encode=t_vae - t_start, inversion=t_inv - t_vae, other=t_end - t_inv)
+        calls = self.stats["unet_calls"] - calls0
+        for e in out:
+            e.record = dict(unet_calls=calls, batch=len(imgs), seconds=seconds,
+                            symbols=int(e.symbols.size), bcr=e.symbols.size / (3 * e.meta.image_size[0] * e.meta.image_size[1]))
+        self.stats["images_encoded"] += len(out)
+        return out
+
+    # ------------------------------------------------------------------ receiver
+    def decode(self, symbols: np.ndarray, meta: LatentMeta, snr_db: float,
+               mask: Optional[np.ndarray] = None) -> Decoded:
+        """Decode one image; raises :class:`CodecError` on bad input."""
+        out = self.decode_many([(symbols, meta, snr_db, mask)])[0]
+        if isinstance(out, Failed):
+            raise CodecError(out.error)
+        return out
+
+    def step_choice(self, snr_db: float, meta: LatentMeta) -> StepChoice:
+        """The receiver's denoising-step decision for this SNR and this image's latent power."""
+        cfg = self.config
+        return select_steps(snr_db, k=meta.k, m=cfg.m, T=cfg.T, rule=cfg.rule, power=meta.power,
+                            rescale=cfg.rescale, steps=cfg.steps, grid=self.grid)
+
+    def decode_many(self, items: Sequence[tuple]) -> List[Union[Decoded, Failed]]:
+        """Decode a batch of ``(symbols, meta, snr_db[, mask])``.
+
+        ``mask`` (bool, (n,)) marks received symbols; erased ones are set to the
+        latent's mean (zero).  Items whose latent shape, k and guidance agree
+        share every model call; bad items come back as :class:`Failed`.
+        """
+        cfg = self.config
+        results: List[Union[Decoded, Failed, None]] = [None] * len(items)
+        ready = {}
+        for i, item in enumerate(items):
+            symbols, meta, snr_db = item[:3]
+            mask = item[3] if len(item) > 3 else None
+            name = getattr(meta, "name", "image")
+            try:
+                if not isinstance(meta, LatentMeta):
+                    raise CodecError(f"{name}: decode needs LatentMeta metadata, got {type(meta).__name__}")
+                if meta.T != cfg.T:
+                    raise CodecError(f"{name}: transmitter used T={meta.T} but this receiver is set to T={cfg.T}")
+                if meta.k + cfg.m > cfg.T:
+                    raise CodecError(f"{name}: k + m must not exceed T: k={meta.k}, m={cfg.m}, T={cfg.T}")
+                if meta.prompt != cfg.prompt:
+                    log.warning("%s: transmitter prompt %r differs from receiver prompt %r; using the transmitter's",
+                                name, meta.prompt, cfg.prompt)
+                snr = float(snr_db)
+                if not math.isfinite(snr):
+                    raise CodecError(f"{name}: SNR estimate must be finite, got {snr_db}")
+                s = np.asarray(symbols)
+                if mask is not None:
+                    mask = np.asarray(mask, dtype=bool)
+                    if mask.shape != s.shape:
+                        raise CodecError(f"{name}: mask shape {mask.shape} does not match symbols {s.shape}")
+                    s = np.where(mask, s, 0).astype(np.complex64)
+                z = latent_from_symbols(s, meta)
+                ready[i] = (z, meta, snr, self.step_choice(snr, meta), mask)
+            except CodecError as exc:
+                results[i] = Failed(str(exc), name)
+                self.stats["failures"] += 1
+                log.warning("%s", exc)
+        groups: Dict[tuple, list] = {}
+        for i, (z, meta, *_rest) in ready.items():
+            groups.setdefault((z.shape, meta.k, meta.guidance, meta.prompt), []).append(i)
+        for members in groups.values():
+            for start in range(0, len(members), cfg.batch_size):
+                batch = members[start:start + cfg.batch_size]
+                for i, dec in zip(batch, self._decode_batch([ready[i] for i in batch])):
+                    results[i] = dec
+        return results  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def _decode_batch(self, batch) -> List[Decoded]:
+        cfg, c = self.config, self.c
+        meta0 = batch[0][1]
+        t_start = time.perf_counter()
+        calls0 = self.stats["unet_calls"]
+        # 1. de-normalised received latent z~_k
+        z = torch.from_numpy(np.stack([b[0] for b in batch])).to(c.device)
+        # 2. m more inversion steps: z_{k+m}
+        z = self._ddim(z, [self.inversion_path(meta0.k, meta0.k + cfg.m)] * len(batch), meta0.prompt, meta0.guidance)
+        self._sync()
+        t_inv = time.perf_counter()
+        calls_inv = self.stats["unet_calls"] - calls0
+        # 3.-4. step choice per item (done in decode_many) and rescaling
+        scale = torch.tensor([b[3].scale for b in batch], device=c.device).view(-1, 1, 1, 1)
+        # 5. N DDIM-sampling steps (eq. 9), per-item paths aligned at the clean end
+        z0 = self._ddim(z * scale, [sampling_path(b[3], self.grid) for b in batch], meta0.prompt, meta0.guidance)
+        self._sync()
+        t_smp = time.perf_counter()
+        calls_smp = self.stats["unet_calls"] - calls0 - calls_inv
+        x = c.vae.decode((z0 / c.vae_scale).to(c.dtype)).sample.float()
+        self._sync()
+        t_dec = time.perf_counter()
+        out = []
+        for b, (zk, meta, snr, choice, mask) in enumerate(batch):
+            img = to_uint8(x[b], meta.image_size)
+            out.append((img, meta, snr, choice, mask))
+        t_end = time.perf_counter()
+        seconds = dict(inversion=t_inv - t_start, sampling=t_smp - t_inv, vae_decode=t_dec - t_smp,
+                       other=t_end - t_dec)
+        results = []
+        for img, meta, snr, choice, mask in out:
+            rec = dict(name=meta.name, snr_db=snr, n_steps=choice.n_steps, rule=choice.rule, k=meta.k, m=cfg.m,
+                       T=cfg.T, start_t=choice.start_t, scale=choice.scale, s_tot2=choice.s_tot2,
+                       unet_calls=cfg.m + choice.n_steps, batch=len(batch), batch_unet_calls=calls_inv + calls_smp,
+                       erased=int((~mask).sum()) if mask is not None else 0, seconds=seconds)
+            results.append(Decoded(img, rec))
+        self.stats["images_decoded"] += len(results)
+        return results
+
+
+def _default_name(src, i: int) -> str:
+    from pathlib import Path as _P
+    if isinstance(src, (str, _P)):
+        return _P(src).stem
+    return f"image{i}"

@@ -1,0 +1,116 @@
+"""Reading images of any kind and size into the codec's tensors, and back.
+
+Accepted inputs: a path, raw encoded bytes (PNG/JPEG/...), a ``PIL.Image`` or
+a ``uint8`` numpy array (H, W) or (H, W, C).  Grayscale, palette and RGBA
+images are converted to RGB (alpha is dropped: composited on white).  Sides
+that are not multiples of 8 are reflect-padded for the VAE, and
+:func:`crop_to` gives the reconstruction back at the input's exact size.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+ImageLike = Union[str, Path, bytes, Image.Image, np.ndarray]
+MULTIPLE = 8  # VAE downsampling factor
+
+
+class ImageError(ValueError):
+    """An input image cannot be used; the message names the image and the problem."""
+
+
+def describe(src: ImageLike) -> str:
+    if isinstance(src, (str, Path)):
+        return str(src)
+    if isinstance(src, bytes):
+        return f"<{len(src)} bytes>"
+    if isinstance(src, Image.Image):
+        return f"<PIL image {src.size[0]}x{src.size[1]} {src.mode}>"
+    if isinstance(src, np.ndarray):
+        return f"<array {src.shape} {src.dtype}>"
+    return f"<{type(src).__name__}>"
+
+
+def load_rgb(src: ImageLike, max_pixels: int = 4096 * 4096) -> Image.Image:
+    """Open ``src`` as an RGB ``PIL.Image``; raise :class:`ImageError` on any problem."""
+    name = describe(src)
+    if isinstance(src, (str, Path)):
+        p = Path(src)
+        if not p.exists():
+            raise ImageError(f"image not found: {p}")
+        if p.is_dir():
+            raise ImageError(f"image path is a folder, not a file: {p}")
+        if p.stat().st_size == 0:
+            raise ImageError(f"image file is empty (0 bytes): {p}")
+        src = p.read_bytes()
+    if isinstance(src, bytes):
+        if not src:
+            raise ImageError(f"image {name} is empty (0 bytes)")
+        try:
+            img = Image.open(io.BytesIO(src))
+            _check_size(img.size, name, max_pixels)  # before decoding the pixels
+            img.load()
+        except ImageError:
+            raise
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise ImageError(f"cannot read image {name}: {exc}") from None
+    elif isinstance(src, np.ndarray):
+        arr = src
+        if arr.ndim == 3 and arr.shape[2] == 1:
+            arr = arr[:, :, 0]
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+            raise ImageError(f"image array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got {arr.shape}")
+        if arr.size == 0:
+            raise ImageError(f"image {name} has zero size")
+        if arr.dtype != np.uint8:
+            if not np.isfinite(arr).all():
+                raise ImageError(f"image {name} contains non-finite values")
+            if arr.dtype.kind == "f" and arr.min() >= 0 and arr.max() <= 1:
+                arr = arr * 255.0
+            arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        img = Image.fromarray(arr)
+    elif isinstance(src, Image.Image):
+        img = src
+    else:
+        raise ImageError(f"unsupported image input {name}; give a path, bytes, a PIL image or a uint8 array")
+    _check_size(img.size, name, max_pixels)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(bg, rgba)
+    return img.convert("RGB")
+
+
+def _check_size(size, name: str, max_pixels: int) -> None:
+    w, h = size
+    if w == 0 or h == 0:
+        raise ImageError(f"image {name} has zero size ({w}x{h})")
+    if w * h > max_pixels:
+        raise ImageError(f"image {name} has {w}x{h} = {w * h} pixels, more than the limit max_pixels={max_pixels}")
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> float32 tensor (1, 3, H', W') in [-1, 1], H', W' padded up
+    to multiples of 8 by reflection (edge replication where reflection cannot reach)."""
+    x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)[None].float()
+    x = x / 127.5 - 1.0
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % MULTIPLE, (-w) % MULTIPLE
+    if ph or pw:
+        mode = "reflect" if (ph < h and pw < w) else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x
+
+
+def to_uint8(x: torch.Tensor, size) -> np.ndarray:
+    """Tensor (3, H', W') in [-1, 1] -> uint8 array (H, W, 3) cropped to ``size = (H, W)``."""
+    h, w = size
+    x = x[:, :h, :w].float().clamp(-1, 1)
+    return ((x + 1.0) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()

@@ -1,0 +1,213 @@
+"""Loading the latent diffusion model's frozen components.
+
+``load_components(model)`` takes a Hugging Face id (default: Stable Diffusion
+1.5), a local diffusers folder (``vae/``, ``unet/``, ``text_encoder/``,
+``tokenizer/``, ``scheduler/``), or ``tiny``: a seeded random-weight model of
+the same diffusers/transformers classes, built offline from the configs below
+(the tokenizer from the ``vocab.json``/``merges.txt`` kept in this package),
+saved once to a cache folder and then loaded through the very same
+``from_pretrained`` path as a real model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+log = logging.getLogger(__name__)
+
+TINY_NAME = "tiny"
+TINY_VERSION = 2
+_ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message says what to do instead."""
+
+
+@dataclass
+class Components:
+    """The frozen SD components and where they came from."""
+
+    vae: Any
+    unet: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler_config: dict
+    device: torch.device
+    dtype: torch.dtype
+    model_id: str
+    revision: Optional[str] = None
+
+    @property
+    def vae_scale(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+
+def cache_dir() -> Path:
+    """Folder for built models: ``$GDMCOM_CACHE`` or ``~/.cache/gr_gdmcom``."""
+    return Path(os.environ.get("GDMCOM_CACHE", Path.home() / ".cache" / "gr_gdmcom"))
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} requested but CUDA is not available on this machine; "
+                             "use --device cpu (or auto).")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    table = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16,
+             "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
+    if dtype not in table:
+        raise ValueError(f"unknown dtype {dtype!r}; choose auto, fp16, bf16 or fp32")
+    return table[dtype]
+
+
+# --------------------------------------------------------------------------- tiny model
+def tiny_configs() -> dict:
+    """Configs of the tiny SD-shaped model: SD's classes and latent geometry
+    (4 latent channels, 8x spatial downsampling), a few channels wide."""
+    unet = dict(
+        sample_size=32, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=4, norm_num_groups=8,
+    )
+    vae = dict(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+        block_out_channels=(8, 8, 16, 16), norm_num_groups=4, sample_size=64,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    )
+    text = dict(
+        hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
+        vocab_size=1000, max_position_embeddings=77, bos_token_id=535, eos_token_id=536,
+        pad_token_id=536, projection_dim=32,
+    )
+    return dict(unet=unet, vae=vae, text=text)
+
+
+def build_tiny(path: Path, seed: int = 0) -> Path:
+    """Build the tiny random-weight model and ``save_pretrained`` it to ``path``."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers.utils import logging as dlogging
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers.utils import logging as tlogging
+
+    dlogging.disable_progress_bar()
+    tlogging.disable_progress_bar()
+
+    from .schedule import SD_SCHEDULER
+
+    cfg = tiny_configs()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**cfg["unet"])
+    # Random weights give noise predictions of arbitrary size; scale the output
+    # convolution so eps-predictions have unit variance, as a trained model's
+    # do, and the DDIM arithmetic behaves as it does with SD.
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        unet.conv_out.bias.zero_()
+        probe = unet(torch.randn(4, 4, 8, 8, generator=g), torch.tensor([1, 261, 521, 981]),
+                     encoder_hidden_states=torch.randn(4, 77, cfg["unet"]["cross_attention_dim"], generator=g)).sample
+        unet.conv_out.weight.div_(probe.std())
+    vae = AutoencoderKL(**cfg["vae"])
+    text_encoder = CLIPTextModel(CLIPTextConfig(**cfg["text"]))
+    tok_dir = _ASSETS / "tiny_tokenizer"
+    tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77)
+    # Calibrate the VAE scaling factor so scaled latents have unit variance,
+    # as SD's 0.18215 does for its trained VAE.
+    g = torch.Generator().manual_seed(seed)
+    probe = torch.rand(4, 3, 64, 64, generator=g) * 2 - 1
+    with torch.no_grad():
+        raw = vae.encode(probe).latent_dist.mode()
+    vae.register_to_config(scaling_factor=float(1.0 / raw.std()))
+
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    unet.save_pretrained(tmp / "unet")
+    vae.save_pretrained(tmp / "vae")
+    text_encoder.save_pretrained(tmp / "text_encoder")
+    tokenizer.save_pretrained(tmp / "tokenizer")
+    DDIMScheduler(**SD_SCHEDULER).save_pretrained(tmp / "scheduler")
+    (tmp / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline", "_gdmcom_tiny": %d}' % TINY_VERSION)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(tmp, path)  # atomic: concurrent builders never see half a model
+    except OSError:
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
+    return path
+
+
+def tiny_path() -> Path:
+    """Folder of the tiny model, built on first use."""
+    path = cache_dir() / f"tiny-v{TINY_VERSION}"
+    if not (path / "model_index.json").exists():
+        log.info("building the tiny random-weight model in %s", path)
+        build_tiny(path)
+    return path
+
+
+# --------------------------------------------------------------------------- loading
+_NO_MODEL = (
+    "Could not load the diffusion model {model!r}: {why}. "
+    "The default model is downloaded from the Hugging Face hub on first use and "
+    "needs network access (or a filled hub cache, HF_HOME). Offline, point "
+    "--model PATH at a local diffusers folder of Stable Diffusion 1.5 (with vae/, "
+    "unet/, text_encoder/, tokenizer/, scheduler/), or use --model tiny for the "
+    "random-weight test model that is built offline (it proves the plumbing, "
+    "not the image quality)."
+)
+
+
+def load_components(model: str = "tiny", device: str = "auto", dtype: str = "auto",
+                    revision: Optional[str] = None) -> Components:
+    """Load VAE, UNet, text encoder, tokenizer and scheduler config.
+
+    Args:
+        model: Hugging Face id, local folder, or ``tiny``.
+        device: ``auto`` / ``cpu`` / ``cuda[:N]``.
+        dtype: ``auto`` (fp16 on CUDA, fp32 on CPU) / ``fp16`` / ``bf16`` / ``fp32``.
+    Raises:
+        ModelLoadError: with one paragraph saying what to do.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.utils import logging as dlogging
+    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers.utils import logging as tlogging
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    source = str(tiny_path()) if model == TINY_NAME else model
+    kw = dict(revision=revision) if revision else {}
+    if Path(source).exists():
+        kw["local_files_only"] = True
+    dlogging.set_verbosity_error()
+    tlogging.set_verbosity_error()
+    dlogging.disable_progress_bar()
+    tlogging.disable_progress_bar()
+    try:
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dt, **kw)
+        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dt, **kw)
+        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", torch_dtype=dt, **kw)
+        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kw)
+        from diffusers import DDIMScheduler
+        scheduler_config = dict(DDIMScheduler.load_config(source, subfolder="scheduler", **kw))
+    except Exception as exc:  # hub/network/file errors come in many classes
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(_NO_MODEL.format(model=model, why=why[:300])) from None
+    for m in (vae, unet, text_encoder):
+        m.to(dev).eval().requires_grad_(False)
+    return Components(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
+                      scheduler_config=scheduler_config, device=dev, dtype=dt,
+                      model_id=model, revision=revision)

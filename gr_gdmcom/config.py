@@ -1,0 +1,133 @@
+"""One typed configuration for the codec, shared by the CLI, the GRC blocks and
+the inference server.
+
+Every field has its default here and nowhere else; :func:`add_codec_args`
+turns the dataclass into argparse options and :func:`codec_config_from_args`
+back, so the command line, GRC parameters and server flags cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Optional
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_PROMPT = "High quality, High res, 8K"
+STEP_RULES = ("snr", "variance", "exact")
+FORWARD_MODES = ("ddim", "random")
+
+
+@dataclass
+class CodecConfig:
+    """Settings of the generative semantic codec (DESIGN.md section 1).
+
+    Attributes:
+        model: Hugging Face id, local diffusers folder, ``tiny`` (random-weight
+            SD-shaped model built offline) or ``analytic``.
+        device: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:1`` ...
+        dtype: ``auto`` (fp16 on CUDA, fp32 on CPU), ``fp16``, ``bf16`` or ``fp32``.
+        k: DDIM-inversion steps at the transmitter (paper: 5).
+        m: DDIM-inversion steps continued at the receiver (paper: 5).
+        T: DDIM grid size (paper: 50).
+        rule: denoising-step rule, ``snr`` (default), ``variance`` (paper's
+            text) or ``exact`` (continuous start timestep).
+        rescale: scale the received latent by sqrt(a_N / a_{k+m}) before
+            denoising (rules ``snr``/``variance``); False is the paper's behaviour.
+        guidance: classifier-free guidance scale w (paper: 6).
+        prompt: fixed text prompt (paper: "High quality, High res, 8K").
+        forward: ``ddim`` (DDIM inversion, the method) or ``random`` (random
+            forward-noise ablation).
+        steps: fixed number of denoising steps N (overrides the rule); None = rule.
+        seed: seed of every random generator the codec uses.
+        max_pixels: images with more pixels than this are refused.
+        batch_size: images processed together in one UNet call per step.
+    """
+
+    model: str = DEFAULT_MODEL
+    device: str = "auto"
+    dtype: str = "auto"
+    k: int = 5
+    m: int = 5
+    T: int = 50
+    rule: str = "snr"
+    rescale: bool = True
+    guidance: float = 6.0
+    prompt: str = DEFAULT_PROMPT
+    forward: str = "ddim"
+    steps: Optional[int] = None
+    seed: int = 0
+    max_pixels: int = 4096 * 4096
+    batch_size: int = 8
+
+    def validate(self) -> "CodecConfig":
+        """Raise ``ValueError`` with a readable message for impossible settings."""
+        if self.T < 1 or self.T > 1000:
+            raise ValueError(f"T must be in 1..1000, got {self.T}")
+        if self.k < 0 or self.m < 0:
+            raise ValueError(f"k and m must be >= 0, got k={self.k}, m={self.m}")
+        if self.k + self.m > self.T:
+            raise ValueError(f"k + m must not exceed T: k={self.k}, m={self.m}, T={self.T}")
+        if self.rule not in STEP_RULES:
+            raise ValueError(f"unknown step rule {self.rule!r}; choose one of {', '.join(STEP_RULES)}")
+        if self.forward not in FORWARD_MODES:
+            raise ValueError(f"unknown forward mode {self.forward!r}; choose one of {', '.join(FORWARD_MODES)}")
+        if self.steps is not None and not (self.k + self.m <= self.steps <= self.T):
+            raise ValueError(
+                f"steps N must satisfy k + m <= N <= T, got N={self.steps}, k={self.k}, m={self.m}, T={self.T}")
+        if self.max_pixels <= 0:
+            raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        return self
+
+    def replace(self, **changes) -> "CodecConfig":
+        return dataclasses.replace(self, **changes)
+
+
+_HELP = {
+    "model": "Hugging Face id, local diffusers folder, or 'tiny' (offline random-weight model)",
+    "device": "torch device: auto, cpu, cuda, cuda:N",
+    "dtype": "auto (fp16 on CUDA, fp32 on CPU), fp16, bf16 or fp32",
+    "k": "DDIM-inversion steps at the transmitter",
+    "m": "DDIM-inversion steps continued at the receiver",
+    "T": "DDIM grid size (inference steps of the full schedule)",
+    "rule": "denoising-step rule: " + ", ".join(STEP_RULES),
+    "rescale": "rescale the received latent by sqrt(a_N/a_{k+m}) (--no-rescale: paper's behaviour)",
+    "guidance": "classifier-free guidance scale",
+    "prompt": "fixed text prompt for the guided noise prediction",
+    "forward": "transmitter forward process: ddim (inversion) or random (ablation)",
+    "steps": "fixed number of denoising steps N (overrides --rule)",
+    "seed": "seed for every random generator",
+    "max_pixels": "refuse images with more pixels than this",
+    "batch_size": "images per batched UNet call",
+}
+
+
+def add_codec_args(parser: argparse.ArgumentParser, skip: tuple = ()) -> None:
+    """Add one option per :class:`CodecConfig` field (``--k``, ``--rule`` ...)."""
+    defaults = CodecConfig()
+    group = parser.add_argument_group("codec")
+    for f in fields(CodecConfig):
+        if f.name in skip:
+            continue
+        default = getattr(defaults, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        help_ = _HELP[f.name] + " [default=%(default)r]"
+        if f.type in ("bool", bool):
+            group.add_argument(flag, dest=f.name, default=default,
+                               action=argparse.BooleanOptionalAction, help=_HELP[f.name])
+        elif f.name == "rule":
+            group.add_argument(flag, dest=f.name, default=default, choices=STEP_RULES, help=help_)
+        elif f.name == "forward":
+            group.add_argument(flag, dest=f.name, default=default, choices=FORWARD_MODES, help=help_)
+        else:
+            typ = {"int": int, "float": float, "str": str, "Optional[int]": int}[str(f.type)]
+            group.add_argument(flag, dest=f.name, default=default, type=typ, help=help_)
+
+
+def codec_config_from_args(args: argparse.Namespace) -> CodecConfig:
+    """Build a validated :class:`CodecConfig` from parsed arguments."""
+    kw = {f.name: getattr(args, f.name) for f in fields(CodecConfig) if hasattr(args, f.name)}
+    return CodecConfig(**kw).validate()

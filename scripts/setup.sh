@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Idempotent set-up for gr_gdmcom on Debian/Ubuntu:
+#   1. system packages (GNU Radio 3.10 from Debian, pyzmq, venv) when missing;
+#   2. a virtual environment in .venv made from /usr/bin/python3 with
+#      --system-site-packages, so it sees Debian's `gnuradio` and `pmt`;
+#   3. pip install of torch (CPU wheel, pinned) and this package with numpy<2.
+# Re-running it does nothing that is already done.  Variables:
+#   GDMCOM_VENV   venv folder            [default: .venv]
+#   GDMCOM_EXTRAS pip extras to install  [default: test]
+#   GDMCOM_TORCH  torch requirement      [default: torch==2.13.0]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${GDMCOM_VENV:-.venv}
+EXTRAS=${GDMCOM_EXTRAS:-test}
+TORCH=${GDMCOM_TORCH:-torch==2.13.0}
+
+need_apt=()
+/usr/bin/python3 -c "import gnuradio.gr, pmt" 2>/dev/null || need_apt+=(gnuradio)
+/usr/bin/python3 -c "import zmq" 2>/dev/null || need_apt+=(python3-zmq)
+/usr/bin/python3 -c "import ensurepip, venv" 2>/dev/null || need_apt+=(python3-venv)
+command -v grcc >/dev/null 2>&1 || need_apt+=(gnuradio)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    echo "[setup] installing system packages: ${need_apt[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        "${need_apt[@]}" >/dev/null
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "[setup] creating $VENV (system site packages, for gnuradio/pmt)"
+    /usr/bin/python3 -m venv --system-site-packages "$VENV"
+fi
+PY="$VENV/bin/python"
+stamp="$VENV/.gdmcom-installed"
+want="$(cat pyproject.toml | sha1sum | cut -c1-12) $EXTRAS $TORCH"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "[setup] pip install ($TORCH, numpy<2, extras: $EXTRAS)"
+    "$PY" -m pip install -q --upgrade "pip>=23" 
+    "$PY" -m pip install -q "$TORCH" "numpy<2"
+    "$PY" -m pip install -q -e ".[$EXTRAS]" "$TORCH" "numpy<2"
+    echo "$want" > "$stamp"
+fi
+"$PY" -c "import gnuradio.gr, torch, diffusers, gr_gdmcom" || {
+    echo "[setup] the environment in $VENV does not import; remove it and re-run" >&2; exit 1; }

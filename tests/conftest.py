@@ -1,0 +1,47 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "gr_gdmcom" / "data"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--seed", type=int, default=1234, help="seed for every random generator in the tests")
+
+
+@pytest.fixture(scope="session")
+def seed(pytestconfig):
+    return pytestconfig.getoption("--seed")
+
+
+@pytest.fixture
+def rng(seed):
+    return np.random.default_rng(seed)
+
+
+@pytest.fixture(scope="session")
+def components():
+    from gr_gdmcom.codec import load_components
+    return load_components("tiny", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def codec(components):
+    from gr_gdmcom.codec import GenerativeCodec
+    from gr_gdmcom.config import CodecConfig
+    return GenerativeCodec(CodecConfig(model="tiny", device="cpu"), components=components)
+
+
+@pytest.fixture(scope="session")
+def astronaut():
+    from PIL import Image
+    return np.asarray(Image.open(DATA / "astronaut.png").convert("RGB"))
+
+
+@pytest.fixture(scope="session")
+def small(astronaut):
+    """64 x 64 RGB uint8."""
+    return astronaut[::4, ::4].copy()

@@ -1,0 +1,71 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+from gr_gdmcom.cli import main
+from gr_gdmcom.codec.schedule import get_grid, sampling_path, select_steps, steps_table, total_noise_var
+
+
+def test_grid_is_sd_leading_spacing():
+    g = get_grid(50)
+    assert g.timesteps[0] == -1 and g.alphas[0] == 1.0
+    assert list(g.timesteps[1:4]) == [1, 21, 41] and g.timesteps[-1] == 981
+    assert g.alphas[1] == pytest.approx(0.99829602, rel=1e-6)
+    assert np.all(np.diff(g.alphas) < 0)
+
+
+def test_snr_rule_gives_design_table():
+    assert steps_table([0, 5, 10, 15, 20]) == {0.0: 21, 5.0: 15, 10.0: 12, 15.0: 11, 20.0: 10}
+
+
+def test_rules_differ_and_respect_lower_bound():
+    var = steps_table([0, 5, 10, 20], rule="variance")
+    assert var == {0.0: 50, 5.0: 18, 10.0: 13, 20.0: 10}
+    for s in (0, 5, 10, 20, 40):
+        for rule in ("snr", "variance"):
+            assert select_steps(s, rule=rule).n_steps >= 10
+
+
+def test_exact_rule_matches_total_variance():
+    g = get_grid(50)
+    ch = select_steps(5.0, rule="exact")
+    a_km = g.alphas[10]
+    s2 = total_noise_var(g, 5, 5, 5.0)
+    # After scaling, signal and noise coefficients match the forward process at t*.
+    assert ch.start_abar == pytest.approx(a_km / (a_km + s2))
+    assert (ch.scale ** 2) * a_km == pytest.approx(ch.start_abar)
+    assert (ch.scale ** 2) * s2 == pytest.approx(1 - ch.start_abar)
+    path = sampling_path(ch, g)
+    assert len(path) == ch.n_steps and path[-1][2] == 1.0 and path[0][0] == pytest.approx(ch.start_t)
+
+
+def test_snr_rule_rescale_matches_forward_process():
+    ch = select_steps(10.0)
+    g = get_grid(50)
+    assert ch.scale == pytest.approx(math.sqrt(g.alphas[ch.n_steps] / g.alphas[10]))
+    assert select_steps(10.0, rescale=False).scale == 1.0
+
+
+def test_fixed_steps_and_bad_values():
+    assert select_steps(5.0, steps=15).n_steps == 15 and select_steps(5.0, steps=15).rule == "fixed"
+    with pytest.raises(ValueError, match="k \\+ m must not exceed T"):
+        select_steps(5.0, k=30, m=30)
+    with pytest.raises(ValueError, match="steps N must satisfy"):
+        select_steps(5.0, steps=3)
+    with pytest.raises(ValueError, match="SNR must be finite"):
+        select_steps(float("nan"))
+
+
+def test_more_noise_means_more_steps():
+    for rule in ("snr", "variance", "exact"):
+        n = [select_steps(s, rule=rule).n_steps for s in range(-5, 31, 5)]
+        assert n == sorted(n, reverse=True), rule
+
+
+def test_cli_steps(capsys):
+    assert main(["steps", "--snr", "0", "5", "10", "15", "20"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"0": 21, "5": 15, "10": 12, "15": 11, "20": 10}
+    assert main(["steps", "--snr", "5", "--k", "40", "--m", "20"]) == 2
+    assert "k + m must not exceed T: k=40, m=20, T=50" in capsys.readouterr().err
