@@ -1,0 +1,9 @@
+"""GNU Radio blocks of gr_gdmcom (thin wrappers over :mod:`gr_gdmcom.phy`,
+:mod:`gr_gdmcom.pipeline` and the codec backends)."""
+
+from .frame_rx import frame_rx
+from .frame_tx import frame_tx
+from .semantic_sink import semantic_sink
+from .semantic_source import semantic_source
+
+__all__ = ["frame_rx", "frame_tx", "semantic_sink", "semantic_source"]

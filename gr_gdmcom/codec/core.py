@@ -45,6 +45,11 @@ class CodecError(ValueError):
     """Bad input to the codec; the message names the item and the problem."""
 
 
+def prompt_hash(prompt: str) -> int:
+    """CRC-32 of the UTF-8 prompt: what the frame header carries instead of the text."""
+    return zlib.crc32(prompt.encode("utf-8")) & 0xFFFFFFFF
+
+
 @dataclass
 class LatentMeta:
     """What the receiver needs besides the symbols (carried in the frame header).
@@ -79,7 +84,7 @@ class LatentMeta:
 
     @property
     def prompt_hash(self) -> int:
-        return zlib.crc32(self.prompt.encode("utf-8")) & 0xFFFFFFFF
+        return prompt_hash(self.prompt)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -1,0 +1,80 @@
+"""Shared glue of the blocks: typed configuration from block parameters, PDUs."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pmt
+
+from ..config import CodecConfig
+from ..phy import FrameConfig
+
+#: Stream tag keys and message ports (module constants, as GNU Radio's own blocks).
+PACKET_LEN = pmt.intern("packet_len")
+IMAGE_ID = pmt.intern("image_id")
+CHUNK = pmt.intern("chunk")
+TX_SOB = pmt.intern("tx_sob")
+TX_EOB = pmt.intern("tx_eob")
+PORT_IMAGES = pmt.intern("images")
+PORT_INFO = pmt.intern("info")
+PORT_PDUS = pmt.intern("pdus")
+
+_CODEC_FIELDS = {f.name for f in dataclasses.fields(CodecConfig)}
+_FRAME_FIELDS = {f.name for f in dataclasses.fields(FrameConfig)}
+
+
+def split_config(kw: dict):
+    """Block keyword arguments -> (CodecConfig, FrameConfig); unknown names are an error."""
+    unknown = set(kw) - _CODEC_FIELDS - _FRAME_FIELDS
+    if unknown:
+        raise TypeError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
+    codec = CodecConfig(**{k: v for k, v in kw.items() if k in _CODEC_FIELDS})
+    if codec.steps is not None and codec.steps <= 0:
+        codec = codec.replace(steps=None)  # GRC: 0 means "use the rule"
+    frame = FrameConfig(**{k: v for k, v in kw.items() if k in _FRAME_FIELDS})
+    return codec.validate(), frame
+
+
+def to_pmt(obj):
+    """Python value -> pmt, with numpy scalars, tuples and non-finite floats handled."""
+    if isinstance(obj, dict):
+        d = pmt.make_dict()
+        for k, v in obj.items():
+            d = pmt.dict_add(d, pmt.intern(str(k)), to_pmt(v))
+        return d
+    if isinstance(obj, (list, tuple)):
+        return pmt.init_s32vector(len(obj), [int(v) for v in obj]) if all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in obj) and obj else \
+            pmt.to_pmt([to_pmt_scalar(v) for v in obj])
+    return to_pmt_scalar(obj)
+
+
+def to_pmt_scalar(v):
+    if isinstance(v, (bool, np.bool_)):
+        return pmt.from_bool(bool(v))
+    if isinstance(v, (int, np.integer)):
+        return pmt.from_long(int(v))
+    if isinstance(v, (float, np.floating)):
+        return pmt.from_double(float(v))
+    if v is None:
+        return pmt.PMT_NIL
+    if isinstance(v, str):
+        return pmt.intern(v)
+    return pmt.intern(str(v))
+
+
+def pdu(meta: dict, vector=None):
+    """A PDU: (metadata dict . vector); no vector -> an empty u8vector."""
+    if vector is None:
+        vec = pmt.init_u8vector(0, [])
+    elif np.iscomplexobj(vector):
+        vec = pmt.init_c32vector(len(vector), np.asarray(vector, np.complex64))
+    else:
+        vec = pmt.init_u8vector(len(vector), np.asarray(vector, np.uint8).ravel().tolist())
+    return pmt.cons(to_pmt({k: v for k, v in meta.items() if k != "image"}), vec)
+
+
+def finite_or_none(x):
+    return x if isinstance(x, (int, float)) and math.isfinite(x) else None

@@ -1,0 +1,172 @@
+"""Generate ``grc/gr_gdmcom_<block>.block.yml`` from one table of parameters.
+
+The YAML files are committed (GNU Radio Companion reads them from
+``GRC_BLOCKS_PATH``); ``tests/test_grc_yaml.py`` checks that they are what
+this module generates and that every ``make`` and ``callbacks`` entry matches
+the Python class.  Regenerate with::
+
+    python -m gr_gdmcom.blocks.grc_yaml grc/
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..config import DEFAULT_MODEL, DEFAULT_PROMPT
+
+# (id, label, dtype, default (GRC expression), tab, documentation)
+SERVER = [("server", "Inference server", "string", "'local'", None,
+           "'local' (model in this process) or the ZMQ endpoint of `gdmcom serve`, e.g. tcp://gpu-host:5555")]
+MODEL = [
+    ("model", "Model", "string", repr(DEFAULT_MODEL), None,
+     "Hugging Face id, local diffusers folder, or 'tiny' (offline random-weight test model)"),
+    ("device", "Device", "string", "'auto'", "Codec", "auto (CUDA if present), cpu, cuda, cuda:N"),
+    ("dtype", "Precision", "string", "'auto'", "Codec", "auto (fp16 on CUDA, fp32 on CPU), fp16, bf16, fp32"),
+]
+SHARED = [
+    ("T", "DDIM grid T", "int", "50", "Codec", "DDIM grid size (paper: 50)"),
+    ("guidance", "Guidance", "float", "6.0", "Codec", "classifier-free guidance scale (paper: 6)"),
+    ("prompt", "Prompt", "string", repr(DEFAULT_PROMPT), "Codec", "fixed text prompt"),
+    ("seed", "Seed", "int", "0", "Codec", "seed of the codec's random generators"),
+]
+TX = [
+    ("k", "Inversion steps k", "int", "5", "Codec", "DDIM-inversion steps at the transmitter (paper: 5)"),
+    ("forward", "Forward process", "enum", "'ddim'", "Codec",
+     "ddim (inversion, the method) or random (random-noise ablation)"),
+]
+RX = [
+    ("m", "Receiver steps m", "int", "5", "Codec", "DDIM-inversion steps continued at the receiver (paper: 5)"),
+    ("rule", "Step rule", "enum", "'snr'", "Codec", "snr (default), variance (paper's text) or exact"),
+    ("rescale", "Rescale latent", "bool", "True", "Codec", "scale z_{k+m} by sqrt(a_N/a_{k+m}) (False: paper)"),
+    ("steps", "Fixed N", "int", "0", "Codec", "fixed number of denoising steps (0 = chosen from the SNR estimate)"),
+]
+PHY = [
+    ("sps", "Samples/symbol", "int", "2", "PHY", "samples per symbol (1 = no pulse shaping)"),
+    ("rolloff", "RRC roll-off", "float", "0.35", "PHY", "root-raised-cosine roll-off"),
+    ("rrc_span", "RRC span", "int", "8", "PHY", "RRC length in symbols (even)"),
+    ("pilot_spacing", "Pilot spacing", "int", "32", "PHY", "data symbols between known pilots"),
+    ("scramble", "Scramble", "bool", "True", "PHY", "PN phase scrambling of the payload"),
+    ("max_chunk_symbols", "Max chunk", "int", "8192", "PHY", "latent symbols per burst (larger latents are chunked)"),
+    ("gap_symbols", "Gap", "int", "64", "PHY", "zero symbols between bursts"),
+]
+ENUMS = {"forward": (["'ddim'", "'random'"], ["DDIM inversion", "Random noise"]),
+         "rule": (["'snr'", "'variance'", "'exact'"], ["log-SNR match", "Variance match", "Exact t*"])}
+
+BLOCKS = {
+    "semantic_source": dict(
+        label="Semantic Source", category="[GDM-COM]/Sources",
+        params=[("images", "Images", "string", "''", None, "image paths, folders or globs, comma-separated"),
+                ("repeat", "Repeat", "int", "1", None, "times to send the list (0 = loop forever)")]
+        + SERVER + MODEL + TX + SHARED
+        + [("image_id_start", "First image id", "int", "0", "Codec", "image id of the first image (wraps at 65536)"),
+           ("burst_tags", "UHD burst tags", "bool", "False", "PHY", "add tx_sob/tx_eob tags for UHD sinks"),
+           ("tail_symbols", "Tail", "int", "512", "PHY", "zero symbols sent after the last burst")] + PHY,
+        inputs=[], outputs=[dict(domain="stream", dtype="complex"),
+                            dict(domain="message", id="info", optional=True)],
+        callbacks=["set_repeat(${repeat})"],
+        doc="Images -> diffusion encoder (VAE, k DDIM-inversion steps, unit-power normalisation) -> framed "
+            "complex baseband bursts.\nOutput: complex64 at sps samples/symbol; tags packet_len, image_id, chunk at "
+            "each burst start (tx_sob/tx_eob with 'UHD burst tags').\nMessage out 'info': one PDU per image "
+            "(image_id, name, path, bursts, symbols, alpha, seconds, error).\nThe stream ends after the last image "
+            "unless Repeat is 0."),
+    "semantic_sink": dict(
+        label="Semantic Sink", category="[GDM-COM]/Sinks",
+        params=[("out_dir", "Output folder", "string", "'out'", None, "folder for decoded images ('' = none)"),
+                ("filename", "File name", "string", "'img{image_id:05d}.png'", None,
+                 "pattern with {image_id} and {name}")]
+        + SERVER + MODEL + RX + SHARED
+        + [("max_pending", "Max pending", "int", "8", "Codec", "images waiting for the decoder (backpressure)"),
+           ("drain_timeout", "Drain timeout", "float", "600.0", "Codec", "seconds to finish decoding at stop")] + PHY,
+        inputs=[dict(domain="stream", dtype="complex")],
+        outputs=[dict(domain="message", id="images", optional=True)],
+        callbacks=[],
+        doc="Complex baseband -> bursts found -> SNR estimated from known symbols -> N chosen -> decoded images "
+            "written to the output folder.\nInput: complex64 at sps samples/symbol.\nMessage out 'images': one PDU "
+            "per image, metadata image_id, name, snr_est_db, n_steps, rule, chunks_received, chunks_total, "
+            "complete, missing_chunks, seconds, file or error, counters; vector: RGB uint8 pixels."),
+    "frame_tx": dict(
+        label="Frame TX", category="[GDM-COM]/PHY",
+        params=[("burst_tags", "UHD burst tags", "bool", "False", None, "add tx_sob/tx_eob tags"),
+                ("idle_zeros", "Idle zeros", "bool", "False", None, "send zeros while idle (continuous stream)")]
+        + PHY,
+        inputs=[dict(domain="message", id="pdus")], outputs=[dict(domain="stream", dtype="complex")],
+        callbacks=[],
+        doc="PDU (metadata: image_id, latent_shape, image_size, k, T, forward, guidance, alpha, prompt_hash; "
+            "vector: c32 latent symbols) -> burst samples.\nMessage in 'pdus'; a PDU with eos=#t ends the stream.\n"
+            "Output: complex64 bursts with packet_len, image_id, chunk tags."),
+    "frame_rx": dict(
+        label="Frame RX", category="[GDM-COM]/PHY",
+        params=[("reassemble", "Reassemble", "bool", "True", None, "one PDU per image (else one per frame)")] + PHY,
+        inputs=[dict(domain="stream", dtype="complex")], outputs=[dict(domain="message", id="pdus")],
+        callbacks=[],
+        doc="Samples -> detection, CFO/timing/gain estimation, equalisation, header CRC, SNR estimate -> PDUs.\n"
+            "Input: complex64.\nMessage out 'pdus': metadata = header fields + snr_db (estimated Es/N0) + "
+            "chunks/complete (or noise_var, cfo, start per frame); vector: c32 equalised latent symbols."),
+}
+
+
+def _param_yaml(pid, label, dtype, default, tab, doc) -> str:
+    lines = [f"-   id: {pid}", f"    label: {label}", f"    dtype: {'raw' if dtype == 'enum' else dtype}",
+             f"    default: {_q(default)}"]
+    if dtype == "enum":
+        opts, labels = ENUMS[pid]
+        lines[2] = "    dtype: enum"
+        lines += [f"    options: [{', '.join(_q(o) for o in opts)}]",
+                  f"    option_labels: [{', '.join(_q(o) for o in labels)}]"]
+    if dtype == "bool":
+        lines[2] = "    dtype: bool"
+        lines += ["    options: ['True', 'False']", "    option_labels: ['Yes', 'No']"]
+    if tab:
+        lines.append(f"    category: {tab}")
+    return "\n".join(lines)
+
+
+def _q(s: str) -> str:
+    return '"' + str(s).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _port_yaml(p: dict) -> str:
+    lines = [f"-   domain: {p['domain']}"]
+    if "dtype" in p:
+        lines.append(f"    dtype: {p['dtype']}")
+    if "id" in p:
+        lines.append(f"    id: {p['id']}")
+    if p.get("optional"):
+        lines.append("    optional: true")
+    return "\n".join(lines)
+
+
+def block_yaml(name: str) -> str:
+    b = BLOCKS[name]
+    params = b["params"]
+    make = f"blocks.{name}(" + ", ".join(f"{p[0]}=${{{p[0]}}}" for p in params) + ")"
+    doc = b["doc"] + "\n\nParameters:\n" + "\n".join(f"  {p[1]} ({p[0]}): {p[5]}" for p in params)
+    parts = [
+        f"id: gr_gdmcom_{name}", f"label: {b['label']}", f"category: '{b['category']}'", "flags: [ python ]", "",
+        "parameters:", *[_param_yaml(*p) for p in params], "",
+        "inputs:" + ("" if b["inputs"] else " []"), *[_port_yaml(p) for p in b["inputs"]], "",
+        "outputs:" + ("" if b["outputs"] else " []"), *[_port_yaml(p) for p in b["outputs"]], "",
+        "templates:", "    imports: from gr_gdmcom import blocks", f"    make: {make}",
+    ]
+    if b["callbacks"]:
+        parts.append("    callbacks:")
+        parts += [f"    - {c}" for c in b["callbacks"]]
+    parts += ["", "documentation: |-", *["    " + line if line else "" for line in doc.splitlines()], "",
+              "file_format: 1", ""]
+    return "\n".join(parts)
+
+
+def write_all(folder: Path) -> list:
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name in BLOCKS:
+        path = folder / f"gr_gdmcom_{name}.block.yml"
+        path.write_text(block_yaml(name))
+        out.append(path)
+    return out
+
+
+if __name__ == "__main__":
+    for p in write_all(Path(sys.argv[1] if len(sys.argv) > 1 else "grc")):
+        print(p)

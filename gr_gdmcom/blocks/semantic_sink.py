@@ -1,0 +1,112 @@
+"""``semantic_sink``: complex baseband -> bursts -> SNR estimate -> N -> decoded images."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+import numpy as np
+from gnuradio import gr
+
+from ..bridge.backend import make_backend
+from ..config import DEFAULT_MODEL, DEFAULT_PROMPT
+from ..pipeline import RxPipeline
+from ._common import PORT_IMAGES, pdu, split_config
+
+
+class semantic_sink(gr.sync_block):
+    """Semantic receiver as a GNU Radio sink.
+
+    Input: complex64 samples at ``sps`` samples per symbol.  The PHY finds
+    bursts, estimates CFO, gain and the SNR from known symbols, decodes the
+    header and reassembles each image's latent; the decoder then picks N from
+    the **estimated** SNR and writes ``out_dir/filename``.  Message output
+    ``images``: one PDU per image, metadata ``image_id, name, snr_est_db,
+    n_steps, rule, chunks_received, chunks_total, complete, missing_chunks,
+    seconds, file`` (or ``error``) and the counters; the vector is the decoded
+    image as uint8 (H*W*3, row-major RGB).
+
+    Decoding runs in a worker thread so the stream keeps flowing; the queue
+    is bounded (``max_pending`` images) and applies backpressure when full.
+    At end of stream the PHY is flushed and pending images are decoded
+    (waiting at most ``drain_timeout`` seconds).
+
+    Parameters: ``out_dir`` ('' = do not write files), ``filename`` (pattern
+    with ``{image_id}`` and ``{name}``), ``server`` (``local`` or an endpoint),
+    the receiver's codec settings (``model, device, dtype, m, T, rule, rescale,
+    guidance, prompt, steps`` (0 = rule), ``seed``) and the PHY settings.
+    """
+
+    def __init__(self, out_dir="out", filename="img{image_id:05d}.png", server="local", model=DEFAULT_MODEL,
+                 device="auto", dtype="auto", m=5, T=50, rule="snr", rescale=True, guidance=6.0,
+                 prompt=DEFAULT_PROMPT, steps=0, seed=0, max_pending=8, drain_timeout=600.0, **frame):
+        gr.sync_block.__init__(self, name="gdmcom_semantic_sink", in_sig=[np.complex64], out_sig=None)
+        self.codec_config, self.frame_config = split_config(dict(
+            model=model, device=device, dtype=dtype, m=int(m), T=int(T), rule=rule, rescale=bool(rescale),
+            guidance=float(guidance), prompt=prompt, steps=int(steps) if steps else None, seed=int(seed), **frame))
+        self.message_port_register_out(PORT_IMAGES)
+        self._out_dir, self._filename = out_dir or None, filename
+        self._queue: "queue.Queue" = queue.Queue(maxsize=max(1, int(max_pending)))
+        self._drain_timeout = float(drain_timeout)
+        self._worker = None
+        self._flushed = False
+        self.names = {}
+        self.results = []
+        # Load the model here, in the constructing thread, not in the scheduler's.
+        self.pipeline = RxPipeline(make_backend(server, self.codec_config), self.codec_config,
+                                   self.frame_config, self._out_dir, self._filename, self.names)
+
+    def set_names(self, names: dict):
+        """``{image_id: name}`` used for file names and reports."""
+        self.names = dict(names)
+        self.pipeline.names = self.names
+
+    def start(self):
+        self._flushed = False
+        self._worker = threading.Thread(target=self._run, name="gdmcom-sink", daemon=True)
+        self._worker.start()
+        return True
+
+    def stop(self):
+        self._drain()
+        return True
+
+    def counters(self) -> dict:
+        return self.pipeline.all_counters()
+
+    def _drain(self):
+        """End of stream: flush the PHY, decode what is pending, stop the worker."""
+        if self._flushed or self._worker is None:
+            return
+        self._flushed = True
+        for img in self.pipeline.flush():
+            self._queue.put(img)
+        self._queue.put(None)
+        self._worker.join(timeout=self._drain_timeout)
+        if self._worker.is_alive():
+            self.logger.error(f"decoder still busy after {self._drain_timeout} s at stop; results may be missing")
+
+    def _run(self):
+        while True:
+            img = self._queue.get()
+            if img is None:
+                return
+            try:
+                res = self.pipeline.decode(img)
+            except Exception as exc:  # noqa: BLE001 - decode() reports its own errors; this is a last guard
+                res = dict(image_id=int(img.header.image_id), error=f"internal error: {exc}")
+            res["counters"] = self.counters()
+            if "error" in res:
+                self.logger.warn(f"image {res['image_id']} failed: {res['error']}")
+            else:
+                self.logger.info(f"image {res['image_id']} decoded: SNR est {res['snr_est_db']:.2f} dB, N={res['n_steps']}")
+            self.results.append({k: v for k, v in res.items() if k != "image"})
+            img_vec = res.get("image")
+            self.message_port_pub(PORT_IMAGES, pdu(res, None if img_vec is None else img_vec.reshape(-1)))
+
+    def work(self, input_items, output_items):
+        x = input_items[0]
+        for img in self.pipeline.push(x):
+            self._queue.put(img)  # blocks when the decoder is behind: backpressure, no loss
+        return len(x)

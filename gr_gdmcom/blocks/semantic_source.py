@@ -1,0 +1,148 @@
+"""``semantic_source``: images -> diffusion encoder -> framed complex baseband bursts."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+import numpy as np
+import pmt
+from gnuradio import gr
+
+from ..bridge.backend import make_backend
+from ..config import DEFAULT_MODEL, DEFAULT_PROMPT
+from ..pipeline import TxPipeline, expand_images
+from ._common import CHUNK, IMAGE_ID, PACKET_LEN, PORT_INFO, TX_EOB, TX_SOB, pdu, split_config
+
+
+class semantic_source(gr.sync_block):
+    """Semantic transmitter as a GNU Radio source.
+
+    Output: complex64 baseband at ``sps`` samples per symbol; each burst
+    starts with tags ``packet_len`` (burst length, samples), ``image_id`` and
+    ``chunk``; with ``burst_tags`` also ``tx_sob``/``tx_eob`` for UHD.
+    Bursts are separated by ``gap_symbols * sps`` zeros.  The stream ends
+    (WORK_DONE) after the last image unless ``repeat`` is 0 (loop forever).
+    Message output ``info``: one PDU per image (image_id, name, path, bursts,
+    symbols, alpha, seconds, error when it could not be encoded).
+
+    Parameters: ``images`` (paths, folders or globs, comma-separated),
+    ``repeat``, ``server`` (``local`` or a ZMQ endpoint of ``gdmcom serve``),
+    the codec settings of :class:`gr_gdmcom.config.CodecConfig` used by the
+    transmitter (``model, device, dtype, k, T, guidance, prompt, forward, seed``)
+    and the PHY settings of :class:`gr_gdmcom.phy.FrameConfig`.
+    """
+
+    def __init__(self, images="", repeat=1, server="local", model=DEFAULT_MODEL, device="auto", dtype="auto",
+                 k=5, T=50, guidance=6.0, prompt=DEFAULT_PROMPT, forward="ddim", seed=0, image_id_start=0,
+                 burst_tags=False, tail_symbols=512, **frame):
+        gr.sync_block.__init__(self, name="gdmcom_semantic_source", in_sig=None, out_sig=[np.complex64])
+        self.codec_config, self.frame_config = split_config(dict(
+            model=model, device=device, dtype=dtype, k=int(k), T=int(T), guidance=float(guidance),
+            prompt=prompt, forward=forward, seed=int(seed), **frame))
+        self.message_port_register_out(PORT_INFO)
+        self._images = expand_images(images)
+        self._repeat, self._id0 = int(repeat), int(image_id_start)
+        self._burst_tags = bool(burst_tags)
+        self._tail = int(tail_symbols) * self.frame_config.sps
+        self._queue: "queue.Queue" = queue.Queue(maxsize=4)
+        self._buf = np.zeros(0, np.complex64)
+        self._pending_tags = []  # (offset in _buf, key, value)
+        self._done = False
+        self._tail_left = self._tail
+        self._stop = threading.Event()
+        self._worker = None
+        self.events = []
+        # Load the model here, in the constructing thread, not in the scheduler's.
+        self.pipeline = TxPipeline(make_backend(server, self.codec_config), self._images, self.frame_config,
+                                   self._repeat, self._id0)
+
+    # ------------------------------------------------------------------ control
+    def start(self):
+        if not self._images:
+            self.logger.warn("no images given: the source sends nothing")
+        self._stop.clear()
+        self._worker = threading.Thread(target=self._run, name="gdmcom-source", daemon=True)
+        self._worker.start()
+        return True
+
+    def stop(self):
+        self._stop.set()
+        return True
+
+    def counters(self) -> dict:
+        return dict(self.pipeline.counters)
+
+    def set_repeat(self, repeat):
+        self._repeat = self.pipeline.repeat = int(repeat)
+
+    def _run(self):
+        try:
+            for ev in self.pipeline.events():
+                if self._stop.is_set():
+                    break
+                self.events.append(ev.info())
+                self.message_port_pub(PORT_INFO, pdu(ev.info()))
+                if ev.error:
+                    self.logger.warn(f"image {ev.path} not sent: {ev.error}")
+                    continue
+                gap = np.zeros(self.frame_config.gap_symbols * self.frame_config.sps, np.complex64)
+                for b in ev.bursts:
+                    while not self._stop.is_set():
+                        try:
+                            self._queue.put((b, gap), timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+        except Exception as exc:  # noqa: BLE001 - never take the flowgraph down
+            self.logger.error(f"source stopped: {exc}")
+        finally:
+            self._queue.put(None)
+
+    # ------------------------------------------------------------------ stream
+    def _refill(self) -> bool:
+        """Move the next burst into the buffer; False when none is ready."""
+        try:
+            item = self._queue.get(timeout=0.01)
+        except queue.Empty:
+            return False
+        if item is None:
+            self._done = True
+            return False
+        b, gap = item
+        start = len(self._buf)
+        n = len(b.samples)
+        self._pending_tags += [(start, PACKET_LEN, pmt.from_long(n)), (start, IMAGE_ID, pmt.from_long(b.image_id)),
+                               (start, CHUNK, pmt.from_long(b.chunk_index))]
+        if self._burst_tags:
+            self._pending_tags += [(start, TX_SOB, pmt.PMT_T), (start + n - 1, TX_EOB, pmt.PMT_T)]
+        self._buf = np.concatenate([self._buf, b.samples.astype(np.complex64), gap])
+        return True
+
+    def work(self, input_items, output_items):
+        out = output_items[0]
+        while len(self._buf) < len(out) and not self._done:
+            if not self._refill():
+                break
+        if len(self._buf) == 0:
+            if not self._done:
+                return 0
+            if self._tail_left <= 0:
+                return -1  # WORK_DONE
+            n = min(len(out), self._tail_left)
+            out[:n] = 0
+            self._tail_left -= n
+            return n
+        n = min(len(out), len(self._buf))
+        out[:n] = self._buf[:n]
+        base = self.nitems_written(0)
+        keep = []
+        for off, key, val in self._pending_tags:
+            if off < n:
+                self.add_item_tag(0, base + off, key, val)
+            else:
+                keep.append((off - n, key, val))
+        self._pending_tags = keep
+        self._buf = self._buf[n:]
+        return n

@@ -1,0 +1,112 @@
+"""Where the model runs: in this process (``local``) or behind a ZMQ endpoint.
+
+The GNU Radio blocks and the CLI talk to a :class:`Backend`; they never know
+which one.  :func:`make_backend` turns a block's ``server`` parameter into one.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Optional
+
+import numpy as np
+
+from ..codec import CodecError, Decoded, Encoded, Failed, LatentMeta
+from ..config import CodecConfig
+
+
+class BackendError(RuntimeError):
+    """The backend could not serve a request (server unreachable, retries exhausted, busy...)."""
+
+
+class Backend:
+    """Interface: encode an image, decode received symbols.
+
+    ``encode(image, name)``: ``image`` is a path or encoded image bytes -> :class:`Encoded`.
+    ``decode(symbols, meta, snr_db, mask=None)`` -> :class:`Decoded`.
+    Bad input raises :class:`CodecError`/``ImageError`` (``ValueError``); a failure
+    of the backend itself raises :class:`BackendError`.
+    """
+
+    def encode(self, image, name: Optional[str] = None) -> Encoded:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def decode(self, symbols: np.ndarray, meta: LatentMeta, snr_db: float,
+               mask: Optional[np.ndarray] = None) -> Decoded:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+_CODEC_LOCKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_CODEC_LOCKS_GUARD = threading.Lock()
+
+
+def codec_lock(codec) -> threading.Lock:
+    """The one lock that serialises calls into ``codec`` (a codec is not thread-safe:
+    its stats and prompt cache are shared).  Every :class:`LocalBackend` and
+    inference server using the same codec object takes this lock."""
+    with _CODEC_LOCKS_GUARD:
+        lock = _CODEC_LOCKS.get(codec)
+        if lock is None:
+            lock = _CODEC_LOCKS[codec] = threading.Lock()
+        return lock
+
+
+class LocalBackend(Backend):
+    """The model in this process.
+
+    Backends with the same ``(model, device, dtype)`` share one loaded model
+    (a transmitter and a receiver block in one flowgraph load it once) and
+    one lock, so model calls are serialised.
+    """
+
+    def __init__(self, config: CodecConfig, codec=None):
+        from ..codec import GenerativeCodec
+
+        if codec is None:
+            components, self._lock = _shared_components(config)
+            codec = GenerativeCodec(config, components=components)
+        else:
+            self._lock = threading.Lock()
+        self.codec = codec
+
+    def encode(self, image, name=None) -> Encoded:
+        with self._lock:
+            out = self.codec.encode_many([image], [name] if name else None)[0]
+        if isinstance(out, Failed):
+            raise CodecError(out.error)
+        return out
+
+    def decode(self, symbols, meta, snr_db, mask=None) -> Decoded:
+        with self._lock:
+            out = self.codec.decode_many([(symbols, meta, snr_db, mask)])[0]
+        if isinstance(out, Failed):
+            raise CodecError(out.error)
+        return out
+
+
+_SHARED: dict = {}
+_SHARED_LOCK = threading.Lock()  # diffusers' lazy imports are not thread-safe either
+
+
+def _shared_components(config: CodecConfig):
+    from ..codec import load_components
+
+    key = (config.model, config.device, config.dtype)
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = (load_components(config.model, config.device, config.dtype), threading.Lock())
+        return _SHARED[key]
+
+
+def make_backend(server: str, config: CodecConfig) -> Backend:
+    """``local`` -> the model in this process (loaded once per model/device/dtype);
+    anything else is a ZMQ endpoint (or comma-separated endpoints) of ``gdmcom serve``."""
+    if server in ("", "local"):
+        return LocalBackend(config)
+    from .client import RemoteBackend  # noqa: WPS433 - optional layer
+
+    return RemoteBackend(server, config)

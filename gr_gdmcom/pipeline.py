@@ -1,0 +1,224 @@
+"""The transmit and receive pipelines behind the GNU Radio blocks, free of GNU Radio.
+
+``TxPipeline``: image files -> backend encode -> PHY bursts.
+``RxPipeline``: samples -> PHY frames -> reassembled latents -> backend decode -> PNG files.
+
+The blocks in :mod:`gr_gdmcom.blocks` only move samples, tags and messages
+around these classes, so everything here is testable with plain numpy.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+from PIL import Image
+
+from .codec import LatentMeta, prompt_hash
+from .config import CodecConfig
+from .phy import FrameConfig, FrameRx, FrameTx, Header, Reassembler
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
+FORWARD_CODES = {"ddim": 0, "random": 1}
+FORWARD_NAMES = {v: k for k, v in FORWARD_CODES.items()}
+
+
+def expand_images(spec: Union[str, Sequence[str]]) -> List[Path]:
+    """Paths, folders (their image files, sorted) and globs -> list of paths.
+
+    ``spec`` may be a list or one string with entries separated by commas or
+    semicolons.  A name that matches nothing is kept, so that the source
+    reports it as unreadable instead of silently skipping it.
+    """
+    if isinstance(spec, (str, Path)):
+        items = [s.strip() for s in str(spec).replace(";", ",").split(",")]
+    else:
+        items = [str(s).strip() for s in spec]
+    out: List[Path] = []
+    for item in filter(None, items):
+        p = Path(item).expanduser()
+        if p.is_dir():
+            out += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTENSIONS)
+        elif any(ch in item for ch in "*?["):
+            out += sorted(Path(q) for q in glob.glob(str(p)))
+        else:
+            out.append(p)
+    return out
+
+
+@dataclass
+class Burst:
+    """One burst of complex baseband samples and what to tag it with."""
+
+    samples: np.ndarray
+    image_id: int
+    chunk_index: int
+    chunk_count: int
+    name: str
+
+
+@dataclass
+class TxEvent:
+    """What the source reports per image (published as a PDU by the block)."""
+
+    image_id: int
+    name: str
+    path: str
+    bursts: List[Burst] = field(default_factory=list)
+    error: Optional[str] = None
+    symbols: int = 0
+    alpha: float = float("nan")
+    seconds: float = 0.0
+
+    def info(self) -> dict:
+        d = dict(image_id=self.image_id, name=self.name, path=self.path, bursts=len(self.bursts),
+                 symbols=self.symbols, alpha=self.alpha, seconds=round(self.seconds, 4))
+        if self.error:
+            d["error"] = self.error
+        return d
+
+
+def header_for(meta: LatentMeta, image_id: int) -> Header:
+    """Frame header template (chunk fields are filled in by the PHY)."""
+    return Header(image_id=image_id & 0xFFFF, latent_shape=tuple(meta.latent_shape),
+                  image_size=tuple(meta.image_size), k=meta.k, T=meta.T,
+                  forward=FORWARD_CODES[meta.forward], guidance=float(meta.guidance), alpha=float(meta.alpha),
+                  prompt_hash=meta.prompt_hash, total_symbols=meta.n_symbols)
+
+
+def meta_from_header(h: Header, prompt: str, name: str) -> LatentMeta:
+    """The codec's metadata from a received header; the prompt is the receiver's
+    (the header carries only its CRC-32, checked by :class:`RxPipeline`)."""
+    return LatentMeta(alpha=float(h.alpha), latent_shape=tuple(int(v) for v in h.latent_shape),
+                      image_size=tuple(int(v) for v in h.image_size), k=int(h.k), T=int(h.T),
+                      guidance=float(h.guidance), prompt=prompt, forward=FORWARD_NAMES.get(int(h.forward), "ddim"),
+                      name=name)
+
+
+class TxPipeline:
+    """Encode images and frame them into bursts.
+
+    Args:
+        backend: a :class:`gr_gdmcom.bridge.backend.Backend`.
+        images: list of paths (see :func:`expand_images`).
+        frame: PHY settings.
+        repeat: times to send the list (0 = forever).
+        image_id_start: id of the first image (ids wrap at 65536).
+    """
+
+    def __init__(self, backend, images: Sequence[Path], frame: FrameConfig, repeat: int = 1, image_id_start: int = 0):
+        self.backend, self.images, self.repeat = backend, list(images), int(repeat)
+        self.tx = FrameTx(frame)
+        self.next_id = int(image_id_start)
+        self.counters = dict(images_sent=0, images_failed=0, bursts=0)
+
+    def events(self) -> Iterator[TxEvent]:
+        """One :class:`TxEvent` per image, in order (encoding errors included)."""
+        n = 0
+        while self.repeat == 0 or n < self.repeat:
+            n += 1
+            if not self.images:
+                return
+            for path in self.images:
+                yield self.encode_one(path)
+
+    def encode_one(self, path: Path) -> TxEvent:
+        image_id, self.next_id = self.next_id & 0xFFFF, self.next_id + 1
+        ev = TxEvent(image_id=image_id, name=Path(path).stem, path=str(path))
+        t0 = time.perf_counter()
+        try:
+            enc = self.backend.encode(str(path), name=ev.name)
+        except Exception as exc:  # noqa: BLE001 - every failure is reported, the stream goes on
+            ev.error = str(exc)
+            self.counters["images_failed"] += 1
+            log.warning("source: image %s not sent: %s", path, exc)
+            return ev
+        bursts = self.tx.frames(enc.symbols, header_for(enc.meta, image_id))
+        ev.bursts = [Burst(b, image_id, i, len(bursts), ev.name) for i, b in enumerate(bursts)]
+        ev.symbols, ev.alpha, ev.seconds = int(enc.symbols.size), float(enc.meta.alpha), time.perf_counter() - t0
+        self.counters["images_sent"] += 1
+        self.counters["bursts"] += len(bursts)
+        return ev
+
+
+class RxPipeline:
+    """Find frames in samples, reassemble images, decode and write them.
+
+    Args:
+        backend: a :class:`Backend` whose codec settings (m, rule, ...) the receiver uses.
+        config: the receiver's :class:`CodecConfig` (prompt, for the hash check).
+        frame: PHY settings (must match the transmitter's).
+        out_dir: folder for decoded images (None: do not write).
+        filename: pattern with ``{image_id}`` and ``{name}`` fields.
+        names: optional ``{image_id: name}`` (e.g. the source's file stems).
+    """
+
+    def __init__(self, backend, config: CodecConfig, frame: FrameConfig, out_dir: Optional[str] = None,
+                 filename: str = "img{image_id:05d}.png", names: Optional[dict] = None,
+                 reassembler: Optional[Reassembler] = None):
+        self.backend, self.config = backend, config
+        self.rx = FrameRx(frame)
+        self.reasm = reassembler or Reassembler()
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.filename = filename
+        self.names = dict(names or {})
+        self.counters = dict(images_decoded=0, images_failed=0, prompt_mismatch=0)
+
+    def push(self, samples: np.ndarray) -> list:
+        """Samples in; reassembled images (ready to decode) out."""
+        images = []
+        for frame in self.rx.push(samples):
+            images += self.reasm.add(frame)
+        return images
+
+    def flush(self) -> list:
+        images = []
+        for frame in self.rx.flush():
+            images += self.reasm.add(frame)
+        return images + self.reasm.flush()
+
+    def all_counters(self) -> dict:
+        return {**self.rx.counters, **self.reasm.counters, **self.counters}
+
+    def decode(self, img) -> dict:
+        """Decode one reassembled image; returns the result record (never raises)."""
+        h = img.header
+        image_id = int(h.image_id)
+        name = self.names.get(image_id, f"img{image_id:05d}")
+        res = dict(image_id=image_id, name=name, snr_est_db=round(float(img.snr_db), 3),
+                   chunks_received=int(img.chunks_received), chunks_total=int(img.chunks_total),
+                   complete=bool(img.complete), missing_chunks=list(map(int, img.missing)))
+        if int(h.prompt_hash) != prompt_hash(self.config.prompt):
+            self.counters["prompt_mismatch"] += 1
+            log.warning("sink: image %d was encoded with another prompt (hash %08x); decoding with %r",
+                        image_id, int(h.prompt_hash), self.config.prompt)
+        t0 = time.perf_counter()
+        try:
+            meta = meta_from_header(h, self.config.prompt, name)
+            mask = None if img.complete else img.mask
+            dec = self.backend.decode(img.symbols, meta, float(img.snr_db), mask=mask)
+        except Exception as exc:  # noqa: BLE001 - reported as a failed image, the flowgraph goes on
+            self.counters["images_failed"] += 1
+            log.warning("sink: image %d not decoded: %s", image_id, exc)
+            res.update(error=str(exc), seconds=round(time.perf_counter() - t0, 4))
+            return res
+        rec = dec.record
+        res.update(n_steps=int(rec["n_steps"]), rule=rec["rule"], k=int(h.k), m=int(rec["m"]), T=int(h.T),
+                   unet_calls=int(rec["unet_calls"]), symbols=int(img.symbols.size),
+                   height=int(dec.image.shape[0]), width=int(dec.image.shape[1]),
+                   seconds=round(time.perf_counter() - t0, 4))
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            path = self.out_dir / self.filename.format(image_id=image_id, name=name)
+            Image.fromarray(dec.image).save(path)
+            res["file"] = str(path)
+        res["image"] = dec.image
+        self.counters["images_decoded"] += 1
+        return res
