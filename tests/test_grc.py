@@ -48,6 +48,7 @@ def test_block_yaml_matches_python_class(path):
     make = doc["templates"]["make"]
     m = re.match(r"(\w+)\.(\w+)\((.*)\)$", make)
     assert m, make
+    assert m.group(1) != "blocks", "'blocks' would shadow gnuradio.blocks in generated scripts"
     cls = getattr(ns[m.group(1)], m.group(2))
     assert doc["id"] == f"gr_gdmcom_{m.group(2)}"
     assert doc["category"].startswith("[GDM-COM]/")
@@ -79,7 +80,9 @@ def compiled(tmp_path_factory):
         pytest.skip("grcc not installed")
     out = tmp_path_factory.mktemp("grcc")
     for fg in FLOWGRAPHS:
-        r = subprocess.run([grcc, "-o", str(out), str(fg)], env=_env(), capture_output=True, text=True, timeout=120)
+        # grcc evaluates the flowgraph's imports: run it with the venv's python (as the docs say)
+        r = subprocess.run([sys.executable, grcc, "-o", str(out), str(fg)], env=_env(), capture_output=True,
+                           text=True, timeout=120)
         assert r.returncode == 0, f"{fg.name}: {r.stdout}\n{r.stderr}"
     return out
 

@@ -140,14 +140,14 @@ def _port_yaml(p: dict) -> str:
 def block_yaml(name: str) -> str:
     b = BLOCKS[name]
     params = b["params"]
-    make = f"blocks.{name}(" + ", ".join(f"{p[0]}=${{{p[0]}}}" for p in params) + ")"
+    make = f"gdmcom.{name}(" + ", ".join(f"{p[0]}=${{{p[0]}}}" for p in params) + ")"
     doc = b["doc"] + "\n\nParameters:\n" + "\n".join(f"  {p[1]} ({p[0]}): {p[5]}" for p in params)
     parts = [
         f"id: gr_gdmcom_{name}", f"label: {b['label']}", f"category: '{b['category']}'", "flags: [ python ]", "",
         "parameters:", *[_param_yaml(*p) for p in params], "",
         "inputs:" + ("" if b["inputs"] else " []"), *[_port_yaml(p) for p in b["inputs"]], "",
         "outputs:" + ("" if b["outputs"] else " []"), *[_port_yaml(p) for p in b["outputs"]], "",
-        "templates:", "    imports: from gr_gdmcom import blocks", f"    make: {make}",
+        "templates:", "    imports: import gr_gdmcom.blocks as gdmcom", f"    make: {make}",
     ]
     if b["callbacks"]:
         parts.append("    callbacks:")
