@@ -76,7 +76,9 @@ BLOCKS = {
                 ("filename", "File name", "string", "'img{image_id:05d}.png'", None,
                  "pattern with {image_id} and {name}")]
         + SERVER + MODEL + RX + SHARED
-        + [("max_pending", "Max pending", "int", "8", "Codec", "images waiting for the decoder (backpressure)"),
+        + [("threaded", "Decode in thread", "bool", "False", "Codec",
+            "decode in a worker thread so a live radio stream keeps flowing (False: decode in work())"),
+           ("max_pending", "Max pending", "int", "8", "Codec", "images waiting for the decoder (threaded mode)"),
            ("drain_timeout", "Drain timeout", "float", "600.0", "Codec", "seconds to finish decoding at stop")] + PHY,
         inputs=[dict(domain="stream", dtype="complex")],
         outputs=[dict(domain="message", id="images", optional=True)],

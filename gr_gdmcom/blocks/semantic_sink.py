@@ -27,10 +27,14 @@ class semantic_sink(gr.sync_block):
     seconds, file`` (or ``error``) and the counters; the vector is the decoded
     image as uint8 (H*W*3, row-major RGB).
 
-    Decoding runs in a worker thread so the stream keeps flowing; the queue
-    is bounded (``max_pending`` images) and applies backpressure when full.
-    At end of stream the PHY is flushed and pending images are decoded
-    (waiting at most ``drain_timeout`` seconds).
+    By default images are decoded inside ``work()``: the stream waits while
+    the model runs (simulation: nothing is lost, every PDU is published while
+    the flowgraph runs).  With ``threaded`` they are decoded in a worker
+    thread so a live radio stream keeps flowing; its queue is bounded
+    (``max_pending`` images, backpressure when full).  At end of stream the
+    PHY is flushed and pending images are decoded in ``stop()`` (waiting at
+    most ``drain_timeout`` seconds); their files and ``results`` are written,
+    but GNU Radio may no longer deliver PDUs published that late.
 
     Parameters: ``out_dir`` ('' = do not write files), ``filename`` (pattern
     with ``{image_id}`` and ``{name}``), ``server`` (``local`` or an endpoint),
@@ -40,13 +44,15 @@ class semantic_sink(gr.sync_block):
 
     def __init__(self, out_dir="out", filename="img{image_id:05d}.png", server="local", model=DEFAULT_MODEL,
                  device="auto", dtype="auto", m=5, T=50, rule="snr", rescale=True, guidance=6.0,
-                 prompt=DEFAULT_PROMPT, steps=0, seed=0, max_pending=8, drain_timeout=600.0, **frame):
+                 prompt=DEFAULT_PROMPT, steps=0, seed=0, threaded=False, max_pending=8, drain_timeout=600.0,
+                 **frame):
         gr.sync_block.__init__(self, name="gdmcom_semantic_sink", in_sig=[np.complex64], out_sig=None)
         self.codec_config, self.frame_config = split_config(dict(
             model=model, device=device, dtype=dtype, m=int(m), T=int(T), rule=rule, rescale=bool(rescale),
             guidance=float(guidance), prompt=prompt, steps=int(steps) if steps else None, seed=int(seed), **frame))
         self.message_port_register_out(PORT_IMAGES)
         self._out_dir, self._filename = out_dir or None, filename
+        self._threaded = bool(threaded)
         self._queue: "queue.Queue" = queue.Queue(maxsize=max(1, int(max_pending)))
         self._drain_timeout = float(drain_timeout)
         self._worker = None
@@ -64,8 +70,9 @@ class semantic_sink(gr.sync_block):
 
     def start(self):
         self._flushed = False
-        self._worker = threading.Thread(target=self._run, name="gdmcom-sink", daemon=True)
-        self._worker.start()
+        if self._threaded:
+            self._worker = threading.Thread(target=self._run, name="gdmcom-sink", daemon=True)
+            self._worker.start()
         return True
 
     def stop(self):
@@ -77,10 +84,15 @@ class semantic_sink(gr.sync_block):
 
     def _drain(self):
         """End of stream: flush the PHY, decode what is pending, stop the worker."""
-        if self._flushed or self._worker is None:
+        if self._flushed:
             return
         self._flushed = True
-        for img in self.pipeline.flush():
+        pending = self.pipeline.flush()
+        if self._worker is None:
+            for img in pending:
+                self._decode(img)
+            return
+        for img in pending:
             self._queue.put(img)
         self._queue.put(None)
         self._worker.join(timeout=self._drain_timeout)
@@ -92,21 +104,27 @@ class semantic_sink(gr.sync_block):
             img = self._queue.get()
             if img is None:
                 return
-            try:
-                res = self.pipeline.decode(img)
-            except Exception as exc:  # noqa: BLE001 - decode() reports its own errors; this is a last guard
-                res = dict(image_id=int(img.header.image_id), error=f"internal error: {exc}")
-            res["counters"] = self.counters()
-            if "error" in res:
-                self.logger.warn(f"image {res['image_id']} failed: {res['error']}")
-            else:
-                self.logger.info(f"image {res['image_id']} decoded: SNR est {res['snr_est_db']:.2f} dB, N={res['n_steps']}")
-            self.results.append({k: v for k, v in res.items() if k != "image"})
-            img_vec = res.get("image")
-            self.message_port_pub(PORT_IMAGES, pdu(res, None if img_vec is None else img_vec.reshape(-1)))
+            self._decode(img)
+
+    def _decode(self, img):
+        try:
+            res = self.pipeline.decode(img)
+        except Exception as exc:  # noqa: BLE001 - decode() reports its own errors; this is a last guard
+            res = dict(image_id=int(img.header.image_id), error=f"internal error: {exc}")
+        res["counters"] = self.counters()
+        if "error" in res:
+            self.logger.warn(f"image {res['image_id']} failed: {res['error']}")
+        else:
+            self.logger.info(f"image {res['image_id']} decoded: SNR est {res['snr_est_db']:.2f} dB, N={res['n_steps']}")
+        self.results.append({k: v for k, v in res.items() if k != "image"})
+        img_vec = res.get("image")
+        self.message_port_pub(PORT_IMAGES, pdu(res, None if img_vec is None else img_vec.reshape(-1)))
 
     def work(self, input_items, output_items):
         x = input_items[0]
         for img in self.pipeline.push(x):
-            self._queue.put(img)  # blocks when the decoder is behind: backpressure, no loss
+            if self._worker is None:
+                self._decode(img)
+            else:
+                self._queue.put(img)  # blocks when the decoder is behind: backpressure, no loss
         return len(x)

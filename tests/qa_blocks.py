@@ -1,0 +1,148 @@
+"""QA of the GNU Radio blocks: vector_source -> block -> vector_sink, tags, message ports, bad input."""
+
+import time
+
+import numpy as np
+import pmt
+import pytest
+
+gr = pytest.importorskip("gnuradio.gr")
+from gnuradio import blocks, gr_unittest  # noqa: E402
+
+from gr_gdmcom.blocks import frame_rx, frame_tx, semantic_sink, semantic_source  # noqa: E402
+from gr_gdmcom.codec import prompt_hash, select_steps  # noqa: E402
+from gr_gdmcom.config import DEFAULT_PROMPT  # noqa: E402
+from gr_gdmcom.phy import FrameTx, Header, awgn  # noqa: E402
+from gr_gdmcom.pipeline import header_for  # noqa: E402
+
+pytestmark = pytest.mark.gnuradio
+TINY = dict(model="tiny", device="cpu")
+
+
+def _header(image_id=7, shape=(4, 8, 8)):
+    return Header(image_id=image_id, latent_shape=shape, image_size=(64, 64), k=5, T=50, forward=0, guidance=6.0,
+                  alpha=0.8, prompt_hash=prompt_hash(DEFAULT_PROMPT), total_symbols=int(np.prod(shape)) // 2)
+
+
+def _symbols(n, seed=0):
+    r = np.random.default_rng(seed)
+    return ((r.normal(size=n) + 1j * r.normal(size=n)) / np.sqrt(2)).astype(np.complex64)
+
+
+def _messages(dbg):
+    return [dbg.get_message(i) for i in range(dbg.num_messages())]
+
+
+class qa_frame_blocks(gr_unittest.TestCase):
+    def test_frame_tx_tags_and_frame_rx_pdus(self):
+        sym = _symbols(128)
+        tb = gr.top_block()
+        tx = frame_tx(sps=2)
+        snk = blocks.vector_sink_c()
+        tb.connect(tx, snk)
+        meta = pmt.to_pmt(dict(image_id=7, latent_shape=[4, 8, 8], image_size=[64, 64], k=5, T=50, forward=0,
+                               guidance=6.0, alpha=0.8, prompt_hash=prompt_hash(DEFAULT_PROMPT)))
+        tx._post(pmt.intern("pdus"), pmt.cons(meta, pmt.init_c32vector(len(sym), sym)))
+        tx._post(pmt.intern("pdus"), pmt.cons(pmt.PMT_NIL, pmt.init_u8vector(1, [1])))  # bad PDU: counted
+        tx._post(pmt.intern("pdus"), pmt.cons(pmt.to_pmt({"eos": True}), pmt.init_u8vector(0, [])))
+        tb.run()
+        out = np.asarray(snk.data(), np.complex64)
+        tags = {pmt.symbol_to_string(t.key): (t.offset, pmt.to_python(t.value)) for t in snk.tags()}
+        expected = FrameTx(tx.frame_config).frames(sym, _header())
+        self.assertEqual(tags["packet_len"], (0, len(expected[0])))
+        self.assertEqual(tags["image_id"], (0, 7))
+        np.testing.assert_allclose(out[:len(expected[0])], expected[0], atol=1e-6)
+        self.assertEqual(tx.counters(), dict(pdus=1, bad_pdus=1, bursts=1))
+
+        # received at 10 dB through frame_rx: one image PDU with the SNR estimate
+        rng = np.random.default_rng(1)
+        rx_in = awgn(np.concatenate([np.zeros(300, np.complex64), out]), 10.0, rng)
+        tb2 = gr.top_block()
+        src = blocks.vector_source_c(rx_in.tolist())
+        rx = frame_rx(sps=2)
+        dbg = blocks.message_debug()
+        tb2.connect(src, rx)
+        tb2.msg_connect(rx, "pdus", dbg, "store")
+        tb2.run()
+        msgs = _messages(dbg)
+        self.assertEqual(len(msgs), 1)
+        m = pmt.to_python(pmt.car(msgs[0]))
+        vec = np.asarray(pmt.c32vector_elements(pmt.cdr(msgs[0])))
+        self.assertEqual(m["image_id"], 7)
+        self.assertTrue(m["complete"])
+        self.assertLess(abs(m["snr_db"] - 10.0), 1.0)
+        err_db = 10 * np.log10(np.mean(np.abs(vec - sym) ** 2))
+        self.assertLess(abs(err_db + 10.0), 1.0)
+
+
+class qa_semantic_blocks(gr_unittest.TestCase):
+    def test_source_tags_bursts_and_reports_unreadable_images(self):
+        import tempfile
+        from pathlib import Path
+        from PIL import Image
+        d = Path(tempfile.mkdtemp())
+        Image.fromarray(np.full((40, 48, 3), 90, np.uint8)).save(d / "a.png")
+        (d / "b.png").write_bytes(b"not a png")
+        tb = gr.top_block()
+        src = semantic_source(images=f"{d}/a.png,{d}/b.png,{d}/missing.png", sps=2, tail_symbols=16, **TINY)
+        snk = blocks.vector_sink_c()
+        dbg = blocks.message_debug()
+        tb.connect(src, snk)
+        tb.msg_connect(src, "info", dbg, "store")
+        tb.run()
+        self.assertEqual(src.counters(), dict(images_sent=1, images_failed=2, bursts=1))
+        infos = [pmt.to_python(pmt.car(m)) for m in _messages(dbg)]
+        self.assertEqual([i["image_id"] for i in infos], [0, 1, 2])
+        self.assertIn("cannot read image", infos[1]["error"])
+        self.assertIn("image not found", infos[2]["error"])
+        starts = [t.offset for t in snk.tags() if pmt.symbol_to_string(t.key) == "packet_len"]
+        self.assertEqual(starts, [0])
+        self.assertGreater(len(snk.data()), 1000)
+
+    def test_sink_survives_bad_input_and_decodes_good_bursts(self):
+        """Noise only, NaN samples, a burst cut off at the end: counted; the good burst is decoded."""
+        from gr_gdmcom.bridge.backend import make_backend
+        from gr_gdmcom.config import CodecConfig
+        backend = make_backend("local", CodecConfig(**TINY))
+        enc = backend.encode(_png_bytes(), name="x")
+        tx = FrameTx()
+        burst = tx.frames(enc.symbols, header_for(enc.meta, 3))[0]
+        rng = np.random.default_rng(5)
+        noise_only = np.zeros(20000, np.complex64)
+        nan_part = np.full(50, np.nan, np.complex64)
+        stream = np.concatenate([noise_only, burst, np.zeros(500, np.complex64), nan_part, np.zeros(500, np.complex64),
+                                 burst[: len(burst) // 2]])
+        stream = awgn(stream, 12.0, rng)
+        stream[20000 + len(burst) + 500: 20000 + len(burst) + 550] = np.nan
+        tb = gr.top_block()
+        src = blocks.vector_source_c(stream.tolist())
+        import tempfile
+        out = tempfile.mkdtemp()
+        snk = semantic_sink(out_dir=out, **TINY)
+        dbg = blocks.message_debug()
+        tb.connect(src, snk)
+        tb.msg_connect(snk, "images", dbg, "store")
+        t0 = time.time()
+        tb.run()
+        self.assertLess(time.time() - t0, 120)
+        c = snk.counters()
+        self.assertEqual(c["nonfinite_samples"], 50)
+        self.assertEqual(c["truncated"], 1)
+        self.assertEqual(c["images_decoded"], 1)
+        self.assertEqual(len(snk.results), 1)
+        r = snk.results[0]
+        self.assertEqual((r["image_id"], r["height"], r["width"]), (3, 40, 48))
+        # N is the step rule applied to the *estimated* SNR
+        self.assertEqual(r["n_steps"], select_steps(r["snr_est_db"], power=1 / enc.meta.alpha ** 2).n_steps)
+        self.assertLess(abs(r["snr_est_db"] - 12.0), 1.0)
+        msgs = _messages(dbg)
+        self.assertEqual(len(msgs), 1)
+        self.assertEqual(pmt.length(pmt.cdr(msgs[0])), 40 * 48 * 3)
+
+
+def _png_bytes():
+    import io
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (40, 48, 3)).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
