@@ -35,11 +35,31 @@ PY="$VENV/bin/python"
 stamp="$VENV/.gdmcom-installed"
 want="$(cat pyproject.toml | sha1sum | cut -c1-12) $EXTRAS $TORCH"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    echo "[setup] pip install ($TORCH, numpy<2, extras: $EXTRAS)"
-    "$PY" -m pip install -q --upgrade "pip>=23" 
-    "$PY" -m pip install -q "$TORCH" "numpy<2"
-    "$PY" -m pip install -q -e ".[$EXTRAS]" "$TORCH" "numpy<2"
+    echo "[setup] pip install ($TORCH, numpy<2, extras: $EXTRAS); log: $VENV/pip.log"
+    pip_log="$VENV/pip.log"
+    { "$PY" -m pip install -q "$TORCH" "numpy<2" &&
+      "$PY" -m pip install -q -e ".[$EXTRAS]" "$TORCH" "numpy<2"; } >"$pip_log" 2>&1 || {
+        tail -n 40 "$pip_log" >&2; echo "[setup] pip install failed (full log: $pip_log)" >&2; exit 1; }
     echo "$want" > "$stamp"
 fi
 "$PY" -c "import gnuradio.gr, torch, diffusers, gr_gdmcom" || {
     echo "[setup] the environment in $VENV does not import; remove it and re-run" >&2; exit 1; }
+
+# GNU Radio Companion finds the block YAML through [grc] local_blocks_path in
+# ~/.gnuradio/config.conf (or GRC_BLOCKS_PATH); add this checkout's grc/ once.
+[ "${GDMCOM_NO_GRC_CONFIG:-}" = 1 ] || "$PY" - "$PWD/grc" <<'PYEOF'
+import configparser, os, sys
+path = sys.argv[1]
+conf = os.path.expanduser("~/.gnuradio/config.conf")
+cp = configparser.ConfigParser()
+cp.read(conf)
+if not cp.has_section("grc"):
+    cp.add_section("grc")
+paths = [p for p in cp.get("grc", "local_blocks_path", fallback="").split(":") if p]
+if path not in paths:
+    cp.set("grc", "local_blocks_path", ":".join(paths + [path]))
+    os.makedirs(os.path.dirname(conf), exist_ok=True)
+    with open(conf, "w") as f:
+        cp.write(f)
+    print(f"[setup] GNU Radio Companion: added {path} to [grc] local_blocks_path in {conf}")
+PYEOF
