@@ -146,3 +146,25 @@ def _png_bytes():
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(3).integers(0, 255, (40, 48, 3)).astype(np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
+
+
+class qa_missing_chunks(gr_unittest.TestCase):
+    def test_image_with_a_lost_chunk_is_decoded_and_marked(self):
+        from gr_gdmcom.bridge.backend import make_backend
+        from gr_gdmcom.config import CodecConfig
+        from gr_gdmcom.phy import FrameConfig
+        enc = make_backend("local", CodecConfig(**TINY)).encode(_png_bytes(), name="x")  # 60 symbols
+        cfg = FrameConfig(max_chunk_symbols=24)
+        bursts = FrameTx(cfg).frames(enc.symbols, header_for(enc.meta, 9))
+        self.assertEqual(len(bursts), 3)
+        gap = np.zeros(400, np.complex64)
+        stream = awgn(np.concatenate([gap, bursts[0], gap, bursts[2], gap * 0, np.zeros(3000, np.complex64)]),
+                      15.0, np.random.default_rng(2))
+        tb = gr.top_block()
+        snk = semantic_sink(out_dir="", max_chunk_symbols=24, **TINY)
+        tb.connect(blocks.vector_source_c(stream.tolist()), snk)
+        tb.run()
+        (r,) = snk.results
+        self.assertEqual((r["chunks_received"], r["chunks_total"], r["complete"], r["missing_chunks"]), (2, 3, False, [1]))
+        self.assertEqual(snk.counters()["images_partial"], 1)
+        self.assertNotIn("error", r)
