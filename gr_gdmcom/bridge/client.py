@@ -1,0 +1,312 @@
+"""Client of the inference server: :class:`RemoteBackend` (the Lazy Pirate pattern).
+
+Each request gets a fresh id (UUID).  The client sends it on a DEALER socket
+connected to every endpoint given (ZMQ spreads requests over the servers that
+are connected; ``IMMEDIATE`` keeps requests off servers that are down) and
+polls for the reply with a timeout.  On timeout it closes the socket, opens a
+new one and sends the *same* request again (same id, same bytes): a server
+that still has it attaches the retry to it or answers from its reply store,
+a restarted or other server computes it.  Replies whose id is not the one
+awaited are stale and dropped.  ``busy`` and ``unavailable`` (server
+stopping; then on a new socket) replies are retried after the server's
+``retry_after_ms`` (doubling, capped at 2 s).  After ``retries`` timeouts,
+or ``(retries + 1) * timeout_ms`` in all, the call raises :class:`BackendError`.
+
+Sockets are per thread, so one client can serve several threads (two GNU
+Radio blocks, a benchmark's workers) without a lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import uuid
+from dataclasses import fields
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import zmq
+
+from ..codec import CodecError, Decoded, Encoded, ImageError, LatentMeta, load_rgb
+from ..codec.core import _default_name
+from ..config import CodecConfig
+from . import protocol as P
+from .backend import Backend, BackendError
+
+log = logging.getLogger(__name__)
+
+#: Codec settings that the server applies and a client should agree with.
+SERVER_SIDE_FIELDS = ("k", "m", "T", "rule", "rescale", "steps", "guidance", "prompt", "forward")
+MAX_BACKOFF_MS = 2000.0  # longest wait between busy/unavailable retries
+
+
+def split_endpoints(endpoints: str) -> List[str]:
+    """``"tcp://a:5555, tcp://b:5555"`` -> ``["tcp://a:5555", "tcp://b:5555"]`` (ValueError if none)."""
+    eps = [e.strip() for e in str(endpoints).split(",") if e.strip()]
+    if not eps:
+        raise ValueError(f"no server endpoint in {endpoints!r}; give e.g. tcp://gpu-host:5555")
+    for e in eps:
+        if "://" not in e:
+            raise ValueError(f"server endpoint {e!r} has no transport; write e.g. tcp://{e}")
+    return eps
+
+
+class RemoteBackend(Backend):
+    """The model behind one or more ``gdmcom serve`` endpoints.
+
+    Args:
+        endpoints: one endpoint or several separated by commas, e.g.
+            ``"tcp://gpu1:5555,tcp://gpu2:5555"`` (or a broker's frontend).
+        config: the codec settings this side expects; the server's own apply,
+            differences are logged once as warnings (None: no check).
+        timeout_ms: how long one attempt waits for its reply (ms), connecting included.
+        retries: how many times a request is sent again after a timeout before
+            :class:`BackendError`; ``busy`` / ``unavailable`` replies are retried
+            with back-off for up to ``(retries + 1) * timeout_ms`` in all.
+        image_format: ``raw`` (uint8 RGB, fastest on a LAN) or ``png`` (smaller)
+            for decoded images on the wire; the result is the same.
+        context: ZMQ context (default: a private one, termed by :meth:`close`).
+    """
+
+    def __init__(self, endpoints: str, config: Optional[CodecConfig] = None, timeout_ms: int = 30000,
+                 retries: int = 4, image_format: str = "raw", context: Optional[zmq.Context] = None):
+        if image_format not in P.IMAGE_FORMATS:
+            raise ValueError(f"image_format must be one of {', '.join(P.IMAGE_FORMATS)}, got {image_format!r}")
+        if timeout_ms <= 0 or retries < 0:
+            raise ValueError(f"timeout_ms must be > 0 and retries >= 0, got {timeout_ms}, {retries}")
+        self.endpoints = split_endpoints(endpoints)
+        self.config = config
+        self.timeout_ms, self.retries, self.image_format = int(timeout_ms), int(retries), image_format
+        self._own_ctx = context is None
+        self._ctx = context or zmq.Context()
+        self._tls = threading.local()
+        self._sockets: set = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._checked = config is None
+        self._rng = random.Random()
+        #: requests, retries (re-sends), timeouts, busy, unavailable, stale (replies dropped for a wrong id)
+        self.stats = dict(requests=0, retries=0, timeouts=0, busy=0, unavailable=0, stale=0)
+
+    # ------------------------------------------------------------------ Backend
+    def encode(self, image, name: Optional[str] = None) -> Encoded:
+        """Encode an image remotely.
+
+        Args:
+            image: a path, encoded image bytes (PNG/JPEG ...), a uint8 array or a
+                PIL image (arrays and PIL images travel as lossless PNG).
+            name: label; default as the local codec (file stem, else ``image0``).
+        Returns:
+            :class:`Encoded` (symbols complex64 (n,), unit mean energy; meta; record).
+        Raises:
+            ImageError: unreadable / missing / too large image; BackendError: no server.
+        """
+        data = _image_bytes(image)
+        name = (name or _default_name(image, 0))[:P.MAX_NAME_CHARS]
+        rid = uuid.uuid4().hex
+        header, payloads = self._call("encode", rid, P.encode_request(rid, data, name))
+        return P.encoded_from_reply(header, payloads)
+
+    def decode(self, symbols: np.ndarray, meta: LatentMeta, snr_db: float,
+               mask: Optional[np.ndarray] = None) -> Decoded:
+        """Decode received symbols remotely.
+
+        Args:
+            symbols: complex (n,) equalised symbols (sent as complex64).
+            meta: the transmitter's :class:`LatentMeta`.
+            snr_db: the receiver's Es/N0 estimate (dB).
+            mask: bool (n,), False = erased symbol, or None.
+        Returns:
+            :class:`Decoded`: image uint8 (H, W, 3) and record (``n_steps`` ...,
+            ``server``: queue_ms, codec_ms, batch).
+        Raises:
+            CodecError: input the server refused; BackendError: no server.
+        """
+        if not isinstance(meta, LatentMeta):
+            raise CodecError(f"decode needs LatentMeta metadata, got {type(meta).__name__}")
+        s = np.asarray(symbols)
+        if s.ndim != 1 or not np.iscomplexobj(s):
+            raise CodecError(f"{meta.name}: received symbols must be a 1-D complex array, got {s.dtype} {s.shape}")
+        rid = uuid.uuid4().hex
+        frames = P.decode_request(rid, s, meta, snr_db, mask, self.image_format)
+        header, payloads = self._call("decode", rid, frames)
+        return P.decoded_from_reply(header, payloads)
+
+    def status(self) -> dict:
+        """The server's ``status`` (model, device, queue depth, counters, uptime, version ...)."""
+        rid = uuid.uuid4().hex
+        header, _ = self._call("status", rid, P.status_request(rid))
+        return header["status"]
+
+    def close(self) -> None:
+        """Close every socket of this client (call it when no request is in flight)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for sock in self._sockets:
+                sock.close(linger=0)
+            self._sockets.clear()
+        if self._own_ctx:
+            self._ctx.term()
+
+    def __enter__(self) -> "RemoteBackend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RemoteBackend({','.join(self.endpoints)!r}, timeout_ms={self.timeout_ms}, retries={self.retries})"
+
+    # ------------------------------------------------------------------ Lazy Pirate
+    def _socket(self) -> zmq.Socket:
+        sock = getattr(self._tls, "sock", None)
+        if sock is None:
+            with self._lock:
+                if self._closed:
+                    raise BackendError("RemoteBackend is closed")
+                sock = self._ctx.socket(zmq.DEALER)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only on completed connections: down servers get nothing
+                for ep in self.endpoints:
+                    sock.connect(ep)
+                self._sockets.add(sock)
+            self._tls.sock = sock
+        return sock
+
+    def _reset(self) -> None:
+        """Throw the socket away (its queued messages and late replies with it)."""
+        sock = getattr(self._tls, "sock", None)
+        self._tls.sock = None
+        if sock is not None:
+            with self._lock:
+                self._sockets.discard(sock)
+                sock.close(linger=0)
+
+    def _bump(self, key: str) -> None:
+        with self._lock:
+            self.stats[key] += 1
+
+    def _call(self, op: str, rid: str, frames: List[bytes]) -> Tuple[dict, List[bytes]]:
+        """Send ``frames`` (request ``rid``) until a reply for ``rid`` comes back; map errors.
+
+        A timeout costs one of ``retries``; ``busy`` / ``unavailable`` replies are
+        retried after a back-off for as long as ``(retries + 1) * timeout_ms`` allows.
+        """
+        self._bump("requests")
+        where = ",".join(self.endpoints)
+        deadline = time.monotonic() + (self.retries + 1) * self.timeout_ms / 1000.0
+        last, attempts, timeouts, backoffs = "no reply", 0, 0, 0
+        while True:
+            if attempts:
+                self._bump("retries")
+            attempts += 1
+            got = self._attempt(rid, [b""] + frames)
+            if got is None:
+                self._bump("timeouts")
+                timeouts += 1
+                last = f"no reply within {self.timeout_ms} ms"
+                log.warning("%s request %s to %s: %s (timeout %d of %d)", op, rid, where, last, timeouts,
+                            self.retries + 1)
+                self._reset()
+                if timeouts > self.retries:
+                    break
+                continue
+            header, payloads = got
+            code = header.get("code")
+            if header.get("ok"):
+                self._check_config(op)
+                return header, payloads
+            if code not in P.RETRYABLE:
+                raise _error(op, where, header)
+            self._bump(code)
+            last = f"server answered {code}: {header.get('message')}"
+            if code == P.UNAVAILABLE:
+                self._reset()  # that server is going away: a new socket may reach another one
+            delay = min(MAX_BACKOFF_MS, float(header.get("retry_after_ms") or 100) * 2 ** backoffs) / 1000.0
+            delay *= self._rng.uniform(0.5, 1.0)
+            backoffs += 1
+            if time.monotonic() + delay > deadline:
+                break
+            time.sleep(delay)
+        raise BackendError(f"{op} request {rid} to {where} failed after {attempts} attempt{'s' * (attempts > 1)} "
+                           f"(timeout {self.timeout_ms} ms each): {last}. Is `gdmcom serve` running there?")
+
+    def _attempt(self, rid: str, frames: List[bytes]) -> Optional[Tuple[dict, List[bytes]]]:
+        """One send and wait; None on timeout.  Stale or malformed replies are skipped."""
+        sock = self._socket()
+        deadline = time.monotonic() + self.timeout_ms / 1000.0
+        while True:  # IMMEDIATE: sending needs a completed connection
+            try:
+                sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                break
+            except zmq.Again:
+                left = deadline - time.monotonic()
+                if left <= 0 or not sock.poll(int(left * 1000) + 1, zmq.POLLOUT):
+                    return None
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sock.poll(int(left * 1000) + 1, zmq.POLLIN):
+                return None
+            msg = [f.buffer for f in sock.recv_multipart(copy=False)]  # no copy of large payloads
+            if msg and len(msg[0]) == 0:
+                msg = msg[1:]  # the delimiter
+            try:
+                header, payloads = P.parse_reply(msg)
+            except P.ProtocolError as exc:
+                log.warning("malformed reply dropped: %s", exc)
+                continue
+            if header.get("id") != rid:
+                self._bump("stale")
+                log.debug("stale reply for %s dropped while waiting for %s", header.get("id"), rid)
+                continue
+            return header, payloads
+
+    def _check_config(self, op: str) -> None:
+        """Once: warn about codec settings where the server differs from this client's config."""
+        if self._checked or op == "status":
+            return
+        self._checked = True
+        try:
+            server_cfg = self.status().get("config", {})
+        except (BackendError, ValueError) as exc:
+            log.warning("cannot read the server's settings: %s", exc)
+            return
+        mine = {f.name: getattr(self.config, f.name) for f in fields(self.config)}
+        for key in SERVER_SIDE_FIELDS:
+            if key in server_cfg and server_cfg[key] != mine[key]:
+                log.warning("server %s uses %s=%r but this side's configuration says %r; the server's applies",
+                            ",".join(self.endpoints), key, server_cfg[key], mine[key])
+
+
+def _image_bytes(image) -> bytes:
+    """What travels in an encode request: file bytes as they are; arrays and PIL
+    images as lossless PNG of their RGB conversion (the same pixels the codec sees)."""
+    if isinstance(image, (str, Path)):
+        p = Path(image)
+        if not p.exists():
+            raise ImageError(f"image not found: {p}")
+        if p.is_dir():
+            raise ImageError(f"image path is a folder, not a file: {p}")
+        return p.read_bytes()
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return bytes(image)
+    return P.image_to_bytes(np.asarray(load_rgb(image)), "png", png_level=1)
+
+
+def _error(op: str, where: str, header: dict) -> Exception:
+    """Error reply -> the exception a :class:`LocalBackend` would raise (ValueError kinds for
+    bad input, :class:`BackendError` for protocol or server failures)."""
+    code, message = header.get("code"), header.get("message", "")
+    if op == "encode" and code in (P.BAD_IMAGE, P.TOO_LARGE):
+        return ImageError(message)
+    if code in (P.SIZE_MISMATCH, P.NON_FINITE, P.TOO_LARGE, P.MISSING_META, P.BAD_META, P.REJECTED, P.BAD_IMAGE):
+        return CodecError(message)
+    return BackendError(f"server {where} answered {code}: {message}")
+
+
+__all__: Sequence[str] = ["RemoteBackend", "split_endpoints", "SERVER_SIDE_FIELDS"]

@@ -1,0 +1,509 @@
+"""The inference server: one loaded model behind a ZMQ ROUTER socket (``gdmcom serve``).
+
+Two threads::
+
+    clients --ROUTER--> [I/O thread] --validate--> bounded queue --> [worker thread]
+                             ^   (status, errors, busy answered here)       |
+                             +------------- reply queue + wake-up pipe <----+
+                                                                codec.encode_many / decode_many
+
+* The **I/O thread** owns the socket.  It validates every request completely
+  (:func:`protocol.parse_request`), answers ``status``, protocol errors and
+  ``busy`` (queue full) at once, and forwards the worker's replies.  It also
+  keeps the request-id bookkeeping: a retry of a request that is queued or
+  being computed is attached to it (the reply goes to the latest sender), and
+  a retry of a request answered in the last ``reply_ttl_s`` seconds gets the
+  stored reply; neither computes twice.
+* The **worker thread** takes the first queued request and all queued ones
+  of the same op, up to ``max_batch``; when more than one client has been
+  active in the last ``PEER_WINDOW_S`` seconds it waits at most
+  ``max_wait_ms`` (counted from the first request's arrival) for the batch
+  to fill (a lone client waiting for each reply cannot add to its own
+  batch, so it never waits).  The batch is one ``encode_many`` /
+  ``decode_many`` call (one UNet call per step for the whole batch).
+
+Memory is bounded: at most ``max_queue + max_batch + 1`` requests of at most
+``max_request_bytes`` each are held, plus the reply store
+(``reply_cache_bytes``).  ``docs/server.md`` has the operations side.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Deque, List, Optional, Tuple
+
+import zmq
+
+from .. import __version__
+from ..codec import Failed
+from . import protocol as P
+from .backend import codec_lock
+
+log = logging.getLogger(__name__)
+
+#: Counters reported by ``status`` (all start at 0).
+UNAVAILABLE_RETRY_MS = 200  # suggested wait after an ``unavailable`` reply
+PEER_WINDOW_S = 2.0  # a client counts as active this long after its last request
+COUNTERS = ("received", "requests", "served", "failed", "rejected", "busy", "unavailable", "dropped",
+            "duplicates", "batches", "model_calls")
+
+
+@dataclass
+class _Job:
+    """One accepted encode/decode request on its way through the server."""
+
+    req: P.Request
+    envelope: List[bytes]
+    fp: int  # fingerprint of the request bytes (a retry must match)
+    t_recv: float  # time.monotonic() at arrival
+
+    @property
+    def id(self) -> str:
+        return self.req.id
+
+
+@dataclass
+class _Stored:
+    fp: int
+    frames: List[bytes]
+    nbytes: int
+    expires: float
+
+
+@dataclass
+class ServerOptions:
+    """Tuning of :class:`InferenceServer` (``gdmcom serve`` flags of the same names).
+
+    Attributes:
+        max_batch: most requests run as one codec call.
+        max_wait_ms: longest a request waits (ms, from its arrival) for others to batch with;
+            spent only while more than one client is active.
+        max_queue: requests waiting for the worker; beyond it the server answers ``busy``.
+        max_request_bytes: largest request accepted (all frames, bytes).
+        png_level: zlib level of PNG replies (0 = fastest, 9 = smallest).
+        reply_cache_bytes: replies kept for retries whose first reply was lost (bytes).
+        reply_ttl_s: how long such a reply is kept (s).
+        drain_timeout_s: on stop, how long to wait for the batch in progress (s).
+    """
+
+    max_batch: int = 4
+    max_wait_ms: float = 10.0
+    max_queue: int = 32
+    max_request_bytes: int = 64 << 20
+    png_level: int = 1
+    reply_cache_bytes: int = 16 << 20
+    reply_ttl_s: float = 60.0
+    drain_timeout_s: float = 30.0
+
+    def validate(self) -> "ServerOptions":
+        if self.max_batch < 1 or self.max_queue < 1:
+            raise ValueError(f"max_batch and max_queue must be >= 1, got {self.max_batch}, {self.max_queue}")
+        if self.max_wait_ms < 0 or self.max_request_bytes < 1024:
+            raise ValueError(f"max_wait_ms must be >= 0 and max_request_bytes >= 1024, got "
+                             f"{self.max_wait_ms}, {self.max_request_bytes}")
+        if not 0 <= self.png_level <= 9:
+            raise ValueError(f"png_level must be in 0..9, got {self.png_level}")
+        return self
+
+
+class InferenceServer:
+    """Serve one codec over ZMQ (protocol v1, ``docs/protocol.md``).
+
+    Args:
+        codec: a built :class:`~gr_gdmcom.codec.GenerativeCodec` (shared with
+            other servers / backends in the process through :func:`codec_lock`).
+        bind: endpoint to bind, e.g. ``tcp://0.0.0.0:5555`` or ``tcp://127.0.0.1:0``
+            (any free port; read it back from :attr:`last_endpoint`).
+        connect: instead of binding, connect to a broker's backend endpoint.
+        options: :class:`ServerOptions`; keyword arguments override its fields.
+        context: a ZMQ context to use (default: a private one, termed by :meth:`stop`).
+
+    Use ``start()`` / ``stop()``, or ``with InferenceServer(...) as srv:``; a
+    stopped server cannot start again.
+    """
+
+    def __init__(self, codec, bind: Optional[str] = "tcp://127.0.0.1:0", *, connect: Optional[str] = None,
+                 options: Optional[ServerOptions] = None, context: Optional[zmq.Context] = None, **overrides):
+        if not (bind or connect):
+            raise ValueError("give an endpoint to bind= or connect=")
+        self.codec = codec
+        self.options = dataclasses.replace(options or ServerOptions(), **overrides).validate()
+        self.limits = P.Limits.for_codec(codec, max_request_bytes=self.options.max_request_bytes)
+        self._bind, self._connect = (None, connect) if connect else (bind, None)
+        self._own_ctx = context is None
+        self._ctx = context
+        self._sock: Optional[zmq.Socket] = None
+        self._lock = codec_lock(codec)
+        self._queue: "queue.Queue[_Job]" = queue.Queue(maxsize=self.options.max_queue)
+        self._replies: "queue.Queue[Tuple[_Job, List[bytes], str]]" = queue.Queue()
+        self._inflight: dict = {}
+        self._store: "collections.OrderedDict[str, _Stored]" = collections.OrderedDict()
+        self._store_bytes = 0
+        self._stopping = threading.Event()
+        self._drain_s = self.options.drain_timeout_s
+        self._io: Optional[threading.Thread] = None
+        self._worker: Optional[threading.Thread] = None
+        self._wake_r = self._wake_w = -1
+        self._batch_ms = 100.0  # running estimate of one batch's duration, for retry_after_ms
+        self._peers: dict = {}  # envelope -> time of its last request (I/O thread only)
+        self._active_peers = 0  # len(self._peers) after pruning, read by the worker
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        #: ids of the requests this server computed successfully, newest last (bounded).
+        self.served_ids: Deque[str] = collections.deque(maxlen=4096)
+        self.last_endpoint = ""
+        self.t_start = time.time()
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> "InferenceServer":
+        """Bind (or connect) and start the threads; returns self."""
+        if self._io is not None or self._stopping.is_set():
+            raise RuntimeError("server already started (a stopped server cannot start again: make a new one)")
+        if self._ctx is None:
+            self._ctx = zmq.Context()
+        sock = self._ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a gone client raises instead of vanishing
+        sock.setsockopt(zmq.LINGER, 1000)  # last replies still leave when stopping
+        sock.setsockopt(zmq.RCVHWM, 1000)
+        sock.setsockopt(zmq.SNDHWM, 1000)
+        # hard guard against absurd frames: the peer is disconnected, no reply (P.TOO_LARGE answers below it)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.options.max_request_bytes + self.limits.max_header_bytes)
+        try:
+            if self._bind:
+                sock.bind(self._bind)
+            else:
+                sock.connect(self._connect)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            if self._own_ctx:
+                self._ctx.term()
+                self._ctx = None
+            where = f"bind {self._bind}" if self._bind else f"connect {self._connect}"
+            raise OSError(f"cannot {where}: {exc}") from None
+        self._sock = sock
+        self.last_endpoint = sock.getsockopt(zmq.LAST_ENDPOINT).decode() if self._bind else self._connect
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.t_start = time.time()
+        self._worker = threading.Thread(target=self._worker_loop, name="gdmcom-worker", daemon=True)
+        self._io = threading.Thread(target=self._io_loop, name="gdmcom-io", daemon=True)
+        self._worker.start()
+        self._io.start()
+        log.info("serving %s on %s at %s (max_batch=%d, max_wait_ms=%g, max_queue=%d)", self.codec.config.model,
+                 self.codec.c.device, self.last_endpoint, self.options.max_batch, self.options.max_wait_ms,
+                 self.options.max_queue)
+        return self
+
+    def stop(self, timeout: Optional[float] = None) -> None:
+        """Stop: finish (and deliver) the batch in progress, answer queued and new
+        requests ``unavailable``, close the socket, term a private context.
+
+        Args:
+            timeout: longest wait for the batch in progress (s); default ``drain_timeout_s``.
+        """
+        if self._io is None:
+            return
+        self._drain_s = self.options.drain_timeout_s if timeout is None else float(timeout)
+        self._stopping.set()
+        self._wake()
+        self._io.join()
+        self._io = None
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+        self._wake_r = self._wake_w = -1
+        if self._own_ctx and self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+        log.info("server at %s stopped: %s", self.last_endpoint, self.counters)
+
+    def serve_forever(self) -> None:
+        """Start if needed and block until :meth:`stop` is called from another thread
+        (or a signal handler)."""
+        if self._io is None:
+            self.start()
+        while self._io is not None and self._io.is_alive():
+            self._io.join(0.5)
+
+    def __enter__(self) -> "InferenceServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._io is not None and not self._stopping.is_set()
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> dict:
+        """What ``status`` answers: model, device, queue, counters, uptime, version."""
+        cfg = self.codec.config
+        return dict(
+            version=__version__, protocol=P.VERSION, model=cfg.model, device=str(self.codec.c.device),
+            dtype=str(self.codec.c.dtype).replace("torch.", ""), host=socket.gethostname(), pid=os.getpid(),
+            endpoint=self.last_endpoint, uptime_s=round(time.time() - self.t_start, 3),
+            queue_depth=self._queue.qsize(), max_queue=self.options.max_queue, max_batch=self.options.max_batch,
+            max_wait_ms=self.options.max_wait_ms, active_clients=self._active_peers,
+            max_request_bytes=self.options.max_request_bytes,
+            inflight=len(self._inflight), reply_store=dict(entries=len(self._store), bytes=self._store_bytes),
+            codec=dict(self.codec.stats), config=asdict(cfg), **self.counters)
+
+    # ------------------------------------------------------------------ I/O thread
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except OSError:
+            pass  # a wake-up is already pending (BlockingIOError), or we are closing
+
+    def _io_loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        try:
+            while not self._stopping.is_set():
+                events = dict(poller.poll(200))
+                if self._wake_r in events:
+                    self._flush_replies()
+                if self._sock in events:
+                    self._read_requests(accept=True)
+                self._expire_store()
+            # stopping: deliver the batch in progress, keep answering (status / unavailable)
+            deadline = time.monotonic() + self._drain_s
+            while self._worker.is_alive() and time.monotonic() < deadline:
+                events = dict(poller.poll(50))
+                if self._wake_r in events:
+                    self._flush_replies()
+                if self._sock in events:
+                    self._read_requests(accept=False)
+            if self._worker.is_alive():
+                log.warning("worker still busy after %.1f s; closing anyway", self._drain_s)
+            self._flush_replies()
+            while True:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                self._send_job_reply(job, self._unavailable(job.req), "unavailable")
+        except Exception:  # pragma: no cover - a bug; keep the traceback and close
+            log.exception("I/O thread failed")
+            self._stopping.set()
+        finally:
+            self._sock.close(linger=1000)
+            self._sock = None
+
+    def _read_requests(self, accept: bool) -> None:
+        for _ in range(64):  # then look at replies again
+            try:
+                frames = self._sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.counters["received"] += 1
+            envelope, body = P.split_envelope(frames)
+            try:
+                self._on_request(envelope, body, accept)
+            except Exception as exc:  # pragma: no cover - a bug in validation; answer and go on
+                log.exception("request handling failed")
+                self._send(envelope, P.error_reply(None, None, P.INTERNAL, f"{type(exc).__name__}: {exc}"))
+
+    def _on_request(self, envelope: List[bytes], body: List[bytes], accept: bool) -> None:
+        try:
+            req = P.parse_request(body, self.limits)
+        except P.ProtocolError as exc:
+            self.counters["rejected"] += 1
+            log.info("rejected request %s: %s: %s", exc.rid, exc.code, exc.message)
+            self._send(envelope, P.error_reply(exc.rid, exc.op, exc.code, exc.message))
+            return
+        if req.op == "status":
+            self._send(envelope, P.reply(req.id, "status", status=self.status()))
+            return
+        if not accept:
+            self.counters["unavailable"] += 1
+            self._send(envelope, self._unavailable(req))
+            return
+        fp = P.fingerprint(body)
+        known = self._inflight.get(req.id) or self._store.get(req.id)
+        if known is not None:
+            if known.fp != fp:
+                self.counters["rejected"] += 1
+                self._send(envelope, P.error_reply(req.id, req.op, P.BAD_REQUEST,
+                                                   f"id {req.id} was already used for a different request"))
+                return
+            self.counters["duplicates"] += 1
+            if isinstance(known, _Job):  # queued or being computed: the reply goes to the latest sender
+                known.envelope = envelope
+            else:
+                self._send(envelope, known.frames)
+            log.debug("duplicate of request %s", req.id)
+            return
+        job = _Job(req, envelope, fp, time.monotonic())
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            self.counters["busy"] += 1
+            retry_ms = int(max(10.0, self._batch_ms))
+            self._send(envelope, P.error_reply(req.id, req.op, P.BUSY,
+                                               f"queue full ({self.options.max_queue} requests); retry later",
+                                               retry_after_ms=retry_ms))
+            return
+        self._inflight[req.id] = job
+        self.counters["requests"] += 1
+        self._note_peer(tuple(envelope), job.t_recv)
+
+    def _note_peer(self, key: tuple, now: float) -> None:
+        """Track clients active in the last ``PEER_WINDOW_S`` (decides whether batching waits)."""
+        if len(self._peers) >= 4096 and key not in self._peers:  # a flood of new clients: forget the old
+            self._peers.clear()
+        self._peers[key] = now
+        if len(self._peers) > 1:
+            for k in [k for k, t in self._peers.items() if t < now - PEER_WINDOW_S]:
+                del self._peers[k]
+        self._active_peers = len(self._peers)
+
+    def _flush_replies(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        while True:
+            try:
+                job, frames, kind = self._replies.get_nowait()
+            except queue.Empty:
+                return
+            self._send_job_reply(job, frames, kind)
+
+    def _send_job_reply(self, job: _Job, frames: List[bytes], kind: str) -> None:
+        self._inflight.pop(job.id, None)
+        if kind == "unavailable":
+            self.counters["unavailable"] += 1
+        else:
+            self._remember(job, frames)
+        self._send(job.envelope, frames)
+
+    def _send(self, envelope: List[bytes], frames: List[bytes]) -> bool:
+        """Send a reply; a client that is gone (or not reading) loses it, counted in ``dropped``."""
+        try:
+            self._sock.send_multipart(envelope + frames, flags=zmq.NOBLOCK, copy=False)  # large frames by reference
+            return True
+        except zmq.Again:
+            reason = "client not reading (high-water mark)"
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            reason = "client gone"
+        self.counters["dropped"] += 1
+        log.info("reply dropped: %s", reason)
+        return False
+
+    def _remember(self, job: _Job, frames: List[bytes]) -> None:
+        """Keep a computed reply for ``reply_ttl_s`` so that a retry is answered without recomputing."""
+        nbytes = sum(len(f) for f in frames)
+        if nbytes > self.options.reply_cache_bytes:
+            return
+        self._store[job.id] = _Stored(job.fp, frames, nbytes, time.monotonic() + self.options.reply_ttl_s)
+        self._store_bytes += nbytes
+        self._expire_store()
+        while self._store_bytes > self.options.reply_cache_bytes:
+            self._store_bytes -= self._store.popitem(last=False)[1].nbytes
+
+    def _expire_store(self) -> None:
+        now = time.monotonic()
+        while self._store:
+            rid, item = next(iter(self._store.items()))
+            if item.expires > now:
+                return
+            del self._store[rid]
+            self._store_bytes -= item.nbytes
+
+    @staticmethod
+    def _unavailable(req: P.Request) -> List[bytes]:
+        return P.error_reply(req.id, req.op, P.UNAVAILABLE, "server is shutting down; retry",
+                             retry_after_ms=UNAVAILABLE_RETRY_MS)
+
+    # ------------------------------------------------------------------ worker thread
+    def _post(self, job: _Job, frames: List[bytes], kind: str) -> None:
+        self._replies.put((job, frames, kind))
+        self._wake()
+
+    def _worker_loop(self) -> None:
+        pending: Optional[_Job] = None  # a job of the other op, first of the next batch
+        while not self._stopping.is_set():
+            if pending is not None:
+                first, pending = pending, None
+            else:
+                try:
+                    first = self._queue.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+            batch = [first]
+            wait_s = self.options.max_wait_ms / 1000.0 if self._active_peers > 1 else 0.0
+            deadline = first.t_recv + wait_s
+            while len(batch) < self.options.max_batch:
+                remaining = deadline - time.monotonic()
+                try:
+                    job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job.req.op != first.req.op:
+                    pending = job
+                    break
+                batch.append(job)
+            if self._stopping.is_set():
+                for job in batch:
+                    self._post(job, self._unavailable(job.req), "unavailable")
+                break
+            self._run_batch(batch)
+        if pending is not None:
+            self._post(pending, self._unavailable(pending.req), "unavailable")
+
+    def _run_batch(self, batch: List[_Job]) -> None:
+        op = batch[0].req.op
+        t0 = time.monotonic()
+        try:
+            with self._lock:
+                calls0 = self.codec.stats["unet_calls"]
+                if op == "encode":
+                    results = self.codec.encode_many([j.req.image for j in batch], [j.req.name for j in batch])
+                else:
+                    results = self.codec.decode_many([(j.req.symbols, j.req.meta, j.req.snr_db, j.req.mask)
+                                                      for j in batch])
+                calls = self.codec.stats["unet_calls"] - calls0
+        except Exception as exc:
+            log.exception("batch of %d %s requests failed", len(batch), op)
+            for job in batch:
+                self.counters["failed"] += 1
+                self._post(job, P.error_reply(job.id, op, P.INTERNAL, f"{type(exc).__name__}: {exc}"), "failed")
+            return
+        t1 = time.monotonic()
+        self.counters["batches"] += 1
+        self.counters["model_calls"] += calls
+        self._batch_ms = 0.8 * self._batch_ms + 0.2 * (t1 - t0) * 1e3
+        log.debug("%s batch of %d: %d model calls in %.1f ms", op, len(batch), calls, (t1 - t0) * 1e3)
+        for job, res in zip(batch, results):
+            self._post(job, *self._result_reply(job, res, dict(queue_ms=(t0 - job.t_recv) * 1e3,
+                                                                codec_ms=(t1 - t0) * 1e3, batch=len(batch))))
+
+    def _result_reply(self, job: _Job, res, server_info: dict) -> Tuple[List[bytes], str]:
+        op = job.req.op
+        if isinstance(res, Failed):
+            self.counters["failed"] += 1
+            return P.error_reply(job.id, op, P.BAD_IMAGE if op == "encode" else P.REJECTED, res.error), "failed"
+        try:
+            res.record["server"] = server_info
+            frames = (P.encoded_reply(job.id, res) if op == "encode" else
+                      P.decoded_reply(job.id, res, job.req.image_format, self.options.png_level))
+        except Exception as exc:  # pragma: no cover - serialisation bug
+            log.exception("cannot serialise the %s reply for %s", op, job.id)
+            self.counters["failed"] += 1
+            return P.error_reply(job.id, op, P.INTERNAL, f"{type(exc).__name__}: {exc}"), "failed"
+        self.counters["served"] += 1
+        self.served_ids.append(job.id)
+        return frames, "served"

@@ -1,0 +1,570 @@
+"""The ZMQ inference server, its protocol and the Lazy Pirate client, on loopback.
+
+Every server binds ``tcp://127.0.0.1:0`` (port read back from ``last_endpoint``),
+every receive has a timeout, and fixtures stop servers, close sockets and term
+contexts.  Most tests use a cheap codec (k=1, m=1, N=2: 3 UNet calls per
+decode) built on the session's tiny model; the equality test uses the
+session's default codec.
+"""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zmq
+from PIL import Image
+
+from gr_gdmcom.bridge import Broker, InferenceServer, LocalBackend, RemoteBackend, make_backend
+from gr_gdmcom.bridge import protocol as P
+from gr_gdmcom.bridge.backend import BackendError, codec_lock
+from gr_gdmcom.codec import CodecError, GenerativeCodec, ImageError
+from gr_gdmcom.config import CodecConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.timeout(120)
+
+
+# ---------------------------------------------------------------------- fixtures and helpers
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Server worker, clients and torch share 2 cores: torch's own threads would spin against them."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return CodecConfig(model="tiny", device="cpu", k=1, m=1, steps=2)
+
+
+@pytest.fixture(scope="module")
+def bcodec(components, cfg):
+    return GenerativeCodec(cfg, components=components)
+
+
+@pytest.fixture(scope="module")
+def png(small):
+    buf = io.BytesIO()
+    Image.fromarray(small).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def enc(bcodec, small):
+    return bcodec.encode(small, "small")
+
+
+def noisy(enc, i, sigma=0.1):
+    """The encoded symbols plus noise seeded by ``i`` (distinct inputs, reproducible)."""
+    rng = np.random.default_rng(1000 + i)
+    n = enc.symbols.size
+    return (enc.symbols + sigma * (rng.standard_normal(n) + 1j * rng.standard_normal(n))).astype(np.complex64)
+
+
+def wait_for(cond, timeout=20.0, what="condition"):
+    t_end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > t_end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def rss_bytes():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+@pytest.fixture
+def serve(bcodec):
+    """serve(**kw) -> a started InferenceServer on a free loopback port; all stopped at teardown."""
+    servers = []
+
+    def start(codec=bcodec, bind="tcp://127.0.0.1:0", **kw):
+        srv = InferenceServer(codec, bind, **kw).start()
+        servers.append(srv)
+        return srv
+
+    yield start
+    for srv in servers:
+        srv.stop(timeout=10)
+
+
+@pytest.fixture
+def client(cfg):
+    """client(endpoints, **kw) -> RemoteBackend; all closed (contexts termed) at teardown."""
+    made = []
+
+    def make(endpoints, **kw):
+        kw.setdefault("timeout_ms", 5000)
+        c = RemoteBackend(endpoints, kw.pop("config", cfg), **kw)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+
+
+class Raw:
+    """A bare DEALER speaking the protocol by hand (for malformed and parallel requests)."""
+
+    def __init__(self, endpoint):
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+
+    def send(self, frames):
+        self.sock.send_multipart([b""] + list(frames))
+
+    def recv(self, timeout_ms=10000):
+        assert self.sock.poll(timeout_ms), f"no reply within {timeout_ms} ms"
+        msg = self.sock.recv_multipart()
+        assert msg[0] == b""
+        return P.parse_reply(msg[1:])
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close(linger=0)
+            self.ctx.term()
+            self.sock = None
+
+
+@pytest.fixture
+def raw():
+    made = []
+
+    def make(endpoint):
+        r = Raw(endpoint)
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        r.close()
+
+
+def decode_frames(enc, rid, symbols=None, **header):
+    """A decode request for ``enc`` with header fields overridden (None deletes one)."""
+    msg = P.decode_request(rid, enc.symbols if symbols is None else symbols, enc.meta, 5.0)
+    h = json.loads(msg[0])
+    h.update(header)
+    h = {k: v for k, v in h.items() if v is not None}
+    return [json.dumps(h).encode()] + msg[1:]
+
+
+# ---------------------------------------------------------------------- results
+def test_replies_equal_in_process_results(codec, png, serve, client):
+    """Default codec (k=m=5, snr rule): remote encode/decode == LocalBackend, bit for bit."""
+    srv = serve(codec=codec, max_wait_ms=0)
+    local = LocalBackend(codec.config, codec=codec)
+    remote_raw = client(srv.last_endpoint, config=codec.config)
+    remote_png = client(srv.last_endpoint, config=codec.config, image_format="png")
+    e_loc, e_rem = local.encode(png), remote_raw.encode(png)
+    assert e_rem.symbols.dtype == np.complex64 and e_rem.symbols.size == 128
+    assert np.array_equal(e_rem.symbols, e_loc.symbols)
+    assert e_rem.meta == e_loc.meta and e_rem.meta.name == "image0"
+    assert e_rem.record["unet_calls"] == e_loc.record["unet_calls"] == 5
+    rng = np.random.default_rng(7)
+    mask = rng.random(e_loc.symbols.size) > 0.1
+    for snr_db, m in ((0.0, None), (10.0, None), (5.0, mask)):
+        sigma = 10 ** (-snr_db / 20) / np.sqrt(2)
+        y = (e_loc.symbols + sigma * (rng.standard_normal(128) + 1j * rng.standard_normal(128))).astype(np.complex64)
+        d_loc = local.decode(y, e_loc.meta, snr_db, mask=m)
+        for remote in (remote_raw, remote_png):
+            d_rem = remote.decode(y, e_rem.meta, snr_db, mask=m)
+            assert d_rem.image.dtype == np.uint8 and d_rem.image.shape == (64, 64, 3) and d_rem.image.flags.writeable
+            assert np.array_equal(d_rem.image, d_loc.image)
+            for key in ("n_steps", "rule", "start_t", "scale", "erased"):
+                assert d_rem.record[key] == d_loc.record[key]
+            assert d_rem.record["server"]["batch"] == 1
+    st = remote_raw.status()
+    assert st["served"] == 1 + 6 and st["failed"] == 0 and st["dropped"] == 0
+
+
+def test_status_reports_model_queue_counters(serve, client, enc, cfg):
+    srv = serve(max_batch=3, max_queue=5)
+    c = client(srv.last_endpoint)
+    c.decode(enc.symbols, enc.meta, 5.0)
+    st = c.status()
+    assert st["model"] == "tiny" and st["device"] == "cpu" and st["protocol"] == 1
+    assert st["version"] == __import__("gr_gdmcom").__version__
+    assert (st["max_batch"], st["max_queue"], st["queue_depth"]) == (3, 5, 0)
+    assert (st["requests"], st["served"], st["failed"], st["busy"], st["batches"]) == (1, 1, 0, 0, 1)
+    assert st["model_calls"] == cfg.m + cfg.steps == 3
+    assert st["uptime_s"] > 0 and st["config"]["steps"] == 2
+
+
+def test_make_backend_gives_a_remote_backend(serve, cfg):
+    srv = serve()
+    b = make_backend(srv.last_endpoint, cfg)
+    try:
+        assert isinstance(b, RemoteBackend) and b.endpoints == [srv.last_endpoint]
+        assert b.status()["model"] == "tiny"
+    finally:
+        b.close()
+
+
+def test_four_concurrent_clients_are_batched(serve, client, enc, bcodec):
+    srv = serve(max_batch=4, max_wait_ms=300)
+    clients = [client(srv.last_endpoint, timeout_ms=20000) for _ in range(4)]
+    barrier, out = threading.Barrier(4), {}
+
+    def run(i):
+        for j in range(2):
+            barrier.wait(timeout=30)
+            out[i, j] = clients[i].decode(noisy(enc, 10 * i + j), enc.meta, 5.0)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    st = clients[0].status()
+    assert len(out) == 8 and st["requests"] == st["served"] == 8
+    assert st["batches"] <= 4 < 8  # 8 requests in at most 4 codec calls (2 rounds of 4 ideally)
+    assert st["model_calls"] <= 4 * 3 < 8 * 3
+    assert max(d.record["server"]["batch"] for d in out.values()) >= 2
+    for (i, j), d in out.items():  # batched arithmetic: same result within float rounding
+        ref = bcodec.decode(noisy(enc, 10 * i + j), enc.meta, 5.0).image
+        assert np.abs(d.image.astype(int) - ref).max() <= 2
+
+
+# ---------------------------------------------------------------------- bad input
+BAD = {
+    "garbage bytes": (lambda e: [b"\xff\xfe\x00 not json at all"], P.BAD_JSON),
+    "header not an object": (lambda e: [b"[1, 2, 3]"], P.BAD_JSON),
+    "wrong version": (lambda e: decode_frames(e, "r1", v=2), P.BAD_VERSION),
+    "unknown op": (lambda e: [json.dumps({"v": 1, "op": "train", "id": "r1"}).encode()], P.BAD_OP),
+    "no id": (lambda e: decode_frames(e, "r1", id=None), P.BAD_REQUEST),
+    "sizes disagree with frames": (lambda e: decode_frames(e, "r1", sizes=[1024 + 8]), P.SIZE_MISMATCH),
+    "symbol count disagrees with meta": (lambda e: decode_frames(e, "r1", symbols=e.symbols[:-1]), P.SIZE_MISMATCH),
+    "NaN symbol": (lambda e: decode_frames(e, "r1", symbols=np.where(np.arange(128) == 3, np.nan, e.symbols)),
+                   P.NON_FINITE),
+    "NaN snr": (lambda e: decode_frames(e, "r1", snr_db=float("nan")), P.NON_FINITE),
+    "oversized message": (lambda e: P.encode_request("r1", b"\x89PNG" + bytes(1 << 20), "big"), P.TOO_LARGE),
+    "decode without metadata": (lambda e: decode_frames(e, "r1", meta=None), P.MISSING_META),
+    "metadata with another T": (lambda e: decode_frames(e, "r1", meta={**e.meta.to_dict(), "T": 40}), P.BAD_META),
+    "not an image": (lambda e: P.encode_request("r1", b"GIF89a? no", "x"), P.BAD_IMAGE),
+    "mask of the wrong length": (lambda e: P.decode_request("r1", e.symbols, e.meta, 5.0, np.ones(100, bool)),
+                                 P.SIZE_MISMATCH),
+}
+
+
+@pytest.fixture(scope="module")
+def strict_server(bcodec):
+    srv = InferenceServer(bcodec, "tcp://127.0.0.1:0", max_request_bytes=1 << 20, max_wait_ms=0).start()
+    yield srv
+    srv.stop(timeout=10)
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_request_gets_error_code_then_server_still_serves(case, strict_server, raw, enc):
+    build, code = BAD[case]
+    r = raw(strict_server.last_endpoint)
+    rejected0 = strict_server.counters["rejected"]
+    r.send(build(enc))
+    header, payloads = r.recv()
+    assert header["ok"] is False and header["code"] == code and payloads == []
+    assert isinstance(header["message"], str) and header["message"]
+    assert header["retry"] is False
+    if code not in (P.BAD_JSON, P.BAD_REQUEST):
+        assert header["id"] == "r1"  # echoed whenever it could be read
+    assert strict_server.counters["rejected"] == rejected0 + 1
+    r.send(P.decode_request("ok-" + case, enc.symbols, enc.meta, 5.0))  # the server is still up
+    header, payloads = r.recv()
+    assert header["ok"] and header["id"] == "ok-" + case and len(payloads) == 1
+
+
+def test_client_maps_error_codes_to_local_exceptions(serve, client, enc, tmp_path):
+    c = client(serve().last_endpoint)
+    with pytest.raises(CodecError, match="non-finite"):
+        c.decode(np.where(np.arange(128) == 0, np.inf, enc.symbols), enc.meta, 5.0)
+    with pytest.raises(CodecError, match="128 symbols but 100"):
+        c.decode(enc.symbols[:100], enc.meta, 5.0)
+    with pytest.raises(ImageError, match="cannot read image"):
+        c.encode(b"definitely not an image")
+    with pytest.raises(ImageError, match="image not found"):
+        c.encode(tmp_path / "missing.png")
+    assert c.status()["rejected"] == 3
+
+
+# ---------------------------------------------------------------------- failures and retries
+def test_server_restarted_mid_run_loses_no_image(serve, client, enc, bcodec):
+    a = serve(max_wait_ms=0)
+    endpoint = a.last_endpoint
+    c = client(endpoint, timeout_ms=2000, retries=10)
+    out = {}
+
+    def run():
+        for i in range(10):
+            out[i] = c.decode(noisy(enc, i), enc.meta, 5.0)
+
+    t = threading.Thread(target=run)
+    t.start()
+    wait_for(lambda: a.counters["served"] >= 3, what="3 images served")
+    a.stop()
+    time.sleep(0.3)  # down for a while
+    b = serve(bind=endpoint, max_wait_ms=0)
+    t.join(60)
+    served = list(a.served_ids) + list(b.served_ids)
+    assert sorted(out) == list(range(10))
+    assert len(served) == len(set(served)) == 10  # every image computed exactly once, across both servers
+    assert a.counters["served"] >= 3 and b.counters["served"] >= 1
+    for i, d in out.items():
+        assert np.array_equal(d.image, bcodec.decode(noisy(enc, i), enc.meta, 5.0).image)
+
+
+def test_reply_to_a_client_gone_is_dropped_quietly(serve, raw, client, enc, bcodec):
+    srv = serve(max_wait_ms=0)
+    r = raw(srv.last_endpoint)
+    with codec_lock(bcodec):  # hold the model: the client leaves before its reply exists
+        r.send(P.decode_request("gone", enc.symbols, enc.meta, 5.0))
+        wait_for(lambda: srv.counters["requests"] == 1, what="request accepted")
+        r.close()
+        time.sleep(0.2)
+    wait_for(lambda: srv.counters["dropped"] == 1, what="reply dropped")
+    assert srv.counters["served"] == 1 and srv.running
+    st = client(srv.last_endpoint).status()
+    assert (st["served"], st["failed"], st["dropped"]) == (1, 0, 1)
+
+
+def test_retried_id_is_computed_once(serve, raw, enc, bcodec):
+    """A retry from a new socket is attached to the queued request; a later one gets the stored reply."""
+    srv = serve(max_wait_ms=0)
+    frames = P.decode_request("same-id", enc.symbols, enc.meta, 5.0, image_format="raw")
+    first, second, third = raw(srv.last_endpoint), raw(srv.last_endpoint), raw(srv.last_endpoint)
+    with codec_lock(bcodec):
+        first.send(frames)
+        wait_for(lambda: srv.counters["requests"] == 1, what="request accepted")
+        second.send(frames)
+        wait_for(lambda: srv.counters["duplicates"] == 1, what="duplicate seen")
+    header, payloads = second.recv()  # the reply goes to the latest sender
+    assert header["ok"] and header["id"] == "same-id"
+    assert not first.sock.poll(300)
+    third.send(frames)
+    header3, payloads3 = third.recv()
+    assert header3["id"] == "same-id" and payloads3 == payloads
+    assert srv.counters["served"] == 1 and list(srv.served_ids) == ["same-id"] and srv.counters["duplicates"] == 2
+    third.send(P.decode_request("same-id", enc.symbols, enc.meta, 9.0))  # same id, other request
+    assert third.recv()[0]["code"] == P.BAD_REQUEST
+
+
+def test_client_ignores_stale_replies(client):
+    """A fake server answers first with another id: the client waits for its own."""
+    ctx = zmq.Context()
+    fake = ctx.socket(zmq.ROUTER)
+    fake.setsockopt(zmq.LINGER, 0)
+    fake.bind("tcp://127.0.0.1:0")
+    c = client(fake.getsockopt(zmq.LAST_ENDPOINT).decode(), timeout_ms=5000, retries=0)
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("status", c.status()))
+    t.start()
+    try:
+        assert fake.poll(5000)
+        ident, delim, header = fake.recv_multipart()
+        rid = json.loads(header)["id"]
+        fake.send_multipart([ident, delim] + P.reply("some-older-id", "status", status={"model": "stale"}))
+        fake.send_multipart([ident, delim] + P.reply(rid, "status", status={"model": "fresh"}))
+        t.join(10)
+    finally:
+        fake.close(0)
+        ctx.term()
+    assert out["status"] == {"model": "fresh"} and c.stats["stale"] == 1
+
+
+def test_no_server_raises_backend_error_after_retries(client):
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.ROUTER)
+    s.bind("tcp://127.0.0.1:0")
+    endpoint = s.getsockopt(zmq.LAST_ENDPOINT).decode()
+    s.close(0)
+    ctx.term()  # nobody listens there now
+    c = client(endpoint, timeout_ms=300, retries=2)
+    t0 = time.monotonic()
+    with pytest.raises(BackendError, match=r"after 3 attempts \(timeout 300 ms each\)") as e:
+        c.status()
+    assert endpoint in str(e.value) and "gdmcom serve" in str(e.value)
+    assert 0.85 < time.monotonic() - t0 < 3.0
+    assert c.stats["timeouts"] == 3 and c.stats["retries"] == 2
+
+
+def test_client_backs_off_on_busy_then_succeeds(serve, raw, client, enc, bcodec):
+    srv = serve(max_queue=1, max_batch=1, max_wait_ms=0)
+    r = raw(srv.last_endpoint)
+    c = client(srv.last_endpoint, timeout_ms=5000, retries=8)
+    out = {}
+    with codec_lock(bcodec):
+        r.send(P.decode_request("a", enc.symbols, enc.meta, 5.0))  # taken by the worker, blocked on the lock
+        wait_for(lambda: srv.counters["requests"] == 1 and srv.status()["queue_depth"] == 0, what="worker busy")
+        r.send(P.decode_request("b", enc.symbols, enc.meta, 5.0))  # fills the queue
+        wait_for(lambda: srv.counters["requests"] == 2, what="queue full")
+        t = threading.Thread(target=lambda: out.setdefault("d", c.decode(enc.symbols, enc.meta, 5.0)))
+        t.start()
+        wait_for(lambda: srv.counters["busy"] >= 1, what="busy reply")
+    t.join(30)
+    assert out["d"].image.shape == (64, 64, 3) and c.stats["busy"] >= 1
+    assert {r.recv()[0]["id"], r.recv()[0]["id"]} == {"a", "b"}
+
+
+# ---------------------------------------------------------------------- several servers
+def _run_with_one_server_stopped(c, servers, enc, n):
+    """Decode ``n`` images through ``c``; once every server has served 2, stop the last one."""
+    out = {}
+
+    def run():
+        for i in range(n):
+            out[i] = c.decode(noisy(enc, i), enc.meta, 5.0)
+
+    t = threading.Thread(target=run)
+    t.start()
+    wait_for(lambda: all(s.counters["served"] >= 2 for s in servers), what="both servers serving")
+    servers[-1].stop()
+    t.join(60)
+    return out
+
+
+def test_two_servers_in_the_endpoint_list_share_the_load(serve, client, enc, bcodec):
+    a, b = serve(max_wait_ms=0), serve(max_wait_ms=0)
+    c = client(f"{a.last_endpoint}, {b.last_endpoint}", timeout_ms=2000, retries=10)
+    out = _run_with_one_server_stopped(c, [a, b], enc, 12)
+    assert sorted(out) == list(range(12))
+    assert a.counters["served"] > 0 and b.counters["served"] > 0
+    assert a.counters["served"] + b.counters["served"] == 12
+    for i, d in out.items():
+        assert np.array_equal(d.image, bcodec.decode(noisy(enc, i), enc.meta, 5.0).image)
+
+
+def test_broker_in_front_of_two_servers(serve, client, enc):
+    broker = Broker("tcp://127.0.0.1:0", "tcp://127.0.0.1:0").start()
+    try:
+        a = serve(bind=None, connect=broker.backend_endpoint, max_wait_ms=0)
+        b = serve(bind=None, connect=broker.backend_endpoint, max_wait_ms=0)
+        c = client(broker.frontend_endpoint, timeout_ms=2000, retries=10)
+        out = _run_with_one_server_stopped(c, [a, b], enc, 10)
+        assert sorted(out) == list(range(10))
+        assert a.counters["served"] > 0 and b.counters["served"] > 0
+        assert len(set(a.served_ids) | set(b.served_ids)) == 10
+    finally:
+        broker.stop()
+
+
+# ---------------------------------------------------------------------- overload
+def test_overload_answers_every_request_and_memory_stays_bounded(serve, raw, bcodec):
+    queue_size, n = 4, 40
+    noise = np.random.default_rng(3).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, format="PNG")
+    image = buf.getvalue()
+    srv = serve(max_queue=queue_size, max_batch=2, max_wait_ms=0)
+    bcodec.encode_many([image, image])  # warm the allocator at this size and batch
+    r = raw(srv.last_endpoint)
+    r.send(P.encode_request("warm", image, "warm"))
+    assert r.recv(30000)[0]["ok"]
+    rss_idle = rss_bytes()
+    sent = {}
+    for i in range(n):
+        r.send(P.encode_request(f"req{i}", image, f"img{i}"))
+        sent[f"req{i}"] = time.monotonic()
+    codes, peak_queue = {}, 0
+    timeout_s = 30.0
+    while len(codes) < n:
+        peak_queue = max(peak_queue, srv.status()["queue_depth"])
+        header, _ = r.recv(int(timeout_s * 1000))
+        assert time.monotonic() - sent[header["id"]] < timeout_s
+        codes[header["id"]] = "ok" if header["ok"] else header["code"]
+    rss_after = rss_bytes()
+    n_ok, n_busy = list(codes.values()).count("ok"), list(codes.values()).count(P.BUSY)
+    assert n_ok + n_busy == n and n_ok >= queue_size
+    assert n_busy >= n // 2  # most were turned away at once, not queued
+    assert peak_queue <= queue_size
+    assert srv.counters["busy"] == n_busy and srv.counters["served"] == n_ok + 1
+    bound = 1.2 * (rss_idle + queue_size * len(image))
+    assert rss_after <= bound, f"RSS {rss_after / 2**20:.1f} MiB > {bound / 2**20:.1f} MiB"
+
+
+# ---------------------------------------------------------------------- GNU Radio blocks
+def test_gnuradio_blocks_use_the_server(codec, serve, small, tmp_path):
+    """Semantic Source -> AWGN 15 dB -> Semantic Sink, both with ``server=<endpoint>``."""
+    gr = pytest.importorskip("gnuradio.gr")
+    from gnuradio import analog, blocks
+
+    from gr_gdmcom.blocks import semantic_sink, semantic_source
+    from gr_gdmcom.codec import select_steps
+
+    Image.fromarray(small).save(tmp_path / "a.png")
+    srv = serve(codec=codec)
+    src = semantic_source(images=str(tmp_path / "a.png"), server=srv.last_endpoint, model="tiny", device="cpu")
+    snk = semantic_sink(out_dir=str(tmp_path / "out"), server=srv.last_endpoint, model="tiny", device="cpu")
+    try:
+        assert isinstance(src.pipeline.backend, RemoteBackend) and isinstance(snk.pipeline.backend, RemoteBackend)
+        tb = gr.top_block()
+        add = blocks.add_cc()
+        tb.connect(src, (add, 0))
+        tb.connect(analog.noise_source_c(analog.GR_GAUSSIAN, 10 ** (-15 / 20), 7), (add, 1))
+        tb.connect(add, snk)
+        tb.run()
+        (r,) = snk.results
+        assert r["complete"] and (r["height"], r["width"]) == (64, 64) and abs(r["snr_est_db"] - 15.0) < 1.5
+        alpha = src.pipeline.backend.encode(small).meta.alpha
+        assert r["n_steps"] == select_steps(r["snr_est_db"], power=1 / alpha ** 2).n_steps
+        assert (srv.counters["served"], srv.counters["failed"]) == (3, 0)  # encode, decode, our encode
+    finally:
+        src.pipeline.backend.close()
+        snk.pipeline.backend.close()
+
+
+# ---------------------------------------------------------------------- command line and documents
+def test_gdmcom_serve_command(client, tmp_path):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "gr_gdmcom.cli", "serve", "--model", "tiny", "--device", "cpu",
+           "--bind", "tcp://127.0.0.1:0", "--torch-threads", "1", "--steps", "12", "--max-batch", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()
+        started = json.loads(line)
+        assert started["event"] == "listening" and started["model"] == "tiny" and started["max_batch"] == 2
+        st = client(started["endpoint"], timeout_ms=10000, retries=0).status()
+        assert st["config"]["steps"] == 12 and st["pid"] == proc.pid
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert json.loads(out.splitlines()[-1])["event"] == "stopped"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_cli_registers_serve_broker_and_status():
+    from gr_gdmcom.cli import build_parser
+
+    p = build_parser()
+    a = p.parse_args(["serve", "--model", "tiny", "--bind", "tcp://0.0.0.0:5555", "--max-batch", "8",
+                      "--max-wait-ms", "20", "--max-queue", "64", "--device", "cuda:0", "--steps", "15"])
+    assert (a.max_batch, a.max_wait_ms, a.max_queue, a.device, a.steps) == (8, 20.0, 64, "cuda:0", 15)
+    b = p.parse_args(["broker", "--frontend", "tcp://*:5555", "--backend", "tcp://*:5556"])
+    assert (b.frontend, b.backend) == ("tcp://*:5555", "tcp://*:5556")
+    assert p.parse_args(["server-status", "--server", "tcp://h:5555"]).server == "tcp://h:5555"
+
+
+def test_protocol_document_covers_every_code_and_field():
+    doc = (ROOT / "docs" / "protocol.md").read_text()
+    for code in P.ERROR_CODES:
+        assert f"`{code}`" in doc, code
+    for name in P.meta_fields() + ["sizes", "snr_db", "retry_after_ms", "n_steps", "<c8"]:
+        assert f"`{name}`" in doc or name in doc, name
