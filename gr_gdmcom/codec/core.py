@@ -39,6 +39,7 @@ from .schedule import Grid, StepChoice, get_grid, sampling_path, select_steps
 log = logging.getLogger(__name__)
 
 STAGES = ("vae_encode", "inversion", "sampling", "vae_decode")
+MAX_CACHED_PROMPTS = 16
 
 
 class CodecError(ValueError):
@@ -174,6 +175,8 @@ class GenerativeCodec:
     def _text_embedding(self, prompt: str) -> torch.Tensor:
         """(2, 77, D): unconditional and conditional CLIP embeddings, computed once per prompt."""
         if prompt not in self._embeddings:
+            if len(self._embeddings) >= MAX_CACHED_PROMPTS:  # bounded: a server sees arbitrary prompts
+                self._embeddings.pop(next(iter(self._embeddings)))
             tok = self.c.tokenizer([ "", prompt], padding="max_length", truncation=True,
                                    max_length=self.c.tokenizer.model_max_length, return_tensors="pt")
             with torch.no_grad():
