@@ -1,0 +1,251 @@
+"""Frame configuration and every fixed sequence of the burst format.
+
+A burst, in symbols (see ``docs/frame-format.md``)::
+
+    | preamble (reps x seg) | body: P0 d d ... d P1 d ... d ... Plast |
+                             `-- data = coded header (BPSK) + payload --'
+
+* preamble: a CAZAC (Frank) segment of ``preamble_seg`` symbols repeated
+  ``preamble_reps`` times under a sign cover whose adjacent-segment products
+  form a Barker code (sharp, CFO-proof autocorrelation metric);
+* body: one known QPSK pilot before every ``pilot_spacing`` data symbols and
+  one after the last; the data are the convolutionally coded, whitened BPSK
+  header followed by the (optionally scrambled) latent symbols.
+
+Every pseudo-random sequence comes from the PRBS-15 LFSR below (never from
+numpy's generators, whose streams may change between numpy versions).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import astuple, dataclass
+
+import numpy as np
+
+from .header import HEADER_CODED_BITS
+
+#: Barker codes by length (the preamble cover uses the one of length reps - 1).
+BARKER = {
+    2: (1, -1), 3: (1, 1, -1), 4: (1, 1, -1, 1), 5: (1, 1, 1, -1, 1), 7: (1, 1, 1, -1, -1, 1, -1),
+    11: (1, 1, 1, -1, -1, -1, 1, -1, -1, 1, -1), 13: (1, 1, 1, 1, 1, -1, -1, 1, 1, -1, 1, -1, 1),
+}
+#: PRBS-15 (x^15 + x^14 + 1) seeds of the sequences of the format.
+SEED_PILOTS, SEED_HEADER, SEED_PAYLOAD = 0x7FFF, 0x5A5A, 0x1D2B
+PRBS_ORDER, PRBS_TAP = 15, 14
+#: Largest chunk a header can describe (``chunk_symbols`` is a uint16).
+MAX_CHUNK_LIMIT = 0xFFFF
+
+
+@dataclass
+class FrameConfig:
+    """Burst PHY settings shared by transmitter and receiver.
+
+    Attributes:
+        sps: samples per symbol (1 = no pulse shaping: symbol = sample).
+        rolloff: RRC roll-off factor beta.
+        rrc_span: RRC filter length in symbols (even); ``rrc_span * sps + 1`` taps.
+        pilot_spacing: P, data symbols between two known pilots.
+        scramble: multiply payload symbols by a PN QPSK phase sequence.
+        max_chunk_symbols: most latent symbols per burst (<= 65535).
+        gap_symbols: zero symbols between bursts in :meth:`FrameTx.stream`.
+        preamble_seg: symbols per preamble segment (a perfect square: 4, 9, 16, 25, ...);
+            sets the CFO capture range +-1/(2 seg sps) cycles/sample.
+        preamble_reps: preamble segments; ``preamble_reps - 1`` must be a Barker length.
+        eq_taps: receiver: symbol-spaced LS equaliser taps (odd; 1 = one-tap).
+        phase_window: receiver: pilots averaged by the phase tracker.
+        detect_threshold: receiver: normalised preamble-metric threshold (0..1).
+        verify_threshold: receiver: normalised preamble-correlation threshold (0..1).
+    """
+
+    sps: int = 2
+    rolloff: float = 0.35
+    rrc_span: int = 8
+    pilot_spacing: int = 32
+    scramble: bool = True
+    max_chunk_symbols: int = 8192
+    gap_symbols: int = 64
+    preamble_seg: int = 16
+    preamble_reps: int = 14
+    eq_taps: int = 7
+    phase_window: int = 32
+    detect_threshold: float = 0.05
+    verify_threshold: float = 0.12
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> "FrameConfig":
+        """Raise ``ValueError`` with a readable message for impossible settings."""
+        checks = [
+            (isinstance(self.sps, (int, np.integer)) and 1 <= self.sps <= 16, "sps must be an integer in 1..16"),
+            (0.0 < float(self.rolloff) <= 1.0, "rolloff must be in (0, 1]"),
+            (self.rrc_span >= 2 and self.rrc_span % 2 == 0, "rrc_span must be an even number >= 2"),
+            (2 <= self.pilot_spacing <= 4096, "pilot_spacing must be in 2..4096"),
+            (1 <= self.max_chunk_symbols <= MAX_CHUNK_LIMIT, f"max_chunk_symbols must be in 1..{MAX_CHUNK_LIMIT}"),
+            (self.gap_symbols >= 0, "gap_symbols must be >= 0"),
+            (self.preamble_seg >= 4 and round(np.sqrt(self.preamble_seg)) ** 2 == self.preamble_seg,
+             "preamble_seg must be a square >= 4 (Frank sequence length)"),
+            (self.preamble_reps - 1 in BARKER,
+             f"preamble_reps - 1 must be a Barker length {sorted(BARKER)}"),
+            (self.eq_taps >= 1 and self.eq_taps % 2 == 1 and self.eq_taps <= 31, "eq_taps must be odd, 1..31"),
+            (self.phase_window >= 1, "phase_window must be >= 1"),
+            (0.0 < self.detect_threshold < 1.0, "detect_threshold must be in (0, 1)"),
+            (0.0 < self.verify_threshold < 1.0, "verify_threshold must be in (0, 1)"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"FrameConfig: {msg} (got {self!r})")
+        return self
+
+    @property
+    def cfo_range(self) -> float:
+        """Largest |CFO| the receiver acquires, cycles/sample."""
+        return 1.0 / (2.0 * self.preamble_seg * self.sps)
+
+    def layout(self) -> "FrameLayout":
+        """The (cached) sequences and index maps of this configuration."""
+        return _layout(astuple(self))
+
+
+def prbs_bits(n: int, seed: int) -> np.ndarray:
+    """``n`` bits of the PRBS-15 LFSR b[k] = b[k-15] xor b[k-14], initial
+    register = the 15 bits of ``seed`` (LSB first).  uint8 (n,)."""
+    reg = [(seed >> i) & 1 for i in range(PRBS_ORDER)]
+    if not any(reg):
+        raise ValueError("PRBS seed must be non-zero")
+    b = np.zeros(n + PRBS_ORDER, np.uint8)
+    b[:PRBS_ORDER] = reg
+    step = PRBS_TAP  # b[k..k+13] depend only on earlier bits: fill 14 at a time
+    for k in range(PRBS_ORDER, n + PRBS_ORDER, step):
+        m = min(step, n + PRBS_ORDER - k)
+        b[k:k + m] = b[k - PRBS_ORDER:k - PRBS_ORDER + m] ^ b[k - PRBS_TAP:k - PRBS_TAP + m]
+    return b[PRBS_ORDER:]
+
+
+def qpsk(bits: np.ndarray) -> np.ndarray:
+    """Bit pairs (b0, b1) -> ((1 - 2 b0) + j (1 - 2 b1)) / sqrt(2).  complex64 (len(bits) // 2,)."""
+    b = 1.0 - 2.0 * np.asarray(bits, np.float64)[: len(bits) // 2 * 2].reshape(-1, 2)
+    return ((b[:, 0] + 1j * b[:, 1]) / np.sqrt(2.0)).astype(np.complex64)
+
+
+def frank(n: int) -> np.ndarray:
+    """Frank CAZAC sequence of length n = q^2: exp(j 2 pi (k div q)(k mod q) / q).  complex64 (n,)."""
+    q = int(round(np.sqrt(n)))
+    k = np.arange(n)
+    return np.exp(2j * np.pi * (k // q) * (k % q) / q).astype(np.complex64)
+
+
+def rrc(t: np.ndarray, beta: float) -> np.ndarray:
+    """Root-raised-cosine impulse response at times ``t`` (in symbols), peak 1 - beta + 4 beta / pi.  float64."""
+    t = np.asarray(t, np.float64)
+    out = np.empty_like(t)
+    zero = np.abs(t) < 1e-9
+    sing = np.abs(np.abs(4.0 * beta * t) - 1.0) < 1e-9
+    reg = ~(zero | sing)
+    tr = t[reg]
+    out[reg] = (np.sin(np.pi * tr * (1 - beta)) + 4 * beta * tr * np.cos(np.pi * tr * (1 + beta))) / (
+        np.pi * tr * (1 - (4 * beta * tr) ** 2))
+    out[zero] = 1 - beta + 4 * beta / np.pi
+    out[sing] = beta / np.sqrt(2) * ((1 + 2 / np.pi) * np.sin(np.pi / (4 * beta))
+                                     + (1 - 2 / np.pi) * np.cos(np.pi / (4 * beta)))
+    return out
+
+
+class FrameLayout:
+    """Sequences and index maps derived from a :class:`FrameConfig` (build with ``cfg.layout()``).
+
+    Attributes:
+        cfg: the configuration.
+        half: RRC delay in samples (``rrc_span * sps / 2``; 0 at sps = 1).
+        rrc_scale: factor making the sampled RRC unit-energy.
+        taps: float64 (2 half + 1,), unit-energy TX pulse / matched filter.
+        preamble: complex64 (reps * seg,), unit-modulus preamble symbols.
+        cover: float64 (reps,), segment signs; ``barker``: float64 (reps - 1,),
+            products of adjacent signs (the detection weights).
+        header_whitening: complex64 (HEADER_CODED_BITS,), unit-modulus QPSK phases: coded
+            bit c_k is sent as (1 - 2 c_k) w_k (BPSK on a PN-rotated axis, so that the
+            header is a circular, white signal like the rest of the burst).
+        pilots: complex64 (max pilots,), QPSK; ``scrambler``: complex64
+            (MAX_CHUNK_LIMIT,), unit-modulus QPSK phases.
+        template: complex64, the shaped preamble waveform (TX samples of the
+            preamble alone, ``reps * seg * sps + 2 half`` samples).
+    """
+
+    def __init__(self, cfg: FrameConfig):
+        self.cfg = cfg
+        sps, seg, reps = cfg.sps, cfg.preamble_seg, cfg.preamble_reps
+        self.half = cfg.rrc_span * sps // 2 if sps > 1 else 0
+        if sps > 1:
+            raw = rrc(np.arange(-self.half, self.half + 1) / sps, cfg.rolloff)
+            self.rrc_scale = 1.0 / np.sqrt(np.sum(raw ** 2))
+            self.taps = raw * self.rrc_scale
+        else:
+            self.rrc_scale, self.taps = 1.0, np.ones(1)
+        self.barker = np.asarray(BARKER[reps - 1], np.float64)
+        self.cover = np.concatenate([[1.0], np.cumprod(self.barker)])
+        self.preamble = (np.repeat(self.cover, seg) * np.tile(frank(seg), reps)).astype(np.complex64)
+        self.header_whitening = qpsk(prbs_bits(2 * HEADER_CODED_BITS, SEED_HEADER))
+        max_data = HEADER_CODED_BITS + MAX_CHUNK_LIMIT
+        self.pilots = qpsk(prbs_bits(2 * (max_data // cfg.pilot_spacing + 2), SEED_PILOTS))
+        self.scrambler = qpsk(prbs_bits(2 * MAX_CHUNK_LIMIT, SEED_PAYLOAD))
+        self.template = self.shape(self.preamble)
+
+    def shape(self, symbols: np.ndarray) -> np.ndarray:
+        """Pulse-shape symbols at ``sps`` (full convolution, filter tails included).
+
+        Args:
+            symbols: complex (n,), unit-energy symbols.
+        Returns:
+            complex64 (n * sps + 2 half,) samples; unit energy per symbol.
+        """
+        sps = self.cfg.sps
+        if sps == 1:
+            return np.asarray(symbols, np.complex64)
+        up = np.zeros(len(symbols) * sps, np.complex64)
+        up[::sps] = symbols
+        return np.convolve(up, self.taps.astype(np.float32)).astype(np.complex64)
+
+    def body_map(self, n_data: int):
+        """Body positions of ``n_data`` data symbols and of the pilots.
+
+        Returns:
+            (data_pos int64 (n_data,), pilot_pos int64 (n_pilots,), body_len int); the
+            arrays are cached and read-only.
+        """
+        return _body_map(self.cfg.pilot_spacing, int(n_data))
+
+    def body_symbols(self, data: np.ndarray) -> np.ndarray:
+        """Insert the pilots into ``data`` (complex (n,)) -> complex64 body."""
+        data_pos, pilot_pos, body_len = self.body_map(len(data))
+        body = np.empty(body_len, np.complex64)
+        body[data_pos] = data
+        body[pilot_pos] = self.pilots[: len(pilot_pos)]
+        return body
+
+    def header_region(self):
+        """Body positions of the header data and of the pilots before it (known before
+        the payload length is).  Returns (data_pos, pilot_pos, n_body)."""
+        data_pos, _, _ = self.body_map(HEADER_CODED_BITS)
+        n_blocks = -(-HEADER_CODED_BITS // self.cfg.pilot_spacing)
+        return data_pos, np.arange(n_blocks, dtype=np.int64) * (self.cfg.pilot_spacing + 1), int(data_pos[-1]) + 1
+
+    def burst_samples(self, n_payload: int) -> int:
+        """Samples in a burst carrying ``n_payload`` latent symbols."""
+        return (len(self.preamble) + self.body_map(HEADER_CODED_BITS + n_payload)[2]) * self.cfg.sps + 2 * self.half
+
+
+@functools.lru_cache(maxsize=64)
+def _body_map(p: int, n_data: int):
+    d = np.arange(n_data)
+    nblocks = -(-n_data // p)
+    body_len = n_data + nblocks + 1
+    pilot_pos = np.concatenate([np.arange(nblocks) * (p + 1), [body_len - 1]]).astype(np.int64)
+    data_pos = d + d // p + 1
+    data_pos.flags.writeable = pilot_pos.flags.writeable = False
+    return data_pos, pilot_pos, body_len
+
+
+@functools.lru_cache(maxsize=16)
+def _layout(key: tuple) -> FrameLayout:
+    return FrameLayout(FrameConfig(*key))

@@ -1,0 +1,185 @@
+"""The burst header: 44 bytes, CRC-32, rate-1/3 K=7 convolutional code, BPSK.
+
+Byte layout (big-endian, ``HEADER_STRUCT``); the CRC-32 (zlib / IEEE 802.3
+polynomial) covers bytes 0..39::
+
+    off size field              off size field
+      0  2   magic "GD"          21  2   image height
+      2  1   version (1)         23  2   image width
+      3  1   flags               25  1   k
+      4  2   image_id            26  1   m_hint (0 = receiver default)
+      6  2   chunk_index         27  2   T
+      8  2   chunk_count         29  1   forward (0 ddim, 1 random)
+     10  4   total_symbols       30  2   guidance (IEEE float16)
+     14  2   chunk_symbols       32  4   alpha (IEEE float32)
+     16  1   latent C            36  4   prompt_hash
+     17  2   latent H            40  4   CRC-32
+     19  2   latent W
+
+The 352 bits (MSB of byte 0 first) plus 6 zero tail bits are encoded at rate
+1/3 (1074 coded bits) and sent as BPSK, each bit on the axis of a PRBS-15 QPSK
+phase (``FrameLayout.header_whitening``).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field, fields
+from typing import Tuple
+
+import numpy as np
+
+from . import conv
+
+MAGIC = b"GD"
+HEADER_VERSION = 1
+#: magic, version, flags, image_id, chunk_index, chunk_count, total_symbols, chunk_symbols,
+#: latent C, latent H, latent W, image h, image w, k, m_hint, T, forward, guidance, alpha, prompt_hash
+HEADER_STRUCT = struct.Struct(">2sBBHHHIHBHHHHBBHBefI")
+CRC_BYTES = 4
+HEADER_BYTES = HEADER_STRUCT.size + CRC_BYTES
+HEADER_BITS = 8 * HEADER_BYTES
+HEADER_CODED_BITS = conv.coded_length(HEADER_BITS)
+FORWARD_DDIM, FORWARD_RANDOM = 0, 1
+
+_RANGES = dict(version=8, flags=8, image_id=16, chunk_index=16, chunk_count=16, total_symbols=32,
+               chunk_symbols=16, k=8, m_hint=8, T=16, forward=8, prompt_hash=32)
+
+
+class HeaderError(ValueError):
+    """A header that cannot be used.  ``reason`` is one of ``length``, ``magic``,
+    ``crc``, ``version``, ``field``."""
+
+    def __init__(self, message: str, reason: str = "field"):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class Header:
+    """Everything the receiver needs about one burst and its image.
+
+    Attributes:
+        version: format version (``HEADER_VERSION``).
+        image_id: uint16, same for every chunk of an image.
+        chunk_index, chunk_count: uint16, this chunk and the chunks of the image.
+        total_symbols: uint32, latent symbols of the whole image.
+        chunk_symbols: uint16, latent symbols in this burst.
+        latent_shape: (C, H, W) of the latent (C uint8, H/W uint16).
+        image_size: (height, width) of the original image, pixels (uint16).
+        k: DDIM-inversion steps at the transmitter (uint8).
+        m_hint: receiver inversion steps suggested by the transmitter (0 = receiver default).
+        T: DDIM grid size (uint16).
+        forward: 0 = DDIM inversion, 1 = random forward noise.
+        guidance: classifier-free guidance scale (sent as float16).
+        alpha: power-normalisation factor (float32).
+        prompt_hash: uint32, CRC-32 of the prompt text.
+        flags: uint8, reserved for future use (0).
+    """
+
+    image_id: int = 0
+    chunk_index: int = 0
+    chunk_count: int = 1
+    total_symbols: int = 0
+    chunk_symbols: int = 0
+    latent_shape: Tuple[int, int, int] = (4, 64, 64)
+    image_size: Tuple[int, int] = (512, 512)
+    k: int = 5
+    m_hint: int = 0
+    T: int = 50
+    forward: int = FORWARD_DDIM
+    guidance: float = 6.0
+    alpha: float = 1.0
+    prompt_hash: int = 0
+    flags: int = 0
+    version: int = HEADER_VERSION
+
+    def _values(self) -> tuple:
+        for name, nbits in _RANGES.items():
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or not 0 <= int(v) < (1 << nbits):
+                raise HeaderError(f"header field {name}={v!r} is not a uint{nbits}")
+        shape, size = tuple(self.latent_shape), tuple(self.image_size)
+        if len(shape) != 3 or not 0 <= shape[0] < 256 or not all(0 <= int(v) < 65536 for v in shape[1:]):
+            raise HeaderError(f"latent_shape {shape!r} must be (C < 256, H < 65536, W < 65536)")
+        if len(size) != 2 or not all(0 <= int(v) < 65536 for v in size):
+            raise HeaderError(f"image_size {size!r} must be (height, width), each < 65536")
+        if not np.isfinite(self.alpha) or not np.isfinite(np.float16(self.guidance)):
+            raise HeaderError(f"alpha={self.alpha!r} and guidance={self.guidance!r} must be finite")
+        return (MAGIC, self.version, self.flags, self.image_id, self.chunk_index, self.chunk_count,
+                self.total_symbols, self.chunk_symbols, *map(int, shape), *map(int, size), self.k, self.m_hint,
+                self.T, self.forward, float(self.guidance), float(self.alpha), self.prompt_hash)
+
+    def pack(self) -> bytes:
+        """Serialise: ``HEADER_BYTES`` bytes (fields, then CRC-32 big-endian).
+
+        Raises:
+            HeaderError: a field does not fit its type.
+        """
+        body = HEADER_STRUCT.pack(*self._values())
+        return body + struct.pack(">I", zlib.crc32(body))
+
+    @classmethod
+    def unpack(cls, data: bytes) -> "Header":
+        """Parse and check ``HEADER_BYTES`` bytes.
+
+        Raises:
+            HeaderError: wrong length, bad magic, CRC mismatch or unsupported version
+            (``reason`` says which).
+        """
+        data = bytes(data)
+        if len(data) != HEADER_BYTES:
+            raise HeaderError(f"header must be {HEADER_BYTES} bytes, got {len(data)}", "length")
+        body, (crc,) = data[:-CRC_BYTES], struct.unpack(">I", data[-CRC_BYTES:])
+        if body[:2] != MAGIC:
+            raise HeaderError(f"bad header magic {body[:2]!r} (expected {MAGIC!r})", "magic")
+        if zlib.crc32(body) != crc:
+            raise HeaderError(f"header CRC-32 mismatch (computed 0x{zlib.crc32(body):08x}, "
+                              f"received 0x{crc:08x})", "crc")
+        v = HEADER_STRUCT.unpack(body)
+        if v[1] != HEADER_VERSION:
+            raise HeaderError(f"unsupported header version {v[1]} (this receiver reads {HEADER_VERSION})",
+                              "version")
+        return cls(version=v[1], flags=v[2], image_id=v[3], chunk_index=v[4], chunk_count=v[5],
+                   total_symbols=v[6], chunk_symbols=v[7], latent_shape=tuple(v[8:11]),
+                   image_size=tuple(v[11:13]), k=v[13], m_hint=v[14], T=v[15], forward=v[16],
+                   guidance=float(v[17]), alpha=float(v[18]), prompt_hash=v[19])
+
+    def replace(self, **changes) -> "Header":
+        kw = {f.name: getattr(self, f.name) for f in fields(self)}
+        kw.update(changes)
+        return Header(**kw)
+
+
+def header_bits(data: bytes) -> np.ndarray:
+    """Header bytes -> bits uint8 (HEADER_BITS,), MSB first."""
+    return np.unpackbits(np.frombuffer(bytes(data), np.uint8))
+
+
+def encode_header(data: bytes, whitening: np.ndarray) -> np.ndarray:
+    """Header bytes -> symbols complex64 (HEADER_CODED_BITS,): coded bit c_k sent as
+    (1 - 2 c_k) whitening[k] (BPSK on the PN-rotated axis whitening[k])."""
+    if len(data) != HEADER_BYTES:
+        raise HeaderError(f"header must be {HEADER_BYTES} bytes, got {len(data)}", "length")
+    return ((1.0 - 2.0 * conv.encode(header_bits(data))) * whitening).astype(np.complex64)
+
+
+def decode_headers(symbols: np.ndarray, whitening: np.ndarray) -> list:
+    """Batch-decode received header symbols (exact ML: hard decisions when they
+    already form a codeword, the Viterbi decoder for the others).
+
+    Args:
+        symbols: complex (B, HEADER_CODED_BITS) or (HEADER_CODED_BITS,), equalised,
+            phase-corrected header symbols.
+        whitening: complex (HEADER_CODED_BITS,), the PN axis of each symbol.
+    Returns:
+        list of B bytes objects (HEADER_BYTES each; CRC not yet checked).
+    """
+    soft = np.atleast_2d((np.asarray(symbols) * np.conj(whitening)).real.astype(np.float32))
+    bits = [conv.decode_hard(row) for row in soft]
+    todo = [i for i, b in enumerate(bits) if b is None]
+    if todo:
+        for i, b in zip(todo, conv.viterbi(soft[todo])):
+            bits[i] = b
+    return [np.packbits(b).tobytes() for b in bits]

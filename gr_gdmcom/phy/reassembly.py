@@ -1,0 +1,174 @@
+"""Chunks (received frames) back into images.
+
+Policy (never silent):
+
+* chunks are collected by ``image_id``; an image is finalised when all its
+  chunks are in, when a frame of another image arrives (``finalise_on_new_id``),
+  when it has received nothing for ``timeout_frames`` frames, when more than
+  ``max_pending`` images are open (oldest first), or on :meth:`Reassembler.flush`;
+* a missing chunk leaves zeros in ``symbols`` and False in ``mask``; the image
+  is returned with ``complete=False`` and its ``missing`` chunk indices (the
+  decoder treats masked symbols as erased);
+* a frame whose image-level header fields differ from the open image of the
+  same id starts a new image (the old one is finalised first);
+* a chunk received twice keeps the copy with the lower noise variance;
+* image ids are expected to increase by one per image (mod 65536): a jump of
+  d (1 < d <= ``MAX_ID_GAP``) counts d - 1 images as lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from .header import Header
+from .rx import RxFrame
+from .snr import noise_var_to_snr_db
+from .tx import chunk_sizes
+
+log = logging.getLogger(__name__)
+
+#: Largest image-id jump still read as lost images (larger jumps = a new sender/session).
+MAX_ID_GAP = 256
+ID_MODULUS = 1 << 16
+_IMAGE_FIELDS = ("total_symbols", "chunk_count", "latent_shape", "image_size", "k", "T", "forward", "alpha",
+                 "prompt_hash")
+
+
+@dataclass
+class ReassembledImage:
+    """An image's latent symbols as received.
+
+    Attributes:
+        header: header of chunk 0 (or of the first chunk received if chunk 0 is missing).
+        symbols: complex64 (total_symbols,), unit-power scale; 0 where ``mask`` is False.
+        mask: bool (total_symbols,), True where symbols were received.
+        snr_db: Es/N0 estimate over the received chunks (from their symbol-weighted
+            mean noise variance), dB.
+        noise_var: that mean complex noise variance.
+        chunks_received, chunks_total: counts.
+        missing: sorted indices of the chunks not received.
+        complete: True when no chunk is missing.
+        chunk_noise_var: {chunk index: noise variance} of the received chunks.
+    """
+
+    header: Header
+    symbols: np.ndarray
+    mask: np.ndarray
+    snr_db: float
+    noise_var: float
+    chunks_received: int
+    chunks_total: int
+    missing: List[int]
+    complete: bool
+    chunk_noise_var: Dict[int, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Open:
+    header: Header
+    chunks: Dict[int, RxFrame]
+    last_seen: int
+
+
+def _image_key(h: Header) -> tuple:
+    return tuple(getattr(h, f) for f in _IMAGE_FIELDS)
+
+
+class Reassembler:
+    """Collect :class:`RxFrame` chunks into :class:`ReassembledImage` s.
+
+    Args:
+        timeout_frames: finalise an open image after this many frames without a chunk of it.
+        max_pending: most images open at once.
+        finalise_on_new_id: a frame of a new image id finalises the open images.
+
+    Attributes:
+        counters: images_complete, images_partial, images_lost, chunks_duplicate,
+            chunks_inconsistent.
+    """
+
+    def __init__(self, timeout_frames: int = 64, max_pending: int = 4, finalise_on_new_id: bool = True):
+        if timeout_frames < 1 or max_pending < 1:
+            raise ValueError(f"timeout_frames and max_pending must be >= 1, got {timeout_frames}, {max_pending}")
+        self.timeout_frames, self.max_pending = int(timeout_frames), int(max_pending)
+        self.finalise_on_new_id = bool(finalise_on_new_id)
+        self.counters = dict(images_complete=0, images_partial=0, images_lost=0, chunks_duplicate=0,
+                             chunks_inconsistent=0)
+        self._open: Dict[int, _Open] = {}
+        self._frames = 0
+        self._last_id: Optional[int] = None
+
+    def add(self, frame: RxFrame) -> List[ReassembledImage]:
+        """Add one frame; return the images it (or a timeout) finalised."""
+        self._frames += 1
+        h, out = frame.header, []
+        sizes = chunk_sizes(h.total_symbols, h.chunk_count) if 0 < h.chunk_count else np.zeros(0, np.int64)
+        if not h.chunk_index < len(sizes) or len(frame.symbols) != sizes[h.chunk_index]:
+            self.counters["chunks_inconsistent"] += 1
+            log.warning("image %d: chunk %d/%d with %d symbols does not fit %d total symbols; dropped",
+                        h.image_id, h.chunk_index, h.chunk_count, len(frame.symbols), h.total_symbols)
+            return self._expire()
+        img = self._open.get(h.image_id)
+        if img is not None and _image_key(img.header) != _image_key(h):
+            out.append(self._finalise(h.image_id))
+            img = None
+        if img is None:
+            if self.finalise_on_new_id:
+                out += [self._finalise(i) for i in list(self._open)]
+            self._count_lost(h.image_id)
+            img = self._open[h.image_id] = _Open(h, {}, self._frames)
+        old = img.chunks.get(h.chunk_index)
+        if old is not None:
+            self.counters["chunks_duplicate"] += 1
+        if old is None or frame.noise_var < old.noise_var:
+            img.chunks[h.chunk_index] = frame
+        img.last_seen = self._frames
+        if len(img.chunks) == h.chunk_count:
+            out.append(self._finalise(h.image_id))
+        return out + self._expire()
+
+    def flush(self) -> List[ReassembledImage]:
+        """Finalise every open image (end of stream)."""
+        return [self._finalise(i) for i in list(self._open)]
+
+    def _expire(self) -> List[ReassembledImage]:
+        out = [self._finalise(i) for i, img in list(self._open.items())
+               if self._frames - img.last_seen >= self.timeout_frames]
+        while len(self._open) > self.max_pending:
+            out.append(self._finalise(min(self._open, key=lambda i: self._open[i].last_seen)))
+        return out
+
+    def _count_lost(self, image_id: int):
+        if self._last_id is not None:
+            gap = (image_id - self._last_id) % ID_MODULUS
+            if 1 < gap <= MAX_ID_GAP:
+                self.counters["images_lost"] += gap - 1
+                log.warning("images %d..%d lost (no chunk received)", (self._last_id + 1) % ID_MODULUS,
+                            (image_id - 1) % ID_MODULUS)
+        self._last_id = image_id
+
+    def _finalise(self, image_id: int) -> ReassembledImage:
+        img = self._open.pop(image_id)
+        h0 = img.chunks[0].header if 0 in img.chunks else img.header
+        sizes = chunk_sizes(h0.total_symbols, h0.chunk_count)
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        symbols = np.zeros(h0.total_symbols, np.complex64)
+        mask = np.zeros(h0.total_symbols, bool)
+        for i, f in img.chunks.items():
+            symbols[offsets[i]: offsets[i + 1]] = f.symbols
+            mask[offsets[i]: offsets[i + 1]] = True
+        nv = {i: float(f.noise_var) for i, f in sorted(img.chunks.items())}
+        mean_nv = float(sum(nv[i] * sizes[i] for i in nv) / sum(sizes[i] for i in nv))
+        missing = sorted(set(range(h0.chunk_count)) - set(img.chunks))
+        complete = not missing
+        self.counters["images_complete" if complete else "images_partial"] += 1
+        if missing:
+            log.warning("image %d finalised with %d of %d chunks (missing %s)", image_id, len(img.chunks),
+                        h0.chunk_count, missing)
+        return ReassembledImage(header=h0, symbols=symbols, mask=mask, snr_db=noise_var_to_snr_db(mean_nv),
+                                noise_var=mean_nv, chunks_received=len(img.chunks), chunks_total=h0.chunk_count,
+                                missing=missing, complete=complete, chunk_noise_var=nv)

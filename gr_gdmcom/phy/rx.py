@@ -1,0 +1,476 @@
+"""Streaming burst receiver.
+
+``FrameRx.push(samples)`` may be called with any chunk sizes; samples are kept
+in an internal buffer (bounded: at most one burst plus the detection look-ahead
+beyond what has been processed, and inputs are processed in slices of
+``max_slice`` samples).  The chain, per burst (``docs/frame-format.md``):
+
+1. detection: Barker-weighted repeated-segment metric on integrate-and-dump
+   samples (CFO-proof), threshold ``detect_threshold``, peak pick;
+2. coarse CFO from the metric's phase; segment-wise correlation with the known
+   preamble waveform gives the timing (parabolic fractional refinement), a
+   verification score (``verify_threshold``) and the fine CFO;
+3. CFO correction, RRC matched filter evaluated at the fractional timing,
+   unbiased LS equaliser trained on the preamble, pilot phase tracking;
+4. header: exact ML decoding (hard decisions when they form a codeword, else
+   soft Viterbi batched over the bursts of one call), CRC-32; on a CRC failure
+   one retry with a decision-directed phase track;
+5. payload: equaliser retrained on preamble + header region, phase tracked on
+   all pilots, amplitude normalised on the header; pilots removed, descrambled;
+   noise variance estimated on the re-encoded header and on the pilots (each
+   judged against a phase estimated without it).
+"""
+
+from __future__ import annotations
+
+import cmath
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import numpy as np
+
+from . import sync
+from .frame import MAX_CHUNK_LIMIT, FrameConfig
+from .header import HEADER_CODED_BITS, Header, HeaderError, decode_headers, encode_header
+from .snr import MIN_NOISE_VAR, noise_var_to_snr_db
+
+log = logging.getLogger(__name__)
+
+COUNTERS = ("bursts_detected", "candidates_rejected", "headers_ok", "header_retries", "header_crc_fail",
+            "header_invalid", "sync_fail", "truncated", "overlapping", "nonfinite_samples", "frames_out")
+#: Default most samples handled per processing pass (bounds memory for huge pushes).
+MAX_SLICE = 1 << 18
+#: New samples that trigger a processing pass (smaller pushes are only buffered: the
+#: frames come out a little later, the same).
+MIN_PROCESS = 4096
+#: The detection metric is first evaluated every DETECT_STRIDE symbols, then at every
+#: symbol around threshold crossings.
+DETECT_STRIDE = 2
+#: Span (symbols) of the decision-directed phase track of a header retry.
+RETRACK_SPAN = 128
+
+
+@dataclass
+class RxFrame:
+    """One received burst.
+
+    Attributes:
+        header: the decoded :class:`Header`.
+        symbols: complex64 (header.chunk_symbols,), equalised latent symbols at unit
+            power scale (not de-normalised by alpha).
+        snr_db: Es/N0 estimate of the equalised payload, dB.
+        noise_var: complex noise variance estimate of the equalised payload (= 10**(-snr_db/10)).
+        cfo: carrier frequency offset estimate, cycles/sample.
+        gain: complex one-tap channel gain on the preamble (matched-filter output /
+            transmitted symbol, after CFO correction), before equalisation; its phase
+            is the carrier phase at the burst's first sample.
+        start: absolute index (in the pushed stream) of the burst's first sample.
+    """
+
+    header: Header
+    symbols: np.ndarray
+    snr_db: float
+    noise_var: float
+    cfo: float
+    gain: complex
+    start: int
+
+
+@dataclass
+class _Burst:
+    """A verified detection in progress."""
+
+    tau: float                       # absolute sample index of the burst's sample 0 (fractional)
+    cfo: float                       # cycles/sample, from the preamble
+    stage: str = "sync"              # sync -> soft -> decoded; "dead" once dropped
+    eq: Optional[np.ndarray] = None  # equaliser taps
+    gain: complex = 0j
+    y: Optional[np.ndarray] = None   # matched-filter outputs computed so far (symbols -h ..)
+    z: Optional[np.ndarray] = None    # equalised header region (before phase correction)
+    rot: Optional[np.ndarray] = None  # phase correction exp(-j theta) over the header region
+    soft: Optional[np.ndarray] = None  # phase-corrected header symbols
+    header: Optional[Header] = None
+    header_bytes: bytes = b""
+
+
+class FrameRx:
+    """Streaming receiver of :class:`~gr_gdmcom.phy.FrameTx` bursts.
+
+    Args:
+        cfg: :class:`FrameConfig` (must match the transmitter's; default if None).
+        max_slice: most samples processed per pass.
+
+    Attributes:
+        counters: dict of int, see ``COUNTERS``.
+    """
+
+    def __init__(self, cfg: Optional[FrameConfig] = None, max_slice: int = MAX_SLICE):
+        self.cfg = cfg or FrameConfig()
+        self.layout = lay = self.cfg.layout()
+        c = self.cfg
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        self.max_slice = int(max_slice)
+        self._sps, self._seg, self._reps = c.sps, c.preamble_seg, c.preamble_reps
+        self._seglen = c.preamble_seg * c.sps
+        self._npre = len(lay.preamble)
+        self._h = c.eq_taps // 2
+        self._delta = self._seglen // 2 + c.sps  # fine-timing search, +- samples
+        self._tseg = lay.template[lay.half: lay.half + self._reps * self._seglen].reshape(self._reps, -1)
+        self._hdr_pos, self._hdr_pilots, self._hdr_body = lay.header_region()
+        self._span = c.phase_window * (c.pilot_spacing + 1)  # phase-track window, symbols
+        # samples kept before the scan position (sync window) and padded at the stream edges
+        self._history = self._sps * (-(-(lay.half + self._delta + 4 * c.sps) // c.sps))
+        self._tail_pad = (self._h + 2) * c.sps + 2 * lay.half + self._reps * self._seglen + self._delta
+        self._reset(0)
+
+    # ------------------------------------------------------------------ public
+    def push(self, samples) -> List[RxFrame]:
+        """Feed samples; return the frames completed by them.
+
+        Args:
+            samples: 1-D complex array-like (complex64 preferred; any real or complex
+                numeric dtype is converted).  NaN/inf samples are counted in
+                ``nonfinite_samples`` and replaced by 0.
+        Returns:
+            list of :class:`RxFrame`, in stream order.
+        Raises:
+            TypeError: non-numeric input.  ValueError: not one-dimensional.
+        """
+        x = self._sanitize(samples)
+        frames: List[RxFrame] = []
+        for k in range(0, len(x), self.max_slice):
+            part = x[k: k + self.max_slice]
+            self._append(part)
+            self._end += len(part)
+            if self._end - self._processed >= MIN_PROCESS:  # small pushes: process in batches
+                frames += self._process(final=False)
+                self._processed = self._end
+        return frames
+
+    def flush(self) -> List[RxFrame]:
+        """End of stream: decode what is complete; bursts cut off by the end count as
+        ``truncated``.  The receiver is then ready for a new stream (indices go on)."""
+        self._append(np.zeros(self._tail_pad, np.complex64))
+        frames = self._process(final=True)
+        self.counters["truncated"] += sum(b.stage != "dead" for b in self._pending)
+        self._reset(self._end)
+        return frames
+
+    # --------------------------------------------------------------- internals
+    def _reset(self, at: int):
+        """Fresh stream state; the next pushed sample gets absolute index ``at``."""
+        start = (at - self._history - self._delta - self.layout.half) // self._sps * self._sps
+        self._store = np.zeros(max(at - start, 1 << 16), np.complex64)  # zeros before the stream start
+        self._lo, self._hi = 0, at - start  # self._store[_lo:_hi] holds samples _buf_start..
+        self._buf_start = start
+        self._end = self._processed = at
+        self._scan = start // self._sps  # next detection-metric index (symbol-rate)
+        self._pending: List[_Burst] = []
+        self._last_end = -math.inf
+
+    def _sanitize(self, samples) -> np.ndarray:
+        a = np.asarray(samples)
+        if a.dtype == object or a.dtype == bool or not np.issubdtype(a.dtype, np.number):
+            raise TypeError(f"FrameRx.push needs complex samples, got dtype {a.dtype}")
+        if a.ndim != 1:
+            raise ValueError(f"FrameRx.push needs a 1-D array, got shape {a.shape}")
+        with np.errstate(over="ignore", invalid="ignore"):
+            x = a.astype(np.complex64, copy=True)
+        bad = ~np.isfinite(x)
+        nbad = int(np.count_nonzero(bad))
+        if nbad:
+            x[bad] = 0
+            self.counters["nonfinite_samples"] += nbad
+            log.warning("%d non-finite input samples replaced by 0", nbad)
+        return x
+
+    @property
+    def _buf(self) -> np.ndarray:
+        """The buffered samples (a view), absolute indices _buf_start ..."""
+        return self._store[self._lo: self._hi]
+
+    def _append(self, x: np.ndarray):
+        """Append samples, growing (doubling) or compacting the store: amortised O(1)."""
+        n = self._hi - self._lo
+        if self._hi + len(x) > len(self._store):
+            store = self._store if n + len(x) <= len(self._store) // 2 else \
+                np.empty(2 * (n + len(x)), np.complex64)
+            store[:n] = self._store[self._lo: self._hi]
+            self._store, self._lo, self._hi = store, 0, n
+        self._store[self._hi: self._hi + len(x)] = x
+        self._hi += len(x)
+
+    def _samples(self, lo: int, hi: int) -> np.ndarray:
+        """Buffer samples with absolute indices lo..hi-1 (must be buffered)."""
+        return self._store[self._lo + lo - self._buf_start: self._lo + hi - self._buf_start]
+
+    def _available(self, hi: int) -> bool:
+        return hi <= self._buf_start + self._hi - self._lo
+
+    def _process(self, final: bool) -> List[RxFrame]:
+        self._detect(final)
+        ready = [b for b in self._pending if b.stage == "sync" and self._header_soft(b, final)]
+        if ready:
+            self._decode(ready)
+        frames = self._finish(final)
+        self._trim()
+        return frames
+
+    # detection ---------------------------------------------------------------
+    def _detect(self, final: bool):
+        """Scan the metric from ``_scan``; verify and synchronise each peak."""
+        cfg, sps, seg = self.cfg, self._sps, self._seg
+        lo = self._scan * sps
+        n_sym = (self._buf_start + self._hi - self._lo - lo) // sps
+        y = sync.integrate_dump(self._samples(lo, lo + n_sym * sps), sps)
+        metric, _ = sync.preamble_metric(y, seg, self.layout.barker, DETECT_STRIDE)
+        above = np.flatnonzero(metric > cfg.detect_threshold) * DETECT_STRIDE
+        # the peak may follow the first crossing by a whole preamble: partial overlaps
+        # with silence before a burst also score high
+        span = (self._reps + 2) * seg + DETECT_STRIDE
+        n_metric = len(y) - self._reps * seg + 1
+        pos = 0
+        while True:
+            k = np.searchsorted(above, pos)
+            if k >= len(above):
+                pos = max(pos, n_metric)
+                break
+            first = max(int(above[k]) - DETECT_STRIDE + 1, pos)
+            if first + span >= n_metric and not final:
+                pos = first
+                break
+            local, p = sync.preamble_metric(y[first: first + span + self._reps * seg], seg, self.layout.barker)
+            if not len(local):  # end of a flushed stream
+                pos = n_metric
+                break
+            best = int(np.argmax(local))
+            pk = first + best
+            f0 = -cmath.phase(p[best]) / (2 * np.pi * self._seglen)
+            coarse = int(round((self._scan + pk) * sps + (sps - 1) / 2 - self.layout.half))
+            verdict = self._synchronise(coarse, f0, final)
+            if verdict is None:  # sync window not buffered yet
+                pos = first
+                break
+            if verdict:
+                pos = pk + self._reps * seg
+            else:  # skip the rest of this excursion above the threshold
+                below = np.flatnonzero(local[best:] <= cfg.detect_threshold)
+                pos = pk + (int(below[0]) if len(below) else len(local) - best)
+        self._scan += pos
+
+    def _synchronise(self, coarse: int, f0: float, final: bool) -> Optional[bool]:
+        """Fine timing, CFO and verification of a detection at ``coarse`` (absolute
+        sample).  Appends a :class:`_Burst` and returns True, False if rejected,
+        None if the samples are not buffered yet."""
+        lo = coarse - self._delta + self.layout.half
+        hi = lo + 2 * self._delta + self._reps * self._seglen
+        if not self._available(hi):
+            return None
+        r = self._derotate(self._samples(lo, hi), f0, lo - coarse)
+        c, score, verify = sync.preamble_correlation(r, self._tseg)
+        lag, f1, best = sync.fine_timing_cfo(c, score, self._seglen, self._sps > 1)
+        if verify[best] < self.cfg.verify_threshold:
+            self.counters["candidates_rejected"] += 1
+            log.debug("candidate at %d rejected (verify %.3f)", coarse, verify[best])
+            return False
+        tau = coarse - self._delta + lag
+        if tau < self._last_end - self._sps:
+            self.counters["overlapping"] += 1
+            return False
+        self._pending.append(_Burst(tau=tau, cfo=f0 + f1))
+        self.counters["bursts_detected"] += 1
+        log.debug("burst at %.2f: cfo %.5f, verify %.3f", tau, f0 + f1, verify[best])
+        return True
+
+    @staticmethod
+    def _derotate(r: np.ndarray, f: float, n0: int) -> np.ndarray:
+        """r[n] * exp(-j 2 pi f (n + n0))."""
+        return r * sync.phasor(f, len(r), n0)
+
+    # demodulation ------------------------------------------------------------
+    def _need(self, b: _Burst, n_body: int) -> int:
+        """One past the last absolute sample used to demodulate ``n_body`` body symbols."""
+        return int(math.floor(b.tau + self.layout.half)) + (self._npre + n_body + self._h - 1) * self._sps \
+            + self.layout.half + 2
+
+    def _mf(self, b: _Burst, n_sym: int) -> np.ndarray:
+        """CFO-corrected matched-filter outputs of symbols -h .. n_sym + h - 1 (symbol 0 =
+        first preamble symbol), extending the burst's cache.  complex64 (n_sym + 2 h,)."""
+        lay, sps, h = self.layout, self._sps, self._h
+        have = 0 if b.y is None else len(b.y)
+        if have < n_sym + 2 * h:
+            base = b.tau + lay.half
+            n0 = int(math.floor(base))
+            lo = n0 + (have - h) * sps - lay.half
+            hi = n0 + (n_sym + h - 1) * sps + lay.half + 2
+            r = self._derotate(self._samples(lo, hi), b.cfo, lo - int(math.floor(b.tau)))
+            taps = sync.mf_taps(base - n0, lay.half, sps, self.cfg.rolloff, lay.rrc_scale) if sps > 1 \
+                else np.ones(1, np.float32)
+            new = sync.matched_filter(r, taps, sps, n_sym + 2 * h - have)
+            b.y = new if b.y is None else np.concatenate([b.y, new])
+        return b.y[: n_sym + 2 * h]
+
+    def _equalise_track(self, b: _Burst, y: np.ndarray, n_body: int, pilot_pos: np.ndarray, known_pos=None,
+                        known=None):
+        """Equalise the body and track its phase on the pilots (and on ``known``
+        symbols at ``known_pos``, e.g. the decoded header).
+
+        Returns:
+            (z complex64 (n_body,) equalised body, rot complex64 (n_body,) phase
+             correction, obs_pos int (n_obs,) positions of the known symbols used,
+             zk complex (n_obs,) them times conj(their value), theta_loo float (n_obs,)
+             phase at each estimated without it, omega rad/symbol).
+        """
+        lay = self.layout
+        z = sync.equalise(y, b.eq, self._npre + n_body)[self._npre:]
+        pilots = lay.pilots[: len(pilot_pos)]
+        omega = sync.residual_frequency(z[pilot_pos] * np.conj(pilots), pilot_pos)
+        pos, ref = pilot_pos, pilots
+        if known_pos is not None:
+            order = np.argsort(np.concatenate([pilot_pos, known_pos]), kind="stable")
+            pos = np.concatenate([pilot_pos, known_pos])[order]
+            ref = np.concatenate([pilots, known])[order]
+        zk = z[pos] * np.conj(ref)
+        rot, theta_loo = sync.track_phase(zk, pos, n_body, self._span, omega)
+        return z, rot, pos, zk, theta_loo, omega
+
+    def _header_soft(self, b: _Burst, final: bool) -> bool:
+        """Stage A: header soft values once the header region is buffered."""
+        if not self._available(self._need(b, self._hdr_body)):
+            return False
+        if final and int(math.floor(b.tau)) + (self._npre + self._hdr_body) * self._sps > self._end:
+            b.stage = "dead"
+            self.counters["truncated"] += 1
+            return False
+        lay, npre = self.layout, self._npre
+        y = self._mf(b, npre + self._hdr_body)
+        b.eq = sync.train_equaliser(y, lay.preamble, self.cfg.eq_taps)
+        if not b.eq.any():
+            return self._fail(b, "sync_fail", "degenerate equaliser")
+        b.gain = complex((np.conj(lay.preamble) * y[self._h: self._h + npre]).sum() / npre)
+        b.z, b.rot, *_ = self._equalise_track(b, y, self._hdr_body, self._hdr_pilots)
+        b.soft = b.z[self._hdr_pos] * b.rot[self._hdr_pos]
+        b.stage = "soft"
+        return True
+
+    def _decode(self, bursts: List[_Burst]):
+        """Batched decoding + CRC of the headers of ``bursts``; a header failing its CRC
+        gets one decision-directed retry (:meth:`_retrack`)."""
+        whitening = self.layout.header_whitening
+        datas = decode_headers(np.stack([b.soft for b in bursts]), whitening)
+        results = [self._parse(d) for d in datas]
+        retry = [i for i, r in enumerate(results) if isinstance(r, HeaderError) and r.reason in ("crc", "magic")]
+        if retry:
+            again = decode_headers(np.stack([self._retrack(bursts[i], datas[i]) for i in retry]), whitening)
+            for i, d in zip(retry, again):
+                datas[i], results[i] = d, self._parse(d)
+        for b, data, hdr in zip(bursts, datas, results):
+            if isinstance(hdr, HeaderError):
+                self._fail(b, "header_crc_fail" if hdr.reason in ("crc", "magic") else "header_invalid", str(hdr))
+                continue
+            b.header, b.header_bytes, b.stage = hdr, data, "decoded"
+            self.counters["headers_ok"] += 1
+
+    @staticmethod
+    def _parse(data: bytes):
+        """The header in ``data``, or the :class:`HeaderError` that rejects it."""
+        try:
+            hdr = Header.unpack(data)
+        except HeaderError as exc:
+            return exc
+        if not 1 <= hdr.chunk_symbols <= MAX_CHUNK_LIMIT:
+            return HeaderError(f"chunk_symbols {hdr.chunk_symbols} outside 1..{MAX_CHUNK_LIMIT}")
+        if not hdr.chunk_index < hdr.chunk_count or hdr.chunk_symbols > hdr.total_symbols:
+            return HeaderError(f"inconsistent chunking: chunk {hdr.chunk_index}/{hdr.chunk_count}, "
+                               f"{hdr.chunk_symbols} of {hdr.total_symbols} symbols")
+        return hdr
+
+    def _retrack(self, b: _Burst, data: bytes) -> np.ndarray:
+        """Header symbols re-derived with a phase track that also uses the failed
+        decoding's re-encoded symbols as (mostly right) pilots.  At low SNR the pilots
+        alone leave the phase at the ends of the header region uncertain; the 1074
+        decided symbols pin it down.  complex (HEADER_CODED_BITS,)."""
+        lay = self.layout
+        decided = lay.body_symbols(encode_header(data, lay.header_whitening))[: self._hdr_body]
+        pos = np.arange(self._hdr_body)
+        zk = b.z * np.conj(decided)
+        rot, _ = sync.track_phase(zk, pos, self._hdr_body, RETRACK_SPAN, sync.residual_frequency(zk, pos))
+        self.counters["header_retries"] += 1
+        return b.z[self._hdr_pos] * rot[self._hdr_pos]
+
+    def _fail(self, b: _Burst, counter: str, why: str) -> bool:
+        b.stage = "dead"
+        self.counters[counter] += 1
+        log.debug("burst at %.1f dropped: %s", b.tau, why)
+        return False
+
+    def _finish(self, final: bool) -> List[RxFrame]:
+        """Stage B for decoded bursts, in stream order."""
+        frames = []
+        while self._pending:
+            b = self._pending[0]
+            if b.stage == "dead":
+                self._pending.pop(0)
+                continue
+            if b.stage != "decoded":
+                break
+            n_data = HEADER_CODED_BITS + b.header.chunk_symbols
+            data_pos, pilot_pos, n_body = self.layout.body_map(n_data)
+            if not self._available(self._need(b, n_body)):
+                break
+            self._pending.pop(0)
+            end = int(math.floor(b.tau)) + self.layout.burst_samples(b.header.chunk_symbols)
+            if b.tau < self._last_end - self._sps:
+                self.counters["overlapping"] += 1
+            elif final and end > self._end:
+                self.counters["truncated"] += 1
+            else:
+                frame = self._payload(b, data_pos, pilot_pos, n_body)
+                if frame is not None:
+                    frames.append(frame)
+                    self._last_end = end
+        return frames
+
+    def _payload(self, b: _Burst, data_pos, pilot_pos, n_body) -> Optional[RxFrame]:
+        """Stage B: equaliser retrained on the preamble, the re-encoded header and the
+        header-region pilots; full-burst demodulation, gain refinement, noise estimate."""
+        lay, npre = self.layout, self._npre
+        hdr_pos = data_pos[:HEADER_CODED_BITS]
+        hdr_sym = encode_header(b.header_bytes, lay.header_whitening)
+        # training: preamble + header region (its data and pilots), rotated by its phase track
+        train = lay.body_symbols(hdr_sym)[: self._hdr_body] * np.conj(b.rot)
+        y = self._mf(b, npre + n_body)
+        b.eq = sync.train_equaliser(y, np.concatenate([lay.preamble, train]), self.cfg.eq_taps)
+        z, rot, pos, zk, theta_loo, omega = self._equalise_track(b, y, n_body, pilot_pos, hdr_pos, hdr_sym)
+        body = z * rot
+        # amplitude from the header symbols (real: a complex gain would also absorb the
+        # header region's phase-tracking error and hide it from the noise estimate)
+        g = float((np.conj(hdr_sym) * body[hdr_pos]).sum().real) / len(hdr_sym)
+        if not np.isfinite(g) or abs(g) < 1e-6:
+            self._fail(b, "sync_fail", "no signal on the known symbols")
+            return None
+        # every known symbol judged against the phase estimated without it
+        err = zk * np.exp(-1j * theta_loo) / g - 1.0
+        # the equaliser was fitted to npre + hdr_body symbols: undo its residual shrinkage
+        n_fit = npre + self._hdr_body
+        nv = max(float((err.real ** 2 + err.imag ** 2).mean()) * n_fit / (n_fit - self.cfg.eq_taps), MIN_NOISE_VAR)
+        sym = body[data_pos[HEADER_CODED_BITS:]] / g
+        if self.cfg.scramble:
+            sym = sym * np.conj(lay.scrambler[: len(sym)])
+        self.counters["frames_out"] += 1
+        return RxFrame(header=b.header, symbols=sym.astype(np.complex64), snr_db=noise_var_to_snr_db(nv),
+                       noise_var=nv, cfo=b.cfo + omega / (2 * np.pi * self._sps), gain=b.gain,
+                       start=int(round(b.tau)))
+
+    def _trim(self):
+        """Drop samples no pending burst or the detector needs any more."""
+        keep = self._scan * self._sps - self._history
+        for b in self._pending:
+            keep = min(keep, int(math.floor(b.tau)) - (self._h + 2) * self._sps - self.layout.half)
+        keep = keep // self._sps * self._sps
+        moved = min(keep - self._buf_start, self._hi - self._lo)
+        if moved > 0:
+            self._lo += moved
+            self._buf_start += moved

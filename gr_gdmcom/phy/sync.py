@@ -1,0 +1,330 @@
+"""Receiver signal processing, as pure vectorised numpy functions.
+
+Detection (:func:`preamble_metric`), timing/CFO/verification
+(:func:`preamble_correlation`, :func:`fine_timing_cfo`), fractional-delay
+matched filtering (:func:`matched_filter`), the LS equaliser
+(:func:`train_equaliser`, :func:`equalise`) and the pilot phase tracker
+(:func:`track_phase`).  :class:`~gr_gdmcom.phy.rx.FrameRx` strings them together.
+"""
+
+from __future__ import annotations
+
+import cmath
+import functools
+from typing import Tuple
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from .frame import rrc
+
+#: Per-sample power below which a window counts as silent (guards 0/0 in the metrics).
+SILENCE_POWER = 1e-10
+#: Largest pilot lag of the first residual-frequency estimate (its range is
+#: +-pi / (OMEGA_LAG * pilot distance) rad/symbol: 8x the preamble's CFO error at 0 dB).
+OMEGA_LAG = 16
+#: Resolution of the matched filter's fractional timing, steps per sample.
+MU_STEPS = 256
+
+
+def integrate_dump(x: np.ndarray, sps: int) -> np.ndarray:
+    """Sum of each ``sps`` consecutive samples (a cheap matched filter for detection).
+
+    Args:
+        x: complex64 (n,), n a multiple of sps.
+    Returns:
+        complex64 (n // sps,).
+    """
+    if sps == 1:
+        return x
+    y = x[0::sps] + x[1::sps]
+    for k in range(2, sps):
+        y += x[k::sps]
+    return y
+
+
+def preamble_metric(y: np.ndarray, seg: int, barker: np.ndarray, stride: int = 1) -> Tuple[np.ndarray, np.ndarray]:
+    """Barker-weighted repeated-segment (Schmidl-Cox-like) detection metric.
+
+    P[m] = sum_i b_i sum_{k in segment i} y[m+k] conj(y[m+k+seg]),
+    M[m] = |P|^2 / (E1 E2) with E1, E2 the energies of y[m : m+W] and
+    y[m+seg : m+seg+W], W = (reps - 1) seg.  M is in [0, 1], insensitive to
+    CFO (|P| does not depend on it), ~1/W on noise and ~(rho/(1+rho))^2 on a
+    preamble at per-element SNR rho; angle(P) = -2 pi f seg (f in cycles/element).
+
+    Args:
+        y: complex (n,), symbol-rate stream (e.g. :func:`integrate_dump` output).
+        seg: segment length in elements of ``y``.
+        barker: float (reps - 1,), adjacent-segment sign products.
+        stride: compute M and P at m = 0, stride, 2 stride, ...
+    Returns:
+        (M float64 (ceil((n - reps seg + 1) / stride),), P complex128 (same,)); empty
+        if n is too short.
+    """
+    reps = len(barker) + 1
+    n = len(y) - reps * seg + 1
+    if n <= 0:
+        return np.zeros(0), np.zeros(0, np.complex128)
+    c = np.zeros(len(y) - seg + 1, np.complex128)
+    np.cumsum(y[:-seg] * np.conj(y[seg:]), out=c[1:])
+    # P[m] = sum_i b_i (C[m + (i+1) seg] - C[m + i seg]) = sum_i w_i C[m + i seg]
+    w = np.concatenate([[0.0], barker]) - np.concatenate([barker, [0.0]])
+    nz = np.flatnonzero(w)
+    p = w[nz[0]] * c[nz[0] * seg: nz[0] * seg + n: stride]
+    for i in nz[1:]:
+        p += w[i] * c[i * seg: i * seg + n: stride]
+    e = np.zeros(len(y) + 1)
+    np.cumsum(y.real ** 2 + y.imag ** 2, out=e[1:])
+    win = (reps - 1) * seg
+    e1 = e[win: win + n: stride] - e[:n: stride]
+    e2 = e[seg + win: seg + win + n: stride] - e[seg: seg + n: stride]
+    m = (p.real ** 2 + p.imag ** 2) / (e1 * e2 + (win * SILENCE_POWER) ** 2)
+    return m, p
+
+
+def preamble_correlation(r: np.ndarray, tseg: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Segment-wise correlation of ``r`` with the known preamble at every lag.
+
+    Args:
+        r: complex (n_lags + reps * seglen - 1,), CFO-corrected samples.
+        tseg: complex (reps, seglen), the preamble waveform cut into segments.
+    Returns:
+        (c complex (n_lags, reps): per-segment correlations,
+         score float (n_lags,): sum_i |c_i|^2 (non-coherent: robust to residual CFO),
+         verify float (n_lags,): |sum_i n_{i+1} conj(n_i)| / (reps - 1) with n_i = c_i
+         normalised by its segment energies; in [0, 1], ~1 / sqrt(seglen reps) on
+         noise, ~rho / (1 + rho) on the preamble (rho: per-sample SNR).  The sign
+         cover makes it small at whole-segment offsets and partial overlaps.)
+    """
+    reps, seglen = tseg.shape
+    win = sliding_window_view(r, reps * seglen).reshape(-1, reps, seglen)
+    c = np.einsum("lrd,rd->lr", win, np.conj(tseg))
+    er = np.einsum("lrd,lrd->lr", win.real, win.real) + np.einsum("lrd,lrd->lr", win.imag, win.imag)
+    et = np.sum(np.abs(tseg) ** 2, axis=1)
+    cn = c / np.sqrt(er * et + (seglen * SILENCE_POWER) ** 2)
+    verify = np.abs(np.sum(cn[:, 1:] * np.conj(cn[:, :-1]), axis=1)) / (reps - 1)
+    return c, np.sum(c.real ** 2 + c.imag ** 2, axis=1), verify
+
+
+def fine_timing_cfo(c: np.ndarray, score: np.ndarray, seglen: int, fractional: bool) -> Tuple[float, float, int]:
+    """Best lag (with parabolic fractional refinement) and the residual CFO from the
+    phase progression of the segment correlations at that lag.
+
+    Args:
+        c, score: from :func:`preamble_correlation`.
+        seglen: samples per preamble segment.
+        fractional: refine the lag by a parabola through the score (sps > 1).
+    Returns:
+        (lag float (index into score, fractional), cfo float cycles/sample, best int).
+    """
+    best = int(np.argmax(score))
+    lag = float(best)
+    if fractional and 0 < best < len(score) - 1:
+        a, b, d = score[best - 1], score[best], score[best + 1]
+        den = a - 2 * b + d
+        if den < 0:
+            lag += float(np.clip(0.5 * (a - d) / den, -0.5, 0.5))
+    cb = c[best]
+    f1 = cmath.phase((cb[1:] * np.conj(cb[:-1])).sum()) / (2 * np.pi * seglen)
+    i = np.arange(len(cb))
+    f2 = slope(i, unwrap(np.angle(cb * np.exp(-2j * np.pi * f1 * seglen * i)))) / (2 * np.pi * seglen)
+    return lag, float(f1 + f2), best
+
+
+def mf_taps(mu: float, half: int, sps: int, beta: float, scale: float) -> np.ndarray:
+    """Matched-filter taps for a sampling instant ``mu`` samples (0 <= mu < 1) after a
+    sample: rrc((k - mu) / sps) * scale for k = -half .. half + 1, with mu rounded to
+    1/``MU_STEPS`` sample (cached).  float32 (2 half + 2,)."""
+    return _mf_taps(int(round(mu * MU_STEPS)), half, sps, beta, scale)
+
+
+@functools.lru_cache(maxsize=4 * MU_STEPS)
+def _mf_taps(mu_q: int, half: int, sps: int, beta: float, scale: float) -> np.ndarray:
+    taps = (rrc((np.arange(-half, half + 2) - mu_q / MU_STEPS) / sps, beta) * scale).astype(np.float32)
+    taps.flags.writeable = False
+    return taps
+
+
+def matched_filter(r: np.ndarray, taps: np.ndarray, sps: int, n_out: int) -> np.ndarray:
+    """Matched-filter outputs at one instant per symbol.
+
+    Args:
+        r: complex64 samples; output j uses r[j sps : j sps + len(taps)].
+        taps: float32 (L,), see :func:`mf_taps`.
+        sps: samples per symbol.  n_out: outputs wanted.
+    Returns:
+        complex64 (n_out,).
+    """
+    if len(taps) == 1:
+        return r[: n_out * sps: sps] * taps[0]
+    phases = [np.ascontiguousarray(r[p::sps]) for p in range(sps)]  # polyphase: unit-stride reads
+    y = np.zeros(n_out, np.complex64)
+    for k, t in enumerate(taps):
+        y += t * phases[k % sps][k // sps: k // sps + n_out]
+    return y
+
+
+def phasor(f: float, n: int, n0: int = 0) -> np.ndarray:
+    """exp(-j 2 pi f (n0 + m)) for m = 0..n-1, built from two tables of ~sqrt(n) exponentials.
+    complex64 (n,)."""
+    blk = max(1, int(np.sqrt(n)))
+    nb = -(-n // blk)
+    fine = np.exp(-2j * np.pi * f * np.arange(blk))
+    coarse = np.exp(-2j * np.pi * f * (n0 + blk * np.arange(nb)))
+    return (coarse[:, None] * fine[None, :]).ravel()[:n].astype(np.complex64)
+
+
+def train_equaliser(y: np.ndarray, known: np.ndarray, ntaps: int) -> np.ndarray:
+    """Unbiased least-squares symbol-spaced equaliser trained on symbols 0..n-1.
+
+    Solves min_w sum_j |sum_k w_k y[j + k] - s_j|^2, then divides w by the MMSE
+    bias <Y w, s> / <s, s> so that the output is s + noise (unit gain).  The
+    rows are sliding windows, so the normal equations come from lagged products
+    and prefix sums (no BLAS/LAPACK: between bursts OpenBLAS's idle threads can
+    take milliseconds to wake for a 7 x 7 problem).
+
+    Args:
+        y: complex (>= n + ntaps - 1,), MF outputs; symbol j is estimated from
+           y[j : j + ntaps] (y is offset by ntaps // 2 symbols).
+        known: complex (n,), the training symbols 0..n-1.
+        ntaps: odd number of taps.
+    Returns:
+        complex128 (ntaps,) taps (all zero if the data are degenerate).
+    """
+    n = len(known)
+    y = np.asarray(y[: n + ntaps - 1], np.complex128)
+    # prefix sums of the lagged products conj(y[m]) y[m + d], d = 0..ntaps-1:
+    # gram[k, k + d] = sum_{m=k}^{n-1+k} conj(y[m]) y[m + d] = c[d, n + k] - c[d, k]
+    c = np.zeros((ntaps, len(y) + 1), np.complex128)
+    yc = np.conj(y)
+    for d in range(ntaps):
+        np.multiply(yc[: len(y) - d], y[d:], out=c[d, 1: len(y) - d + 1])
+    np.cumsum(c, axis=1, out=c)
+    k, d = _upper(ntaps)
+    gram = np.empty((ntaps, ntaps), np.complex128)
+    gram[k, k + d] = c[d, n + k] - c[d, k]
+    gram[k + d, k] = np.conj(gram[k, k + d])
+    diag = np.arange(ntaps)
+    gram[diag, diag] += 1e-9 * (gram[diag, diag].real.sum() / ntaps + SILENCE_POWER)
+    known = np.asarray(known, np.complex128)
+    w = solve_small(gram, np.conj(np.correlate(y, known, "valid")))
+    if not np.isfinite(w).all():
+        return np.zeros(ntaps, np.complex128)
+    bias = (np.conj(known) * equalise(y, w, n)).sum() / (known.real ** 2 + known.imag ** 2).sum()
+    if not np.isfinite(bias) or abs(bias) < 1e-6:
+        return np.zeros(ntaps, np.complex128)
+    return w / bias
+
+
+@functools.lru_cache(maxsize=8)
+def _upper(n: int):
+    """(row k, lag d) of the upper triangle of an n x n matrix (entry (k, k + d))."""
+    k, col = np.triu_indices(n)
+    return k, col - k
+
+
+def solve_small(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Solve a small dense system a x = b by Gaussian elimination with partial pivoting,
+    in Python (n up to a few dozen).  complex128 (n,); NaN if a is singular."""
+    n = len(b)
+    m = [list(map(complex, row)) + [complex(v)] for row, v in zip(a, b)]
+    for i in range(n):
+        piv = max(range(i, n), key=lambda r: abs(m[r][i]))
+        m[i], m[piv] = m[piv], m[i]
+        if m[i][i] == 0:
+            return np.full(n, np.nan, np.complex128)
+        inv = 1.0 / m[i][i]
+        row_i = m[i]
+        for r in range(i + 1, n):
+            f = m[r][i] * inv
+            if f:
+                row_r = m[r]
+                for c in range(i, n + 1):
+                    row_r[c] -= f * row_i[c]
+    x = [0j] * n
+    for i in range(n - 1, -1, -1):
+        x[i] = (m[i][n] - sum(m[i][c] * x[c] for c in range(i + 1, n))) / m[i][i]
+    return np.array(x, np.complex128)
+
+
+def equalise(y: np.ndarray, w: np.ndarray, n_out: int) -> np.ndarray:
+    """Apply equaliser taps: out[j] = sum_k w[k] y[j + k].  (n_out,), y's dtype."""
+    w = w.astype(y.dtype)
+    out = y[:n_out] * w[0]
+    for k in range(1, len(w)):
+        out += y[k: k + n_out] * w[k]
+    return out
+
+
+def unwrap(ph: np.ndarray) -> np.ndarray:
+    """np.unwrap for 1-D float arrays, with less overhead."""
+    if len(ph) < 2:
+        return np.asarray(ph, np.float64)
+    d = np.diff(ph)
+    d -= 2 * np.pi * np.round(d / (2 * np.pi))
+    out = np.empty(len(ph))
+    out[0] = ph[0]
+    np.cumsum(d, out=out[1:])
+    out[1:] += ph[0]
+    return out
+
+
+def slope(x: np.ndarray, y: np.ndarray) -> float:
+    """Least-squares slope of y against x (0 for fewer than 3 points)."""
+    if len(x) < 3:
+        return 0.0
+    xc = x - x.mean()
+    return float((xc * y).sum() / (xc * xc).sum())
+
+
+def residual_frequency(zp: np.ndarray, pos: np.ndarray) -> float:
+    """Residual carrier frequency from regularly spaced pilots: the phase of
+    sum_k z[k+L] conj(z[k]), first with L = min(n_p / 2, ``OMEGA_LAG``) (wide range),
+    then, after removing that, with L = n_p / 2 (precise).
+
+    Args:
+        zp: complex (n_p,), received pilots times conj(known pilots).
+        pos: int (n_p,), their symbol positions (increasing).
+    Returns:
+        float, rad/symbol.
+    """
+    zp = np.asarray(zp, np.complex128)
+    omega = 0.0
+    for lag in (min(len(zp) // 2, OMEGA_LAG), len(zp) // 2):
+        if lag >= 1:
+            zr = zp * np.exp(-1j * omega * pos)
+            spacing = float(pos[-lag:].sum() - pos[:lag].sum()) / (len(pos) - lag)  # mean of pos[k+lag] - pos[k]
+            omega += cmath.phase((zr[lag:] * np.conj(zr[:-lag])).sum()) / spacing
+    return omega
+
+
+def track_phase(zk: np.ndarray, pos: np.ndarray, n: int, span: int, omega: float
+                ) -> Tuple[np.ndarray, np.ndarray]:
+    """Phase track from known symbols (pilots, and the header once decoded).
+
+    After removing the ramp ``omega``, the observations within +-``span`` / 2
+    symbols of each one are averaged (the window is truncated at the ends); the
+    resulting phases are interpolated linearly (as unit phasors) between the
+    observations.
+
+    Args:
+        zk: complex (n_k,), received known symbols times conj(the known symbols).
+        pos: int (n_k,), their symbol positions (increasing, any spacing).
+        n: number of symbol positions to return corrections for (0..n-1).
+        span: window length, symbols.
+        omega: residual frequency, rad/symbol (:func:`residual_frequency`).
+    Returns:
+        (rot complex64 (n,): exp(-j theta) per position, the correction to apply;
+         theta_loo float64 (n_k,): phase at each observation estimated without it).
+    """
+    ramp = np.exp(1j * omega * pos)
+    zr = np.asarray(zk, np.complex128) * np.conj(ramp)
+    c = np.zeros(len(zr) + 1, np.complex128)
+    np.cumsum(zr, out=c[1:])
+    s = c[np.searchsorted(pos, pos + span // 2, "right")] - c[np.searchsorted(pos, pos - span // 2, "left")]
+    # unit phasors of the track at the observations, the ramp put back, interpolated
+    # between them (their phase steps are small, so the chord's magnitude stays ~1)
+    unit = s / np.maximum(np.abs(s), 1e-30) * ramp
+    rot = np.conj(np.interp(np.arange(n), pos, unit)).astype(np.complex64)
+    s_loo = s - zr if len(zr) > 1 else s
+    return rot, np.angle(s_loo) + omega * pos

@@ -1,0 +1,49 @@
+"""The receiver behind GNU Radio's real ``channels.channel_model`` (skipped without GNU Radio)."""
+
+import numpy as np
+import pytest
+
+from gr_gdmcom.phy import FrameConfig, FrameRx, FrameTx, Header, chunk_symbols, measure_snr_db, noise_voltage
+from gr_gdmcom.phy.channel import complex_noise, fractional_delay, normalise_taps
+
+pytestmark = pytest.mark.gnuradio
+
+
+def channel_model(x, snr_db, cfo=0.0, taps=(1.0,), seed=1):
+    channels = pytest.importorskip("gnuradio.channels")
+    from gnuradio import blocks, gr
+
+    tb = gr.top_block()
+    src = blocks.vector_source_c(x.astype(np.complex64), False)
+    ch = channels.channel_model(noise_voltage=noise_voltage(snr_db), frequency_offset=cfo, epsilon=1.0,
+                                taps=[complex(t) for t in normalise_taps(taps)], noise_seed=seed, block_tags=False)
+    snk = blocks.vector_sink_c()
+    tb.connect(src, ch, snk)
+    tb.run()
+    return np.asarray(snk.data(), np.complex64)
+
+
+@pytest.mark.parametrize("cfo", [0.01, -0.01])
+def test_channel_model_impairments_sps2_10db(cfo, rng):
+    pytest.importorskip("gnuradio.channels")
+    cfg = FrameConfig(sps=2, max_chunk_symbols=2048)
+    sym = complex_noise(8 * 2048, 1.0, rng)
+    x = FrameTx(cfg).stream(sym, Header(image_id=3))
+    x = np.concatenate([np.zeros(500, np.complex64), x, np.zeros(500, np.complex64)])
+    chunks = chunk_symbols(sym, 2048)
+    results = {}
+    for name, y in (("awgn", channel_model(x, 10.0, seed=2)),
+                    ("impaired", channel_model(fractional_delay(x, 0.37), 10.0, cfo, (1.0, 0.3j, -0.1), seed=3))):
+        rx = FrameRx(cfg)
+        frames = rx.push(y) + rx.flush()
+        assert len(frames) == 8 and rx.counters["headers_ok"] == 8 and rx.counters["header_crc_fail"] == 0, \
+            (name, rx.counters)
+        assert sorted(f.header.chunk_index for f in frames) == list(range(8))
+        est = np.array([f.snr_db for f in frames])
+        meas = np.array([measure_snr_db(chunks[f.header.chunk_index], f.symbols) for f in frames])
+        assert abs(est.mean() - 10.0) <= 1.0 and np.all(np.abs(est - meas) <= 1.0), (name, est, meas)
+        mse = [10 * np.log10(np.mean(np.abs(f.symbols - chunks[f.header.chunk_index]) ** 2)) for f in frames]
+        results[name] = np.mean(mse)
+        if name == "impaired":
+            assert all(abs(f.cfo - cfo) < 1e-4 for f in frames)
+    assert results["impaired"] <= results["awgn"] + 1.0, results

@@ -1,0 +1,85 @@
+"""Header packing, CRC and the rate-1/3 K=7 code (gr_gdmcom.phy.header / .conv)."""
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+
+from gr_gdmcom.phy import HEADER_BYTES, HEADER_CODED_BITS, Header, HeaderError
+from gr_gdmcom.phy import conv
+from gr_gdmcom.phy.frame import FrameConfig
+from gr_gdmcom.phy.header import decode_headers, encode_header
+
+FULL = Header(image_id=65535, chunk_index=3, chunk_count=7, total_symbols=2 ** 32 - 1, chunk_symbols=65535,
+              latent_shape=(4, 96, 128), image_size=(768, 1024), k=5, m_hint=7, T=1000, forward=1, guidance=6.5,
+              alpha=1.2345678, prompt_hash=0xDEADBEEF, flags=0x81)
+
+
+def test_pack_roundtrip_and_size():
+    data = FULL.pack()
+    assert len(data) == HEADER_BYTES == 44
+    got = Header.unpack(data)
+    for name in ("image_id", "chunk_index", "chunk_count", "total_symbols", "chunk_symbols", "latent_shape",
+                 "image_size", "k", "m_hint", "T", "forward", "prompt_hash", "flags", "version"):
+        assert getattr(got, name) == getattr(FULL, name), name
+    assert got.guidance == 6.5  # exact in float16
+    assert got.alpha == pytest.approx(1.2345678, rel=1e-7)  # float32
+    assert data[:2] == b"GD"
+
+
+@pytest.mark.parametrize("mutate, reason", [
+    (lambda d: d[:-1], "length"),
+    (lambda d: b"XX" + d[2:], "magic"),
+    (lambda d: d[:10] + bytes([d[10] ^ 0x01]) + d[11:], "crc"),
+])
+def test_unpack_errors(mutate, reason):
+    with pytest.raises(HeaderError) as exc:
+        Header.unpack(mutate(FULL.pack()))
+    assert exc.value.reason == reason
+    assert str(exc.value)  # a readable message
+
+
+def test_unsupported_version_is_reported():
+    body = bytearray(FULL.pack()[:-4])
+    body[2] = 9
+    with pytest.raises(HeaderError, match="version 9") as exc:
+        Header.unpack(bytes(body) + struct.pack(">I", zlib.crc32(bytes(body))))
+    assert exc.value.reason == "version"
+
+
+@pytest.mark.parametrize("field, value", [("image_id", 70000), ("chunk_symbols", -1), ("k", 300),
+                                          ("latent_shape", (4, 64)), ("alpha", float("nan"))])
+def test_pack_rejects_out_of_range(field, value):
+    with pytest.raises(HeaderError):
+        FULL.replace(**{field: value}).pack()
+
+
+def test_code_roundtrip_and_hard_shortcut(rng):
+    bits = rng.integers(0, 2, 352).astype(np.uint8)
+    coded = conv.encode(bits)
+    assert len(coded) == conv.coded_length(352) == HEADER_CODED_BITS == 1074
+    soft = 1.0 - 2.0 * coded
+    np.testing.assert_array_equal(conv.viterbi(soft), bits)
+    np.testing.assert_array_equal(conv.decode_hard(soft), bits)
+    soft[17] *= -0.1  # one wrong hard decision: not a codeword, Viterbi corrects it
+    assert conv.decode_hard(soft) is None
+    np.testing.assert_array_equal(conv.viterbi(soft), bits)
+    # odd and short lengths, batches of any size decode like single words
+    for n in (1, 9, 101):
+        b = rng.integers(0, 2, (5, n)).astype(np.uint8)
+        y = np.stack([1.0 - 2.0 * conv.encode(r) for r in b]) + 0.6 * rng.standard_normal((5, 3 * (n + 6)))
+        np.testing.assert_array_equal(conv.viterbi(y), np.stack([conv.viterbi(r) for r in y]))
+    with pytest.raises(ValueError):
+        conv.viterbi(np.zeros(10))
+
+
+def test_header_failure_rate_at_0db_below_1e3(rng):
+    """BPSK over AWGN at Es/N0 = 0 dB (sps = 1, perfect sync): <= 1e-3 header failures."""
+    wh = FrameConfig().layout().header_whitening
+    n = 2000
+    heads = [FULL.replace(image_id=int(i), alpha=float(rng.uniform(0.5, 2))) for i in rng.integers(0, 65535, n)]
+    tx = np.stack([encode_header(h.pack(), wh) for h in heads])
+    rx = tx + np.sqrt(0.5) * (rng.standard_normal(tx.shape) + 1j * rng.standard_normal(tx.shape))  # CN(0, 1)
+    fails = sum(1 for h, d in zip(heads, decode_headers(rx, wh)) if d != h.pack())
+    assert fails <= n * 1e-3

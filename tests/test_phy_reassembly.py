@@ -1,0 +1,91 @@
+"""Chunks back into images (gr_gdmcom.phy.reassembly)."""
+
+import numpy as np
+import pytest
+
+from gr_gdmcom.phy import Header, Reassembler, RxFrame, chunk_symbols, noise_var_to_snr_db
+from gr_gdmcom.phy.channel import complex_noise
+
+
+def frames_of(image_id, sym, max_chunk, noise_var=0.1, **hdr):
+    parts = chunk_symbols(sym, max_chunk)
+    out = []
+    for i, p in enumerate(parts):
+        h = Header(image_id=image_id, chunk_index=i, chunk_count=len(parts), total_symbols=len(sym),
+                   chunk_symbols=len(p), **hdr)
+        nv = noise_var if np.isscalar(noise_var) else noise_var[i]
+        out.append(RxFrame(header=h, symbols=p.astype(np.complex64), snr_db=noise_var_to_snr_db(nv), noise_var=nv,
+                           cfo=0.0, gain=1 + 0j, start=1000 * i))
+    return out
+
+
+def test_complete_image_in_any_order(rng):
+    sym = complex_noise(10_000, 1.0, rng)
+    frames = frames_of(5, sym, 3000, noise_var=[0.1, 0.2, 0.1, 0.4])
+    r = Reassembler()
+    out = []
+    for i in (2, 0, 3, 1):
+        out += r.add(frames[i])
+    assert len(out) == 1
+    img = out[0]
+    assert img.complete and img.missing == [] and img.chunks_received == img.chunks_total == 4
+    np.testing.assert_array_equal(img.symbols, sym)
+    assert img.mask.all() and img.header.chunk_index == 0
+    sizes = [len(f.symbols) for f in frames]
+    mean_nv = np.dot(sizes, [0.1, 0.2, 0.1, 0.4]) / 10_000
+    assert img.noise_var == pytest.approx(mean_nv) and img.snr_db == pytest.approx(noise_var_to_snr_db(mean_nv))
+    assert r.counters["images_complete"] == 1 and r.flush() == []
+
+
+def test_missing_chunk_gives_masked_partial_image(rng):
+    sym = complex_noise(9000, 1.0, rng)
+    frames = frames_of(7, sym, 3000)
+    r = Reassembler()
+    assert r.add(frames[0]) == [] and r.add(frames[2]) == []
+    img, = r.flush()
+    assert not img.complete and img.missing == [1] and img.chunks_received == 2 and img.chunks_total == 3
+    assert not img.mask[3000:6000].any() and img.mask[:3000].all() and img.mask[6000:].all()
+    assert not img.symbols[3000:6000].any()
+    np.testing.assert_array_equal(img.symbols[6000:], sym[6000:])
+    assert r.counters["images_partial"] == 1 and r.counters["images_complete"] == 0
+
+
+def test_new_image_finalises_previous_and_counts_lost(rng):
+    a, b = complex_noise(4000, 1.0, rng), complex_noise(4000, 1.0, rng)
+    r = Reassembler()
+    fa, fb = frames_of(10, a, 2000), frames_of(13, b, 2000)  # ids 11 and 12 never arrive
+    assert r.add(fa[0]) == []
+    out = r.add(fb[0])  # another image: image 10 is finalised without its chunk 1
+    assert len(out) == 1 and out[0].header.image_id == 10 and out[0].missing == [1]
+    out = r.add(fb[1])
+    assert len(out) == 1 and out[0].complete
+    assert r.counters == dict(images_complete=1, images_partial=1, images_lost=2, chunks_duplicate=0,
+                              chunks_inconsistent=0)
+
+
+def test_timeout_duplicates_and_inconsistent_chunks(rng):
+    sym = complex_noise(6000, 1.0, rng)
+    r = Reassembler(timeout_frames=2, finalise_on_new_id=False)
+    fr = frames_of(1, sym, 2000, noise_var=[0.5, 0.5, 0.5])
+    better = frames_of(1, sym, 2000, noise_var=[0.1, 0.1, 0.1])
+    assert r.add(fr[0]) == [] and r.add(better[0]) == []
+    assert r.counters["chunks_duplicate"] == 1
+    bad = frames_of(1, sym[:10], 2000)[0]
+    bad.symbols = bad.symbols[:5]  # does not match its header
+    assert r.add(bad) == [] and r.counters["chunks_inconsistent"] == 1
+    out = r.add(frames_of(2, sym, 2000)[0])  # third frame without image 1: timeout
+    assert len(out) == 1 and out[0].header.image_id == 1 and out[0].chunk_noise_var == {0: 0.1}
+    assert out[0].missing == [1, 2]
+
+
+def test_same_id_with_other_image_fields_starts_a_new_image(rng):
+    sym = complex_noise(4000, 1.0, rng)
+    r = Reassembler()
+    r.add(frames_of(3, sym, 2000, alpha=1.0)[0])
+    out = r.add(frames_of(3, sym, 2000, alpha=2.0)[1])  # id reused by another image
+    assert len(out) == 1 and out[0].header.alpha == 1.0 and out[0].missing == [1]
+    img, = r.flush()
+    assert img.header.alpha == 2.0 and img.missing == [0]
+    assert Reassembler(max_pending=1, finalise_on_new_id=False).add(frames_of(1, sym, 2000)[0]) == []
+    with pytest.raises(ValueError):
+        Reassembler(timeout_frames=0)

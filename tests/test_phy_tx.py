@@ -1,0 +1,95 @@
+"""Frame configuration, chunking and the burst transmitter (gr_gdmcom.phy.frame / .tx)."""
+
+import numpy as np
+import pytest
+
+from gr_gdmcom.phy import FrameConfig, FrameTx, Header, chunk_sizes, chunk_symbols
+from gr_gdmcom.phy.channel import complex_noise
+from gr_gdmcom.phy.frame import prbs_bits
+from gr_gdmcom.phy.header import HEADER_CODED_BITS
+
+
+@pytest.mark.parametrize("kw", [dict(sps=0), dict(sps=2.5), dict(rolloff=0.0), dict(rrc_span=7),
+                                dict(pilot_spacing=1), dict(max_chunk_symbols=70000), dict(gap_symbols=-1),
+                                dict(preamble_seg=15), dict(preamble_reps=10), dict(eq_taps=4),
+                                dict(phase_window=0), dict(detect_threshold=1.5), dict(verify_threshold=0.0)])
+def test_config_validation(kw):
+    with pytest.raises(ValueError, match="FrameConfig"):
+        FrameConfig(**kw)
+
+
+def test_config_defaults_and_cfo_range():
+    cfg = FrameConfig()
+    assert (cfg.sps, cfg.rolloff, cfg.pilot_spacing, cfg.scramble) == (2, 0.35, 32, True)
+    assert cfg.cfo_range > 0.01  # +-0.01 cycles/sample at sps = 2
+    assert FrameConfig(sps=1).cfo_range > 0.02
+
+
+def test_prbs_is_maximal_length():
+    b = prbs_bits(2 * 32767, 1)
+    np.testing.assert_array_equal(b[:32767], b[32767:])  # period 2^15 - 1
+    assert abs(int(b[:32767].sum()) - 16384) == 0  # 2^14 ones in a period
+
+
+def test_chunking_balanced():
+    x = np.arange(10_001)
+    parts = chunk_symbols(x, 4096)
+    assert [len(p) for p in parts] == [3334, 3334, 3333]
+    np.testing.assert_array_equal(np.concatenate(parts), x)
+    np.testing.assert_array_equal(chunk_sizes(10_001, 3), [3334, 3334, 3333])
+    assert len(chunk_symbols(x[:5], 4096)) == 1
+    with pytest.raises(ValueError):
+        chunk_symbols(x[:0], 10)
+    with pytest.raises(ValueError):
+        chunk_symbols(x, 0)
+
+
+@pytest.mark.parametrize("sps", [1, 2, 4])
+def test_bursts_have_unit_symbol_energy_and_fields(sps, rng):
+    cfg = FrameConfig(sps=sps, max_chunk_symbols=1000)
+    lay = cfg.layout()
+    tx = FrameTx(cfg)
+    sym = complex_noise(2500, 1.0, rng)
+    h = Header(image_id=9, latent_shape=(4, 25, 50), alpha=0.7)
+    bursts = tx.frames(sym, h)
+    assert len(bursts) == 3
+    for b, n in zip(bursts, (834, 833, 833)):
+        assert b.dtype == np.complex64 and len(b) == lay.burst_samples(n)
+        n_sym = (len(b) - 2 * lay.half) // sps
+        # unit average energy per symbol: sum |x|^2 over the burst / symbols
+        assert np.sum(np.abs(b) ** 2) / n_sym == pytest.approx(1.0, rel=0.05)
+        if sps > 1:  # the RRC tails ramp the burst up and down
+            assert np.abs(b[0]) < 0.05 and np.abs(b[-1]) < 0.05
+    stream = tx.stream(sym, h)
+    assert len(stream) == sum(map(len, bursts)) + 2 * cfg.gap_symbols * sps
+    assert not np.any(stream[len(bursts[0]): len(bursts[0]) + cfg.gap_symbols * sps])
+
+
+def test_body_layout_and_payload_scrambling(rng):
+    cfg = FrameConfig(sps=1, max_chunk_symbols=100, pilot_spacing=16)
+    lay = cfg.layout()
+    data_pos, pilot_pos, n_body = lay.body_map(HEADER_CODED_BITS + 100)
+    assert len(data_pos) + len(pilot_pos) == n_body
+    assert np.all(np.diff(pilot_pos)[:-1] == 17) and pilot_pos[-1] == n_body - 1
+    assert len(set(data_pos) | set(pilot_pos)) == n_body
+    payload = complex_noise(100, 1.0, rng)
+    burst = FrameTx(cfg).burst(Header(chunk_symbols=100, total_symbols=100), payload)
+    body = burst[len(lay.preamble):]
+    np.testing.assert_array_equal(body[pilot_pos], lay.pilots[: len(pilot_pos)])
+    np.testing.assert_allclose(body[data_pos[HEADER_CODED_BITS:]], payload * lay.scrambler[:100], rtol=1e-6)
+    hdr = body[data_pos[:HEADER_CODED_BITS]] * np.conj(lay.header_whitening)
+    np.testing.assert_allclose(np.abs(hdr.real), 1.0, rtol=1e-6)  # BPSK on the whitening axis
+    np.testing.assert_allclose(hdr.imag, 0.0, atol=1e-6)
+    plain = FrameTx(FrameConfig(sps=1, max_chunk_symbols=100, pilot_spacing=16, scramble=False))
+    body = plain.burst(Header(chunk_symbols=100, total_symbols=100), payload)[len(lay.preamble):]
+    np.testing.assert_allclose(body[data_pos[HEADER_CODED_BITS:]], payload)
+
+
+def test_tx_rejects_bad_input():
+    tx = FrameTx(FrameConfig(max_chunk_symbols=10))
+    with pytest.raises(ValueError, match="NaN"):
+        tx.frames(np.array([1, np.nan], np.complex64), Header())
+    with pytest.raises(TypeError):
+        tx.frames(np.array(["a", "b"]), Header())
+    with pytest.raises(ValueError):
+        tx.burst(Header(), np.ones(11, np.complex64))
