@@ -3,7 +3,8 @@
 
 from .frame_rx import frame_rx
 from .frame_tx import frame_tx
+from .image_display import image_display  # PyQt5 is imported only when a display is built
 from .semantic_sink import semantic_sink
 from .semantic_source import semantic_source
 
-__all__ = ["frame_rx", "frame_tx", "semantic_sink", "semantic_source"]
+__all__ = ["frame_rx", "frame_tx", "image_display", "semantic_sink", "semantic_source"]

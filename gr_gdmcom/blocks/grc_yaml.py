@@ -105,6 +105,18 @@ BLOCKS = {
         doc="Samples -> detection, CFO/timing/gain estimation, equalisation, header CRC, SNR estimate -> PDUs.\n"
             "Input: complex64.\nMessage out 'pdus': metadata = header fields + snr_db (estimated Es/N0) + "
             "chunks/complete (or noise_var, cfo, start per frame); vector: c32 equalised latent symbols."),
+    "image_display": dict(
+        label="Image Display", category="[GDM-COM]/GUI",
+        params=[("label", "Title", "string", "'Original | Reconstruction'", None, "title above the pictures"),
+                ("size", "Size (px)", "int", "256", None, "longest side of each picture on screen"),
+                ("grid", "Grid position", "int_vector", "()", None,
+                 "row, col, row span, col span in the QT GUI grid (empty: below the other widgets)")],
+        inputs=[dict(domain="message", id="images", optional=True), dict(domain="message", id="info", optional=True)],
+        outputs=[], callbacks=[], make_extra=["top=self"],
+        doc="QT GUI flowgraphs only: the original image beside its reconstruction, updated per image, with a "
+            "caption: estimated SNR, chosen N, PSNR against the original, chunks received.\nMessage in 'images': "
+            "the Semantic Sink's PDUs (RGB uint8 vector + height/width, or file).\nMessage in 'info': the Semantic "
+            "Source's PDUs (the original is read from path)."),
 }
 
 
@@ -142,7 +154,7 @@ def _port_yaml(p: dict) -> str:
 def block_yaml(name: str) -> str:
     b = BLOCKS[name]
     params = b["params"]
-    make = f"gdmcom.{name}(" + ", ".join(f"{p[0]}=${{{p[0]}}}" for p in params) + ")"
+    make = f"gdmcom.{name}(" + ", ".join([f"{p[0]}=${{{p[0]}}}" for p in params] + b.get("make_extra", [])) + ")"
     doc = b["doc"] + "\n\nParameters:\n" + "\n".join(f"  {p[1]} ({p[0]}): {p[5]}" for p in params)
     parts = [
         f"id: gr_gdmcom_{name}", f"label: {b['label']}", f"category: '{b['category']}'", "flags: [ python ]", "",
