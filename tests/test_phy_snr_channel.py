@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from gr_gdmcom.phy import (FrameConfig, apply_cfo, awgn, fractional_delay, measure_snr_db, noise_var_to_snr_db, noise_voltage,
-                           normalise_taps, rayleigh_block, simulate_channel, snr_db_to_noise_var)
+from gr_gdmcom.phy import (FrameConfig, apply_cfo, awgn, fractional_delay, measure_snr_db, noise_var_to_snr_db,
+                           noise_voltage, normalise_taps, rayleigh_block, simulate_channel, snr_db_to_noise_var)
 from gr_gdmcom.phy.channel import complex_noise
 
 

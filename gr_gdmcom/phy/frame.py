@@ -53,9 +53,14 @@ class FrameConfig:
             sets the CFO capture range +-1/(2 seg sps) cycles/sample.
         preamble_reps: preamble segments; ``preamble_reps - 1`` must be a Barker length.
         eq_taps: receiver: symbol-spaced LS equaliser taps (odd; 1 = one-tap).
-        phase_window: receiver: pilots averaged by the phase tracker.
+        phase_window: receiver: phase-tracker window in pilot periods (it averages the
+            known symbols within +-phase_window (pilot_spacing + 1) / 2 symbols).
         detect_threshold: receiver: normalised preamble-metric threshold (0..1).
         verify_threshold: receiver: normalised preamble-correlation threshold (0..1).
+
+    The receiver takes any chunk size and gap; ``sps``, ``rolloff``, ``rrc_span``,
+    ``pilot_spacing``, ``scramble`` and the preamble settings must match the
+    transmitter's; the four receiver settings are the receiver's own.
     """
 
     sps: int = 2

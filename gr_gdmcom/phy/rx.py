@@ -16,9 +16,9 @@ beyond what has been processed, and inputs are processed in slices of
    soft Viterbi batched over the bursts of one call), CRC-32; on a CRC failure
    one retry with a decision-directed phase track;
 5. payload: equaliser retrained on preamble + header region, phase tracked on
-   all pilots, amplitude normalised on the header; pilots removed, descrambled;
-   noise variance estimated on the re-encoded header and on the pilots (each
-   judged against a phase estimated without it).
+   all pilots and the decoded header, amplitude normalised on the header;
+   pilots removed, descrambled; noise variance estimated on all those known
+   symbols, each judged against a phase estimated without it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from __future__ import annotations
 import cmath
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional
 
 import numpy as np
@@ -42,9 +42,6 @@ COUNTERS = ("bursts_detected", "candidates_rejected", "headers_ok", "header_retr
             "header_invalid", "sync_fail", "truncated", "overlapping", "nonfinite_samples", "frames_out")
 #: Default most samples handled per processing pass (bounds memory for huge pushes).
 MAX_SLICE = 1 << 18
-#: New samples that trigger a processing pass (smaller pushes are only buffered: the
-#: frames come out a little later, the same).
-MIN_PROCESS = 4096
 #: The detection metric is first evaluated every DETECT_STRIDE symbols, then at every
 #: symbol around threshold crossings.
 DETECT_STRIDE = 2
@@ -144,9 +141,7 @@ class FrameRx:
             part = x[k: k + self.max_slice]
             self._append(part)
             self._end += len(part)
-            if self._end - self._processed >= MIN_PROCESS:  # small pushes: process in batches
-                frames += self._process(final=False)
-                self._processed = self._end
+            frames += self._process(final=False)
         return frames
 
     def flush(self) -> List[RxFrame]:
@@ -165,7 +160,7 @@ class FrameRx:
         self._store = np.zeros(max(at - start, 1 << 16), np.complex64)  # zeros before the stream start
         self._lo, self._hi = 0, at - start  # self._store[_lo:_hi] holds samples _buf_start..
         self._buf_start = start
-        self._end = self._processed = at
+        self._end = at
         self._scan = start // self._sps  # next detection-metric index (symbol-rate)
         self._pending: List[_Burst] = []
         self._last_end = -math.inf
@@ -182,8 +177,10 @@ class FrameRx:
         nbad = int(np.count_nonzero(bad))
         if nbad:
             x[bad] = 0
+            # warn on the first occurrence only (a GNU Radio block pushes many times)
+            (log.debug if self.counters["nonfinite_samples"] else log.warning)(
+                "%d non-finite input samples replaced by 0 (counted in nonfinite_samples)", nbad)
             self.counters["nonfinite_samples"] += nbad
-            log.warning("%d non-finite input samples replaced by 0", nbad)
         return x
 
     @property
@@ -223,10 +220,11 @@ class FrameRx:
         """Scan the metric from ``_scan``; verify and synchronise each peak."""
         cfg, sps, seg = self.cfg, self._sps, self._seg
         lo = self._scan * sps
-        n_sym = (self._buf_start + self._hi - self._lo - lo) // sps
+        n_sym = max(0, (self._buf_start + self._hi - self._lo - lo) // sps)
         y = sync.integrate_dump(self._samples(lo, lo + n_sym * sps), sps)
-        metric, _ = sync.preamble_metric(y, seg, self.layout.barker, DETECT_STRIDE)
-        above = np.flatnonzero(metric > cfg.detect_threshold) * DETECT_STRIDE
+        grid = -self._scan % DETECT_STRIDE  # stride grid on absolute indices: any chunking, same crossings
+        metric, _ = sync.preamble_metric(y[grid:], seg, self.layout.barker, DETECT_STRIDE)
+        above = grid + np.flatnonzero(metric > cfg.detect_threshold) * DETECT_STRIDE
         # the peak may follow the first crossing by a whole preamble: partial overlaps
         # with silence before a burst also score high
         span = (self._reps + 2) * seg + DETECT_STRIDE
@@ -312,14 +310,14 @@ class FrameRx:
             b.y = new if b.y is None else np.concatenate([b.y, new])
         return b.y[: n_sym + 2 * h]
 
-    def _equalise_track(self, b: _Burst, y: np.ndarray, n_body: int, pilot_pos: np.ndarray, known_pos=None,
-                        known=None):
-        """Equalise the body and track its phase on the pilots (and on ``known``
-        symbols at ``known_pos``, e.g. the decoded header).
+    def _equalise_track(self, b: _Burst, y: np.ndarray, n_body: int, pilot_pos: np.ndarray, known_head=None):
+        """Equalise the body and track its phase on the pilots, or, with ``known_head``
+        (the known symbols of the whole header region: decoded header and pilots), on
+        those and the pilots after them.
 
         Returns:
             (z complex64 (n_body,) equalised body, rot complex64 (n_body,) phase
-             correction, obs_pos int (n_obs,) positions of the known symbols used,
+             correction, pos int (n_obs,) positions of the known symbols used,
              zk complex (n_obs,) them times conj(their value), theta_loo float (n_obs,)
              phase at each estimated without it, omega rad/symbol).
         """
@@ -328,10 +326,10 @@ class FrameRx:
         pilots = lay.pilots[: len(pilot_pos)]
         omega = sync.residual_frequency(z[pilot_pos] * np.conj(pilots), pilot_pos)
         pos, ref = pilot_pos, pilots
-        if known_pos is not None:
-            order = np.argsort(np.concatenate([pilot_pos, known_pos]), kind="stable")
-            pos = np.concatenate([pilot_pos, known_pos])[order]
-            ref = np.concatenate([pilots, known])[order]
+        if known_head is not None:
+            n_hp = len(self._hdr_pilots)
+            pos = np.concatenate([np.arange(self._hdr_body), pilot_pos[n_hp:]])
+            ref = np.concatenate([known_head, pilots[n_hp:]])
         zk = z[pos] * np.conj(ref)
         rot, theta_loo = sync.track_phase(zk, pos, n_body, self._span, omega)
         return z, rot, pos, zk, theta_loo, omega
@@ -372,6 +370,9 @@ class FrameRx:
                 continue
             b.header, b.header_bytes, b.stage = hdr, data, "decoded"
             self.counters["headers_ok"] += 1
+            # no preamble can start inside this burst: resume detection near its end
+            end = int(math.floor(b.tau)) + self.layout.burst_samples(hdr.chunk_symbols)
+            self._scan = max(self._scan, end // self._sps - 2 * self._seg)
 
     @staticmethod
     def _parse(data: bytes):
@@ -435,15 +436,16 @@ class FrameRx:
 
     def _payload(self, b: _Burst, data_pos, pilot_pos, n_body) -> Optional[RxFrame]:
         """Stage B: equaliser retrained on the preamble, the re-encoded header and the
-        header-region pilots; full-burst demodulation, gain refinement, noise estimate."""
+        header-region pilots; full-burst demodulation, phase track on the pilots and the
+        header, amplitude normalisation, noise estimate."""
         lay, npre = self.layout, self._npre
         hdr_pos = data_pos[:HEADER_CODED_BITS]
         hdr_sym = encode_header(b.header_bytes, lay.header_whitening)
         # training: preamble + header region (its data and pilots), rotated by its phase track
-        train = lay.body_symbols(hdr_sym)[: self._hdr_body] * np.conj(b.rot)
+        head = lay.body_symbols(hdr_sym)[: self._hdr_body]
         y = self._mf(b, npre + n_body)
-        b.eq = sync.train_equaliser(y, np.concatenate([lay.preamble, train]), self.cfg.eq_taps)
-        z, rot, pos, zk, theta_loo, omega = self._equalise_track(b, y, n_body, pilot_pos, hdr_pos, hdr_sym)
+        b.eq = sync.train_equaliser(y, np.concatenate([lay.preamble, head * np.conj(b.rot)]), self.cfg.eq_taps)
+        z, rot, pos, zk, theta_loo, omega = self._equalise_track(b, y, n_body, pilot_pos, head)
         body = z * rot
         # amplitude from the header symbols (real: a complex gain would also absorb the
         # header region's phase-tracking error and hide it from the noise estimate)
