@@ -1,0 +1,122 @@
+"""``gdmcom sweep``: the evaluation harness on the command line.
+
+Registered into the main ``gdmcom`` parser by :func:`register`.  Exit codes:
+0 done, 1 done but some rows carry an error, 2 usage error (nothing
+computed), 130 interrupted (rows so far are kept; run the same command again
+to continue).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..config import add_codec_args, codec_config_from_args
+from .learned import ALL as LEARNED
+
+log = logging.getLogger(__name__)
+
+
+def _semcom_t(v: str):
+    if v == "auto":
+        return v
+    try:
+        return int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--semcom-t must be 'auto' or a grid index, got {v!r}") from None
+
+
+def _metrics(v: str):
+    if v.strip().lower() in ("none", ""):
+        return ()
+    names = tuple(n.strip() for n in v.split(",") if n.strip())
+    bad = [n for n in names if n not in LEARNED]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown learned metric(s) {', '.join(bad)}; choose from "
+                                         f"{', '.join(LEARNED)} or 'none'")
+    return names
+
+
+def register(sub) -> None:
+    """Add the ``sweep`` subcommand to the ``gdmcom`` subparsers."""
+    from .baselines import METHODS
+    from .sweep import DEFAULT_METHODS, DEFAULT_SNRS
+
+    s = sub.add_parser(
+        "sweep", help="evaluate methods over images x SNRs: rows.csv, summary (95%% CI), tables, plots",
+        description="Run every method on every image at every SNR (AWGN) and write RESULTS/rows.csv, "
+                    "summary.csv/.md, run.json and plots. Resumable: rows already in rows.csv are not "
+                    "recomputed. See docs/evaluation.md.")
+    s.add_argument("--images", nargs="+", required=True, metavar="DIR",
+                   help="folder(s) of images (png, jpg, ...) and/or image files")
+    s.add_argument("--snr", nargs="+", type=float, default=list(DEFAULT_SNRS),
+                   help="Es/N0 values in dB [default=%(default)r]")
+    s.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"comma-separated methods from {', '.join(METHODS)} [default=%(default)r]")
+    s.add_argument("--out", required=True, metavar="RESULTS", help="results folder (created; reused to resume)")
+    s.add_argument("--grid", nargs="+", default=[], metavar="k,m,N",
+                   help="run the proposed method at these (k, m, N) settings instead of its configured one, "
+                        "N fixed and no rescaling (the paper's Table II behaviour), and write table2.md; "
+                        "e.g. --grid 10,0,10 5,5,10 10,0,15 5,5,15 0,10,15")
+    s.add_argument("--captions", metavar="FILE",
+                   help="captions for sd_semcom: JSON {\"kodim01.png\": \"...\"} or CSV file,caption "
+                        "(from any captioner); default: the fixed prompt")
+    s.add_argument("--semcom-t", type=_semcom_t, default="auto", metavar="auto|J",
+                   help="sd_semcom: grid step J the receiver noises the latent to; 'auto' matches the "
+                        "channel noise by the variance rule [default=%(default)r]")
+    s.add_argument("--digital-codec", default="hevc", choices=("hevc", "jpeg", "webp"),
+                   help="digital baseline's source codec [default=%(default)r]")
+    s.add_argument("--digital-mcs", default="adaptive",
+                   help="digital baseline's MCS: 'adaptive' or a name such as 16qam-3/4 [default=%(default)r]")
+    s.add_argument("--jobs", type=int, default=1,
+                   help="worker processes for the CPU-bound digital chain (LDPC decoding) [default=%(default)r]")
+    s.add_argument("--threads", type=int,
+                   help="torch CPU threads (default: torch's choice; fewer is faster on a busy machine)")
+    s.add_argument("--metrics", type=_metrics, default=LEARNED, metavar="LIST",
+                   help=f"learned metrics to try ({','.join(LEARNED)}, or 'none'); those that cannot run "
+                        "here stay empty [default: all]")
+    s.add_argument("--grid-images", type=int, default=3, help="images in the per-SNR figure [default=%(default)r]")
+    s.add_argument("--no-plots", dest="plots", action="store_false", help="skip the figures")
+    s.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_codec_args(s)
+    s.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args) -> int:
+    from ..codec import ModelLoadError
+    from .baselines import parse_grid
+    from .sweep import SweepError, SweepOptions, run_sweep
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
+    try:
+        cfg = codec_config_from_args(args)
+        grid = parse_grid(args.grid)
+        for k, m, n in grid:
+            cfg.replace(k=k, m=m, steps=n).validate()
+        opts = SweepOptions(images=args.images, out=args.out, snrs=args.snr, methods=args.methods, config=cfg,
+                            grid=grid, captions=args.captions, semcom_t=args.semcom_t,
+                            digital_codec=args.digital_codec, digital_mcs=args.digital_mcs, jobs=args.jobs,
+                            metrics=args.metrics,
+                            plots=args.plots, grid_images=args.grid_images, progress=args.progress,
+                            argv=["gdmcom"] + sys.argv[1:])
+        res = run_sweep(opts)
+    except (SweepError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ModelLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the rows computed so far are in {args.out}/rows.csv; "
+              "run the same command again to continue", file=sys.stderr)
+        return 130
+    for f, why in res.skipped:
+        print(f"warning: skipped {f}: {why}", file=sys.stderr)
+    print(f"{res.rows_computed} rows computed, {res.rows_reused} already present, {res.rows_failed} with errors; "
+          f"{res.rows_total} rows in {res.out / 'rows.csv'}; summary: {res.out / 'summary.md'} "
+          f"({res.seconds:.1f} s)")
+    return 1 if res.rows_failed else 0

@@ -1,0 +1,548 @@
+"""Results of a sweep: the row file, the summary (means with t-based 95 %
+confidence intervals), markdown tables and matplotlib figures.
+
+Everything here reads plain rows (dicts of strings, as in ``rows.csv``), so a
+summary can be rebuilt from the CSV alone at any time.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+#: rows.csv columns, in order.  Empty cell = not applicable or not available (never 0 in its place).
+ROW_FIELDS = [
+    "image", "file", "width", "height", "snr_db", "method", "setting", "channel", "snr_est_db",
+    "n_steps", "rule", "symbols", "bcr", "psnr", "ms_ssim", "ms_ssim_scales", "lpips", "dists", "pieapp",
+    "decode_success", "seconds", "tx_seconds", "rx_seconds", "unet_calls", "detail", "fidelity", "error",
+    "output",
+]
+#: per-image metrics, in the order of the tables
+ROW_METRICS = ["psnr", "ms_ssim", "lpips", "dists", "pieapp"]
+SET_METRICS = ["fid", "kid"]
+METRIC_INFO = {  # label, unit, higher is better
+    "psnr": ("PSNR", "dB", True),
+    "ms_ssim": ("MS-SSIM", "", True),
+    "lpips": ("LPIPS", "", False),
+    "dists": ("DISTS", "", False),
+    "pieapp": ("PieAPP", "", False),
+    "fid": ("FID", "", False),
+    "kid": ("KID", "", False),
+}
+METHOD_ORDER = ["proposed", "random_noise", "sd_semcom", "digital"]
+KEY_FIELDS = ("image", "snr_db", "method", "setting")
+
+
+# --------------------------------------------------------------------------- rows.csv
+def row_key(row: dict) -> Tuple[str, str, str, str]:
+    """The resume key: image x SNR x method x setting (SNR normalised: '5' == '5.0')."""
+    return (str(row["image"]), snr_text(row["snr_db"]), str(row["method"]), str(row["setting"]))
+
+
+def snr_text(v) -> str:
+    return f"{float(v):g}"
+
+
+def read_rows(path: Path) -> List[dict]:
+    """Rows of ``rows.csv``; a torn last line (interrupted write) is dropped and the
+    file is rewritten clean, and a file with an older column set is rewritten with
+    the current columns (missing cells empty)."""
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return []
+    text = path.read_text(encoding="utf-8")
+    torn = not text.endswith("\n")
+    if torn:
+        text = text[: text.rfind("\n") + 1]
+    reader = csv.DictReader(io.StringIO(text))
+    header = reader.fieldnames or []
+    rows = []
+    for r in reader:
+        if None in r or any(v is None for v in r.values()):  # a short or over-long row
+            torn = True
+            continue
+        if not all(r.get(k) for k in ("image", "snr_db", "method")):
+            torn = True
+            continue
+        rows.append({k: r.get(k, "") for k in ROW_FIELDS})
+    if torn or header != ROW_FIELDS:
+        write_rows(path, rows)
+    return rows
+
+
+def write_rows(path: Path, rows: Iterable[dict]) -> None:
+    """Write all rows atomically (temp file + rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=ROW_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: fmt_cell(r.get(k)) for k in ROW_FIELDS})
+    os.replace(tmp, path)
+
+
+class RowWriter:
+    """Appends rows to ``rows.csv`` one at a time, flushed and fsynced, so an
+    interrupted sweep loses at most the row being written."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        self.f = open(self.path, "a", newline="", encoding="utf-8")
+        self.w = csv.DictWriter(self.f, fieldnames=ROW_FIELDS, extrasaction="ignore")
+        if new:
+            self.w.writeheader()
+            self.f.flush()
+
+    def write(self, row: dict) -> dict:
+        cells = {k: fmt_cell(row.get(k)) for k in ROW_FIELDS}
+        self.w.writerow(cells)
+        self.f.flush()
+        try:
+            os.fsync(self.f.fileno())
+        except OSError:
+            pass
+        return cells
+
+    def close(self):
+        self.f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def fmt_cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return ""
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return f"{v:.7g}"
+    if isinstance(v, dict):
+        return "; ".join(f"{k}={fmt_cell(x)}" for k, x in v.items() if x not in (None, ""))
+    return str(v)
+
+
+def num(v) -> Optional[float]:
+    """A cell as float, None when empty or not a number."""
+    if v is None or v == "":
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------- statistics
+def mean_ci(values: Sequence[float], level: float = 0.95) -> Tuple[Optional[float], Optional[float], int]:
+    """(mean, half-width of the t-based ``level`` confidence interval, n).
+
+    The half-width is ``t_{(1+level)/2, n-1} * s / sqrt(n)`` with the sample
+    standard deviation ``s``; None when n < 2.  Empty input gives (None, None, 0).
+    """
+    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
+    n = int(v.size)
+    if n == 0:
+        return None, None, 0
+    mean = float(np.mean(v))
+    if n < 2 or not np.all(np.isfinite(v)):
+        return mean, None, n
+    from scipy.stats import t
+
+    half = float(t.ppf(0.5 + level / 2, n - 1) * np.std(v, ddof=1) / math.sqrt(n))
+    return mean, half, n
+
+
+def group_key(row: dict) -> Tuple[str, str, float]:
+    return (row["method"], row["setting"], float(row["snr_db"]))
+
+
+def _method_rank(m: str) -> int:
+    return METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER)
+
+
+def summarize(rows: Sequence[dict], set_scores: Optional[Dict[tuple, dict]] = None) -> List[dict]:
+    """One summary row per (method, setting, SNR).
+
+    Per-image metrics: ``<m>_mean``, ``<m>_ci95`` (half-width), ``<m>_n``.
+    Rows with an ``error`` are counted in ``n_errors`` and left out of the
+    means.  ``set_scores[(method, setting, snr_text)]`` adds FID/KID.
+    """
+    groups: Dict[tuple, List[dict]] = {}
+    first: Dict[tuple, int] = {}  # settings keep the order in which they were run
+    for r in rows:
+        groups.setdefault(group_key(r), []).append(r)
+        first.setdefault((r["method"], r["setting"]), len(first))
+    out = []
+    for key in sorted(groups, key=lambda k: (_method_rank(k[0]), k[0], first[k[:2]], k[2])):
+        rs = groups[key]
+        ok = [r for r in rs if not r.get("error")]
+        s = dict(method=key[0], setting=key[1], snr_db=key[2], n_images=len(ok), n_errors=len(rs) - len(ok))
+        for m in ROW_METRICS:
+            mean, half, n = mean_ci([num(r.get(m)) for r in ok])
+            s[f"{m}_mean"], s[f"{m}_ci95"], s[f"{m}_n"] = mean, half, n
+        succ = [r.get("decode_success") == "true" for r in ok if r.get("decode_success") in ("true", "false")]
+        s["success_rate"] = (sum(succ) / len(succ)) if succ else None
+        for col in ("n_steps", "symbols", "bcr", "seconds", "unet_calls"):
+            vals = [num(r.get(col)) for r in ok]
+            vals = [v for v in vals if v is not None]
+            s[f"{col}_mean"] = float(np.mean(vals)) if vals else None
+        scales = [int(num(r.get("ms_ssim_scales"))) for r in ok if num(r.get("ms_ssim_scales")) is not None]
+        s["ms_ssim_scales"] = (f"{min(scales)}" if min(scales) == max(scales) else f"{min(scales)}-{max(scales)}") \
+            if scales else ""
+        sc = (set_scores or {}).get((key[0], key[1], snr_text(key[2])), {})
+        for m in SET_METRICS:
+            e = sc.get(m, {})
+            s[m] = e.get("value")
+            s[f"{m}_patches"] = e.get("patches")
+        s["kid_std"] = sc.get("kid", {}).get("std")
+        s["kid_subset"] = sc.get("kid", {}).get("subset_size")
+        fid = [r.get("fidelity", "") for r in ok if r.get("fidelity")]
+        s["fidelity"] = max(set(fid), key=fid.count) if fid else ""
+        out.append(s)
+    return out
+
+
+SUMMARY_FIELDS = (["method", "setting", "snr_db", "n_images", "n_errors"]
+                  + [f"{m}_{x}" for m in ROW_METRICS for x in ("mean", "ci95", "n")]
+                  + ["ms_ssim_scales", "fid", "fid_patches", "kid", "kid_std", "kid_subset", "kid_patches",
+                     "success_rate", "n_steps_mean", "symbols_mean", "bcr_mean", "seconds_mean", "unet_calls_mean",
+                     "fidelity"])
+
+
+def write_summary_csv(path: Path, summary: Sequence[dict]) -> None:
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for s in summary:
+            w.writerow({k: fmt_cell(s.get(k)) for k in SUMMARY_FIELDS})
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- markdown
+def _fmt(v: Optional[float], metric: str) -> str:
+    if v is None:
+        return ""
+    if math.isinf(v):
+        return "inf"
+    if metric in ("psnr", "fid", "n_steps", "seconds", "pieapp"):
+        return f"{v:.2f}"
+    if metric in ("kid",):
+        return f"{v:.4f}"
+    return f"{v:.3f}"
+
+
+def _cell(s: dict, m: str) -> str:
+    mean, half = s.get(f"{m}_mean"), s.get(f"{m}_ci95")
+    if mean is None:
+        return "–"
+    return _fmt(mean, m) + (f" ± {_fmt(half, m)}" if half is not None else "")
+
+
+def method_labels(summary: Sequence[dict]) -> Dict[Tuple[str, str], str]:
+    """Display names: the method alone when it has one setting, else ``method (setting)``."""
+    settings: Dict[str, set] = {}
+    for s in summary:
+        settings.setdefault(s["method"], set()).add(s["setting"])
+    return {(s["method"], s["setting"]): (s["method"] if len(settings[s["method"]]) == 1
+                                          else f"{s['method']} ({s['setting']})") for s in summary}
+
+
+def _pivot(summary: Sequence[dict]) -> Tuple[List[tuple], List[float], Dict[tuple, dict]]:
+    pairs, snrs, cells = [], [], {}
+    for s in summary:
+        p = (s["method"], s["setting"])
+        if p not in pairs:
+            pairs.append(p)
+        if s["snr_db"] not in snrs:
+            snrs.append(s["snr_db"])
+        cells[(p, s["snr_db"])] = s
+    return pairs, sorted(snrs), cells
+
+
+def metric_table(summary: Sequence[dict], metric: str, cell: Optional[Callable[[dict], str]] = None) -> str:
+    """Markdown table: one row per method (and setting), one column per SNR."""
+    pairs, snrs, cells = _pivot(summary)
+    labels = method_labels(summary)
+    cell = cell or (lambda s: _cell(s, metric))
+    lines = ["| method | " + " | ".join(f"{x:g} dB" for x in snrs) + " |",
+             "|---|" + "---|" * len(snrs)]
+    for p in pairs:
+        vals = [cell(cells[(p, x)]) if (p, x) in cells else "" for x in snrs]
+        lines.append(f"| {labels[p]} | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def summary_markdown(summary: Sequence[dict], info: dict) -> str:
+    """The human summary.
+
+    ``info`` keys: ``title``, ``header`` (list of lines), ``availability``
+    (``{metric: {"available", "backend", "reason"}}``), ``skipped``
+    (``[(file, reason)]``), ``set_note`` (FID/KID patching statement),
+    ``notes`` (extra lines).
+    """
+    avail = info.get("availability", {})
+    out = [f"# {info.get('title', 'Sweep summary')}", ""]
+    out += list(info.get("header", [])) + [""]
+    n_rows = sum(s["n_images"] + s["n_errors"] for s in summary)
+    if not summary:
+        out += ["No rows yet.", ""]
+    out.append("Cells: mean ± half-width of the 95 % confidence interval (Student t, n-1 degrees of freedom) "
+               "over images; no ± when n = 1. Empty cell (–): not measured; see the notes.")
+    out.append("")
+    for m in ROW_METRICS + SET_METRICS:
+        label, unit, higher = METRIC_INFO[m]
+        title = f"## {label}" + (f" ({unit})" if unit else "") + (" — higher is better" if higher else
+                                                                      " — lower is better")
+        has = any(s.get(f"{m}_mean") is not None or s.get(m) is not None for s in summary)
+        a = avail.get(m)
+        if not has:
+            reason = (a or {}).get("reason") or "no value was measured"
+            out += [title, "", f"**unavailable** — {reason}.", ""]
+            continue
+        out += [title, ""]
+        if m in SET_METRICS:
+            out.append(metric_table(summary, m, lambda s, m=m: _fmt(s.get(m), m) if s.get(m) is not None else "–"))
+        else:
+            out.append(metric_table(summary, m))
+        if a and not a.get("available") and a.get("reason"):
+            out += ["", f"Not computed in the latest run: {a['reason']}; values shown come from earlier runs."]
+        out.append("")
+    out += ["## Denoising steps N (mean)", "", metric_table(summary, "n_steps", lambda s: _fmt(s.get("n_steps_mean"),
+                                                                                            "n_steps") or "–"), ""]
+    if any(s.get("success_rate") is not None for s in summary):
+        out += ["## Decode success (fraction of images)", "",
+                metric_table(summary, "success", lambda s: "–" if s.get("success_rate") is None
+                             else f"{s['success_rate']:.2f}"), ""]
+    out += ["## Channel uses and time", "", "| method | symbols (mean) | BCR | seconds / image (mean over SNRs) |",
+            "|---|---|---|---|"]
+    labels = method_labels(summary)
+    seen = {}
+    for s in summary:
+        seen.setdefault((s["method"], s["setting"]), []).append(s)
+    for p, ss in seen.items():
+        sym = [s["symbols_mean"] for s in ss if s.get("symbols_mean") is not None]
+        bcr = [s["bcr_mean"] for s in ss if s.get("bcr_mean") is not None]
+        sec = [s["seconds_mean"] for s in ss if s.get("seconds_mean") is not None]
+        out.append(f"| {labels[p]} | {np.mean(sym):.0f} | " if sym else f"| {labels[p]} | – | ")
+        out[-1] += (f"1/{1 / np.mean(bcr):.1f} | " if bcr and np.mean(bcr) > 0 else "– | ")
+        out[-1] += (f"{np.mean(sec):.3f} |" if sec else "– |")
+    out.append("")
+    out += ["## Notes", ""]
+    out.append("- PSNR (numpy) and MS-SSIM (torchmetrics), gr_gdmcom.eval.metrics, on uint8 RGB at the "
+               "original size.")
+    unavailable: Dict[str, List[str]] = {}
+    for m in ROW_METRICS[2:] + SET_METRICS:
+        a = avail.get(m)
+        if a and a.get("available"):
+            out.append(f"- {METRIC_INFO[m][0]}: {a.get('backend', '')}.")
+        elif a:
+            unavailable.setdefault(a.get("reason", ""), []).append(METRIC_INFO[m][0])
+    for reason, names in unavailable.items():
+        out.append(f"- {', '.join(names)}: unavailable — {reason}; cells left empty (never zero).")
+    scales = sorted({s["ms_ssim_scales"] for s in summary if s.get("ms_ssim_scales")})
+    if scales:
+        std = scales == ["5"]
+        out.append("- MS-SSIM scales used: " + ", ".join(scales) + (" (standard)." if std else
+                   " — images with a side below 161 px use fewer than the standard 5 scales (weights "
+                   "renormalised), so these values are not comparable with the paper's."))
+    if info.get("set_note"):
+        out.append("- " + info["set_note"])
+    for line in info.get("notes", []):
+        out.append("- " + line)
+    fid_notes = {}
+    for s in summary:
+        if s.get("fidelity"):
+            fid_notes.setdefault(labels[(s["method"], s["setting"])], s["fidelity"])
+    if fid_notes:
+        out.append("- Fidelity of each method:")
+        for k, v in fid_notes.items():
+            out.append(f"  - {k}: {v}")
+    skipped = info.get("skipped", [])
+    if skipped:
+        out.append(f"- Skipped images ({len(skipped)}, unreadable):")
+        for f, why in skipped:
+            out.append(f"  - `{f}`: {why}")
+    errs = sum(s["n_errors"] for s in summary)
+    if errs:
+        out.append(f"- {errs} rows carry an error (see the `error` column of rows.csv) and are left out of the means.")
+    out.append(f"- {n_rows} rows in rows.csv.")
+    return "\n".join(out) + "\n"
+
+
+#: the paper's Table II (Kodak, SD 1.5, 5 dB): (k, m, N) -> PSNR, MS-SSIM, LPIPS, FID
+PAPER_TABLE2 = {
+    (10, 0, 10): (20.58, 0.327, 0.738, 106.79),
+    (5, 5, 10): (18.58, 0.497, 0.607, 251.20),
+    (10, 0, 15): (22.93, 0.830, 0.192, 54.04),
+    (5, 5, 15): (22.19, 0.823, 0.187, 51.20),
+    (0, 10, 15): (21.83, 0.793, 0.197, 53.07),
+}
+
+
+def parse_grid_label(setting: str) -> Optional[Tuple[int, int, int]]:
+    """``"k10,m0,N15,norescale"`` -> (10, 0, 15); None for other settings."""
+    parts = setting.split(",")
+    if len(parts) < 3 or not (parts[0].startswith("k") and parts[1].startswith("m") and parts[2].startswith("N")):
+        return None
+    try:
+        return int(parts[0][1:]), int(parts[1][1:]), int(parts[2][1:])
+    except ValueError:
+        return None
+
+
+def table2_markdown(summary: Sequence[dict], grid: Sequence[Tuple[int, int, int]]) -> str:
+    """The paper's Table II layout: one row per (k, m, N), one table per SNR, and the
+    paper's own numbers (5 dB) beside them."""
+    wanted = {tuple(g) for g in grid}
+    rows = [s for s in summary if s["method"] == "proposed" and parse_grid_label(s["setting"]) in wanted
+            and "norescale" in s["setting"]]
+    out = ["# Table II: transmitter / receiver inversion split (k, m) and denoising steps N", "",
+           "Proposed method with N fixed and no latent rescaling (`--steps N --no-rescale`: the paper's "
+           "behaviour). Cells: mean ± 95 % t-interval over images; FID over 256×256 patches.", ""]
+    snrs = sorted({s["snr_db"] for s in rows})
+    for x in snrs:
+        out += [f"## {x:g} dB", "", "| k | m | N | PSNR↑ | MS-SSIM↑ | LPIPS↓ | FID↓ | n |", "|---|---|---|---|---|---|---|---|"]
+        for g in grid:
+            s = next((s for s in rows if s["snr_db"] == x and parse_grid_label(s["setting"]) == tuple(g)), None)
+            if s is None:
+                continue
+            fid = _fmt(s.get("fid"), "fid") if s.get("fid") is not None else "–"
+            out.append(f"| {g[0]} | {g[1]} | {g[2]} | {_cell(s, 'psnr')} | {_cell(s, 'ms_ssim')} | "
+                       f"{_cell(s, 'lpips')} | {fid} | {s['n_images']} |")
+        out.append("")
+    out += ["## The paper's values (Kodak, Stable Diffusion 1.5, 5 dB)", "",
+            "| k | m | N | PSNR↑ | MS-SSIM↑ | LPIPS↓ | FID↓ |", "|---|---|---|---|---|---|---|"]
+    for g, v in PAPER_TABLE2.items():
+        out.append(f"| {g[0]} | {g[1]} | {g[2]} | {v[0]:.2f} | {v[1]:.3f} | {v[2]:.3f} | {v[3]:.2f} |")
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------- figures
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_metrics(summary: Sequence[dict], out_dir: Path) -> List[Path]:
+    """``<metric>_vs_snr.{png,pdf}``: each metric against SNR, one line per method
+    (error bars: 95 % CI), as the paper's Fig. 2.  Metrics without values are skipped."""
+    plt = _plt()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    labels = method_labels(summary)
+    pairs, snrs, cells = _pivot(summary)
+    written = []
+    for m in ROW_METRICS + SET_METRICS + ["n_steps"]:
+        label = METRIC_INFO.get(m, ("denoising steps N", "", True))
+        key = m if m in SET_METRICS else f"{m}_mean"
+        if not any(s.get(key) is not None for s in summary):
+            continue
+        fig, ax = plt.subplots(figsize=(5.2, 3.8))
+        for p in pairs:
+            xs, ys, es = [], [], []
+            for x in snrs:
+                s = cells.get((p, x))
+                if s is None or s.get(key) is None or not math.isfinite(s[key]):
+                    continue
+                xs.append(x)
+                ys.append(s[key])
+                es.append(s.get(f"{m}_ci95") or 0.0)
+            if xs:
+                ax.errorbar(xs, ys, yerr=es if any(es) else None, marker="o", capsize=3, label=labels[p])
+        ax.set_xlabel("SNR (dB)")
+        ax.set_ylabel(label[0] + (f" ({label[1]})" if label[1] else "") +
+                      ("" if m == "n_steps" else (" ↑" if label[2] else " ↓")))
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        for ext in ("png", "pdf"):
+            path = out_dir / f"{m}_vs_snr.{ext}"
+            fig.savefig(path, dpi=150)
+            written.append(path)
+        plt.close(fig)
+    return written
+
+
+def plot_image_grids(rows: Sequence[dict], originals: Dict[str, np.ndarray], out_dir: Path,
+                     results_dir: Path, max_images: int = 3) -> List[Path]:
+    """``grid_snr<DB>.{png,pdf}``: per SNR, one row per image (at most ``max_images``),
+    columns original + each method, PSNR and LPIPS (or "n/a") under each tile (Fig. 3)."""
+    from PIL import Image
+
+    plt = _plt()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ok = [r for r in rows if not r.get("error") and r.get("output")]
+    images = sorted({r["image"] for r in ok if r["image"] in originals})[:max_images]
+    pairs = []
+    for r in sorted(ok, key=lambda r: _method_rank(r["method"])):  # stable: settings in run order
+        if (r["method"], r["setting"]) not in pairs:
+            pairs.append((r["method"], r["setting"]))
+    settings: Dict[str, set] = {}
+    for m, s in pairs:
+        settings.setdefault(m, set()).add(s)
+    names = {p: p[0] if len(settings[p[0]]) == 1 else f"{p[0]}\n{p[1]}" for p in pairs}
+    by = {(r["image"], snr_text(r["snr_db"]), r["method"], r["setting"]): r for r in ok}
+    written = []
+    for snr in sorted({float(r["snr_db"]) for r in ok}):
+        st = snr_text(snr)
+        if not images or not any((im, st) + p in by for im in images for p in pairs):
+            continue
+        nc, nr = 1 + len(pairs), len(images)
+        fig, axes = plt.subplots(nr, nc, figsize=(2.1 * nc, 2.4 * nr), squeeze=False)
+        for i, im in enumerate(images):
+            ax = axes[i][0]
+            ax.imshow(originals[im])
+            ax.set_title("original" if i == 0 else "", fontsize=8)
+            ax.set_xlabel(im, fontsize=7)
+            for j, p in enumerate(pairs, start=1):
+                ax = axes[i][j]
+                r = by.get((im, st) + p)
+                if i == 0:
+                    ax.set_title(names[p], fontsize=7)
+                if r is None:
+                    ax.text(0.5, 0.5, "not run", ha="center", va="center", fontsize=7, transform=ax.transAxes)
+                    continue
+                path = Path(r["output"])
+                path = path if path.is_absolute() else Path(results_dir) / path
+                try:
+                    ax.imshow(np.asarray(Image.open(path).convert("RGB")))
+                except OSError:
+                    ax.text(0.5, 0.5, "image missing", ha="center", va="center", fontsize=7,
+                            transform=ax.transAxes)
+                ps = num(r.get("psnr"))
+                lp = num(r.get("lpips"))
+                ax.set_xlabel(f"{ps:.2f} dB / " if ps is not None else "n/a / ", fontsize=7)
+                ax.set_xlabel(ax.get_xlabel() + (f"LPIPS {lp:.4f}" if lp is not None else "LPIPS n/a"), fontsize=7)
+        for row in axes:
+            for ax in row:
+                ax.set_xticks([])
+                ax.set_yticks([])
+        fig.suptitle(f"SNR {st} dB (PSNR / LPIPS under each tile)", fontsize=9)
+        fig.tight_layout()
+        for ext in ("png", "pdf"):
+            path = out_dir / f"grid_snr{st}.{ext}"
+            fig.savefig(path, dpi=150)
+            written.append(path)
+        plt.close(fig)
+    return written

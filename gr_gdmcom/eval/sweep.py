@@ -1,0 +1,591 @@
+"""The evaluation sweep: images x SNRs x methods (x settings) -> rows, summary, figures.
+
+:func:`run_sweep` writes into one results folder::
+
+    rows.csv         one row per image x SNR x method x setting (every metric)
+    summary.csv      means and t-based 95 % confidence intervals per method x setting x SNR
+    summary.md       the same as tables, with notes (unavailable metrics, skipped images, fidelity)
+    table2.md        with --grid: the paper's Table II layout
+    run.json         configuration, package versions, git commit, seed, device, model and revision
+    set_metrics.json cache of FID / KID per method x setting x SNR
+    images/<method>/<setting>/<image>_snr<DB>.png   every reconstruction
+    plots/<metric>_vs_snr.{png,pdf}, plots/grid_snr<DB>.{png,pdf}
+
+It is **resumable**: rows already in ``rows.csv`` (key image x SNR x method x
+setting, without an error) are not recomputed, so an interrupted sweep goes on
+where it stopped and a repeated one recomputes nothing (rows with an error are
+retried).  Each transmitter runs once per image and setting and is reused for
+every SNR (its output does not depend on the channel); images of equal size
+are batched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import re
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..codec import Failed
+from ..codec.images import ImageError, load_rgb
+from ..config import CodecConfig
+from . import learned as learned_mod
+from . import report
+from .baselines import Context, Method, Rx, Tx, build_methods, digital_unavailable, load_captions, parse_methods
+from .metrics import ms_ssim, psnr
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif",
+                  ".heic", ".heif", ".avif")
+DEFAULT_SNRS = (0.0, 5.0, 10.0, 15.0, 20.0)
+DEFAULT_METHODS = ("proposed", "random_noise", "sd_semcom", "digital")
+#: configuration that must match for rows to be mixed in one results folder
+FINGERPRINT_FIELDS = ("model", "T", "guidance", "prompt", "seed")
+
+
+class SweepError(ValueError):
+    """A usage problem (no images, unknown method, mismatched results folder); one line."""
+
+
+@dataclass
+class SweepOptions:
+    """What to sweep.  ``images``: folders and/or files; ``out``: the results folder."""
+
+    images: Sequence[Union[str, Path]]
+    out: Union[str, Path]
+    snrs: Sequence[float] = DEFAULT_SNRS
+    methods: Union[str, Sequence[str]] = DEFAULT_METHODS
+    config: CodecConfig = field(default_factory=CodecConfig)
+    grid: Sequence[Tuple[int, int, int]] = ()
+    captions: Optional[Union[str, Path]] = None
+    semcom_t: Union[str, int] = "auto"
+    digital_codec: str = "hevc"
+    digital_mcs: str = "adaptive"
+    jobs: int = 1
+    metrics: Sequence[str] = learned_mod.ALL
+    plots: bool = True
+    grid_images: int = 3
+    progress: bool = True
+    argv: Optional[List[str]] = None
+
+
+@dataclass
+class SweepResult:
+    out: Path
+    rows_total: int
+    rows_computed: int
+    rows_reused: int
+    rows_failed: int
+    images: List[str]
+    skipped: List[Tuple[str, str]]
+    seconds: float
+    summary: List[dict]
+    files: List[Path]
+
+
+# --------------------------------------------------------------------------- inputs
+def find_images(paths: Sequence[Union[str, Path]]) -> List[Path]:
+    """Image files named or found (not recursively) in folders, sorted; SweepError when none."""
+    files: List[Path] = []
+    looked = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            looked.append(str(p))
+            files += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.exists():
+            files.append(p)
+        else:
+            raise SweepError(f"no such image file or folder: {p}")
+    if not files:
+        raise SweepError(f"no images found in {', '.join(looked) or 'the given paths'} "
+                         f"(looked for {', '.join(IMAGE_SUFFIXES)})")
+    return list(dict.fromkeys(files))
+
+
+def image_names(files: Sequence[Path]) -> Dict[Path, str]:
+    """Labels: the file stem, or the whole file name where two stems collide."""
+    stems = [f.stem for f in files]
+    names = {f: (f.stem if stems.count(f.stem) == 1 else f.name) for f in files}
+    seen: Dict[str, int] = {}
+    for f in files:  # same file name in two folders: number the later ones
+        n = names[f]
+        seen[n] = seen.get(n, 0) + 1
+        if seen[n] > 1:
+            names[f] = f"{n}~{seen[n]}"
+    return names
+
+
+def load_images(files: Sequence[Path], max_pixels: int):
+    """``({name: uint8 (H, W, 3)}, {name: file}, [(file, reason)])``; unreadable files are skipped."""
+    names = image_names(files)
+    images, where, skipped = {}, {}, []
+    for f in files:
+        try:
+            images[names[f]] = np.asarray(load_rgb(f, max_pixels), dtype=np.uint8)
+            where[names[f]] = str(f)
+        except ImageError as exc:
+            why = re.sub(r":?\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(exc))
+            skipped.append((str(f), why))
+            log.info("skipping %s", why)
+    return images, where, skipped
+
+
+# --------------------------------------------------------------------------- provenance
+def git_commit() -> Optional[str]:
+    """``git rev-parse HEAD`` of the checkout this package runs from (None when unavailable)."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        r = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    out = r.stdout.strip()
+    return out if r.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", out) else None
+
+
+def package_versions() -> Dict[str, Optional[str]]:
+    from importlib import metadata
+
+    out: Dict[str, Optional[str]] = {"python": platform.python_version()}
+    for pkg in ("gr-gdmcom", "torch", "diffusers", "transformers", "numpy", "scipy", "torchmetrics", "pillow",
+                "pillow-heif", "py3gpp", "matplotlib", "tqdm", "huggingface-hub", "pyiqa", "torchvision",
+                "torch-fidelity"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def model_revision(model: str, components=None) -> Optional[str]:
+    """Best offline description of the exact weights: the tiny model's version, the
+    revision asked for, a local folder, or the hub cache's snapshot commit."""
+    if model == "tiny":
+        from ..codec.models import TINY_VERSION
+
+        return f"tiny-v{TINY_VERSION} (random weights, seed 0)"
+    if components is not None and getattr(components, "revision", None):
+        return str(components.revision)
+    p = Path(model)
+    if p.exists():
+        return f"local folder {p.resolve()}"
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        f = try_to_load_from_cache(model, "model_index.json")
+        if isinstance(f, str):
+            parts = Path(f).parts
+            return parts[parts.index("snapshots") + 1]
+    except Exception:  # noqa: BLE001 - provenance is best effort
+        pass
+    return None
+
+
+def _fingerprint(cfg: CodecConfig) -> dict:
+    return {k: getattr(cfg, k) for k in FINGERPRINT_FIELDS} | {"channel": "awgn"}
+
+
+def _check_folder(out: Path, cfg: CodecConfig) -> dict:
+    """Previous run.json (or {}); SweepError if it was made with another configuration."""
+    path = out / "run.json"
+    if not path.exists():
+        return {}
+    try:
+        prev = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        log.warning("%s is unreadable; starting a new one", path)
+        return {}
+    old, new = prev.get("fingerprint") or {}, _fingerprint(cfg)
+    diff = [k for k in new if k in old and old[k] != new[k]]
+    if diff:
+        what = ", ".join(f"{k}={old[k]!r} there, {new[k]!r} now" for k in diff)
+        raise SweepError(f"{out} holds a sweep made with another configuration ({what}); "
+                         "use another --out so rows of different configurations are not mixed")
+    return prev
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s.replace("=", "-").replace(",", "_")).strip("_") or "default"
+
+
+def _device_name(cfg: CodecConfig, ctx: Context) -> str:
+    if ctx.components is not None:
+        return str(ctx.components.device)
+    if cfg.device != "auto":
+        return cfg.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# --------------------------------------------------------------------------- the sweep
+def run_sweep(opts: SweepOptions, components=None) -> SweepResult:
+    """Run (or continue) a sweep; see the module docstring.
+
+    Args:
+        opts: what to run.
+        components: already loaded model components (else loaded on first need).
+    Raises:
+        SweepError: usage problems, before anything is computed.
+        KeyboardInterrupt: propagated after the rows so far are safely written.
+    """
+    t_start = time.perf_counter()
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    cfg = opts.config.validate()
+    out = Path(opts.out)
+
+    # 1. Check inputs (everything that can be refused is refused before any work)
+    methods_names = parse_methods(opts.methods)
+    snrs = [float(s) for s in opts.snrs]
+    if not snrs:
+        raise SweepError("no SNR given (--snr)")
+    bad = [s for s in snrs if not math.isfinite(s)]
+    if bad:
+        raise SweepError(f"SNR values must be finite, got {bad}")
+    if "digital" in methods_names:
+        why = digital_unavailable(opts.digital_codec)
+        if why:
+            raise SweepError(f"the digital baseline cannot run here: {why}; drop 'digital' from --methods")
+        if opts.digital_mcs != "adaptive":
+            from .digital import get_mcs
+
+            get_mcs(opts.digital_mcs)  # ValueError listing the choices
+    files = find_images(opts.images)
+    captions = load_captions(opts.captions) if opts.captions else {}
+    ctx = Context(config=cfg, components=components, captions=captions, semcom_t=opts.semcom_t,
+                  digital_codec=opts.digital_codec, digital_mcs=opts.digital_mcs, jobs=max(1, int(opts.jobs)))
+    methods = build_methods(methods_names, ctx, list(opts.grid) or None)
+    out.mkdir(parents=True, exist_ok=True)
+    prev = _check_folder(out, cfg)
+
+    # 2. Images
+    images, where, skipped = load_images(files, cfg.max_pixels)
+    if not images:
+        raise SweepError(f"none of the {len(files)} image files could be read: "
+                         + "; ".join(r for _, r in skipped[:3]))
+    ctx.image_files = where
+    if captions:
+        hits = [n for n in images if ctx.caption_for(n)[1] == "captions file"]
+        if len(hits) < len(images):
+            log.warning("captions file %s has no entry for %d of %d images (they use the fixed prompt)",
+                        opts.captions, len(images) - len(hits), len(images))
+    names = sorted(images)
+
+    # 3. Resume: what is already done
+    rows_path = out / "rows.csv"
+    old_rows = report.read_rows(rows_path)
+    done = {report.row_key(r) for r in old_rows if not r.get("error")}
+    plan: List[Tuple[Method, Dict[str, List[float]]]] = []
+    for m in methods:
+        label = m.setting_label()
+        need = {}
+        for n in names:
+            miss = [s for s in snrs if (n, report.snr_text(s), m.name, label) not in done]
+            if miss:
+                need[n] = miss
+        plan.append((m, need))
+    total = sum(len(v) for _, need in plan for v in need.values())
+    reused = len(names) * len(snrs) * len(methods) - total
+
+    # 4. Learned metrics: probed once; unavailable ones stay empty
+    metrics = learned_mod.LearnedMetrics(opts.metrics, device=_device_name(cfg, ctx))
+    avail = metrics.availability()
+    by_reason: Dict[str, List[str]] = {}
+    for name, a in avail.items():
+        if name in opts.metrics and not a.available:
+            by_reason.setdefault(a.reason, []).append(learned_mod.LABELS[name])
+    for reason, labels in by_reason.items():
+        log.warning("%s unavailable: %s; left empty (see summary.md)", ", ".join(labels), reason)
+
+    run_info = _run_json(prev, opts, cfg, ctx, methods, images, where, skipped, avail, started)
+    _write_json(out / "run.json", run_info)
+
+    # 5. Compute the missing rows
+    computed = failed = 0
+    interrupted = False
+    bar = _progress(total, opts.progress)
+    writer = report.RowWriter(rows_path)
+    tx_cache: Dict[tuple, Union[Tx, Failed]] = {}
+    try:
+        for i, (m, need) in enumerate(plan):
+            if not need:
+                continue
+            label = m.setting_label()
+            key = m.transmit_key()
+            bar.set_description(f"{m.name}")
+            by_size: Dict[tuple, List[str]] = {}
+            for n in need:
+                by_size.setdefault(images[n].shape, []).append(n)
+            for _shape, members in by_size.items():
+                for s in range(0, len(members), cfg.batch_size):
+                    batch = members[s:s + cfg.batch_size]
+                    fresh = [n for n in batch if (key, n) not in tx_cache]
+                    if fresh:
+                        try:
+                            txs = m.transmit([images[n] for n in fresh], fresh)
+                        except Exception as exc:  # noqa: BLE001 - record, go on with the rest
+                            log.warning("%s transmitter failed: %s", m.name, exc)
+                            log.debug("traceback", exc_info=True)
+                            txs = [Failed(f"{m.name} transmitter: {type(exc).__name__}: {exc}", n) for n in fresh]
+                        for n, t in zip(fresh, txs):
+                            tx_cache[(key, n)] = t
+                    for snr in snrs:
+                        items = [n for n in batch if snr in need[n]]
+                        if not items:
+                            continue
+                        good = [n for n in items if isinstance(tx_cache[(key, n)], Tx)]
+                        results: Dict[str, Union[Rx, Failed]] = {n: tx_cache[(key, n)] for n in items
+                                                                 if n not in good}
+                        if good:
+                            try:
+                                rxs = m.receive([tx_cache[(key, n)] for n in good], snr)
+                            except Exception as exc:  # noqa: BLE001
+                                log.warning("%s receiver failed at %g dB: %s", m.name, snr, exc)
+                                log.debug("traceback", exc_info=True)
+                                rxs = [Failed(f"{m.name} receiver: {type(exc).__name__}: {exc}", n) for n in good]
+                            results.update(zip(good, rxs))
+                        for n in items:
+                            tx = tx_cache[(key, n)]
+                            row = _row(m, label, n, where[n], images[n], snr, tx, results[n], out, metrics)
+                            writer.write(row)
+                            computed += 1
+                            failed += bool(row.get("error"))
+                            bar.update(1)
+                            bar.set_postfix_str(f"{n} {snr:g} dB", refresh=False)
+            # free transmitter outputs no later method shares
+            later = {mm.transmit_key() for mm, _ in plan[i + 1:]}
+            for k in [k for k in tx_cache if k[0] not in later]:
+                del tx_cache[k]
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        writer.close()
+        bar.close()
+        ctx.close()
+        rows = _dedupe(rows_path)
+        run_info["runs"][-1].update(finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                    rows_computed=computed, rows_failed=failed, interrupted=interrupted,
+                                    seconds=round(time.perf_counter() - t_start, 2))
+        run_info["model"]["revision"] = model_revision(cfg.model, ctx.components) or run_info["model"]["revision"]
+        run_info["device"] = _device_name(cfg, ctx)
+        if ctx.components is not None:
+            run_info["dtype"] = str(ctx.components.dtype)
+        _write_json(out / "run.json", run_info)
+
+    # 6. Summary, tables, figures
+    files_written = _report(out, rows, images, opts, cfg, run_info, metrics, skipped)
+    return SweepResult(out=out, rows_total=len(rows), rows_computed=computed, rows_reused=reused,
+                       rows_failed=failed, images=names, skipped=skipped,
+                       seconds=time.perf_counter() - t_start, summary=files_written.pop("summary"),
+                       files=list(files_written.values()))
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="row", file=sys.stderr, disable=not enabled or total == 0, dynamic_ncols=True,
+                smoothing=0.1)
+
+
+def _row(m: Method, label: str, name: str, file: str, ref: np.ndarray, snr: float,
+         tx: Union[Tx, Failed], rx: Union[Rx, Failed], out: Path, metrics: learned_mod.LearnedMetrics) -> dict:
+    h, w = ref.shape[:2]
+    row = dict(image=name, file=file, width=w, height=h, snr_db=snr, method=m.name, setting=label, channel="awgn",
+               fidelity=m.fidelity())
+    if isinstance(tx, Tx):
+        row.update(symbols=tx.n_symbols, bcr=tx.n_symbols / (3 * h * w), tx_seconds=tx.seconds)
+    if isinstance(rx, Failed):
+        row["error"] = rx.error
+        return row
+    img = rx.image
+    ms, scales = ms_ssim(ref, img)
+    row.update(n_steps=rx.n_steps, rule=rx.rule, snr_est_db=rx.snr_est_db, psnr=psnr(ref, img), ms_ssim=ms,
+               ms_ssim_scales=scales, decode_success=rx.decode_success, rx_seconds=rx.seconds,
+               seconds=tx.seconds + rx.seconds,
+               unet_calls=None if rx.unet_calls is None else tx.unet_calls + rx.unet_calls,
+               detail=rx.detail, fidelity=rx.fidelity or m.fidelity())
+    row.update(metrics.score(ref, img))
+    rel = Path("images") / m.name / _slug(label) / f"{_slug(name)}_snr{report.snr_text(snr)}.png"
+    (out / rel).parent.mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+
+    Image.fromarray(img).save(out / rel)
+    row["output"] = rel.as_posix()
+    return row
+
+
+def _dedupe(rows_path: Path) -> List[dict]:
+    """All rows, keeping the last one per key (a retried error row is replaced)."""
+    rows = report.read_rows(rows_path)
+    last = {}
+    for r in rows:
+        last[report.row_key(r)] = r
+    if len(last) != len(rows):
+        rows = list(last.values())
+        report.write_rows(rows_path, rows)
+    return rows
+
+
+def _sha256(path) -> Optional[str]:
+    import hashlib
+
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def _run_json(prev: dict, opts: SweepOptions, cfg: CodecConfig, ctx: Context, methods: Sequence[Method],
+              images: dict, where: dict, skipped: list, avail: dict, started: str) -> dict:
+    info = dict(prev) if prev else {}
+    info.setdefault("created", started)
+    info.update(
+        tool="gdmcom sweep",
+        updated=started,
+        argv=opts.argv if opts.argv is not None else sys.argv,
+        fingerprint=_fingerprint(cfg),
+        config=asdict(cfg),
+        sweep=dict(snrs=[float(s) for s in opts.snrs], methods=list(dict.fromkeys(m.name for m in methods)),
+                   settings={f"{m.name}/{m.setting_label()}": m.fidelity() for m in methods},
+                   grid=[list(g) for g in opts.grid], captions=str(opts.captions) if opts.captions else None,
+                   captions_sha256=_sha256(opts.captions) if opts.captions else None,
+                   semcom_t=opts.semcom_t, digital_codec=opts.digital_codec, digital_mcs=opts.digital_mcs,
+                   jobs=opts.jobs, metrics=list(opts.metrics), channel="awgn (numpy), Es/N0 per complex symbol, unit Es",
+                   snr_given_to_receiver="the channel's true SNR (no PHY estimate; snr_est_db empty)"),
+        seed=cfg.seed,
+        device=_device_name(cfg, ctx),
+        dtype=str(ctx.components.dtype) if ctx.components is not None else cfg.dtype,
+        model=dict(id=cfg.model, revision=model_revision(cfg.model, ctx.components)),
+        versions=package_versions(),
+        git_commit=git_commit(),
+        platform=platform.platform(),
+        images={n: where[n] for n in sorted(images)},
+        skipped_images=[dict(file=f, reason=r) for f, r in skipped],
+        learned_metrics={k: v.to_dict() for k, v in avail.items()},
+    )
+    info.setdefault("runs", []).append(dict(started=started))
+    return info
+
+
+def _set_scores(out: Path, rows: Sequence[dict], images: dict, metrics: learned_mod.LearnedMetrics) -> dict:
+    """FID / KID per (method, setting, SNR) over the saved reconstructions, cached in set_metrics.json."""
+    from PIL import Image
+
+    avail = metrics.availability()
+    backends = {k: avail[k].backend for k in learned_mod.SET_LEVEL if avail[k].available}
+    cache_path = out / "set_metrics.json"
+    try:
+        cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    except (OSError, json.JSONDecodeError):
+        cache = {}
+    groups: Dict[tuple, List[dict]] = {}
+    for r in rows:
+        if not r.get("error") and r.get("output") and r["image"] in images:
+            groups.setdefault((r["method"], r["setting"], report.snr_text(r["snr_db"])), []).append(r)
+    result, changed = {}, False
+    for key, rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["image"])
+        ck = "|".join(key)
+        ident = dict(images=[r["image"] for r in rs], backends=backends)
+        hit = cache.get(ck)
+        if hit and hit.get("ident") == ident:
+            result[key] = hit["scores"]
+            continue
+        if backends:
+            refs, imgs = [], []
+            for r in rs:
+                try:
+                    imgs.append(np.asarray(Image.open(out / r["output"]).convert("RGB")))
+                    refs.append(images[r["image"]])
+                except OSError:
+                    continue
+            scores = metrics.set_scores(refs, imgs)
+        else:
+            n_p = sum(len(learned_mod.patches(images[r["image"]])) for r in rs)
+            scores = {k: dict(reason=avail[k].reason, patches=n_p) for k in learned_mod.SET_LEVEL}
+        result[key] = scores
+        cache[ck] = dict(ident=ident, scores=scores)
+        changed = True
+    if changed:
+        _write_json(cache_path, cache)
+    return result
+
+
+def _report(out: Path, rows: List[dict], images: dict, opts: SweepOptions, cfg: CodecConfig, run_info: dict,
+            metrics: learned_mod.LearnedMetrics, skipped: list) -> dict:
+    set_scores = _set_scores(out, rows, images, metrics)
+    summary = report.summarize(rows, set_scores)
+    report.write_summary_csv(out / "summary.csv", summary)
+    avail = {k: v.to_dict() for k, v in metrics.availability().items()}
+    # a set metric that ran nowhere: say why (the first reason found)
+    for k in learned_mod.SET_LEVEL:
+        if avail[k]["available"] and not any(s.get(k) is not None for s in summary):
+            reasons = [v[k]["reason"] for v in set_scores.values() if k in v and v[k].get("reason")]
+            if reasons:
+                avail[k] = dict(available=False, backend=avail[k]["backend"], reason=reasons[0])
+    n_patches = {sum(len(learned_mod.patches(images[r["image"]])) for r in rows
+                     if r["image"] in images and not r.get("error")
+                     and (r["method"], r["setting"], report.snr_text(r["snr_db"])) == key)
+                 for key in set_scores}
+    sizes = sorted({f"{a.shape[1]}×{a.shape[0]}" for a in images.values()})
+    p = learned_mod.PATCH
+    if not any(n_patches):
+        set_note = (f"FID/KID: not computed on these images — they are smaller than {p}×{p} "
+                    f"({', '.join(sizes)}), so they give no {p}×{p} patches.")
+    else:
+        set_note = (f"FID/KID: over non-overlapping {p}×{p} patches (top-left aligned, remainders dropped) of the "
+                    f"originals and the reconstructions, per method and SNR: "
+                    f"{', '.join(map(str, sorted(n_patches)))} patches per set from {len(images)} images "
+                    f"({', '.join(sizes)}); KID: "
+                    f"{learned_mod.KID_SUBSETS} subsets of size min({learned_mod.KID_MAX_SUBSET}, patches). "
+                    "With few patches both are noisy; compare methods on the same images only.")
+    model = run_info.get("model", {})
+    header = [
+        f"- Images: {len(images)} ({', '.join(sorted(images)[:8])}{' …' if len(images) > 8 else ''}); "
+        f"sizes {', '.join(sizes)}.",
+        f"- Model: `{model.get('id')}` (revision: {model.get('revision') or 'unknown'}); device "
+        f"{run_info.get('device')}; seed {cfg.seed}; T = {cfg.T}, guidance {cfg.guidance:g}, "
+        f"prompt \"{cfg.prompt}\".",
+        "- Channel: numpy AWGN, SNR = Es/N0 per complex symbol (unit symbol energy); the diffusion receivers "
+        "are told the true SNR (no PHY, so the `snr_est_db` column is empty).",
+        f"- Git commit: {run_info.get('git_commit') or 'unknown'}; generated "
+        f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} from rows.csv.",
+    ]
+    if cfg.model == "tiny":
+        header.append("- **`--model tiny` is a random-weight model: these numbers test the plumbing, not the method.**")
+    notes = []
+    for name, (n, why) in metrics.errors.items():
+        notes.append(f"{learned_mod.LABELS[name]} failed on {n} rows of the latest run (cells left empty): {why}.")
+    if any(r["method"] == "proposed" and "norescale" in r["setting"] for r in rows):
+        notes.append("Proposed-method settings marked `norescale` (from --grid) fix N and skip latent rescaling: "
+                     "the paper's behaviour (`--steps N --no-rescale`).")
+    md = report.summary_markdown(summary, dict(title="Sweep summary", header=header, availability=avail,
+                                               skipped=skipped, set_note=set_note, notes=notes))
+    (out / "summary.md").write_text(md, encoding="utf-8")
+    written = dict(summary=summary, summary_csv=out / "summary.csv", summary_md=out / "summary.md")
+    if opts.grid:
+        (out / "table2.md").write_text(report.table2_markdown(summary, list(opts.grid)), encoding="utf-8")
+        written["table2"] = out / "table2.md"
+    if opts.plots and rows:
+        figs = report.plot_metrics(summary, out / "plots")
+        figs += report.plot_image_grids(rows, images, out / "plots", out, opts.grid_images)
+        for i, f in enumerate(figs):
+            written[f"fig{i}"] = f
+    return written

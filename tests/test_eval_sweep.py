@@ -1,0 +1,340 @@
+"""The evaluation sweep: outputs, resumability, batching, bad input (tiny model, 64 px images)."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gr_gdmcom.codec import GenerativeCodec
+from gr_gdmcom.config import CodecConfig
+from gr_gdmcom.eval import learned, report
+from gr_gdmcom.eval.sweep import SweepError, SweepOptions, run_sweep
+
+DATA = Path(__file__).resolve().parent.parent / "gr_gdmcom" / "data"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny-model sweeps are many small torch calls: one thread is as fast and does not
+    collapse when the machine is shared (two threads there ran up to 20x slower)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _awgn(monkeypatch):
+    """gr_gdmcom.phy.awgn is written in parallel; use phy.channel's until it is exported."""
+    import gr_gdmcom.phy as phy
+
+    if not hasattr(phy, "awgn"):
+        try:
+            from gr_gdmcom.phy.channel import awgn
+        except ImportError:
+            def awgn(x, snr_db, rng):
+                s = np.sqrt(10 ** (-snr_db / 10) / 2)
+                return (x + s * (rng.standard_normal(x.shape) + 1j * rng.standard_normal(x.shape))).astype(np.complex64)
+        monkeypatch.setattr(phy, "awgn", awgn, raising=False)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """Two readable images of different sizes (64x64, 64x48)."""
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.open(DATA / "astronaut.png").convert("RGB").resize((64, 64)).save(d / "astro.png")
+    Image.open(DATA / "coffee.png").convert("RGB").resize((64, 48)).save(d / "coffee.png")
+    return d
+
+
+def _cfg(**kw):
+    return CodecConfig(model="tiny", device="cpu", **kw)
+
+
+def _opts(folder, out, **kw):
+    base = dict(images=[folder], out=out, snrs=[0.0, 10.0], methods="proposed,random_noise,sd_semcom,digital",
+                config=_cfg(), plots=False, progress=False, argv=["test"])
+    base.update(kw)
+    return SweepOptions(**base)
+
+
+class Spy:
+    """Counts the codec's encode/decode calls and the digital chain's runs."""
+
+    def __init__(self, monkeypatch):
+        self.calls = dict(encode=0, decode=0, digital=0)
+        enc, dec = GenerativeCodec.encode_many, GenerativeCodec.decode_many
+
+        def encode_many(codec, images, names=None):
+            self.calls["encode"] += 1
+            return enc(codec, images, names)
+
+        def decode_many(codec, items):
+            self.calls["decode"] += 1
+            return dec(codec, items)
+
+        monkeypatch.setattr(GenerativeCodec, "encode_many", encode_many)
+        monkeypatch.setattr(GenerativeCodec, "decode_many", decode_many)
+        from gr_gdmcom.eval import digital
+
+        run = digital.run_digital
+
+        def run_digital(*a, **k):
+            self.calls["digital"] += 1
+            return run(*a, **k)
+
+        monkeypatch.setattr(digital, "run_digital", run_digital)
+
+
+def _csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_sweep_outputs_and_second_run_recomputes_nothing(folder, tmp_path, components, monkeypatch):
+    out = tmp_path / "res"
+    spy = Spy(monkeypatch)
+    res = run_sweep(_opts(folder, out, plots=True), components=components)
+    assert res.rows_computed == 2 * 2 * 4 and res.rows_failed == 0
+    rows = _csv(out / "rows.csv")
+    assert len(rows) == 16
+    assert list(rows[0]) == report.ROW_FIELDS
+    assert {r["method"] for r in rows} == {"proposed", "random_noise", "sd_semcom", "digital"}
+    for r in rows:
+        assert r["psnr"] and r["ms_ssim"] and r["ms_ssim_scales"] == "3"
+        assert r["snr_est_db"] == ""          # no PHY here
+        assert r["fidelity"] and r["decode_success"] in ("true", "false")
+        assert int(r["symbols"]) == 4 * 8 * (8 if r["height"] == "64" else 6) // 2
+        assert float(r["bcr"]) == pytest.approx(1 / 96)
+        assert (out / r["output"]).is_file()
+        if r["method"] != "digital":
+            assert int(r["n_steps"]) >= 1 and r["decode_success"] == "true"
+    # the transmitter ran once per image size group and setting, not once per SNR
+    assert spy.calls["encode"] == 2 * 2           # (proposed, random_noise) x two sizes
+    assert spy.calls["decode"] == 2 * 2 * 2       # (proposed, random_noise) x sizes x SNRs
+    assert spy.calls["digital"] == 4
+
+    summ = _csv(out / "summary.csv")
+    assert len(summ) == 4 * 2
+    assert all(s["n_images"] == "2" and s["psnr_mean"] and s["psnr_ci95"] for s in summ)
+    md = (out / "summary.md").read_text()
+    assert "## PSNR" in md and "95 %" in md and "| proposed |" in md
+    info = json.loads((out / "run.json").read_text())
+    for k in ("config", "versions", "git_commit", "seed", "device", "model", "fingerprint", "runs"):
+        assert k in info
+    assert info["model"]["id"] == "tiny" and info["model"]["revision"].startswith("tiny-v")
+    assert info["versions"]["torch"] and info["device"] == "cpu"
+    for f in ("psnr_vs_snr.png", "psnr_vs_snr.pdf", "ms_ssim_vs_snr.png", "grid_snr0.png", "grid_snr10.pdf"):
+        assert (out / "plots" / f).stat().st_size > 1000
+
+    # second run over the same folder: nothing is recomputed, rows.csv is unchanged
+    before = (out / "rows.csv").read_bytes()
+    spy.calls.update(encode=0, decode=0, digital=0)
+    res2 = run_sweep(_opts(folder, out), components=components)
+    assert res2.rows_computed == 0 and res2.rows_reused == 16
+    assert spy.calls == dict(encode=0, decode=0, digital=0)
+    assert (out / "rows.csv").read_bytes() == before
+    assert len(json.loads((out / "run.json").read_text())["runs"]) == 2
+
+
+def test_interrupted_sweep_continues_where_it_stopped(folder, tmp_path, components, monkeypatch):
+    out = tmp_path / "res"
+    real = report.RowWriter.write
+    state = dict(n=0)
+
+    def write(self, row):
+        if state["n"] == 5:
+            raise KeyboardInterrupt
+        state["n"] += 1
+        return real(self, row)
+
+    monkeypatch.setattr(report.RowWriter, "write", write)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(_opts(folder, out, methods="proposed,sd_semcom"), components=components)
+    assert len(_csv(out / "rows.csv")) == 5
+    monkeypatch.setattr(report.RowWriter, "write", real)
+    # a torn last line (killed mid-write) is dropped and recomputed
+    with open(out / "rows.csv", "a") as f:
+        f.write("astro,/x/astro.png,64,64,10,sd_sem")
+    res = run_sweep(_opts(folder, out, methods="proposed,sd_semcom"), components=components)
+    assert res.rows_computed == 8 - 5 and res.rows_reused == 5
+    rows = _csv(out / "rows.csv")
+    assert len(rows) == 8 and len({report.row_key(r) for r in rows}) == 8
+
+
+def test_more_snrs_later_computes_only_the_new_ones(folder, tmp_path, components):
+    out = tmp_path / "res"
+    run_sweep(_opts(folder, out, methods="proposed", snrs=[5.0]), components=components)
+    res = run_sweep(_opts(folder, out, methods="proposed", snrs=[5.0, 15.0]), components=components)
+    assert res.rows_computed == 2 and res.rows_total == 4
+
+
+def test_results_are_reproducible(folder, tmp_path, components):
+    a = run_sweep(_opts(folder, tmp_path / "a", methods="random_noise,sd_semcom"), components=components)
+    b = run_sweep(_opts(folder, tmp_path / "b", methods="random_noise,sd_semcom"), components=components)
+    ra = {report.row_key(r): r["psnr"] for r in _csv(a.out / "rows.csv")}
+    rb = {report.row_key(r): r["psnr"] for r in _csv(b.out / "rows.csv")}
+    assert ra == rb
+
+
+def test_unreadable_images_are_skipped_and_listed(folder, tmp_path, components):
+    (folder / "broken.png").write_bytes(b"not a png at all")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.txt").write_text("not an image: ignored")
+    out = tmp_path / "res"
+    res = run_sweep(_opts(folder, out, methods="proposed", snrs=[5.0]), components=components)
+    assert sorted(Path(f).name for f, _ in res.skipped) == ["broken.png", "empty.jpg"]
+    assert res.rows_total == 2
+    md = (out / "summary.md").read_text()
+    assert "Skipped images (2, unreadable)" in md and "broken.png" in md and "empty.jpg" in md
+    assert "notes.txt" not in md
+
+
+def test_empty_folder_and_unknown_method_are_refused(tmp_path, folder):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SweepError, match="no images found"):
+        run_sweep(_opts(empty, tmp_path / "r"))
+    with pytest.raises(ValueError, match="valid methods: proposed, random_noise, sd_semcom, digital"):
+        run_sweep(_opts(folder, tmp_path / "r", methods="proposed,bpg"))
+    assert not (tmp_path / "r" / "rows.csv").exists()
+
+
+def test_results_folder_of_another_configuration_is_refused(folder, tmp_path, components):
+    out = tmp_path / "res"
+    run_sweep(_opts(folder, out, methods="proposed", snrs=[5.0]), components=components)
+    with pytest.raises(SweepError, match="another configuration.*seed"):
+        run_sweep(_opts(folder, out, methods="proposed", snrs=[5.0], config=_cfg(seed=7)), components=components)
+
+
+def test_learned_metrics_unavailable_leave_empty_cells_and_a_reason(folder, tmp_path, components, monkeypatch):
+    def missing(device):
+        raise learned.Unavailable("pyiqa is not installed (test)")
+
+    monkeypatch.setattr(learned, "FACTORIES", {k: [missing] for k in learned.ALL})
+    out = tmp_path / "res"
+    run_sweep(_opts(folder, out, methods="proposed", snrs=[5.0]), components=components)
+    for r in _csv(out / "rows.csv"):
+        for col in ("lpips", "dists", "pieapp"):
+            assert r[col] == ""               # empty, never "0"
+    s = _csv(out / "summary.csv")[0]
+    assert s["lpips_mean"] == "" and s["fid"] == "" and s["kid"] == ""
+    md = (out / "summary.md").read_text()
+    assert "## LPIPS — lower is better\n\n**unavailable** — pyiqa is not installed (test)" in md
+    assert "## FID — lower is better\n\n**unavailable**" in md
+    info = json.loads((out / "run.json").read_text())
+    assert info["learned_metrics"]["lpips"] == dict(available=False, backend="", reason="pyiqa is not installed (test)")
+
+
+def test_learned_metric_that_runs_fills_its_column(folder, tmp_path, components, monkeypatch):
+    def fake_lpips(device):
+        return lambda ref, img: float(np.mean(np.abs(ref.astype(float) - img)) / 255)
+
+    fake_lpips.backend = "fake"
+    monkeypatch.setattr(learned, "FACTORIES", {**learned.FACTORIES, "lpips": [fake_lpips]})
+    out = tmp_path / "res"
+    run_sweep(_opts(folder, out, methods="proposed", snrs=[5.0], plots=True), components=components)
+    vals = [float(r["lpips"]) for r in _csv(out / "rows.csv")]
+    assert len(vals) == 2 and all(0 < v < 1 for v in vals)
+    assert "LPIPS: fake." in (out / "summary.md").read_text()
+
+
+def test_grid_runs_table2_settings_and_shares_the_transmitter(folder, tmp_path, components, monkeypatch):
+    spy = Spy(monkeypatch)
+    out = tmp_path / "res"
+    grid = [(2, 0, 2), (2, 0, 4), (1, 1, 3)]
+    res = run_sweep(_opts(folder, out, methods="proposed", snrs=[5.0], grid=grid), components=components)
+    assert res.rows_total == 2 * 3
+    rows = _csv(out / "rows.csv")
+    assert {r["setting"] for r in rows} == {"k2,m0,N2,norescale", "k2,m0,N4,norescale", "k1,m1,N3,norescale"}
+    assert {int(r["n_steps"]) for r in rows} == {2, 3, 4}
+    assert all("no rescaling" in r["fidelity"] for r in rows)
+    # (2,0,2) and (2,0,4) share the k = 2 transmitter: encoded once per size group
+    assert spy.calls["encode"] == 2 * 2
+    t2 = (out / "table2.md").read_text()
+    assert "| k | m | N | PSNR↑ | MS-SSIM↑ | LPIPS↓ | FID↓ | n |" in t2
+    assert "| 2 | 0 | 4 |" in t2 and "| 1 | 1 | 3 |" in t2 and "--no-rescale" in t2
+    assert "| 5 | 5 | 15 | 22.19 | 0.823 | 0.187 | 51.20 |" in t2  # the paper's row for comparison
+
+
+def test_sd_semcom_uses_captions_as_prompt(folder, tmp_path, components, monkeypatch):
+    caps = tmp_path / "caps.json"
+    caps.write_text(json.dumps({"astro.png": "an astronaut in a suit"}))
+    prompts = []
+    real = GenerativeCodec._ddim
+
+    def ddim(self, x, paths, prompt, guidance):
+        prompts.append(prompt)
+        return real(self, x, paths, prompt, guidance)
+
+    monkeypatch.setattr(GenerativeCodec, "_ddim", ddim)
+    out = tmp_path / "res"
+    run_sweep(_opts(folder, out, methods="sd_semcom", snrs=[5.0], captions=caps, semcom_t=3), components=components)
+    assert set(prompts) == {"an astronaut in a suit", CodecConfig().prompt}
+    rows = {r["image"]: r for r in _csv(out / "rows.csv")}
+    assert rows["astro"]["setting"].startswith("t=3,caption=file-") and rows["astro"]["n_steps"] == "3"
+    assert "caption: captions file" in rows["astro"]["fidelity"]
+    assert "caption: fixed prompt" in rows["coffee"]["fidelity"]
+
+
+def test_cli_sweep(folder, tmp_path, capsys):
+    from gr_gdmcom.cli import main
+
+    out = tmp_path / "res"
+    rc = main(["sweep", "--images", str(folder), "--snr", "5", "--methods", "proposed,digital", "--out", str(out),
+               "--model", "tiny", "--device", "cpu", "--no-plots", "--no-progress", "--metrics", "none"])
+    assert rc == 0
+    assert "4 rows computed" in capsys.readouterr().out
+    rc = main(["sweep", "--images", str(folder), "--snr", "5", "--methods", "proposed,digital", "--out", str(out),
+               "--model", "tiny", "--device", "cpu", "--no-plots", "--no-progress", "--metrics", "none"])
+    assert rc == 0 and "0 rows computed, 4 already present" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "proposed,jpeg2000"], "unknown method 'jpeg2000'; valid methods: proposed, random_noise, "
+                                         "sd_semcom, digital"),
+    (["--grid", "10,0"], "--grid entries are k,m,N"),
+    (["--grid", "10,5,12"], "steps N must satisfy"),
+])
+def test_cli_usage_errors_exit_2(folder, tmp_path, capsys, argv, message):
+    from gr_gdmcom.cli import main
+
+    rc = main(["sweep", "--images", str(folder), "--out", str(tmp_path / "r"), "--model", "tiny"] + argv)
+    assert rc == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_empty_folder_exit_2(tmp_path, capsys):
+    from gr_gdmcom.cli import main
+
+    (tmp_path / "empty").mkdir()
+    rc = main(["sweep", "--images", str(tmp_path / "empty"), "--out", str(tmp_path / "r"), "--model", "tiny"])
+    assert rc == 2
+    assert "no images found in" in capsys.readouterr().err
+
+
+def test_digital_worker_processes_give_the_same_rows(folder, tmp_path):
+    a = run_sweep(_opts(folder, tmp_path / "a", methods="digital", snrs=[20.0]))
+    b = run_sweep(_opts(folder, tmp_path / "b", methods="digital", snrs=[20.0], jobs=2))
+    key = ("psnr", "decode_success", "detail", "symbols")
+    ra = {report.row_key(r): [r[k] for k in key] for r in _csv(a.out / "rows.csv")}
+    rb = {report.row_key(r): [r[k] for k in key] for r in _csv(b.out / "rows.csv")}
+    assert ra == rb and len(ra) == 2
+    # the digital chain gets exactly the proposed method's channel uses for each image
+    assert {r["image"]: r["symbols"] for r in _csv(a.out / "rows.csv")} == {"astro": "128", "coffee": "96"}
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["sweep", "--help"]])
+def test_help_renders(argv, capsys):
+    from gr_gdmcom.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 0
+    assert "sweep" in capsys.readouterr().out
