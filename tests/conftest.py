@@ -8,6 +8,13 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "gr_gdmcom" / "data"
 
 
+def pytest_configure(config):
+    # One torch thread: GNU Radio's threads and the tiny model's small ops share
+    # the cores; oversubscription slowed tiny-model calls 10-100x on 2 cores.
+    import torch
+    torch.set_num_threads(1)
+
+
 def pytest_addoption(parser):
     parser.addoption("--seed", type=int, default=1234, help="seed for every random generator in the tests")
 
