@@ -104,9 +104,18 @@ def _shared_components(config: CodecConfig):
 
 def make_backend(server: str, config: CodecConfig) -> Backend:
     """``local`` -> the model in this process (loaded once per model/device/dtype);
-    anything else is a ZMQ endpoint (or comma-separated endpoints) of ``gdmcom serve``."""
+    anything else is a ZMQ endpoint (or comma-separated endpoints) of ``gdmcom serve``,
+    optionally followed by client settings: ``tcp://gpu:5555?timeout_ms=5000&retries=2``."""
     if server in ("", "local"):
         return LocalBackend(config)
+    from urllib.parse import parse_qsl
+
     from .client import RemoteBackend  # noqa: WPS433 - optional layer
 
-    return RemoteBackend(server, config)
+    endpoints, _, query = server.partition("?")
+    opts = dict(parse_qsl(query))
+    allowed = {"timeout_ms": int, "retries": int, "image_format": str}
+    unknown = set(opts) - set(allowed)
+    if unknown:
+        raise ValueError(f"unknown server option(s) {', '.join(sorted(unknown))}; use {', '.join(allowed)}")
+    return RemoteBackend(endpoints, config, **{k: allowed[k](v) for k, v in opts.items()})
