@@ -181,6 +181,9 @@ def load_components(model: str = "tiny", device: str = "auto", dtype: str = "aut
     Raises:
         ModelLoadError: with one paragraph saying what to do.
     """
+    if model == "analytic" or model.startswith("analytic:"):
+        from .analytic import analytic_components
+        return analytic_components(model, device, dtype)
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.utils import logging as dlogging
     from transformers import CLIPTextModel, CLIPTokenizer
