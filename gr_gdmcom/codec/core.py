@@ -278,8 +278,11 @@ class GenerativeCodec:
             zk = self._ddim(z0, [self.inversion_path(0, cfg.k)] * len(imgs), cfg.prompt, cfg.guidance)
         else:
             a_k = float(self.grid.alphas[cfg.k])
-            noise = torch.stack([torch.randn(z0.shape[1:], generator=torch.Generator().manual_seed(cfg.seed))
-                                 for _ in imgs]).to(c.device)
+            # one generator per image, seeded by (seed, name): independent noise per image,
+            # and the same noise for an image whatever batch it is in
+            noise = torch.stack([torch.randn(z0.shape[1:], generator=torch.Generator().manual_seed(
+                int(np.random.SeedSequence([cfg.seed, zlib.crc32(n.encode())]).generate_state(1)[0])))
+                for n in names]).to(c.device)
             zk = math.sqrt(a_k) * z0 + math.sqrt(1 - a_k) * noise
         self._sync()
         t_inv = time.perf_counter()
