@@ -87,7 +87,8 @@ class CodecConfig:
 
 
 _HELP = {
-    "model": "Hugging Face id, local diffusers folder, or 'tiny' (offline random-weight model)",
+    "model": "Hugging Face id, local diffusers folder, 'tiny' (offline random-weight model) or 'analytic' "
+             "(exact Gaussian-mixture prior, see docs/validation.md)",
     "device": "torch device: auto, cpu, cuda, cuda:N",
     "dtype": "auto (fp16 on CUDA, fp32 on CPU), fp16, bf16 or fp32",
     "k": "DDIM-inversion steps at the transmitter",
