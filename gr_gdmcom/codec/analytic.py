@@ -417,7 +417,20 @@ def _log_abar_at(t: torch.Tensor, log_abar: torch.Tensor) -> torch.Tensor:
     return (1 - w) * ext[lo] + w * ext[hi]
 
 
-class AnalyticUNet:
+class _Frozen:
+    """The ``nn.Module`` calls the codec's loader makes (``.to().eval().requires_grad_()``): no-ops here."""
+
+    def to(self, *a, **k):
+        return self
+
+    def eval(self):
+        return self
+
+    def requires_grad_(self, flag: bool = True):
+        return self
+
+
+class AnalyticUNet(_Frozen):
     """``unet(x, t, encoder_hidden_states=emb).sample = E[eps | x_t]`` of the mixture whose
     log-weights are ``emb[:, 0, :K]``; latents larger than one tile are tiled."""
 
@@ -430,15 +443,6 @@ class AnalyticUNet:
 
     def abar(self, t: torch.Tensor) -> torch.Tensor:
         return torch.exp(_log_abar_at(torch.as_tensor(t), self.log_abar))
-
-    def to(self, *args, **kwargs):
-        return self
-
-    def eval(self):
-        return self
-
-    def requires_grad_(self, flag: bool = True):
-        return self
 
     def _tiles(self, x: torch.Tensor) -> Tuple[torch.Tensor, int]:
         c, h, w = self.spec.shape
@@ -511,7 +515,7 @@ class ByteTokenizer:
         return SimpleNamespace(input_ids=ids)
 
 
-class PromptEncoder:
+class PromptEncoder(_Frozen):
     """``text_encoder(ids)[0]``: (B, 1, E) embeddings (one token, E = max(K, 8)) carrying
     the mixture log-weights (prior for the empty prompt, a seeded subset otherwise);
     the codec passes them to the UNet whatever their length."""
@@ -531,15 +535,6 @@ class PromptEncoder:
     def log_weights_for(self, prompt: str) -> torch.Tensor:
         ids = ByteTokenizer()(prompt, truncation=True, max_length=MAX_LEN).input_ids
         return self.gmm.log_weights(self.subset(ids), self.spec.leak)
-
-    def to(self, *a, **k):
-        return self
-
-    def eval(self):
-        return self
-
-    def requires_grad_(self, flag: bool = True):
-        return self
 
     def __call__(self, input_ids: torch.Tensor, **_):
         ids = torch.as_tensor(input_ids)
@@ -574,7 +569,7 @@ def block_patterns(channels: int, seed: int = 0) -> torch.Tensor:
     return torch.stack(basis)
 
 
-class LinearBlockVAE:
+class LinearBlockVAE(_Frozen):
     """``encode``: orthonormal projection of each 8 x 8 RGB block onto C patterns;
     ``decode``: the transpose (``encode(decode(z)) = z``)."""
 
@@ -583,15 +578,6 @@ class LinearBlockVAE:
         self.W = block_patterns(spec.shape[0], spec.seed).float()  # (C, 192)
         self.config = _Config(scaling_factor=float(spec.scale), latent_channels=spec.shape[0],
                               in_channels=3, out_channels=3)
-
-    def to(self, *a, **k):
-        return self
-
-    def eval(self):
-        return self
-
-    def requires_grad_(self, flag: bool = True):
-        return self
 
     def encode(self, x: torch.Tensor, **_):
         B, _, H, W = x.shape
