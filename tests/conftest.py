@@ -1,4 +1,7 @@
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -52,3 +55,20 @@ def astronaut():
 def small(astronaut):
     """64 x 64 RGB uint8."""
     return astronaut[::4, ::4].copy()
+
+
+@pytest.fixture(scope="session")
+def grcc_build(tmp_path_factory):
+    """Every flowgraphs/*.grc compiled once with grcc (run by the venv's python: the
+    flowgraphs import gr_gdmcom); the folder of generated scripts."""
+    grcc = shutil.which("grcc")
+    if grcc is None:
+        pytest.skip("grcc not installed")
+    out = tmp_path_factory.mktemp("grcc")
+    env = dict(os.environ, GRC_BLOCKS_PATH=str(ROOT / "grc"),
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    files = [str(f) for f in sorted((ROOT / "flowgraphs").glob("*.grc"))]
+    r = subprocess.run([sys.executable, grcc, "-o", str(out), *files], env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return out

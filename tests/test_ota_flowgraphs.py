@@ -12,7 +12,6 @@
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -45,16 +44,8 @@ def _env(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def compiled(tmp_path_factory):
-    grcc = shutil.which("grcc")
-    if grcc is None:
-        pytest.skip("grcc not installed")
-    out = tmp_path_factory.mktemp("grcc_ota")
-    files = [str(ROOT / "flowgraphs" / f"{n}.grc") for n in FLOWGRAPHS]
-    r = subprocess.run([sys.executable, grcc, "-o", str(out), *files], env=_env(out), capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return out
+def compiled(grcc_build):
+    return grcc_build
 
 
 @pytest.fixture(scope="module")
