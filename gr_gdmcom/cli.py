@@ -19,16 +19,10 @@ from .config import STEP_RULES, CodecConfig, add_codec_args, codec_config_from_a
 log = logging.getLogger("gdmcom")
 
 
-def _json_default(o):
-    if isinstance(o, float) and not math.isfinite(o):
-        return str(o)
-    return str(o)
-
-
 def emit(row: dict) -> None:
     """Print one JSON object per line (inf PSNR as the string "inf")."""
     clean = {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
-    print(json.dumps(clean, default=_json_default), flush=True)
+    print(json.dumps(clean, default=str), flush=True)
 
 
 def cmd_simulate(args) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Optional
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"

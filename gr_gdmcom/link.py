@@ -8,9 +8,8 @@ flowgraphs in ``flowgraphs/`` build the same graph in GNU Radio Companion.
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import numpy as np
 from gnuradio import analog, blocks, channels, gr

@@ -17,15 +17,6 @@ from gr_gdmcom.config import CodecConfig
 SMALL = "analytic:shape=1x1x2,K=3,rank=1,mean=1.0,lowrank=0.5,diag=0.2,precision=fp64"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensor work: one thread is faster and immune to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def dense_eps(gmm: GaussianMixture, x: torch.Tensor, a: float, lw: torch.Tensor) -> torch.Tensor:
     """Reference E[eps | x_t] with dense covariances: sqrt(1-a) sum_k r_k C_k^-1 (x - sqrt(a) mu_k)."""
     out = []

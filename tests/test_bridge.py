@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import zmq
 from PIL import Image
 
@@ -34,15 +33,6 @@ pytestmark = pytest.mark.timeout(120)
 
 
 # ---------------------------------------------------------------------- fixtures and helpers
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Server worker, clients and torch share 2 cores: torch's own threads would spin against them."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def cfg():
     return CodecConfig(model="tiny", device="cpu", k=1, m=1, steps=2)

@@ -16,18 +16,6 @@ from gr_gdmcom.eval.sweep import SweepError, SweepOptions, run_sweep
 DATA = Path(__file__).resolve().parent.parent / "gr_gdmcom" / "data"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny-model sweeps are many small torch calls: one thread is as fast and does not
-    collapse when the machine is shared (two threads there ran up to 20x slower)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(autouse=True)
 def _awgn(monkeypatch):
     """gr_gdmcom.phy.awgn is written in parallel; use phy.channel's until it is exported."""

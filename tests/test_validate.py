@@ -17,14 +17,6 @@ from gr_gdmcom.phy import awgn
 from gr_gdmcom.sim import channel_rng
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def validator():
     return Validator(ValidateOptions(samples=24, seed=0, progress=False))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 import pmt
@@ -75,6 +74,3 @@ def pdu(meta: dict, vector=None):
         vec = pmt.init_u8vector(len(vector), np.asarray(vector, np.uint8).ravel().tolist())
     return pmt.cons(to_pmt({k: v for k, v in meta.items() if k != "image"}), vec)
 
-
-def finite_or_none(x):
-    return x if isinstance(x, (int, float)) and math.isfinite(x) else None

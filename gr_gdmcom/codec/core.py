@@ -32,13 +32,12 @@ import numpy as np
 import torch
 
 from ..config import CodecConfig
-from .images import ImageError, ImageLike, describe, load_rgb, to_tensor, to_uint8
+from .images import ImageError, ImageLike, load_rgb, to_tensor, to_uint8
 from .models import Components, load_components
 from .schedule import Grid, StepChoice, get_grid, sampling_path, select_steps
 
 log = logging.getLogger(__name__)
 
-STAGES = ("vae_encode", "inversion", "sampling", "vae_decode")
 MAX_CACHED_PROMPTS = 16
 
 

@@ -513,7 +513,6 @@ class Validator:
         o, link = self.opts, self.link
         z0 = self.z0
         B = z0.shape[0]
-        g = link.codec.grid
         rows, scans = [], {}
         cache = {}
         for k, m, N in TABLE2:
@@ -738,7 +737,6 @@ def render(res: dict, opts: ValidateOptions) -> str:
     o = res["options"]
     sw = res["sweep"]
     rows = sw["rows"]
-    snrs = [r["snr_db"] for r in rows]
     t = res["times"]
     mach = res["machine"]
     p1 = res["prop1"]
@@ -865,7 +863,7 @@ def render(res: dict, opts: ValidateOptions) -> str:
     L.append("")
     best_rule = a["best_rule"]
     L.append("**Step rule.** " + (
-        f"The default `snr` rule is within one step of the exhaustive-search optimum at every SNR."
+        "The default `snr` rule is within one step of the exhaustive-search optimum at every SNR."
         if within == n else
         f"The default `snr` rule misses the MSE-optimal N at {n - within} of {n} SNRs, by up to "
         f"{r_snr['max_miss']} steps (MSE {_pct(r_snr['max_excess_best'])} above the best fixed N at worst, "

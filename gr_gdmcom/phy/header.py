@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Tuple
 
 import numpy as np
