@@ -312,7 +312,10 @@ def test_server_restarted_mid_run_loses_no_image(serve, client, enc, bcodec):
     t.join(60)
     served = list(a.served_ids) + list(b.served_ids)
     assert sorted(out) == list(range(10))
-    assert len(served) == len(set(served)) == 10  # every image computed exactly once, across both servers
+    # every image computed, and computed again only where the client gave up waiting for it (at-least-once
+    # across servers, docs/protocol.md section 7): a retry after a timeout may reach the restarted server
+    assert len(set(served)) == 10
+    assert len(served) - 10 <= c.stats["timeouts"], (served, c.stats, a.counters, b.counters)
     assert a.counters["served"] >= 3 and b.counters["served"] >= 1
     for i, d in out.items():
         assert np.array_equal(d.image, bcodec.decode(noisy(enc, i), enc.meta, 5.0).image)
@@ -433,7 +436,9 @@ def test_two_servers_in_the_endpoint_list_share_the_load(serve, client, enc, bco
     out = _run_with_one_server_stopped(c, [a, b], enc, 12)
     assert sorted(out) == list(range(12))
     assert a.counters["served"] > 0 and b.counters["served"] > 0
-    assert a.counters["served"] + b.counters["served"] == 12
+    # 12 computed, plus one per request the client gave up on and sent to the other server
+    assert 12 <= a.counters["served"] + b.counters["served"] <= 12 + c.stats["timeouts"], (c.stats, a.counters,
+                                                                                          b.counters)
     for i, d in out.items():
         assert np.array_equal(d.image, bcodec.decode(noisy(enc, i), enc.meta, 5.0).image)
 
