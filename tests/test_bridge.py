@@ -279,6 +279,20 @@ def test_bad_request_gets_error_code_then_server_still_serves(case, strict_serve
     assert header["ok"] and header["id"] == "ok-" + case and len(payloads) == 1
 
 
+def test_sockets_of_ended_threads_are_closed(serve, client):
+    """A block's worker thread is new at every flowgraph start: its socket must not pile up."""
+    srv = serve()
+    c = client(srv.last_endpoint)
+    for _ in range(5):
+        t = threading.Thread(target=c.status)
+        t.start()
+        t.join(30)
+    assert c.open_sockets == 1  # the last thread's, not yet reaped
+    c.status()
+    assert c.open_sockets == 1  # this thread's only
+    assert c.stats["requests"] == 6 and c.stats["timeouts"] == 0
+
+
 def test_client_maps_error_codes_to_local_exceptions(serve, client, enc, tmp_path):
     c = client(serve().last_endpoint)
     with pytest.raises(CodecError, match="non-finite"):

@@ -83,7 +83,7 @@ class RemoteBackend(Backend):
         self._own_ctx = context is None
         self._ctx = context or zmq.Context()
         self._tls = threading.local()
-        self._sockets: set = set()
+        self._sockets: dict = {}  # socket -> the thread that owns it (ZMQ sockets are not thread-safe)
         self._lock = threading.Lock()
         self._closed = False
         self._checked = config is None
@@ -169,14 +169,29 @@ class RemoteBackend(Backend):
             with self._lock:
                 if self._closed:
                     raise BackendError("RemoteBackend is closed")
+                self._reap()
                 sock = self._ctx.socket(zmq.DEALER)
                 sock.setsockopt(zmq.LINGER, 0)
                 sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only on completed connections: down servers get nothing
                 for ep in self.endpoints:
                     sock.connect(ep)
-                self._sockets.add(sock)
+                self._sockets[sock] = threading.current_thread()
             self._tls.sock = sock
         return sock
+
+    def _reap(self) -> None:
+        """Close the sockets of threads that have ended (caller holds the lock): a block's
+        worker thread is new at every flowgraph start, and its socket must not outlive it."""
+        for sock, owner in list(self._sockets.items()):
+            if not owner.is_alive():
+                sock.close(linger=0)
+                del self._sockets[sock]
+
+    @property
+    def open_sockets(self) -> int:
+        """How many sockets this client holds (one per thread that used it and is alive, at most)."""
+        with self._lock:
+            return len(self._sockets)
 
     def _reset(self) -> None:
         """Throw the socket away (its queued messages and late replies with it)."""
@@ -184,7 +199,7 @@ class RemoteBackend(Backend):
         self._tls.sock = None
         if sock is not None:
             with self._lock:
-                self._sockets.discard(sock)
+                self._sockets.pop(sock, None)
                 sock.close(linger=0)
 
     def _bump(self, key: str) -> None:
