@@ -41,7 +41,7 @@ class frame_rx(gr.sync_block):
         for f in frames:
             if self.reasm is None:
                 meta = dict(header_dict(f.header), snr_db=float(f.snr_db), noise_var=float(f.noise_var),
-                            cfo=float(f.cfo), start=int(f.start))
+                            cfo=float(f.cfo), sro_ppm=float(f.sro_ppm), start=int(f.start))
                 self.message_port_pub(PORT_PDUS, pdu(meta, f.symbols))
                 continue
             for img in self.reasm.add(f):

@@ -18,12 +18,16 @@ beyond what has been processed, and inputs are processed in slices of
 5. payload: equaliser retrained on preamble + header region, phase tracked on
    all pilots and the decoded header, amplitude normalised on the header;
    pilots removed, descrambled; noise variance estimated on all those known
-   symbols, each judged against a phase estimated without it.
+   symbols, each judged against a phase estimated without it;
+6. sampling-clock drift (sps >= 2): where the known symbols' error grows over
+   the burst, early/late timing discriminators on the pilots measure the drift
+   and the burst is demodulated again on a drifting symbol clock.
 """
 
 from __future__ import annotations
 
 import cmath
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -39,7 +43,8 @@ from .snr import MIN_NOISE_VAR, noise_var_to_snr_db
 log = logging.getLogger(__name__)
 
 COUNTERS = ("bursts_detected", "candidates_rejected", "headers_ok", "header_retries", "header_crc_fail",
-            "header_invalid", "sync_fail", "truncated", "overlapping", "nonfinite_samples", "frames_out")
+            "header_invalid", "sync_fail", "truncated", "overlapping", "nonfinite_samples", "timing_tracked",
+            "frames_out")
 #: Default most samples handled per processing pass (bounds memory for huge pushes).
 MAX_SLICE = 1 << 18
 #: The detection metric is first evaluated every DETECT_STRIDE symbols, then at every
@@ -47,6 +52,47 @@ MAX_SLICE = 1 << 18
 DETECT_STRIDE = 2
 #: Span (symbols) of the decision-directed phase track of a header retry.
 RETRACK_SPAN = 128
+#: Sampling-clock drift tracking (sps >= 2, docs/frame-format.md section 6 step 7):
+#: timing windows per burst, their least number of pilots (shorter bursts are not
+#: tracked), the smallest drift over a burst (samples) worth re-sampling, and how
+#: many standard errors the drift estimate must exceed.
+TIMING_WINDOWS = 8
+TIMING_MIN_PILOTS = 8
+TIMING_MIN_DRIFT = 0.05
+TIMING_SIGMAS = 4.0
+#: ... the timing spread (symbols) over which the fine and the coarse discriminator
+#: are used, the fewest windows a coarse fit uses, the most re-demodulations.
+TIMING_FINE_RANGE = 0.2
+TIMING_COARSE_RANGE = 0.4
+TIMING_MIN_FIT = 4
+TIMING_ROUNDS = 4
+#: ... the error growth over the burst that triggers the drift estimate, and the
+#: growth above which a drift of TIMING_SIGMAS_STRONG standard errors is accepted.
+TIMING_TRIGGER = 1.3
+TIMING_STRONG = 3.0
+TIMING_SIGMAS_STRONG = 2.0
+#: ... the largest sample-rate offset corrected (ppm).
+MAX_SRO_PPM = 1000.0
+
+
+def _error_power(zk: np.ndarray, rot_k: np.ndarray) -> float:
+    """Error power of phase-corrected known symbols (``zk``: times conj(their value))
+    relative to their mean amplitude."""
+    e = zk * rot_k
+    g = float(e.real.mean())
+    d = e - g
+    return float(np.vdot(d, d).real) / len(d) / max(g * g, 1e-30)
+
+
+@functools.lru_cache(maxsize=16)
+def _discriminators(half: int, sps: int, beta: float, scale: float, span: int) -> dict:
+    """What :meth:`FrameRx._timing_drift` needs of the pulse: neighbour offsets m, their
+    responses half a symbol early and late, the two discriminators' slopes."""
+    m = np.concatenate([np.arange(-span, 0), np.arange(1, span + 1)])
+    return dict(m=m, early=sync.pulse_response((m - 0.5) * sps, half, sps, beta, scale).astype(np.complex64),
+                late=sync.pulse_response((m + 0.5) * sps, half, sps, beta, scale).astype(np.complex64),
+                gain_fine=sync.timing_gain(half, sps, beta, scale, span),
+                gain_coarse=sync.timing_gain(half, sps, beta, scale, 0))
 
 
 @dataclass
@@ -64,6 +110,9 @@ class RxFrame:
             transmitted symbol, after CFO correction), before equalisation; its phase
             is the carrier phase at the burst's first sample.
         start: absolute index (in the pushed stream) of the burst's first sample.
+        sro_ppm: sample-rate offset tracked within the burst (ppm, > 0: the receiver's
+            clock is slow, symbols arrive later and later), 0 where no drift was
+            significant (and always at sps = 1).
     """
 
     header: Header
@@ -73,6 +122,7 @@ class RxFrame:
     cfo: float
     gain: complex
     start: int
+    sro_ppm: float = 0.0
 
 
 @dataclass
@@ -117,9 +167,11 @@ class FrameRx:
         self._tseg = lay.template[lay.half: lay.half + self._reps * self._seglen].reshape(self._reps, -1)
         self._hdr_pos, self._hdr_pilots, self._hdr_body = lay.header_region()
         self._span = c.phase_window * (c.pilot_spacing + 1)  # phase-track window, symbols
+        self._ted = _discriminators(lay.half, c.sps, c.rolloff, lay.rrc_scale, c.rrc_span) if c.sps > 1 else None
         # samples kept before the scan position (sync window) and padded at the stream edges
         self._history = self._sps * (-(-(lay.half + self._delta + 4 * c.sps) // c.sps))
-        self._tail_pad = (self._h + 2) * c.sps + 2 * lay.half + self._reps * self._seglen + self._delta
+        self._tail_pad = (self._h + 2) * c.sps + 2 * lay.half + self._reps * self._seglen + self._delta \
+            + self._drift_margin(MAX_CHUNK_LIMIT + HEADER_CODED_BITS)
         self._reset(0)
 
     # ------------------------------------------------------------------ public
@@ -291,7 +343,11 @@ class FrameRx:
     def _need(self, b: _Burst, n_body: int) -> int:
         """One past the last absolute sample used to demodulate ``n_body`` body symbols."""
         return int(math.floor(b.tau + self.layout.half)) + (self._npre + n_body + self._h - 1) * self._sps \
-            + self.layout.half + 2
+            + self.layout.half + 2 + self._drift_margin(n_body)
+
+    def _drift_margin(self, n_body: int) -> int:
+        """Samples beyond the nominal end a drift-tracked burst of ``n_body`` symbols may read."""
+        return 0 if self._sps < 2 else self._sps * (2 + int(n_body * MAX_SRO_PPM * 1e-6))
 
     def _mf(self, b: _Burst, n_sym: int) -> np.ndarray:
         """CFO-corrected matched-filter outputs of symbols -h .. n_sym + h - 1 (symbol 0 =
@@ -309,6 +365,109 @@ class FrameRx:
             new = sync.matched_filter(r, taps, sps, n_sym + 2 * h - have)
             b.y = new if b.y is None else np.concatenate([b.y, new])
         return b.y[: n_sym + 2 * h]
+
+    def _mf_at(self, b: _Burst, t: np.ndarray) -> np.ndarray:
+        """CFO-corrected matched-filter outputs at absolute fractional instants ``t``
+        (increasing), with :meth:`_mf`'s carrier phase reference.  complex64.
+
+        The carrier is removed per output (its phase at the window's first sample) and
+        per tap (folded into the taps), not over every sample between the instants."""
+        half = self.layout.half
+        table = sync.mf_table(half, self._sps, self.cfg.rolloff, self.layout.rrc_scale)
+        n = np.floor(t).astype(np.int64)
+        lo, hi = int(n[0]) - half, int(n[-1]) + half + 2
+        r = self._samples(lo, hi)
+        f = b.cfo
+        ramp = np.exp(-2j * np.pi * f * np.arange(table.shape[1])).astype(np.complex64)
+        y = sync.matched_filter_at(r, t - lo, half, table, ramp)
+        return y * np.exp(-2j * np.pi * f * (n - half - int(math.floor(b.tau)))).astype(np.complex64)
+
+    def _instants(self, b: _Burst, sym: np.ndarray, drift: float) -> np.ndarray:
+        """Absolute sample instants of symbols ``sym`` (0 = first preamble symbol) on a
+        symbol clock drifting by ``drift`` samples per symbol, exact at the middle of the
+        equaliser's training region (preamble + header region)."""
+        s_ref = (self._npre + self._hdr_body) / 2.0
+        return b.tau + self.layout.half + sym * self._sps + drift * (sym - s_ref)
+
+    def _timing_drift(self, b: _Burst, y: np.ndarray, z: np.ndarray, rot: np.ndarray,
+                      pilot_pos: np.ndarray, drift: float, sigmas: float = TIMING_SIGMAS) -> float:
+        """Residual sampling-clock drift of a demodulation done with ``drift``, samples
+        per symbol, from the pilots; 0.0 where it is not significant.
+
+        At each pilot, matched-filter outputs half a symbol early and late against the
+        on-time output ``y`` give a timing discriminator, summed over each of
+        TIMING_WINDOWS windows (:func:`sync.timing_q`); a line through the
+        windows' offsets gives the drift.  Two discriminators: the plain one (the
+        neighbouring symbols' interference is noise: coarse, but good to half a
+        symbol) and one with that interference predicted from the demodulation
+        (``z``, ``rot``: equalised body, phase correction) and removed (about ten
+        times finer at high SNR, good to about 0.2 symbol).  The fine one is used
+        where every window is within its range, else the coarse one on the windows
+        within its range from the first on (at least TIMING_MIN_FIT)."""
+        lay, sps, h, npre = self.layout, self._sps, self._h, self._npre
+        n_win, per = TIMING_WINDOWS, len(pilot_pos) // TIMING_WINDOWS
+        if sps < 2 or per < TIMING_MIN_PILOTS:
+            return 0.0
+        use = n_win * per
+        pos, pil = pilot_pos[:use], lay.pilots[:use]
+        body = z * rot
+        g = complex((np.conj(lay.pilots[: len(pilot_pos)]) * body[pilot_pos]).mean())
+        if not np.isfinite(g) or abs(g) < 1e-9:
+            return 0.0
+        span, ted = self.cfg.rrc_span, self._ted
+        s = npre + pos
+        t = self._instants(b, s, drift)
+        half_sym = self._mf_at(b, np.concatenate([t - sps / 2, t + sps / 2]))
+        rp = rot[pos]
+        early, y0, late = half_sym[:use] * rp, y[h + s] * rp, half_sym[use:] * rp
+        gy = complex((y0 * np.conj(pil)).mean())  # the pilots' gain on the matched filter's side
+        d = np.concatenate([lay.preamble, body / g, np.zeros(span + 1, np.complex64)])  # symbol estimates
+        d[npre + pilot_pos] = lay.pilots[: len(pilot_pos)]
+        near = d[np.clip(s[:, None] - ted["m"][None, :], 0, len(d) - 1)]  # the neighbours' estimates
+
+        def win(v):
+            return (v * np.conj(pil)).reshape(n_win, per).sum(1)
+
+        x = s.reshape(n_win, per).mean(1)
+        for kind, e_out, l_out, cancelled in (
+                ("fine", early - gy * (near @ ted["early"]), late - gy * (near @ ted["late"]), True),
+                ("coarse", early, late, False)):
+            gain = ted["gain_fine"] if cancelled else ted["gain_coarse"]
+            eps = sync.timing_q(win(e_out), win(y0), win(l_out)) / gain  # offsets for small errors, samples
+            # the windows from the training region on while the offset stays in range
+            out = np.abs(eps - eps[0]) > (TIMING_FINE_RANGE if cancelled else TIMING_COARSE_RANGE) * sps
+            n_fit = int(np.argmax(out)) if out.any() else n_win
+            log.debug("%s timing offsets %s, %d in range", kind, np.round(eps, 3), n_fit)
+            if n_fit == n_win or (not cancelled and n_fit >= TIMING_MIN_FIT):
+                break
+        else:
+            return 0.0
+        xf, ef = x[:n_fit] - x[:n_fit].mean(), eps[:n_fit]
+        slope = float((xf * ef).sum() / (xf * xf).sum())
+        resid = ef - ef.mean() - slope * xf
+        se = math.sqrt(float((resid ** 2).sum()) / (n_fit - 2) / float((xf * xf).sum()))
+        log.debug("%s fit over %d windows: drift %.3g samples/symbol (se %.2g)", kind, n_fit, slope, se)
+        if abs(slope) * float(s[-1] - s[0]) < TIMING_MIN_DRIFT or abs(slope) < sigmas * se:
+            return 0.0
+        return slope
+
+    def _error_growth(self, zk: np.ndarray, rot_k: np.ndarray) -> float:
+        """Cheap test before :meth:`_timing_drift`: the known symbols' error power in the
+        last quarter of the burst's pilots over the header region's (next to the
+        equaliser's training); a sampling clock drift makes it grow.  0.0 where not
+        applicable (sps = 1, short bursts)."""
+        e = zk * rot_k
+        n_tail = (len(e) - self._hdr_body) // 4
+        if self._sps < 2 or n_tail < TIMING_MIN_PILOTS:
+            return 0.0
+        g = float(e[: self._hdr_body].real.sum()) / self._hdr_body
+        head, tail = e[: self._hdr_body] - g, e[-n_tail:] - g
+        p_head = float(np.vdot(head, head).real) / len(head)
+        return float(np.vdot(tail, tail).real) / n_tail / max(p_head, 1e-30)
+
+    def _mf_drift(self, b: _Burst, n_sym: int, drift: float) -> np.ndarray:
+        """:meth:`_mf` on a symbol clock drifting by ``drift`` (:meth:`_instants`)."""
+        return self._mf_at(b, self._instants(b, np.arange(-self._h, n_sym + self._h), drift))
 
     def _equalise_track(self, b: _Burst, y: np.ndarray, n_body: int, pilot_pos: np.ndarray, known_head=None):
         """Equalise the body and track its phase on the pilots, or, with ``known_head``
@@ -443,9 +602,32 @@ class FrameRx:
         hdr_sym = encode_header(b.header_bytes, lay.header_whitening)
         # training: preamble + header region (its data and pilots), rotated by its phase track
         head = lay.body_symbols(hdr_sym)[: self._hdr_body]
+        known = np.concatenate([lay.preamble, head * np.conj(b.rot)])
         y = self._mf(b, npre + n_body)
-        b.eq = sync.train_equaliser(y, np.concatenate([lay.preamble, head * np.conj(b.rot)]), self.cfg.eq_taps)
+        b.eq = sync.train_equaliser(y, known, self.cfg.eq_taps)
         z, rot, pos, zk, theta_loo, omega = self._equalise_track(b, y, n_body, pilot_pos, head)
+        drift, limit = 0.0, MAX_SRO_PPM * 1e-6 * self._sps
+        growth = self._error_growth(zk, rot[pos])
+        if growth > TIMING_TRIGGER:
+            # sample-rate offset: demodulate again on a drifting symbol clock; where the error
+            # grows a lot over the burst, a drift is likely and weaker evidence is accepted;
+            # the result is kept only if its known symbols fit better
+            sigmas = TIMING_SIGMAS if growth < TIMING_STRONG else TIMING_SIGMAS_STRONG
+            first = (y, b.eq, z, rot, pos, zk, theta_loo, omega)
+            for _ in range(TIMING_ROUNDS):
+                more = self._timing_drift(b, y, z, rot, pilot_pos, drift, sigmas)
+                if not more or abs(drift + more) > limit:
+                    break
+                drift += more
+                y = self._mf_drift(b, npre + n_body, drift)
+                b.eq = sync.train_equaliser(y, known, self.cfg.eq_taps)
+                z, rot, pos, zk, theta_loo, omega = self._equalise_track(b, y, n_body, pilot_pos, head)
+            if drift and _error_power(zk, rot[pos]) > _error_power(first[5], first[3][first[4]]):
+                log.debug("drift %.3g samples/symbol did not help; dropped", drift)
+                drift = 0.0
+                y, b.eq, z, rot, pos, zk, theta_loo, omega = first
+        if drift:
+            self.counters["timing_tracked"] += 1
         body = z * rot
         # amplitude from the header symbols (real: a complex gain would also absorb the
         # header region's phase-tracking error and hide it from the noise estimate)
@@ -464,7 +646,7 @@ class FrameRx:
         self.counters["frames_out"] += 1
         return RxFrame(header=b.header, symbols=sym.astype(np.complex64), snr_db=noise_var_to_snr_db(nv),
                        noise_var=nv, cfo=b.cfo + omega / (2 * np.pi * self._sps), gain=b.gain,
-                       start=int(round(b.tau)))
+                       start=int(round(b.tau)), sro_ppm=drift / self._sps * 1e6)
 
     def _trim(self):
         """Drop samples no pending burst or the detector needs any more."""
