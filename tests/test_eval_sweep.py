@@ -189,7 +189,7 @@ def test_empty_folder_and_unknown_method_are_refused(tmp_path, folder):
     empty.mkdir()
     with pytest.raises(SweepError, match="no images found"):
         run_sweep(_opts(empty, tmp_path / "r"))
-    with pytest.raises(ValueError, match="valid methods: proposed, random_noise, sd_semcom, digital"):
+    with pytest.raises(ValueError, match="valid methods: proposed, proposed_caption, random_noise, sd_semcom, digital"):
         run_sweep(_opts(folder, tmp_path / "r", methods="proposed,bpg"))
     assert not (tmp_path / "r" / "rows.csv").exists()
 
@@ -271,6 +271,35 @@ def test_sd_semcom_uses_captions_as_prompt(folder, tmp_path, components, monkeyp
     assert "caption: fixed prompt" in rows["coffee"]["fidelity"]
 
 
+def test_proposed_caption_uses_the_caption_on_both_sides(folder, tmp_path, components, monkeypatch):
+    """Table I's "proposed with caption": DDIM inversion at the transmitter and the
+    receiver's inversion and sampling run with the image's caption; the result equals
+    the codec configured with that prompt, and differs from the fixed-prompt run."""
+    caps = tmp_path / "caps.json"
+    caps.write_text(json.dumps({"astro.png": "an astronaut in a suit"}))
+    prompts = []
+    real = GenerativeCodec._ddim
+
+    def ddim(self, x, paths, prompt, guidance):
+        prompts.append(prompt)
+        return real(self, x, paths, prompt, guidance)
+
+    monkeypatch.setattr(GenerativeCodec, "_ddim", ddim)
+    out = tmp_path / "res"
+    run_sweep(_opts(folder, out, methods="proposed,proposed_caption", snrs=[10.0], captions=caps),
+              components=components)
+    assert prompts.count("an astronaut in a suit") == 3  # transmitter inversion, receiver inversion, sampling
+    rows = {(r["image"], r["method"]): r for r in _csv(out / "rows.csv")}
+    cap = rows["astro", "proposed_caption"]
+    assert cap["setting"].startswith("k5,m5,snr,rescale,caption=file-")
+    assert "caption: captions file" in cap["fidelity"] and "astronaut" in cap["detail"]
+    assert "caption: fixed prompt" in rows["coffee", "proposed_caption"]["fidelity"]
+    assert cap["symbols"] == rows["astro", "proposed"]["symbols"]  # same symbol budget
+    # the caption changes astro's result; coffee (no caption) is the fixed-prompt run
+    assert cap["psnr"] != rows["astro", "proposed"]["psnr"]
+    assert rows["coffee", "proposed_caption"]["psnr"] == rows["coffee", "proposed"]["psnr"]
+
+
 def test_cli_sweep(folder, tmp_path, capsys):
     from gr_gdmcom.cli import main
 
@@ -285,8 +314,8 @@ def test_cli_sweep(folder, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--methods", "proposed,jpeg2000"], "unknown method 'jpeg2000'; valid methods: proposed, random_noise, "
-                                         "sd_semcom, digital"),
+    (["--methods", "proposed,jpeg2000"], "unknown method 'jpeg2000'; valid methods: proposed, proposed_caption, "
+                                         "random_noise, sd_semcom, digital"),
     (["--grid", "10,0"], "--grid entries are k,m,N"),
     (["--grid", "10,5,12"], "steps N must satisfy"),
 ])

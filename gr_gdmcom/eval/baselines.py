@@ -11,6 +11,9 @@ Every method is a :class:`Method` with
 name                  what
 ====================  ========================================================
 ``proposed``          the paper's codec as configured (:class:`GenerativeCodec`)
+``proposed_caption``  the same with the image's caption (``--captions``,
+                      lossless side information) as the prompt on both sides:
+                      the paper's Table I "with caption" row
 ``random_noise``      the same with ``forward="random"``: k steps of random
                       forward noise instead of DDIM inversion (paper's ablation)
 ``sd_semcom``         SD_SemCom (Cicchetti et al., MLSP 2024), re-implemented
@@ -71,7 +74,7 @@ class Tx:
         meta: :class:`LatentMeta` for latent methods.
         seconds: transmitter wall time attributed to this image.
         unet_calls: UNet calls (CFG pairs) spent on this image by the transmitter.
-        caption: the prompt the receiver will use (sd_semcom).
+        caption: the prompt the receiver will use (sd_semcom, proposed_caption).
     """
 
     name: str
@@ -138,7 +141,7 @@ class Context:
     Attributes:
         config: the codec configuration from the command line.
         components: loaded model components, or None until :meth:`codec` needs them.
-        captions: ``{file name or stem: caption}`` for sd_semcom.
+        captions: ``{file name or stem: caption}`` for sd_semcom and proposed_caption.
         semcom_t: ``"auto"`` or a fixed grid index for sd_semcom's forward noise.
         digital_codec / digital_mcs: passed to :func:`run_digital`.
     """
@@ -275,7 +278,9 @@ class Proposed(Method):
         return self.ctx.codec(self.config)
 
     def transmit(self, images, names):
-        codec = self.codec  # loads the model on first use, outside the timing
+        return self._transmit_with(self.codec, images, names)
+
+    def _transmit_with(self, codec: GenerativeCodec, images, names):
         t0 = time.perf_counter()
         encs = codec.encode_many(list(images), list(names))
         dt = (time.perf_counter() - t0) / max(len(images), 1)
@@ -289,7 +294,9 @@ class Proposed(Method):
         return out
 
     def receive(self, txs, snr_db):
-        codec = self.codec
+        return self._receive_with(self.codec, txs, snr_db)
+
+    def _receive_with(self, codec: GenerativeCodec, txs, snr_db, fidelity: str = ""):
         items = [(_received(tx, snr_db, self.config.seed), tx.meta, float(snr_db)) for tx in txs]
         t0 = time.perf_counter()
         decs = codec.decode_many(items)
@@ -301,7 +308,7 @@ class Proposed(Method):
                 continue
             r = d.record
             out.append(Rx(name=tx.name, image=d.image, n_steps=r["n_steps"], rule=r["rule"], seconds=dt,
-                          unet_calls=int(r["unet_calls"]), fidelity=self.fidelity()))
+                          unet_calls=int(r["unet_calls"]), fidelity=fidelity or self.fidelity()))
         return out
 
 
@@ -314,6 +321,68 @@ class RandomNoise(Proposed):
     def fidelity(self) -> str:
         return ("paper's random-noise ablation: k steps of random forward noise instead of DDIM inversion "
                 "(gr_gdmcom.codec, forward=random); numpy AWGN, decoder told the true SNR")
+
+
+class ProposedCaption(Proposed):
+    """The paper's "proposed with caption" row (Table I): the image's caption, sent as
+    lossless side information beside the symbols (outside the symbol budget), is the
+    prompt of the transmitter's DDIM inversion and of the receiver's inversion and
+    sampling.  Captions come from ``--captions``; an image without one uses the fixed
+    prompt (so without a captions file this equals ``proposed``)."""
+
+    name = "proposed_caption"
+
+    def setting_label(self) -> str:
+        return f"{super().setting_label()},caption={_caption_label(self.ctx)}"
+
+    def transmit_key(self) -> tuple:
+        return ("codec-caption", self.config.forward, self.config.k, _caption_label(self.ctx))
+
+    def fidelity(self, caption_source: str = "") -> str:
+        src = caption_source or ("captions file" if self.ctx.captions else "fixed prompt")
+        return (f"paper's method with the image's caption as the prompt on both sides (Table I 'with caption'); "
+                f"caption: {src}, lossless side information outside the symbol budget; numpy AWGN, decoder told "
+                f"the true SNR")
+
+    def _by_caption(self, names) -> Dict[Tuple[str, str], List[int]]:
+        groups: Dict[Tuple[str, str], List[int]] = {}
+        for i, name in enumerate(names):
+            groups.setdefault(self.ctx.caption_for(name), []).append(i)
+        return groups
+
+    def transmit(self, images, names):
+        out: List[Union[Tx, Failed, None]] = [None] * len(images)
+        for (caption, source), members in self._by_caption(names).items():
+            codec = self.ctx.codec(self.config.replace(prompt=caption))
+            for i, tx in zip(members, self._transmit_with(codec, [images[i] for i in members],
+                                                          [names[i] for i in members])):
+                if isinstance(tx, Tx):
+                    tx.caption, tx.caption_source = caption, source
+                out[i] = tx
+        return out  # type: ignore[return-value]
+
+    def receive(self, txs, snr_db):
+        out: List[Union[Rx, Failed, None]] = [None] * len(txs)
+        groups: Dict[Tuple[str, str], List[int]] = {}
+        for i, tx in enumerate(txs):
+            groups.setdefault((tx.caption, tx.caption_source), []).append(i)
+        for (caption, source), members in groups.items():
+            codec = self.ctx.codec(self.config.replace(prompt=caption))
+            for i, rx in zip(members, self._receive_with(codec, [txs[i] for i in members], snr_db,
+                                                         self.fidelity(source))):
+                if isinstance(rx, Rx):
+                    rx.detail = dict(caption=caption[:80])
+                out[i] = rx
+        return out  # type: ignore[return-value]
+
+
+def _caption_label(ctx: "Context") -> str:
+    """``file-<crc32 of the captions>`` or ``fixed``: part of a captioned method's setting,
+    so a changed captions file gives new rows instead of reusing old ones."""
+    if not ctx.captions:
+        return "fixed"
+    digest = zlib.crc32(json.dumps(ctx.captions, sort_keys=True).encode("utf-8")) & 0xFFFFFFFF
+    return f"file-{digest:08x}"
 
 
 # --------------------------------------------------------------------------- SD_SemCom
@@ -343,12 +412,7 @@ class SDSemCom(Method):
         self.config = ctx.config.replace(k=0, m=0, steps=None, forward="ddim")
 
     def setting_label(self) -> str:
-        if self.ctx.captions:  # the captions' content is part of the setting
-            digest = zlib.crc32(json.dumps(self.ctx.captions, sort_keys=True).encode("utf-8")) & 0xFFFFFFFF
-            cap = f"file-{digest:08x}"
-        else:
-            cap = "fixed"
-        return f"t={self.t},caption={cap}"
+        return f"t={self.t},caption={_caption_label(self.ctx)}"
 
     def transmit_key(self) -> tuple:
         return ("semcom",)
@@ -536,6 +600,7 @@ def _pil(img: np.ndarray):
 #: registry: method name -> class
 METHODS: Dict[str, type] = {
     "proposed": Proposed,
+    "proposed_caption": ProposedCaption,
     "random_noise": RandomNoise,
     "sd_semcom": SDSemCom,
     "digital": Digital,

@@ -60,7 +60,8 @@ def register(sub) -> None:
                         "N fixed and no rescaling (the paper's Table II behaviour), and write table2.md; "
                         "e.g. --grid 10,0,10 5,5,10 10,0,15 5,5,15 0,10,15")
     s.add_argument("--captions", metavar="FILE",
-                   help="captions for sd_semcom: JSON {\"kodim01.png\": \"...\"} or CSV file,caption "
+                   help="captions for sd_semcom and proposed_caption: JSON {\"kodim01.png\": \"...\"} or CSV "
+                        "file,caption "
                         "(from any captioner); default: the fixed prompt")
     s.add_argument("--semcom-t", type=_semcom_t, default="auto", metavar="auto|J",
                    help="sd_semcom: grid step J the receiver noises the latent to; 'auto' matches the "
