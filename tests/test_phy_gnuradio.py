@@ -49,7 +49,7 @@ def test_channel_model_impairments_sps2_10db(cfo, rng):
     assert results["impaired"] <= results["awgn"] + 1.0, results
 
 
-def _sro_link(cfg, snr_db, ppm, rng, taps=(1.0,), n_bursts=4):
+def _sro_link(cfg, snr_db, ppm, rng, taps=(1.0,), n_bursts=4, track=True):
     """Bursts through channel_model with a sample-rate offset of ``ppm``: (frames, counters, sent chunks)."""
     channels = pytest.importorskip("gnuradio.channels")
     from gnuradio import blocks, gr
@@ -64,23 +64,26 @@ def _sro_link(cfg, snr_db, ppm, rng, taps=(1.0,), n_bursts=4):
     snk = blocks.vector_sink_c()
     tb.connect(src, ch, snk)
     tb.run()
-    rx = FrameRx(cfg)
+    rx = FrameRx(cfg, track_timing=track)
     frames = rx.push(np.asarray(snk.data(), np.complex64)) + rx.flush()
     return frames, rx.counters, chunk_symbols(sym, cfg.max_chunk_symbols)
 
 
 @pytest.mark.parametrize("ppm", [50, -50])
-def test_sample_clock_drift_is_tracked(ppm, rng):
+def test_sample_clock_drift_is_tracked(ppm):
     """50 ppm over 8192-symbol bursts at 25 dB: untracked, the payload falls to ~7.6 dB
     (0.8 sample of drift); tracked, within 0.5 dB of the drift-free link, the drift
     estimated within 5 ppm (epsilon > 1: symbols arrive earlier, negative ppm)."""
     cfg = FrameConfig()
-    frames, counters, chunks = _sro_link(cfg, 25.0, ppm, rng)
+    frames, counters, chunks = _sro_link(cfg, 25.0, ppm, np.random.default_rng(11))
     assert len(frames) == 4 and counters["timing_tracked"] == 4, counters
     got = [measure_snr_db(chunks[f.header.chunk_index], f.symbols) for f in frames]
     assert min(got) >= 24.0, got
     assert all(abs(f.sro_ppm + ppm) <= 5 for f in frames), [f.sro_ppm for f in frames]
     assert all(abs(f.snr_db - g) <= 1.0 for f, g in zip(frames, got))
+    frames, counters, chunks = _sro_link(cfg, 25.0, ppm, np.random.default_rng(11), track=False)
+    untracked = [measure_snr_db(chunks[f.header.chunk_index], f.symbols) for f in frames]
+    assert counters["timing_tracked"] == 0 and max(untracked) < 12.0, untracked  # what tracking saves
 
 
 @pytest.mark.parametrize("snr_db,taps", [(10.0, (1.0,)), (30.0, (1.0,)), (25.0, (1.0, 0.3j, -0.1))])

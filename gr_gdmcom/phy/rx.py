@@ -148,17 +148,20 @@ class FrameRx:
     Args:
         cfg: :class:`FrameConfig` (must match the transmitter's; default if None).
         max_slice: most samples processed per pass.
+        track_timing: follow a sampling-clock drift within bursts (sps >= 2); False
+            demodulates every burst on the clock found on its preamble.
 
     Attributes:
         counters: dict of int, see ``COUNTERS``.
     """
 
-    def __init__(self, cfg: Optional[FrameConfig] = None, max_slice: int = MAX_SLICE):
+    def __init__(self, cfg: Optional[FrameConfig] = None, max_slice: int = MAX_SLICE, track_timing: bool = True):
         self.cfg = cfg or FrameConfig()
         self.layout = lay = self.cfg.layout()
         c = self.cfg
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.max_slice = int(max_slice)
+        self.track_timing = bool(track_timing)
         self._sps, self._seg, self._reps = c.sps, c.preamble_seg, c.preamble_reps
         self._seglen = c.preamble_seg * c.sps
         self._npre = len(lay.preamble)
@@ -607,7 +610,7 @@ class FrameRx:
         b.eq = sync.train_equaliser(y, known, self.cfg.eq_taps)
         z, rot, pos, zk, theta_loo, omega = self._equalise_track(b, y, n_body, pilot_pos, head)
         drift, limit = 0.0, MAX_SRO_PPM * 1e-6 * self._sps
-        growth = self._error_growth(zk, rot[pos])
+        growth = self._error_growth(zk, rot[pos]) if self.track_timing else 0.0
         if growth > TIMING_TRIGGER:
             # sample-rate offset: demodulate again on a drifting symbol clock; where the error
             # grows a lot over the burst, a drift is likely and weaker evidence is accepted;
