@@ -72,13 +72,14 @@ def _sro_link(cfg, snr_db, ppm, rng, taps=(1.0,), n_bursts=4, track=True):
 @pytest.mark.parametrize("ppm", [50, -50])
 def test_sample_clock_drift_is_tracked(ppm):
     """50 ppm over 8192-symbol bursts at 25 dB: untracked, the payload falls to ~7.6 dB
-    (0.8 sample of drift); tracked, within 0.5 dB of the drift-free link, the drift
-    estimated within 5 ppm (epsilon > 1: symbols arrive earlier, negative ppm)."""
+    (0.8 sample of drift); tracked, within 0.5 dB of the drift-free 24.7 dB on average
+    (1.2 dB for every burst), the drift estimated within 5 ppm (epsilon > 1: symbols
+    arrive earlier, negative ppm)."""
     cfg = FrameConfig()
     frames, counters, chunks = _sro_link(cfg, 25.0, ppm, np.random.default_rng(11))
     assert len(frames) == 4 and counters["timing_tracked"] == 4, counters
     got = [measure_snr_db(chunks[f.header.chunk_index], f.symbols) for f in frames]
-    assert min(got) >= 24.0, got
+    assert min(got) >= 23.5 and np.mean(got) >= 24.2, got  # drift-free: 24.7
     assert all(abs(f.sro_ppm + ppm) <= 5 for f in frames), [f.sro_ppm for f in frames]
     assert all(abs(f.snr_db - g) <= 1.0 for f, g in zip(frames, got))
     frames, counters, chunks = _sro_link(cfg, 25.0, ppm, np.random.default_rng(11), track=False)
