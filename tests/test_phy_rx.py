@@ -240,3 +240,20 @@ def test_timing_discriminator_gains():
     assert plain == pytest.approx(q / e, rel=0.01)
     assert fine / plain == pytest.approx(0.41, abs=0.01)
     assert sync.timing_q(np.array([1.0 + 0j]), np.array([2.0 + 0j]), np.array([1.0 + 0j]))[0] == 0.0
+
+
+@pytest.mark.parametrize("sps,cfo", [(2, 0.07), (2, -0.05), (1, 0.14)])
+def test_cfo_beyond_the_detector_range(sps, cfo, rng):
+    """The detector reads the CFO modulo 1/(16 sps); whole steps around it are tried, so
+    CFOs up to 2.5 steps (0.078 cycles/sample at sps 2) are acquired at 0 dB: every frame,
+    CFO right to 1e-4.  With cfo_search = 0 the same bursts are lost."""
+    cfg = FrameConfig(sps=sps, max_chunk_symbols=512)
+    x, chunks, _ = make_stream(cfg, 20, rng)
+    y = awgn(x * np.exp(2j * np.pi * cfo * np.arange(len(x))).astype(np.complex64), 0.0, rng)
+    frames, counters = receive(cfg, y)
+    assert len(frames) == 20 and counters["header_crc_fail"] == 0, counters
+    assert all(abs(f.cfo - cfo) < 1e-4 for f in frames)
+    ref, _ = receive(cfg, awgn(x, 0.0, rng))  # the same bursts without CFO
+    assert np.mean(payload_mse_db(frames, chunks)) <= np.mean(payload_mse_db(ref, chunks)) + 0.3
+    lost, _ = receive(FrameConfig(sps=sps, max_chunk_symbols=512, cfo_search=0), y)
+    assert len(lost) == 0

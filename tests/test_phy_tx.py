@@ -12,7 +12,8 @@ from gr_gdmcom.phy.header import HEADER_CODED_BITS
 @pytest.mark.parametrize("kw", [dict(sps=0), dict(sps=2.5), dict(rolloff=0.0), dict(rrc_span=7),
                                 dict(pilot_spacing=1), dict(max_chunk_symbols=70000), dict(gap_symbols=-1),
                                 dict(preamble_seg=15), dict(preamble_reps=10), dict(eq_taps=4),
-                                dict(phase_window=0), dict(detect_threshold=1.5), dict(verify_threshold=0.0)])
+                                dict(phase_window=0), dict(detect_threshold=1.5), dict(verify_threshold=0.0),
+                                dict(cfo_search=4), dict(cfo_search=-1)])
 def test_config_validation(kw):
     with pytest.raises(ValueError, match="FrameConfig"):
         FrameConfig(**kw)
@@ -21,8 +22,9 @@ def test_config_validation(kw):
 def test_config_defaults_and_cfo_range():
     cfg = FrameConfig()
     assert (cfg.sps, cfg.rolloff, cfg.pilot_spacing, cfg.scramble) == (2, 0.35, 32, True)
-    assert cfg.cfo_range > 0.01  # +-0.01 cycles/sample at sps = 2
-    assert FrameConfig(sps=1).cfo_range > 0.02
+    assert cfg.cfo_range == pytest.approx(2.5 / 32)  # (cfo_search + 1/2) / (seg sps) at sps = 2
+    assert FrameConfig(sps=1).cfo_range == pytest.approx(2.5 / 16)
+    assert FrameConfig(cfo_search=0).cfo_range == pytest.approx(1 / 64)  # the detector alone
 
 
 def test_prbs_is_maximal_length():

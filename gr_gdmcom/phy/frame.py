@@ -50,17 +50,21 @@ class FrameConfig:
         max_chunk_symbols: most latent symbols per burst (<= 65535).
         gap_symbols: zero symbols between bursts in :meth:`FrameTx.stream`.
         preamble_seg: symbols per preamble segment (a perfect square: 4, 9, 16, 25, ...);
-            sets the CFO capture range +-1/(2 seg sps) cycles/sample.
+            with ``cfo_search`` it sets the CFO capture range
+            +-(cfo_search + 1/2) / (seg sps) cycles/sample.
         preamble_reps: preamble segments; ``preamble_reps - 1`` must be a Barker length.
         eq_taps: receiver: symbol-spaced LS equaliser taps (odd; 1 = one-tap).
         phase_window: receiver: phase-tracker window in pilot periods (it averages the
             known symbols within +-phase_window (pilot_spacing + 1) / 2 symbols).
         detect_threshold: receiver: normalised preamble-metric threshold (0..1).
         verify_threshold: receiver: normalised preamble-correlation threshold (0..1).
+        cfo_search: receiver: besides the CFO the detector reads (good to +-1/(2 seg sps)),
+            try up to this many whole steps of 1/(seg sps) on either side
+            (0 .. sqrt(seg) - 1); each widens the capture range by 1/(seg sps).
 
     The receiver takes any chunk size and gap; ``sps``, ``rolloff``, ``rrc_span``,
     ``pilot_spacing``, ``scramble`` and the preamble settings must match the
-    transmitter's; the four receiver settings are the receiver's own.
+    transmitter's; the five receiver settings are the receiver's own.
     """
 
     sps: int = 2
@@ -76,6 +80,7 @@ class FrameConfig:
     phase_window: int = 32
     detect_threshold: float = 0.05
     verify_threshold: float = 0.12
+    cfo_search: int = 2
 
     def __post_init__(self):
         self.validate()
@@ -97,6 +102,9 @@ class FrameConfig:
             (self.phase_window >= 1, "phase_window must be >= 1"),
             (0.0 < self.detect_threshold < 1.0, "detect_threshold must be in (0, 1)"),
             (0.0 < self.verify_threshold < 1.0, "verify_threshold must be in (0, 1)"),
+            (isinstance(self.cfo_search, (int, np.integer))
+             and 0 <= self.cfo_search < round(np.sqrt(self.preamble_seg)),
+             "cfo_search must be an integer in 0 .. sqrt(preamble_seg) - 1"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -106,7 +114,7 @@ class FrameConfig:
     @property
     def cfo_range(self) -> float:
         """Largest |CFO| the receiver acquires, cycles/sample."""
-        return 1.0 / (2.0 * self.preamble_seg * self.sps)
+        return (self.cfo_search + 0.5) / (self.preamble_seg * self.sps)
 
     def layout(self) -> "FrameLayout":
         """The (cached) sequences and index maps of this configuration."""

@@ -52,6 +52,10 @@ MAX_SLICE = 1 << 18
 DETECT_STRIDE = 2
 #: Span (symbols) of the decision-directed phase track of a header retry.
 RETRACK_SPAN = 128
+#: Whole CFO steps are tried when the preamble correlation is below this fraction of
+#: the square root of the detection metric (on time, in range: ~0.95-1.0 at 10 dB and
+#: above, ~0.5-0.85 lower; a wrong step: <= 0.77).
+CFO_STEP_GATE = 0.9
 #: Sampling-clock drift tracking (sps >= 2, docs/frame-format.md section 6 step 7):
 #: timing windows per burst, their least number of pilots (shorter bursts are not
 #: tracked), the smallest drift over a burst (samples) worth re-sampling, and how
@@ -168,6 +172,10 @@ class FrameRx:
         self._h = c.eq_taps // 2
         self._delta = self._seglen // 2 + c.sps  # fine-timing search, +- samples
         self._tseg = lay.template[lay.half: lay.half + self._reps * self._seglen].reshape(self._reps, -1)
+        # the preamble template as received with a CFO of n whole steps (1/seglen) more: n = +-1 .. +-cfo_search
+        self._steps = [sgn * n for n in range(1, c.cfo_search + 1) for sgn in (1, -1)]
+        ramp = np.exp(2j * np.pi * np.arange(self._seglen) / self._seglen)
+        self._tsteps = np.stack([self._tseg * ramp ** n for n in self._steps]) if self._steps else None
         self._hdr_pos, self._hdr_pilots, self._hdr_body = lay.header_region()
         self._span = c.phase_window * (c.pilot_spacing + 1)  # phase-track window, symbols
         self._ted = _discriminators(lay.half, c.sps, c.rolloff, lay.rrc_scale, c.rrc_span) if c.sps > 1 else None
@@ -302,7 +310,7 @@ class FrameRx:
             pk = first + best
             f0 = -cmath.phase(p[best]) / (2 * np.pi * self._seglen)
             coarse = int(round((self._scan + pk) * sps + (sps - 1) / 2 - self.layout.half))
-            verdict = self._synchronise(coarse, f0, final)
+            verdict = self._synchronise(coarse, f0, final, float(local[best]))
             if verdict is None:  # sync window not buffered yet
                 pos = first
                 break
@@ -313,28 +321,45 @@ class FrameRx:
                 pos = pk + (int(below[0]) if len(below) else len(local) - best)
         self._scan += pos
 
-    def _synchronise(self, coarse: int, f0: float, final: bool) -> Optional[bool]:
+    def _synchronise(self, coarse: int, f0: float, final: bool, metric: float = 0.0) -> Optional[bool]:
         """Fine timing, CFO and verification of a detection at ``coarse`` (absolute
-        sample).  Appends a :class:`_Burst` and returns True, False if rejected,
-        None if the samples are not buffered yet."""
+        sample, ``metric``: the detection metric there).  Appends a :class:`_Burst`
+        and returns True, False if rejected, None if the samples are not buffered yet."""
         lo = coarse - self._delta + self.layout.half
         hi = lo + 2 * self._delta + self._reps * self._seglen
         if not self._available(hi):
             return None
-        r = self._derotate(self._samples(lo, hi), f0, lo - coarse)
-        c, score, verify = sync.preamble_correlation(r, self._tseg)
+        raw = self._samples(lo, hi)
+        c, score, verify = sync.preamble_correlation(self._derotate(raw, f0, lo - coarse), self._tseg)
         lag, f1, best = sync.fine_timing_cfo(c, score, self._seglen, self._sps > 1)
-        if verify[best] < self.cfg.verify_threshold:
+        best_v, f_hat = float(verify[best]), f0 + f1
+        if self._tsteps is not None and best_v < CFO_STEP_GATE * math.sqrt(metric):
+            # The detector reads the CFO modulo 1/seglen.  Off by n such steps, a Frank
+            # segment still matches about 0.75 about n symbols away: the correlation is
+            # then well below what the detection metric promises (on time: about its
+            # square root, at 10 dB and above), and every step is tried near that lag,
+            # the best-verifying kept.  A step of 1/seglen rotates each segment by whole
+            # turns, so it is a modulation of the template (one call for all steps).
+            w = (self.cfg.cfo_search + 2) * self._sps
+            l_lo, l_hi = max(best - w, 0), min(best + w, len(verify) - 1)
+            part = self._derotate(raw[l_lo: l_hi + self._reps * self._seglen], f0, lo + l_lo - coarse)
+            c_n, score_n, v_n = sync.preamble_correlation(part, self._tsteps)
+            b = np.argmax(score_n, axis=1)
+            h = int(np.argmax(v_n[np.arange(len(b)), b]))
+            if v_n[h, b[h]] > best_v:
+                lag_n, f1, _ = sync.fine_timing_cfo(c_n[h], score_n[h], self._seglen, self._sps > 1)
+                best_v, lag, f_hat = float(v_n[h, b[h]]), l_lo + lag_n, f0 + self._steps[h] / self._seglen + f1
+        if best_v < self.cfg.verify_threshold:
             self.counters["candidates_rejected"] += 1
-            log.debug("candidate at %d rejected (verify %.3f)", coarse, verify[best])
+            log.debug("candidate at %d rejected (verify %.3f)", coarse, best_v)
             return False
         tau = coarse - self._delta + lag
         if tau < self._last_end - self._sps:
             self.counters["overlapping"] += 1
             return False
-        self._pending.append(_Burst(tau=tau, cfo=f0 + f1))
+        self._pending.append(_Burst(tau=tau, cfo=f_hat))
         self.counters["bursts_detected"] += 1
-        log.debug("burst at %.2f: cfo %.5f, verify %.3f", tau, f0 + f1, verify[best])
+        log.debug("burst at %.2f: cfo %.5f, verify %.3f", tau, f_hat, best_v)
         return True
 
     @staticmethod

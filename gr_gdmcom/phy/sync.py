@@ -87,23 +87,24 @@ def preamble_correlation(r: np.ndarray, tseg: np.ndarray) -> Tuple[np.ndarray, n
 
     Args:
         r: complex (n_lags + reps * seglen - 1,), CFO-corrected samples.
-        tseg: complex (reps, seglen), the preamble waveform cut into segments.
+        tseg: complex (reps, seglen), the preamble waveform cut into segments, or
+            (H, reps, seglen): H versions of it, each correlated (the energies are shared).
     Returns:
-        (c complex (n_lags, reps): per-segment correlations,
-         score float (n_lags,): sum_i |c_i|^2 (non-coherent: robust to residual CFO),
-         verify float (n_lags,): |sum_i n_{i+1} conj(n_i)| / (reps - 1) with n_i = c_i
+        (c complex ([H,] n_lags, reps): per-segment correlations,
+         score float ([H,] n_lags,): sum_i |c_i|^2 (non-coherent: robust to residual CFO),
+         verify float ([H,] n_lags,): |sum_i n_{i+1} conj(n_i)| / (reps - 1) with n_i = c_i
          normalised by its segment energies; in [0, 1], ~1 / sqrt(seglen reps) on
          noise, ~rho / (1 + rho) on the preamble (rho: per-sample SNR).  The sign
          cover makes it small at whole-segment offsets and partial overlaps.)
     """
-    reps, seglen = tseg.shape
+    reps, seglen = tseg.shape[-2:]
     win = sliding_window_view(r, reps * seglen).reshape(-1, reps, seglen)
-    c = np.einsum("lrd,rd->lr", win, np.conj(tseg))
+    c = np.einsum("lrd,...rd->...lr", win, np.conj(tseg))
     er = np.einsum("lrd,lrd->lr", win.real, win.real) + np.einsum("lrd,lrd->lr", win.imag, win.imag)
-    et = np.sum(np.abs(tseg) ** 2, axis=1)
+    et = np.sum(np.abs(tseg) ** 2, axis=-1)[..., None, :]
     cn = c / np.sqrt(er * et + (seglen * SILENCE_POWER) ** 2)
-    verify = np.abs(np.sum(cn[:, 1:] * np.conj(cn[:, :-1]), axis=1)) / (reps - 1)
-    return c, np.sum(c.real ** 2 + c.imag ** 2, axis=1), verify
+    verify = np.abs(np.sum(cn[..., 1:] * np.conj(cn[..., :-1]), axis=-1)) / (reps - 1)
+    return c, np.sum(c.real ** 2 + c.imag ** 2, axis=-1), verify
 
 
 def fine_timing_cfo(c: np.ndarray, score: np.ndarray, seglen: int, fractional: bool) -> Tuple[float, float, int]:
