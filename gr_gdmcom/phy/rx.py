@@ -31,7 +31,7 @@ import functools
 import logging
 import math
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 import numpy as np
 
@@ -79,10 +79,10 @@ TIMING_SIGMAS_STRONG = 2.0
 MAX_SRO_PPM = 1000.0
 
 
-def _error_power(zk: np.ndarray, rot_k: np.ndarray) -> float:
-    """Error power of phase-corrected known symbols (``zk``: times conj(their value))
-    relative to their mean amplitude."""
-    e = zk * rot_k
+def _error_power(d: "_Demod") -> float:
+    """Error power of a demodulation's phase-corrected known symbols relative to their
+    mean amplitude."""
+    e = d.zk * d.rot[d.pos]
     g = float(e.real.mean())
     d = e - g
     return float(np.vdot(d, d).real) / len(d) / max(g * g, 1e-30)
@@ -115,8 +115,9 @@ class RxFrame:
             is the carrier phase at the burst's first sample.
         start: absolute index (in the pushed stream) of the burst's first sample.
         sro_ppm: sample-rate offset tracked within the burst (ppm, > 0: the receiver's
-            clock is slow, symbols arrive later and later), 0 where no drift was
-            significant (and always at sps = 1).
+            sample clock is faster than the transmitter's, so each symbol arrives a
+            little later than the last), 0 where no drift was significant (and always
+            at sps = 1).
     """
 
     header: Header
@@ -127,6 +128,19 @@ class RxFrame:
     gain: complex
     start: int
     sro_ppm: float = 0.0
+
+
+class _Demod(NamedTuple):
+    """One demodulation of a burst body (see :meth:`FrameRx._equalise_track`)."""
+
+    y: np.ndarray          # matched-filter outputs, symbols -h ..
+    eq: np.ndarray         # equaliser taps
+    z: np.ndarray          # equalised body
+    rot: np.ndarray        # phase correction of the body
+    pos: np.ndarray        # positions of the known symbols used
+    zk: np.ndarray         # z at pos times conj(their value)
+    theta_loo: np.ndarray  # phase at each known symbol, estimated without it
+    omega: float           # residual frequency, rad/symbol
 
 
 @dataclass
@@ -417,18 +431,18 @@ class FrameRx:
         s_ref = (self._npre + self._hdr_body) / 2.0
         return b.tau + self.layout.half + sym * self._sps + drift * (sym - s_ref)
 
-    def _timing_drift(self, b: _Burst, y: np.ndarray, z: np.ndarray, rot: np.ndarray,
-                      pilot_pos: np.ndarray, drift: float, sigmas: float = TIMING_SIGMAS) -> float:
-        """Residual sampling-clock drift of a demodulation done with ``drift``, samples
-        per symbol, from the pilots; 0.0 where it is not significant.
+    def _timing_drift(self, b: _Burst, d: _Demod, pilot_pos: np.ndarray, drift: float,
+                      sigmas: float = TIMING_SIGMAS) -> float:
+        """Residual sampling-clock drift of a demodulation ``d`` done with ``drift``,
+        samples per symbol, from the pilots; 0.0 where it is not significant.
 
         At each pilot, matched-filter outputs half a symbol early and late against the
-        on-time output ``y`` give a timing discriminator, summed over each of
+        on-time output ``d.y`` give a timing discriminator, summed over each of
         TIMING_WINDOWS windows (:func:`sync.timing_q`); a line through the
         windows' offsets gives the drift.  Two discriminators: the plain one (the
         neighbouring symbols' interference is noise: coarse, but good to half a
         symbol) and one with that interference predicted from the demodulation
-        (``z``, ``rot``: equalised body, phase correction) and removed (about ten
+        (equalised, phase-corrected body) and removed (about ten
         times finer at high SNR, good to about 0.2 symbol).  The fine one is used
         where every window is within its range, else the coarse one on the windows
         within its range from the first on (at least TIMING_MIN_FIT)."""
@@ -438,7 +452,7 @@ class FrameRx:
             return 0.0
         use = n_win * per
         pos, pil = pilot_pos[:use], lay.pilots[:use]
-        body = z * rot
+        body = d.z * d.rot
         g = complex((np.conj(lay.pilots[: len(pilot_pos)]) * body[pilot_pos]).mean())
         if not np.isfinite(g) or abs(g) < 1e-9:
             return 0.0
@@ -446,12 +460,12 @@ class FrameRx:
         s = npre + pos
         t = self._instants(b, s, drift)
         half_sym = self._mf_at(b, np.concatenate([t - sps / 2, t + sps / 2]))
-        rp = rot[pos]
-        early, y0, late = half_sym[:use] * rp, y[h + s] * rp, half_sym[use:] * rp
+        rp = d.rot[pos]
+        early, y0, late = half_sym[:use] * rp, d.y[h + s] * rp, half_sym[use:] * rp
         gy = complex((y0 * np.conj(pil)).mean())  # the pilots' gain on the matched filter's side
-        d = np.concatenate([lay.preamble, body / g, np.zeros(span + 1, np.complex64)])  # symbol estimates
-        d[npre + pilot_pos] = lay.pilots[: len(pilot_pos)]
-        near = d[np.clip(s[:, None] - ted["m"][None, :], 0, len(d) - 1)]  # the neighbours' estimates
+        est = np.concatenate([lay.preamble, body / g, np.zeros(span + 1, np.complex64)])  # symbol estimates
+        est[npre + pilot_pos] = lay.pilots[: len(pilot_pos)]
+        near = est[np.clip(s[:, None] - ted["m"][None, :], 0, len(est) - 1)]  # the neighbours' estimates
 
         def win(v):
             return (v * np.conj(pil)).reshape(n_win, per).sum(1)
@@ -479,12 +493,12 @@ class FrameRx:
             return 0.0
         return slope
 
-    def _error_growth(self, zk: np.ndarray, rot_k: np.ndarray) -> float:
+    def _error_growth(self, d: _Demod) -> float:
         """Cheap test before :meth:`_timing_drift`: the known symbols' error power in the
         last quarter of the burst's pilots over the header region's (next to the
         equaliser's training); a sampling clock drift makes it grow.  0.0 where not
         applicable (sps = 1, short bursts)."""
-        e = zk * rot_k
+        e = d.zk * d.rot[d.pos]
         n_tail = (len(e) - self._hdr_body) // 4
         if self._sps < 2 or n_tail < TIMING_MIN_PILOTS:
             return 0.0
@@ -621,6 +635,38 @@ class FrameRx:
                     self._last_end = end
         return frames
 
+    def _demodulate(self, b: _Burst, y: np.ndarray, known: np.ndarray, head: np.ndarray, pilot_pos: np.ndarray,
+                    n_body: int) -> _Demod:
+        """Equaliser trained on ``known`` (preamble + header region), body equalised and
+        phase-tracked on the pilots and the decoded header ``head``."""
+        b.eq = sync.train_equaliser(y, known, self.cfg.eq_taps)
+        return _Demod(y, b.eq, *self._equalise_track(b, y, n_body, pilot_pos, head))
+
+    def _follow_drift(self, b: _Burst, d: _Demod, known, head, pilot_pos, n_body: int):
+        """Sample-rate offset: where the error grows over the burst, demodulate again on
+        a drifting symbol clock (:meth:`_timing_drift`, up to TIMING_ROUNDS times; where
+        the error grew a lot a drift is likely and weaker evidence is accepted).  The
+        result is kept only if its known symbols fit better.  Returns (drift in samples
+        per symbol, the demodulation to use)."""
+        growth = self._error_growth(d) if self.track_timing else 0.0
+        if growth <= TIMING_TRIGGER:
+            return 0.0, d
+        sigmas = TIMING_SIGMAS if growth < TIMING_STRONG else TIMING_SIGMAS_STRONG
+        limit = MAX_SRO_PPM * 1e-6 * self._sps
+        drift, cur = 0.0, d
+        for _ in range(TIMING_ROUNDS):
+            more = self._timing_drift(b, cur, pilot_pos, drift, sigmas)
+            if not more or abs(drift + more) > limit:
+                break
+            drift += more
+            cur = self._demodulate(b, self._mf_drift(b, self._npre + n_body, drift), known, head, pilot_pos, n_body)
+        if drift and _error_power(cur) > _error_power(d):
+            log.debug("drift %.3g samples/symbol did not help; dropped", drift)
+            return 0.0, d
+        if drift:
+            self.counters["timing_tracked"] += 1
+        return drift, cur
+
     def _payload(self, b: _Burst, data_pos, pilot_pos, n_body) -> Optional[RxFrame]:
         """Stage B: equaliser retrained on the preamble, the re-encoded header and the
         header-region pilots; full-burst demodulation, phase track on the pilots and the
@@ -631,31 +677,10 @@ class FrameRx:
         # training: preamble + header region (its data and pilots), rotated by its phase track
         head = lay.body_symbols(hdr_sym)[: self._hdr_body]
         known = np.concatenate([lay.preamble, head * np.conj(b.rot)])
-        y = self._mf(b, npre + n_body)
-        b.eq = sync.train_equaliser(y, known, self.cfg.eq_taps)
-        z, rot, pos, zk, theta_loo, omega = self._equalise_track(b, y, n_body, pilot_pos, head)
-        drift, limit = 0.0, MAX_SRO_PPM * 1e-6 * self._sps
-        growth = self._error_growth(zk, rot[pos]) if self.track_timing else 0.0
-        if growth > TIMING_TRIGGER:
-            # sample-rate offset: demodulate again on a drifting symbol clock; where the error
-            # grows a lot over the burst, a drift is likely and weaker evidence is accepted;
-            # the result is kept only if its known symbols fit better
-            sigmas = TIMING_SIGMAS if growth < TIMING_STRONG else TIMING_SIGMAS_STRONG
-            first = (y, b.eq, z, rot, pos, zk, theta_loo, omega)
-            for _ in range(TIMING_ROUNDS):
-                more = self._timing_drift(b, y, z, rot, pilot_pos, drift, sigmas)
-                if not more or abs(drift + more) > limit:
-                    break
-                drift += more
-                y = self._mf_drift(b, npre + n_body, drift)
-                b.eq = sync.train_equaliser(y, known, self.cfg.eq_taps)
-                z, rot, pos, zk, theta_loo, omega = self._equalise_track(b, y, n_body, pilot_pos, head)
-            if drift and _error_power(zk, rot[pos]) > _error_power(first[5], first[3][first[4]]):
-                log.debug("drift %.3g samples/symbol did not help; dropped", drift)
-                drift = 0.0
-                y, b.eq, z, rot, pos, zk, theta_loo, omega = first
-        if drift:
-            self.counters["timing_tracked"] += 1
+        d = self._demodulate(b, self._mf(b, npre + n_body), known, head, pilot_pos, n_body)
+        drift, d = self._follow_drift(b, d, known, head, pilot_pos, n_body)
+        b.eq = d.eq
+        z, rot, zk, theta_loo, omega = d.z, d.rot, d.zk, d.theta_loo, d.omega
         body = z * rot
         # amplitude from the header symbols (real: a complex gain would also absorb the
         # header region's phase-tracking error and hide it from the noise estimate)
