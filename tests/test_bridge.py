@@ -11,6 +11,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -333,6 +334,53 @@ def test_server_restarted_mid_run_loses_no_image(serve, client, enc, bcodec):
     assert a.counters["served"] >= 3 and b.counters["served"] >= 1
     for i, d in out.items():
         assert np.array_equal(d.image, bcodec.decode(noisy(enc, i), enc.meta, 5.0).image)
+
+
+def _spawn_server(endpoint: str) -> subprocess.Popen:
+    """``gdmcom serve`` in its own process with the test codec's settings, once listening."""
+    cmd = [sys.executable, "-m", "gr_gdmcom.cli", "serve", "--model", "tiny", "--device", "cpu", "--bind", endpoint,
+           "--torch-threads", "1", "--k", "1", "--m", "1", "--steps", "2", "--max-wait-ms", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"), cwd=ROOT)
+    line = proc.stdout.readline()
+    assert line and json.loads(line)["event"] == "listening", line
+    return proc
+
+
+def test_server_process_killed_mid_run_loses_no_image(client, enc, bcodec):
+    """SIGKILL (no drain, no goodbye) of a `gdmcom serve` process during a 10-image run,
+    a new one started on the same port: every image delivered once, each as computed
+    in process; the new server computed the rest."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    procs = [_spawn_server(endpoint)]
+    try:
+        c = client(endpoint, timeout_ms=3000, retries=10)
+        out = {}
+
+        def run():
+            for i in range(10):
+                out[i] = c.decode(noisy(enc, i), enc.meta, 5.0)
+
+        t = threading.Thread(target=run)
+        t.start()
+        wait_for(lambda: len(out) >= 3, timeout=60, what="3 images decoded")
+        procs[0].kill()
+        procs[0].wait(10)
+        procs.append(_spawn_server(endpoint))
+        t.join(90)
+        assert sorted(out) == list(range(10)), c.stats
+        for i, d in out.items():
+            assert np.array_equal(d.image, bcodec.decode(noisy(enc, i), enc.meta, 5.0).image)
+        served = client(endpoint, timeout_ms=10000, retries=0).status()["served"]
+        assert 1 <= served <= 7, (served, c.stats)  # the first delivered at least 3
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+            proc.stdout.close()
 
 
 def test_reply_to_a_client_gone_is_dropped_quietly(serve, raw, client, enc, bcodec):
