@@ -104,7 +104,7 @@ BLOCKS = {
         callbacks=[],
         doc="Samples -> detection, CFO/timing/gain estimation, equalisation, header CRC, SNR estimate -> PDUs.\n"
             "Input: complex64.\nMessage out 'pdus': metadata = header fields + snr_db (estimated Es/N0) + "
-            "chunks/complete (or noise_var, cfo, start per frame); vector: c32 equalised latent symbols."),
+            "chunks/complete (or noise_var, cfo, sro_ppm, start per frame); vector: c32 equalised latent symbols."),
     "image_display": dict(
         label="Image Display", category="[GDM-COM]/GUI",
         params=[("label", "Title", "string", "'Original | Reconstruction'", None, "title above the pictures"),
