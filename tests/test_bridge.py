@@ -308,18 +308,24 @@ def test_client_maps_error_codes_to_local_exceptions(serve, client, enc, tmp_pat
 
 
 # ---------------------------------------------------------------------- failures and retries
-def test_server_restarted_mid_run_loses_no_image(serve, client, enc, bcodec):
-    a = serve(max_wait_ms=0)
-    endpoint = a.last_endpoint
-    c = client(endpoint, timeout_ms=2000, retries=10)
+def _decode_in_background(c, enc, n):
+    """Decode images 0 .. n-1 (:func:`noisy`) through ``c`` in a thread: (thread, {i: Decoded})."""
     out = {}
 
     def run():
-        for i in range(10):
+        for i in range(n):
             out[i] = c.decode(noisy(enc, i), enc.meta, 5.0)
 
     t = threading.Thread(target=run)
     t.start()
+    return t, out
+
+
+def test_server_restarted_mid_run_loses_no_image(serve, client, enc, bcodec):
+    a = serve(max_wait_ms=0)
+    endpoint = a.last_endpoint
+    c = client(endpoint, timeout_ms=2000, retries=10)
+    t, out = _decode_in_background(c, enc, 10)
     wait_for(lambda: a.counters["served"] >= 3, what="3 images served")
     a.stop()
     time.sleep(0.3)  # down for a while
@@ -357,14 +363,7 @@ def test_server_process_killed_mid_run_loses_no_image(client, enc, bcodec):
     procs = [_spawn_server(endpoint)]
     try:
         c = client(endpoint, timeout_ms=3000, retries=10)
-        out = {}
-
-        def run():
-            for i in range(10):
-                out[i] = c.decode(noisy(enc, i), enc.meta, 5.0)
-
-        t = threading.Thread(target=run)
-        t.start()
+        t, out = _decode_in_background(c, enc, 10)
         wait_for(lambda: len(out) >= 3, timeout=60, what="3 images decoded")
         procs[0].kill()
         procs[0].wait(10)
@@ -478,14 +477,7 @@ def test_client_backs_off_on_busy_then_succeeds(serve, raw, client, enc, bcodec)
 # ---------------------------------------------------------------------- several servers
 def _run_with_one_server_stopped(c, servers, enc, n):
     """Decode ``n`` images through ``c``; once every server has served 2, stop the last one."""
-    out = {}
-
-    def run():
-        for i in range(n):
-            out[i] = c.decode(noisy(enc, i), enc.meta, 5.0)
-
-    t = threading.Thread(target=run)
-    t.start()
+    t, out = _decode_in_background(c, enc, n)
     wait_for(lambda: all(s.counters["served"] >= 2 for s in servers), what="both servers serving")
     servers[-1].stop()
     t.join(60)

@@ -251,7 +251,9 @@ def test_grid_runs_table2_settings_and_shares_the_transmitter(folder, tmp_path, 
     assert "| 5 | 5 | 15 | 22.19 | 0.823 | 0.187 | 51.20 |" in t2  # the paper's row for comparison
 
 
-def test_sd_semcom_uses_captions_as_prompt(folder, tmp_path, components, monkeypatch):
+@pytest.fixture
+def captioned(tmp_path, monkeypatch):
+    """(a captions file for astro.png, the list of prompts every DDIM run of the codec used)."""
     caps = tmp_path / "caps.json"
     caps.write_text(json.dumps({"astro.png": "an astronaut in a suit"}))
     prompts = []
@@ -262,6 +264,11 @@ def test_sd_semcom_uses_captions_as_prompt(folder, tmp_path, components, monkeyp
         return real(self, x, paths, prompt, guidance)
 
     monkeypatch.setattr(GenerativeCodec, "_ddim", ddim)
+    return caps, prompts
+
+
+def test_sd_semcom_uses_captions_as_prompt(folder, tmp_path, components, captioned):
+    caps, prompts = captioned
     out = tmp_path / "res"
     run_sweep(_opts(folder, out, methods="sd_semcom", snrs=[5.0], captions=caps, semcom_t=3), components=components)
     assert set(prompts) == {"an astronaut in a suit", CodecConfig().prompt}
@@ -271,20 +278,11 @@ def test_sd_semcom_uses_captions_as_prompt(folder, tmp_path, components, monkeyp
     assert "caption: fixed prompt" in rows["coffee"]["fidelity"]
 
 
-def test_proposed_caption_uses_the_caption_on_both_sides(folder, tmp_path, components, monkeypatch):
+def test_proposed_caption_uses_the_caption_on_both_sides(folder, tmp_path, components, captioned):
     """Table I's "proposed with caption": DDIM inversion at the transmitter and the
     receiver's inversion and sampling run with the image's caption; the result equals
     the codec configured with that prompt, and differs from the fixed-prompt run."""
-    caps = tmp_path / "caps.json"
-    caps.write_text(json.dumps({"astro.png": "an astronaut in a suit"}))
-    prompts = []
-    real = GenerativeCodec._ddim
-
-    def ddim(self, x, paths, prompt, guidance):
-        prompts.append(prompt)
-        return real(self, x, paths, prompt, guidance)
-
-    monkeypatch.setattr(GenerativeCodec, "_ddim", ddim)
+    caps, prompts = captioned
     out = tmp_path / "res"
     run_sweep(_opts(folder, out, methods="proposed,proposed_caption", snrs=[10.0], captions=caps),
               components=components)
