@@ -475,12 +475,17 @@ def plot_metrics(summary: Sequence[dict], out_dir: Path) -> List[Path]:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        for ext in ("png", "pdf"):
-            path = out_dir / f"{m}_vs_snr.{ext}"
-            fig.savefig(path, dpi=150)
-            written.append(path)
-        plt.close(fig)
+        written += _save_figure(fig, out_dir / f"{m}_vs_snr")
     return written
+
+
+def _save_figure(fig, stem: Path) -> List[Path]:
+    """Write ``fig`` as ``stem.png`` and ``stem.pdf`` and close it."""
+    paths = [stem.with_name(f"{stem.name}.{ext}") for ext in ("png", "pdf")]
+    for path in paths:
+        fig.savefig(path, dpi=150)
+    _plt().close(fig)
+    return paths
 
 
 def plot_image_grids(rows: Sequence[dict], originals: Dict[str, np.ndarray], out_dir: Path,
@@ -540,9 +545,5 @@ def plot_image_grids(rows: Sequence[dict], originals: Dict[str, np.ndarray], out
                 ax.set_yticks([])
         fig.suptitle(f"SNR {st} dB (PSNR / LPIPS under each tile)", fontsize=9)
         fig.tight_layout()
-        for ext in ("png", "pdf"):
-            path = out_dir / f"grid_snr{st}.{ext}"
-            fig.savefig(path, dpi=150)
-            written.append(path)
-        plt.close(fig)
+        written += _save_figure(fig, out_dir / f"grid_snr{st}")
     return written
