@@ -344,15 +344,9 @@ class ProposedCaption(Proposed):
                 f"caption: {src}, lossless side information outside the symbol budget; numpy AWGN, decoder told "
                 f"the true SNR")
 
-    def _by_caption(self, names) -> Dict[Tuple[str, str], List[int]]:
-        groups: Dict[Tuple[str, str], List[int]] = {}
-        for i, name in enumerate(names):
-            groups.setdefault(self.ctx.caption_for(name), []).append(i)
-        return groups
-
     def transmit(self, images, names):
         out: List[Union[Tx, Failed, None]] = [None] * len(images)
-        for (caption, source), members in self._by_caption(names).items():
+        for (caption, source), members in _indices_by([self.ctx.caption_for(n) for n in names]).items():
             codec = self.ctx.codec(self.config.replace(prompt=caption))
             for i, tx in zip(members, self._transmit_with(codec, [images[i] for i in members],
                                                           [names[i] for i in members])):
@@ -363,10 +357,7 @@ class ProposedCaption(Proposed):
 
     def receive(self, txs, snr_db):
         out: List[Union[Rx, Failed, None]] = [None] * len(txs)
-        groups: Dict[Tuple[str, str], List[int]] = {}
-        for i, tx in enumerate(txs):
-            groups.setdefault((tx.caption, tx.caption_source), []).append(i)
-        for (caption, source), members in groups.items():
+        for (caption, source), members in _indices_by([(tx.caption, tx.caption_source) for tx in txs]).items():
             codec = self.ctx.codec(self.config.replace(prompt=caption))
             for i, rx in zip(members, self._receive_with(codec, [txs[i] for i in members], snr_db,
                                                          self.fidelity(source))):
@@ -374,6 +365,14 @@ class ProposedCaption(Proposed):
                     rx.detail = dict(caption=caption[:80])
                 out[i] = rx
         return out  # type: ignore[return-value]
+
+
+def _indices_by(keys: Sequence[tuple]) -> Dict[tuple, List[int]]:
+    """``{key: [positions of that key]}`` in first-seen order."""
+    groups: Dict[tuple, List[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    return groups
 
 
 def _caption_label(ctx: "Context") -> str:
