@@ -157,6 +157,11 @@ def decode_frames(enc, rid, symbols=None, **header):
     return [json.dumps(h).encode()] + msg[1:]
 
 
+def with_meta(enc, **fields):
+    """A decode request for ``enc`` whose ``meta`` has ``fields`` replaced."""
+    return decode_frames(enc, "r1", meta={**enc.meta.to_dict(), **fields})
+
+
 # ---------------------------------------------------------------------- results
 def test_replies_equal_in_process_results(codec, png, serve, client):
     """Default codec (k=m=5, snr rule): remote encode/decode == LocalBackend, bit for bit."""
@@ -252,6 +257,27 @@ BAD = {
     "not an image": (lambda e: P.encode_request("r1", b"GIF89a? no", "x"), P.BAD_IMAGE),
     "mask of the wrong length": (lambda e: P.decode_request("r1", e.symbols, e.meta, 5.0, np.ones(100, bool)),
                                  P.SIZE_MISMATCH),
+    # strict schema: no value is coerced to the field's type, every number is range-checked
+    "prompt null": (lambda e: with_meta(e, prompt=None), P.BAD_META),
+    "k true": (lambda e: with_meta(e, k=True), P.BAD_META),
+    "k 5.9": (lambda e: with_meta(e, k=5.9), P.BAD_META),
+    "alpha a string": (lambda e: with_meta(e, alpha="0.5"), P.BAD_META),
+    "alpha true": (lambda e: with_meta(e, alpha=True), P.BAD_META),
+    "image_size floats": (lambda e: with_meta(e, image_size=[63.9, 64.7]), P.BAD_META),
+    "latent_shape of 2": (lambda e: with_meta(e, latent_shape=[4, 8]), P.BAD_META),
+    "guidance out of range": (lambda e: with_meta(e, guidance=1e9), P.BAD_META),
+    "meta not an object": (lambda e: decode_frames(e, "r1", meta=[1, 2]), P.BAD_META),
+    "v 1.0": (lambda e: decode_frames(e, "r1", v=1.0), P.BAD_VERSION),
+    "v true": (lambda e: decode_frames(e, "r1", v=True), P.BAD_VERSION),
+    "snr -1e308": (lambda e: decode_frames(e, "r1", snr_db=-1e308), P.BAD_REQUEST),
+    "snr a string": (lambda e: decode_frames(e, "r1", snr_db="5"), P.BAD_REQUEST),
+    "infinite alpha": (lambda e: with_meta(e, alpha=float("inf")), P.NON_FINITE),
+    "sizes of floats": (lambda e: decode_frames(e, "r1", sizes=[1024.0]), P.BAD_REQUEST),
+    "format jpeg": (lambda e: decode_frames(e, "r1", format="jpeg"), P.BAD_REQUEST),
+    "name null": (lambda e: [json.dumps({"v": 1, "op": "encode", "id": "r1", "name": None, "sizes": [4]}).encode(),
+                             b"\x89PNG"], P.BAD_REQUEST),
+    "nested 30000 deep": (lambda e: [b'{"v":1,"op":"status","id":"r1","x":' + b"[" * 30000 + b"]" * 30000 + b"}"],
+                           P.BAD_JSON),
 }
 
 
@@ -278,6 +304,30 @@ def test_bad_request_gets_error_code_then_server_still_serves(case, strict_serve
     r.send(P.decode_request("ok-" + case, enc.symbols, enc.meta, 5.0))  # the server is still up
     header, payloads = r.recv()
     assert header["ok"] and header["id"] == "ok-" + case and len(payloads) == 1
+
+
+def test_schema_messages_name_the_field_and_value(enc):
+    """The strict schema's refusals, word for word (parse_request alone, no server)."""
+    limits = P.Limits(T=50, m=1)
+
+    def message(frames):
+        with pytest.raises(P.ProtocolError) as e:
+            P.parse_request(frames, limits)
+        return e.value.code, e.value.message
+
+    assert message(with_meta(enc, prompt=None)) == (P.BAD_META, "small: 'meta.prompt': Input should be a valid "
+                                                                "string, got null")
+    assert message(with_meta(enc, k=5.9)) == (P.BAD_META, "small: 'meta.k': Input should be a valid integer, got 5.9")
+    assert message(decode_frames(enc, "r1", v=1.0)) == (P.BAD_VERSION, "'v': Input should be a valid integer, got 1.0")
+    assert message(decode_frames(enc, "r1", snr_db=-1e308)) == (
+        P.BAD_REQUEST, "small: 'snr_db': Input should be greater than or equal to -100, got -1e+308")
+    assert message(decode_frames(enc, "r1", snr_db=float("-inf"))) == (P.NON_FINITE,
+                                                                       "small: 'snr_db' must be finite, got -inf")
+    assert message(decode_frames(enc, "r1", id=None)) == (P.BAD_REQUEST, "'id' is missing")
+    # integers are numbers: alpha 1 and guidance 6 pass (as floats), and the codec gets exactly these values
+    req = P.parse_request(with_meta(enc, alpha=1, guidance=6), limits)
+    assert (req.meta.alpha, req.meta.guidance, req.meta.k) == (1.0, 6.0, enc.meta.k)
+    assert isinstance(req.meta.alpha, float) and req.meta.prompt == enc.meta.prompt
 
 
 def test_sockets_of_ended_threads_are_closed(serve, client):
