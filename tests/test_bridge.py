@@ -595,6 +595,77 @@ def test_overload_answers_every_request_and_memory_stays_bounded(serve, raw, bco
     assert rss_after <= bound, f"RSS {rss_after / 2**20:.1f} MiB > {bound / 2**20:.1f} MiB"
 
 
+# ---------------------------------------------------------------------- CURVE on the edge
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    """Key pairs made with ``gdmcom keys``: server, client (accepted), intruder (not accepted)."""
+    from gr_gdmcom.cli import build_parser
+
+    root = tmp_path_factory.mktemp("keys")
+    args = build_parser().parse_args(["keys", "--out", str(root / "accepted"), "--name", "client"])
+    assert args.func(args) == 0
+    args = build_parser().parse_args(["keys", "--out", str(root), "--name", "server", "intruder"])
+    assert args.func(args) == 0
+    assert args.func(args) == 2  # never overwrites a key pair
+    return root
+
+
+def test_curve_serves_the_listed_key_and_refuses_others(serve, client, keys, enc, caplog, cfg):
+    from gr_gdmcom.bridge.security import CurveServer, public_key_hex
+
+    curve = CurveServer(str(keys / "server.key_secret"), clients=str(keys / "accepted"))
+    srv = serve(curve=curve, max_wait_ms=0)
+    key = public_key_hex(curve.public)
+    # the accepted key, through the server string a flowgraph block gets
+    good = make_backend(f"{srv.last_endpoint}?server_key={key}&client_key_file={keys / 'accepted' / 'client.key_secret'}"
+                        f"&timeout_ms=5000", cfg)
+    try:
+        d = good.decode(enc.symbols, enc.meta, 5.0)
+        assert np.array_equal(d.image, srv.codec.decode(enc.symbols, enc.meta, 5.0).image)
+        good_requests = good.stats["requests"]  # the decode and the client's one-time settings check (status)
+    finally:
+        good.close()
+    assert srv.counters["refused"] == 0
+    # a key not in the folder, no key at all, a wrong server key: no reply, each refusal logged and counted
+    intruder = make_backend(f"{srv.last_endpoint}?server_key={key}&client_key_file={keys / 'intruder.key_secret'}"
+                            f"&timeout_ms=500&retries=0", cfg)
+    plain = client(srv.last_endpoint, timeout_ms=500, retries=0)
+    wrong_server = make_backend(f"{srv.last_endpoint}?server_key_file={keys / 'intruder.key'}&client_key_file="
+                                f"{keys / 'accepted' / 'client.key_secret'}&timeout_ms=500&retries=0", cfg)
+    try:
+        for i, c in enumerate((intruder, plain, wrong_server)):
+            with caplog.at_level("WARNING"), pytest.raises(BackendError, match="no reply within 500 ms"):
+                c.decode(enc.symbols, enc.meta, 5.0)
+            wait_for(lambda: srv.counters["refused"] >= i + 1, what=f"refusal {i + 1} counted")
+    finally:
+        intruder.close()
+        wrong_server.close()
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    intruder_z85 = __import__("zmq.auth").auth.load_certificate(str(keys / "intruder.key"))[0].decode()
+    assert any(f"refused client key {intruder_z85}" in m for m in refusals), refusals
+    assert any("handshake failed" in m for m in refusals), refusals
+    assert srv.counters["served"] == 1 and srv.counters["received"] == good_requests == 2  # none of theirs got in
+
+
+def test_plain_tcp_off_loopback_is_warned_about(serve, caplog):
+    with caplog.at_level("WARNING", logger="gr_gdmcom.bridge.server"):
+        serve(bind="tcp://127.0.0.1:0")
+        assert not [r for r in caplog.records if "plain TCP" in r.getMessage()]
+        srv = serve(bind="tcp://0.0.0.0:0")
+    (rec,) = [r for r in caplog.records if "plain TCP" in r.getMessage()]
+    assert srv.last_endpoint in rec.getMessage() and "CURVE" in rec.getMessage()
+
+
+def test_server_string_key_options_are_checked(cfg, keys):
+    with pytest.raises(ValueError, match="64 hex digits or 40 Z85"):
+        make_backend("tcp://127.0.0.1:5555?server_key=abc", cfg)
+    with pytest.raises(ValueError, match="needs the server's public key"):
+        make_backend(f"tcp://127.0.0.1:5555?client_key_file={keys / 'intruder.key_secret'}", cfg)
+    with pytest.raises(ValueError, match="holds no secret key"):
+        make_backend(f"tcp://127.0.0.1:5555?server_key_file={keys / 'server.key'}&client_key_file="
+                     f"{keys / 'intruder.key'}", cfg)
+
+
 # ---------------------------------------------------------------------- GNU Radio blocks
 def test_gnuradio_blocks_use_the_server(codec, serve, small, tmp_path):
     """Semantic Source -> AWGN 15 dB -> Semantic Sink, both with ``server=<endpoint>``."""

@@ -1,4 +1,4 @@
-"""``gdmcom serve``, ``gdmcom broker`` and ``gdmcom server-status`` (registered by :mod:`gr_gdmcom.cli`)."""
+"""``gdmcom serve``, ``keys``, ``broker`` and ``server-status`` (registered by :mod:`gr_gdmcom.cli`)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,11 @@ def cmd_serve(args) -> int:
                          max_request_bytes=int(args.max_request_mb * (1 << 20)), png_level=args.png_level,
                          reply_cache_bytes=int(args.reply_cache_mb * (1 << 20))).validate()
     cfg = codec_config_from_args(args)
+    try:
+        curve = _curve_from_args(args)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.torch_threads:
         import torch
 
@@ -44,7 +49,7 @@ def cmd_serve(args) -> int:
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    server = InferenceServer(codec, bind=args.bind, connect=args.connect, options=opts)
+    server = InferenceServer(codec, bind=args.bind, connect=args.connect, options=opts, curve=curve)
     stop = _stop_on_signal()
     try:
         server.start()
@@ -56,6 +61,34 @@ def cmd_serve(args) -> int:
     _wait(stop)
     server.stop()
     _emit(dict(event="stopped", **{k: server.counters[k] for k in ("served", "failed", "busy", "batches")}))
+    return 0
+
+
+def _curve_from_args(args):
+    """``--curve-secret-key`` / ``--curve-clients`` / ``--curve-allow-any`` -> CurveServer or None."""
+    from .security import CurveServer
+
+    if args.curve_secret_key is None:
+        if args.curve_clients or args.curve_allow_any:
+            raise ValueError("--curve-clients and --curve-allow-any need --curve-secret-key")
+        return None
+    return CurveServer(args.curve_secret_key, clients=args.curve_clients, allow_any=args.curve_allow_any)
+
+
+def cmd_keys(args) -> int:
+    import zmq.auth
+
+    from .security import make_keys, public_key_hex
+
+    for name in args.name:
+        try:
+            public, secret = make_keys(args.out, name)
+        except (OSError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        z85_key = zmq.auth.load_certificate(str(public))[0]
+        _emit(dict(event="keys", name=name, public_file=str(public), secret_file=str(secret),
+                   public_z85=z85_key.decode("ascii"), public_hex=public_key_hex(z85_key)))
     return 0
 
 
@@ -76,10 +109,14 @@ def cmd_broker(args) -> int:
 
 
 def cmd_server_status(args) -> int:
-    from .backend import BackendError
-    from .client import RemoteBackend
+    from .backend import BackendError, remote_backend
 
-    with RemoteBackend(args.server, timeout_ms=args.timeout_ms, retries=0) as client:
+    try:
+        client = remote_backend(args.server, timeout_ms=args.timeout_ms, retries=0)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with client:
         try:
             _emit(client.status())
         except BackendError as exc:
@@ -110,8 +147,23 @@ def register(sub) -> None:
                    help="memory for replies kept for retries, MiB [default=%(default)r]")
     s.add_argument("--torch-threads", type=int, default=0,
                    help="torch CPU threads (0: torch's default) [default=%(default)r]")
+    sec = s.add_argument_group("CURVE authentication and encryption (docs/server.md)")
+    sec.add_argument("--curve-secret-key", default=None, metavar="FILE",
+                     help="this server's NAME.key_secret (gdmcom keys); enables CURVE [default=%(default)r]")
+    sec.add_argument("--curve-clients", default=None, metavar="DIR",
+                     help="folder of accepted client public keys (*.key) [default=%(default)r]")
+    sec.add_argument("--curve-allow-any", action="store_true",
+                     help="accept any client key (encryption without client authentication)")
     add_codec_args(s)
     s.set_defaults(func=cmd_serve)
+
+    k = sub.add_parser("keys", help="make CURVE key pairs for gdmcom serve and its clients",
+                       description="Write NAME.key (public) and NAME.key_secret (secret) for each name; "
+                                   "print each public key (Z85 and hex, for server_key=).")
+    k.add_argument("--out", required=True, help="folder for the key files")
+    k.add_argument("--name", nargs="+", default=["server", "client"],
+                   help="key pair names [default=%(default)r]")
+    k.set_defaults(func=cmd_keys)
 
     b = sub.add_parser("broker", help="one address in front of several inference servers (ROUTER/DEALER proxy)")
     b.add_argument("--frontend", default="tcp://0.0.0.0:5555",
@@ -121,7 +173,9 @@ def register(sub) -> None:
     b.set_defaults(func=cmd_broker)
 
     st = sub.add_parser("server-status", help="print an inference server's status as JSON")
-    st.add_argument("--server", required=True, help="endpoint(s) of the server, comma-separated")
+    st.add_argument("--server", required=True,
+                    help="endpoint(s) of the server, comma-separated, with ?server_key=...&client_key_file=... "
+                         "for a CURVE server")
     st.add_argument("--timeout-ms", type=int, default=5000, help="reply timeout, ms [default=%(default)r]")
     st.set_defaults(func=cmd_server_status)
 

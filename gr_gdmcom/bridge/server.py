@@ -41,11 +41,13 @@ from dataclasses import asdict, dataclass
 from typing import Deque, List, Optional, Tuple
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from .. import __version__
 from ..codec import Failed
 from . import protocol as P
 from .backend import codec_lock
+from .security import HANDSHAKE_FAILED, CurveServer, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ log = logging.getLogger(__name__)
 UNAVAILABLE_RETRY_MS = 200  # suggested wait after an ``unavailable`` reply
 PEER_WINDOW_S = 2.0  # a client counts as active this long after its last request
 COUNTERS = ("received", "requests", "served", "failed", "rejected", "busy", "unavailable", "dropped",
-            "duplicates", "batches", "model_calls")
+            "duplicates", "batches", "model_calls", "refused")
 
 
 @dataclass
@@ -125,13 +127,17 @@ class InferenceServer:
         connect: instead of binding, connect to a broker's backend endpoint.
         options: :class:`ServerOptions`; keyword arguments override its fields.
         context: a ZMQ context to use (default: a private one, termed by :meth:`stop`).
+        curve: :class:`~.security.CurveServer` keys: CURVE encryption, and only accepted client
+            keys get through (the ZAP authenticator runs on ``context``: one CURVE server per
+            context).  None: plain TCP, with a warning when bound to a non-loopback address.
 
     Use ``start()`` / ``stop()``, or ``with InferenceServer(...) as srv:``; a
     stopped server cannot start again.
     """
 
     def __init__(self, codec, bind: Optional[str] = "tcp://127.0.0.1:0", *, connect: Optional[str] = None,
-                 options: Optional[ServerOptions] = None, context: Optional[zmq.Context] = None, **overrides):
+                 options: Optional[ServerOptions] = None, context: Optional[zmq.Context] = None,
+                 curve: Optional[CurveServer] = None, **overrides):
         if not (bind or connect):
             raise ValueError("give an endpoint to bind= or connect=")
         self.codec = codec
@@ -141,6 +147,8 @@ class InferenceServer:
         self._own_ctx = context is None
         self._ctx = context
         self._sock: Optional[zmq.Socket] = None
+        self._monitor: Optional[zmq.Socket] = None
+        self.curve = curve
         self._lock = codec_lock(codec)
         self._queue: "queue.Queue[_Job]" = queue.Queue(maxsize=self.options.max_queue)
         self._replies: "queue.Queue[Tuple[_Job, List[bytes], str]]" = queue.Queue()
@@ -169,6 +177,10 @@ class InferenceServer:
         if self._ctx is None:
             self._ctx = zmq.Context()
         sock = self._ctx.socket(zmq.ROUTER)
+        if self.curve is not None:
+            self.curve.start(self._ctx)
+            self.curve.apply(sock)
+            self._monitor = sock.get_monitor_socket(sum(HANDSHAKE_FAILED))
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a gone client raises instead of vanishing
         sock.setsockopt(zmq.LINGER, 1000)  # last replies still leave when stopping
         sock.setsockopt(zmq.RCVHWM, 1000)
@@ -181,14 +193,17 @@ class InferenceServer:
             else:
                 sock.connect(self._connect)
         except zmq.ZMQError as exc:
+            self._close_monitor(sock)
             sock.close(0)
-            if self._own_ctx:
-                self._ctx.term()
-                self._ctx = None
+            self._close_ctx()
             where = f"bind {self._bind}" if self._bind else f"connect {self._connect}"
             raise OSError(f"cannot {where}: {exc}") from None
         self._sock = sock
         self.last_endpoint = sock.getsockopt(zmq.LAST_ENDPOINT).decode() if self._bind else self._connect
+        if self.curve is None and not is_loopback(self.last_endpoint):
+            log.warning("serving plain TCP (no encryption, no authentication) on %s, reachable from other hosts: "
+                        "use CURVE keys (gdmcom keys; gdmcom serve --curve-secret-key ...) or bind 127.0.0.1",
+                        self.last_endpoint)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -219,10 +234,21 @@ class InferenceServer:
         for fd in (self._wake_r, self._wake_w):
             os.close(fd)
         self._wake_r = self._wake_w = -1
+        self._close_ctx()
+        log.info("server at %s stopped: %s", self.last_endpoint, self.counters)
+
+    def _close_monitor(self, sock: zmq.Socket) -> None:
+        if self._monitor is not None:
+            sock.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
+
+    def _close_ctx(self) -> None:
+        if self.curve is not None:
+            self.curve.stop()
         if self._own_ctx and self._ctx is not None:
             self._ctx.term()
             self._ctx = None
-        log.info("server at %s stopped: %s", self.last_endpoint, self.counters)
 
     def serve_forever(self) -> None:
         """Start if needed and block until :meth:`stop` is called from another thread
@@ -267,6 +293,8 @@ class InferenceServer:
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        if self._monitor is not None:
+            poller.register(self._monitor, zmq.POLLIN)
         try:
             while not self._stopping.is_set():
                 events = dict(poller.poll(200))
@@ -274,6 +302,8 @@ class InferenceServer:
                     self._flush_replies()
                 if self._sock in events:
                     self._read_requests(accept=True)
+                if self._monitor in events:
+                    self._read_monitor()
                 self._expire_store()
             # stopping: deliver the batch in progress, keep answering (status / unavailable)
             deadline = time.monotonic() + self._drain_s
@@ -296,8 +326,18 @@ class InferenceServer:
             log.exception("I/O thread failed")
             self._stopping.set()
         finally:
+            self._close_monitor(self._sock)
             self._sock.close(linger=1000)
             self._sock = None
+
+    def _read_monitor(self) -> None:
+        """Log and count connections refused in the CURVE handshake (the client gets no reply)."""
+        while self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor)
+            what = HANDSHAKE_FAILED.get(event["event"])
+            if what is not None:
+                self.counters["refused"] += 1
+                log.warning("refused a connection on %s: %s (code %s)", self.last_endpoint, what, event["value"])
 
     def _read_requests(self, accept: bool) -> None:
         for _ in range(64):  # then look at replies again
