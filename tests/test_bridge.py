@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -217,12 +218,14 @@ def test_make_backend_gives_a_remote_backend(serve, cfg):
 def test_four_concurrent_clients_are_batched(serve, client, enc, bcodec):
     srv = serve(max_batch=4, max_wait_ms=300)
     clients = [client(srv.last_endpoint, timeout_ms=20000) for _ in range(4)]
-    barrier, out = threading.Barrier(4), {}
+    barrier, out, walls = threading.Barrier(4), {}, []
 
     def run(i):
         for j in range(2):
             barrier.wait(timeout=30)
+            t0 = time.monotonic()
             out[i, j] = clients[i].decode(noisy(enc, 10 * i + j), enc.meta, 5.0)
+            walls.append(time.monotonic() - t0)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
     for t in threads:
@@ -234,6 +237,15 @@ def test_four_concurrent_clients_are_batched(serve, client, enc, bcodec):
     assert st["batches"] <= 4 < 8  # 8 requests in at most 4 codec calls (2 rounds of 4 ideally)
     assert st["model_calls"] <= 4 * 3 < 8 * 3
     assert max(d.record["server"]["batch"] for d in out.values()) >= 2
+    # metrics: one batch-size observation per codec call, summing to the requests; the server-side
+    # latency quantiles lie between the fastest codec call and the slowest client round trip
+    text = srv.metrics.text().decode()
+    assert f'gdmcom_batch_size_count{{op="decode"}} {float(st["batches"])}' in text
+    assert 'gdmcom_batch_size_sum{op="decode"} 8.0' in text and 'gdmcom_latency_seconds_count{op="decode"} 8.0' in text
+    q = srv.metrics.quantiles("decode")
+    fastest = min(d.record["server"]["codec_ms"] for d in out.values()) / 1e3
+    assert fastest <= q[0.5] <= q[0.95] <= max(walls)
+    assert f'gdmcom_latency_quantile_seconds{{op="decode",quantile="0.95"}} {q[0.95]!r}' in text
     for (i, j), d in out.items():  # batched arithmetic: same result within float rounding
         ref = bcodec.decode(noisy(enc, 10 * i + j), enc.meta, 5.0).image
         assert np.abs(d.image.astype(int) - ref).max() <= 2
@@ -701,7 +713,8 @@ def test_gnuradio_blocks_use_the_server(codec, serve, small, tmp_path):
 def test_gdmcom_serve_command(client, tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "gr_gdmcom.cli", "serve", "--model", "tiny", "--device", "cpu",
-           "--bind", "tcp://127.0.0.1:0", "--torch-threads", "1", "--steps", "12", "--max-batch", "2"]
+           "--bind", "tcp://127.0.0.1:0", "--torch-threads", "1", "--steps", "12", "--max-batch", "2",
+           "--metrics-port", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     try:
         line = proc.stdout.readline()
@@ -710,6 +723,10 @@ def test_gdmcom_serve_command(client, tmp_path):
         assert started["event"] == "listening" and started["model"] == "tiny" and started["max_batch"] == 2
         st = client(started["endpoint"], timeout_ms=10000, retries=0).status()
         assert st["config"]["steps"] == 12 and st["pid"] == proc.pid
+        # Prometheus text over HTTP, as a scraper reads it: the status call above is counted
+        with urllib.request.urlopen(f"http://127.0.0.1:{started['metrics_port']}/metrics", timeout=10) as page:
+            text = page.read().decode()
+        assert 'gdmcom_requests_total{outcome="received"} 1.0' in text and "gdmcom_queue_depth 0.0" in text
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err
@@ -730,6 +747,12 @@ def test_cli_registers_serve_broker_and_status():
     b = p.parse_args(["broker", "--frontend", "tcp://*:5555", "--backend", "tcp://*:5556"])
     assert (b.frontend, b.backend) == ("tcp://*:5555", "tcp://*:5556")
     assert p.parse_args(["server-status", "--server", "tcp://h:5555"]).server == "tcp://h:5555"
+    r = p.parse_args(["serve", "--engine", "ray", "--min-replicas", "1", "--max-replicas", "4", "--gpus-per-replica",
+                      "0.5", "--ray-address", "ray://head:10001", "--curve-secret-key", "s.key_secret",
+                      "--curve-allow-any"])
+    assert (r.engine, r.min_replicas, r.max_replicas, r.gpus_per_replica, r.ray_address) == ("ray", 1, 4, 0.5,
+                                                                                             "ray://head:10001")
+    assert (r.curve_secret_key, r.curve_allow_any, r.curve_clients) == ("s.key_secret", True, None)
 
 
 def test_protocol_document_covers_every_code_and_field():

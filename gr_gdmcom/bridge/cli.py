@@ -28,8 +28,7 @@ def _wait(stop: threading.Event) -> None:
 
 
 def cmd_serve(args) -> int:
-    from ..codec import GenerativeCodec, ModelLoadError
-    from .server import InferenceServer, ServerOptions
+    from .server import ServerOptions
 
     opts = ServerOptions(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                          max_request_bytes=int(args.max_request_mb * (1 << 20)), png_level=args.png_level,
@@ -37,9 +36,35 @@ def cmd_serve(args) -> int:
     cfg = codec_config_from_args(args)
     try:
         curve = _curve_from_args(args)
-    except (OSError, ValueError) as exc:
+        server, device, cleanup = (_ray_gateway if args.engine == "ray" else _local_server)(args, cfg, opts, curve)
+    except (OSError, ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    stop = _stop_on_signal()
+    try:
+        server.start()
+        metrics_port = None if args.metrics_port < 0 else server.metrics.serve_http(args.metrics_port,
+                                                                                     args.metrics_addr)
+    except OSError as exc:
+        server.stop()
+        cleanup()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _emit(dict(event="listening", endpoint=server.last_endpoint, mode="connect" if args.connect else "bind",
+               model=cfg.model, device=device, max_batch=opts.max_batch, max_queue=opts.max_queue,
+               engine=args.engine, metrics_port=metrics_port))
+    _wait(stop)
+    server.stop()
+    cleanup()
+    _emit(dict(event="stopped", **{k: server.counters[k] for k in ("served", "failed", "busy", "batches")}))
+    return 0
+
+
+def _local_server(args, cfg, opts, curve):
+    """The model in this process: (InferenceServer, device, cleanup)."""
+    from ..codec import GenerativeCodec, ModelLoadError
+    from .server import InferenceServer
+
     if args.torch_threads:
         import torch
 
@@ -47,21 +72,25 @@ def cmd_serve(args) -> int:
     try:
         codec = GenerativeCodec(cfg)
     except ModelLoadError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise ValueError(str(exc)) from None
     server = InferenceServer(codec, bind=args.bind, connect=args.connect, options=opts, curve=curve)
-    stop = _stop_on_signal()
+    return server, str(codec.c.device), lambda: None
+
+
+def _ray_gateway(args, cfg, opts, curve):
+    """The model on Ray Serve replicas behind a gateway in this process: (RayGateway, device, cleanup)."""
     try:
-        server.start()
-    except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    _emit(dict(event="listening", endpoint=server.last_endpoint, mode="connect" if args.connect else "bind",
-               model=cfg.model, device=str(codec.c.device), max_batch=opts.max_batch, max_queue=opts.max_queue))
-    _wait(stop)
-    server.stop()
-    _emit(dict(event="stopped", **{k: server.counters[k] for k in ("served", "failed", "busy", "batches")}))
-    return 0
+        from . import ray_engine
+    except ImportError as exc:
+        raise ImportError(f"--engine ray needs Ray Serve: pip install 'gr-gdmcom[ray]' ({exc})") from None
+    ro = ray_engine.RayOptions(replicas=args.replicas, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+                               gpus_per_replica=args.gpus_per_replica, cpus_per_replica=args.cpus_per_replica,
+                               torch_threads=args.torch_threads, address=args.ray_address,
+                               max_inflight=args.max_inflight, metrics_port=args.ray_metrics_port).validate()
+    handle, info, started = ray_engine.deploy(cfg, ro, max_batch=opts.max_batch, max_wait_ms=opts.max_wait_ms)
+    server = ray_engine.RayGateway(handle, info, bind=args.bind, connect=args.connect, options=opts, curve=curve,
+                                   ray_options=ro)
+    return server, info["device"], lambda: ray_engine.shutdown(started_ray=started)
 
 
 def _curve_from_args(args):
@@ -147,6 +176,31 @@ def register(sub) -> None:
                    help="memory for replies kept for retries, MiB [default=%(default)r]")
     s.add_argument("--torch-threads", type=int, default=0,
                    help="torch CPU threads (0: torch's default) [default=%(default)r]")
+    s.add_argument("--metrics-port", type=int, default=-1,
+                   help="serve Prometheus metrics at http://ADDR:PORT/metrics (0: any free port, printed; "
+                        "-1: off) [default=%(default)r]")
+    s.add_argument("--metrics-addr", default="127.0.0.1",
+                   help="address of the metrics endpoint [default=%(default)r]")
+    ray_ = s.add_argument_group("Ray Serve engine (--engine ray; docs/server.md)")
+    ray_.add_argument("--engine", choices=("local", "ray"), default="local",
+                      help="local: the model in this process; ray: on Ray Serve replicas behind this gateway "
+                           "[default=%(default)r]")
+    ray_.add_argument("--replicas", type=int, default=1, help="fixed number of replicas [default=%(default)r]")
+    ray_.add_argument("--min-replicas", type=int, default=None,
+                      help="autoscaling: fewest replicas (with --max-replicas) [default=%(default)r]")
+    ray_.add_argument("--max-replicas", type=int, default=None,
+                      help="autoscaling: most replicas; replaces --replicas [default=%(default)r]")
+    ray_.add_argument("--gpus-per-replica", type=float, default=0.0,
+                      help="GPUs of each replica (ray_actor_options num_gpus) [default=%(default)r]")
+    ray_.add_argument("--cpus-per-replica", type=float, default=1.0,
+                      help="CPUs of each replica (ray_actor_options num_cpus) [default=%(default)r]")
+    ray_.add_argument("--ray-address", default=None,
+                      help="join a Ray cluster: auto or ray://HOST:PORT (default: start a local instance)")
+    ray_.add_argument("--max-inflight", type=int, default=None,
+                      help="requests at the deployment at once (default: 2 x max-batch per replica)")
+    ray_.add_argument("--ray-metrics-port", type=int, default=0,
+                      help="Ray's own Prometheus export port, local instance only (0: Ray's choice) "
+                           "[default=%(default)r]")
     sec = s.add_argument_group("CURVE authentication and encryption (docs/server.md)")
     sec.add_argument("--curve-secret-key", default=None, metavar="FILE",
                      help="this server's NAME.key_secret (gdmcom keys); enables CURVE [default=%(default)r]")

@@ -47,6 +47,7 @@ from .. import __version__
 from ..codec import Failed
 from . import protocol as P
 from .backend import codec_lock
+from .metrics import ServerMetrics
 from .security import HANDSHAKE_FAILED, CurveServer, is_loopback
 
 log = logging.getLogger(__name__)
@@ -142,14 +143,14 @@ class InferenceServer:
             raise ValueError("give an endpoint to bind= or connect=")
         self.codec = codec
         self.options = dataclasses.replace(options or ServerOptions(), **overrides).validate()
-        self.limits = P.Limits.for_codec(codec, max_request_bytes=self.options.max_request_bytes)
+        self.limits = self._make_limits()
         self._bind, self._connect = (None, connect) if connect else (bind, None)
         self._own_ctx = context is None
         self._ctx = context
         self._sock: Optional[zmq.Socket] = None
         self._monitor: Optional[zmq.Socket] = None
         self.curve = curve
-        self._lock = codec_lock(codec)
+        self._lock = codec_lock(codec) if codec is not None else None
         self._queue: "queue.Queue[_Job]" = queue.Queue(maxsize=self.options.max_queue)
         self._replies: "queue.Queue[Tuple[_Job, List[bytes], str]]" = queue.Queue()
         self._inflight: dict = {}
@@ -164,6 +165,8 @@ class InferenceServer:
         self._peers: dict = {}  # envelope -> time of its last request (I/O thread only)
         self._active_peers = 0  # len(self._peers) after pruning, read by the worker
         self.counters = dict.fromkeys(COUNTERS, 0)
+        self.metrics = ServerMetrics(self.counters, lambda: dict(queue_depth=self._queue.qsize(),
+                                                                 inflight=len(self._inflight)))
         #: ids of the requests this server computed successfully, newest last (bounded).
         self.served_ids: Deque[str] = collections.deque(maxlen=4096)
         self.last_endpoint = ""
@@ -212,8 +215,7 @@ class InferenceServer:
         self._io = threading.Thread(target=self._io_loop, name="gdmcom-io", daemon=True)
         self._worker.start()
         self._io.start()
-        log.info("serving %s on %s at %s (max_batch=%d, max_wait_ms=%g, max_queue=%d)", self.codec.config.model,
-                 self.codec.c.device, self.last_endpoint, self.options.max_batch, self.options.max_wait_ms,
+        log.info("serving %s at %s (max_batch=%d, max_wait_ms=%g, max_queue=%d)", self._describe(), self.last_endpoint, self.options.max_batch, self.options.max_wait_ms,
                  self.options.max_queue)
         return self
 
@@ -235,6 +237,7 @@ class InferenceServer:
             os.close(fd)
         self._wake_r = self._wake_w = -1
         self._close_ctx()
+        self.metrics.close()
         log.info("server at %s stopped: %s", self.last_endpoint, self.counters)
 
     def _close_monitor(self, sock: zmq.Socket) -> None:
@@ -269,18 +272,32 @@ class InferenceServer:
         return self._io is not None and not self._stopping.is_set()
 
     # ------------------------------------------------------------------ status
+    def _make_limits(self) -> P.Limits:
+        """What requests may hold (checked by the I/O thread): from the codec."""
+        return P.Limits.for_codec(self.codec, max_request_bytes=self.options.max_request_bytes)
+
+    def _describe(self) -> str:
+        return f"{self.codec.config.model} on {self.codec.c.device}"
+
+    def _engine_status(self) -> dict:
+        """The model side of ``status``: model, device, dtype, codec counters, config."""
+        cfg = self.codec.config
+        return dict(model=cfg.model, device=str(self.codec.c.device),
+                    dtype=str(self.codec.c.dtype).replace("torch.", ""), codec=dict(self.codec.stats),
+                    config=asdict(cfg))
+
     def status(self) -> dict:
         """What ``status`` answers: model, device, queue, counters, uptime, version."""
-        cfg = self.codec.config
+        engine = self._engine_status()
         return dict(
-            version=__version__, protocol=P.VERSION, model=cfg.model, device=str(self.codec.c.device),
-            dtype=str(self.codec.c.dtype).replace("torch.", ""), host=socket.gethostname(), pid=os.getpid(),
+            version=__version__, protocol=P.VERSION, model=engine.pop("model"), device=engine.pop("device"),
+            dtype=engine.pop("dtype"), host=socket.gethostname(), pid=os.getpid(),
             endpoint=self.last_endpoint, uptime_s=round(time.time() - self.t_start, 3),
             queue_depth=self._queue.qsize(), max_queue=self.options.max_queue, max_batch=self.options.max_batch,
             max_wait_ms=self.options.max_wait_ms, active_clients=self._active_peers,
             max_request_bytes=self.options.max_request_bytes,
             inflight=len(self._inflight), reply_store=dict(entries=len(self._store), bytes=self._store_bytes),
-            codec=dict(self.codec.stats), config=asdict(cfg), **self.counters)
+            **engine, **self.counters)
 
     # ------------------------------------------------------------------ I/O thread
     def _wake(self) -> None:
@@ -426,6 +443,7 @@ class InferenceServer:
             self.counters["unavailable"] += 1
         else:
             self._remember(job, frames)
+            self.metrics.observe_reply(job.req.op, time.monotonic() - job.t_recv)
         self._send(job.envelope, frames)
 
     def _send(self, envelope: List[bytes], frames: List[bytes]) -> bool:
@@ -525,6 +543,7 @@ class InferenceServer:
         t1 = time.monotonic()
         self.counters["batches"] += 1
         self.counters["model_calls"] += calls
+        self.metrics.observe_batch(op, len(batch))
         self._batch_ms = 0.8 * self._batch_ms + 0.2 * (t1 - t0) * 1e3
         log.debug("%s batch of %d: %d model calls in %.1f ms", op, len(batch), calls, (t1 - t0) * 1e3)
         for job, res in zip(batch, results):
