@@ -20,7 +20,7 @@ from gr_gdmcom.bridge.ray_engine import RayGateway, RayOptions, deploy, replica_
 from gr_gdmcom.codec import GenerativeCodec  # noqa: E402
 from gr_gdmcom.config import CodecConfig  # noqa: E402
 
-from test_bridge import Raw, noisy, wait_for  # noqa: E402
+from test_bridge import Raw, _decode_in_background, noisy, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
 CFG = CodecConfig(model="tiny", device="cpu", k=1, m=1, steps=2)
@@ -38,8 +38,8 @@ def deployment():
 def gateway(deployment):
     made = []
 
-    def make(**kw):
-        gw = RayGateway(*deployment, "tcp://127.0.0.1:0", ray_options=kw.pop("ray_options", OPTIONS), **kw).start()
+    def make(bind="tcp://127.0.0.1:0", **kw):
+        gw = RayGateway(*deployment, bind, ray_options=kw.pop("ray_options", OPTIONS), **kw).start()
         made.append(gw)
         return gw
 
@@ -109,6 +109,24 @@ def test_beyond_capacity_is_busy_with_retry_after(gateway, raws, renc):
     assert all(h["code"] == P.BUSY and h["retry"] and h["retry_after_ms"] >= 10 for h in busy), busy
     assert len(busy) >= n - 4  # 1 at the deployment, 1 in the worker's hand, 1 queued (+1 if one finished)
     assert gw.counters["busy"] == len(busy) and gw.status()["max_inflight"] == 1
+
+
+def test_gateway_restarted_mid_run_loses_no_image(gateway, rcodec, renc):
+    """The gateway stopped after 3 of 10 decodes and a new one started on its port: the client's
+    retries (docs/protocol.md section 7) deliver all 10, each as the codec computes it."""
+    from gr_gdmcom.bridge import RemoteBackend
+
+    a = gateway()
+    with RemoteBackend(a.last_endpoint, CFG, timeout_ms=3000, retries=10) as c:
+        t, out = _decode_in_background(c, renc, 10)
+        wait_for(lambda: a.counters["served"] >= 3, timeout=60, what="3 images served")
+        a.stop()
+        b = gateway(bind=a.last_endpoint)
+        t.join(90)
+    assert sorted(out) == list(range(10)) and b.counters["served"] >= 1
+    assert len(set(a.served_ids) | set(b.served_ids)) == 10
+    for i, d in out.items():
+        assert np.array_equal(d.image, rcodec.decode(noisy(renc, i), renc.meta, 5.0).image)
 
 
 def test_replica_killed_under_16_clients_loses_and_duplicates_nothing(gateway, raws, rcodec, renc):

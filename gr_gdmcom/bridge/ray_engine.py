@@ -201,13 +201,12 @@ def deploy(config: CodecConfig, ray_options: RayOptions, max_batch: int = 4, max
 
 
 def shutdown(app_name: str = APP_NAME, started_ray: bool = True) -> None:
-    """Delete the application; stop Serve and Ray if :func:`deploy` started Ray."""
-    try:
+    """Stop the local Ray instance if :func:`deploy` started it (its replicas with it); else
+    delete the application from the cluster that was joined."""
+    if started_ray:
+        ray.shutdown()  # stops the processes this driver started; never waits on a cluster already gone
+    else:
         serve.delete(app_name)
-    finally:
-        if started_ray:
-            serve.shutdown()
-            ray.shutdown()
 
 
 def replica_actor_names(app_name: str = APP_NAME) -> List[str]:
