@@ -104,7 +104,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=4, help="fixed denoising steps N [default=%(default)r]")
     p.add_argument("--images", type=int, default=24, help="decodes per scaling run [default=%(default)r]")
     p.add_argument("--clients", type=int, default=4, help="client threads in the scaling run [default=%(default)r]")
-    p.add_argument("--overhead-size", type=int, default=64, help="image side for the overhead run [default=%(default)r]")
+    p.add_argument("--overhead-size", type=int, default=64,
+                   help="image side for the overhead run [default=%(default)r]")
     p.add_argument("--repeat", type=int, default=30, help="decodes per overhead run [default=%(default)r]")
     args = p.parse_args(argv)
     torch.set_num_threads(1)

@@ -629,8 +629,8 @@ def test_curve_serves_the_listed_key_and_refuses_others(serve, client, keys, enc
     srv = serve(curve=curve, max_wait_ms=0)
     key = public_key_hex(curve.public)
     # the accepted key, through the server string a flowgraph block gets
-    good = make_backend(f"{srv.last_endpoint}?server_key={key}&client_key_file={keys / 'accepted' / 'client.key_secret'}"
-                        f"&timeout_ms=5000", cfg)
+    good_secret = keys / "accepted" / "client.key_secret"
+    good = make_backend(f"{srv.last_endpoint}?server_key={key}&client_key_file={good_secret}&timeout_ms=5000", cfg)
     try:
         d = good.decode(enc.symbols, enc.meta, 5.0)
         assert np.array_equal(d.image, srv.codec.decode(enc.symbols, enc.meta, 5.0).image)
@@ -643,7 +643,7 @@ def test_curve_serves_the_listed_key_and_refuses_others(serve, client, keys, enc
                             f"&timeout_ms=500&retries=0", cfg)
     plain = client(srv.last_endpoint, timeout_ms=500, retries=0)
     wrong_server = make_backend(f"{srv.last_endpoint}?server_key_file={keys / 'intruder.key'}&client_key_file="
-                                f"{keys / 'accepted' / 'client.key_secret'}&timeout_ms=500&retries=0", cfg)
+                                f"{good_secret}&timeout_ms=500&retries=0", cfg)
     try:
         for i, c in enumerate((intruder, plain, wrong_server)):
             with caplog.at_level("WARNING"), pytest.raises(BackendError, match="no reply within 500 ms"):

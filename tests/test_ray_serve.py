@@ -6,8 +6,6 @@ The replica-kill test runs last: it leaves the deployment one replica short whil
 Serve restarts the killed one.
 """
 
-import json
-import threading
 import time
 
 import numpy as np

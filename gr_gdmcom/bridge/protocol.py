@@ -29,12 +29,11 @@ import json
 import math
 import zlib
 from dataclasses import dataclass, fields as dc_fields
-from typing import Callable, Dict, List, Literal, Optional, Sequence, Tuple
+from typing import Annotated, Callable, Dict, List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
-from typing_extensions import Annotated
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from ..codec import Decoded, Encoded, LatentMeta
 from ..config import FORWARD_MODES

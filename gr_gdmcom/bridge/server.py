@@ -215,8 +215,8 @@ class InferenceServer:
         self._io = threading.Thread(target=self._io_loop, name="gdmcom-io", daemon=True)
         self._worker.start()
         self._io.start()
-        log.info("serving %s at %s (max_batch=%d, max_wait_ms=%g, max_queue=%d)", self._describe(), self.last_endpoint, self.options.max_batch, self.options.max_wait_ms,
-                 self.options.max_queue)
+        log.info("serving %s at %s (max_batch=%d, max_wait_ms=%g, max_queue=%d)", self._describe(), self.last_endpoint,
+                 self.options.max_batch, self.options.max_wait_ms, self.options.max_queue)
         return self
 
     def stop(self, timeout: Optional[float] = None) -> None:
