@@ -157,8 +157,7 @@ class LatentLink:
         if forward == "ddim":
             if k == 0:
                 return z0.float().clone()
-            return codec._ddim(z0, [codec.inversion_path(0, k)] * z0.shape[0], codec.config.prompt,
-                               codec.config.guidance)
+            return codec.invert(z0, 0, k, codec.config.prompt, codec.config.guidance)[0]
         if forward in ("random", "none"):
             a_k = float(codec.grid.alphas[k])
             eps = torch.from_numpy(np.stack([np.random.default_rng([seed, i, 17]).standard_normal(z0.shape[1:])
@@ -193,7 +192,7 @@ class LatentLink:
         if m == 0:
             return z.float().clone()
         c = self.codec
-        return c._ddim(z, [c.inversion_path(k, k + m)] * z.shape[0], c.config.prompt, c.config.guidance)
+        return c.invert(z, k, k + m, c.config.prompt, c.config.guidance)[0]
 
     def choices(self, snr_db: float, metas: Sequence[LatentMeta], **changes):
         """The receiver's StepChoice per item under a variant configuration (``codec.step_choice``)."""
