@@ -16,6 +16,8 @@ from typing import Optional
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_PROMPT = "High quality, High res, 8K"
 STEP_RULES = ("snr", "variance", "exact")
+#: prefix of the calibrated step rule, ``calibrated:PATH`` (codec/calibration.py)
+CALIBRATED = "calibrated:"
 FORWARD_MODES = ("ddim", "random")
 #: the clean end of the grid: the model's scheduler config, a_0 = 1, or a_0 = abar_0 (schedule.CLEAN_ENDS)
 CLEAN_ENDS = ("model", "one", "step0")
@@ -36,7 +38,9 @@ class CodecConfig:
         m: DDIM-inversion steps continued at the receiver (paper: 5).
         T: DDIM grid size (paper: 50).
         rule: denoising-step rule, ``snr`` (default), ``variance`` (paper's
-            text) or ``exact`` (continuous start timestep).
+            text), ``exact`` (continuous start timestep) or ``calibrated:PATH``
+            (N measured by ``gdmcom calibrate`` for this model and setting; its
+            file also fixes the rescale setting).
         rescale: scale the received latent by sqrt(a_N / a_{k+m}) before
             denoising (rules ``snr``/``variance``); False is the paper's behaviour.
         guidance: classifier-free guidance scale w (paper: 6).
@@ -85,8 +89,9 @@ class CodecConfig:
             raise ValueError(f"k and m must be >= 0, got k={self.k}, m={self.m}")
         if self.k + self.m > self.T:
             raise ValueError(f"k + m must not exceed T: k={self.k}, m={self.m}, T={self.T}")
-        if self.rule not in STEP_RULES:
-            raise ValueError(f"unknown step rule {self.rule!r}; choose one of {', '.join(STEP_RULES)}")
+        if self.rule not in STEP_RULES and not (self.rule.startswith(CALIBRATED) and len(self.rule) > len(CALIBRATED)):
+            raise ValueError(f"unknown step rule {self.rule!r}; choose one of {', '.join(STEP_RULES)} "
+                             f"or {CALIBRATED}PATH (a file made by gdmcom calibrate)")
         if self.forward not in FORWARD_MODES:
             raise ValueError(f"unknown forward mode {self.forward!r}; choose one of {', '.join(FORWARD_MODES)}")
         if self.clean_end not in CLEAN_ENDS:
@@ -118,7 +123,7 @@ _HELP = {
     "k": "DDIM-inversion steps at the transmitter",
     "m": "DDIM-inversion steps continued at the receiver",
     "T": "DDIM grid size (inference steps of the full schedule)",
-    "rule": "denoising-step rule: " + ", ".join(STEP_RULES),
+    "rule": "denoising-step rule: " + ", ".join(STEP_RULES) + " or calibrated:PATH (from gdmcom calibrate)",
     "rescale": "rescale the received latent by sqrt(a_N/a_{k+m}) (--no-rescale: paper's behaviour)",
     "guidance": "classifier-free guidance scale",
     "prompt": "fixed text prompt for the guided noise prediction",
@@ -133,6 +138,13 @@ _HELP = {
     "max_pixels": "refuse images with more pixels than this",
     "batch_size": "images per batched UNet call",
 }
+
+
+def _rule(value: str) -> str:
+    if value in STEP_RULES or (value.startswith(CALIBRATED) and len(value) > len(CALIBRATED)):
+        return value
+    raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose from {', '.join(STEP_RULES)} "
+                                     f"or {CALIBRATED}PATH)")
 
 
 _CHOICES = dict(forward=FORWARD_MODES, clean_end=CLEAN_ENDS, inversion=INVERSION_MODES)
@@ -152,7 +164,8 @@ def add_codec_args(parser: argparse.ArgumentParser, skip: tuple = ()) -> None:
             group.add_argument(flag, dest=f.name, default=default,
                                action=argparse.BooleanOptionalAction, help=_HELP[f.name])
         elif f.name == "rule":
-            group.add_argument(flag, dest=f.name, default=default, choices=STEP_RULES, help=help_)
+            group.add_argument(flag, dest=f.name, default=default, type=_rule, metavar="{" + ",".join(STEP_RULES)
+                               + ",calibrated:PATH}", help=help_)
         elif f.name in _CHOICES:
             group.add_argument(flag, dest=f.name, default=default, choices=_CHOICES[f.name], help=help_)
         else:

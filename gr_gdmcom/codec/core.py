@@ -24,6 +24,7 @@ is the exact inverse of the sampling step (:meth:`GenerativeCodec.invert`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -36,6 +37,7 @@ import torch
 
 from ..config import CodecConfig
 from .images import ImageError, ImageLike, load_rgb, to_tensor, to_uint8
+from .calibration import Calibration, calibration_path, load_calibration
 from .models import Components, check_prediction_type, load_components
 from .schedule import Grid, StepChoice, get_grid, sampling_path, scheduler_settings, select_steps
 
@@ -171,6 +173,10 @@ class GenerativeCodec:
         self.c = components or load_components(self.config.model, self.config.device, self.config.dtype)
         self.prediction_type = check_prediction_type(self.c.scheduler_config, self.c.model_id)
         self.grid: Grid = get_grid(self.config.T, scheduler_settings(self.c.scheduler_config, self.config.clean_end))
+        self.calibration: Optional[Calibration] = None
+        cal_path = calibration_path(self.config.rule)
+        if cal_path is not None:  # k is checked per image (the transmitter's k)
+            self.calibration = load_calibration(cal_path).check(self.c.model_id, self.config, with_k=False)
         self._embeddings: Dict[str, torch.Tensor] = {}
         self.stats = dict(unet_calls=0, images_encoded=0, images_decoded=0, failures=0)
 
@@ -250,8 +256,13 @@ class GenerativeCodec:
         ``j+1 -> j`` undoes -- solved by iterating from the eq. 10 point: each
         iteration re-evaluates the noise at the current end point (one UNet call)
         until an update moves the item by less than ``inversion_tol`` (relative
-        norm) or ``inversion_iters`` iterations are spent.  Items stop on their
-        own, so an item's result does not depend on its batch.
+        norm) or ``inversion_iters`` iterations are spent.  An update is the
+        residual of the point it starts from, and that residual is exactly the
+        point's round-trip error (scaled by ``sqrt(a_{j+1}/a_j)``); where an
+        update is larger than the one before (the iteration does not contract:
+        strong guidance near a boundary between modes) the item stops at the
+        point of least residual.  Items stop on their own, so an item's
+        result does not depend on its batch.
 
         Args:
             x: (B, C, h, w) latents at grid index ``j0``.
@@ -269,19 +280,28 @@ class GenerativeCodec:
             a_to = torch.tensor(a_t, dtype=torch.float32, device=x.device)
             t = torch.full((B,), t_eval, dtype=torch.float32, device=x.device)
             y = self._ddim_update(x, self._eps(x, t, prompt, guidance), a_from, a_to)
-            active = list(range(B))
-            for b in active:
+            # the residual |F(x, e(y)) - y| of a point y is exactly its round-trip error times
+            # sqrt(a_to / a_from): keep the best point seen, trust a new one while residuals shrink
+            best, best_res = y.clone(), [math.inf] * B
+            for b in range(B):
                 calls[b] += 1
+            active = list(range(B))
             for _ in range(cfg.inversion_iters):
                 if not active:
                     break
-                e = self._eps(y[active], t[active], prompt, guidance)
-                y_new = self._ddim_update(x[active], e, a_from, a_to)
-                moved = ((y_new - y[active]).flatten(1).norm(dim=1) / y[active].flatten(1).norm(dim=1)).tolist()
-                y[active] = y_new
-                for b in active:
+                y_act = y[active]
+                y_new = self._ddim_update(x[active], self._eps(y_act, t[active], prompt, guidance), a_from, a_to)
+                res = ((y_new - y_act).flatten(1).norm(dim=1) / y_act.flatten(1).norm(dim=1)).tolist()
+                still = []
+                for i, (b, r) in enumerate(zip(active, res)):
                     calls[b] += 1
-                active = [b for b, d in zip(active, moved) if not d <= cfg.inversion_tol]
+                    if r <= best_res[b]:  # contracting: y is the best so far, move on to y_new
+                        best[b], best_res[b], y[b] = y_act[i], r, y_new[i]
+                        if r > cfg.inversion_tol:
+                            still.append(b)
+                    else:  # the update grew (strong guidance near a mode boundary): back to the best point
+                        y[b] = best[b]
+                active = still
             x = y
         return x, calls
 
@@ -381,6 +401,15 @@ class GenerativeCodec:
     def step_choice(self, snr_db: float, meta: LatentMeta) -> StepChoice:
         """The receiver's denoising-step decision for this SNR and this image's latent power."""
         cfg = self.config
+        cal = self.calibration
+        if cal is not None and cfg.steps is None:
+            if meta.k != cal.k:
+                raise CodecError(f"{meta.name}: the transmitter used k={meta.k} but calibration {cal.source} was "
+                                 f"measured for k={cal.k}")
+            n = cal.n_steps(snr_db, meta.power, k=meta.k)
+            choice = select_steps(snr_db, k=meta.k, m=cfg.m, T=cfg.T, power=meta.power, rescale=cal.rescale,
+                                  steps=n, grid=self.grid)
+            return dataclasses.replace(choice, rule="calibrated")
         return select_steps(snr_db, k=meta.k, m=cfg.m, T=cfg.T, rule=cfg.rule, power=meta.power,
                             rescale=cfg.rescale, steps=cfg.steps, grid=self.grid)
 
