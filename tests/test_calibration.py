@@ -115,3 +115,23 @@ def test_sweep_methods_beyond_the_paper(tmp_path):
         run_sweep(SweepOptions(images=[d], out=tmp_path / "o2", snrs=[3.0], methods="proposed_calibrated",
                                config=CodecConfig(**ANALYTIC), plots=False, progress=False, argv=["t"], metrics=()),
                   components=comp)
+
+
+def test_calibrate_on_images_with_the_tiny_model(tmp_path, components):
+    """Images of any size (60 x 44: padded to 64 x 48 and cropped back) with the SD-shaped model;
+    the file is the tiny model's and the codec uses it."""
+    from PIL import Image
+
+    from gr_gdmcom.eval.calibrate import CalibrateOptions, calibrate
+
+    f = tmp_path / "astro.png"
+    Image.open("gr_gdmcom/data/astronaut.png").convert("RGB").resize((60, 44)).save(f)
+    cfg = CodecConfig(model="tiny", device="cpu", T=20, k=2, m=2)
+    cal = calibrate(cfg, CalibrateOptions(images=[str(f)], metric="psnr", snrs=[5.0]), components=components)
+    (p,) = cal.points
+    assert (cal.model, cal.metric, cal.images) == ("tiny", "psnr", [str(f)])
+    assert len(p["metric"]) == 17 and p["n_opt"] == 4 + int(np.argmax(p["metric"]))  # PSNR is maximised
+    assert all(5 < v < 60 for v in p["metric"])  # PSNR in dB of real decodings
+    path = cal.save(tmp_path / "cal.json")
+    codec = GenerativeCodec(cfg.replace(rule=f"calibrated:{path}"), components=components)
+    assert codec.calibration.n_steps(5.0, 1.0) == cal.n_steps(5.0, 1.0)

@@ -135,10 +135,11 @@ def calibrate(config: CodecConfig, opts: CalibrateOptions, components=None) -> C
     t0 = time.perf_counter()
     # 1. transmit once per image group (the channel noise is drawn per SNR)
     txs = []
-    for z0, _refs, names in sources:
+    for z0, refs, names in sources:
         tx = link.transmit(link.forward(z0, k), k)
-        for t, name in zip(tx, names):
+        for t, name, ref in zip(tx, names, refs):
             t.meta.name = name  # per-image channel noise streams (sim.channel_rng seeds by name)
+            t.meta.image_size = tuple(ref.shape[:2])  # decoded images are cropped back to the original size
         txs.append(tx)
     powers_db = [10 * math.log10(t.meta.power) for tx in txs for t in tx]
     points = []
