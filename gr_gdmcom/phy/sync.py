@@ -4,14 +4,15 @@ Detection (:func:`preamble_metric`), timing/CFO/verification
 (:func:`preamble_correlation`, :func:`fine_timing_cfo`), fractional-delay
 matched filtering (:func:`matched_filter`), the LS equaliser
 (:func:`train_equaliser`, :func:`equalise`) and the pilot phase tracker
-(:func:`track_phase`).  :class:`~gr_gdmcom.phy.rx.FrameRx` strings them together.
+(:func:`track_phase`) and the channel tracker (:func:`track_gain`).  :class:`~gr_gdmcom.phy.rx.FrameRx` strings them together.
 """
 
 from __future__ import annotations
 
 import cmath
 import functools
-from typing import Optional, Tuple
+import math
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -404,3 +405,86 @@ def track_phase(zk: np.ndarray, pos: np.ndarray, n: int, span: int, omega: float
     rot = np.conj(np.interp(np.arange(n), pos, unit)).astype(np.complex64)
     s_loo = s - zr if len(zr) > 1 else s
     return rot, np.angle(s_loo) + omega * pos
+
+
+class GainTrack(NamedTuple):
+    """A complex channel gain tracked along a burst (:func:`track_gain`).
+
+    Attributes:
+        g: complex128 (n,), the gain at every symbol position (the ramp included).
+        g_loo: complex128 (n_k,), the gain at each known symbol predicted *without it*
+            (leave-one-out, the ramp included).
+        wsum: float64 (n_k,), the weight (sum of |known symbol|^2) of each one's
+            window, itself included.
+        span: the window length chosen, symbols.
+        score: float, the leave-one-out error power (per unit symbol energy) that chose it.
+    """
+
+    g: np.ndarray
+    g_loo: np.ndarray
+    wsum: np.ndarray
+    span: int
+    score: float
+
+
+def track_gain(zk: np.ndarray, pos: np.ndarray, n: int, omega: float, spans: Sequence[int],
+               score: Optional[np.ndarray] = None, weight: Optional[np.ndarray] = None) -> GainTrack:
+    """Complex channel gain (amplitude and phase) along a burst from its known symbols,
+    the smoothing length chosen by leave-one-out cross-validation.
+
+    After removing the ramp ``omega``, the gain at each observation is the
+    least-squares fit over the observations within +-span / 2 symbols of it
+    (sum of zk over sum of |s|^2: a box window, truncated at the ends), interpolated
+    linearly between the observations.  For each candidate span the fit is also
+    formed without the observation itself; the span whose leave-one-out prediction
+    error is smallest (over the observations ``score``) is kept: a long window where
+    the channel is still (noise averages out), a short one where it moves (fading, a
+    drifting carrier), with no constant to set by hand.
+
+    Args:
+        zk: complex (n_k,), received known symbols times conj(their value).
+        pos: int (n_k,), their symbol positions (increasing, any spacing).
+        n: number of symbol positions to return the gain for (0..n-1).
+        omega: residual frequency, rad/symbol (:func:`residual_frequency`).
+        spans: candidate window lengths, symbols.
+        score: bool (n_k,), the observations whose prediction error chooses the span
+            (e.g. the payload's pilots); None or too few (< 8): all of them.
+        weight: float (n_k,), |known symbol|^2 (None: unit-modulus symbols).
+    Returns:
+        :class:`GainTrack`.
+    """
+    pos = np.asarray(pos)
+    w = np.ones(len(pos)) if weight is None else np.asarray(weight, np.float64)
+    ramp = np.exp(1j * omega * pos)
+    zr = np.asarray(zk, np.complex128) * np.conj(ramp)
+    c = np.zeros(len(zr) + 1, np.complex128)
+    np.cumsum(zr, out=c[1:])
+    cw = np.zeros(len(zr) + 1)
+    np.cumsum(w, out=cw[1:])
+    sel = np.ones(len(zr), bool) if score is None or np.count_nonzero(score) < 8 else np.asarray(score, bool)
+    best = None
+    for span in spans:
+        hi = np.searchsorted(pos, pos + span // 2, "right")
+        lo = np.searchsorted(pos, pos - span // 2, "left")
+        s, ws = c[hi] - c[lo], cw[hi] - cw[lo]
+        w_loo = ws - w
+        valid = w_loo > 1e-3 * np.maximum(ws, 1e-30)
+        ok = sel & valid
+        if not ok.any():
+            continue
+        loo = (s - zr) / np.where(valid, w_loo, np.maximum(ws, 1e-30))
+        d = zr[ok] - loo[ok] * w[ok]
+        err = float(np.sum(d.real ** 2 + d.imag ** 2) / np.sum(w[ok]))
+        # the longest window within one standard error of the best (noise makes the
+        # scores of nearby windows differ by chance; the longer one is the safer bet)
+        if best is None or err * (1.0 - 1.0 / math.sqrt(np.count_nonzero(ok))) <= best[0]:
+            best = (min(err, best[0]) if best else err, span, s, ws, loo)
+    if best is None:  # too few observations for a window: one gain for the whole burst
+        ws = np.full(len(zr), max(float(cw[-1]), 1e-30))
+        err, span, s, loo = float("inf"), 0, np.full(len(zr), c[-1]), np.full(len(zr), c[-1] / ws[0])
+    else:
+        err, span, s, ws, loo = best
+    avg = s / np.maximum(ws, 1e-30)
+    t = np.arange(n)
+    g = (np.interp(t, pos, avg.real) + 1j * np.interp(t, pos, avg.imag)) * np.exp(1j * omega * t)
+    return GainTrack(g=g, g_loo=loo * ramp, wsum=ws, span=int(span), score=err)
