@@ -56,14 +56,14 @@ def _run(x: np.ndarray, *blocks_) -> np.ndarray:
     return np.asarray(snk.data(), np.complex64)
 
 
-def awgn_model(snr_db: float, seed: int, epsilon: float = 1.0):
+def _awgn_model(snr_db: float, seed: int, epsilon: float = 1.0):
     from gnuradio import channels
 
     return channels.channel_model(noise_voltage=noise_voltage(snr_db), frequency_offset=0.0, epsilon=epsilon,
                                   taps=[1.0 + 0j], noise_seed=seed, block_tags=False)
 
 
-def dynamic(snr_db: float, seed: int, fdts: float = 0.0, los: bool = False, k: float = 4.0,
+def _dynamic(snr_db: float, seed: int, fdts: float = 0.0, los: bool = False, k: float = 4.0,
             cfo_std: float = 0.0, cfo_max: float = 0.0):
     from gnuradio import channels
 
@@ -75,7 +75,7 @@ def adc(x: np.ndarray, snr_db: float, seed: int, sps: int) -> np.ndarray:
     """AWGN, then per rail: clip at +-ADC_CREST x signal rms, 8-bit quantiser."""
     from gnuradio import analog, blocks, channels, gr
 
-    y = _run(x, awgn_model(snr_db, seed))
+    y = _run(x, _awgn_model(snr_db, seed))
     fs = ADC_CREST * np.sqrt(0.5 / sps)  # a burst's sample power is 1/sps, half per rail
     tb = gr.top_block()
     src = blocks.vector_source_c(y, False)
@@ -93,9 +93,16 @@ def adc(x: np.ndarray, snr_db: float, seed: int, sps: int) -> np.ndarray:
     return np.asarray(snk.data(), np.complex64)
 
 
-def scenarios(snrs):
-    """(name, snr, sps, channel function x -> y, true ppm or None)."""
+def scenarios(snrs, seed: int = 0):
+    """(name, snr, sps, channel function x -> y, true ppm or None); ``seed`` offsets
+    every channel seed."""
     from gnuradio import channels
+
+    def awgn_model(s, k, epsilon=1.0):
+        return _awgn_model(s, k + seed, epsilon)
+
+    def dynamic(s, k, *a):
+        return _dynamic(s, k + seed, *a)
 
     out = [(f"awgn", s, 2, lambda x, s=s: _run(x, awgn_model(s, 5)), None) for s in snrs]
     for fd in (1e-5, 1e-4, 1e-3):
@@ -109,7 +116,7 @@ def scenarios(snrs):
         out += [(f"sro-200ppm-sps{sps}", s, sps, lambda x, s=s: _run(x, awgn_model(s, 11, 1.0002)), -200.0)
                 for s in snrs]
     out += [("pa-beta-0.2", 20.0, 2, lambda x: _run(x, channels.distortion_3_gen(-0.2), awgn_model(20.0, 13)), None),
-            ("adc-8bit", 20.0, 2, lambda x: adc(x, 20.0, 15, 2), None)]
+            ("adc-8bit", 20.0, 2, lambda x: adc(x, 20.0, 15 + seed, 2), None)]
     return out
 
 
@@ -118,7 +125,7 @@ def main() -> int:
     ap.add_argument("--bursts", type=int, default=20)
     ap.add_argument("--snr", type=float, nargs="+", default=[10.0, 20.0])
     ap.add_argument("--only", nargs="+", default=None, help="scenario name prefixes")
-    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=1, help="symbols' seed; channel seeds are offset by seed - 1")
     args = ap.parse_args()
 
     print(f"{args.bursts} bursts x 8192 symbols per row; est/act: medians (dB); "
@@ -126,7 +133,7 @@ def main() -> int:
     print(f"| scenario | SNR | complete | est | act | median abs(est-act) | worst est-act | >3 dB | other |")
     print("|---|---|---|---|---|---|---|---|---|")
     streams = {}
-    for name, snr, sps, chan, ppm in scenarios(args.snr):
+    for name, snr, sps, chan, ppm in scenarios(args.snr, args.seed - 1):
         if args.only and not any(name.startswith(p) for p in args.only):
             continue
         if sps not in streams:

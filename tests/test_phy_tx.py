@@ -21,7 +21,7 @@ def test_config_validation(kw):
 
 def test_config_defaults_and_cfo_range():
     cfg = FrameConfig()
-    assert (cfg.sps, cfg.rolloff, cfg.pilot_spacing, cfg.scramble) == (2, 0.35, 32, True)
+    assert (cfg.sps, cfg.rolloff, cfg.pilot_spacing, cfg.scramble) == (2, 0.35, 16, True)
     assert cfg.cfo_range == pytest.approx(2.5 / 32)  # (cfo_search + 1/2) / (seg sps) at sps = 2
     assert FrameConfig(sps=1).cfo_range == pytest.approx(2.5 / 16)
     assert FrameConfig(cfo_search=0).cfo_range == pytest.approx(1 / 64)  # the detector alone

@@ -72,7 +72,7 @@ class FrameConfig:
     sps: int = 2
     rolloff: float = 0.35
     rrc_span: int = 8
-    pilot_spacing: int = 32
+    pilot_spacing: int = 16
     scramble: bool = True
     max_chunk_symbols: int = 8192
     gap_symbols: int = 64

@@ -96,7 +96,7 @@ SEARCH_STEP = 0.3
 SEARCH_MAX_POINTS = 40
 #: Channel tracker (docs/frame-format.md section 6 step 4): the window lengths it
 #: chooses from by cross-validation, in pilot periods (up to ``phase_window``).
-TRACK_SPANS = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+TRACK_SPANS = (2, 3, 4, 6, 8, 12, 16, 32, 64, 128, 256, 512)
 #: The payload's pilots replace the whole body's known symbols in the noise estimate
 #: when their error exceeds it by this many standard errors (a channel the pilots
 #: follow less well than the dense header, a distortion of the high-amplitude payload).
@@ -106,17 +106,32 @@ PAYLOAD_SIGMAS = 3.0
 #: or the payload's effective Es/N0 is below MIN_TRACK_SNR_DB.  Reported (counter
 #: ``track_lost``, ``RxFrame.tracked``) with its (low, honest) estimate.
 LOST_LOCK_RATIO = 10.0
+#: Local tracking error (:meth:`FrameRx._effective_noise`): payload pilots averaged, and
+#: how far above the burst's error it must be to be used.
+LOCAL_PILOTS = 5
+LOCAL_RATIO = 3.0
 MIN_TRACK_SNR_DB = -10.0
 
 
-def _error_power(d: "_Demod") -> float:
-    """Error power of a demodulation's phase-corrected known symbols relative to their
-    mean gain power."""
+def _fit_errors(d: "_Demod") -> np.ndarray:
+    """Each known symbol's error against the channel track predicted without it, scaled
+    to the noise it would show inside a window of its own (the leave-one-out excess
+    w / (W - w) divided out), in the equaliser's output units.  float64 (n_obs,).
+
+    Noise after the (fixed) equaliser is stationary through a fade, so these stay flat
+    over a tracked fading burst and grow where the timing drifts (ISI) or the tracker
+    loses the channel."""
     w = d.ref.real ** 2 + d.ref.imag ** 2
-    e = d.zk * d.rot[d.pos]
-    g = float(e.real.sum() / w.sum())
-    r = e - g * w
-    return float(np.vdot(r, r).real / w.sum()) / max(g * g, 1e-30)
+    tr = d.track
+    e = d.z[d.pos] - tr.g_loo * d.ref
+    return (e.real ** 2 + e.imag ** 2) / (1.0 + w / np.maximum(tr.wsum - w, 1e-3 * tr.wsum))
+
+
+def _error_power(d: "_Demod") -> float:
+    """Error power of a demodulation's known symbols (:func:`_fit_errors`) relative to
+    the mean power of the tracked gain there."""
+    g2 = float(np.mean(d.track.g_loo.real ** 2 + d.track.g_loo.imag ** 2))
+    return float(_fit_errors(d).mean()) / max(g2, 1e-30)
 
 
 @functools.lru_cache(maxsize=16)
@@ -629,20 +644,15 @@ class FrameRx:
         return slope
 
     def _error_growth(self, d: _Demod) -> float:
-        """Cheap test before :meth:`_timing_drift`: the known symbols' error power in the
-        last quarter of the burst's pilots over the header region's (next to the
-        equaliser's training); a sampling clock drift makes it grow.  0.0 where not
+        """Cheap test before :meth:`_timing_drift`: the known symbols' error power
+        (:func:`_fit_errors`) in the last quarter of the burst's pilots over the header
+        region's (next to the equaliser's training); a sampling clock drift makes it grow.  0.0 where not
         applicable (sps = 1, short bursts)."""
-        w = d.ref.real ** 2 + d.ref.imag ** 2
-        e = d.zk * d.rot[d.pos]
+        e = _fit_errors(d)
         n_tail = (len(e) - self._hdr_body) // 4
         if self._sps < 2 or n_tail < TIMING_MIN_PILOTS:
             return 0.0
-        g = float(e[: self._hdr_body].real.sum()) / self._hdr_body
-        r = e - g * w
-        head, tail = r[: self._hdr_body], r[-n_tail:]
-        p_head = float(np.vdot(head, head).real) / len(head)
-        return float(np.vdot(tail, tail).real / w[-n_tail:].sum()) / max(p_head, 1e-30)
+        return float(e[-n_tail:].mean()) / max(float(e[: self._hdr_body].mean()), 1e-30)
 
     def _mf_drift(self, b: _Burst, n_sym: int, drift: float) -> np.ndarray:
         """:meth:`_mf` on a symbol clock drifting by ``drift`` (:meth:`_instants`)."""
@@ -798,7 +808,7 @@ class FrameRx:
         limit = MAX_SRO_PPM * 1e-6 * self._sps
         drift, cur = 0.0, d
         best = (_error_power(d), 0.0, d)
-        wide = self._acquire_drift(b, pilot_pos)
+        wide = self._acquire_drift(b, pilot_pos) if growth >= TIMING_STRONG else 0.0
         if wide and abs(wide) <= limit:
             drift = wide
             cur = self._demodulate(b, self._mf_drift(b, self._npre + n_body, drift), known, head, pilot_pos, n_body)
@@ -878,27 +888,33 @@ class FrameRx:
         p_pay = g_pay.real ** 2 + g_pay.imag ** 2
         if not np.all(np.isfinite(p_pay)) or p_pay.mean() < 1e-12:
             return None
-        # each known symbol against the gain predicted without it; with window weight W
-        # (itself, weight w, included) its error power is noise x (1 + w / (W - w)),
-        # a payload symbol's between the observations noise x (1 + 1 / W)
-        w = d.ref.real ** 2 + d.ref.imag ** 2
-        e = d.z[d.pos] - tr.g_loo * d.ref
-        e2 = e.real ** 2 + e.imag ** 2
-        w_loo = np.maximum(tr.wsum - w, 1e-3 * tr.wsum)
-        noise_all = float(e2.sum() / (1.0 + w / w_loo).sum())
+        # each known symbol against the gain predicted without it: noise x (1 + w / (W - w))
+        # with window weight W (itself, weight w, included), divided out (_fit_errors); a
+        # payload symbol between the observations gets noise x (1 + 1 / W)
+        err = _fit_errors(d)
+        noise_all = float(err.mean())
         on_pay = d.pos >= self._hdr_body
         n_pay = int(np.count_nonzero(on_pay))
         raw, noise_pay = noise_all, 0.0
         if n_pay >= 8:
             excess = 1.0 + float(np.mean(1.0 / tr.wsum[on_pay]))
-            noise_pay = float(e2[on_pay].sum() / (1.0 + w[on_pay] / w_loo[on_pay]).sum())
+            noise_pay = float(err[on_pay].mean())
             raw = noise_all * excess
             if noise_pay > noise_all * (1.0 + PAYLOAD_SIGMAS * math.sqrt(2.0 / n_pay)):
                 raw = noise_pay * excess
+        raw_t = np.full(len(pay_pos), raw)
+        if n_pay >= LOCAL_PILOTS:
+            # where the tracker does much worse locally (a fade's null, where the phase
+            # turns fastest), its local error: a moving average over LOCAL_PILOTS payload
+            # pilots, used where it exceeds LOCAL_RATIO x the burst's
+            k = np.ones(LOCAL_PILOTS) / LOCAL_PILOTS
+            local = np.convolve(err[on_pay], k, "same") * (1.0 + 1.0 / tr.wsum[on_pay])
+            local_t = np.interp(pay_pos, d.pos[on_pay], local)
+            raw_t = np.where(local_t > LOCAL_RATIO * raw, local_t, raw)
         # the equaliser was fitted to npre + hdr_body symbols: undo its residual shrinkage
         n_fit = self._npre + self._hdr_body
-        raw *= n_fit / (n_fit - self.cfg.eq_taps)
-        sym_nv = np.maximum(raw / np.maximum(p_pay, 1e-30), MIN_NOISE_VAR)
+        raw_t *= n_fit / (n_fit - self.cfg.eq_taps)
+        sym_nv = np.maximum(raw_t / np.maximum(p_pay, 1e-30), MIN_NOISE_VAR)
         nv = float(sym_nv.mean())
         if not np.isfinite(nv):
             return None

@@ -462,29 +462,40 @@ def track_gain(zk: np.ndarray, pos: np.ndarray, n: int, omega: float, spans: Seq
     cw = np.zeros(len(zr) + 1)
     np.cumsum(w, out=cw[1:])
     sel = np.ones(len(zr), bool) if score is None or np.count_nonzero(score) < 8 else np.asarray(score, bool)
-    best = None
-    for span in spans:
-        hi = np.searchsorted(pos, pos + span // 2, "right")
-        lo = np.searchsorted(pos, pos - span // 2, "left")
-        s, ws = c[hi] - c[lo], cw[hi] - cw[lo]
-        w_loo = ws - w
-        valid = w_loo > 1e-3 * np.maximum(ws, 1e-30)
-        ok = sel & valid
-        if not ok.any():
-            continue
-        loo = (s - zr) / np.where(valid, w_loo, np.maximum(ws, 1e-30))
-        d = zr[ok] - loo[ok] * w[ok]
-        err = float(np.sum(d.real ** 2 + d.imag ** 2) / np.sum(w[ok]))
-        # the longest window within one standard error of the best (noise makes the
-        # scores of nearby windows differ by chance; the longer one is the safer bet)
-        if best is None or err * (1.0 - 1.0 / math.sqrt(np.count_nonzero(ok))) <= best[0]:
-            best = (min(err, best[0]) if best else err, span, s, ws, loo)
-    if best is None:  # too few observations for a window: one gain for the whole burst
-        ws = np.full(len(zr), max(float(cw[-1]), 1e-30))
-        err, span, s, loo = float("inf"), 0, np.full(len(zr), c[-1]), np.full(len(zr), c[-1] / ws[0])
+    idx = np.flatnonzero(sel)
+    p_sel, z_sel, w_sel = pos[idx], zr[idx], w[idx]
+
+    def window(at, span):
+        """Sums of zr and w over the window of each position in ``at``."""
+        hi = np.searchsorted(pos, at + span // 2, "right")
+        lo = np.searchsorted(pos, at - span // 2, "left")
+        return c[hi] - c[lo], cw[hi] - cw[lo]
+
+    # every candidate window at once, scored on the selected observations only
+    spans = np.asarray(spans, np.int64)
+    s, ws = window(p_sel[None, :], spans[:, None])
+    w_loo = ws - w_sel
+    ok = w_loo > 1e-3 * np.maximum(ws, 1e-30)
+    d = z_sel - (s - z_sel) / np.where(ok, w_loo, 1.0) * w_sel
+    n_ok = ok.sum(1)
+    errs = ((d.real ** 2 + d.imag ** 2) * ok).sum(1) / np.maximum((w_sel * ok).sum(1), 1e-30)
+    # the longest window within one standard error of the best (noise makes the scores
+    # of nearby windows differ by chance; the longer one is the safer bet)
+    usable = np.flatnonzero(n_ok > 0)
+    if not len(usable):  # too few observations for a window: one gain for the whole burst
+        err, span = float("inf"), 0
+        s, ws = np.full(len(zr), c[-1]), np.full(len(zr), max(float(cw[-1]), 1e-30))
     else:
-        err, span, s, ws, loo = best
-    avg = s / np.maximum(ws, 1e-30)
+        err = float(errs[usable].min())
+        near = usable[errs[usable] * (1.0 - 1.0 / np.sqrt(n_ok[usable])) <= err]
+        span = int(spans[near[-1]])
+        s, ws = window(pos, span)
+    w_loo = ws - w
+    valid = w_loo > 1e-3 * np.maximum(ws, 1e-30)
+    loo = np.where(valid, (s - zr) / np.where(valid, w_loo, 1.0), s / np.maximum(ws, 1e-30))
+    # the ramp put back at the observations, the gain interpolated between them (its
+    # phase steps there are small: the chord stays close to the arc)
+    avg = s / np.maximum(ws, 1e-30) * ramp
     t = np.arange(n)
-    g = (np.interp(t, pos, avg.real) + 1j * np.interp(t, pos, avg.imag)) * np.exp(1j * omega * t)
+    g = np.interp(t, pos, avg.real) + 1j * np.interp(t, pos, avg.imag)
     return GainTrack(g=g, g_loo=loo * ramp, wsum=ws, span=int(span), score=err)
