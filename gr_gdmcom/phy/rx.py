@@ -73,7 +73,7 @@ TIMING_MIN_FIT = 4
 TIMING_ROUNDS = 6
 #: ... the error growth over the burst that triggers the drift estimate, and the
 #: growth above which a drift of TIMING_SIGMAS_STRONG standard errors is accepted.
-TIMING_TRIGGER = 1.3
+TIMING_TRIGGER = 1.5
 TIMING_STRONG = 3.0
 TIMING_SIGMAS_STRONG = 2.0
 #: ... and of the refinements after a first accepted drift.
@@ -191,10 +191,7 @@ class _Demod(NamedTuple):
     y: np.ndarray          # matched-filter outputs, symbols -h ..
     eq: np.ndarray         # equaliser taps
     z: np.ndarray          # equalised body
-    rot: np.ndarray        # phase correction of the body
     pos: np.ndarray        # positions of the known symbols used
-    zk: np.ndarray         # z at pos times conj(their value)
-    theta_loo: np.ndarray  # phase at each known symbol, estimated without it
     omega: float           # residual frequency, rad/symbol
     track: sync.GainTrack  # complex gain along the body
     ref: np.ndarray        # the known symbols' values at pos
@@ -211,7 +208,6 @@ class _Burst:
     gain: complex = 0j
     y: Optional[np.ndarray] = None   # matched-filter outputs computed so far (symbols -h ..)
     z: Optional[np.ndarray] = None    # equalised header region (before phase correction)
-    rot: Optional[np.ndarray] = None  # phase correction exp(-j theta) over the header region
     soft: Optional[np.ndarray] = None  # phase-corrected header symbols
     g: Optional[np.ndarray] = None    # tracked complex gain over the header region
     header: Optional[Header] = None
@@ -511,7 +507,8 @@ class FrameRx:
             return 0.0
         use = n_win * per
         pos, pil = pilot_pos[:use], lay.pilots[:use]
-        body = d.z * d.rot
+        rot = np.conj(d.track.g) / np.maximum(np.abs(d.track.g), 1e-30)  # the tracked phase
+        body = (d.z * rot).astype(np.complex64)
         g = complex((np.conj(lay.pilots[: len(pilot_pos)]) * body[pilot_pos]).mean())
         if not np.isfinite(g) or abs(g) < 1e-9:
             return 0.0
@@ -519,7 +516,7 @@ class FrameRx:
         s = npre + pos
         t = self._instants(b, s, drift)
         half_sym = self._mf_at(b, np.concatenate([t - sps / 2, t + sps / 2]))
-        rp = d.rot[pos]
+        rp = rot[pos]
         early, y0, late = half_sym[:use] * rp, d.y[h + s] * rp, half_sym[use:] * rp
         gy = complex((y0 * np.conj(pil)).mean())  # the pilots' gain on the matched filter's side
         est = np.concatenate([lay.preamble, body / g, np.zeros(span + 1, np.complex64)])  # symbol estimates
@@ -659,17 +656,15 @@ class FrameRx:
         return self._mf_at(b, self._instants(b, np.arange(-self._h, n_sym + self._h), drift))
 
     def _equalise_track(self, b: _Burst, y: np.ndarray, n_body: int, pilot_pos: np.ndarray, known_head=None):
-        """Equalise the body and track its phase on the pilots, or, with ``known_head``
-        (the known symbols of the whole header region: decoded header and pilots), on
-        those and the pilots after them.
+        """Equalise the body and track its complex gain on the pilots, or, with
+        ``known_head`` (the known symbols of the whole header region: decoded header and
+        pilots), on those and the pilots after them.
 
         Returns:
-            (z complex64 (n_body,) equalised body, rot complex64 (n_body,) phase
-             correction, pos int (n_obs,) positions of the known symbols used,
-             zk complex (n_obs,) them times conj(their value), theta_loo float (n_obs,)
-             phase at each estimated without it, omega rad/symbol, the
-             :class:`sync.GainTrack`; its window chosen on the pilots after the header
-             region where there are any).
+            (z complex64 (n_body,) equalised body, pos int (n_obs,) positions of the
+             known symbols used, omega rad/symbol, the :class:`sync.GainTrack` (its
+             window chosen on the pilots after the header region where there are any),
+             ref complex (n_obs,) the known symbols' values).
         """
         lay = self.layout
         z = sync.equalise(y, b.eq, self._npre + n_body)[self._npre:]
@@ -683,8 +678,7 @@ class FrameRx:
         zk = z[pos] * np.conj(ref)
         track = sync.track_gain(zk, pos, n_body, omega, self._spans, pos >= self._hdr_body,
                                 ref.real ** 2 + ref.imag ** 2)
-        rot = (np.conj(track.g) / np.maximum(np.abs(track.g), 1e-30)).astype(np.complex64)
-        return z, rot, pos, zk, np.angle(track.g_loo), omega, track, ref
+        return z, pos, omega, track, ref
 
     def _header_soft(self, b: _Burst, final: bool) -> bool:
         """Stage A: header soft values once the header region is buffered."""
@@ -700,7 +694,7 @@ class FrameRx:
         if not b.eq.any():
             return self._fail(b, "sync_fail", "degenerate equaliser")
         b.gain = complex((np.conj(lay.preamble) * y[self._h: self._h + npre]).sum() / npre)
-        b.z, b.rot, *_, track, _ = self._equalise_track(b, y, self._hdr_body, self._hdr_pilots)
+        b.z, _, _, track, _ = self._equalise_track(b, y, self._hdr_body, self._hdr_pilots)
         b.g = track.g
         # weighted by the tracked gain (maximum-ratio): a symbol in a fade counts less
         b.soft = b.z[self._hdr_pos] * np.conj(b.g[self._hdr_pos])
