@@ -86,7 +86,8 @@ BLOCKS = {
         doc="Complex baseband -> bursts found -> SNR estimated from known symbols -> N chosen -> decoded images "
             "written to the output folder.\nInput: complex64 at sps samples/symbol.\nMessage out 'images': one PDU "
             "per image, metadata image_id, name, snr_est_db, n_steps, rule, chunks_received, chunks_total, "
-            "complete, missing_chunks, seconds, file or error, counters; vector: RGB uint8 pixels."),
+            "complete, missing_chunks, untracked_chunks, snr_eff_db, seconds, file or error, counters; "
+            "vector: RGB uint8 pixels."),
     "frame_tx": dict(
         label="Frame TX", category="[GDM-COM]/PHY",
         params=[("burst_tags", "UHD burst tags", "bool", "False", None, "add tx_sob/tx_eob tags"),
