@@ -56,17 +56,24 @@ class FrameConfig:
             +-(cfo_search + 1/2) / (seg sps) cycles/sample.
         preamble_reps: preamble segments; ``preamble_reps - 1`` must be a Barker length.
         eq_taps: receiver: symbol-spaced LS equaliser taps (odd; 1 = one-tap).
-        phase_window: receiver: phase-tracker window in pilot periods (it averages the
-            known symbols within +-phase_window (pilot_spacing + 1) / 2 symbols).
+        phase_window: receiver: the longest channel-tracker window, in pilot periods (the
+            tracker chooses its window per burst by cross-validation, up to this;
+            docs/frame-format.md section 6 step 4).
         detect_threshold: receiver: normalised preamble-metric threshold (0..1).
         verify_threshold: receiver: normalised preamble-correlation threshold (0..1).
         cfo_search: receiver: besides the CFO the detector reads (good to +-1/(2 seg sps)),
             try up to this many whole steps of 1/(seg sps) on either side
             (0 .. sqrt(seg) - 1); each widens the capture range by 1/(seg sps).
+        tx_clip: transmitter: clip every sample's amplitude at ``tx_clip`` times the
+            burst's nominal rms amplitude sqrt(1/sps), phase kept (0 = off; >= 1): lowers
+            the peak-to-average power ratio the power amplifier sees (the Gaussian latent
+            payload has ~10 dB at 1e-4) at the cost of a distortion the receiver measures
+            on its probe pilots (docs/over-the-air.md, back-off).
 
     The receiver takes any chunk size and gap; ``sps``, ``rolloff``, ``rrc_span``,
     ``pilot_spacing``, ``scramble`` and the preamble settings must match the
-    transmitter's; the five receiver settings are the receiver's own.
+    transmitter's; the five receiver settings are the receiver's own, ``tx_clip`` the
+    transmitter's.
     """
 
     sps: int = 2
@@ -83,6 +90,7 @@ class FrameConfig:
     detect_threshold: float = 0.05
     verify_threshold: float = 0.12
     cfo_search: int = 2
+    tx_clip: float = 0.0
 
     def __post_init__(self):
         self.validate()
@@ -104,6 +112,7 @@ class FrameConfig:
             (self.phase_window >= 1, "phase_window must be >= 1"),
             (0.0 < self.detect_threshold < 1.0, "detect_threshold must be in (0, 1)"),
             (0.0 < self.verify_threshold < 1.0, "verify_threshold must be in (0, 1)"),
+            (self.tx_clip == 0 or self.tx_clip >= 1.0, "tx_clip must be 0 (off) or >= 1"),
             (isinstance(self.cfo_search, (int, np.integer))
              and 0 <= self.cfo_search < round(np.sqrt(self.preamble_seg)),
              "cfo_search must be an integer in 0 .. sqrt(preamble_seg) - 1"),
