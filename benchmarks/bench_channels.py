@@ -72,25 +72,10 @@ def _dynamic(snr_db: float, seed: int, fdts: float = 0.0, los: bool = False, k: 
 
 
 def adc(x: np.ndarray, snr_db: float, seed: int, sps: int) -> np.ndarray:
-    """AWGN, then per rail: clip at +-ADC_CREST x signal rms, 8-bit quantiser."""
-    from gnuradio import analog, blocks, channels, gr
+    """AWGN, then per rail: clip at +-ADC_CREST x signal rms, 8-bit quantiser (``link.adc``)."""
+    from gr_gdmcom.link import adc as adc_blocks
 
-    y = _run(x, _awgn_model(snr_db, seed))
-    fs = ADC_CREST * np.sqrt(0.5 / sps)  # a burst's sample power is 1/sps, half per rail
-    tb = gr.top_block()
-    src = blocks.vector_source_c(y, False)
-    c2f, f2c, snk = blocks.complex_to_float(), blocks.float_to_complex(), blocks.vector_sink_c()
-    tb.connect(src, c2f)
-    for port in (0, 1):
-        chain = [blocks.multiply_const_ff(1.0 / fs), analog.rail_ff(-1.0, 1.0), channels.quantizer(8),
-                 blocks.multiply_const_ff(fs)]
-        tb.connect((c2f, port), chain[0])
-        for a, b in zip(chain, chain[1:]):
-            tb.connect(a, b)
-        tb.connect(chain[-1], (f2c, port))
-    tb.connect(f2c, snk)
-    tb.run()
-    return np.asarray(snk.data(), np.complex64)
+    return adc_blocks(_run(x, _awgn_model(snr_db, seed)), ADC_CREST * np.sqrt(0.5 / sps))
 
 
 def scenarios(snrs, seed: int = 0):

@@ -47,25 +47,6 @@ def _dynamic(snr_db, seed, fdts=0.0, los=False, k=4.0, cfo_std=0.0, cfo_max=0.0)
                                                   [0.0], [1.0], 1, noise_voltage(snr_db), seed)
 
 
-def _adc(y, fs):
-    """Each rail clipped at +-fs (analog.rail_ff) and quantised to 8 bits (channels.quantizer)."""
-    from gnuradio import analog, blocks, channels, gr
-
-    tb = gr.top_block()
-    c2f, f2c, snk = blocks.complex_to_float(), blocks.float_to_complex(), blocks.vector_sink_c()
-    tb.connect(blocks.vector_source_c(y, False), c2f)
-    for port in (0, 1):
-        chain = [blocks.multiply_const_ff(1.0 / fs), analog.rail_ff(-1.0, 1.0), channels.quantizer(8),
-                 blocks.multiply_const_ff(fs)]
-        tb.connect((c2f, port), chain[0])
-        for a, b in zip(chain, chain[1:]):
-            tb.connect(a, b)
-        tb.connect(chain[-1], (f2c, port))
-    tb.connect(f2c, snk)
-    tb.run()
-    return np.asarray(snk.data(), np.complex64)
-
-
 def _receive(cfg, y, chunks):
     rx = FrameRx(cfg)
     frames = rx.push(y) + rx.flush()
@@ -104,7 +85,9 @@ def test_transmitter_and_adc_distortion_show_in_the_estimate(impairment):
     if impairment == "pa":
         y = _through(x, lambda: channels.distortion_3_gen(-0.2), _awgn(20.0, 13))
     else:
-        y = _adc(_through(x, _awgn(20.0, 15)), 1.5 * np.sqrt(0.5 / cfg.sps))
+        from gr_gdmcom.link import adc
+
+        y = adc(_through(x, _awgn(20.0, 15)), 1.5 * np.sqrt(0.5 / cfg.sps))
     frames, est, act, counters = _receive(cfg, y, chunks)
     assert len(frames) == 4, counters
     assert np.all(act < 16.0), act  # the distortion is real
