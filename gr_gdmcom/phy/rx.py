@@ -96,7 +96,7 @@ SEARCH_STEP = 0.3
 SEARCH_MAX_POINTS = 40
 #: Channel tracker (docs/frame-format.md section 6 step 4): the window lengths it
 #: chooses from by cross-validation, in pilot periods (up to ``phase_window``).
-TRACK_SPANS = (2, 3, 4, 6, 8, 12, 16, 32, 64, 128, 256, 512)
+TRACK_SPANS = (2, 3, 4, 6, 8, 16, 32, 64, 128, 512)
 #: The payload's pilots replace the whole body's known symbols in the noise estimate
 #: when their error exceeds it by this many standard errors (a channel the pilots
 #: follow less well than the dense header, a distortion of the high-amplitude payload).
@@ -113,7 +113,7 @@ LOCAL_RATIO = 3.0
 MIN_TRACK_SNR_DB = -10.0
 
 
-def _fit_errors(d: "_Demod") -> np.ndarray:
+def _fit_errors(d) -> np.ndarray:
     """Each known symbol's error against the channel track predicted without it, scaled
     to the noise it would show inside a window of its own (the leave-one-out excess
     w / (W - w) divided out), in the equaliser's output units.  float64 (n_obs,).
@@ -131,7 +131,7 @@ def _error_power(d: "_Demod") -> float:
     """Error power of a demodulation's known symbols (:func:`_fit_errors`) relative to
     the mean power of the tracked gain there."""
     g2 = float(np.mean(d.track.g_loo.real ** 2 + d.track.g_loo.imag ** 2))
-    return float(_fit_errors(d).mean()) / max(g2, 1e-30)
+    return float(d.err.mean()) / max(g2, 1e-30)
 
 
 @functools.lru_cache(maxsize=16)
@@ -195,6 +195,7 @@ class _Demod(NamedTuple):
     omega: float           # residual frequency, rad/symbol
     track: sync.GainTrack  # complex gain along the body
     ref: np.ndarray        # the known symbols' values at pos
+    err: Optional[np.ndarray] = None  # their scaled leave-one-out errors (_fit_errors)
 
 
 @dataclass
@@ -645,7 +646,7 @@ class FrameRx:
         (:func:`_fit_errors`) in the last quarter of the burst's pilots over the header
         region's (next to the equaliser's training); a sampling clock drift makes it grow.  0.0 where not
         applicable (sps = 1, short bursts)."""
-        e = _fit_errors(d)
+        e = d.err
         n_tail = (len(e) - self._hdr_body) // 4
         if self._sps < 2 or n_tail < TIMING_MIN_PILOTS:
             return 0.0
@@ -787,7 +788,8 @@ class FrameRx:
         """Equaliser trained on ``known`` (preamble + header region), body equalised and
         phase-tracked on the pilots and the decoded header ``head``."""
         b.eq = sync.train_equaliser(y, known, self.cfg.eq_taps)
-        return _Demod(y, b.eq, *self._equalise_track(b, y, n_body, pilot_pos, head))
+        d = _Demod(y, b.eq, *self._equalise_track(b, y, n_body, pilot_pos, head), None)
+        return d._replace(err=_fit_errors(d))
 
     def _follow_drift(self, b: _Burst, d: _Demod, known, head, pilot_pos, n_body: int):
         """Sample-rate offset: where the error grows over the burst, demodulate again on
@@ -885,7 +887,7 @@ class FrameRx:
         # each known symbol against the gain predicted without it: noise x (1 + w / (W - w))
         # with window weight W (itself, weight w, included), divided out (_fit_errors); a
         # payload symbol between the observations gets noise x (1 + 1 / W)
-        err = _fit_errors(d)
+        err = d.err
         noise_all = float(err.mean())
         on_pay = d.pos >= self._hdr_body
         n_pay = int(np.count_nonzero(on_pay))

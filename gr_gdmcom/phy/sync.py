@@ -377,7 +377,8 @@ def residual_frequency(zp: np.ndarray, pos: np.ndarray) -> float:
 
 def track_phase(zk: np.ndarray, pos: np.ndarray, n: int, span: int, omega: float
                 ) -> Tuple[np.ndarray, np.ndarray]:
-    """Phase track from known symbols (pilots, and the header once decoded).
+    """Phase track from known symbols (pilots, and the header once decoded).  (Phase
+    only, with a fixed window; :class:`FrameRx` now uses :func:`track_gain`.)
 
     After removing the ramp ``omega``, the observations within +-``span`` / 2
     symbols of each one are averaged (the window is truncated at the ends); the
@@ -405,6 +406,10 @@ def track_phase(zk: np.ndarray, pos: np.ndarray, n: int, span: int, omega: float
     rot = np.conj(np.interp(np.arange(n), pos, unit)).astype(np.complex64)
     s_loo = s - zr if len(zr) > 1 else s
     return rot, np.angle(s_loo) + omega * pos
+
+
+#: Most observations :func:`track_gain` scores a window on (an even subsample beyond).
+MAX_SCORED = 128
 
 
 class GainTrack(NamedTuple):
@@ -455,14 +460,15 @@ def track_gain(zk: np.ndarray, pos: np.ndarray, n: int, omega: float, spans: Seq
     """
     pos = np.asarray(pos)
     w = np.ones(len(pos)) if weight is None else np.asarray(weight, np.float64)
-    ramp = np.exp(1j * omega * pos)
-    zr = np.asarray(zk, np.complex128) * np.conj(ramp)
+    ramp = np.exp(1j * omega * pos) if omega else None
+    zr = np.asarray(zk, np.complex128) * np.conj(ramp) if omega else np.asarray(zk, np.complex128)
     c = np.zeros(len(zr) + 1, np.complex128)
     np.cumsum(zr, out=c[1:])
     cw = np.zeros(len(zr) + 1)
     np.cumsum(w, out=cw[1:])
     sel = np.ones(len(zr), bool) if score is None or np.count_nonzero(score) < 8 else np.asarray(score, bool)
     idx = np.flatnonzero(sel)
+    idx = idx[:: max(1, len(idx) // MAX_SCORED)]  # the score needs no more (speed)
     p_sel, z_sel, w_sel = pos[idx], zr[idx], w[idx]
 
     def window(at, span):
@@ -471,8 +477,10 @@ def track_gain(zk: np.ndarray, pos: np.ndarray, n: int, omega: float, spans: Seq
         lo = np.searchsorted(pos, at - span // 2, "left")
         return c[hi] - c[lo], cw[hi] - cw[lo]
 
-    # every candidate window at once, scored on the selected observations only
-    spans = np.asarray(spans, np.int64)
+    # every candidate window at once, scored on the selected observations only (windows
+    # longer than twice the extent all cover everything: the first of them is enough)
+    spans = np.sort(np.asarray(spans, np.int64))
+    spans = spans[: int(np.searchsorted(spans, 2 * (pos[-1] - pos[0]) + 2)) + 1]
     s, ws = window(p_sel[None, :], spans[:, None])
     w_loo = ws - w_sel
     ok = w_loo > 1e-3 * np.maximum(ws, 1e-30)
@@ -495,7 +503,11 @@ def track_gain(zk: np.ndarray, pos: np.ndarray, n: int, omega: float, spans: Seq
     loo = np.where(valid, (s - zr) / np.where(valid, w_loo, 1.0), s / np.maximum(ws, 1e-30))
     # the ramp put back at the observations, the gain interpolated between them (its
     # phase steps there are small: the chord stays close to the arc)
-    avg = s / np.maximum(ws, 1e-30) * ramp
+    avg = s / np.maximum(ws, 1e-30)
+    if omega:
+        avg, loo = avg * ramp, loo * ramp
     t = np.arange(n)
-    g = np.interp(t, pos, avg.real) + 1j * np.interp(t, pos, avg.imag)
-    return GainTrack(g=g, g_loo=loo * ramp, wsum=ws, span=int(span), score=err)
+    g = np.empty(n, np.complex128)
+    g.real = np.interp(t, pos, avg.real)
+    g.imag = np.interp(t, pos, avg.imag)
+    return GainTrack(g=g, g_loo=loo, wsum=ws, span=int(span), score=err)
