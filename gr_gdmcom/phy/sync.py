@@ -460,50 +460,30 @@ def track_gain(zk: np.ndarray, pos: np.ndarray, n: int, omega: float, spans: Seq
     """
     pos = np.asarray(pos)
     w = np.ones(len(pos)) if weight is None else np.asarray(weight, np.float64)
+    sel = np.ones(len(pos), bool) if score is None or np.count_nonzero(score) < 8 else np.asarray(score, bool)
+    plan = _track_plan(pos, w, sel, tuple(int(v) for v in spans))
     ramp = np.exp(1j * omega * pos) if omega else None
     zr = np.asarray(zk, np.complex128) * np.conj(ramp) if omega else np.asarray(zk, np.complex128)
     c = np.zeros(len(zr) + 1, np.complex128)
     np.cumsum(zr, out=c[1:])
-    cw = np.zeros(len(zr) + 1)
-    np.cumsum(w, out=cw[1:])
-    sel = np.ones(len(zr), bool) if score is None or np.count_nonzero(score) < 8 else np.asarray(score, bool)
-    idx = np.flatnonzero(sel)
-    idx = idx[:: max(1, len(idx) // MAX_SCORED)]  # the score needs no more (speed)
-    p_sel, z_sel, w_sel = pos[idx], zr[idx], w[idx]
-
-    def window(at, span):
-        """Sums of zr and w over the window of each position in ``at``."""
-        hi = np.searchsorted(pos, at + span // 2, "right")
-        lo = np.searchsorted(pos, at - span // 2, "left")
-        return c[hi] - c[lo], cw[hi] - cw[lo]
-
-    # every candidate window at once, scored on the selected observations only (windows
-    # longer than twice the extent all cover everything: the first of them is enough)
-    spans = np.sort(np.asarray(spans, np.int64))
-    spans = spans[: int(np.searchsorted(spans, 2 * (pos[-1] - pos[0]) + 2)) + 1]
-    s, ws = window(p_sel[None, :], spans[:, None])
-    w_loo = ws - w_sel
-    ok = w_loo > 1e-3 * np.maximum(ws, 1e-30)
-    d = z_sel - (s - z_sel) / np.where(ok, w_loo, 1.0) * w_sel
-    n_ok = ok.sum(1)
-    errs = ((d.real ** 2 + d.imag ** 2) * ok).sum(1) / np.maximum((w_sel * ok).sum(1), 1e-30)
-    # the longest window within one standard error of the best (noise makes the scores
-    # of nearby windows differ by chance; the longer one is the safer bet)
-    usable = np.flatnonzero(n_ok > 0)
-    if not len(usable):  # too few observations for a window: one gain for the whole burst
-        err, span = float("inf"), 0
-        s, ws = np.full(len(zr), c[-1]), np.full(len(zr), max(float(cw[-1]), 1e-30))
-    else:
-        err = float(errs[usable].min())
-        near = usable[errs[usable] * (1.0 - 1.0 / np.sqrt(n_ok[usable])) <= err]
-        span = int(spans[near[-1]])
-        s, ws = window(pos, span)
-    w_loo = ws - w
-    valid = w_loo > 1e-3 * np.maximum(ws, 1e-30)
-    loo = np.where(valid, (s - zr) / np.where(valid, w_loo, 1.0), s / np.maximum(ws, 1e-30))
+    if plan.usable.size:
+        # every candidate window at once, scored on the selected observations only
+        z_sel = zr[plan.idx]
+        d = z_sel - (c[plan.hi] - c[plan.lo] - z_sel) * plan.w_ratio
+        errs = np.einsum("ij,ij->i", d.real ** 2 + d.imag ** 2, plan.okf) / plan.den
+        # the longest window within one standard error of the best (noise makes the
+        # scores of nearby windows differ by chance; the longer one is the safer bet)
+        err = float(errs[plan.usable].min())
+        near = plan.usable[errs[plan.usable] * plan.se_factor[plan.usable] <= err]
+        k = int(near[-1])
+    else:  # too few observations for a window: one gain for the whole burst
+        err, k = float("inf"), -1
+    span, hi, lo, ws, inv_loo, inv_ws = plan.final(k)
+    s = c[hi] - c[lo] if k >= 0 else np.full(len(zr), c[-1])
+    loo = np.where(inv_loo > 0, (s - zr) * inv_loo, s * inv_ws)
     # the ramp put back at the observations, the gain interpolated between them (its
     # phase steps there are small: the chord stays close to the arc)
-    avg = s / np.maximum(ws, 1e-30)
+    avg = s * inv_ws
     if omega:
         avg, loo = avg * ramp, loo * ramp
     t = np.arange(n)
@@ -511,3 +491,64 @@ def track_gain(zk: np.ndarray, pos: np.ndarray, n: int, omega: float, spans: Seq
     g.real = np.interp(t, pos, avg.real)
     g.imag = np.interp(t, pos, avg.imag)
     return GainTrack(g=g, g_loo=loo, wsum=ws, span=int(span), score=err)
+
+
+class _TrackPlan:
+    """What :func:`track_gain` computes from the positions, weights and candidate windows
+    alone (the same for every burst of one size): window index bounds, weights and masks."""
+
+    def __init__(self, pos: np.ndarray, w: np.ndarray, sel: np.ndarray, spans: Tuple[int, ...]):
+        self.pos, self.w = pos, w
+        self.cw = np.zeros(len(w) + 1)
+        np.cumsum(w, out=self.cw[1:])
+        idx = np.flatnonzero(sel)
+        self.idx = idx[:: max(1, len(idx) // MAX_SCORED)]  # the score needs no more
+        # windows longer than twice the extent all cover everything: the first is enough
+        sp = np.sort(np.asarray(spans, np.int64))
+        self.spans = sp[: int(np.searchsorted(sp, 2 * (pos[-1] - pos[0]) + 2)) + 1]
+        p_sel, w_sel = pos[self.idx], w[self.idx]
+        self.hi = np.searchsorted(pos, p_sel[None, :] + self.spans[:, None] // 2, "right")
+        self.lo = np.searchsorted(pos, p_sel[None, :] - self.spans[:, None] // 2, "left")
+        ws = self.cw[self.hi] - self.cw[self.lo]
+        w_loo = ws - w_sel
+        ok = w_loo > 1e-3 * np.maximum(ws, 1e-30)
+        self.w_ratio = np.where(ok, w_sel / np.where(ok, w_loo, 1.0), 0.0)
+        self.okf = ok.astype(np.float64)  # (n_spans, n_sel)
+        self.den = np.maximum(self.okf @ w_sel, 1e-30)
+        n_ok = ok.sum(1)
+        self.usable = np.flatnonzero(n_ok > 0)
+        self.se_factor = 1.0 - 1.0 / np.sqrt(np.maximum(n_ok, 1))
+        self._final = {}
+
+    def final(self, k: int):
+        """(span, hi, lo, window weights, 1 / leave-one-out weight (0 where none),
+        1 / window weight) of candidate ``k`` over every observation (k < 0: one window
+        over everything)."""
+        if k not in self._final:
+            if k < 0:
+                span, hi, lo = 0, None, None
+                ws = np.full(len(self.w), max(float(self.cw[-1]), 1e-30))
+            else:
+                span = int(self.spans[k])
+                hi = np.searchsorted(self.pos, self.pos + span // 2, "right")
+                lo = np.searchsorted(self.pos, self.pos - span // 2, "left")
+                ws = self.cw[hi] - self.cw[lo]
+            w_loo = ws - self.w
+            valid = w_loo > 1e-3 * np.maximum(ws, 1e-30)
+            inv_loo = np.where(valid, 1.0 / np.where(valid, w_loo, 1.0), 0.0)
+            self._final[k] = (span, hi, lo, ws, inv_loo, 1.0 / np.maximum(ws, 1e-30))
+        return self._final[k]
+
+
+_PLANS: "dict" = {}
+
+
+def _track_plan(pos: np.ndarray, w: np.ndarray, sel: np.ndarray, spans: Tuple[int, ...]) -> _TrackPlan:
+    """The cached :class:`_TrackPlan` of these inputs (a burst size's layout repeats)."""
+    key = (len(pos), hash(pos.tobytes()), hash(w.tobytes()), hash(sel.tobytes()), spans)
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) >= 32:
+            _PLANS.pop(next(iter(_PLANS)))
+        plan = _PLANS[key] = _TrackPlan(pos.copy(), w.copy(), sel, spans)
+    return plan
