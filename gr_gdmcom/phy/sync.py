@@ -12,6 +12,7 @@ from __future__ import annotations
 import cmath
 import functools
 import math
+import threading
 from typing import NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -541,14 +542,18 @@ class _TrackPlan:
 
 
 _PLANS: "dict" = {}
+_PLANS_LOCK = threading.Lock()  # receivers may run in several GNU Radio threads
 
 
 def _track_plan(pos: np.ndarray, w: np.ndarray, sel: np.ndarray, spans: Tuple[int, ...]) -> _TrackPlan:
     """The cached :class:`_TrackPlan` of these inputs (a burst size's layout repeats)."""
-    key = (len(pos), hash(pos.tobytes()), hash(w.tobytes()), hash(sel.tobytes()), spans)
-    plan = _PLANS.get(key)
+    key = (len(pos), pos.tobytes(), w.tobytes(), sel.tobytes(), spans)
+    with _PLANS_LOCK:
+        plan = _PLANS.get(key)
     if plan is None:
-        if len(_PLANS) >= 32:
-            _PLANS.pop(next(iter(_PLANS)))
-        plan = _PLANS[key] = _TrackPlan(pos.copy(), w.copy(), sel, spans)
+        plan = _TrackPlan(pos.copy(), w.copy(), sel, spans)
+        with _PLANS_LOCK:
+            while len(_PLANS) >= 32:
+                _PLANS.pop(next(iter(_PLANS)))
+            _PLANS[key] = plan
     return plan
