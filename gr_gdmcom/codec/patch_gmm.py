@@ -61,6 +61,7 @@ PATCH_GMM_NAME = "patch-gmm"
 ASSET_DIR = Path(__file__).resolve().parent / "assets" / "patch_gmm"
 PARAMS_FILE = "patch_gmm.npz"
 PROVENANCE_FILE = "provenance.json"
+DEFAULT_SHIFTS = 4
 
 # Held out from fitting: the demo's astronaut and two more colour photographs.
 HELD_OUT = ("astronaut", "coffee", "chelsea")
@@ -115,11 +116,23 @@ def blocks_of(x: torch.Tensor) -> torch.Tensor:
     return b.reshape(B, H // PATCH, W // PATCH, 3 * PATCH * PATCH)
 
 
+def _segments(n: int, t: int, offset: int) -> Dict[int, List[int]]:
+    """Cut ``0..n`` into a head of ``offset`` (if any), whole tiles of ``t`` and a remainder:
+    ``{length: [starts]}``."""
+    cuts = ([0] if offset % t else []) + list(range(offset % t, n, t)) + [n]
+    out: Dict[int, List[int]] = {}
+    for a, b in zip(cuts, cuts[1:]):
+        if b > a:
+            out.setdefault(b - a, []).append(a)
+    return out
+
+
 class PatchGMMUNet(AnalyticUNet):
     """``E[eps | x_t]`` of the product of tile mixtures; edge tiles use the mixture's marginal."""
 
-    def __init__(self, gmm: GaussianMixture, spec: AnalyticSpec, log_abar: torch.Tensor):
+    def __init__(self, gmm: GaussianMixture, spec: AnalyticSpec, log_abar: torch.Tensor, shifts: int = 1):
         super().__init__(gmm, spec, log_abar)
+        self.shifts = int(shifts)
         self._marginals: Dict[Tuple[int, int], GaussianMixture] = {spec.shape[1:]: gmm}
 
     def marginal(self, h: int, w: int) -> GaussianMixture:
@@ -131,6 +144,33 @@ class PatchGMMUNet(AnalyticUNet):
             self._marginals[(h, w)] = GaussianMixture(g.weights, g.means[:, idx], g.factors[:, idx],
                                                       g.diag[:, idx], dtype=g.dtype)
         return self._marginals[(h, w)]
+
+    def offsets(self) -> List[Tuple[int, int]]:
+        """Tiling offsets averaged over: (0, 0) alone (exact), or ``shifts`` offsets along the
+        diagonal of the tile (cycle spinning, as EPLL averages over overlapping patches)."""
+        th = self.spec.shape[1]
+        n = max(1, min(self.shifts, th))
+        return [(i * th // n, i * self.spec.shape[2] // n) for i in range(n)]
+
+    def _eps_tiling(self, x: torch.Tensor, abar: torch.Tensor, lw: torch.Tensor, oy: int, ox: int) -> torch.Tensor:
+        """Exact ``E[eps | x_t]`` for the tiling whose tile grid starts at (oy, ox); the cut
+        tiles at the borders use the mixture's marginal."""
+        B, C, H, W = x.shape
+        out = torch.empty(B, C, H, W, dtype=self.gmm.dtype)
+        rows_by, cols_by = _segments(H, self.spec.shape[1], oy), _segments(W, self.spec.shape[2], ox)
+        for hh, r0 in rows_by.items():
+            ri = (torch.tensor(r0).view(-1, 1) + torch.arange(hh)).reshape(-1)
+            for ww, c0 in cols_by.items():
+                ci = (torch.tensor(c0).view(-1, 1) + torch.arange(ww)).reshape(-1)
+                nh, nw = len(r0), len(c0)
+                region = x[:, :, ri][:, :, :, ci]  # (B, C, nh*hh, nw*ww)
+                tiles = region.reshape(B, C, nh, hh, nw, ww).permute(0, 2, 4, 1, 3, 5).reshape(B * nh * nw, -1)
+                nt = nh * nw
+                e = self.marginal(hh, ww).eps_multi(tiles, abar.repeat_interleave(nt, 0),
+                                                    [lw.repeat_interleave(nt, 0)])[0]
+                e = e.reshape(B, nh, nw, C, hh, ww).permute(0, 3, 1, 4, 2, 5).reshape(B, C, nh * hh, nw * ww)
+                out[:, :, ri.view(-1, 1), ci.view(1, -1)] = e
+        return out
 
     def __call__(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor, **_):
         x = sample
@@ -149,20 +189,8 @@ class PatchGMMUNet(AnalyticUNet):
         if B % 2 == 0 and B and torch.equal(xc[: B // 2], xc[B // 2:]) and torch.equal(t[: B // 2], t[B // 2:]) \
                 and torch.equal(lw[: B // 2], lw[B // 2:]):
             rows = B // 2
-        eps = torch.empty(rows, C, H, W, dtype=self.gmm.dtype)
-        qh, qw = (H // th) * th, (W // tw) * tw
-        for y0, y1, hh in ((0, qh, th), (qh, H, H - qh)):
-            for x0, x1, ww in ((0, qw, tw), (qw, W, W - qw)):
-                if y1 <= y0 or x1 <= x0:
-                    continue
-                region = xc[:rows, :, y0:y1, x0:x1]
-                nh, nw = (y1 - y0) // hh, (x1 - x0) // ww
-                tiles = region.reshape(rows, C, nh, hh, nw, ww).permute(0, 2, 4, 1, 3, 5).reshape(rows * nh * nw, -1)
-                nt = nh * nw
-                e = self.marginal(hh, ww).eps_multi(tiles, abar[:rows].repeat_interleave(nt, 0),
-                                                    [lw[:rows].repeat_interleave(nt, 0)])[0]
-                eps[:, :, y0:y1, x0:x1] = e.reshape(rows, nh, nw, C, hh, ww).permute(0, 3, 1, 4, 2, 5).reshape(
-                    rows, C, y1 - y0, x1 - x0)
+        offsets = self.offsets()
+        eps = sum(self._eps_tiling(xc[:rows], abar[:rows], lw[:rows], oy, ox) for oy, ox in offsets) / len(offsets)
         if rows != B:
             eps = torch.cat([eps, eps])
         self.calls += 1
@@ -199,21 +227,24 @@ class PatchGMMParams:
                        factors=f["factors"], diag=f["diag"])
 
 
-def parse_options(model: str) -> Path:
-    """``patch-gmm`` or ``patch-gmm:path=DIR`` -> the folder holding ``patch_gmm.npz``."""
+def parse_options(model: str) -> Tuple[Path, int]:
+    """``patch-gmm[:path=DIR,shifts=S]`` -> (folder holding ``patch_gmm.npz``, shifts)."""
     if not is_patch_gmm(model):
         raise ValueError(f"not a patch-gmm model name: {model!r}")
-    folder = ASSET_DIR
+    folder, shifts = ASSET_DIR, DEFAULT_SHIFTS
     opts = model.split(":", 1)[1] if ":" in model else ""
     for item in filter(None, (s.strip() for s in opts.split(","))):
-        key, _, val = item.partition("=")
-        if key.strip() != "path" or not val.strip():
-            raise ValueError(f"patch-gmm: unknown option {item!r}; valid: path=DIR")
-        folder = Path(val.strip())
+        key, _, val = (v.strip() for v in item.partition("="))
+        if key == "path" and val:
+            folder = Path(val)
+        elif key == "shifts" and val.isdigit() and int(val) >= 1:
+            shifts = int(val)
+        else:
+            raise ValueError(f"patch-gmm: bad option {item!r}; valid: path=DIR, shifts=S (S >= 1)")
     if not (folder / PARAMS_FILE).is_file():
         raise ValueError(f"patch-gmm: no {PARAMS_FILE} in {folder} (refit with "
                          f"`python -m gr_gdmcom.codec.patch_gmm fit --out {folder}`)")
-    return folder
+    return folder, shifts
 
 
 _CACHE: dict = {}
@@ -223,8 +254,8 @@ def build_patch_gmm(model: str = PATCH_GMM_NAME) -> AnalyticModel:
     """The fitted model as an :class:`~gr_gdmcom.codec.analytic.AnalyticModel` (cached per file)."""
     from .schedule import SD_SCHEDULER, get_grid
 
-    folder = parse_options(model)
-    key = (str(folder.resolve()), (folder / PARAMS_FILE).stat().st_mtime_ns)
+    folder, shifts = parse_options(model)
+    key = (str(folder.resolve()), (folder / PARAMS_FILE).stat().st_mtime_ns, shifts)
     if key not in _CACHE:
         p = PatchGMMParams.load(folder / PARAMS_FILE)
         K, _, r = p.factors.shape
@@ -232,7 +263,7 @@ def build_patch_gmm(model: str = PATCH_GMM_NAME) -> AnalyticModel:
         gmm = GaussianMixture(p.weights, p.means.astype(np.float64), p.factors.astype(np.float64),
                               p.diag.astype(np.float64), dtype=torch.float32)
         log_abar = torch.from_numpy(np.log(get_grid(50, SD_SCHEDULER).abar))
-        _CACHE[key] = AnalyticModel(spec=spec, gmm=gmm, unet=PatchGMMUNet(gmm, spec, log_abar),
+        _CACHE[key] = AnalyticModel(spec=spec, gmm=gmm, unet=PatchGMMUNet(gmm, spec, log_abar, shifts),
                                     text_encoder=PromptEncoder(gmm, spec), tokenizer=ByteTokenizer(),
                                     vae=PCABlockVAE(p.encoder, p.decoder, p.block_mean, p.scale))
     return _CACHE[key]
