@@ -84,6 +84,9 @@ def cmd_validate(args) -> int:
     from .validate import ValidateOptions, analyse, run_validation
 
     if args.real_images:
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
         res = validate_images.measure(progress=(lambda *_: None) if args.quiet else print)
         validate_images.write_section(Path(args.out), validate_images.section(res))
         print(f"wrote the real-images section of {args.out} in {res['seconds']:.1f} s")
