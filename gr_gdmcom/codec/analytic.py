@@ -458,15 +458,18 @@ class AnalyticUNet(_Frozen):
         c, h, w = self.spec.shape
         return tiles.reshape(B, H // h, W // w, c, h, w).permute(0, 3, 1, 4, 2, 5).reshape(B, c, H, W)
 
+    def _inputs(self, x: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor):
+        """The UNet call's arguments on the CPU: latents, per-item timesteps, log-weights, abar."""
+        t = torch.as_tensor(timestep).detach().to("cpu", torch.float64).reshape(-1)
+        if t.numel() == 1:
+            t = t.expand(x.shape[0])
+        lw = encoder_hidden_states[:, 0, : self.spec.K].detach().to("cpu", torch.float64)
+        return x.detach().to("cpu"), t, lw, self.abar(t)
+
     def __call__(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor, **_):
         x = sample
         B, _, H, W = x.shape
-        t = torch.as_tensor(timestep).detach().to("cpu", torch.float64).reshape(-1)
-        if t.numel() == 1:
-            t = t.expand(B)
-        lw = encoder_hidden_states[:, 0, : self.spec.K].detach().to("cpu", torch.float64)
-        abar = self.abar(t)
-        xc = x.detach().to("cpu")
+        xc, t, lw, abar = self._inputs(x, timestep, encoder_hidden_states)
         tiles, nt = self._tiles(xc)
         # Classifier-free guidance batches [x, x] with two embeddings: share the component work.
         half = B // 2
