@@ -651,14 +651,21 @@ def analytic_components(model: str = ANALYTIC_NAME, device: str = "auto", dtype:
     Raises:
         ModelLoadError: bad ``analytic:`` options.
     """
-    from .models import Components, ModelLoadError, resolve_device, resolve_dtype
-    from .schedule import SD_SCHEDULER
+    from .models import ModelLoadError
 
     try:
         am = build_analytic(model)
     except ValueError as exc:
         raise ModelLoadError(f"Could not build the analytic model {model!r}: {exc}") from None
+    return components_of(am, am.spec.label(), device, dtype)
+
+
+def components_of(am: AnalyticModel, model_id: str, device: str = "auto", dtype: str = "auto"):
+    """An :class:`AnalyticModel`'s parts as :class:`~gr_gdmcom.codec.models.Components`."""
+    from .models import Components, resolve_device, resolve_dtype
+    from .schedule import SD_SCHEDULER
+
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
     return Components(vae=am.vae, unet=am.unet, text_encoder=am.text_encoder, tokenizer=am.tokenizer,
-                      scheduler_config=dict(SD_SCHEDULER), device=dev, dtype=dt, model_id=am.spec.label())
+                      scheduler_config=dict(SD_SCHEDULER), device=dev, dtype=resolve_dtype(dtype, dev),
+                      model_id=model_id)

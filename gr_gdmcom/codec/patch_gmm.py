@@ -59,7 +59,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .analytic import PATCH, AnalyticModel, AnalyticSpec, AnalyticUNet, ByteTokenizer, GaussianMixture, PromptEncoder, _Config, _Frozen
+from .analytic import (PATCH, AnalyticModel, AnalyticSpec, AnalyticUNet, ByteTokenizer, GaussianMixture, PromptEncoder,
+                       _Config, _Frozen, components_of)
 
 PATCH_GMM_NAME = "patch-gmm"
 ASSET_DIR = Path(__file__).resolve().parent / "assets" / "patch_gmm"
@@ -274,19 +275,13 @@ def patch_gmm_components(model: str = PATCH_GMM_NAME, device: str = "auto", dtyp
     Raises:
         ModelLoadError: bad options or a missing parameter file.
     """
-    from .models import Components, ModelLoadError, resolve_device, resolve_dtype
-    from .schedule import SD_SCHEDULER
+    from .models import ModelLoadError
 
     try:
         am = build_patch_gmm(model)
     except ValueError as exc:
         raise ModelLoadError(f"Could not load the patch-gmm model {model!r}: {exc}") from None
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    if dt != torch.float32:
-        dt = torch.float32  # the mixture's arithmetic is float32 on the CPU; half precision gains nothing
-    return Components(vae=am.vae, unet=am.unet, text_encoder=am.text_encoder, tokenizer=am.tokenizer,
-                      scheduler_config=dict(SD_SCHEDULER), device=dev, dtype=dt, model_id=model)
+    return components_of(am, model, device, dtype)
 
 
 # --------------------------------------------------------------------------- training data
