@@ -73,6 +73,10 @@ def test_provenance_holds_the_astronaut_out(model):
     assert set(pg.HELD_OUT) <= set(prov["held_out"]) and "astronaut" in prov["held_out"]
     assert not {n.split(".")[0] for n in prov["train_images"]} & set(prov["held_out"])
     assert prov["K"] == model.spec.K and prov["seed"] == 0
+    import hashlib
+
+    sha = hashlib.sha256((pg.ASSET_DIR / pg.PARAMS_FILE).read_bytes()).hexdigest()
+    assert pg.revision("patch-gmm:shifts=2") == f"patch_gmm.npz sha256:{sha[:16]} (shifts=2)"
 
 
 def test_fit_is_bit_reproducible_from_the_script_and_seed(tmp_path):

@@ -247,6 +247,15 @@ def parse_options(model: str) -> Tuple[Path, int]:
     return folder, shifts
 
 
+def revision(model: str) -> str:
+    """Provenance of the parameters ``model`` loads: file, sha256 prefix and shifts."""
+    import hashlib
+
+    folder, shifts = parse_options(model)
+    sha = hashlib.sha256((folder / PARAMS_FILE).read_bytes()).hexdigest()[:16]
+    return f"{PARAMS_FILE} sha256:{sha} (shifts={shifts})"
+
+
 _CACHE: dict = {}
 
 
