@@ -31,7 +31,7 @@ class CodecConfig:
 
     Attributes:
         model: Hugging Face id, local diffusers folder, ``tiny`` (random-weight
-            SD-shaped model built offline) or ``analytic``.
+            SD-shaped model built offline), ``analytic`` or ``patch-gmm``.
         device: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:1`` ...
         dtype: ``auto`` (fp16 on CUDA, fp32 on CPU), ``fp16``, ``bf16`` or ``fp32``.
         k: DDIM-inversion steps at the transmitter (paper: 5).
@@ -116,8 +116,9 @@ class CodecConfig:
 
 
 _HELP = {
-    "model": "Hugging Face id, local diffusers folder, 'tiny' (offline random-weight model) or 'analytic' "
-             "(exact Gaussian-mixture prior, see docs/validation.md)",
+    "model": "Hugging Face id, local diffusers folder, 'tiny' (offline random-weight model), 'analytic' "
+             "(exact Gaussian-mixture prior, see docs/validation.md) or 'patch-gmm' (offline natural-image "
+             "prior fitted to bundled photographs, see docs/codec.md)",
     "device": "torch device: auto, cpu, cuda, cuda:N",
     "dtype": "auto (fp16 on CUDA, fp32 on CPU), fp16, bf16 or fp32",
     "k": "DDIM-inversion steps at the transmitter",

@@ -200,6 +200,9 @@ def load_components(model: str = "tiny", device: str = "auto", dtype: str = "aut
     if model == "analytic" or model.startswith("analytic:"):
         from .analytic import analytic_components
         return analytic_components(model, device, dtype)
+    if model == "patch-gmm" or model.startswith("patch-gmm:"):
+        from .patch_gmm import patch_gmm_components
+        return patch_gmm_components(model, device, dtype)
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.utils import logging as dlogging
     from transformers import CLIPTextModel, CLIPTokenizer

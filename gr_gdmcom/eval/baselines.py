@@ -16,6 +16,9 @@ name                  what
                       the paper's Table I "with caption" row
 ``random_noise``      the same with ``forward="random"``: k steps of random
                       forward noise instead of DDIM inversion (paper's ablation)
+``received``          the proposed transmitter, and the received latent decoded
+                      by the VAE as is (no inversion, no denoising): what the
+                      diffusion receiver must beat
 ``sd_semcom``         SD_SemCom (Cicchetti et al., MLSP 2024), re-implemented
                       from the paper's description: the clean normalised VAE
                       latent ``z_0`` (k = 0, no inversion) is sent; the caption
@@ -380,6 +383,32 @@ class RandomNoise(Proposed):
                 "(gr_gdmcom.codec, forward=random); numpy AWGN, decoder told the true SNR")
 
 
+class Received(Proposed):
+    """The received latent ``z~_k`` decoded by the VAE as is: the proposed transmitter, no denoising."""
+
+    name = "received"
+
+    def fidelity(self) -> str:
+        return "received latent z~_k decoded by the VAE as is (no denoising); numpy AWGN"
+
+    def receive(self, txs, snr_db):
+        import torch
+
+        from ..codec.images import to_uint8
+
+        c = self.codec.c
+        out = []
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for tx in txs:
+                z = torch.from_numpy(latent_from_symbols(_received(tx, snr_db, self.config.seed), tx.meta))
+                x = c.vae.decode((z[None].to(c.device) / c.vae_scale).to(c.dtype)).sample.float()
+                out.append(Rx(name=tx.name, image=to_uint8(x[0], tx.meta.image_size), n_steps=0, rule="none",
+                              seconds=time.perf_counter() - t0, unet_calls=0, fidelity=self.fidelity()))
+                t0 = time.perf_counter()
+        return out
+
+
 class ProposedCaption(Proposed):
     """The paper's "proposed with caption" row (Table I): the image's caption, sent as
     lossless side information beside the symbols (outside the symbol budget), is the
@@ -661,6 +690,7 @@ METHODS: Dict[str, type] = {
     "proposed_clean_one": ProposedCleanOne,
     "proposed_calibrated": ProposedCalibrated,
     "random_noise": RandomNoise,
+    "received": Received,
     "sd_semcom": SDSemCom,
     "digital": Digital,
 }

@@ -175,6 +175,10 @@ def model_revision(model: str, components=None) -> Optional[str]:
         from ..codec.models import TINY_VERSION
 
         return f"tiny-v{TINY_VERSION} (random weights, seed 0)"
+    from ..codec.patch_gmm import is_patch_gmm, revision
+
+    if is_patch_gmm(model):
+        return revision(model)
     if components is not None and getattr(components, "revision", None):
         return str(components.revision)
     p = Path(model)
