@@ -8,6 +8,8 @@
 #   GDMCOM_VENV   venv folder            [default: .venv]
 #   GDMCOM_EXTRAS pip extras to install  [default: test]
 #   GDMCOM_TORCH  torch requirement      [default: torch==2.13.0]
+#   GDMCOM_NO_GRC_CONFIG=1  leave ~/.gnuradio/config.conf alone
+#   GDMCOM_NO_GUI_TOOLS=1   skip xvfb/xauth/gir1.2-gtk-3.0/imagemagick/python3-pyqt5.qtsvg
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${GDMCOM_VENV:-.venv}
