@@ -10,6 +10,7 @@ around these classes, so everything here is testable with plain numpy.
 from __future__ import annotations
 
 import glob
+import importlib.resources
 import logging
 import time
 from dataclasses import dataclass, field
@@ -31,12 +32,25 @@ FORWARD_CODES = {"ddim": 0, "random": 1}
 FORWARD_NAMES = {v: k for k, v in FORWARD_CODES.items()}
 
 
+PACKAGE_PREFIX = "package:"
+
+
+def package_image(name: str) -> Path:
+    """``astronaut.png`` -> the image of that name bundled in ``gr_gdmcom/data`` (found through
+    the installed package, whatever the working directory)."""
+    return Path(str(importlib.resources.files("gr_gdmcom") / "data" / name))
+
+
 def expand_images(spec: Union[str, Sequence[str]]) -> List[Path]:
     """Paths, folders (their image files, sorted) and globs -> list of paths.
 
     ``spec`` may be a list or one string with entries separated by commas or
-    semicolons.  A name that matches nothing is kept, so that the source
-    reports it as unreadable instead of silently skipping it.
+    semicolons.  ``package:NAME`` names an image bundled with the package
+    (``package:astronaut.png``, ``package:coffee.png``; ``package:`` alone: all
+    of them).  Relative paths are relative to the working directory, which is
+    the flowgraph's folder when GNU Radio Companion runs a flowgraph.  A name
+    that matches nothing is kept, so that the source reports it as unreadable
+    instead of silently skipping it.
     """
     if isinstance(spec, (str, Path)):
         items = [s.strip() for s in str(spec).replace(";", ",").split(",")]
@@ -44,7 +58,7 @@ def expand_images(spec: Union[str, Sequence[str]]) -> List[Path]:
         items = [str(s).strip() for s in spec]
     out: List[Path] = []
     for item in filter(None, items):
-        p = Path(item).expanduser()
+        p = package_image(item[len(PACKAGE_PREFIX):]) if item.startswith(PACKAGE_PREFIX) else Path(item).expanduser()
         if p.is_dir():
             out += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTENSIONS)
         elif any(ch in item for ch in "*?["):
@@ -114,32 +128,63 @@ class TxPipeline:
         image_id_start: id of the first image (ids wrap at 65536).
     """
 
-    def __init__(self, backend, images: Sequence[Path], frame: FrameConfig, repeat: int = 1, image_id_start: int = 0):
+    def __init__(self, backend, images: Sequence[Path], frame: FrameConfig, repeat: int = 1, image_id_start: int = 0,
+                 wait: bool = False):
         self.backend, self.images, self.repeat = backend, list(images), int(repeat)
+        self.wait = bool(wait)
         self.tx = FrameTx(frame)
         self.next_id = int(image_id_start)
         self.counters = dict(images_sent=0, images_failed=0, bursts=0)
+        self._reported: set = set()  # paths whose failure was already logged
 
-    def events(self) -> Iterator[TxEvent]:
-        """One :class:`TxEvent` per image, in order (encoding errors included)."""
+    def events(self, stop=None) -> Iterator[TxEvent]:
+        """One :class:`TxEvent` per image, in order (encoding errors included).
+
+        A pass over the list that sends nothing ends the events (logged once),
+        so a missing image never turns ``repeat = 0`` into an endless loop of
+        errors; with ``wait`` the pass is instead retried every second, quietly,
+        until an image can be sent or ``stop`` (a :class:`threading.Event`) is set.
+        """
         n = 0
         while self.repeat == 0 or n < self.repeat:
             n += 1
             if not self.images:
                 return
+            sent = 0
             for path in self.images:
-                yield self.encode_one(path)
+                ev = self.encode_one(path)
+                sent += ev.error is None
+                yield ev
+            if sent:
+                continue
+            if not self.wait:
+                log.error("source: none of the %d image(s) could be sent; the source stops (images: %s)",
+                          len(self.images), ", ".join(map(str, self.images)))
+                return
+            if n == 1:
+                log.warning("source: nothing to send yet; retrying every second until an image can be read")
+            n -= 1  # a waiting pass does not count towards repeat
+            if stop is not None and stop.wait(1.0):
+                return
+            if stop is None:
+                time.sleep(1.0)
 
     def encode_one(self, path: Path) -> TxEvent:
         image_id, self.next_id = self.next_id & 0xFFFF, self.next_id + 1
         ev = TxEvent(image_id=image_id, name=Path(path).stem, path=str(path))
         t0 = time.perf_counter()
         try:
+            if not Path(path).is_file():
+                raise FileNotFoundError(
+                    f"image not found: {path} (relative paths start from the working directory {Path.cwd()}, "
+                    f"the flowgraph's folder when GNU Radio Companion runs it; bundled images: "
+                    f"{PACKAGE_PREFIX}astronaut.png, {PACKAGE_PREFIX}coffee.png)")
             enc = self.backend.encode(str(path), name=ev.name)
         except Exception as exc:  # noqa: BLE001 - every failure is reported, the stream goes on
             ev.error = str(exc)
             self.counters["images_failed"] += 1
-            log.warning("source: image %s not sent: %s", path, exc)
+            (log.debug if str(path) in self._reported else log.warning)("source: image %s not sent: %s", path, exc)
+            self._reported.add(str(path))
             return ev
         bursts = self.tx.frames(enc.symbols, header_for(enc.meta, image_id))
         ev.bursts = [Burst(b, image_id, i, len(bursts), ev.name) for i, b in enumerate(bursts)]

@@ -7,4 +7,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export GRC_BLOCKS_PATH="$PWD/grc${GRC_BLOCKS_PATH:+:$GRC_BLOCKS_PATH}"
+export GR_CONF_GRC_LOCAL_BLOCKS_PATH="$PWD/grc"  # (see scripts/grcc.sh)
 exec .venv/bin/python /usr/bin/gnuradio-companion "$@"

@@ -8,6 +8,8 @@
 #   GDMCOM_VENV   venv folder            [default: .venv]
 #   GDMCOM_EXTRAS pip extras to install  [default: test,ray]
 #   GDMCOM_TORCH  torch requirement      [default: torch==2.13.0]
+#   GDMCOM_NO_GRC_CONFIG=1  leave ~/.gnuradio/config.conf alone
+#   GDMCOM_NO_GUI_TOOLS=1   skip xvfb/xauth/gir1.2-gtk-3.0/imagemagick/python3-pyqt5.qtsvg
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${GDMCOM_VENV:-.venv}
@@ -46,20 +48,23 @@ fi
     echo "[setup] the environment in $VENV does not import; remove it and re-run" >&2; exit 1; }
 
 # GNU Radio Companion finds the block YAML through [grc] local_blocks_path in
-# ~/.gnuradio/config.conf (or GRC_BLOCKS_PATH); add this checkout's grc/ once.
-[ "${GDMCOM_NO_GRC_CONFIG:-}" = 1 ] || "$PY" - "$PWD/grc" <<'PYEOF'
-import configparser, os, sys
-path = sys.argv[1]
-conf = os.path.expanduser("~/.gnuradio/config.conf")
-cp = configparser.ConfigParser()
-cp.read(conf)
-if not cp.has_section("grc"):
-    cp.add_section("grc")
-paths = [p for p in cp.get("grc", "local_blocks_path", fallback="").split(":") if p]
-if path not in paths:
-    cp.set("grc", "local_blocks_path", ":".join(paths + [path]))
-    os.makedirs(os.path.dirname(conf), exist_ok=True)
-    with open(conf, "w") as f:
-        cp.write(f)
-    print(f"[setup] GNU Radio Companion: added {path} to [grc] local_blocks_path in {conf}")
-PYEOF
+# ~/.gnuradio/config.conf (or GRC_BLOCKS_PATH); this checkout's grc/ replaces an earlier
+# checkout's entry there (GRC lets a later folder override a block), and says what changed.
+[ "${GDMCOM_NO_GRC_CONFIG:-}" = 1 ] || "$PY" -m gr_gdmcom.grc_config "$PWD/grc"
+
+# --- GRC GUI: a virtual X display, GTK 3 introspection (GRC's GUI and its layout test),
+# ImageMagick (screenshots) and PyQt5's QtSvg; installed only when missing.
+need_gui=()
+command -v Xvfb >/dev/null 2>&1 || need_gui+=(xvfb)
+command -v xauth >/dev/null 2>&1 || need_gui+=(xauth)
+/usr/bin/python3 -c "import gi; gi.require_version('Gtk', '3.0')" 2>/dev/null || need_gui+=(gir1.2-gtk-3.0)
+command -v convert >/dev/null 2>&1 || need_gui+=(imagemagick)
+# matplotlib's Qt backend needs QtSvg; without it gnuradio.qtgui warns "Matplotlib is a required dependency"
+/usr/bin/python3 -c "from PyQt5 import QtSvg" 2>/dev/null || need_gui+=(python3-pyqt5.qtsvg)
+if [ ${#need_gui[@]} -gt 0 ] && [ "${GDMCOM_NO_GUI_TOOLS:-}" != 1 ]; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    echo "[setup] installing GRC GUI test tools: ${need_gui[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        "${need_gui[@]}" >/dev/null
+fi

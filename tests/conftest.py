@@ -65,7 +65,7 @@ def grcc_build(tmp_path_factory):
     if grcc is None:
         pytest.skip("grcc not installed")
     out = tmp_path_factory.mktemp("grcc")
-    env = dict(os.environ, GRC_BLOCKS_PATH=str(ROOT / "grc"),
+    env = dict(os.environ, GRC_BLOCKS_PATH=str(ROOT / "grc"), GR_CONF_GRC_LOCAL_BLOCKS_PATH=str(ROOT / "grc"),
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     files = [str(f) for f in sorted((ROOT / "flowgraphs").glob("*.grc"))]
     r = subprocess.run([sys.executable, grcc, "-o", str(out), *files], env=env, capture_output=True, text=True,

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.gnuradio
 
 def _env(tmp_path):
     env = dict(os.environ)
-    env["GRC_BLOCKS_PATH"] = str(ROOT / "grc")
+    env["GRC_BLOCKS_PATH"] = env["GR_CONF_GRC_LOCAL_BLOCKS_PATH"] = str(ROOT / "grc")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["OMP_NUM_THREADS"] = "1"  # several processes share a small machine
     env["QT_QPA_PLATFORM"] = "offscreen"
@@ -166,7 +166,8 @@ def test_rx_level_block_reports_peak_rms_and_clipping():
     from gnuradio import blocks
     x = np.full(20000, 0.1, np.complex64)
     x[5] = 0.95  # one clipped sample in the first report
-    meter = _epy("usrp_rx", "rx_level")(samp_rate=1e4, period=1.0)
+    from gr_gdmcom.blocks import rx_level
+    meter = rx_level(samp_rate=1e4, period=1.0)
     tb = gr.top_block()
     tb.connect(blocks.vector_source_c(x.tolist()), meter)
     tb.run()
@@ -407,3 +408,29 @@ def test_live_demo_offscreen_screenshot(compiled, image, tmp_path):
     assert img.shape[0] >= 600 and img.shape[1] >= 600
     # pictures and plots, not a blank window
     assert img.std() > 20 and len(np.unique(img.reshape(-1, 3), axis=0)) > 1000
+
+
+def test_live_demo_with_a_missing_image_reports_it_once_and_waits(compiled, tmp_path):
+    """Repeat 0 and a missing image: one warning and one error, the source ends its stream and the
+    window stays up (closed here by --run-seconds), instead of an endless stream of errors."""
+    pytest.importorskip("PyQt5.QtWidgets")
+    pytest.importorskip("gnuradio.qtgui")
+    r = subprocess.run([sys.executable, str(compiled / "live_demo.py"), "--images", "missing.png", "--out-dir", "",
+                        "--run-seconds", "6"], env=_env(tmp_path), cwd=tmp_path, capture_output=True, text=True,
+                       timeout=200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = (r.stdout + r.stderr).splitlines()
+    problems = [line for line in lines if ":warning:" in line or ":error:" in line or "Traceback" in line]
+    assert len(problems) < 10, problems
+    assert sum("image not found: missing.png" in line for line in lines) == 1, lines
+    assert sum("could be sent; the source stops" in line for line in lines) == 1, lines
+
+
+def test_live_demo_without_a_display_says_what_to_do(compiled, tmp_path):
+    env = _env(tmp_path)
+    for k in ("QT_QPA_PLATFORM", "DISPLAY", "WAYLAND_DISPLAY"):
+        env.pop(k, None)
+    r = subprocess.run([sys.executable, str(compiled / "live_demo.py")], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert "no display is set" in r.stderr and "xvfb-run" in r.stderr and "QT_QPA_PLATFORM=offscreen" in r.stderr

@@ -1,9 +1,15 @@
 """Generate ``grc/gr_gdmcom_<block>.block.yml`` from one table of parameters.
 
 The YAML files are committed (GNU Radio Companion reads them from
-``GRC_BLOCKS_PATH``); ``tests/test_grc_yaml.py`` checks that they are what
-this module generates and that every ``make`` and ``callbacks`` entry matches
-the Python class.  Regenerate with::
+``GRC_BLOCKS_PATH``); ``tests/test_grc.py`` checks that they are what this
+module generates, that every ``make`` and ``callbacks`` entry matches the
+Python class and that the ``asserts`` agree with the configs' own validation.
+
+Block faces follow GNU Radio's convention: the few parameters of a block's
+``face`` are drawn on the block, every other one is ``hide: part`` (shown in
+the properties dialog only), and ``HIDE_WHEN`` hides settings that do not apply
+(the threaded-decode settings unless the sink decodes in a thread).
+Regenerate with::
 
     python -m gr_gdmcom.blocks.grc_yaml grc/
 """
@@ -20,7 +26,7 @@ SERVER = [("server", "Inference server", "string", "'local'", None,
            "'local' (model in this process) or the ZMQ endpoint of `gdmcom serve`, e.g. tcp://gpu-host:5555")]
 MODEL = [
     ("model", "Model", "string", repr(DEFAULT_MODEL), None,
-     "Hugging Face id, local diffusers folder, or 'tiny' (offline random-weight test model)"),
+     "Hugging Face id, local diffusers folder, 'tiny' (offline random-weight test model) or 'analytic'"),
     ("device", "Device", "string", "'auto'", "Codec", "auto (CUDA if present), cpu, cuda, cuda:N"),
     ("dtype", "Precision", "string", "'auto'", "Codec", "auto (fp16 on CUDA, fp32 on CPU), fp16, bf16, fp32"),
 ]
@@ -57,6 +63,35 @@ PHY = [
     ("max_chunk_symbols", "Max chunk", "int", "8192", "PHY", "latent symbols per burst (larger latents are chunked)"),
     ("gap_symbols", "Gap", "int", "64", "PHY", "zero symbols between bursts"),
 ]
+RECEIVER = [  # the receiver's own settings (FrameConfig), on the Advanced tab
+    ("detect_threshold", "Detect threshold", "float", "0.05", "Advanced",
+     "normalised preamble-metric threshold (0..1)"),
+    ("verify_threshold", "Verify threshold", "float", "0.12", "Advanced",
+     "normalised preamble-correlation threshold (0..1)"),
+    ("eq_taps", "Equaliser taps", "int", "7", "Advanced", "symbol-spaced LS equaliser taps (odd; 1 = one-tap)"),
+    ("cfo_search", "CFO search", "int", "2", "Advanced",
+     "extra CFO steps of 1/(16 sps) tried on either side (0..3): each widens the capture range"),
+    ("phase_window", "Phase window", "int", "512", "Advanced",
+     "longest channel-tracker window in pilot periods (the window is chosen per burst up to this)"),
+]
+#: editable dropdowns (GRC: a string parameter with options): the usual values, any other may be typed
+OPTIONS = {"model": ([repr(DEFAULT_MODEL), "'patch-gmm'", "'tiny'", "'analytic'"],
+                     ["Stable Diffusion 1.5", "patch-gmm (offline image prior)", "tiny (offline test)",
+                      "analytic (offline prior)"]),
+           "device": (["'auto'", "'cpu'", "'cuda'", "'cuda:0'"], ["auto", "cpu", "cuda", "cuda:0"]),
+           "dtype": (["'auto'", "'fp32'", "'fp16'", "'bf16'"], ["auto", "fp32", "fp16", "bf16"])}
+#: GRC asserts, written from CodecConfig.validate / FrameConfig.validate (tests/test_grc.py checks they agree)
+ASSERTS = {
+    "T": "1 <= T <= 1000", "k": "k >= 0", "m": "m >= 0",
+    "sps": "1 <= sps <= 16", "rolloff": "0 < rolloff <= 1", "rrc_span": "rrc_span >= 2 and rrc_span % 2 == 0",
+    "pilot_spacing": "2 <= pilot_spacing <= 4096", "max_chunk_symbols": "1 <= max_chunk_symbols <= 65535",
+    "gap_symbols": "gap_symbols >= 0", "eq_taps": "1 <= eq_taps <= 31 and eq_taps % 2 == 1",
+    "phase_window": "phase_window >= 1", "detect_threshold": "0 < detect_threshold < 1",
+    "verify_threshold": "0 < verify_threshold < 1", "cfo_search": "0 <= cfo_search <= 3",
+}
+#: parameters hidden unless they apply (a GRC hide expression)
+HIDE_WHEN = {"max_pending": "${ 'part' if threaded else 'all' }",
+             "drain_timeout": "${ 'part' if threaded else 'all' }"}
 ENUMS = {"forward": (["'ddim'", "'random'"], ["DDIM inversion", "Random noise"]),
          "rule": (["'snr'", "'variance'", "'exact'"], ["log-SNR match", "Variance match", "Exact t*"]),
          "clean_end": (["'model'", "'one'", "'step0'"], ["From the model", "a_0 = 1", "a_0 = abar_0"]),
@@ -65,12 +100,19 @@ ENUMS = {"forward": (["'ddim'", "'random'"], ["DDIM inversion", "Random noise"])
 BLOCKS = {
     "semantic_source": dict(
         label="Semantic Source", category="[GDM-COM]/Sources",
-        params=[("images", "Images", "string", "''", None, "image paths, folders or globs, comma-separated"),
+        params=[("images", "Images", "string", "''", None,
+                 "image paths, folders or globs, comma-separated; package:astronaut.png names a bundled image; "
+                 "relative paths start from the working directory (GRC: the flowgraph's folder)"),
                 ("repeat", "Repeat", "int", "1", None, "times to send the list (0 = loop forever)")]
         + SERVER + MODEL + TX + SHARED
         + [("image_id_start", "First image id", "int", "0", "Codec", "image id of the first image (wraps at 65536)"),
            ("burst_tags", "UHD burst tags", "bool", "False", "PHY", "add tx_sob/tx_eob tags for UHD sinks"),
-           ("tail_symbols", "Tail", "int", "512", "PHY", "zero symbols sent after the last burst")] + PHY,
+           ("tail_symbols", "Tail", "int", "512", "PHY", "zero symbols sent after the last burst"),
+           ("wait_for_images", "Wait for images", "bool", "False", None,
+            "when no image can be read: wait for the files (True) or end the stream (False)"),
+           ("stop_timeout", "Stop timeout", "float", "10.0", "Codec",
+            "seconds stop() waits for the encoder thread (an image being encoded finishes first)")] + PHY,
+        face=["images", "repeat", "model", "server"],
         inputs=[], outputs=[dict(domain="stream", dtype="complex"),
                             dict(domain="message", id="info", optional=True)],
         callbacks=["set_repeat(${repeat})"],
@@ -81,14 +123,18 @@ BLOCKS = {
             "unless Repeat is 0."),
     "semantic_sink": dict(
         label="Semantic Sink", category="[GDM-COM]/Sinks",
-        params=[("out_dir", "Output folder", "string", "'out'", None, "folder for decoded images ('' = none)"),
+        params=[("out_dir", "Output folder", "dir_select", "'out'", None,
+                 "folder for decoded images ('' = none); relative to the working directory (GRC: the flowgraph's "
+                 "folder)"),
                 ("filename", "File name", "string", "'img{image_id:05d}.png'", None,
                  "pattern with {image_id} and {name}")]
         + SERVER + MODEL + RX + SHARED
         + [("threaded", "Decode in thread", "bool", "False", "Codec",
             "decode in a worker thread so a live radio stream keeps flowing (False: decode in work())"),
            ("max_pending", "Max pending", "int", "8", "Codec", "images waiting for the decoder (threaded mode)"),
-           ("drain_timeout", "Drain timeout", "float", "600.0", "Codec", "seconds to finish decoding at stop")] + PHY,
+           ("drain_timeout", "Drain timeout", "float", "600.0", "Codec", "seconds to finish decoding at stop")]
+        + PHY + RECEIVER,
+        face=["out_dir", "model", "server", "threaded"],
         inputs=[dict(domain="stream", dtype="complex")],
         outputs=[dict(domain="message", id="images", optional=True)],
         callbacks=[],
@@ -102,6 +148,7 @@ BLOCKS = {
         params=[("burst_tags", "UHD burst tags", "bool", "False", None, "add tx_sob/tx_eob tags"),
                 ("idle_zeros", "Idle zeros", "bool", "False", None, "send zeros while idle (continuous stream)")]
         + PHY,
+        face=["burst_tags", "idle_zeros", "sps"],
         inputs=[dict(domain="message", id="pdus")], outputs=[dict(domain="stream", dtype="complex")],
         callbacks=[],
         doc="PDU (metadata: image_id, latent_shape, image_size, k, T, forward, guidance, alpha, prompt_hash; "
@@ -109,21 +156,38 @@ BLOCKS = {
             "Output: complex64 bursts with packet_len, image_id, chunk tags."),
     "frame_rx": dict(
         label="Frame RX", category="[GDM-COM]/PHY",
-        params=[("reassemble", "Reassemble", "bool", "True", None, "one PDU per image (else one per frame)")] + PHY,
+        params=[("reassemble", "Reassemble", "bool", "True", None, "one PDU per image (else one per frame)")]
+        + PHY + RECEIVER,
+        face=["reassemble", "sps"],
         inputs=[dict(domain="stream", dtype="complex")], outputs=[dict(domain="message", id="pdus")],
         callbacks=[],
         doc="Samples -> detection, CFO/timing/gain estimation, equalisation, header CRC, SNR estimate -> PDUs.\n"
             "Input: complex64.\nMessage out 'pdus': metadata = header fields + snr_db (estimated Es/N0) + "
             "chunks/complete/untracked_chunks (or noise_var, cfo, sro_ppm, start, tracked, track_span per frame); "
             "vector: c32 equalised latent symbols."),
+    "rx_level": dict(
+        label="RX Level", category="[GDM-COM]/Instrumentation",
+        params=[("samp_rate", "Sample rate", "float", "1000000.0", None, "sample rate of the input, samples/s"),
+                ("period", "Period (s)", "float", "2.0", None, "seconds of samples per report"),
+                ("clip", "Clip level", "float", "0.9", None, "|x| above this counts as clipped (full scale: 1)"),
+                ("low_dbfs", "Low level (dBFS)", "float", "-40.0", None,
+                 "warn when even the peak of a period stays below this")],
+        face=["samp_rate", "period"],
+        inputs=[dict(domain="stream", dtype="complex")], outputs=[], callbacks=[],
+        doc="RX level meter: every period it logs the peak and RMS of the received samples in dBFS (full scale: "
+            "|x| = 1) and the share of samples above the clip level; it warns on clipping (lower the RX gain or "
+            "the TX level) and when nothing strong arrived. Bursts should peak between about -20 and -6 dBFS.\n"
+            "Input: complex64 samples."),
     "image_display": dict(
         label="Image Display", category="[GDM-COM]/GUI",
         params=[("label", "Title", "string", "'Original | Reconstruction'", None, "title above the pictures"),
                 ("size", "Size (px)", "int", "256", None, "longest side of each picture on screen"),
-                ("grid", "Grid position", "int_vector", "()", None,
-                 "row, col, row span, col span in the QT GUI grid (empty: below the other widgets)")],
+                ("gui_hint", "GUI Hint", "gui_hint", "", None,
+                 "place in the QT GUI window, as other QT GUI blocks: row, col[, row span, col span], "
+                 "optionally tab@index: (empty: below the other widgets)")],
+        face=["label", "size"],
         inputs=[dict(domain="message", id="images", optional=True), dict(domain="message", id="info", optional=True)],
-        outputs=[], callbacks=[], make_extra=["top=self"],
+        outputs=[], callbacks=[], gui_hint=True,
         doc="QT GUI flowgraphs only: the original image beside its reconstruction, updated per image, with a "
             "caption: estimated SNR, chosen N, PSNR against the original, chunks received.\nMessage in 'images': "
             "the Semantic Sink's PDUs (RGB uint8 vector + height/width, or file).\nMessage in 'info': the Semantic "
@@ -131,10 +195,11 @@ BLOCKS = {
 }
 
 
-def _param_yaml(pid, label, dtype, default, tab, doc) -> str:
-    lines = [f"-   id: {pid}", f"    label: {label}", f"    dtype: {'raw' if 'enum' in dtype else dtype}",
-             f"    default: {_q(default)}"]
-    if "enum" in dtype:  # editenum: a raw value with suggested options (GRC's editable dropdown)
+def _param_yaml(pid, label, dtype, default, tab, doc, hide="none") -> str:
+    lines = [f"-   id: {pid}", f"    label: {label}", f"    dtype: {'raw' if 'enum' in dtype else dtype}"]
+    if default != "":
+        lines.append(f"    default: {_q(default)}")
+    if "enum" in dtype:  # enum: a dropdown; editenum: a raw value with suggested options (editable dropdown)
         opts, labels = ENUMS[pid]
         lines[2] = "    dtype: enum" if dtype == "enum" else "    dtype: raw"
         lines += [f"    options: [{', '.join(_q(o) for o in opts)}]",
@@ -142,8 +207,14 @@ def _param_yaml(pid, label, dtype, default, tab, doc) -> str:
     if dtype == "bool":
         lines[2] = "    dtype: bool"
         lines += ["    options: ['True', 'False']", "    option_labels: ['Yes', 'No']"]
+    if pid in OPTIONS:
+        opts, labels = OPTIONS[pid]
+        lines += [f"    options: [{', '.join(_q(o) for o in opts)}]",
+                  f"    option_labels: [{', '.join(_q(o) for o in labels)}]"]
     if tab:
         lines.append(f"    category: {tab}")
+    if hide != "none":
+        lines.append(f"    hide: {_q(hide)}")
     return "\n".join(lines)
 
 
@@ -162,14 +233,36 @@ def _port_yaml(p: dict) -> str:
     return "\n".join(lines)
 
 
+def _hide(block: dict, pid: str) -> str:
+    """'none' on the block's face, else 'part' (properties dialog only) or the HIDE_WHEN expression."""
+    if pid in HIDE_WHEN:
+        return HIDE_WHEN[pid]
+    return "none" if pid in block["face"] else "part"
+
+
+def _asserts(params) -> list:
+    ids = {p[0] for p in params}
+    return [f"${{ {expr} }}" for pid, expr in ASSERTS.items()
+            if pid in ids and all(name in ids for name in _names(expr))]
+
+
+def _names(expr: str) -> set:
+    import ast
+    return {n.id for n in ast.walk(ast.parse(expr)) if isinstance(n, ast.Name)}
+
+
 def block_yaml(name: str) -> str:
     b = BLOCKS[name]
     params = b["params"]
-    make = f"gdmcom.{name}(" + ", ".join([f"{p[0]}=${{{p[0]}}}" for p in params] + b.get("make_extra", [])) + ")"
+    args = [f"{p[0]}=${{{p[0]}}}" for p in params if p[2] != "gui_hint"]
+    make = f"gdmcom.{name}(" + ", ".join(args) + ")"
+    if b.get("gui_hint"):  # a QT widget placed by GRC's GUI Hint, as qtgui_graphicitem does
+        make = "|-\n        <%\n            win = 'self._%s_win' % id\n        %>\\\n        " + make + \
+            "\n        ${win} = self.${id}.widget()\n        ${gui_hint() % win}"
     doc = b["doc"] + "\n\nParameters:\n" + "\n".join(f"  {p[1]} ({p[0]}): {p[5]}" for p in params)
     parts = [
         f"id: gr_gdmcom_{name}", f"label: {b['label']}", f"category: '{b['category']}'", "flags: [ python ]", "",
-        "parameters:", *[_param_yaml(*p) for p in params], "",
+        "parameters:", *[_param_yaml(*p, hide=_hide(b, p[0])) for p in params], "",
         "inputs:" + ("" if b["inputs"] else " []"), *[_port_yaml(p) for p in b["inputs"]], "",
         "outputs:" + ("" if b["outputs"] else " []"), *[_port_yaml(p) for p in b["outputs"]], "",
         "templates:", "    imports: import gr_gdmcom.blocks as gdmcom", f"    make: {make}",
@@ -177,6 +270,9 @@ def block_yaml(name: str) -> str:
     if b["callbacks"]:
         parts.append("    callbacks:")
         parts += [f"    - {c}" for c in b["callbacks"]]
+    asserts = _asserts(params)
+    if asserts:
+        parts += ["", "asserts:", *[f"- {_q(a)}" for a in asserts]]
     parts += ["", "documentation: |-", *["    " + line if line else "" for line in doc.splitlines()], "",
               "file_format: 1", ""]
     return "\n".join(parts)

@@ -11,6 +11,7 @@ from gnuradio import gr
 from ..bridge.backend import make_backend
 from ..config import DEFAULT_MODEL, DEFAULT_PROMPT
 from ..pipeline import RxPipeline
+from . import _log
 from ._common import PORT_IMAGES, pdu, split_config
 
 
@@ -49,6 +50,7 @@ class semantic_sink(gr.sync_block):
                  prompt=DEFAULT_PROMPT, steps=0, seed=0, threaded=False, max_pending=8, drain_timeout=600.0,
                  clean_end="model", inversion="ddim", inversion_iters=3, **frame):
         gr.sync_block.__init__(self, name="gdmcom_semantic_sink", in_sig=[np.complex64], out_sig=None)
+        _log.bind(self)
         self.codec_config, self.frame_config = split_config(dict(
             model=model, device=device, dtype=dtype, m=int(m), T=int(T), rule=rule, rescale=bool(rescale),
             guidance=float(guidance), prompt=prompt, steps=int(steps) if steps else None, seed=int(seed),
@@ -56,7 +58,8 @@ class semantic_sink(gr.sync_block):
         self.message_port_register_out(PORT_IMAGES)
         self._out_dir, self._filename = out_dir or None, filename
         self._threaded = bool(threaded)
-        self._queue: "queue.Queue" = queue.Queue(maxsize=max(1, int(max_pending)))
+        self._max_pending = max(1, int(max_pending))
+        self._queue: "queue.Queue" = queue.Queue(maxsize=self._max_pending)
         self._drain_timeout = float(drain_timeout)
         self._worker = None
         self._flushed = False
@@ -72,9 +75,11 @@ class semantic_sink(gr.sync_block):
         self.pipeline.names = self.names
 
     def start(self):
+        """(Re)start: a previous run was drained by ``stop()``; a fresh queue and decoder thread."""
         self._flushed = False
         if self._threaded:
-            self._worker = threading.Thread(target=self._run, name="gdmcom-sink", daemon=True)
+            self._queue = queue.Queue(maxsize=self._max_pending)
+            self._worker = threading.Thread(target=self._run, args=(self._queue,), name="gdmcom-sink", daemon=True)
             self._worker.start()
         return True
 
@@ -90,6 +95,7 @@ class semantic_sink(gr.sync_block):
         if self._flushed:
             return
         self._flushed = True
+        _log.bind(self)
         pending = self.pipeline.flush()
         if self._worker is None:
             for img in pending:
@@ -101,10 +107,12 @@ class semantic_sink(gr.sync_block):
         self._worker.join(timeout=self._drain_timeout)
         if self._worker.is_alive():
             self.logger.error(f"decoder still busy after {self._drain_timeout} s at stop; results may be missing")
+        self._worker = None
 
-    def _run(self):
+    def _run(self, pending: "queue.Queue"):
+        _log.bind(self)
         while True:
-            img = self._queue.get()
+            img = pending.get()
             if img is None:
                 return
             self._decode(img)
@@ -114,16 +122,16 @@ class semantic_sink(gr.sync_block):
             res = self.pipeline.decode(img)
         except Exception as exc:  # noqa: BLE001 - decode() reports its own errors; this is a last guard
             res = dict(image_id=int(img.header.image_id), error=f"internal error: {exc}")
+            self.logger.error(f"image {res['image_id']} failed: {res['error']}")
         res["counters"] = self.counters()
-        if "error" in res:
-            self.logger.warn(f"image {res['image_id']} failed: {res['error']}")
-        else:
+        if "error" not in res:  # (failures were logged once, by the pipeline)
             self.logger.info(f"image {res['image_id']} decoded: SNR est {res['snr_est_db']:.2f} dB, N={res['n_steps']}")
         self.results.append({k: v for k, v in res.items() if k != "image"})
         img_vec = res.get("image")
         self.message_port_pub(PORT_IMAGES, pdu(res, None if img_vec is None else img_vec.reshape(-1)))
 
     def work(self, input_items, output_items):
+        _log.bind(self)
         x = input_items[0]
         for img in self.pipeline.push(x):
             if self._worker is None:

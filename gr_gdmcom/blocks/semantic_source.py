@@ -12,6 +12,7 @@ from gnuradio import gr
 from ..bridge.backend import make_backend
 from ..config import DEFAULT_MODEL, DEFAULT_PROMPT
 from ..pipeline import TxPipeline, expand_images
+from . import _log
 from ._common import CHUNK, IMAGE_ID, PACKET_LEN, PORT_INFO, TX_EOB, TX_SOB, pdu, split_config
 
 
@@ -26,8 +27,14 @@ class semantic_source(gr.sync_block):
     Message output ``info``: one PDU per image (image_id, name, path, bursts,
     symbols, alpha, seconds, error when it could not be encoded).
 
-    Parameters: ``images`` (paths, folders or globs, comma-separated),
-    ``repeat``, ``server`` (``local`` or a ZMQ endpoint of ``gdmcom serve``),
+    The encoder runs in a worker thread; ``stop()`` ends and joins it (at most
+    ``stop_timeout`` seconds) and ``start()`` begins a fresh stream, so a top
+    block stopped and started again sends its list again, once.  A pass over
+    the list that sends nothing (missing files) is logged once and ends the
+    stream; with ``wait_for_images`` the source instead waits for the files.
+
+    Parameters: ``images`` (paths, folders or globs, comma-separated;
+    ``package:astronaut.png`` names a bundled image), ``repeat``, ``server`` (``local`` or a ZMQ endpoint of ``gdmcom serve``),
     the codec settings of :class:`gr_gdmcom.config.CodecConfig` used by the
     transmitter (``model, device, dtype, k, T, guidance, prompt, forward, seed,
     clean_end, inversion, inversion_iters``)
@@ -36,8 +43,10 @@ class semantic_source(gr.sync_block):
 
     def __init__(self, images="", repeat=1, server="local", model=DEFAULT_MODEL, device="auto", dtype="auto",
                  k=5, T=50, guidance=6.0, prompt=DEFAULT_PROMPT, forward="ddim", seed=0, image_id_start=0,
-                 burst_tags=False, tail_symbols=512, clean_end="model", inversion="ddim", inversion_iters=3, **frame):
+                 burst_tags=False, tail_symbols=512, clean_end="model", inversion="ddim", inversion_iters=3,
+                 wait_for_images=False, stop_timeout=10.0, **frame):
         gr.sync_block.__init__(self, name="gdmcom_semantic_source", in_sig=None, out_sig=[np.complex64])
+        _log.bind(self)
         self.codec_config, self.frame_config = split_config(dict(
             model=model, device=device, dtype=dtype, k=int(k), T=int(T), guidance=float(guidance),
             prompt=prompt, forward=forward, seed=int(seed), clean_end=clean_end, inversion=inversion,
@@ -47,30 +56,52 @@ class semantic_source(gr.sync_block):
         self._repeat, self._id0 = int(repeat), int(image_id_start)
         self._burst_tags = bool(burst_tags)
         self._tail = int(tail_symbols) * self.frame_config.sps
+        self._stop_timeout = float(stop_timeout)
+        self._worker = None
+        self._stop = threading.Event()
+        self._reset_stream()
+        self.events = []
+        # Load the model here, in the constructing thread, not in the scheduler's.
+        self.pipeline = TxPipeline(make_backend(server, self.codec_config), self._images, self.frame_config,
+                                   self._repeat, self._id0, wait=bool(wait_for_images))
+
+    # ------------------------------------------------------------------ control
+    def _reset_stream(self):
+        """A fresh stream: nothing buffered, no tag pending, the tail still to send."""
         self._queue: "queue.Queue" = queue.Queue(maxsize=4)
         self._buf = np.zeros(0, np.complex64)
         self._pending_tags = []  # (offset in _buf, key, value)
         self._done = False
         self._tail_left = self._tail
-        self._stop = threading.Event()
-        self._worker = None
-        self.events = []
-        # Load the model here, in the constructing thread, not in the scheduler's.
-        self.pipeline = TxPipeline(make_backend(server, self.codec_config), self._images, self.frame_config,
-                                   self._repeat, self._id0)
 
-    # ------------------------------------------------------------------ control
     def start(self):
+        """(Re)start: stop a previous encoder thread first, then send the list from its start."""
+        self._join_worker()
         if not self._images:
             self.logger.warn("no images given: the source sends nothing")
-        self._stop.clear()
-        self._worker = threading.Thread(target=self._run, name="gdmcom-source", daemon=True)
+        self._reset_stream()
+        # Each run owns its stop flag and queue: an encoder thread that outlives its
+        # time limit can only finish into a queue nobody reads.
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._run, args=(self._stop, self._queue), name="gdmcom-source",
+                                        daemon=True)
         self._worker.start()
         return True
 
     def stop(self):
-        self._stop.set()
+        self._join_worker()
         return True
+
+    def _join_worker(self):
+        """Ask the encoder thread to end and wait for it (at most ``stop_timeout`` s: an image being encoded
+        finishes first)."""
+        self._stop.set()
+        if self._worker is not None and self._worker is not threading.current_thread():
+            self._worker.join(timeout=self._stop_timeout)
+            if self._worker.is_alive():
+                self.logger.warn(f"encoder thread still busy {self._stop_timeout} s after stop; it ends after the "
+                                 "current image and its bursts are discarded")
+        self._worker = None
 
     def counters(self) -> dict:
         return dict(self.pipeline.counters)
@@ -78,28 +109,34 @@ class semantic_source(gr.sync_block):
     def set_repeat(self, repeat):
         self._repeat = self.pipeline.repeat = int(repeat)
 
-    def _run(self):
+    def _run(self, stop: threading.Event, out: "queue.Queue"):
+        _log.bind(self)
         try:
-            for ev in self.pipeline.events():
-                if self._stop.is_set():
+            for ev in self.pipeline.events(stop):
+                if stop.is_set():
                     break
                 self.events.append(ev.info())
                 self.message_port_pub(PORT_INFO, pdu(ev.info()))
                 if ev.error:
-                    self.logger.warn(f"image {ev.path} not sent: {ev.error}")
-                    continue
+                    continue  # logged once by the pipeline
                 gap = np.zeros(self.frame_config.gap_symbols * self.frame_config.sps, np.complex64)
                 for b in ev.bursts:
-                    while not self._stop.is_set():
+                    while not stop.is_set():
                         try:
-                            self._queue.put((b, gap), timeout=0.1)
+                            out.put((b, gap), timeout=0.1)
                             break
                         except queue.Full:
                             continue
         except Exception as exc:  # noqa: BLE001 - never take the flowgraph down
             self.logger.error(f"source stopped: {exc}")
         finally:
-            self._queue.put(None)
+            while True:  # the end marker, even into a full queue nobody reads any more
+                try:
+                    out.put(None, timeout=0.1)
+                    break
+                except queue.Full:
+                    if stop.is_set():
+                        break
 
     # ------------------------------------------------------------------ stream
     def _refill(self) -> bool:

@@ -372,7 +372,7 @@ class GenerativeCodec:
             except ImageError as exc:
                 results[i] = Failed(str(exc), names[i])
                 self.stats["failures"] += 1
-                log.warning("%s", exc)
+                log.debug("%s", exc)  # reported once, by the caller that receives the Failed item
         groups: Dict[tuple, list] = {}
         for i, img in loaded.items():
             groups.setdefault(to_tensor(img).shape, []).append(i)
@@ -499,7 +499,7 @@ class GenerativeCodec:
             except CodecError as exc:
                 results[i] = Failed(str(exc), name)
                 self.stats["failures"] += 1
-                log.warning("%s", exc)
+                log.debug("%s", exc)  # reported once, by the caller that receives the Failed item
         groups: Dict[tuple, list] = {}
         for i, (z, meta, *_rest) in ready.items():
             groups.setdefault((z.shape, meta.k, meta.guidance, meta.prompt), []).append(i)

@@ -1,0 +1,61 @@
+"""``rx_level``: peak / RMS level of received samples in dBFS, logged per period."""
+
+from __future__ import annotations
+
+import numpy as np
+from gnuradio import gr
+
+
+class rx_level(gr.sync_block):
+    """RX level meter.
+
+    Every ``period`` seconds of samples (at ``samp_rate``) it logs the peak and
+    RMS of the received samples in dBFS (full scale: |x| = 1) and the share of
+    samples above ``clip``.  It warns when the input clips (lower the RX gain or
+    the TX level) and when even the peak stays below ``low_dbfs`` (no burst in
+    that period, or too little gain): bursts should peak between about -20 and
+    -6 dBFS.  ``reports`` keeps the last 100 reports (``peak_dbfs``,
+    ``rms_dbfs``, ``clipped_pct``).
+
+    Input: complex64 samples.
+    """
+
+    def __init__(self, samp_rate=1e6, period=2.0, clip=0.9, low_dbfs=-40.0):
+        gr.sync_block.__init__(self, name="gdmcom_rx_level", in_sig=[np.complex64], out_sig=None)
+        self.block_len = max(1, int(float(samp_rate) * float(period)))
+        self.clip, self.low_dbfs = float(clip), float(low_dbfs)
+        self._reset()
+        self.reports = []
+
+    def _reset(self):
+        self._n, self._energy, self._peak, self._clipped = 0, 0.0, 0.0, 0
+
+    def work(self, input_items, output_items):
+        x = input_items[0]
+        i = 0
+        while i < len(x):  # one report per block_len samples, whatever the buffer sizes
+            seg = x[i:i + self.block_len - self._n]
+            mag = np.abs(seg)
+            self._n += len(seg)
+            self._energy += float(np.dot(mag, mag))
+            self._peak = max(self._peak, float(mag.max()))
+            self._clipped += int(np.count_nonzero(mag > self.clip))
+            i += len(seg)
+            if self._n >= self.block_len:
+                self._report()
+        return len(x)
+
+    def _report(self):
+        peak = 20 * np.log10(max(self._peak, 1e-12))
+        rms = 10 * np.log10(max(self._energy / self._n, 1e-24))
+        clipped = 100.0 * self._clipped / self._n
+        self.reports.append(dict(peak_dbfs=peak, rms_dbfs=rms, clipped_pct=clipped))
+        del self.reports[:-100]
+        msg = f"RX level: peak {peak:.1f} dBFS, RMS {rms:.1f} dBFS, {clipped:.3f} % of samples above {self.clip}"
+        if self._clipped:
+            self.logger.warn(msg + " - clipping: lower the RX gain (or the TX level)")
+        elif peak < self.low_dbfs:
+            self.logger.warn(msg + " - nothing strong: no burst in this period, or raise the RX gain (or the TX level)")
+        else:
+            self.logger.info(msg)
+        self._reset()
