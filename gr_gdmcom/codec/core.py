@@ -289,11 +289,7 @@ class GenerativeCodec:
         out = []
         zk_np = zk.cpu().numpy()
         for b, (im, name) in enumerate(zip(imgs, names)):
-            sym, alpha = symbols_from_latent(zk_np[b])
-            meta = LatentMeta(alpha=alpha, latent_shape=tuple(zk_np.shape[1:]), image_size=(im.size[1], im.size[0]),
-                              k=cfg.k, T=cfg.T, guidance=cfg.guidance, prompt=cfg.prompt, forward=cfg.forward,
-                              name=name)
-            out.append(Encoded(sym, meta))
+            out.append(self._encoded(zk_np[b], im, name))
         t_end = time.perf_counter()
         seconds = dict(vae_encode=t_vae - t_start, inversion=t_inv - t_vae, other=t_end - t_inv)
         calls = self.stats["unet_calls"] - calls0
@@ -302,6 +298,14 @@ class GenerativeCodec:
                             symbols=int(e.symbols.size), bcr=e.symbols.size / (3 * e.meta.image_size[0] * e.meta.image_size[1]))
         self.stats["images_encoded"] += len(out)
         return out
+
+    def _encoded(self, zk: np.ndarray, im, name: str) -> Encoded:
+        """Symbols and metadata of one image's inverted latent ``zk`` (C, h, w) (step 3)."""
+        cfg = self.config
+        sym, alpha = symbols_from_latent(zk)
+        meta = LatentMeta(alpha=alpha, latent_shape=tuple(zk.shape), image_size=(im.size[1], im.size[0]),
+                          k=cfg.k, T=cfg.T, guidance=cfg.guidance, prompt=cfg.prompt, forward=cfg.forward, name=name)
+        return Encoded(sym, meta)
 
     # ------------------------------------------------------------------ receiver
     def decode(self, symbols: np.ndarray, meta: LatentMeta, snr_db: float,
@@ -329,32 +333,10 @@ class GenerativeCodec:
         results: List[Union[Decoded, Failed, None]] = [None] * len(items)
         ready = {}
         for i, item in enumerate(items):
-            symbols, meta, snr_db = item[:3]
-            mask = item[3] if len(item) > 3 else None
-            name = getattr(meta, "name", "image")
             try:
-                if not isinstance(meta, LatentMeta):
-                    raise CodecError(f"{name}: decode needs LatentMeta metadata, got {type(meta).__name__}")
-                if meta.T != cfg.T:
-                    raise CodecError(f"{name}: transmitter used T={meta.T} but this receiver is set to T={cfg.T}")
-                if meta.k + cfg.m > cfg.T:
-                    raise CodecError(f"{name}: k + m must not exceed T: k={meta.k}, m={cfg.m}, T={cfg.T}")
-                if meta.prompt != cfg.prompt:
-                    log.warning("%s: transmitter prompt %r differs from receiver prompt %r; using the transmitter's",
-                                name, meta.prompt, cfg.prompt)
-                snr = float(snr_db)
-                if not math.isfinite(snr):
-                    raise CodecError(f"{name}: SNR estimate must be finite, got {snr_db}")
-                s = np.asarray(symbols)
-                if mask is not None:
-                    mask = np.asarray(mask, dtype=bool)
-                    if mask.shape != s.shape:
-                        raise CodecError(f"{name}: mask shape {mask.shape} does not match symbols {s.shape}")
-                    s = np.where(mask, s, 0).astype(np.complex64)
-                z = latent_from_symbols(s, meta)
-                ready[i] = (z, meta, snr, self.step_choice(snr, meta), mask)
+                ready[i] = self._prepare_decode(item)
             except CodecError as exc:
-                results[i] = Failed(str(exc), name)
+                results[i] = Failed(str(exc), getattr(item[1], "name", "image"))
                 self.stats["failures"] += 1
                 log.warning("%s", exc)
         groups: Dict[tuple, list] = {}
@@ -366,6 +348,34 @@ class GenerativeCodec:
                 for i, dec in zip(batch, self._decode_batch([ready[i] for i in batch])):
                     results[i] = dec
         return results  # type: ignore[return-value]
+
+    def _prepare_decode(self, item: tuple) -> tuple:
+        """Check one ``(symbols, meta, snr_db[, mask])`` item and return
+        ``(latent, meta, snr, step choice, mask)``; raises :class:`CodecError`."""
+        cfg = self.config
+        symbols, meta, snr_db = item[:3]
+        mask = item[3] if len(item) > 3 else None
+        name = getattr(meta, "name", "image")
+        if not isinstance(meta, LatentMeta):
+            raise CodecError(f"{name}: decode needs LatentMeta metadata, got {type(meta).__name__}")
+        if meta.T != cfg.T:
+            raise CodecError(f"{name}: transmitter used T={meta.T} but this receiver is set to T={cfg.T}")
+        if meta.k + cfg.m > cfg.T:
+            raise CodecError(f"{name}: k + m must not exceed T: k={meta.k}, m={cfg.m}, T={cfg.T}")
+        if meta.prompt != cfg.prompt:
+            log.warning("%s: transmitter prompt %r differs from receiver prompt %r; using the transmitter's",
+                        name, meta.prompt, cfg.prompt)
+        snr = float(snr_db)
+        if not math.isfinite(snr):
+            raise CodecError(f"{name}: SNR estimate must be finite, got {snr_db}")
+        s = np.asarray(symbols)
+        if mask is not None:
+            mask = np.asarray(mask, dtype=bool)
+            if mask.shape != s.shape:
+                raise CodecError(f"{name}: mask shape {mask.shape} does not match symbols {s.shape}")
+            s = np.where(mask, s, 0).astype(np.complex64)
+        z = latent_from_symbols(s, meta)
+        return z, meta, snr, self.step_choice(snr, meta), mask
 
     @torch.no_grad()
     def _decode_batch(self, batch) -> List[Decoded]:
@@ -399,13 +409,19 @@ class GenerativeCodec:
                        other=t_end - t_dec)
         results = []
         for img, meta, snr, choice, mask in out:
-            rec = dict(name=meta.name, snr_db=snr, n_steps=choice.n_steps, rule=choice.rule, k=meta.k, m=cfg.m,
-                       T=cfg.T, start_t=choice.start_t, scale=choice.scale, s_tot2=choice.s_tot2,
-                       unet_calls=cfg.m + choice.n_steps, batch=len(batch), batch_unet_calls=calls_inv + calls_smp,
-                       erased=int((~mask).sum()) if mask is not None else 0, seconds=seconds)
-            results.append(Decoded(img, rec))
+            results.append(Decoded(img, self._decode_record(meta, snr, choice, mask, len(batch),
+                                                            calls_inv + calls_smp, seconds)))
         self.stats["images_decoded"] += len(results)
         return results
+
+    def _decode_record(self, meta: LatentMeta, snr: float, choice: StepChoice, mask, batch: int,
+                       batch_unet_calls: int, seconds: dict) -> dict:
+        """What :class:`Decoded` records of one image's decoding."""
+        cfg = self.config
+        return dict(name=meta.name, snr_db=snr, n_steps=choice.n_steps, rule=choice.rule, k=meta.k, m=cfg.m,
+                    T=cfg.T, start_t=choice.start_t, scale=choice.scale, s_tot2=choice.s_tot2,
+                    unet_calls=cfg.m + choice.n_steps, batch=batch, batch_unet_calls=batch_unet_calls,
+                    erased=int((~mask).sum()) if mask is not None else 0, seconds=seconds)
 
 
 def _default_name(src, i: int) -> str:
