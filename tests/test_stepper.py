@@ -94,3 +94,49 @@ def test_codec_without_single_call_steps_falls_back_to_whole_requests(codec, sma
     out = sched.submit_decode("k", enc.symbols, enc.meta, 10.0)  # computed on submission
     ref = codec.decode(enc.symbols, enc.meta, 10.0)
     assert np.array_equal(out.image, ref.image) and sched.stats["fallbacks"] == 1 and not sched.active
+
+
+def test_server_with_step_scheduling_serves_concurrent_mixed_snr_clients(codec, small, rng):
+    """gdmcom serve --scheduling step: replies equal in-process single runs; fewer UNet calls than steps."""
+    import threading
+
+    from gr_gdmcom.bridge import InferenceServer, RemoteBackend
+
+    enc = codec.encode(small, name="a")
+    snrs = [0.0, 20.0, 5.0, 12.0, 2.0, 16.0]
+    items = [(_noisy(enc, s, rng), enc.meta, s) for s in snrs]
+    single = [codec.decode(*it) for it in items]
+    srv = InferenceServer(codec, "tcp://127.0.0.1:0", max_batch=3, scheduling="step").start()
+    clients = [RemoteBackend(srv.last_endpoint, codec.config, timeout_ms=20000) for _ in range(3)]
+    out = {}
+    try:
+        def run(c):
+            for i in range(c, len(items), 3):
+                out[i] = clients[c].decode(*items[i])
+            out["enc", c] = clients[c].encode(small, name="a")
+
+        threads = [threading.Thread(target=run, args=(c,)) for c in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        st = clients[0].status()
+    finally:
+        for c in clients:
+            c.close()
+        srv.stop(timeout=10)
+    for i, d in enumerate(single):
+        assert np.abs(out[i].image.astype(int) - d.image.astype(int)).max() <= 1, i
+        assert out[i].record["n_steps"] == d.record["n_steps"] and out[i].record["scheduling"] == "step"
+    for c in range(3):
+        np.testing.assert_allclose(out["enc", c].symbols, enc.symbols, atol=1e-4)
+    steps = sum(codec.config.m + d.record["n_steps"] for d in single) + 3 * codec.config.k
+    assert st["scheduling"] == "step" and st["served"] == len(items) + 3 and st["failed"] == 0
+    assert st["model_calls"] == st["batches"] < steps  # one UNet call per iteration, shared
+
+
+def test_scheduling_option_is_checked():
+    from gr_gdmcom.bridge.server import ServerOptions
+
+    with pytest.raises(ValueError, match=r"^scheduling must be one of batch, step, got 'steps'$"):
+        ServerOptions(scheduling="steps").validate()

@@ -32,7 +32,8 @@ def cmd_serve(args) -> int:
 
     opts = ServerOptions(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                          max_request_bytes=int(args.max_request_mb * (1 << 20)), png_level=args.png_level,
-                         reply_cache_bytes=int(args.reply_cache_mb * (1 << 20))).validate()
+                         reply_cache_bytes=int(args.reply_cache_mb * (1 << 20)),
+                         scheduling=args.scheduling).validate()
     cfg = codec_config_from_args(args)
     try:
         curve = _curve_from_args(args)
@@ -79,6 +80,8 @@ def _local_server(args, cfg, opts, curve):
 
 def _ray_gateway(args, cfg, opts, curve):
     """The model on Ray Serve replicas behind a gateway in this process: (RayGateway, device, cleanup)."""
+    if opts.scheduling != "batch":
+        raise ValueError("--scheduling step runs in the local engine only; Ray replicas batch whole requests")
     try:
         from . import ray_engine
     except ImportError as exc:
@@ -165,6 +168,9 @@ def register(sub) -> None:
     where.add_argument("--connect", default=None,
                        help="connect to a broker's backend endpoint instead of binding [default=%(default)r]")
     s.add_argument("--max-batch", type=int, default=4, help="requests per batched codec call [default=%(default)r]")
+    s.add_argument("--scheduling", choices=("batch", "step"), default="batch",
+                   help="batch: a batch of requests runs to completion; step: requests join and leave the "
+                        "batched UNet call at every step (docs/server.md) [default=%(default)r]")
     s.add_argument("--max-wait-ms", type=float, default=10.0,
                    help="longest wait for a batch to fill, from a request's arrival [default=%(default)r]")
     s.add_argument("--max-queue", type=int, default=32,
