@@ -74,6 +74,11 @@ def _local_server(args, cfg, opts, curve):
         codec = GenerativeCodec(cfg)
     except ModelLoadError as exc:
         raise ValueError(str(exc)) from None
+    from ..codec.accel import apply_speed_options, warm_up
+
+    apply_speed_options(codec.c, attention=args.attention, channels_last=args.channels_last, compile=args.compile)
+    if args.compile:
+        warm_up(codec)  # compile before the first request, not during it
     server = InferenceServer(codec, bind=args.bind, connect=args.connect, options=opts, curve=curve)
     return server, str(codec.c.device), lambda: None
 
@@ -180,6 +185,11 @@ def register(sub) -> None:
     s.add_argument("--png-level", type=int, default=1, help="zlib level of PNG replies, 0..9 [default=%(default)r]")
     s.add_argument("--reply-cache-mb", type=float, default=16.0,
                    help="memory for replies kept for retries, MiB [default=%(default)r]")
+    s.add_argument("--attention", choices=("sdpa", "classic"), default="sdpa",
+                   help="attention kernel: PyTorch SDPA or diffusers' explicit one [default=%(default)r]")
+    s.add_argument("--channels-last", action="store_true", help="NHWC memory format for UNet and VAE convolutions")
+    s.add_argument("--compile", action="store_true",
+                   help="torch.compile the UNet (compiled at start-up by one warm-up encode+decode)")
     s.add_argument("--torch-threads", type=int, default=0,
                    help="torch CPU threads (0: torch's default) [default=%(default)r]")
     s.add_argument("--metrics-port", type=int, default=-1,
