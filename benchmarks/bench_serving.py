@@ -6,7 +6,10 @@ N differs from request to request.  Both servers run in this process on
 loopback with the same codec, ``--max-batch`` and the same requests.
 
 1. **Capacity** of each scheduling: all ``--requests`` sent at once (a
-   saturated queue); images/s = requests / time to the last reply.
+   saturated queue); images/s = requests / time to the last reply; the
+   median of ``--rounds`` runs, batch and step interleaved.  CPU ms/image is
+   this process's CPU time (server and client threads) per image: less
+   sensitive than wall time to other work on a shared machine.
 2. **Poisson load** at ``--load`` x the batch-at-a-time capacity (the server
    as it ran before step-level scheduling): the same arrival times, SNRs and
    noise for both; images/s = requests / (last reply - first arrival); p50 and
@@ -70,7 +73,7 @@ def run_load(codec, scheduling, items, arrivals, max_batch, clients=64):
         with ThreadPoolExecutor(clients) as pool:
             for _ in pool.map(lambda _: backend(), range(clients)):  # connect before the clock starts
                 pass
-            t0 = time.monotonic()
+            t0, cpu0 = time.monotonic(), time.process_time()
             futures = []
             for i, t in enumerate(arrivals):
                 delay = t0 + t - time.monotonic()
@@ -79,19 +82,25 @@ def run_load(codec, scheduling, items, arrivals, max_batch, clients=64):
                 futures.append(pool.submit(one, i, t0 + t))
             for f in futures:
                 f.result()
+            cpu = time.process_time() - cpu0
         st = made[0].status()
     finally:
         for b in made:
             b.close()
         srv.stop(timeout=30)
-    return dict(images=len(items), seconds=max(done_at) - t0, latencies=lat, calls=st["model_calls"],
+    return dict(images=len(items), seconds=max(done_at) - t0, cpu=cpu, latencies=lat, calls=st["model_calls"],
                 served=st["served"], outputs=[d.image for d in out])
 
 
 def _row(name, r):
     lat = np.array(r["latencies"]) * 1e3
     return (f"{name:<8} {r['images'] / r['seconds']:8.2f} {np.percentile(lat, 50):9.0f} {np.percentile(lat, 95):9.0f} "
-            f"{r['calls'] / r['served']:12.2f}")
+            f"{r['calls'] / r['served']:16.2f} {r['cpu'] / r['images'] * 1e3:14.1f}")
+
+
+def _median_run(runs):
+    """The run of median images/s."""
+    return sorted(runs, key=lambda r: r["images"] / r["seconds"])[len(runs) // 2]
 
 
 def main(argv=None) -> int:
@@ -105,6 +114,8 @@ def main(argv=None) -> int:
                    help="Poisson arrival rate as a fraction of the batch-at-a-time capacity [default=%(default)r]")
     p.add_argument("--snr-min", type=float, default=0.0)
     p.add_argument("--snr-max", type=float, default=20.0)
+    p.add_argument("--rounds", type=int, default=3,
+                   help="capacity runs per scheduling, interleaved; the median is shown [default=%(default)r]")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--torch-threads", type=int, default=1, help="0: torch's default [default=%(default)r]")
     args = p.parse_args(argv)
@@ -130,14 +141,21 @@ def main(argv=None) -> int:
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (other work on the machine slows both alike)")
 
     run_load(codec, "step", items[:4], [0.0] * 4, args.max_batch)  # warm-up: not counted
-    cap = {s: run_load(codec, s, items, [0.0] * len(items), args.max_batch) for s in ("batch", "step")}
+    runs: dict = {"batch": [], "step": []}
+    for _ in range(args.rounds):  # interleaved: a change in the machine's other load hits both
+        for s in runs:
+            runs[s].append(run_load(codec, s, items, [0.0] * len(items), args.max_batch))
+    cap = {s: _median_run(r) for s, r in runs.items()}
     rate = args.load * cap["batch"]["images"] / cap["batch"]["seconds"]
     arrivals = np.cumsum(rng.exponential(1.0 / rate, args.requests)) - 0.0
     arrivals -= arrivals[0]
     load = {s: run_load(codec, s, items, arrivals.tolist(), args.max_batch) for s in ("batch", "step")}
 
-    head = f"{'':<8} {'images/s':>8} {'p50 ms':>9} {'p95 ms':>9} {'UNet calls/image':>12}"
-    print(f"\n## capacity: all {args.requests} requests at once")
+    head = (f"{'':<8} {'images/s':>8} {'p50 ms':>9} {'p95 ms':>9} {'UNet calls/image':>16} "
+            f"{'CPU ms/image':>14}")
+    print(f"\n## capacity: all {args.requests} requests at once (median of {args.rounds} interleaved runs; "
+          f"images/s of each: " + ", ".join(f"{s} " + " ".join(f"{r['images'] / r['seconds']:.2f}" for r in rr)
+                                          for s, rr in runs.items()) + ")")
     print(head)
     for s in ("batch", "step"):
         print(_row(s, cap[s]))

@@ -98,7 +98,7 @@ def test_codec_without_single_call_steps_falls_back_to_whole_requests(codec, sma
 
 def test_server_with_step_scheduling_serves_concurrent_mixed_snr_clients(codec, small, rng):
     """gdmcom serve --scheduling step: replies equal in-process single runs; fewer UNet calls than steps."""
-    import threading
+    from concurrent.futures import ThreadPoolExecutor
 
     from gr_gdmcom.bridge import InferenceServer, RemoteBackend
 
@@ -115,11 +115,8 @@ def test_server_with_step_scheduling_serves_concurrent_mixed_snr_clients(codec, 
                 out[i] = clients[c].decode(*items[i])
             out["enc", c] = clients[c].encode(small, name="a")
 
-        threads = [threading.Thread(target=run, args=(c,)) for c in range(3)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+        with ThreadPoolExecutor(3) as pool:
+            list(pool.map(run, range(3)))
         st = clients[0].status()
     finally:
         for c in clients:
