@@ -194,7 +194,7 @@ def sd15_random_path() -> Path:
     """Folder of the random-weight SD-1.5-architecture model, built on first use (3.4 GB fp32)."""
     path = cache_dir() / f"sd15-random-v{SD15_RANDOM_VERSION}"
     if not (path / "model_index.json").exists():
-        log.warning("building the random-weight SD-1.5-architecture model in %s (once; about a minute)", path)
+        log.warning("building the random-weight SD-1.5-architecture model in %s (once; minutes on a CPU)", path)
         build_random(path, sd15_configs(), marker=f'"_gdmcom_sd15_random": {SD15_RANDOM_VERSION}')
     return path
 
