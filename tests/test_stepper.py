@@ -87,13 +87,27 @@ def test_bad_input_is_answered_at_once_and_full_scheduler_refuses(codec, small):
         sched.submit_decode("w", enc.symbols, enc.meta, 10.0)
 
 
-def test_codec_without_single_call_steps_falls_back_to_whole_requests(codec, small, monkeypatch):
-    monkeypatch.setattr(StepScheduler, "stepwise", property(lambda self: False))
+def test_fixed_point_inversion_falls_back_to_whole_requests(components, small):
+    codec = GenerativeCodec(CodecConfig(model="tiny", device="cpu", inversion="fixed-point", k=2, m=2, steps=4),
+                            components=components)
     sched = StepScheduler(codec, max_batch=2)
+    assert not sched.stepwise
     enc = codec.encode(small, name="a")
     out = sched.submit_decode("k", enc.symbols, enc.meta, 10.0)  # computed on submission
     ref = codec.decode(enc.symbols, enc.meta, 10.0)
     assert np.array_equal(out.image, ref.image) and sched.stats["fallbacks"] == 1 and not sched.active
+    assert out.record["inversion"] == "fixed-point"
+
+
+def test_per_symbol_noise_variance_reaches_the_step_choice(codec, small, rng):
+    enc = codec.encode(small, name="a")
+    var = rng.uniform(0.01, 1.0, enc.symbols.size)
+    y = _noisy(enc, 10.0, rng)
+    ref = codec.decode(y, enc.meta, 10.0, noise_var=var)
+    got, _ = _run(StepScheduler(codec, max_batch=2), [(0, 0, "decode", (y, enc.meta, 10.0, None, var))])
+    assert got[0].record["snr_db"] == ref.record["snr_db"] != 10.0 and got[0].record["snr_in_db"] == 10.0
+    assert got[0].record["n_steps"] == ref.record["n_steps"]
+    assert np.abs(got[0].image.astype(int) - ref.image.astype(int)).max() <= 1
 
 
 def test_server_with_step_scheduling_serves_concurrent_mixed_snr_clients(codec, small, rng):

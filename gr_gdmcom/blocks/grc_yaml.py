@@ -29,6 +29,12 @@ SHARED = [
     ("guidance", "Guidance", "float", "6.0", "Codec", "classifier-free guidance scale (paper: 6)"),
     ("prompt", "Prompt", "string", repr(DEFAULT_PROMPT), "Codec", "fixed text prompt"),
     ("seed", "Seed", "int", "0", "Codec", "seed of the codec's random generators"),
+    ("clean_end", "Clean end", "enum", "'model'", "Codec",
+     "a_0 of the DDIM grid: model (its scheduler config; SD 1.5: abar_0), one (a_0 = 1) or step0"),
+    ("inversion", "Inversion", "enum", "'ddim'", "Codec",
+     "ddim (eq. 10) or fixed-point (each inversion step solved implicitly; more UNet calls)"),
+    ("inversion_iters", "Fixed-point iterations", "int", "3", "Codec",
+     "most fixed-point iterations per inversion step (one UNet call each)"),
 ]
 TX = [
     ("k", "Inversion steps k", "int", "5", "Codec", "DDIM-inversion steps at the transmitter (paper: 5)"),
@@ -37,7 +43,8 @@ TX = [
 ]
 RX = [
     ("m", "Receiver steps m", "int", "5", "Codec", "DDIM-inversion steps continued at the receiver (paper: 5)"),
-    ("rule", "Step rule", "enum", "'snr'", "Codec", "snr (default), variance (paper's text) or exact"),
+    ("rule", "Step rule", "editenum", "'snr'", "Codec",
+     "snr (default), variance (paper's text), exact, or 'calibrated:FILE' (from gdmcom calibrate; type it in)"),
     ("rescale", "Rescale latent", "bool", "True", "Codec", "scale z_{k+m} by sqrt(a_N/a_{k+m}) (False: paper)"),
     ("steps", "Fixed N", "int", "0", "Codec", "fixed number of denoising steps (0 = chosen from the SNR estimate)"),
 ]
@@ -45,13 +52,15 @@ PHY = [
     ("sps", "Samples/symbol", "int", "2", "PHY", "samples per symbol (1 = no pulse shaping)"),
     ("rolloff", "RRC roll-off", "float", "0.35", "PHY", "root-raised-cosine roll-off"),
     ("rrc_span", "RRC span", "int", "8", "PHY", "RRC length in symbols (even)"),
-    ("pilot_spacing", "Pilot spacing", "int", "32", "PHY", "data symbols between known pilots"),
+    ("pilot_spacing", "Pilot spacing", "int", "16", "PHY", "data symbols between known pilots"),
     ("scramble", "Scramble", "bool", "True", "PHY", "PN phase scrambling of the payload"),
     ("max_chunk_symbols", "Max chunk", "int", "8192", "PHY", "latent symbols per burst (larger latents are chunked)"),
     ("gap_symbols", "Gap", "int", "64", "PHY", "zero symbols between bursts"),
 ]
 ENUMS = {"forward": (["'ddim'", "'random'"], ["DDIM inversion", "Random noise"]),
-         "rule": (["'snr'", "'variance'", "'exact'"], ["log-SNR match", "Variance match", "Exact t*"])}
+         "rule": (["'snr'", "'variance'", "'exact'"], ["log-SNR match", "Variance match", "Exact t*"]),
+         "clean_end": (["'model'", "'one'", "'step0'"], ["From the model", "a_0 = 1", "a_0 = abar_0"]),
+         "inversion": (["'ddim'", "'fixed-point'"], ["DDIM (eq. 10)", "Fixed-point"])}
 
 BLOCKS = {
     "semantic_source": dict(
@@ -86,7 +95,8 @@ BLOCKS = {
         doc="Complex baseband -> bursts found -> SNR estimated from known symbols -> N chosen -> decoded images "
             "written to the output folder.\nInput: complex64 at sps samples/symbol.\nMessage out 'images': one PDU "
             "per image, metadata image_id, name, snr_est_db, n_steps, rule, chunks_received, chunks_total, "
-            "complete, missing_chunks, seconds, file or error, counters; vector: RGB uint8 pixels."),
+            "complete, missing_chunks, untracked_chunks, snr_eff_db, seconds, file or error, counters; "
+            "vector: RGB uint8 pixels."),
     "frame_tx": dict(
         label="Frame TX", category="[GDM-COM]/PHY",
         params=[("burst_tags", "UHD burst tags", "bool", "False", None, "add tx_sob/tx_eob tags"),
@@ -104,7 +114,8 @@ BLOCKS = {
         callbacks=[],
         doc="Samples -> detection, CFO/timing/gain estimation, equalisation, header CRC, SNR estimate -> PDUs.\n"
             "Input: complex64.\nMessage out 'pdus': metadata = header fields + snr_db (estimated Es/N0) + "
-            "chunks/complete (or noise_var, cfo, sro_ppm, start per frame); vector: c32 equalised latent symbols."),
+            "chunks/complete/untracked_chunks (or noise_var, cfo, sro_ppm, start, tracked, track_span per frame); "
+            "vector: c32 equalised latent symbols."),
     "image_display": dict(
         label="Image Display", category="[GDM-COM]/GUI",
         params=[("label", "Title", "string", "'Original | Reconstruction'", None, "title above the pictures"),
@@ -121,11 +132,11 @@ BLOCKS = {
 
 
 def _param_yaml(pid, label, dtype, default, tab, doc) -> str:
-    lines = [f"-   id: {pid}", f"    label: {label}", f"    dtype: {'raw' if dtype == 'enum' else dtype}",
+    lines = [f"-   id: {pid}", f"    label: {label}", f"    dtype: {'raw' if 'enum' in dtype else dtype}",
              f"    default: {_q(default)}"]
-    if dtype == "enum":
+    if "enum" in dtype:  # editenum: a raw value with suggested options (GRC's editable dropdown)
         opts, labels = ENUMS[pid]
-        lines[2] = "    dtype: enum"
+        lines[2] = "    dtype: enum" if dtype == "enum" else "    dtype: raw"
         lines += [f"    options: [{', '.join(_q(o) for o in opts)}]",
                   f"    option_labels: [{', '.join(_q(o) for o in labels)}]"]
     if dtype == "bool":

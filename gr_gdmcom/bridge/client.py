@@ -40,7 +40,8 @@ from .security import CurveClient
 log = logging.getLogger(__name__)
 
 #: Codec settings that the server applies and a client should agree with.
-SERVER_SIDE_FIELDS = ("k", "m", "T", "rule", "rescale", "steps", "guidance", "prompt", "forward")
+SERVER_SIDE_FIELDS = ("k", "m", "T", "rule", "rescale", "steps", "guidance", "prompt", "forward", "clean_end",
+                      "inversion", "inversion_iters")
 MAX_BACKOFF_MS = 2000.0  # longest wait between busy/unavailable retries
 
 

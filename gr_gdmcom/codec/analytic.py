@@ -458,15 +458,18 @@ class AnalyticUNet(_Frozen):
         c, h, w = self.spec.shape
         return tiles.reshape(B, H // h, W // w, c, h, w).permute(0, 3, 1, 4, 2, 5).reshape(B, c, H, W)
 
+    def _inputs(self, x: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor):
+        """The UNet call's arguments on the CPU: latents, per-item timesteps, log-weights, abar."""
+        t = torch.as_tensor(timestep).detach().to("cpu", torch.float64).reshape(-1)
+        if t.numel() == 1:
+            t = t.expand(x.shape[0])
+        lw = encoder_hidden_states[:, 0, : self.spec.K].detach().to("cpu", torch.float64)
+        return x.detach().to("cpu"), t, lw, self.abar(t)
+
     def __call__(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor, **_):
         x = sample
         B, _, H, W = x.shape
-        t = torch.as_tensor(timestep).detach().to("cpu", torch.float64).reshape(-1)
-        if t.numel() == 1:
-            t = t.expand(B)
-        lw = encoder_hidden_states[:, 0, : self.spec.K].detach().to("cpu", torch.float64)
-        abar = self.abar(t)
-        xc = x.detach().to("cpu")
+        xc, t, lw, abar = self._inputs(x, timestep, encoder_hidden_states)
         tiles, nt = self._tiles(xc)
         # Classifier-free guidance batches [x, x] with two embeddings: share the component work.
         half = B // 2
@@ -648,14 +651,21 @@ def analytic_components(model: str = ANALYTIC_NAME, device: str = "auto", dtype:
     Raises:
         ModelLoadError: bad ``analytic:`` options.
     """
-    from .models import Components, ModelLoadError, resolve_device, resolve_dtype
-    from .schedule import SD_SCHEDULER
+    from .models import ModelLoadError
 
     try:
         am = build_analytic(model)
     except ValueError as exc:
         raise ModelLoadError(f"Could not build the analytic model {model!r}: {exc}") from None
+    return components_of(am, am.spec.label(), device, dtype)
+
+
+def components_of(am: AnalyticModel, model_id: str, device: str = "auto", dtype: str = "auto"):
+    """An :class:`AnalyticModel`'s parts as :class:`~gr_gdmcom.codec.models.Components`."""
+    from .models import Components, resolve_device, resolve_dtype
+    from .schedule import SD_SCHEDULER
+
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
     return Components(vae=am.vae, unet=am.unet, text_encoder=am.text_encoder, tokenizer=am.tokenizer,
-                      scheduler_config=dict(SD_SCHEDULER), device=dev, dtype=dt, model_id=am.spec.label())
+                      scheduler_config=dict(SD_SCHEDULER), device=dev, dtype=resolve_dtype(dtype, dev),
+                      model_id=model_id)

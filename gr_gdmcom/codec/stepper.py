@@ -120,7 +120,8 @@ class StepScheduler:
 
         def finish(x, req):
             enc = codec._encoded(x[0].cpu().numpy(), img, name)
-            enc.record = dict(unet_calls=req.calls, batch=_mean_width(req), scheduling="step",
+            enc.record = dict(unet_calls=req.calls, batch=_mean_width(req), batch_unet_calls=req.calls,
+                              scheduling="step",
                               seconds=dict(vae_encode=t_vae, total=time.perf_counter() - t0),
                               symbols=int(enc.symbols.size),
                               bcr=enc.symbols.size / (3 * enc.meta.image_size[0] * enc.meta.image_size[1]))
@@ -130,13 +131,13 @@ class StepScheduler:
         return self._admit(key, z0, [(None, codec.inversion_path(0, cfg.k))], (cfg.prompt, cfg.guidance), finish)
 
     @torch.no_grad()
-    def submit_decode(self, key, symbols, meta, snr_db, mask=None):
+    def submit_decode(self, key, symbols, meta, snr_db, mask=None, noise_var=None):
         codec, cfg = self.codec, self.codec.config
         if not self.stepwise:
             self.stats["fallbacks"] += 1
-            return codec.decode_many([(symbols, meta, snr_db, mask)])[0]
+            return codec.decode_many([(symbols, meta, snr_db, mask, noise_var)])[0]
         try:
-            z, meta, snr, choice, mask = codec._prepare_decode((symbols, meta, snr_db, mask))
+            z, meta, snr, choice, mask, snr_in = codec._prepare_decode((symbols, meta, snr_db, mask, noise_var))
         except CodecError as exc:
             codec.stats["failures"] += 1
             return Failed(str(exc), getattr(meta, "name", "image"))
@@ -147,7 +148,7 @@ class StepScheduler:
         def finish(x, req):
             img = to_uint8(x[0], meta.image_size)
             codec.stats["images_decoded"] += 1
-            rec = codec._decode_record(meta, snr, choice, mask, _mean_width(req), req.calls,
+            rec = codec._decode_record(meta, snr, snr_in, choice, mask, cfg.m, _mean_width(req), req.calls,
                                        dict(total=time.perf_counter() - t0))
             return Decoded(img, dict(rec, scheduling="step"))
 

@@ -16,12 +16,21 @@ name                  what
                       the paper's Table I "with caption" row
 ``random_noise``      the same with ``forward="random"``: k steps of random
                       forward noise instead of DDIM inversion (paper's ablation)
+``received``          the proposed transmitter, and the received latent decoded
+                      by the VAE as is (no inversion, no denoising): what the
+                      diffusion receiver must beat
 ``sd_semcom``         SD_SemCom (Cicchetti et al., MLSP 2024), re-implemented
                       from the paper's description: the clean normalised VAE
                       latent ``z_0`` (k = 0, no inversion) is sent; the caption
                       is lossless side information; the receiver adds random
                       forward noise up to grid step ``N`` and denoises N DDIM
                       steps with the caption as prompt
+``proposed_fixed_point``  the proposed method with ``inversion="fixed-point"``
+                      (each inversion step solved implicitly, docs/codec.md)
+``proposed_clean_one``  the proposed method with ``clean_end="one"`` (a_0 = 1;
+                      SD 1.5's scheduler config says abar_0)
+``proposed_calibrated``  the proposed method with ``rule="calibrated:FILE"``
+                      (``--calibration FILE`` from ``gdmcom calibrate``)
 ``digital``           HEVC-intra (x265, standing in for BPG) + 5G NR LDPC + QAM
                       (:func:`gr_gdmcom.eval.digital.run_digital`) at the same
                       number of complex channel uses as the proposed method
@@ -154,6 +163,7 @@ class Context:
     digital_codec: str = "hevc"
     digital_mcs: str = "adaptive"
     jobs: int = 1
+    calibration: Optional[str] = None
     _codecs: Dict[tuple, GenerativeCodec] = field(default_factory=dict)
     _pool: object = None
 
@@ -312,6 +322,56 @@ class Proposed(Method):
         return out
 
 
+class ProposedVariant(Proposed):
+    """The proposed method with codec settings changed (:attr:`changes`); beyond the paper."""
+
+    changes: Dict[str, object] = {}
+    what = ""
+
+    def __init__(self, ctx: Context, **params):
+        super().__init__(ctx, **params)
+        self.config = self.config.replace(**self.variant_changes()).validate()
+
+    def variant_changes(self) -> dict:
+        return dict(self.changes)
+
+    def setting_label(self) -> str:
+        c = self.config
+        return f"{super().setting_label()},{c.inversion},clean={c.clean_end}"
+
+    def transmit_key(self) -> tuple:
+        c = self.config
+        return ("codec", c.forward, c.k, c.inversion, c.inversion_iters, c.clean_end)
+
+    def fidelity(self) -> str:
+        return f"{super().fidelity()}; beyond the paper: {self.what}"
+
+
+class ProposedFixedPoint(ProposedVariant):
+    name = "proposed_fixed_point"
+    changes = dict(inversion="fixed-point")
+    what = "each DDIM-inversion step solved by fixed-point iteration (inversion=fixed-point)"
+
+
+class ProposedCleanOne(ProposedVariant):
+    name = "proposed_clean_one"
+    changes = dict(clean_end="one")
+    what = "a_0 = 1 at the clean end (clean_end=one; SD 1.5's scheduler config says abar_0)"
+
+
+class ProposedCalibrated(ProposedVariant):
+    name = "proposed_calibrated"
+    what = "N from a calibration file (rule=calibrated:FILE, gdmcom calibrate)"
+
+    def variant_changes(self) -> dict:
+        if not self.ctx.calibration:
+            raise ValueError("method proposed_calibrated needs --calibration FILE (made by gdmcom calibrate)")
+        return dict(rule=f"calibrated:{self.ctx.calibration}", steps=None)
+
+    def setting_label(self) -> str:
+        return super().setting_label().replace(self.config.rule, "calibrated")
+
+
 class RandomNoise(Proposed):
     """The paper's random-noise ablation: k steps of random forward noise at the transmitter."""
 
@@ -321,6 +381,32 @@ class RandomNoise(Proposed):
     def fidelity(self) -> str:
         return ("paper's random-noise ablation: k steps of random forward noise instead of DDIM inversion "
                 "(gr_gdmcom.codec, forward=random); numpy AWGN, decoder told the true SNR")
+
+
+class Received(Proposed):
+    """The received latent ``z~_k`` decoded by the VAE as is: the proposed transmitter, no denoising."""
+
+    name = "received"
+
+    def fidelity(self) -> str:
+        return "received latent z~_k decoded by the VAE as is (no denoising); numpy AWGN"
+
+    def receive(self, txs, snr_db):
+        import torch
+
+        from ..codec.images import to_uint8
+
+        c = self.codec.c
+        out = []
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for tx in txs:
+                z = torch.from_numpy(latent_from_symbols(_received(tx, snr_db, self.config.seed), tx.meta))
+                x = c.vae.decode((z[None].to(c.device) / c.vae_scale).to(c.dtype)).sample.float()
+                out.append(Rx(name=tx.name, image=to_uint8(x[0], tx.meta.image_size), n_steps=0, rule="none",
+                              seconds=time.perf_counter() - t0, unet_calls=0, fidelity=self.fidelity()))
+                t0 = time.perf_counter()
+        return out
 
 
 class ProposedCaption(Proposed):
@@ -600,7 +686,11 @@ def _pil(img: np.ndarray):
 METHODS: Dict[str, type] = {
     "proposed": Proposed,
     "proposed_caption": ProposedCaption,
+    "proposed_fixed_point": ProposedFixedPoint,
+    "proposed_clean_one": ProposedCleanOne,
+    "proposed_calibrated": ProposedCalibrated,
     "random_noise": RandomNoise,
+    "received": Received,
     "sd_semcom": SDSemCom,
     "digital": Digital,
 }
