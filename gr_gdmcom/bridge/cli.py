@@ -32,7 +32,8 @@ def cmd_serve(args) -> int:
 
     opts = ServerOptions(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                          max_request_bytes=int(args.max_request_mb * (1 << 20)), png_level=args.png_level,
-                         reply_cache_bytes=int(args.reply_cache_mb * (1 << 20))).validate()
+                         reply_cache_bytes=int(args.reply_cache_mb * (1 << 20)),
+                         scheduling=args.scheduling).validate()
     cfg = codec_config_from_args(args)
     try:
         curve = _curve_from_args(args)
@@ -73,12 +74,19 @@ def _local_server(args, cfg, opts, curve):
         codec = GenerativeCodec(cfg)
     except ModelLoadError as exc:
         raise ValueError(str(exc)) from None
+    from ..codec.accel import apply_speed_options, warm_up
+
+    apply_speed_options(codec.c, attention=args.attention, channels_last=args.channels_last, compile=args.compile)
+    if args.compile:
+        warm_up(codec)  # compile before the first request, not during it
     server = InferenceServer(codec, bind=args.bind, connect=args.connect, options=opts, curve=curve)
     return server, str(codec.c.device), lambda: None
 
 
 def _ray_gateway(args, cfg, opts, curve):
     """The model on Ray Serve replicas behind a gateway in this process: (RayGateway, device, cleanup)."""
+    if opts.scheduling != "batch":
+        raise ValueError("--scheduling step runs in the local engine only; Ray replicas batch whole requests")
     try:
         from . import ray_engine
     except ImportError as exc:
@@ -165,6 +173,9 @@ def register(sub) -> None:
     where.add_argument("--connect", default=None,
                        help="connect to a broker's backend endpoint instead of binding [default=%(default)r]")
     s.add_argument("--max-batch", type=int, default=4, help="requests per batched codec call [default=%(default)r]")
+    s.add_argument("--scheduling", choices=("batch", "step"), default="batch",
+                   help="batch: a batch of requests runs to completion; step: requests join and leave the "
+                        "batched UNet call at every step (docs/server.md) [default=%(default)r]")
     s.add_argument("--max-wait-ms", type=float, default=10.0,
                    help="longest wait for a batch to fill, from a request's arrival [default=%(default)r]")
     s.add_argument("--max-queue", type=int, default=32,
@@ -174,6 +185,11 @@ def register(sub) -> None:
     s.add_argument("--png-level", type=int, default=1, help="zlib level of PNG replies, 0..9 [default=%(default)r]")
     s.add_argument("--reply-cache-mb", type=float, default=16.0,
                    help="memory for replies kept for retries, MiB [default=%(default)r]")
+    s.add_argument("--attention", choices=("sdpa", "classic"), default="sdpa",
+                   help="attention kernel: PyTorch SDPA or diffusers' explicit one [default=%(default)r]")
+    s.add_argument("--channels-last", action="store_true", help="NHWC memory format for UNet and VAE convolutions")
+    s.add_argument("--compile", action="store_true",
+                   help="torch.compile the UNet (compiled at start-up by one warm-up encode+decode)")
     s.add_argument("--torch-threads", type=int, default=0,
                    help="torch CPU threads (0: torch's default) [default=%(default)r]")
     s.add_argument("--metrics-port", type=int, default=-1,

@@ -57,6 +57,7 @@ UNAVAILABLE_RETRY_MS = 200  # suggested wait after an ``unavailable`` reply
 PEER_WINDOW_S = 2.0  # a client counts as active this long after its last request
 COUNTERS = ("received", "requests", "served", "failed", "rejected", "busy", "unavailable", "dropped",
             "duplicates", "batches", "model_calls", "refused")
+SCHEDULING = ("batch", "step")
 
 
 @dataclass
@@ -95,6 +96,8 @@ class ServerOptions:
         reply_cache_bytes: replies kept for retries whose first reply was lost (bytes).
         reply_ttl_s: how long such a reply is kept (s).
         drain_timeout_s: on stop, how long to wait for the batch in progress (s).
+        scheduling: ``batch`` (a batch runs to completion) or ``step`` (step-level: requests
+            join and leave the batched UNet call at every step).
     """
 
     max_batch: int = 4
@@ -105,6 +108,7 @@ class ServerOptions:
     reply_cache_bytes: int = 16 << 20
     reply_ttl_s: float = 60.0
     drain_timeout_s: float = 30.0
+    scheduling: str = "batch"
 
     def validate(self) -> "ServerOptions":
         if self.max_batch < 1 or self.max_queue < 1:
@@ -114,6 +118,8 @@ class ServerOptions:
                              f"{self.max_wait_ms}, {self.max_request_bytes}")
         if not 0 <= self.png_level <= 9:
             raise ValueError(f"png_level must be in 0..9, got {self.png_level}")
+        if self.scheduling not in SCHEDULING:
+            raise ValueError(f"scheduling must be one of {', '.join(SCHEDULING)}, got {self.scheduling!r}")
         return self
 
 
@@ -211,12 +217,14 @@ class InferenceServer:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self.t_start = time.time()
-        self._worker = threading.Thread(target=self._worker_loop, name="gdmcom-worker", daemon=True)
+        loop = self._step_loop if self.options.scheduling == "step" else self._worker_loop
+        self._worker = threading.Thread(target=loop, name="gdmcom-worker", daemon=True)
         self._io = threading.Thread(target=self._io_loop, name="gdmcom-io", daemon=True)
         self._worker.start()
         self._io.start()
-        log.info("serving %s at %s (max_batch=%d, max_wait_ms=%g, max_queue=%d)", self._describe(), self.last_endpoint,
-                 self.options.max_batch, self.options.max_wait_ms, self.options.max_queue)
+        log.info("serving %s at %s (%s scheduling, max_batch=%d, max_wait_ms=%g, max_queue=%d)", self._describe(),
+                 self.last_endpoint, self.options.scheduling, self.options.max_batch, self.options.max_wait_ms,
+                 self.options.max_queue)
         return self
 
     def stop(self, timeout: Optional[float] = None) -> None:
@@ -294,7 +302,8 @@ class InferenceServer:
             dtype=engine.pop("dtype"), host=socket.gethostname(), pid=os.getpid(),
             endpoint=self.last_endpoint, uptime_s=round(time.time() - self.t_start, 3),
             queue_depth=self._queue.qsize(), max_queue=self.options.max_queue, max_batch=self.options.max_batch,
-            max_wait_ms=self.options.max_wait_ms, active_clients=self._active_peers,
+            max_wait_ms=self.options.max_wait_ms, scheduling=self.options.scheduling,
+            active_clients=self._active_peers,
             max_request_bytes=self.options.max_request_bytes,
             inflight=len(self._inflight), reply_store=dict(entries=len(self._store), bytes=self._store_bytes),
             **engine, **self.counters)
@@ -522,6 +531,64 @@ class InferenceServer:
         if pending is not None:
             self._post(pending, self._unavailable(pending.req), "unavailable")
 
+    def _step_loop(self) -> None:
+        """Worker of ``scheduling="step"``: admit while slots are free, then one UNet step for all."""
+        from ..codec.stepper import StepScheduler
+
+        sched = StepScheduler(self.codec, self.options.max_batch)
+        admitted: dict = {}  # job id -> (job, time admitted)
+        while not self._stopping.is_set() or sched.active:  # on stop, requests in flight are finished
+            while sched.free > 0 and not self._stopping.is_set():
+                try:  # block (briefly) only when there is nothing to step
+                    job = self._queue.get(timeout=0.1) if not sched.active else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                t0 = time.monotonic()
+                try:
+                    with self._lock:
+                        req = job.req
+                        out = (sched.submit_encode(job.id, req.image, req.name) if req.op == "encode" else
+                               sched.submit_decode(job.id, req.symbols, req.meta, req.snr_db, req.mask))
+                except Exception as exc:
+                    log.exception("admitting %s request %s failed", job.req.op, job.id)
+                    self._fail([job], exc)
+                    continue
+                admitted[job.id] = (job, t0)
+                if out is not None:  # answered without a UNet step (bad input, fallback, k = 0)
+                    self._reply_step(admitted, job.id, out)
+            if not sched.active:
+                continue
+            t0 = time.monotonic()
+            try:
+                with self._lock:
+                    calls0 = self.codec.stats["unet_calls"]
+                    width = len(sched.active)
+                    done = sched.step()
+                    calls = self.codec.stats["unet_calls"] - calls0
+            except Exception as exc:
+                log.exception("step over %d requests failed", len(sched.active))
+                self._fail([admitted.pop(r.key)[0] for r in sched.active], exc)
+                sched.active.clear()
+                continue
+            self.counters["batches"] += 1
+            self.counters["model_calls"] += calls
+            self.metrics.observe_batch("step", width)
+            self._batch_ms = 0.8 * self._batch_ms + 0.2 * (time.monotonic() - t0) * 1e3
+            for key, res in done:
+                self._reply_step(admitted, key, res)
+
+    def _reply_step(self, admitted: dict, key: str, res) -> None:
+        job, t_admit = admitted.pop(key)
+        batch = res.record.get("batch", 1) if not isinstance(res, Failed) else 0
+        self._post(job, *self._result_reply(job, res, dict(queue_ms=(t_admit - job.t_recv) * 1e3,
+                                                            codec_ms=(time.monotonic() - t_admit) * 1e3,
+                                                            batch=batch)))
+
+    def _fail(self, jobs: List[_Job], exc: Exception) -> None:
+        for job in jobs:
+            self.counters["failed"] += 1
+            self._post(job, P.error_reply(job.id, job.req.op, P.INTERNAL, f"{type(exc).__name__}: {exc}"), "failed")
+
     def _run_batch(self, batch: List[_Job]) -> None:
         op = batch[0].req.op
         t0 = time.monotonic()
@@ -536,9 +603,7 @@ class InferenceServer:
                 calls = self.codec.stats["unet_calls"] - calls0
         except Exception as exc:
             log.exception("batch of %d %s requests failed", len(batch), op)
-            for job in batch:
-                self.counters["failed"] += 1
-                self._post(job, P.error_reply(job.id, op, P.INTERNAL, f"{type(exc).__name__}: {exc}"), "failed")
+            self._fail(batch, exc)
             return
         t1 = time.monotonic()
         self.counters["batches"] += 1

@@ -411,11 +411,7 @@ class GenerativeCodec:
         out = []
         zk_np = zk.cpu().numpy()
         for b, (im, name) in enumerate(zip(imgs, names)):
-            sym, alpha = symbols_from_latent(zk_np[b])
-            meta = LatentMeta(alpha=alpha, latent_shape=tuple(zk_np.shape[1:]), image_size=(im.size[1], im.size[0]),
-                              k=cfg.k, T=cfg.T, guidance=cfg.guidance, prompt=cfg.prompt, forward=cfg.forward,
-                              name=name)
-            out.append(Encoded(sym, meta))
+            out.append(self._encoded(zk_np[b], im, name))
         t_end = time.perf_counter()
         seconds = dict(vae_encode=t_vae - t_start, inversion=t_inv - t_vae, other=t_end - t_inv)
         calls = self.stats["unet_calls"] - calls0
@@ -424,6 +420,14 @@ class GenerativeCodec:
                             symbols=int(e.symbols.size), bcr=e.symbols.size / (3 * e.meta.image_size[0] * e.meta.image_size[1]))
         self.stats["images_encoded"] += len(out)
         return out
+
+    def _encoded(self, zk: np.ndarray, im, name: str) -> Encoded:
+        """Symbols and metadata of one image's inverted latent ``zk`` (C, h, w) (step 3)."""
+        cfg = self.config
+        sym, alpha = symbols_from_latent(zk)
+        meta = LatentMeta(alpha=alpha, latent_shape=tuple(zk.shape), image_size=(im.size[1], im.size[0]),
+                          k=cfg.k, T=cfg.T, guidance=cfg.guidance, prompt=cfg.prompt, forward=cfg.forward, name=name)
+        return Encoded(sym, meta)
 
     # ------------------------------------------------------------------ receiver
     def decode(self, symbols: np.ndarray, meta: LatentMeta, snr_db: float,
@@ -465,39 +469,10 @@ class GenerativeCodec:
         results: List[Union[Decoded, Failed, None]] = [None] * len(items)
         ready = {}
         for i, item in enumerate(items):
-            symbols, meta, snr_db = item[:3]
-            mask = item[3] if len(item) > 3 else None
-            noise_var = item[4] if len(item) > 4 else None
-            name = getattr(meta, "name", "image")
             try:
-                if not isinstance(meta, LatentMeta):
-                    raise CodecError(f"{name}: decode needs LatentMeta metadata, got {type(meta).__name__}")
-                if meta.T != cfg.T:
-                    raise CodecError(f"{name}: transmitter used T={meta.T} but this receiver is set to T={cfg.T}")
-                if meta.k + cfg.m > cfg.T:
-                    raise CodecError(f"{name}: k + m must not exceed T: k={meta.k}, m={cfg.m}, T={cfg.T}")
-                if meta.prompt != cfg.prompt:
-                    log.warning("%s: transmitter prompt %r differs from receiver prompt %r; using the transmitter's",
-                                name, meta.prompt, cfg.prompt)
-                snr = float(snr_db)
-                if not math.isfinite(snr):
-                    raise CodecError(f"{name}: SNR estimate must be finite, got {snr_db}")
-                s = np.asarray(symbols)
-                if mask is not None:
-                    mask = np.asarray(mask, dtype=bool)
-                    if mask.shape != s.shape:
-                        raise CodecError(f"{name}: mask shape {mask.shape} does not match symbols {s.shape}")
-                    s = np.where(mask, s, 0).astype(np.complex64)
-                snr_in = snr
-                if noise_var is not None:
-                    try:
-                        s, snr = weight_by_reliability(s, noise_var, mask)
-                    except CodecError as exc:
-                        raise CodecError(f"{name}: {exc}") from None
-                z = latent_from_symbols(s, meta)
-                ready[i] = (z, meta, snr, self.step_choice(snr, meta), mask, snr_in)
+                ready[i] = self._prepare_decode(item)
             except CodecError as exc:
-                results[i] = Failed(str(exc), name)
+                results[i] = Failed(str(exc), getattr(item[1], "name", "image"))
                 self.stats["failures"] += 1
                 log.debug("%s", exc)  # reported once, by the caller that receives the Failed item
         groups: Dict[tuple, list] = {}
@@ -509,6 +484,41 @@ class GenerativeCodec:
                 for i, dec in zip(batch, self._decode_batch([ready[i] for i in batch])):
                     results[i] = dec
         return results  # type: ignore[return-value]
+
+    def _prepare_decode(self, item: tuple) -> tuple:
+        """Check one ``(symbols, meta, snr_db[, mask[, noise_var]])`` item and return
+        ``(latent, meta, snr, step choice, mask, snr_in)``; raises :class:`CodecError`."""
+        cfg = self.config
+        symbols, meta, snr_db = item[:3]
+        mask = item[3] if len(item) > 3 else None
+        noise_var = item[4] if len(item) > 4 else None
+        name = getattr(meta, "name", "image")
+        if not isinstance(meta, LatentMeta):
+            raise CodecError(f"{name}: decode needs LatentMeta metadata, got {type(meta).__name__}")
+        if meta.T != cfg.T:
+            raise CodecError(f"{name}: transmitter used T={meta.T} but this receiver is set to T={cfg.T}")
+        if meta.k + cfg.m > cfg.T:
+            raise CodecError(f"{name}: k + m must not exceed T: k={meta.k}, m={cfg.m}, T={cfg.T}")
+        if meta.prompt != cfg.prompt:
+            log.warning("%s: transmitter prompt %r differs from receiver prompt %r; using the transmitter's",
+                        name, meta.prompt, cfg.prompt)
+        snr = float(snr_db)
+        if not math.isfinite(snr):
+            raise CodecError(f"{name}: SNR estimate must be finite, got {snr_db}")
+        s = np.asarray(symbols)
+        if mask is not None:
+            mask = np.asarray(mask, dtype=bool)
+            if mask.shape != s.shape:
+                raise CodecError(f"{name}: mask shape {mask.shape} does not match symbols {s.shape}")
+            s = np.where(mask, s, 0).astype(np.complex64)
+        snr_in = snr
+        if noise_var is not None:
+            try:
+                s, snr = weight_by_reliability(s, noise_var, mask)
+            except CodecError as exc:
+                raise CodecError(f"{name}: {exc}") from None
+        z = latent_from_symbols(s, meta)
+        return z, meta, snr, self.step_choice(snr, meta), mask, snr_in
 
     @torch.no_grad()
     def _decode_batch(self, batch) -> List[Decoded]:
@@ -542,14 +552,20 @@ class GenerativeCodec:
                        other=t_end - t_dec)
         results = []
         for (img, meta, snr, choice, mask, snr_in), n_inv in zip(out, inv_calls):
-            rec = dict(name=meta.name, snr_db=snr, snr_in_db=snr_in, n_steps=choice.n_steps, rule=choice.rule,
-                       k=meta.k, m=cfg.m,
-                       T=cfg.T, start_t=choice.start_t, scale=choice.scale, s_tot2=choice.s_tot2,
-                       inversion=cfg.inversion, unet_calls=n_inv + choice.n_steps, batch=len(batch), batch_unet_calls=calls_inv + calls_smp,
-                       erased=int((~mask).sum()) if mask is not None else 0, seconds=seconds)
-            results.append(Decoded(img, rec))
+            results.append(Decoded(img, self._decode_record(meta, snr, snr_in, choice, mask, n_inv, len(batch),
+                                                            calls_inv + calls_smp, seconds)))
         self.stats["images_decoded"] += len(results)
         return results
+
+    def _decode_record(self, meta: LatentMeta, snr: float, snr_in: float, choice: StepChoice, mask, n_inv: int,
+                       batch, batch_unet_calls: int, seconds: dict) -> dict:
+        """What :class:`Decoded` records of one image's decoding (``n_inv``: its inversion UNet calls)."""
+        cfg = self.config
+        return dict(name=meta.name, snr_db=snr, snr_in_db=snr_in, n_steps=choice.n_steps, rule=choice.rule,
+                    k=meta.k, m=cfg.m, T=cfg.T, start_t=choice.start_t, scale=choice.scale, s_tot2=choice.s_tot2,
+                    inversion=cfg.inversion, unet_calls=n_inv + choice.n_steps, batch=batch,
+                    batch_unet_calls=batch_unet_calls, erased=int((~mask).sum()) if mask is not None else 0,
+                    seconds=seconds)
 
 
 def _default_name(src, i: int) -> str:

@@ -2,16 +2,21 @@
 
 ``load_components(model)`` takes a Hugging Face id (default: Stable Diffusion
 1.5), a local diffusers folder (``vae/``, ``unet/``, ``text_encoder/``,
-``tokenizer/``, ``scheduler/``), or ``tiny``: a seeded random-weight model of
+``tokenizer/``, ``scheduler/``), ``tiny``: a seeded random-weight model of
 the same diffusers/transformers classes, built offline from the configs below
 (the tokenizer from the ``vocab.json``/``merges.txt`` kept in this package),
-saved once to a cache folder and then loaded through the very same
-``from_pretrained`` path as a real model.
+or ``sd15-random``: SD-1.5's real architecture (its published UNet, VAE and
+CLIP text-encoder configs, kept in ``assets/sd15/``) with random weights, for
+measuring speed and memory without the weights.  Both are saved once to a
+cache folder and then loaded through the very same ``from_pretrained`` path
+as a real model.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +28,8 @@ log = logging.getLogger(__name__)
 
 TINY_NAME = "tiny"
 TINY_VERSION = 2
+SD15_RANDOM_NAME = "sd15-random"
+SD15_RANDOM_VERSION = 1
 _ASSETS = Path(__file__).resolve().parent / "assets"
 
 
@@ -113,8 +120,34 @@ def tiny_configs() -> dict:
     return dict(unet=unet, vae=vae, text=text)
 
 
+def sd15_configs(shrink: int = 1) -> dict:
+    """SD-1.5's published UNet, VAE and text-encoder configs (``assets/sd15/*.json``).
+
+    ``shrink`` > 1 divides every width (channels, cross-attention and text hidden
+    sizes) by it and keeps the depth (blocks, layers, heads), for cheap checks of
+    the architecture; group norms use the largest group count that divides the widths.
+    """
+    cfg = {name: {k: v for k, v in json.loads((_ASSETS / "sd15" / f"{name}.json").read_text()).items()
+                  if not k.startswith("_")} for name in ("unet", "vae", "text_encoder")}
+    if shrink > 1:
+        unet, vae, text = cfg["unet"], cfg["vae"], cfg["text_encoder"]
+        for part in (unet, vae):
+            part["block_out_channels"] = [c // shrink for c in part["block_out_channels"]]
+            part["norm_num_groups"] = math.gcd(part["norm_num_groups"], *part["block_out_channels"])
+        for key in ("hidden_size", "intermediate_size", "projection_dim"):
+            text[key] //= shrink
+        unet["cross_attention_dim"] = text["hidden_size"]
+    return dict(unet=cfg["unet"], vae=cfg["vae"], text=cfg["text_encoder"])
+
+
 def build_tiny(path: Path, seed: int = 0) -> Path:
     """Build the tiny random-weight model and ``save_pretrained`` it to ``path``."""
+    return build_random(path, tiny_configs(), seed, marker=f'"_gdmcom_tiny": {TINY_VERSION}')
+
+
+def build_random(path: Path, cfg: dict, seed: int = 0, marker: str = '"_gdmcom_random": 1') -> Path:
+    """Build a random-weight model of the configs ``cfg`` (``unet``, ``vae``, ``text``)
+    with the package's tokenizer and SD's scheduler, and ``save_pretrained`` it to ``path``."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from diffusers.utils import logging as dlogging
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -125,7 +158,6 @@ def build_tiny(path: Path, seed: int = 0) -> Path:
 
     from .schedule import SD_SCHEDULER
 
-    cfg = tiny_configs()
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**cfg["unet"])
     # Random weights give noise predictions of arbitrary size; scale the output
@@ -155,7 +187,7 @@ def build_tiny(path: Path, seed: int = 0) -> Path:
     text_encoder.save_pretrained(tmp / "text_encoder")
     tokenizer.save_pretrained(tmp / "tokenizer")
     DDIMScheduler(**SD_SCHEDULER).save_pretrained(tmp / "scheduler")
-    (tmp / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline", "_gdmcom_tiny": %d}' % TINY_VERSION)
+    (tmp / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline", %s}' % marker)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.replace(tmp, path)  # atomic: concurrent builders never see half a model
@@ -171,6 +203,15 @@ def tiny_path() -> Path:
     if not (path / "model_index.json").exists():
         log.info("building the tiny random-weight model in %s", path)
         build_tiny(path)
+    return path
+
+
+def sd15_random_path() -> Path:
+    """Folder of the random-weight SD-1.5-architecture model, built on first use (3.4 GB fp32)."""
+    path = cache_dir() / f"sd15-random-v{SD15_RANDOM_VERSION}"
+    if not (path / "model_index.json").exists():
+        log.warning("building the random-weight SD-1.5-architecture model in %s (once; minutes on a CPU)", path)
+        build_random(path, sd15_configs(), marker=f'"_gdmcom_sd15_random": {SD15_RANDOM_VERSION}')
     return path
 
 
@@ -191,7 +232,7 @@ def load_components(model: str = "tiny", device: str = "auto", dtype: str = "aut
     """Load VAE, UNet, text encoder, tokenizer and scheduler config.
 
     Args:
-        model: Hugging Face id, local folder, or ``tiny``.
+        model: Hugging Face id, local folder, ``tiny`` or ``sd15-random``.
         device: ``auto`` / ``cpu`` / ``cuda[:N]``.
         dtype: ``auto`` (fp16 on CUDA, fp32 on CPU) / ``fp16`` / ``bf16`` / ``fp32``.
     Raises:
@@ -210,7 +251,8 @@ def load_components(model: str = "tiny", device: str = "auto", dtype: str = "aut
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    source = str(tiny_path()) if model == TINY_NAME else model
+    builders = {TINY_NAME: tiny_path, SD15_RANDOM_NAME: sd15_random_path}
+    source = str(builders[model]()) if model in builders else model
     kw = dict(revision=revision) if revision else {}
     if Path(source).exists():
         kw["local_files_only"] = True

@@ -1,0 +1,213 @@
+"""Step-level (in-flight) scheduling of many requests over one codec.
+
+A request is a sequence of UNet steps, each ``(t_eval, a_from, a_to)`` as in
+:meth:`GenerativeCodec._ddim`: an encode is a VAE encode, then its ``k``
+inversion steps; a decode is its ``m`` inversion steps, the rescaling, its
+``N`` sampling steps, then a VAE decode.  :meth:`StepScheduler.step` runs ONE
+batched UNet call over the current step of every active request (each with
+its own timestep: ``_ddim`` with one-step paths), admitted requests join at
+the next call and finished ones leave at once.  A batch-at-a-time server
+holds a new request back until the whole batch (its longest path) is done,
+and runs partial batches while paths of different ``N`` are aligned; here the
+batch stays full while there is work.
+
+Requests share a call when their latent shape, prompt and guidance agree (the
+UNet call takes one prompt); otherwise the group of the oldest request runs
+first.  Outputs equal a single-request ``encode``/``decode`` within float
+tolerance (only the batch composition of the UNet and VAE calls differs).
+
+Requests the step model does not cover run whole, batch-at-a-time, when
+submitted: ``forward="random"`` encodes (no UNet step) and a codec whose
+``config.inversion`` is not ``ddim`` (the fixed-point inversion solves each
+step with several UNet calls).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .core import CodecError, Decoded, Failed, GenerativeCodec
+from .images import ImageError, load_rgb, to_tensor, to_uint8
+from .schedule import sampling_path
+
+
+@dataclass
+class _Active:
+    """One request between admission and its last UNet step."""
+
+    key: Any
+    x: torch.Tensor  # (1, C, h, w) float32, the current latent
+    phases: List[Tuple[Optional[float], list]]  # (scale applied on entering, steps)
+    group: tuple  # (latent shape, prompt, guidance): who may share a UNet call
+    finish: Callable[[torch.Tensor, "_Active"], Any]
+    t_admit: float
+    decode: bool = False
+    phase: int = 0
+    pos: int = 0
+    calls: int = 0  # batched UNet calls this request took part in
+    widths: List[int] = field(default_factory=list)  # batch size of each of them
+
+    def settle(self) -> None:
+        """Move past finished phases (applying each new phase's scale); ``done`` after the last."""
+        while self.phase < len(self.phases) and self.pos >= len(self.phases[self.phase][1]):
+            self.phase += 1
+            self.pos = 0
+            if self.phase < len(self.phases) and self.phases[self.phase][0] is not None:
+                scale = torch.tensor([self.phases[self.phase][0]], device=self.x.device).view(-1, 1, 1, 1)
+                self.x = self.x * scale  # as _decode_batch: z * scale before sampling
+
+    @property
+    def done(self) -> bool:
+        return self.phase >= len(self.phases)
+
+    @property
+    def current(self) -> tuple:
+        return self.phases[self.phase][1][self.pos]
+
+
+class StepScheduler:
+    """Step-level batching over one :class:`GenerativeCodec` (not thread-safe: one caller).
+
+    ``submit_encode`` / ``submit_decode`` admit a request under a caller's ``key``
+    and return its result at once when it needs no UNet step (bad input,
+    fallback, ``k = 0``), else None.  ``step()`` runs one batched UNet call and
+    returns ``[(key, Encoded | Decoded | Failed)]`` of the requests it finished.
+
+    Args:
+        codec: the codec whose model, grid and helpers are used.
+        max_batch: most requests active at once (= largest UNet batch, x2 with guidance).
+    """
+
+    def __init__(self, codec: GenerativeCodec, max_batch: int = 4):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.codec = codec
+        self.max_batch = int(max_batch)
+        self.active: List[_Active] = []
+        self.stats = dict(iterations=0, unet_items=0, fallbacks=0)
+
+    @property
+    def free(self) -> int:
+        """How many more requests can be admitted now."""
+        return self.max_batch - len(self.active)
+
+    @property
+    def stepwise(self) -> bool:
+        """Whether this codec's steps are single UNet calls (else requests fall back to batch-at-a-time)."""
+        return getattr(self.codec.config, "inversion", "ddim") == "ddim"
+
+    # ------------------------------------------------------------------ admission
+    @torch.no_grad()
+    def submit_encode(self, key, image, name: Optional[str] = None):
+        codec, cfg, c = self.codec, self.codec.config, self.codec.c
+        name = name or "image"
+        if cfg.forward != "ddim" or not self.stepwise:
+            self.stats["fallbacks"] += 1
+            return codec.encode_many([image], [name])[0]
+        try:
+            img = load_rgb(image, cfg.max_pixels)
+        except ImageError as exc:
+            codec.stats["failures"] += 1
+            return Failed(str(exc), name)
+        t0 = time.perf_counter()
+        z0 = c.vae.encode(to_tensor(img).to(c.device, c.dtype)).latent_dist.mode().float() * c.vae_scale
+        t_vae = time.perf_counter() - t0
+
+        def finish(x, req):
+            enc = codec._encoded(x[0].cpu().numpy(), img, name)
+            enc.record = dict(unet_calls=req.calls, batch=_mean_width(req), batch_unet_calls=req.calls,
+                              scheduling="step",
+                              seconds=dict(vae_encode=t_vae, total=time.perf_counter() - t0),
+                              symbols=int(enc.symbols.size),
+                              bcr=enc.symbols.size / (3 * enc.meta.image_size[0] * enc.meta.image_size[1]))
+            codec.stats["images_encoded"] += 1
+            return enc
+
+        return self._admit(key, z0, [(None, codec.inversion_path(0, cfg.k))], (cfg.prompt, cfg.guidance), finish)
+
+    @torch.no_grad()
+    def submit_decode(self, key, symbols, meta, snr_db, mask=None, noise_var=None):
+        codec, cfg = self.codec, self.codec.config
+        if not self.stepwise:
+            self.stats["fallbacks"] += 1
+            return codec.decode_many([(symbols, meta, snr_db, mask, noise_var)])[0]
+        try:
+            z, meta, snr, choice, mask, snr_in = codec._prepare_decode((symbols, meta, snr_db, mask, noise_var))
+        except CodecError as exc:
+            codec.stats["failures"] += 1
+            return Failed(str(exc), getattr(meta, "name", "image"))
+        t0 = time.perf_counter()
+        phases = [(None, codec.inversion_path(meta.k, meta.k + cfg.m)),
+                  (choice.scale, sampling_path(choice, codec.grid))]
+
+        def finish(x, req):
+            img = to_uint8(x[0], meta.image_size)
+            codec.stats["images_decoded"] += 1
+            rec = codec._decode_record(meta, snr, snr_in, choice, mask, cfg.m, _mean_width(req), req.calls,
+                                       dict(total=time.perf_counter() - t0))
+            return Decoded(img, dict(rec, scheduling="step"))
+
+        x = torch.from_numpy(z[None]).to(codec.c.device)
+        return self._admit(key, x, phases, (meta.prompt, meta.guidance), finish, decode=True)
+
+    def _admit(self, key, x, phases, cond, finish, decode: bool = False):
+        if self.free <= 0:
+            raise RuntimeError(f"scheduler full ({self.max_batch} active requests): admit when free > 0")
+        req = _Active(key, x.float(), phases, (tuple(x.shape), *cond), finish, time.monotonic(), decode)
+        req.settle()
+        if req.done:  # no UNet step at all (k = 0)
+            return self._finish([req])[0][1]
+        self.active.append(req)
+        return None
+
+    # ------------------------------------------------------------------ iteration
+    @torch.no_grad()
+    def step(self) -> List[Tuple[Any, Any]]:
+        """One batched UNet call over the current step of the oldest request's group."""
+        if not self.active:
+            return []
+        head = self.active[0]
+        members = [r for r in self.active if r.group == head.group]
+        x = torch.cat([r.x for r in members])
+        x = self.codec._ddim(x, [[r.current] for r in members], head.group[1], head.group[2])
+        self.stats["iterations"] += 1
+        self.stats["unet_items"] += len(members)
+        for b, r in enumerate(members):
+            r.x = x[b:b + 1]
+            r.pos += 1
+            r.calls += 1
+            r.widths.append(len(members))
+            r.settle()
+        finished = [r for r in self.active if r.done]
+        self.active = [r for r in self.active if not r.done]
+        return self._finish(finished)
+
+    def _finish(self, reqs: List[_Active]) -> List[Tuple[Any, Any]]:
+        """Results of finished requests; decodes of one latent shape share one VAE call."""
+        c = self.codec.c
+        out = []
+        decodes = [r for r in reqs if r.decode]
+        by_shape: dict = {}
+        for r in decodes:
+            by_shape.setdefault(tuple(r.x.shape), []).append(r)
+        pixels = {}
+        for group in by_shape.values():
+            z0 = torch.cat([r.x for r in group])
+            x = c.vae.decode((z0 / c.vae_scale).to(c.dtype)).sample.float()
+            for b, r in enumerate(group):
+                pixels[id(r)] = x[b:b + 1]
+        for r in reqs:
+            try:
+                out.append((r.key, r.finish(pixels[id(r)] if r.decode else r.x, r)))
+            except (CodecError, ImageError) as exc:  # pragma: no cover - checked at admission
+                out.append((r.key, Failed(str(exc))))
+        return out
+
+
+def _mean_width(req: _Active) -> float:
+    return round(float(np.mean(req.widths)), 3) if req.widths else 0.0

@@ -1,0 +1,50 @@
+"""GPU-path options checked on CPU against the default model: the same outputs
+(within float rounding; bf16 within its 8-bit mantissa)."""
+
+import numpy as np
+import pytest
+
+from gr_gdmcom.codec import GenerativeCodec, load_components
+from gr_gdmcom.codec.accel import apply_speed_options, warm_up
+from gr_gdmcom.config import CodecConfig
+
+
+def _roundtrip(small, dtype="fp32", **opts):
+    comp = apply_speed_options(load_components("tiny", device="cpu", dtype=dtype), **opts)
+    codec = GenerativeCodec(CodecConfig(model="tiny", device="cpu", dtype=dtype, k=2, m=2, steps=4),
+                            components=comp)
+    enc = codec.encode(small, name="x")
+    return enc.symbols, codec.decode(enc.symbols, enc.meta, 10.0).image, comp
+
+
+@pytest.fixture(scope="module")
+def reference(small):
+    return _roundtrip(small)
+
+
+@pytest.mark.parametrize("opts", [dict(attention="classic"), dict(channels_last=True),
+                                  dict(compile=True, compile_backend="eager")],
+                         ids=["classic-attention", "channels-last", "compile"])
+def test_options_give_the_same_outputs(small, reference, opts):
+    sym, img, comp = _roundtrip(small, **opts)
+    np.testing.assert_allclose(sym, reference[0], atol=1e-4)
+    assert np.abs(img.astype(int) - reference[1].astype(int)).max() <= 1
+    proc = type(next(iter(comp.unet.attn_processors.values()))).__name__
+    assert proc == ("AttnProcessor" if opts.get("attention") == "classic" else "AttnProcessor2_0")
+    if opts.get("channels_last"):
+        assert comp.unet.conv_in.weight.is_contiguous(memory_format=__import__("torch").channels_last)
+
+
+def test_bfloat16_end_to_end_stays_close(small, reference):
+    sym, img, comp = _roundtrip(small, dtype="bf16")
+    assert str(comp.unet.dtype) == "torch.bfloat16" and sym.dtype == np.complex64
+    assert np.abs(sym - reference[0]).max() < 0.1  # unit-energy symbols; bf16 keeps ~3 digits
+    assert np.abs(img.astype(float) - reference[1]).mean() < 4.0
+
+
+def test_unknown_attention_and_warm_up_leaves_counters(components, codec):
+    with pytest.raises(ValueError, match=r"^attention must be one of sdpa, classic, got 'flash'$"):
+        apply_speed_options(components, attention="flash")
+    before = dict(codec.stats)
+    warm_up(codec)
+    assert codec.stats == before
