@@ -21,7 +21,7 @@ FORWARD_MODES = ("ddim", "random")
 
 @dataclass
 class CodecConfig:
-    """Settings of the generative semantic codec (DESIGN.md section 1).
+    """Settings of the generative semantic codec (the paper's method, see docs/codec.md).
 
     Attributes:
         model: Hugging Face id, local diffusers folder, ``tiny`` (random-weight
@@ -106,19 +106,20 @@ _HELP = {
 }
 
 
-def add_codec_args(parser: argparse.ArgumentParser, skip: tuple = ()) -> None:
-    """Add one option per :class:`CodecConfig` field (``--k``, ``--rule`` ...)."""
+def add_codec_args(parser: argparse.ArgumentParser, skip: tuple = (), only: Optional[tuple] = None) -> None:
+    """Add one option per :class:`CodecConfig` field (``--k``, ``--rule`` ...);
+    ``skip`` leaves fields out, ``only`` keeps just those."""
     defaults = CodecConfig()
     group = parser.add_argument_group("codec")
     for f in fields(CodecConfig):
-        if f.name in skip:
+        if f.name in skip or (only is not None and f.name not in only):
             continue
         default = getattr(defaults, f.name)
         flag = "--" + f.name.replace("_", "-")
         help_ = _HELP[f.name] + " [default=%(default)r]"
         if f.type in ("bool", bool):
             group.add_argument(flag, dest=f.name, default=default,
-                               action=argparse.BooleanOptionalAction, help=_HELP[f.name])
+                               action=argparse.BooleanOptionalAction, help=help_)
         elif f.name == "rule":
             group.add_argument(flag, dest=f.name, default=default, choices=STEP_RULES, help=help_)
         elif f.name == "forward":
@@ -132,3 +133,43 @@ def codec_config_from_args(args: argparse.Namespace) -> CodecConfig:
     """Build a validated :class:`CodecConfig` from parsed arguments."""
     kw = {f.name: getattr(args, f.name) for f in fields(CodecConfig) if hasattr(args, f.name)}
     return CodecConfig(**kw).validate()
+
+
+def _attribute_docs(cls) -> dict:
+    """``name: text`` entries of a dataclass docstring's ``Attributes:`` section (continuation
+    lines joined), so that option help is written once, next to the field."""
+    doc = (cls.__doc__ or "").split("Attributes:", 1)[-1]
+    out, name = {}, None
+    for line in doc.splitlines():
+        head, sep, text = line.strip().partition(": ")
+        if sep and head.isidentifier() and line.startswith(" " * 8) and not line.startswith(" " * 9):
+            name, out[head] = head, text.strip()
+        elif name and line.strip():
+            out[name] += " " + line.strip()
+        elif not line.strip() and name:
+            name = None
+    return out
+
+
+def add_frame_args(parser: argparse.ArgumentParser, skip: tuple = ()) -> None:
+    """Add one option per :class:`gr_gdmcom.phy.FrameConfig` field (``--sps``, ``--pilot-spacing`` ...),
+    help text from its docstring, the same way :func:`add_codec_args` does for the codec."""
+    from .phy import FrameConfig
+
+    defaults, docs = FrameConfig(), _attribute_docs(FrameConfig)
+    group = parser.add_argument_group("phy (burst format; see docs/frame-format.md)")
+    for f in fields(FrameConfig):
+        if f.name in skip:
+            continue
+        default = getattr(defaults, f.name)
+        help_ = docs.get(f.name, f.name).replace("%", "%%") + " [default=%(default)r]"
+        kw = (dict(action=argparse.BooleanOptionalAction) if isinstance(default, bool)
+              else dict(type=type(default)))
+        group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=default, help=help_, **kw)
+
+
+def frame_config_from_args(args: argparse.Namespace):
+    """Build a validated :class:`gr_gdmcom.phy.FrameConfig` from parsed arguments."""
+    from .phy import FrameConfig
+
+    return FrameConfig(**{f.name: getattr(args, f.name) for f in fields(FrameConfig) if hasattr(args, f.name)})

@@ -138,7 +138,7 @@ class TxPipeline:
         except Exception as exc:  # noqa: BLE001 - every failure is reported, the stream goes on
             ev.error = str(exc)
             self.counters["images_failed"] += 1
-            log.warning("source: image %s not sent: %s", path, exc)
+            log.debug("source: image %s not sent: %s", path, exc)  # the event carries it; the block logs it once
             return ev
         bursts = self.tx.frames(enc.symbols, header_for(enc.meta, image_id))
         ev.bursts = [Burst(b, image_id, i, len(bursts), ev.name) for i, b in enumerate(bursts)]
@@ -211,6 +211,7 @@ class RxPipeline:
             return res
         rec = dec.record
         res.update(n_steps=int(rec["n_steps"]), rule=rec["rule"], k=int(h.k), m=int(rec["m"]), T=int(h.T),
+                   alpha=float(meta.alpha), s_tot2=rec.get("s_tot2"),
                    unet_calls=int(rec["unet_calls"]), symbols=int(img.symbols.size),
                    height=int(dec.image.shape[0]), width=int(dec.image.shape[1]),
                    seconds=round(time.perf_counter() - t0, 4))

@@ -305,10 +305,15 @@ def test_cli_sweep(folder, tmp_path, capsys):
     rc = main(["sweep", "--images", str(folder), "--snr", "5", "--methods", "proposed,digital", "--out", str(out),
                "--model", "tiny", "--device", "cpu", "--no-plots", "--no-progress", "--metrics", "none"])
     assert rc == 0
-    assert "4 rows computed" in capsys.readouterr().out
-    rc = main(["sweep", "--images", str(folder), "--snr", "5", "--methods", "proposed,digital", "--out", str(out),
-               "--model", "tiny", "--device", "cpu", "--no-plots", "--no-progress", "--metrics", "none"])
-    assert rc == 0 and "0 rows computed, 4 already present" in capsys.readouterr().out
+    cap = capsys.readouterr()
+    done = json.loads(cap.out)  # stdout: one JSON line; the same in words on stderr
+    assert done["rows_computed"] == 4 and done["rows_total"] == 4 and "4 rows computed" in cap.err
+    rc = main(["sweep", "--images", str(folder / "*.png"), "--snr", "5", "--methods", "proposed,digital",
+               "--out", str(out), "--model", "tiny", "--device", "cpu", "--no-plots", "--no-progress",
+               "--metrics", "none"])  # a quoted glob names the same images
+    cap = capsys.readouterr()
+    assert rc == 0 and "0 rows computed, 4 already present" in cap.err
+    assert json.loads(cap.out)["rows_reused"] == 4
 
 
 @pytest.mark.parametrize("argv, message", [

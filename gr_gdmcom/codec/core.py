@@ -251,7 +251,7 @@ class GenerativeCodec:
             except ImageError as exc:
                 results[i] = Failed(str(exc), names[i])
                 self.stats["failures"] += 1
-                log.warning("%s", exc)
+                log.debug("%s", exc)  # returned as Failed: the caller reports it once
         groups: Dict[tuple, list] = {}
         for i, img in loaded.items():
             groups.setdefault(to_tensor(img).shape, []).append(i)

@@ -1,9 +1,9 @@
-"""The DDIM grid and the SNR-adaptive step rules (DESIGN.md section 1).
+"""The DDIM grid and the SNR-adaptive step rules (the paper's eq. 17; docs/codec.md).
 
 Everything here is scheduler arithmetic: it needs no weights and runs in
 microseconds, so ``gdmcom steps`` and the physical layer can use it freely.
 
-Notation (as in DESIGN.md): the grid ``tau_1 < ... < tau_T`` uses diffusers'
+Notation (as in docs/codec.md): the grid ``tau_1 < ... < tau_T`` uses diffusers'
 "leading" spacing with ``steps_offset = 1``; ``a_j = abar_{tau_j}`` and
 ``a_0 = 1``.  Grid index ``j`` counts DDIM steps from the clean latent.
 

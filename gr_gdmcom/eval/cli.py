@@ -48,8 +48,8 @@ def register(sub) -> None:
         description="Run every method on every image at every SNR (AWGN) and write RESULTS/rows.csv, "
                     "summary.csv/.md, run.json and plots. Resumable: rows already in rows.csv are not "
                     "recomputed. See docs/evaluation.md.")
-    s.add_argument("--images", nargs="+", required=True, metavar="DIR",
-                   help="folder(s) of images (png, jpg, ...) and/or image files")
+    s.add_argument("--images", "--image", dest="images", nargs="+", required=True, metavar="IMG",
+                   help="image files, folders (their images) or globs such as 'photos/*.png'")
     s.add_argument("--snr", nargs="+", type=float, default=list(DEFAULT_SNRS),
                    help="Es/N0 values in dB [default=%(default)r]")
     s.add_argument("--methods", default=",".join(DEFAULT_METHODS),
@@ -72,8 +72,8 @@ def register(sub) -> None:
                    help="digital baseline's MCS: 'adaptive' or a name such as 16qam-3/4 [default=%(default)r]")
     s.add_argument("--jobs", type=int, default=1,
                    help="worker processes for the CPU-bound digital chain (LDPC decoding) [default=%(default)r]")
-    s.add_argument("--threads", type=int,
-                   help="torch CPU threads (default: torch's choice; fewer is faster on a busy machine)")
+    s.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0: torch's choice; fewer is faster on a busy machine) [default=%(default)r]")
     s.add_argument("--metrics", type=_metrics, default=LEARNED, metavar="LIST",
                    help=f"learned metrics to try ({','.join(LEARNED)}, or 'none'); those that cannot run "
                         "here stay empty [default: all]")
@@ -115,9 +115,14 @@ def cmd_sweep(args) -> int:
         print(f"\ninterrupted: the rows computed so far are in {args.out}/rows.csv; "
               "run the same command again to continue", file=sys.stderr)
         return 130
+    from ..cli import emit
+
     for f, why in res.skipped:
         print(f"warning: skipped {f}: {why}", file=sys.stderr)
     print(f"{res.rows_computed} rows computed, {res.rows_reused} already present, {res.rows_failed} with errors; "
           f"{res.rows_total} rows in {res.out / 'rows.csv'}; summary: {res.out / 'summary.md'} "
-          f"({res.seconds:.1f} s)")
+          f"({res.seconds:.1f} s)", file=sys.stderr)
+    emit(dict(event="done", rows_computed=res.rows_computed, rows_reused=res.rows_reused,
+              rows_failed=res.rows_failed, rows_total=res.rows_total, rows=str(res.out / "rows.csv"),
+              summary=str(res.out / "summary.md"), seconds=round(res.seconds, 1)))
     return 1 if res.rows_failed else 0
