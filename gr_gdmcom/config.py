@@ -65,17 +65,12 @@ class CodecConfig:
         """Raise ``ValueError`` with a readable message for impossible settings."""
         if self.T < 1 or self.T > 1000:
             raise ValueError(f"T must be in 1..1000, got {self.T}")
-        if self.k < 0 or self.m < 0:
-            raise ValueError(f"k and m must be >= 0, got k={self.k}, m={self.m}")
-        if self.k + self.m > self.T:
-            raise ValueError(f"k + m must not exceed T: k={self.k}, m={self.m}, T={self.T}")
+        check_steps(self.k, self.m, self.T)
         if self.rule not in STEP_RULES:
             raise ValueError(f"unknown step rule {self.rule!r}; choose one of {', '.join(STEP_RULES)}")
         if self.forward not in FORWARD_MODES:
             raise ValueError(f"unknown forward mode {self.forward!r}; choose one of {', '.join(FORWARD_MODES)}")
-        if self.steps is not None and not (self.k + self.m <= self.steps <= self.T):
-            raise ValueError(
-                f"steps N must satisfy k + m <= N <= T, got N={self.steps}, k={self.k}, m={self.m}, T={self.T}")
+        check_steps(self.k, self.m, self.T, self.steps)
         if self.max_pixels <= 0:
             raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")
         if self.batch_size < 1:
@@ -84,6 +79,21 @@ class CodecConfig:
 
     def replace(self, **changes) -> "CodecConfig":
         return dataclasses.replace(self, **changes)
+
+
+def check_steps(k: int, m: int, T: int, steps: Optional[int] = None) -> None:
+    """The one check of the step counts: ``k, m >= 0``, ``k + m <= T`` and, for a fixed
+    ``steps`` N, ``k + m <= N <= T`` (config, scheduler and decoder all call it).
+
+    Raises:
+        ValueError: naming the values, e.g. ``k + m must not exceed T: k=40, m=20, T=50``.
+    """
+    if k < 0 or m < 0:
+        raise ValueError(f"k and m must be >= 0, got k={k}, m={m}")
+    if k + m > T:
+        raise ValueError(f"k + m must not exceed T: k={k}, m={m}, T={T}")
+    if steps is not None and not (k + m <= steps <= T):
+        raise ValueError(f"steps N must satisfy k + m <= N <= T, got N={steps}, k={k}, m={m}, T={T}")
 
 
 _HELP = {

@@ -358,3 +358,27 @@ def test_help_renders(argv, capsys):
         main(argv)
     assert e.value.code == 0
     assert "sweep" in capsys.readouterr().out
+
+
+def test_sigterm_ends_a_sweep_with_an_end_record(folder, tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    from gr_gdmcom.cli import main
+
+    real, state = report.RowWriter.write, dict(n=0)
+
+    def write(self, row):  # the scheduler's SIGTERM arrives after the first row
+        state["n"] += 1
+        if state["n"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, row)
+
+    monkeypatch.setattr(report.RowWriter, "write", write)
+    out = tmp_path / "res"
+    rc = main(["sweep", "--images", str(folder), "--snr", "5", "--methods", "digital", "--out", str(out),
+               "--digital-codec", "jpeg", "--no-plots", "--no-progress", "--metrics", "none", "--model", "tiny"])
+    assert rc == 130 and "interrupted" in capsys.readouterr().err
+    end = json.loads((out / "run.json").read_text())["runs"][-1]
+    assert end["interrupted"] is True and end["rows_computed"] == 1 and end["finished"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler does not outlive the sweep

@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ..config import CodecConfig
+from ..config import CodecConfig, check_steps
 from .images import ImageError, ImageLike, load_rgb, to_tensor, to_uint8
 from .models import Components, load_components
 from .schedule import Grid, StepChoice, get_grid, sampling_path, select_steps
@@ -337,8 +337,10 @@ class GenerativeCodec:
                     raise CodecError(f"{name}: decode needs LatentMeta metadata, got {type(meta).__name__}")
                 if meta.T != cfg.T:
                     raise CodecError(f"{name}: transmitter used T={meta.T} but this receiver is set to T={cfg.T}")
-                if meta.k + cfg.m > cfg.T:
-                    raise CodecError(f"{name}: k + m must not exceed T: k={meta.k}, m={cfg.m}, T={cfg.T}")
+                try:
+                    check_steps(meta.k, cfg.m, cfg.T)
+                except ValueError as exc:
+                    raise CodecError(f"{name}: {exc}") from None
                 if meta.prompt != cfg.prompt:
                     log.warning("%s: transmitter prompt %r differs from receiver prompt %r; using the transmitter's",
                                 name, meta.prompt, cfg.prompt)

@@ -23,6 +23,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..config import check_steps
+
 #: Stable Diffusion 1.5's scheduler settings (its scheduler_config.json).
 SD_SCHEDULER = dict(
     num_train_timesteps=1000,
@@ -164,9 +166,8 @@ def select_steps(snr_db: float, k: int = 5, m: int = 5, T: int = 50, rule: str =
         rescale: apply ``sqrt(a_N/a_{k+m})`` for rules ``snr``/``variance``.
         steps: fixed N (rule reported as ``fixed``).
     """
+    check_steps(k, m, T, steps)
     grid = grid or get_grid(T)
-    if k + m > T:
-        raise ValueError(f"k + m must not exceed T: k={k}, m={m}, T={T}")
     if not math.isfinite(snr_db):
         raise ValueError(f"SNR must be finite, got {snr_db}")
     a = grid.alphas
@@ -174,8 +175,6 @@ def select_steps(snr_db: float, k: int = 5, m: int = 5, T: int = 50, rule: str =
     s2 = total_noise_var(grid, k, m, snr_db, power)
     cand = np.arange(k + m, T + 1)
     if steps is not None:
-        if not (k + m <= steps <= T):
-            raise ValueError(f"steps N must satisfy k + m <= N <= T, got N={steps}")
         n, used = int(steps), "fixed"
     elif rule == "variance":
         n, used = int(cand[np.argmin(np.abs((1.0 - a[cand]) - s2))]), rule

@@ -2,14 +2,16 @@
 
 Registered into the main ``gdmcom`` parser by :func:`register`.  Exit codes:
 0 done, 1 done but some rows carry an error, 2 usage error (nothing
-computed), 130 interrupted (rows so far are kept; run the same command again
-to continue).
+computed), 130 interrupted by Ctrl-C or SIGTERM (rows so far are kept, run.json
+records the end; run the same command again to continue).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
 
 from ..config import add_codec_args, codec_config_from_args
@@ -36,6 +38,24 @@ def _metrics(v: str):
         raise argparse.ArgumentTypeError(f"unknown learned metric(s) {', '.join(bad)}; choose from "
                                          f"{', '.join(LEARNED)} or 'none'")
     return names
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM (a batch scheduler's stop, ``kill``) ends the sweep as Ctrl-C does: the rows
+    so far stay and run.json gets its end record (``interrupted``)."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def register(sub) -> None:
@@ -104,7 +124,8 @@ def cmd_sweep(args) -> int:
                             metrics=args.metrics,
                             plots=args.plots, grid_images=args.grid_images, progress=args.progress,
                             argv=["gdmcom"] + sys.argv[1:])
-        res = run_sweep(opts)
+        with _sigterm_interrupts():
+            res = run_sweep(opts)
     except (SweepError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
