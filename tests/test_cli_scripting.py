@@ -10,6 +10,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -156,3 +157,26 @@ def test_every_readme_command_parses_and_names_files_that_exist():
             assert "kodim" not in w, line
         checked += 1
     assert checked >= 10
+
+
+def test_simulate_through_a_backend_reports_power_stages_and_the_applied_snr(codec, small):
+    """`simulate --server` goes through a Backend one request at a time: same rows as the
+    codec's batches; rows keep both sides' inversion times and the Rayleigh SNR applied."""
+    from gr_gdmcom.bridge import LocalBackend
+    from gr_gdmcom.phy import rayleigh_block
+    from gr_gdmcom.sim import BackendCodec, channel_rng, simulate
+
+    direct = list(simulate(codec, [small], [8.0], channel="rayleigh", names=["s"]))
+    remote = list(simulate(BackendCodec(LocalBackend(codec.config, codec=codec), codec.config), [small], [8.0],
+                           channel="rayleigh", names=["s"]))
+    (row,), (row2,) = direct, remote
+    for key in ("psnr", "n_steps", "power", "alpha", "s_tot2", "snr_applied_db"):
+        assert row[key] == row2[key], key
+    # the applied SNR: -10 log10 of the mean noise variance after zero forcing, the same draw
+    n = row["symbols"]
+    _, nvar = rayleigh_block(np.ones(n, np.complex64), 8.0, channel_rng(codec.config.seed, "s", 8.0))
+    assert row["snr_applied_db"] == pytest.approx(-10 * math.log10(np.mean(nvar)), abs=1e-4)
+    assert row["snr_applied_db"] != 8.0 and row["snr_db"] == 8.0
+    ref = select_steps(row["snr_applied_db"], power=row["power"])
+    assert row["n_steps"] == ref.n_steps and row["s_tot2"] == pytest.approx(ref.s_tot2, rel=1e-4)
+    assert {"tx_vae_encode", "tx_inversion", "rx_inversion", "rx_sampling", "rx_vae_decode"} <= set(row["stages"])
