@@ -90,6 +90,7 @@ def test_one_vocabulary_and_real_defaults_in_help(capsys):
         assert a.images == b.images == ["a.png", "b/", "c/*.png"] and a.threads == 0 and a.seed == 0
     for cmd in ("simulate", "link"):
         assert parser.parse_args([cmd, "--images", "a", "--snr", "5", "--out", "o"]).server == "local"
+    assert parser.parse_args(["serve", "--threads", "2"]).torch_threads == 2
     link = parser.parse_args(["link", "--images", "a", "--snr", "5", "--out", "o", "--preamble-seg=9",
                               "--no-scramble"])
     from gr_gdmcom.config import frame_config_from_args

@@ -108,7 +108,7 @@ def register(sub) -> None:
     s.add_argument("--png-level", type=int, default=1, help="zlib level of PNG replies, 0..9 [default=%(default)r]")
     s.add_argument("--reply-cache-mb", type=float, default=16.0,
                    help="memory for replies kept for retries, MiB [default=%(default)r]")
-    s.add_argument("--torch-threads", type=int, default=0,
+    s.add_argument("--threads", "--torch-threads", dest="torch_threads", type=int, default=0,
                    help="torch CPU threads (0: torch's default) [default=%(default)r]")
     add_codec_args(s)
     s.set_defaults(func=cmd_serve)
