@@ -214,7 +214,7 @@ def check_model(model: str, probe_timeout: float = 4.0) -> None:
 # --------------------------------------------------------------------------- loading
 _NO_MODEL = (
     "Could not load the diffusion model {model!r}: {why}. "
-    "The default model is downloaded from the Hugging Face hub on first use and "
+    "A Hugging Face id is downloaded from the hub on first use and "
     "needs network access (or a filled hub cache, HF_HOME). Offline, point "
     "--model PATH at a local diffusers folder of Stable Diffusion 1.5 (with vae/, "
     "unet/, text_encoder/, tokenizer/, scheduler/), or use --model tiny for the "
