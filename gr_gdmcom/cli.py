@@ -192,7 +192,8 @@ def _register_optional(sub) -> None:
     """Subcommands that live in other layers register themselves here."""
     import importlib
 
-    for mod in ("gr_gdmcom.link_cli", "gr_gdmcom.eval.cli", "gr_gdmcom.bridge.cli", "gr_gdmcom.eval.validate_cli"):
+    for mod in ("gr_gdmcom.link_cli", "gr_gdmcom.eval.cli", "gr_gdmcom.bridge.cli", "gr_gdmcom.eval.validate_cli",
+                "gr_gdmcom.eval.calibrate_cli"):
         try:
             m = importlib.import_module(mod)
         except ModuleNotFoundError as exc:

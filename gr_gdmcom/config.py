@@ -16,7 +16,13 @@ from typing import Optional
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_PROMPT = "High quality, High res, 8K"
 STEP_RULES = ("snr", "variance", "exact")
+#: prefix of the calibrated step rule, ``calibrated:PATH`` (codec/calibration.py)
+CALIBRATED = "calibrated:"
 FORWARD_MODES = ("ddim", "random")
+#: the clean end of the grid: the model's scheduler config, a_0 = 1, or a_0 = abar_0 (schedule.CLEAN_ENDS)
+CLEAN_ENDS = ("model", "one", "step0")
+#: how each DDIM-inversion step is solved: explicit (eq. 10) or the implicit step by fixed-point iteration
+INVERSION_MODES = ("ddim", "fixed-point")
 
 
 @dataclass
@@ -32,7 +38,9 @@ class CodecConfig:
         m: DDIM-inversion steps continued at the receiver (paper: 5).
         T: DDIM grid size (paper: 50).
         rule: denoising-step rule, ``snr`` (default), ``variance`` (paper's
-            text) or ``exact`` (continuous start timestep).
+            text), ``exact`` (continuous start timestep) or ``calibrated:PATH``
+            (N measured by ``gdmcom calibrate`` for this model and setting; its
+            file also fixes the rescale setting).
         rescale: scale the received latent by sqrt(a_N / a_{k+m}) before
             denoising (rules ``snr``/``variance``); False is the paper's behaviour.
         guidance: classifier-free guidance scale w (paper: 6).
@@ -40,6 +48,14 @@ class CodecConfig:
         forward: ``ddim`` (DDIM inversion, the method) or ``random`` (random
             forward-noise ablation).
         steps: fixed number of denoising steps N (overrides the rule); None = rule.
+        clean_end: ``a_0`` of the grid, where sampling ends and inversion starts:
+            ``model`` (the model's scheduler config: ``set_alpha_to_one``; SD 1.5
+            says False, ``a_0 = abar_0 = 0.99915``), ``one`` (``a_0 = 1``) or ``step0``.
+        inversion: ``ddim`` (eq. 10, noise predicted at the step's start) or
+            ``fixed-point`` (the implicit step, the exact inverse of a sampling
+            step, solved by fixed-point iteration) for the k and m steps.
+        inversion_iters: most fixed-point iterations per step (each one UNet call).
+        inversion_tol: stop iterating when the update's relative norm falls below this.
         seed: seed of every random generator the codec uses.
         max_pixels: images with more pixels than this are refused.
         batch_size: images processed together in one UNet call per step.
@@ -57,6 +73,10 @@ class CodecConfig:
     prompt: str = DEFAULT_PROMPT
     forward: str = "ddim"
     steps: Optional[int] = None
+    clean_end: str = "model"
+    inversion: str = "ddim"
+    inversion_iters: int = 3
+    inversion_tol: float = 1e-4
     seed: int = 0
     max_pixels: int = 4096 * 4096
     batch_size: int = 8
@@ -66,10 +86,19 @@ class CodecConfig:
         if self.T < 1 or self.T > 1000:
             raise ValueError(f"T must be in 1..1000, got {self.T}")
         check_steps(self.k, self.m, self.T)
-        if self.rule not in STEP_RULES:
-            raise ValueError(f"unknown step rule {self.rule!r}; choose one of {', '.join(STEP_RULES)}")
+        if self.rule not in STEP_RULES and not (self.rule.startswith(CALIBRATED) and len(self.rule) > len(CALIBRATED)):
+            raise ValueError(f"unknown step rule {self.rule!r}; choose one of {', '.join(STEP_RULES)} "
+                             f"or {CALIBRATED}PATH (a file made by gdmcom calibrate)")
         if self.forward not in FORWARD_MODES:
             raise ValueError(f"unknown forward mode {self.forward!r}; choose one of {', '.join(FORWARD_MODES)}")
+        if self.clean_end not in CLEAN_ENDS:
+            raise ValueError(f"unknown clean_end {self.clean_end!r}; choose one of {', '.join(CLEAN_ENDS)}")
+        if self.inversion not in INVERSION_MODES:
+            raise ValueError(f"unknown inversion {self.inversion!r}; choose one of {', '.join(INVERSION_MODES)}")
+        if self.inversion_iters < 1:
+            raise ValueError(f"inversion_iters must be >= 1, got {self.inversion_iters}")
+        if not self.inversion_tol >= 0:
+            raise ValueError(f"inversion_tol must be >= 0, got {self.inversion_tol}")
         check_steps(self.k, self.m, self.T, self.steps)
         if self.max_pixels <= 0:
             raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")
@@ -104,16 +133,31 @@ _HELP = {
     "k": "DDIM-inversion steps at the transmitter",
     "m": "DDIM-inversion steps continued at the receiver",
     "T": "DDIM grid size (inference steps of the full schedule)",
-    "rule": "denoising-step rule: " + ", ".join(STEP_RULES),
+    "rule": "denoising-step rule: " + ", ".join(STEP_RULES) + " or calibrated:PATH (from gdmcom calibrate)",
     "rescale": "rescale the received latent by sqrt(a_N/a_{k+m}) (--no-rescale: paper's behaviour)",
     "guidance": "classifier-free guidance scale",
     "prompt": "fixed text prompt for the guided noise prediction",
     "forward": "transmitter forward process: ddim (inversion) or random (ablation)",
     "steps": "fixed number of denoising steps N (overrides --rule)",
+    "clean_end": "clean end of the DDIM grid: model (its scheduler config's set_alpha_to_one), "
+                 "one (a_0 = 1) or step0 (a_0 = abar_0)",
+    "inversion": "DDIM inversion: ddim (eq. 10) or fixed-point (implicit step solved by iteration)",
+    "inversion_iters": "most fixed-point iterations per inversion step (one UNet call each)",
+    "inversion_tol": "fixed-point inversion stops when an update moves the latent by less than this (relative)",
     "seed": "seed for every random generator",
     "max_pixels": "refuse images with more pixels than this",
     "batch_size": "images per batched UNet call",
 }
+
+
+def _rule(value: str) -> str:
+    if value in STEP_RULES or (value.startswith(CALIBRATED) and len(value) > len(CALIBRATED)):
+        return value
+    raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose from {', '.join(STEP_RULES)} "
+                                     f"or {CALIBRATED}PATH)")
+
+
+_CHOICES = dict(forward=FORWARD_MODES, clean_end=CLEAN_ENDS, inversion=INVERSION_MODES)
 
 
 def add_codec_args(parser: argparse.ArgumentParser, skip: tuple = (), only: Optional[tuple] = None) -> None:
@@ -131,9 +175,10 @@ def add_codec_args(parser: argparse.ArgumentParser, skip: tuple = (), only: Opti
             group.add_argument(flag, dest=f.name, default=default,
                                action=argparse.BooleanOptionalAction, help=help_)
         elif f.name == "rule":
-            group.add_argument(flag, dest=f.name, default=default, choices=STEP_RULES, help=help_)
-        elif f.name == "forward":
-            group.add_argument(flag, dest=f.name, default=default, choices=FORWARD_MODES, help=help_)
+            group.add_argument(flag, dest=f.name, default=default, type=_rule, metavar="{" + ",".join(STEP_RULES)
+                               + ",calibrated:PATH}", help=help_)
+        elif f.name in _CHOICES:
+            group.add_argument(flag, dest=f.name, default=default, choices=_CHOICES[f.name], help=help_)
         else:
             typ = {"int": int, "float": float, "str": str, "Optional[int]": int}[str(f.type)]
             group.add_argument(flag, dest=f.name, default=default, type=typ, help=help_)

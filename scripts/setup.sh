@@ -6,12 +6,12 @@
 #   3. pip install of torch (CPU wheel, pinned) and this package with numpy<2.
 # Re-running it does nothing that is already done.  Variables:
 #   GDMCOM_VENV   venv folder            [default: .venv]
-#   GDMCOM_EXTRAS pip extras to install  [default: test]
+#   GDMCOM_EXTRAS pip extras to install  [default: test,ray]
 #   GDMCOM_TORCH  torch requirement      [default: torch==2.13.0]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${GDMCOM_VENV:-.venv}
-EXTRAS=${GDMCOM_EXTRAS:-test}
+EXTRAS=${GDMCOM_EXTRAS:-test,ray}  # ray: Ray Serve engine (docs/server.md)
 TORCH=${GDMCOM_TORCH:-torch==2.13.0}
 
 need_apt=()

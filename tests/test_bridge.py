@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -157,6 +158,11 @@ def decode_frames(enc, rid, symbols=None, **header):
     return [json.dumps(h).encode()] + msg[1:]
 
 
+def with_meta(enc, **fields):
+    """A decode request for ``enc`` whose ``meta`` has ``fields`` replaced."""
+    return decode_frames(enc, "r1", meta={**enc.meta.to_dict(), **fields})
+
+
 # ---------------------------------------------------------------------- results
 def test_replies_equal_in_process_results(codec, png, serve, client):
     """Default codec (k=m=5, snr rule): remote encode/decode == LocalBackend, bit for bit."""
@@ -212,12 +218,14 @@ def test_make_backend_gives_a_remote_backend(serve, cfg):
 def test_four_concurrent_clients_are_batched(serve, client, enc, bcodec):
     srv = serve(max_batch=4, max_wait_ms=300)
     clients = [client(srv.last_endpoint, timeout_ms=20000) for _ in range(4)]
-    barrier, out = threading.Barrier(4), {}
+    barrier, out, walls = threading.Barrier(4), {}, []
 
     def run(i):
         for j in range(2):
             barrier.wait(timeout=30)
+            t0 = time.monotonic()
             out[i, j] = clients[i].decode(noisy(enc, 10 * i + j), enc.meta, 5.0)
+            walls.append(time.monotonic() - t0)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
     for t in threads:
@@ -229,6 +237,15 @@ def test_four_concurrent_clients_are_batched(serve, client, enc, bcodec):
     assert st["batches"] <= 4 < 8  # 8 requests in at most 4 codec calls (2 rounds of 4 ideally)
     assert st["model_calls"] <= 4 * 3 < 8 * 3
     assert max(d.record["server"]["batch"] for d in out.values()) >= 2
+    # metrics: one batch-size observation per codec call, summing to the requests; the server-side
+    # latency quantiles lie between the fastest codec call and the slowest client round trip
+    text = srv.metrics.text().decode()
+    assert f'gdmcom_batch_size_count{{op="decode"}} {float(st["batches"])}' in text
+    assert 'gdmcom_batch_size_sum{op="decode"} 8.0' in text and 'gdmcom_latency_seconds_count{op="decode"} 8.0' in text
+    q = srv.metrics.quantiles("decode")
+    fastest = min(d.record["server"]["codec_ms"] for d in out.values()) / 1e3
+    assert fastest <= q[0.5] <= q[0.95] <= max(walls)
+    assert f'gdmcom_latency_quantile_seconds{{op="decode",quantile="0.95"}} {q[0.95]!r}' in text
     for (i, j), d in out.items():  # batched arithmetic: same result within float rounding
         ref = bcodec.decode(noisy(enc, 10 * i + j), enc.meta, 5.0).image
         assert np.abs(d.image.astype(int) - ref).max() <= 2
@@ -252,6 +269,27 @@ BAD = {
     "not an image": (lambda e: P.encode_request("r1", b"GIF89a? no", "x"), P.BAD_IMAGE),
     "mask of the wrong length": (lambda e: P.decode_request("r1", e.symbols, e.meta, 5.0, np.ones(100, bool)),
                                  P.SIZE_MISMATCH),
+    # strict schema: no value is coerced to the field's type, every number is range-checked
+    "prompt null": (lambda e: with_meta(e, prompt=None), P.BAD_META),
+    "k true": (lambda e: with_meta(e, k=True), P.BAD_META),
+    "k 5.9": (lambda e: with_meta(e, k=5.9), P.BAD_META),
+    "alpha a string": (lambda e: with_meta(e, alpha="0.5"), P.BAD_META),
+    "alpha true": (lambda e: with_meta(e, alpha=True), P.BAD_META),
+    "image_size floats": (lambda e: with_meta(e, image_size=[63.9, 64.7]), P.BAD_META),
+    "latent_shape of 2": (lambda e: with_meta(e, latent_shape=[4, 8]), P.BAD_META),
+    "guidance out of range": (lambda e: with_meta(e, guidance=1e9), P.BAD_META),
+    "meta not an object": (lambda e: decode_frames(e, "r1", meta=[1, 2]), P.BAD_META),
+    "v 1.0": (lambda e: decode_frames(e, "r1", v=1.0), P.BAD_VERSION),
+    "v true": (lambda e: decode_frames(e, "r1", v=True), P.BAD_VERSION),
+    "snr -1e308": (lambda e: decode_frames(e, "r1", snr_db=-1e308), P.BAD_REQUEST),
+    "snr a string": (lambda e: decode_frames(e, "r1", snr_db="5"), P.BAD_REQUEST),
+    "infinite alpha": (lambda e: with_meta(e, alpha=float("inf")), P.NON_FINITE),
+    "sizes of floats": (lambda e: decode_frames(e, "r1", sizes=[1024.0]), P.BAD_REQUEST),
+    "format jpeg": (lambda e: decode_frames(e, "r1", format="jpeg"), P.BAD_REQUEST),
+    "name null": (lambda e: [json.dumps({"v": 1, "op": "encode", "id": "r1", "name": None, "sizes": [4]}).encode(),
+                             b"\x89PNG"], P.BAD_REQUEST),
+    "nested 30000 deep": (lambda e: [b'{"v":1,"op":"status","id":"r1","x":' + b"[" * 30000 + b"]" * 30000 + b"}"],
+                           P.BAD_JSON),
 }
 
 
@@ -278,6 +316,30 @@ def test_bad_request_gets_error_code_then_server_still_serves(case, strict_serve
     r.send(P.decode_request("ok-" + case, enc.symbols, enc.meta, 5.0))  # the server is still up
     header, payloads = r.recv()
     assert header["ok"] and header["id"] == "ok-" + case and len(payloads) == 1
+
+
+def test_schema_messages_name_the_field_and_value(enc):
+    """The strict schema's refusals, word for word (parse_request alone, no server)."""
+    limits = P.Limits(T=50, m=1)
+
+    def message(frames):
+        with pytest.raises(P.ProtocolError) as e:
+            P.parse_request(frames, limits)
+        return e.value.code, e.value.message
+
+    assert message(with_meta(enc, prompt=None)) == (P.BAD_META, "small: 'meta.prompt': Input should be a valid "
+                                                                "string, got null")
+    assert message(with_meta(enc, k=5.9)) == (P.BAD_META, "small: 'meta.k': Input should be a valid integer, got 5.9")
+    assert message(decode_frames(enc, "r1", v=1.0)) == (P.BAD_VERSION, "'v': Input should be a valid integer, got 1.0")
+    assert message(decode_frames(enc, "r1", snr_db=-1e308)) == (
+        P.BAD_REQUEST, "small: 'snr_db': Input should be greater than or equal to -100, got -1e+308")
+    assert message(decode_frames(enc, "r1", snr_db=float("-inf"))) == (P.NON_FINITE,
+                                                                       "small: 'snr_db' must be finite, got -inf")
+    assert message(decode_frames(enc, "r1", id=None)) == (P.BAD_REQUEST, "'id' is missing")
+    # integers are numbers: alpha 1 and guidance 6 pass (as floats), and the codec gets exactly these values
+    req = P.parse_request(with_meta(enc, alpha=1, guidance=6), limits)
+    assert (req.meta.alpha, req.meta.guidance, req.meta.k) == (1.0, 6.0, enc.meta.k)
+    assert isinstance(req.meta.alpha, float) and req.meta.prompt == enc.meta.prompt
 
 
 def test_sockets_of_ended_threads_are_closed(serve, client):
@@ -545,6 +607,77 @@ def test_overload_answers_every_request_and_memory_stays_bounded(serve, raw, bco
     assert rss_after <= bound, f"RSS {rss_after / 2**20:.1f} MiB > {bound / 2**20:.1f} MiB"
 
 
+# ---------------------------------------------------------------------- CURVE on the edge
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    """Key pairs made with ``gdmcom keys``: server, client (accepted), intruder (not accepted)."""
+    from gr_gdmcom.cli import build_parser
+
+    root = tmp_path_factory.mktemp("keys")
+    args = build_parser().parse_args(["keys", "--out", str(root / "accepted"), "--name", "client"])
+    assert args.func(args) == 0
+    args = build_parser().parse_args(["keys", "--out", str(root), "--name", "server", "intruder"])
+    assert args.func(args) == 0
+    assert args.func(args) == 2  # never overwrites a key pair
+    return root
+
+
+def test_curve_serves_the_listed_key_and_refuses_others(serve, client, keys, enc, caplog, cfg):
+    from gr_gdmcom.bridge.security import CurveServer, public_key_hex
+
+    curve = CurveServer(str(keys / "server.key_secret"), clients=str(keys / "accepted"))
+    srv = serve(curve=curve, max_wait_ms=0)
+    key = public_key_hex(curve.public)
+    # the accepted key, through the server string a flowgraph block gets
+    good_secret = keys / "accepted" / "client.key_secret"
+    good = make_backend(f"{srv.last_endpoint}?server_key={key}&client_key_file={good_secret}&timeout_ms=5000", cfg)
+    try:
+        d = good.decode(enc.symbols, enc.meta, 5.0)
+        assert np.array_equal(d.image, srv.codec.decode(enc.symbols, enc.meta, 5.0).image)
+        good_requests = good.stats["requests"]  # the decode and the client's one-time settings check (status)
+    finally:
+        good.close()
+    assert srv.counters["refused"] == 0
+    # a key not in the folder, no key at all, a wrong server key: no reply, each refusal logged and counted
+    intruder = make_backend(f"{srv.last_endpoint}?server_key={key}&client_key_file={keys / 'intruder.key_secret'}"
+                            f"&timeout_ms=500&retries=0", cfg)
+    plain = client(srv.last_endpoint, timeout_ms=500, retries=0)
+    wrong_server = make_backend(f"{srv.last_endpoint}?server_key_file={keys / 'intruder.key'}&client_key_file="
+                                f"{good_secret}&timeout_ms=500&retries=0", cfg)
+    try:
+        for i, c in enumerate((intruder, plain, wrong_server)):
+            with caplog.at_level("WARNING"), pytest.raises(BackendError, match="no reply within 500 ms"):
+                c.decode(enc.symbols, enc.meta, 5.0)
+            wait_for(lambda: srv.counters["refused"] >= i + 1, what=f"refusal {i + 1} counted")
+    finally:
+        intruder.close()
+        wrong_server.close()
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    intruder_z85 = __import__("zmq.auth").auth.load_certificate(str(keys / "intruder.key"))[0].decode()
+    assert any(f"refused client key {intruder_z85}" in m for m in refusals), refusals
+    assert any("handshake failed" in m for m in refusals), refusals
+    assert srv.counters["served"] == 1 and srv.counters["received"] == good_requests == 2  # none of theirs got in
+
+
+def test_plain_tcp_off_loopback_is_warned_about(serve, caplog):
+    with caplog.at_level("WARNING", logger="gr_gdmcom.bridge.server"):
+        serve(bind="tcp://127.0.0.1:0")
+        assert not [r for r in caplog.records if "plain TCP" in r.getMessage()]
+        srv = serve(bind="tcp://0.0.0.0:0")
+    (rec,) = [r for r in caplog.records if "plain TCP" in r.getMessage()]
+    assert srv.last_endpoint in rec.getMessage() and "CURVE" in rec.getMessage()
+
+
+def test_server_string_key_options_are_checked(cfg, keys):
+    with pytest.raises(ValueError, match="64 hex digits or 40 Z85"):
+        make_backend("tcp://127.0.0.1:5555?server_key=abc", cfg)
+    with pytest.raises(ValueError, match="needs the server's public key"):
+        make_backend(f"tcp://127.0.0.1:5555?client_key_file={keys / 'intruder.key_secret'}", cfg)
+    with pytest.raises(ValueError, match="holds no secret key"):
+        make_backend(f"tcp://127.0.0.1:5555?server_key_file={keys / 'server.key'}&client_key_file="
+                     f"{keys / 'intruder.key'}", cfg)
+
+
 # ---------------------------------------------------------------------- GNU Radio blocks
 def test_gnuradio_blocks_use_the_server(codec, serve, small, tmp_path):
     """Semantic Source -> AWGN 15 dB -> Semantic Sink, both with ``server=<endpoint>``."""
@@ -580,7 +713,8 @@ def test_gnuradio_blocks_use_the_server(codec, serve, small, tmp_path):
 def test_gdmcom_serve_command(client, tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "gr_gdmcom.cli", "serve", "--model", "tiny", "--device", "cpu",
-           "--bind", "tcp://127.0.0.1:0", "--torch-threads", "1", "--steps", "12", "--max-batch", "2"]
+           "--bind", "tcp://127.0.0.1:0", "--torch-threads", "1", "--steps", "12", "--max-batch", "2",
+           "--metrics-port", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     try:
         line = proc.stdout.readline()
@@ -589,6 +723,10 @@ def test_gdmcom_serve_command(client, tmp_path):
         assert started["event"] == "listening" and started["model"] == "tiny" and started["max_batch"] == 2
         st = client(started["endpoint"], timeout_ms=10000, retries=0).status()
         assert st["config"]["steps"] == 12 and st["pid"] == proc.pid
+        # Prometheus text over HTTP, as a scraper reads it: the status call above is counted
+        with urllib.request.urlopen(f"http://127.0.0.1:{started['metrics_port']}/metrics", timeout=10) as page:
+            text = page.read().decode()
+        assert 'gdmcom_requests_total{outcome="received"} 1.0' in text and "gdmcom_queue_depth 0.0" in text
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err
@@ -609,6 +747,12 @@ def test_cli_registers_serve_broker_and_status():
     b = p.parse_args(["broker", "--frontend", "tcp://*:5555", "--backend", "tcp://*:5556"])
     assert (b.frontend, b.backend) == ("tcp://*:5555", "tcp://*:5556")
     assert p.parse_args(["server-status", "--server", "tcp://h:5555"]).server == "tcp://h:5555"
+    r = p.parse_args(["serve", "--engine", "ray", "--min-replicas", "1", "--max-replicas", "4", "--gpus-per-replica",
+                      "0.5", "--ray-address", "ray://head:10001", "--curve-secret-key", "s.key_secret",
+                      "--curve-allow-any"])
+    assert (r.engine, r.min_replicas, r.max_replicas, r.gpus_per_replica, r.ray_address) == ("ray", 1, 4, 0.5,
+                                                                                             "ray://head:10001")
+    assert (r.curve_secret_key, r.curve_allow_any, r.curve_clients) == ("s.key_secret", True, None)
 
 
 def test_protocol_document_covers_every_code_and_field():

@@ -76,7 +76,7 @@ def test_table2_layout():
 
 def test_parsers():
     assert parse_methods("proposed, digital") == ["proposed", "digital"]
-    with pytest.raises(ValueError, match="valid methods: proposed, proposed_caption, random_noise, sd_semcom, digital"):
+    with pytest.raises(ValueError, match="valid methods: proposed, proposed_caption, proposed_fixed_point, proposed_clean_one, proposed_calibrated, random_noise, sd_semcom, digital"):
         parse_methods("proposed,deepjscc")
     assert parse_grid(["10,0,10", "5,5,15"]) == [(10, 0, 10), (5, 5, 15)]
     with pytest.raises(ValueError):

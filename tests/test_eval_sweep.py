@@ -189,7 +189,7 @@ def test_empty_folder_and_unknown_method_are_refused(tmp_path, folder):
     empty.mkdir()
     with pytest.raises(SweepError, match="no images found"):
         run_sweep(_opts(empty, tmp_path / "r"))
-    with pytest.raises(ValueError, match="valid methods: proposed, proposed_caption, random_noise, sd_semcom, digital"):
+    with pytest.raises(ValueError, match="valid methods: proposed, proposed_caption, proposed_fixed_point, proposed_clean_one, proposed_calibrated, random_noise, sd_semcom, digital"):
         run_sweep(_opts(folder, tmp_path / "r", methods="proposed,bpg"))
     assert not (tmp_path / "r" / "rows.csv").exists()
 
@@ -318,6 +318,7 @@ def test_cli_sweep(folder, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--methods", "proposed,jpeg2000"], "unknown method 'jpeg2000'; valid methods: proposed, proposed_caption, "
+                                         "proposed_fixed_point, proposed_clean_one, proposed_calibrated, "
                                          "random_noise, sd_semcom, digital"),
     (["--grid", "10,0"], "--grid entries are k,m,N"),
     (["--grid", "10,5,12"], "steps N must satisfy"),

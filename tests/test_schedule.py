@@ -10,7 +10,9 @@ from gr_gdmcom.codec.schedule import get_grid, sampling_path, select_steps, step
 
 def test_grid_is_sd_leading_spacing():
     g = get_grid(50)
-    assert g.timesteps[0] == -1 and g.alphas[0] == 1.0
+    # SD 1.5's scheduler config says set_alpha_to_one=False: the clean end is abar_0 = 1 - beta_0
+    assert g.timesteps[0] == -1 and g.alphas[0] == pytest.approx(1 - 0.00085, rel=1e-7)
+    assert get_grid(50, dict(set_alpha_to_one=True)).alphas[0] == 1.0
     assert list(g.timesteps[1:4]) == [1, 21, 41] and g.timesteps[-1] == 981
     assert g.alphas[1] == pytest.approx(0.99829602, rel=1e-6)
     assert np.all(np.diff(g.alphas) < 0)
@@ -38,7 +40,7 @@ def test_exact_rule_matches_total_variance():
     assert (ch.scale ** 2) * a_km == pytest.approx(ch.start_abar)
     assert (ch.scale ** 2) * s2 == pytest.approx(1 - ch.start_abar)
     path = sampling_path(ch, g)
-    assert len(path) == ch.n_steps and path[-1][2] == 1.0 and path[0][0] == pytest.approx(ch.start_t)
+    assert len(path) == ch.n_steps and path[-1][2] == g.alphas[0] and path[0][0] == pytest.approx(ch.start_t)
 
 
 def test_snr_rule_rescale_matches_forward_process():

@@ -29,6 +29,12 @@ SHARED = [
     ("guidance", "Guidance", "float", "6.0", "Codec", "classifier-free guidance scale (paper: 6)"),
     ("prompt", "Prompt", "string", repr(DEFAULT_PROMPT), "Codec", "fixed text prompt"),
     ("seed", "Seed", "int", "0", "Codec", "seed of the codec's random generators"),
+    ("clean_end", "Clean end", "enum", "'model'", "Codec",
+     "a_0 of the DDIM grid: model (its scheduler config; SD 1.5: abar_0), one (a_0 = 1) or step0"),
+    ("inversion", "Inversion", "enum", "'ddim'", "Codec",
+     "ddim (eq. 10) or fixed-point (each inversion step solved implicitly; more UNet calls)"),
+    ("inversion_iters", "Fixed-point iterations", "int", "3", "Codec",
+     "most fixed-point iterations per inversion step (one UNet call each)"),
 ]
 TX = [
     ("k", "Inversion steps k", "int", "5", "Codec", "DDIM-inversion steps at the transmitter (paper: 5)"),
@@ -37,7 +43,8 @@ TX = [
 ]
 RX = [
     ("m", "Receiver steps m", "int", "5", "Codec", "DDIM-inversion steps continued at the receiver (paper: 5)"),
-    ("rule", "Step rule", "enum", "'snr'", "Codec", "snr (default), variance (paper's text) or exact"),
+    ("rule", "Step rule", "editenum", "'snr'", "Codec",
+     "snr (default), variance (paper's text), exact, or 'calibrated:FILE' (from gdmcom calibrate; type it in)"),
     ("rescale", "Rescale latent", "bool", "True", "Codec", "scale z_{k+m} by sqrt(a_N/a_{k+m}) (False: paper)"),
     ("steps", "Fixed N", "int", "0", "Codec", "fixed number of denoising steps (0 = chosen from the SNR estimate)"),
 ]
@@ -51,7 +58,9 @@ PHY = [
     ("gap_symbols", "Gap", "int", "64", "PHY", "zero symbols between bursts"),
 ]
 ENUMS = {"forward": (["'ddim'", "'random'"], ["DDIM inversion", "Random noise"]),
-         "rule": (["'snr'", "'variance'", "'exact'"], ["log-SNR match", "Variance match", "Exact t*"])}
+         "rule": (["'snr'", "'variance'", "'exact'"], ["log-SNR match", "Variance match", "Exact t*"]),
+         "clean_end": (["'model'", "'one'", "'step0'"], ["From the model", "a_0 = 1", "a_0 = abar_0"]),
+         "inversion": (["'ddim'", "'fixed-point'"], ["DDIM (eq. 10)", "Fixed-point"])}
 
 BLOCKS = {
     "semantic_source": dict(
@@ -121,11 +130,11 @@ BLOCKS = {
 
 
 def _param_yaml(pid, label, dtype, default, tab, doc) -> str:
-    lines = [f"-   id: {pid}", f"    label: {label}", f"    dtype: {'raw' if dtype == 'enum' else dtype}",
+    lines = [f"-   id: {pid}", f"    label: {label}", f"    dtype: {'raw' if 'enum' in dtype else dtype}",
              f"    default: {_q(default)}"]
-    if dtype == "enum":
+    if "enum" in dtype:  # editenum: a raw value with suggested options (GRC's editable dropdown)
         opts, labels = ENUMS[pid]
-        lines[2] = "    dtype: enum"
+        lines[2] = "    dtype: enum" if dtype == "enum" else "    dtype: raw"
         lines += [f"    options: [{', '.join(_q(o) for o in opts)}]",
                   f"    option_labels: [{', '.join(_q(o) for o in labels)}]"]
     if dtype == "bool":

@@ -38,17 +38,19 @@ class semantic_sink(gr.sync_block):
     Parameters: ``out_dir`` ('' = do not write files), ``filename`` (pattern
     with ``{image_id}`` and ``{name}``), ``server`` (``local`` or an endpoint),
     the receiver's codec settings (``model, device, dtype, m, T, rule, rescale,
-    guidance, prompt, steps`` (0 = rule), ``seed``) and the PHY settings.
+    guidance, prompt, steps`` (0 = rule), ``seed, clean_end, inversion,
+    inversion_iters``) and the PHY settings.
     """
 
     def __init__(self, out_dir="out", filename="img{image_id:05d}.png", server="local", model=DEFAULT_MODEL,
                  device="auto", dtype="auto", m=5, T=50, rule="snr", rescale=True, guidance=6.0,
                  prompt=DEFAULT_PROMPT, steps=0, seed=0, threaded=False, max_pending=8, drain_timeout=600.0,
-                 **frame):
+                 clean_end="model", inversion="ddim", inversion_iters=3, **frame):
         gr.sync_block.__init__(self, name="gdmcom_semantic_sink", in_sig=[np.complex64], out_sig=None)
         self.codec_config, self.frame_config = split_config(dict(
             model=model, device=device, dtype=dtype, m=int(m), T=int(T), rule=rule, rescale=bool(rescale),
-            guidance=float(guidance), prompt=prompt, steps=int(steps) if steps else None, seed=int(seed), **frame))
+            guidance=float(guidance), prompt=prompt, steps=int(steps) if steps else None, seed=int(seed),
+            clean_end=clean_end, inversion=inversion, inversion_iters=int(inversion_iters), **frame))
         self.message_port_register_out(PORT_IMAGES)
         self._out_dir, self._filename = out_dir or None, filename
         self._threaded = bool(threaded)

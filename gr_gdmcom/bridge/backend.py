@@ -105,17 +105,30 @@ def _shared_components(config: CodecConfig):
 def make_backend(server: str, config: CodecConfig) -> Backend:
     """``local`` -> the model in this process (loaded once per model/device/dtype);
     anything else is a ZMQ endpoint (or comma-separated endpoints) of ``gdmcom serve``,
-    optionally followed by client settings: ``tcp://gpu:5555?timeout_ms=5000&retries=2``."""
+    optionally followed by client settings: ``tcp://gpu:5555?timeout_ms=5000&retries=2``,
+    and for a CURVE server its public key (``server_key=`` 64 hex digits, or
+    ``server_key_file=``) and this client's ``client_key_file=`` (``docs/server.md``)."""
     if server in ("", "local"):
         return LocalBackend(config)
+    return remote_backend(server, config)
+
+
+def remote_backend(server: str, config: Optional[CodecConfig] = None, **defaults) -> Backend:
+    """A :class:`~.client.RemoteBackend` from a ``server`` string (endpoints ``?`` options);
+    ``defaults`` are RemoteBackend arguments that the string's options override."""
     from urllib.parse import parse_qsl
 
     from .client import RemoteBackend  # noqa: WPS433 - optional layer
+    from .security import client_from_options
 
     endpoints, _, query = server.partition("?")
     opts = dict(parse_qsl(query))
     allowed = {"timeout_ms": int, "retries": int, "image_format": str}
-    unknown = set(opts) - set(allowed)
+    keys = ("server_key", "server_key_file", "client_key_file")
+    unknown = set(opts) - set(allowed) - set(keys)
     if unknown:
-        raise ValueError(f"unknown server option(s) {', '.join(sorted(unknown))}; use {', '.join(allowed)}")
-    return RemoteBackend(endpoints, config, **{k: allowed[k](v) for k, v in opts.items()})
+        raise ValueError(f"unknown server option(s) {', '.join(sorted(unknown))}; use "
+                         f"{', '.join([*allowed, *keys])}")
+    curve = client_from_options(**{k: opts.pop(k) for k in keys if k in opts})
+    kw = {**defaults, **{k: allowed[k](v) for k, v in opts.items()}}
+    return RemoteBackend(endpoints, config, curve=curve, **kw)

@@ -1,4 +1,4 @@
-"""``gdmcom serve``, ``gdmcom broker`` and ``gdmcom server-status`` (registered by :mod:`gr_gdmcom.cli`)."""
+"""``gdmcom serve``, ``keys``, ``broker`` and ``server-status`` (registered by :mod:`gr_gdmcom.cli`)."""
 
 from __future__ import annotations
 
@@ -28,13 +28,43 @@ def _wait(stop: threading.Event) -> None:
 
 
 def cmd_serve(args) -> int:
-    from ..codec import GenerativeCodec, ModelLoadError
-    from .server import InferenceServer, ServerOptions
+    from .server import ServerOptions
 
     opts = ServerOptions(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                          max_request_bytes=int(args.max_request_mb * (1 << 20)), png_level=args.png_level,
                          reply_cache_bytes=int(args.reply_cache_mb * (1 << 20))).validate()
     cfg = codec_config_from_args(args)
+    try:
+        curve = _curve_from_args(args)
+        server, device, cleanup = (_ray_gateway if args.engine == "ray" else _local_server)(args, cfg, opts, curve)
+    except (OSError, ValueError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    stop = _stop_on_signal()
+    try:
+        server.start()
+        metrics_port = None if args.metrics_port < 0 else server.metrics.serve_http(args.metrics_port,
+                                                                                     args.metrics_addr)
+    except OSError as exc:
+        server.stop()
+        cleanup()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _emit(dict(event="listening", endpoint=server.last_endpoint, mode="connect" if args.connect else "bind",
+               model=cfg.model, device=device, max_batch=opts.max_batch, max_queue=opts.max_queue,
+               engine=args.engine, metrics_port=metrics_port))
+    _wait(stop)
+    server.stop()
+    cleanup()
+    _emit(dict(event="stopped", **{k: server.counters[k] for k in ("served", "failed", "busy", "batches")}))
+    return 0
+
+
+def _local_server(args, cfg, opts, curve):
+    """The model in this process: (InferenceServer, device, cleanup)."""
+    from ..codec import GenerativeCodec, ModelLoadError
+    from .server import InferenceServer
+
     if args.torch_threads:
         import torch
 
@@ -42,20 +72,52 @@ def cmd_serve(args) -> int:
     try:
         codec = GenerativeCodec(cfg)
     except ModelLoadError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    server = InferenceServer(codec, bind=args.bind, connect=args.connect, options=opts)
-    stop = _stop_on_signal()
+        raise ValueError(str(exc)) from None
+    server = InferenceServer(codec, bind=args.bind, connect=args.connect, options=opts, curve=curve)
+    return server, str(codec.c.device), lambda: None
+
+
+def _ray_gateway(args, cfg, opts, curve):
+    """The model on Ray Serve replicas behind a gateway in this process: (RayGateway, device, cleanup)."""
     try:
-        server.start()
-    except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    _emit(dict(event="listening", endpoint=server.last_endpoint, mode="connect" if args.connect else "bind",
-               model=cfg.model, device=str(codec.c.device), max_batch=opts.max_batch, max_queue=opts.max_queue))
-    _wait(stop)
-    server.stop()
-    _emit(dict(event="stopped", **{k: server.counters[k] for k in ("served", "failed", "busy", "batches")}))
+        from . import ray_engine
+    except ImportError as exc:
+        raise ImportError(f"--engine ray needs Ray Serve: pip install 'gr-gdmcom[ray]' ({exc})") from None
+    ro = ray_engine.RayOptions(replicas=args.replicas, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+                               gpus_per_replica=args.gpus_per_replica, cpus_per_replica=args.cpus_per_replica,
+                               torch_threads=args.torch_threads, address=args.ray_address,
+                               max_inflight=args.max_inflight, metrics_port=args.ray_metrics_port).validate()
+    handle, info, started = ray_engine.deploy(cfg, ro, max_batch=opts.max_batch, max_wait_ms=opts.max_wait_ms)
+    server = ray_engine.RayGateway(handle, info, bind=args.bind, connect=args.connect, options=opts, curve=curve,
+                                   ray_options=ro)
+    return server, info["device"], lambda: ray_engine.shutdown(started_ray=started)
+
+
+def _curve_from_args(args):
+    """``--curve-secret-key`` / ``--curve-clients`` / ``--curve-allow-any`` -> CurveServer or None."""
+    from .security import CurveServer
+
+    if args.curve_secret_key is None:
+        if args.curve_clients or args.curve_allow_any:
+            raise ValueError("--curve-clients and --curve-allow-any need --curve-secret-key")
+        return None
+    return CurveServer(args.curve_secret_key, clients=args.curve_clients, allow_any=args.curve_allow_any)
+
+
+def cmd_keys(args) -> int:
+    import zmq.auth
+
+    from .security import make_keys, public_key_hex
+
+    for name in args.name:
+        try:
+            public, secret = make_keys(args.out, name)
+        except (OSError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        z85_key = zmq.auth.load_certificate(str(public))[0]
+        _emit(dict(event="keys", name=name, public_file=str(public), secret_file=str(secret),
+                   public_z85=z85_key.decode("ascii"), public_hex=public_key_hex(z85_key)))
     return 0
 
 
@@ -76,10 +138,14 @@ def cmd_broker(args) -> int:
 
 
 def cmd_server_status(args) -> int:
-    from .backend import BackendError
-    from .client import RemoteBackend
+    from .backend import BackendError, remote_backend
 
-    with RemoteBackend(args.server, timeout_ms=args.timeout_ms, retries=0) as client:
+    try:
+        client = remote_backend(args.server, timeout_ms=args.timeout_ms, retries=0)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with client:
         try:
             _emit(client.status())
         except BackendError as exc:
@@ -110,8 +176,48 @@ def register(sub) -> None:
                    help="memory for replies kept for retries, MiB [default=%(default)r]")
     s.add_argument("--threads", "--torch-threads", dest="torch_threads", type=int, default=0,
                    help="torch CPU threads (0: torch's default) [default=%(default)r]")
+    s.add_argument("--metrics-port", type=int, default=-1,
+                   help="serve Prometheus metrics at http://ADDR:PORT/metrics (0: any free port, printed; "
+                        "-1: off) [default=%(default)r]")
+    s.add_argument("--metrics-addr", default="127.0.0.1",
+                   help="address of the metrics endpoint [default=%(default)r]")
+    ray_ = s.add_argument_group("Ray Serve engine (--engine ray; docs/server.md)")
+    ray_.add_argument("--engine", choices=("local", "ray"), default="local",
+                      help="local: the model in this process; ray: on Ray Serve replicas behind this gateway "
+                           "[default=%(default)r]")
+    ray_.add_argument("--replicas", type=int, default=1, help="fixed number of replicas [default=%(default)r]")
+    ray_.add_argument("--min-replicas", type=int, default=None,
+                      help="autoscaling: fewest replicas (with --max-replicas) [default=%(default)r]")
+    ray_.add_argument("--max-replicas", type=int, default=None,
+                      help="autoscaling: most replicas; replaces --replicas [default=%(default)r]")
+    ray_.add_argument("--gpus-per-replica", type=float, default=0.0,
+                      help="GPUs of each replica (ray_actor_options num_gpus) [default=%(default)r]")
+    ray_.add_argument("--cpus-per-replica", type=float, default=1.0,
+                      help="CPUs of each replica (ray_actor_options num_cpus) [default=%(default)r]")
+    ray_.add_argument("--ray-address", default=None,
+                      help="join a Ray cluster: auto or ray://HOST:PORT (default: start a local instance)")
+    ray_.add_argument("--max-inflight", type=int, default=None,
+                      help="requests at the deployment at once (default: 2 x max-batch per replica)")
+    ray_.add_argument("--ray-metrics-port", type=int, default=0,
+                      help="Ray's own Prometheus export port, local instance only (0: Ray's choice) "
+                           "[default=%(default)r]")
+    sec = s.add_argument_group("CURVE authentication and encryption (docs/server.md)")
+    sec.add_argument("--curve-secret-key", default=None, metavar="FILE",
+                     help="this server's NAME.key_secret (gdmcom keys); enables CURVE [default=%(default)r]")
+    sec.add_argument("--curve-clients", default=None, metavar="DIR",
+                     help="folder of accepted client public keys (*.key) [default=%(default)r]")
+    sec.add_argument("--curve-allow-any", action="store_true",
+                     help="accept any client key (encryption without client authentication)")
     add_codec_args(s)
     s.set_defaults(func=cmd_serve)
+
+    k = sub.add_parser("keys", help="make CURVE key pairs for gdmcom serve and its clients",
+                       description="Write NAME.key (public) and NAME.key_secret (secret) for each name; "
+                                   "print each public key (Z85 and hex, for server_key=).")
+    k.add_argument("--out", required=True, help="folder for the key files")
+    k.add_argument("--name", nargs="+", default=["server", "client"],
+                   help="key pair names [default=%(default)r]")
+    k.set_defaults(func=cmd_keys)
 
     b = sub.add_parser("broker", help="one address in front of several inference servers (ROUTER/DEALER proxy)")
     b.add_argument("--frontend", default="tcp://0.0.0.0:5555",
@@ -121,7 +227,9 @@ def register(sub) -> None:
     b.set_defaults(func=cmd_broker)
 
     st = sub.add_parser("server-status", help="print an inference server's status as JSON")
-    st.add_argument("--server", required=True, help="endpoint(s) of the server, comma-separated")
+    st.add_argument("--server", required=True,
+                    help="endpoint(s) of the server, comma-separated, with ?server_key=...&client_key_file=... "
+                         "for a CURVE server")
     st.add_argument("--timeout-ms", type=int, default=5000, help="reply timeout, ms [default=%(default)r]")
     st.set_defaults(func=cmd_server_status)
 

@@ -35,11 +35,13 @@ from ..codec.core import _default_name
 from ..config import CodecConfig
 from . import protocol as P
 from .backend import Backend, BackendError
+from .security import CurveClient
 
 log = logging.getLogger(__name__)
 
 #: Codec settings that the server applies and a client should agree with.
-SERVER_SIDE_FIELDS = ("k", "m", "T", "rule", "rescale", "steps", "guidance", "prompt", "forward")
+SERVER_SIDE_FIELDS = ("k", "m", "T", "rule", "rescale", "steps", "guidance", "prompt", "forward", "clean_end",
+                      "inversion", "inversion_iters")
 MAX_BACKOFF_MS = 2000.0  # longest wait between busy/unavailable retries
 
 
@@ -69,16 +71,20 @@ class RemoteBackend(Backend):
         image_format: ``raw`` (uint8 RGB, fastest on a LAN) or ``png`` (smaller)
             for decoded images on the wire; the result is the same.
         context: ZMQ context (default: a private one, termed by :meth:`close`).
+        curve: :class:`~.security.CurveClient` (the server's public key and this client's
+            key pair) for a server that speaks CURVE; None: plain TCP.
     """
 
     def __init__(self, endpoints: str, config: Optional[CodecConfig] = None, timeout_ms: int = 30000,
-                 retries: int = 4, image_format: str = "raw", context: Optional[zmq.Context] = None):
+                 retries: int = 4, image_format: str = "raw", context: Optional[zmq.Context] = None,
+                 curve: Optional[CurveClient] = None):
         if image_format not in P.IMAGE_FORMATS:
             raise ValueError(f"image_format must be one of {', '.join(P.IMAGE_FORMATS)}, got {image_format!r}")
         if timeout_ms <= 0 or retries < 0:
             raise ValueError(f"timeout_ms must be > 0 and retries >= 0, got {timeout_ms}, {retries}")
         self.endpoints = split_endpoints(endpoints)
         self.config = config
+        self.curve = curve
         self.timeout_ms, self.retries, self.image_format = int(timeout_ms), int(retries), image_format
         self._own_ctx = context is None
         self._ctx = context or zmq.Context()
@@ -173,6 +179,8 @@ class RemoteBackend(Backend):
                 sock = self._ctx.socket(zmq.DEALER)
                 sock.setsockopt(zmq.LINGER, 0)
                 sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only on completed connections: down servers get nothing
+                if self.curve is not None:
+                    self.curve.apply(sock)  # a server refusing the key never completes the connection: timeouts
                 for ep in self.endpoints:
                     sock.connect(ep)
                 self._sockets[sock] = threading.current_thread()

@@ -15,7 +15,11 @@ or raw uint8 RGB (H, W, 3) row-major.
 
 This module has the builders and parsers of both sides and nothing else:
 no sockets, no threads.  Every check that the server makes before a request
-reaches the codec lives in :func:`parse_request`.
+reaches the codec lives in :func:`parse_request`; the header's field types and
+ranges are the strict pydantic models below (:class:`Common`,
+:class:`EncodeFields`, :class:`DecodeFields`, :class:`MetaFields`): a JSON
+``true`` is never an integer, ``5.9`` never becomes 5, ``"0.5"`` or ``null``
+never a number or a string.
 """
 
 from __future__ import annotations
@@ -25,12 +29,13 @@ import json
 import math
 import zlib
 from dataclasses import dataclass, fields as dc_fields
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Annotated, Callable, Dict, List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
-from ..codec import CodecError, Decoded, Encoded, LatentMeta
+from ..codec import Decoded, Encoded, LatentMeta
 from ..config import FORWARD_MODES
 
 VERSION = 1
@@ -40,6 +45,15 @@ SYMBOL_DTYPE = np.dtype("<c8")  # complex64, little-endian: float32 re, float32 
 MASK_DTYPE = np.dtype("u1")  # one byte per symbol, 0 = erased
 MAX_ID_CHARS = 128
 MAX_NAME_CHARS = 256
+MAX_PROMPT_CHARS = 1024
+MAX_PAYLOADS = 2  # decode: symbols and mask
+#: Valid ranges of the numeric header fields (docs/protocol.md lists them).
+SNR_DB_RANGE = (-100.0, 100.0)  # Es/N0 estimate, dB
+ALPHA_MAX = 1e6  # 0 < alpha <= ALPHA_MAX
+GUIDANCE_RANGE = (0.0, 100.0)
+T_MAX = 1000  # DDPM's training grid
+LATENT_DIM_MAX = 1 << 16  # each of C, h, w (max_pixels bounds h * w further)
+IMAGE_DIM_MAX = 1 << 19  # each of H, W (they must also fit the latent: <= 8h, 8w)
 
 # Error codes (``docs/protocol.md`` has the table).
 BAD_JSON = "bad_json"
@@ -108,7 +122,7 @@ class Limits:
     T: int = 50
     m: int = 5
     latent_channels: int = 4
-    max_prompt_chars: int = 1024
+    max_prompt_chars: int = MAX_PROMPT_CHARS
 
     @classmethod
     def for_codec(cls, codec, **overrides) -> "Limits":
@@ -141,6 +155,87 @@ class Request:
     snr_db: Optional[float] = None
     mask: Optional[np.ndarray] = None
     image_format: str = "png"
+
+
+# ---------------------------------------------------------------------- header schema
+# Strict models: no coercion at all (bool is not int, 5.9 is not 5, "0.5" is not a
+# number, null is not a string); integers are accepted where a number is.
+# ``allow_inf_nan`` lets NaN/Infinity reach the range check, whose error
+# :func:`_schema_error` turns into ``non_finite`` rather than ``bad_request``.
+_STRICT = ConfigDict(strict=True, extra="ignore", allow_inf_nan=True, frozen=True)
+_Number = Annotated[float, Field(strict=True)]
+
+
+class Common(BaseModel):
+    """Fields of every request: ``v`` (exactly the integer 1), ``op``, ``id``, ``sizes``."""
+
+    model_config = _STRICT
+    v: StrictInt = Field(ge=VERSION, le=VERSION)
+    op: Literal["encode", "decode", "status"]
+    id: StrictStr = Field(min_length=1, max_length=MAX_ID_CHARS)
+    sizes: List[Annotated[StrictInt, Field(ge=0)]] = Field(default_factory=list, max_length=MAX_PAYLOADS)
+
+
+class EncodeFields(BaseModel):
+    model_config = _STRICT
+    name: StrictStr = Field("image", min_length=1, max_length=MAX_NAME_CHARS)
+
+
+class MetaFields(BaseModel):
+    """``meta`` of a decode request (:class:`LatentMeta` on the wire)."""
+
+    model_config = _STRICT
+    alpha: _Number = Field(gt=0.0, le=ALPHA_MAX)
+    latent_shape: List[Annotated[StrictInt, Field(ge=1, le=LATENT_DIM_MAX)]] = Field(min_length=3, max_length=3)
+    image_size: List[Annotated[StrictInt, Field(ge=1, le=IMAGE_DIM_MAX)]] = Field(min_length=2, max_length=2)
+    k: StrictInt = Field(ge=0, le=T_MAX)
+    T: StrictInt = Field(ge=1, le=T_MAX)
+    guidance: _Number = Field(ge=GUIDANCE_RANGE[0], le=GUIDANCE_RANGE[1])
+    prompt: StrictStr = Field(max_length=MAX_PROMPT_CHARS)
+    forward: Literal[FORWARD_MODES] = "ddim"  # type: ignore[valid-type]
+    name: StrictStr = Field("image", min_length=1, max_length=MAX_NAME_CHARS)
+
+    def to_meta(self) -> LatentMeta:
+        return LatentMeta(alpha=float(self.alpha), latent_shape=tuple(self.latent_shape),
+                          image_size=tuple(self.image_size), k=self.k, T=self.T, guidance=float(self.guidance),
+                          prompt=self.prompt, forward=self.forward, name=self.name)
+
+
+class DecodeFields(BaseModel):
+    model_config = _STRICT
+    meta: MetaFields
+    snr_db: _Number = Field(ge=SNR_DB_RANGE[0], le=SNR_DB_RANGE[1])
+    format: Literal[IMAGE_FORMATS] = "png"  # type: ignore[valid-type]
+
+
+#: Which error code a schema failure of a top-level field gives (first in this order wins).
+_FIELD_CODES = {"v": BAD_VERSION, "op": BAD_OP, "id": BAD_REQUEST, "sizes": BAD_REQUEST, "name": BAD_REQUEST,
+                "meta": BAD_META, "snr_db": BAD_REQUEST, "format": BAD_REQUEST}
+
+
+def _schema_error(exc: ValidationError, prefix: str = "") -> Tuple[str, str]:
+    """The first failing field of a :class:`ValidationError` -> (code, one-line message)."""
+    errors = sorted(exc.errors(include_url=False), key=lambda e: list(_FIELD_CODES).index(str(e["loc"][0]))
+                    if e["loc"] and e["loc"][0] in _FIELD_CODES else len(_FIELD_CODES))
+    err = errors[0]
+    where = ".".join(str(x) for x in err["loc"])
+    value = err.get("input")
+    code = _FIELD_CODES.get(str(err["loc"][0]) if err["loc"] else "", BAD_REQUEST)
+    if isinstance(value, float) and not math.isfinite(value):
+        return NON_FINITE, f"{prefix}'{where}' must be finite, got {value}"
+    if err["type"] == "missing":
+        return code, f"{prefix}'{where}' is missing"
+    if err["type"] == "model_type":
+        return code, f"{prefix}'{where}' must be a JSON object, got {type(value).__name__}"
+    return code, f"{prefix}'{where}': {err['msg']}, got {json.dumps(value, default=repr)[:80]}"
+
+
+def validate_fields(model, header: dict, fail: Callable[[str, str], "ProtocolError"], prefix: str = ""):
+    """``model.model_validate(header)`` or the :class:`ProtocolError` its first failure maps to."""
+    try:
+        return model.model_validate(header)
+    except ValidationError as exc:
+        raise fail(*_schema_error(exc, prefix)) from None
 
 
 # ---------------------------------------------------------------------- JSON
@@ -176,6 +271,8 @@ def loads_header(frame: bytes) -> dict:
         header = json.loads(bytes(frame).decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(BAD_JSON, f"frame 0 is not a UTF-8 JSON header: {exc}") from None
+    except RecursionError:
+        raise ProtocolError(BAD_JSON, "frame 0 is nested too deeply to be a protocol header") from None
     if not isinstance(header, dict):
         raise ProtocolError(BAD_JSON, f"frame 0 must be a JSON object, got {type(header).__name__}")
     return header
@@ -271,7 +368,7 @@ def parse_request(body: Sequence[bytes], limits: Limits) -> Request:
     """Validate a request body (frames after the envelope) completely.
 
     Raises :class:`ProtocolError` with the error code; what comes back is safe
-    to hand to the codec (finite values, consistent sizes, known shapes).
+    to hand to the codec (finite values in range, consistent sizes, known shapes).
     """
     if not body or len(body[0]) == 0:
         raise ProtocolError(BAD_JSON, "empty message: frame 0 must be the JSON header")
@@ -285,25 +382,15 @@ def parse_request(body: Sequence[bytes], limits: Limits) -> Request:
     def fail(code: str, message: str) -> ProtocolError:
         return ProtocolError(code, message, rid, op)
 
-    v = header.get("v")
-    if isinstance(v, bool) or v != VERSION:
-        raise fail(BAD_VERSION, f"protocol version {v!r} is not supported; this server speaks v={VERSION}")
-    if op is None:
-        raise fail(BAD_OP, f"unknown op {header.get('op')!r}; one of {', '.join(OPS)}")
-    if rid is None:
-        raise fail(BAD_REQUEST, f"'id' must be a non-empty string of at most {MAX_ID_CHARS} characters, "
-                                f"got {header.get('id')!r:.80}")
+    common = validate_fields(Common, header, fail)
     total = sum(len(f) for f in body)
     if total > limits.max_request_bytes:
         raise fail(TOO_LARGE, f"request of {total} bytes exceeds the limit of {limits.max_request_bytes} bytes")
     payloads = list(body[1:])
-    sizes = header.get("sizes", [])
-    if not isinstance(sizes, list) or any(isinstance(s, bool) or not isinstance(s, int) for s in sizes):
-        raise fail(BAD_REQUEST, f"'sizes' must be a list of integers, got {sizes!r:.80}")
     actual = [len(p) for p in payloads]
-    if sizes != actual:
-        raise fail(SIZE_MISMATCH, f"header says payload sizes {sizes} but the frames have {actual} bytes")
-    return _PARSERS[op](header, payloads, limits, rid, fail)
+    if common.sizes != actual:
+        raise fail(SIZE_MISMATCH, f"header says payload sizes {common.sizes} but the frames have {actual} bytes")
+    return _PARSERS[common.op](header, payloads, limits, common.id, fail)
 
 
 def _parse_status(header, payloads, limits, rid, fail) -> Request:
@@ -315,9 +402,7 @@ def _parse_status(header, payloads, limits, rid, fail) -> Request:
 def _parse_encode(header, payloads, limits, rid, fail) -> Request:
     if len(payloads) != 1:
         raise fail(BAD_REQUEST, f"encode takes exactly one payload frame (the image file), got {len(payloads)}")
-    name = header.get("name", "image")
-    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_CHARS:
-        raise fail(BAD_REQUEST, f"'name' must be a string of 1..{MAX_NAME_CHARS} characters, got {name!r:.80}")
+    name = validate_fields(EncodeFields, header, fail).name
     data = payloads[0]
     if not data:
         raise fail(BAD_IMAGE, f"image {name} is empty (0 bytes)")
@@ -336,38 +421,19 @@ def _parse_encode(header, payloads, limits, rid, fail) -> Request:
     return Request(op="encode", id=rid, image=bytes(data), name=name)
 
 
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def _parse_decode(header, payloads, limits, rid, fail) -> Request:
     if len(payloads) not in (1, 2):
         raise fail(BAD_REQUEST, f"decode takes one or two payload frames (symbols[, mask]), got {len(payloads)}")
-    # 1. metadata
+    # 1. metadata, then the scalars (schema: types and ranges)
     raw_meta = header.get("meta")
     if raw_meta is None:
         raise fail(MISSING_META, "decode needs 'meta' (the transmitter's latent metadata: alpha, "
                                  "latent_shape, image_size, k, T, guidance, prompt)")
-    if not isinstance(raw_meta, dict):
-        raise fail(BAD_META, f"'meta' must be a JSON object, got {type(raw_meta).__name__}")
-    try:
-        meta = LatentMeta.from_dict(raw_meta)
-    except CodecError as exc:
-        raise fail(BAD_META, str(exc)) from None
-    name = meta.name
-    if not (math.isfinite(meta.alpha) and math.isfinite(meta.guidance)):
-        raise fail(NON_FINITE, f"{name}: alpha and guidance must be finite, got {meta.alpha}, {meta.guidance}")
+    name = raw_meta.get("name") if isinstance(raw_meta, dict) and isinstance(raw_meta.get("name"), str) else "image"
+    fields = validate_fields(DecodeFields, header, fail, prefix=f"{name[:MAX_NAME_CHARS]}: ")
+    meta = fields.meta.to_meta()
     _check_meta(meta, limits, fail)
-    # 2. scalars
-    snr = header.get("snr_db")
-    if isinstance(snr, bool) or not isinstance(snr, (int, float)):
-        raise fail(BAD_REQUEST, f"{name}: 'snr_db' must be a number (Es/N0 estimate in dB), got {snr!r:.80}")
-    if not math.isfinite(snr):
-        raise fail(NON_FINITE, f"{name}: SNR estimate must be finite, got {snr}")
-    fmt = header.get("format", "png")
-    if fmt not in IMAGE_FORMATS:
-        raise fail(BAD_REQUEST, f"'format' must be one of {', '.join(IMAGE_FORMATS)}, got {fmt!r:.40}")
-    # 3. payloads
+    # 2. payloads
     frame = payloads[0]
     if len(frame) % SYMBOL_DTYPE.itemsize:
         raise fail(SIZE_MISMATCH, f"{name}: symbol frame of {len(frame)} bytes is not a whole number of "
@@ -386,15 +452,13 @@ def _parse_decode(header, payloads, limits, rid, fail) -> Request:
             raise fail(SIZE_MISMATCH, f"{name}: mask has {len(payloads[1])} bytes but there are {n} symbols")
         mask = np.frombuffer(payloads[1], dtype=MASK_DTYPE) != 0
     return Request(op="decode", id=rid, symbols=symbols.astype(np.complex64, copy=False), meta=meta,
-                   snr_db=float(snr), mask=mask, image_format=fmt, name=name)
+                   snr_db=float(fields.snr_db), mask=mask, image_format=fields.format, name=name)
 
 
 def _check_meta(meta: LatentMeta, limits: Limits, fail: Callable[[str, str], ProtocolError]) -> None:
-    """Shape and schedule checks of decode metadata (everything the codec would trip on)."""
+    """Checks of decode metadata against this server (the schema has checked types and ranges)."""
     name = meta.name
     shape, size = tuple(meta.latent_shape), tuple(meta.image_size)
-    if len(shape) != 3 or min(shape) <= 0:
-        raise fail(BAD_META, f"{name}: latent_shape must be 3 positive integers (C, h, w), got {list(shape)}")
     c, h, w = shape
     if c != limits.latent_channels:
         raise fail(BAD_META, f"{name}: latent has {c} channels but this model's latent has {limits.latent_channels}")
@@ -403,21 +467,15 @@ def _check_meta(meta: LatentMeta, limits: Limits, fail: Callable[[str, str], Pro
                               f"max_pixels={limits.max_pixels}")
     if (c * h * w) % 2:
         raise fail(BAD_META, f"{name}: latent shape {list(shape)} has an odd number of values")
-    if len(size) != 2 or not (0 < size[0] <= 8 * h and 0 < size[1] <= 8 * w):
+    if not (size[0] <= 8 * h and size[1] <= 8 * w):
         raise fail(BAD_META, f"{name}: image_size {list(size)} does not fit latent {list(shape)} (at most 8h x 8w)")
-    if not meta.alpha > 0:
-        raise fail(BAD_META, f"{name}: alpha must be positive, got {meta.alpha}")
     if meta.T != limits.T:
         raise fail(BAD_META, f"{name}: transmitter used T={meta.T} but this server is set to T={limits.T}")
-    if not 0 <= meta.k <= limits.T - limits.m:
-        raise fail(BAD_META, f"{name}: k + m must not exceed T and k >= 0: k={meta.k}, m={limits.m}, T={limits.T}")
-    if meta.forward not in FORWARD_MODES:
-        raise fail(BAD_META, f"{name}: forward must be one of {', '.join(FORWARD_MODES)}, got {meta.forward!r:.40}")
+    if not meta.k <= limits.T - limits.m:
+        raise fail(BAD_META, f"{name}: k + m must not exceed T: k={meta.k}, m={limits.m}, T={limits.T}")
     if len(meta.prompt) > limits.max_prompt_chars:
         raise fail(BAD_META, f"{name}: prompt of {len(meta.prompt)} characters is longer than "
                              f"{limits.max_prompt_chars}")
-    if len(name) > MAX_NAME_CHARS:
-        raise fail(BAD_META, f"meta name longer than {MAX_NAME_CHARS} characters")
 
 
 _PARSERS = {"status": _parse_status, "encode": _parse_encode, "decode": _parse_decode}

@@ -41,11 +41,14 @@ from dataclasses import asdict, dataclass
 from typing import Deque, List, Optional, Tuple
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from .. import __version__
 from ..codec import Failed
 from . import protocol as P
 from .backend import codec_lock
+from .metrics import ServerMetrics
+from .security import HANDSHAKE_FAILED, CurveServer, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,7 @@ log = logging.getLogger(__name__)
 UNAVAILABLE_RETRY_MS = 200  # suggested wait after an ``unavailable`` reply
 PEER_WINDOW_S = 2.0  # a client counts as active this long after its last request
 COUNTERS = ("received", "requests", "served", "failed", "rejected", "busy", "unavailable", "dropped",
-            "duplicates", "batches", "model_calls")
+            "duplicates", "batches", "model_calls", "refused")
 
 
 @dataclass
@@ -125,23 +128,29 @@ class InferenceServer:
         connect: instead of binding, connect to a broker's backend endpoint.
         options: :class:`ServerOptions`; keyword arguments override its fields.
         context: a ZMQ context to use (default: a private one, termed by :meth:`stop`).
+        curve: :class:`~.security.CurveServer` keys: CURVE encryption, and only accepted client
+            keys get through (the ZAP authenticator runs on ``context``: one CURVE server per
+            context).  None: plain TCP, with a warning when bound to a non-loopback address.
 
     Use ``start()`` / ``stop()``, or ``with InferenceServer(...) as srv:``; a
     stopped server cannot start again.
     """
 
     def __init__(self, codec, bind: Optional[str] = "tcp://127.0.0.1:0", *, connect: Optional[str] = None,
-                 options: Optional[ServerOptions] = None, context: Optional[zmq.Context] = None, **overrides):
+                 options: Optional[ServerOptions] = None, context: Optional[zmq.Context] = None,
+                 curve: Optional[CurveServer] = None, **overrides):
         if not (bind or connect):
             raise ValueError("give an endpoint to bind= or connect=")
         self.codec = codec
         self.options = dataclasses.replace(options or ServerOptions(), **overrides).validate()
-        self.limits = P.Limits.for_codec(codec, max_request_bytes=self.options.max_request_bytes)
+        self.limits = self._make_limits()
         self._bind, self._connect = (None, connect) if connect else (bind, None)
         self._own_ctx = context is None
         self._ctx = context
         self._sock: Optional[zmq.Socket] = None
-        self._lock = codec_lock(codec)
+        self._monitor: Optional[zmq.Socket] = None
+        self.curve = curve
+        self._lock = codec_lock(codec) if codec is not None else None
         self._queue: "queue.Queue[_Job]" = queue.Queue(maxsize=self.options.max_queue)
         self._replies: "queue.Queue[Tuple[_Job, List[bytes], str]]" = queue.Queue()
         self._inflight: dict = {}
@@ -156,6 +165,8 @@ class InferenceServer:
         self._peers: dict = {}  # envelope -> time of its last request (I/O thread only)
         self._active_peers = 0  # len(self._peers) after pruning, read by the worker
         self.counters = dict.fromkeys(COUNTERS, 0)
+        self.metrics = ServerMetrics(self.counters, lambda: dict(queue_depth=self._queue.qsize(),
+                                                                 inflight=len(self._inflight)))
         #: ids of the requests this server computed successfully, newest last (bounded).
         self.served_ids: Deque[str] = collections.deque(maxlen=4096)
         self.last_endpoint = ""
@@ -169,6 +180,10 @@ class InferenceServer:
         if self._ctx is None:
             self._ctx = zmq.Context()
         sock = self._ctx.socket(zmq.ROUTER)
+        if self.curve is not None:
+            self.curve.start(self._ctx)
+            self.curve.apply(sock)
+            self._monitor = sock.get_monitor_socket(sum(HANDSHAKE_FAILED))
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a gone client raises instead of vanishing
         sock.setsockopt(zmq.LINGER, 1000)  # last replies still leave when stopping
         sock.setsockopt(zmq.RCVHWM, 1000)
@@ -181,14 +196,17 @@ class InferenceServer:
             else:
                 sock.connect(self._connect)
         except zmq.ZMQError as exc:
+            self._close_monitor(sock)
             sock.close(0)
-            if self._own_ctx:
-                self._ctx.term()
-                self._ctx = None
+            self._close_ctx()
             where = f"bind {self._bind}" if self._bind else f"connect {self._connect}"
             raise OSError(f"cannot {where}: {exc}") from None
         self._sock = sock
         self.last_endpoint = sock.getsockopt(zmq.LAST_ENDPOINT).decode() if self._bind else self._connect
+        if self.curve is None and not is_loopback(self.last_endpoint):
+            log.warning("serving plain TCP (no encryption, no authentication) on %s, reachable from other hosts: "
+                        "use CURVE keys (gdmcom keys; gdmcom serve --curve-secret-key ...) or bind 127.0.0.1",
+                        self.last_endpoint)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -197,9 +215,8 @@ class InferenceServer:
         self._io = threading.Thread(target=self._io_loop, name="gdmcom-io", daemon=True)
         self._worker.start()
         self._io.start()
-        log.info("serving %s on %s at %s (max_batch=%d, max_wait_ms=%g, max_queue=%d)", self.codec.config.model,
-                 self.codec.c.device, self.last_endpoint, self.options.max_batch, self.options.max_wait_ms,
-                 self.options.max_queue)
+        log.info("serving %s at %s (max_batch=%d, max_wait_ms=%g, max_queue=%d)", self._describe(), self.last_endpoint,
+                 self.options.max_batch, self.options.max_wait_ms, self.options.max_queue)
         return self
 
     def stop(self, timeout: Optional[float] = None) -> None:
@@ -219,10 +236,22 @@ class InferenceServer:
         for fd in (self._wake_r, self._wake_w):
             os.close(fd)
         self._wake_r = self._wake_w = -1
+        self._close_ctx()
+        self.metrics.close()
+        log.info("server at %s stopped: %s", self.last_endpoint, self.counters)
+
+    def _close_monitor(self, sock: zmq.Socket) -> None:
+        if self._monitor is not None:
+            sock.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
+
+    def _close_ctx(self) -> None:
+        if self.curve is not None:
+            self.curve.stop()
         if self._own_ctx and self._ctx is not None:
             self._ctx.term()
             self._ctx = None
-        log.info("server at %s stopped: %s", self.last_endpoint, self.counters)
 
     def serve_forever(self) -> None:
         """Start if needed and block until :meth:`stop` is called from another thread
@@ -243,18 +272,32 @@ class InferenceServer:
         return self._io is not None and not self._stopping.is_set()
 
     # ------------------------------------------------------------------ status
+    def _make_limits(self) -> P.Limits:
+        """What requests may hold (checked by the I/O thread): from the codec."""
+        return P.Limits.for_codec(self.codec, max_request_bytes=self.options.max_request_bytes)
+
+    def _describe(self) -> str:
+        return f"{self.codec.config.model} on {self.codec.c.device}"
+
+    def _engine_status(self) -> dict:
+        """The model side of ``status``: model, device, dtype, codec counters, config."""
+        cfg = self.codec.config
+        return dict(model=cfg.model, device=str(self.codec.c.device),
+                    dtype=str(self.codec.c.dtype).replace("torch.", ""), codec=dict(self.codec.stats),
+                    config=asdict(cfg))
+
     def status(self) -> dict:
         """What ``status`` answers: model, device, queue, counters, uptime, version."""
-        cfg = self.codec.config
+        engine = self._engine_status()
         return dict(
-            version=__version__, protocol=P.VERSION, model=cfg.model, device=str(self.codec.c.device),
-            dtype=str(self.codec.c.dtype).replace("torch.", ""), host=socket.gethostname(), pid=os.getpid(),
+            version=__version__, protocol=P.VERSION, model=engine.pop("model"), device=engine.pop("device"),
+            dtype=engine.pop("dtype"), host=socket.gethostname(), pid=os.getpid(),
             endpoint=self.last_endpoint, uptime_s=round(time.time() - self.t_start, 3),
             queue_depth=self._queue.qsize(), max_queue=self.options.max_queue, max_batch=self.options.max_batch,
             max_wait_ms=self.options.max_wait_ms, active_clients=self._active_peers,
             max_request_bytes=self.options.max_request_bytes,
             inflight=len(self._inflight), reply_store=dict(entries=len(self._store), bytes=self._store_bytes),
-            codec=dict(self.codec.stats), config=asdict(cfg), **self.counters)
+            **engine, **self.counters)
 
     # ------------------------------------------------------------------ I/O thread
     def _wake(self) -> None:
@@ -267,6 +310,8 @@ class InferenceServer:
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        if self._monitor is not None:
+            poller.register(self._monitor, zmq.POLLIN)
         try:
             while not self._stopping.is_set():
                 events = dict(poller.poll(200))
@@ -274,6 +319,8 @@ class InferenceServer:
                     self._flush_replies()
                 if self._sock in events:
                     self._read_requests(accept=True)
+                if self._monitor in events:
+                    self._read_monitor()
                 self._expire_store()
             # stopping: deliver the batch in progress, keep answering (status / unavailable)
             deadline = time.monotonic() + self._drain_s
@@ -296,8 +343,18 @@ class InferenceServer:
             log.exception("I/O thread failed")
             self._stopping.set()
         finally:
+            self._close_monitor(self._sock)
             self._sock.close(linger=1000)
             self._sock = None
+
+    def _read_monitor(self) -> None:
+        """Log and count connections refused in the CURVE handshake (the client gets no reply)."""
+        while self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor)
+            what = HANDSHAKE_FAILED.get(event["event"])
+            if what is not None:
+                self.counters["refused"] += 1
+                log.warning("refused a connection on %s: %s (code %s)", self.last_endpoint, what, event["value"])
 
     def _read_requests(self, accept: bool) -> None:
         for _ in range(64):  # then look at replies again
@@ -386,6 +443,7 @@ class InferenceServer:
             self.counters["unavailable"] += 1
         else:
             self._remember(job, frames)
+            self.metrics.observe_reply(job.req.op, time.monotonic() - job.t_recv)
         self._send(job.envelope, frames)
 
     def _send(self, envelope: List[bytes], frames: List[bytes]) -> bool:
@@ -485,6 +543,7 @@ class InferenceServer:
         t1 = time.monotonic()
         self.counters["batches"] += 1
         self.counters["model_calls"] += calls
+        self.metrics.observe_batch(op, len(batch))
         self._batch_ms = 0.8 * self._batch_ms + 0.2 * (t1 - t0) * 1e3
         log.debug("%s batch of %d: %d model calls in %.1f ms", op, len(batch), calls, (t1 - t0) * 1e3)
         for job, res in zip(batch, results):

@@ -17,10 +17,14 @@ Receiver (:meth:`GenerativeCodec.decode`)::
 
 Timestep convention: see :mod:`gr_gdmcom.codec.schedule` (the step between
 grid points j and j+1 evaluates the UNet at ``tau_{j+1}`` both ways).
+The clean end ``a_0`` follows the model's scheduler config (``clean_end``).
+``inversion="fixed-point"`` solves each inversion step implicitly, so that it
+is the exact inverse of the sampling step (:meth:`GenerativeCodec.invert`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -33,8 +37,9 @@ import torch
 
 from ..config import CodecConfig, check_steps
 from .images import ImageError, ImageLike, load_rgb, to_tensor, to_uint8
-from .models import Components, load_components
-from .schedule import Grid, StepChoice, get_grid, sampling_path, select_steps
+from .calibration import Calibration, calibration_path, load_calibration
+from .models import Components, check_prediction_type, load_components
+from .schedule import Grid, StepChoice, get_grid, sampling_path, scheduler_settings, select_steps
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +171,12 @@ class GenerativeCodec:
     def __init__(self, config: Optional[CodecConfig] = None, components: Optional[Components] = None):
         self.config = (config or CodecConfig()).validate()
         self.c = components or load_components(self.config.model, self.config.device, self.config.dtype)
-        self.grid: Grid = get_grid(self.config.T, self.c.scheduler_config)
+        self.prediction_type = check_prediction_type(self.c.scheduler_config, self.c.model_id)
+        self.grid: Grid = get_grid(self.config.T, scheduler_settings(self.c.scheduler_config, self.config.clean_end))
+        self.calibration: Optional[Calibration] = None
+        cal_path = calibration_path(self.config.rule)
+        if cal_path is not None:  # k is checked per image (the transmitter's k)
+            self.calibration = load_calibration(cal_path).check(self.c.model_id, self.config, with_k=False)
         self._embeddings: Dict[str, torch.Tensor] = {}
         self.stats = dict(unet_calls=0, images_encoded=0, images_decoded=0, failures=0)
 
@@ -196,7 +206,24 @@ class GenerativeCodec:
             e_u, e_c = out.chunk(2)
             out = e_u + guidance * (e_c - e_u)
         self.stats["unet_calls"] += 1
+        if self.prediction_type == "v_prediction":
+            out = self._noise_from_v(x.float(), out, t)
         return out
+
+    def _noise_from_v(self, x: torch.Tensor, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """A v-prediction model's output as noise: ``eps = sqrt(a_t) v + sqrt(1-a_t) x`` with
+        ``a_t = abar`` at the timestep the UNet saw (what DDIMScheduler does when it samples;
+        for inversion steps this is the model's own noise estimate at ``tau_{j+1}``)."""
+        a = torch.tensor([float(self.grid.abar[int(ti)]) if float(ti).is_integer() and ti >= 0
+                          else self.grid.abar_at(ti) for ti in t.tolist()],
+                         device=x.device, dtype=torch.float32).view(-1, 1, 1, 1)
+        return a ** 0.5 * v + (1 - a) ** 0.5 * x
+
+    @staticmethod
+    def _ddim_update(x: torch.Tensor, e: torch.Tensor, a_from: torch.Tensor, a_to: torch.Tensor) -> torch.Tensor:
+        """One DDIM step (eq. 9 / eq. 10) from level ``a_from`` to ``a_to`` with noise estimate ``e``."""
+        x0 = (x - (1 - a_from).sqrt() * e) / a_from.sqrt()
+        return a_to.sqrt() * x0 + (1 - a_to).sqrt() * e
 
     def _ddim(self, x: torch.Tensor, paths: Sequence[list], prompt: str, guidance: float) -> torch.Tensor:
         """Run DDIM steps (eq. 9 and eq. 10 are the same update) on a batch.
@@ -216,9 +243,67 @@ class GenerativeCodec:
             a_to = torch.tensor([s[2] for s in steps], device=x.device, dtype=torch.float32).view(-1, 1, 1, 1)
             xb = x[idx]
             e = self._eps(xb, t, prompt, guidance)
-            x0 = (xb - (1 - a_from).sqrt() * e) / a_from.sqrt()
-            x[idx] = a_to.sqrt() * x0 + (1 - a_to).sqrt() * e
+            x[idx] = self._ddim_update(xb, e, a_from, a_to)
         return x
+
+    def invert(self, x: torch.Tensor, j0: int, j1: int, prompt: str, guidance: float
+               ) -> Tuple[torch.Tensor, List[int]]:
+        """Inversion from grid index ``j0`` to ``j1`` as ``config.inversion`` says.
+
+        ``ddim``: eq. 10, the noise predicted at the step's start ``e(x_j, tau_{j+1})``,
+        one UNet call per step.  ``fixed-point``: the implicit step
+        ``x_{j+1} = F(x_j, e(x_{j+1}, tau_{j+1}))`` -- exactly what the sampling step
+        ``j+1 -> j`` undoes -- solved by iterating from the eq. 10 point: each
+        iteration re-evaluates the noise at the current end point (one UNet call)
+        until an update moves the item by less than ``inversion_tol`` (relative
+        norm) or ``inversion_iters`` iterations are spent.  An update is the
+        residual of the point it starts from, and that residual is exactly the
+        point's round-trip error (scaled by ``sqrt(a_{j+1}/a_j)``); where an
+        update is larger than the one before (the iteration does not contract:
+        strong guidance near a boundary between modes) the item stops at the
+        point of least residual.  Items stop on their own, so an item's
+        result does not depend on its batch.
+
+        Args:
+            x: (B, C, h, w) latents at grid index ``j0``.
+        Returns:
+            (latents at ``j1`` float32, UNet calls spent on each item).
+        """
+        B = x.shape[0]
+        cfg = self.config
+        if cfg.inversion == "ddim" or j1 <= j0:
+            return self._ddim(x, [self.inversion_path(j0, j1)] * B, prompt, guidance), [j1 - j0] * B
+        calls = [0] * B
+        x = x.float().clone()
+        for t_eval, a_f, a_t in self.inversion_path(j0, j1):
+            a_from = torch.tensor(a_f, dtype=torch.float32, device=x.device)
+            a_to = torch.tensor(a_t, dtype=torch.float32, device=x.device)
+            t = torch.full((B,), t_eval, dtype=torch.float32, device=x.device)
+            y = self._ddim_update(x, self._eps(x, t, prompt, guidance), a_from, a_to)
+            # the residual |F(x, e(y)) - y| of a point y is exactly its round-trip error times
+            # sqrt(a_to / a_from): keep the best point seen, trust a new one while residuals shrink
+            best, best_res = y.clone(), [math.inf] * B
+            for b in range(B):
+                calls[b] += 1
+            active = list(range(B))
+            for _ in range(cfg.inversion_iters):
+                if not active:
+                    break
+                y_act = y[active]
+                y_new = self._ddim_update(x[active], self._eps(y_act, t[active], prompt, guidance), a_from, a_to)
+                res = ((y_new - y_act).flatten(1).norm(dim=1) / y_act.flatten(1).norm(dim=1)).tolist()
+                still = []
+                for i, (b, r) in enumerate(zip(active, res)):
+                    calls[b] += 1
+                    if r <= best_res[b]:  # contracting: y is the best so far, move on to y_new
+                        best[b], best_res[b], y[b] = y_act[i], r, y_new[i]
+                        if r > cfg.inversion_tol:
+                            still.append(b)
+                    else:  # the update grew (strong guidance near a mode boundary): back to the best point
+                        y[b] = best[b]
+                active = still
+            x = y
+        return x, calls
 
     def inversion_path(self, j0: int, j1: int) -> list:
         """Inversion steps from grid index ``j0`` to ``j1`` (eq. 10), each at ``tau_{j+1}``."""
@@ -273,8 +358,9 @@ class GenerativeCodec:
         self._sync()
         t_vae = time.perf_counter()
         # 2. k forward steps: DDIM inversion (eq. 10) or the random-noise ablation (eq. 5)
+        item_calls = [0] * len(imgs)
         if cfg.forward == "ddim":
-            zk = self._ddim(z0, [self.inversion_path(0, cfg.k)] * len(imgs), cfg.prompt, cfg.guidance)
+            zk, item_calls = self.invert(z0, 0, cfg.k, cfg.prompt, cfg.guidance)
         else:
             a_k = float(self.grid.alphas[cfg.k])
             # one generator per image, seeded by (seed, name): independent noise per image,
@@ -297,8 +383,8 @@ class GenerativeCodec:
         t_end = time.perf_counter()
         seconds = dict(vae_encode=t_vae - t_start, inversion=t_inv - t_vae, other=t_end - t_inv)
         calls = self.stats["unet_calls"] - calls0
-        for e in out:
-            e.record = dict(unet_calls=calls, batch=len(imgs), seconds=seconds,
+        for e, n_calls in zip(out, item_calls):
+            e.record = dict(unet_calls=n_calls, batch=len(imgs), batch_unet_calls=calls, seconds=seconds,
                             symbols=int(e.symbols.size), bcr=e.symbols.size / (3 * e.meta.image_size[0] * e.meta.image_size[1]))
         self.stats["images_encoded"] += len(out)
         return out
@@ -315,6 +401,15 @@ class GenerativeCodec:
     def step_choice(self, snr_db: float, meta: LatentMeta) -> StepChoice:
         """The receiver's denoising-step decision for this SNR and this image's latent power."""
         cfg = self.config
+        cal = self.calibration
+        if cal is not None and cfg.steps is None:
+            if meta.k != cal.k:
+                raise CodecError(f"{meta.name}: the transmitter used k={meta.k} but calibration {cal.source} was "
+                                 f"measured for k={cal.k}")
+            n = cal.n_steps(snr_db, meta.power, k=meta.k)
+            choice = select_steps(snr_db, k=meta.k, m=cfg.m, T=cfg.T, power=meta.power, rescale=cal.rescale,
+                                  steps=n, grid=self.grid)
+            return dataclasses.replace(choice, rule="calibrated")
         return select_steps(snr_db, k=meta.k, m=cfg.m, T=cfg.T, rule=cfg.rule, power=meta.power,
                             rescale=cfg.rescale, steps=cfg.steps, grid=self.grid)
 
@@ -378,7 +473,7 @@ class GenerativeCodec:
         # 1. de-normalised received latent z~_k
         z = torch.from_numpy(np.stack([b[0] for b in batch])).to(c.device)
         # 2. m more inversion steps: z_{k+m}
-        z = self._ddim(z, [self.inversion_path(meta0.k, meta0.k + cfg.m)] * len(batch), meta0.prompt, meta0.guidance)
+        z, inv_calls = self.invert(z, meta0.k, meta0.k + cfg.m, meta0.prompt, meta0.guidance)
         self._sync()
         t_inv = time.perf_counter()
         calls_inv = self.stats["unet_calls"] - calls0
@@ -400,10 +495,10 @@ class GenerativeCodec:
         seconds = dict(inversion=t_inv - t_start, sampling=t_smp - t_inv, vae_decode=t_dec - t_smp,
                        other=t_end - t_dec)
         results = []
-        for img, meta, snr, choice, mask in out:
+        for (img, meta, snr, choice, mask), n_inv in zip(out, inv_calls):
             rec = dict(name=meta.name, snr_db=snr, n_steps=choice.n_steps, rule=choice.rule, k=meta.k, m=cfg.m,
                        T=cfg.T, start_t=choice.start_t, scale=choice.scale, s_tot2=choice.s_tot2,
-                       unet_calls=cfg.m + choice.n_steps, batch=len(batch), batch_unet_calls=calls_inv + calls_smp,
+                       inversion=cfg.inversion, unet_calls=n_inv + choice.n_steps, batch=len(batch), batch_unet_calls=calls_inv + calls_smp,
                        erased=int((~mask).sum()) if mask is not None else 0, seconds=seconds)
             results.append(Decoded(img, rec))
         self.stats["images_decoded"] += len(results)

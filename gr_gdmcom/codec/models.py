@@ -75,6 +75,22 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return table[dtype]
 
 
+def check_prediction_type(scheduler_config: dict, model: str = "model") -> str:
+    """The model's ``prediction_type`` (diffusers' scheduler config; ``epsilon`` when
+    absent) if the codec supports it: ``epsilon`` or ``v_prediction``.
+
+    Raises:
+        ModelLoadError: for any other value (e.g. ``sample``).
+    """
+    from .schedule import PREDICTION_TYPES
+
+    kind = str((scheduler_config or {}).get("prediction_type", "epsilon"))
+    if kind not in PREDICTION_TYPES:
+        raise ModelLoadError(f"model {model!r}: its scheduler config says prediction_type={kind!r}; the codec "
+                             f"supports {' and '.join(PREDICTION_TYPES)} (a UNet predicting noise or v)")
+    return kind
+
+
 # --------------------------------------------------------------------------- tiny model
 def tiny_configs() -> dict:
     """Configs of the tiny SD-shaped model: SD's classes and latent geometry
@@ -263,6 +279,7 @@ def load_components(model: str = "tiny", device: str = "auto", dtype: str = "aut
     except Exception as exc:  # hub/network/file errors come in many classes
         why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(_NO_MODEL.format(model=model, why=why[:300])) from None
+    check_prediction_type(scheduler_config, model)
     for m in (vae, unet, text_encoder):
         m.to(dev).eval().requires_grad_(False)
     return Components(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,

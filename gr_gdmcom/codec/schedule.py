@@ -7,6 +7,13 @@ Notation (as in docs/codec.md): the grid ``tau_1 < ... < tau_T`` uses diffusers'
 "leading" spacing with ``steps_offset = 1``; ``a_j = abar_{tau_j}`` and
 ``a_0 = 1``.  Grid index ``j`` counts DDIM steps from the clean latent.
 
+Clean end: the last sampling step lands on (and inversion starts from)
+``a_0 = final_alpha_cumprod`` of diffusers' ``DDIMScheduler`` -- 1 when the
+scheduler config says ``set_alpha_to_one=True``, ``abar_0`` (0.99915 for SD
+1.5, whose shipped config says ``False``) otherwise.  The model's config
+decides unless the codec's ``clean_end`` option overrides it
+(:func:`scheduler_settings`).
+
 Noise-prediction timestep convention (kept identical in encoder and decoder):
 the step between grid points ``j`` and ``j+1`` always evaluates the UNet at
 timestep ``tau_{j+1}`` -- inversion ``j -> j+1`` at ``e(x_j, tau_{j+1})``,
@@ -16,6 +23,7 @@ inversion followed by sampling returns (almost) to its start.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -24,6 +32,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..config import check_steps
+
+log = logging.getLogger(__name__)
 
 #: Stable Diffusion 1.5's scheduler settings (its scheduler_config.json).
 SD_SCHEDULER = dict(
@@ -35,19 +45,64 @@ SD_SCHEDULER = dict(
     timestep_spacing="leading",
     clip_sample=False,
     set_alpha_to_one=False,
+    prediction_type="epsilon",
 )
+
+from ..config import CLEAN_ENDS  # noqa: E402  (model, one, step0)
+#: model outputs the codec converts to noise (diffusers' ``prediction_type``)
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+#: settings the codec fixes whatever the model's config says, and why
+_FORCED = dict(timestep_spacing=("leading", "the method's grid uses leading spacing"),
+               clip_sample=(False, "the codec never clips the predicted clean latent"),
+               thresholding=(False, "the codec never thresholds the predicted clean latent"),
+               rescale_betas_zero_snr=(False, "the codec uses the training schedule's betas as they are"))
+_warned: set = set()
+
+
+def _warn_once(msg: str) -> None:
+    if msg not in _warned:
+        _warned.add(msg)
+        log.warning("%s", msg)
+
+
+def scheduler_settings(model_config: Optional[dict] = None, clean_end: str = "model") -> dict:
+    """The scheduler settings the codec uses for a model: SD 1.5's defaults
+    updated by the model's scheduler config, with the settings the codec fixes
+    and the ``clean_end`` choice applied.  Every setting of the model's config
+    that is overridden is logged (once), as diffusers' pipelines do.
+
+    Args:
+        model_config: the model's ``scheduler/scheduler_config.json`` as a dict.
+        clean_end: ``model`` (the config's ``set_alpha_to_one``), ``one``
+            (``a_0 = 1``) or ``step0`` (``a_0 = abar_0``).
+    Returns:
+        dict with the keys of ``SD_SCHEDULER``.
+    """
+    if clean_end not in CLEAN_ENDS:
+        raise ValueError(f"unknown clean_end {clean_end!r}; choose one of {', '.join(CLEAN_ENDS)}")
+    model_config = dict(model_config or {})
+    cfg = dict(SD_SCHEDULER)
+    cfg.update({k: v for k, v in model_config.items() if k in SD_SCHEDULER})
+    for key, (value, why) in _FORCED.items():
+        if key in model_config and model_config[key] != value:
+            _warn_once(f"scheduler config says {key}={model_config[key]!r}; using {key}={value!r} ({why})")
+        if key in cfg:
+            cfg[key] = value
+    if clean_end != "model":
+        forced = clean_end == "one"
+        if bool(cfg["set_alpha_to_one"]) != forced:
+            _warn_once(f"scheduler config says set_alpha_to_one={cfg['set_alpha_to_one']!r}; "
+                       f"clean_end={clean_end} uses set_alpha_to_one={forced!r}")
+        cfg["set_alpha_to_one"] = forced
+    return cfg
 
 
 def make_scheduler(config: Optional[dict] = None):
-    """A diffusers ``DDIMScheduler`` with SD 1.5's settings (or ``config``)."""
+    """A diffusers ``DDIMScheduler`` with SD 1.5's settings updated by ``config``
+    (:func:`scheduler_settings` with the model's own clean end)."""
     from diffusers import DDIMScheduler
 
-    cfg = dict(SD_SCHEDULER)
-    if config:
-        cfg.update({k: v for k, v in config.items() if k in SD_SCHEDULER})
-    # The method needs leading spacing with offset 1 whatever the model's card says.
-    cfg["timestep_spacing"] = "leading"
-    return DDIMScheduler(**cfg)
+    return DDIMScheduler(**scheduler_settings(config))
 
 
 @dataclass(frozen=True)
@@ -58,7 +113,9 @@ class Grid:
         T: number of grid steps.
         timesteps: int array, shape (T+1,): ``timesteps[j] = tau_j``;
             ``timesteps[0] = -1`` stands for the clean latent.
-        alphas: float64 array, shape (T+1,): ``alphas[j] = a_j``, ``alphas[0] = 1``.
+        alphas: float64 array, shape (T+1,): ``alphas[j] = a_j``; ``alphas[0]`` is the
+            clean end, diffusers' ``final_alpha_cumprod`` (1, or ``abar[0]`` when the
+            scheduler config says ``set_alpha_to_one=False``).
         abar: float64 array (num_train_timesteps,): the training schedule.
     """
 
@@ -101,15 +158,15 @@ def _grid(T: int, key: tuple) -> Grid:
     taus = np.sort(sched.timesteps.numpy().astype(np.int64))  # ascending: tau_1..tau_T
     abar = sched.alphas_cumprod.numpy().astype(np.float64)
     timesteps = np.concatenate([[-1], taus])
-    alphas = np.concatenate([[1.0], abar[taus]])
+    a0 = float(sched.final_alpha_cumprod)  # 1.0 or abar[0], exactly as DDIMScheduler.step uses it
+    alphas = np.concatenate([[a0], abar[taus]])
     return Grid(T=T, timesteps=timesteps, alphas=alphas, abar=abar)
 
 
 def get_grid(T: int = 50, scheduler_config: Optional[dict] = None) -> Grid:
-    """The grid for ``T`` steps (cached)."""
-    cfg = dict(SD_SCHEDULER)
-    if scheduler_config:
-        cfg.update({k: v for k, v in scheduler_config.items() if k in SD_SCHEDULER})
+    """The grid for ``T`` steps (cached); ``scheduler_config`` as :func:`scheduler_settings`
+    takes it (SD 1.5's when None, whose clean end is ``abar_0``)."""
+    cfg = scheduler_settings(scheduler_config)
     key = tuple(sorted((k, v) for k, v in cfg.items()))
     return _grid(int(T), key)
 
@@ -179,7 +236,7 @@ def select_steps(snr_db: float, k: int = 5, m: int = 5, T: int = 50, rule: str =
     elif rule == "variance":
         n, used = int(cand[np.argmin(np.abs((1.0 - a[cand]) - s2))]), rule
     elif rule == "snr":
-        # Candidate 0 (k+m=0) has a = 1: its log-SNR is +inf, never the argmin unless s2 = 0.
+        # Candidate 0 (k+m=0) with a_0 = 1 has log-SNR +inf, never the argmin unless s2 = 0.
         with np.errstate(divide="ignore"):
             lsnr = np.log(a[cand]) - np.log1p(-a[cand])
         n, used = int(cand[np.argmin(np.abs(lsnr - math.log(a_km / s2)))]), rule
@@ -211,7 +268,7 @@ def sampling_path(choice: StepChoice, grid: Grid) -> list:
         for j in below:
             path.append((t_from, a_from, float(grid.alphas[j])))
             t_from, a_from = float(grid.timesteps[j]), float(grid.alphas[j])
-        path.append((t_from, a_from, 1.0))
+        path.append((t_from, a_from, float(grid.alphas[0])))
         return path
     n = choice.n_steps
     return [(float(grid.timesteps[j]), float(grid.alphas[j]), float(grid.alphas[j - 1]))

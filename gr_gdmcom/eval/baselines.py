@@ -22,6 +22,12 @@ name                  what
                       is lossless side information; the receiver adds random
                       forward noise up to grid step ``N`` and denoises N DDIM
                       steps with the caption as prompt
+``proposed_fixed_point``  the proposed method with ``inversion="fixed-point"``
+                      (each inversion step solved implicitly, docs/codec.md)
+``proposed_clean_one``  the proposed method with ``clean_end="one"`` (a_0 = 1;
+                      SD 1.5's scheduler config says abar_0)
+``proposed_calibrated``  the proposed method with ``rule="calibrated:FILE"``
+                      (``--calibration FILE`` from ``gdmcom calibrate``)
 ``digital``           HEVC-intra (x265, standing in for BPG) + 5G NR LDPC + QAM
                       (:func:`gr_gdmcom.eval.digital.run_digital`) at the same
                       number of complex channel uses as the proposed method
@@ -154,6 +160,7 @@ class Context:
     digital_codec: str = "hevc"
     digital_mcs: str = "adaptive"
     jobs: int = 1
+    calibration: Optional[str] = None
     _codecs: Dict[tuple, GenerativeCodec] = field(default_factory=dict)
     _pool: object = None
 
@@ -310,6 +317,56 @@ class Proposed(Method):
             out.append(Rx(name=tx.name, image=d.image, n_steps=r["n_steps"], rule=r["rule"], seconds=dt,
                           unet_calls=int(r["unet_calls"]), fidelity=fidelity or self.fidelity()))
         return out
+
+
+class ProposedVariant(Proposed):
+    """The proposed method with codec settings changed (:attr:`changes`); beyond the paper."""
+
+    changes: Dict[str, object] = {}
+    what = ""
+
+    def __init__(self, ctx: Context, **params):
+        super().__init__(ctx, **params)
+        self.config = self.config.replace(**self.variant_changes()).validate()
+
+    def variant_changes(self) -> dict:
+        return dict(self.changes)
+
+    def setting_label(self) -> str:
+        c = self.config
+        return f"{super().setting_label()},{c.inversion},clean={c.clean_end}"
+
+    def transmit_key(self) -> tuple:
+        c = self.config
+        return ("codec", c.forward, c.k, c.inversion, c.inversion_iters, c.clean_end)
+
+    def fidelity(self) -> str:
+        return f"{super().fidelity()}; beyond the paper: {self.what}"
+
+
+class ProposedFixedPoint(ProposedVariant):
+    name = "proposed_fixed_point"
+    changes = dict(inversion="fixed-point")
+    what = "each DDIM-inversion step solved by fixed-point iteration (inversion=fixed-point)"
+
+
+class ProposedCleanOne(ProposedVariant):
+    name = "proposed_clean_one"
+    changes = dict(clean_end="one")
+    what = "a_0 = 1 at the clean end (clean_end=one; SD 1.5's scheduler config says abar_0)"
+
+
+class ProposedCalibrated(ProposedVariant):
+    name = "proposed_calibrated"
+    what = "N from a calibration file (rule=calibrated:FILE, gdmcom calibrate)"
+
+    def variant_changes(self) -> dict:
+        if not self.ctx.calibration:
+            raise ValueError("method proposed_calibrated needs --calibration FILE (made by gdmcom calibrate)")
+        return dict(rule=f"calibrated:{self.ctx.calibration}", steps=None)
+
+    def setting_label(self) -> str:
+        return super().setting_label().replace(self.config.rule, "calibrated")
 
 
 class RandomNoise(Proposed):
@@ -600,6 +657,9 @@ def _pil(img: np.ndarray):
 METHODS: Dict[str, type] = {
     "proposed": Proposed,
     "proposed_caption": ProposedCaption,
+    "proposed_fixed_point": ProposedFixedPoint,
+    "proposed_clean_one": ProposedCleanOne,
+    "proposed_calibrated": ProposedCalibrated,
     "random_noise": RandomNoise,
     "sd_semcom": SDSemCom,
     "digital": Digital,

@@ -83,6 +83,8 @@ def register(sub) -> None:
                    help="captions for sd_semcom and proposed_caption: JSON {\"kodim01.png\": \"...\"} or CSV "
                         "file,caption "
                         "(from any captioner); default: the fixed prompt")
+    s.add_argument("--calibration", metavar="FILE",
+                   help="calibration file (gdmcom calibrate) for the method proposed_calibrated")
     s.add_argument("--semcom-t", type=_semcom_t, default="auto", metavar="auto|J",
                    help="sd_semcom: grid step J the receiver noises the latent to; 'auto' matches the "
                         "channel noise by the variance rule [default=%(default)r]")
@@ -121,7 +123,7 @@ def cmd_sweep(args) -> int:
         opts = SweepOptions(images=args.images, out=args.out, snrs=args.snr, methods=args.methods, config=cfg,
                             grid=grid, captions=args.captions, semcom_t=args.semcom_t,
                             digital_codec=args.digital_codec, digital_mcs=args.digital_mcs, jobs=args.jobs,
-                            metrics=args.metrics,
+                            calibration=args.calibration, metrics=args.metrics,
                             plots=args.plots, grid_images=args.grid_images, progress=args.progress,
                             argv=["gdmcom"] + sys.argv[1:])
         with _sigterm_interrupts():

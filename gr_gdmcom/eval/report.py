@@ -35,7 +35,8 @@ METRIC_INFO = {  # label, unit, higher is better
     "fid": ("FID", "", False),
     "kid": ("KID", "", False),
 }
-METHOD_ORDER = ["proposed", "proposed_caption", "random_noise", "sd_semcom", "digital"]
+METHOD_ORDER = ["proposed", "proposed_caption", "proposed_fixed_point", "proposed_clean_one", "proposed_calibrated",
+                "random_noise", "sd_semcom", "digital"]
 KEY_FIELDS = ("image", "snr_db", "method", "setting")
 
 

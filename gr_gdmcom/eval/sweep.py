@@ -74,6 +74,7 @@ class SweepOptions:
     digital_codec: str = "hevc"
     digital_mcs: str = "adaptive"
     jobs: int = 1
+    calibration: Optional[Union[str, Path]] = None
     metrics: Sequence[str] = learned_mod.ALL
     plots: bool = True
     grid_images: int = 3
@@ -267,7 +268,8 @@ def run_sweep(opts: SweepOptions, components=None) -> SweepResult:
     files = find_images(opts.images)
     captions = load_captions(opts.captions) if opts.captions else {}
     ctx = Context(config=cfg, components=components, captions=captions, semcom_t=opts.semcom_t,
-                  digital_codec=opts.digital_codec, digital_mcs=opts.digital_mcs, jobs=max(1, int(opts.jobs)))
+                  digital_codec=opts.digital_codec, digital_mcs=opts.digital_mcs, jobs=max(1, int(opts.jobs)),
+                  calibration=str(opts.calibration) if opts.calibration else None)
     methods = build_methods(methods_names, ctx, list(opts.grid) or None)
     out.mkdir(parents=True, exist_ok=True)
     prev = _check_folder(out, cfg)
@@ -471,7 +473,8 @@ def _run_json(prev: dict, opts: SweepOptions, cfg: CodecConfig, ctx: Context, me
                    grid=[list(g) for g in opts.grid], captions=str(opts.captions) if opts.captions else None,
                    captions_sha256=_sha256(opts.captions) if opts.captions else None,
                    semcom_t=opts.semcom_t, digital_codec=opts.digital_codec, digital_mcs=opts.digital_mcs,
-                   jobs=opts.jobs, metrics=list(opts.metrics), channel="awgn (numpy), Es/N0 per complex symbol, unit Es",
+                   jobs=opts.jobs, calibration=str(opts.calibration) if opts.calibration else None,
+                   metrics=list(opts.metrics), channel="awgn (numpy), Es/N0 per complex symbol, unit Es",
                    snr_given_to_receiver="the channel's true SNR (no PHY estimate; snr_est_db empty)"),
         seed=cfg.seed,
         device=_device_name(cfg, ctx),

@@ -1,0 +1,302 @@
+"""The codec on Ray Serve behind the ZMQ edge (``gdmcom serve --engine ray``, ``docs/server.md``).
+
+::
+
+    clients --ZMQ protocol v1--> RayGateway (an InferenceServer: validation, dedupe, busy, CURVE, metrics)
+                                     |  handle.encode/decode.remote(...)   (at most max_inflight at once)
+                                     v
+                        Ray Serve deployment "CodecReplica" x N  (GenerativeCodec unchanged inside;
+                        @serve.batch per replica; replicas restarted by Serve's health checks)
+
+* :class:`CodecReplica` is the deployment: one :class:`~gr_gdmcom.codec.GenerativeCodec`
+  per replica, ``encode``/``decode`` are ``@serve.batch`` methods (``max_batch``,
+  ``max_wait_ms``) that call ``encode_many``/``decode_many`` like the plain
+  server's worker.
+* :func:`deploy` starts a local Ray instance (or joins ``address``: ``auto`` or
+  ``ray://host:port``), runs the application with ``num_replicas`` or an
+  autoscaling range and ``ray_actor_options`` (GPUs, CPUs per replica), and
+  returns its handle and what a replica reports (:meth:`CodecReplica.info`).
+* :class:`RayGateway` speaks protocol v1 in front exactly as ``gdmcom serve``
+  does (it *is* an :class:`~.server.InferenceServer` with the worker thread
+  replaced): validated requests are sent to the deployment, at most
+  ``max_inflight`` at a time; beyond that they wait in the bounded queue,
+  beyond which the gateway answers ``busy`` with ``retry_after_ms``.  A request
+  whose replica died under it (``RayActorError`` ...) is sent again, up to
+  ``attempts`` times, so a killed replica loses nothing; the gateway's request-id
+  bookkeeping answers each request once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import List, Optional, Tuple
+
+import numpy as np
+import ray
+import ray.exceptions
+from ray import serve
+
+from ..config import CodecConfig
+from . import protocol as P
+from .server import InferenceServer
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "gdmcom"
+RESUBMIT_DELAY_S = 0.2  # wait before the n-th re-send: n times this
+#: Failures of the replica, not of the request: the gateway sends the request again.
+REPLICA_FAILURES = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
+                    ray.exceptions.WorkerCrashedError)
+
+
+@dataclass
+class RayOptions:
+    """How the deployment runs (``gdmcom serve --engine ray`` flags of the same names).
+
+    Attributes:
+        replicas: fixed number of replicas (ignored when ``max_replicas`` is set).
+        min_replicas, max_replicas: autoscaling range; Serve adds replicas while the
+            ongoing requests per replica exceed ``target_ongoing``.
+        target_ongoing: autoscaling target of ongoing requests per replica.
+        gpus_per_replica, cpus_per_replica: ``ray_actor_options`` of each replica.
+        torch_threads: torch CPU threads in each replica (0: torch's default).
+        address: None starts a local Ray instance; ``auto`` joins the cluster of this
+            host, ``ray://host:port`` a remote one (Ray Client).
+        max_inflight: requests the gateway has at the deployment at once (None:
+            ``2 * max_batch`` per replica, at the largest replica count).
+        attempts: tries of one request when its replica dies under it.
+        metrics_port: Ray's own Prometheus metrics export port (local instance only; 0: off).
+    """
+
+    replicas: int = 1
+    min_replicas: Optional[int] = None
+    max_replicas: Optional[int] = None
+    target_ongoing: float = 2.0
+    gpus_per_replica: float = 0.0
+    cpus_per_replica: float = 1.0
+    torch_threads: int = 0
+    address: Optional[str] = None
+    max_inflight: Optional[int] = None
+    attempts: int = 4
+    metrics_port: int = 0
+
+    def validate(self) -> "RayOptions":
+        if self.max_replicas is not None:
+            lo = 1 if self.min_replicas is None else self.min_replicas
+            if not 0 <= lo <= self.max_replicas or self.max_replicas < 1:
+                raise ValueError(f"need 0 <= min_replicas <= max_replicas and max_replicas >= 1, got "
+                                 f"{self.min_replicas}, {self.max_replicas}")
+        elif self.replicas < 1:
+            raise ValueError(f"replicas must be >= 1, got {self.replicas}")
+        if self.gpus_per_replica < 0 or self.cpus_per_replica < 0 or self.attempts < 1:
+            raise ValueError("gpus_per_replica and cpus_per_replica must be >= 0 and attempts >= 1")
+        return self
+
+    @property
+    def most_replicas(self) -> int:
+        return self.max_replicas if self.max_replicas is not None else self.replicas
+
+    def deployment_options(self, max_batch: int) -> dict:
+        """``Deployment.options(...)`` keyword arguments."""
+        opts = dict(ray_actor_options=dict(num_gpus=self.gpus_per_replica, num_cpus=self.cpus_per_replica),
+                    max_ongoing_requests=2 * max_batch)
+        if self.max_replicas is not None:
+            opts["autoscaling_config"] = dict(min_replicas=1 if self.min_replicas is None else self.min_replicas,
+                                              max_replicas=self.max_replicas,
+                                              target_ongoing_requests=self.target_ongoing)
+        else:
+            opts["num_replicas"] = self.replicas
+        return opts
+
+
+class CodecReplica:
+    """One replica of the deployment: a :class:`GenerativeCodec` behind two ``@serve.batch`` methods.
+
+    Args:
+        config: :class:`CodecConfig` fields (a dict: plain data crosses processes).
+        max_batch: most requests per codec call; max_wait_ms: longest wait for a batch to fill (ms).
+        torch_threads: torch CPU threads (0: torch's default).
+    """
+
+    def __init__(self, config: dict, max_batch: int = 4, max_wait_ms: float = 10.0, torch_threads: int = 0):
+        import torch
+
+        from ..codec import GenerativeCodec
+
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.codec = GenerativeCodec(CodecConfig(**config))
+        self._lock = threading.Lock()  # encode and decode batches may overlap in threads; the codec is not thread-safe
+        for method in (self.encode, self.decode):
+            method.set_max_batch_size(max_batch)
+            method.set_batch_wait_timeout_s(max_wait_ms / 1000.0)
+        self.name = serve.get_replica_context().replica_id.unique_id
+
+    def info(self) -> dict:
+        """What the gateway needs: the protocol limits, model, device, dtype, codec settings."""
+        c = self.codec
+        return dict(limits=asdict(P.Limits.for_codec(c)), model=c.config.model, device=str(c.c.device),
+                    dtype=str(c.c.dtype).replace("torch.", ""), config=asdict(c.config), replica=self.name,
+                    pid=os.getpid())
+
+    def check_health(self) -> None:
+        """Serve's periodic health check: a replica whose codec is gone is restarted."""
+        if self.codec is None:
+            raise RuntimeError("codec not loaded")
+
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
+    async def encode(self, items: List[Tuple[bytes, str]]) -> list:
+        return await asyncio.to_thread(self._run, "encode", items)
+
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
+    async def decode(self, items: List[tuple]) -> list:
+        return await asyncio.to_thread(self._run, "decode", items)
+
+    def _run(self, op: str, items: list) -> list:
+        """One batched codec call -> [(Encoded | Decoded | Failed, info)] in the order of ``items``."""
+        with self._lock:
+            t0, calls0 = time.monotonic(), self.codec.stats["unet_calls"]
+            if op == "encode":
+                results = self.codec.encode_many([i[0] for i in items], [i[1] for i in items])
+            else:
+                results = self.codec.decode_many(list(items))
+            info = dict(codec_ms=(time.monotonic() - t0) * 1e3, batch=len(items), replica=self.name,
+                        model_calls=self.codec.stats["unet_calls"] - calls0)
+        return [(r, info) for r in results]
+
+
+def deploy(config: CodecConfig, ray_options: RayOptions, max_batch: int = 4, max_wait_ms: float = 10.0,
+           app_name: str = APP_NAME):
+    """Start (or join) Ray, run the codec deployment; returns ``(handle, info, started_ray)``.
+
+    ``info`` is :meth:`CodecReplica.info` of one replica; ``started_ray`` says whether
+    this call started the Ray instance (then :func:`shutdown` stops it).
+    """
+    ray_options.validate()
+    started = False
+    if not ray.is_initialized():
+        kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        if ray_options.address is None and ray_options.metrics_port:
+            kw["_metrics_export_port"] = ray_options.metrics_port
+        ray.init(address=ray_options.address, **kw)
+        started = ray_options.address is None
+    serve.start(proxy_location="Disabled")
+    app = serve.deployment(CodecReplica, name="CodecReplica").options(
+        **ray_options.deployment_options(max_batch)).bind(asdict(config), max_batch, max_wait_ms,
+                                                         ray_options.torch_threads)
+    handle = serve.run(app, name=app_name, route_prefix=None)
+    info = handle.info.remote().result()
+    log.info("Ray Serve application %r: %s on %s, %s", app_name, info["model"], info["device"],
+             f"{ray_options.min_replicas}-{ray_options.max_replicas} replicas (autoscaling)"
+             if ray_options.max_replicas is not None else f"{ray_options.replicas} replica(s)")
+    return handle, info, started
+
+
+def shutdown(app_name: str = APP_NAME, started_ray: bool = True) -> None:
+    """Stop the local Ray instance if :func:`deploy` started it (its replicas with it); else
+    delete the application from the cluster that was joined."""
+    if started_ray:
+        ray.shutdown()  # stops the processes this driver started; never waits on a cluster already gone
+    else:
+        serve.delete(app_name)
+
+
+def replica_actor_names(app_name: str = APP_NAME) -> List[str]:
+    """Names of the live replica actors of ``app_name`` (namespace ``serve``), e.g. to ``ray.kill`` one."""
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["name"].startswith(f"SERVE_REPLICA::{app_name}#"))
+
+
+class RayGateway(InferenceServer):
+    """Protocol v1 in front of a Ray Serve codec deployment (see the module docstring).
+
+    Args:
+        handle: the deployment handle from :func:`deploy`; info: its ``info``.
+        bind, connect, options, context, curve: as :class:`InferenceServer`.
+        ray_options: :class:`RayOptions` (``max_inflight``, ``attempts``, replica counts for ``status``).
+    """
+
+    def __init__(self, handle, info: dict, bind: Optional[str] = "tcp://127.0.0.1:0", *,
+                 ray_options: Optional[RayOptions] = None, **kw):
+        self.handle, self.info = handle, info
+        self.ray_options = (ray_options or RayOptions()).validate()
+        super().__init__(None, bind, **kw)
+        n = self.ray_options.max_inflight or 2 * self.options.max_batch * self.ray_options.most_replicas
+        self.max_inflight = int(n)
+        self._slots = threading.BoundedSemaphore(self.max_inflight)
+        self._pool = ThreadPoolExecutor(self.max_inflight, thread_name_prefix="gdmcom-ray")
+        self._count = threading.Lock()  # counters are bumped from the pool's threads
+        self.counters["resubmitted"] = 0
+
+    # ------------------------------------------------------------------ InferenceServer hooks
+    def _make_limits(self) -> P.Limits:
+        return dataclasses.replace(P.Limits(**self.info["limits"]), max_request_bytes=self.options.max_request_bytes)
+
+    def _describe(self) -> str:
+        return f"{self.info['model']} on Ray Serve ({self.info['device']} replicas)"
+
+    def _engine_status(self) -> dict:
+        o = self.ray_options
+        return dict(model=self.info["model"], device=self.info["device"], dtype=self.info["dtype"],
+                    config=self.info["config"], engine="ray", max_inflight=self.max_inflight,
+                    replicas=dict(fixed=None if o.max_replicas is not None else o.replicas, min=o.min_replicas,
+                                  max=o.max_replicas, gpus_each=o.gpus_per_replica))
+
+    def _worker_loop(self) -> None:
+        """Hand queued jobs to the deployment, at most ``max_inflight`` at a time."""
+        while not self._stopping.is_set():
+            try:
+                job = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            while not self._slots.acquire(timeout=0.1):
+                if self._stopping.is_set():
+                    self._post(job, self._unavailable(job.req), "unavailable")
+                    job = None
+                    break
+            if job is not None:
+                self._pool.submit(self._run_remote, job)
+        self._pool.shutdown(wait=True)  # the I/O thread delivers their replies (within drain_timeout_s)
+
+    # ------------------------------------------------------------------ one request
+    def _run_remote(self, job) -> None:
+        op, req = job.req.op, job.req
+        args = (req.image, req.name) if op == "encode" else (np.array(req.symbols), req.meta, req.snr_db, req.mask)
+        t0 = time.monotonic()
+        try:
+            for attempt in range(1, self.ray_options.attempts + 1):
+                try:
+                    res, info = getattr(self.handle, op).remote(args).result()
+                    break
+                except REPLICA_FAILURES as exc:
+                    if attempt == self.ray_options.attempts:
+                        raise
+                    with self._count:
+                        self.counters["resubmitted"] += 1
+                    log.warning("%s %s: replica failed (%s); sending it again (attempt %d of %d)", op, job.id,
+                                type(exc).__name__, attempt + 1, self.ray_options.attempts)
+                    time.sleep(RESUBMIT_DELAY_S * attempt)  # let the router learn that the replica is gone
+        except Exception as exc:
+            log.exception("%s request %s failed on the deployment", op, job.id)
+            with self._count:
+                self.counters["failed"] += 1
+            self._slots.release()
+            self._post(job, P.error_reply(job.id, op, P.INTERNAL, f"{type(exc).__name__}: {exc}"), "failed")
+            return
+        self._slots.release()
+        t1 = time.monotonic()
+        self._batch_ms = 0.8 * self._batch_ms + 0.2 * (t1 - t0) * 1e3
+        self.metrics.observe_batch(op, info["batch"])
+        with self._count:
+            frames, kind = self._result_reply(job, res, dict(queue_ms=(t0 - job.t_recv) * 1e3,
+                                                             codec_ms=info["codec_ms"], batch=info["batch"],
+                                                             replica=info["replica"], gateway_ms=(t1 - t0) * 1e3))
+        self._post(job, frames, kind)

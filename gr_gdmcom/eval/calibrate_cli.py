@@ -1,0 +1,61 @@
+"""``gdmcom calibrate``: write a calibrated step rule for ``--rule calibrated:FILE``.
+
+Registered into the main ``gdmcom`` parser by :func:`register`.  Exit codes:
+0 written, 2 usage, configuration or model error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub) -> None:
+    """Add the ``calibrate`` subcommand to the ``gdmcom`` subparsers."""
+    from ..codec.calibration import METRICS
+    from ..config import add_codec_args
+    from .calibrate import DEFAULT_SNRS
+
+    s = sub.add_parser(
+        "calibrate", help="measure the best denoising steps N per SNR on your images; writes a file for "
+                          "--rule calibrated:FILE",
+        description="For every SNR of a grid, every N in k+m..T and both rescale settings, run the codec at the "
+                    "latent level on the images (numpy AWGN channel), decode and score; fit a monotone N against "
+                    "the latent SNR and write it with its provenance (model, k, m, T, guidance, prompt, clean end, "
+                    "inversion, metric, images). The codec refuses the file for another model or setting. "
+                    "See docs/codec.md.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s.add_argument("--images", nargs="+", default=[], metavar="PATH",
+                   help="image files and/or folders (not searched recursively)")
+    s.add_argument("--samples", type=int, default=0,
+                   help="with --model analytic and no --images: latents drawn from the prior (conditional on the "
+                        "prompt)")
+    s.add_argument("--metric", default="mse", choices=METRICS, help="what N minimises (PSNR: maximises)")
+    s.add_argument("--snr", nargs="+", type=float, default=list(DEFAULT_SNRS), help="Es/N0 grid in dB")
+    s.add_argument("--out", required=True, help="calibration file to write (JSON)")
+    s.add_argument("--chunk", type=int, default=None,
+                   help="latents per batched sampling run [default: --batch-size; 4096 for analytic]")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    add_codec_args(s, skip=("rule", "steps"))
+    s.set_defaults(func=cmd_calibrate)
+
+
+def cmd_calibrate(args) -> int:
+    from ..codec import ModelLoadError
+    from ..config import codec_config_from_args
+    from .calibrate import CalibrateOptions, calibrate
+    from .sweep import find_images
+
+    cfg = codec_config_from_args(args)
+    images = [str(p) for p in find_images(args.images)] if args.images else []  # SweepError: a ValueError
+    opts = CalibrateOptions(images=images, samples=args.samples, metric=args.metric, snrs=args.snr,
+                            seed=cfg.seed, chunk=args.chunk, progress=not args.quiet)
+    try:
+        cal = calibrate(cfg, opts)
+    except ModelLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    path = cal.save(args.out)
+    print(f"wrote {path}: {cal.metric}, rescale {'on' if cal.rescale else 'off'}, N = "
+          + ", ".join(f"{p['snr_db']:g} dB: {p['n_opt' if cal.rescale else 'n_opt_no_rescale']}" for p in cal.points))
+    return 0

@@ -1,0 +1,137 @@
+"""The calibrated step rule: fit, file, provenance checks, and its use by the codec and CLI."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from gr_gdmcom.cli import main
+from gr_gdmcom.codec import CodecError, GenerativeCodec, load_components
+from gr_gdmcom.codec.calibration import Calibration, CalibrationError, fit_points, load_calibration
+from gr_gdmcom.config import CodecConfig
+
+ANALYTIC = dict(model="analytic", device="cpu", dtype="fp32")
+
+
+def _cal(**kw):
+    d = dict(model="analytic", k=5, m=5, T=50, guidance=6.0, prompt=CodecConfig.prompt, clean_end="model",
+             inversion="ddim", inversion_iters=3, metric="mse", images=["a.png"], rescale=True,
+             fit_x=[0.0, 10.0, 20.0], fit_n=[30.0, 15.0, 10.0])
+    d.update(kw)
+    return Calibration(**d)
+
+
+def test_fit_is_monotone_and_interpolates_in_latent_snr():
+    x, n = fit_points([dict(x=0.0, n_opt=30), dict(x=10.0, n_opt=31), dict(x=20.0, n_opt=20)])
+    assert x == [0.0, 10.0, 20.0] and n == [30.5, 30.5, 20.0]  # pooled adjacent violators
+    cal = _cal()
+    # x = SNR - 10 log10(P); linear between fit points, held beyond them, rounded, clipped to k+m..T
+    for snr, p, want in ((5.0, 1.0, 22.5), (5.0, 2.0, 30 - 1.5 * (5 - 10 * math.log10(2))), (40.0, 1.0, 10.0),
+                         (-10.0, 1.0, 30.0)):
+        assert cal.n_float(snr, p) == pytest.approx(want)
+        assert cal.n_steps(snr, p) == min(max(round(want), 10), 50)
+    assert _cal(fit_n=[60.0, 15.0, 4.0]).n_steps(-5.0) == 50 and _cal(fit_n=[60.0, 15.0, 4.0]).n_steps(30.0) == 10
+
+
+def test_file_round_trip_and_bad_files(tmp_path):
+    f = _cal().save(tmp_path / "cal.json")
+    assert json.loads(f.read_text())["format"] == "gdmcom-calibration"
+    assert load_calibration(f).to_dict() == _cal().to_dict()
+    with pytest.raises(CalibrationError, match="calibration file not found: .*nope.json"):
+        load_calibration(tmp_path / "nope.json")
+    (tmp_path / "x.json").write_text('{"a": 1}')
+    with pytest.raises(CalibrationError, match=r"x.json is not a gdmcom calibration file \(made by gdmcom calibrate\)"):
+        load_calibration(tmp_path / "x.json")
+
+
+def test_codec_uses_the_calibration_and_refuses_other_settings(tmp_path):
+    path = _cal().save(tmp_path / "cal.json")
+    comp = load_components("analytic", device="cpu", dtype="fp32")
+    codec = GenerativeCodec(CodecConfig(rule=f"calibrated:{path}", **ANALYTIC), components=comp)
+    enc = codec.encode(np.full((64, 64, 3), 128, np.uint8) + np.arange(64, dtype=np.uint8)[:, None, None])
+    for snr in (0.0, 7.0, 20.0):
+        ch = codec.step_choice(snr, enc.meta)
+        n = _cal().n_steps(snr, enc.meta.power)
+        assert (ch.rule, ch.n_steps) == ("calibrated", n)
+        assert ch.scale == pytest.approx(math.sqrt(codec.grid.alphas[n] / codec.grid.alphas[10]))  # rescale on
+    dec = codec.decode(enc.symbols, enc.meta, 7.0)
+    assert dec.record["rule"] == "calibrated" and dec.record["n_steps"] == _cal().n_steps(7.0, enc.meta.power)
+    # another model, guidance, clean end: refused with what differs
+    with pytest.raises(CalibrationError, match=r"was measured for another setting: model='analytic' \(here 'tiny'\)"):
+        GenerativeCodec(CodecConfig(model="tiny", device="cpu", rule=f"calibrated:{path}"))
+    with pytest.raises(CalibrationError, match=r"guidance=6.0 \(here 3.0\), clean_end='model' \(here 'one'\); "
+                                               "run gdmcom calibrate with this model and these settings"):
+        GenerativeCodec(CodecConfig(rule=f"calibrated:{path}", guidance=3.0, clean_end="one", **ANALYTIC),
+                        components=comp)
+    # the transmitter's k comes with each image
+    enc.meta.k = 4
+    with pytest.raises(CodecError, match=r"the transmitter used k=4 but calibration .*cal.json was measured for k=5"):
+        codec.decode(enc.symbols, enc.meta, 7.0)
+
+
+def test_cli_calibrates_the_analytic_prior(tmp_path, capsys):
+    out = tmp_path / "cal.json"
+    assert main(["calibrate", "--model", "analytic", "--device", "cpu", "--samples", "6", "--snr", "0", "20",
+                 "--out", str(out), "-q"]) == 0
+    cal = load_calibration(out)
+    assert (cal.model, cal.k, cal.m, cal.T, cal.guidance, cal.metric) == ("analytic", 5, 5, 50, 6.0, "mse")
+    assert cal.images == ["analytic prior: 6 latents, seed 0"]
+    p0, p20 = cal.points
+    assert len(p0["metric"]) == 41 and p0["n_opt"] == 10 + int(np.argmin(p0["metric"]))
+    assert p0["n_opt"] > p20["n_opt"]  # more channel noise, more denoising steps
+    assert cal.fit_n == sorted(cal.fit_n, reverse=True)
+    assert "wrote" in capsys.readouterr().out
+    assert main(["calibrate", "--model", "analytic", "--out", str(out)]) == 2  # neither images nor samples
+    assert "needs --images (or, with --model analytic, --samples n >= 2)" in capsys.readouterr().err
+
+
+def test_sweep_methods_beyond_the_paper(tmp_path):
+    """proposed_fixed_point / proposed_clean_one / proposed_calibrated run beside proposed in one sweep."""
+    import csv
+
+    from PIL import Image
+
+    from gr_gdmcom.eval.sweep import SweepOptions, run_sweep
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.open("gr_gdmcom/data/astronaut.png").convert("RGB").resize((64, 64)).save(d / "astro.png")
+    cal = _cal().save(tmp_path / "cal.json")
+    comp = load_components("analytic", device="cpu", dtype="fp32")
+    methods = "proposed,proposed_fixed_point,proposed_clean_one,proposed_calibrated"
+    opts = SweepOptions(images=[d], out=tmp_path / "out", snrs=[3.0], methods=methods,
+                        config=CodecConfig(**ANALYTIC), plots=False, progress=False, argv=["test"], metrics=(),
+                        calibration=cal)
+    res = run_sweep(opts, components=comp)
+    assert res.rows_failed == 0
+    rows = {r["method"]: r for r in csv.DictReader(open(tmp_path / "out" / "rows.csv"))}
+    assert set(rows) == set(methods.split(","))
+    n = int(rows["proposed"]["n_steps"])
+    assert int(rows["proposed"]["unet_calls"]) == 10 + n  # k + m + N, the encoder's k counted once per image
+    assert int(rows["proposed_fixed_point"]["unet_calls"]) > int(rows["proposed"]["unet_calls"])
+    assert rows["proposed_calibrated"]["rule"] == "calibrated" and rows["proposed_clean_one"]["n_steps"] == str(n)
+    with pytest.raises(ValueError, match=r"method proposed_calibrated needs --calibration FILE"):
+        run_sweep(SweepOptions(images=[d], out=tmp_path / "o2", snrs=[3.0], methods="proposed_calibrated",
+                               config=CodecConfig(**ANALYTIC), plots=False, progress=False, argv=["t"], metrics=()),
+                  components=comp)
+
+
+def test_calibrate_on_images_with_the_tiny_model(tmp_path, components):
+    """Images of any size (60 x 44: padded to 64 x 48 and cropped back) with the SD-shaped model;
+    the file is the tiny model's and the codec uses it."""
+    from PIL import Image
+
+    from gr_gdmcom.eval.calibrate import CalibrateOptions, calibrate
+
+    f = tmp_path / "astro.png"
+    Image.open("gr_gdmcom/data/astronaut.png").convert("RGB").resize((60, 44)).save(f)
+    cfg = CodecConfig(model="tiny", device="cpu", T=20, k=2, m=2)
+    cal = calibrate(cfg, CalibrateOptions(images=[str(f)], metric="psnr", snrs=[5.0]), components=components)
+    (p,) = cal.points
+    assert (cal.model, cal.metric, cal.images) == ("tiny", "psnr", [str(f)])
+    assert len(p["metric"]) == 17 and p["n_opt"] == 4 + int(np.argmax(p["metric"]))  # PSNR is maximised
+    assert all(5 < v < 60 for v in p["metric"])  # PSNR in dB of real decodings
+    path = cal.save(tmp_path / "cal.json")
+    codec = GenerativeCodec(cfg.replace(rule=f"calibrated:{path}"), components=components)
+    assert codec.calibration.n_steps(5.0, 1.0) == cal.n_steps(5.0, 1.0)

@@ -1,0 +1,162 @@
+"""The codec on Ray Serve behind the ZMQ gateway (``gdmcom serve --engine ray``).
+
+One local Ray instance and one 2-replica deployment for the whole module (Ray's
+start-up costs ~25 s on the 2 shared cores); gateways are cheap and made per test.
+The replica-kill test runs last: it leaves the deployment one replica short while
+Serve restarts the killed one.
+"""
+
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ray.serve")
+
+from gr_gdmcom.bridge import protocol as P  # noqa: E402
+from gr_gdmcom.bridge.ray_engine import RayGateway, RayOptions, deploy, replica_actor_names, shutdown  # noqa: E402
+from gr_gdmcom.codec import GenerativeCodec  # noqa: E402
+from gr_gdmcom.config import CodecConfig  # noqa: E402
+
+from test_bridge import Raw, _decode_in_background, noisy, wait_for  # noqa: E402
+
+pytestmark = pytest.mark.timeout(180)
+CFG = CodecConfig(model="tiny", device="cpu", k=1, m=1, steps=2)
+OPTIONS = RayOptions(replicas=2, cpus_per_replica=0, torch_threads=1)
+
+
+@pytest.fixture(scope="module")
+def deployment():
+    handle, info, started = deploy(CFG, OPTIONS, max_batch=4, max_wait_ms=5)
+    yield handle, info
+    shutdown(started_ray=started)
+
+
+@pytest.fixture
+def gateway(deployment):
+    made = []
+
+    def make(bind="tcp://127.0.0.1:0", **kw):
+        gw = RayGateway(*deployment, bind, ray_options=kw.pop("ray_options", OPTIONS), **kw).start()
+        made.append(gw)
+        return gw
+
+    yield make
+    for gw in made:
+        gw.stop(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def rcodec(components):
+    return GenerativeCodec(CFG, components=components)
+
+
+@pytest.fixture(scope="module")
+def renc(rcodec, small):
+    return rcodec.encode(small, "small")
+
+
+@pytest.fixture
+def raws():
+    made = []
+
+    def make(endpoint, n=1):
+        new = [Raw(endpoint) for _ in range(n)]
+        made.extend(new)
+        return new
+
+    yield make
+    for r in made:
+        r.close()
+
+
+def test_gateway_serves_what_the_codec_computes(gateway, raws, rcodec, small, renc):
+    """Encode and decode through gateway -> deployment equal the in-process codec's; status and
+    metrics tell what ran where."""
+    from gr_gdmcom.bridge import RemoteBackend
+
+    gw = gateway()
+    assert gw.limits.T == CFG.T and gw.limits.m == CFG.m and gw.limits.latent_channels == 4
+    with RemoteBackend(gw.last_endpoint, CFG, timeout_ms=30000) as c:
+        e = c.encode(small, "small")
+        assert np.array_equal(e.symbols, renc.symbols) and e.meta == renc.meta
+        d = c.decode(noisy(renc, 1), renc.meta, 5.0)
+        assert np.array_equal(d.image, rcodec.decode(noisy(renc, 1), renc.meta, 5.0).image)
+        assert d.record["server"]["replica"] in {n.rsplit("#", 1)[1] for n in replica_actor_names()}
+        st = c.status()
+    assert st["engine"] == "ray" and st["replicas"]["fixed"] == 2 and st["model"] == "tiny"
+    assert st["config"]["steps"] == 2 and (st["served"], st["failed"]) == (2, 0)
+    (r,) = raws(gw.last_endpoint)  # the strict schema guards the gateway as it does the plain server
+    r.send(P.decode_request("bad", renc.symbols, renc.meta, 5.0)[:1] + [b"\0" * 8])
+    assert r.recv()[0]["code"] == P.SIZE_MISMATCH
+    text = gw.metrics.text().decode()
+    assert 'gdmcom_requests_total{outcome="served"} 2.0' in text
+    assert 'gdmcom_latency_seconds_count{op="decode"} 1.0' in text
+    assert 'gdmcom_batch_size_count{op="encode"} 1.0' in text
+
+
+def test_beyond_capacity_is_busy_with_retry_after(gateway, raws, renc):
+    gw = gateway(max_queue=1, ray_options=RayOptions(replicas=2, max_inflight=1))
+    (r,) = raws(gw.last_endpoint)
+    n = 12
+    for i in range(n):
+        r.send(P.decode_request(f"b{i}", noisy(renc, i), renc.meta, 5.0))
+    replies = [r.recv(30000)[0] for _ in range(n)]
+    busy = [h for h in replies if not h["ok"]]
+    assert sorted(h["id"] for h in replies) == sorted(f"b{i}" for i in range(n))
+    assert all(h["code"] == P.BUSY and h["retry"] and h["retry_after_ms"] >= 10 for h in busy), busy
+    assert len(busy) >= n - 4  # 1 at the deployment, 1 in the worker's hand, 1 queued (+1 if one finished)
+    assert gw.counters["busy"] == len(busy) and gw.status()["max_inflight"] == 1
+
+
+def test_gateway_restarted_mid_run_loses_no_image(gateway, rcodec, renc):
+    """The gateway stopped after 3 of 10 decodes and a new one started on its port: the client's
+    retries (docs/protocol.md section 7) deliver all 10, each as the codec computes it."""
+    from gr_gdmcom.bridge import RemoteBackend
+
+    a = gateway()
+    with RemoteBackend(a.last_endpoint, CFG, timeout_ms=3000, retries=10) as c:
+        t, out = _decode_in_background(c, renc, 10)
+        wait_for(lambda: a.counters["served"] >= 3, timeout=60, what="3 images served")
+        a.stop()
+        b = gateway(bind=a.last_endpoint)
+        t.join(90)
+    assert sorted(out) == list(range(10)) and b.counters["served"] >= 1
+    assert len(set(a.served_ids) | set(b.served_ids)) == 10
+    for i, d in out.items():
+        assert np.array_equal(d.image, rcodec.decode(noisy(renc, i), renc.meta, 5.0).image)
+
+
+def test_replica_killed_under_16_clients_loses_and_duplicates_nothing(gateway, raws, rcodec, renc):
+    """16 clients x 3 decodes; one replica actor is ray.kill-ed mid-load.  Every request is answered
+    exactly once (no client gets a second reply), each image as the codec computes it."""
+    import ray
+
+    gw = gateway(max_queue=64)
+    clients = raws(gw.last_endpoint, 16)
+    per_client = 3
+    for j in range(per_client):
+        for i, r in enumerate(clients):
+            r.send(P.decode_request(f"c{i}-{j}", noisy(renc, 100 * i + j), renc.meta, 5.0, image_format="raw"))
+    wait_for(lambda: gw.counters["served"] >= 4, timeout=60, what="4 requests served")
+    victim = replica_actor_names()[0]
+    ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+    got = {}
+    for i, r in enumerate(clients):
+        for _ in range(per_client):
+            header, payloads = r.recv(60000)
+            assert header["ok"], header
+            assert header["id"] not in got, f"{header['id']} answered twice"
+            got[header["id"]] = np.frombuffer(payloads[0], np.uint8).reshape(64, 64, 3)
+    assert sorted(got) == sorted(f"c{i}-{j}" for i in range(16) for j in range(per_client))
+    time.sleep(0.5)
+    assert not any(r.sock.poll(0) for r in clients), "a client got an extra reply"
+    assert gw.counters["served"] == 16 * per_client and gw.counters["failed"] == 0
+    assert gw.counters["resubmitted"] >= 1  # the kill hit requests in flight: they were computed again
+    # Serve's controller replaces the killed replica (a new actor name)
+    wait_for(lambda: len(replica_actor_names()) == 2 and victim not in replica_actor_names(), timeout=90,
+             what="the killed replica replaced")
+    for rid, image in got.items():
+        i, j = map(int, rid[1:].split("-"))
+        ref = rcodec.decode(noisy(renc, 100 * i + j), renc.meta, 5.0).image
+        assert np.abs(image.astype(int) - ref).max() <= 2, rid  # batched arithmetic: rounding only
