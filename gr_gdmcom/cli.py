@@ -8,35 +8,142 @@ rule's N per SNR, no weights needed).  Every codec option comes from
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
+from typing import Optional
 
-from .config import STEP_RULES, CodecConfig, add_codec_args, codec_config_from_args
+from .config import CodecConfig, add_codec_args, codec_config_from_args
 
 log = logging.getLogger("gdmcom")
+
+
+#: Where :func:`emit` writes: the process's real stdout while :func:`json_stdout` holds it.
+_ROWS = None
+#: Commands whose stdout is JSON lines only (everything else they print goes to stderr).
+JSON_COMMANDS = ("simulate", "link", "sweep")
 
 
 def emit(row: dict) -> None:
     """Print one JSON object per line (inf PSNR as the string "inf")."""
     clean = {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
-    print(json.dumps(clean, default=str), flush=True)
+    print(json.dumps(clean, default=str), file=_ROWS or sys.stdout, flush=True)
+
+
+@contextlib.contextmanager
+def json_stdout():
+    """Keep file descriptor 1 for :func:`emit`'s JSON lines alone.
+
+    GNU Radio's logger (C++, spdlog) and libraries that print write to fd 1
+    behind Python's back; while this holds, fd 1 points at stderr and
+    :func:`emit` writes to a duplicate of the real stdout.  A no-op when
+    ``sys.stdout`` is not fd 1 (pytest's capsys, a redirected ``sys.stdout``).
+    """
+    global _ROWS
+    try:
+        real = sys.stdout.fileno() == 1
+    except (AttributeError, OSError, ValueError):
+        real = False
+    if not real or _ROWS is not None:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    _ROWS = os.fdopen(os.dup(saved), "w", buffering=1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        _ROWS.close()
+        _ROWS = None
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def add_run_args(parser: argparse.ArgumentParser) -> None:
+    """``--server`` and ``--threads``: where the model runs, for every command that runs one."""
+    parser.add_argument("--server", default="local",
+                        help="'local' (the model in this process) or the ZMQ endpoint(s) of `gdmcom serve`, "
+                             "e.g. tcp://gpu-host:5555 [default=%(default)r]")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (0: torch's choice; fewer is faster on a busy machine) "
+                             "[default=%(default)r]")
+
+
+def prepare_run(args, images=None):
+    """Check what a command was given before any model is loaded; returns ``(config, image paths)``.
+
+    Raises ``ValueError`` (configuration, images that match nothing) and
+    :class:`gr_gdmcom.codec.ModelLoadError` (unknown model, no server answering),
+    each a one-line message naming what was given.
+    """
+    from .pipeline import expand_images
+
+    cfg = codec_config_from_args(args)
+    paths = None
+    if images is not None:
+        paths = expand_images(images)
+        if not paths:
+            raise ValueError(f"no images found in {' '.join(map(str, images))}")
+        if not any(p.is_file() for p in paths):
+            raise ValueError(f"no such image file: {', '.join(str(p) for p in paths)}")
+    if getattr(args, "threads", 0):
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
+    server = getattr(args, "server", "local")
+    if server in ("", "local"):
+        from .codec.models import check_model
+
+        check_model(cfg.model)
+    else:
+        check_server(server)
+    return cfg, paths
+
+
+def check_server(server: str, timeout_ms: int = 3000) -> dict:
+    """One ``status`` round trip to ``server`` (endpoints[?options]); its status, or
+    :class:`gr_gdmcom.codec.ModelLoadError` naming the endpoint within ``timeout_ms``.
+    Requests accepted later keep the client's own, longer timeouts."""
+    from .bridge import BackendError
+    from .bridge.client import RemoteBackend
+    from .codec import ModelLoadError
+
+    endpoints = server.partition("?")[0]
+    quiet = logging.getLogger("gr_gdmcom.bridge.client")
+    level, quiet.level = quiet.level, logging.ERROR  # the one message below says it all
+    try:
+        with RemoteBackend(endpoints, timeout_ms=timeout_ms, retries=0) as client:
+            return client.status()
+    except BackendError:
+        raise ModelLoadError(f"no inference server answers at {endpoints} (status request, {timeout_ms} ms): "
+                             f"start one with `gdmcom serve --bind {endpoints}` or use --server local") from None
+    finally:
+        quiet.setLevel(level)
 
 
 def cmd_simulate(args) -> int:
     from .codec import GenerativeCodec, ModelLoadError
-    from .sim import simulate
+    from .sim import BackendCodec, simulate
 
-    cfg = codec_config_from_args(args)
     try:
-        codec = GenerativeCodec(cfg)
+        cfg, paths = prepare_run(args, args.images)
+        if args.server in ("", "local"):
+            codec = GenerativeCodec(cfg)
+        else:
+            from .bridge import make_backend
+
+            codec = BackendCodec(make_backend(args.server, cfg), cfg)
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     failed = 0
-    for row in simulate(codec, args.image, args.snr, channel=args.channel, out_dir=Path(args.out)):
+    for row in simulate(codec, paths, args.snr, channel=args.channel, out_dir=Path(args.out)):
         emit(row)
         if "error" in row:
             failed += 1
@@ -47,9 +154,7 @@ def cmd_simulate(args) -> int:
 def cmd_steps(args) -> int:
     from .codec.schedule import select_steps
 
-    if args.k + args.m > args.T:
-        print(f"error: k + m must not exceed T: k={args.k}, m={args.m}, T={args.T}", file=sys.stderr)
-        return 2
+    CodecConfig(k=args.k, m=args.m, T=args.T, rule=args.rule).validate()  # ValueError: one line, exit 2
     table = {f"{s:g}": select_steps(s, k=args.k, m=args.m, T=args.T, rule=args.rule, power=args.power,
                                     rescale=True).n_steps for s in args.snr}
     print(json.dumps(table))
@@ -60,26 +165,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gdmcom", description="Training-free generative semantic communication "
                                 "(DDIM-inversion codec on Stable Diffusion) over simulated and GNU Radio links.")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
 
-    s = sub.add_parser("simulate", help="encode images, pass a numpy channel, decode, report metrics",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    s.add_argument("--image", nargs="+", required=True, help="image files")
+    s = sub.add_parser("simulate", help="encode images, pass a numpy channel, decode, report metrics")
+    add_images_arg(s)
     s.add_argument("--snr", nargs="+", type=float, required=True, help="Es/N0 values in dB")
     s.add_argument("--channel", default="awgn", choices=("awgn", "rayleigh"),
-                   help="awgn, or flat Rayleigh block fading with perfect-CSI equalisation")
+                   help="awgn, or flat Rayleigh block fading with perfect-CSI equalisation [default=%(default)r]")
     s.add_argument("--out", required=True, help="output folder for <stem>_snr<DB>.png")
+    add_run_args(s)
     add_codec_args(s)
     s.set_defaults(func=cmd_simulate)
 
-    d = CodecConfig()
     st = sub.add_parser("steps", help="print the denoising steps N chosen for each SNR (no weights needed)")
     st.add_argument("--snr", nargs="+", type=float, required=True, help="Es/N0 values in dB")
-    st.add_argument("--rule", default=d.rule, choices=STEP_RULES, help="step rule [default=%(default)r]")
-    st.add_argument("--k", type=int, default=d.k, help="transmitter inversion steps [default=%(default)r]")
-    st.add_argument("--m", type=int, default=d.m, help="receiver inversion steps [default=%(default)r]")
-    st.add_argument("--T", type=int, default=d.T, help="DDIM grid size [default=%(default)r]")
-    st.add_argument("--power", type=float, default=1.0, help="latent power P = 1/alpha^2 [default=%(default)r]")
+    add_codec_args(st, only=("k", "m", "T", "rule"))
+    st.add_argument("--power", type=float, default=1.0,
+                    help="latent power P = 1/alpha^2 (every result row reports it) [default=%(default)r]")
     st.set_defaults(func=cmd_steps)
     _register_optional(sub)
     return p
@@ -100,15 +203,37 @@ def _register_optional(sub) -> None:
         m.register(sub)
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+def add_images_arg(parser: argparse.ArgumentParser) -> None:
+    """``--images`` (alias ``--image``): files, folders and globs, the same for every command."""
+    parser.add_argument("--images", "--image", dest="images", nargs="+", required=True, metavar="IMG",
+                        help="image files, folders (their images) or globs such as 'photos/*.png'")
+
+
+def _version() -> str:
     try:
-        return args.func(args)
-    except ValueError as exc:  # configuration errors: one line, no traceback
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        from importlib.metadata import version
+
+        return version("gr_gdmcom")
+    except Exception:  # noqa: BLE001 - not installed: the source tree's version
+        from . import __version__
+
+        return __version__
+
+
+def main(argv=None, parser: Optional[argparse.ArgumentParser] = None) -> int:
+    parser = parser or build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):  # `gdmcom` alone
+        parser.print_help()
+        return 0
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    with json_stdout() if args.cmd in JSON_COMMANDS else contextlib.nullcontext():
+        try:
+            return args.func(args)
+        except ValueError as exc:  # configuration errors: one line, no traceback
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ INVERSION_MODES = ("ddim", "fixed-point")
 
 @dataclass
 class CodecConfig:
-    """Settings of the generative semantic codec (DESIGN.md section 1).
+    """Settings of the generative semantic codec (the paper's method, see docs/codec.md).
 
     Attributes:
         model: Hugging Face id, local diffusers folder, ``tiny`` (random-weight
@@ -85,10 +85,7 @@ class CodecConfig:
         """Raise ``ValueError`` with a readable message for impossible settings."""
         if self.T < 1 or self.T > 1000:
             raise ValueError(f"T must be in 1..1000, got {self.T}")
-        if self.k < 0 or self.m < 0:
-            raise ValueError(f"k and m must be >= 0, got k={self.k}, m={self.m}")
-        if self.k + self.m > self.T:
-            raise ValueError(f"k + m must not exceed T: k={self.k}, m={self.m}, T={self.T}")
+        check_steps(self.k, self.m, self.T)
         if self.rule not in STEP_RULES and not (self.rule.startswith(CALIBRATED) and len(self.rule) > len(CALIBRATED)):
             raise ValueError(f"unknown step rule {self.rule!r}; choose one of {', '.join(STEP_RULES)} "
                              f"or {CALIBRATED}PATH (a file made by gdmcom calibrate)")
@@ -102,9 +99,7 @@ class CodecConfig:
             raise ValueError(f"inversion_iters must be >= 1, got {self.inversion_iters}")
         if not self.inversion_tol >= 0:
             raise ValueError(f"inversion_tol must be >= 0, got {self.inversion_tol}")
-        if self.steps is not None and not (self.k + self.m <= self.steps <= self.T):
-            raise ValueError(
-                f"steps N must satisfy k + m <= N <= T, got N={self.steps}, k={self.k}, m={self.m}, T={self.T}")
+        check_steps(self.k, self.m, self.T, self.steps)
         if self.max_pixels <= 0:
             raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")
         if self.batch_size < 1:
@@ -113,6 +108,21 @@ class CodecConfig:
 
     def replace(self, **changes) -> "CodecConfig":
         return dataclasses.replace(self, **changes)
+
+
+def check_steps(k: int, m: int, T: int, steps: Optional[int] = None) -> None:
+    """The one check of the step counts: ``k, m >= 0``, ``k + m <= T`` and, for a fixed
+    ``steps`` N, ``k + m <= N <= T`` (config, scheduler and decoder all call it).
+
+    Raises:
+        ValueError: naming the values, e.g. ``k + m must not exceed T: k=40, m=20, T=50``.
+    """
+    if k < 0 or m < 0:
+        raise ValueError(f"k and m must be >= 0, got k={k}, m={m}")
+    if k + m > T:
+        raise ValueError(f"k + m must not exceed T: k={k}, m={m}, T={T}")
+    if steps is not None and not (k + m <= steps <= T):
+        raise ValueError(f"steps N must satisfy k + m <= N <= T, got N={steps}, k={k}, m={m}, T={T}")
 
 
 _HELP = {
@@ -151,19 +161,20 @@ def _rule(value: str) -> str:
 _CHOICES = dict(forward=FORWARD_MODES, clean_end=CLEAN_ENDS, inversion=INVERSION_MODES)
 
 
-def add_codec_args(parser: argparse.ArgumentParser, skip: tuple = ()) -> None:
-    """Add one option per :class:`CodecConfig` field (``--k``, ``--rule`` ...)."""
+def add_codec_args(parser: argparse.ArgumentParser, skip: tuple = (), only: Optional[tuple] = None) -> None:
+    """Add one option per :class:`CodecConfig` field (``--k``, ``--rule`` ...);
+    ``skip`` leaves fields out, ``only`` keeps just those."""
     defaults = CodecConfig()
     group = parser.add_argument_group("codec")
     for f in fields(CodecConfig):
-        if f.name in skip:
+        if f.name in skip or (only is not None and f.name not in only):
             continue
         default = getattr(defaults, f.name)
         flag = "--" + f.name.replace("_", "-")
         help_ = _HELP[f.name] + " [default=%(default)r]"
         if f.type in ("bool", bool):
             group.add_argument(flag, dest=f.name, default=default,
-                               action=argparse.BooleanOptionalAction, help=_HELP[f.name])
+                               action=argparse.BooleanOptionalAction, help=help_)
         elif f.name == "rule":
             group.add_argument(flag, dest=f.name, default=default, type=_rule, metavar="{" + ",".join(STEP_RULES)
                                + ",calibrated:PATH}", help=help_)
@@ -178,3 +189,43 @@ def codec_config_from_args(args: argparse.Namespace) -> CodecConfig:
     """Build a validated :class:`CodecConfig` from parsed arguments."""
     kw = {f.name: getattr(args, f.name) for f in fields(CodecConfig) if hasattr(args, f.name)}
     return CodecConfig(**kw).validate()
+
+
+def _attribute_docs(cls) -> dict:
+    """``name: text`` entries of a dataclass docstring's ``Attributes:`` section (continuation
+    lines joined), so that option help is written once, next to the field."""
+    doc = (cls.__doc__ or "").split("Attributes:", 1)[-1]
+    out, name = {}, None
+    for line in doc.splitlines():
+        head, sep, text = line.strip().partition(": ")
+        if sep and head.isidentifier() and line.startswith(" " * 8) and not line.startswith(" " * 9):
+            name, out[head] = head, text.strip()
+        elif name and line.strip():
+            out[name] += " " + line.strip()
+        elif not line.strip() and name:
+            name = None
+    return out
+
+
+def add_frame_args(parser: argparse.ArgumentParser, skip: tuple = ()) -> None:
+    """Add one option per :class:`gr_gdmcom.phy.FrameConfig` field (``--sps``, ``--pilot-spacing`` ...),
+    help text from its docstring, the same way :func:`add_codec_args` does for the codec."""
+    from .phy import FrameConfig
+
+    defaults, docs = FrameConfig(), _attribute_docs(FrameConfig)
+    group = parser.add_argument_group("phy (burst format; see docs/frame-format.md)")
+    for f in fields(FrameConfig):
+        if f.name in skip:
+            continue
+        default = getattr(defaults, f.name)
+        help_ = docs.get(f.name, f.name).replace("%", "%%") + " [default=%(default)r]"
+        kw = (dict(action=argparse.BooleanOptionalAction) if isinstance(default, bool)
+              else dict(type=type(default)))
+        group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=default, help=help_, **kw)
+
+
+def frame_config_from_args(args: argparse.Namespace):
+    """Build a validated :class:`gr_gdmcom.phy.FrameConfig` from parsed arguments."""
+    from .phy import FrameConfig
+
+    return FrameConfig(**{f.name: getattr(args, f.name) for f in fields(FrameConfig) if hasattr(args, f.name)})

@@ -264,6 +264,7 @@ class RxPipeline:
             return res
         rec = dec.record
         res.update(n_steps=int(rec["n_steps"]), rule=rec["rule"], k=int(h.k), m=int(rec["m"]), T=int(h.T),
+                   alpha=float(meta.alpha), s_tot2=rec.get("s_tot2"),
                    unet_calls=int(rec["unet_calls"]), symbols=int(img.symbols.size),
                    height=int(dec.image.shape[0]), width=int(dec.image.shape[1]),
                    seconds=round(time.perf_counter() - t0, 4))

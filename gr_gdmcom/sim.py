@@ -71,10 +71,10 @@ def simulate(codec: GenerativeCodec, images: Sequence, snrs: Sequence[float], ch
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     for snr in snrs:
-        items = []
+        items, snr_eff_of = [], {}
         for i, e in good:
-            y, snr_eff = pass_channel(e.symbols, snr, channel, channel_rng(cfg.seed, names[i], snr))
-            items.append((y, e.meta, snr_eff))
+            y, snr_eff_of[i] = pass_channel(e.symbols, snr, channel, channel_rng(cfg.seed, names[i], snr))
+            items.append((y, e.meta, snr_eff_of[i]))
         t1 = time.perf_counter()
         decoded = codec.decode_many(items)
         t_dec = (time.perf_counter() - t1) / max(len(items), 1)
@@ -87,14 +87,54 @@ def simulate(codec: GenerativeCodec, images: Sequence, snrs: Sequence[float], ch
             row = dict(image=names[i], snr_db=float(snr), channel=channel, snr_source="nominal",
                        n_steps=d.record["n_steps"], k=e.meta.k, m=cfg.m, T=cfg.T, rule=d.record["rule"],
                        forward=e.meta.forward, guidance=e.meta.guidance, symbols=int(e.symbols.size),
-                       bcr=e.record["bcr"], alpha=e.meta.alpha, psnr=round(psnr(ref, d.image), 4),
+                       bcr=e.record["bcr"], **latent_power(e.meta.alpha, d.record),
+                       psnr=round(psnr(ref, d.image), 4),
                        ms_ssim=None if ms is None else round(ms, 6), ms_ssim_scales=scales,
                        unet_calls=e.record["unet_calls"] + d.record["unet_calls"],
                        seconds=round(t_enc + t_dec, 4),
-                       stages={**{k_: round(v, 4) for k_, v in e.record["seconds"].items() if k_ != "other"},
-                               **{k_: round(v, 4) for k_, v in d.record["seconds"].items() if k_ != "other"}})
+                       stages={**_stages("tx", e.record), **_stages("rx", d.record)})
+            if channel != "awgn":
+                row["snr_applied_db"] = round(snr_eff_of[i], 4)
             if out_dir is not None:
                 path = out_dir / f"{names[i]}_snr{snr_tag(snr)}.png"
                 Image.fromarray(d.image).save(path)
                 row["output"] = str(path)
             yield row
+
+
+def latent_power(alpha: float, record: dict) -> dict:
+    """The columns that explain N: the latent's power ``P = 1/alpha^2`` before the
+    transmitter normalised it, ``alpha``, and the rule's total noise variance
+    ``s_tot2`` (Proposition 1; it grows with P, so N differs from the P = 1
+    table of ``gdmcom steps``: ``gdmcom steps --power P`` reproduces it)."""
+    alpha = float(alpha)
+    out = dict(power=round(1.0 / alpha ** 2, 6) if alpha else None, alpha=round(alpha, 6))
+    if record.get("s_tot2") is not None:
+        out["s_tot2"] = round(float(record["s_tot2"]), 6)
+    return out
+
+
+def _stages(side: str, record: dict) -> dict:
+    """Seconds per stage of one side, keys prefixed ``tx_``/``rx_`` (both sides invert)."""
+    return {f"{side}_{k}": round(v, 4) for k, v in record.get("seconds", {}).items() if k != "other"}
+
+
+class BackendCodec:
+    """A :class:`gr_gdmcom.bridge.Backend` (e.g. ``gdmcom serve`` behind ``--server``)
+    seen through the batch interface :func:`simulate` uses (one request per item)."""
+
+    def __init__(self, backend, config):
+        self.backend, self.config = backend, config
+
+    def encode_many(self, images, names=None):
+        return [self._one(self.backend.encode, img, name) for img, name in zip(images, names or [None] * len(images))]
+
+    def decode_many(self, items):
+        return [self._one(self.backend.decode, *item) for item in items]
+
+    @staticmethod
+    def _one(call, *args):
+        try:
+            return call(*args)
+        except ValueError as exc:  # CodecError / ImageError: this item fails, the others go on
+            return Failed(str(exc))

@@ -178,3 +178,13 @@ def test_a_metric_failing_on_one_image_leaves_only_that_cell_empty(monkeypatch):
     assert m.score(small, small) == {}
     assert m.score(big, big) == {"lpips": 0.25}
     assert m.errors["lpips"][0] == 1 and "input too small" in m.errors["lpips"][1]
+
+
+def test_error_bars_need_three_images_and_stay_in_the_metric_range():
+    # n = 2 (the bundled images): no interval at all (t = 12.7 would span -68..+102 dB)
+    assert report.error_bar(17.0, 85.0, 2, "psnr") is None
+    # MS-SSIM 0.9 +- 0.3: the bar stops at 1 above and goes the whole 0.3 below
+    assert report.error_bar(0.9, 0.3, 5, "ms_ssim") == pytest.approx((0.3, 0.1))
+    assert report.error_bar(0.05, 0.3, 5, "ms_ssim") == pytest.approx((0.05, 0.3))
+    assert report.error_bar(3.0, 5.0, 3, "psnr") == pytest.approx((3.0, 5.0))  # PSNR >= 0
+    assert report.error_bar(3.0, None, 1, "psnr") is None

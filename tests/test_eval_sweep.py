@@ -305,10 +305,15 @@ def test_cli_sweep(folder, tmp_path, capsys):
     rc = main(["sweep", "--images", str(folder), "--snr", "5", "--methods", "proposed,digital", "--out", str(out),
                "--model", "tiny", "--device", "cpu", "--no-plots", "--no-progress", "--metrics", "none"])
     assert rc == 0
-    assert "4 rows computed" in capsys.readouterr().out
-    rc = main(["sweep", "--images", str(folder), "--snr", "5", "--methods", "proposed,digital", "--out", str(out),
-               "--model", "tiny", "--device", "cpu", "--no-plots", "--no-progress", "--metrics", "none"])
-    assert rc == 0 and "0 rows computed, 4 already present" in capsys.readouterr().out
+    cap = capsys.readouterr()
+    done = json.loads(cap.out)  # stdout: one JSON line; the same in words on stderr
+    assert done["rows_computed"] == 4 and done["rows_total"] == 4 and "4 rows computed" in cap.err
+    rc = main(["sweep", "--images", str(folder / "*.png"), "--snr", "5", "--methods", "proposed,digital",
+               "--out", str(out), "--model", "tiny", "--device", "cpu", "--no-plots", "--no-progress",
+               "--metrics", "none"])  # a quoted glob names the same images
+    cap = capsys.readouterr()
+    assert rc == 0 and "0 rows computed, 4 already present" in cap.err
+    assert json.loads(cap.out)["rows_reused"] == 4
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -354,3 +359,27 @@ def test_help_renders(argv, capsys):
         main(argv)
     assert e.value.code == 0
     assert "sweep" in capsys.readouterr().out
+
+
+def test_sigterm_ends_a_sweep_with_an_end_record(folder, tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    from gr_gdmcom.cli import main
+
+    real, state = report.RowWriter.write, dict(n=0)
+
+    def write(self, row):  # the scheduler's SIGTERM arrives after the first row
+        state["n"] += 1
+        if state["n"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, row)
+
+    monkeypatch.setattr(report.RowWriter, "write", write)
+    out = tmp_path / "res"
+    rc = main(["sweep", "--images", str(folder), "--snr", "5", "--methods", "digital", "--out", str(out),
+               "--digital-codec", "jpeg", "--no-plots", "--no-progress", "--metrics", "none", "--model", "tiny"])
+    assert rc == 130 and "interrupted" in capsys.readouterr().err
+    end = json.loads((out / "run.json").read_text())["runs"][-1]
+    assert end["interrupted"] is True and end["rows_computed"] == 1 and end["finished"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler does not outlive the sweep

@@ -190,7 +190,7 @@ def register(sub) -> None:
     s.add_argument("--channels-last", action="store_true", help="NHWC memory format for UNet and VAE convolutions")
     s.add_argument("--compile", action="store_true",
                    help="torch.compile the UNet (compiled at start-up by one warm-up encode+decode)")
-    s.add_argument("--torch-threads", type=int, default=0,
+    s.add_argument("--threads", "--torch-threads", dest="torch_threads", type=int, default=0,
                    help="torch CPU threads (0: torch's default) [default=%(default)r]")
     s.add_argument("--metrics-port", type=int, default=-1,
                    help="serve Prometheus metrics at http://ADDR:PORT/metrics (0: any free port, printed; "

@@ -35,7 +35,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ..config import CodecConfig
+from ..config import CodecConfig, check_steps
 from .images import ImageError, ImageLike, load_rgb, to_tensor, to_uint8
 from .calibration import Calibration, calibration_path, load_calibration
 from .models import Components, check_prediction_type, load_components
@@ -497,8 +497,10 @@ class GenerativeCodec:
             raise CodecError(f"{name}: decode needs LatentMeta metadata, got {type(meta).__name__}")
         if meta.T != cfg.T:
             raise CodecError(f"{name}: transmitter used T={meta.T} but this receiver is set to T={cfg.T}")
-        if meta.k + cfg.m > cfg.T:
-            raise CodecError(f"{name}: k + m must not exceed T: k={meta.k}, m={cfg.m}, T={cfg.T}")
+        try:
+            check_steps(meta.k, cfg.m, cfg.T)
+        except ValueError as exc:
+            raise CodecError(f"{name}: {exc}") from None
         if meta.prompt != cfg.prompt:
             log.warning("%s: transmitter prompt %r differs from receiver prompt %r; using the transmitter's",
                         name, meta.prompt, cfg.prompt)

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -215,10 +216,63 @@ def sd15_random_path() -> Path:
     return path
 
 
+# --------------------------------------------------------------------------- checking a name
+_CHOICES = ("choose 'patch-gmm' (offline prior of natural images), 'tiny' (random weights, built offline), "
+            "'sd15-random' (SD-1.5's architecture, random weights), 'analytic' (exact Gaussian-mixture prior; "
+            "image sides multiples of 64), a local diffusers folder (vae/, unet/, text_encoder/, tokenizer/, "
+            "scheduler/), or a Hugging Face id such as {default} (needs network or a filled hub cache, HF_HOME)")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def check_model(model: str, probe_timeout: float = 4.0) -> None:
+    """Refuse a ``--model`` value that cannot load, in seconds and before any weights are read.
+
+    Built-in names pass; an existing folder must hold a diffusers model
+    (``model_index.json`` or ``unet/``); ``owner/name`` is a hub id that must be
+    in the hub cache or answer one metadata request within ``probe_timeout``
+    seconds; anything else is not a model.
+
+    Raises:
+        ModelLoadError: one line naming what was given and what exists.
+    """
+    from ..config import DEFAULT_MODEL
+
+    choices = _CHOICES.format(default=DEFAULT_MODEL)
+    if model in (TINY_NAME, SD15_RANDOM_NAME) or model.split(":")[0] in ("analytic", "patch-gmm"):
+        return
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if (path / "model_index.json").exists() or (path / "unet").is_dir():
+            return
+        raise ModelLoadError(f"--model {model!r} is a folder but not a diffusers model (no model_index.json "
+                             f"or unet/ in {path.resolve()}); {choices}")
+    if path.exists():
+        raise ModelLoadError(f"--model {model!r} is a file, not a diffusers folder; {choices}")
+    if not _HUB_ID.match(model):
+        what = "no such folder" if ("/" in model or model.startswith((".", "~"))) else "not a built-in model name"
+        raise ModelLoadError(f"--model {model!r}: {what} ({path.absolute()} does not exist); {choices}")
+    import huggingface_hub
+
+    if isinstance(huggingface_hub.try_to_load_from_cache(model, "model_index.json"), str):
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise ModelLoadError(f"--model {model!r}: not a local folder, and as a Hugging Face id it is not in the "
+                             f"hub cache while HF_HUB_OFFLINE is set; {choices}")
+    try:
+        huggingface_hub.model_info(model, timeout=probe_timeout)
+    except huggingface_hub.errors.RepositoryNotFoundError:
+        raise ModelLoadError(f"--model {model!r}: not a local folder, and the Hugging Face hub has no model of "
+                             f"that id (or it is private: log in with `hf auth login`); {choices}") from None
+    except Exception as exc:  # noqa: BLE001 - network errors come in many classes
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ModelLoadError(f"--model {model!r}: not a local folder, not in the hub cache, and the Hugging Face "
+                             f"hub cannot be reached ({why}); {choices}") from None
+
+
 # --------------------------------------------------------------------------- loading
 _NO_MODEL = (
     "Could not load the diffusion model {model!r}: {why}. "
-    "The default model is downloaded from the Hugging Face hub on first use and "
+    "A Hugging Face id is downloaded from the hub on first use and "
     "needs network access (or a filled hub cache, HF_HOME). Offline, point "
     "--model PATH at a local diffusers folder of Stable Diffusion 1.5 (with vae/, "
     "unet/, text_encoder/, tokenizer/, scheduler/), or use --model tiny for the "
@@ -244,6 +298,7 @@ def load_components(model: str = "tiny", device: str = "auto", dtype: str = "aut
     if model == "patch-gmm" or model.startswith("patch-gmm:"):
         from .patch_gmm import patch_gmm_components
         return patch_gmm_components(model, device, dtype)
+    check_model(model)
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.utils import logging as dlogging
     from transformers import CLIPTextModel, CLIPTokenizer

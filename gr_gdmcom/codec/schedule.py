@@ -1,9 +1,9 @@
-"""The DDIM grid and the SNR-adaptive step rules (DESIGN.md section 1).
+"""The DDIM grid and the SNR-adaptive step rules (the paper's eq. 17; docs/codec.md).
 
 Everything here is scheduler arithmetic: it needs no weights and runs in
 microseconds, so ``gdmcom steps`` and the physical layer can use it freely.
 
-Notation (as in DESIGN.md): the grid ``tau_1 < ... < tau_T`` uses diffusers'
+Notation (as in docs/codec.md): the grid ``tau_1 < ... < tau_T`` uses diffusers'
 "leading" spacing with ``steps_offset = 1``; ``a_j = abar_{tau_j}`` and
 ``a_0 = 1``.  Grid index ``j`` counts DDIM steps from the clean latent.
 
@@ -30,6 +30,8 @@ from functools import lru_cache
 from typing import Optional, Sequence
 
 import numpy as np
+
+from ..config import check_steps
 
 log = logging.getLogger(__name__)
 
@@ -221,9 +223,8 @@ def select_steps(snr_db: float, k: int = 5, m: int = 5, T: int = 50, rule: str =
         rescale: apply ``sqrt(a_N/a_{k+m})`` for rules ``snr``/``variance``.
         steps: fixed N (rule reported as ``fixed``).
     """
+    check_steps(k, m, T, steps)
     grid = grid or get_grid(T)
-    if k + m > T:
-        raise ValueError(f"k + m must not exceed T: k={k}, m={m}, T={T}")
     if not math.isfinite(snr_db):
         raise ValueError(f"SNR must be finite, got {snr_db}")
     a = grid.alphas
@@ -231,8 +232,6 @@ def select_steps(snr_db: float, k: int = 5, m: int = 5, T: int = 50, rule: str =
     s2 = total_noise_var(grid, k, m, snr_db, power)
     cand = np.arange(k + m, T + 1)
     if steps is not None:
-        if not (k + m <= steps <= T):
-            raise ValueError(f"steps N must satisfy k + m <= N <= T, got N={steps}")
         n, used = int(steps), "fixed"
     elif rule == "variance":
         n, used = int(cand[np.argmin(np.abs((1.0 - a[cand]) - s2))]), rule

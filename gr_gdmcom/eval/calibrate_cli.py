@@ -6,7 +6,6 @@ Registered into the main ``gdmcom`` parser by :func:`register`.  Exit codes:
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 
@@ -23,15 +22,14 @@ def register(sub) -> None:
                     "latent level on the images (numpy AWGN channel), decode and score; fit a monotone N against "
                     "the latent SNR and write it with its provenance (model, k, m, T, guidance, prompt, clean end, "
                     "inversion, metric, images). The codec refuses the file for another model or setting. "
-                    "See docs/codec.md.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    s.add_argument("--images", nargs="+", default=[], metavar="PATH",
-                   help="image files and/or folders (not searched recursively)")
+                    "See docs/codec.md.")
+    s.add_argument("--images", "--image", dest="images", nargs="+", default=[], metavar="IMG",
+                   help="image files, folders (not searched recursively) or globs such as 'photos/*.png'")
     s.add_argument("--samples", type=int, default=0,
                    help="with --model analytic and no --images: latents drawn from the prior (conditional on the "
-                        "prompt)")
-    s.add_argument("--metric", default="mse", choices=METRICS, help="what N minimises (PSNR: maximises)")
-    s.add_argument("--snr", nargs="+", type=float, default=list(DEFAULT_SNRS), help="Es/N0 grid in dB")
+                        "prompt) [default=%(default)r]")
+    s.add_argument("--metric", default="mse", choices=METRICS, help="what N minimises (PSNR: maximises) [default=%(default)r]")
+    s.add_argument("--snr", nargs="+", type=float, default=list(DEFAULT_SNRS), help="Es/N0 grid in dB [default=%(default)r]")
     s.add_argument("--out", required=True, help="calibration file to write (JSON)")
     s.add_argument("--chunk", type=int, default=None,
                    help="latents per batched sampling run [default: --batch-size; 4096 for analytic]")

@@ -2,14 +2,16 @@
 
 Registered into the main ``gdmcom`` parser by :func:`register`.  Exit codes:
 0 done, 1 done but some rows carry an error, 2 usage error (nothing
-computed), 130 interrupted (rows so far are kept; run the same command again
-to continue).
+computed), 130 interrupted by Ctrl-C or SIGTERM (rows so far are kept, run.json
+records the end; run the same command again to continue).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
 
 from ..config import add_codec_args, codec_config_from_args
@@ -38,6 +40,24 @@ def _metrics(v: str):
     return names
 
 
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM (a batch scheduler's stop, ``kill``) ends the sweep as Ctrl-C does: the rows
+    so far stay and run.json gets its end record (``interrupted``)."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def register(sub) -> None:
     """Add the ``sweep`` subcommand to the ``gdmcom`` subparsers."""
     from .baselines import METHODS
@@ -48,8 +68,8 @@ def register(sub) -> None:
         description="Run every method on every image at every SNR (AWGN) and write RESULTS/rows.csv, "
                     "summary.csv/.md, run.json and plots. Resumable: rows already in rows.csv are not "
                     "recomputed. See docs/evaluation.md.")
-    s.add_argument("--images", nargs="+", required=True, metavar="DIR",
-                   help="folder(s) of images (png, jpg, ...) and/or image files")
+    s.add_argument("--images", "--image", dest="images", nargs="+", required=True, metavar="IMG",
+                   help="image files, folders (their images) or globs such as 'photos/*.png'")
     s.add_argument("--snr", nargs="+", type=float, default=list(DEFAULT_SNRS),
                    help="Es/N0 values in dB [default=%(default)r]")
     s.add_argument("--methods", default=",".join(DEFAULT_METHODS),
@@ -74,8 +94,8 @@ def register(sub) -> None:
                    help="digital baseline's MCS: 'adaptive' or a name such as 16qam-3/4 [default=%(default)r]")
     s.add_argument("--jobs", type=int, default=1,
                    help="worker processes for the CPU-bound digital chain (LDPC decoding) [default=%(default)r]")
-    s.add_argument("--threads", type=int,
-                   help="torch CPU threads (default: torch's choice; fewer is faster on a busy machine)")
+    s.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0: torch's choice; fewer is faster on a busy machine) [default=%(default)r]")
     s.add_argument("--metrics", type=_metrics, default=LEARNED, metavar="LIST",
                    help=f"learned metrics to try ({','.join(LEARNED)}, or 'none'); those that cannot run "
                         "here stay empty [default: all]")
@@ -106,7 +126,8 @@ def cmd_sweep(args) -> int:
                             calibration=args.calibration, metrics=args.metrics,
                             plots=args.plots, grid_images=args.grid_images, progress=args.progress,
                             argv=["gdmcom"] + sys.argv[1:])
-        res = run_sweep(opts)
+        with _sigterm_interrupts():
+            res = run_sweep(opts)
     except (SweepError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -117,9 +138,14 @@ def cmd_sweep(args) -> int:
         print(f"\ninterrupted: the rows computed so far are in {args.out}/rows.csv; "
               "run the same command again to continue", file=sys.stderr)
         return 130
+    from ..cli import emit
+
     for f, why in res.skipped:
         print(f"warning: skipped {f}: {why}", file=sys.stderr)
     print(f"{res.rows_computed} rows computed, {res.rows_reused} already present, {res.rows_failed} with errors; "
           f"{res.rows_total} rows in {res.out / 'rows.csv'}; summary: {res.out / 'summary.md'} "
-          f"({res.seconds:.1f} s)")
+          f"({res.seconds:.1f} s)", file=sys.stderr)
+    emit(dict(event="done", rows_computed=res.rows_computed, rows_reused=res.rows_reused,
+              rows_failed=res.rows_failed, rows_total=res.rows_total, rows=str(res.out / "rows.csv"),
+              summary=str(res.out / "summary.md"), seconds=round(res.seconds, 1)))
     return 1 if res.rows_failed else 0

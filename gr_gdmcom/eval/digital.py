@@ -21,7 +21,7 @@ blocks when more than one, each carrying a CRC24B); 2 bytes of A (4 when
 A/8 > 65537) hold the bitstream length, the rest is the source-codec budget.
 
 SNR is Es/N0 per complex symbol with unit symbol energy -- the same
-definition as the semantic link (DESIGN.md section 1, Channel).
+definition as the semantic link (docs/frame-format.md, docs/codec.md).
 
 Link adaptation: ``mcs="adaptive"`` takes the MCS of highest spectral
 efficiency whose threshold (SNR for BLER <= 10 %, :data:`MCS_TABLE`) is at

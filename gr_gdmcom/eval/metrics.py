@@ -1,7 +1,8 @@
 """Full-reference image metrics that need no pretrained weights.
 
 PSNR and MS-SSIM come from torchmetrics.  MS-SSIM with its standard 5 scales
-and 11-pixel Gaussian window needs a shorter side of at least 161 pixels;
+and 11-pixel Gaussian window needs a shorter side of at least 176 pixels
+(11 px at the coarsest scale, 1/16);
 for smaller images :func:`ms_ssim` uses as many scales as fit (weights
 renormalised) and says how many in its second return value, and below 11
 pixels it returns ``None``: the value is never invented.

@@ -444,9 +444,28 @@ def _plt():
     return plt
 
 
+#: Fewest images for which a plot draws a confidence interval (with n = 2 the Student t
+#: factor is 12.7 and the interval says nothing).
+MIN_CI_N = 3
+#: Where each metric's values can lie; intervals are clipped to it.
+METRIC_RANGE = {"psnr": (0.0, math.inf), "ms_ssim": (0.0, 1.0), "lpips": (0.0, math.inf),
+                "dists": (0.0, 1.0), "pieapp": (-math.inf, math.inf), "n_steps": (0.0, math.inf)}
+
+
+def error_bar(mean: float, half: Optional[float], n: Optional[int], metric: str
+              ) -> Optional[Tuple[float, float]]:
+    """(below, above) lengths of the error bar at ``mean``: the confidence half-width
+    clipped to the metric's range, or None with fewer than :data:`MIN_CI_N` values."""
+    if half is None or not n or n < MIN_CI_N or not math.isfinite(half):
+        return None
+    low, high = METRIC_RANGE.get(metric, (-math.inf, math.inf))
+    return max(0.0, mean - max(low, mean - half)), max(0.0, min(high, mean + half) - mean)
+
+
 def plot_metrics(summary: Sequence[dict], out_dir: Path) -> List[Path]:
     """``<metric>_vs_snr.{png,pdf}``: each metric against SNR, one line per method
-    (error bars: 95 % CI), as the paper's Fig. 2.  Metrics without values are skipped."""
+    (error bars: 95 % CI within the metric's range, none with fewer than 3 images),
+    as the paper's Fig. 2.  Metrics without values are skipped."""
     plt = _plt()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -460,16 +479,22 @@ def plot_metrics(summary: Sequence[dict], out_dir: Path) -> List[Path]:
             continue
         fig, ax = plt.subplots(figsize=(5.2, 3.8))
         for p in pairs:
-            xs, ys, es = [], [], []
+            xs, ys, lo, hi, ns = [], [], [], [], []
             for x in snrs:
                 s = cells.get((p, x))
                 if s is None or s.get(key) is None or not math.isfinite(s[key]):
                     continue
                 xs.append(x)
                 ys.append(s[key])
-                es.append(s.get(f"{m}_ci95") or 0.0)
+                bar = error_bar(s[key], s.get(f"{m}_ci95"), s.get(f"{m}_n"), m)
+                lo.append(bar[0] if bar else 0.0)
+                hi.append(bar[1] if bar else 0.0)
+                ns.append(s.get(f"{m}_n"))
             if xs:
-                ax.errorbar(xs, ys, yerr=es if any(es) else None, marker="o", capsize=3, label=labels[p])
+                few = sorted({n for n in ns if n is not None and n < MIN_CI_N})
+                label_p = labels[p] + (f" (n={','.join(map(str, few))}: no interval)" if few else "")
+                ax.errorbar(xs, ys, yerr=[lo, hi] if any(lo) or any(hi) else None, marker="o", capsize=3,
+                            label=label_p)
         ax.set_xlabel("SNR (dB)")
         ax.set_ylabel(label[0] + (f" ({label[1]})" if label[1] else "") +
                       ("" if m == "n_steps" else (" ↑" if label[2] else " ↓")))

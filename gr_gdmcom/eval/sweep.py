@@ -21,6 +21,7 @@ are batched.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import math
@@ -106,6 +107,9 @@ def find_images(paths: Sequence[Union[str, Path]]) -> List[Path]:
             files += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
         elif p.exists():
             files.append(p)
+        elif any(ch in str(p) for ch in "*?["):  # a glob the shell did not expand (quoted)
+            looked.append(str(p))
+            files += sorted(Path(f) for f in glob.glob(str(p)) if Path(f).suffix.lower() in IMAGE_SUFFIXES)
         else:
             raise SweepError(f"no such image file or folder: {p}")
     if not files:
