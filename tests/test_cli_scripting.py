@@ -28,15 +28,17 @@ def test_demo_from_another_folder_prints_only_json_and_resolves_paths_there(tmp_
     env = dict(os.environ, GDMCOM_SETUP="0", GRC_BLOCKS_PATH=str(ROOT / "grc"),
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh"), "--image", "my.png", "gone.png", "--snr=15",
-                        "--out=x", "--device=cpu", "--threads", "1"],
+                        "--out=x", "--device=cpu", "--threads", "1", "--model=tiny"],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1, r.stderr[-3000:]  # one image missing, the other decoded
     rows = [json.loads(line) for line in r.stdout.splitlines()]  # every stdout line is JSON
     assert "gdmcom_semantic_sink :info: image 0 decoded" in r.stderr  # GNU Radio's logger went to stderr
-    assert [line for line in r.stderr.splitlines() if "gone.png" in line] == [
-        "gdmcom_semantic_source :warning: image gone.png not sent: image not found: gone.png"]
+    gone = [line for line in r.stderr.splitlines() if "gone.png" in line]  # reported once, by the source's pipeline
+    assert len(gone) == 1 and gone[0].startswith(
+        "WARNING gr_gdmcom.pipeline: source: image gone.png not sent: image not found: gone.png (relative paths "
+        f"start from the working directory {tmp_path}"), gone
     assert [x["image"] for x in rows] == ["my", "gone"]
-    assert rows[1]["error"] == "not sent: image not found: gone.png"
+    assert rows[1]["error"].startswith("not sent: image not found: gone.png (relative paths start from")
     row = rows[0]
     assert row["snr_db"] == 15.0 and (tmp_path / "x" / "snr15" / "my.png").is_file()
     assert row["output"] == "x/snr15/my.png"
@@ -54,7 +56,7 @@ def _free_port() -> int:
 @pytest.mark.parametrize("argv, message", [
     (["--model", "tinyy"], "error: --model 'tinyy': not a built-in model name ("),
     (["--model", "/nonexistent/sd15"], "error: --model '/nonexistent/sd15': no such folder (/nonexistent/sd15 "
-                                       "does not exist); choose 'tiny' (random weights, built offline), 'analytic'"),
+                                       "does not exist); choose 'patch-gmm' (offline prior of natural images), 'tiny'"),
     (["--model", "tiny", "--server", "tcp://127.0.0.1:{port}"],
      "error: no inference server answers at tcp://127.0.0.1:{port} (status request, 3000 ms): start one with "
      "`gdmcom serve --bind tcp://127.0.0.1:{port}` or use --server local"),
