@@ -31,13 +31,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: Tests of tests/test_mutation_regressions.py that exercise codec/core.py (the GNU Radio, sweep,
 #: metric and server ones only reach it through slower paths the others already cover).
-_CORE_K = ["-k", "decoder or erased or batch_mixing or timestep or test_codec"]
+_CORE_K = ["-k", "decoder or erased or batch_mixing or timestep or test_codec"]  # test_codec*.py whole
+
+_SCHEDULE_K = ["-k", "test_schedule or power or grid or timestep"]
 
 #: name -> (file to mutate, test files that exercise it[, extra pytest arguments]).
 MODULES = {
     "schedule": ("gr_gdmcom/codec/schedule.py", ["tests/test_schedule.py", "tests/test_schedule_reference.py",
-                                                 "tests/test_mutation_regressions.py"]),
-    "core": ("gr_gdmcom/codec/core.py", ["tests/test_codec.py", "tests/test_mutation_regressions.py"], _CORE_K),
+                                                 "tests/test_mutation_regressions.py"], _SCHEDULE_K),
+    "core": ("gr_gdmcom/codec/core.py", ["tests/test_codec.py", "tests/test_codec_reference.py",
+                                         "tests/test_mutation_regressions.py"], _CORE_K),
     "metrics": ("gr_gdmcom/eval/metrics.py", ["tests/test_eval_metrics.py", "tests/test_mutation_regressions.py",
                                               "tests/test_eval_report.py"]),
     "snr": ("gr_gdmcom/phy/snr.py", ["tests/test_phy_snr_channel.py"]),
