@@ -43,7 +43,7 @@ MODULES = {
                                          "tests/test_mutation_regressions.py"], _CORE_K),
     "metrics": ("gr_gdmcom/eval/metrics.py", ["tests/test_eval_metrics.py", "tests/test_mutation_regressions.py",
                                               "tests/test_eval_report.py"]),
-    "snr": ("gr_gdmcom/phy/snr.py", ["tests/test_phy_snr_channel.py"]),
+    "snr": ("gr_gdmcom/phy/snr.py", ["tests/test_phy_snr_channel.py", "tests/test_phy_snr_reference.py"]),
     "reassembly": ("gr_gdmcom/phy/reassembly.py", ["tests/test_phy_reassembly.py"]),
     "server": ("gr_gdmcom/bridge/server.py", ["tests/test_bridge.py", "tests/test_mutation_regressions.py"]),
 }
@@ -63,6 +63,10 @@ EQUIVALENT: dict = {
     # The second loop never runs: side // 2^(n-1) >= 11 implies side > 10 * 2^(n-1).
     **{_M + f"x_ms_ssim_scales__mutmut_{i}": "in the second loop, which the first loop's bound keeps from running"
        for i in (18, 23, 24, 26, 27, 30, 31, 32, 33)},
+    **{f"gr_gdmcom.phy.snr.x_{f}__mutmut_{i}": "dtype argument dropped: numpy's promotion gives the same values"
+       for f, ids in (("measure_snr_db", (3, 5, 12, 14)), ("noise_var_to_snr_db", (11, 13)),
+                      ("snr_db_to_noise_var", (7, 9))) for i in ids},
+    "gr_gdmcom.phy.snr.x_noise_voltage__mutmut_1": "default sps 1 -> 2: the voltage does not depend on sps",
 }
 
 
