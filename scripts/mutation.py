@@ -44,13 +44,15 @@ MODULES = {
     "metrics": ("gr_gdmcom/eval/metrics.py", ["tests/test_eval_metrics.py", "tests/test_mutation_regressions.py",
                                               "tests/test_eval_report.py"]),
     "snr": ("gr_gdmcom/phy/snr.py", ["tests/test_phy_snr_channel.py", "tests/test_phy_snr_reference.py"]),
-    "reassembly": ("gr_gdmcom/phy/reassembly.py", ["tests/test_phy_reassembly.py"]),
+    "reassembly": ("gr_gdmcom/phy/reassembly.py", ["tests/test_phy_reassembly.py",
+                                                   "tests/test_phy_reassembly_reference.py"]),
     "server": ("gr_gdmcom/bridge/server.py", ["tests/test_bridge.py", "tests/test_mutation_regressions.py"]),
 }
 
 #: Mutants reviewed as equivalent (no input can tell them from the original), by mutmut
 #: name, with the reason; docs/mutation-testing.md lists them too.
 _M = "gr_gdmcom.eval.metrics."
+_R = "gr_gdmcom.phy.reassembly.xǁReassemblerǁ"
 EQUIVALENT: dict = {
     _M + "x__t__mutmut_10": "a grey image copied to 4 channels instead of 3: the channel mean is the same",
     _M + "x__t__mutmut_20": "float64 instead of float32 pixels: the same value to rounding",
@@ -67,6 +69,9 @@ EQUIVALENT: dict = {
        for f, ids in (("measure_snr_db", (3, 5, 12, 14)), ("noise_var_to_snr_db", (11, 13)),
                       ("snr_db_to_noise_var", (7, 9))) for i in ids},
     "gr_gdmcom.phy.snr.x_noise_voltage__mutmut_1": "default sps 1 -> 2: the voltage does not depend on sps",
+    _R + "__init____mutmut_38": "frame counter starting at 1: only differences of it are used",
+    _R + "add__mutmut_61": "last_seen of a new image: set again two lines below",
+    **{_R + f"add__mutmut_{i}": "dtype of the empty size array: it is never indexed" for i in (15, 17)},
 }
 
 
