@@ -80,3 +80,27 @@ def test_lost_images_counted_from_id_gaps_and_logged_only_then(caplog):
 def test_defaults():
     r = Reassembler()
     assert (r.timeout_frames, r.max_pending, r.finalise_on_new_id) == (64, 4, True)
+
+
+def test_lost_images_accumulate_up_to_the_largest_gap():
+    r = Reassembler()
+    for i in (100, 103, 106):          # two gaps of 2 lost
+        r.add(frame(i, 0, 1, [1]))
+    assert r.counters["images_lost"] == 4
+    r.add(frame(106 + 256, 0, 1, [1]))  # the largest gap still read as losses
+    assert r.counters["images_lost"] == 4 + 255
+    r.add(frame(362 + 257, 0, 1, [1]))  # a larger jump: another sender, nothing lost
+    assert r.counters["images_lost"] == 259
+
+
+def test_finalised_counts_mask_type_and_partial_log(caplog):
+    r = Reassembler(finalise_on_new_id=False)
+    r.add(frame(1, 0, 1, [1]))
+    r.add(frame(2, 0, 1, [1]))
+    r.add(frame(3, 0, 2, [1], total=2))
+    r.add(frame(4, 0, 2, [1], total=2))
+    with caplog.at_level(logging.WARNING, logger="gr_gdmcom.phy.reassembly"):
+        imgs = r.flush()
+    assert (r.counters["images_complete"], r.counters["images_partial"]) == (2, 2)
+    assert all(i.mask.dtype == bool for i in imgs) and list(imgs[0].mask) == [True, False]
+    assert caplog.messages == [f"image {i} finalised with 1 of 2 chunks (missing [1])" for i in (3, 4)]
