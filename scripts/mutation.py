@@ -131,9 +131,10 @@ def retest(name: str) -> dict:
     shutil.copytree(ROOT / "tests", d / "tests", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     original = (d / path).read_text()
     env = dict(os.environ, GRC_BLOCKS_PATH=str(d / "grc"), PYTHONPATH=str(d))
-    verdicts = {}
+    f = d / "retest.json"
+    verdicts = json.loads(f.read_text()) if f.exists() else {}  # earlier retests' verdicts stand
     try:
-        for k in score(name, retested={})["not_killed"]:
+        for k in score(name)["not_killed"]:
             (d / path).write_text(original)
             mutmut(d, "apply", k, capture=True)
             if (d / path).read_text() == original:
@@ -146,9 +147,9 @@ def retest(name: str) -> dict:
             except subprocess.TimeoutExpired:
                 verdicts[k] = "timeout"
             print(f"  {k}: {verdicts[k]}", flush=True)
+            f.write_text(json.dumps(verdicts, indent=1))  # kept if the retest is stopped
     finally:
         (d / path).write_text(original)
-    (d / "retest.json").write_text(json.dumps(verdicts, indent=1))
     return verdicts
 
 
