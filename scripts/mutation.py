@@ -53,6 +53,7 @@ MODULES = {
 #: name, with the reason; docs/mutation-testing.md lists them too.
 _M = "gr_gdmcom.eval.metrics."
 _R = "gr_gdmcom.phy.reassembly.xǁReassemblerǁ"
+_S = "gr_gdmcom.codec.schedule."
 EQUIVALENT: dict = {
     _M + "x__t__mutmut_10": "a grey image copied to 4 channels instead of 3: the channel mean is the same",
     _M + "x__t__mutmut_20": "float64 instead of float32 pixels: the same value to rounding",
@@ -69,6 +70,10 @@ EQUIVALENT: dict = {
        for f, ids in (("measure_snr_db", (3, 5, 12, 14)), ("noise_var_to_snr_db", (11, 13)),
                       ("snr_db_to_noise_var", (7, 9))) for i in ids},
     "gr_gdmcom.phy.snr.x_noise_voltage__mutmut_1": "default sps 1 -> 2: the voltage does not depend on sps",
+    _S + "xǁGridǁt_for_abar__mutmut_1": "a = 1 exactly: the next branch also returns -1",
+    _S + "xǁGridǁt_for_abar__mutmut_16": "target = log abar[0] exactly: the search branch also returns 0",
+    _S + "xǁGridǁt_for_abar__mutmut_45": "upper clamp len + 1: the target is floored at abar[-1], so i <= len - 1",
+    _S + "x_select_steps__mutmut_34": "candidates N < k + m: their noise level is always farther from s_tot^2",
     _R + "__init____mutmut_38": "frame counter starting at 1: only differences of it are used",
     _R + "add__mutmut_61": "last_seen of a new image: set again two lines below",
     **{_R + f"add__mutmut_{i}": "dtype of the empty size array: it is never indexed" for i in (15, 17)},

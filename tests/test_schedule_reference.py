@@ -105,3 +105,26 @@ def test_scheduler_settings_and_overrides():
     g = get_grid(10, {"beta_end": 0.02, "unknown_key": 3})
     assert list(g.timesteps) == [-1] + list(np.arange(10) * 100 + 1) and g.T == 10
     assert g.alphas[-1] < get_grid(10).alphas[-1]
+
+
+def test_boundaries_of_k_m_and_fixed_steps():
+    from gr_gdmcom.codec.schedule import channel_noise_var
+
+    assert channel_noise_var(10.0) == pytest.approx(0.1)  # P = 1 by default
+    assert select_steps(5.0, k=25, m=25).n_steps == 50  # k + m = T: the only candidate
+    assert select_steps(5.0, steps=10).n_steps == 10 and select_steps(5.0, steps=50).n_steps == 50
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # k + m = 0: log-SNR of a_0 = 1 is +inf, silently
+        assert select_steps(30.0, k=0, m=0).n_steps >= 1
+
+
+def test_exact_path_starting_on_a_grid_point_has_no_empty_step():
+    from gr_gdmcom.codec.schedule import StepChoice
+
+    g = get_grid(50)
+    ch = StepChoice(n_steps=25, rule="exact", start_t=481.0, start_abar=float(ABAR[481]), scale=1.0, s_tot2=0.5)
+    path = sampling_path(ch, g)
+    assert len(path) == int(np.sum(TAUS < 481)) + 1 == 25
+    assert all(a_to > a_from for _, a_from, a_to in path)  # each step goes to a cleaner point
