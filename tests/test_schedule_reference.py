@@ -111,6 +111,7 @@ def test_boundaries_of_k_m_and_fixed_steps():
     from gr_gdmcom.codec.schedule import channel_noise_var
 
     assert channel_noise_var(10.0) == pytest.approx(0.1)  # P = 1 by default
+    assert get_grid().T == 50 and get_grid() is get_grid(50)  # T = 50 by default, cached
     assert select_steps(5.0, k=25, m=25).n_steps == 50  # k + m = T: the only candidate
     assert select_steps(5.0, steps=10).n_steps == 10 and select_steps(5.0, steps=50).n_steps == 50
     import warnings
