@@ -1,0 +1,226 @@
+#!/usr/bin/env python3
+"""Mutation testing of chosen modules with mutmut, one module at a time, only that module's tests.
+
+    .venv/bin/python scripts/mutation.py schedule            # one module
+    .venv/bin/python scripts/mutation.py schedule metrics    # several, one after the other
+    .venv/bin/python scripts/mutation.py --list              # the table below
+    .venv/bin/python scripts/mutation.py --show schedule     # diffs of its surviving mutants
+
+Not part of CI (minutes to an hour per module).  Each module runs in its own scratch copy
+of the repository (``build/mutation/<name>/``: mutmut writes a ``mutants/`` tree next to the
+sources), with mutmut configured to mutate that one file and to run only the test files
+listed for it, one child process, a per-mutant timeout of mutmut's (15 x the test's clean
+time + 1 s).  Prints and writes ``build/mutation/<name>/score.json``: killed, survived,
+timeouts, no-tests, and the score killed / (total - equivalent) where the equivalent
+mutants are those listed in ``EQUIVALENT`` below (reviewed by hand, see
+docs/mutation-testing.md).  Needs ``pip install mutmut`` (the ``mutation`` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Tests of tests/test_mutation_regressions.py that exercise codec/core.py (the GNU Radio, sweep,
+#: metric and server ones only reach it through slower paths the others already cover).
+_CORE_K = ["-k", "decoder or erased or batch_mixing or timestep or test_codec"]  # test_codec*.py whole
+
+_SCHEDULE_K = ["-k", "test_schedule or power or grid or timestep"]
+
+#: name -> (file to mutate, test files that exercise it[, extra pytest arguments]).
+MODULES = {
+    "schedule": ("gr_gdmcom/codec/schedule.py", ["tests/test_schedule.py", "tests/test_schedule_reference.py",
+                                                 "tests/test_mutation_regressions.py"], _SCHEDULE_K),
+    "core": ("gr_gdmcom/codec/core.py", ["tests/test_codec.py", "tests/test_codec_reference.py",
+                                         "tests/test_mutation_regressions.py"], _CORE_K),
+    "metrics": ("gr_gdmcom/eval/metrics.py", ["tests/test_eval_metrics.py", "tests/test_mutation_regressions.py",
+                                              "tests/test_eval_report.py"]),
+    "snr": ("gr_gdmcom/phy/snr.py", ["tests/test_phy_snr_channel.py", "tests/test_phy_snr_reference.py"]),
+    "reassembly": ("gr_gdmcom/phy/reassembly.py", ["tests/test_phy_reassembly.py",
+                                                   "tests/test_phy_reassembly_reference.py"]),
+    "server": ("gr_gdmcom/bridge/server.py", ["tests/test_bridge.py", "tests/test_mutation_regressions.py"]),
+}
+
+#: Mutants reviewed as equivalent (no input can tell them from the original), by mutmut
+#: name, with the reason; docs/mutation-testing.md lists them too.
+_M = "gr_gdmcom.eval.metrics."
+_R = "gr_gdmcom.phy.reassembly.xǁReassemblerǁ"
+_S = "gr_gdmcom.codec.schedule."
+EQUIVALENT: dict = {
+    _M + "x__t__mutmut_10": "a grey image copied to 4 channels instead of 3: the channel mean is the same",
+    _M + "x__t__mutmut_20": "float64 instead of float32 pixels: the same value to rounding",
+    **{_M + f"x_psnr__mutmut_{i}": "one operand float64 already: the difference is float64 either way"
+       for i in (11, 13, 15, 17)},
+    _M + "x_psnr__mutmut_23": 'float("INF") is float("inf")',
+    _M + "x_ms_ssim__mutmut_31": "kernel_size=11 is torchmetrics' default",
+    _M + "x_ms_ssim_scales__mutmut_6": "starting at 1: a side < 11 is brought back to 0 by the second loop",
+    _M + "x_ms_ssim_scales__mutmut_9": "floor(x) >= 11 iff x >= 11",
+    # The second loop never runs: side // 2^(n-1) >= 11 implies side > 10 * 2^(n-1).
+    **{_M + f"x_ms_ssim_scales__mutmut_{i}": "in the second loop, which the first loop's bound keeps from running"
+       for i in (18, 23, 24, 26, 27, 30, 31, 32, 33)},
+    **{f"gr_gdmcom.phy.snr.x_{f}__mutmut_{i}": "dtype argument dropped: numpy's promotion gives the same values"
+       for f, ids in (("measure_snr_db", (3, 5, 12, 14)), ("noise_var_to_snr_db", (11, 13)),
+                      ("snr_db_to_noise_var", (7, 9))) for i in ids},
+    "gr_gdmcom.phy.snr.x_noise_voltage__mutmut_1": "default sps 1 -> 2: the voltage does not depend on sps",
+    _S + "xǁGridǁt_for_abar__mutmut_1": "a = 1 exactly: the next branch also returns -1",
+    _S + "xǁGridǁt_for_abar__mutmut_16": "target = log abar[0] exactly: the search branch also returns 0",
+    _S + "xǁGridǁt_for_abar__mutmut_45": "upper clamp len + 1: the target is floored at abar[-1], so i <= len - 1",
+    _S + "x_select_steps__mutmut_90": "t* <= tau instead of <: t* is continuous and equals a grid timestep "
+                                      "only for isolated SNR values (equivalent in practice, not in principle)",
+    _S + "x_select_steps__mutmut_34": "candidates N < k + m: their noise level is always farther from s_tot^2",
+    _R + "__init____mutmut_38": "frame counter starting at 1: only differences of it are used",
+    _R + "add__mutmut_61": "last_seen of a new image: set again two lines below",
+    **{_R + f"add__mutmut_{i}": "dtype of the empty size array: it is never indexed" for i in (15, 17)},
+}
+
+
+def scratch(name: str) -> Path:
+    return ROOT / "build" / "mutation" / name
+
+
+def prepare(name: str) -> Path:
+    """A scratch copy of the sources and tests with a [tool.mutmut] section for this module."""
+    path, tests, extra = (MODULES[name] + ([],))[:3]
+    d = scratch(name)
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for sub in ("gr_gdmcom", "tests", "grc", "flowgraphs"):
+        shutil.copytree(ROOT / sub, d / sub, ignore=ignore)
+    cfg = [
+        "",
+        "[tool.mutmut]",
+        'source_paths = ["gr_gdmcom/"]',
+        f'only_mutate = ["{path}"]',
+        f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
+        f"pytest_add_cli_args = {json.dumps(['-p', 'no:cacheprovider', '-q', '-x'] + extra)}",
+        "also_copy = [\"grc/\", \"flowgraphs/\"]",
+        # torch and GNU Radio threads are not fork-safe from a process that ran tests
+        'process_isolation = "forkserver"',
+        "use_git_change_detection = false",
+    ]
+    (d / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text() + "\n".join(cfg) + "\n")
+    return d
+
+
+def mutmut(d: Path, *args: str, capture: bool = False) -> subprocess.CompletedProcess:
+    env = dict(os.environ, GRC_BLOCKS_PATH=str(d / "grc"), OMP_NUM_THREADS="1", PYTHONPATH="")
+    return subprocess.run([sys.executable, "-m", "mutmut", *args], cwd=d, env=env, text=True,
+                          capture_output=capture)
+
+
+def statuses(d: Path) -> dict:
+    """{mutant name: status} from ``mutmut results --all true``."""
+    out = mutmut(d, "results", "--all", "true", capture=True).stdout
+    res = {}
+    for line in out.splitlines():
+        if ":" in line:
+            k, v = line.strip().rsplit(":", 1)
+            res[k.strip()] = v.strip()
+    return res
+
+
+def retest(name: str) -> dict:
+    """Each mutant the last run did not kill, applied on disk in the scratch copy (``mutmut
+    apply``) and tested with the current test files: for tests added since that run."""
+    path, tests, extra = (MODULES[name] + ([],))[:3]
+    d = scratch(name)
+    shutil.rmtree(d / "tests")
+    shutil.copytree(ROOT / "tests", d / "tests", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    original = (d / path).read_text()
+    env = dict(os.environ, GRC_BLOCKS_PATH=str(d / "grc"), PYTHONPATH=str(d))
+    f = d / "retest.json"
+    verdicts = json.loads(f.read_text()) if f.exists() else {}  # earlier retests' verdicts stand
+    try:
+        for k in score(name)["not_killed"]:
+            (d / path).write_text(original)
+            mutmut(d, "apply", k, capture=True)
+            if (d / path).read_text() == original:
+                verdicts[k] = "not applied"
+                continue
+            try:
+                r = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *extra, *tests],
+                                   cwd=d, env=env, capture_output=True, timeout=RETEST_TIMEOUT_S)
+                verdicts[k] = "survived" if r.returncode == 0 else "killed"
+            except subprocess.TimeoutExpired:
+                verdicts[k] = "timeout"
+            print(f"  {k}: {verdicts[k]}", flush=True)
+            f.write_text(json.dumps(verdicts, indent=1))  # kept if the retest is stopped
+    finally:
+        (d / path).write_text(original)
+    return verdicts
+
+
+#: Per-mutant limit of :func:`retest` (the module's test files run whole there).
+RETEST_TIMEOUT_S = 600
+
+
+def score(name: str, retested: Optional[dict] = None) -> dict:
+    """Counts and score of the last run, with :func:`retest`'s verdicts (if any) replacing mutmut's."""
+    st = statuses(scratch(name))
+    if retested is None:
+        f = scratch(name) / "retest.json"
+        retested = json.loads(f.read_text()) if f.exists() else {}
+    st.update({k: v for k, v in retested.items() if k in st and v in ("killed", "timeout")})
+    count = lambda s: sum(v == s for v in st.values())  # noqa: E731
+    eq = [k for k in st if k in EQUIVALENT]
+    killed = count("killed") + count("timeout")  # a mutant that hangs the tests is caught by the timeout
+    live = [k for k, v in st.items() if v not in ("killed", "timeout", "not checked") and k not in EQUIVALENT]
+    denom = len(st) - len(eq) - count("not checked")  # a stopped run: the score of the mutants checked
+    out = dict(module=MODULES[name][0], tests=MODULES[name][1], total=len(st), not_checked=count("not checked"),
+               killed=count("killed"),
+               timeout=count("timeout"), survived=count("survived"), no_tests=count("no tests"),
+               equivalent=len(eq), score=round(100.0 * killed / denom, 1) if denom else None,
+               not_killed=sorted(live))
+    (scratch(name) / "score.json").write_text(json.dumps(out, indent=1))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("modules", nargs="*", help=f"modules to test: {', '.join(MODULES)}")
+    ap.add_argument("--list", action="store_true", help="print the module table and exit")
+    ap.add_argument("--show", action="store_true", help="print the diff of each surviving mutant (no run)")
+    ap.add_argument("--score-only", action="store_true", help="recompute the score of the last run (no run)")
+    ap.add_argument("--retest", action="store_true",
+                    help="copy the current tests into the last run's scratch copy and rerun only its mutants "
+                         "that were not killed (after adding tests for them)")
+    a = ap.parse_args(argv)
+    unknown = [m for m in a.modules if m not in MODULES]
+    if unknown:
+        ap.error(f"unknown module(s) {', '.join(unknown)}; choose from {', '.join(MODULES)}")
+    if a.list or not a.modules:
+        for n, (p, t, *x) in MODULES.items():
+            print(f"{n:11s} {p:32s} {' '.join(t + sum(x, []))}")
+        return 0
+    for name in a.modules:
+        if a.show:
+            for k in score(name)["not_killed"]:
+                print(mutmut(scratch(name), "show", k, capture=True).stdout)
+            continue
+        if a.retest:
+            retest(name)
+        elif not a.score_only:
+            d = prepare(name)
+            r = mutmut(d, "run", "--max-children", "1")
+            if r.returncode:
+                print(f"{name}: mutmut run exited with {r.returncode}", file=sys.stderr)
+                return r.returncode
+        s = score(name)
+        print(json.dumps({k: v for k, v in s.items() if k != "not_killed"}))
+        for k in s["not_killed"]:
+            print(f"  not killed: {k}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""eval.metrics against references written out here or torchmetrics: known values, the number
+of MS-SSIM scales for every size class, grey images, too-small images and exact errors."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gr_gdmcom.eval.metrics import ms_ssim, ms_ssim_scales, psnr
+
+
+def scales_formula(h, w):
+    """Scales that fit: the coarsest of n scales is the image shrunk 2^(n-1) times (floor), and
+    it must still hold the 11-pixel window; at most the 5 standard scales."""
+    side = min(h, w)
+    return 0 if side < 11 else min(5, int(math.floor(math.log2(side / 11))) + 1)
+
+
+@pytest.mark.parametrize("h,w", [(4, 4), (10, 64), (11, 11), (21, 30), (22, 22), (43, 50), (44, 44), (87, 87),
+                                 (88, 300), (175, 175), (176, 176), (352, 352), (1024, 768), (4096, 4096)])
+def test_ms_ssim_scales_fit_the_window(h, w):
+    assert ms_ssim_scales(h, w) == scales_formula(h, w)
+
+
+def _pair(h, w, seed, grey=False):
+    r = np.random.default_rng(seed)
+    shape = (h, w) if grey else (h, w, 3)
+    a = np.repeat(np.repeat(r.integers(0, 256, (h // 2 + 1, w // 2 + 1) + shape[2:], dtype=np.uint8), 2, 0), 2, 1)
+    a = a[:h, :w]
+    b = np.clip(a.astype(int) + r.integers(-30, 31, a.shape), 0, 255).astype(np.uint8)
+    return a, b
+
+
+def test_one_scale_ms_ssim_is_ssim_and_too_small_is_none():
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+    a, b = _pair(16, 16, 1)
+    val, n = ms_ssim(a, b)
+    t = [torch.from_numpy(v.astype(np.float64) / 255).permute(2, 0, 1)[None] for v in (b, a)]
+    assert n == 1 and val == pytest.approx(float(ssim(*t, data_range=1.0, kernel_size=11)), abs=1e-5)
+    assert ms_ssim(*_pair(8, 8, 2)) == (None, 0)
+    assert ms_ssim(*_pair(4, 40, 3)) == (None, 0)
+
+
+def test_grey_images_score_as_their_rgb_copies():
+    a, b = _pair(64, 48, 4, grey=True)
+    rgb = [np.repeat(v[:, :, None], 3, axis=2) for v in (a, b)]
+    assert ms_ssim(a, b) == pytest.approx(ms_ssim(*rgb))
+    assert ms_ssim(a, b)[1] == 3
+    assert psnr(a, b) == pytest.approx(psnr(*rgb))
+
+
+def test_shape_mismatch_error_names_both_shapes():
+    a = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"^images differ in shape: \(8, 8, 3\) vs \(8, 9, 3\)$"):
+        psnr(a, np.zeros((8, 9, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"^images differ in shape: \(8, 8, 3\) vs \(8, 8\)$"):
+        ms_ssim(a, np.zeros((8, 8), np.uint8))
