@@ -59,6 +59,23 @@ def multipath_taps(taps: Sequence[complex], delay: float = 0.0) -> list:
     return (t / np.sqrt(np.sum(np.abs(t) ** 2))).tolist()
 
 
+def adc(x: np.ndarray, full_scale: float, bits: int = 8) -> np.ndarray:
+    """An ADC of GNU Radio blocks: each rail clipped at +-``full_scale`` (``analog.rail_ff``)
+    and quantised to ``bits`` bits (``channels.quantizer``).  complex64 in and out."""
+    tb = gr.top_block()
+    c2f, f2c, snk = blocks.complex_to_float(), blocks.float_to_complex(), blocks.vector_sink_c()
+    tb.connect(blocks.vector_source_c(np.asarray(x, np.complex64), False), c2f)
+    for port in (0, 1):
+        chain = [blocks.multiply_const_ff(1.0 / full_scale), analog.rail_ff(-1.0, 1.0), channels.quantizer(bits),
+                 blocks.multiply_const_ff(full_scale)]
+        tb.connect((c2f, port), chain[0])
+        tb.connect(*chain)
+        tb.connect(chain[-1], (f2c, port))
+    tb.connect(f2c, snk)
+    tb.run()
+    return np.asarray(snk.data(), np.complex64)
+
+
 def build_link(images, out_dir: Optional[str], channel: ChannelConfig, tx: CodecConfig, rx: CodecConfig,
                frame: FrameConfig, server: str = "local"):
     """The top block and its source and sink (not started)."""

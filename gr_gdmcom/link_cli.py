@@ -31,6 +31,8 @@ def register(sub) -> None:
     ph = p.add_argument_group("phy")
     ph.add_argument("--sps", type=int, default=None, help="samples per symbol (1 = no pulse shaping)")
     ph.add_argument("--pilot-spacing", type=int, default=None, help="one pilot every P payload symbols")
+    ph.add_argument("--tx-clip", type=float, default=None,
+                    help="clip transmitted samples at this many times the rms amplitude (0 = off, >= 1)")
     add_codec_args(p)
     p.set_defaults(func=cmd_link)
 
@@ -47,7 +49,8 @@ def cmd_link(args) -> int:
     from .sim import snr_tag
 
     cfg = codec_config_from_args(args)
-    fkw = {k: v for k, v in (("sps", args.sps), ("pilot_spacing", args.pilot_spacing)) if v is not None}
+    fkw = {k: v for k, v in (("sps", args.sps), ("pilot_spacing", args.pilot_spacing), ("tx_clip", args.tx_clip))
+           if v is not None}
     frame = FrameConfig(**fkw)
     impaired = args.cfo or args.epsilon != 1.0 or args.delay or list(args.taps) != [1.0]
     kind = args.channel or ("model" if impaired else "awgn")

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from .codec import LatentMeta, prompt_hash
+from .codec.core import weight_by_reliability
 from .config import CodecConfig
 from .phy import FrameConfig, FrameRx, FrameTx, Header, Reassembler
 
@@ -228,7 +229,8 @@ class RxPipeline:
         name = self.names.get(image_id, f"img{image_id:05d}")
         res = dict(image_id=image_id, name=name, snr_est_db=round(float(img.snr_db), 3),
                    chunks_received=int(img.chunks_received), chunks_total=int(img.chunks_total),
-                   complete=bool(img.complete), missing_chunks=list(map(int, img.missing)))
+                   complete=bool(img.complete), missing_chunks=list(map(int, img.missing)),
+                   untracked_chunks=list(map(int, img.untracked)))
         if int(h.prompt_hash) != prompt_hash(self.config.prompt):
             self.counters["prompt_mismatch"] += 1
             log.warning("sink: image %d was encoded with another prompt (hash %08x); decoding with %r",
@@ -237,7 +239,13 @@ class RxPipeline:
         try:
             meta = meta_from_header(h, self.config.prompt, name)
             mask = None if img.complete else img.mask
-            dec = self.backend.decode(img.symbols, meta, float(img.snr_db), mask=mask)
+            symbols, snr = img.symbols, float(img.snr_db)
+            if img.symbol_noise_var is not None:
+                # per-symbol reliabilities: MMSE weighting and the effective SNR for the
+                # step rule, done here so that a remote backend gets them unchanged
+                symbols, snr = weight_by_reliability(symbols, img.symbol_noise_var, img.mask)
+                res["snr_eff_db"] = round(snr, 3)
+            dec = self.backend.decode(symbols, meta, snr, mask=mask)
         except Exception as exc:  # noqa: BLE001 - reported as a failed image, the flowgraph goes on
             self.counters["images_failed"] += 1
             log.warning("sink: image %d not decoded: %s", image_id, exc)

@@ -70,6 +70,7 @@ class qa_frame_blocks(gr_unittest.TestCase):
         vec = np.asarray(pmt.c32vector_elements(pmt.cdr(msgs[0])))
         self.assertEqual(m["image_id"], 7)
         self.assertTrue(m["complete"])
+        self.assertEqual(list(m["untracked_chunks"]), [])
         self.assertLess(abs(m["snr_db"] - 10.0), 1.0)
         err_db = 10 * np.log10(np.mean(np.abs(vec - sym) ** 2))
         self.assertLess(abs(err_db + 10.0), 1.0)

@@ -84,7 +84,7 @@ def test_every_flowgraph_compiles(compiled, fg):
     assert r.returncode == 0, r.stderr
 
 
-@pytest.mark.parametrize("name,extra", [("awgn_link", []), ("impaired_link", ["--cfo", "0.004"])])
+@pytest.mark.parametrize("name,extra", [("awgn_link", []), ("impaired_link", ["--cfo", "0.004", "--fading", "1e-4"])])
 def test_generated_link_scripts_run_headless(compiled, tmp_path, name, extra):
     out = tmp_path / "out"
     img = ROOT / "gr_gdmcom" / "data" / "coffee.png"

@@ -89,3 +89,17 @@ def test_same_id_with_other_image_fields_starts_a_new_image(rng):
     assert Reassembler(max_pending=1, finalise_on_new_id=False).add(frames_of(1, sym, 2000)[0]) == []
     with pytest.raises(ValueError):
         Reassembler(timeout_frames=0)
+
+
+def test_per_symbol_noise_variances_and_untracked_chunks(rng):
+    """Each chunk's symbol_noise_var lands at its symbols (a frame without one: its noise_var),
+    erased symbols get 0; chunks not tracked are listed."""
+    sym = complex_noise(3000, 1.0, rng)
+    frames = frames_of(2, sym, 1000, noise_var=[0.1, 0.2, 0.3])
+    frames[0].symbol_noise_var = np.linspace(0.05, 0.15, 1000).astype(np.float32)
+    frames[2].tracked = False
+    r = Reassembler()
+    (img,) = r.add(frames[0]) + r.add(frames[2]) + r.flush()
+    np.testing.assert_allclose(img.symbol_noise_var[:1000], np.linspace(0.05, 0.15, 1000), rtol=1e-6)
+    assert np.all(img.symbol_noise_var[1000:2000] == 0) and np.allclose(img.symbol_noise_var[2000:], 0.3)
+    assert img.untracked == [2] and img.missing == [1]

@@ -21,9 +21,12 @@ class frame_rx(gr.sync_block):
 
     Input: complex64 samples.  Message output ``pdus``: with ``reassemble``
     one PDU per image — metadata = header fields + ``snr_db`` (estimate, Es/N0),
-    ``chunks_received``, ``chunks_total``, ``complete``, ``missing_chunks``;
+    ``chunks_received``, ``chunks_total``, ``complete``, ``missing_chunks``,
+    ``untracked_chunks`` (chunks whose channel the receiver could not follow);
     vector = the image's latent symbols (c32vector, erased chunks zero) — else
-    one PDU per frame with ``snr_db``, ``noise_var``, ``cfo``, ``start``.
+    one PDU per frame with ``snr_db``, ``noise_var``, ``cfo``, ``sro_ppm``, ``start``,
+    ``tracked`` (False: the channel was not followed; the estimate is honest but
+    low) and ``track_span`` (the channel tracker's window, symbols).
     ``counters()`` gives the PHY's counters (detected, CRC failures, ...).
     """
 
@@ -41,7 +44,8 @@ class frame_rx(gr.sync_block):
         for f in frames:
             if self.reasm is None:
                 meta = dict(header_dict(f.header), snr_db=float(f.snr_db), noise_var=float(f.noise_var),
-                            cfo=float(f.cfo), sro_ppm=float(f.sro_ppm), start=int(f.start))
+                            cfo=float(f.cfo), sro_ppm=float(f.sro_ppm), start=int(f.start), tracked=bool(f.tracked),
+                            track_span=int(f.track_span))
                 self.message_port_pub(PORT_PDUS, pdu(meta, f.symbols))
                 continue
             for img in self.reasm.add(f):
@@ -50,7 +54,7 @@ class frame_rx(gr.sync_block):
     def _emit_image(self, img):
         meta = dict(header_dict(img.header), snr_db=float(img.snr_db), chunks_received=int(img.chunks_received),
                     chunks_total=int(img.chunks_total), complete=bool(img.complete),
-                    missing_chunks=[int(v) for v in img.missing])
+                    missing_chunks=[int(v) for v in img.missing], untracked_chunks=[int(v) for v in img.untracked])
         self.message_port_pub(PORT_PDUS, pdu(meta, img.symbols))
 
     def stop(self):

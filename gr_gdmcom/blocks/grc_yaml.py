@@ -56,7 +56,7 @@ PHY = [
     ("sps", "Samples/symbol", "int", "2", "PHY", "samples per symbol (1 = no pulse shaping)"),
     ("rolloff", "RRC roll-off", "float", "0.35", "PHY", "root-raised-cosine roll-off"),
     ("rrc_span", "RRC span", "int", "8", "PHY", "RRC length in symbols (even)"),
-    ("pilot_spacing", "Pilot spacing", "int", "32", "PHY", "data symbols between known pilots"),
+    ("pilot_spacing", "Pilot spacing", "int", "16", "PHY", "data symbols between known pilots"),
     ("scramble", "Scramble", "bool", "True", "PHY", "PN phase scrambling of the payload"),
     ("max_chunk_symbols", "Max chunk", "int", "8192", "PHY", "latent symbols per burst (larger latents are chunked)"),
     ("gap_symbols", "Gap", "int", "64", "PHY", "zero symbols between bursts"),
@@ -100,7 +100,8 @@ BLOCKS = {
         doc="Complex baseband -> bursts found -> SNR estimated from known symbols -> N chosen -> decoded images "
             "written to the output folder.\nInput: complex64 at sps samples/symbol.\nMessage out 'images': one PDU "
             "per image, metadata image_id, name, snr_est_db, n_steps, rule, chunks_received, chunks_total, "
-            "complete, missing_chunks, seconds, file or error, counters; vector: RGB uint8 pixels."),
+            "complete, missing_chunks, untracked_chunks, snr_eff_db, seconds, file or error, counters; "
+            "vector: RGB uint8 pixels."),
     "frame_tx": dict(
         label="Frame TX", category="[GDM-COM]/PHY",
         params=[("burst_tags", "UHD burst tags", "bool", "False", None, "add tx_sob/tx_eob tags"),
@@ -118,7 +119,8 @@ BLOCKS = {
         callbacks=[],
         doc="Samples -> detection, CFO/timing/gain estimation, equalisation, header CRC, SNR estimate -> PDUs.\n"
             "Input: complex64.\nMessage out 'pdus': metadata = header fields + snr_db (estimated Es/N0) + "
-            "chunks/complete (or noise_var, cfo, sro_ppm, start per frame); vector: c32 equalised latent symbols."),
+            "chunks/complete/untracked_chunks (or noise_var, cfo, sro_ppm, start, tracked, track_span per frame); "
+            "vector: c32 equalised latent symbols."),
     "image_display": dict(
         label="Image Display", category="[GDM-COM]/GUI",
         params=[("label", "Title", "string", "'Original | Reconstruction'", None, "title above the pictures"),

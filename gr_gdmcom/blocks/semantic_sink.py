@@ -23,7 +23,9 @@ class semantic_sink(gr.sync_block):
     the **estimated** SNR and writes ``out_dir/filename``.  Message output
     ``images``: one PDU per image, metadata ``image_id, name, snr_est_db,
     n_steps, rule, chunks_received, chunks_total, complete, missing_chunks,
-    seconds, file`` (or ``error``) and the counters; the vector is the decoded
+    untracked_chunks, snr_eff_db, seconds, file`` (or ``error``) and the counters
+    (``snr_eff_db``: the SNR the step rule used after weighting each symbol by its
+    reliability, docs/codec.md); the vector is the decoded
     image as uint8 (H*W*3, row-major RGB).
 
     By default images are decoded inside ``work()``: the stream waits while

@@ -169,6 +169,42 @@ def symbols_from_latent(z: np.ndarray) -> Tuple[np.ndarray, float]:
     return s.astype(np.complex64), alpha
 
 
+def weight_by_reliability(symbols: np.ndarray, noise_var: np.ndarray,
+                          mask: Optional[np.ndarray] = None) -> Tuple[np.ndarray, float]:
+    """Per-symbol reliabilities -> symbols for one effective noise level.
+
+    After equalisation through a fade each symbol ``y_i = s_i + n_i`` has its own noise
+    variance ``v_i``.  With unit-energy symbols the per-symbol linear MMSE estimate is
+    ``y_i / (1 + v_i)`` (error ``v_i / (1 + v_i)``).  A uniform channel of noise ``v`` with
+    the same mean MMSE error has ``v / (1 + v) = mean_i v_i / (1 + v_i)``: that ``v`` is the
+    effective noise level handed to the step rule, and each symbol is rescaled to what
+    that channel's observation would be, ``(1 + v) y_i / (1 + v_i)``: unreliable symbols
+    are pulled towards the prior mean, reliable ones kept.  Equal ``v_i`` change nothing.
+
+    Args:
+        symbols: complex (n,), equalised symbols at unit-energy scale.
+        noise_var: float (n,), each symbol's complex noise variance (finite, >= 0).
+        mask: bool (n,) received symbols (erased ones stay out of the mean), or None.
+    Returns:
+        (complex64 (n,) weighted symbols, effective Es/N0 in dB).
+    Raises:
+        CodecError: shapes disagree, or a variance is negative or not finite.
+    """
+    s = np.asarray(symbols)
+    v = np.asarray(noise_var, np.float64)
+    if v.shape != s.shape:
+        raise CodecError(f"noise_var shape {v.shape} does not match symbols {s.shape}")
+    if not np.all(np.isfinite(v)) or np.any(v < 0):
+        raise CodecError("noise_var must be finite and >= 0 for every symbol")
+    keep = np.ones(v.shape, bool) if mask is None else np.asarray(mask, bool)
+    if not keep.any():
+        raise CodecError("noise_var given but no symbol was received")
+    mse = float(np.mean(v[keep] / (1.0 + v[keep])))
+    v_eff = max(mse / (1.0 - mse), 1e-10)
+    out = s * ((1.0 + v_eff) / (1.0 + v))
+    return out.astype(np.complex64), float(-10.0 * math.log10(v_eff))
+
+
 def latent_from_symbols(symbols: np.ndarray, meta: LatentMeta) -> np.ndarray:
     """Inverse of :func:`symbols_from_latent`: (n,) complex -> float32 latent ``meta.latent_shape``."""
     s = np.asarray(symbols)
@@ -437,9 +473,10 @@ class GenerativeCodec:
 
     # ------------------------------------------------------------------ receiver
     def decode(self, symbols: np.ndarray, meta: LatentMeta, snr_db: float,
-               mask: Optional[np.ndarray] = None) -> Decoded:
-        """Decode one image; raises :class:`CodecError` on bad input."""
-        out = self.decode_many([(symbols, meta, snr_db, mask)])[0]
+               mask: Optional[np.ndarray] = None, noise_var: Optional[np.ndarray] = None) -> Decoded:
+        """Decode one image; raises :class:`CodecError` on bad input.  ``noise_var``: see
+        :meth:`decode_many`."""
+        out = self.decode_many([(symbols, meta, snr_db, mask, noise_var)])[0]
         if isinstance(out, Failed):
             raise CodecError(out.error)
         return out
@@ -465,10 +502,14 @@ class GenerativeCodec:
                             rescale=cfg.rescale, steps=cfg.steps, grid=self.grid)
 
     def decode_many(self, items: Sequence[tuple]) -> List[Union[Decoded, Failed]]:
-        """Decode a batch of ``(symbols, meta, snr_db[, mask])``.
+        """Decode a batch of ``(symbols, meta, snr_db[, mask[, noise_var]])``.
 
         ``mask`` (bool, (n,)) marks received symbols; erased ones are set to the
-        latent's mean (zero).  Items whose latent shape, k and guidance agree
+        latent's mean (zero).  ``noise_var`` (float, (n,)): each symbol's noise
+        variance after equalisation (e.g. ``RxFrame.symbol_noise_var``); each symbol
+        is then MMSE-weighted and the step rule uses the effective SNR of
+        :func:`weight_by_reliability` instead of ``snr_db`` (both are in the record:
+        ``snr_db``, ``snr_in_db``).  Items whose latent shape, k and guidance agree
         share every model call; bad items come back as :class:`Failed`.
         """
         cfg = self.config
@@ -477,6 +518,7 @@ class GenerativeCodec:
         for i, item in enumerate(items):
             symbols, meta, snr_db = item[:3]
             mask = item[3] if len(item) > 3 else None
+            noise_var = item[4] if len(item) > 4 else None
             name = getattr(meta, "name", "image")
             try:
                 if not isinstance(meta, LatentMeta):
@@ -497,8 +539,14 @@ class GenerativeCodec:
                     if mask.shape != s.shape:
                         raise CodecError(f"{name}: mask shape {mask.shape} does not match symbols {s.shape}")
                     s = np.where(mask, s, 0).astype(np.complex64)
+                snr_in = snr
+                if noise_var is not None:
+                    try:
+                        s, snr = weight_by_reliability(s, noise_var, mask)
+                    except CodecError as exc:
+                        raise CodecError(f"{name}: {exc}") from None
                 z = latent_from_symbols(s, meta)
-                ready[i] = (z, meta, snr, self.step_choice(snr, meta), mask)
+                ready[i] = (z, meta, snr, self.step_choice(snr, meta), mask, snr_in)
             except CodecError as exc:
                 results[i] = Failed(str(exc), name)
                 self.stats["failures"] += 1
@@ -544,17 +592,18 @@ class GenerativeCodec:
         self._sync()
         t_dec = time.perf_counter()
         out = []
-        for b, (zk, meta, snr, choice, mask) in enumerate(batch):
+        for b, (zk, meta, snr, choice, mask, snr_in) in enumerate(batch):
             img = to_uint8(x[b], meta.image_size)
-            out.append((img, meta, snr, choice, mask))
+            out.append((img, meta, snr, choice, mask, snr_in))
         t_end = time.perf_counter()
         seconds = dict(inversion=t_inv - t_start, sampling=t_smp - t_inv, vae_decode=t_dec - t_smp,
                        other=t_end - t_dec)
         results = []
-        for (img, meta, snr, choice, mask), n_inv in zip(out, inv_calls):
-            if meta.reduce > 1:  # the free steps from pure noise down to the measurement's level
+        for (img, meta, snr, choice, mask, snr_in), n_inv in zip(out, inv_calls):
+            if meta.reduce > 1:  # the free steps from the top of the grid down to the measurement's level
                 n_inv = len(self._free_path(choice))
-            rec = dict(name=meta.name, snr_db=snr, n_steps=choice.n_steps, rule=choice.rule, k=meta.k, m=cfg.m,
+            rec = dict(name=meta.name, snr_db=snr, snr_in_db=snr_in, n_steps=choice.n_steps, rule=choice.rule,
+                       k=meta.k, m=cfg.m,
                        T=cfg.T, start_t=choice.start_t, scale=choice.scale, s_tot2=choice.s_tot2,
                        inversion=cfg.inversion, unet_calls=n_inv + choice.n_steps, batch=len(batch), batch_unet_calls=calls_inv + calls_smp,
                        erased=int((~mask).sum()) if mask is not None else 0, seconds=seconds,

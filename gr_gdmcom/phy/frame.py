@@ -8,9 +8,11 @@ A burst, in symbols (see ``docs/frame-format.md``)::
 * preamble: a CAZAC (Frank) segment of ``preamble_seg`` symbols repeated
   ``preamble_reps`` times under a sign cover whose adjacent-segment products
   form a Barker code (sharp, CFO-proof autocorrelation metric);
-* body: one known QPSK pilot before every ``pilot_spacing`` data symbols and
-  one after the last; the data are the convolutionally coded, whitened BPSK
-  header followed by the (optionally scrambled) latent symbols.
+* body: one known pilot before every ``pilot_spacing`` data symbols and one
+  after the last (QPSK up to the end of the header, then complex-Gaussian
+  "probes" shaped like the payload, so that what distorts the payload shows
+  on them); the data are the convolutionally coded, whitened BPSK header
+  followed by the (optionally scrambled) latent symbols.
 
 Every pseudo-random sequence comes from the PRBS-15 LFSR below (never from
 numpy's generators, whose streams may change between numpy versions).
@@ -31,7 +33,7 @@ BARKER = {
     11: (1, 1, 1, -1, -1, -1, 1, -1, -1, 1, -1), 13: (1, 1, 1, 1, 1, -1, -1, 1, 1, -1, 1, -1, 1),
 }
 #: PRBS-15 (x^15 + x^14 + 1) seeds of the sequences of the format.
-SEED_PILOTS, SEED_HEADER, SEED_PAYLOAD = 0x7FFF, 0x5A5A, 0x1D2B
+SEED_PILOTS, SEED_HEADER, SEED_PAYLOAD, SEED_PROBES = 0x7FFF, 0x5A5A, 0x1D2B, 0x2C59
 PRBS_ORDER, PRBS_TAP = 15, 14
 #: Largest chunk a header can describe (``chunk_symbols`` is a uint16).
 MAX_CHUNK_LIMIT = 0xFFFF
@@ -54,33 +56,41 @@ class FrameConfig:
             +-(cfo_search + 1/2) / (seg sps) cycles/sample.
         preamble_reps: preamble segments; ``preamble_reps - 1`` must be a Barker length.
         eq_taps: receiver: symbol-spaced LS equaliser taps (odd; 1 = one-tap).
-        phase_window: receiver: phase-tracker window in pilot periods (it averages the
-            known symbols within +-phase_window (pilot_spacing + 1) / 2 symbols).
+        phase_window: receiver: the longest channel-tracker window, in pilot periods (the
+            tracker chooses its window per burst by cross-validation, up to this;
+            docs/frame-format.md section 6 step 4).
         detect_threshold: receiver: normalised preamble-metric threshold (0..1).
         verify_threshold: receiver: normalised preamble-correlation threshold (0..1).
         cfo_search: receiver: besides the CFO the detector reads (good to +-1/(2 seg sps)),
             try up to this many whole steps of 1/(seg sps) on either side
             (0 .. sqrt(seg) - 1); each widens the capture range by 1/(seg sps).
+        tx_clip: transmitter: clip every sample's amplitude at ``tx_clip`` times the
+            burst's nominal rms amplitude sqrt(1/sps), phase kept (0 = off; >= 1): lowers
+            the peak-to-average power ratio the power amplifier sees (the Gaussian latent
+            payload has ~10 dB at 1e-4) at the cost of a distortion the receiver measures
+            on its probe pilots (docs/over-the-air.md, back-off).
 
     The receiver takes any chunk size and gap; ``sps``, ``rolloff``, ``rrc_span``,
     ``pilot_spacing``, ``scramble`` and the preamble settings must match the
-    transmitter's; the five receiver settings are the receiver's own.
+    transmitter's; the five receiver settings are the receiver's own, ``tx_clip`` the
+    transmitter's.
     """
 
     sps: int = 2
     rolloff: float = 0.35
     rrc_span: int = 8
-    pilot_spacing: int = 32
+    pilot_spacing: int = 16
     scramble: bool = True
     max_chunk_symbols: int = 8192
     gap_symbols: int = 64
     preamble_seg: int = 16
     preamble_reps: int = 14
     eq_taps: int = 7
-    phase_window: int = 32
+    phase_window: int = 512
     detect_threshold: float = 0.05
     verify_threshold: float = 0.12
     cfo_search: int = 2
+    tx_clip: float = 0.0
 
     def __post_init__(self):
         self.validate()
@@ -102,6 +112,7 @@ class FrameConfig:
             (self.phase_window >= 1, "phase_window must be >= 1"),
             (0.0 < self.detect_threshold < 1.0, "detect_threshold must be in (0, 1)"),
             (0.0 < self.verify_threshold < 1.0, "verify_threshold must be in (0, 1)"),
+            (self.tx_clip == 0 or self.tx_clip >= 1.0, "tx_clip must be 0 (off) or >= 1"),
             (isinstance(self.cfo_search, (int, np.integer))
              and 0 <= self.cfo_search < round(np.sqrt(self.preamble_seg)),
              "cfo_search must be an integer in 0 .. sqrt(preamble_seg) - 1"),
@@ -142,6 +153,15 @@ def qpsk(bits: np.ndarray) -> np.ndarray:
     return ((b[:, 0] + 1j * b[:, 1]) / np.sqrt(2.0)).astype(np.complex64)
 
 
+def gaussian_symbols(n: int, seed: int) -> np.ndarray:
+    """``n`` known symbols distributed like CN(0, 1) (the latent payload's law): Box-Muller
+    on pairs of 16-bit PRBS-15 words (LSB first), sqrt(-ln u) exp(j 2 pi v) with
+    u, v = (word + 1/2) / 65536.  complex64 (n,), mean power ~1 (|s|^2 <= 11.8)."""
+    words = prbs_bits(32 * n, seed).reshape(n, 2, 16).astype(np.float64) @ (2.0 ** np.arange(16))
+    u, v = (words + 0.5).T / 65536.0
+    return (np.sqrt(-np.log(u)) * np.exp(2j * np.pi * v)).astype(np.complex64)
+
+
 def frank(n: int) -> np.ndarray:
     """Frank CAZAC sequence of length n = q^2: exp(j 2 pi (k div q)(k mod q) / q).  complex64 (n,)."""
     q = int(round(np.sqrt(n)))
@@ -179,8 +199,9 @@ class FrameLayout:
         header_whitening: complex64 (HEADER_CODED_BITS,), unit-modulus QPSK phases: coded
             bit c_k is sent as (1 - 2 c_k) w_k (BPSK on a PN-rotated axis, so that the
             header is a circular, white signal like the rest of the burst).
-        pilots: complex64 (max pilots,), QPSK; ``scrambler``: complex64
-            (MAX_CHUNK_LIMIT,), unit-modulus QPSK phases.
+        pilots: complex64 (max pilots,): QPSK for the ``header_pilots`` pilots of the
+            header region, then :func:`gaussian_symbols` (payload-shaped probes);
+            ``scrambler``: complex64 (MAX_CHUNK_LIMIT,), unit-modulus QPSK phases.
         template: complex64, the shaped preamble waveform (TX samples of the
             preamble alone, ``reps * seg * sps + 2 half`` samples).
     """
@@ -200,7 +221,10 @@ class FrameLayout:
         self.preamble = (np.repeat(self.cover, seg) * np.tile(frank(seg), reps)).astype(np.complex64)
         self.header_whitening = qpsk(prbs_bits(2 * HEADER_CODED_BITS, SEED_HEADER))
         max_data = HEADER_CODED_BITS + MAX_CHUNK_LIMIT
-        self.pilots = qpsk(prbs_bits(2 * (max_data // cfg.pilot_spacing + 2), SEED_PILOTS))
+        n_pilots = max_data // cfg.pilot_spacing + 2
+        self.header_pilots = -(-HEADER_CODED_BITS // cfg.pilot_spacing)
+        self.pilots = np.concatenate([qpsk(prbs_bits(2 * self.header_pilots, SEED_PILOTS)),
+                                      gaussian_symbols(n_pilots - self.header_pilots, SEED_PROBES)])
         self.scrambler = qpsk(prbs_bits(2 * MAX_CHUNK_LIMIT, SEED_PAYLOAD))
         self.template = self.shape(self.preamble)
 

@@ -33,7 +33,7 @@ import numpy as np
 from . import conv
 
 MAGIC = b"GD"
-HEADER_VERSION = 1
+HEADER_VERSION = 2
 #: magic, version, flags, image_id, chunk_index, chunk_count, total_symbols, chunk_symbols,
 #: latent C, latent H, latent W, image h, image w, k, m_hint, T, forward, guidance, alpha, prompt_hash
 HEADER_STRUCT = struct.Struct(">2sBBHHHIHBHHHHBBHBefI")

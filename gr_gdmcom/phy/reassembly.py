@@ -53,6 +53,11 @@ class ReassembledImage:
         missing: sorted indices of the chunks not received.
         complete: True when no chunk is missing.
         chunk_noise_var: {chunk index: noise variance} of the received chunks.
+        symbol_noise_var: float32 (total_symbols,), each received symbol's noise variance
+            (:attr:`RxFrame.symbol_noise_var`, or its chunk's ``noise_var`` where a frame
+            has none); 0 where ``mask`` is False.
+        untracked: sorted indices of the chunks whose channel the receiver could not
+            follow (:attr:`RxFrame.tracked` False).
     """
 
     header: Header
@@ -65,6 +70,8 @@ class ReassembledImage:
     missing: List[int]
     complete: bool
     chunk_noise_var: Dict[int, float] = field(default_factory=dict)
+    symbol_noise_var: Optional[np.ndarray] = None
+    untracked: List[int] = field(default_factory=list)
 
 
 @dataclass
@@ -158,9 +165,11 @@ class Reassembler:
         offsets = np.concatenate([[0], np.cumsum(sizes)])
         symbols = np.zeros(h0.total_symbols, np.complex64)
         mask = np.zeros(h0.total_symbols, bool)
+        sym_nv = np.zeros(h0.total_symbols, np.float32)
         for i, f in img.chunks.items():
             symbols[offsets[i]: offsets[i + 1]] = f.symbols
             mask[offsets[i]: offsets[i + 1]] = True
+            sym_nv[offsets[i]: offsets[i + 1]] = f.noise_var if f.symbol_noise_var is None else f.symbol_noise_var
         nv = {i: float(f.noise_var) for i, f in sorted(img.chunks.items())}
         mean_nv = float(sum(nv[i] * sizes[i] for i in nv) / sum(sizes[i] for i in nv))
         missing = sorted(set(range(h0.chunk_count)) - set(img.chunks))
@@ -171,4 +180,5 @@ class Reassembler:
                         h0.chunk_count, missing)
         return ReassembledImage(header=h0, symbols=symbols, mask=mask, snr_db=noise_var_to_snr_db(mean_nv),
                                 noise_var=mean_nv, chunks_received=len(img.chunks), chunks_total=h0.chunk_count,
-                                missing=missing, complete=complete, chunk_noise_var=nv)
+                                missing=missing, complete=complete, chunk_noise_var=nv, symbol_noise_var=sym_nv,
+                                untracked=sorted(i for i, f in img.chunks.items() if not f.tracked))

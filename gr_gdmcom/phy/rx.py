@@ -44,14 +44,15 @@ log = logging.getLogger(__name__)
 
 COUNTERS = ("bursts_detected", "candidates_rejected", "headers_ok", "header_retries", "header_crc_fail",
             "header_invalid", "sync_fail", "truncated", "overlapping", "nonfinite_samples", "timing_tracked",
-            "frames_out")
+            "track_lost", "frames_out")
 #: Default most samples handled per processing pass (bounds memory for huge pushes).
 MAX_SLICE = 1 << 18
 #: The detection metric is first evaluated every DETECT_STRIDE symbols, then at every
 #: symbol around threshold crossings.
 DETECT_STRIDE = 2
-#: Span (symbols) of the decision-directed phase track of a header retry.
-RETRACK_SPAN = 128
+#: Window lengths (symbols) the decision-directed channel track of a header retry
+#: chooses from.
+RETRACK_SPANS = (16, 32, 64, 128, 256, 512)
 #: Whole CFO steps are tried when the preamble correlation is below this fraction of
 #: the square root of the detection metric (on time, in range: ~0.95-1.0 at 10 dB and
 #: above, ~0.5-0.85 lower; a wrong step: <= 0.77).
@@ -69,23 +70,68 @@ TIMING_SIGMAS = 4.0
 TIMING_FINE_RANGE = 0.2
 TIMING_COARSE_RANGE = 0.4
 TIMING_MIN_FIT = 4
-TIMING_ROUNDS = 4
+TIMING_ROUNDS = 6
 #: ... the error growth over the burst that triggers the drift estimate, and the
 #: growth above which a drift of TIMING_SIGMAS_STRONG standard errors is accepted.
-TIMING_TRIGGER = 1.3
+TIMING_TRIGGER = 1.5
 TIMING_STRONG = 3.0
 TIMING_SIGMAS_STRONG = 2.0
+#: ... and of the refinements after a first accepted drift.
+TIMING_SIGMAS_REFINE = 1.0
 #: ... the largest sample-rate offset corrected (ppm).
 MAX_SRO_PPM = 1000.0
+#: Wide-range drift acquisition (:meth:`FrameRx._acquire_drift`): windows, pilots summed
+#: coherently, delay steps per symbol, the largest drift it searches (ppm) and the
+#: smallest drift over the burst (symbols) it hands on.
+ACQ_WINDOWS = 16
+ACQ_COHERENT = 4
+ACQ_STEPS = 4
+ACQ_MAX_PPM = 400.0
+ACQ_MIN_DRIFT = 0.1
+#: ... and the step (ppm) of the final error-power search around the drift found.
+POLISH_PPM = 3.0
+#: ... the grid of the last-resort drift search: spacing (samples of timing at the
+#: burst's end) and most points.
+SEARCH_STEP = 0.3
+SEARCH_MAX_POINTS = 40
+#: Channel tracker (docs/frame-format.md section 6 step 4): the window lengths it
+#: chooses from by cross-validation, in pilot periods (up to ``phase_window``).
+TRACK_SPANS = (2, 3, 4, 6, 8, 16, 32, 64, 128, 512)
+#: The payload's pilots replace the whole body's known symbols in the noise estimate
+#: when their error exceeds it by this many standard errors (a channel the pilots
+#: follow less well than the dense header, a distortion of the high-amplitude payload).
+PAYLOAD_SIGMAS = 3.0
+#: A burst whose channel the pilots cannot follow: the tracker's error on the payload's
+#: pilots exceeds LOST_LOCK_RATIO x what the whole body's known symbols show (10 dB),
+#: or the payload's effective Es/N0 is below MIN_TRACK_SNR_DB.  Reported (counter
+#: ``track_lost``, ``RxFrame.tracked``) with its (low, honest) estimate.
+LOST_LOCK_RATIO = 10.0
+#: Local tracking error (:meth:`FrameRx._effective_noise`): payload pilots averaged, and
+#: how far above the burst's error it must be to be used.
+LOCAL_PILOTS = 5
+LOCAL_RATIO = 3.0
+MIN_TRACK_SNR_DB = -10.0
+
+
+def _fit_errors(d) -> np.ndarray:
+    """Each known symbol's error against the channel track predicted without it, scaled
+    to the noise it would show inside a window of its own (the leave-one-out excess
+    w / (W - w) divided out), in the equaliser's output units.  float64 (n_obs,).
+
+    Noise after the (fixed) equaliser is stationary through a fade, so these stay flat
+    over a tracked fading burst and grow where the timing drifts (ISI) or the tracker
+    loses the channel."""
+    w = d.ref.real ** 2 + d.ref.imag ** 2
+    tr = d.track
+    e = d.z[d.pos] - tr.g_loo * d.ref
+    return (e.real ** 2 + e.imag ** 2) / (1.0 + w / np.maximum(tr.wsum - w, 1e-3 * tr.wsum))
 
 
 def _error_power(d: "_Demod") -> float:
-    """Error power of a demodulation's phase-corrected known symbols relative to their
-    mean amplitude."""
-    e = d.zk * d.rot[d.pos]
-    g = float(e.real.mean())
-    d = e - g
-    return float(np.vdot(d, d).real) / len(d) / max(g * g, 1e-30)
+    """Error power of a demodulation's known symbols (:func:`_fit_errors`) relative to
+    the mean power of the tracked gain there."""
+    g2 = float(np.mean(d.track.g_loo.real ** 2 + d.track.g_loo.imag ** 2))
+    return float(d.err.mean()) / max(g2, 1e-30)
 
 
 @functools.lru_cache(maxsize=16)
@@ -118,6 +164,12 @@ class RxFrame:
             sample clock is faster than the transmitter's, so each symbol arrives a
             little later than the last), 0 where no drift was significant (and always
             at sps = 1).
+        symbol_noise_var: float32 (header.chunk_symbols,), each payload symbol's noise
+            variance after equalisation (the noise over the tracked channel gain there);
+            its mean is ``noise_var``.  None where not computed.
+        tracked: False when the pilots could not follow the channel (deep fade, lost
+            lock; counter ``track_lost``): the estimate is honest but low.
+        track_span: the channel tracker's window, symbols (chosen per burst).
     """
 
     header: Header
@@ -128,6 +180,9 @@ class RxFrame:
     gain: complex
     start: int
     sro_ppm: float = 0.0
+    symbol_noise_var: Optional[np.ndarray] = None
+    tracked: bool = True
+    track_span: int = 0
 
 
 class _Demod(NamedTuple):
@@ -136,11 +191,11 @@ class _Demod(NamedTuple):
     y: np.ndarray          # matched-filter outputs, symbols -h ..
     eq: np.ndarray         # equaliser taps
     z: np.ndarray          # equalised body
-    rot: np.ndarray        # phase correction of the body
     pos: np.ndarray        # positions of the known symbols used
-    zk: np.ndarray         # z at pos times conj(their value)
-    theta_loo: np.ndarray  # phase at each known symbol, estimated without it
     omega: float           # residual frequency, rad/symbol
+    track: sync.GainTrack  # complex gain along the body
+    ref: np.ndarray        # the known symbols' values at pos
+    err: Optional[np.ndarray] = None  # their scaled leave-one-out errors (_fit_errors)
 
 
 @dataclass
@@ -154,8 +209,8 @@ class _Burst:
     gain: complex = 0j
     y: Optional[np.ndarray] = None   # matched-filter outputs computed so far (symbols -h ..)
     z: Optional[np.ndarray] = None    # equalised header region (before phase correction)
-    rot: Optional[np.ndarray] = None  # phase correction exp(-j theta) over the header region
     soft: Optional[np.ndarray] = None  # phase-corrected header symbols
+    g: Optional[np.ndarray] = None    # tracked complex gain over the header region
     header: Optional[Header] = None
     header_bytes: bytes = b""
 
@@ -191,7 +246,8 @@ class FrameRx:
         ramp = np.exp(2j * np.pi * np.arange(self._seglen) / self._seglen)
         self._tsteps = np.stack([self._tseg * ramp ** n for n in self._steps]) if self._steps else None
         self._hdr_pos, self._hdr_pilots, self._hdr_body = lay.header_region()
-        self._span = c.phase_window * (c.pilot_spacing + 1)  # phase-track window, symbols
+        # channel-tracker windows, symbols (the longest: phase_window pilot periods)
+        self._spans = [k * (c.pilot_spacing + 1) for k in TRACK_SPANS if k <= max(c.phase_window, TRACK_SPANS[0])]
         self._ted = _discriminators(lay.half, c.sps, c.rolloff, lay.rrc_scale, c.rrc_span) if c.sps > 1 else None
         # samples kept before the scan position (sync window) and padded at the stream edges
         self._history = self._sps * (-(-(lay.half + self._delta + 4 * c.sps) // c.sps))
@@ -452,7 +508,8 @@ class FrameRx:
             return 0.0
         use = n_win * per
         pos, pil = pilot_pos[:use], lay.pilots[:use]
-        body = d.z * d.rot
+        rot = np.conj(d.track.g) / np.maximum(np.abs(d.track.g), 1e-30)  # the tracked phase
+        body = (d.z * rot).astype(np.complex64)
         g = complex((np.conj(lay.pilots[: len(pilot_pos)]) * body[pilot_pos]).mean())
         if not np.isfinite(g) or abs(g) < 1e-9:
             return 0.0
@@ -460,7 +517,7 @@ class FrameRx:
         s = npre + pos
         t = self._instants(b, s, drift)
         half_sym = self._mf_at(b, np.concatenate([t - sps / 2, t + sps / 2]))
-        rp = d.rot[pos]
+        rp = rot[pos]
         early, y0, late = half_sym[:use] * rp, d.y[h + s] * rp, half_sym[use:] * rp
         gy = complex((y0 * np.conj(pil)).mean())  # the pilots' gain on the matched filter's side
         est = np.concatenate([lay.preamble, body / g, np.zeros(span + 1, np.complex64)])  # symbol estimates
@@ -493,34 +550,122 @@ class FrameRx:
             return 0.0
         return slope
 
+    def _search_drift(self, b: _Burst, best, known, head, pilot_pos, n_body: int):
+        """Last resort where the error grew a lot but no discriminator found a drift
+        (short bursts, low SNR): the known symbols' error power on a grid of drifts up
+        to ACQ_MAX_PPM, SEARCH_STEP samples apart at the burst's end; the best kept if it
+        fits better than ``best`` (error power, drift, demodulation)."""
+        step = SEARCH_STEP / max(n_body, 1)
+        n = min(int(ACQ_MAX_PPM * 1e-6 * self._sps / step), SEARCH_MAX_POINTS // 2)
+        step = max(step, ACQ_MAX_PPM * 1e-6 * self._sps / max(n, 1))
+        for k in range(-n, n + 1):
+            if k:
+                dm = self._demodulate(b, self._mf_drift(b, self._npre + n_body, k * step), known, head, pilot_pos,
+                                      n_body)
+                p = _error_power(dm)
+                if p < best[0]:
+                    best = (p, k * step, dm)
+        log.debug("drift search: %.3g samples/symbol", best[1])
+        return best
+
+    def _polish_drift(self, b: _Burst, best, known, head, pilot_pos, n_body: int):
+        """Final drift: the known symbols' error power at the drift found and POLISH_PPM
+        either side, 2 POLISH_PPM either side, a parabola through the five, the
+        demodulation at its vertex if that fits better.  ``best``: (error power, drift,
+        demodulation); returns the same for the best found."""
+        step = max(POLISH_PPM * 1e-6 * self._sps, SEARCH_STEP / 8 / max(n_body, 1))
+        drifts = best[1] + step * np.arange(-2, 3)
+        demods = {0: best[2]}
+        powers = np.empty(5)
+        for i, dr in enumerate(drifts):
+            if i != 2:
+                demods[i - 2] = self._demodulate(b, self._mf_drift(b, self._npre + n_body, float(dr)), known, head,
+                                                 pilot_pos, n_body)
+            powers[i] = _error_power(demods[i - 2])
+        a2, a1, _ = np.polyfit(np.arange(-2, 3), powers, 2)
+        i = int(np.argmin(powers))
+        cand = (float(powers[i]), float(drifts[i]), demods[i - 2])
+        if a2 > 0 and abs(a1 / (2 * a2)) < 2:
+            dr = best[1] - step * a1 / (2 * a2)
+            dm = self._demodulate(b, self._mf_drift(b, self._npre + n_body, dr), known, head, pilot_pos, n_body)
+            if _error_power(dm) < cand[0]:
+                cand = (_error_power(dm), dr, dm)
+        return cand if cand[0] < best[0] else best
+
+    def _acquire_drift(self, b: _Burst, pilot_pos: np.ndarray) -> float:
+        """Wide-range sampling-clock drift (samples per symbol), 0.0 if not significant.
+
+        The early/late discriminators of :meth:`_timing_drift` see half a symbol; a
+        drift of a few hundred ppm moves the last pilots by several samples.  Here the
+        pilots of each of up to ACQ_WINDOWS windows (of at least TIMING_MIN_PILOTS) are correlated with the matched filter
+        output at a grid of delays (ACQ_STEPS per symbol) spanning the largest offset
+        ACQ_MAX_PPM can make (coherently over ACQ_COHERENT pilots, then in power, so a
+        residual carrier does not matter), the peak refined by a parabola, and a line
+        fitted through the windows' delays (outliers beyond 3 median deviations dropped)."""
+        sps, lay, npre = self._sps, self.layout, self._npre
+        n_win = min(ACQ_WINDOWS, len(pilot_pos) // TIMING_MIN_PILOTS)
+        per = len(pilot_pos) // max(n_win, 1) // ACQ_COHERENT * ACQ_COHERENT
+        if sps < 2 or n_win < TIMING_MIN_FIT + 2 or per < ACQ_COHERENT:
+            return 0.0
+        use = n_win * per
+        s = npre + pilot_pos[:use]
+        t0 = self._instants(b, s, 0.0)
+        reach = ACQ_MAX_PPM * 1e-6 * sps * float(max(s[-1] - (npre + self._hdr_body) / 2.0, 1.0)) + sps
+        step = sps / ACQ_STEPS
+        delays = np.arange(-math.ceil(reach / step), math.ceil(reach / step) + 1) * step
+        pil = np.conj(lay.pilots[:use])
+        power = np.empty((len(delays), n_win))
+        for i, dl in enumerate(delays):
+            c = (self._mf_at(b, t0 + dl) * pil).reshape(-1, ACQ_COHERENT).sum(1)
+            power[i] = (c.real ** 2 + c.imag ** 2).reshape(n_win, -1).sum(1)
+        k = np.clip(np.argmax(power, axis=0), 1, len(delays) - 2)
+        cols = np.arange(n_win)
+        a, m, c = power[k - 1, cols], power[k, cols], power[k + 1, cols]
+        den = a - 2 * m + c
+        frac = np.where(den < 0, np.clip(0.5 * (a - c) / np.where(den < 0, den, -1.0), -0.5, 0.5), 0.0)
+        eps = delays[k] + frac * step
+        x = s.reshape(n_win, per).mean(1)
+        keep = np.ones(n_win, bool)
+        for _ in range(2):
+            xf = x[keep] - x[keep].mean()
+            slope = float((xf * (eps[keep] - eps[keep].mean())).sum() / (xf * xf).sum())
+            resid = eps - eps[keep].mean() - slope * (x - x[keep].mean())
+            mad = float(np.median(np.abs(resid[keep]))) + 1e-3 * sps
+            keep = np.abs(resid) <= 3 * 1.4826 * mad
+            if keep.sum() < TIMING_MIN_FIT:
+                return 0.0
+        xf, r = x[keep] - x[keep].mean(), resid[keep]
+        se = math.sqrt(float((r ** 2).sum()) / max(int(keep.sum()) - 2, 1) / float((xf * xf).sum()))
+        log.debug("wide timing offsets %s: drift %.3g samples/symbol (se %.2g)", np.round(eps, 2), slope, se)
+        if abs(slope) * float(s[-1] - s[0]) < ACQ_MIN_DRIFT * sps or abs(slope) < TIMING_SIGMAS * se:
+            return 0.0
+        return slope
+
     def _error_growth(self, d: _Demod) -> float:
-        """Cheap test before :meth:`_timing_drift`: the known symbols' error power in the
-        last quarter of the burst's pilots over the header region's (next to the
-        equaliser's training); a sampling clock drift makes it grow.  0.0 where not
+        """Cheap test before :meth:`_timing_drift`: the known symbols' error power
+        (:func:`_fit_errors`) in the last quarter of the burst's pilots over the header
+        region's (next to the equaliser's training); a sampling clock drift makes it grow.  0.0 where not
         applicable (sps = 1, short bursts)."""
-        e = d.zk * d.rot[d.pos]
+        e = d.err
         n_tail = (len(e) - self._hdr_body) // 4
         if self._sps < 2 or n_tail < TIMING_MIN_PILOTS:
             return 0.0
-        g = float(e[: self._hdr_body].real.sum()) / self._hdr_body
-        head, tail = e[: self._hdr_body] - g, e[-n_tail:] - g
-        p_head = float(np.vdot(head, head).real) / len(head)
-        return float(np.vdot(tail, tail).real) / n_tail / max(p_head, 1e-30)
+        return float(e[-n_tail:].mean()) / max(float(e[: self._hdr_body].mean()), 1e-30)
 
     def _mf_drift(self, b: _Burst, n_sym: int, drift: float) -> np.ndarray:
         """:meth:`_mf` on a symbol clock drifting by ``drift`` (:meth:`_instants`)."""
         return self._mf_at(b, self._instants(b, np.arange(-self._h, n_sym + self._h), drift))
 
     def _equalise_track(self, b: _Burst, y: np.ndarray, n_body: int, pilot_pos: np.ndarray, known_head=None):
-        """Equalise the body and track its phase on the pilots, or, with ``known_head``
-        (the known symbols of the whole header region: decoded header and pilots), on
-        those and the pilots after them.
+        """Equalise the body and track its complex gain on the pilots, or, with
+        ``known_head`` (the known symbols of the whole header region: decoded header and
+        pilots), on those and the pilots after them.
 
         Returns:
-            (z complex64 (n_body,) equalised body, rot complex64 (n_body,) phase
-             correction, pos int (n_obs,) positions of the known symbols used,
-             zk complex (n_obs,) them times conj(their value), theta_loo float (n_obs,)
-             phase at each estimated without it, omega rad/symbol).
+            (z complex64 (n_body,) equalised body, pos int (n_obs,) positions of the
+             known symbols used, omega rad/symbol, the :class:`sync.GainTrack` (its
+             window chosen on the pilots after the header region where there are any),
+             ref complex (n_obs,) the known symbols' values).
         """
         lay = self.layout
         z = sync.equalise(y, b.eq, self._npre + n_body)[self._npre:]
@@ -532,8 +677,9 @@ class FrameRx:
             pos = np.concatenate([np.arange(self._hdr_body), pilot_pos[n_hp:]])
             ref = np.concatenate([known_head, pilots[n_hp:]])
         zk = z[pos] * np.conj(ref)
-        rot, theta_loo = sync.track_phase(zk, pos, n_body, self._span, omega)
-        return z, rot, pos, zk, theta_loo, omega
+        track = sync.track_gain(zk, pos, n_body, omega, self._spans, pos >= self._hdr_body,
+                                ref.real ** 2 + ref.imag ** 2)
+        return z, pos, omega, track, ref
 
     def _header_soft(self, b: _Burst, final: bool) -> bool:
         """Stage A: header soft values once the header region is buffered."""
@@ -549,8 +695,10 @@ class FrameRx:
         if not b.eq.any():
             return self._fail(b, "sync_fail", "degenerate equaliser")
         b.gain = complex((np.conj(lay.preamble) * y[self._h: self._h + npre]).sum() / npre)
-        b.z, b.rot, *_ = self._equalise_track(b, y, self._hdr_body, self._hdr_pilots)
-        b.soft = b.z[self._hdr_pos] * b.rot[self._hdr_pos]
+        b.z, _, _, track, _ = self._equalise_track(b, y, self._hdr_body, self._hdr_pilots)
+        b.g = track.g
+        # weighted by the tracked gain (maximum-ratio): a symbol in a fade counts less
+        b.soft = b.z[self._hdr_pos] * np.conj(b.g[self._hdr_pos])
         b.stage = "soft"
         return True
 
@@ -598,9 +746,9 @@ class FrameRx:
         decided = lay.body_symbols(encode_header(data, lay.header_whitening))[: self._hdr_body]
         pos = np.arange(self._hdr_body)
         zk = b.z * np.conj(decided)
-        rot, _ = sync.track_phase(zk, pos, self._hdr_body, RETRACK_SPAN, sync.residual_frequency(zk, pos))
+        track = sync.track_gain(zk, pos, self._hdr_body, sync.residual_frequency(zk, pos), RETRACK_SPANS)
         self.counters["header_retries"] += 1
-        return b.z[self._hdr_pos] * rot[self._hdr_pos]
+        return b.z[self._hdr_pos] * np.conj(track.g[self._hdr_pos])
 
     def _fail(self, b: _Burst, counter: str, why: str) -> bool:
         b.stage = "dead"
@@ -640,7 +788,8 @@ class FrameRx:
         """Equaliser trained on ``known`` (preamble + header region), body equalised and
         phase-tracked on the pilots and the decoded header ``head``."""
         b.eq = sync.train_equaliser(y, known, self.cfg.eq_taps)
-        return _Demod(y, b.eq, *self._equalise_track(b, y, n_body, pilot_pos, head))
+        d = _Demod(y, b.eq, *self._equalise_track(b, y, n_body, pilot_pos, head), None)
+        return d._replace(err=_fit_errors(d))
 
     def _follow_drift(self, b: _Burst, d: _Demod, known, head, pilot_pos, n_body: int):
         """Sample-rate offset: where the error grows over the burst, demodulate again on
@@ -654,15 +803,34 @@ class FrameRx:
         sigmas = TIMING_SIGMAS if growth < TIMING_STRONG else TIMING_SIGMAS_STRONG
         limit = MAX_SRO_PPM * 1e-6 * self._sps
         drift, cur = 0.0, d
-        for _ in range(TIMING_ROUNDS):
-            more = self._timing_drift(b, cur, pilot_pos, drift, sigmas)
+        best = (_error_power(d), 0.0, d)
+        wide = self._acquire_drift(b, pilot_pos) if growth >= TIMING_STRONG else 0.0
+        if wide and abs(wide) <= limit:
+            drift = wide
+            cur = self._demodulate(b, self._mf_drift(b, self._npre + n_body, drift), known, head, pilot_pos, n_body)
+            if _error_power(cur) < best[0]:
+                best = (_error_power(cur), drift, cur)
+                sigmas = TIMING_SIGMAS_REFINE
+            else:
+                drift, cur = 0.0, d
+        for k in range(TIMING_ROUNDS):
+            # once a drift is found, refinements need less evidence (the first round
+            # guards against re-timing without a drift); the best-fitting round is kept
+            more = self._timing_drift(b, cur, pilot_pos, drift, sigmas if k == 0 else TIMING_SIGMAS_REFINE)
             if not more or abs(drift + more) > limit:
                 break
             drift += more
             cur = self._demodulate(b, self._mf_drift(b, self._npre + n_body, drift), known, head, pilot_pos, n_body)
-        if drift and _error_power(cur) > _error_power(d):
-            log.debug("drift %.3g samples/symbol did not help; dropped", drift)
-            return 0.0, d
+            p = _error_power(cur)
+            if p < best[0]:
+                best = (p, drift, cur)
+        if not best[1] and growth >= TIMING_STRONG:
+            best = self._search_drift(b, best, known, head, pilot_pos, n_body)
+        if best[1]:
+            best = self._polish_drift(b, best, known, head, pilot_pos, n_body)
+        _, drift, cur = best
+        if not drift and cur is not d:
+            log.debug("drift did not help; dropped")
         if drift:
             self.counters["timing_tracked"] += 1
         return drift, cur
@@ -674,32 +842,80 @@ class FrameRx:
         lay, npre = self.layout, self._npre
         hdr_pos = data_pos[:HEADER_CODED_BITS]
         hdr_sym = encode_header(b.header_bytes, lay.header_whitening)
-        # training: preamble + header region (its data and pilots), rotated by its phase track
+        # training: preamble + header region (its data and pilots) times its tracked gain
+        # (the equaliser is to undo the dispersion, not the fading the tracker follows)
         head = lay.body_symbols(hdr_sym)[: self._hdr_body]
-        known = np.concatenate([lay.preamble, head * np.conj(b.rot)])
+        known = np.concatenate([lay.preamble, head * b.g])
         d = self._demodulate(b, self._mf(b, npre + n_body), known, head, pilot_pos, n_body)
         drift, d = self._follow_drift(b, d, known, head, pilot_pos, n_body)
         b.eq = d.eq
-        z, rot, zk, theta_loo, omega = d.z, d.rot, d.zk, d.theta_loo, d.omega
-        body = z * rot
-        # amplitude from the header symbols (real: a complex gain would also absorb the
-        # header region's phase-tracking error and hide it from the noise estimate)
-        g = float((np.conj(hdr_sym) * body[hdr_pos]).sum().real) / len(hdr_sym)
-        if not np.isfinite(g) or abs(g) < 1e-6:
+        est = self._effective_noise(d, data_pos[HEADER_CODED_BITS:])
+        if est is None:
             self._fail(b, "sync_fail", "no signal on the known symbols")
             return None
-        # every known symbol judged against the phase estimated without it
-        err = zk * np.exp(-1j * theta_loo) / g - 1.0
-        # the equaliser was fitted to npre + hdr_body symbols: undo its residual shrinkage
-        n_fit = npre + self._hdr_body
-        nv = max(float((err.real ** 2 + err.imag ** 2).mean()) * n_fit / (n_fit - self.cfg.eq_taps), MIN_NOISE_VAR)
-        sym = body[data_pos[HEADER_CODED_BITS:]] / g
+        g_pay, sym_nv, nv, tracked = est
+        sym = d.z[data_pos[HEADER_CODED_BITS:]] / g_pay
         if self.cfg.scramble:
             sym = sym * np.conj(lay.scrambler[: len(sym)])
+        if not tracked:
+            self.counters["track_lost"] += 1
+            log.debug("burst at %.1f: channel not followed (Es/N0 %.1f dB)", b.tau, noise_var_to_snr_db(nv))
         self.counters["frames_out"] += 1
         return RxFrame(header=b.header, symbols=sym.astype(np.complex64), snr_db=noise_var_to_snr_db(nv),
-                       noise_var=nv, cfo=b.cfo + omega / (2 * np.pi * self._sps), gain=b.gain,
-                       start=int(round(b.tau)), sro_ppm=drift / self._sps * 1e6)
+                       noise_var=nv, cfo=b.cfo + d.omega / (2 * np.pi * self._sps), gain=b.gain,
+                       start=int(round(b.tau)), sro_ppm=drift / self._sps * 1e6,
+                       symbol_noise_var=sym_nv.astype(np.float32), tracked=tracked, track_span=d.track.span)
+
+    def _effective_noise(self, d: _Demod, pay_pos: np.ndarray):
+        """The payload's post-equalisation noise (docs/frame-format.md, SNR estimator).
+
+        The tracker's leave-one-out prediction errors at the known symbols measure
+        noise, tracking error and distortion together, in the equaliser's output
+        units; the payload's pilots replace the whole body's known symbols when they
+        fare significantly worse.  Divided by the tracked gain's power at each payload
+        symbol, they give its noise variance after the division by the gain.
+
+        Returns:
+            (gain complex (n_pay,) at the payload symbols, noise variance float64
+             (n_pay,) of each, their mean, tracked bool), or None if there is no signal.
+        """
+        tr = d.track
+        g_pay = tr.g[pay_pos]
+        p_pay = g_pay.real ** 2 + g_pay.imag ** 2
+        if not np.all(np.isfinite(p_pay)) or p_pay.mean() < 1e-12:
+            return None
+        # each known symbol against the gain predicted without it: noise x (1 + w / (W - w))
+        # with window weight W (itself, weight w, included), divided out (_fit_errors); a
+        # payload symbol between the observations gets noise x (1 + 1 / W)
+        err = d.err
+        noise_all = float(err.mean())
+        on_pay = d.pos >= self._hdr_body
+        n_pay = int(np.count_nonzero(on_pay))
+        raw, noise_pay = noise_all, 0.0
+        if n_pay >= 8:
+            excess = 1.0 + float(np.mean(1.0 / tr.wsum[on_pay]))
+            noise_pay = float(err[on_pay].mean())
+            raw = noise_all * excess
+            if noise_pay > noise_all * (1.0 + PAYLOAD_SIGMAS * math.sqrt(2.0 / n_pay)):
+                raw = noise_pay * excess
+        raw_t = np.full(len(pay_pos), raw)
+        if n_pay >= LOCAL_PILOTS:
+            # where the tracker does much worse locally (a fade's null, where the phase
+            # turns fastest), its local error: a moving average over LOCAL_PILOTS payload
+            # pilots, used where it exceeds LOCAL_RATIO x the burst's
+            k = np.ones(LOCAL_PILOTS) / LOCAL_PILOTS
+            local = np.convolve(err[on_pay], k, "same") * (1.0 + 1.0 / tr.wsum[on_pay])
+            local_t = np.interp(pay_pos, d.pos[on_pay], local)
+            raw_t = np.where(local_t > LOCAL_RATIO * raw, local_t, raw)
+        # the equaliser was fitted to npre + hdr_body symbols: undo its residual shrinkage
+        n_fit = self._npre + self._hdr_body
+        raw_t *= n_fit / (n_fit - self.cfg.eq_taps)
+        sym_nv = np.maximum(raw_t / np.maximum(p_pay, 1e-30), MIN_NOISE_VAR)
+        nv = float(sym_nv.mean())
+        if not np.isfinite(nv):
+            return None
+        tracked = noise_var_to_snr_db(nv) >= MIN_TRACK_SNR_DB and noise_pay <= LOST_LOCK_RATIO * noise_all
+        return g_pay, sym_nv, nv, tracked
 
     def _trim(self):
         """Drop samples no pending burst or the detector needs any more."""

@@ -4,14 +4,16 @@ Detection (:func:`preamble_metric`), timing/CFO/verification
 (:func:`preamble_correlation`, :func:`fine_timing_cfo`), fractional-delay
 matched filtering (:func:`matched_filter`), the LS equaliser
 (:func:`train_equaliser`, :func:`equalise`) and the pilot phase tracker
-(:func:`track_phase`).  :class:`~gr_gdmcom.phy.rx.FrameRx` strings them together.
+(:func:`track_phase`) and the channel tracker (:func:`track_gain`).  :class:`~gr_gdmcom.phy.rx.FrameRx` strings them together.
 """
 
 from __future__ import annotations
 
 import cmath
 import functools
-from typing import Optional, Tuple
+import math
+import threading
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -376,7 +378,8 @@ def residual_frequency(zp: np.ndarray, pos: np.ndarray) -> float:
 
 def track_phase(zk: np.ndarray, pos: np.ndarray, n: int, span: int, omega: float
                 ) -> Tuple[np.ndarray, np.ndarray]:
-    """Phase track from known symbols (pilots, and the header once decoded).
+    """Phase track from known symbols (pilots, and the header once decoded).  (Phase
+    only, with a fixed window; :class:`FrameRx` now uses :func:`track_gain`.)
 
     After removing the ramp ``omega``, the observations within +-``span`` / 2
     symbols of each one are averaged (the window is truncated at the ends); the
@@ -404,3 +407,153 @@ def track_phase(zk: np.ndarray, pos: np.ndarray, n: int, span: int, omega: float
     rot = np.conj(np.interp(np.arange(n), pos, unit)).astype(np.complex64)
     s_loo = s - zr if len(zr) > 1 else s
     return rot, np.angle(s_loo) + omega * pos
+
+
+#: Most observations :func:`track_gain` scores a window on (an even subsample beyond).
+MAX_SCORED = 128
+
+
+class GainTrack(NamedTuple):
+    """A complex channel gain tracked along a burst (:func:`track_gain`).
+
+    Attributes:
+        g: complex128 (n,), the gain at every symbol position (the ramp included).
+        g_loo: complex128 (n_k,), the gain at each known symbol predicted *without it*
+            (leave-one-out, the ramp included).
+        wsum: float64 (n_k,), the weight (sum of |known symbol|^2) of each one's
+            window, itself included.
+        span: the window length chosen, symbols.
+        score: float, the leave-one-out error power (per unit symbol energy) that chose it.
+    """
+
+    g: np.ndarray
+    g_loo: np.ndarray
+    wsum: np.ndarray
+    span: int
+    score: float
+
+
+def track_gain(zk: np.ndarray, pos: np.ndarray, n: int, omega: float, spans: Sequence[int],
+               score: Optional[np.ndarray] = None, weight: Optional[np.ndarray] = None) -> GainTrack:
+    """Complex channel gain (amplitude and phase) along a burst from its known symbols,
+    the smoothing length chosen by leave-one-out cross-validation.
+
+    After removing the ramp ``omega``, the gain at each observation is the
+    least-squares fit over the observations within +-span / 2 symbols of it
+    (sum of zk over sum of |s|^2: a box window, truncated at the ends), interpolated
+    linearly between the observations.  For each candidate span the fit is also
+    formed without the observation itself; the span whose leave-one-out prediction
+    error is smallest (over the observations ``score``) is kept: a long window where
+    the channel is still (noise averages out), a short one where it moves (fading, a
+    drifting carrier), with no constant to set by hand.
+
+    Args:
+        zk: complex (n_k,), received known symbols times conj(their value).
+        pos: int (n_k,), their symbol positions (increasing, any spacing).
+        n: number of symbol positions to return the gain for (0..n-1).
+        omega: residual frequency, rad/symbol (:func:`residual_frequency`).
+        spans: candidate window lengths, symbols.
+        score: bool (n_k,), the observations whose prediction error chooses the span
+            (e.g. the payload's pilots); None or too few (< 8): all of them.
+        weight: float (n_k,), |known symbol|^2 (None: unit-modulus symbols).
+    Returns:
+        :class:`GainTrack`.
+    """
+    pos = np.asarray(pos)
+    w = np.ones(len(pos)) if weight is None else np.asarray(weight, np.float64)
+    sel = np.ones(len(pos), bool) if score is None or np.count_nonzero(score) < 8 else np.asarray(score, bool)
+    plan = _track_plan(pos, w, sel, tuple(int(v) for v in spans))
+    ramp = np.exp(1j * omega * pos) if omega else None
+    zr = np.asarray(zk, np.complex128) * np.conj(ramp) if omega else np.asarray(zk, np.complex128)
+    c = np.zeros(len(zr) + 1, np.complex128)
+    np.cumsum(zr, out=c[1:])
+    if plan.usable.size:
+        # every candidate window at once, scored on the selected observations only
+        z_sel = zr[plan.idx]
+        d = z_sel - (c[plan.hi] - c[plan.lo] - z_sel) * plan.w_ratio
+        errs = np.einsum("ij,ij->i", d.real ** 2 + d.imag ** 2, plan.okf) / plan.den
+        # the longest window within one standard error of the best (noise makes the
+        # scores of nearby windows differ by chance; the longer one is the safer bet)
+        err = float(errs[plan.usable].min())
+        near = plan.usable[errs[plan.usable] * plan.se_factor[plan.usable] <= err]
+        k = int(near[-1])
+    else:  # too few observations for a window: one gain for the whole burst
+        err, k = float("inf"), -1
+    span, hi, lo, ws, inv_loo, inv_ws = plan.final(k)
+    s = c[hi] - c[lo] if k >= 0 else np.full(len(zr), c[-1])
+    loo = np.where(inv_loo > 0, (s - zr) * inv_loo, s * inv_ws)
+    # the ramp put back at the observations, the gain interpolated between them (its
+    # phase steps there are small: the chord stays close to the arc)
+    avg = s * inv_ws
+    if omega:
+        avg, loo = avg * ramp, loo * ramp
+    t = np.arange(n)
+    g = np.empty(n, np.complex128)
+    g.real = np.interp(t, pos, avg.real)
+    g.imag = np.interp(t, pos, avg.imag)
+    return GainTrack(g=g, g_loo=loo, wsum=ws, span=int(span), score=err)
+
+
+class _TrackPlan:
+    """What :func:`track_gain` computes from the positions, weights and candidate windows
+    alone (the same for every burst of one size): window index bounds, weights and masks."""
+
+    def __init__(self, pos: np.ndarray, w: np.ndarray, sel: np.ndarray, spans: Tuple[int, ...]):
+        self.pos, self.w = pos, w
+        self.cw = np.zeros(len(w) + 1)
+        np.cumsum(w, out=self.cw[1:])
+        idx = np.flatnonzero(sel)
+        self.idx = idx[:: max(1, len(idx) // MAX_SCORED)]  # the score needs no more
+        # windows longer than twice the extent all cover everything: the first is enough
+        sp = np.sort(np.asarray(spans, np.int64))
+        self.spans = sp[: int(np.searchsorted(sp, 2 * (pos[-1] - pos[0]) + 2)) + 1]
+        p_sel, w_sel = pos[self.idx], w[self.idx]
+        self.hi = np.searchsorted(pos, p_sel[None, :] + self.spans[:, None] // 2, "right")
+        self.lo = np.searchsorted(pos, p_sel[None, :] - self.spans[:, None] // 2, "left")
+        ws = self.cw[self.hi] - self.cw[self.lo]
+        w_loo = ws - w_sel
+        ok = w_loo > 1e-3 * np.maximum(ws, 1e-30)
+        self.w_ratio = np.where(ok, w_sel / np.where(ok, w_loo, 1.0), 0.0)
+        self.okf = ok.astype(np.float64)  # (n_spans, n_sel)
+        self.den = np.maximum(self.okf @ w_sel, 1e-30)
+        n_ok = ok.sum(1)
+        self.usable = np.flatnonzero(n_ok > 0)
+        self.se_factor = 1.0 - 1.0 / np.sqrt(np.maximum(n_ok, 1))
+        self._final = {}
+
+    def final(self, k: int):
+        """(span, hi, lo, window weights, 1 / leave-one-out weight (0 where none),
+        1 / window weight) of candidate ``k`` over every observation (k < 0: one window
+        over everything)."""
+        if k not in self._final:
+            if k < 0:
+                span, hi, lo = 0, None, None
+                ws = np.full(len(self.w), max(float(self.cw[-1]), 1e-30))
+            else:
+                span = int(self.spans[k])
+                hi = np.searchsorted(self.pos, self.pos + span // 2, "right")
+                lo = np.searchsorted(self.pos, self.pos - span // 2, "left")
+                ws = self.cw[hi] - self.cw[lo]
+            w_loo = ws - self.w
+            valid = w_loo > 1e-3 * np.maximum(ws, 1e-30)
+            inv_loo = np.where(valid, 1.0 / np.where(valid, w_loo, 1.0), 0.0)
+            self._final[k] = (span, hi, lo, ws, inv_loo, 1.0 / np.maximum(ws, 1e-30))
+        return self._final[k]
+
+
+_PLANS: "dict" = {}
+_PLANS_LOCK = threading.Lock()  # receivers may run in several GNU Radio threads
+
+
+def _track_plan(pos: np.ndarray, w: np.ndarray, sel: np.ndarray, spans: Tuple[int, ...]) -> _TrackPlan:
+    """The cached :class:`_TrackPlan` of these inputs (a burst size's layout repeats)."""
+    key = (len(pos), pos.tobytes(), w.tobytes(), sel.tobytes(), spans)
+    with _PLANS_LOCK:
+        plan = _PLANS.get(key)
+    if plan is None:
+        plan = _TrackPlan(pos.copy(), w.copy(), sel, spans)
+        with _PLANS_LOCK:
+            while len(_PLANS) >= 32:
+                _PLANS.pop(next(iter(_PLANS)))
+            _PLANS[key] = plan
+    return plan

@@ -60,7 +60,8 @@ class FrameTx:
         Returns:
             complex64 (layout.burst_samples(n),): preamble, coded header and payload
             with pilots, RRC-shaped at ``sps`` including the filter tails (unit energy
-            per symbol).
+            per symbol), each sample's amplitude limited to ``tx_clip`` sqrt(1/sps) when
+            ``tx_clip`` is set.
         """
         lay = self.layout
         payload = np.asarray(payload, np.complex64).ravel()
@@ -70,7 +71,12 @@ class FrameTx:
         if self.cfg.scramble:
             payload = payload * lay.scrambler[: payload.size]
         body = lay.body_symbols(np.concatenate([encode_header(data, lay.header_whitening), payload]))
-        return lay.shape(np.concatenate([lay.preamble, body]))
+        x = lay.shape(np.concatenate([lay.preamble, body]))
+        if self.cfg.tx_clip:
+            limit = self.cfg.tx_clip / np.sqrt(self.cfg.sps)
+            mag = np.abs(x)
+            x = np.where(mag > limit, x * (limit / np.maximum(mag, 1e-30)), x).astype(np.complex64)
+        return x
 
     def frames(self, symbols: np.ndarray, header_template: Header) -> List[np.ndarray]:
         """Split an image's latent symbols into chunks and build one burst per chunk.
