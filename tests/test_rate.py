@@ -123,6 +123,11 @@ def test_reduced_latent_decodes_to_the_original_size(components, small):
     assert codec.stats["unet_calls"] - calls0 == cfg.T == dec.record["unet_calls"]
     with pytest.raises(CodecError, match="metadata says latent shape"):
         codec.decode(enc.symbols[:-1], enc.meta, 10.0)
+    # a latent too small for the reduction fails alone; the other images are encoded
+    few = GenerativeCodec(cfg.replace(reduce=64), components=components)
+    bad, good = few.encode_many([small[:8, :8], small[:64, :64]], ["one", "two"])
+    assert bad.error == "one: reduce=64 leaves fewer than 2 of the latent's 4 values" and bad.name == "one"
+    assert good.symbols.size == 4 * 8 * 8 // 64 // 2
 
 
 def test_header_flags_carry_the_reduction(codec, small):

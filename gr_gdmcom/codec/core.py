@@ -427,7 +427,7 @@ class GenerativeCodec:
         return results  # type: ignore[return-value]
 
     @torch.no_grad()
-    def _encode_batch(self, imgs, names) -> List[Encoded]:
+    def _encode_batch(self, imgs, names) -> List[Union[Encoded, Failed]]:
         cfg, c = self.config, self.c
         t_start = time.perf_counter()
         calls0 = self.stats["unet_calls"]
@@ -456,8 +456,11 @@ class GenerativeCodec:
         for b, (im, name) in enumerate(zip(imgs, names)):
             try:
                 sym, alpha, means, red = latent_to_symbols(zk_np[b], cfg)
-            except RateError as exc:
-                raise CodecError(f"{name}: {exc}") from None
+            except RateError as exc:  # this item only (e.g. too few latent values to reduce)
+                out.append(Failed(f"{name}: {exc}", name))
+                self.stats["failures"] += 1
+                log.warning("%s: %s", name, exc)
+                continue
             meta = LatentMeta(alpha=alpha, latent_shape=tuple(zk_np.shape[1:]), image_size=(im.size[1], im.size[0]),
                               k=cfg.k, T=cfg.T, guidance=cfg.guidance, prompt=cfg.prompt, forward=cfg.forward,
                               name=name, means=means, reduce=red.factor, reduce_method=red.method)
@@ -466,9 +469,11 @@ class GenerativeCodec:
         seconds = dict(vae_encode=t_vae - t_start, inversion=t_inv - t_vae, other=t_end - t_inv)
         calls = self.stats["unet_calls"] - calls0
         for e, n_calls in zip(out, item_calls):
+            if isinstance(e, Failed):
+                continue
             e.record = dict(unet_calls=n_calls, batch=len(imgs), batch_unet_calls=calls, seconds=seconds,
                             symbols=int(e.symbols.size), bcr=e.symbols.size / (3 * e.meta.image_size[0] * e.meta.image_size[1]))
-        self.stats["images_encoded"] += len(out)
+        self.stats["images_encoded"] += sum(isinstance(e, Encoded) for e in out)
         return out
 
     # ------------------------------------------------------------------ receiver
