@@ -23,6 +23,10 @@ FORWARD_MODES = ("ddim", "random")
 CLEAN_ENDS = ("model", "one", "step0")
 #: how each DDIM-inversion step is solved: explicit (eq. 10) or the implicit step by fixed-point iteration
 INVERSION_MODES = ("ddim", "fixed-point")
+#: how the transmitter reduces the latent below BCR 1/96 (codec/rate.py; rate.REDUCE_METHODS)
+REDUCE_METHODS = ("subset", "pool")
+#: reduction factors the pool method supports (rate.POOL_BLOCKS); subset takes any factor
+POOL_FACTORS = (1, 2, 4, 8, 16)
 
 
 @dataclass
@@ -59,6 +63,13 @@ class CodecConfig:
         seed: seed of every random generator the codec uses.
         max_pixels: images with more pixels than this are refused.
         batch_size: images processed together in one UNet call per step.
+        remove_mean: subtract each channel's mean of ``z_k`` before power normalisation
+            and send the means in the metadata (beyond the paper; False sends the paper's
+            exact signal).  See docs/rate.md.
+        reduce: send 1/reduce of the latent's values (BCR 1/(96 reduce) for SD's latent);
+            1 sends the whole latent, as the paper.
+        reduce_method: ``subset`` (a fixed pseudo-random subset, the rest filled in by the
+            diffusion sampling) or ``pool`` (orthonormal block pooling, generative upsampling).
     """
 
     model: str = DEFAULT_MODEL
@@ -80,6 +91,9 @@ class CodecConfig:
     seed: int = 0
     max_pixels: int = 4096 * 4096
     batch_size: int = 8
+    remove_mean: bool = False
+    reduce: int = 1
+    reduce_method: str = "subset"
 
     def validate(self) -> "CodecConfig":
         """Raise ``ValueError`` with a readable message for impossible settings."""
@@ -104,6 +118,13 @@ class CodecConfig:
             raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.reduce < 1:
+            raise ValueError(f"reduce must be >= 1, got {self.reduce}")
+        if self.reduce_method not in REDUCE_METHODS:
+            raise ValueError(f"unknown reduce_method {self.reduce_method!r}; choose one of {', '.join(REDUCE_METHODS)}")
+        if self.reduce_method == "pool" and self.reduce not in POOL_FACTORS:
+            raise ValueError(f"reduce_method pool needs reduce in {', '.join(map(str, POOL_FACTORS))}, "
+                             f"got {self.reduce}")
         return self
 
     def replace(self, **changes) -> "CodecConfig":
@@ -148,6 +169,11 @@ _HELP = {
     "seed": "seed for every random generator",
     "max_pixels": "refuse images with more pixels than this",
     "batch_size": "images per batched UNet call",
+    "remove_mean": "subtract the per-channel latent mean before power normalisation and send it in the "
+                   "metadata (--no-remove-mean: the paper's exact signal)",
+    "reduce": "send 1/reduce of the latent values: BCR 1/(96*reduce) (1: whole latent)",
+    "reduce_method": "how the latent is reduced: subset (fixed pseudo-random values, the rest inpainted) "
+                     "or pool (orthonormal block pooling, generative upsampling)",
 }
 
 
@@ -158,7 +184,8 @@ def _rule(value: str) -> str:
                                      f"or {CALIBRATED}PATH)")
 
 
-_CHOICES = dict(forward=FORWARD_MODES, clean_end=CLEAN_ENDS, inversion=INVERSION_MODES)
+_CHOICES = dict(forward=FORWARD_MODES, clean_end=CLEAN_ENDS, inversion=INVERSION_MODES,
+                reduce_method=REDUCE_METHODS)
 
 
 def add_codec_args(parser: argparse.ArgumentParser, skip: tuple = (), only: Optional[tuple] = None) -> None:

@@ -83,7 +83,7 @@ def build_link(images, out_dir: Optional[str], channel: ChannelConfig, tx: Codec
     fkw = {f: getattr(frame, f) for f in frame.__dataclass_fields__}
     src = semantic_source(images=images, server=server, model=tx.model, device=tx.device, dtype=tx.dtype,
                           k=tx.k, T=tx.T, guidance=tx.guidance, prompt=tx.prompt, forward=tx.forward, seed=tx.seed,
-                          **fkw)
+                          reduce=tx.reduce, reduce_method=tx.reduce_method, **fkw)
     snk = semantic_sink(out_dir=out_dir or "", filename="{name}.png", server=server, model=rx.model,
                         device=rx.device, dtype=rx.dtype, m=rx.m, T=rx.T, rule=rx.rule, rescale=rx.rescale,
                         guidance=rx.guidance, prompt=rx.prompt, steps=rx.steps or 0, seed=rx.seed, **fkw)

@@ -100,12 +100,37 @@ class TxEvent:
         return d
 
 
+#: header ``flags`` bits that carry the latent reduction (codec/rate.py): bits 0-3 log2(reduce), bit 4 pool
+REDUCE_LOG2_MASK, REDUCE_POOL_FLAG = 0x0F, 0x10
+
+
+class LinkMetaError(ValueError):
+    """Latent metadata that the frame header cannot carry."""
+
+
+def reduction_flags(meta: LatentMeta) -> int:
+    """The header ``flags`` byte for ``meta``'s reduction (0 for the whole latent).
+
+    Raises:
+        LinkMetaError: the reduction is not a power of two up to 2^15, or channel means were
+            removed (the header has no field for them yet: send with ``remove_mean=False``).
+    """
+    if meta.means:
+        raise LinkMetaError(f"{meta.name}: the frame header cannot carry the removed channel means; "
+                            "send over the radio link with remove_mean off (--no-remove-mean)")
+    r = int(meta.reduce)
+    if r < 1 or r & (r - 1) or r > 1 << REDUCE_LOG2_MASK:
+        raise LinkMetaError(f"{meta.name}: the frame header carries reduce as a power of two up to "
+                            f"{1 << REDUCE_LOG2_MASK}, got {r}")
+    return (r.bit_length() - 1) | (REDUCE_POOL_FLAG if meta.reduce_method == "pool" else 0)
+
+
 def header_for(meta: LatentMeta, image_id: int) -> Header:
     """Frame header template (chunk fields are filled in by the PHY)."""
     return Header(image_id=image_id & 0xFFFF, latent_shape=tuple(meta.latent_shape),
                   image_size=tuple(meta.image_size), k=meta.k, T=meta.T,
                   forward=FORWARD_CODES[meta.forward], guidance=float(meta.guidance), alpha=float(meta.alpha),
-                  prompt_hash=meta.prompt_hash, total_symbols=meta.n_symbols)
+                  prompt_hash=meta.prompt_hash, total_symbols=meta.n_symbols, flags=reduction_flags(meta))
 
 
 def meta_from_header(h: Header, prompt: str, name: str) -> LatentMeta:
@@ -114,7 +139,9 @@ def meta_from_header(h: Header, prompt: str, name: str) -> LatentMeta:
     return LatentMeta(alpha=float(h.alpha), latent_shape=tuple(int(v) for v in h.latent_shape),
                       image_size=tuple(int(v) for v in h.image_size), k=int(h.k), T=int(h.T),
                       guidance=float(h.guidance), prompt=prompt, forward=FORWARD_NAMES.get(int(h.forward), "ddim"),
-                      name=name)
+                      name=name, reduce=1 << (int(h.flags) & REDUCE_LOG2_MASK),
+                      reduce_method=("pool" if int(h.flags) & REDUCE_POOL_FLAG else "subset")
+                      if int(h.flags) & REDUCE_LOG2_MASK else "full")
 
 
 class TxPipeline:
@@ -186,7 +213,14 @@ class TxPipeline:
             (log.debug if str(path) in self._reported else log.warning)("source: image %s not sent: %s", path, exc)
             self._reported.add(str(path))
             return ev
-        bursts = self.tx.frames(enc.symbols, header_for(enc.meta, image_id))
+        try:
+            header = header_for(enc.meta, image_id)
+        except LinkMetaError as exc:
+            ev.error = str(exc)
+            self.counters["images_failed"] += 1
+            log.warning("source: image %s not sent: %s", path, exc)
+            return ev
+        bursts = self.tx.frames(enc.symbols, header)
         ev.bursts = [Burst(b, image_id, i, len(bursts), ev.name) for i, b in enumerate(bursts)]
         ev.symbols, ev.alpha, ev.seconds = int(enc.symbols.size), float(enc.meta.alpha), time.perf_counter() - t0
         self.counters["images_sent"] += 1

@@ -35,7 +35,7 @@ def test_missing_model_error_names_alternatives(tmp_path):
         load_components(str(tmp_path), device="cpu")
     msg = str(e.value)  # checked before any loading: the folder holds no model
     assert msg.startswith(f"--model {str(tmp_path)!r} is a folder but not a diffusers model (no model_index.json")
-    assert "choose 'tiny'" in msg and "a local diffusers folder" in msg and "\n" not in msg
+    assert "choose 'patch-gmm'" in msg and "'tiny'" in msg and "a local diffusers folder" in msg and "\n" not in msg
 
 
 def test_noiseless_round_trip_within_2_percent(codec, small):

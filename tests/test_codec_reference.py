@@ -17,7 +17,7 @@ def test_prompt_hash_is_crc32_of_the_utf8_prompt():
 
 
 META = dict(alpha=0.75, latent_shape=[4, 8, 6], image_size=[64, 48], k=5, T=50, guidance=6.0, prompt="p",
-            forward="random", name="x")
+            forward="random", name="x", means=[], reduce=1, reduce_method="full")
 
 
 def test_latent_meta_dict_round_trip():

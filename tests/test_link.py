@@ -75,3 +75,18 @@ def test_link_with_a_sample_clock_offset(tmp_path, small):
     (r,) = run["results"]
     assert run["counters"]["timing_tracked"] == 1 and run["counters"]["header_crc_fail"] == 0, run["counters"]
     assert abs(r["snr_est_db"] - 25.0) < 1.0, r["snr_est_db"]
+
+
+def test_link_at_bcr_1_384_sends_a_quarter_of_the_symbols(tmp_path, small, capsys):
+    """``--reduce 4``: BCR 1/384 through the GNU Radio link; the header's flags carry the
+    reduction to the receiver, which decodes an image of the original size (docs/rate.md)."""
+    img = tmp_path / "s.png"
+    Image.fromarray(small[:48, :40]).save(img)  # latent 4 x 6 x 5 = 120 values: 60 symbols whole
+    rc = main(["link", "--image", str(img), "--snr", "12", "--model", "tiny", "--device", "cpu", "--reduce", "4",
+               "--reduce-method", "pool", "--out", str(tmp_path / "o")])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rc == 0, rows
+    (row,) = rows
+    # 2x2 pooling of a 6 x 5 latent: 3 x 3 blocks per channel (the right column of blocks is 2 x 1)
+    assert row["symbols"] == 4 * 3 * 3 // 2 == 18
+    assert row["complete"] and Image.open(row["output"]).size == (40, 48)

@@ -24,13 +24,14 @@ TINY = dict(model="tiny", device="cpu")
 
 
 # ---------------------------------------------------------------------- references written out here
-def sd_grid(T=50):
+def sd_grid(T=50, alpha_to_one=False):
     """SD 1.5's DDIM grid from its definition: scaled-linear betas 0.00085..0.012 over 1000
-    steps, leading spacing with offset 1 (tau_j = (j - 1) * 1000 // T + 1), a_0 = 1."""
+    steps, leading spacing with offset 1 (tau_j = (j - 1) * 1000 // T + 1); the clean end a_0 is
+    abar_0 (SD 1.5's scheduler config: set_alpha_to_one = False), or 1 with ``alpha_to_one``."""
     betas = np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=np.float64) ** 2
     abar = np.cumprod(1.0 - betas)
     taus = np.arange(T) * (1000 // T) + 1
-    return np.concatenate([[-1], taus]), np.concatenate([[1.0], abar[taus]])
+    return np.concatenate([[-1], taus]), np.concatenate([[1.0 if alpha_to_one else abar[0]], abar[taus]])
 
 
 def s_tot2_formula(k, m, snr_db, power, T=50):
@@ -66,6 +67,8 @@ def test_grid_matches_sd_definition():
     g = get_grid(50)
     assert np.array_equal(g.timesteps, taus)
     np.testing.assert_allclose(g.alphas, a, rtol=1e-6)
+    np.testing.assert_allclose(get_grid(50, {"set_alpha_to_one": True}).alphas, sd_grid(alpha_to_one=True)[1],
+                               rtol=1e-6)
 
 
 @pytest.mark.parametrize("power", [0.25, 1.0, 4.0, 11.0])
@@ -417,5 +420,5 @@ def test_link_images_equal_an_in_process_decode_of_the_received_symbols(tmp_path
     assert abs(got_db - 10.0) < 1.0 and abs(img.snr_db - got_db) < 1.0
     meta = meta_from_header(img.header, cfg.prompt, "a")
     assert meta.alpha == pytest.approx(enc.meta.alpha, rel=1e-6)
-    ref = codec.decode(img.symbols, meta, float(img.snr_db)).image
+    ref = codec.decode(img.symbols, meta, float(img.snr_db), noise_var=img.symbol_noise_var).image  # as the sink
     assert_same_image(np.asarray(Image.open(res["file"]).convert("RGB")), ref, "link image vs in-process decode")

@@ -11,7 +11,7 @@ from gr_gdmcom.codec.schedule import SD_SCHEDULER, get_grid, make_scheduler, sam
 BETAS = np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000) ** 2
 ABAR = np.cumprod(1 - BETAS)
 TAUS = np.arange(50) * 20 + 1  # leading spacing, offset 1
-A = np.concatenate([[1.0], ABAR[TAUS]])
+A = np.concatenate([[ABAR[0]], ABAR[TAUS]])  # clean end a_0 = abar_0: SD 1.5's set_alpha_to_one = False
 
 
 def abar_formula(t):
@@ -66,7 +66,7 @@ def test_every_rule_from_its_definition(snr_db, k, m):
     path = sampling_path(ex, get_grid(50))
     below = TAUS[TAUS < ex.start_t][::-1]
     assert [p[0] for p in path] == pytest.approx([ex.start_t] + list(below.astype(float)))
-    assert [p[2] for p in path] == pytest.approx(list(ABAR[below]) + [1.0], rel=1e-5)
+    assert [p[2] for p in path] == pytest.approx(list(ABAR[below]) + [A[0]], rel=1e-5)
     assert path[0][1] == pytest.approx(abar_star, rel=1e-5)
 
 
@@ -78,7 +78,7 @@ def test_grid_sampling_path_and_fixed_steps():
     assert [p[1] for p in path] == pytest.approx(list(A[12:0:-1]), rel=1e-5)
     assert [p[2] for p in path] == pytest.approx(list(A[11::-1]), rel=1e-5)
     for bad in (9, 51):
-        with pytest.raises(ValueError, match=rf"^steps N must satisfy k \+ m <= N <= T, got N={bad}$"):
+        with pytest.raises(ValueError, match=rf"^steps N must satisfy k \+ m <= N <= T, got N={bad}, k=5, m=5, T=50$"):
             select_steps(5.0, steps=bad)
     with pytest.raises(ValueError, match=r"^k \+ m must not exceed T: k=30, m=30, T=50$"):
         select_steps(5.0, k=30, m=30)

@@ -46,6 +46,10 @@ TX = [
     ("k", "Inversion steps k", "int", "5", "Codec", "DDIM-inversion steps at the transmitter (paper: 5)"),
     ("forward", "Forward process", "enum", "'ddim'", "Codec",
      "ddim (inversion, the method) or random (random-noise ablation)"),
+    ("reduce", "Reduce by", "int", "1", "Codec",
+     "send 1/reduce of the latent values: BCR 1/(96 reduce); a power of two on the radio link (docs/rate.md)"),
+    ("reduce_method", "Reduction", "enum", "'subset'", "Codec",
+     "subset (fixed pseudo-random values, the rest inpainted) or pool (block pooling, generative upsampling)"),
 ]
 RX = [
     ("m", "Receiver steps m", "int", "5", "Codec", "DDIM-inversion steps continued at the receiver (paper: 5)"),
@@ -95,7 +99,8 @@ HIDE_WHEN = {"max_pending": "${ 'part' if threaded else 'all' }",
 ENUMS = {"forward": (["'ddim'", "'random'"], ["DDIM inversion", "Random noise"]),
          "rule": (["'snr'", "'variance'", "'exact'"], ["log-SNR match", "Variance match", "Exact t*"]),
          "clean_end": (["'model'", "'one'", "'step0'"], ["From the model", "a_0 = 1", "a_0 = abar_0"]),
-         "inversion": (["'ddim'", "'fixed-point'"], ["DDIM (eq. 10)", "Fixed-point"])}
+         "inversion": (["'ddim'", "'fixed-point'"], ["DDIM (eq. 10)", "Fixed-point"]),
+         "reduce_method": (["'subset'", "'pool'"], ["Subset (inpainting)", "Pooling"])}
 
 BLOCKS = {
     "semantic_source": dict(

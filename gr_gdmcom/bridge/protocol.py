@@ -36,7 +36,8 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from ..codec import Decoded, Encoded, LatentMeta
-from ..config import FORWARD_MODES
+from ..codec.core import CodecError
+from ..config import FORWARD_MODES, REDUCE_METHODS
 
 VERSION = 1
 OPS = ("encode", "decode", "status")
@@ -53,6 +54,7 @@ ALPHA_MAX = 1e6  # 0 < alpha <= ALPHA_MAX
 GUIDANCE_RANGE = (0.0, 100.0)
 T_MAX = 1000  # DDPM's training grid
 LATENT_DIM_MAX = 1 << 16  # each of C, h, w (max_pixels bounds h * w further)
+REDUCE_MAX = 1024  # reduce factor (codec/rate.py)
 IMAGE_DIM_MAX = 1 << 19  # each of H, W (they must also fit the latent: <= 8h, 8w)
 
 # Error codes (``docs/protocol.md`` has the table).
@@ -194,11 +196,17 @@ class MetaFields(BaseModel):
     prompt: StrictStr = Field(max_length=MAX_PROMPT_CHARS)
     forward: Literal[FORWARD_MODES] = "ddim"  # type: ignore[valid-type]
     name: StrictStr = Field("image", min_length=1, max_length=MAX_NAME_CHARS)
+    #: codec/rate.py: removed channel means, reduction factor and method (defaults: the paper's signal)
+    means: List[_Number] = Field(default_factory=list, max_length=LATENT_DIM_MAX)
+    reduce: StrictInt = Field(1, ge=1, le=REDUCE_MAX)
+    reduce_method: Literal[("full",) + REDUCE_METHODS] = "full"  # type: ignore[valid-type]
 
     def to_meta(self) -> LatentMeta:
         return LatentMeta(alpha=float(self.alpha), latent_shape=tuple(self.latent_shape),
                           image_size=tuple(self.image_size), k=self.k, T=self.T, guidance=float(self.guidance),
-                          prompt=self.prompt, forward=self.forward, name=self.name)
+                          prompt=self.prompt, forward=self.forward, name=self.name,
+                          means=tuple(float(v) for v in self.means), reduce=self.reduce,
+                          reduce_method=self.reduce_method)
 
 
 class DecodeFields(BaseModel):
@@ -473,6 +481,10 @@ def _check_meta(meta: LatentMeta, limits: Limits, fail: Callable[[str, str], Pro
         raise fail(BAD_META, f"{name}: transmitter used T={meta.T} but this server is set to T={limits.T}")
     if not meta.k <= limits.T - limits.m:
         raise fail(BAD_META, f"{name}: k + m must not exceed T: k={meta.k}, m={limits.m}, T={limits.T}")
+    try:
+        meta.reduction, meta.mean_latent()  # noqa: B018  (raises CodecError for a bad reduction or means)
+    except CodecError as exc:
+        raise fail(BAD_META, str(exc)) from None
     if len(meta.prompt) > limits.max_prompt_chars:
         raise fail(BAD_META, f"{name}: prompt of {len(meta.prompt)} characters is longer than "
                              f"{limits.max_prompt_chars}")

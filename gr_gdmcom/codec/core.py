@@ -39,6 +39,7 @@ from ..config import CodecConfig, check_steps
 from .images import ImageError, ImageLike, load_rgb, to_tensor, to_uint8
 from .calibration import Calibration, calibration_path, load_calibration
 from .models import Components, check_prediction_type, load_components
+from .rate import Reduction, RateError, channel_means, impose
 from .schedule import Grid, StepChoice, get_grid, sampling_path, scheduler_settings, select_steps
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,10 @@ class LatentMeta:
         guidance: CFG scale used by the transmitter; prompt: its prompt.
         forward: ``ddim`` or ``random``.
         name: a label for logs and file names (e.g. the file stem).
+        means: per-channel means of ``z_k`` removed before normalisation (empty: none
+            removed, the paper's signal); the receiver adds them back (codec/rate.py).
+        reduce, reduce_method: the symbols carry ``A (z_k - mu)`` for the reduction
+            ``Reduction.make(reduce_method, reduce, latent_shape)`` (1: the whole latent).
     """
 
     alpha: float
@@ -78,14 +83,33 @@ class LatentMeta:
     prompt: str
     forward: str = "ddim"
     name: str = "image"
+    means: Tuple[float, ...] = ()
+    reduce: int = 1
+    reduce_method: str = "full"
 
     @property
     def power(self) -> float:
         return 1.0 / (self.alpha * self.alpha)
 
     @property
+    def reduction(self) -> Reduction:
+        try:
+            return Reduction.make(self.reduce_method, self.reduce, self.latent_shape)
+        except RateError as exc:
+            raise CodecError(f"{self.name}: {exc}") from None
+
+    @property
     def n_symbols(self) -> int:
-        return int(np.prod(self.latent_shape)) // 2
+        return self.reduction.n_values // 2
+
+    def mean_latent(self) -> np.ndarray:
+        """The removed means broadcast to ``latent_shape`` (zeros when none were removed)."""
+        c, h, w = self.latent_shape
+        if not self.means:
+            return np.zeros((c, h, w), np.float64)
+        if len(self.means) != c:
+            raise CodecError(f"{self.name}: metadata has {len(self.means)} channel means for {c} channels")
+        return np.broadcast_to(np.asarray(self.means, np.float64).reshape(c, 1, 1), (c, h, w))
 
     @property
     def prompt_hash(self) -> int:
@@ -95,6 +119,7 @@ class LatentMeta:
         d = asdict(self)
         d["latent_shape"] = list(self.latent_shape)
         d["image_size"] = list(self.image_size)
+        d["means"] = [float(v) for v in self.means]
         return d
 
     @classmethod
@@ -103,7 +128,9 @@ class LatentMeta:
             return cls(alpha=float(d["alpha"]), latent_shape=tuple(int(v) for v in d["latent_shape"]),
                        image_size=tuple(int(v) for v in d["image_size"]), k=int(d["k"]), T=int(d["T"]),
                        guidance=float(d["guidance"]), prompt=str(d["prompt"]),
-                       forward=str(d.get("forward", "ddim")), name=str(d.get("name", "image")))
+                       forward=str(d.get("forward", "ddim")), name=str(d.get("name", "image")),
+                       means=tuple(float(v) for v in d.get("means", ())), reduce=int(d.get("reduce", 1)),
+                       reduce_method=str(d.get("reduce_method", "full")))
         except (KeyError, TypeError, ValueError) as exc:
             raise CodecError(f"bad latent metadata: {exc!r}") from None
 
@@ -191,9 +218,24 @@ def latent_from_symbols(symbols: np.ndarray, meta: LatentMeta) -> np.ndarray:
         raise CodecError(f"{meta.name}: received symbols contain {bad} non-finite values (NaN/inf)")
     if not (math.isfinite(meta.alpha) and meta.alpha > 0):
         raise CodecError(f"{meta.name}: alpha must be a positive finite number, got {meta.alpha}")
-    z = np.empty(2 * s.size, dtype=np.float64)
-    z[0::2], z[1::2] = s.real, s.imag
-    return (z * (math.sqrt(2.0) / meta.alpha)).astype(np.float32).reshape(meta.latent_shape)
+    y = np.empty(2 * s.size, dtype=np.float64)
+    y[0::2], y[1::2] = s.real, s.imag
+    y *= math.sqrt(2.0) / meta.alpha
+    # A^T y + mu: values the reduction did not send (and erased ones) come back as the channel mean
+    z = meta.reduction.adjoint(torch.from_numpy(y)[None])[0].numpy() + meta.mean_latent()
+    return z.astype(np.float32)
+
+
+def latent_to_symbols(zk: np.ndarray, config: CodecConfig) -> Tuple[np.ndarray, float, tuple, Reduction]:
+    """Transmitter step 3 for one latent (C, h, w): mean removal (``remove_mean``), the
+    reduction ``A`` (``reduce``), unit-power normalisation.  Returns (symbols, alpha, means, reduction)."""
+    zk = np.asarray(zk, dtype=np.float64)
+    red = Reduction.make(config.reduce_method, config.reduce, zk.shape)
+    means = tuple(float(v) for v in channel_means(zk)) if config.remove_mean else ()
+    if means:
+        zk = zk - np.asarray(means).reshape(-1, 1, 1)
+    sym, alpha = symbols_from_latent(red.apply(torch.from_numpy(zk)[None])[0].numpy())
+    return sym, alpha, means, red
 
 
 class GenerativeCodec:
@@ -215,6 +257,7 @@ class GenerativeCodec:
             self.calibration = load_calibration(cal_path).check(self.c.model_id, self.config, with_k=False)
         self._embeddings: Dict[str, torch.Tensor] = {}
         self.stats = dict(unet_calls=0, images_encoded=0, images_decoded=0, failures=0)
+        self._latents_only = False
 
     # ------------------------------------------------------------------ model calls
     def _text_embedding(self, prompt: str) -> torch.Tensor:
@@ -384,7 +427,7 @@ class GenerativeCodec:
         return results  # type: ignore[return-value]
 
     @torch.no_grad()
-    def _encode_batch(self, imgs, names) -> List[Encoded]:
+    def _encode_batch(self, imgs, names) -> List[Union[Encoded, Failed]]:
         cfg, c = self.config, self.c
         t_start = time.perf_counter()
         calls0 = self.stats["unet_calls"]
@@ -411,22 +454,30 @@ class GenerativeCodec:
         out = []
         zk_np = zk.cpu().numpy()
         for b, (im, name) in enumerate(zip(imgs, names)):
-            out.append(self._encoded(zk_np[b], im, name))
+            try:
+                out.append(self._encoded(zk_np[b], im, name))
+            except RateError as exc:  # this item only (e.g. too few latent values to reduce)
+                out.append(Failed(f"{name}: {exc}", name))
+                self.stats["failures"] += 1
+                log.warning("%s: %s", name, exc)
         t_end = time.perf_counter()
         seconds = dict(vae_encode=t_vae - t_start, inversion=t_inv - t_vae, other=t_end - t_inv)
         calls = self.stats["unet_calls"] - calls0
         for e, n_calls in zip(out, item_calls):
+            if isinstance(e, Failed):
+                continue
             e.record = dict(unet_calls=n_calls, batch=len(imgs), batch_unet_calls=calls, seconds=seconds,
                             symbols=int(e.symbols.size), bcr=e.symbols.size / (3 * e.meta.image_size[0] * e.meta.image_size[1]))
-        self.stats["images_encoded"] += len(out)
+        self.stats["images_encoded"] += sum(isinstance(e, Encoded) for e in out)
         return out
 
     def _encoded(self, zk: np.ndarray, im, name: str) -> Encoded:
         """Symbols and metadata of one image's inverted latent ``zk`` (C, h, w) (step 3)."""
         cfg = self.config
-        sym, alpha = symbols_from_latent(zk)
+        sym, alpha, means, red = latent_to_symbols(zk, cfg)  # raises RateError for a latent too small to reduce
         meta = LatentMeta(alpha=alpha, latent_shape=tuple(zk.shape), image_size=(im.size[1], im.size[0]),
-                          k=cfg.k, T=cfg.T, guidance=cfg.guidance, prompt=cfg.prompt, forward=cfg.forward, name=name)
+                          k=cfg.k, T=cfg.T, guidance=cfg.guidance, prompt=cfg.prompt, forward=cfg.forward,
+                          name=name, means=means, reduce=red.factor, reduce_method=red.method)
         return Encoded(sym, meta)
 
     # ------------------------------------------------------------------ receiver
@@ -443,6 +494,11 @@ class GenerativeCodec:
         """The receiver's denoising-step decision for this SNR and this image's latent power."""
         cfg = self.config
         cal = self.calibration
+        if meta.reduce > 1:  # no receiver inversion on a latent with holes: Proposition 1 with m = 0
+            rule = "snr" if cal is not None else cfg.rule
+            steps = cfg.steps if cfg.steps is not None and cfg.steps >= meta.k else None
+            return select_steps(snr_db, k=meta.k, m=0, T=cfg.T, rule=rule, power=meta.power,
+                                rescale=cal.rescale if cal is not None else cfg.rescale, steps=steps, grid=self.grid)
         if cal is not None and cfg.steps is None:
             if meta.k != cal.k:
                 raise CodecError(f"{meta.name}: the transmitter used k={meta.k} but calibration {cal.source} was "
@@ -477,7 +533,7 @@ class GenerativeCodec:
                 log.debug("%s", exc)  # reported once, by the caller that receives the Failed item
         groups: Dict[tuple, list] = {}
         for i, (z, meta, *_rest) in ready.items():
-            groups.setdefault((z.shape, meta.k, meta.guidance, meta.prompt), []).append(i)
+            groups.setdefault((z.shape, meta.k, meta.guidance, meta.prompt, meta.reduce > 1), []).append(i)
         for members in groups.values():
             for start in range(0, len(members), cfg.batch_size):
                 batch = members[start:start + cfg.batch_size]
@@ -530,16 +586,23 @@ class GenerativeCodec:
         calls0 = self.stats["unet_calls"]
         # 1. de-normalised received latent z~_k
         z = torch.from_numpy(np.stack([b[0] for b in batch])).to(c.device)
-        # 2. m more inversion steps: z_{k+m}
-        z, inv_calls = self.invert(z, meta0.k, meta0.k + cfg.m, meta0.prompt, meta0.guidance)
+        if meta0.reduce > 1:  # a reduced latent (codec/rate.py): sampled item by item, no inversion
+            t_inv = time.perf_counter()
+            calls_inv, inv_calls = 0, [0] * len(batch)
+            z0 = torch.cat([self._sample_reduced(z[i:i + 1], b[1], b[3]) for i, b in enumerate(batch)])
+        else:
+            # 2. m more inversion steps: z_{k+m}
+            z, inv_calls = self.invert(z, meta0.k, meta0.k + cfg.m, meta0.prompt, meta0.guidance)
+            self._sync()
+            t_inv = time.perf_counter()
+            calls_inv = self.stats["unet_calls"] - calls0
+            # 3.-4. step choice per item (done in decode_many) and rescaling
+            scale = torch.tensor([b[3].scale for b in batch], device=c.device).view(-1, 1, 1, 1)
+            # 5. N DDIM-sampling steps (eq. 9), per-item paths aligned at the clean end
+            z0 = self._ddim(z * scale, [sampling_path(b[3], self.grid) for b in batch], meta0.prompt, meta0.guidance)
         self._sync()
-        t_inv = time.perf_counter()
-        calls_inv = self.stats["unet_calls"] - calls0
-        # 3.-4. step choice per item (done in decode_many) and rescaling
-        scale = torch.tensor([b[3].scale for b in batch], device=c.device).view(-1, 1, 1, 1)
-        # 5. N DDIM-sampling steps (eq. 9), per-item paths aligned at the clean end
-        z0 = self._ddim(z * scale, [sampling_path(b[3], self.grid) for b in batch], meta0.prompt, meta0.guidance)
-        self._sync()
+        if self._latents_only:
+            return [Decoded(z0[b].cpu().numpy(), dict(name=b_[1].name)) for b, b_ in enumerate(batch)]
         t_smp = time.perf_counter()
         calls_smp = self.stats["unet_calls"] - calls0 - calls_inv
         x = c.vae.decode((z0 / c.vae_scale).to(c.dtype)).sample.float()
@@ -554,6 +617,8 @@ class GenerativeCodec:
                        other=t_end - t_dec)
         results = []
         for (img, meta, snr, choice, mask, snr_in), n_inv in zip(out, inv_calls):
+            if meta.reduce > 1:  # the free steps from the top of the grid down to the measurement's level
+                n_inv = len(self._free_path(choice))
             results.append(Decoded(img, self._decode_record(meta, snr, snr_in, choice, mask, n_inv, len(batch),
                                                             calls_inv + calls_smp, seconds)))
         self.stats["images_decoded"] += len(results)
@@ -567,7 +632,46 @@ class GenerativeCodec:
                     k=meta.k, m=cfg.m, T=cfg.T, start_t=choice.start_t, scale=choice.scale, s_tot2=choice.s_tot2,
                     inversion=cfg.inversion, unet_calls=n_inv + choice.n_steps, batch=batch,
                     batch_unet_calls=batch_unet_calls, erased=int((~mask).sum()) if mask is not None else 0,
-                    seconds=seconds)
+                    seconds=seconds, reduce=meta.reduce, reduce_method=meta.reduce_method,
+                    mean_removed=bool(meta.means))
+
+
+    def _free_path(self, choice: StepChoice) -> list:
+        """Sampling steps from the top of the grid down to the start level of ``choice``
+        (``(t_eval, a_from, a_to)``; the last lands on ``choice.start_abar``)."""
+        g = self.grid
+        path = []
+        for j in range(g.T, 0, -1):
+            if g.timesteps[j] <= choice.start_t:
+                break
+            lands = g.timesteps[j - 1] <= choice.start_t
+            path.append((float(g.timesteps[j]), float(g.alphas[j]),
+                         choice.start_abar if lands else float(g.alphas[j - 1])))
+        return path
+
+    def _sample_reduced(self, z: torch.Tensor, meta: LatentMeta, choice: StepChoice) -> torch.Tensor:
+        """Receiver for a reduced latent (codec/rate.py): the measurement ``y = A z~_k`` scaled to
+        the start level ``a_s``; the whole latent sampled from the top of the grid, starting at
+        zero (the prior's centre), with ``y`` re-imposed at each step's level (:func:`impose`)
+        down to ``a_s``, then the usual sampling path.  Deterministic, as the rest of the codec."""
+        red = meta.reduction
+        a_s = choice.start_abar
+        y = red.apply(z.float()) * choice.scale
+        x = torch.zeros_like(z, dtype=torch.float32)
+        for step in self._free_path(choice):
+            x = self._ddim(impose(x, red, y, step[1], a_s), [[step]], meta.prompt, meta.guidance)
+        x = impose(x, red, y, a_s, a_s)
+        return self._ddim(x, [sampling_path(choice, self.grid)], meta.prompt, meta.guidance)
+
+    def decode_latents(self, items: Sequence[tuple]) -> List[Union[np.ndarray, Failed]]:
+        """As :meth:`decode_many` but stop at the sampled clean latent ``z_0'`` (C, h, w) float32,
+        without the VAE decoder (for latent-level measurements, ``benchmarks/rate_distortion.py``)."""
+        self._latents_only = True
+        try:
+            out = self.decode_many(items)
+        finally:
+            self._latents_only = False
+        return [o.image if isinstance(o, Decoded) else o for o in out]
 
 
 def _default_name(src, i: int) -> str:

@@ -99,7 +99,8 @@ class StepScheduler:
     @property
     def stepwise(self) -> bool:
         """Whether this codec's steps are single UNet calls (else requests fall back to batch-at-a-time)."""
-        return getattr(self.codec.config, "inversion", "ddim") == "ddim"
+        cfg = self.codec.config
+        return getattr(cfg, "inversion", "ddim") == "ddim" and getattr(cfg, "reduce", 1) == 1
 
     # ------------------------------------------------------------------ admission
     @torch.no_grad()
@@ -133,7 +134,7 @@ class StepScheduler:
     @torch.no_grad()
     def submit_decode(self, key, symbols, meta, snr_db, mask=None, noise_var=None):
         codec, cfg = self.codec, self.codec.config
-        if not self.stepwise:
+        if not self.stepwise or getattr(meta, "reduce", 1) > 1:  # a reduced latent is sampled from the top
             self.stats["fallbacks"] += 1
             return codec.decode_many([(symbols, meta, snr_db, mask, noise_var)])[0]
         try:

@@ -75,7 +75,8 @@ class Header:
         guidance: classifier-free guidance scale (sent as float16).
         alpha: power-normalisation factor (float32).
         prompt_hash: uint32, CRC-32 of the prompt text.
-        flags: uint8, reserved for future use (0).
+        flags: uint8: bits 0-3 log2 of the latent reduction, bit 4 pool (docs/rate.md,
+            ``pipeline.reduction_flags``); 0 for the whole latent.
     """
 
     image_id: int = 0

@@ -1,0 +1,146 @@
+"""Rate adaptation (codec/rate.py, docs/rate.md): mean removal and the latent reduction."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gr_gdmcom.codec import GenerativeCodec
+from gr_gdmcom.codec.core import CodecError, latent_from_symbols, latent_to_symbols
+from gr_gdmcom.codec.rate import Reduction, RateError, mean_gain_db
+from gr_gdmcom.config import CodecConfig
+from gr_gdmcom.pipeline import LinkMetaError, header_for, meta_from_header
+
+
+@pytest.mark.parametrize("method,factor,shape", [("subset", 2, (4, 8, 8)), ("subset", 4, (4, 21, 32)),
+                                                 ("pool", 4, (4, 21, 32)), ("pool", 8, (4, 5, 7)),
+                                                 ("pool", 16, (4, 8, 8))])
+def test_reduction_rows_are_orthonormal(method, factor, shape):
+    red = Reduction.make(method, factor, shape)
+    eye = torch.eye(red.n_values, dtype=torch.float64)
+    rows = red.adjoint(eye).reshape(red.n_values, -1)  # row i of A
+    torch.testing.assert_close(rows @ rows.T, eye)  # A A^T = I
+    torch.testing.assert_close(red.apply(red.adjoint(eye)), eye)
+    n = int(np.prod(shape))
+    assert abs(red.n_values - n / factor) <= 4 * shape[0] * (shape[1] + shape[2]) / factor  # about 1/factor
+
+
+def test_pool_values_against_block_sums():
+    z = torch.arange(2 * 3 * 5, dtype=torch.float64).reshape(1, 2, 3, 5)
+    y = Reduction.make("pool", 4, (2, 3, 5)).apply(z).reshape(2, 2, 3)
+    # channel 0, top-left 2x2 block: (0 + 1 + 5 + 6) / 2; bottom-right edge block holds one value: 14 / 1
+    assert y[0, 0, 0].item() == pytest.approx((0 + 1 + 5 + 6) / 2)
+    assert y[0, 1, 2].item() == pytest.approx(14.0)
+    assert y[1, 1, 0].item() == pytest.approx((25 + 26) / math.sqrt(2))
+
+
+def test_subset_pattern_is_fixed_by_the_shape():
+    a, b = Reduction.make("subset", 4, (4, 8, 8)), Reduction.make("subset", 4, (4, 8, 8))
+    z = torch.randn(1, 4, 8, 8, dtype=torch.float64)
+    assert torch.equal(a.apply(z), b.apply(z)) and a.n_values == 64
+    kept = a.adjoint(a.apply(z))
+    assert int((kept != 0).sum()) == 64 and torch.equal(kept[kept != 0], z[kept != 0])
+
+
+def test_reduction_errors():
+    with pytest.raises(RateError, match="pool reduces by 2, 4, 8, 16, got 3"):
+        Reduction.make("pool", 3, (4, 8, 8))
+    with pytest.raises(RateError, match="unknown reduce method 'dct'"):
+        Reduction.make("dct", 2, (4, 8, 8))
+    with pytest.raises(ValueError, match="reduce_method pool needs reduce in 1, 2, 4, 8, 16, got 3"):
+        CodecConfig(reduce=3, reduce_method="pool").validate()
+    with pytest.raises(ValueError, match="reduce must be >= 1, got 0"):
+        CodecConfig(reduce=0).validate()
+
+
+def test_mean_gain_formula(rng):
+    c = np.array([2.0, -1.0, 0.5, 0.0])
+    z = c.reshape(4, 1, 1) + rng.standard_normal((4, 32, 32))
+    centred = z - z.mean(axis=(1, 2), keepdims=True)
+    expected = 10 * math.log10(np.mean(z ** 2) / np.mean(centred ** 2))  # ~ 10 log10(1 + mean(c^2))
+    assert mean_gain_db(z) == pytest.approx(expected)
+    assert mean_gain_db(z) == pytest.approx(10 * math.log10(1 + np.mean(c ** 2)), abs=0.1)
+
+
+@pytest.mark.parametrize("reduce,method", [(1, "subset"), (4, "subset"), (4, "pool")])
+def test_noiseless_symbols_round_trip_with_means(rng, reduce, method):
+    z = (np.array([1.5, -0.7, 0.2, 3.0]).reshape(4, 1, 1) + rng.standard_normal((4, 6, 10))).astype(np.float32)
+    cfg = CodecConfig(model="tiny", remove_mean=True, reduce=reduce, reduce_method=method)
+    sym, alpha, means, red = latent_to_symbols(z, cfg)
+    assert np.mean(np.abs(sym) ** 2) == pytest.approx(1.0, rel=1e-5) and sym.size == red.n_values // 2
+    np.testing.assert_allclose(means, z.reshape(4, -1).mean(axis=1), rtol=1e-6)
+    from gr_gdmcom.codec import LatentMeta
+    meta = LatentMeta(alpha=alpha, latent_shape=z.shape, image_size=(48, 80), k=5, T=50, guidance=6.0, prompt="p",
+                      means=means, reduce=red.factor, reduce_method=red.method)
+    back = torch.from_numpy(latent_from_symbols(sym, meta).astype(np.float64))[None]
+    torch.testing.assert_close(red.apply(back), red.apply(torch.from_numpy(z.astype(np.float64))[None]),
+                               rtol=1e-5, atol=1e-5)
+    # the values the reduction did not send come back as their channel's mean
+    unsent = red.adjoint(red.apply(torch.ones_like(back))) == 0
+    if unsent.any():
+        torch.testing.assert_close(back[unsent], torch.from_numpy(np.array(np.broadcast_to(
+            np.asarray(means).reshape(4, 1, 1), z.shape))).unsqueeze(0)[unsent], rtol=1e-6, atol=1e-6)
+
+
+def test_mean_removal_changes_nothing_when_the_mean_is_zero(components, small, rng):
+    # transmitter: a latent whose channel means are zero gives the same symbols either way
+    z = rng.standard_normal((4, 8, 8))
+    z -= z.mean(axis=(1, 2), keepdims=True)
+    on, off = (latent_to_symbols(z, CodecConfig(remove_mean=v)) for v in (True, False))
+    np.testing.assert_allclose(on[0], off[0], atol=1e-6)
+    assert on[1] == pytest.approx(off[1], rel=1e-9)
+    # receiver: zero means in the metadata decode to the same image, bit for bit
+    codec = GenerativeCodec(CodecConfig(model="tiny", device="cpu", steps=10), components=components)
+    enc = codec.encode(small)
+    noisy = enc.symbols + 0.1 * (rng.standard_normal(enc.symbols.size) + 1j * rng.standard_normal(enc.symbols.size))
+    a = codec.decode(noisy.astype(np.complex64), enc.meta, 10.0).image
+    b = codec.decode(noisy.astype(np.complex64), dataclasses.replace(enc.meta, means=(0.0,) * 4), 10.0).image
+    assert np.array_equal(a, b)
+
+
+def test_mean_removal_lowers_the_tiny_models_power(components, small):
+    """The tiny model's latent sits far off the origin: removing the means saves > 3 dB of power."""
+    off = GenerativeCodec(CodecConfig(model="tiny", device="cpu"), components=components).encode(small)
+    on = GenerativeCodec(CodecConfig(model="tiny", device="cpu", remove_mean=True), components=components).encode(small)
+    assert on.meta.power < off.meta.power / 2 and len(on.meta.means) == 4
+    mu2 = float(np.mean(np.square(on.meta.means)))
+    assert on.meta.power == pytest.approx(off.meta.power - mu2, rel=1e-4)  # P - mean(mu^2)
+
+
+def test_reduced_latent_decodes_to_the_original_size(components, small):
+    cfg = CodecConfig(model="tiny", device="cpu", reduce=4, reduce_method="subset")
+    codec = GenerativeCodec(cfg, components=components)
+    img = small[:56, :40]  # latent 4 x 7 x 5: 140 values, 35 sent (17 symbols)
+    enc = codec.encode(img)
+    assert enc.symbols.size == (4 * 7 * 5 // 4) // 2 and enc.meta.reduce == 4
+    assert enc.record["bcr"] == pytest.approx(enc.symbols.size / (3 * 56 * 40))
+    calls0 = codec.stats["unet_calls"]
+    dec = codec.decode(enc.symbols, enc.meta, 10.0)
+    assert dec.image.shape == img.shape and dec.record["reduce"] == 4
+    # free steps from the top of the grid to the start level, then N steps: T UNet calls in all
+    assert codec.stats["unet_calls"] - calls0 == cfg.T == dec.record["unet_calls"]
+    with pytest.raises(CodecError, match="metadata says latent shape"):
+        codec.decode(enc.symbols[:-1], enc.meta, 10.0)
+    # a latent too small for the reduction fails alone; the other images are encoded
+    few = GenerativeCodec(cfg.replace(reduce=64), components=components)
+    bad, good = few.encode_many([small[:8, :8], small[:64, :64]], ["one", "two"])
+    assert bad.error == "one: reduce=64 leaves fewer than 2 of the latent's 4 values" and bad.name == "one"
+    assert good.symbols.size == 4 * 8 * 8 // 64 // 2
+
+
+def test_header_flags_carry_the_reduction(codec, small):
+    from gr_gdmcom.codec import LatentMeta
+    meta = LatentMeta(alpha=1.0, latent_shape=(4, 8, 8), image_size=(64, 64), k=5, T=50, guidance=6.0, prompt="p",
+                      reduce=4, reduce_method="pool", name="x")
+    h = header_for(meta, 3)
+    assert h.flags == 0x12 and h.total_symbols == 32
+    back = meta_from_header(h, "p", "x")
+    assert (back.reduce, back.reduce_method, back.n_symbols) == (4, "pool", 32)
+    assert meta_from_header(header_for(dataclasses.replace(meta, reduce=1, reduce_method="full"), 3),
+                            "p", "x").reduce_method == "full"
+    with pytest.raises(LinkMetaError, match="cannot carry the removed channel means"):
+        header_for(dataclasses.replace(meta, means=(0.1,) * 4), 3)
+    with pytest.raises(LinkMetaError, match="reduce as a power of two up to 32768, got 3"):
+        header_for(dataclasses.replace(meta, reduce=3, reduce_method="subset"), 3)
