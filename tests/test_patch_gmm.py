@@ -203,7 +203,7 @@ def test_proposed_beats_the_baselines_on_every_held_out_image(quality, snr, othe
 def test_rule_n_is_statistically_tied_with_the_best_fixed_n(quality, snr, miss):
     """Tied: the best fixed N's paired mean advantage over the rule is below two standard errors
     (or 0.1 dB).  Image pairs are the 3 images x 3 channel draws.  At 5 dB the rule (N = 12-17)
-    misses the best fixed N (18) by about 0.16 dB +- 0.06 (docs/validation.md section 5): the test
+    misses the best fixed N (18) by about 0.16 dB +- 0.06 (docs/validation.md section 6): the test
     holds it to that miss (< 0.3 dB)."""
     rule = np.array(quality[("rule", snr)])
     fixed = {n: np.array(quality[("fixed", snr, n)]) for n in FIXED_N}

@@ -105,7 +105,7 @@ def tied_with_best(rows: Sequence[dict], snr: float) -> dict:
 
 def section(res: dict) -> str:
     rows, snrs = res["rows"], res["snrs"]
-    L = [BEGIN, "", "## 5. Real pictures: held-out photographs through the `patch-gmm` prior", "",
+    L = [BEGIN, "", "## 6. Real pictures: held-out photographs through the `patch-gmm` prior", "",
          f"Regenerate this section with `{COMMAND}` (it replaces only this section; "
          f"{res['seconds']:.0f} s here). Model `{res['model']}` ([codec/patch_gmm.py](../gr_gdmcom/codec/patch_gmm.py)): "
          "a PCA block \"VAE\" (4 numbers per 8 x 8 RGB block, BCR 1/96) and a 32-component Gaussian mixture of "
