@@ -162,3 +162,28 @@ def test_header_flags_carry_the_reduction(codec, small):
         header_for(dataclasses.replace(meta, means=(7e4, 0.0, 0.0, 0.0)), 3)
     with pytest.raises(LinkMetaError, match="reduce as a power of two up to 32768, got 3"):
         header_for(dataclasses.replace(meta, reduce=3, reduce_method="subset"), 3)
+
+
+def test_receiver_drops_a_header_with_a_non_finite_mean():
+    """A burst whose header has a valid CRC but a NaN mean (a faulty transmitter) is a counted
+    drop (``header_invalid``), never a decode; the same burst with finite means gets through."""
+    import struct
+    import zlib
+
+    from gr_gdmcom.config import CodecConfig as Cfg
+    from gr_gdmcom.phy import FrameConfig, FrameTx
+    from gr_gdmcom.pipeline import RxPipeline
+
+    h = Header(image_id=7, total_symbols=60, chunk_symbols=60, latent_shape=(4, 6, 5), image_size=(48, 40),
+               flags=0x20, means=(-2.0, 0.5, 1.0, 0.25))
+    good = h.pack()
+    body = bytearray(good[:-4])
+    body[42:44] = struct.pack(">e", float("nan"))  # the second mean (bytes 40-47: four float16)
+    bad = bytes(body) + struct.pack(">I", zlib.crc32(bytes(body)))
+    payload = np.exp(2j * np.pi * np.arange(60) / 7).astype(np.complex64)
+    tx, gap = FrameTx(FrameConfig()), np.zeros(500, np.complex64)
+    for data, invalid, images in ((bad, 1, 0), (good, 0, 1)):
+        rx = RxPipeline(backend=None, config=Cfg(), frame=FrameConfig())
+        got = rx.push(np.concatenate([gap, tx.burst(data, payload), gap])) + rx.flush()
+        assert (rx.all_counters()["header_invalid"], len(got)) == (invalid, images)
+    assert got[0].header.means == (-2.0, 0.5, 1.0, 0.25)
