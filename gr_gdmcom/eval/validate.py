@@ -41,7 +41,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from ..codec import GenerativeCodec, LatentMeta, latent_from_symbols, load_components, symbols_from_latent
+from ..codec import GenerativeCodec, LatentMeta, latent_from_symbols, load_components
+from ..codec.core import latent_to_symbols
 from ..codec.analytic import build_analytic, is_analytic
 from ..codec.schedule import channel_noise_var, get_grid, sampling_path, select_steps, total_noise_var
 from ..config import CodecConfig
@@ -176,10 +177,11 @@ class LatentLink:
         out = []
         arr = zk.cpu().numpy()
         for b in range(arr.shape[0]):
-            sym, alpha = symbols_from_latent(arr[b])
+            sym, alpha, means, red = latent_to_symbols(arr[b], cfg)  # mean removal and reduction as the codec
             shape = tuple(arr.shape[1:])
             meta = LatentMeta(alpha=alpha, latent_shape=shape, image_size=(8 * shape[1], 8 * shape[2]), k=k,
-                              T=cfg.T, guidance=cfg.guidance, prompt=cfg.prompt, forward=forward, name=f"z{b}")
+                              T=cfg.T, guidance=cfg.guidance, prompt=cfg.prompt, forward=forward, name=f"z{b}",
+                              means=means, reduce=red.factor, reduce_method=red.method)
             out.append(Tx(sym, meta))
         return out
 
