@@ -112,14 +112,11 @@ def received_as_is(cfg, server: str, image: np.ndarray, snr_db: float, seed: int
     latent decoded by the VAE as is (no denoising).  Only for a local server and the
     offline models (``tiny``, ``analytic``, ``patch-gmm``), which load in-process at no cost;
     None otherwise."""
-    import torch
-
-    from .codec import GenerativeCodec, latent_from_symbols
-    from .codec.images import to_uint8
+    from .codec import GenerativeCodec
+    from .codec.models import is_in_process
     from .phy import awgn
 
-    offline = cfg.model == "tiny" or cfg.model.split(":", 1)[0] in ("analytic", "patch-gmm")
-    if server != "local" or not offline or snr_db is None:
+    if server != "local" or not is_in_process(cfg.model) or snr_db is None:
         return None
     key = repr(cfg)
     if key not in _OFFLINE_CODECS:
@@ -128,7 +125,4 @@ def received_as_is(cfg, server: str, image: np.ndarray, snr_db: float, seed: int
     codec = _OFFLINE_CODECS[key]
     enc = codec.encode(image, "reference")
     y = awgn(enc.symbols, float(snr_db), np.random.default_rng(seed)).astype(np.complex64)
-    z = torch.from_numpy(latent_from_symbols(y, enc.meta))[None].to(codec.c.device)
-    with torch.no_grad():
-        x = codec.c.vae.decode((z / codec.c.vae_scale).to(codec.c.dtype)).sample.float()
-    return to_uint8(x[0], image.shape[:2])
+    return codec.decode_as_is(y, enc.meta)

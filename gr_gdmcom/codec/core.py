@@ -481,6 +481,15 @@ class GenerativeCodec:
         return Encoded(sym, meta)
 
     # ------------------------------------------------------------------ receiver
+    @torch.no_grad()
+    def decode_as_is(self, symbols: np.ndarray, meta: LatentMeta) -> np.ndarray:
+        """The received latent ``z~_k`` decoded by the VAE with no denoising: the reference a
+        receiver must beat.  Returns uint8 (H, W, 3) at ``meta.image_size``."""
+        c = self.c
+        z = torch.from_numpy(latent_from_symbols(symbols, meta))[None].to(c.device)
+        x = c.vae.decode((z / c.vae_scale).to(c.dtype)).sample.float()
+        return to_uint8(x[0], meta.image_size)
+
     def decode(self, symbols: np.ndarray, meta: LatentMeta, snr_db: float,
                mask: Optional[np.ndarray] = None, noise_var: Optional[np.ndarray] = None) -> Decoded:
         """Decode one image; raises :class:`CodecError` on bad input.  ``noise_var``: see

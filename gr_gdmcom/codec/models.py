@@ -224,6 +224,12 @@ _CHOICES = ("choose 'patch-gmm' (offline prior of natural images), 'tiny' (rando
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+def is_in_process(model: str) -> bool:
+    """Whether ``model`` is one of the small offline models built in the package (``tiny``,
+    ``analytic[:...]``, ``patch-gmm[:...]``), which load in-process in seconds."""
+    return model == TINY_NAME or model.split(":", 1)[0] in ("analytic", "patch-gmm")
+
+
 def check_model(model: str, probe_timeout: float = 4.0) -> None:
     """Refuse a ``--model`` value that cannot load, in seconds and before any weights are read.
 
@@ -238,7 +244,7 @@ def check_model(model: str, probe_timeout: float = 4.0) -> None:
     from ..config import DEFAULT_MODEL
 
     choices = _CHOICES.format(default=DEFAULT_MODEL)
-    if model in (TINY_NAME, SD15_RANDOM_NAME) or model.split(":")[0] in ("analytic", "patch-gmm"):
+    if model == SD15_RANDOM_NAME or is_in_process(model):
         return
     path = Path(model).expanduser()
     if path.is_dir():

@@ -392,20 +392,13 @@ class Received(Proposed):
         return "received latent z~_k decoded by the VAE as is (no denoising); numpy AWGN"
 
     def receive(self, txs, snr_db):
-        import torch
-
-        from ..codec.images import to_uint8
-
-        c = self.codec.c
         out = []
         t0 = time.perf_counter()
-        with torch.no_grad():
-            for tx in txs:
-                z = torch.from_numpy(latent_from_symbols(_received(tx, snr_db, self.config.seed), tx.meta))
-                x = c.vae.decode((z[None].to(c.device) / c.vae_scale).to(c.dtype)).sample.float()
-                out.append(Rx(name=tx.name, image=to_uint8(x[0], tx.meta.image_size), n_steps=0, rule="none",
-                              seconds=time.perf_counter() - t0, unet_calls=0, fidelity=self.fidelity()))
-                t0 = time.perf_counter()
+        for tx in txs:
+            image = self.codec.decode_as_is(_received(tx, snr_db, self.config.seed), tx.meta)
+            out.append(Rx(name=tx.name, image=image, n_steps=0, rule="none",
+                          seconds=time.perf_counter() - t0, unet_calls=0, fidelity=self.fidelity()))
+            t0 = time.perf_counter()
         return out
 
 
