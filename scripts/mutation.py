@@ -39,7 +39,8 @@ _SCHEDULE_K = ["-k", "test_schedule or power or grid or timestep"]
 MODULES = {
     "schedule": ("gr_gdmcom/codec/schedule.py", ["tests/test_schedule.py", "tests/test_schedule_reference.py",
                                                  "tests/test_mutation_regressions.py"], _SCHEDULE_K),
-    "core": ("gr_gdmcom/codec/core.py", ["tests/test_codec.py", "tests/test_codec_reference.py",
+    "core": ("gr_gdmcom/codec/core.py", ["tests/test_codec_core.py", "tests/test_codec_reference.py",
+                                         "tests/test_codec.py", "tests/test_codec_fidelity.py",
                                          "tests/test_mutation_regressions.py"], _CORE_K),
     "metrics": ("gr_gdmcom/eval/metrics.py", ["tests/test_eval_metrics.py", "tests/test_mutation_regressions.py",
                                               "tests/test_eval_report.py"]),
@@ -54,6 +55,7 @@ MODULES = {
 _M = "gr_gdmcom.eval.metrics."
 _R = "gr_gdmcom.phy.reassembly.xǁReassemblerǁ"
 _S = "gr_gdmcom.codec.schedule."
+_C = "gr_gdmcom.codec.core."
 EQUIVALENT: dict = {
     _M + "x__t__mutmut_10": "a grey image copied to 4 channels instead of 3: the channel mean is the same",
     _M + "x__t__mutmut_20": "float64 instead of float32 pixels: the same value to rounding",
@@ -79,7 +81,35 @@ EQUIVALENT: dict = {
     _R + "__init____mutmut_38": "frame counter starting at 1: only differences of it are used",
     _R + "add__mutmut_61": "last_seen of a new image: set again two lines below",
     **{_R + f"add__mutmut_{i}": "dtype of the empty size array: it is never indexed" for i in (15, 17)},
+    _C + "x_prompt_hash__mutmut_5": 'encode("UTF-8") is encode("utf-8"): codec names ignore case',
+    **{_C + f"xǁLatentMetaǁmean_latent__mutmut_{i}": "np.zeros' default dtype is float64" for i in (4, 6)},
+    **{_C + f"xǁLatentMetaǁmean_latent__mutmut_{i}": "dtype dropped: the means are floats (from_dict and "
+       "latent_to_symbols make them so); added to the float64 latent, the sum is the same" for i in (20, 22)},
+    **{_C + f"x_latent_from_symbols__mutmut_{i}": "np.empty's default dtype is float64" for i in (26, 28)},
+    _C + "x_symbols_from_latent__mutmut_8": "reshape(-2): numpy 1.x takes any negative size as the unknown one",
+    _C + "x_latent_to_symbols__mutmut_29": "reshape(-2, 1, 1): numpy 1.x takes any negative size as the unknown one",
+    _C + "x_weight_by_reliability__mutmut_23": "np.ones(None, bool) is a 0-d True: v[True] keeps every value "
+                                               "(with one more axis), the mean is the same",
+    _C + "xǁGenerativeCodecǁ__init____mutmut_32": "with_k=None: check() only tests it for truth, as False",
+    _C + "xǁGenerativeCodecǁ__init____mutmut_56": "_latents_only None: only tested for truth, as False",
+    **{_C + f"xǁGenerativeCodecǁ{f}__mutmut_{i}": "dtype dropped: a tensor of Python floats is float32 "
+       "(torch's default dtype)" for f, ids in (("_ddim", (19, 22, 56, 59)), ("invert", (34, 37, 41)),
+                                               ("_noise_from_v", (12, 15))) for i in ids},
+    **{_C + f"xǁGenerativeCodecǁinvert__mutmut_{i}": "device of a 0-d tensor: torch mixes a 0-d CPU tensor "
+       "with tensors on any device" for i in (35, 38, 42)},
+    _C + "xǁGenerativeCodecǁinvert__mutmut_8": "j1 == j0 taken by the fixed-point branch: its loop over an empty "
+                                              "path returns x.float().clone() and 0 calls, as _ddim does",
+    **{_C + f"xǁGenerativeCodecǁ_noise_from_v__mutmut_{i}": "abar_at at an integer t >= 0 is abar[t] (exp of "
+       "its log, to the last bit or so)" for i in (16, 22, 23)},
 }
+
+
+#: Modules whose every mutant runs every test of its list, in the list's order, instead of only the
+#: tests mutmut saw calling the mutated function.  For ``core``, mutmut's per-function mapping
+#: missed tests (helpers reached only through the ``torch.no_grad``-decorated batch functions,
+#: which it does not trampoline, came out "no tests"), and its fast test file comes first so that
+#: most mutants are killed within a second.
+EVERY_TEST = {"core"}
 
 
 def scratch(name: str) -> Path:
@@ -112,10 +142,46 @@ def prepare(name: str) -> Path:
     return d
 
 
-def mutmut(d: Path, *args: str, capture: bool = False) -> subprocess.CompletedProcess:
+def mutmut(d: Path, *args: str, capture: bool = False, every_test: bool = False) -> subprocess.CompletedProcess:
     env = dict(os.environ, GRC_BLOCKS_PATH=str(d / "grc"), OMP_NUM_THREADS="1", PYTHONPATH="")
-    return subprocess.run([sys.executable, "-m", "mutmut", *args], cwd=d, env=env, text=True,
-                          capture_output=capture)
+    cmd = [sys.executable, "-m", "mutmut"]
+    if every_test:
+        cmd = [sys.executable, str(Path(__file__).resolve()), _EVERY_TEST_FLAG]
+    return subprocess.run([*cmd, *args], cwd=d, env=env, text=True, capture_output=capture)
+
+
+_EVERY_TEST_FLAG = "--mutmut-every-test"
+
+
+def _mutmut_every_test(args: list) -> int:
+    """``mutmut ARGS`` (run in a scratch copy) with every mutant mapped to every test that the
+    stats run saw, ordered as the test files in ``pytest_add_cli_args_test_selection``."""
+    import tomllib
+
+    import mutmut.__main__ as mm
+
+    files = tomllib.loads(Path("pyproject.toml").read_text())["tool"]["mutmut"]["pytest_add_cli_args_test_selection"]
+    collect = mm.collect_or_load_stats
+
+    def every(*a, **kw):
+        collect(*a, **kw)
+        st = mm.state()
+        seen = list(st.duration_by_test)
+        rank = lambda n: (next((i for i, f in enumerate(files) if n.split("::")[0] == f), len(files)),  # noqa: E731
+                          seen.index(n))
+        order = sorted(seen, key=rank)
+
+        class Every(dict):  # keeps the recorded keys (mutmut checks them), answers every lookup with all tests
+            def get(self, key, default=None):
+                return order
+
+            def __getitem__(self, key):
+                return order
+
+        st.tests_by_mangled_function_name = Every(st.tests_by_mangled_function_name)
+
+    mm.collect_or_load_stats = every
+    return mm.cli.main(args=args, prog_name="mutmut", standalone_mode=False) or 0
 
 
 def statuses(d: Path) -> dict:
@@ -129,13 +195,21 @@ def statuses(d: Path) -> dict:
     return res
 
 
-def retest(name: str) -> dict:
+def retest(name: str, jobs: int = 1) -> dict:
     """Each mutant the last run did not kill, applied on disk in the scratch copy (``mutmut
-    apply``) and tested with the current test files: for tests added since that run."""
+    apply``) and tested with the current test files: for tests added since that run.
+
+    For an ``EVERY_TEST`` module mutmut itself reruns those mutants (its fork server, the
+    current tests, each mutant against all of them), and its verdicts replace the old ones."""
     path, tests, extra = (MODULES[name] + ([],))[:3]
     d = scratch(name)
     shutil.rmtree(d / "tests")
     shutil.copytree(ROOT / "tests", d / "tests", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    if name in EVERY_TEST:
+        todo = score(name)["not_killed"]
+        if todo:
+            mutmut(d, "run", "--max-children", str(jobs), *todo, every_test=True)
+        return {}
     original = (d / path).read_text()
     env = dict(os.environ, GRC_BLOCKS_PATH=str(d / "grc"), PYTHONPATH=str(d))
     f = d / "retest.json"
@@ -186,11 +260,17 @@ def score(name: str, retested: Optional[dict] = None) -> dict:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [_EVERY_TEST_FLAG]:
+        return _mutmut_every_test(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("modules", nargs="*", help=f"modules to test: {', '.join(MODULES)}")
     ap.add_argument("--list", action="store_true", help="print the module table and exit")
     ap.add_argument("--show", action="store_true", help="print the diff of each surviving mutant (no run)")
     ap.add_argument("--score-only", action="store_true", help="recompute the score of the last run (no run)")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue a stopped run in its scratch copy (results so far are kept) with the current tests")
+    ap.add_argument("--jobs", type=int, default=1, help="mutants tested at once (mutmut's --max-children)")
     ap.add_argument("--retest", action="store_true",
                     help="copy the current tests into the last run's scratch copy and rerun only its mutants "
                          "that were not killed (after adding tests for them)")
@@ -208,10 +288,15 @@ def main(argv=None) -> int:
                 print(mutmut(scratch(name), "show", k, capture=True).stdout)
             continue
         if a.retest:
-            retest(name)
+            retest(name, a.jobs)
         elif not a.score_only:
-            d = prepare(name)
-            r = mutmut(d, "run", "--max-children", "1")
+            if a.resume:
+                d = scratch(name)
+                shutil.rmtree(d / "tests")
+                shutil.copytree(ROOT / "tests", d / "tests", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            else:
+                d = prepare(name)
+            r = mutmut(d, "run", "--max-children", str(a.jobs), every_test=name in EVERY_TEST)
             if r.returncode:
                 print(f"{name}: mutmut run exited with {r.returncode}", file=sys.stderr)
                 return r.returncode
