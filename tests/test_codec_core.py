@@ -449,6 +449,20 @@ def test_ddim_and_fixed_point_inversion_with_a_linear_denoiser(comp):
     assert calls == [2, 2]
 
 
+def test_fixed_point_stops_when_an_update_is_within_tolerance(comp):
+    """A denoiser that ignores its input: the first update is exactly 0, which is within a
+    tolerance of 0, so the item stops after one iteration (2 calls), not after all 4."""
+    codec = _stub(comp, LinearUNet(0.0, 0.0), guidance=1.0, inversion="fixed-point", inversion_iters=4,
+                  inversion_tol=0.0)
+    x = torch.ones(1, 4, 8, 8)
+    y, calls = codec.invert(x, 2, 3, codec.config.prompt, 1.0)
+    assert calls == [2]
+    _, a, _ = _diffusers_grid()
+    e = -0.2  # the conditional offset
+    x0 = (1 - math.sqrt(1 - a[2]) * e) / math.sqrt(a[2])
+    torch.testing.assert_close(y, torch.full_like(x, math.sqrt(a[3]) * x0 + math.sqrt(1 - a[3]) * e))
+
+
 def test_fixed_point_stops_at_the_least_residual_when_updates_grow(comp):
     """An affine denoiser e = c y + d whose second iterate lands near 0: the relative update from
     it is larger than the first, so the item goes back to the point of least residual, y_0."""
@@ -502,15 +516,15 @@ def test_encode_many_names_failures_groups_and_records(comp, tmp_path, caplog):
     codec = _codec(comp, batch_size=2, k=3)
     f = tmp_path / "photo.png"
     Image.fromarray(_img(64, 128, 1)).save(f)
-    images = [_img(), str(tmp_path / "missing.png"), _img(seed=2), f, _img(seed=3)]
+    images = [_img(), str(tmp_path / "missing.png"), _img(seed=2), f, _img(seed=3), tmp_path]
     with caplog.at_level(logging.DEBUG, logger="gr_gdmcom.codec.core"):
         out = codec.encode_many(images)
-    assert [r.getMessage() for r in caplog.records] == [out[1].error]  # reported once, by the caller
-    assert [type(o).__name__ for o in out] == ["Encoded", "Failed", "Encoded", "Encoded", "Encoded"]
+    assert [r.getMessage() for r in caplog.records] == [out[1].error, out[5].error]  # reported once, by the caller
+    assert [type(o).__name__ for o in out] == ["Encoded", "Failed", "Encoded", "Encoded", "Encoded", "Failed"]
     assert [o.meta.name if not isinstance(o, Failed) else o.name for o in out] == \
-        ["image0", "missing", "image2", "photo", "image4"]
-    assert "missing.png" in out[1].error
-    assert codec.stats["failures"] == 1 and codec.stats["images_encoded"] == 4
+        ["image0", "missing", "image2", "photo", "image4", tmp_path.name]
+    assert out[1].error == f"image not found: {tmp_path / 'missing.png'}"
+    assert codec.stats["failures"] == 2 and codec.stats["images_encoded"] == 4
     # three 64 x 64 images in batches of 2 (2 + 1), the 64 x 128 one alone
     assert [o.record["batch"] for o in out if not isinstance(o, Failed)] == [2, 2, 1, 1]
     assert codec.stats["unet_calls"] == 3 * 3
@@ -520,6 +534,10 @@ def test_encode_many_names_failures_groups_and_records(comp, tmp_path, caplog):
     m = out[3].meta
     assert (m.image_size, m.latent_shape, m.k, m.T, m.guidance, m.prompt, m.forward, m.reduce, m.reduce_method) == \
         ((64, 128), (4, 8, 16), 3, 50, 6.0, codec.config.prompt, "ddim", 1, "full")
+    small = _codec(comp, max_pixels=64 * 64).encode_many([_img(64, 128), _img()])
+    assert small[0].error == ("image <array (64, 128, 3) uint8> has 128x64 = 8192 pixels, "
+                              "more than the limit max_pixels=4096")
+    assert small[1].meta.image_size == (64, 64)
     named = codec.encode_many([_img(), _img()], ["a", "b"])
     assert [e.meta.name for e in named] == ["a", "b"]
     assert codec.encode(_img()).meta.name == "image0" and codec.encode(_img(), "z").meta.name == "z"
@@ -579,49 +597,67 @@ def sent(comp):
     return codec.encode(_img(seed=9), "sent")
 
 
+def _other_grid(comp):
+    """The analytic model with another noise schedule, so that a grid other than the codec's shows."""
+    return dataclasses.replace(comp, scheduler_config={**comp.scheduler_config, "beta_end": 0.02})
+
+
 def test_step_choice_forwards_the_receivers_settings(comp, sent):
-    meta = dataclasses.replace(sent.meta, alpha=0.5)  # P = 4
-    for kw in (dict(), dict(rule="variance", m=3, rescale=False), dict(steps=30, m=2), dict(rule="exact", T=40)):
-        codec = _codec(comp, **kw)
+    other = _other_grid(comp)
+    meta = dataclasses.replace(sent.meta, alpha=0.5, k=3, T=40)  # P = 4; none of select_steps' defaults
+    for kw in (dict(), dict(rule="variance", m=3, rescale=False), dict(steps=30, m=2), dict(rule="exact")):
+        codec = GenerativeCodec(CodecConfig(model="analytic", T=40, **kw), components=other)
         cfg = codec.config
-        m = dataclasses.replace(meta, T=cfg.T)
-        assert codec.step_choice(3.0, m) == select_steps(3.0, k=5, m=cfg.m, T=cfg.T, rule=cfg.rule, power=4.0,
-                                                           rescale=cfg.rescale, steps=cfg.steps, grid=codec.grid)
+        assert codec.step_choice(3.0, meta) == select_steps(3.0, k=3, m=cfg.m, T=40, rule=cfg.rule, power=4.0,
+                                                              rescale=cfg.rescale, steps=cfg.steps, grid=codec.grid)
     # a reduced latent: no receiver inversion (m = 0); a fixed N below k is not used
     red = dataclasses.replace(meta, reduce=2, reduce_method="pool")
-    codec = _codec(comp, rule="variance", m=4, rescale=False)
-    assert codec.step_choice(3.0, red) == select_steps(3.0, k=5, m=0, T=50, rule="variance", power=4.0,
+
+    def codec_(**kw):
+        return GenerativeCodec(CodecConfig(model="analytic", T=40, **kw), components=other)
+
+    codec = codec_(rule="variance", m=4, rescale=False)
+    assert codec.step_choice(3.0, red) == select_steps(3.0, k=3, m=0, T=40, rule="variance", power=4.0,
                                                        rescale=False, grid=codec.grid)
-    codec = _codec(comp, rule="variance", m=0, rescale=False, steps=5, k=3)
-    assert codec.step_choice(3.0, red) == select_steps(3.0, k=5, m=0, T=50, power=4.0, rescale=False, steps=5,
+    codec = codec_(rule="variance", m=0, rescale=False, steps=3, k=2)
+    assert codec.step_choice(3.0, red) == select_steps(3.0, k=3, m=0, T=40, power=4.0, rescale=False, steps=3,
                                                        grid=codec.grid)
-    codec = _codec(comp, rule="variance", m=0, steps=4, k=3)
-    assert codec.step_choice(3.0, red) == select_steps(3.0, k=5, m=0, T=50, rule="variance", power=4.0,
+    codec = codec_(rule="variance", m=0, steps=2, k=2)
+    assert codec.step_choice(3.0, red) == select_steps(3.0, k=3, m=0, T=40, rule="variance", power=4.0,
                                                        grid=codec.grid)
     assert codec.step_choice(3.0, red).rule == "variance"
 
 
 def test_step_choice_with_a_calibration(comp, sent, tmp_path):
-    cal = Calibration(model="analytic", k=5, m=5, T=50, guidance=6.0, prompt=CodecConfig().prompt, clean_end="model",
-                      inversion="ddim", inversion_iters=3, metric="mse", images=["x"], rescale=False,
-                      fit_x=[0.0, 30.0], fit_n=[40.0, 10.0])
+    other = _other_grid(comp)
+    cal = Calibration(model="analytic", k=3, m=2, T=40, guidance=6.0, prompt=CodecConfig().prompt, clean_end="model",
+                      inversion="ddim", inversion_iters=3, metric="mse", images=["x"], rescale=True,
+                      fit_x=[0.0, 30.0], fit_n=[30.0, 6.0])
     path = cal.save(tmp_path / "cal.json")
-    codec = _codec(comp, rule=f"calibrated:{path}")
-    meta = dataclasses.replace(sent.meta, alpha=0.5)
+
+    def codec_(**kw):
+        return GenerativeCodec(CodecConfig(model="analytic", T=40, m=2, rule=f"calibrated:{path}", **kw),
+                               components=other)
+
+    codec = codec_()
+    meta = dataclasses.replace(sent.meta, alpha=0.5, k=3, T=40)
     for snr in (0.0, 12.0):
-        n = cal.n_steps(snr, 4.0, k=5)
-        want = dataclasses.replace(select_steps(snr, k=5, m=5, T=50, power=4.0, rescale=False, steps=n,
+        n = cal.n_steps(snr, 4.0, k=3)
+        want = dataclasses.replace(select_steps(snr, k=3, m=2, T=40, power=4.0, rescale=True, steps=n,
                                                 grid=codec.grid), rule="calibrated")
         assert codec.step_choice(snr, meta) == want
     # reduced: Proposition 1's snr rule with the calibration's rescale setting
     red = dataclasses.replace(meta, reduce=2)
-    assert codec.step_choice(12.0, red) == select_steps(12.0, k=5, m=0, T=50, rule="snr", power=4.0, rescale=False,
+    assert codec.step_choice(12.0, red) == select_steps(12.0, k=3, m=0, T=40, rule="snr", power=4.0, rescale=True,
                                                         grid=codec.grid)
+    codec = codec_(rescale=False)  # the calibration's rescale wins over the receiver's
+    assert codec.step_choice(12.0, red).scale == select_steps(12.0, k=3, m=0, T=40, rule="snr", power=4.0,
+                                                              grid=codec.grid).scale != 1.0
     with pytest.raises(CodecError) as e:
         codec.step_choice(12.0, dataclasses.replace(meta, k=4, name="q"))
-    assert str(e.value) == f"q: the transmitter used k=4 but calibration {path} was measured for k=5"
-    codec = _codec(comp, rule=f"calibrated:{path}", steps=20)  # a fixed N wins over the calibration
-    assert codec.step_choice(12.0, meta) == select_steps(12.0, k=5, m=5, T=50, power=4.0, steps=20, grid=codec.grid)
+    assert str(e.value) == f"q: the transmitter used k=4 but calibration {path} was measured for k=3"
+    codec = codec_(steps=20)  # a fixed N wins over the calibration
+    assert codec.step_choice(12.0, meta) == select_steps(12.0, k=3, m=2, T=40, power=4.0, steps=20, grid=codec.grid)
 
 
 def test_decode_errors_are_exact_and_counted(comp, sent, caplog):
@@ -724,6 +760,9 @@ def test_erased_symbols_are_decoded_as_zeros(comp, sent):
     b = codec.decode_latents([(zeroed, sent.meta, 12.0)])[0]
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, codec.decode_latents([(sent.symbols, sent.meta, 12.0)])[0])
+    dec = codec.decode(sent.symbols, sent.meta, 12.0, mask.astype(np.int64))  # 0/1 marks as bool
+    assert dec.record["erased"] == int(np.sum(~mask)) == 43
+    np.testing.assert_array_equal(dec.image, codec.decode(zeroed, sent.meta, 12.0).image)
 
 
 def test_free_path_of_a_reduced_latent(comp):
@@ -741,6 +780,10 @@ def test_free_path_of_a_reduced_latent(comp):
     below = sum(t > ex.start_t for t in taus[1:])
     assert len(path) == below and path[0] == (float(taus[50]), a[50], a[49])
     assert codec._free_path(dataclasses.replace(ch, start_t=float(taus[50]))) == []
+    # a start below tau_1 (k = 0, exact rule, high SNR): every grid step, the last from tau_1
+    low = dataclasses.replace(ex, start_t=0.5, start_abar=0.999)
+    assert codec._free_path(low) == [(float(taus[i]), a[i], a[i - 1]) for i in range(50, 1, -1)] + \
+        [(float(taus[1]), a[1], 0.999)]
 
 
 def test_reduced_latent_receiver(comp):
