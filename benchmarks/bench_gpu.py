@@ -109,7 +109,8 @@ def _sync(dev):
 
 def bench_dtype(args, dtype, image, rows):
     c = load_components(args.model, device=args.device, dtype=dtype)
-    apply_speed_options(c, attention=args.attention, channels_last=args.channels_last, compile=args.compile)
+    apply_speed_options(c, attention=args.attention, channels_last=args.channels_last, compile=args.compile,
+                        compile_mode=args.compile_mode)
     cfg = CodecConfig(model=args.model, device=args.device, dtype=dtype, k=args.k, m=args.m, guidance=args.guidance)
     codec = GenerativeCodec(cfg, components=c)
     clock = ModelClock(c)
@@ -183,6 +184,8 @@ def main(argv=None) -> int:
     p.add_argument("--attention", choices=("sdpa", "classic"), default="sdpa")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet (warm-up compiles)")
+    p.add_argument("--compile-mode", default=None, choices=("default", "reduce-overhead", "max-autotune"),
+                   help="torch.compile mode; reduce-overhead and max-autotune add CUDA graphs [default: default]")
     p.add_argument("--torch-threads", type=int, default=1, help="CPU threads; 0: torch's default [default=%(default)r]")
     args = p.parse_args(argv)
     cuda = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
@@ -197,7 +200,8 @@ def main(argv=None) -> int:
     image = np.asarray(Image.open(src).convert("RGB").resize((args.size, args.size)))
     where = torch.cuda.get_device_name(0) if cuda else f"CPU, {torch.get_num_threads()} torch threads"
     print(f"# {args.model} on {where}, {args.size}x{args.size}, k={args.k} m={args.m} SNR {args.snr:g} dB, guidance "
-          f"{args.guidance:g}, attention {args.attention}, channels_last {args.channels_last}, compile {args.compile}, "
+          f"{args.guidance:g}, attention {args.attention}, channels_last {args.channels_last}, compile "
+          f"{(args.compile_mode or 'default') if args.compile else 'off'}, torch {torch.__version__}, "
           f"median of {args.repeat}, warm-up excluded")
     print(f"{'dtype':>5} {'B':>3} {'TX+RX im/s':>10} {'latency s':>10} {'peak MiB':>10} {'outside':>10} "
           f"{'UNet':>6} {'img2img im/s':>12} {'ratio':>8}")
