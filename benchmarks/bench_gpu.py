@@ -111,7 +111,8 @@ def bench_dtype(args, dtype, image, rows):
     c = load_components(args.model, device=args.device, dtype=dtype)
     apply_speed_options(c, attention=args.attention, channels_last=args.channels_last, compile=args.compile,
                         compile_mode=args.compile_mode)
-    cfg = CodecConfig(model=args.model, device=args.device, dtype=dtype, k=args.k, m=args.m, guidance=args.guidance)
+    cfg = CodecConfig(model=args.model, device=args.device, dtype=dtype, k=args.k, m=args.m, guidance=args.guidance,
+                      batch_size=max(args.batch))  # B images in one UNet call per step, as img2img does
     codec = GenerativeCodec(cfg, components=c)
     clock = ModelClock(c)
     pipe = _img2img(c, cfg)
@@ -169,6 +170,42 @@ def bench_dtype(args, dtype, image, rows):
         torch.cuda.empty_cache()
 
 
+def count_flops(args) -> int:
+    """Arithmetic per TX+RX image (``--flops``): SD-1.5's UNet and VAE built on the meta device (no
+    memory, no weights) under ``torch.utils.flop_counter``; what a given images/s asks of the GPU."""
+    import json
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from gr_gdmcom.codec.models import sd15_configs
+
+    cfg = sd15_configs()
+    with torch.device("meta"):
+        unet, vae = UNet2DConditionModel(**cfg["unet"]), AutoencoderKL(**cfg["vae"])
+    h = args.size // 8
+
+    def flops(fn):
+        with FlopCounterMode(display=False) as f:
+            fn()
+        return f.get_total_flops()
+
+    u = flops(lambda: unet(torch.zeros(1, 4, h, h, device="meta"), torch.tensor([500], device="meta"),
+                           encoder_hidden_states=torch.zeros(1, 77, cfg["unet"]["cross_attention_dim"], device="meta")))
+    enc = flops(lambda: vae.encode(torch.zeros(1, 3, args.size, args.size, device="meta")))
+    dec = flops(lambda: vae.decode(torch.zeros(1, 4, h, h, device="meta")))
+    n = args.n_steps
+    calls = args.k + args.m + n
+    per_image = calls * u * (2 if args.guidance != 1 else 1) + enc + dec
+    print(f"# SD-1.5 at {args.size}x{args.size}: UNet {u / 1e9:.0f} GFLOP per sample and call, VAE encode "
+          f"{enc / 1e9:.0f}, decode {dec / 1e9:.0f} GFLOP")
+    print(f"# k+m+N = {args.k}+{args.m}+{n} = {calls} UNet calls x {'2 (CFG)' if args.guidance != 1 else '1'}: "
+          f"{per_image / 1e12:.1f} TFLOP per TX+RX image")
+    for ips in (1, 5, 7, 12):
+        print(f"{ips:>3} images/s need {ips * per_image / 1e12:6.0f} TFLOP/s sustained")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto", help="auto: cuda when present [default=%(default)r]")
@@ -187,7 +224,14 @@ def main(argv=None) -> int:
     p.add_argument("--compile-mode", default=None, choices=("default", "reduce-overhead", "max-autotune"),
                    help="torch.compile mode; reduce-overhead and max-autotune add CUDA graphs [default: default]")
     p.add_argument("--torch-threads", type=int, default=1, help="CPU threads; 0: torch's default [default=%(default)r]")
+    p.add_argument("--flops", action="store_true", help="print the arithmetic per image (SD-1.5 on the meta device) "
+                   "and what each images/s asks of the GPU, then exit")
+    p.add_argument("--n-steps", type=int, default=13,
+                   help="N for --flops (sd15-random at 10 dB chose 13) [default=%(default)r]")
     args = p.parse_args(argv)
+    if args.flops:
+        args.size = args.size or 512
+        return count_flops(args)
     cuda = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
     args.device = ("cuda" if cuda else "cpu") if args.device == "auto" else args.device
     args.model = args.model or ("sd15-random" if cuda else "tiny")
