@@ -9,8 +9,9 @@ decode per image).  Printed per row:
 * TX+RX images/s (B / median round time) and, at B = 1, the single-image latency;
 * peak memory: ``torch.cuda.max_memory_allocated`` on CUDA (the process's peak
   RSS on CPU, which only grows);
-* outside model calls: the share of the round spent outside the UNet and VAE
-  calls (timed with a device synchronisation around each call);
+* outside model calls: 1 - (time inside the UNet and VAE calls of one extra
+  round, each call timed between two device synchronisations) / (median time
+  of the free-running rounds, which have no synchronisation until the end);
 * the anchor: diffusers' ``StableDiffusionImg2ImgPipeline`` built from the same
   loaded modules and a DDIM scheduler, with ``strength`` set so that it runs the
   same number of guided UNet calls (``num_inference_steps = T``), on the same
@@ -46,10 +47,12 @@ from gr_gdmcom.config import CodecConfig
 
 
 class ModelClock:
-    """Counts UNet calls and the time inside UNet and VAE calls (synchronised on CUDA)."""
+    """Counts UNet calls and, while ``timing`` is on, the time inside UNet and VAE calls (with a device
+    synchronisation around each, which stops the host from queueing work ahead of the GPU: so the
+    throughput rounds run with ``timing`` off and one extra round is timed call by call)."""
 
     def __init__(self, c):
-        self.device, self.calls, self.seconds = c.device, 0, 0.0
+        self.device, self.calls, self.seconds, self.timing = c.device, 0, 0.0, False
         c.unet.register_forward_pre_hook(lambda *_: self._enter())
         c.unet.register_forward_hook(lambda *_: self._leave(unet=True))
         for name in ("encode", "decode"):
@@ -60,12 +63,14 @@ class ModelClock:
             torch.cuda.synchronize(self.device)
 
     def _enter(self):
-        self._sync()
-        self._t = time.perf_counter()
+        if self.timing:
+            self._sync()
+            self._t = time.perf_counter()
 
     def _leave(self, unet=False):
-        self._sync()
-        self.seconds += time.perf_counter() - self._t
+        if self.timing:
+            self._sync()
+            self.seconds += time.perf_counter() - self._t
         self.calls += unet
 
     def _timed(self, fn):
@@ -131,15 +136,19 @@ def bench_dtype(args, dtype, image, rows):
 
         warm_up(codec, size=args.size, batch=B)
         _peak_reset(c.device)
-        times, outside = [], []
+        times = []
         for _ in range(args.repeat):
             clock.reset()
             t0 = time.perf_counter()
             decs = round_trip()
             _sync(c.device)
             times.append(time.perf_counter() - t0)
-            outside.append(1 - clock.seconds / times[-1])
         calls = clock.calls  # of the last round
+        clock.reset()
+        clock.timing = True  # one more round, each model call timed: the model's share of a free-running round
+        round_trip()
+        clock.timing = False
+        outside = 1 - clock.seconds / statistics.median(times)
         peak = _peak_mib(c.device)
         n_calls = cfg.k + cfg.m + decs[0].record["n_steps"]
         strength = n_calls / cfg.T
@@ -161,7 +170,7 @@ def bench_dtype(args, dtype, image, rows):
             print(f"# warning: UNet calls per round codec {calls}, img2img {a_calls}, expected {n_calls}")
         t, ta = statistics.median(times), statistics.median(a_times)
         rows.append(dict(dtype=dtype, B=B, ips=B / t, lat=t if B == 1 else None, peak=peak,
-                         outside=100 * statistics.median(outside), calls=n_calls, a_ips=B / ta))
+                         outside=100 * outside, calls=n_calls, a_ips=B / ta))
         r = rows[-1]
         print(f"{dtype:>5} {B:>3} {r['ips']:10.2f} {('%.3f' % r['lat']) if r['lat'] else '-':>10} {peak:10.0f} "
               f"{r['outside']:8.2f} % {n_calls:6d} {r['a_ips']:12.2f} {r['ips'] / r['a_ips']:8.2f}", flush=True)
