@@ -438,7 +438,13 @@ class GenerativeCodec:
         for shape, members in groups.items():
             for start in range(0, len(members), cfg.batch_size):
                 batch = members[start:start + cfg.batch_size]
-                for i, enc in zip(batch, self._encode_batch([loaded[i] for i in batch], [names[i] for i in batch])):
+                try:
+                    encs = self._encode_batch([loaded[i] for i in batch], [names[i] for i in batch])
+                except ValueError as exc:  # the model refuses this size (analytic: sides multiples of 64)
+                    encs = [Failed(str(exc), names[i]) for i in batch]
+                    self.stats["failures"] += len(batch)
+                    log.debug("%s", exc)
+                for i, enc in zip(batch, encs):
                     results[i] = enc
         return results  # type: ignore[return-value]
 
