@@ -14,58 +14,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import zlib
 
 import numpy as np
 import torch
 
 from gr_gdmcom.codec import GenerativeCodec
 from gr_gdmcom.codec.analytic import build_analytic
-from gr_gdmcom.codec.core import Encoded, LatentMeta, latent_to_symbols
 from gr_gdmcom.codec.models import load_components
 from gr_gdmcom.codec.rate import Reduction, mean_gain_db
 from gr_gdmcom.config import REDUCE_METHODS, CodecConfig
-from gr_gdmcom.phy.channel import awgn
-
-
-def transmit(codec: GenerativeCodec, zk: np.ndarray, name: str) -> Encoded:
-    """The codec's transmitter step 3 on a latent (C, h, w), as ``_encode_batch`` does."""
-    cfg = codec.config
-    sym, alpha, means, red = latent_to_symbols(zk, cfg)
-    c, h, w = zk.shape
-    meta = LatentMeta(alpha=alpha, latent_shape=(c, h, w), image_size=(8 * h, 8 * w), k=cfg.k, T=cfg.T,
-                      guidance=cfg.guidance, prompt=cfg.prompt, name=name, means=means,
-                      reduce=red.factor, reduce_method=red.method)
-    return Encoded(sym, meta)
-
-
-def latent_mse(codec: GenerativeCodec, z0: torch.Tensor, zk: torch.Tensor, snr_db: float, seed: int = 0) -> float:
-    items = []
-    for b in range(zk.shape[0]):
-        enc = transmit(codec, zk[b].numpy(), f"z{b}")
-        rng = np.random.default_rng([seed, b, zlib.crc32(f"{snr_db}".encode())])
-        items.append((awgn(enc.symbols, snr_db, rng), enc.meta, snr_db))
-    out = np.stack(codec.decode_latents(items))
-    return float(np.mean((out - z0.numpy()) ** 2))
-
-
-def oracle_floor(am, red: Reduction, prompt: str) -> float:
-    """Latent MSE per value that no receiver beats when it measures ``y = A z_0`` exactly and also
-    knows the mixture component: ``sum_k w_k trace(S_k - S_k A^T (A S_k A^T)^-1 A S_k) / D`` with
-    ``S_k`` the component's covariance and ``w_k`` the prompt's weights (the Gaussian conditional
-    error, a lower bound on the mixture's).  The codec's ``y`` is ``A z_k`` through the channel:
-    higher still."""
-    D = am.gmm.D
-    a = red.apply(torch.eye(D, dtype=torch.float64).reshape(D, *red.shape))  # (D, rows): column j is row j of A
-    w = torch.softmax(am.log_weights(prompt).double(), 0)
-    out = 0.0
-    for k in range(am.gmm.K):
-        if w[k] < 1e-12:
-            continue
-        s = am.gmm.covariance(k).double()
-        sa = s @ a
-        out += float(w[k]) * float(torch.trace(s - sa @ torch.linalg.solve(a.T @ sa, sa.T))) / D
-    return out
+from gr_gdmcom.eval.validate import LatentLink
+from gr_gdmcom.eval.validate_rate import measure, oracle_floor
 
 
 def image_gains(model: str) -> None:
@@ -99,37 +58,32 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     if a.gain_only and a.model != "analytic" and not a.model.startswith("analytic:"):
         return image_gains(a.model)
-    comps = load_components(a.model, device="cpu", dtype="fp32")
-    base = CodecConfig(model=a.model, device="cpu", dtype="fp32", seed=a.seed)
     am = build_analytic(a.model)
-    z0 = am.sample_latents(a.samples, base.prompt, seed=a.seed).float()
-    codec0 = GenerativeCodec(base, components=comps)
-    zk = codec0.invert(z0, 0, base.k, base.prompt, base.guidance)[0]
+    z0 = am.sample_latents(a.samples, CodecConfig.prompt, seed=a.seed)
+    base = CodecConfig(model=a.model, device="cpu", dtype="fp32", seed=a.seed)
+    zk = LatentLink(load_components(a.model, device="cpu", dtype="fp32"), base).forward(z0, base.k)
     gains = [mean_gain_db(zk[b].numpy()) for b in range(zk.shape[0])]
     print(json.dumps(dict(what="mean_gain_db", model=a.model, mean=float(np.mean(gains)),
                           min=float(np.min(gains)), max=float(np.max(gains)))), flush=True)
     if a.gain_only:
         return
-    floors = {}
-    for r in a.reduce:
-        for method in (["subset"] if r == 1 else a.methods):
-            floors[(r, method)] = oracle_floor(am, Reduction.make(method, r, z0.shape[1:]), base.prompt)
-            print(json.dumps(dict(bcr=f"1/{96 * r}", method="full" if r == 1 else method,
-                                  oracle_floor=round(floors[(r, method)], 5))), flush=True)
     if a.floor_only:
+        for r in a.reduce:
+            for method in a.methods if r > 1 else ():
+                red = Reduction.make(method, r, z0.shape[1:])
+                print(json.dumps(dict(bcr=f"1/{96 * r}", method=method,
+                                      oracle_floor=round(oracle_floor(am, red, base.prompt), 5))), flush=True)
         return
-    rows = {}
-    for r in a.reduce:
-        for method in (["subset"] if r == 1 else a.methods):
-            for rm in {"both": (False, True), "off": (False,), "on": (True,)}[a.remove_mean]:
-                codec = GenerativeCodec(base.replace(reduce=r, reduce_method=method, remove_mean=rm), components=comps)
-                for snr in a.snrs:
-                    mse = latent_mse(codec, z0, zk, snr, a.seed)
-                    label = ("full" if r == 1 else method) + ("+mean" if rm else "")
-                    rows[(r, label, snr)] = mse
-                    floors[(r, label)] = floors[(r, method)]
-                    print(json.dumps(dict(bcr=f"1/{96 * r}", method=label, snr_db=snr, latent_mse=round(mse, 5))),
-                          flush=True)
+    rows, floors = {}, {}
+    for rm in {"both": (False, True), "off": (False,), "on": (True,)}[a.remove_mean]:
+        res = measure(a.model, a.samples, a.seed, a.snrs, a.reduce, a.methods, remove_mean=rm,
+                      progress=lambda *_: None)
+        for row in res["rows"]:
+            label = row["method"] + ("+mean" if rm else "")
+            rows[(row["reduce"], label, row["snr_db"])] = row["mse"]
+            floors[(row["reduce"], label)] = row["floor"]
+            print(json.dumps(dict(bcr=row["bcr"], method=label, snr_db=row["snr_db"], latent_mse=round(row["mse"], 5),
+                                  oracle_floor=round(row["floor"], 5))), flush=True)
     labels = sorted({(r, lab) for r, lab, _ in rows}, key=lambda x: (x[0], x[1]))
     print("\n| BCR | method | " + " | ".join(f"{s:g} dB" for s in a.snrs) + " | floor |")
     print("|---|---|" + "---|" * (len(a.snrs) + 1))

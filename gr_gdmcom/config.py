@@ -204,7 +204,8 @@ def bcr_text(reduce: int) -> str:
     return str(FULL_BCR / int(reduce))
 
 
-def _bcr(value: str) -> int:
+def bcr_arg(value: str) -> int:
+    """argparse type of ``--bcr``: :func:`reduce_for_bcr` with argparse's error."""
     try:
         return reduce_for_bcr(value)
     except ValueError as exc:
@@ -248,7 +249,7 @@ def add_codec_args(parser: argparse.ArgumentParser, skip: tuple = (), only: Opti
             typ = {"int": int, "float": float, "str": str, "Optional[int]": int}[str(f.type)]
             group.add_argument(flag, dest=f.name, default=default, type=typ, help=help_)
         if f.name == "reduce":
-            group.add_argument("--bcr", dest="bcr", type=_bcr, default=None, metavar="1/N",
+            group.add_argument("--bcr", dest="bcr", type=bcr_arg, default=None, metavar="1/N",
                                nargs="+" if many_bcr else None,
                                help="bandwidth compression ratio 1/(96 r), the same as --reduce r: 1/96 (whole "
                                     "latent), 1/192, 1/384, 1/768 ..." + (" (several: one setting each)"
