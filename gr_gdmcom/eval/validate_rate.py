@@ -165,7 +165,8 @@ def section(res: dict, figure: Optional[str] = None) -> str:
          f"removal {'on' if res['remove_mean'] else 'off'}. The transmitter sends `A z_k` for a reduction `A` with "
          "orthonormal rows (subset, pool, dct; docs/rate.md); the receiver samples the whole latent with the "
          "measurement re-imposed at each step. **floor**: the oracle floor of that reduction — the latent MSE no "
-         "receiver beats even measuring `A z_0` without noise and knowing the mixture component.", "",
+         "receiver beats even measuring `A z_0` without noise and knowing the mixture component. The figure's "
+         "error bars are ±2 standard errors over the latents.", "",
          "| BCR | method | " + " | ".join(f"{s:g} dB" for s in snrs) + " | floor |",
          "|---|---|" + "---:|" * (len(snrs) + 1)]
     for r in rs:
