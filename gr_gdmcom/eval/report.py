@@ -538,6 +538,30 @@ def bcr_lines(summary: Sequence[dict]) -> Dict[Tuple[str, str, str], Dict[Tuple[
     return lines
 
 
+def bcr_panels(snrs: Sequence[float], dens: Sequence[int], ylabel: str, draw: Callable, legend_size: int = 7):
+    """A figure with one panel per SNR, BCR (``1/den``, log scale) on x: ``draw(ax, snr)`` draws
+    each panel's lines; axes, titles and the legend (first panel) are set here."""
+    plt = _plt()
+    cols = min(len(snrs), 3)
+    rows = -(-len(snrs) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False, sharey=True)
+    for ax, snr in zip(axes.flat, snrs):
+        draw(ax, snr)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([1.0 / d for d in dens], [f"1/{d}" for d in dens])
+        ax.minorticks_off()
+        ax.set_title(f"SNR {snr:g} dB", fontsize=9)
+        ax.set_xlabel("BCR (channel uses / source values)")
+        ax.grid(True, alpha=0.3)
+    for ax in list(axes.flat)[len(snrs):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel)
+    axes.flat[0].legend(fontsize=legend_size)
+    fig.tight_layout()
+    return fig
+
+
 def plot_metrics_vs_bcr(summary: Sequence[dict], out_dir: Path) -> List[Path]:
     """``<metric>_vs_bcr.{png,pdf}``: each metric against the nominal BCR (log scale), one panel
     per SNR, one line per method (and setting, and reduction method); error bars as in
@@ -546,7 +570,6 @@ def plot_metrics_vs_bcr(summary: Sequence[dict], out_dir: Path) -> List[Path]:
     dens = sorted({den for pts in lines.values() for den, _ in pts})
     if len(dens) < 2:
         return []
-    plt = _plt()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     snrs = sorted({s["snr_db"] for s in summary})
@@ -560,10 +583,8 @@ def plot_metrics_vs_bcr(summary: Sequence[dict], out_dir: Path) -> List[Path]:
         key = m if m in SET_METRICS else f"{m}_mean"
         if not any(s.get(key) is not None for s in summary):
             continue
-        cols = min(len(snrs), 3)
-        rows_ = -(-len(snrs) // cols)
-        fig, axes = plt.subplots(rows_, cols, figsize=(4.2 * cols, 3.4 * rows_), squeeze=False, sharey=True)
-        for ax, snr in zip(axes.flat, snrs):
+
+        def draw(ax, snr):
             for k, pts in lines.items():
                 xs, ys, lo, hi = [], [], [], []
                 for den in dens:
@@ -578,18 +599,9 @@ def plot_metrics_vs_bcr(summary: Sequence[dict], out_dir: Path) -> List[Path]:
                 if xs:
                     ax.errorbar(xs, ys, yerr=[lo, hi] if any(lo) or any(hi) else None, marker="o", capsize=3,
                                 label=names[k])
-            ax.set_xscale("log", base=2)
-            ax.set_xticks([1.0 / d for d in dens], [f"1/{d}" for d in dens])
-            ax.minorticks_off()
-            ax.set_title(f"SNR {snr:g} dB", fontsize=9)
-            ax.set_xlabel("BCR (channel uses / source values)")
-            ax.grid(True, alpha=0.3)
-        for ax in list(axes.flat)[len(snrs):]:
-            ax.set_visible(False)
-        for ax in axes[:, 0]:
-            ax.set_ylabel(label[0] + (f" ({label[1]})" if label[1] else "") + (" ↑" if label[2] else " ↓"))
-        axes.flat[0].legend(fontsize=7)
-        fig.tight_layout()
+
+        fig = bcr_panels(snrs, dens, label[0] + (f" ({label[1]})" if label[1] else "") + (" ↑" if label[2] else " ↓"),
+                         draw)
         written += _save_figure(fig, out_dir / f"{m}_vs_bcr")
     return written
 

@@ -120,34 +120,17 @@ def target(res: dict, snr: float = 10.0, reduce: int = 2, minus_db: float = 3.0)
 def plot(res: dict, path: Path) -> Path:
     """Latent MSE against BCR (log scale), one panel per SNR, one line per method (the whole
     latent starting each), the oracle floors dashed."""
-    from .report import _plt, _save_figure
+    from .report import _save_figure, bcr_panels
 
-    plt = _plt()
-    snrs, rs = res["snrs"], res["reductions"]
-    cols = min(len(snrs), 3)
-    fig, axes = plt.subplots(-(-len(snrs) // cols), cols, figsize=(4.2 * cols, 3.3 * -(-len(snrs) // cols)),
-                             squeeze=False, sharey=True)
-    for ax, snr in zip(axes.flat, snrs):
+    def draw(ax, snr):
         for i, method in enumerate(res["methods"]):
-            pts = [(r, _row(res, r, "full" if r == 1 else method, snr)) for r in rs]
-            pts = [(r, row) for r, row in pts if row is not None]
-            colour = f"C{i}"
-            ax.errorbar([1 / (96 * r) for r, _ in pts], [row["mse"] for _, row in pts],
-                        yerr=[2 * row["se"] for _, row in pts], marker="o", capsize=3, color=colour, label=method)
-            ax.plot([1 / (96 * r) for r, _ in pts], [row["floor"] for _, row in pts], ls="--", color=colour, alpha=0.6,
-                    label=f"{method} oracle floor")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks([1 / (96 * r) for r in rs], [f"1/{96 * r}" for r in rs])
-        ax.minorticks_off()
-        ax.set_title(f"SNR {snr:g} dB", fontsize=9)
-        ax.set_xlabel("BCR")
-        ax.grid(True, alpha=0.3)
-    for ax in list(axes.flat)[len(snrs):]:
-        ax.set_visible(False)
-    for ax in axes[:, 0]:
-        ax.set_ylabel("latent MSE ↓")
-    axes.flat[0].legend(fontsize=6)
-    fig.tight_layout()
+            pts = [row for row in (_row(res, r, "full" if r == 1 else method, snr) for r in res["reductions"]) if row]
+            xs = [1 / (96 * row["reduce"]) for row in pts]
+            ax.errorbar(xs, [row["mse"] for row in pts], yerr=[2 * row["se"] for row in pts], marker="o", capsize=3,
+                        color=f"C{i}", label=method)
+            ax.plot(xs, [row["floor"] for row in pts], ls="--", color=f"C{i}", alpha=0.6, label=f"{method} oracle floor")
+
+    fig = bcr_panels(res["snrs"], [96 * r for r in res["reductions"]], "latent MSE ↓", draw, legend_size=6)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _save_figure(fig, path.with_suffix(""))
