@@ -100,8 +100,10 @@ class TxEvent:
         return d
 
 
-#: header ``flags`` bits that carry the latent reduction (codec/rate.py): bits 0-3 log2(reduce), bit 4 pool
-REDUCE_LOG2_MASK, REDUCE_POOL_FLAG = 0x0F, 0x10
+#: header ``flags`` bits that carry the latent reduction (codec/rate.py): bits 0-3 log2(reduce), bit 4 pool,
+#: bit 5 dct (neither: subset)
+REDUCE_LOG2_MASK, REDUCE_POOL_FLAG, REDUCE_DCT_FLAG = 0x0F, 0x10, 0x20
+_METHOD_FLAGS = {"pool": REDUCE_POOL_FLAG, "dct": REDUCE_DCT_FLAG}
 
 
 class LinkMetaError(ValueError):
@@ -122,7 +124,7 @@ def reduction_flags(meta: LatentMeta) -> int:
     if r < 1 or r & (r - 1) or r > 1 << REDUCE_LOG2_MASK:
         raise LinkMetaError(f"{meta.name}: the frame header carries reduce as a power of two up to "
                             f"{1 << REDUCE_LOG2_MASK}, got {r}")
-    return (r.bit_length() - 1) | (REDUCE_POOL_FLAG if meta.reduce_method == "pool" else 0)
+    return (r.bit_length() - 1) | _METHOD_FLAGS.get(meta.reduce_method, 0)
 
 
 def header_for(meta: LatentMeta, image_id: int) -> Header:
@@ -140,7 +142,7 @@ def meta_from_header(h: Header, prompt: str, name: str) -> LatentMeta:
                       image_size=tuple(int(v) for v in h.image_size), k=int(h.k), T=int(h.T),
                       guidance=float(h.guidance), prompt=prompt, forward=FORWARD_NAMES.get(int(h.forward), "ddim"),
                       name=name, reduce=1 << (int(h.flags) & REDUCE_LOG2_MASK),
-                      reduce_method=("pool" if int(h.flags) & REDUCE_POOL_FLAG else "subset")
+                      reduce_method=next((m for m, f in _METHOD_FLAGS.items() if int(h.flags) & f), "subset")
                       if int(h.flags) & REDUCE_LOG2_MASK else "full")
 
 

@@ -78,11 +78,11 @@ def test_link_with_a_sample_clock_offset(tmp_path, small):
 
 
 def test_link_at_bcr_1_384_sends_a_quarter_of_the_symbols(tmp_path, small, capsys):
-    """``--reduce 4``: BCR 1/384 through the GNU Radio link; the header's flags carry the
-    reduction to the receiver, which decodes an image of the original size (docs/rate.md)."""
+    """``--bcr 1/384`` (``--reduce 4``): BCR 1/384 through the GNU Radio link; the header's flags
+    carry the reduction to the receiver, which decodes an image of the original size (docs/rate.md)."""
     img = tmp_path / "s.png"
     Image.fromarray(small[:48, :40]).save(img)  # latent 4 x 6 x 5 = 120 values: 60 symbols whole
-    rc = main(["link", "--image", str(img), "--snr", "12", "--model", "tiny", "--device", "cpu", "--reduce", "4",
+    rc = main(["link", "--image", str(img), "--snr", "12", "--model", "tiny", "--device", "cpu", "--bcr", "1/384",
                "--reduce-method", "pool", "--out", str(tmp_path / "o")])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert rc == 0, rows

@@ -16,7 +16,8 @@ from gr_gdmcom.pipeline import LinkMetaError, header_for, meta_from_header
 
 @pytest.mark.parametrize("method,factor,shape", [("subset", 2, (4, 8, 8)), ("subset", 4, (4, 21, 32)),
                                                  ("pool", 4, (4, 21, 32)), ("pool", 8, (4, 5, 7)),
-                                                 ("pool", 16, (4, 8, 8))])
+                                                 ("pool", 16, (4, 8, 8)), ("dct", 2, (4, 8, 8)),
+                                                 ("dct", 4, (4, 21, 32)), ("dct", 8, (4, 5, 7)), ("dct", 3, (2, 6, 6))])
 def test_reduction_rows_are_orthonormal(method, factor, shape):
     red = Reduction.make(method, factor, shape)
     eye = torch.eye(red.n_values, dtype=torch.float64)
@@ -36,6 +37,28 @@ def test_pool_values_against_block_sums():
     assert y[1, 1, 0].item() == pytest.approx((25 + 26) / math.sqrt(2))
 
 
+def test_dct_keeps_the_lowest_frequencies_of_scipys_orthonormal_dctn(rng):
+    from scipy.fft import dctn, idctn
+
+    z = rng.standard_normal((1, 3, 6, 8))
+    red = Reduction.make("dct", 4, (3, 6, 8))
+    y = red.apply(torch.from_numpy(z)).numpy().reshape(3, 12)
+    coef = dctn(z[0], axes=(1, 2), norm="ortho")
+    # the 12 of 48 frequencies with the smallest (i/6)^2 + (j/8)^2, in that order (ties: row-major)
+    freq = [(i / 6) ** 2 + (j / 8) ** 2 for i in range(6) for j in range(8)]
+    kept = sorted(range(48), key=lambda n: (freq[n], n))[:12]
+    assert kept[:4] == [0, 1, 8, 9] and red.n_values == 36
+    np.testing.assert_allclose(y, coef.reshape(3, 48)[:, kept], atol=1e-12)
+    # A^T y: the inverse DCT of the kept coefficients, the rest zero (the least-squares low-pass image)
+    low = np.zeros((3, 48))
+    low[:, kept] = coef.reshape(3, 48)[:, kept]
+    np.testing.assert_allclose(red.adjoint(torch.from_numpy(y.reshape(1, -1))).numpy()[0],
+                               idctn(low.reshape(3, 6, 8), axes=(1, 2), norm="ortho"), atol=1e-12)
+    # a channel-constant latent lives in the DC coefficient alone: sent without loss
+    flat = torch.from_numpy(np.broadcast_to(np.array([1.0, -2.0, 0.5]).reshape(1, 3, 1, 1), (1, 3, 6, 8)).copy())
+    torch.testing.assert_close(red.adjoint(red.apply(flat)), flat)
+
+
 def test_subset_pattern_is_fixed_by_the_shape():
     a, b = Reduction.make("subset", 4, (4, 8, 8)), Reduction.make("subset", 4, (4, 8, 8))
     z = torch.randn(1, 4, 8, 8, dtype=torch.float64)
@@ -47,8 +70,12 @@ def test_subset_pattern_is_fixed_by_the_shape():
 def test_reduction_errors():
     with pytest.raises(RateError, match="pool reduces by 2, 4, 8, 16, got 3"):
         Reduction.make("pool", 3, (4, 8, 8))
-    with pytest.raises(RateError, match="unknown reduce method 'dct'"):
-        Reduction.make("dct", 2, (4, 8, 8))
+    with pytest.raises(RateError, match="unknown reduce method 'wavelet'; choose one of subset, pool, dct"):
+        Reduction.make("wavelet", 2, (4, 8, 8))
+    with pytest.raises(RateError, match="dct reduce=128 keeps no coefficient of a 8x8 latent channel"):
+        Reduction.make("dct", 128, (4, 8, 8))
+    with pytest.raises(RateError, match=r"dct reduce=4 of latent \[3, 2, 2\] leaves an odd number of values \(3\)"):
+        Reduction.make("dct", 4, (3, 2, 2))
     with pytest.raises(ValueError, match="reduce_method pool needs reduce in 1, 2, 4, 8, 16, got 3"):
         CodecConfig(reduce=3, reduce_method="pool").validate()
     with pytest.raises(ValueError, match="reduce must be >= 1, got 0"):
@@ -64,7 +91,7 @@ def test_mean_gain_formula(rng):
     assert mean_gain_db(z) == pytest.approx(10 * math.log10(1 + np.mean(c ** 2)), abs=0.1)
 
 
-@pytest.mark.parametrize("reduce,method", [(1, "subset"), (4, "subset"), (4, "pool")])
+@pytest.mark.parametrize("reduce,method", [(1, "subset"), (4, "subset"), (4, "pool"), (4, "dct")])
 def test_noiseless_symbols_round_trip_with_means(rng, reduce, method):
     z = (np.array([1.5, -0.7, 0.2, 3.0]).reshape(4, 1, 1) + rng.standard_normal((4, 6, 10))).astype(np.float32)
     cfg = CodecConfig(model="tiny", remove_mean=True, reduce=reduce, reduce_method=method)
@@ -138,6 +165,10 @@ def test_header_flags_carry_the_reduction(codec, small):
     assert h.flags == 0x12 and h.total_symbols == 32
     back = meta_from_header(h, "p", "x")
     assert (back.reduce, back.reduce_method, back.n_symbols) == (4, "pool", 32)
+    dct = header_for(dataclasses.replace(meta, reduce=8, reduce_method="dct"), 3)
+    assert dct.flags == 0x23 and (meta_from_header(dct, "p", "x").reduce_method, dct.total_symbols) == ("dct", 16)
+    assert meta_from_header(header_for(dataclasses.replace(meta, reduce=2, reduce_method="subset"), 3),
+                            "p", "x").reduce_method == "subset"
     assert meta_from_header(header_for(dataclasses.replace(meta, reduce=1, reduce_method="full"), 3),
                             "p", "x").reduce_method == "full"
     with pytest.raises(LinkMetaError, match="cannot carry the removed channel means"):

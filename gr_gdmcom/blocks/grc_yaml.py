@@ -100,7 +100,7 @@ ENUMS = {"forward": (["'ddim'", "'random'"], ["DDIM inversion", "Random noise"])
          "rule": (["'snr'", "'variance'", "'exact'"], ["log-SNR match", "Variance match", "Exact t*"]),
          "clean_end": (["'model'", "'one'", "'step0'"], ["From the model", "a_0 = 1", "a_0 = abar_0"]),
          "inversion": (["'ddim'", "'fixed-point'"], ["DDIM (eq. 10)", "Fixed-point"]),
-         "reduce_method": (["'subset'", "'pool'"], ["Subset (inpainting)", "Pooling"])}
+         "reduce_method": (["'subset'", "'pool'", "'dct'"], ["Subset (inpainting)", "Pooling", "DCT truncation"])}
 
 BLOCKS = {
     "semantic_source": dict(
