@@ -101,8 +101,8 @@ class TxEvent:
 
 
 #: header ``flags`` bits that carry the latent reduction (codec/rate.py): bits 0-3 log2(reduce), bit 4 pool,
-#: bit 5 dct (neither: subset)
-REDUCE_LOG2_MASK, REDUCE_POOL_FLAG, REDUCE_DCT_FLAG = 0x0F, 0x10, 0x20
+#: bit 6 dct (neither: subset; bit 5 is kept for the channel means of header version 3)
+REDUCE_LOG2_MASK, REDUCE_POOL_FLAG, REDUCE_DCT_FLAG = 0x0F, 0x10, 0x40
 _METHOD_FLAGS = {"pool": REDUCE_POOL_FLAG, "dct": REDUCE_DCT_FLAG}
 
 

@@ -166,7 +166,7 @@ def test_header_flags_carry_the_reduction(codec, small):
     back = meta_from_header(h, "p", "x")
     assert (back.reduce, back.reduce_method, back.n_symbols) == (4, "pool", 32)
     dct = header_for(dataclasses.replace(meta, reduce=8, reduce_method="dct"), 3)
-    assert dct.flags == 0x23 and (meta_from_header(dct, "p", "x").reduce_method, dct.total_symbols) == ("dct", 16)
+    assert dct.flags == 0x43 and (meta_from_header(dct, "p", "x").reduce_method, dct.total_symbols) == ("dct", 16)
     assert meta_from_header(header_for(dataclasses.replace(meta, reduce=2, reduce_method="subset"), 3),
                             "p", "x").reduce_method == "subset"
     assert meta_from_header(header_for(dataclasses.replace(meta, reduce=1, reduce_method="full"), 3),
