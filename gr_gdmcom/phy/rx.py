@@ -740,7 +740,7 @@ class FrameRx:
     def _retrack(self, b: _Burst, data: bytes) -> np.ndarray:
         """Header symbols re-derived with a phase track that also uses the failed
         decoding's re-encoded symbols as (mostly right) pilots.  At low SNR the pilots
-        alone leave the phase at the ends of the header region uncertain; the 1074
+        alone leave the phase at the ends of the header region uncertain; the 1266
         decided symbols pin it down.  complex (HEADER_CODED_BITS,)."""
         lay = self.layout
         decided = lay.body_symbols(encode_header(data, lay.header_whitening))[: self._hdr_body]
