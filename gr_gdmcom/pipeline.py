@@ -24,7 +24,7 @@ from .codec import LatentMeta, prompt_hash
 from .codec.core import weight_by_reliability
 from .config import CodecConfig
 from .phy import FrameConfig, FrameRx, FrameTx, Header, Reassembler
-from .phy.header import MEAN_SLOTS, fits_float16
+from .phy.header import MEAN_SLOTS, MEANS_FLAG, REDUCE_LOG2_MASK, REDUCE_POOL_FLAG, fits_float16
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,6 @@ class TxEvent:
         return d
 
 
-#: header ``flags`` bits (docs/rate.md): bits 0-3 log2(reduce), bit 4 pool, bit 5 channel means removed
-REDUCE_LOG2_MASK, REDUCE_POOL_FLAG, MEANS_FLAG = 0x0F, 0x10, 0x20
 
 
 class LinkMetaError(ValueError):

@@ -36,6 +36,8 @@ MAGIC = b"GD"
 HEADER_VERSION = 3
 #: channel-mean slots in the header (float16 each; SD's latent has 4 channels)
 MEAN_SLOTS = 4
+#: ``flags`` bits (docs/rate.md): bits 0-3 log2 of the latent reduction, bit 4 pool, bit 5 channel means removed
+REDUCE_LOG2_MASK, REDUCE_POOL_FLAG, MEANS_FLAG = 0x0F, 0x10, 0x20
 #: magic, version, flags, image_id, chunk_index, chunk_count, total_symbols, chunk_symbols,
 #: latent C, latent H, latent W, image h, image w, k, m_hint, T, forward, guidance, alpha, prompt_hash, means
 HEADER_STRUCT = struct.Struct(">2sBBHHHIHBHHHHBBHBefI" + "e" * MEAN_SLOTS)
