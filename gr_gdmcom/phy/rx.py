@@ -88,8 +88,12 @@ ACQ_COHERENT = 4
 ACQ_STEPS = 4
 ACQ_MAX_PPM = 400.0
 ACQ_MIN_DRIFT = 0.1
-#: ... and the step (ppm) of the final error-power search around the drift found.
+#: ... and the step (ppm) of the final error-power search around the drift found, and
+#: how many times that search moves on where its best lies at its edge (a wide
+#: acquisition off by more than 2 steps, which the fine discriminator, far from its
+#: linear range, did not correct).
 POLISH_PPM = 3.0
+POLISH_MOVES = 4
 #: ... the grid of the last-resort drift search: spacing (samples of timing at the
 #: burst's end) and most points.
 SEARCH_STEP = 0.3
@@ -826,8 +830,11 @@ class FrameRx:
                 best = (p, drift, cur)
         if not best[1] and growth >= TIMING_STRONG:
             best = self._search_drift(b, best, known, head, pilot_pos, n_body)
-        if best[1]:
+        for _ in range(POLISH_MOVES if best[1] else 0):
+            start = best[1]
             best = self._polish_drift(b, best, known, head, pilot_pos, n_body)
+            if abs(best[1] - start) < 1.5 * POLISH_PPM * 1e-6 * self._sps:
+                break
         _, drift, cur = best
         if not drift and cur is not d:
             log.debug("drift did not help; dropped")
