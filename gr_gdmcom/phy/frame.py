@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import astuple, dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -37,6 +38,23 @@ SEED_PILOTS, SEED_HEADER, SEED_PAYLOAD, SEED_PROBES = 0x7FFF, 0x5A5A, 0x1D2B, 0x
 PRBS_ORDER, PRBS_TAP = 15, 14
 #: Largest chunk a header can describe (``chunk_symbols`` is a uint16).
 MAX_CHUNK_LIMIT = 0xFFFF
+#: A payload of at least this many symbols carries a second copy of the coded header
+#: after its first HEADER_COPY_AFTER symbols (time diversity: a fade that swallows the
+#: header after the preamble rarely also swallows the copy ~3500 symbols later; the
+#: receiver adds the two copies' maximum-ratio soft values when the first alone fails).
+#: The copy's place does not depend on the payload's length, so the receiver finds it
+#: before it has decoded the header.
+HEADER_COPY_AFTER = 2048
+
+
+class BurstMap(NamedTuple):
+    """Body positions of a burst's parts (:meth:`FrameLayout.burst_map`), int64 arrays."""
+
+    header: np.ndarray   # the coded header after the preamble
+    copy: np.ndarray     # its second copy (empty for payloads under HEADER_COPY_AFTER)
+    payload: np.ndarray  # the latent symbols
+    pilots: np.ndarray
+    n_body: int
 
 
 @dataclass
@@ -220,7 +238,7 @@ class FrameLayout:
         self.cover = np.concatenate([[1.0], np.cumprod(self.barker)])
         self.preamble = (np.repeat(self.cover, seg) * np.tile(frank(seg), reps)).astype(np.complex64)
         self.header_whitening = qpsk(prbs_bits(2 * HEADER_CODED_BITS, SEED_HEADER))
-        max_data = HEADER_CODED_BITS + MAX_CHUNK_LIMIT
+        max_data = 2 * HEADER_CODED_BITS + MAX_CHUNK_LIMIT
         n_pilots = max_data // cfg.pilot_spacing + 2
         self.header_pilots = -(-HEADER_CODED_BITS // cfg.pilot_spacing)
         self.pilots = np.concatenate([qpsk(prbs_bits(2 * self.header_pilots, SEED_PILOTS)),
@@ -267,9 +285,30 @@ class FrameLayout:
         n_blocks = -(-HEADER_CODED_BITS // self.cfg.pilot_spacing)
         return data_pos, np.arange(n_blocks, dtype=np.int64) * (self.cfg.pilot_spacing + 1), int(data_pos[-1]) + 1
 
+    def burst_map(self, n_payload: int) -> BurstMap:
+        """Body positions of the header, its copy, the payload and the pilots of a burst
+        carrying ``n_payload`` latent symbols: data = header, payload[:HEADER_COPY_AFTER],
+        header copy, payload[HEADER_COPY_AFTER:] (no copy under HEADER_COPY_AFTER symbols)."""
+        return _burst_map(self.cfg.pilot_spacing, int(n_payload))
+
+    def data_symbols(self, coded_header: np.ndarray, payload: np.ndarray) -> np.ndarray:
+        """The body's data in order (see :meth:`burst_map`).  complex (n_data,)."""
+        if len(payload) < HEADER_COPY_AFTER:
+            return np.concatenate([coded_header, payload])
+        return np.concatenate([coded_header, payload[:HEADER_COPY_AFTER], coded_header, payload[HEADER_COPY_AFTER:]])
+
+    def copy_region(self):
+        """Body positions of the header copy and of the pilots before its end (the same
+        for every burst that has a copy).  Returns (copy_pos, pilot_pos, n_body through
+        the copy's last symbol)."""
+        m = self.burst_map(HEADER_COPY_AFTER)
+        p = self.cfg.pilot_spacing
+        n_blocks = -(-(2 * HEADER_CODED_BITS + HEADER_COPY_AFTER) // p)
+        return m.copy, np.arange(n_blocks, dtype=np.int64) * (p + 1), int(m.copy[-1]) + 1
+
     def burst_samples(self, n_payload: int) -> int:
         """Samples in a burst carrying ``n_payload`` latent symbols."""
-        return (len(self.preamble) + self.body_map(HEADER_CODED_BITS + n_payload)[2]) * self.cfg.sps + 2 * self.half
+        return (len(self.preamble) + self.burst_map(n_payload).n_body) * self.cfg.sps + 2 * self.half
 
 
 @functools.lru_cache(maxsize=64)
@@ -281,6 +320,19 @@ def _body_map(p: int, n_data: int):
     data_pos = d + d // p + 1
     data_pos.flags.writeable = pilot_pos.flags.writeable = False
     return data_pos, pilot_pos, body_len
+
+
+@functools.lru_cache(maxsize=64)
+def _burst_map(p: int, n_payload: int) -> BurstMap:
+    h, s = HEADER_CODED_BITS, HEADER_COPY_AFTER
+    has_copy = n_payload >= s
+    data_pos, pilot_pos, body_len = _body_map(p, h + n_payload + (h if has_copy else 0))
+    if has_copy:
+        copy, payload = data_pos[h + s: 2 * h + s], np.concatenate([data_pos[h: h + s], data_pos[2 * h + s:]])
+    else:
+        copy, payload = data_pos[:0], data_pos[h:]
+    payload.flags.writeable = False
+    return BurstMap(data_pos[:h], copy, payload, pilot_pos, body_len)
 
 
 @functools.lru_cache(maxsize=16)

@@ -70,7 +70,7 @@ class FrameTx:
         data = header.pack() if isinstance(header, Header) else bytes(header)
         if self.cfg.scramble:
             payload = payload * lay.scrambler[: payload.size]
-        body = lay.body_symbols(np.concatenate([encode_header(data, lay.header_whitening), payload]))
+        body = lay.body_symbols(lay.data_symbols(encode_header(data, lay.header_whitening), payload))
         x = lay.shape(np.concatenate([lay.preamble, body]))
         if self.cfg.tx_clip:
             limit = self.cfg.tx_clip / np.sqrt(self.cfg.sps)
