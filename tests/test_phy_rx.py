@@ -198,6 +198,12 @@ def test_a_header_lost_in_a_fade_is_read_with_its_copy(rng):
     assert counters["header_copies"] == 1 and counters["header_crc_fail"] == 1, counters
     act = measure_snr_db(long_pay, frames[0].symbols)
     assert act > 5.0 and abs(frames[0].snr_db - act) < 1.0, (frames[0].snr_db, act)
+    # without the copy (header_copy=False at both ends) the faded burst is lost
+    cfg = FrameConfig(sps=2, max_chunk_symbols=3000, header_copy=False)
+    burst = FrameTx(cfg).burst(Header(image_id=1, total_symbols=3000, chunk_symbols=3000), long_pay)
+    burst[hdr_lo: hdr_hi] *= fade.astype(np.float32)
+    frames, counters = receive(cfg, awgn(np.concatenate([gap, burst, gap]), 15.0, rng))
+    assert frames == [] and counters["header_crc_fail"] == 1, counters
 
 
 def test_nonfinite_samples_are_counted_and_contained(rng):

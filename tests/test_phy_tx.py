@@ -14,7 +14,7 @@ from gr_gdmcom.phy.header import HEADER_CODED_BITS
                                 dict(pilot_spacing=1), dict(max_chunk_symbols=70000), dict(gap_symbols=-1),
                                 dict(preamble_seg=15), dict(preamble_reps=10), dict(eq_taps=4),
                                 dict(phase_window=0), dict(detect_threshold=1.5), dict(verify_threshold=0.0),
-                                dict(cfo_search=4), dict(cfo_search=-1)])
+                                dict(cfo_search=4), dict(cfo_search=-1), dict(header_copy=1)])
 def test_config_validation(kw):
     with pytest.raises(ValueError, match="FrameConfig"):
         FrameConfig(**kw)
@@ -108,6 +108,8 @@ def test_a_long_payload_carries_a_copy_of_the_header_after_2048_symbols(rng):
     assert lay.burst_map(2047).copy.size == 0 and lay.burst_map(2048).copy.size == h
     short = FrameTx(cfg).burst(Header(chunk_symbols=2047, total_symbols=2047), payload[:2047])
     assert len(short) == len(lay.preamble) + h + 2047 + -(-(h + 2047) // 16) + 1
+    plain = FrameConfig(sps=1, max_chunk_symbols=3000, header_copy=False)  # no copy at any length
+    assert len(FrameTx(plain).burst(hdr, payload)) == len(lay.preamble) + h + n + -(-(h + n) // 16) + 1
 
 
 def test_tx_rejects_bad_input():

@@ -82,6 +82,10 @@ class FrameConfig:
         cfo_search: receiver: besides the CFO the detector reads (good to +-1/(2 seg sps)),
             try up to this many whole steps of 1/(seg sps) on either side
             (0 .. sqrt(seg) - 1); each widens the capture range by 1/(seg sps).
+        header_copy: payloads of ``HEADER_COPY_AFTER`` (2048) symbols or more carry a
+            second copy of the coded header after their first 2048 symbols (time diversity
+            against fades; docs/frame-format.md section 2); False saves its 1346 symbols
+            (12 % of an 8192-symbol burst, 26 % of a 2048-symbol one) on links that do not fade.
         tx_clip: transmitter: clip every sample's amplitude at ``tx_clip`` times the
             burst's nominal rms amplitude sqrt(1/sps), phase kept (0 = off; >= 1): lowers
             the peak-to-average power ratio the power amplifier sees (the Gaussian latent
@@ -89,7 +93,7 @@ class FrameConfig:
             on its probe pilots (docs/over-the-air.md, back-off).
 
     The receiver takes any chunk size and gap; ``sps``, ``rolloff``, ``rrc_span``,
-    ``pilot_spacing``, ``scramble`` and the preamble settings must match the
+    ``pilot_spacing``, ``scramble``, ``header_copy`` and the preamble settings must match the
     transmitter's; the five receiver settings are the receiver's own, ``tx_clip`` the
     transmitter's.
     """
@@ -108,6 +112,7 @@ class FrameConfig:
     detect_threshold: float = 0.05
     verify_threshold: float = 0.12
     cfo_search: int = 2
+    header_copy: bool = True
     tx_clip: float = 0.0
 
     def __post_init__(self):
@@ -131,6 +136,7 @@ class FrameConfig:
             (0.0 < self.detect_threshold < 1.0, "detect_threshold must be in (0, 1)"),
             (0.0 < self.verify_threshold < 1.0, "verify_threshold must be in (0, 1)"),
             (self.tx_clip == 0 or self.tx_clip >= 1.0, "tx_clip must be 0 (off) or >= 1"),
+            (isinstance(self.header_copy, (bool, np.bool_)), "header_copy must be True or False"),
             (isinstance(self.cfo_search, (int, np.integer))
              and 0 <= self.cfo_search < round(np.sqrt(self.preamble_seg)),
              "cfo_search must be an integer in 0 .. sqrt(preamble_seg) - 1"),
@@ -289,19 +295,21 @@ class FrameLayout:
         """Body positions of the header, its copy, the payload and the pilots of a burst
         carrying ``n_payload`` latent symbols: data = header, payload[:HEADER_COPY_AFTER],
         header copy, payload[HEADER_COPY_AFTER:] (no copy under HEADER_COPY_AFTER symbols)."""
-        return _burst_map(self.cfg.pilot_spacing, int(n_payload))
+        return _burst_map(self.cfg.pilot_spacing, int(n_payload), bool(self.cfg.header_copy))
 
     def data_symbols(self, coded_header: np.ndarray, payload: np.ndarray) -> np.ndarray:
         """The body's data in order (see :meth:`burst_map`).  complex (n_data,)."""
-        if len(payload) < HEADER_COPY_AFTER:
+        if not self.cfg.header_copy or len(payload) < HEADER_COPY_AFTER:
             return np.concatenate([coded_header, payload])
         return np.concatenate([coded_header, payload[:HEADER_COPY_AFTER], coded_header, payload[HEADER_COPY_AFTER:]])
 
     def copy_region(self):
         """Body positions of the header copy and of the pilots before its end (the same
         for every burst that has a copy).  Returns (copy_pos, pilot_pos, n_body through
-        the copy's last symbol)."""
+        the copy's last symbol); copy_pos is empty without ``header_copy``."""
         m = self.burst_map(HEADER_COPY_AFTER)
+        if not len(m.copy):
+            return m.copy, m.pilots[:0], 0
         p = self.cfg.pilot_spacing
         n_blocks = -(-(2 * HEADER_CODED_BITS + HEADER_COPY_AFTER) // p)
         return m.copy, np.arange(n_blocks, dtype=np.int64) * (p + 1), int(m.copy[-1]) + 1
@@ -323,9 +331,9 @@ def _body_map(p: int, n_data: int):
 
 
 @functools.lru_cache(maxsize=64)
-def _burst_map(p: int, n_payload: int) -> BurstMap:
+def _burst_map(p: int, n_payload: int, header_copy: bool) -> BurstMap:
     h, s = HEADER_CODED_BITS, HEADER_COPY_AFTER
-    has_copy = n_payload >= s
+    has_copy = header_copy and n_payload >= s
     data_pos, pilot_pos, body_len = _body_map(p, h + n_payload + (h if has_copy else 0))
     if has_copy:
         copy, payload = data_pos[h + s: 2 * h + s], np.concatenate([data_pos[h: h + s], data_pos[2 * h + s:]])

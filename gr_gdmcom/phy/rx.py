@@ -730,7 +730,7 @@ class FrameRx:
                 hdr = HeaderError(f"a header read with its copy describes {hdr.chunk_symbols} symbols, "
                                   f"too few to have a copy")
             if isinstance(hdr, HeaderError):
-                if hdr.reason in ("crc", "magic") and not combined:
+                if hdr.reason in ("crc", "magic") and not combined and len(self._copy_pos):
                     b.stage = "copy"  # the header's copy may not have been in the same fade
                     continue
                 self._fail(b, "header_crc_fail" if hdr.reason in ("crc", "magic") else "header_invalid", str(hdr))
