@@ -12,7 +12,8 @@ A burst, in symbols (see ``docs/frame-format.md``)::
   after the last (QPSK up to the end of the header, then complex-Gaussian
   "probes" shaped like the payload, so that what distorts the payload shows
   on them); the data are the convolutionally coded, whitened BPSK header
-  followed by the (optionally scrambled) latent symbols.
+  followed by the (optionally scrambled) latent symbols, with a copy of the coded
+  header after the first ``HEADER_COPY_AFTER`` latent symbols of a long payload.
 
 Every pseudo-random sequence comes from the PRBS-15 LFSR below (never from
 numpy's generators, whose streams may change between numpy versions).

@@ -14,7 +14,8 @@ beyond what has been processed, and inputs are processed in slices of
    unbiased LS equaliser trained on the preamble, pilot phase tracking;
 4. header: exact ML decoding (hard decisions when they form a codeword, else
    soft Viterbi batched over the bursts of one call), CRC-32; on a CRC failure
-   one retry with a decision-directed phase track;
+   one retry with a decision-directed phase track, then (bursts long enough to
+   carry one) the header read together with its copy later in the burst;
 5. payload: equaliser retrained on preamble + header region, phase tracked on
    all pilots and the decoded header, amplitude normalised on the header;
    pilots removed, descrambled; noise variance estimated on all those known

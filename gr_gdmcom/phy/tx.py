@@ -59,7 +59,7 @@ class FrameTx:
             payload: complex (n,), 1 <= n <= max_chunk_symbols, unit-energy latent symbols.
         Returns:
             complex64 (layout.burst_samples(n),): preamble, coded header and payload
-            with pilots, RRC-shaped at ``sps`` including the filter tails (unit energy
+            (with the header's copy after HEADER_COPY_AFTER payload symbols) with pilots, RRC-shaped at ``sps`` including the filter tails (unit energy
             per symbol), each sample's amplitude limited to ``tx_clip`` sqrt(1/sps) when
             ``tx_clip`` is set.
         """
