@@ -68,8 +68,8 @@ class CodecConfig:
         max_pixels: images with more pixels than this are refused.
         batch_size: images processed together in one UNet call per step.
         remove_mean: subtract each channel's mean of ``z_k`` before power normalisation
-            and send the means in the metadata (beyond the paper; False sends the paper's
-            exact signal).  See docs/rate.md.
+            and send the means (float16) in the metadata and the frame header (beyond the
+            paper, on by default; False sends the paper's exact signal).  See docs/rate.md.
         reduce: send 1/reduce of the latent's values (BCR 1/(96 reduce) for SD's latent);
             1 sends the whole latent, as the paper.
         reduce_method: ``subset`` (a fixed pseudo-random subset, the rest filled in by the
@@ -96,7 +96,7 @@ class CodecConfig:
     seed: int = 0
     max_pixels: int = 4096 * 4096
     batch_size: int = 8
-    remove_mean: bool = False
+    remove_mean: bool = True
     reduce: int = 1
     reduce_method: str = "subset"
 

@@ -231,7 +231,9 @@ def latent_to_symbols(zk: np.ndarray, config: CodecConfig) -> Tuple[np.ndarray, 
     reduction ``A`` (``reduce``), unit-power normalisation.  Returns (symbols, alpha, means, reduction)."""
     zk = np.asarray(zk, dtype=np.float64)
     red = Reduction.make(config.reduce_method, config.reduce, zk.shape)
-    means = tuple(float(v) for v in channel_means(zk)) if config.remove_mean else ()
+    # the means are rounded to float16, as the frame header carries them (docs/frame-format.md),
+    # so that a radio link and an in-process decode restore exactly what was removed
+    means = tuple(float(v) for v in channel_means(zk).astype(np.float16)) if config.remove_mean else ()
     if means:
         zk = zk - np.asarray(means).reshape(-1, 1, 1)
     sym, alpha = symbols_from_latent(red.apply(torch.from_numpy(zk)[None])[0].numpy())
