@@ -43,7 +43,9 @@ def test_demo_from_another_folder_prints_only_json_and_resolves_paths_there(tmp_
     assert row["snr_db"] == 15.0 and (tmp_path / "x" / "snr15" / "my.png").is_file()
     assert row["output"] == "x/snr15/my.png"
     assert row["power"] == pytest.approx(1 / row["alpha"] ** 2, rel=1e-5) and row["power"] < 0.95  # tiny, means removed: P ~ 0.86 (~3 with them)
-    ref = select_steps(row["snr_est_db"], k=5, m=5, T=50, power=row["power"])
+    from gr_gdmcom.demo import DEMO_DEFAULTS  # the demo's k = 10, m = 0
+
+    ref = select_steps(row["snr_est_db"], k=DEMO_DEFAULTS["k"], m=DEMO_DEFAULTS["m"], T=50, power=row["power"])
     assert row["n_steps"] == ref.n_steps and row["s_tot2"] == pytest.approx(ref.s_tot2, rel=1e-3)
 
 
