@@ -17,9 +17,10 @@ How a line is read:
   line) and must still run when they are done; then it is stopped;
 - a line repeated word for word runs once.
 
-Each line runs in its own ``bash -c`` from the copy's root, so lines share the
-output folders (``out/...``).  A line that fails prints itself and the tail of
-its output, and the check exits 1.
+Each line runs in its own ``bash -c`` from the copy's root, several at once in
+README order, so no line may need another's output (the README's lines are
+independent examples; they share the copy's folders, ``out/...``).  A line that
+fails prints itself and the tail of its output, and the check exits 1.
 
     bash scripts/readme-check.sh [--jobs N] [--list]     # after scripts/setup.sh
 """
@@ -108,6 +109,7 @@ def copy_checkout(work: Path) -> None:
 
 
 def environment(work: Path) -> dict:
+    """A fresh clone's shell after set-up, offline, with one torch thread per command."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", GDMCOM_SETUP="0", GDMCOM_NO_GRC_CONFIG="1",
                OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(work),
                GRC_BLOCKS_PATH=str(work / "grc"))
@@ -116,6 +118,8 @@ def environment(work: Path) -> dict:
 
 
 class Runner:
+    """Runs commands in the copy, prints one line each, and keeps the failures and CPU seconds."""
+
     def __init__(self, work: Path, env: dict, timeout: float):
         self.work, self.env, self.timeout = work, env, timeout
         self.failed: List[str] = []
