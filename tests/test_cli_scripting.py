@@ -166,8 +166,8 @@ test "$VIRTUAL_ENV" -ef .venv && test -f README.md && echo shared   # from the c
 false   # fails
 bash scripts/none.sh --big   # needs weights [GPU]
 bash scripts/none.sh   # [network]
-sleep 30
-python3 -c "print('listening', flush=True); import time; time.sleep(60)" &  # a service
+sleep 60
+python3 -c "print('listening', flush=True); import time; time.sleep(600)" &  # a service
 ```
 
 ```bash
@@ -196,7 +196,7 @@ def test_readme_check_runs_each_line_and_fails_with_the_line_shown(tmp_path):
     assert [c.background for c in cmds].index(True) == 5 and cmds[7].same_as == 6
     assert cmds[0].prefix == [". .venv/bin/activate"] and cmds[6].prefix == [] and cmds[8].kind == "python"
     r = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "scripts" / "readme_check.py"),
-                        "--readme", str(readme), "--timeout", "4", "--jobs", "2"],
+                        "--readme", str(readme), "--timeout", "10", "--jobs", "2"],
                        capture_output=True, text=True, timeout=120)
     out = r.stdout
     assert r.returncode == 1, out + r.stderr
@@ -204,10 +204,10 @@ def test_readme_check_runs_each_line_and_fails_with_the_line_shown(tmp_path):
     assert re.search(r"^ok .*echo shared   # from the copy's root$", out, re.M), out
     assert "       | shared" not in out  # output of lines that pass is not shown
     assert re.search(r"^FAIL .*  false   # fails    \(exit status 1\)$", out, re.M), out
-    assert re.search(r"^FAIL .*  sleep 30    \(timed out after 4 s\)$", out, re.M), out
+    assert re.search(r"^FAIL .*  sleep 60    \(timed out after 10 s\)$", out, re.M), out
     assert re.search(r"^FAIL .*python block:\nimport sys\nsys.exit\(3\)    \(exit status 3\)$", out, re.M), out
     assert re.search(r"^up .*a service\n       \| listening$", out, re.M), out
-    assert re.search(r"^ok .*time.sleep\(60\)\" &  # a service$", out, re.M), out
+    assert re.search(r"^ok .*time.sleep\(600\)\" &  # a service$", out, re.M), out
     assert len(re.findall(r"^ok .*  true", out, re.M)) == 1
     assert re.search(r"^skip \[GPU\] +bash scripts/none.sh --big", out, re.M)
     assert "readme-check: 3 ok, 3 failed, 2 skipped" in out
