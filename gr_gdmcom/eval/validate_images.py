@@ -141,20 +141,20 @@ def section(res: dict) -> str:
     return "\n".join(L) + "\n"
 
 
-def write_section(out: Path, text: str) -> None:
-    """Replace the section in ``out`` (append it when absent)."""
+def write_section(out: Path, text: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace the section between ``begin`` and ``end`` in ``out`` (append it when absent)."""
     old = out.read_text() if out.exists() else ""
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        new = head + text.rstrip("\n") + rest.split(END, 1)[1]
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        new = head + text.rstrip("\n") + rest.split(end, 1)[1]
     else:
         new = old.rstrip("\n") + ("\n\n" if old else "") + text
     out.write_text(new)
 
 
-def kept_section(out: Path) -> str:
+def kept_section(out: Path, begin: str = BEGIN, end: str = END) -> str:
     """The section currently in ``out`` ('' when absent): ``gdmcom validate`` keeps it."""
     old = out.read_text() if out.exists() else ""
-    if BEGIN in old and END in old:
-        return BEGIN + old.split(BEGIN, 1)[1].split(END, 1)[0] + END + "\n"
+    if begin in old and end in old:
+        return begin + old.split(begin, 1)[1].split(end, 1)[0] + end + "\n"
     return ""
