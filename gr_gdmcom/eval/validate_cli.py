@@ -91,7 +91,7 @@ def _command(args) -> str:
 def cmd_validate(args) -> int:
     from ..codec.analytic import is_analytic
     from . import validate_images, validate_rate
-    from .validate import ValidateOptions, analyse, run_validation
+    from .validate import ValidateOptions, analyse, run_validation, timings
 
     if args.real_images:
         import torch
@@ -139,8 +139,7 @@ def cmd_validate(args) -> int:
         validate_images.write_section(opts.out, kept_rate, validate_rate.BEGIN, validate_rate.END)
     a = analyse(res)
     rules = a["rules"]
-    print(f"wrote {opts.out}" + (f" and {opts.json_out}" if opts.json_out else "")
-          + f" in {res['times']['total']:.1f} s")
+    print(f"wrote {opts.out}" + (f" and {opts.json_out}" if opts.json_out else "") + f" in {timings(res)}")
     print(f"Proposition 1: max |rel. error| {100 * a['prop1_max_err']:.2f} %")
     print(f"snr rule within one step of the optimum at {rules['snr']['within_one']}/{len(res['sweep']['rows'])} "
           f"SNRs; best rule on average: {a['best_rule']}")
