@@ -11,7 +11,8 @@ bursts complete (frames out of sent), the median of the receiver's estimate ``es
 of the payload's actual post-equalisation Es/N0 ``act`` (mean |sent|^2 over mean
 |received - sent|^2 of each burst, :func:`measure_snr_db`), the median of
 |est - act|, the worst est - act (positive = optimistic), how many bursts were more
-than 3 dB optimistic, and the receiver's counters that are not zero besides the
+than 3 dB optimistic (those the receiver flagged as not followed, ``tracked`` False,
+counted apart: "(+k flagged)"), and the receiver's counters that are not zero besides the
 usual ones.  For the clock-offset rows, the drift the receiver reported (median,
 and how many bursts within 5 ppm of the true one).  The table in
 docs/frame-format.md (section 8) comes from the defaults.
@@ -135,6 +136,7 @@ def main() -> int:
         est = np.array([f.snr_db for f in frames])
         act = np.array([measure_snr_db(chunks[f.header.chunk_index], f.symbols) for f in frames])
         d = est - act
+        lost = np.array([not f.tracked for f in frames], bool)
         usual = ("bursts_detected", "headers_ok", "frames_out", "timing_tracked", "header_retries")
         other = {k: v for k, v in rx.counters.items() if v and k not in usual}
         if ppm is not None:
@@ -145,7 +147,8 @@ def main() -> int:
             other["retries"] = rx.counters["header_retries"]
         med = (lambda a: f"{np.median(a):.2f}" if len(a) else "-")
         print(f"| {name} | {snr:g} | {len(frames)}/{args.bursts} | {med(est)} | {med(act)} | {med(np.abs(d))} | "
-              f"{(f'{d.max():+.2f}' if len(d) else '-')} | {int(np.sum(d > 3))} | "
+              f"{(f'{d.max():+.2f}' if len(d) else '-')} | {int(np.sum(d[~lost] > 3))}"
+              f"{f' (+{int(np.sum(d[lost] > 3))} flagged)' if np.any(d[lost] > 3) else ''} | "
               f"{' '.join(f'{k}={v}' for k, v in other.items())} ({time.perf_counter() - t0:.0f} s) |", flush=True)
     return 0
 

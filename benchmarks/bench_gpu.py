@@ -9,8 +9,9 @@ decode per image).  Printed per row:
 * TX+RX images/s (B / median round time) and, at B = 1, the single-image latency;
 * peak memory: ``torch.cuda.max_memory_allocated`` on CUDA (the process's peak
   RSS on CPU, which only grows);
-* outside model calls: the share of the round spent outside the UNet and VAE
-  calls (timed with a device synchronisation around each call);
+* outside model calls: 1 - (time inside the UNet and VAE calls of one extra
+  round, each call timed between two device synchronisations) / (median time
+  of the free-running rounds, which have no synchronisation until the end);
 * the anchor: diffusers' ``StableDiffusionImg2ImgPipeline`` built from the same
   loaded modules and a DDIM scheduler, with ``strength`` set so that it runs the
   same number of guided UNet calls (``num_inference_steps = T``), on the same
@@ -46,10 +47,12 @@ from gr_gdmcom.config import CodecConfig
 
 
 class ModelClock:
-    """Counts UNet calls and the time inside UNet and VAE calls (synchronised on CUDA)."""
+    """Counts UNet calls and, while ``timing`` is on, the time inside UNet and VAE calls (with a device
+    synchronisation around each, which stops the host from queueing work ahead of the GPU: so the
+    throughput rounds run with ``timing`` off and one extra round is timed call by call)."""
 
     def __init__(self, c):
-        self.device, self.calls, self.seconds = c.device, 0, 0.0
+        self.device, self.calls, self.seconds, self.timing = c.device, 0, 0.0, False
         c.unet.register_forward_pre_hook(lambda *_: self._enter())
         c.unet.register_forward_hook(lambda *_: self._leave(unet=True))
         for name in ("encode", "decode"):
@@ -60,12 +63,14 @@ class ModelClock:
             torch.cuda.synchronize(self.device)
 
     def _enter(self):
-        self._sync()
-        self._t = time.perf_counter()
+        if self.timing:
+            self._sync()
+            self._t = time.perf_counter()
 
     def _leave(self, unet=False):
-        self._sync()
-        self.seconds += time.perf_counter() - self._t
+        if self.timing:
+            self._sync()
+            self.seconds += time.perf_counter() - self._t
         self.calls += unet
 
     def _timed(self, fn):
@@ -109,8 +114,10 @@ def _sync(dev):
 
 def bench_dtype(args, dtype, image, rows):
     c = load_components(args.model, device=args.device, dtype=dtype)
-    apply_speed_options(c, attention=args.attention, channels_last=args.channels_last, compile=args.compile)
-    cfg = CodecConfig(model=args.model, device=args.device, dtype=dtype, k=args.k, m=args.m, guidance=args.guidance)
+    apply_speed_options(c, attention=args.attention, channels_last=args.channels_last, compile=args.compile,
+                        compile_mode=args.compile_mode)
+    cfg = CodecConfig(model=args.model, device=args.device, dtype=dtype, k=args.k, m=args.m, guidance=args.guidance,
+                      batch_size=max(args.batch))  # B images in one UNet call per step, as img2img does
     codec = GenerativeCodec(cfg, components=c)
     clock = ModelClock(c)
     pipe = _img2img(c, cfg)
@@ -129,15 +136,19 @@ def bench_dtype(args, dtype, image, rows):
 
         warm_up(codec, size=args.size, batch=B)
         _peak_reset(c.device)
-        times, outside = [], []
+        times = []
         for _ in range(args.repeat):
             clock.reset()
             t0 = time.perf_counter()
             decs = round_trip()
             _sync(c.device)
             times.append(time.perf_counter() - t0)
-            outside.append(1 - clock.seconds / times[-1])
         calls = clock.calls  # of the last round
+        clock.reset()
+        clock.timing = True  # one more round, each model call timed: the model's share of a free-running round
+        round_trip()
+        clock.timing = False
+        outside = 1 - clock.seconds / statistics.median(times)
         peak = _peak_mib(c.device)
         n_calls = cfg.k + cfg.m + decs[0].record["n_steps"]
         strength = n_calls / cfg.T
@@ -159,13 +170,49 @@ def bench_dtype(args, dtype, image, rows):
             print(f"# warning: UNet calls per round codec {calls}, img2img {a_calls}, expected {n_calls}")
         t, ta = statistics.median(times), statistics.median(a_times)
         rows.append(dict(dtype=dtype, B=B, ips=B / t, lat=t if B == 1 else None, peak=peak,
-                         outside=100 * statistics.median(outside), calls=n_calls, a_ips=B / ta))
+                         outside=100 * outside, calls=n_calls, a_ips=B / ta))
         r = rows[-1]
         print(f"{dtype:>5} {B:>3} {r['ips']:10.2f} {('%.3f' % r['lat']) if r['lat'] else '-':>10} {peak:10.0f} "
               f"{r['outside']:8.2f} % {n_calls:6d} {r['a_ips']:12.2f} {r['ips'] / r['a_ips']:8.2f}", flush=True)
     del pipe, codec, c
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
+
+
+def count_flops(args) -> int:
+    """Arithmetic per TX+RX image (``--flops``): SD-1.5's UNet and VAE built on the meta device (no
+    memory, no weights) under ``torch.utils.flop_counter``; what a given images/s asks of the GPU."""
+    import json
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from gr_gdmcom.codec.models import sd15_configs
+
+    cfg = sd15_configs()
+    with torch.device("meta"):
+        unet, vae = UNet2DConditionModel(**cfg["unet"]), AutoencoderKL(**cfg["vae"])
+    h = args.size // 8
+
+    def flops(fn):
+        with FlopCounterMode(display=False) as f:
+            fn()
+        return f.get_total_flops()
+
+    u = flops(lambda: unet(torch.zeros(1, 4, h, h, device="meta"), torch.tensor([500], device="meta"),
+                           encoder_hidden_states=torch.zeros(1, 77, cfg["unet"]["cross_attention_dim"], device="meta")))
+    enc = flops(lambda: vae.encode(torch.zeros(1, 3, args.size, args.size, device="meta")))
+    dec = flops(lambda: vae.decode(torch.zeros(1, 4, h, h, device="meta")))
+    n = args.n_steps
+    calls = args.k + args.m + n
+    per_image = calls * u * (2 if args.guidance != 1 else 1) + enc + dec
+    print(f"# SD-1.5 at {args.size}x{args.size}: UNet {u / 1e9:.0f} GFLOP per sample and call, VAE encode "
+          f"{enc / 1e9:.0f}, decode {dec / 1e9:.0f} GFLOP")
+    print(f"# k+m+N = {args.k}+{args.m}+{n} = {calls} UNet calls x {'2 (CFG)' if args.guidance != 1 else '1'}: "
+          f"{per_image / 1e12:.1f} TFLOP per TX+RX image")
+    for ips in (1, 5, 7, 12):
+        print(f"{ips:>3} images/s need {ips * per_image / 1e12:6.0f} TFLOP/s sustained")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -183,8 +230,17 @@ def main(argv=None) -> int:
     p.add_argument("--attention", choices=("sdpa", "classic"), default="sdpa")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet (warm-up compiles)")
+    p.add_argument("--compile-mode", default=None, choices=("default", "reduce-overhead", "max-autotune"),
+                   help="torch.compile mode; reduce-overhead and max-autotune add CUDA graphs [default: default]")
     p.add_argument("--torch-threads", type=int, default=1, help="CPU threads; 0: torch's default [default=%(default)r]")
+    p.add_argument("--flops", action="store_true", help="print the arithmetic per image (SD-1.5 on the meta device) "
+                   "and what each images/s asks of the GPU, then exit")
+    p.add_argument("--n-steps", type=int, default=13,
+                   help="N for --flops (sd15-random at 10 dB chose 13) [default=%(default)r]")
     args = p.parse_args(argv)
+    if args.flops:
+        args.size = args.size or 512
+        return count_flops(args)
     cuda = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
     args.device = ("cuda" if cuda else "cpu") if args.device == "auto" else args.device
     args.model = args.model or ("sd15-random" if cuda else "tiny")
@@ -197,7 +253,8 @@ def main(argv=None) -> int:
     image = np.asarray(Image.open(src).convert("RGB").resize((args.size, args.size)))
     where = torch.cuda.get_device_name(0) if cuda else f"CPU, {torch.get_num_threads()} torch threads"
     print(f"# {args.model} on {where}, {args.size}x{args.size}, k={args.k} m={args.m} SNR {args.snr:g} dB, guidance "
-          f"{args.guidance:g}, attention {args.attention}, channels_last {args.channels_last}, compile {args.compile}, "
+          f"{args.guidance:g}, attention {args.attention}, channels_last {args.channels_last}, compile "
+          f"{(args.compile_mode or 'default') if args.compile else 'off'}, torch {torch.__version__}, "
           f"median of {args.repeat}, warm-up excluded")
     print(f"{'dtype':>5} {'B':>3} {'TX+RX im/s':>10} {'latency s':>10} {'peak MiB':>10} {'outside':>10} "
           f"{'UNet':>6} {'img2img im/s':>12} {'ratio':>8}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass, fields
+from fractions import Fraction
 from typing import Optional
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -24,9 +25,12 @@ CLEAN_ENDS = ("model", "one", "step0")
 #: how each DDIM-inversion step is solved: explicit (eq. 10) or the implicit step by fixed-point iteration
 INVERSION_MODES = ("ddim", "fixed-point")
 #: how the transmitter reduces the latent below BCR 1/96 (codec/rate.py; rate.REDUCE_METHODS)
-REDUCE_METHODS = ("subset", "pool")
-#: reduction factors the pool method supports (rate.POOL_BLOCKS); subset takes any factor
+REDUCE_METHODS = ("subset", "pool", "dct")
+#: reduction factors the pool method supports (rate.POOL_BLOCKS); subset and dct take any factor
 POOL_FACTORS = (1, 2, 4, 8, 16)
+#: BCR of the whole SD-shaped latent: 4 channels at 1/8 of each side, two values per complex symbol
+#: (4 (H/8)(W/8) / 2 symbols for 3 H W values); ``--bcr 1/(96 r)`` is ``--reduce r`` (docs/rate.md)
+FULL_BCR = Fraction(1, 96)
 
 
 @dataclass
@@ -64,12 +68,13 @@ class CodecConfig:
         max_pixels: images with more pixels than this are refused.
         batch_size: images processed together in one UNet call per step.
         remove_mean: subtract each channel's mean of ``z_k`` before power normalisation
-            and send the means in the metadata (beyond the paper; False sends the paper's
-            exact signal).  See docs/rate.md.
+            and send the means (float16) in the metadata and the frame header (beyond the
+            paper, on by default; False sends the paper's exact signal).  See docs/rate.md.
         reduce: send 1/reduce of the latent's values (BCR 1/(96 reduce) for SD's latent);
             1 sends the whole latent, as the paper.
         reduce_method: ``subset`` (a fixed pseudo-random subset, the rest filled in by the
-            diffusion sampling) or ``pool`` (orthonormal block pooling, generative upsampling).
+            diffusion sampling), ``pool`` (orthonormal block pooling, generative upsampling) or
+            ``dct`` (each channel's low-frequency orthonormal DCT coefficients, generative upsampling).
     """
 
     model: str = DEFAULT_MODEL
@@ -91,7 +96,7 @@ class CodecConfig:
     seed: int = 0
     max_pixels: int = 4096 * 4096
     batch_size: int = 8
-    remove_mean: bool = False
+    remove_mean: bool = True
     reduce: int = 1
     reduce_method: str = "subset"
 
@@ -173,8 +178,38 @@ _HELP = {
                    "metadata (--no-remove-mean: the paper's exact signal)",
     "reduce": "send 1/reduce of the latent values: BCR 1/(96*reduce) (1: whole latent)",
     "reduce_method": "how the latent is reduced: subset (fixed pseudo-random values, the rest inpainted) "
-                     "or pool (orthonormal block pooling, generative upsampling)",
+                     "pool (orthonormal block pooling, generative upsampling) or dct (each channel's "
+                     "low-frequency orthonormal DCT coefficients, generative upsampling)",
 }
+
+
+def reduce_for_bcr(value) -> int:
+    """The reduction factor ``r`` for a bandwidth compression ratio ``1/(96 r)``:
+    ``"1/384"`` -> 4 (docs/rate.md).
+
+    Raises:
+        ValueError: e.g. ``--bcr must be 1/(96 r) for a whole r >= 1 (1/96, 1/192, 1/384, ...), got '1/100'``.
+    """
+    try:
+        r = FULL_BCR / Fraction(str(value).strip())
+    except (ValueError, ZeroDivisionError):
+        r = None
+    if r is None or r.denominator != 1 or r < 1:
+        raise ValueError(f"--bcr must be 1/(96 r) for a whole r >= 1 (1/96, 1/192, 1/384, ...), got {str(value)!r}")
+    return int(r)
+
+
+def bcr_text(reduce: int) -> str:
+    """``4`` -> ``"1/384"``: the nominal BCR of reduction factor ``reduce`` (:func:`reduce_for_bcr`'s inverse)."""
+    return str(FULL_BCR / int(reduce))
+
+
+def bcr_arg(value: str) -> int:
+    """argparse type of ``--bcr``: :func:`reduce_for_bcr` with argparse's error."""
+    try:
+        return reduce_for_bcr(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--bcr ")) from None
 
 
 def _rule(value: str) -> str:
@@ -188,9 +223,12 @@ _CHOICES = dict(forward=FORWARD_MODES, clean_end=CLEAN_ENDS, inversion=INVERSION
                 reduce_method=REDUCE_METHODS)
 
 
-def add_codec_args(parser: argparse.ArgumentParser, skip: tuple = (), only: Optional[tuple] = None) -> None:
+def add_codec_args(parser: argparse.ArgumentParser, skip: tuple = (), only: Optional[tuple] = None,
+                   many_bcr: bool = False) -> None:
     """Add one option per :class:`CodecConfig` field (``--k``, ``--rule`` ...);
-    ``skip`` leaves fields out, ``only`` keeps just those."""
+    ``skip`` leaves fields out, ``only`` keeps just those.  With ``reduce`` comes ``--bcr``, the
+    same knob as a bandwidth compression ratio (``--bcr 1/384`` is ``--reduce 4``); ``many_bcr``
+    lets it take several values (``gdmcom sweep``: ``args.bcr`` is then a list of factors)."""
     defaults = CodecConfig()
     group = parser.add_argument_group("codec")
     for f in fields(CodecConfig):
@@ -210,11 +248,22 @@ def add_codec_args(parser: argparse.ArgumentParser, skip: tuple = (), only: Opti
         else:
             typ = {"int": int, "float": float, "str": str, "Optional[int]": int}[str(f.type)]
             group.add_argument(flag, dest=f.name, default=default, type=typ, help=help_)
+        if f.name == "reduce":
+            group.add_argument("--bcr", dest="bcr", type=bcr_arg, default=None, metavar="1/N",
+                               nargs="+" if many_bcr else None,
+                               help="bandwidth compression ratio 1/(96 r), the same as --reduce r: 1/96 (whole "
+                                    "latent), 1/192, 1/384, 1/768 ..." + (" (several: one setting each)"
+                                                                          if many_bcr else "") + " [default: --reduce]")
 
 
 def codec_config_from_args(args: argparse.Namespace) -> CodecConfig:
     """Build a validated :class:`CodecConfig` from parsed arguments."""
     kw = {f.name: getattr(args, f.name) for f in fields(CodecConfig) if hasattr(args, f.name)}
+    bcr = getattr(args, "bcr", None)
+    if isinstance(bcr, int):  # --bcr 1/(96 r): one value (a list, gdmcom sweep's, is the caller's)
+        if kw.get("reduce", 1) not in (1, bcr):
+            raise ValueError(f"--bcr {bcr_text(bcr)} and --reduce {kw['reduce']} disagree; give one of them")
+        kw["reduce"] = bcr
     return CodecConfig(**kw).validate()
 
 

@@ -88,8 +88,11 @@ def build_link(images, out_dir: Optional[str], channel: ChannelConfig, tx: Codec
                         device=rx.device, dtype=rx.dtype, m=rx.m, T=rx.T, rule=rx.rule, rescale=rx.rescale,
                         guidance=rx.guidance, prompt=rx.prompt, steps=rx.steps or 0, seed=rx.seed, **fkw)
     nv = noise_voltage(channel.snr_db, frame.sps)
+    # GNU Radio seeds its generators from the clock when given 0: seed s runs as s + 1, so every
+    # --seed is reproducible and distinct (--seed 0 and 1 used to share a channel)
+    gr_seed = int(channel.seed) % (2 ** 31 - 1) + 1
     if channel.kind == "awgn":
-        noise = analog.noise_source_c(analog.GR_GAUSSIAN, nv, int(channel.seed) or 1)
+        noise = analog.noise_source_c(analog.GR_GAUSSIAN, nv, gr_seed)
         add = blocks.add_cc()
         tb.connect(src, (add, 0))
         tb.connect(noise, (add, 1))
@@ -97,7 +100,7 @@ def build_link(images, out_dir: Optional[str], channel: ChannelConfig, tx: Codec
     elif channel.kind == "model":
         ch = channels.channel_model(noise_voltage=nv, frequency_offset=float(channel.cfo),
                                     epsilon=float(channel.epsilon), taps=channel.channel_taps().tolist(),
-                                    noise_seed=int(channel.seed) or 1, block_tags=False)
+                                    noise_seed=gr_seed, block_tags=False)
         tb.connect(src, ch, snk)
     else:
         raise ValueError(f"unknown channel kind {channel.kind!r}; choose awgn or model")

@@ -24,6 +24,7 @@ from .codec import LatentMeta, prompt_hash
 from .codec.core import weight_by_reliability
 from .config import CodecConfig
 from .phy import FrameConfig, FrameRx, FrameTx, Header, Reassembler
+from .phy.header import MEAN_SLOTS, MEANS_FLAG, REDUCE_LOG2_MASK, REDUCE_POOL_FLAG, fits_float16
 
 log = logging.getLogger(__name__)
 
@@ -100,48 +101,71 @@ class TxEvent:
         return d
 
 
-#: header ``flags`` bits that carry the latent reduction (codec/rate.py): bits 0-3 log2(reduce), bit 4 pool
-REDUCE_LOG2_MASK, REDUCE_POOL_FLAG = 0x0F, 0x10
+#: header ``flags`` bit 6: the reduction is a DCT truncation (bits 0-3 log2(reduce), bit 4 pool and
+#: bit 5 channel means are phy/header.py's; neither pool nor dct: subset)
+REDUCE_DCT_FLAG = 0x40
+_METHOD_FLAGS = {"pool": REDUCE_POOL_FLAG, "dct": REDUCE_DCT_FLAG}
 
 
 class LinkMetaError(ValueError):
-    """Latent metadata that the frame header cannot carry."""
+    """Latent metadata that the frame header cannot carry, or a header that gives no usable metadata."""
 
 
-def reduction_flags(meta: LatentMeta) -> int:
-    """The header ``flags`` byte for ``meta``'s reduction (0 for the whole latent).
+def header_flags(meta: LatentMeta) -> int:
+    """The header ``flags`` byte for ``meta``: its reduction (codec/rate.py) and whether
+    channel means were removed (0 for the paper's signal).
 
     Raises:
-        LinkMetaError: the reduction is not a power of two up to 2^15, or channel means were
-            removed (the header has no field for them yet: send with ``remove_mean=False``).
+        LinkMetaError: the reduction is not a power of two up to 2^15, or there are more
+            channel means than the header's ``MEAN_SLOTS``.
     """
-    if meta.means:
-        raise LinkMetaError(f"{meta.name}: the frame header cannot carry the removed channel means; "
-                            "send over the radio link with remove_mean off (--no-remove-mean)")
+    if len(meta.means) > MEAN_SLOTS:
+        raise LinkMetaError(f"{meta.name}: the frame header carries at most {MEAN_SLOTS} channel means, "
+                            f"got {len(meta.means)}; send with remove_mean off (--no-remove-mean)")
     r = int(meta.reduce)
     if r < 1 or r & (r - 1) or r > 1 << REDUCE_LOG2_MASK:
         raise LinkMetaError(f"{meta.name}: the frame header carries reduce as a power of two up to "
                             f"{1 << REDUCE_LOG2_MASK}, got {r}")
-    return (r.bit_length() - 1) | (REDUCE_POOL_FLAG if meta.reduce_method == "pool" else 0)
+    return (r.bit_length() - 1) | _METHOD_FLAGS.get(meta.reduce_method, 0) | (MEANS_FLAG if meta.means else 0)
 
 
 def header_for(meta: LatentMeta, image_id: int) -> Header:
-    """Frame header template (chunk fields are filled in by the PHY)."""
+    """Frame header template (chunk fields are filled in by the PHY).
+
+    Raises:
+        LinkMetaError: see :func:`header_flags`; or a mean that float16 cannot hold.
+    """
+    flags = header_flags(meta)
+    means = tuple(float(v) for v in meta.means)
+    if not fits_float16(means):
+        raise LinkMetaError(f"{meta.name}: channel means {means} do not fit the header's float16")
     return Header(image_id=image_id & 0xFFFF, latent_shape=tuple(meta.latent_shape),
                   image_size=tuple(meta.image_size), k=meta.k, T=meta.T,
                   forward=FORWARD_CODES[meta.forward], guidance=float(meta.guidance), alpha=float(meta.alpha),
-                  prompt_hash=meta.prompt_hash, total_symbols=meta.n_symbols, flags=reduction_flags(meta))
+                  prompt_hash=meta.prompt_hash, total_symbols=meta.n_symbols, flags=flags, means=means)
 
 
 def meta_from_header(h: Header, prompt: str, name: str) -> LatentMeta:
     """The codec's metadata from a received header; the prompt is the receiver's
-    (the header carries only its CRC-32, checked by :class:`RxPipeline`)."""
+    (the header carries only its CRC-32, checked by :class:`RxPipeline`).
+
+    Raises:
+        LinkMetaError: the header says means were removed from a latent with more
+            channels than it has mean slots.
+    """
+    flags, c = int(h.flags), int(h.latent_shape[0])
+    means = ()
+    if flags & MEANS_FLAG:
+        if c > len(h.means):
+            raise LinkMetaError(f"{name}: header flags channel means for a {c}-channel latent; "
+                                f"it carries {len(h.means)}")
+        means = tuple(float(v) for v in h.means[:c])
     return LatentMeta(alpha=float(h.alpha), latent_shape=tuple(int(v) for v in h.latent_shape),
                       image_size=tuple(int(v) for v in h.image_size), k=int(h.k), T=int(h.T),
                       guidance=float(h.guidance), prompt=prompt, forward=FORWARD_NAMES.get(int(h.forward), "ddim"),
-                      name=name, reduce=1 << (int(h.flags) & REDUCE_LOG2_MASK),
-                      reduce_method=("pool" if int(h.flags) & REDUCE_POOL_FLAG else "subset")
-                      if int(h.flags) & REDUCE_LOG2_MASK else "full")
+                      name=name, means=means, reduce=1 << (flags & REDUCE_LOG2_MASK),
+                      reduce_method=next((m for m, f in _METHOD_FLAGS.items() if flags & f), "subset")
+                      if flags & REDUCE_LOG2_MASK else "full")
 
 
 class TxPipeline:

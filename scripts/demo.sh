@@ -6,8 +6,8 @@
 # given comes from gr_gdmcom/demo.py: --model patch-gmm (an offline prior of
 # natural images fitted to bundled photographs, the astronaut held out; real
 # quality needs --model stable-diffusion-v1-5/stable-diffusion-v1-5 or
-# --model PATH, best on a GPU), --snr 5 10 20, --out out/demo and the
-# bundled astronaut.png.  Paths are taken from the folder you run it in.
+# --model PATH, best on a GPU), --snr 5 10 20, --k 10 --m 0 (the paper's best
+# (k, m) in its Table II), --out out/demo and the bundled astronaut.png.  Paths are taken from the folder you run it in.
 #   bash scripts/demo.sh [--model M] [--snr DB ...] [--cfo 0.005 --taps 1 0.3j -0.1] [--out DIR] [--image IMG ...]
 # GDMCOM_SETUP=0 skips the set-up step.  JSON lines go to stdout, everything else to stderr.
 set -euo pipefail

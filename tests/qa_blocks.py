@@ -76,6 +76,34 @@ class qa_frame_blocks(gr_unittest.TestCase):
         self.assertLess(abs(err_db + 10.0), 1.0)
 
 
+    def test_frame_blocks_carry_the_removed_means_and_flags(self):
+        """A latent sent with its channel means removed (the codec's default) keeps them through
+        frame_tx -> frame_rx: without them a receiver would decode a shifted latent silently."""
+        from gr_gdmcom.phy.header import MEANS_FLAG
+        from gr_gdmcom.pipeline import meta_from_header
+
+        sym = _symbols(128)
+        means = [0.5, -0.25, 0.125, 1.0]  # exact in float16
+        base = dict(image_id=9, latent_shape=[4, 8, 8], image_size=[64, 64], k=5, T=50, forward=0, guidance=6.0,
+                    alpha=0.8, prompt_hash=prompt_hash(DEFAULT_PROMPT))
+        tb = gr.top_block()
+        tx, rx, dbg = frame_tx(sps=2), frame_rx(sps=2), blocks.message_debug()
+        tb.connect(tx, rx)
+        tb.msg_connect(rx, "pdus", dbg, "store")
+        for extra in (dict(flags=MEANS_FLAG, means=means), dict(flags=MEANS_FLAG)):  # the second lacks its means
+            tx._post(pmt.intern("pdus"), pmt.cons(pmt.to_pmt(dict(base, **extra)), pmt.init_c32vector(len(sym), sym)))
+        tx._post(pmt.intern("pdus"), pmt.cons(pmt.to_pmt({"eos": True}), pmt.init_u8vector(0, [])))
+        tb.run()
+        self.assertEqual(tx.counters()["bad_pdus"], 1)
+        msgs = _messages(dbg)
+        self.assertEqual(len(msgs), 1)
+        m = pmt.to_python(pmt.car(msgs[0]))
+        self.assertEqual((m["image_id"], m["flags"], list(m["means"])), (9, MEANS_FLAG, means))
+        h = Header(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in m.items()
+                      if k in Header.__dataclass_fields__})
+        self.assertEqual(list(meta_from_header(h, DEFAULT_PROMPT, "x").means), means)
+
+
 class qa_semantic_blocks(gr_unittest.TestCase):
     def test_source_tags_bursts_and_reports_unreadable_images(self):
         import tempfile

@@ -1,5 +1,6 @@
 """benchmarks/bench_gpu.py runs unchanged on CPU (tiny model, 64 x 64): a smoke run of the GPU benchmark."""
 
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -19,3 +20,21 @@ def test_bench_gpu_cpu_smoke(capsys, monkeypatch):
     row = next(line.split() for line in out.splitlines() if line.strip().startswith("fp32"))
     assert row[1] == "1" and float(row[2]) > 0 and float(row[-1]) > 0  # B, images/s, codec/img2img ratio
     assert out.splitlines()[-1].startswith("best: ")
+
+
+def test_bench_gpu_flops_counts_sd15_arithmetic(capsys, monkeypatch):
+    """--flops: the arithmetic per image from SD-1.5's configs on the meta device.  The per-image
+    total is the sum written out here from the printed parts (k+m+N guided calls, two samples each,
+    plus one VAE encode and one decode), and the UNet count is SD-1.5's known ~0.8 TFLOP per call."""
+    monkeypatch.setattr(sys, "argv", [str(BENCH), "--flops", "--k", "5", "--m", "5", "--n-steps", "13"])
+    try:
+        runpy.run_path(str(BENCH), run_name="__main__")
+    except SystemExit as exc:
+        assert exc.code == 0
+    out = capsys.readouterr().out.splitlines()
+    unet, enc, dec = map(float, re.search(r"UNet (\d+) GFLOP .* encode (\d+), decode (\d+) GFLOP", out[0]).groups())
+    assert 780 <= unet <= 820
+    assert "5+5+13 = 23 UNet calls x 2 (CFG)" in out[1]
+    total = float(out[1].split(": ")[1].split()[0])
+    assert abs(total - (23 * 2 * unet + enc + dec) / 1e3) < 0.1
+    assert out[-1].split()[0] == "12" and abs(float(out[-1].split()[3]) - 12 * total) <= 2

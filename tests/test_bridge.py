@@ -280,7 +280,7 @@ BAD = {
     "guidance out of range": (lambda e: with_meta(e, guidance=1e9), P.BAD_META),
     "pool reduce 3": (lambda e: with_meta(e, reduce=3, reduce_method="pool"), P.BAD_META),
     "two means for four channels": (lambda e: with_meta(e, means=[0.1, 0.2]), P.BAD_META),
-    "reduce_method dct": (lambda e: with_meta(e, reduce=2, reduce_method="dct"), P.BAD_META),
+    "reduce_method wavelet": (lambda e: with_meta(e, reduce=2, reduce_method="wavelet"), P.BAD_META),
     "meta not an object": (lambda e: decode_frames(e, "r1", meta=[1, 2]), P.BAD_META),
     "v 1.0": (lambda e: decode_frames(e, "r1", v=1.0), P.BAD_VERSION),
     "v true": (lambda e: decode_frames(e, "r1", v=True), P.BAD_VERSION),

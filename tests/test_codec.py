@@ -277,3 +277,20 @@ def test_reliabilities_lower_the_latent_mse_under_block_fading():
         chs = [link.codec.step_choice(s, tx.meta) for (_, s), tx in zip(items, txs)]
         mse[label] = float(per_item_mse(link.denoise(zkm, chs), z0).mean())
     assert mse["weighted"] < 0.8 * mse["alike"], mse
+
+
+def test_a_size_the_model_refuses_fails_its_row_only():
+    """The analytic prior needs sides that are multiples of 64: a 72x80 image in the same call as a
+    64x64 one comes back Failed with the model's reason, and the other image is encoded."""
+    from gr_gdmcom.codec import GenerativeCodec
+    from gr_gdmcom.codec.core import Encoded, Failed
+    from gr_gdmcom.config import CodecConfig
+
+    codec = GenerativeCodec(CodecConfig(model="analytic"))
+    good, bad = np.full((64, 64, 3), 120, np.uint8), np.full((72, 80, 3), 120, np.uint8)
+    out = codec.encode_many([good, bad], ["good", "bad"])
+    assert isinstance(out[0], Encoded) and out[0].symbols.size == 4 * 8 * 8 // 2
+    assert isinstance(out[1], Failed) and out[1].name == "bad"
+    assert out[1].error == ("analytic model: latent 4x9x10 is not made of 4x8x8 tiles "
+                            "(image sides must be multiples of 64x64 pixels)")
+    assert codec.stats["failures"] == 1

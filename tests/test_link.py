@@ -78,11 +78,11 @@ def test_link_with_a_sample_clock_offset(tmp_path, small):
 
 
 def test_link_at_bcr_1_384_sends_a_quarter_of_the_symbols(tmp_path, small, capsys):
-    """``--reduce 4``: BCR 1/384 through the GNU Radio link; the header's flags carry the
-    reduction to the receiver, which decodes an image of the original size (docs/rate.md)."""
+    """``--bcr 1/384`` (``--reduce 4``): BCR 1/384 through the GNU Radio link; the header's flags
+    carry the reduction to the receiver, which decodes an image of the original size (docs/rate.md)."""
     img = tmp_path / "s.png"
     Image.fromarray(small[:48, :40]).save(img)  # latent 4 x 6 x 5 = 120 values: 60 symbols whole
-    rc = main(["link", "--image", str(img), "--snr", "12", "--model", "tiny", "--device", "cpu", "--reduce", "4",
+    rc = main(["link", "--image", str(img), "--snr", "12", "--model", "tiny", "--device", "cpu", "--bcr", "1/384",
                "--reduce-method", "pool", "--out", str(tmp_path / "o")])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert rc == 0, rows
@@ -90,3 +90,53 @@ def test_link_at_bcr_1_384_sends_a_quarter_of_the_symbols(tmp_path, small, capsy
     # 2x2 pooling of a 6 x 5 latent: 3 x 3 blocks per channel (the right column of blocks is 2 x 1)
     assert row["symbols"] == 4 * 3 * 3 // 2 == 18
     assert row["complete"] and Image.open(row["output"]).size == (40, 48)
+
+
+def test_link_with_mean_removal_restores_the_means(tmp_path, small, components, monkeypatch):
+    """``remove_mean`` (the default): the frame header carries the four float16 channel
+    means, and the sink's image is bit for bit the in-process decode of the received
+    symbols with the transmitter's own means added back (docs/rate.md)."""
+    import dataclasses
+
+    import numpy as np
+
+    from gr_gdmcom.codec import GenerativeCodec
+    from gr_gdmcom.pipeline import RxPipeline
+
+    seen = []
+    real = RxPipeline.decode
+    monkeypatch.setattr(RxPipeline, "decode", lambda self, img: seen.append(img) or real(self, img))
+    path = tmp_path / "a.png"
+    Image.fromarray(small[:64, :48]).save(path)
+    cfg = TINY
+    assert cfg.remove_mean  # on by default
+    run = run_link([str(path)], str(tmp_path / "out"), ChannelConfig(snr_db=10.0, seed=6), cfg, cfg, FrameConfig(),
+                   names={0: "a"})
+    (res,), (img,) = run["results"], seen
+    assert "error" not in res and run["counters"]["header_invalid"] == 0
+    codec = GenerativeCodec(cfg, components=components)
+    enc = codec.encode(small[:64, :48], "a")
+    # the tiny model's latent sits far off the origin: the means are large and now travel
+    assert len(enc.meta.means) == 4 and min(enc.meta.means) < -0.5, enc.meta.means
+    assert img.header.flags & 0x20 and img.header.means == enc.meta.means  # float16, exactly
+    meta = dataclasses.replace(enc.meta, alpha=float(np.float32(enc.meta.alpha)))  # the header's float32 alpha
+    ref = codec.decode(img.symbols, meta, float(img.snr_db), noise_var=img.symbol_noise_var).image  # as the sink
+    got = np.asarray(Image.open(res["file"]).convert("RGB"))
+    np.testing.assert_array_equal(got, ref)
+    # and the means matter: without them the same symbols decode to another image
+    lost = codec.decode(img.symbols, dataclasses.replace(meta, means=()), float(img.snr_db),
+                        noise_var=img.symbol_noise_var).image
+    assert np.abs(lost.astype(int) - ref.astype(int)).mean() > 5
+
+
+def test_each_seed_is_its_own_reproducible_channel(tmp_path, images):
+    """GNU Radio seeds from the clock when given 0: the link runs seed s as s + 1, so --seed 0 and
+    --seed 1 are different channels (they were the same one) and each repeats exactly."""
+    def est(seed, run):
+        out = run_link([str(images[0])], str(tmp_path / f"out{seed}-{run}"), ChannelConfig(snr_db=10.0, seed=seed),
+                       TINY, TINY, FrameConfig(), names={0: "a"})
+        return out["results"][0]["snr_est_db"]
+
+    first, again, other = est(0, 1), est(0, 2), est(1, 1)
+    assert first == again
+    assert first != other

@@ -65,7 +65,7 @@ def test_vae_encoder_is_the_pca_projection_and_the_decoder_reconstructs_held_out
     np.testing.assert_allclose(z[0, :, 5, 7].double().numpy(), params.encoder @ (blk - params.block_mean),
                                rtol=0, atol=1e-4)
     rec = ((vae.decode(z).sample[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-    assert psnr(img, rec) > 21.0  # measured 21.28 dB (4 numbers per 8 x 8 x 3 block, BCR 1/48 real)
+    assert psnr(img, rec) > 21.0  # measured 21.56 dB (4 numbers per 8 x 8 x 3 block, BCR 1/48 real)
 
 
 def test_provenance_holds_the_astronaut_out(model):
@@ -81,7 +81,8 @@ def test_provenance_holds_the_astronaut_out(model):
 
 def test_fit_is_bit_reproducible_from_the_script_and_seed(tmp_path):
     pytest.importorskip("sklearn")
-    argv = ["fit", "--K", "3", "--patches", "600", "--max-iter", "5", "--images", "camera.png", "brick.png"]
+    argv = ["fit", "--K", "3", "--patches", "600", "--max-iter", "5", "--augment", "2", "--images", "camera.png",
+            "brick.png", "china.jpg"]
     outs = []
     for run in ("a", "b"):
         assert pg.main(argv + ["--out", str(tmp_path / run)]) == 0
@@ -90,8 +91,23 @@ def test_fit_is_bit_reproducible_from_the_script_and_seed(tmp_path):
     assert pg.main(argv + ["--out", str(tmp_path / "c"), "--seed", "1"]) == 0
     assert (tmp_path / "c" / pg.PARAMS_FILE).read_bytes() != outs[0]
     prov = json.loads((tmp_path / "a" / pg.PROVENANCE_FILE).read_text())
-    assert prov["train_images"] == ["camera.png", "brick.png"] and prov["K"] == 3
+    assert prov["train_images"] == ["camera.png", "brick.png", "china.jpg"] and prov["K"] == 3
+    assert prov["augment"] == 2
     assert {"numpy", "sklearn", "torch"} <= set(prov["versions"])
+
+
+def test_augmented_views_are_the_eight_symmetries_of_the_square():
+    """``augment=8``: per image, full and half resolution, each under the 8 flips/rotations
+    (numpy's own rot90 and fliplr as the reference); ``augment=1`` is the image alone."""
+    img = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    full = img.astype(np.float64) / 127.5 - 1
+    views = pg._views([img], 8)
+    assert len(views) == 16 and len(pg._views([img], 1)) == 2
+    ref = [np.fliplr(np.rot90(full, r)) if f else np.rot90(full, r) for r in range(4) for f in (0, 1)]
+    for got, want in zip(views[:8], ref):
+        np.testing.assert_array_equal(got, want)
+    assert len({v.tobytes() for v in views[:8]}) == 8
+    np.testing.assert_allclose(views[8], full.reshape(2, 2, 3, 2, 3).mean(axis=(1, 3)))
 
 
 def test_fit_refuses_held_out_images(capsys):
@@ -213,6 +229,28 @@ def test_rule_n_is_statistically_tied_with_the_best_fixed_n(quality, snr, miss):
     assert d.mean() < max(2 * se, 0.1, miss), (best, d.mean(), se, quality[("rule_n", snr)])
 
 
+def test_demo_setting_decodes_the_held_out_astronaut_3_db_above_the_received_latent_at_10_db():
+    """The demo's (k, m) (the paper's Table II best, k = 10, m = 0) against k = m = 5, same channel
+    draws (seeds 0, 1): it decodes better, and >= 3 dB above the received latent decoded as is
+    (the issue's target; measured +3.1 dB, and +0.35 dB over k = m = 5)."""
+    from gr_gdmcom.demo import DEMO_DEFAULTS
+    from gr_gdmcom.phy import awgn
+
+    img = pg.bundled_image("astronaut")
+    base = GenerativeCodec(CodecConfig(model="patch-gmm", device="cpu"))
+    demo = GenerativeCodec(base.config.replace(k=DEMO_DEFAULTS["k"], m=DEMO_DEFAULTS["m"]), components=base.c)
+    got = {}
+    for name, codec in (("base", base), ("demo", demo)):
+        enc = codec.encode(img, "astronaut")
+        for seed in (0, 1):
+            y = awgn(enc.symbols, 10.0, np.random.default_rng([seed, 0]))
+            got.setdefault(name, []).append(psnr(img, codec.decode(y, enc.meta, 10.0).image))
+            got.setdefault(name + "_as_is", []).append(psnr(img, codec.decode_as_is(y, enc.meta)))
+    m = {k: float(np.mean(v)) for k, v in got.items()}
+    assert m["demo"] - m["demo_as_is"] > 3.0, m
+    assert m["demo"] > m["base"] + 0.2, m
+
+
 # --------------------------------------------------------------------------- the demo's link
 @pytest.mark.gnuradio
 def test_demo_link_default_model_shows_the_held_out_astronaut(tmp_path, capsys):
@@ -227,7 +265,7 @@ def test_demo_link_default_model_shows_the_held_out_astronaut(tmp_path, capsys):
     (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert rc == 0, row
     assert abs(row["snr_est_db"] - 20.0) < 1.0
-    assert row["psnr"] > 20.0  # measured 20.7 dB; the VAE alone reaches 21.3 dB
+    assert row["psnr"] > 20.0  # measured 21.3 dB; the VAE alone reaches 21.6 dB
     assert row["psnr"] > row["psnr_received_as_is"] + 0.3  # measured +0.8 dB
 
 

@@ -119,6 +119,24 @@ def test_200_ppm_clock_offset_is_acquired(sps):
     assert np.all(act >= 19.0) and np.all(np.abs(est - act) <= 1.0), (est, act)
 
 
+@pytest.mark.gnuradio
+def test_a_wide_drift_estimate_10_percent_off_is_polished_to_the_drift(monkeypatch):
+    """The wide acquisition made 10 % low (-180 of -200 ppm) and the fine discriminator
+    silenced (what happened in ~1 burst of 150 at sps 2): the polish on the known
+    symbols' error power moves on from its +-6 ppm until the drift is within 5 ppm
+    (one polish alone stopped at -186)."""
+    from gr_gdmcom.phy.rx import FrameRx as Rx
+
+    wide = Rx._acquire_drift
+    monkeypatch.setattr(Rx, "_acquire_drift", lambda self, *a: 0.9 * wide(self, *a))
+    monkeypatch.setattr(Rx, "_timing_drift", lambda self, *a, **k: 0.0)
+    cfg = FrameConfig()
+    x, chunks = _stream(cfg, 1, 4)
+    frames, est, act, counters = _receive(cfg, _through(x, _awgn(20.0, 11, 1.0002)), chunks)
+    assert len(frames) == 1 and abs(frames[0].sro_ppm + 200) <= 5, [f.sro_ppm for f in frames]
+    assert act[0] >= 19.0
+
+
 def test_a_burst_the_receiver_cannot_follow_is_reported(rng):
     """The second half of a burst's payload replaced by noise of the same power (the
     channel "lost"): the frame is flagged (``tracked`` False, counter ``track_lost``) and

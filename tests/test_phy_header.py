@@ -13,18 +13,22 @@ from gr_gdmcom.phy.header import decode_headers, encode_header
 
 FULL = Header(image_id=65535, chunk_index=3, chunk_count=7, total_symbols=2 ** 32 - 1, chunk_symbols=65535,
               latent_shape=(4, 96, 128), image_size=(768, 1024), k=5, m_hint=7, T=1000, forward=1, guidance=6.5,
-              alpha=1.2345678, prompt_hash=0xDEADBEEF, flags=0x81)
+              alpha=1.2345678, prompt_hash=0xDEADBEEF, flags=0x81, means=(-2.23, 0.5, -1.25, 1e-3))
 
 
 def test_pack_roundtrip_and_size():
     data = FULL.pack()
-    assert len(data) == HEADER_BYTES == 44
+    assert len(data) == HEADER_BYTES == 52
     got = Header.unpack(data)
     for name in ("image_id", "chunk_index", "chunk_count", "total_symbols", "chunk_symbols", "latent_shape",
                  "image_size", "k", "m_hint", "T", "forward", "prompt_hash", "flags", "version"):
         assert getattr(got, name) == getattr(FULL, name), name
     assert got.guidance == 6.5  # exact in float16
     assert got.alpha == pytest.approx(1.2345678, rel=1e-7)  # float32
+    # float16 means: exact where float16 is, else its nearest value (11 significant bits)
+    assert got.means == (float(np.float16(-2.23)), 0.5, -1.25, float(np.float16(1e-3)))
+    assert abs(got.means[0] + 2.23) <= 2.23 * 2 ** -11 and got.means[0] != -2.23
+    assert Header.unpack(FULL.replace(means=(0.75,)).pack()).means == (0.75, 0.0, 0.0, 0.0)  # unused slots: 0
     assert data[:2] == b"GD"
 
 
@@ -49,16 +53,29 @@ def test_unsupported_version_is_reported():
 
 
 @pytest.mark.parametrize("field, value", [("image_id", 70000), ("chunk_symbols", -1), ("k", 300),
-                                          ("latent_shape", (4, 64)), ("alpha", float("nan"))])
+                                          ("latent_shape", (4, 64)), ("alpha", float("nan")),
+                                          ("means", (0.0, float("inf"))), ("means", (70000.0,)),
+                                          ("means", (0.0,) * 5)])
 def test_pack_rejects_out_of_range(field, value):
     with pytest.raises(HeaderError):
         FULL.replace(**{field: value}).pack()
 
 
+@pytest.mark.parametrize("slot, value", [(0, float("nan")), (3, float("-inf"))])
+def test_unpack_refuses_non_finite_means(slot, value):
+    """A header with a valid CRC but a non-finite mean (a faulty transmitter) is refused as ``field``."""
+    body = bytearray(FULL.pack()[:-4])
+    off = 40 + 2 * slot  # the means: four big-endian float16 from byte 40
+    body[off:off + 2] = struct.pack(">e", value)
+    with pytest.raises(HeaderError, match="non-finite header values") as exc:
+        Header.unpack(bytes(body) + struct.pack(">I", zlib.crc32(bytes(body))))
+    assert exc.value.reason == "field"
+
+
 def test_code_roundtrip_and_hard_shortcut(rng):
-    bits = rng.integers(0, 2, 352).astype(np.uint8)
+    bits = rng.integers(0, 2, 416).astype(np.uint8)
     coded = conv.encode(bits)
-    assert len(coded) == conv.coded_length(352) == HEADER_CODED_BITS == 1074
+    assert len(coded) == conv.coded_length(416) == HEADER_CODED_BITS == 1266
     soft = 1.0 - 2.0 * coded
     np.testing.assert_array_equal(conv.viterbi(soft), bits)
     np.testing.assert_array_equal(conv.decode_hard(soft), bits)

@@ -174,6 +174,38 @@ def test_header_crc_failure_is_counted(rng):
     assert counters["header_crc_fail"] == 1 and counters["bursts_detected"] == 3, counters
 
 
+def test_a_header_lost_in_a_fade_is_read_with_its_copy(rng):
+    """A smooth fade (1 - 0.99 sin^2) over the header after the preamble and 400 symbols
+    beyond, below -14 dB over ~600 header symbols: the burst of 3000 symbols is still
+    received, through the header's copy (counter header_copies), with an honest
+    estimate; a 1000-symbol burst has no copy and is a counted header_crc_fail, and the
+    burst after it is received."""
+    cfg = FrameConfig(sps=2, max_chunk_symbols=3000)
+    lay, tx = cfg.layout(), FrameTx(cfg)
+    gap = np.zeros(400, np.complex64)
+    long_pay, short_pay = complex_noise(3000, 1.0, rng), complex_noise(1000, 1.0, rng)
+    bursts = [tx.burst(Header(image_id=1, total_symbols=3000, chunk_symbols=3000), long_pay),
+              tx.burst(Header(image_id=2, total_symbols=1000, chunk_symbols=1000), short_pay),
+              tx.burst(Header(image_id=3, total_symbols=1000, chunk_symbols=1000), short_pay)]
+    hdr_lo = len(lay.preamble) * cfg.sps + lay.half  # the first header symbol's sample
+    hdr_hi = hdr_lo + int(lay.burst_map(3000).header[-1] + 1 + 400) * cfg.sps
+    fade = 1.0 - 0.99 * np.sin(np.pi * np.arange(hdr_hi - hdr_lo) / (hdr_hi - hdr_lo)) ** 2
+    for b in bursts[:2]:
+        b[hdr_lo: hdr_hi] *= fade.astype(np.float32)
+    x = np.concatenate([gap, bursts[0], gap, bursts[1], gap, bursts[2], gap])
+    frames, counters = receive(cfg, awgn(x, 15.0, rng))
+    assert [f.header.image_id for f in frames] == [1, 3], counters
+    assert counters["header_copies"] == 1 and counters["header_crc_fail"] == 1, counters
+    act = measure_snr_db(long_pay, frames[0].symbols)
+    assert act > 5.0 and abs(frames[0].snr_db - act) < 1.0, (frames[0].snr_db, act)
+    # without the copy (header_copy=False at both ends) the faded burst is lost
+    cfg = FrameConfig(sps=2, max_chunk_symbols=3000, header_copy=False)
+    burst = FrameTx(cfg).burst(Header(image_id=1, total_symbols=3000, chunk_symbols=3000), long_pay)
+    burst[hdr_lo: hdr_hi] *= fade.astype(np.float32)
+    frames, counters = receive(cfg, awgn(np.concatenate([gap, burst, gap]), 15.0, rng))
+    assert frames == [] and counters["header_crc_fail"] == 1, counters
+
+
 def test_nonfinite_samples_are_counted_and_contained(rng):
     cfg = FrameConfig(sps=2, max_chunk_symbols=512)
     x, chunks, starts = make_stream(cfg, 4, rng)

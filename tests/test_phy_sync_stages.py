@@ -11,7 +11,7 @@ import pytest
 
 from gr_gdmcom.phy import FrameConfig, FrameRx
 from gr_gdmcom.phy.sync import (OMEGA_LAG, equalise, fine_timing_cfo, integrate_dump, phasor, preamble_correlation,
-                                preamble_metric, pulse_response, residual_frequency, slope, solve_small, track_phase,
+                                preamble_metric, pulse_response, residual_frequency, slope, solve_small,
                                 train_equaliser, unwrap)
 
 CAPTURE = Path(__file__).resolve().parent / "data" / "capture_awgn_cfo.c64"
@@ -166,23 +166,6 @@ def test_residual_frequency_recovers_omega_within_its_range(omega_frac, rng):
     omega = omega_frac * np.pi / (OMEGA_LAG * spacing)  # up to 90 % of the documented range
     zp = np.exp(1j * (omega * pos + 0.4)) + cn(rng, n_p, 0.01)
     assert residual_frequency(zp, pos) == pytest.approx(omega, abs=1e-4)  # a wrap would be off by >= 5e-3
-
-
-def test_track_phase_follows_phase_and_ramp_without_divergence(rng):
-    n, spacing = 2000, 33
-    pos = np.arange(0, n, spacing)
-    theta, omega = 1.1, 2e-4
-    truth = theta + omega * np.arange(n)
-    zk = np.exp(1j * truth[pos])
-    rot, loo = track_phase(zk, pos, n, 32 * spacing, omega)
-    assert rot.dtype == np.complex64 and rot.shape == (n,)
-    inside = slice(0, pos[-1] + 1)  # beyond the last observation the track holds its phase
-    np.testing.assert_allclose((rot * np.exp(1j * truth))[inside], 1.0, atol=1e-5)  # identity on a clean track
-    np.testing.assert_allclose(np.angle(np.exp(1j * (loo - truth[pos]))), 0, atol=1e-6)
-    # noise at 0 dB per pilot: |rot| stays 1, the phase error stays small everywhere (no divergence)
-    rot, _ = track_phase(zk * np.exp(0j) + cn(rng, len(pos), 1.0), pos, n, 32 * spacing, omega)
-    assert np.abs(np.abs(rot) - 1).max() < 0.05
-    assert np.abs(np.angle(rot * np.exp(1j * truth))[inside]).max() < 0.5
 
 
 # ---------------------------------------------------------------------- stored capture

@@ -6,6 +6,7 @@ import pytest
 from gr_gdmcom.phy import FrameConfig, FrameTx, Header, chunk_sizes, chunk_symbols
 from gr_gdmcom.phy.channel import complex_noise
 from gr_gdmcom.phy.frame import prbs_bits
+from gr_gdmcom.phy import conv
 from gr_gdmcom.phy.header import HEADER_CODED_BITS
 
 
@@ -13,7 +14,7 @@ from gr_gdmcom.phy.header import HEADER_CODED_BITS
                                 dict(pilot_spacing=1), dict(max_chunk_symbols=70000), dict(gap_symbols=-1),
                                 dict(preamble_seg=15), dict(preamble_reps=10), dict(eq_taps=4),
                                 dict(phase_window=0), dict(detect_threshold=1.5), dict(verify_threshold=0.0),
-                                dict(cfo_search=4), dict(cfo_search=-1)])
+                                dict(cfo_search=4), dict(cfo_search=-1), dict(header_copy=1)])
 def test_config_validation(kw):
     with pytest.raises(ValueError, match="FrameConfig"):
         FrameConfig(**kw)
@@ -85,6 +86,30 @@ def test_body_layout_and_payload_scrambling(rng):
     plain = FrameTx(FrameConfig(sps=1, max_chunk_symbols=100, pilot_spacing=16, scramble=False))
     body = plain.burst(Header(chunk_symbols=100, total_symbols=100), payload)[len(lay.preamble):]
     np.testing.assert_allclose(body[data_pos[HEADER_CODED_BITS:]], payload)
+
+
+def test_a_long_payload_carries_a_copy_of_the_header_after_2048_symbols(rng):
+    """data = coded header, payload[:2048], the same coded header, payload[2048:]; pilots
+    as before at every 17th body position.  A 2047-symbol payload has no copy."""
+    cfg = FrameConfig(sps=1, max_chunk_symbols=3000)
+    lay = cfg.layout()
+    h, n = HEADER_CODED_BITS, 3000
+    payload = complex_noise(n, 1.0, rng)
+    hdr = Header(chunk_symbols=n, total_symbols=n)
+    body = FrameTx(cfg).burst(hdr, payload)[len(lay.preamble):]
+    d = np.arange(2 * h + n)
+    data = body[d + d // 16 + 1]  # data symbol d sits at body position d + d // P + 1
+    assert len(body) == 2 * h + n + -(-(2 * h + n) // 16) + 1
+    np.testing.assert_array_equal(data[h + 2048: 2 * h + 2048], data[:h])
+    hard = (data[:h] * np.conj(lay.header_whitening)).real < 0
+    np.testing.assert_array_equal(hard, conv.encode(np.unpackbits(np.frombuffer(hdr.pack(), np.uint8))))
+    sent = np.concatenate([data[h: h + 2048], data[2 * h + 2048:]]) * np.conj(lay.scrambler[:n])
+    np.testing.assert_allclose(sent, payload, rtol=1e-5, atol=1e-6)
+    assert lay.burst_map(2047).copy.size == 0 and lay.burst_map(2048).copy.size == h
+    short = FrameTx(cfg).burst(Header(chunk_symbols=2047, total_symbols=2047), payload[:2047])
+    assert len(short) == len(lay.preamble) + h + 2047 + -(-(h + 2047) // 16) + 1
+    plain = FrameConfig(sps=1, max_chunk_symbols=3000, header_copy=False)  # no copy at any length
+    assert len(FrameTx(plain).burst(hdr, payload)) == len(lay.preamble) + h + n + -(-(h + n) // 16) + 1
 
 
 def test_tx_rejects_bad_input():

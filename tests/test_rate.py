@@ -11,12 +11,14 @@ from gr_gdmcom.codec import GenerativeCodec
 from gr_gdmcom.codec.core import CodecError, latent_from_symbols, latent_to_symbols
 from gr_gdmcom.codec.rate import Reduction, RateError, mean_gain_db
 from gr_gdmcom.config import CodecConfig
+from gr_gdmcom.phy import Header
 from gr_gdmcom.pipeline import LinkMetaError, header_for, meta_from_header
 
 
 @pytest.mark.parametrize("method,factor,shape", [("subset", 2, (4, 8, 8)), ("subset", 4, (4, 21, 32)),
                                                  ("pool", 4, (4, 21, 32)), ("pool", 8, (4, 5, 7)),
-                                                 ("pool", 16, (4, 8, 8))])
+                                                 ("pool", 16, (4, 8, 8)), ("dct", 2, (4, 8, 8)),
+                                                 ("dct", 4, (4, 21, 32)), ("dct", 8, (4, 5, 7)), ("dct", 3, (2, 6, 6))])
 def test_reduction_rows_are_orthonormal(method, factor, shape):
     red = Reduction.make(method, factor, shape)
     eye = torch.eye(red.n_values, dtype=torch.float64)
@@ -36,6 +38,28 @@ def test_pool_values_against_block_sums():
     assert y[1, 1, 0].item() == pytest.approx((25 + 26) / math.sqrt(2))
 
 
+def test_dct_keeps_the_lowest_frequencies_of_scipys_orthonormal_dctn(rng):
+    from scipy.fft import dctn, idctn
+
+    z = rng.standard_normal((1, 3, 6, 8))
+    red = Reduction.make("dct", 4, (3, 6, 8))
+    y = red.apply(torch.from_numpy(z)).numpy().reshape(3, 12)
+    coef = dctn(z[0], axes=(1, 2), norm="ortho")
+    # the 12 of 48 frequencies with the smallest (i/6)^2 + (j/8)^2, in that order (ties: row-major)
+    freq = [(i / 6) ** 2 + (j / 8) ** 2 for i in range(6) for j in range(8)]
+    kept = sorted(range(48), key=lambda n: (freq[n], n))[:12]
+    assert kept[:4] == [0, 1, 8, 9] and red.n_values == 36
+    np.testing.assert_allclose(y, coef.reshape(3, 48)[:, kept], atol=1e-12)
+    # A^T y: the inverse DCT of the kept coefficients, the rest zero (the least-squares low-pass image)
+    low = np.zeros((3, 48))
+    low[:, kept] = coef.reshape(3, 48)[:, kept]
+    np.testing.assert_allclose(red.adjoint(torch.from_numpy(y.reshape(1, -1))).numpy()[0],
+                               idctn(low.reshape(3, 6, 8), axes=(1, 2), norm="ortho"), atol=1e-12)
+    # a channel-constant latent lives in the DC coefficient alone: sent without loss
+    flat = torch.from_numpy(np.broadcast_to(np.array([1.0, -2.0, 0.5]).reshape(1, 3, 1, 1), (1, 3, 6, 8)).copy())
+    torch.testing.assert_close(red.adjoint(red.apply(flat)), flat)
+
+
 def test_subset_pattern_is_fixed_by_the_shape():
     a, b = Reduction.make("subset", 4, (4, 8, 8)), Reduction.make("subset", 4, (4, 8, 8))
     z = torch.randn(1, 4, 8, 8, dtype=torch.float64)
@@ -47,8 +71,12 @@ def test_subset_pattern_is_fixed_by_the_shape():
 def test_reduction_errors():
     with pytest.raises(RateError, match="pool reduces by 2, 4, 8, 16, got 3"):
         Reduction.make("pool", 3, (4, 8, 8))
-    with pytest.raises(RateError, match="unknown reduce method 'dct'"):
-        Reduction.make("dct", 2, (4, 8, 8))
+    with pytest.raises(RateError, match="unknown reduce method 'wavelet'; choose one of subset, pool, dct"):
+        Reduction.make("wavelet", 2, (4, 8, 8))
+    with pytest.raises(RateError, match="dct reduce=128 keeps no coefficient of a 8x8 latent channel"):
+        Reduction.make("dct", 128, (4, 8, 8))
+    with pytest.raises(RateError, match=r"dct reduce=4 of latent \[3, 2, 2\] leaves an odd number of values \(3\)"):
+        Reduction.make("dct", 4, (3, 2, 2))
     with pytest.raises(ValueError, match="reduce_method pool needs reduce in 1, 2, 4, 8, 16, got 3"):
         CodecConfig(reduce=3, reduce_method="pool").validate()
     with pytest.raises(ValueError, match="reduce must be >= 1, got 0"):
@@ -64,13 +92,14 @@ def test_mean_gain_formula(rng):
     assert mean_gain_db(z) == pytest.approx(10 * math.log10(1 + np.mean(c ** 2)), abs=0.1)
 
 
-@pytest.mark.parametrize("reduce,method", [(1, "subset"), (4, "subset"), (4, "pool")])
+@pytest.mark.parametrize("reduce,method", [(1, "subset"), (4, "subset"), (4, "pool"), (4, "dct")])
 def test_noiseless_symbols_round_trip_with_means(rng, reduce, method):
     z = (np.array([1.5, -0.7, 0.2, 3.0]).reshape(4, 1, 1) + rng.standard_normal((4, 6, 10))).astype(np.float32)
     cfg = CodecConfig(model="tiny", remove_mean=True, reduce=reduce, reduce_method=method)
     sym, alpha, means, red = latent_to_symbols(z, cfg)
     assert np.mean(np.abs(sym) ** 2) == pytest.approx(1.0, rel=1e-5) and sym.size == red.n_values // 2
-    np.testing.assert_allclose(means, z.reshape(4, -1).mean(axis=1), rtol=1e-6)
+    # the channel means, rounded to float16 as the frame header carries them
+    np.testing.assert_array_equal(means, z.reshape(4, -1).mean(axis=1, dtype=np.float64).astype(np.float16))
     from gr_gdmcom.codec import LatentMeta
     meta = LatentMeta(alpha=alpha, latent_shape=z.shape, image_size=(48, 80), k=5, T=50, guidance=6.0, prompt="p",
                       means=means, reduce=red.factor, reduce_method=red.method)
@@ -92,7 +121,8 @@ def test_mean_removal_changes_nothing_when_the_mean_is_zero(components, small, r
     np.testing.assert_allclose(on[0], off[0], atol=1e-6)
     assert on[1] == pytest.approx(off[1], rel=1e-9)
     # receiver: zero means in the metadata decode to the same image, bit for bit
-    codec = GenerativeCodec(CodecConfig(model="tiny", device="cpu", steps=10), components=components)
+    codec = GenerativeCodec(CodecConfig(model="tiny", device="cpu", steps=10, remove_mean=False),
+                            components=components)
     enc = codec.encode(small)
     noisy = enc.symbols + 0.1 * (rng.standard_normal(enc.symbols.size) + 1j * rng.standard_normal(enc.symbols.size))
     a = codec.decode(noisy.astype(np.complex64), enc.meta, 10.0).image
@@ -102,11 +132,14 @@ def test_mean_removal_changes_nothing_when_the_mean_is_zero(components, small, r
 
 def test_mean_removal_lowers_the_tiny_models_power(components, small):
     """The tiny model's latent sits far off the origin: removing the means saves > 3 dB of power."""
-    off = GenerativeCodec(CodecConfig(model="tiny", device="cpu"), components=components).encode(small)
+    off = GenerativeCodec(CodecConfig(model="tiny", device="cpu", remove_mean=False), components=components).encode(small)
     on = GenerativeCodec(CodecConfig(model="tiny", device="cpu", remove_mean=True), components=components).encode(small)
     assert on.meta.power < off.meta.power / 2 and len(on.meta.means) == 4
-    mu2 = float(np.mean(np.square(on.meta.means)))
-    assert on.meta.power == pytest.approx(off.meta.power - mu2, rel=1e-4)  # P - mean(mu^2)
+    z = latent_from_symbols(off.symbols, off.meta).astype(np.float64)  # z_k, as the paper sends it
+    mu = np.asarray(on.meta.means).reshape(4, 1, 1)
+    np.testing.assert_allclose(mu.ravel(), z.mean(axis=(1, 2)), atol=4 * 2 ** -11)  # float16 of the means
+    assert on.meta.power == pytest.approx(float(np.mean((z - mu) ** 2)), rel=1e-5)
+    assert on.meta.power == pytest.approx(off.meta.power - float(np.mean(mu ** 2)), rel=2e-3)  # P - mean(mu^2)
 
 
 def test_reduced_latent_decodes_to_the_original_size(components, small):
@@ -138,9 +171,50 @@ def test_header_flags_carry_the_reduction(codec, small):
     assert h.flags == 0x12 and h.total_symbols == 32
     back = meta_from_header(h, "p", "x")
     assert (back.reduce, back.reduce_method, back.n_symbols) == (4, "pool", 32)
+    dct = header_for(dataclasses.replace(meta, reduce=8, reduce_method="dct"), 3)
+    assert dct.flags == 0x43 and (meta_from_header(dct, "p", "x").reduce_method, dct.total_symbols) == ("dct", 16)
+    assert meta_from_header(header_for(dataclasses.replace(meta, reduce=2, reduce_method="subset"), 3),
+                            "p", "x").reduce_method == "subset"
     assert meta_from_header(header_for(dataclasses.replace(meta, reduce=1, reduce_method="full"), 3),
                             "p", "x").reduce_method == "full"
-    with pytest.raises(LinkMetaError, match="cannot carry the removed channel means"):
-        header_for(dataclasses.replace(meta, means=(0.1,) * 4), 3)
+    # the means ride in the header (float16) and come back through pack/unpack; bit 5 flags them
+    means = (-2.25, -0.6875, 1.5, 0.125)  # exact in float16
+    h = Header.unpack(header_for(dataclasses.replace(meta, means=means), 3).pack())
+    assert h.flags == 0x32 and h.means == means
+    assert meta_from_header(h, "p", "x").means == means
+    assert meta_from_header(h.replace(flags=0x12), "p", "x").means == ()  # flag off: the paper's signal
+    three = dataclasses.replace(meta, latent_shape=(3, 8, 8), means=means[:3])
+    assert meta_from_header(Header.unpack(header_for(three, 3).pack()), "p", "x").means == means[:3]
+    with pytest.raises(LinkMetaError, match="header flags channel means for a 5-channel latent; it carries 4"):
+        meta_from_header(h.replace(latent_shape=(5, 8, 8)), "p", "x")
+    with pytest.raises(LinkMetaError, match="carries at most 4 channel means, got 5"):
+        header_for(dataclasses.replace(meta, latent_shape=(5, 8, 8), means=(0.1,) * 5), 3)
+    with pytest.raises(LinkMetaError, match=r"channel means \(70000.0, 0.0, 0.0, 0.0\) do not fit"):
+        header_for(dataclasses.replace(meta, means=(7e4, 0.0, 0.0, 0.0)), 3)
     with pytest.raises(LinkMetaError, match="reduce as a power of two up to 32768, got 3"):
         header_for(dataclasses.replace(meta, reduce=3, reduce_method="subset"), 3)
+
+
+def test_receiver_drops_a_header_with_a_non_finite_mean():
+    """A burst whose header has a valid CRC but a NaN mean (a faulty transmitter) is a counted
+    drop (``header_invalid``), never a decode; the same burst with finite means gets through."""
+    import struct
+    import zlib
+
+    from gr_gdmcom.config import CodecConfig as Cfg
+    from gr_gdmcom.phy import FrameConfig, FrameTx
+    from gr_gdmcom.pipeline import RxPipeline
+
+    h = Header(image_id=7, total_symbols=60, chunk_symbols=60, latent_shape=(4, 6, 5), image_size=(48, 40),
+               flags=0x20, means=(-2.0, 0.5, 1.0, 0.25))
+    good = h.pack()
+    body = bytearray(good[:-4])
+    body[42:44] = struct.pack(">e", float("nan"))  # the second mean (bytes 40-47: four float16)
+    bad = bytes(body) + struct.pack(">I", zlib.crc32(bytes(body)))
+    payload = np.exp(2j * np.pi * np.arange(60) / 7).astype(np.complex64)
+    tx, gap = FrameTx(FrameConfig()), np.zeros(500, np.complex64)
+    for data, invalid, images in ((bad, 1, 0), (good, 0, 1)):
+        rx = RxPipeline(backend=None, config=Cfg(), frame=FrameConfig())
+        got = rx.push(np.concatenate([gap, tx.burst(data, payload), gap])) + rx.flush()
+        assert (rx.all_counters()["header_invalid"], len(got)) == (invalid, images)
+    assert got[0].header.means == (-2.0, 0.5, 1.0, 0.25)

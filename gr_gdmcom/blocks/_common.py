@@ -44,9 +44,14 @@ def to_pmt(obj):
             d = pmt.dict_add(d, pmt.intern(str(k)), to_pmt(v))
         return d
     if isinstance(obj, (list, tuple)):
-        return pmt.init_s32vector(len(obj), [int(v) for v in obj]) if all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in obj) and obj else \
-            pmt.to_pmt([to_pmt_scalar(v) for v in obj])
+        if obj and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in obj):
+            return pmt.init_s32vector(len(obj), [int(v) for v in obj])
+        if obj and all(isinstance(v, (float, np.floating)) for v in obj):
+            return pmt.init_f64vector(len(obj), [float(v) for v in obj])
+        vec = pmt.make_vector(len(obj), pmt.PMT_NIL)
+        for i, v in enumerate(obj):
+            pmt.vector_set(vec, i, to_pmt(v))
+        return vec
     return to_pmt_scalar(obj)
 
 

@@ -9,9 +9,12 @@ import pmt
 from gnuradio import gr
 
 from ..phy import FrameConfig, FrameTx, Header
+from ..phy.header import MEANS_FLAG, REDUCE_LOG2_MASK
 from ._common import CHUNK, IMAGE_ID, PACKET_LEN, PORT_PDUS, TX_EOB, TX_SOB
 
 HEADER_KEYS = ("image_id", "latent_shape", "image_size", "k", "T", "forward", "guidance", "alpha", "prompt_hash")
+#: optional keys: ``flags`` (header flags: reduction, means removed), ``means`` (the removed channel means,
+#: needed when flags bit 5 is set), ``total_symbols`` (needed for a reduced latent)
 
 
 def header_from_meta(meta) -> Header:
@@ -23,10 +26,22 @@ def header_from_meta(meta) -> Header:
     if missing:
         raise ValueError(f"PDU metadata lacks {', '.join(missing)}")
     shape = tuple(int(v) for v in d["latent_shape"])
+    flags = int(d.get("flags", 0))
+    means = tuple(float(v) for v in d.get("means", ()))
+    if flags & MEANS_FLAG and not means:
+        raise ValueError("PDU metadata: flags say the channel means were removed but 'means' is missing")
+    # a reduced latent (flags bits 0-3: log2 of the factor) has fewer symbols than the full one: its PDU
+    # must say how many (frame_rx's PDUs do)
+    if "total_symbols" in d:
+        total = int(d["total_symbols"])
+    elif flags & REDUCE_LOG2_MASK:
+        raise ValueError("PDU metadata: a reduced latent (flags) needs 'total_symbols'")
+    else:
+        total = int(np.prod(shape)) // 2
     return Header(image_id=int(d["image_id"]) & 0xFFFF, latent_shape=shape,
                   image_size=tuple(int(v) for v in d["image_size"]), k=int(d["k"]), T=int(d["T"]),
                   forward=int(d["forward"]), guidance=float(d["guidance"]), alpha=float(d["alpha"]),
-                  prompt_hash=int(d["prompt_hash"]), total_symbols=int(np.prod(shape)) // 2)
+                  prompt_hash=int(d["prompt_hash"]), total_symbols=total, flags=flags, means=means)
 
 
 class frame_tx(gr.sync_block):
@@ -34,7 +49,9 @@ class frame_tx(gr.sync_block):
 
     Message input ``pdus``: (metadata . c32vector of latent symbols); the
     metadata dict carries ``image_id, latent_shape, image_size, k, T, forward
-    (0 ddim / 1 random), guidance, alpha, prompt_hash``.  A PDU whose metadata
+    (0 ddim / 1 random), guidance, alpha, prompt_hash`` and, for a latent sent
+    with its channel means removed (the codec's default) or reduced, ``flags``,
+    ``means`` and ``total_symbols`` as frame_rx's PDUs give them.  A PDU whose metadata
     has ``eos`` = #t ends the stream once everything before it is sent.
     Output: complex64 burst samples (tags ``packet_len``, ``image_id``,
     ``chunk``; ``tx_sob``/``tx_eob`` with ``burst_tags``), bursts separated by

@@ -46,6 +46,8 @@ TX = [
     ("k", "Inversion steps k", "int", "5", "Codec", "DDIM-inversion steps at the transmitter (paper: 5)"),
     ("forward", "Forward process", "enum", "'ddim'", "Codec",
      "ddim (inversion, the method) or random (random-noise ablation)"),
+    ("remove_mean", "Remove means", "bool", "True", "Codec",
+     "subtract each latent channel's mean and send it in the frame header (False: the paper's exact signal)"),
     ("reduce", "Reduce by", "int", "1", "Codec",
      "send 1/reduce of the latent values: BCR 1/(96 reduce); a power of two on the radio link (docs/rate.md)"),
     ("reduce_method", "Reduction", "enum", "'subset'", "Codec",
@@ -66,6 +68,13 @@ PHY = [
     ("scramble", "Scramble", "bool", "True", "PHY", "PN phase scrambling of the payload"),
     ("max_chunk_symbols", "Max chunk", "int", "8192", "PHY", "latent symbols per burst (larger latents are chunked)"),
     ("gap_symbols", "Gap", "int", "64", "PHY", "zero symbols between bursts"),
+    ("header_copy", "Header copy", "bool", "True", "PHY",
+     "a second copy of the header in payloads of 2048 symbols or more (against fades; TX and RX must agree)"),
+]
+TX_PHY = [  # the transmitter's own settings (FrameConfig)
+    ("tx_clip", "TX clip", "float", "0.0", "PHY",
+     "clip each sample at tx_clip x the burst's rms amplitude (0 = off, else >= 1): lower PAPR at the power "
+     "amplifier, a distortion the receiver measures (docs/over-the-air.md)"),
 ]
 RECEIVER = [  # the receiver's own settings (FrameConfig), on the Advanced tab
     ("detect_threshold", "Detect threshold", "float", "0.05", "Advanced",
@@ -92,6 +101,7 @@ ASSERTS = {
     "gap_symbols": "gap_symbols >= 0", "eq_taps": "1 <= eq_taps <= 31 and eq_taps % 2 == 1",
     "phase_window": "phase_window >= 1", "detect_threshold": "0 < detect_threshold < 1",
     "verify_threshold": "0 < verify_threshold < 1", "cfo_search": "0 <= cfo_search <= 3",
+    "tx_clip": "tx_clip == 0 or tx_clip >= 1",
 }
 #: parameters hidden unless they apply (a GRC hide expression)
 HIDE_WHEN = {"max_pending": "${ 'part' if threaded else 'all' }",
@@ -100,7 +110,7 @@ ENUMS = {"forward": (["'ddim'", "'random'"], ["DDIM inversion", "Random noise"])
          "rule": (["'snr'", "'variance'", "'exact'"], ["log-SNR match", "Variance match", "Exact t*"]),
          "clean_end": (["'model'", "'one'", "'step0'"], ["From the model", "a_0 = 1", "a_0 = abar_0"]),
          "inversion": (["'ddim'", "'fixed-point'"], ["DDIM (eq. 10)", "Fixed-point"]),
-         "reduce_method": (["'subset'", "'pool'"], ["Subset (inpainting)", "Pooling"])}
+         "reduce_method": (["'subset'", "'pool'", "'dct'"], ["Subset (inpainting)", "Pooling", "DCT truncation"])}
 
 BLOCKS = {
     "semantic_source": dict(
@@ -116,7 +126,7 @@ BLOCKS = {
            ("wait_for_images", "Wait for images", "bool", "False", None,
             "when no image can be read: wait for the files (True) or end the stream (False)"),
            ("stop_timeout", "Stop timeout", "float", "10.0", "Codec",
-            "seconds stop() waits for the encoder thread (an image being encoded finishes first)")] + PHY,
+            "seconds stop() waits for the encoder thread (an image being encoded finishes first)")] + PHY + TX_PHY,
         face=["images", "repeat", "model", "server"],
         inputs=[], outputs=[dict(domain="stream", dtype="complex"),
                             dict(domain="message", id="info", optional=True)],
@@ -152,7 +162,7 @@ BLOCKS = {
         label="Frame TX", category="[GDM-COM]/PHY",
         params=[("burst_tags", "UHD burst tags", "bool", "False", None, "add tx_sob/tx_eob tags"),
                 ("idle_zeros", "Idle zeros", "bool", "False", None, "send zeros while idle (continuous stream)")]
-        + PHY,
+        + PHY + TX_PHY,
         face=["burst_tags", "idle_zeros", "sps"],
         inputs=[dict(domain="message", id="pdus")], outputs=[dict(domain="stream", dtype="complex")],
         callbacks=[],

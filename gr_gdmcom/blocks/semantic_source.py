@@ -37,20 +37,22 @@ class semantic_source(gr.sync_block):
     ``package:astronaut.png`` names a bundled image), ``repeat``, ``server`` (``local`` or a ZMQ endpoint of ``gdmcom serve``),
     the codec settings of :class:`gr_gdmcom.config.CodecConfig` used by the
     transmitter (``model, device, dtype, k, T, guidance, prompt, forward, seed,
-    clean_end, inversion, inversion_iters, reduce, reduce_method``)
+    clean_end, inversion, inversion_iters, reduce, reduce_method, remove_mean``)
     and the PHY settings of :class:`gr_gdmcom.phy.FrameConfig`.
     """
 
     def __init__(self, images="", repeat=1, server="local", model=DEFAULT_MODEL, device="auto", dtype="auto",
                  k=5, T=50, guidance=6.0, prompt=DEFAULT_PROMPT, forward="ddim", seed=0, image_id_start=0,
                  burst_tags=False, tail_symbols=512, clean_end="model", inversion="ddim", inversion_iters=3,
-                 wait_for_images=False, stop_timeout=10.0, reduce=1, reduce_method="subset", **frame):
+                 wait_for_images=False, stop_timeout=10.0, reduce=1, reduce_method="subset", remove_mean=True,
+                 **frame):
         gr.sync_block.__init__(self, name="gdmcom_semantic_source", in_sig=None, out_sig=[np.complex64])
         _log.bind(self)
         self.codec_config, self.frame_config = split_config(dict(
             model=model, device=device, dtype=dtype, k=int(k), T=int(T), guidance=float(guidance),
             prompt=prompt, forward=forward, seed=int(seed), clean_end=clean_end, inversion=inversion,
-            inversion_iters=int(inversion_iters), reduce=int(reduce), reduce_method=reduce_method, **frame))
+            inversion_iters=int(inversion_iters), reduce=int(reduce), reduce_method=reduce_method,
+            remove_mean=bool(remove_mean), **frame))
         self.message_port_register_out(PORT_INFO)
         self._images = expand_images(images)
         self._repeat, self._id0 = int(repeat), int(image_id_start)

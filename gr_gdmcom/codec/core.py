@@ -231,7 +231,9 @@ def latent_to_symbols(zk: np.ndarray, config: CodecConfig) -> Tuple[np.ndarray, 
     reduction ``A`` (``reduce``), unit-power normalisation.  Returns (symbols, alpha, means, reduction)."""
     zk = np.asarray(zk, dtype=np.float64)
     red = Reduction.make(config.reduce_method, config.reduce, zk.shape)
-    means = tuple(float(v) for v in channel_means(zk)) if config.remove_mean else ()
+    # the means are rounded to float16, as the frame header carries them (docs/frame-format.md),
+    # so that a radio link and an in-process decode restore exactly what was removed
+    means = tuple(float(v) for v in channel_means(zk).astype(np.float16)) if config.remove_mean else ()
     if means:
         zk = zk - np.asarray(means).reshape(-1, 1, 1)
     sym, alpha = symbols_from_latent(red.apply(torch.from_numpy(zk)[None])[0].numpy())
@@ -313,16 +315,32 @@ class GenerativeCodec:
         Arithmetic is float32 whatever the UNet's dtype.
         """
         x = x.float().clone()
-        L = max((len(p) for p in paths), default=0)
+        B, L = len(paths), max((len(p) for p in paths), default=0)
+        if L == 0:
+            return x
+        # Every step's (t, a_from, a_to) and the active items' indices go to the device once,
+        # without waiting for it: a tensor built from a list per step would block the host until
+        # the GPU has drained its queue, so kernel launches could never run ahead of the GPU.
+        table = torch.zeros((L, B, 3), dtype=torch.float32)
+        for b, p in enumerate(paths):
+            if p:
+                table[L - len(p):, b] = torch.tensor(p, dtype=torch.float32)
+        table = table.to(x.device, non_blocking=True)
+        index: dict = {}
         for i in range(L):
-            idx = [b for b, p in enumerate(paths) if i >= L - len(p)]
-            steps = [paths[b][i - (L - len(paths[b]))] for b in idx]
-            t = torch.tensor([s[0] for s in steps], device=x.device, dtype=torch.float32)
-            a_from = torch.tensor([s[1] for s in steps], device=x.device, dtype=torch.float32).view(-1, 1, 1, 1)
-            a_to = torch.tensor([s[2] for s in steps], device=x.device, dtype=torch.float32).view(-1, 1, 1, 1)
-            xb = x[idx]
-            e = self._eps(xb, t, prompt, guidance)
-            x[idx] = self._ddim_update(xb, e, a_from, a_to)
+            idx = tuple(b for b, p in enumerate(paths) if i >= L - len(p))
+            rows = table[i]
+            if len(idx) < B:
+                if idx not in index:
+                    index[idx] = torch.tensor(idx, dtype=torch.long).to(x.device, non_blocking=True)
+                rows = rows.index_select(0, index[idx])
+            t, a_from, a_to = rows[:, 0], rows[:, 1].view(-1, 1, 1, 1), rows[:, 2].view(-1, 1, 1, 1)
+            if len(idx) == B:
+                x = self._ddim_update(x, self._eps(x, t, prompt, guidance), a_from, a_to)
+            else:
+                xb = x.index_select(0, index[idx])
+                x = x.index_copy(0, index[idx], self._ddim_update(xb, self._eps(xb, t, prompt, guidance),
+                                                                   a_from, a_to))
         return x
 
     def invert(self, x: torch.Tensor, j0: int, j1: int, prompt: str, guidance: float
@@ -422,7 +440,13 @@ class GenerativeCodec:
         for shape, members in groups.items():
             for start in range(0, len(members), cfg.batch_size):
                 batch = members[start:start + cfg.batch_size]
-                for i, enc in zip(batch, self._encode_batch([loaded[i] for i in batch], [names[i] for i in batch])):
+                try:
+                    encs = self._encode_batch([loaded[i] for i in batch], [names[i] for i in batch])
+                except ValueError as exc:  # the model refuses this size (analytic: sides multiples of 64)
+                    encs = [Failed(str(exc), names[i]) for i in batch]
+                    self.stats["failures"] += len(batch)
+                    log.debug("%s", exc)
+                for i, enc in zip(batch, encs):
                     results[i] = enc
         return results  # type: ignore[return-value]
 

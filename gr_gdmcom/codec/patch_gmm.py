@@ -54,7 +54,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -70,11 +70,12 @@ DEFAULT_SHIFTS = 4
 
 # Held out from fitting: the demo's astronaut and two more colour photographs.
 HELD_OUT = ("astronaut", "coffee", "chelsea")
-# Fitted on: every other photograph-like image bundled with scikit-image and matplotlib
-# (what is on disk offline; diagrams, text and binary images are left out).
+# Fitted on: every other photograph-like image bundled with scikit-image, matplotlib and
+# scikit-learn (what is on disk offline; diagrams, text and binary images are left out).
 TRAIN_SKIMAGE = ("rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg", "retina.jpg", "ihc.png",
                  "camera.png", "brick.png", "grass.png", "gravel.png", "moon.png", "coins.png", "color.png")
 TRAIN_MATPLOTLIB = ("grace_hopper.jpg",)
+TRAIN_SKLEARN = ("china.jpg", "flower.jpg")
 
 
 def is_patch_gmm(model: str) -> bool:
@@ -296,7 +297,8 @@ def patch_gmm_components(model: str = PATCH_GMM_NAME, device: str = "auto", dtyp
 # --------------------------------------------------------------------------- training data
 def bundled_image(name: str) -> np.ndarray:
     """A bundled image as uint8 (H, W, 3): ``astronaut`` is the project's own 256 x 256
-    copy (gr_gdmcom/data); other names are files of scikit-image's or matplotlib's data folders."""
+    copy (gr_gdmcom/data); other names are files of scikit-image's, matplotlib's or
+    scikit-learn's data folders."""
     from PIL import Image
 
     own = Path(__file__).resolve().parent.parent / "data" / f"{name}.png"
@@ -320,12 +322,17 @@ def _find_bundled(name: str) -> Path:
         folders.append(Path(matplotlib.get_data_path()) / "sample_data")
     except ImportError:
         pass
+    try:
+        import sklearn
+        folders.append(Path(sklearn.__file__).parent / "datasets" / "images")
+    except ImportError:
+        pass
     for f in folders:
         for cand in ([f / name] if "." in name else sorted(f.glob(name + ".*"))):
             if cand.is_file():
                 return cand
     raise FileNotFoundError(f"bundled image {name!r} not found in {', '.join(map(str, folders)) or 'no folder'} "
-                            "(scikit-image and matplotlib provide them: pip install .[fit])")
+                            "(scikit-image, matplotlib and scikit-learn provide them: pip install .[fit])")
 
 
 def _to_float(img: np.ndarray) -> np.ndarray:
@@ -347,47 +354,72 @@ def _blocks_np(img: np.ndarray, oy: int = 0, ox: int = 0) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- fitting
+def _views(images: Sequence[np.ndarray], augment: int) -> List[np.ndarray]:
+    """Every image at full and half resolution, each under the first ``augment`` of the 8
+    symmetries of the square (1: as is; 2: + its mirror image; 4: + both turned 90 degrees;
+    8: + turned 180 and 270 degrees)."""
+    out = []
+    for im in images:
+        for s in (_to_float(im), _half(_to_float(im))):
+            for d in range(augment):
+                v = np.rot90(s, k=d // 2) if d // 2 else s
+                out.append(np.ascontiguousarray(v[:, ::-1] if d % 2 else v))
+    return out
+
+
+def _grids(views: Sequence[np.ndarray]):
+    """The 8 x 8 blocks of every view on the grid and on the grid shifted by 4 pixels each way."""
+    for s in views:
+        for oy in (0, 4):
+            for ox in (0, 4):
+                yield _blocks_np(s, oy, ox)
+
+
 def fit(images: Sequence[np.ndarray], K: int = 32, rank: int = 64, tile: Tuple[int, int] = (4, 4),
         channels: int = 4, n_patches: int = 40000, seed: int = 0, max_iter: int = 100, radius: int = 1,
-        log=print) -> PatchGMMParams:
+        augment: int = 1, log=print) -> PatchGMMParams:
     """Fit the VAE basis and the tile mixture to ``images`` (uint8 (H, W, 3) each).
 
-    Data: every image at full and half resolution, 8 x 8 blocks on the grid
+    Data: every image at full and half resolution (and ``augment`` flips/rotations of
+    each, see :func:`_views`), 8 x 8 blocks on the grid
     and on the grid shifted by 4 pixels each way.  ``radius``: the decoder reads
-    ``(2 radius + 1)^2`` latent positions per block (0: the transpose of the PCA).  Deterministic for a seed
-    (numpy's seeded generator, scikit-learn's ``random_state``, one BLAS thread).
+    ``(2 radius + 1)^2`` latent positions per block (0: the transpose of the PCA).
+    Deterministic for a seed (numpy's seeded generator, scikit-learn's ``random_state``, one BLAS thread).
     """
     from sklearn.mixture import GaussianMixture as SkGMM
     from threadpoolctl import threadpool_limits
 
     rng = np.random.default_rng(seed)
     with threadpool_limits(1):
-        scales = [s for im in images for s in (_to_float(im), _half(_to_float(im)))]
-        grids = [_blocks_np(s, oy, ox) for s in scales for oy in (0, 4) for ox in (0, 4)]
-        # 1. the "VAE": principal components of 8 x 8 RGB blocks
-        allb = np.concatenate([g.reshape(-1, g.shape[-1]) for g in grids])
-        mean = allb.mean(0)
-        cov = np.cov((allb - mean).T)
+        views = _views(images, augment)
+        # 1. the "VAE": principal components of 8 x 8 RGB blocks (moments accumulated per grid)
+        n, s1, s2 = 0, np.zeros(3 * PATCH * PATCH), np.zeros((3 * PATCH * PATCH,) * 2)
+        for g in _grids(views):
+            b = g.reshape(-1, g.shape[-1])
+            n, s1, s2 = n + b.shape[0], s1 + b.sum(0), s2 + b.T @ b
+        mean = s1 / n
+        cov = (s2 - n * np.outer(mean, mean)) / (n - 1)
         evals, evecs = np.linalg.eigh(cov)
         basis = evecs[:, ::-1][:, :channels].T.copy()  # (C, 192), largest first
         basis *= np.sign(basis[np.arange(channels), np.abs(basis).argmax(1)])[:, None]  # fixed sign
         kept = evals[::-1][:channels].sum() / evals.sum()
-        log(f"PCA: {allb.shape[0]} blocks; {channels} components keep {100 * kept:.2f}% of the block variance")
+        log(f"PCA: {n} blocks; {channels} components keep {100 * kept:.2f}% of the block variance")
         # 2. latent maps and their scaling factor
-        lat = [np.einsum("hwp,cp->chw", g - mean, basis) for g in grids]
+        lat = [np.einsum("hwp,cp->chw", g - mean, basis) for g in _grids(views)]
         scale = 1.0 / float(np.sqrt(np.mean(np.concatenate([z.reshape(-1) for z in lat]) ** 2)))
         # 3. the decoder: least squares from each block's latent neighbourhood to its pixels
-        decoder = _fit_decoder(lat, grids, mean, radius)
+        decoder = _fit_decoder(lat, _grids(views), mean, radius)
         # 4. all tiles at every latent position, then a seeded subset
         th, tw = tile
-        tiles = []
-        for z in lat:
+        counts = np.array([max(z.shape[1] - th + 1, 0) * max(z.shape[2] - tw + 1, 0) for z in lat])
+        pick = np.sort(rng.choice(counts.sum(), size=min(n_patches, counts.sum()), replace=False))
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        data = []
+        for z, a, b in zip(lat, starts[:-1], starts[1:]):  # the picked tiles, in order, grid by grid
             v = np.lib.stride_tricks.sliding_window_view(z * scale, (th, tw), axis=(1, 2))  # (C, h', w', th, tw)
-            tiles.append(v.transpose(1, 2, 0, 3, 4).reshape(-1, channels * th * tw))
-        tiles = np.concatenate(tiles)
-        pick = rng.choice(tiles.shape[0], size=min(n_patches, tiles.shape[0]), replace=False)
-        data = tiles[np.sort(pick)]
-        log(f"GMM: {data.shape[0]} of {tiles.shape[0]} tiles, D={data.shape[1]}, K={K}")
+            data.append(v.transpose(1, 2, 0, 3, 4).reshape(-1, channels * th * tw)[pick[(pick >= a) & (pick < b)] - a])
+        data = np.concatenate(data)
+        log(f"GMM: {data.shape[0]} of {counts.sum()} tiles, D={data.shape[1]}, K={K}")
         # 5. EM with full covariances
         gm = SkGMM(n_components=K, covariance_type="full", reg_covar=1e-4, max_iter=max_iter,
                    random_state=int(seed), init_params="kmeans").fit(data)
@@ -408,7 +440,7 @@ def _neighbourhoods(z: np.ndarray, radius: int) -> np.ndarray:
     return v.transpose(1, 2, 0, 3, 4).reshape(h * w, C * k * k)
 
 
-def _fit_decoder(lat: Sequence[np.ndarray], grids: Sequence[np.ndarray], mean: np.ndarray, radius: int,
+def _fit_decoder(lat: Sequence[np.ndarray], grids: Iterable[np.ndarray], mean: np.ndarray, radius: int,
                  ridge: float = 1e-3) -> np.ndarray:
     """Least-squares (ridge) linear decoder (192, C, 2R+1, 2R+1) from latent neighbourhoods to blocks."""
     C = lat[0].shape[0]
@@ -439,13 +471,14 @@ def _lowrank(covs: np.ndarray, rank: int) -> Tuple[np.ndarray, np.ndarray]:
     return U, d
 
 
-def provenance(args, train: Sequence[str], params: PatchGMMParams) -> dict:
+def provenance(args, argv: Sequence[str], train: Sequence[str], params: PatchGMMParams) -> dict:
     import sklearn
 
     return dict(
-        model=PATCH_GMM_NAME, command="python -m gr_gdmcom.codec.patch_gmm fit " + " ".join(sys.argv[2:]),
+        model=PATCH_GMM_NAME, command=" ".join(["python -m gr_gdmcom.codec.patch_gmm", *argv]),
         train_images=list(train), held_out=list(HELD_OUT), K=int(args.K), rank=int(args.rank),
-        tile=list(params.tile), radius=int(args.radius), n_patches=int(args.patches), seed=int(args.seed), max_iter=int(args.max_iter),
+        tile=list(params.tile), radius=int(args.radius), augment=int(args.augment),
+        n_patches=int(args.patches), seed=int(args.seed), max_iter=int(args.max_iter),
         scale=params.scale,
         versions=dict(python=platform.python_version(), numpy=np.__version__, sklearn=sklearn.__version__,
                       torch=torch.__version__),
@@ -465,23 +498,27 @@ def main(argv: Optional[List[str]] = None) -> int:
     f.add_argument("--patches", type=int, default=40000, help="training tiles drawn (seeded)")
     f.add_argument("--max-iter", type=int, default=100, help="EM iterations at most")
     f.add_argument("--radius", type=int, default=1, help="decoder neighbourhood radius in latent positions")
+    f.add_argument("--augment", type=int, default=4, choices=(1, 2, 4, 8),
+                   help="flips/rotations of each image fitted (1: as is, 8: all eight)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--images", nargs="+", default=None,
-                   help="training images (bundled names); default: the photographs of scikit-image and "
-                        "matplotlib minus the held-out set")
+                   help="training images (bundled names); default: the photographs of scikit-image, "
+                        "matplotlib and scikit-learn minus the held-out set")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)
-    train = list(args.images) if args.images else list(TRAIN_SKIMAGE + TRAIN_MATPLOTLIB)
+    train = list(args.images) if args.images else list(TRAIN_SKIMAGE + TRAIN_MATPLOTLIB + TRAIN_SKLEARN)
     bad = [n for n in train if Path(n).stem in HELD_OUT]
     if bad:
         print(f"error: {', '.join(bad)} is held out for testing and must not be fitted", file=sys.stderr)
         return 2
     imgs = [bundled_image(n) for n in train]
     params = fit(imgs, K=args.K, rank=args.rank, tile=(args.tile, args.tile), n_patches=args.patches,
-                 seed=args.seed, max_iter=args.max_iter, radius=args.radius)
+                 seed=args.seed, max_iter=args.max_iter, radius=args.radius,
+                 augment=args.augment)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     params.save(out / PARAMS_FILE)
-    (out / PROVENANCE_FILE).write_text(json.dumps(provenance(args, train, params), indent=2) + "\n")
+    (out / PROVENANCE_FILE).write_text(json.dumps(provenance(args, argv, train, params), indent=2) + "\n")
     print(f"wrote {out / PARAMS_FILE} ({(out / PARAMS_FILE).stat().st_size / 1e6:.2f} MB) and {PROVENANCE_FILE}")
     return 0
 

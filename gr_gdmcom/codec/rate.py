@@ -20,7 +20,10 @@ sides:
 - ``pool``: per-channel block sums over ``ph x pw`` blocks divided by the
   square root of the block's size (``r = 2, 4, 8, 16``: blocks 1x2, 2x2, 2x4,
   4x4; blocks at the bottom/right edge of a latent whose sides are not multiples
-  are smaller) -- average pooling scaled to keep white noise white.
+  are smaller) -- average pooling scaled to keep white noise white;
+- ``dct``: per-channel truncation of the orthonormal 2-D DCT-II (``scipy.fft.dctn``
+  with ``norm="ortho"``): the ``h w // r`` lowest-frequency coefficients of each
+  channel (ordered by the normalised radial frequency ``(i/h)^2 + (j/w)^2``), any ``r``.
 
 Because the rows are orthonormal, ``A z_k = sqrt(a_k) A z_0 + sqrt(1-a_k) A eps``
 with ``A eps`` white: the received ``y`` is a latent at the same noise level as
@@ -34,6 +37,7 @@ DDIM steps to the clean end (:func:`impose`).
 
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 from dataclasses import dataclass
@@ -43,7 +47,7 @@ import numpy as np
 import torch
 
 #: how a reduced latent is formed (``CodecConfig.reduce_method``)
-from ..config import REDUCE_METHODS  # noqa: E402  (subset, pool)
+from ..config import REDUCE_METHODS  # noqa: E402  (subset, pool, dct)
 #: pooling block (ph, pw) per reduction factor
 POOL_BLOCKS = {2: (1, 2), 4: (2, 2), 8: (2, 4), 16: (4, 4)}
 #: seeds the subset pattern (fixed: both sides derive it from the latent shape alone)
@@ -59,7 +63,7 @@ class Reduction:
     """The map ``A`` for one latent shape.
 
     Attributes:
-        method: ``full``, ``subset`` or ``pool``.
+        method: ``full``, ``subset``, ``pool`` or ``dct``.
         factor: the reduction factor ``r`` (1 for ``full``).
         shape: (C, h, w) of the whole latent.
     """
@@ -81,11 +85,14 @@ class Reduction:
         if method == "pool":
             if factor not in POOL_BLOCKS:
                 raise RateError(f"pool reduces by {', '.join(map(str, POOL_BLOCKS))}, got {factor}")
+        elif method == "dct":
+            if shape[1] * shape[2] // factor < 1:
+                raise RateError(f"dct reduce={factor} keeps no coefficient of a {shape[1]}x{shape[2]} latent channel")
         elif int(np.prod(shape)) // factor < 2:
             raise RateError(f"reduce={factor} leaves fewer than 2 of the latent's {int(np.prod(shape))} values")
         red = Reduction(method, factor, shape)
         if red.n_values % 2:
-            raise RateError(f"pool reduce={factor} of latent {list(shape)} leaves an odd number of values "
+            raise RateError(f"{method} reduce={factor} of latent {list(shape)} leaves an odd number of values "
                             f"({red.n_values}); complex symbols carry pairs")
         return red
 
@@ -96,6 +103,8 @@ class Reduction:
         if self.method == "pool":
             ph, pw = POOL_BLOCKS[self.factor]
             return c * -(-h // ph) * -(-w // pw)
+        if self.method == "dct":
+            return c * (h * w // self.factor)
         n = c * h * w
         return n if self.method == "full" else 2 * (n // (2 * self.factor))
 
@@ -104,6 +113,12 @@ class Reduction:
         rng = np.random.default_rng([SUBSET_SEED, *self.shape, self.factor])
         return np.sort(rng.permutation(n)[: self.n_values])
 
+    def _dct_kept(self) -> np.ndarray:
+        """Flat (h*w) indices of the DCT coefficients kept in each channel, lowest frequency first."""
+        h, w = self.shape[1:]
+        i, j = np.meshgrid(np.arange(h) / h, np.arange(w) / w, indexing="ij")
+        return np.argsort((i * i + j * j).ravel(), kind="stable")[: h * w // self.factor]
+
     def apply(self, z: torch.Tensor) -> torch.Tensor:
         """``A z``: (B, C, h, w) -> (B, n_values)."""
         B = z.shape[0]
@@ -111,6 +126,10 @@ class Reduction:
             return z.reshape(B, -1)
         if self.method == "subset":
             return z.reshape(B, -1)[:, torch.from_numpy(self._subset()).to(z.device)]
+        if self.method == "dct":
+            dh, dw = (_dct_matrix(n).to(z.device, z.dtype) for n in self.shape[1:])
+            coef = (dh @ z @ dw.T).reshape(B, self.shape[0], -1)  # dctn(z, axes=(-2, -1), norm="ortho")
+            return coef[:, :, torch.from_numpy(self._dct_kept()).to(z.device)].reshape(B, -1)
         sums, counts = self._block_sums(z), self._counts(z)
         return (sums / counts.sqrt()).reshape(B, -1)
 
@@ -137,10 +156,23 @@ class Reduction:
             out = torch.zeros(B, c * h * w, dtype=y.dtype, device=y.device)
             out[:, torch.from_numpy(self._subset()).to(y.device)] = y
             return out.reshape(B, c, h, w)
+        if self.method == "dct":
+            coef = torch.zeros(B, c, h * w, dtype=y.dtype, device=y.device)
+            coef[:, :, torch.from_numpy(self._dct_kept()).to(y.device)] = y.reshape(B, c, -1)
+            dh, dw = (_dct_matrix(n).to(y.device, y.dtype) for n in (h, w))
+            return dh.T @ coef.reshape(B, c, h, w) @ dw  # idctn of the zero-filled coefficients
         ph, pw = POOL_BLOCKS[self.factor]
         counts = self._counts(y)
         small = y.reshape(B, c, *counts.shape[2:]) / counts.sqrt()
         return small.repeat_interleave(ph, dim=2).repeat_interleave(pw, dim=3)[:, :, :h, :w]
+
+
+@functools.lru_cache(maxsize=32)
+def _dct_matrix(n: int) -> torch.Tensor:
+    """The orthonormal DCT-II matrix ``D`` (n, n), float64: ``D @ x == scipy.fft.dct(x, norm="ortho")``."""
+    from scipy.fft import dct
+
+    return torch.from_numpy(dct(np.eye(n), norm="ortho", axis=0))
 
 
 def channel_means(z: np.ndarray) -> np.ndarray:

@@ -62,7 +62,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..codec import Failed, GenerativeCodec, LatentMeta, latent_from_symbols, symbols_from_latent
-from ..config import CodecConfig
+from ..config import CodecConfig, bcr_text
 from ..sim import channel_rng, snr_tag
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,8 @@ class Method:
     name = "method"
     #: True when the method needs the diffusion model
     needs_model = True
+    #: True when the method can send fewer symbols than the whole latent (``--bcr`` below 1/96)
+    reducible = False
 
     def __init__(self, ctx: "Context", **params):
         self.ctx = ctx
@@ -135,6 +137,10 @@ class Method:
 
     def fidelity(self) -> str:
         return ""
+
+    def reduction(self) -> int:
+        """The reduction factor r of the symbols sent (nominal BCR 1/(96 r); 1: the whole latent)."""
+        return 1
 
     def transmit(self, images: Sequence[np.ndarray], names: Sequence[str]) -> List[Union[Tx, Failed]]:
         raise NotImplementedError
@@ -249,6 +255,19 @@ def latent_symbols(height: int, width: int, channels: int = 4) -> int:
     return channels * math.ceil(height / 8) * math.ceil(width / 8) // 2
 
 
+def bcr_suffix(reduce: int, method: str = "") -> str:
+    """The part of a setting label that names a reduced BCR: ``,bcr=1/384`` (``:pool`` for a
+    latent method's reduction); empty for the whole latent, so full-BCR labels are the paper's."""
+    if reduce <= 1:
+        return ""
+    return f",bcr={bcr_text(reduce)}" + (f":{method}" if method else "")
+
+
+def reduce_key(config: CodecConfig) -> tuple:
+    """What a latent transmitter's output depends on beyond k: the reduction (codec/rate.py)."""
+    return (config.reduce, config.reduce_method, config.remove_mean) if config.reduce > 1 else ()
+
+
 def _received(tx: Tx, snr_db: float, seed: int) -> np.ndarray:
     """Equalised received symbols: AWGN at Es/N0 = ``snr_db`` (:func:`gr_gdmcom.phy.awgn`)."""
     from ..phy import awgn
@@ -262,20 +281,24 @@ class Proposed(Method):
 
     name = "proposed"
     forward = "ddim"
+    reducible = True
 
     def __init__(self, ctx: Context, **params):
         super().__init__(ctx, **params)
-        over = {k: v for k, v in params.items() if k in ("k", "m", "steps", "rescale")}
+        over = {k: v for k, v in params.items() if k in ("k", "m", "steps", "rescale", "reduce")}
         self.config = ctx.config.replace(forward=self.forward, **over).validate()
         self.grid_setting = "steps" in params
 
     def setting_label(self) -> str:
         c = self.config
         n = f"N{c.steps}" if c.steps is not None else c.rule
-        return f"k{c.k},m{c.m},{n},{'rescale' if c.rescale else 'norescale'}"
+        return f"k{c.k},m{c.m},{n},{'rescale' if c.rescale else 'norescale'}" + bcr_suffix(c.reduce, c.reduce_method)
 
     def transmit_key(self) -> tuple:
-        return ("codec", self.config.forward, self.config.k)
+        return ("codec", self.config.forward, self.config.k) + reduce_key(self.config)
+
+    def reduction(self) -> int:
+        return self.config.reduce
 
     def fidelity(self) -> str:
         note = "paper's method (gr_gdmcom.codec)"
@@ -341,7 +364,7 @@ class ProposedVariant(Proposed):
 
     def transmit_key(self) -> tuple:
         c = self.config
-        return ("codec", c.forward, c.k, c.inversion, c.inversion_iters, c.clean_end)
+        return ("codec", c.forward, c.k, c.inversion, c.inversion_iters, c.clean_end) + reduce_key(c)
 
     def fidelity(self) -> str:
         return f"{super().fidelity()}; beyond the paper: {self.what}"
@@ -415,7 +438,7 @@ class ProposedCaption(Proposed):
         return f"{super().setting_label()},caption={_caption_label(self.ctx)}"
 
     def transmit_key(self) -> tuple:
-        return ("codec-caption", self.config.forward, self.config.k, _caption_label(self.ctx))
+        return ("codec-caption", self.config.forward, self.config.k, _caption_label(self.ctx)) + reduce_key(self.config)
 
     def fidelity(self, caption_source: str = "") -> str:
         src = caption_source or ("captions file" if self.ctx.captions else "fixed prompt")
@@ -618,24 +641,50 @@ def digital_unavailable(codec: str = "hevc") -> str:
 
 
 class Digital(Method):
-    """HEVC-intra + 5G LDPC + QAM at the proposed method's channel-use budget for the same image."""
+    """HEVC-intra + 5G LDPC + QAM at the proposed method's channel-use budget for the same image
+    (at a reduced BCR, ``reduce`` param: the proposed method's symbol count for that reduction;
+    the chain's rate adaptation picks the source quality that fits)."""
 
     name = "digital"
     needs_model = False
+    reducible = True
+
+    def __init__(self, ctx: Context, **params):
+        super().__init__(ctx, **params)
+        self.reduce = int(params.get("reduce", ctx.config.reduce))
 
     def setting_label(self) -> str:
-        return f"{self.ctx.digital_codec},{self.ctx.digital_mcs}"
+        return f"{self.ctx.digital_codec},{self.ctx.digital_mcs}" + bcr_suffix(self.reduce)
 
     def transmit_key(self) -> tuple:
-        return ("digital", self.ctx.latent_channels())
+        return ("digital", self.ctx.latent_channels(), self.reduce)
+
+    def reduction(self) -> int:
+        return self.reduce
 
     def fidelity(self) -> str:
         return "digital chain (gr_gdmcom.eval.digital)"
 
-    def transmit(self, images, names):
+    def budget(self, height: int, width: int) -> int:
+        """Complex channel uses for an H x W image: the proposed method's at this reduction."""
         ch = self.ctx.latent_channels()
-        return [Tx(name=n, image=img, n_symbols=latent_symbols(img.shape[0], img.shape[1], ch))
-                for img, n in zip(images, names)]
+        if self.reduce <= 1:
+            return latent_symbols(height, width, ch)
+        from ..codec.rate import Reduction
+
+        shape = (ch, math.ceil(height / 8), math.ceil(width / 8))
+        return Reduction.make(self.ctx.config.reduce_method, self.reduce, shape).n_values // 2
+
+    def transmit(self, images, names):
+        from ..codec.rate import RateError
+
+        out: List[Union[Tx, Failed]] = []
+        for img, n in zip(images, names):
+            try:
+                out.append(Tx(name=n, image=img, n_symbols=self.budget(img.shape[0], img.shape[1])))
+            except RateError as exc:  # too small an image for the reduction: as the proposed method fails
+                out.append(Failed(f"{n}: {exc}", n))
+        return out
 
     def receive(self, txs, snr_db):
         from . import digital
@@ -716,15 +765,23 @@ def parse_grid(specs: Sequence[str]) -> List[Tuple[int, int, int]]:
     return out
 
 
-def build_methods(names: Sequence[str], ctx: Context,
-                  grid: Optional[Sequence[Tuple[int, int, int]]] = None) -> List[Method]:
+def build_methods(names: Sequence[str], ctx: Context, grid: Optional[Sequence[Tuple[int, int, int]]] = None,
+                  reductions: Sequence[int] = ()) -> List[Method]:
     """Instantiate the methods; ``grid`` replaces the proposed method's single setting
-    by one setting per (k, m, N), N fixed and no rescaling (the paper's Table II)."""
+    by one setting per (k, m, N), N fixed and no rescaling (the paper's Table II).
+    ``reductions`` (factors r, BCR 1/(96 r); default the configuration's ``reduce``): one
+    setting per factor for the methods that can reduce; the others (sd_semcom) run at the
+    whole latent only, where 1 is among the factors."""
     out: List[Method] = []
-    for n in names:
-        if n == "proposed" and grid:
-            for k, m, steps in grid:
-                out.append(Proposed(ctx, k=k, m=m, steps=steps, rescale=False))
-        else:
-            out.append(METHODS[n](ctx))
+    factors = list(dict.fromkeys(int(r) for r in reductions)) or [ctx.config.reduce]
+    for r in factors:
+        for n in names:
+            if r > 1 and not METHODS[n].reducible:
+                continue
+            extra = dict(reduce=r) if METHODS[n].reducible else {}
+            if n == "proposed" and grid:
+                for k, m, steps in grid:
+                    out.append(Proposed(ctx, k=k, m=m, steps=steps, rescale=False, **extra))
+            else:
+                out.append(METHODS[n](ctx, **extra))
     return out

@@ -102,7 +102,7 @@ def register(sub) -> None:
     s.add_argument("--grid-images", type=int, default=3, help="images in the per-SNR figure [default=%(default)r]")
     s.add_argument("--no-plots", dest="plots", action="store_false", help="skip the figures")
     s.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    add_codec_args(s)
+    add_codec_args(s, many_bcr=True)
     s.set_defaults(func=cmd_sweep)
 
 
@@ -117,11 +117,16 @@ def cmd_sweep(args) -> int:
         torch.set_num_threads(max(1, args.threads))
     try:
         cfg = codec_config_from_args(args)
+        reductions = list(args.bcr or ())
+        if reductions and cfg.reduce != 1:
+            raise ValueError(f"--bcr and --reduce {cfg.reduce} disagree; give one of them")
+        for r in reductions:
+            cfg.replace(reduce=r).validate()  # e.g. pool takes 2, 4, 8, 16 only
         grid = parse_grid(args.grid)
         for k, m, n in grid:
             cfg.replace(k=k, m=m, steps=n).validate()
         opts = SweepOptions(images=args.images, out=args.out, snrs=args.snr, methods=args.methods, config=cfg,
-                            grid=grid, captions=args.captions, semcom_t=args.semcom_t,
+                            grid=grid, reductions=reductions, captions=args.captions, semcom_t=args.semcom_t,
                             digital_codec=args.digital_codec, digital_mcs=args.digital_mcs, jobs=args.jobs,
                             calibration=args.calibration, metrics=args.metrics,
                             plots=args.plots, grid_images=args.grid_images, progress=args.progress,

@@ -11,15 +11,18 @@ import csv
 import io
 import math
 import os
+import re
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..config import FULL_BCR
+
 #: rows.csv columns, in order.  Empty cell = not applicable or not available (never 0 in its place).
 ROW_FIELDS = [
     "image", "file", "width", "height", "snr_db", "method", "setting", "channel", "snr_est_db",
-    "n_steps", "rule", "symbols", "bcr", "psnr", "ms_ssim", "ms_ssim_scales", "lpips", "dists", "pieapp",
+    "n_steps", "rule", "symbols", "bcr", "bcr_nominal", "psnr", "ms_ssim", "ms_ssim_scales", "lpips", "dists", "pieapp",
     "decode_success", "seconds", "tx_seconds", "rx_seconds", "unet_calls", "detail", "fidelity", "error",
     "output",
 ]
@@ -502,6 +505,104 @@ def plot_metrics(summary: Sequence[dict], out_dir: Path) -> List[Path]:
         ax.legend(fontsize=7)
         fig.tight_layout()
         written += _save_figure(fig, out_dir / f"{m}_vs_snr")
+    return written
+
+
+#: the part of a setting label naming a reduced BCR (``eval.baselines.bcr_suffix``): ``,bcr=1/384[:pool]``
+BCR_IN_SETTING = re.compile(r",bcr=1/(\d+)(?::(\w+))?")
+
+
+def split_bcr(setting: str) -> Tuple[str, int, str]:
+    """``(setting without its BCR part, BCR denominator, reduce method)``; a setting without
+    one is the whole latent: ``(setting, 96, "")``."""
+    m = BCR_IN_SETTING.search(setting)
+    if not m:
+        return setting, FULL_BCR.denominator, ""
+    return setting[:m.start()] + setting[m.end():], int(m.group(1)), m.group(2) or ""
+
+
+def bcr_lines(summary: Sequence[dict]) -> Dict[Tuple[str, str, str], Dict[Tuple[int, float], dict]]:
+    """Summary rows as lines over BCR: ``{(method, setting without BCR, reduce method):
+    {(BCR denominator, SNR): summary row}}``; a method's whole-latent rows start each of its
+    reduced lines (and make a line of their own only where it has none)."""
+    lines: Dict[Tuple[str, str, str], Dict[Tuple[int, float], dict]] = {}
+    for s in summary:
+        fam, den, how = split_bcr(s["setting"])
+        lines.setdefault((s["method"], fam, how), {})[(den, s["snr_db"])] = s
+    for key in [k for k in lines if k[2] == ""]:
+        reduced = [k for k in lines if k[:2] == key[:2] and k[2]]
+        for k in reduced:
+            lines[k] = {**lines[key], **lines[k]}
+        if reduced:
+            del lines[key]
+    return lines
+
+
+def bcr_panels(snrs: Sequence[float], dens: Sequence[int], ylabel: str, draw: Callable, legend_size: int = 7):
+    """A figure with one panel per SNR, BCR (``1/den``, log scale) on x: ``draw(ax, snr)`` draws
+    each panel's lines; axes, titles and the legend (first panel) are set here."""
+    plt = _plt()
+    cols = min(len(snrs), 3)
+    rows = -(-len(snrs) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False, sharey=True)
+    for ax, snr in zip(axes.flat, snrs):
+        draw(ax, snr)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([1.0 / d for d in dens], [f"1/{d}" for d in dens])
+        ax.minorticks_off()
+        ax.set_title(f"SNR {snr:g} dB", fontsize=9)
+        ax.set_xlabel("BCR (channel uses / source values)")
+        ax.grid(True, alpha=0.3)
+    for ax in list(axes.flat)[len(snrs):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel)
+    axes.flat[0].legend(fontsize=legend_size)
+    fig.tight_layout()
+    return fig
+
+
+def plot_metrics_vs_bcr(summary: Sequence[dict], out_dir: Path) -> List[Path]:
+    """``<metric>_vs_bcr.{png,pdf}``: each metric against the nominal BCR (log scale), one panel
+    per SNR, one line per method (and setting, and reduction method); error bars as in
+    :func:`plot_metrics`.  Nothing when the summary holds a single BCR."""
+    lines = bcr_lines(summary)
+    dens = sorted({den for pts in lines.values() for den, _ in pts})
+    if len(dens) < 2:
+        return []
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    snrs = sorted({s["snr_db"] for s in summary})
+    fams: Dict[str, set] = {}
+    for method, fam, _ in lines:
+        fams.setdefault(method, set()).add(fam)
+    names = {k: k[0] + (f" {k[2]}" if k[2] else "") + (f" ({k[1]})" if len(fams[k[0]]) > 1 else "") for k in lines}
+    written = []
+    for m in ROW_METRICS + SET_METRICS:
+        label = METRIC_INFO[m]
+        key = m if m in SET_METRICS else f"{m}_mean"
+        if not any(s.get(key) is not None for s in summary):
+            continue
+
+        def draw(ax, snr):
+            for k, pts in lines.items():
+                xs, ys, lo, hi = [], [], [], []
+                for den in dens:
+                    s = pts.get((den, snr))
+                    if s is None or s.get(key) is None or not math.isfinite(s[key]):
+                        continue
+                    bar = error_bar(s[key], s.get(f"{m}_ci95"), s.get(f"{m}_n"), m)
+                    xs.append(1.0 / den)
+                    ys.append(s[key])
+                    lo.append(bar[0] if bar else 0.0)
+                    hi.append(bar[1] if bar else 0.0)
+                if xs:
+                    ax.errorbar(xs, ys, yerr=[lo, hi] if any(lo) or any(hi) else None, marker="o", capsize=3,
+                                label=names[k])
+
+        fig = bcr_panels(snrs, dens, label[0] + (f" ({label[1]})" if label[1] else "") + (" ↑" if label[2] else " ↓"),
+                         draw)
+        written += _save_figure(fig, out_dir / f"{m}_vs_bcr")
     return written
 
 

@@ -10,6 +10,7 @@
     set_metrics.json cache of FID / KID per method x setting x SNR
     images/<method>/<setting>/<image>_snr<DB>.png   every reconstruction
     plots/<metric>_vs_snr.{png,pdf}, plots/grid_snr<DB>.{png,pdf}
+    plots/<metric>_vs_bcr.{png,pdf}  with --bcr (several): metric vs BCR, one panel per SNR
 
 It is **resumable**: rows already in ``rows.csv`` (key image x SNR x method x
 setting, without an error) are not recomputed, so an interrupted sweep goes on
@@ -39,10 +40,11 @@ import numpy as np
 
 from ..codec import Failed
 from ..codec.images import ImageError, load_rgb
-from ..config import CodecConfig
+from ..config import CodecConfig, bcr_text
 from . import learned as learned_mod
 from . import report
-from .baselines import Context, Method, Rx, Tx, build_methods, digital_unavailable, load_captions, parse_methods
+from .baselines import (METHODS, Context, Method, Rx, Tx, build_methods, digital_unavailable, load_captions,
+                        parse_methods)
 from .metrics import ms_ssim, psnr
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,8 @@ class SweepOptions:
     methods: Union[str, Sequence[str]] = DEFAULT_METHODS
     config: CodecConfig = field(default_factory=CodecConfig)
     grid: Sequence[Tuple[int, int, int]] = ()
+    #: reduction factors r, one setting each (nominal BCR 1/(96 r), ``--bcr``); empty: ``config.reduce``
+    reductions: Sequence[int] = ()
     captions: Optional[Union[str, Path]] = None
     semcom_t: Union[str, int] = "auto"
     digital_codec: str = "hevc"
@@ -274,7 +278,15 @@ def run_sweep(opts: SweepOptions, components=None) -> SweepResult:
     ctx = Context(config=cfg, components=components, captions=captions, semcom_t=opts.semcom_t,
                   digital_codec=opts.digital_codec, digital_mcs=opts.digital_mcs, jobs=max(1, int(opts.jobs)),
                   calibration=str(opts.calibration) if opts.calibration else None)
-    methods = build_methods(methods_names, ctx, list(opts.grid) or None)
+    methods = build_methods(methods_names, ctx, list(opts.grid) or None, opts.reductions)
+    factors = list(opts.reductions) or [cfg.reduce]
+    whole_only = [n for n in methods_names if not METHODS[n].reducible]
+    if whole_only and any(r > 1 for r in factors):
+        log.warning("%s send%s the whole latent: run at BCR %s only", ", ".join(whole_only),
+                    "s" if len(whole_only) == 1 else "", bcr_text(1) if 1 in factors else "1/96 (not asked for)")
+    if not methods:
+        raise SweepError(f"no method can run at BCR {', '.join(bcr_text(r) for r in factors)}: "
+                         f"{', '.join(methods_names)} send{'s' if len(methods_names) == 1 else ''} the whole latent")
     out.mkdir(parents=True, exist_ok=True)
     prev = _check_folder(out, cfg)
 
@@ -415,6 +427,7 @@ def _row(m: Method, label: str, name: str, file: str, ref: np.ndarray, snr: floa
                fidelity=m.fidelity())
     if isinstance(tx, Tx):
         row.update(symbols=tx.n_symbols, bcr=tx.n_symbols / (3 * h * w), tx_seconds=tx.seconds)
+    row["bcr_nominal"] = bcr_text(m.reduction())
     if isinstance(rx, Failed):
         row["error"] = rx.error
         return row
@@ -472,7 +485,9 @@ def _run_json(prev: dict, opts: SweepOptions, cfg: CodecConfig, ctx: Context, me
         argv=opts.argv if opts.argv is not None else sys.argv,
         fingerprint=_fingerprint(cfg),
         config=asdict(cfg),
-        sweep=dict(snrs=[float(s) for s in opts.snrs], methods=list(dict.fromkeys(m.name for m in methods)),
+        sweep=dict(snrs=[float(s) for s in opts.snrs],
+                   bcr=[bcr_text(r) for r in (list(opts.reductions) or [cfg.reduce])],
+                   reduce_method=cfg.reduce_method, methods=list(dict.fromkeys(m.name for m in methods)),
                    settings={f"{m.name}/{m.setting_label()}": m.fidelity() for m in methods},
                    grid=[list(g) for g in opts.grid], captions=str(opts.captions) if opts.captions else None,
                    captions_sha256=_sha256(opts.captions) if opts.captions else None,
@@ -596,6 +611,7 @@ def _report(out: Path, rows: List[dict], images: dict, opts: SweepOptions, cfg: 
         written["table2"] = out / "table2.md"
     if opts.plots and rows:
         figs = report.plot_metrics(summary, out / "plots")
+        figs += report.plot_metrics_vs_bcr(summary, out / "plots")
         figs += report.plot_image_grids(rows, images, out / "plots", out, opts.grid_images)
         for i, f in enumerate(figs):
             written[f"fig{i}"] = f

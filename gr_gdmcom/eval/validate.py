@@ -878,26 +878,32 @@ def _verdict(ok: bool, partly: bool = False) -> str:
     return "**holds**" if ok else ("**partly**" if partly else "**does not hold**")
 
 
+def timings(res: dict) -> str:
+    """The run's seconds per section, on the machine it ran on (the terminal's line; the report
+    leaves them out so that it is reproducible)."""
+    t, mach = res["times"], res["machine"]
+    names = dict(prop1="1", round_trip="2", sweep="3", guidance="3c", table2="4", calibrate="calibration",
+                 beyond="5")
+    parts = [f"{label}: {t[key]:.0f} s" for key, label in names.items() if key in t]
+    return (f"{t['total']:.0f} s on {mach['cpus']} CPU core(s) with {mach['torch_threads']} torch thread(s) "
+            f"(section {', '.join(parts)})")
+
+
 def render(res: dict, opts: ValidateOptions) -> str:
     """The markdown report."""
     a = analyse(res)
     o = res["options"]
     sw = res["sweep"]
     rows = sw["rows"]
-    t = res["times"]
     mach = res["machine"]
     p1 = res["prop1"]
     L: List[str] = []
     L.append("# Validation of the method with an analytic diffusion prior")
     L.append("")
     L.append(f"Regenerate with `{opts.command}` (this page is written by it; do not edit by hand). "
-             f"This run took **{t['total']:.0f} s** on {mach['cpus']} CPU core(s) with {mach['torch_threads']} "
-             f"torch thread(s) (section 1: {t['prop1']:.0f} s, 2: {t['round_trip']:.0f} s, 3: {t['sweep']:.0f} s, "
-             f"3c: {t.get('guidance', 0):.0f} s, 4: {t['table2']:.0f} s"
-             + (f", calibration: {t['calibrate']:.0f} s" if "calibrate" in t else "")
-             + (f", 5: {t['beyond']:.0f} s" if "beyond" in t else "")
-             + f"; {mach['unet_calls']} batched denoiser calls in sections 1–4); "
-             f"torch {mach['torch']}."
+             "The same command writes the same page, bit for bit: every number comes from the seed; the run's "
+             f"timings go to the terminal and `--json`. Sections 1–4 make {mach['unet_calls']} batched denoiser "
+             f"calls; torch {mach['torch']}."
              + (" **Quick run: fewer SNRs and samples; not the reference numbers.**" if o["quick"] else ""))
     L.append("")
     L.append("## The setting")

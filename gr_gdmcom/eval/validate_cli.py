@@ -11,6 +11,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from ..config import bcr_arg
+
 
 def _positive(v: str) -> int:
     try:
@@ -54,6 +56,14 @@ def register(sub) -> None:
     s.add_argument("--real-images", action="store_true",
                    help="instead: run held-out photographs through the patch-gmm prior and rewrite only the "
                         "real-images section of --out (PSNR / MS-SSIM per method and SNR)")
+    s.add_argument("--rate", action="store_true",
+                   help="instead: latent MSE against BCR (--bcr) and SNR for each reduction method, with each "
+                        "reduction's oracle floor; rewrites only the rate section of --out and writes its figure "
+                        "beside it (docs/rate.md)")
+    s.add_argument("--bcr", nargs="+", type=bcr_arg, default=None, metavar="1/N",
+                   help="with --rate: BCRs 1/(96 r) [default: 1/96 1/192 1/384 1/768]")
+    s.add_argument("--rate-samples", type=_positive, default=None,
+                   help="with --rate: latents per point [default: 16]")
     s.set_defaults(func=cmd_validate)
 
 
@@ -80,8 +90,8 @@ def _command(args) -> str:
 
 def cmd_validate(args) -> int:
     from ..codec.analytic import is_analytic
-    from . import validate_images
-    from .validate import ValidateOptions, analyse, run_validation
+    from . import validate_images, validate_rate
+    from .validate import ValidateOptions, analyse, run_validation, timings
 
     if args.real_images:
         import torch
@@ -97,12 +107,27 @@ def cmd_validate(args) -> int:
     if args.threads < 1:
         print("error: --threads must be >= 1", file=sys.stderr)
         return 2
+    if args.rate:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        res = validate_rate.measure(args.model, args.rate_samples or validate_rate.SAMPLES, args.seed,
+                                    args.snr or validate_rate.SNRS, args.bcr or validate_rate.REDUCTIONS,
+                                    progress=(lambda *_: None) if args.quiet else print)
+        files = validate_rate.write(res, Path(args.out))
+        print(f"wrote the rate section of {files['report']} and {files['figure']} in {res['seconds']:.1f} s")
+        t = validate_rate.target(res)
+        if t is not None:
+            print(f"BCR 1/192 at 10 dB, best ({t['best']['method']}): {t['best']['mse']:.4f}; whole latent at 7 dB: "
+                  f"{t['full']['mse']:.4f}: target {'met' if t['met'] else 'not met'}")
+        return 0
     opts = ValidateOptions(out=Path(args.out), samples=args.samples, prop1_samples=args.prop1_samples,
                            seed=args.seed, quick=args.quick, model=args.model, snrs=args.snr,
                            guidance=args.guidance, baseline_search=args.baseline_search,
                            command=_command(args), progress=not args.quiet, threads=args.threads,
                            json_out=Path(args.json) if args.json else None)
     kept = validate_images.kept_section(opts.out)
+    kept_rate = validate_images.kept_section(opts.out, validate_rate.BEGIN, validate_rate.END)
     try:
         res = run_validation(opts)
     except KeyboardInterrupt:
@@ -110,10 +135,11 @@ def cmd_validate(args) -> int:
         return 130
     if kept:  # the real-images section is written by --real-images; a full run keeps it
         validate_images.write_section(opts.out, kept)
+    if kept_rate:  # and the rate section, by --rate
+        validate_images.write_section(opts.out, kept_rate, validate_rate.BEGIN, validate_rate.END)
     a = analyse(res)
     rules = a["rules"]
-    print(f"wrote {opts.out}" + (f" and {opts.json_out}" if opts.json_out else "")
-          + f" in {res['times']['total']:.1f} s")
+    print(f"wrote {opts.out}" + (f" and {opts.json_out}" if opts.json_out else "") + f" in {timings(res)}")
     print(f"Proposition 1: max |rel. error| {100 * a['prop1_max_err']:.2f} %")
     print(f"snr rule within one step of the optimum at {rules['snr']['within_one']}/{len(res['sweep']['rows'])} "
           f"SNRs; best rule on average: {a['best_rule']}")

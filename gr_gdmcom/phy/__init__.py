@@ -2,7 +2,7 @@
 
 * :mod:`.snr` -- the one SNR definition (Es/N0, unit symbol energy);
 * :mod:`.channel` -- AWGN, block Rayleigh, CFO / delay / multipath emulation;
-* :mod:`.header` -- the 44-byte CRC-32 header and its rate-1/3 K=7 coding;
+* :mod:`.header` -- the 52-byte CRC-32 header and its rate-1/3 K=7 coding;
 * :mod:`.frame` -- :class:`FrameConfig`, preamble, pilots, scrambling, RRC;
 * :mod:`.tx` / :mod:`.rx` -- burst transmitter and streaming receiver;
 * :mod:`.reassembly` -- chunks back into images, with erasure masks.

@@ -12,7 +12,8 @@ A burst, in symbols (see ``docs/frame-format.md``)::
   after the last (QPSK up to the end of the header, then complex-Gaussian
   "probes" shaped like the payload, so that what distorts the payload shows
   on them); the data are the convolutionally coded, whitened BPSK header
-  followed by the (optionally scrambled) latent symbols.
+  followed by the (optionally scrambled) latent symbols, with a copy of the coded
+  header after the first ``HEADER_COPY_AFTER`` latent symbols of a long payload.
 
 Every pseudo-random sequence comes from the PRBS-15 LFSR below (never from
 numpy's generators, whose streams may change between numpy versions).
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import astuple, dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -37,6 +39,23 @@ SEED_PILOTS, SEED_HEADER, SEED_PAYLOAD, SEED_PROBES = 0x7FFF, 0x5A5A, 0x1D2B, 0x
 PRBS_ORDER, PRBS_TAP = 15, 14
 #: Largest chunk a header can describe (``chunk_symbols`` is a uint16).
 MAX_CHUNK_LIMIT = 0xFFFF
+#: A payload of at least this many symbols carries a second copy of the coded header
+#: after its first HEADER_COPY_AFTER symbols (time diversity: a fade that swallows the
+#: header after the preamble rarely also swallows the copy ~3500 symbols later; the
+#: receiver adds the two copies' maximum-ratio soft values when the first alone fails).
+#: The copy's place does not depend on the payload's length, so the receiver finds it
+#: before it has decoded the header.
+HEADER_COPY_AFTER = 2048
+
+
+class BurstMap(NamedTuple):
+    """Body positions of a burst's parts (:meth:`FrameLayout.burst_map`), int64 arrays."""
+
+    header: np.ndarray   # the coded header after the preamble
+    copy: np.ndarray     # its second copy (empty for payloads under HEADER_COPY_AFTER)
+    payload: np.ndarray  # the latent symbols
+    pilots: np.ndarray
+    n_body: int
 
 
 @dataclass
@@ -64,6 +83,10 @@ class FrameConfig:
         cfo_search: receiver: besides the CFO the detector reads (good to +-1/(2 seg sps)),
             try up to this many whole steps of 1/(seg sps) on either side
             (0 .. sqrt(seg) - 1); each widens the capture range by 1/(seg sps).
+        header_copy: payloads of ``HEADER_COPY_AFTER`` (2048) symbols or more carry a
+            second copy of the coded header after their first 2048 symbols (time diversity
+            against fades; docs/frame-format.md section 2); False saves its 1346 symbols
+            (12 % of an 8192-symbol burst, 26 % of a 2048-symbol one) on links that do not fade.
         tx_clip: transmitter: clip every sample's amplitude at ``tx_clip`` times the
             burst's nominal rms amplitude sqrt(1/sps), phase kept (0 = off; >= 1): lowers
             the peak-to-average power ratio the power amplifier sees (the Gaussian latent
@@ -71,7 +94,7 @@ class FrameConfig:
             on its probe pilots (docs/over-the-air.md, back-off).
 
     The receiver takes any chunk size and gap; ``sps``, ``rolloff``, ``rrc_span``,
-    ``pilot_spacing``, ``scramble`` and the preamble settings must match the
+    ``pilot_spacing``, ``scramble``, ``header_copy`` and the preamble settings must match the
     transmitter's; the five receiver settings are the receiver's own, ``tx_clip`` the
     transmitter's.
     """
@@ -90,6 +113,7 @@ class FrameConfig:
     detect_threshold: float = 0.05
     verify_threshold: float = 0.12
     cfo_search: int = 2
+    header_copy: bool = True
     tx_clip: float = 0.0
 
     def __post_init__(self):
@@ -113,6 +137,7 @@ class FrameConfig:
             (0.0 < self.detect_threshold < 1.0, "detect_threshold must be in (0, 1)"),
             (0.0 < self.verify_threshold < 1.0, "verify_threshold must be in (0, 1)"),
             (self.tx_clip == 0 or self.tx_clip >= 1.0, "tx_clip must be 0 (off) or >= 1"),
+            (isinstance(self.header_copy, (bool, np.bool_)), "header_copy must be True or False"),
             (isinstance(self.cfo_search, (int, np.integer))
              and 0 <= self.cfo_search < round(np.sqrt(self.preamble_seg)),
              "cfo_search must be an integer in 0 .. sqrt(preamble_seg) - 1"),
@@ -220,7 +245,7 @@ class FrameLayout:
         self.cover = np.concatenate([[1.0], np.cumprod(self.barker)])
         self.preamble = (np.repeat(self.cover, seg) * np.tile(frank(seg), reps)).astype(np.complex64)
         self.header_whitening = qpsk(prbs_bits(2 * HEADER_CODED_BITS, SEED_HEADER))
-        max_data = HEADER_CODED_BITS + MAX_CHUNK_LIMIT
+        max_data = 2 * HEADER_CODED_BITS + MAX_CHUNK_LIMIT
         n_pilots = max_data // cfg.pilot_spacing + 2
         self.header_pilots = -(-HEADER_CODED_BITS // cfg.pilot_spacing)
         self.pilots = np.concatenate([qpsk(prbs_bits(2 * self.header_pilots, SEED_PILOTS)),
@@ -267,9 +292,32 @@ class FrameLayout:
         n_blocks = -(-HEADER_CODED_BITS // self.cfg.pilot_spacing)
         return data_pos, np.arange(n_blocks, dtype=np.int64) * (self.cfg.pilot_spacing + 1), int(data_pos[-1]) + 1
 
+    def burst_map(self, n_payload: int) -> BurstMap:
+        """Body positions of the header, its copy, the payload and the pilots of a burst
+        carrying ``n_payload`` latent symbols: data = header, payload[:HEADER_COPY_AFTER],
+        header copy, payload[HEADER_COPY_AFTER:] (no copy under HEADER_COPY_AFTER symbols)."""
+        return _burst_map(self.cfg.pilot_spacing, int(n_payload), bool(self.cfg.header_copy))
+
+    def data_symbols(self, coded_header: np.ndarray, payload: np.ndarray) -> np.ndarray:
+        """The body's data in order (see :meth:`burst_map`).  complex (n_data,)."""
+        if not self.cfg.header_copy or len(payload) < HEADER_COPY_AFTER:
+            return np.concatenate([coded_header, payload])
+        return np.concatenate([coded_header, payload[:HEADER_COPY_AFTER], coded_header, payload[HEADER_COPY_AFTER:]])
+
+    def copy_region(self):
+        """Body positions of the header copy and of the pilots before its end (the same
+        for every burst that has a copy).  Returns (copy_pos, pilot_pos, n_body through
+        the copy's last symbol); copy_pos is empty without ``header_copy``."""
+        m = self.burst_map(HEADER_COPY_AFTER)
+        if not len(m.copy):
+            return m.copy, m.pilots[:0], 0
+        p = self.cfg.pilot_spacing
+        n_blocks = -(-(2 * HEADER_CODED_BITS + HEADER_COPY_AFTER) // p)
+        return m.copy, np.arange(n_blocks, dtype=np.int64) * (p + 1), int(m.copy[-1]) + 1
+
     def burst_samples(self, n_payload: int) -> int:
         """Samples in a burst carrying ``n_payload`` latent symbols."""
-        return (len(self.preamble) + self.body_map(HEADER_CODED_BITS + n_payload)[2]) * self.cfg.sps + 2 * self.half
+        return (len(self.preamble) + self.burst_map(n_payload).n_body) * self.cfg.sps + 2 * self.half
 
 
 @functools.lru_cache(maxsize=64)
@@ -281,6 +329,19 @@ def _body_map(p: int, n_data: int):
     data_pos = d + d // p + 1
     data_pos.flags.writeable = pilot_pos.flags.writeable = False
     return data_pos, pilot_pos, body_len
+
+
+@functools.lru_cache(maxsize=64)
+def _burst_map(p: int, n_payload: int, header_copy: bool) -> BurstMap:
+    h, s = HEADER_CODED_BITS, HEADER_COPY_AFTER
+    has_copy = header_copy and n_payload >= s
+    data_pos, pilot_pos, body_len = _body_map(p, h + n_payload + (h if has_copy else 0))
+    if has_copy:
+        copy, payload = data_pos[h + s: 2 * h + s], np.concatenate([data_pos[h: h + s], data_pos[2 * h + s:]])
+    else:
+        copy, payload = data_pos[:0], data_pos[h:]
+    payload.flags.writeable = False
+    return BurstMap(data_pos[:h], copy, payload, pilot_pos, body_len)
 
 
 @functools.lru_cache(maxsize=16)

@@ -1,11 +1,11 @@
-"""The burst header: 44 bytes, CRC-32, rate-1/3 K=7 convolutional code, BPSK.
+"""The burst header: 52 bytes, CRC-32, rate-1/3 K=7 convolutional code, BPSK.
 
 Byte layout (big-endian, ``HEADER_STRUCT``); the CRC-32 (zlib / IEEE 802.3
-polynomial) covers bytes 0..39::
+polynomial) covers bytes 0..47::
 
     off size field              off size field
       0  2   magic "GD"          21  2   image height
-      2  1   version (1)         23  2   image width
+      2  1   version (3)         23  2   image width
       3  1   flags               25  1   k
       4  2   image_id            26  1   m_hint (0 = receiver default)
       6  2   chunk_index         27  2   T
@@ -13,11 +13,11 @@ polynomial) covers bytes 0..39::
      10  4   total_symbols       30  2   guidance (IEEE float16)
      14  2   chunk_symbols       32  4   alpha (IEEE float32)
      16  1   latent C            36  4   prompt_hash
-     17  2   latent H            40  4   CRC-32
-     19  2   latent W
+     17  2   latent H            40  8   means: 4 x IEEE float16
+     19  2   latent W            48  4   CRC-32
 
-The 352 bits (MSB of byte 0 first) plus 6 zero tail bits are encoded at rate
-1/3 (1074 coded bits) and sent as BPSK, each bit on the axis of a PRBS-15 QPSK
+The 416 bits (MSB of byte 0 first) plus 6 zero tail bits are encoded at rate
+1/3 (1266 coded bits) and sent as BPSK, each bit on the axis of a PRBS-15 QPSK
 phase (``FrameLayout.header_whitening``).
 """
 
@@ -33,10 +33,14 @@ import numpy as np
 from . import conv
 
 MAGIC = b"GD"
-HEADER_VERSION = 2
+HEADER_VERSION = 3
+#: channel-mean slots in the header (float16 each; SD's latent has 4 channels)
+MEAN_SLOTS = 4
+#: ``flags`` bits (docs/rate.md): bits 0-3 log2 of the latent reduction, bit 4 pool, bit 5 channel means removed, bit 6 dct (pipeline.py)
+REDUCE_LOG2_MASK, REDUCE_POOL_FLAG, MEANS_FLAG = 0x0F, 0x10, 0x20
 #: magic, version, flags, image_id, chunk_index, chunk_count, total_symbols, chunk_symbols,
-#: latent C, latent H, latent W, image h, image w, k, m_hint, T, forward, guidance, alpha, prompt_hash
-HEADER_STRUCT = struct.Struct(">2sBBHHHIHBHHHHBBHBefI")
+#: latent C, latent H, latent W, image h, image w, k, m_hint, T, forward, guidance, alpha, prompt_hash, means
+HEADER_STRUCT = struct.Struct(">2sBBHHHIHBHHHHBBHBefI" + "e" * MEAN_SLOTS)
 CRC_BYTES = 4
 HEADER_BYTES = HEADER_STRUCT.size + CRC_BYTES
 HEADER_BITS = 8 * HEADER_BYTES
@@ -45,6 +49,12 @@ FORWARD_DDIM, FORWARD_RANDOM = 0, 1
 
 _RANGES = dict(version=8, flags=8, image_id=16, chunk_index=16, chunk_count=16, total_symbols=32,
                chunk_symbols=16, k=8, m_hint=8, T=16, forward=8, prompt_hash=32)
+
+
+def fits_float16(values) -> bool:
+    """Whether every value is finite as an IEEE float16 (the header's means and guidance)."""
+    with np.errstate(over="ignore"):
+        return bool(np.all(np.isfinite(np.asarray(values, np.float64).astype(np.float16))))
 
 
 class HeaderError(ValueError):
@@ -75,8 +85,10 @@ class Header:
         guidance: classifier-free guidance scale (sent as float16).
         alpha: power-normalisation factor (float32).
         prompt_hash: uint32, CRC-32 of the prompt text.
-        flags: uint8: bits 0-3 log2 of the latent reduction, bit 4 pool (docs/rate.md,
-            ``pipeline.reduction_flags``); 0 for the whole latent.
+        flags: uint8: bits 0-3 log2 of the latent reduction, bit 4 pool, bit 5 channel
+            means removed (docs/rate.md, ``pipeline.header_flags``); 0 for the paper's signal.
+        means: up to ``MEAN_SLOTS`` removed channel means of the latent (float16 each, the
+            unused slots sent as 0); unpacked as ``MEAN_SLOTS`` values.
     """
 
     image_id: int = 0
@@ -94,6 +106,7 @@ class Header:
     alpha: float = 1.0
     prompt_hash: int = 0
     flags: int = 0
+    means: Tuple[float, ...] = ()
     version: int = HEADER_VERSION
 
     def _values(self) -> tuple:
@@ -108,9 +121,13 @@ class Header:
             raise HeaderError(f"image_size {size!r} must be (height, width), each < 65536")
         if not np.isfinite(self.alpha) or not np.isfinite(np.float16(self.guidance)):
             raise HeaderError(f"alpha={self.alpha!r} and guidance={self.guidance!r} must be finite")
+        means = [float(v) for v in self.means]
+        if len(means) > MEAN_SLOTS or not fits_float16(means):
+            raise HeaderError(f"means {tuple(self.means)!r} must be at most {MEAN_SLOTS} values finite in float16")
         return (MAGIC, self.version, self.flags, self.image_id, self.chunk_index, self.chunk_count,
                 self.total_symbols, self.chunk_symbols, *map(int, shape), *map(int, size), self.k, self.m_hint,
-                self.T, self.forward, float(self.guidance), float(self.alpha), self.prompt_hash)
+                self.T, self.forward, float(self.guidance), float(self.alpha), self.prompt_hash,
+                *means, *[0.0] * (MEAN_SLOTS - len(means)))
 
     def pack(self) -> bytes:
         """Serialise: ``HEADER_BYTES`` bytes (fields, then CRC-32 big-endian).
@@ -126,8 +143,8 @@ class Header:
         """Parse and check ``HEADER_BYTES`` bytes.
 
         Raises:
-            HeaderError: wrong length, bad magic, CRC mismatch or unsupported version
-            (``reason`` says which).
+            HeaderError: wrong length, bad magic, CRC mismatch, unsupported version
+            (``reason`` says which) or a non-finite alpha, guidance or mean (``field``).
         """
         data = bytes(data)
         if len(data) != HEADER_BYTES:
@@ -142,10 +159,15 @@ class Header:
         if v[1] != HEADER_VERSION:
             raise HeaderError(f"unsupported header version {v[1]} (this receiver reads {HEADER_VERSION})",
                               "version")
-        return cls(version=v[1], flags=v[2], image_id=v[3], chunk_index=v[4], chunk_count=v[5],
+        h = cls(version=v[1], flags=v[2], image_id=v[3], chunk_index=v[4], chunk_count=v[5],
                    total_symbols=v[6], chunk_symbols=v[7], latent_shape=tuple(v[8:11]),
                    image_size=tuple(v[11:13]), k=v[13], m_hint=v[14], T=v[15], forward=v[16],
-                   guidance=float(v[17]), alpha=float(v[18]), prompt_hash=v[19])
+                   guidance=float(v[17]), alpha=float(v[18]), prompt_hash=v[19],
+                   means=tuple(float(x) for x in v[20:20 + MEAN_SLOTS]))
+        if not np.all(np.isfinite([h.alpha, h.guidance, *h.means])):
+            raise HeaderError(f"non-finite header values: alpha={h.alpha!r}, guidance={h.guidance!r}, "
+                              f"means={h.means!r}")
+        return h
 
     def replace(self, **changes) -> "Header":
         kw = {f.name: getattr(self, f.name) for f in fields(self)}

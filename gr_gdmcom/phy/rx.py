@@ -14,7 +14,8 @@ beyond what has been processed, and inputs are processed in slices of
    unbiased LS equaliser trained on the preamble, pilot phase tracking;
 4. header: exact ML decoding (hard decisions when they form a codeword, else
    soft Viterbi batched over the bursts of one call), CRC-32; on a CRC failure
-   one retry with a decision-directed phase track;
+   one retry with a decision-directed phase track, then (bursts long enough to
+   carry one) the header read together with its copy later in the burst;
 5. payload: equaliser retrained on preamble + header region, phase tracked on
    all pilots and the decoded header, amplitude normalised on the header;
    pilots removed, descrambled; noise variance estimated on all those known
@@ -36,13 +37,14 @@ from typing import List, NamedTuple, Optional
 import numpy as np
 
 from . import sync
-from .frame import MAX_CHUNK_LIMIT, FrameConfig
+from .frame import HEADER_COPY_AFTER, MAX_CHUNK_LIMIT, BurstMap, FrameConfig
 from .header import HEADER_CODED_BITS, Header, HeaderError, decode_headers, encode_header
 from .snr import MIN_NOISE_VAR, noise_var_to_snr_db
 
 log = logging.getLogger(__name__)
 
-COUNTERS = ("bursts_detected", "candidates_rejected", "headers_ok", "header_retries", "header_crc_fail",
+COUNTERS = ("bursts_detected", "candidates_rejected", "headers_ok", "header_retries", "header_copies",
+            "header_crc_fail",
             "header_invalid", "sync_fail", "truncated", "overlapping", "nonfinite_samples", "timing_tracked",
             "track_lost", "frames_out")
 #: Default most samples handled per processing pass (bounds memory for huge pushes).
@@ -88,8 +90,12 @@ ACQ_COHERENT = 4
 ACQ_STEPS = 4
 ACQ_MAX_PPM = 400.0
 ACQ_MIN_DRIFT = 0.1
-#: ... and the step (ppm) of the final error-power search around the drift found.
+#: ... and the step (ppm) of the final error-power search around the drift found, and
+#: how many times that search moves on where its best lies at its edge (a wide
+#: acquisition off by more than 2 steps, which the fine discriminator, far from its
+#: linear range, did not correct).
 POLISH_PPM = 3.0
+POLISH_MOVES = 4
 #: ... the grid of the last-resort drift search: spacing (samples of timing at the
 #: burst's end) and most points.
 SEARCH_STEP = 0.3
@@ -204,7 +210,7 @@ class _Burst:
 
     tau: float                       # absolute sample index of the burst's sample 0 (fractional)
     cfo: float                       # cycles/sample, from the preamble
-    stage: str = "sync"              # sync -> soft -> decoded; "dead" once dropped
+    stage: str = "sync"              # sync -> soft (-> copy) -> decoded; "dead" once dropped
     eq: Optional[np.ndarray] = None  # equaliser taps
     gain: complex = 0j
     y: Optional[np.ndarray] = None   # matched-filter outputs computed so far (symbols -h ..)
@@ -246,13 +252,14 @@ class FrameRx:
         ramp = np.exp(2j * np.pi * np.arange(self._seglen) / self._seglen)
         self._tsteps = np.stack([self._tseg * ramp ** n for n in self._steps]) if self._steps else None
         self._hdr_pos, self._hdr_pilots, self._hdr_body = lay.header_region()
+        self._copy_pos, self._copy_pilots, self._copy_body = lay.copy_region()
         # channel-tracker windows, symbols (the longest: phase_window pilot periods)
         self._spans = [k * (c.pilot_spacing + 1) for k in TRACK_SPANS if k <= max(c.phase_window, TRACK_SPANS[0])]
         self._ted = _discriminators(lay.half, c.sps, c.rolloff, lay.rrc_scale, c.rrc_span) if c.sps > 1 else None
         # samples kept before the scan position (sync window) and padded at the stream edges
         self._history = self._sps * (-(-(lay.half + self._delta + 4 * c.sps) // c.sps))
         self._tail_pad = (self._h + 2) * c.sps + 2 * lay.half + self._reps * self._seglen + self._delta \
-            + self._drift_margin(MAX_CHUNK_LIMIT + HEADER_CODED_BITS)
+            + self._drift_margin(MAX_CHUNK_LIMIT + 2 * HEADER_CODED_BITS)
         self._reset(0)
 
     # ------------------------------------------------------------------ public
@@ -344,6 +351,9 @@ class FrameRx:
         ready = [b for b in self._pending if b.stage == "sync" and self._header_soft(b, final)]
         if ready:
             self._decode(ready)
+        ready = [b for b in self._pending if b.stage == "copy" and self._copy_soft(b, final)]
+        if ready:
+            self._decode(ready, combined=True)
         frames = self._finish(final)
         self._trim()
         return frames
@@ -702,26 +712,52 @@ class FrameRx:
         b.stage = "soft"
         return True
 
-    def _decode(self, bursts: List[_Burst]):
+    def _decode(self, bursts: List[_Burst], combined: bool = False):
         """Batched decoding + CRC of the headers of ``bursts``; a header failing its CRC
-        gets one decision-directed retry (:meth:`_retrack`)."""
+        gets one decision-directed retry (:meth:`_retrack`), then waits for its copy
+        (stage ``copy``, :meth:`_copy_soft`).  ``combined``: the soft values are the two
+        copies' sum; a failure is final, and a header of a payload too short to have a
+        copy is refused."""
         whitening = self.layout.header_whitening
         datas = decode_headers(np.stack([b.soft for b in bursts]), whitening)
         results = [self._parse(d) for d in datas]
         retry = [i for i, r in enumerate(results) if isinstance(r, HeaderError) and r.reason in ("crc", "magic")]
-        if retry:
+        if retry and not combined:
             again = decode_headers(np.stack([self._retrack(bursts[i], datas[i]) for i in retry]), whitening)
             for i, d in zip(retry, again):
                 datas[i], results[i] = d, self._parse(d)
         for b, data, hdr in zip(bursts, datas, results):
+            if combined and not isinstance(hdr, HeaderError) and hdr.chunk_symbols < HEADER_COPY_AFTER:
+                hdr = HeaderError(f"a header read with its copy describes {hdr.chunk_symbols} symbols, "
+                                  f"too few to have a copy")
             if isinstance(hdr, HeaderError):
+                if hdr.reason in ("crc", "magic") and not combined and len(self._copy_pos):
+                    b.stage = "copy"  # the header's copy may not have been in the same fade
+                    continue
                 self._fail(b, "header_crc_fail" if hdr.reason in ("crc", "magic") else "header_invalid", str(hdr))
                 continue
+            if combined:
+                self.counters["header_copies"] += 1
             b.header, b.header_bytes, b.stage = hdr, data, "decoded"
             self.counters["headers_ok"] += 1
             # no preamble can start inside this burst: resume detection near its end
             end = int(math.floor(b.tau)) + self.layout.burst_samples(hdr.chunk_symbols)
             self._scan = max(self._scan, end // self._sps - 2 * self._seg)
+
+    def _copy_soft(self, b: _Burst, final: bool) -> bool:
+        """Stage A': where the header alone failed, its soft values plus its copy's
+        (frame.HEADER_COPY_AFTER), once buffered: the burst demodulated through the copy,
+        the complex gain tracked on the pilots up to there, each copy weighted by it
+        (maximum-ratio combining of the two).  A stream that ends first drops the burst."""
+        if final and int(math.floor(b.tau)) + (self._npre + self._copy_body) * self._sps > self._end:
+            return self._fail(b, "header_crc_fail", "header failed, stream ended before its copy")
+        if not self._available(self._need(b, self._copy_body)):
+            return False
+        y = self._mf(b, self._npre + self._copy_body)
+        z, _, _, track, _ = self._equalise_track(b, y, self._copy_body, self._copy_pilots)
+        g = track.g
+        b.soft = z[self._hdr_pos] * np.conj(g[self._hdr_pos]) + z[self._copy_pos] * np.conj(g[self._copy_pos])
+        return True
 
     @staticmethod
     def _parse(data: bytes):
@@ -740,7 +776,7 @@ class FrameRx:
     def _retrack(self, b: _Burst, data: bytes) -> np.ndarray:
         """Header symbols re-derived with a phase track that also uses the failed
         decoding's re-encoded symbols as (mostly right) pilots.  At low SNR the pilots
-        alone leave the phase at the ends of the header region uncertain; the 1074
+        alone leave the phase at the ends of the header region uncertain; the 1266
         decided symbols pin it down.  complex (HEADER_CODED_BITS,)."""
         lay = self.layout
         decided = lay.body_symbols(encode_header(data, lay.header_whitening))[: self._hdr_body]
@@ -766,9 +802,8 @@ class FrameRx:
                 continue
             if b.stage != "decoded":
                 break
-            n_data = HEADER_CODED_BITS + b.header.chunk_symbols
-            data_pos, pilot_pos, n_body = self.layout.body_map(n_data)
-            if not self._available(self._need(b, n_body)):
+            m = self.layout.burst_map(b.header.chunk_symbols)
+            if not self._available(self._need(b, m.n_body)):
                 break
             self._pending.pop(0)
             end = int(math.floor(b.tau)) + self.layout.burst_samples(b.header.chunk_symbols)
@@ -777,7 +812,7 @@ class FrameRx:
             elif final and end > self._end:
                 self.counters["truncated"] += 1
             else:
-                frame = self._payload(b, data_pos, pilot_pos, n_body)
+                frame = self._payload(b, m)
                 if frame is not None:
                     frames.append(frame)
                     self._last_end = end
@@ -826,8 +861,11 @@ class FrameRx:
                 best = (p, drift, cur)
         if not best[1] and growth >= TIMING_STRONG:
             best = self._search_drift(b, best, known, head, pilot_pos, n_body)
-        if best[1]:
+        for _ in range(POLISH_MOVES if best[1] else 0):
+            start = best[1]
             best = self._polish_drift(b, best, known, head, pilot_pos, n_body)
+            if abs(best[1] - start) < 1.5 * POLISH_PPM * 1e-6 * self._sps:
+                break
         _, drift, cur = best
         if not drift and cur is not d:
             log.debug("drift did not help; dropped")
@@ -835,12 +873,12 @@ class FrameRx:
             self.counters["timing_tracked"] += 1
         return drift, cur
 
-    def _payload(self, b: _Burst, data_pos, pilot_pos, n_body) -> Optional[RxFrame]:
+    def _payload(self, b: _Burst, m: BurstMap) -> Optional[RxFrame]:
         """Stage B: equaliser retrained on the preamble, the re-encoded header and the
         header-region pilots; full-burst demodulation, phase track on the pilots and the
         header, amplitude normalisation, noise estimate."""
         lay, npre = self.layout, self._npre
-        hdr_pos = data_pos[:HEADER_CODED_BITS]
+        pilot_pos, n_body = m.pilots, m.n_body
         hdr_sym = encode_header(b.header_bytes, lay.header_whitening)
         # training: preamble + header region (its data and pilots) times its tracked gain
         # (the equaliser is to undo the dispersion, not the fading the tracker follows)
@@ -849,12 +887,12 @@ class FrameRx:
         d = self._demodulate(b, self._mf(b, npre + n_body), known, head, pilot_pos, n_body)
         drift, d = self._follow_drift(b, d, known, head, pilot_pos, n_body)
         b.eq = d.eq
-        est = self._effective_noise(d, data_pos[HEADER_CODED_BITS:])
+        est = self._effective_noise(d, m.payload)
         if est is None:
             self._fail(b, "sync_fail", "no signal on the known symbols")
             return None
         g_pay, sym_nv, nv, tracked = est
-        sym = d.z[data_pos[HEADER_CODED_BITS:]] / g_pay
+        sym = d.z[m.payload] / g_pay
         if self.cfg.scramble:
             sym = sym * np.conj(lay.scrambler[: len(sym)])
         if not tracked:

@@ -3,8 +3,8 @@
 Detection (:func:`preamble_metric`), timing/CFO/verification
 (:func:`preamble_correlation`, :func:`fine_timing_cfo`), fractional-delay
 matched filtering (:func:`matched_filter`), the LS equaliser
-(:func:`train_equaliser`, :func:`equalise`) and the pilot phase tracker
-(:func:`track_phase`) and the channel tracker (:func:`track_gain`).  :class:`~gr_gdmcom.phy.rx.FrameRx` strings them together.
+(:func:`train_equaliser`, :func:`equalise`) and the channel tracker
+(:func:`track_gain`: complex gain, amplitude and phase, along the burst).  :class:`~gr_gdmcom.phy.rx.FrameRx` strings them together.
 """
 
 from __future__ import annotations
@@ -374,39 +374,6 @@ def residual_frequency(zp: np.ndarray, pos: np.ndarray) -> float:
             spacing = float(pos[-lag:].sum() - pos[:lag].sum()) / (len(pos) - lag)  # mean of pos[k+lag] - pos[k]
             omega += cmath.phase((zr[lag:] * np.conj(zr[:-lag])).sum()) / spacing
     return omega
-
-
-def track_phase(zk: np.ndarray, pos: np.ndarray, n: int, span: int, omega: float
-                ) -> Tuple[np.ndarray, np.ndarray]:
-    """Phase track from known symbols (pilots, and the header once decoded).  (Phase
-    only, with a fixed window; :class:`FrameRx` now uses :func:`track_gain`.)
-
-    After removing the ramp ``omega``, the observations within +-``span`` / 2
-    symbols of each one are averaged (the window is truncated at the ends); the
-    resulting phases are interpolated linearly (as unit phasors) between the
-    observations.
-
-    Args:
-        zk: complex (n_k,), received known symbols times conj(the known symbols).
-        pos: int (n_k,), their symbol positions (increasing, any spacing).
-        n: number of symbol positions to return corrections for (0..n-1).
-        span: window length, symbols.
-        omega: residual frequency, rad/symbol (:func:`residual_frequency`).
-    Returns:
-        (rot complex64 (n,): exp(-j theta) per position, the correction to apply;
-         theta_loo float64 (n_k,): phase at each observation estimated without it).
-    """
-    ramp = np.exp(1j * omega * pos)
-    zr = np.asarray(zk, np.complex128) * np.conj(ramp)
-    c = np.zeros(len(zr) + 1, np.complex128)
-    np.cumsum(zr, out=c[1:])
-    s = c[np.searchsorted(pos, pos + span // 2, "right")] - c[np.searchsorted(pos, pos - span // 2, "left")]
-    # unit phasors of the track at the observations, the ramp put back, interpolated
-    # between them (their phase steps are small, so the chord's magnitude stays ~1)
-    unit = s / np.maximum(np.abs(s), 1e-30) * ramp
-    rot = np.conj(np.interp(np.arange(n), pos, unit)).astype(np.complex64)
-    s_loo = s - zr if len(zr) > 1 else s
-    return rot, np.angle(s_loo) + omega * pos
 
 
 #: Most observations :func:`track_gain` scores a window on (an even subsample beyond).
