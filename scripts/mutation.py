@@ -91,20 +91,26 @@ EQUIVALENT: dict = {
        "latent_to_symbols make them so); added to the float64 latent, the sum is the same" for i in (20, 22)},
     **{_C + f"x_latent_from_symbols__mutmut_{i}": "np.empty's default dtype is float64" for i in (26, 28)},
     _C + "x_symbols_from_latent__mutmut_8": "reshape(-2): numpy 1.x takes any negative size as the unknown one",
-    _C + "x_latent_to_symbols__mutmut_29": "reshape(-2, 1, 1): numpy 1.x takes any negative size as the unknown one",
+    _C + "x_latent_to_symbols__mutmut_30": "reshape(-2, 1, 1): numpy 1.x takes any negative size as the unknown one",
     _C + "x_weight_by_reliability__mutmut_23": "np.ones(None, bool) is a 0-d True: v[True] keeps every value "
                                                "(with one more axis), the mean is the same",
     _C + "xǁGenerativeCodecǁ__init____mutmut_32": "with_k=None: check() only tests it for truth, as False",
     _C + "xǁGenerativeCodecǁ__init____mutmut_56": "_latents_only None: only tested for truth, as False",
     **{_C + f"xǁGenerativeCodecǁ{f}__mutmut_{i}": "dtype dropped: a tensor of Python floats is float32 "
-       "(torch's default dtype)" for f, ids in (("_ddim", (19, 22, 56, 59)), ("invert", (34, 37, 41, 44, 49, 53)),
+       "(torch's default dtype)" for f, ids in (("_ddim", (12, 14, 20, 22)), ("invert", (34, 37, 41, 44, 49, 53)),
                                                ("_noise_from_v", (12, 15))) for i in ids},
+    **{_C + f"xǁGenerativeCodecǁ_ddim__mutmut_{i}": "dtype dropped: a tensor of Python ints is int64 (torch.long)"
+       for i in (45, 47)},
+    **{_C + f"xǁGenerativeCodecǁ_ddim__mutmut_{i}": "non_blocking dropped: a copy that waits for the device, "
+       "the same values (only the host's run-ahead changes)" for i in (27, 28, 43, 48)},
+    _C + "xǁGenerativeCodecǁ_ddim__mutmut_37": "len(idx) <= B: the all-items step also goes through index_select / "
+                                             "index_copy of every row in order, the same values",
     **{_C + f"xǁGenerativeCodecǁinvert__mutmut_{i}": "device of a 0-d tensor: torch mixes a 0-d CPU tensor "
        "with tensors on any device" for i in (35, 38, 42, 45)},
     _C + "xǁGenerativeCodecǁinvert__mutmut_122": "r < best instead of <=: differs only when two successive "
                                                 "residuals are exactly equal floats (equivalent in practice)",
     **{_C + f"xǁGenerativeCodecǁ{f}__mutmut_{i}": 'log.debug(exc) logs the same message as log.debug("%s", exc)'
-       for f, i in (("encode_many", 33), ("decode_many", 32))},
+       for f, i in (("encode_many", 33), ("encode_many", 70), ("decode_many", 32))},
     **{_C + f"xǁGenerativeCodecǁstep_choice__mutmut_{i}": "k of the calibration's N: None means the "
        "calibration's own k, which the line above made equal to meta.k" for i in (47, 50)},
     _C + "xǁGenerativeCodecǁ_free_path__mutmut_17": "lands at equality too: start_t = tau_n exactly only for the "

@@ -160,6 +160,7 @@ def test_latent_to_symbols_removes_channel_means_and_reduces():
     sym, alpha, means, red = latent_to_symbols(zk, CodecConfig(model="analytic", remove_mean=True))
     # the channel means (to the header's precision); what is removed is exactly what the header says
     assert means == pytest.approx(tuple(mu), rel=1e-3) and all(type(v) is float for v in means)
+    assert all(float(np.float16(v)) == v for v in means)  # as the header carries them: float16
     c = (zk - np.asarray(means).reshape(2, 1, 1)).reshape(-1)
     assert alpha == pytest.approx(1 / math.sqrt(np.mean(c * c)), rel=1e-12)
     np.testing.assert_allclose(sym, alpha * (c[0::2] + 1j * c[1::2]) / R2, rtol=1e-6)
@@ -549,6 +550,19 @@ def test_encode_many_names_failures_groups_and_records(comp, tmp_path, caplog):
         codec.encode(str(tmp_path / "missing.png"))
 
 
+def test_a_batch_the_model_refuses_fails_each_of_its_rows(comp, tmp_path, caplog):
+    codec = _codec(comp)
+    bad = _img(72, 80)  # the analytic prior's tiles need sides that are multiples of 64
+    with caplog.at_level(logging.DEBUG, logger="gr_gdmcom.codec.core"):
+        out = codec.encode_many([bad, _img(), bad, tmp_path / "none.png"], ["b1", "ok", "b2", "none"])
+    why = ("analytic model: latent 4x9x10 is not made of 4x8x8 tiles "
+           "(image sides must be multiples of 64x64 pixels)")
+    assert [(o.name, o.error) for o in out if isinstance(o, Failed)] == \
+        [("b1", why), ("b2", why), ("none", f"image not found: {tmp_path / 'none.png'}")]
+    assert out[1].meta.name == "ok" and codec.stats["failures"] == 3 and codec.stats["images_encoded"] == 1
+    assert [r.getMessage() for r in caplog.records] == [out[3].error, why]  # once per refused batch
+
+
 def test_encoded_symbols_are_the_normalised_inverted_latent(comp):
     codec = _codec(comp, k=4, guidance=2.0, prompt="a dog")
     from gr_gdmcom.codec.images import load_rgb, to_tensor
@@ -660,6 +674,12 @@ def test_step_choice_with_a_calibration(comp, sent, tmp_path):
     with pytest.raises(CodecError) as e:
         codec.step_choice(12.0, dataclasses.replace(meta, k=4, name="q"))
     assert str(e.value) == f"q: the transmitter used k=4 but calibration {path} was measured for k=3"
+    off = dataclasses.replace(cal, rescale=False).save(tmp_path / "off.json")  # measured without rescaling
+    codec = GenerativeCodec(CodecConfig(model="analytic", T=40, m=2, rule=f"calibrated:{off}"), components=other)
+    n = cal.n_steps(12.0, 4.0, k=3)
+    assert codec.step_choice(12.0, meta) == dataclasses.replace(
+        select_steps(12.0, k=3, m=2, T=40, power=4.0, rescale=False, steps=n, grid=codec.grid), rule="calibrated")
+    assert codec.step_choice(12.0, meta).scale == 1.0
     codec = codec_(steps=20)  # a fixed N wins over the calibration
     assert codec.step_choice(12.0, meta) == select_steps(12.0, k=3, m=2, T=40, power=4.0, steps=20, grid=codec.grid)
 
