@@ -347,6 +347,42 @@ def test_v_prediction_output_becomes_noise_at_the_timesteps_abar(comp):
     assert e.shape == x.shape and e.dtype == torch.float32
 
 
+def test_v_prediction_coefficients_follow_the_latents_device(comp):
+    """The per-item abar of ``_noise_from_v`` is made on the latents' device, whatever device the
+    timesteps came on (the UNet's timesteps may live on the host): with the latents on torch's
+    ``meta`` device standing in for a GPU, the result is there too (a host-side coefficient
+    tensor would not combine with them)."""
+    codec = _stub(comp, LinearUNet(), prediction="v_prediction")
+    x = torch.empty(2, 4, 8, 8, device="meta")
+    out = codec._noise_from_v(x, torch.empty(2, 4, 8, 8, device="meta"), torch.tensor([21.0, 500.5]))
+    assert out.device.type == "meta" and out.shape == (2, 4, 8, 8)
+
+
+class _Stop(Exception):
+    pass
+
+
+class DeviceProbeUNet:
+    """A stand-in UNet that records the devices of its inputs and stops the run at its first call."""
+
+    def __init__(self):
+        self.devices = []
+
+    def __call__(self, sample, timestep, encoder_hidden_states, **_):
+        self.devices.append((sample.device.type, timestep.device.type))
+        raise _Stop
+
+
+def test_fixed_point_inversion_timesteps_are_made_on_the_latents_device(comp):
+    """The fixed-point inversion builds its per-item timesteps itself: on the latents' device (torch's
+    ``meta`` standing in for a GPU), or the UNet would get host timesteps beside device latents."""
+    unet = DeviceProbeUNet()
+    codec = _stub(comp, unet, inversion="fixed-point")
+    with pytest.raises(_Stop):
+        codec.invert(torch.empty(2, 4, 8, 8, device="meta"), 0, 1, codec.config.prompt, 6.0)
+    assert unet.devices == [("meta", "meta")]
+
+
 def test_ddim_update_is_eq_9_and_10():
     x, e = torch.tensor([[[[1.0, -2.0]]]]), torch.tensor([[[[0.5, 0.25]]]])
     af, at = torch.tensor(0.36), torch.tensor(0.81)
