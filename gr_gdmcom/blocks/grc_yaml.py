@@ -51,7 +51,8 @@ TX = [
     ("reduce", "Reduce by", "int", "1", "Codec",
      "send 1/reduce of the latent values: BCR 1/(96 reduce); a power of two on the radio link (docs/rate.md)"),
     ("reduce_method", "Reduction", "enum", "'subset'", "Codec",
-     "subset (fixed pseudo-random values, the rest inpainted) or pool (block pooling, generative upsampling)"),
+     "subset (fixed pseudo-random values, the rest inpainted), pool (block pooling) or dct (each channel's "
+     "low-frequency DCT coefficients); pool and dct with generative upsampling (docs/rate.md)"),
 ]
 RX = [
     ("m", "Receiver steps m", "int", "5", "Codec", "DDIM-inversion steps continued at the receiver (paper: 5)"),
