@@ -182,8 +182,6 @@ def bench_dtype(args, dtype, image, rows):
 def count_flops(args) -> int:
     """Arithmetic per TX+RX image (``--flops``): SD-1.5's UNet and VAE built on the meta device (no
     memory, no weights) under ``torch.utils.flop_counter``; what a given images/s asks of the GPU."""
-    import json
-
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from torch.utils.flop_counter import FlopCounterMode
 

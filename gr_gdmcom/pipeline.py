@@ -24,7 +24,8 @@ from .codec import LatentMeta, prompt_hash
 from .codec.core import weight_by_reliability
 from .config import CodecConfig
 from .phy import FrameConfig, FrameRx, FrameTx, Header, Reassembler
-from .phy.header import MEAN_SLOTS, MEANS_FLAG, REDUCE_LOG2_MASK, REDUCE_POOL_FLAG, fits_float16
+from .phy.header import (MEAN_SLOTS, MEANS_FLAG, REDUCE_DCT_FLAG, REDUCE_LOG2_MASK, REDUCE_POOL_FLAG,
+                         fits_float16)
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +102,7 @@ class TxEvent:
         return d
 
 
-#: header ``flags`` bit 6: the reduction is a DCT truncation (bits 0-3 log2(reduce), bit 4 pool and
-#: bit 5 channel means are phy/header.py's; neither pool nor dct: subset)
-REDUCE_DCT_FLAG = 0x40
+#: the header ``flags`` bit of each reduction method (phy/header.py; neither: subset)
 _METHOD_FLAGS = {"pool": REDUCE_POOL_FLAG, "dct": REDUCE_DCT_FLAG}
 
 

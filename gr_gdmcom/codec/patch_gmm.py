@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 from dataclasses import dataclass

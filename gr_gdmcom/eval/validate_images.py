@@ -48,7 +48,6 @@ def measure(model: str = "patch-gmm", seeds: Sequence[int] = (0, 1), snrs: Seque
     """PSNR / MS-SSIM per (method, SNR) and per fixed N, over held-out images x channel seeds."""
     import torch
 
-    from ..codec import GenerativeCodec
     from ..codec.images import to_tensor, to_uint8
     from ..config import CodecConfig
     from .baselines import METHODS as REGISTRY

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import cmath
 import functools
-import math
 import threading
 from typing import NamedTuple, Optional, Sequence, Tuple
 
