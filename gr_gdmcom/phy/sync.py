@@ -407,7 +407,7 @@ def track_gain(zk: np.ndarray, pos: np.ndarray, n: int, omega: float, spans: Seq
     After removing the ramp ``omega``, the gain at each observation is the
     least-squares fit over the observations within +-span / 2 symbols of it
     (sum of zk over sum of |s|^2: a box window, truncated at the ends), interpolated
-    linearly between the observations.  For each candidate span the fit is also
+    between the observations linearly in amplitude and phase.  For each candidate span the fit is also
     formed without the observation itself; the span whose leave-one-out prediction
     error is smallest (over the observations ``score``) is kept: a long window where
     the channel is still (noise averages out), a short one where it moves (fading, a
@@ -448,15 +448,16 @@ def track_gain(zk: np.ndarray, pos: np.ndarray, n: int, omega: float, spans: Seq
     span, hi, lo, ws, inv_loo, inv_ws = plan.final(k)
     s = c[hi] - c[lo] if k >= 0 else np.full(len(zr), c[-1])
     loo = np.where(inv_loo > 0, (s - zr) * inv_loo, s * inv_ws)
-    # the ramp put back at the observations, the gain interpolated between them (its
-    # phase steps there are small: the chord stays close to the arc)
+    # the ramp put back at the observations, the gain interpolated between them in
+    # amplitude and (unwrapped) phase: where a fade's null turns the phase by nearly
+    # half a turn from one observation to the next, the chord between the two gains
+    # would pass by zero -- a null deeper than the channel's, which the division by the
+    # gain would turn into errors tens of dB above the noise estimated for them
     avg = s * inv_ws
     if omega:
         avg, loo = avg * ramp, loo * ramp
     t = np.arange(n)
-    g = np.empty(n, np.complex128)
-    g.real = np.interp(t, pos, avg.real)
-    g.imag = np.interp(t, pos, avg.imag)
+    g = np.interp(t, pos, np.abs(avg)) * np.exp(1j * np.interp(t, pos, np.unwrap(np.angle(avg))))
     return GainTrack(g=g, g_loo=loo, wsum=ws, span=int(span), score=err)
 
 
