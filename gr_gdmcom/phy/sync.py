@@ -357,7 +357,10 @@ def slope(x: np.ndarray, y: np.ndarray) -> float:
 def residual_frequency(zp: np.ndarray, pos: np.ndarray) -> float:
     """Residual carrier frequency from regularly spaced pilots: the phase of
     sum_k z[k+L] conj(z[k]), first with L = min(n_p / 2, ``OMEGA_LAG``) (wide range),
-    then, after removing that, with L = n_p / 2 (precise).
+    then, after removing each estimate, with L four times longer, up to L = n_p / 2
+    (precise).  Each stage must resolve the next one's phase ambiguity: one jump from
+    16 to n_p / 2 = 208 pilots (an 8192-symbol burst) took the wrong turn in about one
+    burst in 600 at 0 dB, its error a whole turn over the burst.
 
     Args:
         zp: complex (n_p,), received pilots times conj(known pilots).
@@ -367,7 +370,10 @@ def residual_frequency(zp: np.ndarray, pos: np.ndarray) -> float:
     """
     zp = np.asarray(zp, np.complex128)
     omega = 0.0
-    for lag in (min(len(zp) // 2, OMEGA_LAG), len(zp) // 2):
+    lags = [min(len(zp) // 2, OMEGA_LAG)]
+    while lags[-1] < len(zp) // 2:
+        lags.append(min(4 * lags[-1], len(zp) // 2))
+    for lag in lags:
         if lag >= 1:
             zr = zp * np.exp(-1j * omega * pos)
             spacing = float(pos[-lag:].sum() - pos[:lag].sum()) / (len(pos) - lag)  # mean of pos[k+lag] - pos[k]
