@@ -494,7 +494,8 @@ def track_gain(zk: np.ndarray, pos: np.ndarray, n: int, omega: float, spans: Seq
     k, _, zr, _, loo = fit if fit[0] == longest else _fit_windows(plan, zk, omega, longest)
     d_omega = _ramp_correction(plan, k, zr, loo)
     if d_omega:
-        refit = _fit_windows(plan, zk, omega + d_omega)
+        # (where the longest window won with the ramp left in, it wins without it too)
+        refit = _fit_windows(plan, zk, omega + d_omega, longest if fit[0] == longest else None)
         if refit[0] == longest:
             omega, fit = omega + d_omega, refit
     k, err, zr, s, loo = fit
@@ -519,8 +520,10 @@ def _fit_windows(plan: "_TrackPlan", zk: np.ndarray, omega: float, k: Optional[i
     zr = zk * np.exp(-1j * omega * plan.pos) if omega else zk
     c = np.zeros(len(zr) + 1, np.complex128)
     np.cumsum(zr, out=c[1:])
-    if k is not None:
-        err = float("nan")
+    if k is not None:  # its score alone
+        z_sel = zr[plan.idx]
+        d = z_sel - (c[plan.hi[k]] - c[plan.lo[k]] - z_sel) * plan.w_ratio[k]
+        err = float(((d.real ** 2 + d.imag ** 2) * plan.okf[k]).sum() / plan.den[k]) if k >= 0 else float("inf")
     elif plan.usable.size:
         # every candidate window at once, scored on the selected observations only
         z_sel = zr[plan.idx]
