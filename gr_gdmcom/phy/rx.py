@@ -10,8 +10,9 @@ beyond what has been processed, and inputs are processed in slices of
 2. coarse CFO from the metric's phase; segment-wise correlation with the known
    preamble waveform gives the timing (parabolic fractional refinement), a
    verification score (``verify_threshold``) and the fine CFO;
-3. CFO correction, RRC matched filter evaluated at the fractional timing,
-   unbiased LS equaliser trained on the preamble, pilot phase tracking;
+3. CFO correction, RRC matched filter evaluated at the fractional timing (the
+   truncated pulse pair's known interference removed from its outputs), unbiased
+   LS equaliser trained on the preamble, pilot phase tracking;
 4. header: exact ML decoding (hard decisions when they form a codeword, else
    soft Viterbi batched over the bursts of one call), CRC-32; on a CRC failure
    one retry with a decision-directed phase track, then (bursts long enough to

@@ -2,7 +2,8 @@
 
 Detection (:func:`preamble_metric`), timing/CFO/verification
 (:func:`preamble_correlation`, :func:`fine_timing_cfo`), fractional-delay
-matched filtering (:func:`matched_filter`), the LS equaliser
+matched filtering (:func:`matched_filter`) and the removal of the pulse pair's
+residual interference (:func:`cancel_isi`), the LS equaliser
 (:func:`train_equaliser`, :func:`equalise`) and the channel tracker
 (:func:`track_gain`: complex gain, amplitude and phase, along the burst).  :class:`~gr_gdmcom.phy.rx.FrameRx` strings them together.
 """
