@@ -33,7 +33,12 @@ class ChannelConfig:
         epsilon: sample-clock ratio of ``channel_model`` (1.0 = none).
         delay: fractional timing offset in samples, built into the taps.
         taps: multipath taps (complex), normalised to unit energy.
-        seed: noise seed.
+        seed: noise seed (and, with ``fading``, the fading's).
+        fading: flat fading before the channel, ``channels.fading_model`` (8 sinusoids):
+            maximum Doppler over the sample rate, fD Ts (0 = none; e.g. 1e-4 at 1 Msps is
+            100 Hz).  ``snr_db`` is then the average SNR.
+        rician_k: with ``fading``: 0 = Rayleigh, else Rician with this K factor (LOS power
+            over scattered power).
     """
 
     snr_db: float = 10.0
@@ -43,6 +48,14 @@ class ChannelConfig:
     delay: float = 0.0
     taps: Sequence[complex] = (1.0,)
     seed: int = 0
+    fading: float = 0.0
+    rician_k: float = 0.0
+
+    def __post_init__(self):
+        if not 0.0 <= float(self.fading) <= 0.1:
+            raise ValueError(f"fading (fD Ts) must be in 0 .. 0.1, got {self.fading!r}")
+        if not float(self.rician_k) >= 0.0:
+            raise ValueError(f"rician_k must be >= 0 (0 = Rayleigh), got {self.rician_k!r}")
 
     def channel_taps(self) -> np.ndarray:
         return np.asarray(multipath_taps(self.taps, self.delay), np.complex64)
@@ -91,19 +104,25 @@ def build_link(images, out_dir: Optional[str], channel: ChannelConfig, tx: Codec
     # GNU Radio seeds its generators from the clock when given 0: seed s runs as s + 1, so every
     # --seed is reproducible and distinct (--seed 0 and 1 used to share a channel)
     gr_seed = int(channel.seed) % (2 ** 31 - 1) + 1
+    if channel.kind not in ("awgn", "model"):
+        raise ValueError(f"unknown channel kind {channel.kind!r}; choose awgn or model")
+    head = src
+    if channel.fading:
+        rician = float(channel.rician_k) > 0
+        head = channels.fading_model(8, float(channel.fading), rician, float(channel.rician_k) if rician else 1.0,
+                                     gr_seed)
+        tb.connect(src, head)
     if channel.kind == "awgn":
         noise = analog.noise_source_c(analog.GR_GAUSSIAN, nv, gr_seed)
         add = blocks.add_cc()
-        tb.connect(src, (add, 0))
+        tb.connect(head, (add, 0))
         tb.connect(noise, (add, 1))
         tb.connect(add, snk)
-    elif channel.kind == "model":
+    else:
         ch = channels.channel_model(noise_voltage=nv, frequency_offset=float(channel.cfo),
                                     epsilon=float(channel.epsilon), taps=channel.channel_taps().tolist(),
                                     noise_seed=gr_seed, block_tags=False)
-        tb.connect(src, ch, snk)
-    else:
-        raise ValueError(f"unknown channel kind {channel.kind!r}; choose awgn or model")
+        tb.connect(head, ch, snk)
     return tb, src, snk
 
 

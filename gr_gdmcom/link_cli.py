@@ -31,6 +31,11 @@ def register(sub) -> None:
     ch.add_argument("--delay", type=float, default=0.0, help="fractional timing offset, samples [default=%(default)r]")
     ch.add_argument("--taps", type=complex, nargs="+", default=[1.0],
                     help="multipath taps, e.g. --taps 1 0.3j -0.1 (normalised to unit energy) [default: 1]")
+    ch.add_argument("--fading", type=float, default=0.0, metavar="FDTS",
+                    help="flat fading before the noise (channels.fading_model, 8 sinusoids): maximum Doppler "
+                         "over the sample rate, e.g. 1e-4; --snr is then the average SNR [default: none]")
+    ch.add_argument("--rician-k", type=float, default=0.0, metavar="K",
+                    help="with --fading: Rician K factor (0 = Rayleigh) [default=%(default)r]")
     add_frame_args(p)
     add_codec_args(p)
     # The link's default is the best prior that runs offline on a CPU (real quality needs SD-1.5 on a GPU).
@@ -63,8 +68,12 @@ def cmd_link(args) -> int:
             pass  # the source refuses it too: reported once, as the row's error
     failed = 0
     for snr in args.snr:
-        ch = ChannelConfig(snr_db=snr, kind=kind, cfo=args.cfo, epsilon=args.epsilon, delay=args.delay,
-                           taps=args.taps, seed=cfg.seed)
+        try:
+            ch = ChannelConfig(snr_db=snr, kind=kind, cfo=args.cfo, epsilon=args.epsilon, delay=args.delay,
+                               taps=args.taps, seed=cfg.seed, fading=args.fading, rician_k=args.rician_k)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         out_dir = Path(args.out) / f"snr{snr_tag(snr)}"
         try:
             run = run_link([str(p) for p in paths], str(out_dir), ch, cfg, cfg, frame, args.server, names)
@@ -75,6 +84,8 @@ def cmd_link(args) -> int:
         for ev in run["tx_events"]:
             i = ev["image_id"]
             row = dict(image=ev["name"], snr_db=float(snr), channel=kind, sps=frame.sps)
+            if args.fading:
+                row.update(fading=args.fading, rician_k=args.rician_k)
             if "error" in ev:
                 row["error"] = f"not sent: {ev['error']}"
             elif i not in got:

@@ -198,6 +198,21 @@ def test_track_gain_chooses_its_window_from_the_data(rng):
     assert np.mean(np.abs(still.g - np.exp(1j * ramp * np.arange(4000))) ** 2) < 1e-4
 
 
+def test_the_gain_is_interpolated_through_a_null_without_inventing_a_deeper_one():
+    """h(t) = 1 - 1.05 exp(j 2 pi (t - t0) / 300): a null (|h| >= 0.05) midway between two
+    pilots, across which the phase turns by ~150 degrees.  The chord between the two gains
+    would pass at 0.28 |h| (dividing by it multiplies the symbol's error by up to 4); the
+    gain interpolated in amplitude and phase stays above 0.9 |h|, and the symbol after the
+    division by it is off by at most 1.3 |s| (Rician fD Ts 1e-3 at 20 dB, channel seed 10:
+    one burst's actual SNR 1.7 -> 12.0 dB, its estimate 7.7 -> 2.0 dB optimistic)."""
+    pos, t = np.arange(0, 2000, 17), np.arange(2000)
+    h = 1 - 1.05 * np.exp(2j * np.pi * (t - 994.5) / 300)  # null midway between pilots 986 and 1003
+    g = sync.track_gain(h[pos], pos, 2000, 0.0, [34, 68]).g
+    near = slice(960, 1030)
+    assert np.min(np.abs(g[near]) / np.abs(h[near])) > 0.9
+    assert np.max(np.abs(h[near] / g[near] - 1)) < 1.3
+
+
 def test_probe_pilots_are_payload_shaped():
     """The pilots after the header region are CN(0, 1)-distributed (|s|^2 ~ Exp(1)), the
     header region's unit-modulus QPSK."""
@@ -208,3 +223,19 @@ def test_probe_pilots_are_payload_shaped():
     lay = FrameConfig().layout()
     np.testing.assert_allclose(np.abs(lay.pilots[: lay.header_pilots]), 1.0, rtol=1e-6)
     np.testing.assert_array_equal(lay.pilots[lay.header_pilots: lay.header_pilots + 10], s[:10])
+
+
+def test_gain_interpolation_follows_the_arc(rng):
+    """Between observations the tracked gain is linear in amplitude and unwrapped phase:
+    across a phase step of nearly half a turn (a fade's null) exactly, across the small
+    steps of a still channel (close amplitudes) the chord, within twice ARC_CHORD^2 / 8."""
+    pos = np.arange(0, 1000, 17)
+    phase = np.cumsum(np.where(np.arange(len(pos)) == 30, 3.0, 0.01 * rng.standard_normal(len(pos))))
+    avg = (1.0 + 0.01 * rng.random(len(pos))) * np.exp(1j * phase)
+    t = np.arange(1000)
+    arc = np.interp(t, pos, np.abs(avg)) * np.exp(1j * np.interp(t, pos, phase))
+    g = sync._interpolate_gain(avg, pos, 1000)
+    assert np.max(np.abs(g - arc) / np.abs(arc)) < sync.ARC_CHORD ** 2 / 4
+    across = (t > pos[29]) & (t < pos[30])  # the half-turn step: no deeper than the ends
+    np.testing.assert_allclose(g[across], arc[across], rtol=1e-12)
+    assert np.abs(g[across]).min() >= np.abs(avg[29:31]).min() - 1e-12

@@ -88,9 +88,12 @@ def test_body_layout_and_payload_scrambling(rng):
     np.testing.assert_allclose(body[data_pos[HEADER_CODED_BITS:]], payload)
 
 
-def test_a_long_payload_carries_a_copy_of_the_header_after_2048_symbols(rng):
-    """data = coded header, payload[:2048], the same coded header, payload[2048:]; pilots
-    as before at every 17th body position.  A 2047-symbol payload has no copy."""
+def test_a_long_payload_carries_a_resync_preamble_and_a_copy_of_the_header_after_2048_symbols(rng):
+    """data = coded header, payload[:2048], the coded header rotated, payload[2048:]; pilots
+    as before at every 17th body position, except that 224 symbols of resync preamble (the
+    preamble's Barker sign cover over a length-16 Zadoff-Chu segment) come before the pilot
+    of the block where the copy starts, and everything after moves by 224.  A 2047-symbol
+    payload has neither."""
     cfg = FrameConfig(sps=1, max_chunk_symbols=3000)
     lay = cfg.layout()
     h, n = HEADER_CODED_BITS, 3000
@@ -98,11 +101,19 @@ def test_a_long_payload_carries_a_copy_of_the_header_after_2048_symbols(rng):
     hdr = Header(chunk_symbols=n, total_symbols=n)
     body = FrameTx(cfg).burst(hdr, payload)[len(lay.preamble):]
     d = np.arange(2 * h + n)
-    data = body[d + d // 16 + 1]  # data symbol d sits at body position d + d // P + 1
-    assert len(body) == 2 * h + n + -(-(2 * h + n) // 16) + 1
-    np.testing.assert_array_equal(data[h + 2048: 2 * h + 2048], data[:h])
+    at = (h + 2048) // 16 * 17  # the pilot before data symbol h + 2048's block
+    grid = d + d // 16 + 1  # data symbol d's body position without the resync preamble
+    data = body[np.where(grid >= at, grid + 224, grid)]
+    assert len(body) == 2 * h + n + -(-(2 * h + n) // 16) + 1 + 224
+    k = np.arange(16)
+    cover = np.cumprod([1, 1, 1, 1, 1, 1, -1, -1, 1, 1, -1, 1, -1, 1])  # Barker-13 products
+    np.testing.assert_allclose(body[at: at + 224], np.repeat(cover, 16) * np.tile(np.exp(-1j * np.pi * k * k / 16), 14),
+                               atol=1e-5)
+    np.testing.assert_allclose(body[at + 224], lay.pilots[at // 17], atol=1e-6)  # the grid resumes with a pilot
+    # the copy is the coded header rotated by half its length: copy symbol j = header symbol (j + 633) mod h
+    np.testing.assert_array_equal(data[h + 2048: 2 * h + 2048], data[(np.arange(h) + 633) % h])
     hard = (data[:h] * np.conj(lay.header_whitening)).real < 0
-    np.testing.assert_array_equal(hard, conv.encode(np.unpackbits(np.frombuffer(hdr.pack(), np.uint8))))
+    np.testing.assert_array_equal(hard, conv.encode(np.unpackbits(np.frombuffer(hdr.pack(), np.uint8)))[np.arange(h) * 785 % h])
     sent = np.concatenate([data[h: h + 2048], data[2 * h + 2048:]]) * np.conj(lay.scrambler[:n])
     np.testing.assert_allclose(sent, payload, rtol=1e-5, atol=1e-6)
     assert lay.burst_map(2047).copy.size == 0 and lay.burst_map(2048).copy.size == h

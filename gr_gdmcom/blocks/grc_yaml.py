@@ -70,7 +70,7 @@ PHY = [
     ("max_chunk_symbols", "Max chunk", "int", "8192", "PHY", "latent symbols per burst (larger latents are chunked)"),
     ("gap_symbols", "Gap", "int", "64", "PHY", "zero symbols between bursts"),
     ("header_copy", "Header copy", "bool", "True", "PHY",
-     "a second copy of the header in payloads of 2048 symbols or more (against fades; TX and RX must agree)"),
+     "a resync preamble and a second copy of the header in payloads of 2048 symbols or more (against fades; TX and RX must agree)"),
 ]
 TX_PHY = [  # the transmitter's own settings (FrameConfig)
     ("tx_clip", "TX clip", "float", "0.0", "PHY",

@@ -5,6 +5,9 @@ A burst, in symbols (see ``docs/frame-format.md``)::
     | preamble (reps x seg) | body: P0 d d ... d P1 d ... d ... Plast |
                              `-- data = coded header (BPSK) + payload --'
 
+    long payload (header_copy): | preamble | P0 d .. (header, latent[:2048]) .. d |
+        resync preamble | Pk d .. (header copy, latent[2048:]) .. Plast |
+
 * preamble: a CAZAC (Frank) segment of ``preamble_seg`` symbols repeated
   ``preamble_reps`` times under a sign cover whose adjacent-segment products
   form a Barker code (sharp, CFO-proof autocorrelation metric);
@@ -46,6 +49,12 @@ MAX_CHUNK_LIMIT = 0xFFFF
 #: The copy's place does not depend on the payload's length, so the receiver finds it
 #: before it has decoded the header.
 HEADER_COPY_AFTER = 2048
+#: The copy's symbols are the header's rotated by this many (FrameLayout.header_copy_symbols).
+COPY_ROTATION = HEADER_CODED_BITS // 2
+#: Zadoff-Chu root of the resync preamble's segment (of all roots and the conjugate Frank
+#: segment, the one whose verification score against the Frank template is lowest: at
+#: most 0.15 of its own at any lag, sps 1, 2 and 4).
+RESYNC_ZC_ROOT = 1
 
 
 class BurstMap(NamedTuple):
@@ -56,6 +65,7 @@ class BurstMap(NamedTuple):
     payload: np.ndarray  # the latent symbols
     pilots: np.ndarray
     n_body: int
+    resync: np.ndarray   # the resync preamble before the copy's block (empty with no copy)
 
 
 @dataclass
@@ -84,9 +94,11 @@ class FrameConfig:
             try up to this many whole steps of 1/(seg sps) on either side
             (0 .. sqrt(seg) - 1); each widens the capture range by 1/(seg sps).
         header_copy: payloads of ``HEADER_COPY_AFTER`` (2048) symbols or more carry a
-            second copy of the coded header after their first 2048 symbols (time diversity
-            against fades; docs/frame-format.md section 2); False saves its 1346 symbols
-            (12 % of an 8192-symbol burst, 26 % of a 2048-symbol one) on links that do not fade.
+            resync preamble and a second copy of the coded header after their first 2048
+            symbols (time diversity against fades: a burst whose preamble or header is lost
+            in a fade is still found and read; docs/frame-format.md section 2); False saves
+            their 1570 symbols (14 % of an 8192-symbol burst, 29 % of a 2048-symbol one) on
+            links that do not fade.
         tx_clip: transmitter: clip every sample's amplitude at ``tx_clip`` times the
             burst's nominal rms amplitude sqrt(1/sps), phase kept (0 = off; >= 1): lowers
             the peak-to-average power ratio the power amplifier sees (the Gaussian latent
@@ -187,6 +199,12 @@ def gaussian_symbols(n: int, seed: int) -> np.ndarray:
     return (np.sqrt(-np.log(u)) * np.exp(2j * np.pi * v)).astype(np.complex64)
 
 
+def zadoff_chu(n: int, root: int = RESYNC_ZC_ROOT) -> np.ndarray:
+    """Zadoff-Chu CAZAC sequence of even length n: exp(-j pi root k^2 / n).  complex64 (n,)."""
+    k = np.arange(n)
+    return np.exp(-1j * np.pi * root * (k * k % (2 * n)) / n).astype(np.complex64)
+
+
 def frank(n: int) -> np.ndarray:
     """Frank CAZAC sequence of length n = q^2: exp(j 2 pi (k div q)(k mod q) / q).  complex64 (n,)."""
     q = int(round(np.sqrt(n)))
@@ -219,6 +237,8 @@ class FrameLayout:
         rrc_scale: factor making the sampled RRC unit-energy.
         taps: float64 (2 half + 1,), unit-energy TX pulse / matched filter.
         preamble: complex64 (reps * seg,), unit-modulus preamble symbols.
+        resync: complex64 (reps * seg,), the resync preamble (the same cover over
+            :func:`zadoff_chu` segments).
         cover: float64 (reps,), segment signs; ``barker``: float64 (reps - 1,),
             products of adjacent signs (the detection weights).
         header_whitening: complex64 (HEADER_CODED_BITS,), unit-modulus QPSK phases: coded
@@ -244,6 +264,7 @@ class FrameLayout:
         self.barker = np.asarray(BARKER[reps - 1], np.float64)
         self.cover = np.concatenate([[1.0], np.cumprod(self.barker)])
         self.preamble = (np.repeat(self.cover, seg) * np.tile(frank(seg), reps)).astype(np.complex64)
+        self.resync = (np.repeat(self.cover, seg) * np.tile(zadoff_chu(seg), reps)).astype(np.complex64)
         self.header_whitening = qpsk(prbs_bits(2 * HEADER_CODED_BITS, SEED_HEADER))
         max_data = 2 * HEADER_CODED_BITS + MAX_CHUNK_LIMIT
         n_pilots = max_data // cfg.pilot_spacing + 2
@@ -293,16 +314,37 @@ class FrameLayout:
         return data_pos, np.arange(n_blocks, dtype=np.int64) * (self.cfg.pilot_spacing + 1), int(data_pos[-1]) + 1
 
     def burst_map(self, n_payload: int) -> BurstMap:
-        """Body positions of the header, its copy, the payload and the pilots of a burst
-        carrying ``n_payload`` latent symbols: data = header, payload[:HEADER_COPY_AFTER],
-        header copy, payload[HEADER_COPY_AFTER:] (no copy under HEADER_COPY_AFTER symbols)."""
-        return _burst_map(self.cfg.pilot_spacing, int(n_payload), bool(self.cfg.header_copy))
+        """Body positions of the header, its copy, the payload, the pilots and the resync
+        preamble of a burst carrying ``n_payload`` latent symbols: data = header,
+        payload[:HEADER_COPY_AFTER], header copy, payload[HEADER_COPY_AFTER:] on the pilot
+        grid, the resync preamble inserted before the pilot of the block where the copy
+        starts (no copy and no resync preamble under HEADER_COPY_AFTER symbols)."""
+        return _burst_map(self.cfg.pilot_spacing, int(n_payload), bool(self.cfg.header_copy), len(self.resync))
 
-    def data_symbols(self, coded_header: np.ndarray, payload: np.ndarray) -> np.ndarray:
-        """The body's data in order (see :meth:`burst_map`).  complex (n_data,)."""
-        if not self.cfg.header_copy or len(payload) < HEADER_COPY_AFTER:
-            return np.concatenate([coded_header, payload])
-        return np.concatenate([coded_header, payload[:HEADER_COPY_AFTER], coded_header, payload[HEADER_COPY_AFTER:]])
+    def burst_body(self, coded_header: np.ndarray, payload: np.ndarray) -> np.ndarray:
+        """The body of a burst (see :meth:`burst_map`): header, payload, its copy,
+        pilots and resync preamble in place.  complex64 (n_body,)."""
+        m = self.burst_map(len(payload))
+        body = np.empty(m.n_body, np.complex64)
+        body[m.header] = coded_header
+        body[m.copy] = self.header_copy_symbols(coded_header)[: len(m.copy)]
+        body[m.payload] = payload
+        body[m.pilots] = self.pilots[: len(m.pilots)]
+        body[m.resync] = self.resync[: len(m.resync)]
+        return body
+
+    @staticmethod
+    def header_copy_symbols(coded_header: np.ndarray) -> np.ndarray:
+        """The copy's symbols: the coded header rotated by half its length (copy symbol j =
+        header symbol (j + COPY_ROTATION) mod n), so that a fade at the same place of both
+        copies (fades come back at about the copies' distance) hits different coded bits."""
+        return np.roll(coded_header, -COPY_ROTATION)
+
+    @staticmethod
+    def combine_copies(first: np.ndarray, copy: np.ndarray) -> np.ndarray:
+        """Soft values of the header (in its own symbol order) from both copies' (maximum-ratio
+        weighted) values: their sum, the copy's rotated back."""
+        return first + np.roll(copy, COPY_ROTATION)
 
     def copy_region(self):
         """Body positions of the header copy and of the pilots before its end (the same
@@ -311,9 +353,13 @@ class FrameLayout:
         m = self.burst_map(HEADER_COPY_AFTER)
         if not len(m.copy):
             return m.copy, m.pilots[:0], 0
-        p = self.cfg.pilot_spacing
-        n_blocks = -(-(2 * HEADER_CODED_BITS + HEADER_COPY_AFTER) // p)
-        return m.copy, np.arange(n_blocks, dtype=np.int64) * (p + 1), int(m.copy[-1]) + 1
+        return m.copy, m.pilots[m.pilots < m.copy[-1]], int(m.copy[-1]) + 1
+
+    def resync_start(self) -> int:
+        """Body position of the resync preamble's first symbol (the same in every burst
+        that has one); -1 without ``header_copy``."""
+        m = self.burst_map(HEADER_COPY_AFTER)
+        return int(m.resync[0]) if len(m.resync) else -1
 
     def burst_samples(self, n_payload: int) -> int:
         """Samples in a burst carrying ``n_payload`` latent symbols."""
@@ -332,16 +378,24 @@ def _body_map(p: int, n_data: int):
 
 
 @functools.lru_cache(maxsize=64)
-def _burst_map(p: int, n_payload: int, header_copy: bool) -> BurstMap:
+def _burst_map(p: int, n_payload: int, header_copy: bool, n_resync: int) -> BurstMap:
     h, s = HEADER_CODED_BITS, HEADER_COPY_AFTER
     has_copy = header_copy and n_payload >= s
     data_pos, pilot_pos, body_len = _body_map(p, h + n_payload + (h if has_copy else 0))
+    resync = np.zeros(0, np.int64)
     if has_copy:
+        # the resync preamble goes before the pilot of the block holding data symbol h + s
+        at = (h + s) // p * (p + 1)
+        data_pos = np.where(data_pos >= at, data_pos + n_resync, data_pos)
+        pilot_pos = np.where(pilot_pos >= at, pilot_pos + n_resync, pilot_pos)
+        body_len += n_resync
+        resync = np.arange(at, at + n_resync, dtype=np.int64)
         copy, payload = data_pos[h + s: 2 * h + s], np.concatenate([data_pos[h: h + s], data_pos[2 * h + s:]])
     else:
         copy, payload = data_pos[:0], data_pos[h:]
-    payload.flags.writeable = False
-    return BurstMap(data_pos[:h], copy, payload, pilot_pos, body_len)
+    for a in (data_pos, pilot_pos, payload, resync):
+        a.flags.writeable = False
+    return BurstMap(data_pos[:h], copy, payload, pilot_pos, body_len, resync)
 
 
 @functools.lru_cache(maxsize=16)

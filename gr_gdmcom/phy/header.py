@@ -5,7 +5,7 @@ polynomial) covers bytes 0..47::
 
     off size field              off size field
       0  2   magic "GD"          21  2   image height
-      2  1   version (3)         23  2   image width
+      2  1   version (4)         23  2   image width
       3  1   flags               25  1   k
       4  2   image_id            26  1   m_hint (0 = receiver default)
       6  2   chunk_index         27  2   T
@@ -33,7 +33,9 @@ import numpy as np
 from . import conv
 
 MAGIC = b"GD"
-HEADER_VERSION = 3
+#: 4: the resync preamble before the header copy (docs/frame-format.md section 2); a
+#: version-3 burst has the copy at another place, so it is refused, never misread
+HEADER_VERSION = 4
 #: channel-mean slots in the header (float16 each; SD's latent has 4 channels)
 MEAN_SLOTS = 4
 #: ``flags`` bits (docs/rate.md): bits 0-3 log2 of the latent reduction, bit 4 pool, bit 5 channel means
@@ -46,6 +48,13 @@ CRC_BYTES = 4
 HEADER_BYTES = HEADER_STRUCT.size + CRC_BYTES
 HEADER_BITS = 8 * HEADER_BYTES
 HEADER_CODED_BITS = conv.coded_length(HEADER_BITS)
+#: Interleaver of the coded header: on-air symbol k carries coded bit k * HEADER_STRIDE mod
+#: HEADER_CODED_BITS (a stride near the golden section of the length, coprime with it: any 50
+#: consecutive symbols carry coded bits at least 23 apart), so that a fade over a stretch of
+#: the header leaves scattered weak bits the Viterbi decoder corrects, not one erased run.
+HEADER_STRIDE = 785
+HEADER_ORDER = np.arange(HEADER_CODED_BITS) * HEADER_STRIDE % HEADER_CODED_BITS
+assert len(set(HEADER_ORDER.tolist())) == HEADER_CODED_BITS
 FORWARD_DDIM, FORWARD_RANDOM = 0, 1
 
 _RANGES = dict(version=8, flags=8, image_id=16, chunk_index=16, chunk_count=16, total_symbols=32,
@@ -182,11 +191,12 @@ def header_bits(data: bytes) -> np.ndarray:
 
 
 def encode_header(data: bytes, whitening: np.ndarray) -> np.ndarray:
-    """Header bytes -> symbols complex64 (HEADER_CODED_BITS,): coded bit c_k sent as
-    (1 - 2 c_k) whitening[k] (BPSK on the PN-rotated axis whitening[k])."""
+    """Header bytes -> symbols complex64 (HEADER_CODED_BITS,): symbol k is coded bit
+    c = c_{HEADER_ORDER[k]} sent as (1 - 2 c) whitening[k] (interleaved BPSK on the
+    PN-rotated axis whitening[k])."""
     if len(data) != HEADER_BYTES:
         raise HeaderError(f"header must be {HEADER_BYTES} bytes, got {len(data)}", "length")
-    return ((1.0 - 2.0 * conv.encode(header_bits(data))) * whitening).astype(np.complex64)
+    return ((1.0 - 2.0 * conv.encode(header_bits(data))[HEADER_ORDER]) * whitening).astype(np.complex64)
 
 
 def decode_headers(symbols: np.ndarray, whitening: np.ndarray) -> list:
@@ -200,7 +210,8 @@ def decode_headers(symbols: np.ndarray, whitening: np.ndarray) -> list:
     Returns:
         list of B bytes objects (HEADER_BYTES each; CRC not yet checked).
     """
-    soft = np.atleast_2d((np.asarray(symbols) * np.conj(whitening)).real.astype(np.float32))
+    soft = np.empty((np.atleast_2d(symbols).shape[0], HEADER_CODED_BITS), np.float32)
+    soft[:, HEADER_ORDER] = np.atleast_2d((np.asarray(symbols) * np.conj(whitening)).real)  # de-interleaved
     bits = [conv.decode_hard(row) for row in soft]
     todo = [i for i, b in enumerate(bits) if b is None]
     if todo:

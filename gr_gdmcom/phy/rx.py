@@ -17,6 +17,8 @@ beyond what has been processed, and inputs are processed in slices of
    soft Viterbi batched over the bursts of one call), CRC-32; on a CRC failure
    one retry with a decision-directed phase track, then (bursts long enough to
    carry one) the header read together with its copy later in the burst;
+   a burst whose first preamble was missed (a fade) is found from its resync
+   preamble before the copy and read from its start, its equaliser trained there;
 5. payload: equaliser retrained on preamble + header region, phase tracked on
    all pilots and the decoded header, amplitude normalised on the header;
    pilots removed, descrambled; noise variance estimated on all those known
@@ -44,8 +46,8 @@ from .snr import MIN_NOISE_VAR, noise_var_to_snr_db
 
 log = logging.getLogger(__name__)
 
-COUNTERS = ("bursts_detected", "candidates_rejected", "headers_ok", "header_retries", "header_copies",
-            "header_crc_fail",
+COUNTERS = ("bursts_detected", "bursts_resynced", "candidates_rejected", "headers_ok", "header_retries",
+            "header_copies", "header_crc_fail",
             "header_invalid", "sync_fail", "truncated", "overlapping", "nonfinite_samples", "timing_tracked",
             "track_lost", "frames_out")
 #: Default most samples handled per processing pass (bounds memory for huge pushes).
@@ -220,6 +222,7 @@ class _Burst:
     g: Optional[np.ndarray] = None    # tracked complex gain over the header region
     header: Optional[Header] = None
     header_bytes: bytes = b""
+    resync: bool = False              # found from its resync preamble (equaliser trained there)
 
 
 class FrameRx:
@@ -251,18 +254,31 @@ class FrameRx:
         self._isi = sync.isi_taps(lay.half, c.sps, c.rolloff, lay.rrc_scale)
         self._reach = self._h + (int(np.abs(self._isi[0]).max()) if len(self._isi[0]) else 0)
         self._delta = self._seglen // 2 + c.sps  # fine-timing search, +- samples
-        self._tseg = lay.template[lay.half: lay.half + self._reps * self._seglen].reshape(self._reps, -1)
-        # the preamble template as received with a CFO of n whole steps (1/seglen) more: n = +-1 .. +-cfo_search
+        cut = slice(lay.half, lay.half + self._reps * self._seglen)
+        self._tseg = lay.template[cut].reshape(self._reps, -1)
+        # verification templates: the preamble [, the resync preamble before the header copy]
+        self._resync_at = lay.resync_start()
+        kinds = [self._tseg]
+        if self._resync_at >= 0:
+            kinds.append(lay.shape(lay.resync)[cut].reshape(self._reps, -1))
+        self._tkinds = np.stack(kinds)
+        # samples from a burst's sample 0 to its resync preamble's, as seen by the detector
+        self._resync_off = (self._npre + self._resync_at) * c.sps if self._resync_at >= 0 else 0
+        # the templates as received with a CFO of n whole steps (1/seglen) more: n = +-1 .. +-cfo_search,
+        # kind-major ((kind, step) -> kind * len(steps) + step)
         self._steps = [sgn * n for n in range(1, c.cfo_search + 1) for sgn in (1, -1)]
         ramp = np.exp(2j * np.pi * np.arange(self._seglen) / self._seglen)
-        self._tsteps = np.stack([self._tseg * ramp ** n for n in self._steps]) if self._steps else None
+        self._tsteps = np.stack([t * ramp ** n for t in kinds for n in self._steps]) if self._steps else None
         self._hdr_pos, self._hdr_pilots, self._hdr_body = lay.header_region()
         self._copy_pos, self._copy_pilots, self._copy_body = lay.copy_region()
         # channel-tracker windows, symbols (the longest: phase_window pilot periods)
         self._spans = [k * (c.pilot_spacing + 1) for k in TRACK_SPANS if k <= max(c.phase_window, TRACK_SPANS[0])]
         self._ted = _discriminators(lay.half, c.sps, c.rolloff, lay.rrc_scale, c.rrc_span) if c.sps > 1 else None
-        # samples kept before the scan position (sync window) and padded at the stream edges
+        # samples kept before the scan position (sync window; a resync preamble's burst start)
+        # and padded at the stream edges
         self._history = self._sps * (-(-(lay.half + self._delta + 4 * c.sps) // c.sps))
+        if self._resync_at >= 0:
+            self._history += self._resync_off + (self._reach + 4) * c.sps + 2 * lay.half + self._seglen
         self._tail_pad = (self._reach + 2) * c.sps + 2 * lay.half + self._reps * self._seglen + self._delta \
             + self._drift_margin(MAX_CHUNK_LIMIT + 2 * HEADER_CODED_BITS)
         self._reset(0)
@@ -305,7 +321,7 @@ class FrameRx:
         self._store = np.zeros(max(at - start, 1 << 16), np.complex64)  # zeros before the stream start
         self._lo, self._hi = 0, at - start  # self._store[_lo:_hi] holds samples _buf_start..
         self._buf_start = start
-        self._end = at
+        self._end = self._stream_start = at
         self._scan = start // self._sps  # next detection-metric index (symbol-rate)
         self._pending: List[_Burst] = []
         self._last_end = -math.inf
@@ -415,9 +431,12 @@ class FrameRx:
         if not self._available(hi):
             return None
         raw = self._samples(lo, hi)
-        c, score, verify = sync.preamble_correlation(self._derotate(raw, f0, lo - coarse), self._tseg)
-        lag, f1, best = sync.fine_timing_cfo(c, score, self._seglen, self._sps > 1)
-        best_v, f_hat = float(verify[best]), f0 + f1
+        c, score, verify = sync.preamble_correlation(self._derotate(raw, f0, lo - coarse), self._tkinds)
+        best_v, kind = -1.0, 0
+        for k in range(len(self._tkinds)):  # the preamble, or the resync preamble (the better verified)
+            lag_k, f1, best_k = sync.fine_timing_cfo(c[k], score[k], self._seglen, self._sps > 1)
+            if verify[k, best_k] > best_v:
+                best_v, kind, lag, f_hat, best = float(verify[k, best_k]), k, lag_k, f0 + f1, best_k
         if self._tsteps is not None and best_v < CFO_STEP_GATE * math.sqrt(metric):
             # The detector reads the CFO modulo 1/seglen.  Off by n such steps, a Frank
             # segment still matches about 0.75 about n symbols away: the correlation is
@@ -426,25 +445,46 @@ class FrameRx:
             # the best-verifying kept.  A step of 1/seglen rotates each segment by whole
             # turns, so it is a modulation of the template (one call for all steps).
             w = (self.cfg.cfo_search + 2) * self._sps
-            l_lo, l_hi = max(best - w, 0), min(best + w, len(verify) - 1)
+            l_lo, l_hi = max(best - w, 0), min(best + w, verify.shape[-1] - 1)
             part = self._derotate(raw[l_lo: l_hi + self._reps * self._seglen], f0, lo + l_lo - coarse)
             c_n, score_n, v_n = sync.preamble_correlation(part, self._tsteps)
             b = np.argmax(score_n, axis=1)
             h = int(np.argmax(v_n[np.arange(len(b)), b]))
             if v_n[h, b[h]] > best_v:
                 lag_n, f1, _ = sync.fine_timing_cfo(c_n[h], score_n[h], self._seglen, self._sps > 1)
-                best_v, lag, f_hat = float(v_n[h, b[h]]), l_lo + lag_n, f0 + self._steps[h] / self._seglen + f1
+                kind, step = divmod(h, len(self._steps))
+                best_v, lag, f_hat = float(v_n[h, b[h]]), l_lo + lag_n, f0 + self._steps[step] / self._seglen + f1
         if best_v < self.cfg.verify_threshold:
             self.counters["candidates_rejected"] += 1
             log.debug("candidate at %d rejected (verify %.3f)", coarse, best_v)
             return False
         tau = coarse - self._delta + lag
+        if kind:
+            return self._resynced(tau - self._resync_off, f_hat, best_v)
         if tau < self._last_end - self._sps:
             self.counters["overlapping"] += 1
             return False
         self._pending.append(_Burst(tau=tau, cfo=f_hat))
         self.counters["bursts_detected"] += 1
         log.debug("burst at %.2f: cfo %.5f, verify %.3f", tau, f_hat, best_v)
+        return True
+
+    def _resynced(self, tau: float, f_hat: float, verify: float) -> bool:
+        """A verified resync preamble of a burst starting at ``tau``: nothing to do if that
+        burst is already being read (or was read); else the burst is read from its start
+        (buffered: ``_history``), its header through both copies (stage ``copy``)."""
+        near = [b for b in self._pending if b.stage != "dead" and abs(b.tau - tau) <= self._seglen]
+        if near or tau < self._last_end - self._sps:
+            return True
+        if tau < self._stream_start:
+            self.counters["truncated"] += 1  # the burst began before the stream did
+            log.debug("resync preamble of a burst at %.2f, before the stream start", tau)
+            return True
+        b = _Burst(tau=tau, cfo=f_hat, stage="copy", resync=True)
+        self._pending.insert(sum(p.tau < tau for p in self._pending), b)
+        self.counters["bursts_detected"] += 1
+        self.counters["bursts_resynced"] += 1
+        log.debug("burst at %.2f from its resync preamble: cfo %.5f, verify %.3f", tau, f_hat, verify)
         return True
 
     @staticmethod
@@ -501,7 +541,7 @@ class FrameRx:
         """Absolute sample instants of symbols ``sym`` (0 = first preamble symbol) on a
         symbol clock drifting by ``drift`` samples per symbol, exact at the middle of the
         equaliser's training region (preamble + header region)."""
-        s_ref = (self._npre + self._hdr_body) / 2.0
+        s_ref = (self._npre + self._resync_at + self._npre / 2.0) if b.resync else (self._npre + self._hdr_body) / 2.0
         return b.tau + self.layout.half + sym * self._sps + drift * (sym - s_ref)
 
     def _timing_drift(self, b: _Burst, d: _Demod, pilot_pos: np.ndarray, drift: float,
@@ -762,9 +802,18 @@ class FrameRx:
         if not self._available(self._need(b, self._copy_body)):
             return False
         y = self._mf(b, self._npre + self._copy_body)
+        if b.resync and b.eq is None:  # found from its resync preamble: trained there
+            lay, at = self.layout, self._npre + self._resync_at
+            b.eq = sync.train_equaliser(y[at:], lay.resync, self.cfg.eq_taps)
+            if not b.eq.any():
+                return self._fail(b, "sync_fail", "degenerate equaliser")
+            b.gain = complex((np.conj(lay.resync) * y[self._h + at: self._h + at + self._npre]).sum() / self._npre)
         z, _, _, track, _ = self._equalise_track(b, y, self._copy_body, self._copy_pilots)
         g = track.g
-        b.soft = z[self._hdr_pos] * np.conj(g[self._hdr_pos]) + z[self._copy_pos] * np.conj(g[self._copy_pos])
+        if b.g is None:
+            b.g = g[: self._hdr_body]
+        b.soft = self.layout.combine_copies(z[self._hdr_pos] * np.conj(g[self._hdr_pos]),
+                                            z[self._copy_pos] * np.conj(g[self._copy_pos]))
         return True
 
     @staticmethod
@@ -829,8 +878,10 @@ class FrameRx:
     def _demodulate(self, b: _Burst, y: np.ndarray, known: np.ndarray, head: np.ndarray, pilot_pos: np.ndarray,
                     n_body: int) -> _Demod:
         """Equaliser trained on ``known`` (preamble + header region), body equalised and
-        phase-tracked on the pilots and the decoded header ``head``."""
-        b.eq = sync.train_equaliser(y, known, self.cfg.eq_taps)
+        phase-tracked on the pilots and the decoded header ``head``; a burst found from
+        its resync preamble is trained on that (``known``) instead."""
+        at = self._npre + self._resync_at if b.resync else 0
+        b.eq = sync.train_equaliser(y[at:], known, self.cfg.eq_taps)
         d = _Demod(y, b.eq, *self._equalise_track(b, y, n_body, pilot_pos, head), None)
         return d._replace(err=_fit_errors(d))
 
@@ -891,7 +942,7 @@ class FrameRx:
         # training: preamble + header region (its data and pilots) times its tracked gain
         # (the equaliser is to undo the dispersion, not the fading the tracker follows)
         head = lay.body_symbols(hdr_sym)[: self._hdr_body]
-        known = np.concatenate([lay.preamble, head * b.g])
+        known = lay.resync if b.resync else np.concatenate([lay.preamble, head * b.g])
         d = self._demodulate(b, self._mf(b, npre + n_body), known, head, pilot_pos, n_body)
         drift, d = self._follow_drift(b, d, known, head, pilot_pos, n_body)
         b.eq = d.eq

@@ -427,8 +427,15 @@ def residual_frequency(zp: np.ndarray, pos: np.ndarray) -> float:
     return omega
 
 
-#: Most observations :func:`track_gain` scores a window on (an even subsample beyond).
+#: Most observations :func:`track_gain` scores a window on (an even subsample beyond),
+#: and the largest residual-frequency refinement over the burst (radians) it applies as a
+#: turn of each window's gain (second-order error below (RAMP_LINEAR / 2)^2 / 6) instead
+#: of a refit.
 MAX_SCORED = 128
+RAMP_LINEAR = 0.3
+#: Largest phase step (rad) between two observations across which :func:`track_gain`
+#: interpolates the gain along the chord rather than the arc.
+ARC_CHORD = 0.05
 
 
 class GainTrack(NamedTuple):
@@ -461,7 +468,7 @@ def track_gain(zk: np.ndarray, pos: np.ndarray, n: int, omega: float, spans: Seq
     After removing the ramp ``omega``, the gain at each observation is the
     least-squares fit over the observations within +-span / 2 symbols of it
     (sum of zk over sum of |s|^2: a box window, truncated at the ends), interpolated
-    linearly between the observations.  For each candidate span the fit is also
+    between the observations linearly in amplitude and phase.  For each candidate span the fit is also
     formed without the observation itself; the span whose leave-one-out prediction
     error is smallest (over the observations ``score``) is kept: a long window where
     the channel is still (noise averages out), a short one where it moves (fading, a
@@ -494,24 +501,51 @@ def track_gain(zk: np.ndarray, pos: np.ndarray, n: int, omega: float, spans: Seq
     longest = len(plan.spans) - 1 if plan.usable.size else -1
     k, _, zr, _, loo = fit if fit[0] == longest else _fit_windows(plan, zk, omega, longest)
     d_omega = _ramp_correction(plan, k, zr, loo)
-    if d_omega:
-        # (where the longest window won with the ramp left in, it wins without it too)
+    # where the longest window won with the ramp left in, it wins without it too, and a
+    # small ramp (d (p - c) well below a radian) just turns each window's gain by d (p - c)
+    turn = d_omega if fit[0] == longest and abs(d_omega) * float(pos[-1] - pos[0]) < RAMP_LINEAR else 0.0
+    if d_omega and not turn:
         refit = _fit_windows(plan, zk, omega + d_omega, longest if fit[0] == longest else None)
         if refit[0] == longest:
             omega, fit = omega + d_omega, refit
     k, err, zr, s, loo = fit
     span, _, _, ws, _, inv_ws = plan.final(k)
-    # the ramp put back at the observations, the gain interpolated between them (its
-    # phase steps there are small: the chord stays close to the arc)
+    if turn:
+        s = s * np.exp(1j * turn * plan.offsets(k, own=True))
+        loo = loo * np.exp(1j * turn * plan.offsets(k))
+    # the ramp put back at the observations, the gain interpolated between them in
+    # amplitude and (unwrapped) phase: where a fade's null turns the phase by nearly
+    # half a turn from one observation to the next, the chord between the two gains
+    # would pass by zero -- a null deeper than the channel's, which the division by the
+    # gain would turn into errors tens of dB above the noise estimated for them
     avg = s * inv_ws
     if omega:
         ramp = np.exp(1j * omega * pos)
         avg, loo = avg * ramp, loo * ramp
+    return GainTrack(g=_interpolate_gain(avg, pos, n), g_loo=loo, wsum=ws, span=int(span), score=err,
+                     omega=float(omega + turn))
+
+
+def _interpolate_gain(avg: np.ndarray, pos: np.ndarray, n: int) -> np.ndarray:
+    """The gain at symbols 0..n-1 from its values ``avg`` at the observations ``pos``:
+    linear in amplitude and (unwrapped) phase.  Where consecutive observations differ by
+    less than ARC_CHORD rad the chord is used instead (for close amplitudes within about
+    ARC_CHORD^2 / 8 of the arc: -70 dB), an exponential per symbol only across wider
+    steps (a fade's null).  complex128 (n,)."""
     t = np.arange(n)
     g = np.empty(n, np.complex128)
     g.real = np.interp(t, pos, avg.real)
     g.imag = np.interp(t, pos, avg.imag)
-    return GainTrack(g=g, g_loo=loo, wsum=ws, span=int(span), score=err, omega=float(omega))
+    if len(pos) < 2:
+        return g
+    step = avg[1:] * np.conj(avg[:-1])
+    wide = (step.real <= 0) | (np.abs(step.imag) > ARC_CHORD * step.real)  # |phase step| > ~ARC_CHORD
+    if wide.any():
+        seg = np.clip(np.searchsorted(pos, t, "right") - 1, 0, len(pos) - 2)
+        arc = np.flatnonzero(wide[seg] & (t > pos[0]) & (t < pos[-1]))
+        ph = unwrap(np.angle(avg))
+        g[arc] = np.interp(arc, pos, np.abs(avg)) * np.exp(1j * np.interp(arc, pos, ph))
+    return g
 
 
 def _fit_windows(plan: "_TrackPlan", zk: np.ndarray, omega: float, k: Optional[int] = None):
@@ -606,14 +640,16 @@ class _TrackPlan:
             self._final[k] = (span, hi, lo, ws, inv_loo, 1.0 / np.maximum(ws, 1e-30))
         return self._final[k]
 
-    def offsets(self, k: int) -> np.ndarray:
+    def offsets(self, k: int, own: bool = False) -> np.ndarray:
         """Each observation's position minus the weighted centre of its window of
-        candidate ``k`` without it (0 where that window is empty).  float64 (n_k,)."""
-        if k not in self._offsets:
-            _, hi, lo, _, inv_loo, _ = self.final(k)
+        candidate ``k`` without it (0 where that window is empty), or with it (``own``).
+        float64 (n_k,)."""
+        if (k, own) not in self._offsets:
+            _, hi, lo, _, inv_loo, inv_ws = self.final(k)
             wp = self.cwp[hi] - self.cwp[lo] if k >= 0 else np.full(len(self.w), self.cwp[-1])
-            self._offsets[k] = np.where(inv_loo > 0, self.pos - (wp - self.w * self.pos) * inv_loo, 0.0)
-        return self._offsets[k]
+            self._offsets[k, own] = self.pos - wp * inv_ws if own else \
+                np.where(inv_loo > 0, self.pos - (wp - self.w * self.pos) * inv_loo, 0.0)
+        return self._offsets[k, own]
 
 
 _PLANS: "dict" = {}

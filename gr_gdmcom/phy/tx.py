@@ -59,7 +59,8 @@ class FrameTx:
             payload: complex (n,), 1 <= n <= max_chunk_symbols, unit-energy latent symbols.
         Returns:
             complex64 (layout.burst_samples(n),): preamble, coded header and payload
-            (with the header's copy after HEADER_COPY_AFTER payload symbols) with pilots, RRC-shaped at ``sps`` including the filter tails (unit energy
+            (with a resync preamble and the header's copy after HEADER_COPY_AFTER payload
+            symbols) with pilots, RRC-shaped at ``sps`` including the filter tails (unit energy
             per symbol), each sample's amplitude limited to ``tx_clip`` sqrt(1/sps) when
             ``tx_clip`` is set.
         """
@@ -70,7 +71,7 @@ class FrameTx:
         data = header.pack() if isinstance(header, Header) else bytes(header)
         if self.cfg.scramble:
             payload = payload * lay.scrambler[: payload.size]
-        body = lay.body_symbols(lay.data_symbols(encode_header(data, lay.header_whitening), payload))
+        body = lay.burst_body(encode_header(data, lay.header_whitening), payload)
         x = lay.shape(np.concatenate([lay.preamble, body]))
         if self.cfg.tx_clip:
             limit = self.cfg.tx_clip / np.sqrt(self.cfg.sps)
