@@ -182,10 +182,20 @@ def test_track_gain_chooses_its_window_from_the_data(rng):
     assert tr.span <= 272, tr.span
     truth = np.exp(2j * np.pi * 2 * np.arange(4000) / 4000) * (1 + 0.5 * np.cos(2 * np.pi * np.arange(4000) / 4000))
     assert np.mean(np.abs(tr.g - truth) ** 2) < 0.005
-    still = sync.track_gain(1.0 + noise, pos, 4000, 0.0, spans)
+    # a still gain with a small leftover carrier ramp (0.12 rad over the burst) not in
+    # the omega given: the longest window, and the ramp measured on the observations
+    # (least-squares slope of the phase: standard error sqrt(0.05^2 / sum (p - mean)^2) = 2.8e-6)
+    ramp = 3e-5
+    still_z = np.exp(1j * ramp * pos) + noise
+    still = sync.track_gain(still_z, pos, 4000, 0.0, spans)
     assert still.span == spans[-1]
+    assert abs(still.omega - ramp) < 1e-5, still.omega
     # leave-one-out: with the longest window each prediction is the mean of the others
-    np.testing.assert_allclose(still.g_loo, ((1.0 + noise).sum() - (1.0 + noise)) / (len(pos) - 1), rtol=1e-9)
+    # (the ramp taken out, then put back at the observation)
+    zr = still_z * np.exp(-1j * still.omega * pos)
+    np.testing.assert_allclose(still.g_loo, (zr.sum() - zr) / (len(pos) - 1) * np.exp(1j * still.omega * pos),
+                               rtol=1e-9)
+    assert np.mean(np.abs(still.g - np.exp(1j * ramp * np.arange(4000))) ** 2) < 1e-4
 
 
 def test_the_gain_is_interpolated_through_a_null_without_inventing_a_deeper_one():
@@ -230,3 +240,19 @@ def test_probe_pilots_are_payload_shaped():
     lay = FrameConfig().layout()
     np.testing.assert_allclose(np.abs(lay.pilots[: lay.header_pilots]), 1.0, rtol=1e-6)
     np.testing.assert_array_equal(lay.pilots[lay.header_pilots: lay.header_pilots + 10], s[:10])
+
+
+def test_gain_interpolation_follows_the_arc(rng):
+    """Between observations the tracked gain is linear in amplitude and unwrapped phase:
+    across a phase step of nearly half a turn (a fade's null) exactly, across the small
+    steps of a still channel (close amplitudes) the chord, within twice ARC_CHORD^2 / 8."""
+    pos = np.arange(0, 1000, 17)
+    phase = np.cumsum(np.where(np.arange(len(pos)) == 30, 3.0, 0.01 * rng.standard_normal(len(pos))))
+    avg = (1.0 + 0.01 * rng.random(len(pos))) * np.exp(1j * phase)
+    t = np.arange(1000)
+    arc = np.interp(t, pos, np.abs(avg)) * np.exp(1j * np.interp(t, pos, phase))
+    g = sync._interpolate_gain(avg, pos, 1000)
+    assert np.max(np.abs(g - arc) / np.abs(arc)) < sync.ARC_CHORD ** 2 / 4
+    across = (t > pos[29]) & (t < pos[30])  # the half-turn step: no deeper than the ends
+    np.testing.assert_allclose(g[across], arc[across], rtol=1e-12)
+    assert np.abs(g[across]).min() >= np.abs(avg[29:31]).min() - 1e-12

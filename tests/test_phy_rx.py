@@ -6,6 +6,7 @@ import pytest
 
 from gr_gdmcom.phy import (FrameConfig, FrameRx, FrameTx, Header, awgn, chunk_symbols, measure_snr_db,
                            simulate_channel)
+from gr_gdmcom.phy import sync
 from gr_gdmcom.phy.channel import complex_noise
 
 TAPS = [1.0, 0.3j, -0.1]
@@ -328,3 +329,41 @@ def test_cfo_beyond_the_detector_range(sps, cfo, rng):
     assert np.mean(payload_mse_db(frames, chunks)) <= np.mean(payload_mse_db(ref, chunks)) + 0.3
     lost, _ = receive(FrameConfig(sps=sps, max_chunk_symbols=512, cfo_search=0), y)
     assert len(lost) == 0
+
+
+@pytest.mark.parametrize("sps", [2, 4])
+def test_matched_filter_leaves_no_pulse_pair_isi(sps, rng):
+    """Both RRC filters truncated at +-rrc_span / 2 symbols: the matched filter's outputs of
+    a shaped symbol stream differ from the symbols by -37 to -40 dB of interference (the
+    pulse pair's own, mostly 4 symbols away); with sync.isi_taps's known part removed
+    (sync.cancel_isi), by less than -47 dB, at any fractional instant."""
+    cfg = FrameConfig(sps=sps)
+    lay = cfg.layout()
+    s = complex_noise(3000, 1.0, rng)
+    x = simulate_channel(lay.shape(s), None, rng, delay=0.37)  # symbol j's peak at half + j sps + 0.37
+    table = sync.mf_table(lay.half, sps, cfg.rolloff, lay.rrc_scale)
+    d, p = sync.isi_taps(lay.half, sps, cfg.rolloff, lay.rrc_scale)
+    reach = int(np.abs(d).max())
+    j = np.arange(100, 2900)
+    y = sync.matched_filter_at(x, lay.half + j * sps + 0.37, lay.half, table)
+    raw = 10 * np.log10(np.mean(np.abs(y - s[j]) ** 2))
+    clean = 10 * np.log10(np.mean(np.abs(sync.cancel_isi(y, d, p) - s[j][reach: -reach]) ** 2))
+    assert -41 < raw < -36, raw
+    assert clean < -47, clean
+
+
+@pytest.mark.parametrize("sps", [1, 2])
+def test_implementation_loss_at_20db(sps, rng):
+    """The payload's actual Es/N0 (against the sent symbols) at 20 dB, AWGN, 40 bursts of
+    1024 symbols: within 0.1 dB of the nominal on average (+-0.02 dB by chance; it was
+    0.1-0.2 dB below: the pilots'
+    residual-frequency error turned into a phase error along the payload, and at sps 2
+    the truncated pulse pair's -38 dB of interference), the estimate within 0.1 dB of it."""
+    cfg = FrameConfig(sps=sps, max_chunk_symbols=1024)
+    x, chunks, _ = make_stream(cfg, 40, rng)
+    frames, counters = receive(cfg, awgn(x, 20.0, rng))
+    assert len(frames) == 40, counters
+    act = np.array([measure_snr_db(chunks[f.header.chunk_index], f.symbols) for f in frames])
+    est = np.array([f.snr_db for f in frames])
+    assert act.mean() > 19.9, act.mean()
+    assert abs(est.mean() - act.mean()) < 0.1, (est.mean(), act.mean())

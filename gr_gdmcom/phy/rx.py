@@ -10,8 +10,9 @@ beyond what has been processed, and inputs are processed in slices of
 2. coarse CFO from the metric's phase; segment-wise correlation with the known
    preamble waveform gives the timing (parabolic fractional refinement), a
    verification score (``verify_threshold``) and the fine CFO;
-3. CFO correction, RRC matched filter evaluated at the fractional timing,
-   unbiased LS equaliser trained on the preamble, pilot phase tracking;
+3. CFO correction, RRC matched filter evaluated at the fractional timing (the
+   truncated pulse pair's known interference removed from its outputs), unbiased
+   LS equaliser trained on the preamble, pilot phase tracking;
 4. header: exact ML decoding (hard decisions when they form a codeword, else
    soft Viterbi batched over the bursts of one call), CRC-32; on a CRC failure
    one retry with a decision-directed phase track, then (bursts long enough to
@@ -215,7 +216,7 @@ class _Burst:
     stage: str = "sync"              # sync -> soft (-> copy) -> decoded; "dead" once dropped
     eq: Optional[np.ndarray] = None  # equaliser taps
     gain: complex = 0j
-    y: Optional[np.ndarray] = None   # matched-filter outputs computed so far (symbols -h ..)
+    y: Optional[np.ndarray] = None   # raw matched-filter outputs so far (FrameRx._mf)
     z: Optional[np.ndarray] = None    # equalised header region (before phase correction)
     soft: Optional[np.ndarray] = None  # phase-corrected header symbols
     g: Optional[np.ndarray] = None    # tracked complex gain over the header region
@@ -248,6 +249,10 @@ class FrameRx:
         self._seglen = c.preamble_seg * c.sps
         self._npre = len(lay.preamble)
         self._h = c.eq_taps // 2
+        # the truncated pulse pair's known interference, removed from the matched filter's
+        # outputs (sync.isi_taps), and how many symbols it reaches
+        self._isi = sync.isi_taps(lay.half, c.sps, c.rolloff, lay.rrc_scale)
+        self._reach = self._h + (int(np.abs(self._isi[0]).max()) if len(self._isi[0]) else 0)
         self._delta = self._seglen // 2 + c.sps  # fine-timing search, +- samples
         cut = slice(lay.half, lay.half + self._reps * self._seglen)
         self._tseg = lay.template[cut].reshape(self._reps, -1)
@@ -273,8 +278,8 @@ class FrameRx:
         # and padded at the stream edges
         self._history = self._sps * (-(-(lay.half + self._delta + 4 * c.sps) // c.sps))
         if self._resync_at >= 0:
-            self._history += self._resync_off + (self._h + 4) * c.sps + 2 * lay.half + self._seglen
-        self._tail_pad = (self._h + 2) * c.sps + 2 * lay.half + self._reps * self._seglen + self._delta \
+            self._history += self._resync_off + (self._reach + 4) * c.sps + 2 * lay.half + self._seglen
+        self._tail_pad = (self._reach + 2) * c.sps + 2 * lay.half + self._reps * self._seglen + self._delta \
             + self._drift_margin(MAX_CHUNK_LIMIT + 2 * HEADER_CODED_BITS)
         self._reset(0)
 
@@ -490,7 +495,7 @@ class FrameRx:
     # demodulation ------------------------------------------------------------
     def _need(self, b: _Burst, n_body: int) -> int:
         """One past the last absolute sample used to demodulate ``n_body`` body symbols."""
-        return int(math.floor(b.tau + self.layout.half)) + (self._npre + n_body + self._h - 1) * self._sps \
+        return int(math.floor(b.tau + self.layout.half)) + (self._npre + n_body + self._reach - 1) * self._sps \
             + self.layout.half + 2 + self._drift_margin(n_body)
 
     def _drift_margin(self, n_body: int) -> int:
@@ -499,8 +504,10 @@ class FrameRx:
 
     def _mf(self, b: _Burst, n_sym: int) -> np.ndarray:
         """CFO-corrected matched-filter outputs of symbols -h .. n_sym + h - 1 (symbol 0 =
-        first preamble symbol), extending the burst's cache.  complex64 (n_sym + 2 h,)."""
-        lay, sps, h = self.layout, self._sps, self._h
+        first preamble symbol), the pulse pair's interference removed
+        (:func:`sync.cancel_isi`).  The burst caches the raw outputs (symbols from
+        h + its reach before symbol 0 on) and extends them.  complex64 (n_sym + 2 h,)."""
+        lay, sps, h = self.layout, self._sps, self._reach
         have = 0 if b.y is None else len(b.y)
         if have < n_sym + 2 * h:
             base = b.tau + lay.half
@@ -512,7 +519,7 @@ class FrameRx:
                 else np.ones(1, np.float32)
             new = sync.matched_filter(r, taps, sps, n_sym + 2 * h - have)
             b.y = new if b.y is None else np.concatenate([b.y, new])
-        return b.y[: n_sym + 2 * h]
+        return sync.cancel_isi(b.y[: n_sym + 2 * h], *self._isi)
 
     def _mf_at(self, b: _Burst, t: np.ndarray) -> np.ndarray:
         """CFO-corrected matched-filter outputs at absolute fractional instants ``t``
@@ -704,7 +711,8 @@ class FrameRx:
 
     def _mf_drift(self, b: _Burst, n_sym: int, drift: float) -> np.ndarray:
         """:meth:`_mf` on a symbol clock drifting by ``drift`` (:meth:`_instants`)."""
-        return self._mf_at(b, self._instants(b, np.arange(-self._h, n_sym + self._h), drift))
+        return sync.cancel_isi(self._mf_at(b, self._instants(b, np.arange(-self._reach, n_sym + self._reach), drift)),
+                               *self._isi)
 
     def _equalise_track(self, b: _Burst, y: np.ndarray, n_body: int, pilot_pos: np.ndarray, known_head=None):
         """Equalise the body and track its complex gain on the pilots, or, with
@@ -729,7 +737,7 @@ class FrameRx:
         zk = z[pos] * np.conj(ref)
         track = sync.track_gain(zk, pos, n_body, omega, self._spans, pos >= self._hdr_body,
                                 ref.real ** 2 + ref.imag ** 2)
-        return z, pos, omega, track, ref
+        return z, pos, track.omega, track, ref
 
     def _header_soft(self, b: _Burst, final: bool) -> bool:
         """Stage A: header soft values once the header region is buffered."""
@@ -1010,7 +1018,7 @@ class FrameRx:
         """Drop samples no pending burst or the detector needs any more."""
         keep = self._scan * self._sps - self._history
         for b in self._pending:
-            keep = min(keep, int(math.floor(b.tau)) - (self._h + 2) * self._sps - self.layout.half)
+            keep = min(keep, int(math.floor(b.tau)) - (self._reach + 2) * self._sps - self.layout.half)
         keep = keep // self._sps * self._sps
         moved = min(keep - self._buf_start, self._hi - self._lo)
         if moved > 0:

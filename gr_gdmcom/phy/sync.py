@@ -2,7 +2,8 @@
 
 Detection (:func:`preamble_metric`), timing/CFO/verification
 (:func:`preamble_correlation`, :func:`fine_timing_cfo`), fractional-delay
-matched filtering (:func:`matched_filter`), the LS equaliser
+matched filtering (:func:`matched_filter`) and the removal of the pulse pair's
+residual interference (:func:`cancel_isi`), the LS equaliser
 (:func:`train_equaliser`, :func:`equalise`) and the channel tracker
 (:func:`track_gain`: complex gain, amplitude and phase, along the burst).  :class:`~gr_gdmcom.phy.rx.FrameRx` strings them together.
 """
@@ -26,6 +27,10 @@ SILENCE_POWER = 1e-10
 OMEGA_LAG = 16
 #: Resolution of the matched filter's fractional timing, steps per sample.
 MU_STEPS = 256
+#: Smallest residual interference tap :func:`isi_taps` keeps (its square: -60 dB), and
+#: the fractional instants it averages over.
+ISI_TAP_MIN = 1e-3
+ISI_MU_POINTS = 16
 
 
 def integrate_dump(x: np.ndarray, sps: int) -> np.ndarray:
@@ -192,6 +197,53 @@ def matched_filter_at(r: np.ndarray, t: np.ndarray, half: int, table: np.ndarray
     idx = (n - half)[:, None] + np.arange(table.shape[1])[None, :]
     taps = table[q] if ramp is None else table[q] * ramp[None, :]
     return np.einsum("ij,ij->i", r[idx], taps).astype(np.complex64)
+
+
+@functools.lru_cache(maxsize=16)
+def isi_taps(half: int, sps: int, beta: float, scale: float) -> Tuple[np.ndarray, np.ndarray]:
+    """The residual intersymbol interference of the truncated pulse pair: the TX pulse
+    (``rrc_span`` symbols, delayed by mu samples as a band-limited waveform) through
+    :func:`mf_taps` at mu, sampled at the other symbols, p(d), averaged over mu.
+    Truncating both filters at +-rrc_span / 2 symbols leaves p(+-4) ~ 0.006 (rolloff
+    0.35, span 8): -38 to -40 dB of ISI in all (depending on mu), beyond the reach of a
+    7-tap equaliser (0.07 dB at 20 dB; docs/frame-format.md section 6); less the average,
+    -48 dB or less at any mu.  Returns (d int64, p float64): the offsets whose
+    |p(d)| >= ISI_TAP_MIN (each left out adds at most -60 dB), empty at sps = 1."""
+    if sps < 2:
+        return np.zeros(0, np.int64), np.zeros(0)
+    tx = rrc(np.arange(-half, half + 1) / sps, beta) * scale
+    reach = (2 * half + 1) // sps + 1
+    pad = (reach + 1) * sps
+    nfft = 1 << int(np.ceil(np.log2(len(tx) + 2 * pad + 2)))
+    spec = np.fft.fft(np.concatenate([np.zeros(pad), tx]), nfft)
+    freq = np.fft.fftfreq(nfft)
+    d = np.arange(-reach, reach + 1)
+    idx = pad + d[:, None] * sps + np.arange(2 * half + 2)[None, :]  # each output's window
+    p = np.zeros(len(d))
+    for q in range(0, MU_STEPS, MU_STEPS // ISI_MU_POINTS):
+        rx = np.fft.ifft(spec * np.exp(-2j * np.pi * freq * q / MU_STEPS)).real  # delayed by q / MU_STEPS
+        p += rx[idx] @ _mf_taps(q, half, sps, beta, scale) / ISI_MU_POINTS
+    keep = (d != 0) & (np.abs(p) >= ISI_TAP_MIN)
+    return d[keep], p[keep]
+
+
+def cancel_isi(y: np.ndarray, d: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Remove a known symbol-spaced interference from matched-filter outputs:
+    out[j] = y[j + L] - sum_i p_i y[j + L - d_i] (L = max |d|), which leaves
+    s_j + O(p^2) of y[j] = s_j + sum_i p_i s_(j - d_i) (:func:`isi_taps`).
+
+    Args:
+        y: complex (n + 2 L,), outputs at symbols -L .. n + L - 1.
+        d, p: from :func:`isi_taps`.
+    Returns:
+        (n,) of y's dtype: symbols 0 .. n - 1.
+    """
+    reach = int(np.abs(d).max()) if len(d) else 0
+    n = len(y) - 2 * reach
+    out = y[reach: reach + n].copy()
+    for di, pi in zip(d, p):
+        out -= y.dtype.type(pi) * y[reach - di: reach - di + n]
+    return out
 
 
 def pulse_response(d: np.ndarray, half: int, sps: int, beta: float, scale: float) -> np.ndarray:
@@ -381,8 +433,15 @@ def residual_frequency(zp: np.ndarray, pos: np.ndarray) -> float:
     return omega
 
 
-#: Most observations :func:`track_gain` scores a window on (an even subsample beyond).
+#: Most observations :func:`track_gain` scores a window on (an even subsample beyond),
+#: and the largest residual-frequency refinement over the burst (radians) it applies as a
+#: turn of each window's gain (second-order error below (RAMP_LINEAR / 2)^2 / 6) instead
+#: of a refit.
 MAX_SCORED = 128
+RAMP_LINEAR = 0.3
+#: Largest phase step (rad) between two observations across which :func:`track_gain`
+#: interpolates the gain along the chord rather than the arc.
+ARC_CHORD = 0.05
 
 
 class GainTrack(NamedTuple):
@@ -396,6 +455,7 @@ class GainTrack(NamedTuple):
             window, itself included.
         span: the window length chosen, symbols.
         score: float, the leave-one-out error power (per unit symbol energy) that chose it.
+        omega: the residual frequency removed, rad/symbol (the one given, refined).
     """
 
     g: np.ndarray
@@ -403,6 +463,7 @@ class GainTrack(NamedTuple):
     wsum: np.ndarray
     span: int
     score: float
+    omega: float = 0.0
 
 
 def track_gain(zk: np.ndarray, pos: np.ndarray, n: int, omega: float, spans: Sequence[int],
@@ -435,11 +496,76 @@ def track_gain(zk: np.ndarray, pos: np.ndarray, n: int, omega: float, spans: Seq
     w = np.ones(len(pos)) if weight is None else np.asarray(weight, np.float64)
     sel = np.ones(len(pos), bool) if score is None or np.count_nonzero(score) < 8 else np.asarray(score, bool)
     plan = _track_plan(pos, w, sel, tuple(int(v) for v in spans))
-    ramp = np.exp(1j * omega * pos) if omega else None
-    zr = np.asarray(zk, np.complex128) * np.conj(ramp) if omega else np.asarray(zk, np.complex128)
+    zk = np.asarray(zk, np.complex128)
+    fit = _fit_windows(plan, zk, omega)
+    # a still channel: the ramp refined by all the observations (docs/frame-format.md
+    # section 6 step 4).  ``omega`` comes from the pilots alone, and a window cut off by
+    # the burst's end turns its error into a phase error growing towards that end (0.05
+    # dB at 20 dB on a 1024-symbol burst).  Measured with the longest window (a leftover
+    # ramp may be what made a shorter one score better), kept where the longest window
+    # then wins the choice
+    longest = len(plan.spans) - 1 if plan.usable.size else -1
+    k, _, zr, _, loo = fit if fit[0] == longest else _fit_windows(plan, zk, omega, longest)
+    d_omega = _ramp_correction(plan, k, zr, loo)
+    # where the longest window won with the ramp left in, it wins without it too, and a
+    # small ramp (d (p - c) well below a radian) just turns each window's gain by d (p - c)
+    turn = d_omega if fit[0] == longest and abs(d_omega) * float(pos[-1] - pos[0]) < RAMP_LINEAR else 0.0
+    if d_omega and not turn:
+        refit = _fit_windows(plan, zk, omega + d_omega, longest if fit[0] == longest else None)
+        if refit[0] == longest:
+            omega, fit = omega + d_omega, refit
+    k, err, zr, s, loo = fit
+    span, _, _, ws, _, inv_ws = plan.final(k)
+    if turn:
+        s = s * np.exp(1j * turn * plan.offsets(k, own=True))
+        loo = loo * np.exp(1j * turn * plan.offsets(k))
+    # the ramp put back at the observations, the gain interpolated between them in
+    # amplitude and (unwrapped) phase: where a fade's null turns the phase by nearly
+    # half a turn from one observation to the next, the chord between the two gains
+    # would pass by zero -- a null deeper than the channel's, which the division by the
+    # gain would turn into errors tens of dB above the noise estimated for them
+    avg = s * inv_ws
+    if omega:
+        ramp = np.exp(1j * omega * pos)
+        avg, loo = avg * ramp, loo * ramp
+    return GainTrack(g=_interpolate_gain(avg, pos, n), g_loo=loo, wsum=ws, span=int(span), score=err,
+                     omega=float(omega + turn))
+
+
+def _interpolate_gain(avg: np.ndarray, pos: np.ndarray, n: int) -> np.ndarray:
+    """The gain at symbols 0..n-1 from its values ``avg`` at the observations ``pos``:
+    linear in amplitude and (unwrapped) phase.  Where consecutive observations differ by
+    less than ARC_CHORD rad the chord is used instead (for close amplitudes within about
+    ARC_CHORD^2 / 8 of the arc: -70 dB), an exponential per symbol only across wider
+    steps (a fade's null).  complex128 (n,)."""
+    t = np.arange(n)
+    g = np.empty(n, np.complex128)
+    g.real = np.interp(t, pos, avg.real)
+    g.imag = np.interp(t, pos, avg.imag)
+    if len(pos) < 2:
+        return g
+    step = avg[1:] * np.conj(avg[:-1])
+    wide = (step.real <= 0) | (np.abs(step.imag) > ARC_CHORD * step.real)  # |phase step| > ~ARC_CHORD
+    if wide.any():
+        seg = np.clip(np.searchsorted(pos, t, "right") - 1, 0, len(pos) - 2)
+        arc = np.flatnonzero(wide[seg] & (t > pos[0]) & (t < pos[-1]))
+        ph = unwrap(np.angle(avg))
+        g[arc] = np.interp(arc, pos, np.abs(avg)) * np.exp(1j * np.interp(arc, pos, ph))
+    return g
+
+
+def _fit_windows(plan: "_TrackPlan", zk: np.ndarray, omega: float, k: Optional[int] = None):
+    """:func:`track_gain`'s window choice on ``zk`` with the ramp ``omega`` removed, or
+    candidate ``k``: (k, its score, the derotated observations zr, each one's window sum
+    s, each one's leave-one-out gain; the last three without the ramp)."""
+    zr = zk * np.exp(-1j * omega * plan.pos) if omega else zk
     c = np.zeros(len(zr) + 1, np.complex128)
     np.cumsum(zr, out=c[1:])
-    if plan.usable.size:
+    if k is not None:  # its score alone
+        z_sel = zr[plan.idx]
+        d = z_sel - (c[plan.hi[k]] - c[plan.lo[k]] - z_sel) * plan.w_ratio[k]
+        err = float(((d.real ** 2 + d.imag ** 2) * plan.okf[k]).sum() / plan.den[k]) if k >= 0 else float("inf")
+    elif plan.usable.size:
         # every candidate window at once, scored on the selected observations only
         z_sel = zr[plan.idx]
         d = z_sel - (c[plan.hi] - c[plan.lo] - z_sel) * plan.w_ratio
@@ -451,20 +577,24 @@ def track_gain(zk: np.ndarray, pos: np.ndarray, n: int, omega: float, spans: Seq
         k = int(near[-1])
     else:  # too few observations for a window: one gain for the whole burst
         err, k = float("inf"), -1
-    span, hi, lo, ws, inv_loo, inv_ws = plan.final(k)
+    _, hi, lo, _, inv_loo, inv_ws = plan.final(k)
     s = c[hi] - c[lo] if k >= 0 else np.full(len(zr), c[-1])
     loo = np.where(inv_loo > 0, (s - zr) * inv_loo, s * inv_ws)
-    # the ramp put back at the observations, the gain interpolated between them in
-    # amplitude and (unwrapped) phase: where a fade's null turns the phase by nearly
-    # half a turn from one observation to the next, the chord between the two gains
-    # would pass by zero -- a null deeper than the channel's, which the division by the
-    # gain would turn into errors tens of dB above the noise estimated for them
-    avg = s * inv_ws
-    if omega:
-        avg, loo = avg * ramp, loo * ramp
-    t = np.arange(n)
-    g = np.interp(t, pos, np.abs(avg)) * np.exp(1j * np.interp(t, pos, np.unwrap(np.angle(avg))))
-    return GainTrack(g=g, g_loo=loo, wsum=ws, span=int(span), score=err)
+    return k, err, zr, s, loo
+
+
+def _ramp_correction(plan: "_TrackPlan", k: int, zr: np.ndarray, loo: np.ndarray) -> float:
+    """Residual frequency (rad/symbol) left in the derotated observations ``zr``:
+    a leftover ramp d e^(j d p) tilts each observation's phase against its leave-one-out
+    window gain by d (p - c), c that window's weighted centre (zero inside a full
+    symmetric window, up to half a window at the burst's ends).  Weighted least squares
+    on Im(zr conj(loo)) ~ d (p - c) w |g|^2; 0.0 where no observation is off-centre."""
+    x = plan.offsets(k)
+    den = float((plan.w * (loo.real ** 2 + loo.imag ** 2) * x * x).sum())
+    if not den > 0:
+        return 0.0
+    d = float((x * (zr.imag * loo.real - zr.real * loo.imag)).sum()) / den
+    return d if np.isfinite(d) else 0.0
 
 
 class _TrackPlan:
@@ -475,6 +605,8 @@ class _TrackPlan:
         self.pos, self.w = pos, w
         self.cw = np.zeros(len(w) + 1)
         np.cumsum(w, out=self.cw[1:])
+        self.cwp = np.zeros(len(w) + 1)
+        np.cumsum(w * pos, out=self.cwp[1:])
         idx = np.flatnonzero(sel)
         self.idx = idx[:: max(1, len(idx) // MAX_SCORED)]  # the score needs no more
         # windows longer than twice the extent all cover everything: the first is enough
@@ -493,6 +625,7 @@ class _TrackPlan:
         self.usable = np.flatnonzero(n_ok > 0)
         self.se_factor = 1.0 - 1.0 / np.sqrt(np.maximum(n_ok, 1))
         self._final = {}
+        self._offsets = {}
 
     def final(self, k: int):
         """(span, hi, lo, window weights, 1 / leave-one-out weight (0 where none),
@@ -512,6 +645,17 @@ class _TrackPlan:
             inv_loo = np.where(valid, 1.0 / np.where(valid, w_loo, 1.0), 0.0)
             self._final[k] = (span, hi, lo, ws, inv_loo, 1.0 / np.maximum(ws, 1e-30))
         return self._final[k]
+
+    def offsets(self, k: int, own: bool = False) -> np.ndarray:
+        """Each observation's position minus the weighted centre of its window of
+        candidate ``k`` without it (0 where that window is empty), or with it (``own``).
+        float64 (n_k,)."""
+        if (k, own) not in self._offsets:
+            _, hi, lo, _, inv_loo, inv_ws = self.final(k)
+            wp = self.cwp[hi] - self.cwp[lo] if k >= 0 else np.full(len(self.w), self.cwp[-1])
+            self._offsets[k, own] = self.pos - wp * inv_ws if own else \
+                np.where(inv_loo > 0, self.pos - (wp - self.w * self.pos) * inv_loo, 0.0)
+        return self._offsets[k, own]
 
 
 _PLANS: "dict" = {}
