@@ -7,7 +7,7 @@ import pytest
 from gr_gdmcom.phy import (FrameConfig, FrameRx, FrameTx, Header, awgn, chunk_symbols, measure_snr_db,
                            simulate_channel)
 from gr_gdmcom.phy import sync
-from gr_gdmcom.phy.channel import complex_noise
+from gr_gdmcom.phy.channel import complex_noise, fractional_delay
 
 TAPS = [1.0, 0.3j, -0.1]
 LEAD = 300  # silent samples before the first burst
@@ -367,3 +367,25 @@ def test_implementation_loss_at_20db(sps, rng):
     est = np.array([f.snr_db for f in frames])
     assert act.mean() > 19.9, act.mean()
     assert abs(est.mean() - act.mean()) < 0.1, (est.mean(), act.mean())
+
+
+def test_a_crossing_the_every_symbol_metric_does_not_confirm_is_passed_not_looped_on(monkeypatch):
+    """A noiseless stream (sps 4, 0.1-sample delay) ending in the flush's zeros: the strided
+    detection metric crosses the threshold where the every-symbol one, from other prefix
+    sums, stays at it; the detector used to re-examine that crossing forever (a hang in
+    flush).  It moves on: 4 frames, a handful of candidates."""
+    cfg = FrameConfig(sps=4, max_chunk_symbols=256)
+    x = FrameTx(cfg).stream(complex_noise(4 * 256, 1.0, np.random.default_rng(0)), Header(image_id=1))
+    y = fractional_delay(np.concatenate([np.zeros(500, np.complex64), x, np.zeros(500, np.complex64)]), 0.1)
+    calls = []
+    real = FrameRx._synchronise
+
+    def counted(self, *a, **kw):
+        calls.append(a[0])
+        if len(calls) > 100:
+            raise RuntimeError(f"detector looping at sample {a[0]}")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(FrameRx, "_synchronise", counted)
+    frames, counters = receive(cfg, y)
+    assert len(frames) == 4 and len(calls) < 20, (len(calls), counters)

@@ -420,6 +420,11 @@ class FrameRx:
             else:  # skip the rest of this excursion above the threshold
                 below = np.flatnonzero(local[best:] <= cfg.detect_threshold)
                 pos = pk + (int(below[0]) if len(below) else len(local) - best)
+                # and at least this crossing: the every-symbol metric may stay at or below
+                # the threshold where the strided one crossed it (float rounding of the two
+                # prefix sums, e.g. a noiseless burst ending in the flush's zeros); without
+                # this the same crossing was found again forever
+                pos = max(pos, int(above[k]) + 1)
         self._scan += pos
 
     def _synchronise(self, coarse: int, f0: float, final: bool, metric: float = 0.0) -> Optional[bool]:
