@@ -58,6 +58,10 @@ DETECT_STRIDE = 2
 #: Window lengths (symbols) the decision-directed channel track of a header retry
 #: chooses from.
 RETRACK_SPANS = (16, 32, 64, 128, 256, 512)
+#: A candidate verified as the preamble at this score or more is not also verified against
+#: the resync preamble: on a resync preamble the preamble's template scores at most 0.15 of
+#: what the resync template does (docs/frame-format.md section 2), so at most 0.15.
+RESYNC_GATE = 0.2
 #: Whole CFO steps are tried when the preamble correlation is below this fraction of
 #: the square root of the detection metric (on time, in range: ~0.95-1.0 at 10 dB and
 #: above, ~0.5-0.85 lower; a wrong step: <= 0.77).
@@ -436,12 +440,16 @@ class FrameRx:
         if not self._available(hi):
             return None
         raw = self._samples(lo, hi)
-        c, score, verify = sync.preamble_correlation(self._derotate(raw, f0, lo - coarse), self._tkinds)
-        best_v, kind = -1.0, 0
+        rot = self._derotate(raw, f0, lo - coarse)
+        best_v, kind, n_verify = -1.0, 0, 0
         for k in range(len(self._tkinds)):  # the preamble, or the resync preamble (the better verified)
-            lag_k, f1, best_k = sync.fine_timing_cfo(c[k], score[k], self._seglen, self._sps > 1)
-            if verify[k, best_k] > best_v:
-                best_v, kind, lag, f_hat, best = float(verify[k, best_k]), k, lag_k, f0 + f1, best_k
+            if k and best_v >= RESYNC_GATE:
+                break  # verified as the preamble beyond what a resync preamble can score on it
+            c, score, verify = sync.preamble_correlation(rot, self._tkinds[k])
+            lag_k, f1, best_k = sync.fine_timing_cfo(c, score, self._seglen, self._sps > 1)
+            n_verify = len(verify)
+            if verify[best_k] > best_v:
+                best_v, kind, lag, f_hat, best = float(verify[best_k]), k, lag_k, f0 + f1, best_k
         if self._tsteps is not None and best_v < CFO_STEP_GATE * math.sqrt(metric):
             # The detector reads the CFO modulo 1/seglen.  Off by n such steps, a Frank
             # segment still matches about 0.75 about n symbols away: the correlation is
@@ -450,7 +458,7 @@ class FrameRx:
             # the best-verifying kept.  A step of 1/seglen rotates each segment by whole
             # turns, so it is a modulation of the template (one call for all steps).
             w = (self.cfg.cfo_search + 2) * self._sps
-            l_lo, l_hi = max(best - w, 0), min(best + w, verify.shape[-1] - 1)
+            l_lo, l_hi = max(best - w, 0), min(best + w, n_verify - 1)
             part = self._derotate(raw[l_lo: l_hi + self._reps * self._seglen], f0, lo + l_lo - coarse)
             c_n, score_n, v_n = sync.preamble_correlation(part, self._tsteps)
             b = np.argmax(score_n, axis=1)
