@@ -221,6 +221,7 @@ class _Burst:
     eq: Optional[np.ndarray] = None  # equaliser taps
     gain: complex = 0j
     y: Optional[np.ndarray] = None   # raw matched-filter outputs so far (FrameRx._mf)
+    yc: Optional[np.ndarray] = None  # the same, the pulse pair's interference removed
     z: Optional[np.ndarray] = None    # equalised header region (before phase correction)
     soft: Optional[np.ndarray] = None  # phase-corrected header symbols
     g: Optional[np.ndarray] = None    # tracked complex gain over the header region
@@ -519,7 +520,8 @@ class FrameRx:
         """CFO-corrected matched-filter outputs of symbols -h .. n_sym + h - 1 (symbol 0 =
         first preamble symbol), the pulse pair's interference removed
         (:func:`sync.cancel_isi`).  The burst caches the raw outputs (symbols from
-        h + its reach before symbol 0 on) and extends them.  complex64 (n_sym + 2 h,)."""
+        h + its reach before symbol 0 on) and the cleaned ones, and extends both (an
+        output depends only on raw ones already there).  complex64 (n_sym + 2 h,)."""
         lay, sps, h = self.layout, self._sps, self._reach
         have = 0 if b.y is None else len(b.y)
         if have < n_sym + 2 * h:
@@ -532,7 +534,11 @@ class FrameRx:
                 else np.ones(1, np.float32)
             new = sync.matched_filter(r, taps, sps, n_sym + 2 * h - have)
             b.y = new if b.y is None else np.concatenate([b.y, new])
-        return sync.cancel_isi(b.y[: n_sym + 2 * h], *self._isi)
+        want, done = n_sym + 2 * self._h, 0 if b.yc is None else len(b.yc)
+        if done < want:
+            new = sync.cancel_isi(b.y[done: n_sym + 2 * h], *self._isi)
+            b.yc = new if b.yc is None else np.concatenate([b.yc, new])
+        return b.yc[:want]
 
     def _mf_at(self, b: _Burst, t: np.ndarray) -> np.ndarray:
         """CFO-corrected matched-filter outputs at absolute fractional instants ``t``
@@ -554,7 +560,8 @@ class FrameRx:
         """Absolute sample instants of symbols ``sym`` (0 = first preamble symbol) on a
         symbol clock drifting by ``drift`` samples per symbol, exact at the middle of the
         equaliser's training region (preamble + header region)."""
-        s_ref = (self._npre + self._resync_at + self._npre / 2.0) if b.resync else (self._npre + self._hdr_body) / 2.0
+        s_ref = (self._npre + self._resync_at + len(self.layout.resync) / 2.0) if b.resync \
+            else (self._npre + self._hdr_body) / 2.0
         return b.tau + self.layout.half + sym * self._sps + drift * (sym - s_ref)
 
     def _timing_drift(self, b: _Burst, d: _Demod, pilot_pos: np.ndarray, drift: float,
