@@ -115,7 +115,8 @@ def _sync(dev):
 def bench_dtype(args, dtype, image, rows):
     c = load_components(args.model, device=args.device, dtype=dtype)
     apply_speed_options(c, attention=args.attention, channels_last=args.channels_last, compile=args.compile,
-                        compile_mode=args.compile_mode)
+                        compile_mode=args.compile_mode, compile_vae=args.compile_vae, fuse_qkv=args.fuse_qkv,
+                        inductor_tuning=args.inductor_tuning, compile_dynamic=False)  # few shapes: each static
     cfg = CodecConfig(model=args.model, device=args.device, dtype=dtype, k=args.k, m=args.m, guidance=args.guidance,
                       batch_size=max(args.batch))  # B images in one UNet call per step, as img2img does
     codec = GenerativeCodec(cfg, components=c)
@@ -134,7 +135,10 @@ def bench_dtype(args, dtype, image, rows):
                 items.append(((e.symbols + noise).astype(np.complex64), e.meta, args.snr))
             return codec.decode_many(items)
 
+        t_warm = time.perf_counter()
         warm_up(codec, size=args.size, batch=B)
+        print(f"# B={B}: warm-up (compilation, kernel selection) {time.perf_counter() - t_warm:.0f} s, not counted",
+              flush=True)
         _peak_reset(c.device)
         times = []
         for _ in range(args.repeat):
@@ -157,15 +161,19 @@ def bench_dtype(args, dtype, image, rows):
             return pipe(prompt=[cfg.prompt] * B, image=[Image.fromarray(image)] * B, strength=strength,
                         num_inference_steps=cfg.T, guidance_scale=cfg.guidance, eta=0.0, output_type="np").images
 
-        anchor()  # warm-up
-        clock.reset()
         a_times = []
-        for _ in range(args.repeat):
+        if args.no_anchor:
+            a_times, a_calls = [float("nan")], n_calls
+        else:
+            anchor()  # warm-up
+            clock.reset()
+        for _ in range(0 if args.no_anchor else args.repeat):
             t0 = time.perf_counter()
             anchor()
             _sync(c.device)
             a_times.append(time.perf_counter() - t0)
-        a_calls = clock.calls // args.repeat
+        if not args.no_anchor:
+            a_calls = clock.calls // args.repeat
         if a_calls != n_calls or calls != n_calls:
             print(f"# warning: UNet calls per round codec {calls}, img2img {a_calls}, expected {n_calls}")
         t, ta = statistics.median(times), statistics.median(a_times)
@@ -230,12 +238,19 @@ def main(argv=None) -> int:
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet (warm-up compiles)")
     p.add_argument("--compile-mode", default=None, choices=("default", "reduce-overhead", "max-autotune"),
                    help="torch.compile mode; reduce-overhead and max-autotune add CUDA graphs [default: default]")
+    p.add_argument("--compile-vae", action="store_true", help="also compile the VAE encoder and decoder")
+    p.add_argument("--fuse-qkv", action="store_true", help="diffusers' fused QKV projections")
+    p.add_argument("--inductor-tuning", action="store_true",
+                   help="inductor settings of diffusers' speed-up guide (longer compilation)")
+    p.add_argument("--no-anchor", action="store_true",
+                   help="skip the img2img anchor (its scalar timestep is one more compilation)")
     p.add_argument("--torch-threads", type=int, default=1, help="CPU threads; 0: torch's default [default=%(default)r]")
     p.add_argument("--flops", action="store_true", help="print the arithmetic per image (SD-1.5 on the meta device) "
                    "and what each images/s asks of the GPU, then exit")
     p.add_argument("--n-steps", type=int, default=13,
                    help="N for --flops (sd15-random at 10 dB chose 13) [default=%(default)r]")
     args = p.parse_args(argv)
+    args.compile = args.compile or args.compile_mode is not None or args.compile_vae
     if args.flops:
         args.size = args.size or 512
         return count_flops(args)
@@ -252,7 +267,8 @@ def main(argv=None) -> int:
     where = torch.cuda.get_device_name(0) if cuda else f"CPU, {torch.get_num_threads()} torch threads"
     print(f"# {args.model} on {where}, {args.size}x{args.size}, k={args.k} m={args.m} SNR {args.snr:g} dB, guidance "
           f"{args.guidance:g}, attention {args.attention}, channels_last {args.channels_last}, compile "
-          f"{(args.compile_mode or 'default') if args.compile else 'off'}, torch {torch.__version__}, "
+          f"{(args.compile_mode or 'default') if args.compile else 'off'}{' +VAE' if args.compile_vae else ''}"
+          f"{', fused QKV' if args.fuse_qkv else ''}{', inductor tuning' if args.inductor_tuning else ''}, torch {torch.__version__}, "
           f"median of {args.repeat}, warm-up excluded")
     print(f"{'dtype':>5} {'B':>3} {'TX+RX im/s':>10} {'latency s':>10} {'peak MiB':>10} {'outside':>10} "
           f"{'UNet':>6} {'img2img im/s':>12} {'ratio':>8}")

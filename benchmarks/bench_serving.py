@@ -46,6 +46,7 @@ from PIL import Image
 
 from gr_gdmcom.bridge import InferenceServer, RemoteBackend
 from gr_gdmcom.codec import GenerativeCodec
+from gr_gdmcom.codec.accel import apply_speed_options
 from gr_gdmcom.config import CodecConfig
 
 
@@ -129,11 +130,18 @@ def main(argv=None) -> int:
                    help="capacity runs per scheduling, interleaved; the median is shown [default=%(default)r]")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--torch-threads", type=int, default=1, help="0: torch's default [default=%(default)r]")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile-mode", default=None, choices=("default", "reduce-overhead", "max-autotune"),
+                   help="torch.compile the UNet in this mode (reduce-overhead: CUDA graphs); the warm-up "
+                        "compiles every batch size 1..--max-batch before the timed runs [default: eager]")
+    p.add_argument("--compile-vae", action="store_true", help="with --compile-mode: the VAE too")
     args = p.parse_args(argv)
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
 
     codec = GenerativeCodec(CodecConfig(model=args.model, device=args.device))
+    apply_speed_options(codec.c, channels_last=args.channels_last, compile=args.compile_mode is not None,
+                        compile_mode=args.compile_mode, compile_vae=args.compile_vae and args.compile_mode is not None)
     img = Image.open(Path(__file__).resolve().parent.parent / "gr_gdmcom" / "data" / "astronaut.png")
     enc = codec.encode(np.asarray(img.convert("RGB").resize((args.size, args.size))), name="bench")
     rng = np.random.default_rng(args.seed)
@@ -151,7 +159,12 @@ def main(argv=None) -> int:
           f"max_batch {args.max_batch}, torch threads {torch.get_num_threads()}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (other work on the machine slows both alike)")
 
+    t_warm = time.monotonic()
+    if args.compile_mode:  # every batch size a server call can have (CFG doubles it in the UNet)
+        for b in range(1, args.max_batch + 1):
+            codec.decode_many(items[:b])
     run_load(codec, "step", items[:4], [0.0] * 4, args.max_batch)  # warm-up: not counted
+    print(f"# warm-up {time.monotonic() - t_warm:.0f} s (not counted)")
     runs: dict = {"batch": [], "step": []}
     for _ in range(args.rounds):  # interleaved: a change in the machine's other load hits both
         for s in runs:

@@ -28,11 +28,20 @@ stage eager_fp16 ${T1:-200} $PY benchmarks/bench_gpu.py --device cuda --model "$
 # 2. eager, bf16 at the batch that gave most images/s in fp16
 stage eager_bf16 ${T2:-60} $PY benchmarks/bench_gpu.py --device cuda --model "$MODEL" --size 512 \
     --dtype bf16 --batch 16 --repeat 2
-# 3. torch.compile (inductor) + channels_last: single-image latency, then CUDA graphs (reduce-overhead)
-stage compiled_fp16 ${T3:-130} $PY benchmarks/bench_gpu.py --device cuda --model "$MODEL" --size 512 \
-    --dtype fp16 --batch 1 16 --repeat 3 --compile --channels-last
-stage cudagraphs_fp16 ${T4:-90} $PY benchmarks/bench_gpu.py --device cuda --model "$MODEL" --size 512 \
-    --dtype fp16 --batch 1 --repeat 3 --compile --channels-last --compile-mode reduce-overhead
-# 4. step-level vs batch-at-a-time scheduling on the GPU (mixed SNR 0-20 dB, so mixed N)
-stage serving ${T5:-80} $PY benchmarks/bench_serving.py --device cuda --model "$MODEL" --size 256 \
+# 3. torch.compile (inductor) with CUDA graphs, channels_last, fused QKV: single-image latency, then
+#    throughput. A cold compilation of SD-1.5's UNet takes ~90 s per shape on a 16-core host (img2img's
+#    scalar timestep is one more shape); later stages reuse inductor's on-disk cache.
+stage cudagraphs_b1 ${T3:-300} $PY benchmarks/bench_gpu.py --device cuda --model "$MODEL" --size 512 \
+    --dtype fp16 --batch 1 --repeat 5 --channels-last --compile-mode reduce-overhead --fuse-qkv --torch-threads 0
+stage cudagraphs_b16 ${T4:-300} $PY benchmarks/bench_gpu.py --device cuda --model "$MODEL" --size 512 \
+    --dtype fp16 --batch 16 --repeat 2 --channels-last --compile-mode reduce-overhead --fuse-qkv --torch-threads 0
+# 4. step-level vs batch-at-a-time scheduling on the GPU (mixed SNR 0-20 dB, so mixed N), eager and with
+#    CUDA graphs (the warm-up compiles every batch size 1..8 before the timed runs)
+stage serving ${T5:-120} $PY benchmarks/bench_serving.py --device cuda --model "$MODEL" --size 256 \
     --max-batch 8 --requests 32 --rounds 1 --torch-threads 0
+stage serving_cudagraphs ${T6:-400} $PY benchmarks/bench_serving.py --device cuda --model "$MODEL" --size 256 \
+    --max-batch 8 --requests 32 --rounds 1 --torch-threads 0 --channels-last --compile-mode reduce-overhead
+# 5. the VAE compiled too, and diffusers' inductor tuning (longest compilation: last)
+stage tuned_b1 ${T7:-500} $PY benchmarks/bench_gpu.py --device cuda --model "$MODEL" --size 512 \
+    --dtype fp16 --batch 1 --repeat 5 --channels-last --compile-mode reduce-overhead --fuse-qkv --compile-vae \
+    --inductor-tuning --no-anchor --torch-threads 0

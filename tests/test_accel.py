@@ -23,14 +23,21 @@ def reference(small):
 
 
 @pytest.mark.parametrize("opts", [dict(attention="classic"), dict(channels_last=True),
-                                  dict(compile=True, compile_backend="eager")],
-                         ids=["classic-attention", "channels-last", "compile"])
+                                  dict(compile=True, compile_backend="eager"), dict(fuse_qkv=True),
+                                  dict(compile_vae=True, compile_backend="eager", compile_dynamic=False)],
+                         ids=["classic-attention", "channels-last", "compile", "fused-qkv", "compile-vae"])
 def test_options_give_the_same_outputs(small, reference, opts):
     sym, img, comp = _roundtrip(small, **opts)
     np.testing.assert_allclose(sym, reference[0], atol=1e-4)
     assert np.abs(img.astype(int) - reference[1].astype(int)).max() <= 1
     proc = type(next(iter(comp.unet.attn_processors.values()))).__name__
-    assert proc == ("AttnProcessor" if opts.get("attention") == "classic" else "AttnProcessor2_0")
+    assert proc == ("AttnProcessor" if opts.get("attention") == "classic" else
+                    "FusedAttnProcessor2_0" if opts.get("fuse_qkv") else "AttnProcessor2_0")
+    if opts.get("fuse_qkv"):  # one matrix product for q, k and v of a self-attention
+        attn = next(m for m in comp.unet.modules() if type(m).__name__ == "Attention" and not m.is_cross_attention)
+        assert attn.to_qkv.weight.shape[0] == 3 * attn.to_q.weight.shape[0]
+    if opts.get("compile_vae"):  # the UNet and both VAE halves are compiled modules
+        assert all(m._compiled_call_impl is not None for m in (comp.unet, comp.vae.encoder, comp.vae.decoder))
     if opts.get("channels_last"):
         assert comp.unet.conv_in.weight.is_contiguous(memory_format=__import__("torch").channels_last)
 
@@ -45,6 +52,9 @@ def test_bfloat16_end_to_end_stays_close(small, reference):
 def test_unknown_attention_and_warm_up_leaves_counters(components, codec):
     with pytest.raises(ValueError, match=r"^attention must be one of sdpa, classic, got 'flash'$"):
         apply_speed_options(components, attention="flash")
+    with pytest.raises(ValueError, match=r"^fuse_qkv needs attention 'sdpa' \(diffusers' fused processor is an "
+                                         r"SDPA one\)$"):
+        apply_speed_options(components, attention="classic", fuse_qkv=True)
     before = dict(codec.stats)
     warm_up(codec)
     assert codec.stats == before

@@ -38,3 +38,19 @@ def test_bench_gpu_flops_counts_sd15_arithmetic(capsys, monkeypatch):
     total = float(out[1].split(": ")[1].split()[0])
     assert abs(total - (23 * 2 * unet + enc + dec) / 1e3) < 0.1
     assert out[-1].split()[0] == "12" and abs(float(out[-1].split()[3]) - 12 * total) <= 2
+
+
+def test_bench_gpu_speed_flags_without_anchor(capsys, monkeypatch):
+    """The GPU session's latency flags on CPU: fused QKV and no img2img anchor -> the anchor's columns
+    say nan, not a number."""
+    monkeypatch.setattr(sys, "argv", [str(BENCH), "--device", "cpu", "--batch", "1", "--repeat", "1", "--k", "1",
+                                      "--m", "1", "--snr", "20", "--fuse-qkv", "--no-anchor"])
+    try:
+        runpy.run_path(str(BENCH), run_name="__main__")
+    except SystemExit as exc:
+        assert exc.code == 0
+    out = capsys.readouterr().out
+    assert "fused QKV" in out.splitlines()[0] and "warning" not in out
+    assert re.search(r"^# B=1: warm-up \(compilation, kernel selection\) \d+ s, not counted$", out, re.M)
+    row = next(line.split() for line in out.splitlines() if line.strip().startswith("fp32"))
+    assert float(row[2]) > 0 and row[-2:] == ["nan", "nan"]

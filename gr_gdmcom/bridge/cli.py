@@ -76,9 +76,10 @@ def _local_server(args, cfg, opts, curve):
         raise ValueError(str(exc)) from None
     from ..codec.accel import apply_speed_options, warm_up
 
-    compile = args.compile or args.compile_mode is not None
+    compile = args.compile or args.compile_mode is not None or args.compile_vae
     apply_speed_options(codec.c, attention=args.attention, channels_last=args.channels_last, compile=compile,
-                        compile_mode=args.compile_mode)
+                        compile_mode=args.compile_mode, compile_vae=args.compile_vae, fuse_qkv=args.fuse_qkv,
+                        inductor_tuning=args.inductor_tuning)
     if compile:
         warm_up(codec, size=args.warm_up_size)  # compile before the first request, not during it
     server = InferenceServer(codec, bind=args.bind, connect=args.connect, options=opts, curve=curve)
@@ -194,7 +195,14 @@ def register(sub) -> None:
                    help="torch.compile the UNet (compiled at start-up by one warm-up encode+decode)")
     s.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"), default=None,
                    help="torch.compile mode (implies --compile); reduce-overhead adds CUDA graphs: on an H100 one "
-                        "512x512 image's TX+RX went from 0.96 s to 0.27 s (docs/codec.md) [default: default]")
+                        "512x512 image's TX+RX went from 0.96 s to 0.27 s, 0.21 s with --fuse-qkv (docs/codec.md) "
+                        "[default: default]")
+    s.add_argument("--compile-vae", action="store_true",
+                   help="also torch.compile the VAE encoder and decoder (implies --compile)")
+    s.add_argument("--fuse-qkv", action="store_true",
+                   help="diffusers' fused QKV projections (one matrix product per attention; needs --attention sdpa)")
+    s.add_argument("--inductor-tuning", action="store_true",
+                   help="with --compile: the inductor settings of diffusers' speed-up guide (longer start-up)")
     s.add_argument("--warm-up-size", type=int, default=512,
                    help="image side of the start-up warm-up with --compile: compile for the size you serve "
                         "[default=%(default)r]")
