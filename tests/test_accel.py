@@ -38,6 +38,8 @@ def test_options_give_the_same_outputs(small, reference, opts):
         assert attn.to_qkv.weight.shape[0] == 3 * attn.to_q.weight.shape[0]
     if opts.get("compile_vae"):  # the UNet and both VAE halves are compiled modules
         assert all(m._compiled_call_impl is not None for m in (comp.unet, comp.vae.encoder, comp.vae.decoder))
+    assert comp.speed["channels_last"] == bool(opts.get("channels_last"))  # what status reports
+    assert comp.speed["compile"] == ("default" if opts.get("compile") or opts.get("compile_vae") else None)
     if opts.get("channels_last"):
         assert comp.unet.conv_in.weight.is_contiguous(memory_format=__import__("torch").channels_last)
 

@@ -198,6 +198,7 @@ def test_status_reports_model_queue_counters(serve, client, enc, cfg):
     c.decode(enc.symbols, enc.meta, 5.0)
     st = c.status()
     assert st["model"] == "tiny" and st["device"] == "cpu" and st["protocol"] == 1
+    assert st["speed"] == {}  # no speed option applied to this codec (gdmcom serve records its flags)
     assert st["version"] == __import__("gr_gdmcom").__version__
     assert (st["max_batch"], st["max_queue"], st["queue_depth"]) == (3, 5, 0)
     assert (st["requests"], st["served"], st["failed"], st["busy"], st["batches"]) == (1, 1, 0, 0, 1)
@@ -764,3 +765,16 @@ def test_protocol_document_covers_every_code_and_field():
         assert f"`{code}`" in doc, code
     for name in P.meta_fields() + ["sizes", "snr_db", "retry_after_ms", "n_steps", "<c8"]:
         assert f"`{name}`" in doc or name in doc, name
+
+
+def test_serve_speed_flags_reach_apply_speed_options():
+    """gdmcom serve's speed flags -> the keyword arguments both engines (local, every Ray replica) apply."""
+    from gr_gdmcom.bridge.cli import speed_options_from_args
+    from gr_gdmcom.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--model", "tiny", "--compile-vae", "--fuse-qkv", "--channels-last"])
+    assert speed_options_from_args(args) == dict(attention="sdpa", channels_last=True, compile=True, compile_mode=None,
+                                                 compile_vae=True, fuse_qkv=True, inductor_tuning=False)
+    args = build_parser().parse_args(["serve", "--compile-mode", "reduce-overhead", "--attention", "classic"])
+    opts = speed_options_from_args(args)
+    assert opts["compile"] is True and opts["compile_mode"] == "reduce-overhead" and opts["attention"] == "classic"

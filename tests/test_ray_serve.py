@@ -27,7 +27,10 @@ OPTIONS = RayOptions(replicas=2, cpus_per_replica=0, torch_threads=1)
 
 @pytest.fixture(scope="module")
 def deployment():
-    handle, info, started = deploy(CFG, OPTIONS, max_batch=4, max_wait_ms=5)
+    # every replica applies gdmcom serve's speed flags (compile with dynamo's eager backend: the warm-up
+    # path, without inductor's minutes on 2 cores; the outputs stay those of the in-process codec)
+    handle, info, started = deploy(CFG, OPTIONS, max_batch=4, max_wait_ms=5, warm_up_size=64,
+                                   speed=dict(compile=True, compile_backend="eager"))
     yield handle, info
     shutdown(started_ray=started)
 
@@ -86,6 +89,8 @@ def test_gateway_serves_what_the_codec_computes(gateway, raws, rcodec, small, re
         st = c.status()
     assert st["engine"] == "ray" and st["replicas"]["fixed"] == 2 and st["model"] == "tiny"
     assert st["config"]["steps"] == 2 and (st["served"], st["failed"]) == (2, 0)
+    assert st["speed"] == dict(attention="sdpa", channels_last=False, fuse_qkv=False, compile="default",
+                               compile_vae=False, inductor_tuning=False)
     (r,) = raws(gw.last_endpoint)  # the strict schema guards the gateway as it does the plain server
     r.send(P.decode_request("bad", renc.symbols, renc.meta, 5.0)[:1] + [b"\0" * 8])
     assert r.recv()[0]["code"] == P.SIZE_MISMATCH

@@ -61,6 +61,15 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def speed_options_from_args(args) -> dict:
+    """``gdmcom serve``'s speed flags -> :func:`~gr_gdmcom.codec.accel.apply_speed_options` keyword
+    arguments (the same for the local engine and every Ray replica)."""
+    return dict(attention=args.attention, channels_last=args.channels_last,
+                compile=args.compile or args.compile_mode is not None or args.compile_vae,
+                compile_mode=args.compile_mode, compile_vae=args.compile_vae, fuse_qkv=args.fuse_qkv,
+                inductor_tuning=args.inductor_tuning)
+
+
 def _local_server(args, cfg, opts, curve):
     """The model in this process: (InferenceServer, device, cleanup)."""
     from ..codec import GenerativeCodec, ModelLoadError
@@ -76,11 +85,8 @@ def _local_server(args, cfg, opts, curve):
         raise ValueError(str(exc)) from None
     from ..codec.accel import apply_speed_options, warm_up
 
-    compile = args.compile or args.compile_mode is not None or args.compile_vae
-    apply_speed_options(codec.c, attention=args.attention, channels_last=args.channels_last, compile=compile,
-                        compile_mode=args.compile_mode, compile_vae=args.compile_vae, fuse_qkv=args.fuse_qkv,
-                        inductor_tuning=args.inductor_tuning)
-    if compile:
+    apply_speed_options(codec.c, **speed_options_from_args(args))
+    if getattr(codec.c, "speed", {}).get("compile"):
         warm_up(codec, size=args.warm_up_size)  # compile before the first request, not during it
     server = InferenceServer(codec, bind=args.bind, connect=args.connect, options=opts, curve=curve)
     return server, str(codec.c.device), lambda: None
@@ -98,7 +104,8 @@ def _ray_gateway(args, cfg, opts, curve):
                                gpus_per_replica=args.gpus_per_replica, cpus_per_replica=args.cpus_per_replica,
                                torch_threads=args.torch_threads, address=args.ray_address,
                                max_inflight=args.max_inflight, metrics_port=args.ray_metrics_port).validate()
-    handle, info, started = ray_engine.deploy(cfg, ro, max_batch=opts.max_batch, max_wait_ms=opts.max_wait_ms)
+    handle, info, started = ray_engine.deploy(cfg, ro, max_batch=opts.max_batch, max_wait_ms=opts.max_wait_ms,
+                                              speed=speed_options_from_args(args), warm_up_size=args.warm_up_size)
     server = ray_engine.RayGateway(handle, info, bind=args.bind, connect=args.connect, options=opts, curve=curve,
                                    ray_options=ro)
     return server, info["device"], lambda: ray_engine.shutdown(started_ray=started)

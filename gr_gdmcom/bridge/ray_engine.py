@@ -124,16 +124,25 @@ class CodecReplica:
         config: :class:`CodecConfig` fields (a dict: plain data crosses processes).
         max_batch: most requests per codec call; max_wait_ms: longest wait for a batch to fill (ms).
         torch_threads: torch CPU threads (0: torch's default).
+        speed: :func:`~gr_gdmcom.codec.accel.apply_speed_options` keyword arguments (``gdmcom serve``'s
+            ``--attention --channels-last --compile* --fuse-qkv``); with a compiled model the replica runs
+            one warm-up encode+decode of ``warm_up_size`` pixels before it takes requests.
     """
 
-    def __init__(self, config: dict, max_batch: int = 4, max_wait_ms: float = 10.0, torch_threads: int = 0):
+    def __init__(self, config: dict, max_batch: int = 4, max_wait_ms: float = 10.0, torch_threads: int = 0,
+                 speed: Optional[dict] = None, warm_up_size: int = 512):
         import torch
 
         from ..codec import GenerativeCodec
+        from ..codec.accel import apply_speed_options, warm_up
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.codec = GenerativeCodec(CodecConfig(**config))
+        if speed:
+            apply_speed_options(self.codec.c, **speed)
+            if getattr(self.codec.c, "speed", {}).get("compile"):
+                warm_up(self.codec, size=warm_up_size)
         self._lock = threading.Lock()  # encode and decode batches may overlap in threads; the codec is not thread-safe
         for method in (self.encode, self.decode):
             method.set_max_batch_size(max_batch)
@@ -144,7 +153,8 @@ class CodecReplica:
         """What the gateway needs: the protocol limits, model, device, dtype, codec settings."""
         c = self.codec
         return dict(limits=asdict(P.Limits.for_codec(c)), model=c.config.model, device=str(c.c.device),
-                    dtype=str(c.c.dtype).replace("torch.", ""), config=asdict(c.config), replica=self.name,
+                    dtype=str(c.c.dtype).replace("torch.", ""), config=asdict(c.config),
+                    speed=dict(getattr(c.c, "speed", {})), replica=self.name,
                     pid=os.getpid())
 
     def check_health(self) -> None:
@@ -174,8 +184,10 @@ class CodecReplica:
 
 
 def deploy(config: CodecConfig, ray_options: RayOptions, max_batch: int = 4, max_wait_ms: float = 10.0,
-           app_name: str = APP_NAME):
+           app_name: str = APP_NAME, speed: Optional[dict] = None, warm_up_size: int = 512):
     """Start (or join) Ray, run the codec deployment; returns ``(handle, info, started_ray)``.
+
+    ``speed`` and ``warm_up_size``: as :class:`CodecReplica` (every replica applies them).
 
     ``info`` is :meth:`CodecReplica.info` of one replica; ``started_ray`` says whether
     this call started the Ray instance (then :func:`shutdown` stops it).
@@ -191,7 +203,7 @@ def deploy(config: CodecConfig, ray_options: RayOptions, max_batch: int = 4, max
     serve.start(proxy_location="Disabled")
     app = serve.deployment(CodecReplica, name="CodecReplica").options(
         **ray_options.deployment_options(max_batch)).bind(asdict(config), max_batch, max_wait_ms,
-                                                         ray_options.torch_threads)
+                                                         ray_options.torch_threads, speed, warm_up_size)
     handle = serve.run(app, name=app_name, route_prefix=None)
     info = handle.info.remote().result()
     log.info("Ray Serve application %r: %s on %s, %s", app_name, info["model"], info["device"],
@@ -246,7 +258,8 @@ class RayGateway(InferenceServer):
     def _engine_status(self) -> dict:
         o = self.ray_options
         return dict(model=self.info["model"], device=self.info["device"], dtype=self.info["dtype"],
-                    config=self.info["config"], engine="ray", max_inflight=self.max_inflight,
+                    config=self.info["config"], speed=self.info.get("speed", {}), engine="ray",
+                    max_inflight=self.max_inflight,
                     replicas=dict(fixed=None if o.max_replicas is not None else o.replicas, min=o.min_replicas,
                                   max=o.max_replicas, gpus_each=o.gpus_per_replica))
 

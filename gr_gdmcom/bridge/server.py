@@ -292,7 +292,7 @@ class InferenceServer:
         cfg = self.codec.config
         return dict(model=cfg.model, device=str(self.codec.c.device),
                     dtype=str(self.codec.c.dtype).replace("torch.", ""), codec=dict(self.codec.stats),
-                    config=asdict(cfg))
+                    config=asdict(cfg), speed=dict(getattr(self.codec.c, "speed", {})))
 
     def status(self) -> dict:
         """What ``status`` answers: model, device, queue, counters, uptime, version."""

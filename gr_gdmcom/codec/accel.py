@@ -84,6 +84,9 @@ def apply_speed_options(c, attention: str = "sdpa", channels_last: bool = False,
         if compile_vae:
             c.vae.encoder.compile(**opts)
             c.vae.decoder.compile(**opts)
+    c.speed = dict(attention=attention, channels_last=channels_last, fuse_qkv=fuse_qkv,
+                   compile=(compile_mode or "default") if compile else None, compile_vae=compile_vae,
+                   inductor_tuning=inductor_tuning and compile)
     log.info("model options: attention %s%s, channels_last %s, compile %s", attention,
              " (fused QKV)" if fuse_qkv else "", channels_last,
              f"{compile_backend}/{compile_mode or 'default'}{' +VAE' if compile_vae else ''}"

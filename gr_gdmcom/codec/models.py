@@ -14,6 +14,8 @@ as a real model.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import math
@@ -51,6 +53,8 @@ class Components:
     dtype: torch.dtype
     model_id: str
     revision: Optional[str] = None
+    #: the speed options applied (:func:`.accel.apply_speed_options`); empty: the defaults
+    speed: dict = dataclasses.field(default_factory=dict)
 
     @property
     def vae_scale(self) -> float:
