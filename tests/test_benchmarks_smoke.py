@@ -8,14 +8,19 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_gpu.py"
 
 
-def test_bench_gpu_cpu_smoke(capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", [str(BENCH), "--device", "cpu", "--batch", "1", "--repeat", "1",
-                                      "--k", "1", "--m", "1", "--snr", "20"])
+def _run(monkeypatch, capsys, *args) -> str:
+    """bench_gpu.py with ``args`` as its command line; its stdout (exit status 0 checked)."""
+    monkeypatch.setattr(sys, "argv", [str(BENCH), *args])
     try:
         runpy.run_path(str(BENCH), run_name="__main__")
     except SystemExit as exc:
         assert exc.code == 0
-    out = capsys.readouterr().out
+    return capsys.readouterr().out
+
+
+def test_bench_gpu_cpu_smoke(capsys, monkeypatch):
+    out = _run(monkeypatch, capsys, "--device", "cpu", "--batch", "1", "--repeat", "1", "--k", "1", "--m", "1",
+               "--snr", "20")
     assert "warning" not in out  # the codec and img2img ran the same number of UNet calls
     row = next(line.split() for line in out.splitlines() if line.strip().startswith("fp32"))
     assert row[1] == "1" and float(row[2]) > 0 and float(row[-1]) > 0  # B, images/s, codec/img2img ratio
@@ -26,12 +31,7 @@ def test_bench_gpu_flops_counts_sd15_arithmetic(capsys, monkeypatch):
     """--flops: the arithmetic per image from SD-1.5's configs on the meta device.  The per-image
     total is the sum written out here from the printed parts (k+m+N guided calls, two samples each,
     plus one VAE encode and one decode), and the UNet count is SD-1.5's known ~0.8 TFLOP per call."""
-    monkeypatch.setattr(sys, "argv", [str(BENCH), "--flops", "--k", "5", "--m", "5", "--n-steps", "13"])
-    try:
-        runpy.run_path(str(BENCH), run_name="__main__")
-    except SystemExit as exc:
-        assert exc.code == 0
-    out = capsys.readouterr().out.splitlines()
+    out = _run(monkeypatch, capsys, "--flops", "--k", "5", "--m", "5", "--n-steps", "13").splitlines()
     unet, enc, dec = map(float, re.search(r"UNet (\d+) GFLOP .* encode (\d+), decode (\d+) GFLOP", out[0]).groups())
     assert 780 <= unet <= 820
     assert "5+5+13 = 23 UNet calls x 2 (CFG)" in out[1]
@@ -43,13 +43,8 @@ def test_bench_gpu_flops_counts_sd15_arithmetic(capsys, monkeypatch):
 def test_bench_gpu_speed_flags_without_anchor(capsys, monkeypatch):
     """The GPU session's latency flags on CPU: fused QKV and no img2img anchor -> the anchor's columns
     say nan, not a number."""
-    monkeypatch.setattr(sys, "argv", [str(BENCH), "--device", "cpu", "--batch", "1", "--repeat", "1", "--k", "1",
-                                      "--m", "1", "--snr", "20", "--fuse-qkv", "--no-anchor"])
-    try:
-        runpy.run_path(str(BENCH), run_name="__main__")
-    except SystemExit as exc:
-        assert exc.code == 0
-    out = capsys.readouterr().out
+    out = _run(monkeypatch, capsys, "--device", "cpu", "--batch", "1", "--repeat", "1", "--k", "1", "--m", "1",
+               "--snr", "20", "--fuse-qkv", "--no-anchor")
     assert "fused QKV" in out.splitlines()[0] and "warning" not in out
     assert re.search(r"^# B=1: warm-up \(compilation, kernel selection\) \d+ s, not counted$", out, re.M)
     row = next(line.split() for line in out.splitlines() if line.strip().startswith("fp32"))
