@@ -6,6 +6,11 @@
 #
 #   bash benchmarks/gpu_session.sh            # sd15-random (SD-1.5's architecture, random weights)
 #   MODEL=/models/sd15 bash benchmarks/gpu_session.sh   # real weights: same speed, real images
+#   STAGES="cudagraphs_b16 serving_cudagraphs" bash benchmarks/gpu_session.sh   # only these stages
+#
+# All stages take about 30 minutes on a fresh machine (each cold compilation of SD-1.5's UNet ~90 s).
+# In a short lease run the stages still unmeasured first (docs/codec.md, "Speed options"):
+# cudagraphs_b16 (~5 min), serving_cudagraphs (~6 min), tuned_b1 (~8 min).
 set -u
 OUT=${OUT:-gpu-results}
 MODEL=${MODEL:-sd15-random}
@@ -14,6 +19,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 GDMCOM_CACHE=${GDMCOM_CACHE:-/tmp/gdmcom-cache}
 stage() {  # stage NAME SECONDS COMMAND...: run with a limit, keep its output
     local name=$1 limit=$2; shift 2
+    if [ -n "${STAGES:-}" ] && [[ " $STAGES " != *" $name "* ]]; then return; fi
     echo "=== $name ($(date -u +%T), limit ${limit}s): $*"
     local t0=$SECONDS
     timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.txt" | grep -v -e Warning -e warn_once -e "^  " -e "^$"
