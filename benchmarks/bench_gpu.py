@@ -161,18 +161,17 @@ def bench_dtype(args, dtype, image, rows):
             return pipe(prompt=[cfg.prompt] * B, image=[Image.fromarray(image)] * B, strength=strength,
                         num_inference_steps=cfg.T, guidance_scale=cfg.guidance, eta=0.0, output_type="np").images
 
-        a_times = []
         if args.no_anchor:
             a_times, a_calls = [float("nan")], n_calls
         else:
             anchor()  # warm-up
             clock.reset()
-        for _ in range(0 if args.no_anchor else args.repeat):
-            t0 = time.perf_counter()
-            anchor()
-            _sync(c.device)
-            a_times.append(time.perf_counter() - t0)
-        if not args.no_anchor:
+            a_times = []
+            for _ in range(args.repeat):
+                t0 = time.perf_counter()
+                anchor()
+                _sync(c.device)
+                a_times.append(time.perf_counter() - t0)
             a_calls = clock.calls // args.repeat
         if a_calls != n_calls or calls != n_calls:
             print(f"# warning: UNet calls per round codec {calls}, img2img {a_calls}, expected {n_calls}")
@@ -268,7 +267,8 @@ def main(argv=None) -> int:
     print(f"# {args.model} on {where}, {args.size}x{args.size}, k={args.k} m={args.m} SNR {args.snr:g} dB, guidance "
           f"{args.guidance:g}, attention {args.attention}, channels_last {args.channels_last}, compile "
           f"{(args.compile_mode or 'default') if args.compile else 'off'}{' +VAE' if args.compile_vae else ''}"
-          f"{', fused QKV' if args.fuse_qkv else ''}{', inductor tuning' if args.inductor_tuning else ''}, torch {torch.__version__}, "
+          f"{', fused QKV' if args.fuse_qkv else ''}{', inductor tuning' if args.inductor_tuning else ''}, "
+          f"torch {torch.__version__}, "
           f"median of {args.repeat}, warm-up excluded")
     print(f"{'dtype':>5} {'B':>3} {'TX+RX im/s':>10} {'latency s':>10} {'peak MiB':>10} {'outside':>10} "
           f"{'UNet':>6} {'img2img im/s':>12} {'ratio':>8}")

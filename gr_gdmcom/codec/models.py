@@ -14,14 +14,12 @@ as a real model.
 
 from __future__ import annotations
 
-import dataclasses
-
 import json
 import logging
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -54,7 +52,7 @@ class Components:
     model_id: str
     revision: Optional[str] = None
     #: the speed options applied (:func:`.accel.apply_speed_options`); empty: the defaults
-    speed: dict = dataclasses.field(default_factory=dict)
+    speed: dict = field(default_factory=dict)
 
     @property
     def vae_scale(self) -> float:
