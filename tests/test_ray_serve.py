@@ -132,6 +132,42 @@ def test_gateway_restarted_mid_run_loses_no_image(gateway, rcodec, renc):
         assert np.array_equal(d.image, rcodec.decode(noisy(renc, i), renc.meta, 5.0).image)
 
 
+def test_step_scheduling_runs_in_the_replicas(deployment, rcodec, small, renc):
+    """``gdmcom serve --engine ray --scheduling step``: a second application whose replica runs the
+    step loop; 8 concurrent decodes and an encode through its gateway equal the in-process codec's
+    (within float rounding of differently composed batches), share UNet calls, and status says so."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gr_gdmcom.bridge import RemoteBackend
+
+    handle, info, _ = deploy(CFG, RayOptions(replicas=1, cpus_per_replica=0, torch_threads=1), max_batch=4,
+                             app_name="gdmcom-step", scheduling="step")
+    try:
+        assert info["scheduling"] == "step"
+        gw = RayGateway(handle, info, "tcp://127.0.0.1:0", ray_options=OPTIONS).start()
+        try:
+            def one(i):
+                with RemoteBackend(gw.last_endpoint, CFG, timeout_ms=60000) as c:
+                    return c.decode(noisy(renc, i), renc.meta, 5.0)
+
+            with ThreadPoolExecutor(8) as pool:
+                decs = list(pool.map(one, range(8)))
+            for i, d in enumerate(decs):
+                ref = rcodec.decode(noisy(renc, i), renc.meta, 5.0).image
+                assert np.abs(d.image.astype(int) - ref.astype(int)).max() <= 1, i
+                assert d.record["scheduling"] == "step"
+            assert max(d.record["server"]["batch"] for d in decs) > 1  # requests shared UNet calls
+            with RemoteBackend(gw.last_endpoint, CFG, timeout_ms=60000) as c:
+                e = c.encode(small, "small")
+                np.testing.assert_allclose(e.symbols, renc.symbols, atol=1e-4)
+                st = c.status()
+            assert st["scheduling"] == "step" and st["engine"] == "ray" and (st["served"], st["failed"]) == (9, 0)
+        finally:
+            gw.stop(timeout=10)
+    finally:
+        shutdown("gdmcom-step", started_ray=False)
+
+
 def test_replica_killed_under_16_clients_loses_and_duplicates_nothing(gateway, raws, rcodec, renc):
     """16 clients x 3 decodes; one replica actor is ray.kill-ed mid-load.  Every request is answered
     exactly once (no client gets a second reply), each image as the codec computes it."""

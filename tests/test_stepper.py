@@ -151,11 +151,3 @@ def test_scheduling_option_is_checked():
 
     with pytest.raises(ValueError, match=r"^scheduling must be one of batch, step, got 'steps'$"):
         ServerOptions(scheduling="steps").validate()
-
-
-def test_ray_engine_refuses_step_scheduling():
-    from gr_gdmcom.bridge.cli import _ray_gateway
-    from gr_gdmcom.bridge.server import ServerOptions
-
-    with pytest.raises(ValueError, match=r"^--scheduling step runs in the local engine only"):
-        _ray_gateway(None, None, ServerOptions(scheduling="step"), None)

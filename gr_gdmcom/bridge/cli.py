@@ -94,8 +94,6 @@ def _local_server(args, cfg, opts, curve):
 
 def _ray_gateway(args, cfg, opts, curve):
     """The model on Ray Serve replicas behind a gateway in this process: (RayGateway, device, cleanup)."""
-    if opts.scheduling != "batch":
-        raise ValueError("--scheduling step runs in the local engine only; Ray replicas batch whole requests")
     try:
         from . import ray_engine
     except ImportError as exc:
@@ -105,7 +103,8 @@ def _ray_gateway(args, cfg, opts, curve):
                                torch_threads=args.torch_threads, address=args.ray_address,
                                max_inflight=args.max_inflight, metrics_port=args.ray_metrics_port).validate()
     handle, info, started = ray_engine.deploy(cfg, ro, max_batch=opts.max_batch, max_wait_ms=opts.max_wait_ms,
-                                              speed=speed_options_from_args(args), warm_up_size=args.warm_up_size)
+                                              speed=speed_options_from_args(args), warm_up_size=args.warm_up_size,
+                                              scheduling=opts.scheduling)
     server = ray_engine.RayGateway(handle, info, bind=args.bind, connect=args.connect, options=opts, curve=curve,
                                    ray_options=ro)
     return server, info["device"], lambda: ray_engine.shutdown(started_ray=started)

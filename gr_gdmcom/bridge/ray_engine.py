@@ -11,7 +11,11 @@
 * :class:`CodecReplica` is the deployment: one :class:`~gr_gdmcom.codec.GenerativeCodec`
   per replica, ``encode``/``decode`` are ``@serve.batch`` methods (``max_batch``,
   ``max_wait_ms``) that call ``encode_many``/``decode_many`` like the plain
-  server's worker.
+  server's worker; with ``scheduling="step"`` the gateway calls
+  ``encode_step``/``decode_step`` instead, which hand each request to the
+  replica's :class:`~gr_gdmcom.codec.stepper.StepScheduler` loop (requests join
+  and leave the batched UNet call at every step, as ``gdmcom serve --scheduling
+  step`` does in one process).
 * :func:`deploy` starts a local Ray instance (or joins ``address``: ``auto`` or
   ``ray://host:port``), runs the application with ``num_replicas`` or an
   autoscaling range and ``ray_actor_options`` (GPUs, CPUs per replica), and
@@ -29,6 +33,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import logging
 import os
@@ -127,10 +132,12 @@ class CodecReplica:
         speed: :func:`~gr_gdmcom.codec.accel.apply_speed_options` keyword arguments (``gdmcom serve``'s
             ``--attention --channels-last --compile* --fuse-qkv``); with a compiled model the replica runs
             one warm-up encode+decode of ``warm_up_size`` pixels before it takes requests.
+        scheduling: ``batch`` (``encode``/``decode``: whole requests batched) or ``step``
+            (``encode_step``/``decode_step``: step-level, up to ``max_batch`` requests in flight).
     """
 
     def __init__(self, config: dict, max_batch: int = 4, max_wait_ms: float = 10.0, torch_threads: int = 0,
-                 speed: Optional[dict] = None, warm_up_size: int = 512):
+                 speed: Optional[dict] = None, warm_up_size: int = 512, scheduling: str = "batch"):
         import torch
 
         from ..codec import GenerativeCodec
@@ -148,19 +155,32 @@ class CodecReplica:
             method.set_max_batch_size(max_batch)
             method.set_batch_wait_timeout_s(max_wait_ms / 1000.0)
         self.name = serve.get_replica_context().replica_id.unique_id
+        self.scheduling = scheduling
+        self._jobs: "queue.Queue" = queue.Queue()
+        self._stepper = None
+        if scheduling == "step":
+            from ..codec.stepper import StepScheduler
+
+            self._sched = StepScheduler(self.codec, max_batch)
+            self._stepper = threading.Thread(target=self._step_loop, name="gdmcom-step", daemon=True)
+            self._stepper.start()
+        elif scheduling != "batch":
+            raise ValueError(f"scheduling must be batch or step, got {scheduling!r}")
 
     def info(self) -> dict:
         """What the gateway needs: the protocol limits, model, device, dtype, codec settings."""
         c = self.codec
         return dict(limits=asdict(P.Limits.for_codec(c)), model=c.config.model, device=str(c.c.device),
                     dtype=str(c.c.dtype).replace("torch.", ""), config=asdict(c.config),
-                    speed=dict(getattr(c.c, "speed", {})), replica=self.name,
+                    speed=dict(getattr(c.c, "speed", {})), scheduling=self.scheduling, replica=self.name,
                     pid=os.getpid())
 
     def check_health(self) -> None:
-        """Serve's periodic health check: a replica whose codec is gone is restarted."""
+        """Serve's periodic health check: a replica whose codec or step loop is gone is restarted."""
         if self.codec is None:
             raise RuntimeError("codec not loaded")
+        if self._stepper is not None and not self._stepper.is_alive():
+            raise RuntimeError("step loop stopped")
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
     async def encode(self, items: List[Tuple[bytes, str]]) -> list:
@@ -169,6 +189,62 @@ class CodecReplica:
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
     async def decode(self, items: List[tuple]) -> list:
         return await asyncio.to_thread(self._run, "decode", items)
+
+    async def encode_step(self, item: Tuple[bytes, str]) -> tuple:
+        """One encode through the step loop (``scheduling="step"``) -> (Encoded | Failed, info)."""
+        return await self._submit("encode", item)
+
+    async def decode_step(self, item: tuple) -> tuple:
+        """One decode through the step loop (``scheduling="step"``) -> (Decoded | Failed, info)."""
+        return await self._submit("decode", item)
+
+    async def _submit(self, op: str, item: tuple) -> tuple:
+        if self._stepper is None:
+            raise RuntimeError(f"{op}_step needs a replica deployed with scheduling='step'")
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._jobs.put((op, item, fut, time.monotonic()))
+        return await asyncio.wrap_future(fut)
+
+    def _step_loop(self) -> None:
+        """Admit while the scheduler has room, then one batched UNet step over every request in
+        flight; each request's future is answered when its last step (and VAE call) is done."""
+        sched, waiting = self._sched, {}
+        while True:
+            while sched.free > 0:
+                try:  # block (briefly) only when there is nothing to step
+                    op, item, fut, t0 = self._jobs.get(timeout=0.1) if not sched.active else self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                key = id(fut)  # unique while the future waits here
+                try:
+                    with self._lock:
+                        out = (sched.submit_encode(key, *item) if op == "encode" else sched.submit_decode(key, *item))
+                except Exception as exc:  # answered as the batch path's failures are: the gateway says internal
+                    log.exception("admitting a %s request failed", op)
+                    fut.set_exception(exc)
+                    continue
+                waiting[key] = (fut, t0)
+                if out is not None:  # no UNet step needed (bad input, fallback, k = 0)
+                    self._settle(waiting, key, out)
+            if not sched.active:
+                continue
+            try:
+                with self._lock:
+                    done = sched.step()
+            except Exception as exc:
+                log.exception("step over %d requests failed", len(sched.active))
+                for r in sched.active:
+                    waiting.pop(r.key)[0].set_exception(exc)
+                sched.active.clear()
+                continue
+            for key, res in done:
+                self._settle(waiting, key, res)
+
+    def _settle(self, waiting: dict, key: int, res) -> None:
+        fut, t0 = waiting.pop(key)
+        record = getattr(res, "record", None) or {}
+        fut.set_result((res, dict(codec_ms=(time.monotonic() - t0) * 1e3, batch=record.get("batch", 0),
+                                  replica=self.name, model_calls=record.get("unet_calls", 0))))
 
     def _run(self, op: str, items: list) -> list:
         """One batched codec call -> [(Encoded | Decoded | Failed, info)] in the order of ``items``."""
@@ -184,10 +260,11 @@ class CodecReplica:
 
 
 def deploy(config: CodecConfig, ray_options: RayOptions, max_batch: int = 4, max_wait_ms: float = 10.0,
-           app_name: str = APP_NAME, speed: Optional[dict] = None, warm_up_size: int = 512):
+           app_name: str = APP_NAME, speed: Optional[dict] = None, warm_up_size: int = 512,
+           scheduling: str = "batch"):
     """Start (or join) Ray, run the codec deployment; returns ``(handle, info, started_ray)``.
 
-    ``speed`` and ``warm_up_size``: as :class:`CodecReplica` (every replica applies them).
+    ``speed``, ``warm_up_size`` and ``scheduling``: as :class:`CodecReplica` (every replica).
 
     ``info`` is :meth:`CodecReplica.info` of one replica; ``started_ray`` says whether
     this call started the Ray instance (then :func:`shutdown` stops it).
@@ -203,7 +280,8 @@ def deploy(config: CodecConfig, ray_options: RayOptions, max_batch: int = 4, max
     serve.start(proxy_location="Disabled")
     app = serve.deployment(CodecReplica, name="CodecReplica").options(
         **ray_options.deployment_options(max_batch)).bind(asdict(config), max_batch, max_wait_ms,
-                                                         ray_options.torch_threads, speed, warm_up_size)
+                                                         ray_options.torch_threads, speed, warm_up_size,
+                                                         scheduling)
     handle = serve.run(app, name=app_name, route_prefix=None)
     info = handle.info.remote().result()
     log.info("Ray Serve application %r: %s on %s, %s", app_name, info["model"], info["device"],
@@ -247,6 +325,9 @@ class RayGateway(InferenceServer):
         self._pool = ThreadPoolExecutor(self.max_inflight, thread_name_prefix="gdmcom-ray")
         self._count = threading.Lock()  # counters are bumped from the pool's threads
         self.counters["resubmitted"] = 0
+        step = info.get("scheduling", "batch") == "step"  # the replicas schedule; the gateway only forwards
+        self._methods = {op: f"{op}_step" if step else op for op in ("encode", "decode")}
+        self.options = dataclasses.replace(self.options, scheduling="step" if step else "batch")
 
     # ------------------------------------------------------------------ InferenceServer hooks
     def _make_limits(self) -> P.Limits:
@@ -262,6 +343,11 @@ class RayGateway(InferenceServer):
                     max_inflight=self.max_inflight,
                     replicas=dict(fixed=None if o.max_replicas is not None else o.replicas, min=o.min_replicas,
                                   max=o.max_replicas, gpus_each=o.gpus_per_replica))
+
+    def _step_loop(self) -> None:
+        """Step-level scheduling runs in the replicas (``encode_step``/``decode_step``): the gateway
+        forwards requests the same way whatever the scheduling."""
+        self._worker_loop()
 
     def _worker_loop(self) -> None:
         """Hand queued jobs to the deployment, at most ``max_inflight`` at a time."""
@@ -287,7 +373,7 @@ class RayGateway(InferenceServer):
         try:
             for attempt in range(1, self.ray_options.attempts + 1):
                 try:
-                    res, info = getattr(self.handle, op).remote(args).result()
+                    res, info = getattr(self.handle, self._methods[op]).remote(args).result()
                     break
                 except REPLICA_FAILURES as exc:
                     if attempt == self.ray_options.attempts:
