@@ -12,6 +12,10 @@ decode per image).  Printed per row:
 * outside model calls: 1 - (time inside the UNet and VAE calls of one extra
   round, each call timed between two device synchronisations) / (median time
   of the free-running rounds, which have no synchronisation until the end);
+* TFLOP/s: images/s times the arithmetic of one TX+RX image (the loaded UNet's and
+  VAE's configs counted on the meta device, as ``--flops``); on CUDA also as a
+  share of an 8192^3 matrix product's rate in the same dtype on the same card
+  (its practical dense peak);
 * the anchor: diffusers' ``StableDiffusionImg2ImgPipeline`` built from the same
   loaded modules and a DDIM scheduler, with ``strength`` set so that it runs the
   same number of guided UNet calls (``num_inference_steps = T``), on the same
@@ -120,6 +124,10 @@ def bench_dtype(args, dtype, image, rows):
     cfg = CodecConfig(model=args.model, device=args.device, dtype=dtype, k=args.k, m=args.m, guidance=args.guidance,
                       batch_size=max(args.batch))  # B images in one UNet call per step, as img2img does
     codec = GenerativeCodec(cfg, components=c)
+    unit_flops = model_flops(c.unet.config, c.vae.config, args.size)
+    mm_peak = matmul_peak(dtype) if c.device.type == "cuda" else 0.0
+    if mm_peak:
+        print(f"# {dtype} 8192^3 matrix product on this card: {mm_peak:.0f} TFLOP/s (the % below)", flush=True)
     clock = ModelClock(c)
     pipe = _img2img(c, cfg)
     rng = np.random.default_rng(0)
@@ -176,41 +184,74 @@ def bench_dtype(args, dtype, image, rows):
         if a_calls != n_calls or calls != n_calls:
             print(f"# warning: UNet calls per round codec {calls}, img2img {a_calls}, expected {n_calls}")
         t, ta = statistics.median(times), statistics.median(a_times)
+        tflops = B / t * image_flops(*unit_flops, n_calls, cfg.guidance) / 1e12  # sustained, whole TX+RX
         rows.append(dict(dtype=dtype, B=B, ips=B / t, lat=t if B == 1 else None, peak=peak,
-                         outside=100 * outside, calls=n_calls, a_ips=B / ta))
+                         outside=100 * outside, calls=n_calls, a_ips=B / ta, tflops=tflops))
         r = rows[-1]
+        of_peak = f"{tflops:.1f} ({100 * tflops / mm_peak:.0f}%)" if mm_peak else f"{tflops:.3f}"
         print(f"{dtype:>5} {B:>3} {r['ips']:10.2f} {('%.3f' % r['lat']) if r['lat'] else '-':>10} {peak:10.0f} "
-              f"{r['outside']:8.2f} % {n_calls:6d} {r['a_ips']:12.2f} {r['ips'] / r['a_ips']:8.2f}", flush=True)
+              f"{r['outside']:8.2f} % {of_peak:>14} {n_calls:6d} {r['a_ips']:12.2f} {r['ips'] / r['a_ips']:8.2f}",
+              flush=True)
     del pipe, codec, c
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
 
 
-def count_flops(args) -> int:
-    """Arithmetic per TX+RX image (``--flops``): SD-1.5's UNet and VAE built on the meta device (no
-    memory, no weights) under ``torch.utils.flop_counter``; what a given images/s asks of the GPU."""
+def model_flops(unet_config: dict, vae_config: dict, size: int) -> tuple:
+    """(UNet per sample and call, VAE encode, VAE decode) FLOPs at ``size`` x ``size``: the models
+    built from their configs on the meta device (no memory, no weights) under
+    ``torch.utils.flop_counter``."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from torch.utils.flop_counter import FlopCounterMode
 
-    from gr_gdmcom.codec.models import sd15_configs
-
-    cfg = sd15_configs()
     with torch.device("meta"):
-        unet, vae = UNet2DConditionModel(**cfg["unet"]), AutoencoderKL(**cfg["vae"])
-    h = args.size // 8
+        unet, vae = UNet2DConditionModel.from_config(unet_config), AutoencoderKL.from_config(vae_config)
+    h = size // 8
 
     def flops(fn):
         with FlopCounterMode(display=False) as f:
             fn()
         return f.get_total_flops()
 
-    u = flops(lambda: unet(torch.zeros(1, 4, h, h, device="meta"), torch.tensor([500], device="meta"),
-                           encoder_hidden_states=torch.zeros(1, 77, cfg["unet"]["cross_attention_dim"], device="meta")))
-    enc = flops(lambda: vae.encode(torch.zeros(1, 3, args.size, args.size, device="meta")))
-    dec = flops(lambda: vae.decode(torch.zeros(1, 4, h, h, device="meta")))
+    ctx = torch.zeros(1, 77, unet.config.cross_attention_dim, device="meta")
+    u = flops(lambda: unet(torch.zeros(1, unet.config.in_channels, h, h, device="meta"),
+                           torch.tensor([500], device="meta"), encoder_hidden_states=ctx))
+    enc = flops(lambda: vae.encode(torch.zeros(1, 3, size, size, device="meta")))
+    dec = flops(lambda: vae.decode(torch.zeros(1, vae.config.latent_channels, h, h, device="meta")))
+    return u, enc, dec
+
+
+def image_flops(u: float, enc: float, dec: float, calls: int, guidance: float) -> float:
+    """FLOPs of one TX+RX image: ``calls`` UNet calls (two samples each with guidance), one VAE
+    encode and one decode."""
+    return calls * u * (2 if guidance != 1 else 1) + enc + dec
+
+
+def matmul_peak(dtype: str) -> float:
+    """TFLOP/s of an 8192^3 matrix product in ``dtype`` on the current CUDA device (the card's
+    practical dense peak: what "% of peak" in the table is measured against)."""
+    dt = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(dtype, torch.float32)
+    a = torch.randn(8192, 8192, device="cuda", dtype=dt)
+    b = torch.randn(8192, 8192, device="cuda", dtype=dt)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * 8192 ** 3 * 10 / (time.perf_counter() - t0) / 1e12
+
+
+def count_flops(args) -> int:
+    """Arithmetic per TX+RX image (``--flops``) of SD-1.5; what a given images/s asks of the GPU."""
+    from gr_gdmcom.codec.models import sd15_configs
+
+    cfg = sd15_configs()
+    u, enc, dec = model_flops(cfg["unet"], cfg["vae"], args.size)
     n = args.n_steps
     calls = args.k + args.m + n
-    per_image = calls * u * (2 if args.guidance != 1 else 1) + enc + dec
+    per_image = image_flops(u, enc, dec, calls, args.guidance)
     print(f"# SD-1.5 at {args.size}x{args.size}: UNet {u / 1e9:.0f} GFLOP per sample and call, VAE encode "
           f"{enc / 1e9:.0f}, decode {dec / 1e9:.0f} GFLOP")
     print(f"# k+m+N = {args.k}+{args.m}+{n} = {calls} UNet calls x {'2 (CFG)' if args.guidance != 1 else '1'}: "
@@ -271,13 +312,13 @@ def main(argv=None) -> int:
           f"torch {torch.__version__}, "
           f"median of {args.repeat}, warm-up excluded")
     print(f"{'dtype':>5} {'B':>3} {'TX+RX im/s':>10} {'latency s':>10} {'peak MiB':>10} {'outside':>10} "
-          f"{'UNet':>6} {'img2img im/s':>12} {'ratio':>8}")
+          f"{'TFLOP/s':>14} {'UNet':>6} {'img2img im/s':>12} {'ratio':>8}")
     rows: list = []
     for dtype in args.dtype:
         bench_dtype(args, dtype, image, rows)
     best = max(rows, key=lambda r: r["ips"])
-    print(f"best: {best['ips']:.2f} TX+RX images/s ({best['dtype']}, B={best['B']}); "
-          f"img2img with the same UNet calls {best['a_ips']:.2f} images/s")
+    print(f"best: {best['ips']:.2f} TX+RX images/s ({best['dtype']}, B={best['B']}, {best['tflops']:.3g} TFLOP/s "
+          f"sustained); img2img with the same UNet calls {best['a_ips']:.2f} images/s")
     return 0
 
 

@@ -24,6 +24,7 @@ def test_bench_gpu_cpu_smoke(capsys, monkeypatch):
     assert "warning" not in out  # the codec and img2img ran the same number of UNet calls
     row = next(line.split() for line in out.splitlines() if line.strip().startswith("fp32"))
     assert row[1] == "1" and float(row[2]) > 0 and float(row[-1]) > 0  # B, images/s, codec/img2img ratio
+    assert 0 < float(row[7]) < 1  # TFLOP/s sustained: the tiny model does ~1 GFLOP per image
     assert out.splitlines()[-1].startswith("best: ")
 
 
