@@ -49,7 +49,7 @@ def test_channel_model_impairments_sps2_10db(cfo, rng):
     assert results["impaired"] <= results["awgn"] + 1.0, results
 
 
-def _sro_link(cfg, snr_db, ppm, rng, taps=(1.0,), n_bursts=4, track=True):
+def _sro_link(cfg, snr_db, ppm, rng, taps=(1.0,), n_bursts=4, track=None):
     """Bursts through channel_model with a sample-rate offset of ``ppm``: (frames, counters, sent chunks)."""
     channels = pytest.importorskip("gnuradio.channels")
     from gnuradio import blocks, gr
@@ -117,9 +117,12 @@ def test_sample_clock_drift_is_tracked(ppm):
     assert min(got) >= 23.5 and np.mean(got) >= 24.2, got  # drift-free: 24.7
     assert all(abs(f.sro_ppm + ppm) <= 5 for f in frames), [f.sro_ppm for f in frames]
     assert all(abs(f.snr_db - g) <= 1.0 for f, g in zip(frames, got))
-    frames, counters, chunks = _sro_link(cfg, 25.0, ppm, np.random.default_rng(11), track=False)
+    # drift tracking off (FrameConfig.track_timing, the blocks' "Drift tracking"): what tracking saves
+    frames, counters, chunks = _sro_link(FrameConfig(track_timing=False), 25.0, ppm, np.random.default_rng(11))
     untracked = [measure_snr_db(chunks[f.header.chunk_index], f.symbols) for f in frames]
-    assert counters["timing_tracked"] == 0 and max(untracked) < 12.0, untracked  # what tracking saves
+    assert counters["timing_tracked"] == 0 and max(untracked) < 12.0, untracked
+    assert all(f.sro_ppm == 0.0 for f in frames)
+    assert FrameRx(FrameConfig(track_timing=False), track_timing=True).track_timing  # the argument wins
 
 
 @pytest.mark.parametrize("snr_db,taps", [(10.0, (1.0,)), (30.0, (1.0,)), (25.0, (1.0, 0.3j, -0.1))])

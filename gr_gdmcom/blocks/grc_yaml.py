@@ -87,6 +87,9 @@ RECEIVER = [  # the receiver's own settings (FrameConfig), on the Advanced tab
      "extra CFO steps of 1/(16 sps) tried on either side (0..3): each widens the capture range"),
     ("phase_window", "Phase window", "int", "512", "Advanced",
      "longest channel-tracker window in pilot periods (the window is chosen per burst up to this)"),
+    ("track_timing", "Drift tracking", "bool", "True", "Advanced",
+     "follow a sampling-clock drift within bursts (sps >= 2); off where both ends share a clock: "
+     "about a fifth less receiver time"),
 ]
 #: editable dropdowns (GRC: a string parameter with options): the usual values, any other may be typed
 OPTIONS = {"model": ([repr(DEFAULT_MODEL), "'patch-gmm'", "'tiny'", "'analytic'"],

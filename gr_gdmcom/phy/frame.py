@@ -99,6 +99,10 @@ class FrameConfig:
             in a fade is still found and read; docs/frame-format.md section 2); False saves
             their 1570 symbols (14 % of an 8192-symbol burst, 29 % of a 2048-symbol one) on
             links that do not fade.
+        track_timing: receiver: follow a sampling-clock drift within bursts (sps >= 2;
+            docs/frame-format.md section 6 step 7).  False where both ends share a clock
+            (one device, a common 10 MHz reference): the receiver then spends about a fifth
+            less time per burst and never re-times one.
         tx_clip: transmitter: clip every sample's amplitude at ``tx_clip`` times the
             burst's nominal rms amplitude sqrt(1/sps), phase kept (0 = off; >= 1): lowers
             the peak-to-average power ratio the power amplifier sees (the Gaussian latent
@@ -107,7 +111,7 @@ class FrameConfig:
 
     The receiver takes any chunk size and gap; ``sps``, ``rolloff``, ``rrc_span``,
     ``pilot_spacing``, ``scramble``, ``header_copy`` and the preamble settings must match the
-    transmitter's; the five receiver settings are the receiver's own, ``tx_clip`` the
+    transmitter's; the six receiver settings are the receiver's own, ``tx_clip`` the
     transmitter's.
     """
 
@@ -126,6 +130,7 @@ class FrameConfig:
     verify_threshold: float = 0.12
     cfo_search: int = 2
     header_copy: bool = True
+    track_timing: bool = True
     tx_clip: float = 0.0
 
     def __post_init__(self):

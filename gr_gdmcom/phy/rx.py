@@ -244,19 +244,21 @@ class FrameRx:
         cfg: :class:`FrameConfig` (must match the transmitter's; default if None).
         max_slice: most samples processed per pass.
         track_timing: follow a sampling-clock drift within bursts (sps >= 2); False
-            demodulates every burst on the clock found on its preamble.
+            demodulates every burst on the clock found on its preamble; None: as
+            ``cfg.track_timing``.
 
     Attributes:
         counters: dict of int, see ``COUNTERS``.
     """
 
-    def __init__(self, cfg: Optional[FrameConfig] = None, max_slice: int = MAX_SLICE, track_timing: bool = True):
+    def __init__(self, cfg: Optional[FrameConfig] = None, max_slice: int = MAX_SLICE,
+                 track_timing: Optional[bool] = None):
         self.cfg = cfg or FrameConfig()
         self.layout = lay = self.cfg.layout()
         c = self.cfg
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.max_slice = int(max_slice)
-        self.track_timing = bool(track_timing)
+        self.track_timing = self.cfg.track_timing if track_timing is None else bool(track_timing)
         self._sps, self._seg, self._reps = c.sps, c.preamble_seg, c.preamble_reps
         self._seglen = c.preamble_seg * c.sps
         self._npre = len(lay.preamble)
