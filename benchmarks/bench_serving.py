@@ -28,11 +28,13 @@ Usage::
 
     python benchmarks/bench_serving.py                      # tiny model, CPU, 64 x 64, 48 requests
     python benchmarks/bench_serving.py --device cuda --model sd15-random --size 512 --max-batch 8
+    python benchmarks/bench_serving.py --engine ray         # the same through Ray Serve replicas
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import statistics
 import threading
@@ -50,18 +52,45 @@ from gr_gdmcom.codec.accel import apply_speed_options
 from gr_gdmcom.config import CodecConfig
 
 
-def run_load(codec, scheduling, items, arrivals, max_batch, clients=64):
+def local_servers(codec):
+    """Server factory of the local engine: ``make(scheduling, max_batch, max_queue)`` -> a started
+    :class:`InferenceServer` with the model in this process."""
+    def make(scheduling, max_batch, max_queue):
+        return InferenceServer(codec, "tcp://127.0.0.1:0", max_batch=max_batch, max_queue=max_queue,
+                               max_wait_ms=10.0, scheduling=scheduling).start()
+    return make
+
+
+def ray_servers(config, max_batch, torch_threads):
+    """Server factory of ``--engine ray``: one single-replica Ray Serve application per scheduling
+    (deployed once), a new gateway per run; returns (make, cleanup)."""
+    from gr_gdmcom.bridge.ray_engine import RayGateway, RayOptions, deploy, shutdown
+
+    ro = RayOptions(replicas=1, cpus_per_replica=0, torch_threads=torch_threads)
+    apps, started = {}, False
+    for s in ("batch", "step"):
+        handle, info, st = deploy(config, ro, max_batch=max_batch, max_wait_ms=10.0, app_name=f"bench-{s}",
+                                  scheduling=s)
+        apps[s], started = (handle, info), started or st
+
+    def make(scheduling, max_batch, max_queue):
+        return RayGateway(*apps[scheduling], "tcp://127.0.0.1:0", max_batch=max_batch, max_queue=max_queue,
+                          max_wait_ms=10.0, scheduling=scheduling, ray_options=ro).start()
+    return make, lambda: shutdown(started_ray=started)
+
+
+def run_load(make_server, config, scheduling, items, arrivals, max_batch, clients=64):
     """Serve ``items`` (symbols, meta, snr) arriving at ``arrivals`` (s from start; 0 = all at once)
+    through ``make_server(scheduling, max_batch, max_queue)`` to clients configured as ``config``
     -> dict(images, seconds, latencies, calls, outputs)."""
-    srv = InferenceServer(codec, "tcp://127.0.0.1:0", max_batch=max_batch, max_queue=4 * len(items),
-                          max_wait_ms=10.0, scheduling=scheduling).start()
+    srv = make_server(scheduling, max_batch, 4 * len(items))
     local = threading.local()
     made, made_lock = [], threading.Lock()
     out, lat, done_at = [None] * len(items), [0.0] * len(items), [0.0] * len(items)
 
     def backend():
         if not hasattr(local, "b"):
-            local.b = RemoteBackend(srv.last_endpoint, codec.config, timeout_ms=600_000, retries=0)
+            local.b = RemoteBackend(srv.last_endpoint, config, timeout_ms=600_000, retries=0)
             with made_lock:
                 made.append(local.b)
         return local.b
@@ -97,7 +126,7 @@ def run_load(codec, scheduling, items, arrivals, max_batch, clients=64):
 def _row(name, r):
     lat = np.array(r["latencies"]) * 1e3
     return (f"{name:<8} {r['images'] / r['seconds']:8.2f} {np.percentile(lat, 50):9.0f} {np.percentile(lat, 95):9.0f} "
-            f"{r['calls'] / r['served']:16.2f} {r['cpu'] / r['images'] * 1e3:14.1f}")
+            f"{(r['calls'] / r['served']) if r['calls'] else float('nan'):16.2f} {r['cpu'] / r['images'] * 1e3:14.1f}")
 
 
 def _median_run(runs):
@@ -135,6 +164,9 @@ def main(argv=None) -> int:
                    help="torch.compile the UNet in this mode (reduce-overhead: CUDA graphs); the warm-up "
                         "compiles every batch size 1..--max-batch before the timed runs [default: eager]")
     p.add_argument("--compile-vae", action="store_true", help="with --compile-mode: the VAE too")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: the model in this process; ray: one single-replica Ray Serve application per "
+                        "scheduling behind a gateway (gdmcom serve --engine ray) [default=%(default)r]")
     args = p.parse_args(argv)
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
@@ -142,6 +174,11 @@ def main(argv=None) -> int:
     codec = GenerativeCodec(CodecConfig(model=args.model, device=args.device))
     apply_speed_options(codec.c, channels_last=args.channels_last, compile=args.compile_mode is not None,
                         compile_mode=args.compile_mode, compile_vae=args.compile_vae and args.compile_mode is not None)
+    if args.engine == "ray":  # the replicas build their own model (same config); this one encodes
+        make, cleanup = ray_servers(codec.config, args.max_batch, args.torch_threads)
+        atexit.register(cleanup)
+    else:
+        make = local_servers(codec)
     img = Image.open(Path(__file__).resolve().parent.parent / "gr_gdmcom" / "data" / "astronaut.png")
     enc = codec.encode(np.asarray(img.convert("RGB").resize((args.size, args.size))), name="bench")
     rng = np.random.default_rng(args.seed)
@@ -156,19 +193,19 @@ def main(argv=None) -> int:
     print(f"# {args.model} on {codec.c.device}, {args.size}x{args.size} (latent {enc.meta.latent_shape}), "
           f"k={cfg.k} m={cfg.m} T={cfg.T} guidance {cfg.guidance}, SNR U({args.snr_min:g}, {args.snr_max:g}) dB "
           f"-> N {min(ns)}..{max(ns)} (mean {statistics.mean(ns):.1f}), {args.requests} decode requests, "
-          f"max_batch {args.max_batch}, torch threads {torch.get_num_threads()}, "
+          f"max_batch {args.max_batch}, engine {args.engine}, torch threads {torch.get_num_threads()}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (other work on the machine slows both alike)")
 
     t_warm = time.monotonic()
     if args.compile_mode:  # every batch size a server call can have (CFG doubles it in the UNet)
         for b in range(1, args.max_batch + 1):
             codec.decode_many(items[:b])
-    run_load(codec, "step", items[:4], [0.0] * 4, args.max_batch)  # warm-up: not counted
+    run_load(make, codec.config, "step", items[:4], [0.0] * 4, args.max_batch)  # warm-up: not counted
     print(f"# warm-up {time.monotonic() - t_warm:.0f} s (not counted)")
     runs: dict = {"batch": [], "step": []}
     for _ in range(args.rounds):  # interleaved: a change in the machine's other load hits both
         for s in runs:
-            runs[s].append(run_load(codec, s, items, [0.0] * len(items), args.max_batch))
+            runs[s].append(run_load(make, codec.config, s, items, [0.0] * len(items), args.max_batch))
     cap = {s: _median_run(r) for s, r in runs.items()}
     rate = args.load * cap["batch"]["images"] / cap["batch"]["seconds"]
     arrivals = np.cumsum(rng.exponential(1.0 / rate, args.requests)) - 0.0
@@ -176,7 +213,7 @@ def main(argv=None) -> int:
     lruns: dict = {"batch": [], "step": []}
     for _ in range(args.rounds):
         for s in lruns:
-            lruns[s].append(run_load(codec, s, items, arrivals.tolist(), args.max_batch))
+            lruns[s].append(run_load(make, codec.config, s, items, arrivals.tolist(), args.max_batch))
     load = {s: _pooled(r) for s, r in lruns.items()}
 
     head = (f"{'':<8} {'images/s':>8} {'p50 ms':>9} {'p95 ms':>9} {'UNet calls/image':>16} "
@@ -198,10 +235,13 @@ def main(argv=None) -> int:
     print(f"\nsame outputs: largest grey-level difference step vs batch {diff} (of 255)")
     print(f"p95 latency at {args.load:g} x capacity: step {p95['step'] * 1e3:.0f} ms vs batch "
           f"{p95['batch'] * 1e3:.0f} ms ({p95['step'] / p95['batch']:.2f}x)")
-    per_image = {s: cap[s]["calls"] / cap[s]["served"] for s in cap}
-    print(f"batched UNet calls per image batch/step: {per_image['batch'] / per_image['step']:.2f} (the throughput "
-          f"ratio where a batched call costs what a single one does: a GPU below saturation; on a CPU a call's "
-          f"cost grows with its batch)")
+    if all(cap[s]["calls"] for s in cap):
+        per_image = {s: cap[s]["calls"] / cap[s]["served"] for s in cap}
+        print(f"batched UNet calls per image batch/step: {per_image['batch'] / per_image['step']:.2f} (the "
+              f"throughput ratio where a batched call costs what a single one does: a GPU below saturation; on a "
+              f"CPU a call's cost grows with its batch)")
+    else:  # a Ray gateway does not see its replicas' UNet calls; their CPU time is not this process's either
+        print("batched UNet calls per image: not reported by Ray replicas (CPU ms/image: the gateway and clients)")
     thr = {s: cap[s]["images"] / cap[s]["seconds"] for s in cap}
     print(f"step-level/batch throughput ratio: {thr['step'] / thr['batch']:.2f}")
     return 0
