@@ -1,4 +1,4 @@
-"""benchmarks/bench_gpu.py runs unchanged on CPU (tiny model, 64 x 64): a smoke run of the GPU benchmark."""
+"""The benchmarks run unchanged on CPU (tiny model, 64 x 64): smoke runs of bench_gpu.py and bench_serving.py."""
 
 import re
 import runpy
@@ -50,3 +50,20 @@ def test_bench_gpu_speed_flags_without_anchor(capsys, monkeypatch):
     assert re.search(r"^# B=1: warm-up \(compilation, kernel selection\) \d+ s, not counted$", out, re.M)
     row = next(line.split() for line in out.splitlines() if line.strip().startswith("fp32"))
     assert float(row[2]) > 0 and row[-2:] == ["nan", "nan"]
+
+
+def test_bench_serving_cpu_smoke(capsys, monkeypatch):
+    """benchmarks/bench_serving.py on the tiny model: both schedulings serve every request, the same
+    images within float rounding, and the summary lines are there."""
+    path = BENCH.parent / "bench_serving.py"
+    monkeypatch.setattr(sys, "argv", [str(path), "--requests", "6", "--rounds", "1", "--max-batch", "2"])
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+    except SystemExit as exc:
+        assert exc.code == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^same outputs: largest grey-level difference step vs batch [01] \(of 255\)$", out, re.M)
+    ratio = float(re.search(r"^step-level/batch throughput ratio: ([0-9.]+)$", out, re.M).group(1))
+    assert 0.3 < ratio < 3
+    rows = [line.split() for line in out.splitlines() if line.startswith(("batch ", "step "))]
+    assert len(rows) == 4 and all(float(r[1]) > 0 and float(r[4]) > 0 for r in rows)  # images/s, calls/image
