@@ -202,49 +202,32 @@ class CodecReplica:
         if self._stepper is None:
             raise RuntimeError(f"{op}_step needs a replica deployed with scheduling='step'")
         fut: concurrent.futures.Future = concurrent.futures.Future()
-        self._jobs.put((op, item, fut, time.monotonic()))
+        self._jobs.put((op, item, fut))
         return await asyncio.wrap_future(fut)
 
     def _step_loop(self) -> None:
         """Admit while the scheduler has room, then one batched UNet step over every request in
-        flight; each request's future is answered when its last step (and VAE call) is done."""
-        sched, waiting = self._sched, {}
-        while True:
-            while sched.free > 0:
-                try:  # block (briefly) only when there is nothing to step
-                    op, item, fut, t0 = self._jobs.get(timeout=0.1) if not sched.active else self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                key = id(fut)  # unique while the future waits here
-                try:
-                    with self._lock:
-                        out = (sched.submit_encode(key, *item) if op == "encode" else sched.submit_decode(key, *item))
-                except Exception as exc:  # answered as the batch path's failures are: the gateway says internal
-                    log.exception("admitting a %s request failed", op)
-                    fut.set_exception(exc)
-                    continue
-                waiting[key] = (fut, t0)
-                if out is not None:  # no UNet step needed (bad input, fallback, k = 0)
-                    self._settle(waiting, key, out)
-            if not sched.active:
-                continue
-            try:
-                with self._lock:
-                    done = sched.step()
-            except Exception as exc:
-                log.exception("step over %d requests failed", len(sched.active))
-                for r in sched.active:
-                    waiting.pop(r.key)[0].set_exception(exc)
-                sched.active.clear()
-                continue
-            for key, res in done:
-                self._settle(waiting, key, res)
+        flight (:func:`~gr_gdmcom.codec.stepper.drive`); each request's future is answered when
+        its last step (and VAE call) is done."""
+        from ..codec.stepper import drive
 
-    def _settle(self, waiting: dict, key: int, res) -> None:
-        fut, t0 = waiting.pop(key)
-        record = getattr(res, "record", None) or {}
-        fut.set_result((res, dict(codec_ms=(time.monotonic() - t0) * 1e3, batch=record.get("batch", 0),
-                                  replica=self.name, model_calls=record.get("unet_calls", 0))))
+        sched = self._sched
+
+        def submit(job):
+            op, item, fut = job
+            key = id(fut)  # unique while the future waits
+            return key, (sched.submit_encode(key, *item) if op == "encode" else sched.submit_decode(key, *item))
+
+        def answer(job, t_admit, res):
+            record = getattr(res, "record", None) or {}
+            job[2].set_result((res, dict(codec_ms=(time.monotonic() - t_admit) * 1e3, batch=record.get("batch", 0),
+                                         replica=self.name, model_calls=record.get("unet_calls", 0))))
+
+        def fail(jobs, exc):  # answered as the batch path's failures are: the gateway says internal
+            for job in jobs:
+                job[2].set_exception(exc)
+
+        drive(sched, self._jobs, submit, answer, fail, self._lock)
 
     def _run(self, op: str, items: list) -> list:
         """One batched codec call -> [(Encoded | Decoded | Failed, info)] in the order of ``items``."""

@@ -532,53 +532,26 @@ class InferenceServer:
             self._post(pending, self._unavailable(pending.req), "unavailable")
 
     def _step_loop(self) -> None:
-        """Worker of ``scheduling="step"``: admit while slots are free, then one UNet step for all."""
-        from ..codec.stepper import StepScheduler
+        """Worker of ``scheduling="step"``: admit while slots are free, then one UNet step for all
+        (:func:`~gr_gdmcom.codec.stepper.drive`)."""
+        from ..codec.stepper import StepScheduler, drive
 
         sched = StepScheduler(self.codec, self.options.max_batch)
-        admitted: dict = {}  # job id -> (job, time admitted)
-        while not self._stopping.is_set() or sched.active:  # on stop, requests in flight are finished
-            while sched.free > 0 and not self._stopping.is_set():
-                try:  # block (briefly) only when there is nothing to step
-                    job = self._queue.get(timeout=0.1) if not sched.active else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                t0 = time.monotonic()
-                try:
-                    with self._lock:
-                        req = job.req
-                        out = (sched.submit_encode(job.id, req.image, req.name) if req.op == "encode" else
-                               sched.submit_decode(job.id, req.symbols, req.meta, req.snr_db, req.mask))
-                except Exception as exc:
-                    log.exception("admitting %s request %s failed", job.req.op, job.id)
-                    self._fail([job], exc)
-                    continue
-                admitted[job.id] = (job, t0)
-                if out is not None:  # answered without a UNet step (bad input, fallback, k = 0)
-                    self._reply_step(admitted, job.id, out)
-            if not sched.active:
-                continue
-            t0 = time.monotonic()
-            try:
-                with self._lock:
-                    calls0 = self.codec.stats["unet_calls"]
-                    width = len(sched.active)
-                    done = sched.step()
-                    calls = self.codec.stats["unet_calls"] - calls0
-            except Exception as exc:
-                log.exception("step over %d requests failed", len(sched.active))
-                self._fail([admitted.pop(r.key)[0] for r in sched.active], exc)
-                sched.active.clear()
-                continue
+
+        def submit(job):
+            req = job.req
+            return job.id, (sched.submit_encode(job.id, req.image, req.name) if req.op == "encode" else
+                            sched.submit_decode(job.id, req.symbols, req.meta, req.snr_db, req.mask))
+
+        def after_step(width, calls, seconds):
             self.counters["batches"] += 1
             self.counters["model_calls"] += calls
             self.metrics.observe_batch("step", width)
-            self._batch_ms = 0.8 * self._batch_ms + 0.2 * (time.monotonic() - t0) * 1e3
-            for key, res in done:
-                self._reply_step(admitted, key, res)
+            self._batch_ms = 0.8 * self._batch_ms + 0.2 * seconds * 1e3
 
-    def _reply_step(self, admitted: dict, key: str, res) -> None:
-        job, t_admit = admitted.pop(key)
+        drive(sched, self._queue, submit, self._reply_step, self._fail, self._lock, self._stopping.is_set, after_step)
+
+    def _reply_step(self, job: _Job, t_admit: float, res) -> None:
         batch = res.record.get("batch", 1) if not isinstance(res, Failed) else 0
         self._post(job, *self._result_reply(job, res, dict(queue_ms=(t_admit - job.t_recv) * 1e3,
                                                             codec_ms=(time.monotonic() - t_admit) * 1e3,

@@ -24,6 +24,8 @@ step with several UNet calls).
 
 from __future__ import annotations
 
+import logging
+import queue
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Tuple
@@ -34,6 +36,8 @@ import torch
 from .core import CodecError, Decoded, Failed, GenerativeCodec
 from .images import ImageError, load_rgb, to_tensor, to_uint8
 from .schedule import sampling_path
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -208,6 +212,57 @@ class StepScheduler:
             except (CodecError, ImageError) as exc:  # pragma: no cover - checked at admission
                 out.append((r.key, Failed(str(exc))))
         return out
+
+
+def drive(sched: StepScheduler, jobs: "queue.Queue", submit: Callable[[Any], Tuple[Any, Any]],
+          answer: Callable[[Any, float, Any], None], fail: Callable[[list, Exception], None], lock,
+          stopping: Callable[[], bool] = lambda: False,
+          after_step: Optional[Callable[[int, int, float], None]] = None) -> None:
+    """Serve requests through ``sched`` until ``stopping()`` and nothing is in flight (the loop of
+    ``gdmcom serve --scheduling step`` and of a Ray replica's step loop).
+
+    Each pass admits jobs from ``jobs`` while the scheduler has room (waiting up to 0.1 s for one
+    only when there is nothing to step) -- ``submit(job)`` -> ``(key, result or None)`` run
+    under ``lock`` (None: the request needs UNet steps) -- then runs one batched UNet step under
+    ``lock``.  ``answer(job, t_admit, result)`` gets every finished request; ``fail(jobs, exc)``
+    the requests whose admission or step raised; ``after_step(width, unet_calls, seconds)`` each
+    step's figures.
+    """
+    pending: dict = {}  # key -> (job, time admitted)
+    while not stopping() or sched.active:  # on stop, requests in flight are finished
+        while sched.free > 0 and not stopping():
+            try:
+                job = jobs.get_nowait() if sched.active else jobs.get(timeout=0.1)
+            except queue.Empty:
+                break
+            t0 = time.monotonic()
+            try:
+                with lock:
+                    key, out = submit(job)
+            except Exception as exc:
+                log.exception("admitting a request failed")
+                fail([job], exc)
+                continue
+            pending[key] = (job, t0)
+            if out is not None:  # answered without a UNet step (bad input, fallback, k = 0)
+                answer(*pending.pop(key), out)
+        if not sched.active:
+            continue
+        t0 = time.monotonic()
+        try:
+            with lock:
+                calls0, width = sched.codec.stats["unet_calls"], len(sched.active)
+                done = sched.step()
+                calls = sched.codec.stats["unet_calls"] - calls0
+        except Exception as exc:
+            log.exception("step over %d requests failed", len(sched.active))
+            fail([pending.pop(r.key)[0] for r in sched.active], exc)
+            sched.active.clear()
+            continue
+        if after_step is not None:
+            after_step(width, calls, time.monotonic() - t0)
+        for key, res in done:
+            answer(*pending.pop(key), res)
 
 
 def _mean_width(req: _Active) -> float:
