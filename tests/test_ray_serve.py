@@ -89,6 +89,8 @@ def test_gateway_serves_what_the_codec_computes(gateway, raws, rcodec, small, re
         st = c.status()
     assert st["engine"] == "ray" and st["replicas"]["fixed"] == 2 and st["model"] == "tiny"
     assert st["config"]["steps"] == 2 and (st["served"], st["failed"]) == (2, 0)
+    # the replicas' batches and UNet calls reach status (each request ran alone: its own calls)
+    assert (st["batches"], st["model_calls"]) == (2, e.record["unet_calls"] + d.record["unet_calls"]), st
     assert st["speed"] == dict(attention="sdpa", channels_last=False, fuse_qkv=False, compile="default",
                                compile_vae=False, inductor_tuning=False)
     (r,) = raws(gw.last_endpoint)  # the strict schema guards the gateway as it does the plain server
@@ -162,6 +164,9 @@ def test_step_scheduling_runs_in_the_replicas(deployment, rcodec, small, renc):
                 np.testing.assert_allclose(e.symbols, renc.symbols, atol=1e-4)
                 st = c.status()
             assert st["scheduling"] == "step" and st["engine"] == "ray" and (st["served"], st["failed"]) == (9, 0)
+            # one UNet call per step, fewer steps than the requests' calls (they shared them)
+            own = sum(d.record["unet_calls"] for d in decs) + e.record["unet_calls"]
+            assert st["batches"] == st["model_calls"] and 0 < st["model_calls"] < own, (st, own)
         finally:
             gw.stop(timeout=10)
     finally:

@@ -158,6 +158,9 @@ class CodecReplica:
         self.scheduling = scheduling
         self._jobs: "queue.Queue" = queue.Queue()
         self._stepper = None
+        self._sched = None
+        self._batches = 0  # whole-request codec calls (batch scheduling, step fallbacks aside)
+        self._admitted: dict = {}  # step loop: key -> counts when the request was admitted
         if scheduling == "step":
             from ..codec.stepper import StepScheduler
 
@@ -181,6 +184,12 @@ class CodecReplica:
             raise RuntimeError("codec not loaded")
         if self._stepper is not None and not self._stepper.is_alive():
             raise RuntimeError("step loop stopped")
+
+    def _counts(self) -> Tuple[int, int]:
+        """(batches, UNet calls) this replica has run so far: a request's reply carries them from
+        before and after it, so the gateway can sum what the replicas did (``status``)."""
+        steps = self._sched.stats["iterations"] if self._sched is not None else 0
+        return self._batches + steps, int(self.codec.stats["unet_calls"])
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
     async def encode(self, items: List[Tuple[bytes, str]]) -> list:
@@ -216,15 +225,19 @@ class CodecReplica:
         def submit(job):
             op, item, fut = job
             key = id(fut)  # unique while the future waits
+            self._admitted[key] = self._counts()
             return key, (sched.submit_encode(key, *item) if op == "encode" else sched.submit_decode(key, *item))
 
         def answer(job, t_admit, res):
             record = getattr(res, "record", None) or {}
+            counts = (self._admitted.pop(id(job[2]), (0, 0)), self._counts())
             job[2].set_result((res, dict(codec_ms=(time.monotonic() - t_admit) * 1e3, batch=record.get("batch", 0),
-                                         replica=self.name, model_calls=record.get("unet_calls", 0))))
+                                         replica=self.name, model_calls=record.get("unet_calls", 0),
+                                         counts=counts)))
 
         def fail(jobs, exc):  # answered as the batch path's failures are: the gateway says internal
             for job in jobs:
+                self._admitted.pop(id(job[2]), None)
                 job[2].set_exception(exc)
 
         drive(sched, self._jobs, submit, answer, fail, self._lock)
@@ -232,13 +245,15 @@ class CodecReplica:
     def _run(self, op: str, items: list) -> list:
         """One batched codec call -> [(Encoded | Decoded | Failed, info)] in the order of ``items``."""
         with self._lock:
-            t0, calls0 = time.monotonic(), self.codec.stats["unet_calls"]
+            t0, before = time.monotonic(), self._counts()
             if op == "encode":
                 results = self.codec.encode_many([i[0] for i in items], [i[1] for i in items])
             else:
                 results = self.codec.decode_many(list(items))
+            self._batches += 1
+            after = self._counts()
             info = dict(codec_ms=(time.monotonic() - t0) * 1e3, batch=len(items), replica=self.name,
-                        model_calls=self.codec.stats["unet_calls"] - calls0)
+                        model_calls=after[1] - before[1], counts=(before, after))
         return [(r, info) for r in results]
 
 
@@ -308,6 +323,7 @@ class RayGateway(InferenceServer):
         self._pool = ThreadPoolExecutor(self.max_inflight, thread_name_prefix="gdmcom-ray")
         self._count = threading.Lock()  # counters are bumped from the pool's threads
         self.counters["resubmitted"] = 0
+        self._replica_counts: dict = {}  # replica -> [batches, calls at its first reply's start, latest]
         step = info.get("scheduling", "batch") == "step"  # the replicas schedule; the gateway only forwards
         self._methods = {op: f"{op}_step" if step else op for op in ("encode", "decode")}
         self.options = dataclasses.replace(self.options, scheduling="step" if step else "batch")
@@ -348,6 +364,17 @@ class RayGateway(InferenceServer):
                 self._pool.submit(self._run_remote, job)
         self._pool.shutdown(wait=True)  # the I/O thread delivers their replies (within drain_timeout_s)
 
+    def _count_replica(self, info: dict) -> None:
+        """``batches``/``model_calls`` = what each replica ran from the start of the first request
+        this gateway saw it serve to the end of the latest (replicas count; a restarted one is new)."""
+        if "counts" not in info:
+            return
+        (b0, c0), (b1, c1) = info["counts"]
+        seen = self._replica_counts.setdefault(info["replica"], [b0, c0, b1, c1])
+        seen[:] = [min(seen[0], b0), min(seen[1], c0), max(seen[2], b1), max(seen[3], c1)]
+        self.counters["batches"] = sum(s[2] - s[0] for s in self._replica_counts.values())
+        self.counters["model_calls"] = sum(s[3] - s[1] for s in self._replica_counts.values())
+
     # ------------------------------------------------------------------ one request
     def _run_remote(self, job) -> None:
         op, req = job.req.op, job.req
@@ -378,6 +405,7 @@ class RayGateway(InferenceServer):
         self._batch_ms = 0.8 * self._batch_ms + 0.2 * (t1 - t0) * 1e3
         self.metrics.observe_batch(op, info["batch"])
         with self._count:
+            self._count_replica(info)
             frames, kind = self._result_reply(job, res, dict(queue_ms=(t0 - job.t_recv) * 1e3,
                                                              codec_ms=info["codec_ms"], batch=info["batch"],
                                                              replica=info["replica"], gateway_ms=(t1 - t0) * 1e3))
