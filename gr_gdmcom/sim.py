@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from .codec import Encoded, Failed, GenerativeCodec, load_rgb
+from .bridge.backend import BackendCodec  # noqa: F401 - its home was here
 from .codec.images import ImageError
 from .eval.metrics import ms_ssim, psnr
 
@@ -119,22 +120,3 @@ def _stages(side: str, record: dict) -> dict:
     return {f"{side}_{k}": round(v, 4) for k, v in record.get("seconds", {}).items() if k != "other"}
 
 
-class BackendCodec:
-    """A :class:`gr_gdmcom.bridge.Backend` (e.g. ``gdmcom serve`` behind ``--server``)
-    seen through the batch interface :func:`simulate` uses (one request per item)."""
-
-    def __init__(self, backend, config):
-        self.backend, self.config = backend, config
-
-    def encode_many(self, images, names=None):
-        return [self._one(self.backend.encode, img, name) for img, name in zip(images, names or [None] * len(images))]
-
-    def decode_many(self, items):
-        return [self._one(self.backend.decode, *item) for item in items]
-
-    @staticmethod
-    def _one(call, *args):
-        try:
-            return call(*args)
-        except ValueError as exc:  # CodecError / ImageError: this item fails, the others go on
-            return Failed(str(exc))

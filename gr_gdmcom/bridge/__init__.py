@@ -7,10 +7,10 @@
 * :mod:`.broker`   -- :class:`Broker` (``gdmcom broker``)
 """
 
-from .backend import Backend, BackendError, LocalBackend, make_backend
+from .backend import Backend, BackendCodec, BackendError, LocalBackend, make_backend
 from .broker import Broker
 from .client import RemoteBackend
 from .server import InferenceServer, ServerOptions
 
-__all__ = ["Backend", "BackendError", "Broker", "InferenceServer", "LocalBackend", "RemoteBackend", "ServerOptions",
+__all__ = ["Backend", "BackendCodec", "BackendError", "Broker", "InferenceServer", "LocalBackend", "RemoteBackend", "ServerOptions",
            "make_backend"]

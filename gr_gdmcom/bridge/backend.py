@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import numpy as np
@@ -38,6 +39,56 @@ class Backend:
 
     def close(self) -> None:
         pass
+
+
+class BackendCodec:
+    """A :class:`Backend` (e.g. ``gdmcom serve`` behind ``--server``) seen through the codec's
+    batch interface (``encode_many``/``decode_many``, as :func:`gr_gdmcom.sim.simulate` and the
+    evaluation sweep use it): one request per item, up to ``concurrency`` of them in flight at
+    once so that a server can batch them.
+
+    Bad input fails its item (:class:`~gr_gdmcom.codec.Failed`, the others go on); a failure
+    of the backend itself (:class:`BackendError`: no server, retries exhausted) is raised, and
+    every later call raises it again at once instead of waiting out the timeouts once more.
+    """
+
+    def __init__(self, backend: Backend, config: CodecConfig, concurrency: int = 1):
+        self.backend, self.config = backend, config
+        self.concurrency = max(1, int(concurrency))
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self._dead: Optional[BackendError] = None
+
+    def encode_many(self, images, names=None):
+        names = list(names) if names is not None else [None] * len(images)
+        return self._map(self.backend.encode, [(img, name) for img, name in zip(images, names)], names)
+
+    def decode_many(self, items):
+        return self._map(self.backend.decode, [tuple(i) for i in items],
+                         [getattr(i[1], "name", None) for i in items])
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def _map(self, call, arglists, names):
+        if self._dead is not None:
+            raise BackendError(f"{self._dead} (no request sent since)")
+        one = (lambda a, n: self._one(call, a, n))
+        if self.concurrency == 1 or len(arglists) <= 1:
+            return [one(a, n) for a, n in zip(arglists, names)]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="gdmcom-backend")
+        return list(self._pool.map(one, arglists, names))
+
+    def _one(self, call, args, name):
+        try:
+            return call(*args)
+        except BackendError as exc:
+            self._dead = exc
+            raise
+        except ValueError as exc:  # CodecError / ImageError: this item fails, the others go on
+            return Failed(str(exc), name or "image")
 
 
 _CODEC_LOCKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()

@@ -170,6 +170,8 @@ class Context:
     digital_mcs: str = "adaptive"
     jobs: int = 1
     calibration: Optional[str] = None
+    #: :class:`ServerCodecs` when the codec runs on ``gdmcom serve`` (``--server``), else None
+    remote: Optional["ServerCodecs"] = None
     _codecs: Dict[tuple, GenerativeCodec] = field(default_factory=dict)
     _pool: object = None
 
@@ -189,6 +191,8 @@ class Context:
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
+        if self.remote is not None:
+            self.remote.close()
 
     def load(self):
         if self.components is None:
@@ -198,7 +202,10 @@ class Context:
         return self.components
 
     def codec(self, config: CodecConfig) -> GenerativeCodec:
-        """A codec for ``config`` sharing the loaded components (one per distinct config)."""
+        """A codec for ``config`` sharing the loaded components (one per distinct config); with
+        ``--server``, the server's codec (ValueError where ``config`` asks for other settings)."""
+        if self.remote is not None:
+            return self.remote.codec(config)
         key = tuple(sorted(vars(config).items()))
         if key not in self._codecs:
             self._codecs[key] = GenerativeCodec(config, components=self.load())
@@ -217,6 +224,61 @@ class Context:
             if key and key in self.captions:
                 return self.captions[key], "captions file"
         return self.config.prompt, "fixed prompt"
+
+
+#: codec settings the server's own apply: a method sent to ``--server`` must share them
+SERVER_FIELDS = ("model", "k", "m", "T", "rule", "rescale", "steps", "guidance", "prompt", "forward", "clean_end",
+                 "inversion", "inversion_iters", "inversion_tol", "seed", "remove_mean", "reduce", "reduce_method")
+
+
+class ServerCodecs:
+    """The codec of a ``gdmcom serve`` process for the sweep (``gdmcom sweep --server``).
+
+    ``config`` is the server's codec configuration (from its ``status``); :meth:`codec`
+    gives the batch interface (:class:`~gr_gdmcom.bridge.backend.BackendCodec`, up to
+    ``concurrency`` requests in flight so that the server batches them) to methods whose
+    settings are the server's, and refuses others: a request cannot change them.
+    """
+
+    def __init__(self, server: str, status: dict, config: CodecConfig, concurrency: int = 8):
+        from ..bridge.backend import BackendCodec, remote_backend
+
+        self.server, self.status, self.config = server, status, config
+        self.endpoints = server.partition("?")[0]
+        self._backend = remote_backend(server, None)
+        self._codec = BackendCodec(self._backend, config, concurrency)
+
+    def mismatch(self, config: CodecConfig) -> List[str]:
+        """``field=value (server: value)`` for each server-side setting ``config`` changes."""
+        return [f"{k}={getattr(config, k)!r} (server: {getattr(self.config, k)!r})" for k in SERVER_FIELDS
+                if getattr(config, k) != getattr(self.config, k)]
+
+    def codec(self, config: CodecConfig):
+        diff = self.mismatch(config)
+        if diff:
+            raise ValueError(f"the server at {self.endpoints} runs other codec settings: {', '.join(diff)}")
+        return self._codec
+
+    def close(self) -> None:
+        self._codec.close()
+        self._backend.close()
+
+
+def remote_problem(m: "Method", remote: ServerCodecs) -> Optional[str]:
+    """Why method ``m`` cannot run with its codec on ``remote`` (None: it can).  A server runs
+    encode and decode at its own settings, so only the paper's method at those settings goes
+    there (and methods that need no model stay here)."""
+    if not m.needs_model:
+        return None
+    label = f"{m.name} ({m.setting_label()})"
+    if not (isinstance(m, Proposed) and type(m).transmit is Proposed.transmit
+            and type(m).receive is Proposed.receive):
+        return f"{label} needs the model in this process (it uses more than a server's encode and decode)"
+    diff = remote.mismatch(m.config)
+    if diff:
+        return (f"{label} needs codec settings the server at {remote.endpoints} does not run: {', '.join(diff)}; "
+                f"start a server with them (gdmcom serve takes the same codec flags)")
+    return None
 
 
 def load_captions(path: Union[str, Path]) -> Dict[str, str]:
@@ -304,6 +366,8 @@ class Proposed(Method):
         note = "paper's method (gr_gdmcom.codec)"
         if self.grid_setting:
             note += "; Table II setting: N fixed, no rescaling (paper behaviour)"
+        if self.ctx.remote is not None:
+            note += f"; codec on the inference server at {self.ctx.remote.endpoints}"
         return note + "; numpy AWGN, decoder told the true SNR (no PHY estimate)"
 
     @property

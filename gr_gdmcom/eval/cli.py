@@ -102,6 +102,10 @@ def register(sub) -> None:
     s.add_argument("--grid-images", type=int, default=3, help="images in the per-SNR figure [default=%(default)r]")
     s.add_argument("--no-plots", dest="plots", action="store_false", help="skip the figures")
     s.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    s.add_argument("--server", default="local",
+                   help="'local' (the model in this process) or the ZMQ endpoint(s) of `gdmcom serve`: the "
+                        "paper's method runs there at the server's codec settings, the digital baseline and "
+                        "the metrics here (docs/evaluation.md) [default=%(default)r]")
     add_codec_args(s, many_bcr=True)
     s.set_defaults(func=cmd_sweep)
 
@@ -130,7 +134,7 @@ def cmd_sweep(args) -> int:
                             digital_codec=args.digital_codec, digital_mcs=args.digital_mcs, jobs=args.jobs,
                             calibration=args.calibration, metrics=args.metrics,
                             plots=args.plots, grid_images=args.grid_images, progress=args.progress,
-                            argv=["gdmcom"] + sys.argv[1:])
+                            argv=["gdmcom"] + sys.argv[1:], server=args.server)
         with _sigterm_interrupts():
             res = run_sweep(opts)
     except (SweepError, ValueError) as exc:

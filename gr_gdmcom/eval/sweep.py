@@ -43,8 +43,8 @@ from ..codec.images import ImageError, load_rgb
 from ..config import CodecConfig, bcr_text
 from . import learned as learned_mod
 from . import report
-from .baselines import (METHODS, Context, Method, Rx, Tx, build_methods, digital_unavailable, load_captions,
-                        parse_methods)
+from .baselines import (METHODS, SERVER_FIELDS, Context, Method, Rx, ServerCodecs, Tx, build_methods,
+                        digital_unavailable, load_captions, parse_methods, remote_problem)
 from .metrics import ms_ssim, psnr
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,9 @@ class SweepOptions:
     grid_images: int = 3
     progress: bool = True
     argv: Optional[List[str]] = None
+    #: ``local`` (the model in this process) or the endpoint(s) of ``gdmcom serve``, whose
+    #: codec settings then apply (docs/evaluation.md, "The codec on an inference server")
+    server: str = "local"
 
 
 @dataclass
@@ -275,10 +278,22 @@ def run_sweep(opts: SweepOptions, components=None) -> SweepResult:
             get_mcs(opts.digital_mcs)  # ValueError listing the choices
     files = find_images(opts.images)
     captions = load_captions(opts.captions) if opts.captions else {}
+    remote = None
+    if opts.server not in ("", "local"):
+        cfg, remote = connect_server(opts.server, cfg)
     ctx = Context(config=cfg, components=components, captions=captions, semcom_t=opts.semcom_t,
                   digital_codec=opts.digital_codec, digital_mcs=opts.digital_mcs, jobs=max(1, int(opts.jobs)),
-                  calibration=str(opts.calibration) if opts.calibration else None)
-    methods = build_methods(methods_names, ctx, list(opts.grid) or None, opts.reductions)
+                  calibration=str(opts.calibration) if opts.calibration else None, remote=remote)
+    try:
+        methods = build_methods(methods_names, ctx, list(opts.grid) or None, opts.reductions)
+        problems = [p for p in (remote_problem(m, remote) for m in methods) if p] if remote else []
+    except Exception:
+        ctx.close()
+        raise
+    if problems:
+        ctx.close()
+        raise SweepError(f"--server {remote.endpoints}: " + "; ".join(problems)
+                         + "; drop them from --methods/--grid or run without --server")
     factors = list(opts.reductions) or [cfg.reduce]
     whole_only = [n for n in methods_names if not METHODS[n].reducible]
     if whole_only and any(r > 1 for r in factors):
@@ -399,10 +414,9 @@ def run_sweep(opts: SweepOptions, components=None) -> SweepResult:
         run_info["runs"][-1].update(finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                     rows_computed=computed, rows_failed=failed, interrupted=interrupted,
                                     seconds=round(time.perf_counter() - t_start, 2))
-        run_info["model"]["revision"] = model_revision(cfg.model, ctx.components) or run_info["model"]["revision"]
-        run_info["device"] = _device_name(cfg, ctx)
-        if ctx.components is not None:
-            run_info["dtype"] = str(ctx.components.dtype)
+        if ctx.remote is None:
+            run_info["model"]["revision"] = model_revision(cfg.model, ctx.components) or run_info["model"]["revision"]
+        run_info["device"], run_info["dtype"] = _codec_device(cfg, ctx), _codec_dtype(cfg, ctx)
         _write_json(out / "run.json", run_info)
 
     # 6. Summary, tables, figures
@@ -411,6 +425,38 @@ def run_sweep(opts: SweepOptions, components=None) -> SweepResult:
                        rows_failed=failed, images=names, skipped=skipped,
                        seconds=time.perf_counter() - t_start, summary=files_written.pop("summary"),
                        files=list(files_written.values()))
+
+
+def connect_server(server: str, cfg: CodecConfig) -> Tuple[CodecConfig, ServerCodecs]:
+    """The sweep's configuration with the server's codec settings, and the server's codecs.
+
+    Device, dtype, batch size and image limits stay this side's (the learned metrics run
+    here); a server-side setting given here that differs is reported and the server's used.
+    Raises SweepError when no server answers or its status has no configuration.
+    """
+    from ..cli import check_server
+    from ..codec import ModelLoadError
+
+    try:
+        status = check_server(server)
+    except ModelLoadError as exc:
+        raise SweepError(str(exc)) from None
+    theirs = status.get("config")
+    if not isinstance(theirs, dict):
+        raise SweepError(f"the server at {server.partition('?')[0]} does not report its codec configuration "
+                         f"(status has no 'config'); is it gdmcom serve?")
+    known = {k: theirs[k] for k in SERVER_FIELDS if k in theirs}
+    mine = {k: getattr(cfg, k) for k in known}
+    diff = [f"{k}={known[k]!r} (this command's: {mine[k]!r})" for k in known if known[k] != mine[k]]
+    try:
+        merged = cfg.replace(**known).validate()
+    except (TypeError, ValueError) as exc:
+        raise SweepError(f"the server's codec configuration is not one this version reads: {exc}") from None
+    if diff:
+        log.warning("the server's codec settings apply where this command's differ: %s", ", ".join(diff))
+    log.info("codec on %s: %s on %s (%s), gdmcom %s", server.partition("?")[0], status.get("model"),
+             status.get("device"), status.get("dtype"), status.get("version"))
+    return merged, ServerCodecs(server, status, merged, concurrency=max(1, cfg.batch_size))
 
 
 def _progress(total: int, enabled: bool):
@@ -496,9 +542,10 @@ def _run_json(prev: dict, opts: SweepOptions, cfg: CodecConfig, ctx: Context, me
                    metrics=list(opts.metrics), channel="awgn (numpy), Es/N0 per complex symbol, unit Es",
                    snr_given_to_receiver="the channel's true SNR (no PHY estimate; snr_est_db empty)"),
         seed=cfg.seed,
-        device=_device_name(cfg, ctx),
-        dtype=str(ctx.components.dtype) if ctx.components is not None else cfg.dtype,
-        model=dict(id=cfg.model, revision=model_revision(cfg.model, ctx.components)),
+        device=_codec_device(cfg, ctx),
+        dtype=_codec_dtype(cfg, ctx),
+        model=dict(id=cfg.model, revision=None if ctx.remote else model_revision(cfg.model, ctx.components)),
+        server=_server_info(ctx),
         versions=package_versions(),
         git_commit=git_commit(),
         platform=platform.platform(),
@@ -508,6 +555,29 @@ def _run_json(prev: dict, opts: SweepOptions, cfg: CodecConfig, ctx: Context, me
     )
     info.setdefault("runs", []).append(dict(started=started))
     return info
+
+
+def _codec_device(cfg: CodecConfig, ctx: Context) -> str:
+    """Where the codec ran: this process's device, or the server's."""
+    if ctx.remote is not None:
+        return f"{ctx.remote.status.get('device')} (inference server {ctx.remote.endpoints})"
+    return _device_name(cfg, ctx)
+
+
+def _codec_dtype(cfg: CodecConfig, ctx: Context) -> str:
+    if ctx.remote is not None:
+        return str(ctx.remote.status.get("dtype"))
+    return str(ctx.components.dtype) if ctx.components is not None else cfg.dtype
+
+
+def _server_info(ctx: Context) -> Optional[dict]:
+    """Where the codec ran when it was a server's (run.json ``server``; None: in this process)."""
+    if ctx.remote is None:
+        return None
+    st = ctx.remote.status
+    return dict(endpoint=ctx.remote.endpoints, host=st.get("host"), model=st.get("model"), device=st.get("device"),
+                dtype=st.get("dtype"), version=st.get("version"), engine=st.get("engine", "local"),
+                speed=st.get("speed"), scheduling=st.get("scheduling"))
 
 
 def _set_scores(out: Path, rows: Sequence[dict], images: dict, metrics: learned_mod.LearnedMetrics) -> dict:
