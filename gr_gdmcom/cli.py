@@ -138,7 +138,7 @@ def cmd_simulate(args) -> int:
         else:
             from .bridge import make_backend
 
-            codec = BackendCodec(make_backend(args.server, cfg), cfg)
+            codec = BackendCodec(make_backend(args.server, cfg), cfg, concurrency=cfg.batch_size)
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
