@@ -130,6 +130,12 @@ LOST_LOCK_RATIO = 10.0
 #: how far above the burst's error it must be to be used.
 LOCAL_PILOTS = 5
 LOCAL_RATIO = 3.0
+#: Tracking error that grows with the gain (a fast fade: the tracker's error is a share of a
+#: gain that moves): the payload pilots' errors are fitted as ``a + b |g|^2`` and the ``b``
+#: part kept where it exceeds GAIN_ERROR_SIGMAS standard errors, over at least
+#: GAIN_ERROR_PILOTS pilots (docs/frame-format.md, SNR estimator).
+GAIN_ERROR_SIGMAS = 3.0
+GAIN_ERROR_PILOTS = 32
 MIN_TRACK_SNR_DB = -10.0
 
 
@@ -145,6 +151,25 @@ def _fit_errors(d) -> np.ndarray:
     tr = d.track
     e = d.z[d.pos] - tr.g_loo * d.ref
     return (e.real ** 2 + e.imag ** 2) / (1.0 + w / np.maximum(tr.wsum - w, 1e-3 * tr.wsum))
+
+
+def _gain_error(err: np.ndarray, g: np.ndarray):
+    """``(a, b)`` of the fit ``err ~ a + b |g|^2`` of known symbols' errors against the tracked
+    gain there, or None where ``b`` is not GAIN_ERROR_SIGMAS standard errors above zero (a
+    still channel: the error does not depend on the gain) or ``a`` would be negative."""
+    p = g.real ** 2 + g.imag ** 2
+    A = np.stack([np.ones_like(p), p], 1)
+    ata = A.T @ A
+    try:
+        inv = np.linalg.inv(ata)
+    except np.linalg.LinAlgError:
+        return None
+    a, b = inv @ (A.T @ err)
+    r = err - a - b * p
+    var_b = inv[1, 1] * float(r @ r) / max(len(err) - 2, 1)
+    if not (a > 0 and b > GAIN_ERROR_SIGMAS * math.sqrt(max(var_b, 0.0))):
+        return None
+    return float(a), float(b)
 
 
 def _error_power(d: "_Demod") -> float:
@@ -1031,6 +1056,12 @@ class FrameRx:
             if noise_pay > noise_all * (1.0 + PAYLOAD_SIGMAS * math.sqrt(2.0 / n_pay)):
                 raw = noise_pay * excess
         raw_t = np.full(len(pay_pos), raw)
+        split = _gain_error(err[on_pay], tr.g[d.pos[on_pay]]) if n_pay >= GAIN_ERROR_PILOTS else None
+        if split is not None and raw == noise_pay * excess:
+            # in a fast fade the error scales with the gain's power: noise a (divided by the
+            # gain's power like any noise) plus b |g|^2 (the same share of every symbol)
+            a, b = split
+            raw, raw_t = a * excess, a * excess + b * p_pay
         if n_pay >= LOCAL_PILOTS:
             # where the tracker does much worse locally (a fade's null, where the phase
             # turns fastest), its local error: a moving average over LOCAL_PILOTS payload
@@ -1038,7 +1069,7 @@ class FrameRx:
             k = np.ones(LOCAL_PILOTS) / LOCAL_PILOTS
             local = np.convolve(err[on_pay], k, "same") * (1.0 + 1.0 / tr.wsum[on_pay])
             local_t = np.interp(pay_pos, d.pos[on_pay], local)
-            raw_t = np.where(local_t > LOCAL_RATIO * raw, local_t, raw)
+            raw_t = np.where(local_t > LOCAL_RATIO * raw_t, local_t, raw_t)
         # the equaliser was fitted to npre + hdr_body symbols: undo its residual shrinkage
         n_fit = self._npre + self._hdr_body
         raw_t *= n_fit / (n_fit - self.cfg.eq_taps)
