@@ -13,14 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from gr_gdmcom.bridge import BackendCodec, BackendError, InferenceServer
 from gr_gdmcom.codec import CodecError, Failed, GenerativeCodec
 from gr_gdmcom.config import CodecConfig
 from gr_gdmcom.eval.sweep import SweepError, SweepOptions, run_sweep
 
-DATA = Path(__file__).resolve().parent.parent / "gr_gdmcom" / "data"
+from test_eval_sweep import folder  # noqa: F401,E402 - two images of different sizes (a fixture)
+
 SERVER_CFG = CodecConfig(model="tiny", device="cpu", k=2, m=1)
 
 
@@ -29,15 +29,6 @@ def server(components):
     srv = InferenceServer(GenerativeCodec(SERVER_CFG, components=components), "tcp://127.0.0.1:0").start()
     yield srv
     srv.stop(timeout=10)
-
-
-@pytest.fixture
-def folder(tmp_path):
-    d = tmp_path / "imgs"
-    d.mkdir()
-    Image.open(DATA / "astronaut.png").convert("RGB").resize((64, 64)).save(d / "astro.png")
-    Image.open(DATA / "coffee.png").convert("RGB").resize((64, 48)).save(d / "coffee.png")
-    return d
 
 
 def _opts(folder, out, **kw):
