@@ -102,6 +102,27 @@ def test_gateway_serves_what_the_codec_computes(gateway, raws, rcodec, small, re
     assert 'gdmcom_batch_size_count{op="encode"} 1.0' in text
 
 
+def test_requests_with_their_own_settings_through_the_replicas(gateway, components, small, renc):
+    """Protocol ``settings`` through gateway -> replica: an encode with its own k and a decode
+    with its own m / steps / rescale equal codecs configured so; impossible ones are refused
+    at the gateway."""
+    from gr_gdmcom.bridge import RemoteBackend
+    from gr_gdmcom.codec import CodecError
+
+    gw = gateway()
+    tx = GenerativeCodec(CFG.replace(k=2, m=0, steps=None), components=components)  # m, N: no part in encoding
+    rx = GenerativeCodec(CFG.replace(m=0, steps=3, rescale=False), components=components)
+    with RemoteBackend(gw.last_endpoint, CFG, timeout_ms=30000) as c:
+        e = c.encode(small, "small", settings={"k": 2})
+        assert e.meta.k == 2 and np.array_equal(e.symbols, tx.encode(small, "small").symbols)
+        d = c.decode(noisy(renc, 2), renc.meta, 5.0, settings={"m": 0, "steps": 3, "rescale": False})
+        assert (d.record["m"], d.record["n_steps"]) == (0, 3)
+        assert np.array_equal(d.image, rx.decode(noisy(renc, 2), renc.meta, 5.0).image)
+        with pytest.raises(CodecError, match=r"^settings: k \+ m must not exceed T: k=0, m=51, T=50$"):
+            c.decode(noisy(renc, 2), renc.meta, 5.0, settings={"m": 51})
+        assert c.status()["settings"]["decode"] == ["m", "steps", "rescale"]
+
+
 def test_beyond_capacity_is_busy_with_retry_after(gateway, raws, renc):
     gw = gateway(max_queue=1, ray_options=RayOptions(replicas=2, max_inflight=1))
     (r,) = raws(gw.last_endpoint)

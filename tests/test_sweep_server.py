@@ -40,7 +40,7 @@ def _opts(folder, out, **kw):
 
 def _rows(out):
     with open(Path(out) / "rows.csv", newline="") as f:
-        return {(r["image"], r["snr_db"], r["method"]): r for r in csv.DictReader(f)}
+        return {(r["image"], r["snr_db"], r["method"], r["setting"]): r for r in csv.DictReader(f)}
 
 
 def test_rows_from_the_server_are_the_local_rows_at_the_servers_settings(server, folder, tmp_path, caplog):
@@ -81,13 +81,44 @@ def test_methods_a_server_cannot_run_are_refused_before_any_work(server, folder,
     assert str(e.value) == (
         f"--server {ep}: sd_semcom (t=auto,caption=fixed) needs the model in this process (it uses more than a "
         f"server's encode and decode); random_noise (k2,m1,snr,rescale) needs codec settings the server at {ep} "
-        f"does not run: forward='random' (server: 'ddim'); start a server with them (gdmcom serve takes the same "
-        f"codec flags); drop them from --methods/--grid or run without --server")
-    with pytest.raises(SweepError, match=r"proposed \(k2,m1,N3,norescale\) needs codec settings the server at "
-                                         r".* does not run: rescale=False \(server: True\), steps=3 \(server: None\)"):
-        run_sweep(_opts(folder, tmp_path / "b", grid=[(2, 1, 3)], server=ep))
+        f"does not run and a request cannot set: forward='random' (server: 'ddim'); start a server with them "
+        f"(gdmcom serve takes the same codec flags); drop them from --methods/--grid or run without --server")
     assert server.counters["requests"] == requests0  # a status each, no encode or decode
-    assert not (tmp_path / "a" / "rows.csv").exists() and not (tmp_path / "b" / "rows.csv").exists()
+    assert not (tmp_path / "a" / "rows.csv").exists()
+
+
+def test_grid_settings_travel_with_each_request(server, folder, tmp_path):
+    """--grid (Table II: k, m, N fixed, no rescaling) on a server configured k = 2, m = 1: each
+    setting's k goes with its encodes and m / steps / rescale with its decodes; the rows equal a
+    local grid sweep's.  A server that takes no per-request settings refuses the grid instead."""
+    grid = [(3, 0, 4), (1, 2, 5)]
+    res = run_sweep(_opts(folder, tmp_path / "remote", grid=grid, server=server.last_endpoint))
+    assert res.rows_computed == 8 and res.rows_failed == 0
+    local = run_sweep(_opts(folder, tmp_path / "local", grid=grid, config=SERVER_CFG))
+    remote_rows, local_rows = _rows(tmp_path / "remote"), _rows(tmp_path / "local")
+    assert len(remote_rows) == 8
+    for key, r in remote_rows.items():
+        ref = local_rows[key]
+        assert r["setting"] == ref["setting"] and r["setting"] in ("k3,m0,N4,norescale", "k1,m2,N5,norescale")
+        assert (r["n_steps"], r["unet_calls"]) == (ref["n_steps"], ref["unet_calls"]), (key, r["setting"])
+        assert abs(float(r["psnr"]) - float(ref["psnr"])) < 0.05, (key, r["psnr"], ref["psnr"])
+    assert {r["n_steps"] for r in remote_rows.values()} == {"4", "5"}
+
+
+def test_a_server_without_per_request_settings_refuses_the_grid(server, folder, tmp_path, monkeypatch):
+    from gr_gdmcom.eval import baselines
+
+    real = baselines.ServerCodecs.__init__
+
+    def older(self, *a, **kw):  # a server from before protocol settings: its status lists none
+        real(self, *a, **kw)
+        self.per_request = {}
+
+    monkeypatch.setattr(baselines.ServerCodecs, "__init__", older)
+    with pytest.raises(SweepError, match=r"proposed \(k2,m1,N3,norescale\) needs codec settings the server at "
+                                         r".* does not run and a request cannot set: rescale=False \(server: True\), "
+                                         r"steps=3 \(server: None\)"):
+        run_sweep(_opts(folder, tmp_path / "b", grid=[(2, 1, 3)], server=server.last_endpoint))
 
 
 def test_no_server_answering_is_a_one_line_error(folder, tmp_path):

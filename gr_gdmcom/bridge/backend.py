@@ -6,6 +6,8 @@ which one.  :func:`make_backend` turns a block's ``server`` parameter into one.
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -26,19 +28,79 @@ class Backend:
 
     ``encode(image, name)``: ``image`` is a path or encoded image bytes -> :class:`Encoded`.
     ``decode(symbols, meta, snr_db, mask=None)`` -> :class:`Decoded`.
+    Both take ``settings``: this request's codec settings where they differ from the
+    backend's configuration (encode: ``k``; decode: ``m``, ``steps``, ``rescale``;
+    :func:`request_config`).
     Bad input raises :class:`CodecError`/``ImageError`` (``ValueError``); a failure
     of the backend itself raises :class:`BackendError`.
     """
 
-    def encode(self, image, name: Optional[str] = None) -> Encoded:  # pragma: no cover - interface
+    def encode(self, image, name: Optional[str] = None,
+               settings: Optional[dict] = None) -> Encoded:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def decode(self, symbols: np.ndarray, meta: LatentMeta, snr_db: float,
-               mask: Optional[np.ndarray] = None) -> Decoded:  # pragma: no cover - interface
+    def decode(self, symbols: np.ndarray, meta: LatentMeta, snr_db: float, mask: Optional[np.ndarray] = None,
+               settings: Optional[dict] = None) -> Decoded:  # pragma: no cover - interface
         raise NotImplementedError
 
     def close(self) -> None:
         pass
+
+
+#: Codec settings a request may set for itself, per operation (protocol ``settings``).
+REQUEST_SETTINGS = {"encode": ("k",), "decode": ("m", "steps", "rescale")}
+MAX_VARIANTS = 32  # codecs kept for distinct request settings (each shares the loaded model)
+
+
+def request_config(base: CodecConfig, op: str, settings: Optional[dict]) -> CodecConfig:
+    """The codec configuration of one request: ``base`` with the request's ``settings``
+    (:data:`REQUEST_SETTINGS` of ``op``); ``base`` itself when there are none.
+
+    An encode's ``m`` and ``steps`` play no part (set to 0 and None), nor a decode's ``k``
+    (the transmitter's travels in the metadata: set to 0), so only what the request does
+    is checked.  Raises ValueError, one line, for unknown or impossible settings.
+    """
+    if not settings:
+        return base
+    unknown = sorted(set(settings) - set(REQUEST_SETTINGS[op]))
+    if unknown:
+        raise ValueError(f"{op} requests cannot set {', '.join(unknown)} (only {', '.join(REQUEST_SETTINGS[op])})")
+    fixed = dict(m=0, steps=None) if op == "encode" else dict(k=0)
+    return base.replace(**{**fixed, **settings}).validate()
+
+
+def _config_key(config: CodecConfig) -> tuple:
+    return tuple(sorted(dataclasses.asdict(config).items()))
+
+
+class CodecVariants:
+    """Codecs for requests' own settings over one loaded model: ``get(config)`` is ``base``
+    for its own configuration, else a codec sharing its components (speed options
+    included), prompt embeddings and ``stats`` (a server's counters see every model call);
+    the last MAX_VARIANTS are kept."""
+
+    def __init__(self, base):
+        self.base = base
+        self._made: "collections.OrderedDict" = collections.OrderedDict()
+
+    def config(self, op: str, settings: Optional[dict]) -> CodecConfig:
+        return request_config(self.base.config, op, settings)
+
+    def get(self, config: Optional[CodecConfig]):
+        if config is None or config is self.base.config or config == self.base.config:
+            return self.base
+        key = _config_key(config)
+        codec = self._made.pop(key, None)
+        if codec is None:
+            from ..codec import GenerativeCodec
+
+            codec = GenerativeCodec(config, components=self.base.c)
+            codec.stats = self.base.stats
+            codec._embeddings = self.base._embeddings
+        self._made[key] = codec
+        while len(self._made) > MAX_VARIANTS:
+            self._made.popitem(last=False)
+        return codec
 
 
 class BackendCodec:
@@ -52,19 +114,25 @@ class BackendCodec:
     every later call raises it again at once instead of waiting out the timeouts once more.
     """
 
-    def __init__(self, backend: Backend, config: CodecConfig, concurrency: int = 1):
+    def __init__(self, backend: Backend, config: CodecConfig, concurrency: int = 1,
+                 settings: Optional[dict] = None):
         self.backend, self.config = backend, config
         self.concurrency = max(1, int(concurrency))
+        #: per operation, the settings every request carries (``{"decode": {"m": 0}}``); {}: none
+        self.settings = {op: dict(v) for op, v in (settings or {}).items() if v}
         self._pool: Optional[ThreadPoolExecutor] = None
         self._dead: Optional[BackendError] = None
 
     def encode_many(self, images, names=None):
         names = list(names) if names is not None else [None] * len(images)
-        return self._map(self.backend.encode, [(img, name) for img, name in zip(images, names)], names)
+        kw = {"settings": self.settings["encode"]} if "encode" in self.settings else {}
+        return self._map(lambda *a: self.backend.encode(*a, **kw), [(img, name) for img, name in zip(images, names)],
+                         names)
 
     def decode_many(self, items):
-        return self._map(self.backend.decode, [tuple(i) for i in items],
-                         [getattr(i[1], "name", None) for i in items])
+        kw = {"settings": self.settings["decode"]} if "decode" in self.settings else {}
+        items = [tuple(i) + (None,) * (4 - len(i)) for i in items]  # (symbols, meta, snr_db[, mask])
+        return self._map(lambda *a: self.backend.decode(*a, **kw), items, [getattr(i[1], "name", None) for i in items])
 
     def close(self) -> None:
         if self._pool is not None:
@@ -123,17 +191,24 @@ class LocalBackend(Backend):
         else:
             self._lock = threading.Lock()
         self.codec = codec
+        self._variants = CodecVariants(codec)
 
-    def encode(self, image, name=None) -> Encoded:
+    def _codec(self, op: str, settings: Optional[dict]):
+        try:
+            return self._variants.get(self._variants.config(op, settings))
+        except ValueError as exc:
+            raise CodecError(f"settings: {exc}") from None
+
+    def encode(self, image, name=None, settings=None) -> Encoded:
         with self._lock:
-            out = self.codec.encode_many([image], [name] if name else None)[0]
+            out = self._codec("encode", settings).encode_many([image], [name] if name else None)[0]
         if isinstance(out, Failed):
             raise CodecError(out.error)
         return out
 
-    def decode(self, symbols, meta, snr_db, mask=None) -> Decoded:
+    def decode(self, symbols, meta, snr_db, mask=None, settings=None) -> Decoded:
         with self._lock:
-            out = self.codec.decode_many([(symbols, meta, snr_db, mask)])[0]
+            out = self._codec("decode", settings).decode_many([(symbols, meta, snr_db, mask)])[0]
         if isinstance(out, Failed):
             raise CodecError(out.error)
         return out

@@ -98,13 +98,14 @@ class RemoteBackend(Backend):
         self.stats = dict(requests=0, retries=0, timeouts=0, busy=0, unavailable=0, stale=0)
 
     # ------------------------------------------------------------------ Backend
-    def encode(self, image, name: Optional[str] = None) -> Encoded:
+    def encode(self, image, name: Optional[str] = None, settings: Optional[dict] = None) -> Encoded:
         """Encode an image remotely.
 
         Args:
             image: a path, encoded image bytes (PNG/JPEG ...), a uint8 array or a
                 PIL image (arrays and PIL images travel as lossless PNG).
             name: label; default as the local codec (file stem, else ``image0``).
+            settings: this request's own ``k`` (``{"k": 10}``); None: the server's.
         Returns:
             :class:`Encoded` (symbols complex64 (n,), unit mean energy; meta; record).
         Raises:
@@ -113,11 +114,11 @@ class RemoteBackend(Backend):
         data = _image_bytes(image)
         name = (name or _default_name(image, 0))[:P.MAX_NAME_CHARS]
         rid = uuid.uuid4().hex
-        header, payloads = self._call("encode", rid, P.encode_request(rid, data, name))
+        header, payloads = self._call("encode", rid, P.encode_request(rid, data, name, settings))
         return P.encoded_from_reply(header, payloads)
 
     def decode(self, symbols: np.ndarray, meta: LatentMeta, snr_db: float,
-               mask: Optional[np.ndarray] = None) -> Decoded:
+               mask: Optional[np.ndarray] = None, settings: Optional[dict] = None) -> Decoded:
         """Decode received symbols remotely.
 
         Args:
@@ -125,6 +126,8 @@ class RemoteBackend(Backend):
             meta: the transmitter's :class:`LatentMeta`.
             snr_db: the receiver's Es/N0 estimate (dB).
             mask: bool (n,), False = erased symbol, or None.
+            settings: this request's own ``m``, ``steps`` (a fixed N; None: the rule),
+                ``rescale``, e.g. ``{"m": 0, "steps": 15, "rescale": False}``; None: the server's.
         Returns:
             :class:`Decoded`: image uint8 (H, W, 3) and record (``n_steps`` ...,
             ``server``: queue_ms, codec_ms, batch).
@@ -137,7 +140,7 @@ class RemoteBackend(Backend):
         if s.ndim != 1 or not np.iscomplexobj(s):
             raise CodecError(f"{meta.name}: received symbols must be a 1-D complex array, got {s.dtype} {s.shape}")
         rid = uuid.uuid4().hex
-        frames = P.decode_request(rid, s, meta, snr_db, mask, self.image_format)
+        frames = P.decode_request(rid, s, meta, snr_db, mask, self.image_format, settings)
         header, payloads = self._call("decode", rid, frames)
         return P.decoded_from_reply(header, payloads)
 

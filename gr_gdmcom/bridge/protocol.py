@@ -28,6 +28,7 @@ import io
 import json
 import math
 import zlib
+import dataclasses
 from dataclasses import dataclass, fields as dc_fields
 from typing import Annotated, Callable, Dict, List, Literal, Optional, Sequence, Tuple
 
@@ -146,6 +147,8 @@ class Request:
         snr_db: decode only, Es/N0 estimate in dB (finite).
         mask: decode only, bool (n,) or None; False = erased symbol.
         image_format: decode only, ``png`` or ``raw`` (reply image encoding).
+        settings: codec settings of this request that differ from the server's own
+            (encode: ``k``; decode: ``m``, ``steps``, ``rescale``); empty: the server's.
     """
 
     op: str
@@ -157,6 +160,7 @@ class Request:
     snr_db: Optional[float] = None
     mask: Optional[np.ndarray] = None
     image_format: str = "png"
+    settings: Dict[str, object] = dataclasses.field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------- header schema
@@ -178,9 +182,31 @@ class Common(BaseModel):
     sizes: List[Annotated[StrictInt, Field(ge=0)]] = Field(default_factory=list, max_length=MAX_PAYLOADS)
 
 
+#: unknown settings are refused, never ignored (a client asking for one must not get another)
+_SETTINGS = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class EncodeSettings(BaseModel):
+    """``settings`` of an encode request: the transmitter's inversion steps ``k``."""
+
+    model_config = _SETTINGS
+    k: StrictInt = Field(None, ge=0, le=T_MAX)
+
+
+class DecodeSettings(BaseModel):
+    """``settings`` of a decode request: the receiver's ``m``, a fixed N ``steps`` (null: the
+    server's rule picks N), ``rescale``."""
+
+    model_config = _SETTINGS
+    m: StrictInt = Field(None, ge=0, le=T_MAX)
+    steps: Optional[StrictInt] = Field(None, ge=1, le=T_MAX)
+    rescale: bool = Field(None)
+
+
 class EncodeFields(BaseModel):
     model_config = _STRICT
     name: StrictStr = Field("image", min_length=1, max_length=MAX_NAME_CHARS)
+    settings: Optional[EncodeSettings] = None
 
 
 class MetaFields(BaseModel):
@@ -214,11 +240,17 @@ class DecodeFields(BaseModel):
     meta: MetaFields
     snr_db: _Number = Field(ge=SNR_DB_RANGE[0], le=SNR_DB_RANGE[1])
     format: Literal[IMAGE_FORMATS] = "png"  # type: ignore[valid-type]
+    settings: Optional[DecodeSettings] = None
+
+
+def _given(settings: Optional[BaseModel]) -> dict:
+    """The settings a request named (a decode's ``"steps": null`` included: back to the rule)."""
+    return {k: getattr(settings, k) for k in settings.model_fields_set} if settings is not None else {}
 
 
 #: Which error code a schema failure of a top-level field gives (first in this order wins).
 _FIELD_CODES = {"v": BAD_VERSION, "op": BAD_OP, "id": BAD_REQUEST, "sizes": BAD_REQUEST, "name": BAD_REQUEST,
-                "meta": BAD_META, "snr_db": BAD_REQUEST, "format": BAD_REQUEST}
+                "meta": BAD_META, "snr_db": BAD_REQUEST, "format": BAD_REQUEST, "settings": BAD_REQUEST}
 
 
 def _schema_error(exc: ValidationError, prefix: str = "") -> Tuple[str, str]:
@@ -352,19 +384,27 @@ def make_message(header: dict, payloads: Sequence[bytes] = ()) -> List[bytes]:
     return [dumps_header({"v": VERSION, **header, "sizes": [len(p) for p in payloads]}), *payloads]
 
 
-def encode_request(rid: str, image: bytes, name: str) -> List[bytes]:
-    """Encode request: one payload, the image file bytes (PNG, JPEG ... anything PIL reads)."""
-    return make_message({"op": "encode", "id": rid, "name": name}, [image])
+def encode_request(rid: str, image: bytes, name: str, settings: Optional[dict] = None) -> List[bytes]:
+    """Encode request: one payload, the image file bytes (PNG, JPEG ... anything PIL reads);
+    ``settings``: e.g. ``{"k": 10}`` (REQUEST_SETTINGS), None: the server's."""
+    header = {"op": "encode", "id": rid, "name": name}
+    if settings:
+        header["settings"] = dict(settings)
+    return make_message(header, [image])
 
 
 def decode_request(rid: str, symbols: np.ndarray, meta: LatentMeta, snr_db: float,
-                   mask: Optional[np.ndarray] = None, image_format: str = "png") -> List[bytes]:
-    """Decode request: symbols complex (n,) as ``<c8``; optional mask bool (n,) as uint8."""
+                   mask: Optional[np.ndarray] = None, image_format: str = "png",
+                   settings: Optional[dict] = None) -> List[bytes]:
+    """Decode request: symbols complex (n,) as ``<c8``; optional mask bool (n,) as uint8;
+    ``settings``: e.g. ``{"m": 0, "steps": 15, "rescale": false}`` (REQUEST_SETTINGS)."""
     payloads = [np.ascontiguousarray(symbols, dtype=SYMBOL_DTYPE).tobytes()]
     if mask is not None:
         payloads.append(np.ascontiguousarray(mask, dtype=bool).astype(MASK_DTYPE).tobytes())
-    return make_message({"op": "decode", "id": rid, "meta": meta.to_dict(), "snr_db": float(snr_db),
-                         "format": image_format}, payloads)
+    header = {"op": "decode", "id": rid, "meta": meta.to_dict(), "snr_db": float(snr_db), "format": image_format}
+    if settings:
+        header["settings"] = dict(settings)
+    return make_message(header, payloads)
 
 
 def status_request(rid: str) -> List[bytes]:
@@ -410,7 +450,8 @@ def _parse_status(header, payloads, limits, rid, fail) -> Request:
 def _parse_encode(header, payloads, limits, rid, fail) -> Request:
     if len(payloads) != 1:
         raise fail(BAD_REQUEST, f"encode takes exactly one payload frame (the image file), got {len(payloads)}")
-    name = validate_fields(EncodeFields, header, fail).name
+    fields = validate_fields(EncodeFields, header, fail)
+    name = fields.name
     data = payloads[0]
     if not data:
         raise fail(BAD_IMAGE, f"image {name} is empty (0 bytes)")
@@ -426,7 +467,7 @@ def _parse_encode(header, payloads, limits, rid, fail) -> Request:
     if w * h > limits.max_pixels:
         raise fail(TOO_LARGE, f"image {name} has {w}x{h} = {w * h} pixels, more than the limit "
                               f"max_pixels={limits.max_pixels}")
-    return Request(op="encode", id=rid, image=bytes(data), name=name)
+    return Request(op="encode", id=rid, image=bytes(data), name=name, settings=_given(fields.settings))
 
 
 def _parse_decode(header, payloads, limits, rid, fail) -> Request:
@@ -460,7 +501,8 @@ def _parse_decode(header, payloads, limits, rid, fail) -> Request:
             raise fail(SIZE_MISMATCH, f"{name}: mask has {len(payloads[1])} bytes but there are {n} symbols")
         mask = np.frombuffer(payloads[1], dtype=MASK_DTYPE) != 0
     return Request(op="decode", id=rid, symbols=symbols.astype(np.complex64, copy=False), meta=meta,
-                   snr_db=float(fields.snr_db), mask=mask, image_format=fields.format, name=name)
+                   snr_db=float(fields.snr_db), mask=mask, image_format=fields.format, name=name,
+                   settings=_given(fields.settings))
 
 
 def _check_meta(meta: LatentMeta, limits: Limits, fail: Callable[[str, str], ProtocolError]) -> None:

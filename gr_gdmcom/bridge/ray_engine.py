@@ -51,6 +51,7 @@ from ray import serve
 
 from ..config import CodecConfig
 from . import protocol as P
+from .backend import CodecVariants
 from .server import InferenceServer
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,7 @@ class CodecReplica:
             if getattr(self.codec.c, "speed", {}).get("compile"):
                 warm_up(self.codec, size=warm_up_size)
         self._lock = threading.Lock()  # encode and decode batches may overlap in threads; the codec is not thread-safe
+        self._variants = CodecVariants(self.codec)  # requests' own settings (protocol ``settings``)
         for method in (self.encode, self.decode):
             method.set_max_batch_size(max_batch)
             method.set_batch_wait_timeout_s(max_wait_ms / 1000.0)
@@ -226,7 +228,9 @@ class CodecReplica:
             op, item, fut = job
             key = id(fut)  # unique while the future waits
             self._admitted[key] = self._counts()
-            return key, (sched.submit_encode(key, *item) if op == "encode" else sched.submit_decode(key, *item))
+            args, codec = self._split(op, item)
+            return key, (sched.submit_encode(key, *args, codec=codec) if op == "encode" else
+                         sched.submit_decode(key, *args, codec=codec))
 
         def answer(job, t_admit, res):
             record = getattr(res, "record", None) or {}
@@ -242,19 +246,35 @@ class CodecReplica:
 
         drive(sched, self._jobs, submit, answer, fail, self._lock)
 
+    def _split(self, op: str, item: tuple):
+        """An item (encode: image, name[, settings]; decode: symbols, meta, snr_db, mask[, settings])
+        -> (the codec call's arguments, the codec for its settings)."""
+        n = 2 if op == "encode" else 4
+        settings = item[n] if len(item) > n else None
+        return item[:n], self._variants.get(self._variants.config(op, settings))
+
     def _run(self, op: str, items: list) -> list:
-        """One batched codec call -> [(Encoded | Decoded | Failed, info)] in the order of ``items``."""
+        """Batched codec calls (one per group of equal settings) -> [(Encoded | Decoded | Failed, info)]
+        in the order of ``items``."""
+        groups: dict = {}
+        for i, item in enumerate(items):
+            args, codec = self._split(op, item)
+            groups.setdefault(id(codec), (codec, []))[1].append((i, args))
+        out: list = [None] * len(items)
         with self._lock:
-            t0, before = time.monotonic(), self._counts()
-            if op == "encode":
-                results = self.codec.encode_many([i[0] for i in items], [i[1] for i in items])
-            else:
-                results = self.codec.decode_many(list(items))
-            self._batches += 1
-            after = self._counts()
-            info = dict(codec_ms=(time.monotonic() - t0) * 1e3, batch=len(items), replica=self.name,
-                        model_calls=after[1] - before[1], counts=(before, after))
-        return [(r, info) for r in results]
+            for codec, members in groups.values():
+                t0, before = time.monotonic(), self._counts()
+                if op == "encode":
+                    results = codec.encode_many([a[0] for _, a in members], [a[1] for _, a in members])
+                else:
+                    results = codec.decode_many([a for _, a in members])
+                self._batches += 1
+                after = self._counts()
+                info = dict(codec_ms=(time.monotonic() - t0) * 1e3, batch=len(members), replica=self.name,
+                            model_calls=after[1] - before[1], counts=(before, after))
+                for (i, _), r in zip(members, results):
+                    out[i] = (r, info)
+        return out
 
 
 def deploy(config: CodecConfig, ray_options: RayOptions, max_batch: int = 4, max_wait_ms: float = 10.0,
@@ -335,6 +355,11 @@ class RayGateway(InferenceServer):
     def _describe(self) -> str:
         return f"{self.info['model']} on Ray Serve ({self.info['device']} replicas)"
 
+    def _codec_config(self) -> CodecConfig:
+        if getattr(self, "_config", None) is None:
+            self._config = CodecConfig(**self.info["config"])
+        return self._config
+
     def _engine_status(self) -> dict:
         o = self.ray_options
         return dict(model=self.info["model"], device=self.info["device"], dtype=self.info["dtype"],
@@ -379,6 +404,8 @@ class RayGateway(InferenceServer):
     def _run_remote(self, job) -> None:
         op, req = job.req.op, job.req
         args = (req.image, req.name) if op == "encode" else (np.array(req.symbols), req.meta, req.snr_db, req.mask)
+        if req.settings:
+            args += (dict(req.settings),)
         t0 = time.monotonic()
         try:
             for attempt in range(1, self.ray_options.attempts + 1):

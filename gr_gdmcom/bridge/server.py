@@ -46,7 +46,8 @@ from zmq.utils.monitor import recv_monitor_message
 from .. import __version__
 from ..codec import Failed
 from . import protocol as P
-from .backend import codec_lock
+from ..config import CodecConfig
+from .backend import REQUEST_SETTINGS, CodecVariants, codec_lock, request_config
 from .metrics import ServerMetrics
 from .security import HANDSHAKE_FAILED, CurveServer, is_loopback
 
@@ -68,6 +69,7 @@ class _Job:
     envelope: List[bytes]
     fp: int  # fingerprint of the request bytes (a retry must match)
     t_recv: float  # time.monotonic() at arrival
+    config: Optional[CodecConfig] = None  # the request's own codec settings applied (None: the server's)
 
     @property
     def id(self) -> str:
@@ -157,6 +159,7 @@ class InferenceServer:
         self._monitor: Optional[zmq.Socket] = None
         self.curve = curve
         self._lock = codec_lock(codec) if codec is not None else None
+        self._variants = CodecVariants(codec) if codec is not None else None
         self._queue: "queue.Queue[_Job]" = queue.Queue(maxsize=self.options.max_queue)
         self._replies: "queue.Queue[Tuple[_Job, List[bytes], str]]" = queue.Queue()
         self._inflight: dict = {}
@@ -287,6 +290,10 @@ class InferenceServer:
     def _describe(self) -> str:
         return f"{self.codec.config.model} on {self.codec.c.device}"
 
+    def _codec_config(self) -> CodecConfig:
+        """The server's own codec configuration (requests' ``settings`` change it per request)."""
+        return self.codec.config
+
     def _engine_status(self) -> dict:
         """The model side of ``status``: model, device, dtype, codec counters, config."""
         cfg = self.codec.config
@@ -305,6 +312,7 @@ class InferenceServer:
             max_wait_ms=self.options.max_wait_ms, scheduling=self.options.scheduling,
             active_clients=self._active_peers,
             max_request_bytes=self.options.max_request_bytes,
+            settings={op: list(v) for op, v in REQUEST_SETTINGS.items()},
             inflight=len(self._inflight), reply_store=dict(entries=len(self._store), bytes=self._store_bytes),
             **engine, **self.counters)
 
@@ -390,6 +398,15 @@ class InferenceServer:
         if req.op == "status":
             self._send(envelope, P.reply(req.id, "status", status=self.status()))
             return
+        config = None
+        if req.settings:
+            try:
+                config = request_config(self._codec_config(), req.op, req.settings)
+            except ValueError as exc:
+                self.counters["rejected"] += 1
+                log.info("rejected request %s: settings %s: %s", req.id, req.settings, exc)
+                self._send(envelope, P.error_reply(req.id, req.op, P.REJECTED, f"settings: {exc}"))
+                return
         if not accept:
             self.counters["unavailable"] += 1
             self._send(envelope, self._unavailable(req))
@@ -409,7 +426,7 @@ class InferenceServer:
                 self._send(envelope, known.frames)
             log.debug("duplicate of request %s", req.id)
             return
-        job = _Job(req, envelope, fp, time.monotonic())
+        job = _Job(req, envelope, fp, time.monotonic(), config)
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -539,9 +556,9 @@ class InferenceServer:
         sched = StepScheduler(self.codec, self.options.max_batch)
 
         def submit(job):
-            req = job.req
-            return job.id, (sched.submit_encode(job.id, req.image, req.name) if req.op == "encode" else
-                            sched.submit_decode(job.id, req.symbols, req.meta, req.snr_db, req.mask))
+            req, codec = job.req, self._variants.get(job.config)
+            return job.id, (sched.submit_encode(job.id, req.image, req.name, codec=codec) if req.op == "encode" else
+                            sched.submit_decode(job.id, req.symbols, req.meta, req.snr_db, req.mask, codec=codec))
 
         def after_step(width, calls, seconds):
             self.counters["batches"] += 1
@@ -563,16 +580,25 @@ class InferenceServer:
             self._post(job, P.error_reply(job.id, job.req.op, P.INTERNAL, f"{type(exc).__name__}: {exc}"), "failed")
 
     def _run_batch(self, batch: List[_Job]) -> None:
+        """One codec call per group of requests with the same settings (most batches: one)."""
+        groups: dict = {}
+        for job in batch:
+            groups.setdefault(id(job.config) if job.config is None else repr(job.config), []).append(job)
+        for group in groups.values():
+            self._run_group(group)
+
+    def _run_group(self, batch: List[_Job]) -> None:
         op = batch[0].req.op
         t0 = time.monotonic()
         try:
             with self._lock:
+                codec = self._variants.get(batch[0].config)
                 calls0 = self.codec.stats["unet_calls"]
                 if op == "encode":
-                    results = self.codec.encode_many([j.req.image for j in batch], [j.req.name for j in batch])
+                    results = codec.encode_many([j.req.image for j in batch], [j.req.name for j in batch])
                 else:
-                    results = self.codec.decode_many([(j.req.symbols, j.req.meta, j.req.snr_db, j.req.mask)
-                                                      for j in batch])
+                    results = codec.decode_many([(j.req.symbols, j.req.meta, j.req.snr_db, j.req.mask)
+                                                 for j in batch])
                 calls = self.codec.stats["unet_calls"] - calls0
         except Exception as exc:
             log.exception("batch of %d %s requests failed", len(batch), op)

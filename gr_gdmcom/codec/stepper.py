@@ -108,8 +108,11 @@ class StepScheduler:
 
     # ------------------------------------------------------------------ admission
     @torch.no_grad()
-    def submit_encode(self, key, image, name: Optional[str] = None):
-        codec, cfg, c = self.codec, self.codec.config, self.codec.c
+    def submit_encode(self, key, image, name: Optional[str] = None, codec: Optional[GenerativeCodec] = None):
+        """``codec``: a codec over the same model with this request's own settings (its
+        ``k``; :class:`~gr_gdmcom.bridge.backend.CodecVariants`), None: the scheduler's."""
+        codec = codec or self.codec
+        cfg, c = codec.config, codec.c
         name = name or "image"
         if cfg.forward != "ddim" or not self.stepwise:
             self.stats["fallbacks"] += 1
@@ -136,8 +139,11 @@ class StepScheduler:
         return self._admit(key, z0, [(None, codec.inversion_path(0, cfg.k))], (cfg.prompt, cfg.guidance), finish)
 
     @torch.no_grad()
-    def submit_decode(self, key, symbols, meta, snr_db, mask=None, noise_var=None):
-        codec, cfg = self.codec, self.codec.config
+    def submit_decode(self, key, symbols, meta, snr_db, mask=None, noise_var=None,
+                      codec: Optional[GenerativeCodec] = None):
+        """``codec``: as :meth:`submit_encode` (its ``m``, step rule, ``steps``, ``rescale``)."""
+        codec = codec or self.codec
+        cfg = codec.config
         if not self.stepwise or getattr(meta, "reduce", 1) > 1:  # a reduced latent is sampled from the top
             self.stats["fallbacks"] += 1
             return codec.decode_many([(symbols, meta, snr_db, mask, noise_var)])[0]

@@ -236,31 +236,54 @@ class ServerCodecs:
 
     ``config`` is the server's codec configuration (from its ``status``); :meth:`codec`
     gives the batch interface (:class:`~gr_gdmcom.bridge.backend.BackendCodec`, up to
-    ``concurrency`` requests in flight so that the server batches them) to methods whose
-    settings are the server's, and refuses others: a request cannot change them.
+    ``concurrency`` requests in flight so that the server batches them) for a method's
+    configuration: what differs from the server's in the settings a request may carry
+    (``k``; ``m``, ``steps``, ``rescale``: protocol ``settings``, where the server lists
+    them in its status) travels with each request; anything else is refused.
     """
 
     def __init__(self, server: str, status: dict, config: CodecConfig, concurrency: int = 8):
-        from ..bridge.backend import BackendCodec, remote_backend
+        from ..bridge.backend import remote_backend
 
         self.server, self.status, self.config = server, status, config
         self.endpoints = server.partition("?")[0]
+        self.concurrency = concurrency
+        #: per operation, the settings this server takes per request (none from an older server)
+        self.per_request = {op: tuple(v) for op, v in (status.get("settings") or {}).items()}
         self._backend = remote_backend(server, None)
-        self._codec = BackendCodec(self._backend, config, concurrency)
+        self._codecs: Dict[tuple, object] = {}
+
+    def settings(self, config: CodecConfig) -> Dict[str, dict]:
+        """Per operation, the request settings that give ``config`` on this server."""
+        out = {}
+        for op, names in self.per_request.items():
+            diff = {k: getattr(config, k) for k in names if getattr(config, k) != getattr(self.config, k)}
+            if diff:
+                out[op] = diff
+        return out
 
     def mismatch(self, config: CodecConfig) -> List[str]:
-        """``field=value (server: value)`` for each server-side setting ``config`` changes."""
+        """``field=value (server: value)`` for each setting of ``config`` that neither the server
+        runs nor a request can set."""
+        carried = {k for names in self.per_request.values() for k in names}
         return [f"{k}={getattr(config, k)!r} (server: {getattr(self.config, k)!r})" for k in SERVER_FIELDS
-                if getattr(config, k) != getattr(self.config, k)]
+                if k not in carried and getattr(config, k) != getattr(self.config, k)]
 
     def codec(self, config: CodecConfig):
+        from ..bridge.backend import BackendCodec
+
         diff = self.mismatch(config)
         if diff:
             raise ValueError(f"the server at {self.endpoints} runs other codec settings: {', '.join(diff)}")
-        return self._codec
+        settings = self.settings(config)
+        key = tuple(sorted((op, tuple(sorted(v.items()))) for op, v in settings.items()))
+        if key not in self._codecs:
+            self._codecs[key] = BackendCodec(self._backend, config, self.concurrency, settings)
+        return self._codecs[key]
 
     def close(self) -> None:
-        self._codec.close()
+        for c in self._codecs.values():
+            c.close()
         self._backend.close()
 
 
@@ -276,8 +299,8 @@ def remote_problem(m: "Method", remote: ServerCodecs) -> Optional[str]:
         return f"{label} needs the model in this process (it uses more than a server's encode and decode)"
     diff = remote.mismatch(m.config)
     if diff:
-        return (f"{label} needs codec settings the server at {remote.endpoints} does not run: {', '.join(diff)}; "
-                f"start a server with them (gdmcom serve takes the same codec flags)")
+        return (f"{label} needs codec settings the server at {remote.endpoints} does not run and a request "
+                f"cannot set: {', '.join(diff)}; start a server with them (gdmcom serve takes the same codec flags)")
     return None
 
 

@@ -1,0 +1,150 @@
+"""Per-request codec settings (protocol ``settings``): a transmitter's own ``k``, a receiver's
+own ``m``, fixed ``steps`` and ``rescale``, on one server whose configuration says otherwise.
+
+Each request must come out as a codec configured that way computes it (batch and step
+scheduling, alone or mixed with requests at the server's settings), and bad settings must be
+refused with one line before anything runs.
+"""
+
+import io
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from gr_gdmcom.bridge import InferenceServer, LocalBackend, RemoteBackend
+from gr_gdmcom.bridge import protocol as P
+from gr_gdmcom.bridge.backend import request_config
+from gr_gdmcom.codec import CodecError, GenerativeCodec
+from gr_gdmcom.config import CodecConfig
+
+SERVER = CodecConfig(model="tiny", device="cpu", k=1, m=1, T=20)
+TX = dict(k=3)
+RX = dict(m=0, steps=6, rescale=False)
+
+
+@pytest.fixture(scope="module")
+def codecs(components):
+    """The server's codec, and codecs configured as the settings ask (the references)."""
+    return dict(server=GenerativeCodec(SERVER, components=components),
+                tx=GenerativeCodec(SERVER.replace(**TX), components=components),
+                rx=GenerativeCodec(SERVER.replace(**RX), components=components))
+
+
+@pytest.fixture(scope="module", params=["batch", "step"])
+def server(request, codecs):
+    srv = InferenceServer(codecs["server"], "tcp://127.0.0.1:0", scheduling=request.param, max_wait_ms=20).start()
+    yield srv
+    srv.stop(timeout=10)
+
+
+def _noisy(enc, i):
+    rng = np.random.default_rng(i)
+    n = enc.symbols.size
+    return (enc.symbols + 0.1 * (rng.standard_normal(n) + 1j * rng.standard_normal(n))).astype(np.complex64)
+
+
+def _close(a, b):
+    return np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def test_requests_with_their_own_settings_equal_codecs_configured_so(server, codecs, small):
+    with RemoteBackend(server.last_endpoint, timeout_ms=60000) as c:
+        e = c.encode(small, "small", settings=TX)
+        ref = codecs["tx"].encode(small, "small")
+        assert e.meta.k == 3 and e.record["unet_calls"] == 3
+        np.testing.assert_allclose(e.symbols, ref.symbols, atol=1e-4)
+        plain = c.encode(small, "small")  # the server's own k
+        assert plain.meta.k == 1
+        d = c.decode(_noisy(ref, 0), ref.meta, 12.0, settings=RX)
+        want = codecs["rx"].decode(_noisy(ref, 0), ref.meta, 12.0)
+        assert (d.record["m"], d.record["n_steps"], d.record["rule"]) == (0, 6, want.record["rule"])
+        assert _close(d.image, want.image)
+        st = c.status()
+    assert st["settings"] == {"encode": ["k"], "decode": ["m", "steps", "rescale"]}
+    assert st["config"]["k"] == 1 and st["config"]["m"] == 1  # the server's own settings did not change
+
+
+def test_mixed_settings_in_flight_together_each_get_their_own(server, codecs, small):
+    """8 concurrent decodes, alternately with the receiver settings and without: each equals its
+    reference (a batch is split by settings; the step loop shares UNet calls across them)."""
+    enc = codecs["server"].encode(small, "small")
+
+    def one(i):
+        with RemoteBackend(server.last_endpoint, timeout_ms=60000) as c:
+            return c.decode(_noisy(enc, i), enc.meta, 12.0, settings=RX if i % 2 else None)
+
+    with ThreadPoolExecutor(8) as pool:
+        out = list(pool.map(one, range(8)))
+    for i, d in enumerate(out):
+        want = codecs["rx" if i % 2 else "server"].decode(_noisy(enc, i), enc.meta, 12.0)
+        assert d.record["m"] == (0 if i % 2 else 1) and d.record["n_steps"] == want.record["n_steps"], i
+        assert _close(d.image, want.image), i
+
+
+@pytest.mark.parametrize("op,settings,message", [
+    ("encode", {"k": 25}, "settings: k + m must not exceed T: k=25, m=0, T=20"),
+    ("decode", {"m": 21}, "settings: k + m must not exceed T: k=0, m=21, T=20"),
+    ("decode", {"m": 3, "steps": 2}, "settings: "),  # N below m: check_steps' own message follows
+])
+def test_impossible_settings_are_refused_with_one_line(server, codecs, small, op, settings, message):
+    enc = codecs["server"].encode(small, "small")
+    rejected = server.counters["rejected"]
+    with RemoteBackend(server.last_endpoint, timeout_ms=20000) as c:
+        with pytest.raises(CodecError) as e:
+            if op == "encode":
+                c.encode(small, "small", settings=settings)
+            else:
+                c.decode(enc.symbols, enc.meta, 10.0, settings=settings)
+    assert str(e.value).startswith(message), str(e.value)  # code "rejected": the caller's input, not a fault
+    assert server.counters["rejected"] == rejected + 1
+
+
+def test_the_schema_refuses_unknown_and_mistyped_settings(small):
+    buf = io.BytesIO()
+    from PIL import Image
+
+    Image.fromarray(small).save(buf, "PNG")
+    lim = P.Limits()
+
+    def err(settings, op="encode"):
+        frames = (P.encode_request("r", buf.getvalue(), "n", settings) if op == "encode" else
+                  P.decode_request("r", np.zeros(8, np.complex64), _meta(), 5.0, settings=settings))
+        with pytest.raises(P.ProtocolError) as e:
+            P.parse_request(frames, lim)
+        return e.value.code, e.value.message
+
+    assert err({"k": 3, "guidance": 2.0}) == (P.BAD_REQUEST, "'settings.guidance': Extra inputs are not permitted, got 2.0")
+    assert err({"k": 2.5}) == (P.BAD_REQUEST, "'settings.k': Input should be a valid integer, got 2.5")
+    assert err({"m": 1}) == (P.BAD_REQUEST, "'settings.m': Extra inputs are not permitted, got 1")  # encode has no m
+    assert err({"rescale": "no"}, "decode")[1] == "n: 'settings.rescale': Input should be a valid boolean, got \"no\""
+    ok = P.parse_request(P.decode_request("r", np.zeros(8, np.complex64), _meta(), 5.0,
+                                          settings={"steps": None, "m": 0}), lim)
+    assert ok.settings == {"steps": None, "m": 0}  # null steps: back to the rule
+
+
+def _meta():
+    from gr_gdmcom.codec import LatentMeta
+
+    return LatentMeta(alpha=1.0, latent_shape=(4, 2, 2), image_size=(16, 16), k=1, T=50, guidance=6.0, prompt="",
+                      name="n")
+
+
+def test_request_config_changes_only_what_the_operation_uses():
+    base = CodecConfig(model="tiny", k=5, m=5, T=50, steps=None)
+    assert request_config(base, "encode", {}) is base
+    assert request_config(base, "encode", {"k": 45}) == base.replace(k=45, m=0)  # m plays no part in encoding
+    assert request_config(base, "decode", {"m": 0, "steps": 15, "rescale": False}) == \
+        base.replace(k=0, m=0, steps=15, rescale=False)
+    with pytest.raises(ValueError, match=r"^decode requests cannot set k \(only m, steps, rescale\)$"):
+        request_config(base, "decode", {"k": 3})
+
+
+def test_a_local_backend_takes_the_same_settings(codecs, small):
+    b = LocalBackend(SERVER, codec=codecs["server"])
+    e = b.encode(small, "small", settings=TX)
+    assert e.meta.k == 3
+    d = b.decode(_noisy(e, 1), e.meta, 12.0, settings=RX)
+    assert d.record["n_steps"] == 6 and _close(d.image, codecs["rx"].decode(_noisy(e, 1), e.meta, 12.0).image)
+    with pytest.raises(CodecError, match=r"^settings: k \+ m must not exceed T"):
+        b.encode(small, settings={"k": 21})
