@@ -148,3 +148,22 @@ def test_a_local_backend_takes_the_same_settings(codecs, small):
     assert d.record["n_steps"] == 6 and _close(d.image, codecs["rx"].decode(_noisy(e, 1), e.meta, 12.0).image)
     with pytest.raises(CodecError, match=r"^settings: k \+ m must not exceed T"):
         b.encode(small, settings={"k": 21})
+
+
+def test_a_client_configured_otherwise_sends_its_own_k_m_steps_rescale(server, codecs, small, caplog):
+    """A RemoteBackend (what the GNU Radio blocks and `gdmcom link --server` use) whose configuration
+    says k = 3, m = 0, N = 6 without rescaling, against a server at k = 1, m = 1: those go with each
+    request (the block's parameters hold); a guidance that differs cannot, and is a warning."""
+    import logging
+
+    mine = SERVER.replace(**TX, **RX, guidance=2.0)
+    with caplog.at_level(logging.INFO, logger="gr_gdmcom.bridge.client"):
+        with RemoteBackend(server.last_endpoint, mine, timeout_ms=60000) as c:
+            e = c.encode(small, "small")
+            d = c.decode(_noisy(e, 3), e.meta, 12.0)
+            kept = c.encode(small, "small", settings={})  # explicit settings win: none, the server's k
+    assert e.meta.k == 3 and kept.meta.k == 1
+    assert (d.record["m"], d.record["n_steps"]) == (0, 6)
+    assert _close(d.image, codecs["rx"].decode(_noisy(e, 3), e.meta, 12.0).image)
+    assert "this side's 3 goes with each encode request" in caplog.text
+    assert "uses guidance=6.0 but this side's configuration says 2.0; the server's applies" in caplog.text

@@ -25,7 +25,7 @@ import time
 import uuid
 from dataclasses import fields
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import zmq
@@ -93,6 +93,9 @@ class RemoteBackend(Backend):
         self._lock = threading.Lock()
         self._closed = False
         self._checked = config is None
+        self._check_lock = threading.Lock()
+        #: per op, this side's settings the server takes per request where they differ from its own
+        self._carried: Dict[str, dict] = {}
         self._rng = random.Random()
         #: requests, retries (re-sends), timeouts, busy, unavailable, stale (replies dropped for a wrong id)
         self.stats = dict(requests=0, retries=0, timeouts=0, busy=0, unavailable=0, stale=0)
@@ -113,6 +116,7 @@ class RemoteBackend(Backend):
         """
         data = _image_bytes(image)
         name = (name or _default_name(image, 0))[:P.MAX_NAME_CHARS]
+        settings = self._settings("encode", settings)
         rid = uuid.uuid4().hex
         header, payloads = self._call("encode", rid, P.encode_request(rid, data, name, settings))
         return P.encoded_from_reply(header, payloads)
@@ -139,6 +143,7 @@ class RemoteBackend(Backend):
         s = np.asarray(symbols)
         if s.ndim != 1 or not np.iscomplexobj(s):
             raise CodecError(f"{meta.name}: received symbols must be a 1-D complex array, got {s.dtype} {s.shape}")
+        settings = self._settings("decode", settings)
         rid = uuid.uuid4().hex
         frames = P.decode_request(rid, s, meta, snr_db, mask, self.image_format, settings)
         header, payloads = self._call("decode", rid, frames)
@@ -245,7 +250,6 @@ class RemoteBackend(Backend):
             header, payloads = got
             code = header.get("code")
             if header.get("ok"):
-                self._check_config(op)
                 return header, payloads
             if code not in P.RETRYABLE:
                 raise _error(op, where, header)
@@ -292,21 +296,45 @@ class RemoteBackend(Backend):
                 continue
             return header, payloads
 
-    def _check_config(self, op: str) -> None:
-        """Once: warn about codec settings where the server differs from this client's config."""
-        if self._checked or op == "status":
+    def _settings(self, op: str, settings: Optional[dict]) -> Optional[dict]:
+        """What a request carries: the caller's ``settings``, else this side's own where the
+        server takes them per request and differs (read from its ``status`` once)."""
+        self._check_config()
+        return settings if settings is not None else (self._carried.get(op) or None)
+
+    def _check_config(self) -> None:
+        """Once, before the first encode/decode: compare this client's configuration with the
+        server's.  Settings a request may carry (protocol ``settings``: k; m, steps, rescale) that
+        differ go with every request; others are logged as warnings (the server's apply).  A
+        server that does not answer raises :class:`BackendError` (the request would fail too),
+        and the check is tried again with the next request."""
+        if self._checked:
             return
-        self._checked = True
-        try:
-            server_cfg = self.status().get("config", {})
-        except (BackendError, ValueError) as exc:
-            log.warning("cannot read the server's settings: %s", exc)
-            return
-        mine = {f.name: getattr(self.config, f.name) for f in fields(self.config)}
-        for key in SERVER_SIDE_FIELDS:
-            if key in server_cfg and server_cfg[key] != mine[key]:
-                log.warning("server %s uses %s=%r but this side's configuration says %r; the server's applies",
-                            ",".join(self.endpoints), key, server_cfg[key], mine[key])
+        with self._check_lock:
+            if self._checked:
+                return
+            try:
+                st = self.status()
+            except ValueError as exc:
+                log.warning("cannot read the server's settings: %s", exc)
+                self._checked = True
+                return
+            server_cfg, taken = st.get("config", {}) or {}, st.get("settings") or {}
+            mine = {f.name: getattr(self.config, f.name) for f in fields(self.config)}
+            where = ",".join(self.endpoints)
+            for key in SERVER_SIDE_FIELDS:
+                if key not in server_cfg or server_cfg[key] == mine[key]:
+                    continue
+                ops = [op for op, names in taken.items() if key in names]
+                if ops:
+                    for op in ops:
+                        self._carried.setdefault(op, {})[key] = mine[key]
+                    log.info("server %s runs %s=%r; this side's %r goes with each %s request", where, key,
+                             server_cfg[key], mine[key], "/".join(ops))
+                else:
+                    log.warning("server %s uses %s=%r but this side's configuration says %r; the server's applies",
+                                where, key, server_cfg[key], mine[key])
+            self._checked = True
 
 
 def _image_bytes(image) -> bytes:
