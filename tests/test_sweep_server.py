@@ -67,6 +67,7 @@ def test_rows_from_the_server_are_the_local_rows_at_the_servers_settings(server,
     assert run["server"]["endpoint"] == server.last_endpoint and run["server"]["model"] == "tiny"
     assert run["device"] == f"cpu (inference server {server.last_endpoint})"
     assert run["config"]["k"] == 2 and run["model"] == dict(id="tiny", revision=None)
+    assert run["server"]["model"] == "tiny" and server.status()["latent_channels"] == 4
     assert "codec on the inference server at " + server.last_endpoint in run["sweep"]["settings"]["proposed/k2,m1,snr,rescale"]
     # the same folder resumes locally: the fingerprint (model, T, guidance, prompt, seed) is the server's
     again = run_sweep(_opts(folder, tmp_path / "remote", config=SERVER_CFG))

@@ -313,6 +313,7 @@ class InferenceServer:
             active_clients=self._active_peers,
             max_request_bytes=self.options.max_request_bytes,
             settings={op: list(v) for op, v in REQUEST_SETTINGS.items()},
+            latent_channels=self.limits.latent_channels,
             inflight=len(self._inflight), reply_store=dict(entries=len(self._store), bytes=self._store_bytes),
             **engine, **self.counters)
 

@@ -214,6 +214,8 @@ class Context:
     def latent_channels(self) -> int:
         if self.components is not None:
             return int(self.components.vae.config.latent_channels)
+        if self.remote is not None and isinstance(self.remote.status.get("latent_channels"), int):
+            return int(self.remote.status["latent_channels"])  # the server's model
         return 4  # Stable Diffusion's latent; used only when no model is loaded
 
     def caption_for(self, name: str) -> Tuple[str, str]:
