@@ -107,21 +107,24 @@ def prepare_run(args, images=None):
 
 
 def check_server(server: str, timeout_ms: int = 3000) -> dict:
-    """One ``status`` round trip to ``server`` (endpoints[?options]); its status, or
-    :class:`gr_gdmcom.codec.ModelLoadError` naming the endpoint within ``timeout_ms``.
-    Requests accepted later keep the client's own, longer timeouts."""
+    """One ``status`` round trip to ``server`` (endpoints[?options], CURVE keys included); its
+    status, or :class:`gr_gdmcom.codec.ModelLoadError` naming the endpoint within ``timeout_ms``
+    (whatever ``timeout_ms``/``retries`` the string gives: those are for the requests later).
+    Raises ValueError for a malformed option or key."""
     from .bridge import BackendError
-    from .bridge.client import RemoteBackend
+    from .bridge.backend import remote_backend
     from .codec import ModelLoadError
 
     endpoints = server.partition("?")[0]
     quiet = logging.getLogger("gr_gdmcom.bridge.client")
     level, quiet.level = quiet.level, logging.ERROR  # the one message below says it all
     try:
-        with RemoteBackend(endpoints, timeout_ms=timeout_ms, retries=0) as client:
+        with remote_backend(server, None) as client:
+            client.timeout_ms, client.retries = timeout_ms, 0
             return client.status()
     except BackendError:
-        raise ModelLoadError(f"no inference server answers at {endpoints} (status request, {timeout_ms} ms): "
+        keys = " with these CURVE keys" if "key" in server.partition("?")[2] else ""
+        raise ModelLoadError(f"no inference server answers at {endpoints}{keys} (status request, {timeout_ms} ms): "
                              f"start one with `gdmcom serve --bind {endpoints}` or use --server local") from None
     finally:
         quiet.setLevel(level)

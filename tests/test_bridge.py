@@ -661,6 +661,15 @@ def test_curve_serves_the_listed_key_and_refuses_others(serve, client, keys, enc
     assert any(f"refused client key {intruder_z85}" in m for m in refusals), refusals
     assert any("handshake failed" in m for m in refusals), refusals
     assert srv.counters["served"] == 1 and srv.counters["received"] == good_requests == 2  # none of theirs got in
+    # the command line's quick check before any model is loaded uses the string's keys too
+    from gr_gdmcom.cli import check_server
+    from gr_gdmcom.codec import ModelLoadError
+
+    assert check_server(f"{srv.last_endpoint}?server_key={key}&client_key_file={good_secret}")["model"] == "tiny"
+    with pytest.raises(ModelLoadError, match=rf"^no inference server answers at {srv.last_endpoint} with these "
+                                             rf"CURVE keys \(status request, 500 ms\)"):
+        check_server(f"{srv.last_endpoint}?server_key={key}&client_key_file={keys / 'intruder.key_secret'}"
+                     f"&timeout_ms=60000", timeout_ms=500)
 
 
 def test_plain_tcp_off_loopback_is_warned_about(serve, caplog):
