@@ -87,7 +87,7 @@ class CodecVariants:
         return request_config(self.base.config, op, settings)
 
     def get(self, config: Optional[CodecConfig]):
-        if config is None or config is self.base.config or config == self.base.config:
+        if config is None or config == self.base.config:
             return self.base
         key = _config_key(config)
         codec = self._made.pop(key, None)

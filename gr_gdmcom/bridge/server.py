@@ -584,7 +584,7 @@ class InferenceServer:
         """One codec call per group of requests with the same settings (most batches: one)."""
         groups: dict = {}
         for job in batch:
-            groups.setdefault(id(job.config) if job.config is None else repr(job.config), []).append(job)
+            groups.setdefault(repr(job.config), []).append(job)
         for group in groups.values():
             self._run_group(group)
 
