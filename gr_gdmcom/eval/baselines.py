@@ -259,7 +259,8 @@ class ServerCodecs:
         """Per operation, the request settings that give ``config`` on this server."""
         out = {}
         for op, names in self.per_request.items():
-            diff = {k: getattr(config, k) for k in names if getattr(config, k) != getattr(self.config, k)}
+            diff = {k: getattr(config, k) for k in names  # (a name this version does not know: never set)
+                    if hasattr(config, k) and getattr(config, k) != getattr(self.config, k)}
             if diff:
                 out[op] = diff
         return out
