@@ -17,6 +17,7 @@ import numpy as np
 
 from ..codec import CodecError, Decoded, Encoded, Failed, LatentMeta
 from ..config import CodecConfig
+from .protocol import REQUEST_SETTINGS
 
 
 class BackendError(RuntimeError):
@@ -47,8 +48,6 @@ class Backend:
         pass
 
 
-#: Codec settings a request may set for itself, per operation (protocol ``settings``).
-REQUEST_SETTINGS = {"encode": ("k",), "decode": ("m", "steps", "rescale")}
 MAX_VARIANTS = 32  # codecs kept for distinct request settings (each shares the loaded model)
 
 
@@ -131,7 +130,7 @@ class BackendCodec:
 
     def decode_many(self, items):
         kw = {"settings": self.settings["decode"]} if "decode" in self.settings else {}
-        items = [tuple(i) + (None,) * (4 - len(i)) for i in items]  # (symbols, meta, snr_db[, mask])
+        items = [tuple(i) for i in items]  # (symbols, meta, snr_db[, mask])
         return self._map(lambda *a: self.backend.decode(*a, **kw), items, [getattr(i[1], "name", None) for i in items])
 
     def close(self) -> None:

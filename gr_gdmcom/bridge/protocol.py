@@ -28,8 +28,7 @@ import io
 import json
 import math
 import zlib
-import dataclasses
-from dataclasses import dataclass, fields as dc_fields
+from dataclasses import dataclass, field, fields as dc_fields
 from typing import Annotated, Callable, Dict, List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
@@ -160,7 +159,7 @@ class Request:
     snr_db: Optional[float] = None
     mask: Optional[np.ndarray] = None
     image_format: str = "png"
-    settings: Dict[str, object] = dataclasses.field(default_factory=dict)
+    settings: Dict[str, object] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------- header schema
@@ -201,6 +200,10 @@ class DecodeSettings(BaseModel):
     m: StrictInt = Field(None, ge=0, le=T_MAX)
     steps: Optional[StrictInt] = Field(None, ge=1, le=T_MAX)
     rescale: bool = Field(None)
+
+
+#: Codec settings a request may set for itself, per operation (``status`` lists them).
+REQUEST_SETTINGS = {"encode": tuple(EncodeSettings.model_fields), "decode": tuple(DecodeSettings.model_fields)}
 
 
 class EncodeFields(BaseModel):
