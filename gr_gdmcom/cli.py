@@ -69,7 +69,8 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     """``--server`` and ``--threads``: where the model runs, for every command that runs one."""
     parser.add_argument("--server", default="local",
                         help="'local' (the model in this process) or the ZMQ endpoint(s) of `gdmcom serve`, "
-                             "e.g. tcp://gpu-host:5555 [default=%(default)r]")
+                             "e.g. tcp://gpu-host:5555, which runs at its own codec settings but the codec options "
+                             "given here (docs/server.md) [default=%(default)r]")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (0: torch's choice; fewer is faster on a busy machine) "
                              "[default=%(default)r]")
@@ -102,8 +103,59 @@ def prepare_run(args, images=None):
 
         check_model(cfg.model)
     else:
-        check_server(server)
+        cfg = server_settings(cfg, check_server(server), getattr(args, "given", ()), server)
     return cfg, paths
+
+
+def server_settings(cfg, status: dict, given, server: str):
+    """The configuration a command runs against ``gdmcom serve``: the server's codec settings
+    where the command line gave none, its own where it did (k, m, steps and rescale travel with
+    each request).  An option given here that differs from the server's and that no request can
+    carry raises ValueError (one line naming it) rather than running with the server's value.
+    A status without ``config`` (not gdmcom serve) leaves ``cfg`` as it is."""
+    from .config import config_for_server, server_mismatch
+
+    theirs = status.get("config")
+    if not isinstance(theirs, dict):
+        return cfg
+    merged, taken = config_for_server(cfg, theirs, given)
+    where = server.partition("?")[0]
+    if taken:
+        log.warning("codec settings of the server at %s (not given here): %s", where, ", ".join(taken))
+    carried = {n for names in (status.get("settings") or {}).values() for n in names}
+    fixed = server_mismatch(merged, theirs, carried)
+    if fixed:
+        raise ValueError(f"the server at {where} runs other codec settings and a request cannot change them: "
+                         f"{', '.join(fixed)}; drop those options or start a server with them "
+                         f"(gdmcom serve takes the same codec flags)")
+    return merged
+
+
+def given_options(parser: argparse.ArgumentParser, argv=None) -> frozenset:
+    """The ``dest`` names that ``argv`` sets itself, not through a default (abbreviations and
+    ``--opt=value`` included): the same parse with every default suppressed."""
+    parsers, stack = {}, [parser]
+    while stack:
+        p = stack.pop()
+        if id(p) in parsers:
+            continue
+        parsers[id(p)] = p
+        for a in p._actions:  # noqa: SLF001 - argparse has no public walk of its actions
+            if isinstance(a, argparse._SubParsersAction):  # noqa: SLF001
+                stack.extend(a.choices.values())
+    saved = [(a, a.default) for p in parsers.values() for a in p._actions]  # noqa: SLF001
+    saved_defaults = [(p, dict(p._defaults)) for p in parsers.values()]  # noqa: SLF001
+    try:
+        for a, _ in saved:
+            a.default = argparse.SUPPRESS
+        for p, _ in saved_defaults:
+            p._defaults.clear()  # noqa: SLF001
+        return frozenset(vars(parser.parse_args(argv)))
+    finally:
+        for a, d in saved:
+            a.default = d
+        for p, d in saved_defaults:
+            p._defaults.update(d)  # noqa: SLF001
 
 
 def check_server(server: str, timeout_ms: int = 3000) -> dict:
@@ -226,6 +278,7 @@ def _version() -> str:
 def main(argv=None, parser: Optional[argparse.ArgumentParser] = None) -> int:
     parser = parser or build_parser()
     args = parser.parse_args(argv)
+    args.given = given_options(parser, argv)
     if not getattr(args, "func", None):  # `gdmcom` alone
         parser.print_help()
         return 0

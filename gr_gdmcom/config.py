@@ -136,6 +136,46 @@ class CodecConfig:
         return dataclasses.replace(self, **changes)
 
 
+#: codec settings that an inference server's own configuration decides for the requests sent to
+#: it (device, dtype, batch size and image limits stay each side's own)
+SERVER_FIELDS = ("model", "k", "m", "T", "rule", "rescale", "steps", "guidance", "prompt", "forward", "clean_end",
+                 "inversion", "inversion_iters", "inversion_tol", "seed", "remove_mean", "reduce", "reduce_method")
+#: command-line names whose option sets another field (``--bcr`` is ``--reduce``)
+_OPTION_FIELDS = {"bcr": "reduce"}
+
+
+def config_for_server(config: CodecConfig, server_config: dict, given=()) -> "tuple[CodecConfig, list]":
+    """``config`` with the server's codec settings where the command did not give its own.
+
+    ``server_config`` is the ``config`` of the server's ``status``; ``given`` the options the
+    command line set (:func:`gr_gdmcom.cli.given_options`).  A setting of :data:`SERVER_FIELDS`
+    the command did not give takes the server's value; one it gave stays (a request carries
+    k, m, steps and rescale; what it cannot carry the caller refuses).  Returns the merged
+    configuration and ``name=server's (default here)`` for each setting taken from the server
+    that differs from this side's default.  Raises ValueError when the server's values are not
+    a configuration this version reads.
+    """
+    given = {_OPTION_FIELDS.get(g, g) for g in given}
+    theirs = {k: server_config[k] for k in SERVER_FIELDS if k in server_config and k not in given}
+    taken = [f"{k}={v!r} (here: {getattr(config, k)!r})" for k, v in theirs.items()
+             if v != getattr(config, k)]
+    try:
+        merged = config.replace(**theirs).validate()
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"the server's codec configuration is not one this version reads: {exc}") from None
+    return merged, taken
+
+
+def server_mismatch(config: CodecConfig, server_config: dict, carried=()) -> list:
+    """``name=this side's (server: server's)`` for each setting of :data:`SERVER_FIELDS` where
+    ``config`` differs from the server's and no request can carry it (``carried``: the names
+    in the server's ``status`` ``settings``).  The seed counts only for the random-forward
+    ablation (elsewhere it seeds this side's channel, not the server's codec)."""
+    return [f"{k}={getattr(config, k)!r} (server: {server_config[k]!r})" for k in SERVER_FIELDS
+            if k in server_config and k not in carried and getattr(config, k) != server_config[k]
+            and (k != "seed" or "random" in (config.forward, server_config.get("forward")))]
+
+
 def check_steps(k: int, m: int, T: int, steps: Optional[int] = None) -> None:
     """The one check of the step counts: ``k, m >= 0``, ``k + m <= T`` and, for a fixed
     ``steps`` N, ``k + m <= N <= T`` (config, scheduler and decoder all call it).

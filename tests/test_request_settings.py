@@ -167,3 +167,49 @@ def test_a_client_configured_otherwise_sends_its_own_k_m_steps_rescale(server, c
     assert _close(d.image, codecs["rx"].decode(_noisy(e, 3), e.meta, 12.0).image)
     assert "this side's 3 goes with each encode request" in caplog.text
     assert "uses guidance=6.0 but this side's configuration says 2.0; the server's applies" in caplog.text
+
+
+def test_the_command_line_says_which_options_it_gave():
+    """What `--server` runs keeps only the options typed: abbreviations, `--opt=value` and
+    `--bcr` count; defaults (and set_defaults) do not, and the parser's defaults survive."""
+    from gr_gdmcom.cli import build_parser, given_options
+
+    parser = build_parser()
+    argv = ["sweep", "--images", "a.png", "--snr", "5", "--out", "o", "--k=3", "--ste", "4", "--bcr", "1/384",
+            "--no-rescale"]
+    assert given_options(parser, argv) == {"cmd", "images", "snr", "out", "k", "steps", "bcr", "rescale"}
+    args = parser.parse_args(argv)  # the defaults are back
+    assert (args.m, args.guidance, args.server, args.func.__name__) == (5, 6.0, "local", "cmd_sweep")
+    assert given_options(parser, ["steps", "--snr", "5"]) == {"cmd", "snr"}
+
+
+def test_gdmcom_simulate_on_a_server_runs_the_servers_settings_but_the_options_given(server, tmp_path, capsys,
+                                                                                    caplog):
+    """`gdmcom simulate --server` against the k = 1, m = 1, T = 20 server: without options the row
+    is the server's k, m; `--m 0 --steps 6` given go with each decode; a given `--guidance` that no
+    request can carry is refused with one line (exit 2) before any image is sent."""
+    import json
+
+    from gr_gdmcom.cli import main
+
+    img = tmp_path / "small.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8) + 90).save(img)
+    base = ["simulate", "--images", str(img), "--snr", "12", "--out", str(tmp_path / "o"), "--server",
+            server.last_endpoint]
+    assert main(base) == 0
+    assert main(base + ["--m", "0", "--steps", "6", "--no-rescale"]) == 0
+    out = capsys.readouterr()
+    rows = [json.loads(line) for line in out.out.splitlines() if line.startswith("{")]
+    assert [(r["k"], r["m"]) for r in rows] == [(1, 1), (1, 0)] and rows[1]["n_steps"] == 6
+    assert "(not given here): model='tiny' (here: 'stable-diffusion-v1-5/stable-diffusion-v1-5'), k=1 (here: 5), " \
+           "m=1 (here: 5), T=20 (here: 50)" in caplog.text
+    served = server.counters["requests"]
+    assert main(base + ["--guidance", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == (
+        f"error: the server at {server.last_endpoint} runs other codec settings and a request cannot change "
+        f"them: guidance=2.0 (server: 6.0); drop those options or start a server with them (gdmcom serve "
+        f"takes the same codec flags)")
+    assert server.counters["requests"] == served

@@ -44,14 +44,15 @@ def _rows(out):
 
 
 def test_rows_from_the_server_are_the_local_rows_at_the_servers_settings(server, folder, tmp_path, caplog):
-    """This command says k = 5, m = 5 (the defaults); the server runs k = 2, m = 1: its settings
-    apply (a warning says so), and every row equals a local sweep's at those settings."""
+    """This command gives no codec option (its k = 5, m = 5 are defaults); the server runs k = 2,
+    m = 1: its settings apply (a warning says so), and every row equals a local sweep's at those
+    settings."""
     served0 = server.counters["served"]
     with caplog.at_level(logging.WARNING, logger="gr_gdmcom.eval.sweep"):
         res = run_sweep(_opts(folder, tmp_path / "remote", server=server.last_endpoint))
     assert res.rows_computed == 4 and res.rows_failed == 0
-    assert "the server's codec settings apply where this command's differ: k=2 (this command's: 5), " \
-           "m=1 (this command's: 5)" in caplog.text
+    assert f"codec settings of the server at {server.last_endpoint} (not given here): k=2 (here: 5), " \
+           "m=1 (here: 5)" in caplog.text
     local = run_sweep(_opts(folder, tmp_path / "local", config=SERVER_CFG))
     assert local.rows_failed == 0
     remote_rows, local_rows = _rows(tmp_path / "remote"), _rows(tmp_path / "local")
@@ -72,6 +73,27 @@ def test_rows_from_the_server_are_the_local_rows_at_the_servers_settings(server,
     # the same folder resumes locally: the fingerprint (model, T, guidance, prompt, seed) is the server's
     again = run_sweep(_opts(folder, tmp_path / "remote", config=SERVER_CFG))
     assert (again.rows_computed, again.rows_reused) == (0, 4)
+
+
+def test_options_the_command_gave_hold_and_the_rest_are_the_servers(server, folder, tmp_path):
+    """`gdmcom sweep --k 3 --server ...` against the k = 2 / m = 1 server: the given k = 3 goes with
+    each encode, m = 1 is the server's; the rows equal a local sweep's at k = 3, m = 1.  A given
+    option no request can carry (guidance) is refused before any work, naming it."""
+    mine = CodecConfig(model="tiny", device="cpu", k=3)
+    res = run_sweep(_opts(folder, tmp_path / "remote", server=server.last_endpoint, config=mine, given=("k",)))
+    assert res.rows_computed == 4 and res.rows_failed == 0
+    local = run_sweep(_opts(folder, tmp_path / "local", config=SERVER_CFG.replace(k=3)))
+    remote_rows, local_rows = _rows(tmp_path / "remote"), _rows(tmp_path / "local")
+    assert remote_rows.keys() == local_rows.keys() and {k[3] for k in remote_rows} == {"k3,m1,snr,rescale"}
+    for key, r in remote_rows.items():
+        assert (r["n_steps"], r["unet_calls"]) == (local_rows[key]["n_steps"], local_rows[key]["unet_calls"])
+        assert abs(float(r["psnr"]) - float(local_rows[key]["psnr"])) < 0.05, key
+    requests0 = server.counters["requests"]
+    with pytest.raises(SweepError, match=r"proposed \(k2,m1,snr,rescale\) needs codec settings the server at .* "
+                                         r"does not run and a request cannot set: guidance=3.0 \(server: 6.0\)"):
+        run_sweep(_opts(folder, tmp_path / "g", server=server.last_endpoint,
+                        config=CodecConfig(model="tiny", device="cpu", guidance=3.0), given=("guidance", "seed")))
+    assert server.counters["requests"] == requests0  # its status only: no encode or decode
 
 
 def test_methods_a_server_cannot_run_are_refused_before_any_work(server, folder, tmp_path):

@@ -32,16 +32,16 @@ import zmq
 
 from ..codec import CodecError, Decoded, Encoded, ImageError, LatentMeta, load_rgb
 from ..codec.core import _default_name
-from ..config import CodecConfig
+from ..config import SERVER_FIELDS, CodecConfig
 from . import protocol as P
 from .backend import Backend, BackendError
 from .security import CurveClient
 
 log = logging.getLogger(__name__)
 
-#: Codec settings that the server applies and a client should agree with.
-SERVER_SIDE_FIELDS = ("k", "m", "T", "rule", "rescale", "steps", "guidance", "prompt", "forward", "clean_end",
-                      "inversion", "inversion_iters")
+#: Codec settings that the server applies and a client should agree with (the model is the server's
+#: by definition; the seed seeds only a random-forward server's noise, the client's is its channel's)
+SERVER_SIDE_FIELDS = tuple(f for f in SERVER_FIELDS if f not in ("model", "seed"))
 MAX_BACKOFF_MS = 2000.0  # longest wait between busy/unavailable retries
 
 

@@ -62,7 +62,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..codec import Failed, GenerativeCodec, LatentMeta, latent_from_symbols, symbols_from_latent
-from ..config import CodecConfig, bcr_text
+from ..config import SERVER_FIELDS, CodecConfig, bcr_text, server_mismatch  # noqa: F401 - SERVER_FIELDS re-exported
 from ..sim import channel_rng, snr_tag
 
 log = logging.getLogger(__name__)
@@ -228,11 +228,6 @@ class Context:
         return self.config.prompt, "fixed prompt"
 
 
-#: codec settings the server's own apply: a method sent to ``--server`` must share them
-SERVER_FIELDS = ("model", "k", "m", "T", "rule", "rescale", "steps", "guidance", "prompt", "forward", "clean_end",
-                 "inversion", "inversion_iters", "inversion_tol", "seed", "remove_mean", "reduce", "reduce_method")
-
-
 class ServerCodecs:
     """The codec of a ``gdmcom serve`` process for the sweep (``gdmcom sweep --server``).
 
@@ -269,8 +264,7 @@ class ServerCodecs:
         """``field=value (server: value)`` for each setting of ``config`` that neither the server
         runs nor a request can set."""
         carried = {k for names in self.per_request.values() for k in names}
-        return [f"{k}={getattr(config, k)!r} (server: {getattr(self.config, k)!r})" for k in SERVER_FIELDS
-                if k not in carried and getattr(config, k) != getattr(self.config, k)]
+        return server_mismatch(config, vars(self.config), carried)
 
     def codec(self, config: CodecConfig):
         from ..bridge.backend import BackendCodec

@@ -104,8 +104,9 @@ def register(sub) -> None:
     s.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     s.add_argument("--server", default="local",
                    help="'local' (the model in this process) or the ZMQ endpoint(s) of `gdmcom serve`: the "
-                        "paper's method runs there at the server's codec settings, the digital baseline and "
-                        "the metrics here (docs/evaluation.md) [default=%(default)r]")
+                        "paper's method runs there at the server's codec settings but the codec options given "
+                        "here, the digital baseline and the metrics here (docs/evaluation.md) "
+                        "[default=%(default)r]")
     add_codec_args(s, many_bcr=True)
     s.set_defaults(func=cmd_sweep)
 
@@ -134,7 +135,8 @@ def cmd_sweep(args) -> int:
                             digital_codec=args.digital_codec, digital_mcs=args.digital_mcs, jobs=args.jobs,
                             calibration=args.calibration, metrics=args.metrics,
                             plots=args.plots, grid_images=args.grid_images, progress=args.progress,
-                            argv=["gdmcom"] + sys.argv[1:], server=args.server)
+                            argv=["gdmcom"] + sys.argv[1:], server=args.server,
+                            given=tuple(sorted(getattr(args, "given", ()))))
         with _sigterm_interrupts():
             res = run_sweep(opts)
     except (SweepError, ValueError) as exc:

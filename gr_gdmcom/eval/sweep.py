@@ -40,10 +40,10 @@ import numpy as np
 
 from ..codec import Failed
 from ..codec.images import ImageError, load_rgb
-from ..config import CodecConfig, bcr_text
+from ..config import CodecConfig, bcr_text, config_for_server
 from . import learned as learned_mod
 from . import report
-from .baselines import (METHODS, SERVER_FIELDS, Context, Method, Rx, ServerCodecs, Tx, build_methods,
+from .baselines import (METHODS, Context, Method, Rx, ServerCodecs, Tx, build_methods,
                         digital_unavailable, load_captions, parse_methods, remote_problem)
 from .metrics import ms_ssim, psnr
 
@@ -85,8 +85,12 @@ class SweepOptions:
     progress: bool = True
     argv: Optional[List[str]] = None
     #: ``local`` (the model in this process) or the endpoint(s) of ``gdmcom serve``, whose
-    #: codec settings then apply (docs/evaluation.md, "The codec on an inference server")
+    #: codec settings then apply where ``given`` does not name them (docs/evaluation.md,
+    #: "The codec on an inference server")
     server: str = "local"
+    #: the codec options the command line gave (``gr_gdmcom.cli.given_options``): with
+    #: ``server``, these of ``config`` hold and the rest are the server's
+    given: Sequence[str] = ()
 
 
 @dataclass
@@ -280,7 +284,7 @@ def run_sweep(opts: SweepOptions, components=None) -> SweepResult:
     captions = load_captions(opts.captions) if opts.captions else {}
     remote = None
     if opts.server not in ("", "local"):
-        cfg, remote = connect_server(opts.server, cfg)
+        cfg, remote = connect_server(opts.server, cfg, opts.given)
     ctx = Context(config=cfg, components=components, captions=captions, semcom_t=opts.semcom_t,
                   digital_codec=opts.digital_codec, digital_mcs=opts.digital_mcs, jobs=max(1, int(opts.jobs)),
                   calibration=str(opts.calibration) if opts.calibration else None, remote=remote)
@@ -427,12 +431,15 @@ def run_sweep(opts: SweepOptions, components=None) -> SweepResult:
                        files=list(files_written.values()))
 
 
-def connect_server(server: str, cfg: CodecConfig) -> Tuple[CodecConfig, ServerCodecs]:
-    """The sweep's configuration with the server's codec settings, and the server's codecs.
+def connect_server(server: str, cfg: CodecConfig, given=()) -> Tuple[CodecConfig, ServerCodecs]:
+    """The sweep's configuration against a server, and the server's codecs.
 
-    Device, dtype, batch size and image limits stay this side's (the learned metrics run
-    here); a server-side setting given here that differs is reported and the server's used.
-    Raises SweepError when no server answers or its status has no configuration.
+    The server's codec settings apply where ``given`` (the options the command line set) does
+    not name them; device, dtype, batch size and image limits stay this side's (the learned
+    metrics run here).  A given setting that differs travels with each request where a request
+    can carry it (k, m, steps, rescale); otherwise the methods that need it are refused
+    (:func:`remote_problem`).  Raises SweepError when no server answers or its status has no
+    configuration.
     """
     from ..cli import check_server
     from ..codec import ModelLoadError
@@ -445,18 +452,17 @@ def connect_server(server: str, cfg: CodecConfig) -> Tuple[CodecConfig, ServerCo
     if not isinstance(theirs, dict):
         raise SweepError(f"the server at {server.partition('?')[0]} does not report its codec configuration "
                          f"(status has no 'config'); is it gdmcom serve?")
-    known = {k: theirs[k] for k in SERVER_FIELDS if k in theirs}
-    mine = {k: getattr(cfg, k) for k in known}
-    diff = [f"{k}={known[k]!r} (this command's: {mine[k]!r})" for k in known if known[k] != mine[k]]
     try:
-        merged = cfg.replace(**known).validate()
-    except (TypeError, ValueError) as exc:
-        raise SweepError(f"the server's codec configuration is not one this version reads: {exc}") from None
-    if diff:
-        log.warning("the server's codec settings apply where this command's differ: %s", ", ".join(diff))
+        merged, taken = config_for_server(cfg, theirs, given)
+        servers = config_for_server(cfg, theirs)[0]
+    except ValueError as exc:
+        raise SweepError(str(exc)) from None
+    if taken:
+        log.warning("codec settings of the server at %s (not given here): %s", server.partition("?")[0],
+                    ", ".join(taken))
     log.info("codec on %s: %s on %s (%s), gdmcom %s", server.partition("?")[0], status.get("model"),
              status.get("device"), status.get("dtype"), status.get("version"))
-    return merged, ServerCodecs(server, status, merged, concurrency=max(1, cfg.batch_size))
+    return merged, ServerCodecs(server, status, servers, concurrency=max(1, cfg.batch_size))
 
 
 def _progress(total: int, enabled: bool):
