@@ -90,9 +90,11 @@ def test_options_the_command_gave_hold_and_the_rest_are_the_servers(server, fold
         assert abs(float(r["psnr"]) - float(local_rows[key]["psnr"])) < 0.05, key
     requests0 = server.counters["requests"]
     with pytest.raises(SweepError, match=r"proposed \(k2,m1,snr,rescale\) needs codec settings the server at .* "
-                                         r"does not run and a request cannot set: guidance=3.0 \(server: 6.0\)"):
+                                         r"does not run and a request cannot set: guidance=3.0 \(server: 6.0\); start"):
+        # (a seed seeds this side's channel: given and different, it is not the server's business)
         run_sweep(_opts(folder, tmp_path / "g", server=server.last_endpoint,
-                        config=CodecConfig(model="tiny", device="cpu", guidance=3.0), given=("guidance", "seed")))
+                        config=CodecConfig(model="tiny", device="cpu", guidance=3.0, seed=7),
+                        given=("guidance", "seed")))
     assert server.counters["requests"] == requests0  # its status only: no encode or decode
 
 
