@@ -227,3 +227,11 @@ def test_replica_killed_under_16_clients_loses_and_duplicates_nothing(gateway, r
         i, j = map(int, rid[1:].split("-"))
         ref = rcodec.decode(noisy(renc, 100 * i + j), renc.meta, 5.0).image
         assert np.abs(image.astype(int) - ref).max() <= 2, rid  # batched arithmetic: rounding only
+
+
+def test_the_gateway_reads_a_replica_config_with_fields_it_does_not_know():
+    """A replica of a later version may report codec settings this gateway has no field for: the
+    gateway's view of the configuration (what it checks request settings against) skips them."""
+    gw = RayGateway.__new__(RayGateway)  # no Ray: only the configuration from a replica's info
+    gw.info = {"config": {**vars(CodecConfig(model="tiny", k=3)), "a_later_setting": 1}}
+    assert gw._codec_config() == CodecConfig(model="tiny", k=3)

@@ -356,8 +356,9 @@ class RayGateway(InferenceServer):
         return f"{self.info['model']} on Ray Serve ({self.info['device']} replicas)"
 
     def _codec_config(self) -> CodecConfig:
-        if getattr(self, "_config", None) is None:
-            self._config = CodecConfig(**self.info["config"])
+        if getattr(self, "_config", None) is None:  # (fields a replica of another version adds: not ours)
+            ours = {f.name for f in dataclasses.fields(CodecConfig)}
+            self._config = CodecConfig(**{k: v for k, v in self.info["config"].items() if k in ours})
         return self._config
 
     def _engine_status(self) -> dict:
