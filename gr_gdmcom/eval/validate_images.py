@@ -117,8 +117,8 @@ def tied_with_best(rows: Sequence[dict], snr: float) -> dict:
 def section(res: dict) -> str:
     rows, snrs = res["rows"], res["snrs"]
     L = [BEGIN, "", "## 6. Real pictures: held-out photographs through the `patch-gmm` prior", "",
-         f"Regenerate this section with `{COMMAND}` (it replaces only this section; "
-         f"{res['seconds']:.0f} s here). Model `{res['model']}` ([codec/patch_gmm.py](../gr_gdmcom/codec/patch_gmm.py)): "
+         f"Regenerate this section with `{COMMAND}` (it replaces only this section; it prints its run "
+         f"time). Model `{res['model']}` ([codec/patch_gmm.py](../gr_gdmcom/codec/patch_gmm.py)): "
          f"a PCA block \"VAE\" (4 numbers per 8 x 8 RGB block, BCR 1/96) and a {res['K']}-component Gaussian "
          f"mixture of {res['tile'][0]} x {res['tile'][1]}-position latent tiles ({8 * res['tile'][0]} x "
          f"{8 * res['tile'][1]} pixels) fitted to the photographs bundled with scikit-image, matplotlib and "

@@ -143,7 +143,7 @@ def section(res: dict, figure: Optional[str] = None) -> str:
     snrs, rs = res["snrs"], res["reductions"]
     L = [BEGIN, "", "## 7. Beyond the paper: latent rate–distortion below BCR 1/96", "",
          f"Regenerate this section with `{COMMAND}` (it replaces only this section and writes "
-         f"`{FIGURE.as_posix()}`; {res['seconds']:.0f} s here). Model `{res['model']}`, {res['samples']} latents "
+         f"`{FIGURE.as_posix()}`; it prints its run time). Model `{res['model']}`, {res['samples']} latents "
          f"(seed {res['seed']}), k = 5, T = 50, `snr` rule, numpy AWGN with the receiver told the true SNR, mean "
          f"removal {'on' if res['remove_mean'] else 'off'}. The transmitter sends `A z_k` for a reduction `A` with "
          "orthonormal rows (subset, pool, dct; docs/rate.md); the receiver samples the whole latent with the "
