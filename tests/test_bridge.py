@@ -252,6 +252,36 @@ def test_four_concurrent_clients_are_batched(serve, client, enc, bcodec):
         assert np.abs(d.image.astype(int) - ref).max() <= 2
 
 
+def test_interleaved_encodes_and_decodes_fill_their_own_batches(serve, client, enc, small):
+    """Four transmitters' encodes and four receivers' decodes arriving together, in whatever order:
+    two codec calls (one of each op), where stopping at the first request of the other op made a
+    batch per change of op (up to 8 here)."""
+    srv = serve(max_batch=4, max_wait_ms=500)
+    clients = [client(srv.last_endpoint, timeout_ms=20000) for _ in range(8)]
+    barrier, out = threading.Barrier(8), {}
+
+    def run(i):
+        for j in range(2):  # the first round lets the server see 8 active clients (then it waits to fill)
+            barrier.wait(timeout=30)
+            if j == 1:
+                time.sleep(0.002 * (i % 4))  # encodes and decodes interleave in the queue
+            out[i, j] = (clients[i].encode(small, f"i{i}") if i % 2 else
+                         clients[i].decode(noisy(enc, i), enc.meta, 10.0))
+            if j == 0:
+                barrier.wait(timeout=30)
+                if i == 0:
+                    out["before"] = clients[0].status()["batches"]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    st = clients[0].status()
+    assert st["served"] == 16 and st["batches"] - out["before"] == 2
+    assert sorted(out[i, 1].record["server"]["batch"] for i in range(8)) == [4] * 8
+
+
 # ---------------------------------------------------------------------- bad input
 BAD = {
     "garbage bytes": (lambda e: [b"\xff\xfe\x00 not json at all"], P.BAD_JSON),

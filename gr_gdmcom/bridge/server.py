@@ -14,15 +14,16 @@ Two threads::
   being computed is attached to it (the reply goes to the latest sender), and
   a retry of a request answered in the last ``reply_ttl_s`` seconds gets the
   stored reply; neither computes twice.
-* The **worker thread** takes the first queued request and all queued ones
-  of the same op, up to ``max_batch``; when more than one client has been
+* The **worker thread** takes the first queued request and the queued ones
+  of the same op, up to ``max_batch`` (requests of the other op met on the way
+  are set aside, up to ``max_batch`` of them, and start the next batch); when more than one client has been
   active in the last ``PEER_WINDOW_S`` seconds it waits at most
   ``max_wait_ms`` (counted from the first request's arrival) for the batch
   to fill (a lone client waiting for each reply cannot add to its own
   batch, so it never waits).  The batch is one ``encode_many`` /
   ``decode_many`` call (one UNet call per step for the whole batch).
 
-Memory is bounded: at most ``max_queue + max_batch + 1`` requests of at most
+Memory is bounded: at most ``max_queue + 2 max_batch + 1`` requests of at most
 ``max_request_bytes`` each are held, plus the reply store
 (``reply_cache_bytes``).  ``docs/server.md`` has the operations side.
 """
@@ -519,35 +520,39 @@ class InferenceServer:
         self._wake()
 
     def _worker_loop(self) -> None:
-        pending: Optional[_Job] = None  # a job of the other op, first of the next batch
+        held: Deque[_Job] = collections.deque()  # jobs of the other op set aside, in arrival order
         while not self._stopping.is_set():
-            if pending is not None:
-                first, pending = pending, None
+            if held:
+                first = held.popleft()
             else:
                 try:
                     first = self._queue.get(timeout=0.1)
                 except queue.Empty:
                     continue
-            batch = [first]
+            batch, other = [first], collections.deque()
+            while held:  # set-aside jobs of this op join first (they arrived before anything queued)
+                job = held.popleft()
+                (batch if job.req.op == first.req.op and len(batch) < self.options.max_batch else other).append(job)
+            held = other
             wait_s = self.options.max_wait_ms / 1000.0 if self._active_peers > 1 else 0.0
             deadline = first.t_recv + wait_s
-            while len(batch) < self.options.max_batch:
+            # jobs of the other op are set aside for the next batch (at most max_batch of them, which
+            # bounds what is held outside the queue) rather than ending this one: with encodes and
+            # decodes interleaved (transmitters and receivers on one server) batches stay full
+            while len(batch) < self.options.max_batch and len(held) < self.options.max_batch:
                 remaining = deadline - time.monotonic()
                 try:
                     job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if job.req.op != first.req.op:
-                    pending = job
-                    break
-                batch.append(job)
+                (batch if job.req.op == first.req.op else held).append(job)
             if self._stopping.is_set():
                 for job in batch:
                     self._post(job, self._unavailable(job.req), "unavailable")
                 break
             self._run_batch(batch)
-        if pending is not None:
-            self._post(pending, self._unavailable(pending.req), "unavailable")
+        for job in held:
+            self._post(job, self._unavailable(job.req), "unavailable")
 
     def _step_loop(self) -> None:
         """Worker of ``scheduling="step"``: admit while slots are free, then one UNet step for all
