@@ -2,7 +2,9 @@
 
 Every request is a decode of one encoded image at an SNR drawn uniformly from
 ``--snr-min``..``--snr-max`` dB (AWGN added to its symbols), so the receiver's
-N differs from request to request.  Both servers run in this process on
+N differs from request to request.  ``--mix link`` makes every other request
+an encode of a differently cropped picture instead (what a server shared by
+transmitters and receivers sees).  Both servers run in this process on
 loopback with the same codec, ``--max-batch`` and the same requests.
 
 1. **Capacity** of each scheduling: all ``--requests`` sent at once (a
@@ -29,6 +31,7 @@ Usage::
     python benchmarks/bench_serving.py                      # tiny model, CPU, 64 x 64, 48 requests
     python benchmarks/bench_serving.py --device cuda --model sd15-random --size 512 --max-batch 8
     python benchmarks/bench_serving.py --engine ray         # the same through Ray Serve replicas
+    python benchmarks/bench_serving.py --mix link           # half the requests encodes
 """
 
 from __future__ import annotations
@@ -96,7 +99,8 @@ def run_load(make_server, config, scheduling, items, arrivals, max_batch, client
         return local.b
 
     def one(i, t_arrive):
-        out[i] = backend().decode(*items[i])
+        op, args = items[i]
+        out[i] = getattr(backend(), op)(*args)
         done_at[i] = time.monotonic()
         lat[i] = done_at[i] - t_arrive
 
@@ -120,7 +124,7 @@ def run_load(make_server, config, scheduling, items, arrivals, max_batch, client
             b.close()
         srv.stop(timeout=30)
     return dict(images=len(items), seconds=max(done_at) - t0, cpu=cpu, latencies=lat, calls=st["model_calls"],
-                served=st["served"], outputs=[d.image for d in out])
+                served=st["served"], outputs=out)
 
 
 def _row(name, r):
@@ -153,6 +157,10 @@ def main(argv=None) -> int:
     p.add_argument("--max-batch", type=int, default=4, help="server --max-batch [default=%(default)r]")
     p.add_argument("--load", type=float, default=0.8,
                    help="Poisson arrival rate as a fraction of the batch-at-a-time capacity [default=%(default)r]")
+    p.add_argument("--mix", choices=("decode", "link"), default="decode",
+                   help="decode: every request a decode (the receivers of many links); link: each image's encode "
+                        "and its decode as two requests, in random order (a server shared by transmitters and "
+                        "receivers: half the requests run a VAE encode and k inversion steps) [default=%(default)r]")
     p.add_argument("--snr-min", type=float, default=0.0)
     p.add_argument("--snr-max", type=float, default=20.0)
     p.add_argument("--rounds", type=int, default=3,
@@ -187,19 +195,26 @@ def main(argv=None) -> int:
     items = []
     for s in snrs:
         noise = (rng.standard_normal(n) + 1j * rng.standard_normal(n)) * np.sqrt(10 ** (-s / 10) / 2)
-        items.append(((enc.symbols + noise).astype(np.complex64), enc.meta, float(s)))
-    ns = [codec.step_choice(s, enc.meta).n_steps for s in snrs]
+        items.append(("decode", ((enc.symbols + noise).astype(np.complex64), enc.meta, float(s))))
+    if args.mix == "link":  # every other request an encode of a differently cropped/flipped picture
+        pic = np.asarray(img.convert("RGB").resize((args.size + 16, args.size + 16)))
+        for i in range(0, len(items), 2):
+            dy, dx = rng.integers(0, 17, 2)
+            crop = pic[dy:dy + args.size, dx:dx + args.size][:, ::(1 if i % 4 else -1)].copy()
+            items[i] = ("encode", (crop, f"img{i}"))
+    ns = [codec.step_choice(s, enc.meta).n_steps for (op, _), s in zip(items, snrs) if op == "decode"]
     cfg = codec.config
     print(f"# {args.model} on {codec.c.device}, {args.size}x{args.size} (latent {enc.meta.latent_shape}), "
           f"k={cfg.k} m={cfg.m} T={cfg.T} guidance {cfg.guidance}, SNR U({args.snr_min:g}, {args.snr_max:g}) dB "
-          f"-> N {min(ns)}..{max(ns)} (mean {statistics.mean(ns):.1f}), {args.requests} decode requests, "
+          f"-> N {min(ns)}..{max(ns)} (mean {statistics.mean(ns):.1f}), {args.requests} requests "
+          f"({sum(op == 'encode' for op, _ in items)} encodes, the rest decodes), "
           f"max_batch {args.max_batch}, engine {args.engine}, torch threads {torch.get_num_threads()}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (other work on the machine slows both alike)")
 
     t_warm = time.monotonic()
     if args.compile_mode:  # every batch size a server call can have (CFG doubles it in the UNet)
         for b in range(1, args.max_batch + 1):
-            codec.decode_many(items[:b])
+            codec.decode_many([a for op, a in items if op == "decode"][:b])
     run_load(make, codec.config, "step", items[:4], [0.0] * 4, args.max_batch)  # warm-up: not counted
     print(f"# warm-up {time.monotonic() - t_warm:.0f} s (not counted)")
     runs: dict = {"batch": [], "step": []}
@@ -229,10 +244,12 @@ def main(argv=None) -> int:
     print(head)
     for s in ("batch", "step"):
         print(_row(s, load[s]))
-    diff = max(int(np.abs(a.astype(int) - b.astype(int)).max())
-               for r in (cap, load) for a, b in zip(r["batch"]["outputs"], r["step"]["outputs"]))
+    pairs = [(a, b) for r in (cap, load) for a, b in zip(r["batch"]["outputs"], r["step"]["outputs"])]
+    diff = max(int(np.abs(a.image.astype(int) - b.image.astype(int)).max()) for a, b in pairs if hasattr(a, "image"))
+    sym = max((float(np.abs(a.symbols - b.symbols).max()) for a, b in pairs if hasattr(a, "symbols")), default=None)
     p95 = {s: np.percentile(load[s]["latencies"], 95) for s in load}
-    print(f"\nsame outputs: largest grey-level difference step vs batch {diff} (of 255)")
+    print(f"\nsame outputs: largest grey-level difference step vs batch {diff} (of 255)"
+          + (f", largest symbol difference {sym:.2g} (unit energy)" if sym is not None else ""))
     print(f"p95 latency at {args.load:g} x capacity: step {p95['step'] * 1e3:.0f} ms vs batch "
           f"{p95['batch'] * 1e3:.0f} ms ({p95['step'] / p95['batch']:.2f}x)")
     if all(cap[s]["calls"] for s in cap):
