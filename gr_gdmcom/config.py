@@ -151,8 +151,8 @@ def config_for_server(config: CodecConfig, server_config: dict, given=()) -> "tu
     command line set (:func:`gr_gdmcom.cli.given_options`).  A setting of :data:`SERVER_FIELDS`
     the command did not give takes the server's value; one it gave stays (a request carries
     k, m, steps and rescale; what it cannot carry the caller refuses).  Returns the merged
-    configuration and ``name=server's (default here)`` for each setting taken from the server
-    that differs from this side's default.  Raises ValueError when the server's values are not
+    configuration and ``name=server's (here: this side's)`` for each setting taken from the
+    server that differs from ``config``'s.  Raises ValueError when the server's values are not
     a configuration this version reads.
     """
     given = {_OPTION_FIELDS.get(g, g) for g in given}

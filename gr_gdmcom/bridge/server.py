@@ -15,12 +15,12 @@ Two threads::
   a retry of a request answered in the last ``reply_ttl_s`` seconds gets the
   stored reply; neither computes twice.
 * The **worker thread** takes the first queued request and the queued ones
-  of the same op, up to ``max_batch`` (requests of the other op met on the way
-  are set aside, up to ``max_batch`` of them, and start the next batch); when more than one client has been
-  active in the last ``PEER_WINDOW_S`` seconds it waits at most
-  ``max_wait_ms`` (counted from the first request's arrival) for the batch
-  to fill (a lone client waiting for each reply cannot add to its own
-  batch, so it never waits).  The batch is one ``encode_many`` /
+  of the same op, up to ``max_batch`` (requests of the other op met on the
+  way are set aside, up to ``max_batch`` of them, and start the next batch);
+  when more than one client has been active in the last ``PEER_WINDOW_S``
+  seconds it waits at most ``max_wait_ms`` (counted from the first request's
+  arrival) for the batch to fill (a lone client waiting for each reply cannot
+  add to its own batch, so it never waits).  The batch is one ``encode_many`` /
   ``decode_many`` call (one UNet call per step for the whole batch).
 
 Memory is bounded: at most ``max_queue + 2 max_batch + 1`` requests of at most

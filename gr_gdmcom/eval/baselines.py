@@ -62,7 +62,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..codec import Failed, GenerativeCodec, LatentMeta, latent_from_symbols, symbols_from_latent
-from ..config import SERVER_FIELDS, CodecConfig, bcr_text, server_mismatch  # noqa: F401 - SERVER_FIELDS re-exported
+from ..config import CodecConfig, bcr_text, server_mismatch
 from ..sim import channel_rng, snr_tag
 
 log = logging.getLogger(__name__)
