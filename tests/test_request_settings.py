@@ -213,3 +213,24 @@ def test_gdmcom_simulate_on_a_server_runs_the_servers_settings_but_the_options_g
         f"them: guidance=2.0 (server: 6.0); drop those options or start a server with them (gdmcom serve "
         f"takes the same codec flags)")
     assert server.counters["requests"] == served
+
+
+def test_a_receiver_is_warned_only_about_the_settings_its_decodes_use(server, codecs, small, caplog):
+    """A client that only decodes (a GNU Radio sink) with another guidance and reduction than the
+    server's: a decode takes them from the image's metadata, so no warning; its first encode warns
+    about the transmitter's settings, once each."""
+    import logging
+
+    from gr_gdmcom.bridge.client import OP_FIELDS, SERVER_SIDE_FIELDS
+
+    assert set(SERVER_SIDE_FIELDS) == set(OP_FIELDS["encode"]) | set(OP_FIELDS["decode"])
+    enc = codecs["server"].encode(small, name="small")
+    mine = SERVER.replace(guidance=2.0, reduce=2, remove_mean=False)
+    with caplog.at_level(logging.WARNING, logger="gr_gdmcom.bridge.client"):
+        with RemoteBackend(server.last_endpoint, mine, timeout_ms=60000) as c:
+            c.decode(_noisy(enc, 1), enc.meta, 12.0)
+            assert "applies" not in caplog.text
+            c.encode(small, "small")
+            c.encode(small, "small")
+    warned = [r.getMessage() for r in caplog.records if "the server's applies" in r.getMessage()]
+    assert [w.split(" uses ")[1].split("=")[0] for w in warned] == ["guidance", "remove_mean", "reduce"]

@@ -42,6 +42,13 @@ log = logging.getLogger(__name__)
 #: Codec settings that the server applies and a client should agree with (the model is the server's
 #: by definition; the seed seeds only a random-forward server's noise, the client's is its channel's)
 SERVER_SIDE_FIELDS = tuple(f for f in SERVER_FIELDS if f not in ("model", "seed"))
+#: Of those, what each op uses (a decode takes k, T, guidance, prompt and the reduction from the
+#: image's metadata, but the server checks T against its own): a difference is a warning at the
+#: first request of an op that uses it (a receiver is not warned about the transmitter's settings)
+OP_FIELDS = {"encode": ("k", "T", "guidance", "prompt", "forward", "clean_end", "inversion", "inversion_iters",
+                        "inversion_tol", "remove_mean", "reduce", "reduce_method"),
+             "decode": ("m", "T", "rule", "rescale", "steps", "clean_end", "inversion", "inversion_iters",
+                        "inversion_tol")}
 MAX_BACKOFF_MS = 2000.0  # longest wait between busy/unavailable retries
 
 
@@ -96,6 +103,9 @@ class RemoteBackend(Backend):
         self._check_lock = threading.Lock()
         #: per op, this side's settings the server takes per request where they differ from its own
         self._carried: Dict[str, dict] = {}
+        #: settings that differ from the server's and no request carries: name -> (server's, this side's)
+        self._uncarried: Dict[str, tuple] = {}
+        self._warned: set = set()  # of those, the names already warned about
         self._rng = random.Random()
         #: requests, retries (re-sends), timeouts, busy, unavailable, stale (replies dropped for a wrong id)
         self.stats = dict(requests=0, retries=0, timeouts=0, busy=0, unavailable=0, stale=0)
@@ -300,14 +310,31 @@ class RemoteBackend(Backend):
         """What a request carries: the caller's ``settings``, else this side's own where the
         server takes them per request and differs (read from its ``status`` once)."""
         self._check_config()
+        self._warn_uncarried(op)
         return settings if settings is not None else (self._carried.get(op) or None)
+
+    def _warn_uncarried(self, op: str) -> None:
+        """A warning for each setting ``op`` uses that differs from the server's and no request
+        can carry (the server's applies), once per setting."""
+        todo = [k for k in OP_FIELDS.get(op, ()) if k in self._uncarried and k not in self._warned]
+        if not todo:
+            return
+        with self._check_lock:
+            where = ",".join(self.endpoints)
+            for key in todo:
+                if key not in self._warned:
+                    self._warned.add(key)
+                    theirs, mine = self._uncarried[key]
+                    log.warning("server %s uses %s=%r but this side's configuration says %r; the server's applies",
+                                where, key, theirs, mine)
 
     def _check_config(self) -> None:
         """Once, before the first encode/decode: compare this client's configuration with the
         server's.  Settings a request may carry (protocol ``settings``: k; m, steps, rescale) that
-        differ go with every request; others are logged as warnings (the server's apply).  A
-        server that does not answer raises :class:`BackendError` (the request would fail too),
-        and the check is tried again with the next request."""
+        differ go with every request; others are warnings (the server's apply) at the first
+        request of an op that uses them (:data:`OP_FIELDS`).  A server that does not answer
+        raises :class:`BackendError` (the request would fail too), and the check is tried again
+        with the next request."""
         if self._checked:
             return
         with self._check_lock:
@@ -332,8 +359,7 @@ class RemoteBackend(Backend):
                     log.info("server %s runs %s=%r; this side's %r goes with each %s request", where, key,
                              server_cfg[key], mine[key], "/".join(ops))
                 else:
-                    log.warning("server %s uses %s=%r but this side's configuration says %r; the server's applies",
-                                where, key, server_cfg[key], mine[key])
+                    self._uncarried[key] = (server_cfg[key], mine[key])
             self._checked = True
 
 
