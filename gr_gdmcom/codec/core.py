@@ -51,6 +51,18 @@ class CodecError(ValueError):
     """Bad input to the codec; the message names the item and the problem."""
 
 
+def to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """A CPU tensor on ``device`` without blocking the host.  A copy to CUDA from pageable memory
+    waits for every kernel already queued there (PyTorch's ``non_blocking`` has no effect unless
+    the source is pinned), so a step loop that sends each step's timesteps would never run ahead
+    of the GPU; the copy goes through pinned memory instead (PyTorch's caching host allocator keeps
+    it until the copy is done).  Other devices: a plain ``to``."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def prompt_hash(prompt: str) -> int:
     """CRC-32 of the UTF-8 prompt: what the frame header carries instead of the text."""
     return zlib.crc32(prompt.encode("utf-8")) & 0xFFFFFFFF
@@ -319,20 +331,20 @@ class GenerativeCodec:
         if L == 0:
             return x
         # Every step's (t, a_from, a_to) and the active items' indices go to the device once,
-        # without waiting for it: a tensor built from a list per step would block the host until
-        # the GPU has drained its queue, so kernel launches could never run ahead of the GPU.
+        # without waiting for it (to_device): a tensor built from a list per step would block the
+        # host until the GPU has drained its queue, so kernel launches could never run ahead of it.
         table = torch.zeros((L, B, 3), dtype=torch.float32)
         for b, p in enumerate(paths):
             if p:
                 table[L - len(p):, b] = torch.tensor(p, dtype=torch.float32)
-        table = table.to(x.device, non_blocking=True)
+        table = to_device(table, x.device)
         index: dict = {}
         for i in range(L):
             idx = tuple(b for b, p in enumerate(paths) if i >= L - len(p))
             rows = table[i]
             if len(idx) < B:
                 if idx not in index:
-                    index[idx] = torch.tensor(idx, dtype=torch.long).to(x.device, non_blocking=True)
+                    index[idx] = to_device(torch.tensor(idx, dtype=torch.long), x.device)
                 rows = rows.index_select(0, index[idx])
             t, a_from, a_to = rows[:, 0], rows[:, 1].view(-1, 1, 1, 1), rows[:, 2].view(-1, 1, 1, 1)
             if len(idx) == B:

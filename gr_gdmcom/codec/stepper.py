@@ -33,7 +33,7 @@ from typing import Any, Callable, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .core import CodecError, Decoded, Failed, GenerativeCodec
+from .core import CodecError, Decoded, Failed, GenerativeCodec, to_device
 from .images import ImageError, load_rgb, to_tensor, to_uint8
 from .schedule import sampling_path
 
@@ -62,8 +62,8 @@ class _Active:
             self.phase += 1
             self.pos = 0
             if self.phase < len(self.phases) and self.phases[self.phase][0] is not None:
-                scale = torch.tensor([self.phases[self.phase][0]], device=self.x.device).view(-1, 1, 1, 1)
-                self.x = self.x * scale  # as _decode_batch: z * scale before sampling
+                # as _decode_batch: z * scale before sampling (a Python scale: no copy to the device)
+                self.x = self.x * float(self.phases[self.phase][0])
 
     @property
     def done(self) -> bool:
@@ -123,7 +123,7 @@ class StepScheduler:
             codec.stats["failures"] += 1
             return Failed(str(exc), name)
         t0 = time.perf_counter()
-        z0 = c.vae.encode(to_tensor(img).to(c.device, c.dtype)).latent_dist.mode().float() * c.vae_scale
+        z0 = c.vae.encode(to_device(to_tensor(img), c.device).to(c.dtype)).latent_dist.mode().float() * c.vae_scale
         t_vae = time.perf_counter() - t0
 
         def finish(x, req):
@@ -163,7 +163,7 @@ class StepScheduler:
                                        dict(total=time.perf_counter() - t0))
             return Decoded(img, dict(rec, scheduling="step"))
 
-        x = torch.from_numpy(z[None]).to(codec.c.device)
+        x = to_device(torch.from_numpy(z[None]), codec.c.device)
         return self._admit(key, x, phases, (meta.prompt, meta.guidance), finish, decode=True)
 
     def _admit(self, key, x, phases, cond, finish, decode: bool = False):
