@@ -235,3 +235,10 @@ def test_the_gateway_reads_a_replica_config_with_fields_it_does_not_know():
     gw = RayGateway.__new__(RayGateway)  # no Ray: only the configuration from a replica's info
     gw.info = {"config": {**vars(CodecConfig(model="tiny", k=3)), "a_later_setting": 1}}
     assert gw._codec_config() == CodecConfig(model="tiny", k=3)
+
+
+def test_each_replica_holds_four_batches_of_requests():
+    """The encode and the decode batcher each need a batch running or waiting and one filling
+    behind it; with two batches' worth, interleaved encodes and decodes ran in batches of ~1.3
+    (docs/server.md, Ray with transmitters and receivers on one deployment)."""
+    assert RayOptions(replicas=3).deployment_options(max_batch=8)["max_ongoing_requests"] == 32

@@ -235,7 +235,7 @@ def register(sub) -> None:
     ray_.add_argument("--ray-address", default=None,
                       help="join a Ray cluster: auto or ray://HOST:PORT (default: start a local instance)")
     ray_.add_argument("--max-inflight", type=int, default=None,
-                      help="requests at the deployment at once (default: 2 x max-batch per replica)")
+                      help="requests at the deployment at once (default: 4 x max-batch per replica)")
     ray_.add_argument("--ray-metrics-port", type=int, default=0,
                       help="Ray's own Prometheus export port, local instance only (0: Ray's choice) "
                            "[default=%(default)r]")

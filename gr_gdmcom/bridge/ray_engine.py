@@ -63,6 +63,14 @@ REPLICA_FAILURES = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailabl
                     ray.exceptions.WorkerCrashedError)
 
 
+#: Requests at a replica, in batches of ``max_batch``: the encode and the decode batcher each hold a
+#: batch that runs (or waits for the model) and one that fills behind it.  With 2, interleaved
+#: encodes and decodes (transmitters and receivers on one deployment) left each batcher about one
+#: request when its turn came: batches of 1.3 on average instead of 3.3 (benchmarks/bench_serving.py
+#: --engine ray --mix link).
+INFLIGHT_BATCHES = 4
+
+
 @dataclass
 class RayOptions:
     """How the deployment runs (``gdmcom serve --engine ray`` flags of the same names).
@@ -77,7 +85,7 @@ class RayOptions:
         address: None starts a local Ray instance; ``auto`` joins the cluster of this
             host, ``ray://host:port`` a remote one (Ray Client).
         max_inflight: requests the gateway has at the deployment at once (None:
-            ``2 * max_batch`` per replica, at the largest replica count).
+            ``INFLIGHT_BATCHES * max_batch`` per replica, at the largest replica count).
         attempts: tries of one request when its replica dies under it.
         metrics_port: Ray's own Prometheus metrics export port (local instance only; 0: off).
     """
@@ -113,7 +121,7 @@ class RayOptions:
     def deployment_options(self, max_batch: int) -> dict:
         """``Deployment.options(...)`` keyword arguments."""
         opts = dict(ray_actor_options=dict(num_gpus=self.gpus_per_replica, num_cpus=self.cpus_per_replica),
-                    max_ongoing_requests=2 * max_batch)
+                    max_ongoing_requests=INFLIGHT_BATCHES * max_batch)
         if self.max_replicas is not None:
             opts["autoscaling_config"] = dict(min_replicas=1 if self.min_replicas is None else self.min_replicas,
                                               max_replicas=self.max_replicas,
@@ -337,7 +345,7 @@ class RayGateway(InferenceServer):
         self.handle, self.info = handle, info
         self.ray_options = (ray_options or RayOptions()).validate()
         super().__init__(None, bind, **kw)
-        n = self.ray_options.max_inflight or 2 * self.options.max_batch * self.ray_options.most_replicas
+        n = self.ray_options.max_inflight or INFLIGHT_BATCHES * self.options.max_batch * self.ray_options.most_replicas
         self.max_inflight = int(n)
         self._slots = threading.BoundedSemaphore(self.max_inflight)
         self._pool = ThreadPoolExecutor(self.max_inflight, thread_name_prefix="gdmcom-ray")
