@@ -72,6 +72,15 @@ def wait_for(cond, timeout=20.0, what="condition"):
         time.sleep(0.01)
 
 
+def in_threads(run, n, timeout=60):
+    """``run(i)`` for i in 0..n-1, each in its own thread; returns when all are done."""
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+
+
 def rss_bytes():
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -228,11 +237,7 @@ def test_four_concurrent_clients_are_batched(serve, client, enc, bcodec):
             out[i, j] = clients[i].decode(noisy(enc, 10 * i + j), enc.meta, 5.0)
             walls.append(time.monotonic() - t0)
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    in_threads(run, 4)
     st = clients[0].status()
     assert len(out) == 8 and st["requests"] == st["served"] == 8
     assert st["batches"] <= 4 < 8  # 8 requests in at most 4 codec calls (2 rounds of 4 ideally)
@@ -272,11 +277,7 @@ def test_interleaved_encodes_and_decodes_fill_their_own_batches(serve, client, e
                 if i == 0:
                     out["before"] = clients[0].status()["batches"]
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    in_threads(run, 8)
     st = clients[0].status()
     assert st["served"] == 16 and st["batches"] - out["before"] == 2
     assert sorted(out[i, 1].record["server"]["batch"] for i in range(8)) == [4] * 8
