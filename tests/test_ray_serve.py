@@ -242,3 +242,32 @@ def test_each_replica_holds_four_batches_of_requests():
     behind it; with two batches' worth, interleaved encodes and decodes ran in batches of ~1.3
     (docs/server.md, Ray with transmitters and receivers on one deployment)."""
     assert RayOptions(replicas=3).deployment_options(max_batch=8)["max_ongoing_requests"] == 32
+
+
+def test_a_replica_batches_interleaved_encodes_and_decodes_by_op(rcodec, small, renc):
+    """The replica's batch loop (no Ray needed: the class as Serve would hold it): 4 encodes and 4
+    decodes queued alternately run as 2 codec calls of 4, each result the codec's own."""
+    import concurrent.futures
+    import queue
+    import threading
+
+    from gr_gdmcom.bridge.backend import CodecVariants
+    from gr_gdmcom.bridge.ray_engine import CodecReplica
+
+    rep = CodecReplica.__new__(CodecReplica)
+    rep.codec, rep._lock, rep._variants = rcodec, threading.Lock(), CodecVariants(rcodec)
+    rep.max_batch, rep.max_wait_s, rep._jobs, rep._batches, rep.name = 4, 0.5, queue.Queue(), 0, "r"
+    rep._sched = None
+    t0, jobs = time.monotonic(), []
+    for i in range(8):
+        item = (small, f"s{i}") if i % 2 == 0 else (noisy(renc, i), renc.meta, 10.0, None)
+        jobs.append(("encode" if i % 2 == 0 else "decode", item, concurrent.futures.Future(), t0))
+        rep._jobs.put(jobs[-1])
+    threading.Thread(target=rep._batch_loop, daemon=True).start()
+    out = [job[2].result(timeout=60) for job in jobs]
+    assert rep._batches == 2 and [info["batch"] for _, info in out] == [4] * 8
+    for (op, item, _, _), (res, _) in zip(jobs, out):
+        if op == "encode":
+            np.testing.assert_allclose(res.symbols, renc.symbols, atol=1e-4)
+        else:
+            assert np.abs(res.image.astype(int) - rcodec.decode(*item[:3]).image.astype(int)).max() <= 2

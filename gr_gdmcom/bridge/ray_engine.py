@@ -6,12 +6,13 @@
                                      |  handle.encode/decode.remote(...)   (at most max_inflight at once)
                                      v
                         Ray Serve deployment "CodecReplica" x N  (GenerativeCodec unchanged inside;
-                        @serve.batch per replica; replicas restarted by Serve's health checks)
+                        a batch or step loop per replica; replicas restarted by Serve's health checks)
 
 * :class:`CodecReplica` is the deployment: one :class:`~gr_gdmcom.codec.GenerativeCodec`
-  per replica, ``encode``/``decode`` are ``@serve.batch`` methods (``max_batch``,
-  ``max_wait_ms``) that call ``encode_many``/``decode_many`` like the plain
-  server's worker; with ``scheduling="step"`` the gateway calls
+  per replica; ``encode``/``decode`` hand each request to the replica's batch
+  loop, which forms batches as the plain server's worker does (``max_batch``,
+  ``max_wait_ms``, the other op set aside: :func:`~.server.gather_batch`) and
+  calls ``encode_many``/``decode_many``; with ``scheduling="step"`` the gateway calls
   ``encode_step``/``decode_step`` instead, which hand each request to the
   replica's :class:`~gr_gdmcom.codec.stepper.StepScheduler` loop (requests join
   and leave the batched UNet call at every step, as ``gdmcom serve --scheduling
@@ -33,6 +34,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import dataclasses
 import logging
@@ -52,7 +54,7 @@ from ray import serve
 from ..config import CodecConfig
 from . import protocol as P
 from .backend import CodecVariants
-from .server import InferenceServer
+from .server import InferenceServer, gather_batch
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +65,10 @@ REPLICA_FAILURES = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailabl
                     ray.exceptions.WorkerCrashedError)
 
 
-#: Requests at a replica, in batches of ``max_batch``: the encode and the decode batcher each hold a
-#: batch that runs (or waits for the model) and one that fills behind it.  With 2, interleaved
-#: encodes and decodes (transmitters and receivers on one deployment) left each batcher about one
-#: request when its turn came: batches of 1.3 on average instead of 3.3 (benchmarks/bench_serving.py
-#: --engine ray --mix link).
+#: Requests at a replica, in batches of ``max_batch``: while one batch runs, its queue holds the next
+#: batch of each op (encodes and decodes interleave where transmitters and receivers share the
+#: deployment).  With 2, mixed traffic ran in batches of 1.3 on average (then under ``@serve.batch``;
+#: benchmarks/bench_serving.py --engine ray --mix link, docs/server.md).
 INFLIGHT_BATCHES = 4
 
 
@@ -132,7 +133,7 @@ class RayOptions:
 
 
 class CodecReplica:
-    """One replica of the deployment: a :class:`GenerativeCodec` behind two ``@serve.batch`` methods.
+    """One replica of the deployment: a :class:`GenerativeCodec` behind a batch or a step loop.
 
     Args:
         config: :class:`CodecConfig` fields (a dict: plain data crosses processes).
@@ -159,11 +160,9 @@ class CodecReplica:
             apply_speed_options(self.codec.c, **speed)
             if getattr(self.codec.c, "speed", {}).get("compile"):
                 warm_up(self.codec, size=warm_up_size)
-        self._lock = threading.Lock()  # encode and decode batches may overlap in threads; the codec is not thread-safe
+        self._lock = threading.Lock()  # the codec is not thread-safe
         self._variants = CodecVariants(self.codec)  # requests' own settings (protocol ``settings``)
-        for method in (self.encode, self.decode):
-            method.set_max_batch_size(max_batch)
-            method.set_batch_wait_timeout_s(max_wait_ms / 1000.0)
+        self.max_batch, self.max_wait_s = int(max_batch), max_wait_ms / 1000.0
         self.name = serve.get_replica_context().replica_id.unique_id
         self.scheduling = scheduling
         self._jobs: "queue.Queue" = queue.Queue()
@@ -176,9 +175,11 @@ class CodecReplica:
 
             self._sched = StepScheduler(self.codec, max_batch)
             self._stepper = threading.Thread(target=self._step_loop, name="gdmcom-step", daemon=True)
-            self._stepper.start()
-        elif scheduling != "batch":
+        elif scheduling == "batch":
+            self._stepper = threading.Thread(target=self._batch_loop, name="gdmcom-batch", daemon=True)
+        else:
             raise ValueError(f"scheduling must be batch or step, got {scheduling!r}")
+        self._stepper.start()
 
     def info(self) -> dict:
         """What the gateway needs: the protocol limits, model, device, dtype, codec settings."""
@@ -192,8 +193,8 @@ class CodecReplica:
         """Serve's periodic health check: a replica whose codec or step loop is gone is restarted."""
         if self.codec is None:
             raise RuntimeError("codec not loaded")
-        if self._stepper is not None and not self._stepper.is_alive():
-            raise RuntimeError("step loop stopped")
+        if not self._stepper.is_alive():
+            raise RuntimeError(f"{self.scheduling} loop stopped")
 
     def _counts(self) -> Tuple[int, int]:
         """(batches, UNet calls) this replica has run so far: a request's reply carries them from
@@ -201,28 +202,51 @@ class CodecReplica:
         steps = self._sched.stats["iterations"] if self._sched is not None else 0
         return self._batches + steps, int(self.codec.stats["unet_calls"])
 
-    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
-    async def encode(self, items: List[Tuple[bytes, str]]) -> list:
-        return await asyncio.to_thread(self._run, "encode", items)
+    async def encode(self, item: Tuple[bytes, str]) -> tuple:
+        """One encode through the batch loop (``scheduling="batch"``) -> (Encoded | Failed, info)."""
+        return await self._submit("encode", item, "batch")
 
-    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
-    async def decode(self, items: List[tuple]) -> list:
-        return await asyncio.to_thread(self._run, "decode", items)
+    async def decode(self, item: tuple) -> tuple:
+        """One decode through the batch loop (``scheduling="batch"``) -> (Decoded | Failed, info)."""
+        return await self._submit("decode", item, "batch")
 
     async def encode_step(self, item: Tuple[bytes, str]) -> tuple:
         """One encode through the step loop (``scheduling="step"``) -> (Encoded | Failed, info)."""
-        return await self._submit("encode", item)
+        return await self._submit("encode", item, "step")
 
     async def decode_step(self, item: tuple) -> tuple:
         """One decode through the step loop (``scheduling="step"``) -> (Decoded | Failed, info)."""
-        return await self._submit("decode", item)
+        return await self._submit("decode", item, "step")
 
-    async def _submit(self, op: str, item: tuple) -> tuple:
-        if self._stepper is None:
-            raise RuntimeError(f"{op}_step needs a replica deployed with scheduling='step'")
+    async def _submit(self, op: str, item: tuple, scheduling: str) -> tuple:
+        if scheduling != self.scheduling:
+            name = op + ("_step" if scheduling == "step" else "")
+            raise RuntimeError(f"{name} needs a replica deployed with scheduling={scheduling!r}")
         fut: concurrent.futures.Future = concurrent.futures.Future()
-        self._jobs.put((op, item, fut))
+        self._jobs.put((op, item, fut, time.monotonic()))
         return await asyncio.wrap_future(fut)
+
+    def _batch_loop(self) -> None:
+        """Batch scheduling: when the codec is free, the oldest request and the queued ones of its
+        op (up to ``max_batch``, waiting up to ``max_wait_ms`` from its arrival; the other op's set
+        aside for the next batch: :func:`~gr_gdmcom.bridge.server.gather_batch`, as ``gdmcom serve``
+        does) run as one codec call per group of settings.  (Ray's ``@serve.batch`` formed each
+        op's batch 10 ms after its first request, not when the codec was free: behind the other
+        op's batch it stayed small.)"""
+        held: collections.deque = collections.deque()
+        while True:
+            first = held.popleft() if held else self._jobs.get()
+            batch, held = gather_batch(first, held, self._jobs, self.max_batch, first[3] + self.max_wait_s,
+                                       lambda job: job[0])
+            try:
+                results = self._run(first[0], [job[1] for job in batch])
+            except Exception as exc:  # noqa: BLE001 - every request of the batch gets it (the gateway: internal)
+                log.exception("%s batch of %d failed", first[0], len(batch))
+                for job in batch:
+                    job[2].set_exception(exc)
+                continue
+            for job, res in zip(batch, results):
+                job[2].set_result(res)
 
     def _step_loop(self) -> None:
         """Admit while the scheduler has room, then one batched UNet step over every request in
@@ -233,7 +257,7 @@ class CodecReplica:
         sched = self._sched
 
         def submit(job):
-            op, item, fut = job
+            op, item, fut = job[:3]
             key = id(fut)  # unique while the future waits
             self._admitted[key] = self._counts()
             args, codec = self._split(op, item)

@@ -39,7 +39,7 @@ import socket
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Deque, List, Optional, Tuple
+from typing import Any, Callable, Deque, List, Optional, Tuple
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -124,6 +124,30 @@ class ServerOptions:
         if self.scheduling not in SCHEDULING:
             raise ValueError(f"scheduling must be one of {', '.join(SCHEDULING)}, got {self.scheduling!r}")
         return self
+
+
+def gather_batch(first, held: Deque, jobs: "queue.Queue", max_batch: int, deadline: float,
+                 op_of: Callable[[Any], str]) -> Tuple[list, Deque]:
+    """The batch that starts with ``first`` (the worker is free now): jobs of its op set aside
+    earlier (``held``, oldest first), then queued ones until ``max_batch`` or ``deadline``
+    (``time.monotonic()``; past: only what is queued already).  A job of the other op is set aside
+    for the next batch rather than ending this one, at most ``max_batch`` of them (which bounds
+    what is held outside the queue): with encodes and decodes interleaved (transmitters and
+    receivers on one server) batches stay full.  Returns ``(batch, held)``."""
+    op = op_of(first)
+    batch, other = [first], collections.deque()
+    while held:
+        job = held.popleft()
+        (batch if op_of(job) == op and len(batch) < max_batch else other).append(job)
+    held = other
+    while len(batch) < max_batch and len(held) < max_batch:
+        remaining = deadline - time.monotonic()
+        try:
+            job = jobs.get(timeout=remaining) if remaining > 0 else jobs.get_nowait()
+        except queue.Empty:
+            break
+        (batch if op_of(job) == op else held).append(job)
+    return batch, held
 
 
 class InferenceServer:
@@ -529,23 +553,9 @@ class InferenceServer:
                     first = self._queue.get(timeout=0.1)
                 except queue.Empty:
                     continue
-            batch, other = [first], collections.deque()
-            while held:  # set-aside jobs of this op join first (they arrived before anything queued)
-                job = held.popleft()
-                (batch if job.req.op == first.req.op and len(batch) < self.options.max_batch else other).append(job)
-            held = other
             wait_s = self.options.max_wait_ms / 1000.0 if self._active_peers > 1 else 0.0
-            deadline = first.t_recv + wait_s
-            # jobs of the other op are set aside for the next batch (at most max_batch of them, which
-            # bounds what is held outside the queue) rather than ending this one: with encodes and
-            # decodes interleaved (transmitters and receivers on one server) batches stay full
-            while len(batch) < self.options.max_batch and len(held) < self.options.max_batch:
-                remaining = deadline - time.monotonic()
-                try:
-                    job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                (batch if job.req.op == first.req.op else held).append(job)
+            batch, held = gather_batch(first, held, self._queue, self.options.max_batch, first.t_recv + wait_s,
+                                       lambda job: job.req.op)
             if self._stopping.is_set():
                 for job in batch:
                     self._post(job, self._unavailable(job.req), "unavailable")
