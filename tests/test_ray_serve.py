@@ -246,7 +246,8 @@ def test_each_replica_holds_four_batches_of_requests():
 
 def test_a_replica_batches_interleaved_encodes_and_decodes_by_op(rcodec, small, renc):
     """The replica's batch loop (no Ray needed: the class as Serve would hold it): 4 encodes and 4
-    decodes queued alternately run as 2 codec calls of 4, each result the codec's own."""
+    decodes queued alternately run as 2 codec calls of 4, each result the codec's own; a request
+    its caller cancelled is computed with its batch and dropped, and the loop goes on."""
     import concurrent.futures
     import queue
     import threading
@@ -263,9 +264,13 @@ def test_a_replica_batches_interleaved_encodes_and_decodes_by_op(rcodec, small, 
         item = (small, f"s{i}") if i % 2 == 0 else (noisy(renc, i), renc.meta, 10.0, None)
         jobs.append(("encode" if i % 2 == 0 else "decode", item, concurrent.futures.Future(), t0))
         rep._jobs.put(jobs[-1])
-    threading.Thread(target=rep._batch_loop, daemon=True).start()
-    out = [job[2].result(timeout=60) for job in jobs]
-    assert rep._batches == 2 and [info["batch"] for _, info in out] == [4] * 8
+    jobs[3][2].cancel()  # a caller that gave up (Serve cancelled its call): its result is dropped
+    loop = threading.Thread(target=rep._batch_loop, daemon=True)
+    loop.start()
+    out = [job[2].result(timeout=60) for i, job in enumerate(jobs) if i != 3]
+    jobs.pop(3)
+    assert rep._batches == 2 and [info["batch"] for _, info in out] == [4] * 7
+    assert loop.is_alive()  # answering the cancelled request did not stop the loop
     for (op, item, _, _), (res, _) in zip(jobs, out):
         if op == "encode":
             np.testing.assert_allclose(res.symbols, renc.symbols, atol=1e-4)

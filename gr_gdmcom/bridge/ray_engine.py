@@ -132,6 +132,18 @@ class RayOptions:
         return opts
 
 
+def _settle(fut: concurrent.futures.Future, result=None, exc: Optional[BaseException] = None) -> None:
+    """Answer a request's future unless its caller gave up on it (Serve cancelled the call: the
+    future is cancelled, and answering it would raise in the replica's loop and stop it)."""
+    try:
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+    except concurrent.futures.InvalidStateError:
+        log.info("a request was cancelled before its result was ready; result dropped")
+
+
 class CodecReplica:
     """One replica of the deployment: a :class:`GenerativeCodec` behind a batch or a step loop.
 
@@ -243,10 +255,10 @@ class CodecReplica:
             except Exception as exc:  # noqa: BLE001 - every request of the batch gets it (the gateway: internal)
                 log.exception("%s batch of %d failed", first[0], len(batch))
                 for job in batch:
-                    job[2].set_exception(exc)
+                    _settle(job[2], exc=exc)
                 continue
             for job, res in zip(batch, results):
-                job[2].set_result(res)
+                _settle(job[2], res)
 
     def _step_loop(self) -> None:
         """Admit while the scheduler has room, then one batched UNet step over every request in
@@ -267,14 +279,14 @@ class CodecReplica:
         def answer(job, t_admit, res):
             record = getattr(res, "record", None) or {}
             counts = (self._admitted.pop(id(job[2]), (0, 0)), self._counts())
-            job[2].set_result((res, dict(codec_ms=(time.monotonic() - t_admit) * 1e3, batch=record.get("batch", 0),
+            _settle(job[2], (res, dict(codec_ms=(time.monotonic() - t_admit) * 1e3, batch=record.get("batch", 0),
                                          replica=self.name, model_calls=record.get("unet_calls", 0),
                                          counts=counts)))
 
         def fail(jobs, exc):  # answered as the batch path's failures are: the gateway says internal
             for job in jobs:
                 self._admitted.pop(id(job[2]), None)
-                job[2].set_exception(exc)
+                _settle(job[2], exc=exc)
 
         drive(sched, self._jobs, submit, answer, fail, self._lock)
 
