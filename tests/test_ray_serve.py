@@ -244,11 +244,8 @@ def test_each_replica_holds_four_batches_of_requests():
     assert RayOptions(replicas=3).deployment_options(max_batch=8)["max_ongoing_requests"] == 32
 
 
-def test_a_replica_batches_interleaved_encodes_and_decodes_by_op(rcodec, small, renc):
-    """The replica's batch loop (no Ray needed: the class as Serve would hold it): 4 encodes and 4
-    decodes queued alternately run as 2 codec calls of 4, each result the codec's own; a request
-    its caller cancelled is computed with its batch and dropped, and the loop goes on."""
-    import concurrent.futures
+def _batch_replica(codec, max_wait_s):
+    """A replica with batch scheduling as Serve would hold it, without Ray (its loop not started)."""
     import queue
     import threading
 
@@ -256,10 +253,38 @@ def test_a_replica_batches_interleaved_encodes_and_decodes_by_op(rcodec, small, 
     from gr_gdmcom.bridge.ray_engine import CodecReplica
 
     rep = CodecReplica.__new__(CodecReplica)
-    rep.codec, rep._lock, rep._variants = rcodec, threading.Lock(), CodecVariants(rcodec)
-    rep.max_batch, rep.max_wait_s, rep._jobs, rep._batches, rep.name = 4, 0.5, queue.Queue(), 0, "r"
-    rep._sched = None
-    t0, jobs = time.monotonic(), []
+    rep.codec, rep._lock, rep._variants = codec, threading.Lock(), CodecVariants(codec)
+    rep.max_batch, rep.max_wait_s, rep._jobs, rep._batches, rep.name = 4, max_wait_s, queue.Queue(), 0, "r"
+    rep._sched, rep.scheduling = None, "batch"
+    return rep
+
+
+def test_a_lone_clients_request_does_not_wait_for_a_batch(rcodec, small):
+    """The gateway tells the replica whether it has other clients (``wait``): a lone client's
+    request starts at once; otherwise a batch it starts waits up to max_wait_ms to fill."""
+    import asyncio
+    import threading
+
+    rep = _batch_replica(rcodec, max_wait_s=1.0)
+    threading.Thread(target=rep._batch_loop, daemon=True).start()
+    took = {}
+    for wait in (False, True):
+        t0 = time.monotonic()
+        res, info = asyncio.run(rep._submit("encode", (small, "s"), "batch", wait))
+        took[wait] = time.monotonic() - t0
+        assert info["batch"] == 1 and res.symbols.size > 0
+    assert took[False] < 0.9 < 1.0 <= took[True], took
+
+
+def test_a_replica_batches_interleaved_encodes_and_decodes_by_op(rcodec, small, renc):
+    """The replica's batch loop (no Ray needed: the class as Serve would hold it): 4 encodes and 4
+    decodes queued alternately run as 2 codec calls of 4, each result the codec's own; a request
+    its caller cancelled is computed with its batch and dropped, and the loop goes on."""
+    import concurrent.futures
+    import threading
+
+    rep = _batch_replica(rcodec, max_wait_s=0.5)
+    t0, jobs = time.monotonic() + 0.5, []  # (each job: op, item, future, the latest its batch starts)
     for i in range(8):
         item = (small, f"s{i}") if i % 2 == 0 else (noisy(renc, i), renc.meta, 10.0, None)
         jobs.append(("encode" if i % 2 == 0 else "decode", item, concurrent.futures.Future(), t0))

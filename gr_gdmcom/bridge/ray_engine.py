@@ -214,13 +214,16 @@ class CodecReplica:
         steps = self._sched.stats["iterations"] if self._sched is not None else 0
         return self._batches + steps, int(self.codec.stats["unet_calls"])
 
-    async def encode(self, item: Tuple[bytes, str]) -> tuple:
-        """One encode through the batch loop (``scheduling="batch"``) -> (Encoded | Failed, info)."""
-        return await self._submit("encode", item, "batch")
+    async def encode(self, item: Tuple[bytes, str], wait: bool = True) -> tuple:
+        """One encode through the batch loop (``scheduling="batch"``) -> (Encoded | Failed, info).
+        ``wait``: a batch it starts may wait ``max_wait_ms`` to fill (False: the gateway has one
+        client, which sends its next request only after this reply)."""
+        return await self._submit("encode", item, "batch", wait)
 
-    async def decode(self, item: tuple) -> tuple:
-        """One decode through the batch loop (``scheduling="batch"``) -> (Decoded | Failed, info)."""
-        return await self._submit("decode", item, "batch")
+    async def decode(self, item: tuple, wait: bool = True) -> tuple:
+        """One decode through the batch loop (``scheduling="batch"``) -> (Decoded | Failed, info);
+        ``wait``: as :meth:`encode`."""
+        return await self._submit("decode", item, "batch", wait)
 
     async def encode_step(self, item: Tuple[bytes, str]) -> tuple:
         """One encode through the step loop (``scheduling="step"``) -> (Encoded | Failed, info)."""
@@ -230,17 +233,18 @@ class CodecReplica:
         """One decode through the step loop (``scheduling="step"``) -> (Decoded | Failed, info)."""
         return await self._submit("decode", item, "step")
 
-    async def _submit(self, op: str, item: tuple, scheduling: str) -> tuple:
+    async def _submit(self, op: str, item: tuple, scheduling: str, wait: bool = True) -> tuple:
         if scheduling != self.scheduling:
             name = op + ("_step" if scheduling == "step" else "")
             raise RuntimeError(f"{name} needs a replica deployed with scheduling={scheduling!r}")
         fut: concurrent.futures.Future = concurrent.futures.Future()
-        self._jobs.put((op, item, fut, time.monotonic()))
+        self._jobs.put((op, item, fut, time.monotonic() + (self.max_wait_s if wait else 0.0)))
         return await asyncio.wrap_future(fut)
 
     def _batch_loop(self) -> None:
         """Batch scheduling: when the codec is free, the oldest request and the queued ones of its
-        op (up to ``max_batch``, waiting up to ``max_wait_ms`` from its arrival; the other op's set
+        op (up to ``max_batch``, waiting up to ``max_wait_ms`` from its arrival unless its gateway has
+        a lone client; the other op's set
         aside for the next batch: :func:`~gr_gdmcom.bridge.server.gather_batch`, as ``gdmcom serve``
         does) run as one codec call per group of settings.  (Ray's ``@serve.batch`` formed each
         op's batch 10 ms after its first request, not when the codec was free: behind the other
@@ -248,8 +252,7 @@ class CodecReplica:
         held: collections.deque = collections.deque()
         while True:
             first = held.popleft() if held else self._jobs.get()
-            batch, held = gather_batch(first, held, self._jobs, self.max_batch, first[3] + self.max_wait_s,
-                                       lambda job: job[0])
+            batch, held = gather_batch(first, held, self._jobs, self.max_batch, first[3], lambda job: job[0])
             try:
                 results = self._run(first[0], [job[1] for job in batch])
             except Exception as exc:  # noqa: BLE001 - every request of the batch gets it (the gateway: internal)
@@ -455,7 +458,10 @@ class RayGateway(InferenceServer):
         try:
             for attempt in range(1, self.ray_options.attempts + 1):
                 try:
-                    res, info = getattr(self.handle, self._methods[op]).remote(args).result()
+                    call = getattr(self.handle, self._methods[op])
+                    # a lone client sends its next request only after this reply: no batch to wait for
+                    kw = {} if self._methods[op].endswith("_step") else dict(wait=self._active_peers > 1)
+                    res, info = call.remote(args, **kw).result()
                     break
                 except REPLICA_FAILURES as exc:
                     if attempt == self.ray_options.attempts:
