@@ -243,10 +243,10 @@ class CodecReplica:
 
     def _batch_loop(self) -> None:
         """Batch scheduling: when the codec is free, the oldest request and the queued ones of its
-        op (up to ``max_batch``, waiting up to ``max_wait_ms`` from its arrival unless its gateway has
-        a lone client; the other op's set
-        aside for the next batch: :func:`~gr_gdmcom.bridge.server.gather_batch`, as ``gdmcom serve``
-        does) run as one codec call per group of settings.  (Ray's ``@serve.batch`` formed each
+        op (up to ``max_batch``, waiting up to ``max_wait_ms`` from its arrival unless its gateway
+        has a lone client; the other op's set aside for the next batch:
+        :func:`~gr_gdmcom.bridge.server.gather_batch`, as ``gdmcom serve`` does) run as one codec
+        call per group of settings.  (Ray's ``@serve.batch`` formed each
         op's batch 10 ms after its first request, not when the codec was free: behind the other
         op's batch it stayed small.)"""
         held: collections.deque = collections.deque()
