@@ -120,8 +120,7 @@ def server_settings(cfg, status: dict, given, server: str):
         return cfg
     merged, taken = config_for_server(cfg, theirs, given)
     where = server.partition("?")[0]
-    if taken:
-        log.warning("codec settings of the server at %s (not given here): %s", where, ", ".join(taken))
+    warn_server_settings(where, taken)
     carried = {n for names in (status.get("settings") or {}).values() for n in names}
     fixed = server_mismatch(merged, theirs, carried)
     if fixed:
@@ -129,6 +128,13 @@ def server_settings(cfg, status: dict, given, server: str):
                          f"{', '.join(fixed)}; drop those options or start a server with them "
                          f"(gdmcom serve takes the same codec flags)")
     return merged
+
+
+def warn_server_settings(where: str, taken) -> None:
+    """One warning listing the server's codec settings a command runs with instead of its own
+    defaults (``taken``: :func:`gr_gdmcom.config.config_for_server`'s list)."""
+    if taken:
+        log.warning("codec settings of the server at %s (not given here): %s", where, ", ".join(taken))
 
 
 def given_options(parser: argparse.ArgumentParser, argv=None) -> frozenset:

@@ -441,7 +441,7 @@ def connect_server(server: str, cfg: CodecConfig, given=()) -> Tuple[CodecConfig
     (:func:`remote_problem`).  Raises SweepError when no server answers or its status has no
     configuration.
     """
-    from ..cli import check_server
+    from ..cli import check_server, warn_server_settings
     from ..codec import ModelLoadError
 
     try:
@@ -457,9 +457,7 @@ def connect_server(server: str, cfg: CodecConfig, given=()) -> Tuple[CodecConfig
         servers = config_for_server(cfg, theirs)[0]
     except ValueError as exc:
         raise SweepError(str(exc)) from None
-    if taken:
-        log.warning("codec settings of the server at %s (not given here): %s", server.partition("?")[0],
-                    ", ".join(taken))
+    warn_server_settings(server.partition("?")[0], taken)
     log.info("codec on %s: %s on %s (%s), gdmcom %s", server.partition("?")[0], status.get("model"),
              status.get("device"), status.get("dtype"), status.get("version"))
     return merged, ServerCodecs(server, status, servers, concurrency=max(1, cfg.batch_size))
