@@ -358,6 +358,20 @@ def test_v_prediction_coefficients_follow_the_latents_device(comp):
     assert out.device.type == "meta" and out.shape == (2, 4, 8, 8)
 
 
+def test_v_prediction_coefficients_do_not_read_the_timesteps_back(comp):
+    """The timesteps stay on the device: with them on torch's ``meta`` device (no values to read,
+    as reading a GPU tensor would wait for the GPU) the coefficients are still made; at integer
+    timesteps they are the schedule's float32 values exactly (what DDIMScheduler uses)."""
+    codec = _stub(comp, LinearUNet(), prediction="v_prediction")
+    out = codec._noise_from_v(torch.empty(2, 4, 8, 8, device="meta"), torch.empty(2, 4, 8, 8, device="meta"),
+                              torch.empty(2, device="meta"))
+    assert out.device.type == "meta"
+    _, _, abar = _diffusers_grid()
+    t = torch.tensor([0.0, 1.0, 21.0, 981.0, 999.0, 1200.0])
+    want = torch.tensor([abar[0], abar[1], abar[21], abar[981], abar[999], abar[999]], dtype=torch.float32)
+    assert torch.equal(codec._abar_on_device(t), want)
+
+
 class _Stop(Exception):
     pass
 

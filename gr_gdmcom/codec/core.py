@@ -307,10 +307,29 @@ class GenerativeCodec:
         """A v-prediction model's output as noise: ``eps = sqrt(a_t) v + sqrt(1-a_t) x`` with
         ``a_t = abar`` at the timestep the UNet saw (what DDIMScheduler does when it samples;
         for inversion steps this is the model's own noise estimate at ``tau_{j+1}``)."""
-        a = torch.tensor([float(self.grid.abar[int(ti)]) if float(ti).is_integer() and ti >= 0
-                          else self.grid.abar_at(ti) for ti in t.tolist()],
-                         device=x.device, dtype=torch.float32).view(-1, 1, 1, 1)
+        a = self._abar_on_device(t.to(x.device)).view(-1, 1, 1, 1)
         return a ** 0.5 * v + (1 - a) ** 0.5 * x
+
+    def _abar_on_device(self, t: torch.Tensor) -> torch.Tensor:
+        """float32 ``abar`` at each timestep of ``t``, computed where ``t`` is: the training
+        schedule's value at an integer timestep, :meth:`Grid.abar_at`'s log-linear
+        interpolation between two, 1 for ``t < 0``.  Reading the timesteps back to the host
+        would wait for the device at every UNet call of a v-prediction model."""
+        dev = t.device
+        if getattr(self, "_abar_tables", (None,))[0] != dev:
+            wide = torch.float32 if dev.type == "mps" else torch.float64  # MPS has no float64
+            self._abar_tables = (dev, torch.as_tensor(self.grid.abar, dtype=torch.float32).to(dev),
+                                 torch.as_tensor(np.log(self.grid.abar), dtype=wide).to(dev))
+        _, abar, log_abar = self._abar_tables
+        n = abar.shape[0]
+        tc = t.to(log_abar.dtype).clamp(0.0, n - 1.0)
+        lo = tc.floor()
+        w = tc - lo
+        lo_i = lo.long()
+        hi_i = (lo_i + 1).clamp(max=n - 1)
+        between = torch.exp((1 - w) * log_abar[lo_i] + w * log_abar[hi_i]).float()
+        a = torch.where(w == 0, abar[lo_i], between)
+        return torch.where(t < 0, torch.ones_like(a), a)
 
     @staticmethod
     def _ddim_update(x: torch.Tensor, e: torch.Tensor, a_from: torch.Tensor, a_to: torch.Tensor) -> torch.Tensor:
