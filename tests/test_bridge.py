@@ -295,6 +295,11 @@ BAD = {
     "NaN symbol": (lambda e: decode_frames(e, "r1", symbols=np.where(np.arange(128) == 3, np.nan, e.symbols)),
                    P.NON_FINITE),
     "NaN snr": (lambda e: decode_frames(e, "r1", snr_db=float("nan")), P.NON_FINITE),
+    # removed means and symbols: a NaN or a value float32 cannot take decoded to an all-black "ok" image
+    "NaN means": (lambda e: with_meta(e, means=[float("nan")] * 4), P.NON_FINITE),
+    "means 1e300": (lambda e: with_meta(e, means=[1e300] * 4), P.BAD_META),
+    "symbols 1e30": (lambda e: decode_frames(e, "r1", symbols=np.full(128, 1e30, np.complex64)), P.BAD_REQUEST),
+    "reduce 2 without a method": (lambda e: with_meta(e, reduce=2), P.BAD_META),
     "oversized message": (lambda e: P.encode_request("r1", b"\x89PNG" + bytes(1 << 20), "big"), P.TOO_LARGE),
     "decode without metadata": (lambda e: decode_frames(e, "r1", meta=None), P.MISSING_META),
     "metadata with another T": (lambda e: decode_frames(e, "r1", meta={**e.meta.to_dict(), "T": 40}), P.BAD_META),
@@ -353,6 +358,19 @@ def test_bad_request_gets_error_code_then_server_still_serves(case, strict_serve
     assert header["ok"] and header["id"] == "ok-" + case and len(payloads) == 1
 
 
+def test_erased_symbols_may_hold_anything(enc):
+    """A receiver may write NaN (or garbage) where it erased a symbol: those are replaced by 0
+    (mask byte 0), only the symbols kept must be finite."""
+    erased = np.arange(128) % 5 == 0
+    sym = np.where(erased, np.complex64(complex("nan+nanj")), enc.symbols).astype(np.complex64)
+    req = P.parse_request(P.decode_request("r1", sym, enc.meta, 5.0, ~erased), P.Limits(T=50, m=1))
+    assert np.array_equal(req.symbols, np.where(erased, 0, enc.symbols))
+    kept = P.decode_request("r1", np.where(np.arange(128) == 1, np.nan, sym).astype(np.complex64), enc.meta, 5.0,
+                            ~erased)
+    with pytest.raises(P.ProtocolError, match=r"^small: received symbols contain 1 non-finite values"):
+        P.parse_request(kept, P.Limits(T=50, m=1))
+
+
 def test_schema_messages_name_the_field_and_value(enc):
     """The strict schema's refusals, word for word (parse_request alone, no server)."""
     limits = P.Limits(T=50, m=1)
@@ -365,12 +383,28 @@ def test_schema_messages_name_the_field_and_value(enc):
     assert message(with_meta(enc, prompt=None)) == (P.BAD_META, "small: 'meta.prompt': Input should be a valid "
                                                                 "string, got null")
     assert message(with_meta(enc, k=5.9)) == (P.BAD_META, "small: 'meta.k': Input should be a valid integer, got 5.9")
-    assert message(decode_frames(enc, "r1", v=1.0)) == (P.BAD_VERSION, "'v': Input should be a valid integer, got 1.0")
+    assert message(decode_frames(enc, "r1", v=1.0)) == (P.BAD_VERSION, "this server speaks protocol version 1: "
+                                                                        "header field 'v' must be 1, got 1.0")
     assert message(decode_frames(enc, "r1", snr_db=-1e308)) == (
         P.BAD_REQUEST, "small: 'snr_db': Input should be greater than or equal to -100, got -1e+308")
     assert message(decode_frames(enc, "r1", snr_db=float("-inf"))) == (P.NON_FINITE,
                                                                        "small: 'snr_db' must be finite, got -inf")
     assert message(decode_frames(enc, "r1", id=None)) == (P.BAD_REQUEST, "'id' is missing")
+    assert message(decode_frames(enc, "r1", v=None)) == (P.BAD_VERSION, "this server speaks protocol version 1: "
+                                                                         "header field 'v' must be 1, got nothing")
+    assert message(with_meta(enc, means=[0.0, float("nan"), 0.0, 0.0])) == (
+        P.NON_FINITE, "small: 'meta.means.1' must be finite, got nan")
+    assert message(with_meta(enc, reduce=2)) == (
+        P.BAD_META, "small: reduce 2 needs a reduce method: one of subset, pool, dct ('full' is reduce 1)")
+    assert message(decode_frames(enc, "r1", symbols=np.where(np.arange(128) < 3, 1e7, enc.symbols))) == (
+        P.BAD_REQUEST, "small: 3 received symbols exceed 1e+06 in magnitude (the symbols are unit-power; is the "
+                       "receiver's gain set?)")
+    # error messages start with the item's name, cut to 64 characters; "image" where it has none
+    assert message(with_meta(enc, name="x" * 200, k=5.9))[1] == "x" * 61 + "...: 'meta.k': Input should be a " \
+                                                                "valid integer, got 5.9"
+    assert message(with_meta(enc, name=""))[1] == "image: 'meta.name': String should have at least 1 character, got \"\""
+    assert message(P.encode_request("r1", b"GIF89a? no", "x")) == (
+        P.BAD_IMAGE, "cannot read image x: not an image format Pillow can read")
     # integers are numbers: alpha 1 and guidance 6 pass (as floats), and the codec gets exactly these values
     req = P.parse_request(with_meta(enc, alpha=1, guidance=6), limits)
     assert (req.meta.alpha, req.meta.guidance, req.meta.k) == (1.0, 6.0, enc.meta.k)

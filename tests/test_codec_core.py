@@ -146,6 +146,10 @@ def test_latent_from_a_reduced_latent_puts_the_mean_where_nothing_was_sent():
     (np.ones(2, np.complex64), _meta(alpha=-1.0), "im: alpha must be a positive finite number, got -1.0"),
     (np.ones(2, np.complex64), _meta(alpha=math.inf), "im: alpha must be a positive finite number, got inf"),
     (np.ones(2, np.complex64), _meta(means=(1.0,)), "im: metadata has 1 channel means for 2 channels"),
+    # finite, but float32 arithmetic on them overflows into an all-black "decoded" image
+    (np.array([1e30, 1 + 2e6j], np.complex64), _meta(),
+     "im: 2 received symbols exceed 1e+06 in magnitude (the symbols are unit-power; is the receiver's gain set?)"),
+    (np.ones(2, np.complex64), _meta(means=(0.5, math.nan)), "im: metadata has non-finite channel means [0.5, nan]"),
     (np.ones(2, np.complex64), _meta(reduce=3, reduce_method="pool"), "im: pool reduces by 2, 4, 8, 16, got 3"),
 ])
 def test_latent_from_symbols_errors(symbols, meta, message):

@@ -6,6 +6,7 @@ scheduling, alone or mixed with requests at the server's settings), and bad sett
 refused with one line before anything runs.
 """
 
+import dataclasses
 import io
 from concurrent.futures import ThreadPoolExecutor
 
@@ -84,8 +85,10 @@ def test_mixed_settings_in_flight_together_each_get_their_own(server, codecs, sm
 
 @pytest.mark.parametrize("op,settings,message", [
     ("encode", {"k": 25}, "settings: k + m must not exceed T: k=25, m=0, T=20"),
-    ("decode", {"m": 21}, "settings: k + m must not exceed T: k=0, m=21, T=20"),
+    ("decode", {"m": 21}, "settings: k + m must not exceed T: k=1 (the transmitter's), m=21, T=20"),
     ("decode", {"m": 3, "steps": 2}, "settings: "),  # N below m: check_steps' own message follows
+    # N at least m but below the transmitter's k + m: refused before it is queued, naming that k
+    ("decode", {"m": 1, "steps": 1}, "settings: steps N must satisfy k + m <= N <= T, got N=1, k=1, m=1, T=20"),
 ])
 def test_impossible_settings_are_refused_with_one_line(server, codecs, small, op, settings, message):
     enc = codecs["server"].encode(small, "small")
@@ -114,9 +117,11 @@ def test_the_schema_refuses_unknown_and_mistyped_settings(small):
             P.parse_request(frames, lim)
         return e.value.code, e.value.message
 
-    assert err({"k": 3, "guidance": 2.0}) == (P.BAD_REQUEST, "'settings.guidance': Extra inputs are not permitted, got 2.0")
-    assert err({"k": 2.5}) == (P.BAD_REQUEST, "'settings.k': Input should be a valid integer, got 2.5")
-    assert err({"m": 1}) == (P.BAD_REQUEST, "'settings.m': Extra inputs are not permitted, got 1")  # encode has no m
+    # the image's name starts the message, as a decode's does
+    assert err({"k": 3, "guidance": 2.0}) == (P.BAD_REQUEST, "n: 'settings.guidance': Extra inputs are not permitted, "
+                                                             "got 2.0")
+    assert err({"k": 2.5}) == (P.BAD_REQUEST, "n: 'settings.k': Input should be a valid integer, got 2.5")
+    assert err({"m": 1}) == (P.BAD_REQUEST, "n: 'settings.m': Extra inputs are not permitted, got 1")  # encode has no m
     assert err({"rescale": "no"}, "decode")[1] == "n: 'settings.rescale': Input should be a valid boolean, got \"no\""
     ok = P.parse_request(P.decode_request("r", np.zeros(8, np.complex64), _meta(), 5.0,
                                           settings={"steps": None, "m": 0}), lim)
@@ -138,6 +143,27 @@ def test_request_config_changes_only_what_the_operation_uses():
         base.replace(k=0, m=0, steps=15, rescale=False)
     with pytest.raises(ValueError, match=r"^decode requests cannot set k \(only m, steps, rescale\)$"):
         request_config(base, "decode", {"k": 3})
+
+
+def test_a_decodes_own_settings_are_checked_against_the_transmitters_k():
+    """``m`` and ``steps`` a decode asks for are checked with its ``meta.k`` (not k = 0), so an
+    impossible N is refused before it is queued (it used to fail in the codec as ``internal``),
+    and a high-k image with the request's own m = 0 is decodable on a server at m = 5."""
+    base = CodecConfig(model="tiny", k=5, m=5, T=50, steps=None)
+    with pytest.raises(ValueError, match=r"^steps N must satisfy k \+ m <= N <= T, got N=6, k=5, m=5, T=50$"):
+        request_config(base, "decode", {"steps": 6}, k=5)
+    assert request_config(base, "decode", {"steps": 6}, k=1) == base.replace(k=0, steps=6)
+    lim = P.Limits(T=50, m=5)
+    high = dataclasses.replace(_meta(), k=48)
+    assert P.parse_request(P.decode_request("r", np.zeros(8, np.complex64), high, 5.0, settings={"m": 0}),
+                           lim).meta.k == 48
+    with pytest.raises(P.ProtocolError) as e:
+        P.parse_request(P.decode_request("r", np.zeros(8, np.complex64), high, 5.0), lim)
+    assert (e.value.code, e.value.message) == (P.BAD_META, "n: k + m must not exceed T: k=48, m=5, T=50")
+    with pytest.raises(P.ProtocolError) as e:
+        P.parse_request(P.decode_request("r", np.zeros(8, np.complex64), high, 5.0, settings={"m": 3}), lim)
+    assert (e.value.code, e.value.message) == \
+        (P.REJECTED, "settings: k + m must not exceed T: k=48 (the transmitter's), m=3, T=50")
 
 
 def test_a_local_backend_takes_the_same_settings(codecs, small):

@@ -51,19 +51,23 @@ class Backend:
 MAX_VARIANTS = 32  # codecs kept for distinct request settings (each shares the loaded model)
 
 
-def request_config(base: CodecConfig, op: str, settings: Optional[dict]) -> CodecConfig:
+def request_config(base: CodecConfig, op: str, settings: Optional[dict], k: Optional[int] = None) -> CodecConfig:
     """The codec configuration of one request: ``base`` with the request's ``settings``
     (:data:`REQUEST_SETTINGS` of ``op``); ``base`` itself when there are none.
 
     An encode's ``m`` and ``steps`` play no part (set to 0 and None), nor a decode's ``k``
     (the transmitter's travels in the metadata: set to 0), so only what the request does
-    is checked.  Raises ValueError, one line, for unknown or impossible settings.
+    is checked; a decode's ``m`` and ``steps`` are checked against ``k``, the transmitter's
+    (its ``meta.k``) where given.  Raises ValueError, one line, for unknown or impossible
+    settings.
     """
     if not settings:
         return base
     unknown = sorted(set(settings) - set(REQUEST_SETTINGS[op]))
     if unknown:
         raise ValueError(f"{op} requests cannot set {', '.join(unknown)} (only {', '.join(REQUEST_SETTINGS[op])})")
+    if op == "decode" and k is not None:
+        base.replace(**{**settings, "k": int(k)}).validate()  # k + m <= N <= T with the image's k
     fixed = dict(m=0, steps=None) if op == "encode" else dict(k=0)
     return base.replace(**{**fixed, **settings}).validate()
 
@@ -82,8 +86,8 @@ class CodecVariants:
         self.base = base
         self._made: "collections.OrderedDict" = collections.OrderedDict()
 
-    def config(self, op: str, settings: Optional[dict]) -> CodecConfig:
-        return request_config(self.base.config, op, settings)
+    def config(self, op: str, settings: Optional[dict], k: Optional[int] = None) -> CodecConfig:
+        return request_config(self.base.config, op, settings, k)
 
     def get(self, config: Optional[CodecConfig]):
         if config is None or config == self.base.config:
@@ -192,9 +196,9 @@ class LocalBackend(Backend):
         self.codec = codec
         self._variants = CodecVariants(codec)
 
-    def _codec(self, op: str, settings: Optional[dict]):
+    def _codec(self, op: str, settings: Optional[dict], k: Optional[int] = None):
         try:
-            return self._variants.get(self._variants.config(op, settings))
+            return self._variants.get(self._variants.config(op, settings, k))
         except ValueError as exc:
             raise CodecError(f"settings: {exc}") from None
 
@@ -207,7 +211,7 @@ class LocalBackend(Backend):
 
     def decode(self, symbols, meta, snr_db, mask=None, settings=None) -> Decoded:
         with self._lock:
-            out = self._codec("decode", settings).decode_many([(symbols, meta, snr_db, mask)])[0]
+            out = self._codec("decode", settings, getattr(meta, "k", None)).decode_many([(symbols, meta, snr_db, mask)])[0]
         if isinstance(out, Failed):
             raise CodecError(out.error)
         return out

@@ -32,11 +32,11 @@ from dataclasses import dataclass, field, fields as dc_fields
 from typing import Annotated, Callable, Dict, List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from ..codec import Decoded, Encoded, LatentMeta
-from ..codec.core import CodecError
+from ..codec.core import SYMBOL_MAX, CodecError  # SYMBOL_MAX: largest |Re|, |Im| of a symbol
 from ..config import FORWARD_MODES, REDUCE_METHODS
 
 VERSION = 1
@@ -56,6 +56,8 @@ T_MAX = 1000  # DDPM's training grid
 LATENT_DIM_MAX = 1 << 16  # each of C, h, w (max_pixels bounds h * w further)
 REDUCE_MAX = 1024  # reduce factor (codec/rate.py)
 IMAGE_DIM_MAX = 1 << 19  # each of H, W (they must also fit the latent: <= 8h, 8w)
+MEAN_MAX = 1e6  # |each removed channel mean| (a VAE latent's are of order 1)
+LABEL_CHARS = 64  # longest item name echoed at the start of an error message
 
 # Error codes (``docs/protocol.md`` has the table).
 BAD_JSON = "bad_json"
@@ -79,7 +81,7 @@ ERROR_CODES: Dict[str, str] = {
     BAD_OP: "header field op is not one of encode, decode, status",
     BAD_REQUEST: "a field is missing or has the wrong type, wrong number of frames, id reused for another request",
     SIZE_MISMATCH: "sizes disagree with the frames, or symbol / mask counts disagree with the metadata",
-    NON_FINITE: "NaN or infinity in the symbols, snr_db, alpha or guidance",
+    NON_FINITE: "NaN or infinity in the (not erased) symbols, snr_db, alpha, guidance or means",
     TOO_LARGE: "message, header or image larger than the server accepts",
     MISSING_META: "decode request without meta",
     BAD_META: "meta present but unusable (missing field, wrong T, k + m > T, bad latent shape ...)",
@@ -226,7 +228,8 @@ class MetaFields(BaseModel):
     forward: Literal[FORWARD_MODES] = "ddim"  # type: ignore[valid-type]
     name: StrictStr = Field("image", min_length=1, max_length=MAX_NAME_CHARS)
     #: codec/rate.py: removed channel means, reduction factor and method (defaults: the paper's signal)
-    means: List[_Number] = Field(default_factory=list, max_length=LATENT_DIM_MAX)
+    means: List[Annotated[_Number, Field(ge=-MEAN_MAX, le=MEAN_MAX)]] = Field(default_factory=list,
+                                                                          max_length=LATENT_DIM_MAX)
     reduce: StrictInt = Field(1, ge=1, le=REDUCE_MAX)
     reduce_method: Literal[("full",) + REDUCE_METHODS] = "full"  # type: ignore[valid-type]
 
@@ -266,6 +269,9 @@ def _schema_error(exc: ValidationError, prefix: str = "") -> Tuple[str, str]:
     code = _FIELD_CODES.get(str(err["loc"][0]) if err["loc"] else "", BAD_REQUEST)
     if isinstance(value, float) and not math.isfinite(value):
         return NON_FINITE, f"{prefix}'{where}' must be finite, got {value}"
+    if code == BAD_VERSION:
+        return code, f"this server speaks protocol version {VERSION}: header field 'v' must be {VERSION}, got " + \
+            ("nothing" if err["type"] == "missing" else json.dumps(value, default=repr)[:80])
     if err["type"] == "missing":
         return code, f"{prefix}'{where}' is missing"
     if err["type"] == "model_type":
@@ -453,8 +459,9 @@ def _parse_status(header, payloads, limits, rid, fail) -> Request:
 def _parse_encode(header, payloads, limits, rid, fail) -> Request:
     if len(payloads) != 1:
         raise fail(BAD_REQUEST, f"encode takes exactly one payload frame (the image file), got {len(payloads)}")
-    fields = validate_fields(EncodeFields, header, fail)
-    name = fields.name
+    raw_name = header.get("name")
+    fields = validate_fields(EncodeFields, header, fail, prefix=f"{_label(raw_name)}: " if raw_name else "")
+    name = _label(fields.name)
     data = payloads[0]
     if not data:
         raise fail(BAD_IMAGE, f"image {name} is empty (0 bytes)")
@@ -463,6 +470,8 @@ def _parse_encode(header, payloads, limits, rid, fail) -> Request:
             w, h = im.size
     except Image.DecompressionBombError as exc:
         raise fail(TOO_LARGE, f"image {name}: {exc}") from None
+    except UnidentifiedImageError:  # Pillow's message names its BytesIO object
+        raise fail(BAD_IMAGE, f"cannot read image {name}: not an image format Pillow can read") from None
     except Exception as exc:  # PIL raises many kinds on garbage
         raise fail(BAD_IMAGE, f"cannot read image {name}: {exc}") from None
     if w * h == 0:
@@ -481,10 +490,15 @@ def _parse_decode(header, payloads, limits, rid, fail) -> Request:
     if raw_meta is None:
         raise fail(MISSING_META, "decode needs 'meta' (the transmitter's latent metadata: alpha, "
                                  "latent_shape, image_size, k, T, guidance, prompt)")
-    name = raw_meta.get("name") if isinstance(raw_meta, dict) and isinstance(raw_meta.get("name"), str) else "image"
-    fields = validate_fields(DecodeFields, header, fail, prefix=f"{name[:MAX_NAME_CHARS]}: ")
+    name = _label(raw_meta.get("name") if isinstance(raw_meta, dict) else None)
+    fields = validate_fields(DecodeFields, header, fail, prefix=f"{name}: ")
     meta = fields.meta.to_meta()
-    _check_meta(meta, limits, fail)
+    settings = _given(fields.settings)
+    m = settings.get("m")
+    if m is not None and meta.T == limits.T and meta.k + m > limits.T:  # the request's own m: its settings
+        raise fail(REJECTED, f"settings: k + m must not exceed T: k={meta.k} (the transmitter's), m={m}, "
+                             f"T={limits.T}")
+    _check_meta(meta, limits, fail, limits.m if m is None else m)
     # 2. payloads
     frame = payloads[0]
     if len(frame) % SYMBOL_DTYPE.itemsize:
@@ -495,22 +509,42 @@ def _parse_decode(header, payloads, limits, rid, fail) -> Request:
         raise fail(SIZE_MISMATCH, f"{name}: metadata says latent shape {tuple(meta.latent_shape)} = "
                                   f"{meta.n_symbols} symbols but {n} symbols were received")
     symbols = np.frombuffer(frame, dtype=SYMBOL_DTYPE)
-    bad = int(np.count_nonzero(~np.isfinite(symbols)))
-    if bad:
-        raise fail(NON_FINITE, f"{name}: received symbols contain {bad} non-finite values (NaN/inf)")
     mask = None
     if len(payloads) == 2:
         if len(payloads[1]) != n:
             raise fail(SIZE_MISMATCH, f"{name}: mask has {len(payloads[1])} bytes but there are {n} symbols")
         mask = np.frombuffer(payloads[1], dtype=MASK_DTYPE) != 0
+    # erased symbols are replaced by 0 (whatever a receiver wrote there: NaN, say); the
+    # others must be finite and of a size float32 arithmetic can take
+    with np.errstate(over="ignore", invalid="ignore"):
+        size = np.maximum(np.abs(symbols.real), np.abs(symbols.imag))
+    kept = np.ones(n, bool) if mask is None else mask
+    bad = int(np.count_nonzero(~np.isfinite(size) & kept))
+    if bad:
+        raise fail(NON_FINITE, f"{name}: received symbols contain {bad} non-finite values (NaN/inf)")
+    huge = int(np.count_nonzero((size > SYMBOL_MAX) & kept))
+    if huge:
+        raise fail(BAD_REQUEST, f"{name}: {huge} received symbols exceed {SYMBOL_MAX:g} in magnitude (the "
+                                f"symbols are unit-power; is the receiver's gain set?)")
+    if mask is not None and not np.all(np.isfinite(size) & (size <= SYMBOL_MAX)):  # some erased ones
+        symbols = np.where(mask, symbols, 0).astype(SYMBOL_DTYPE)
     return Request(op="decode", id=rid, symbols=symbols.astype(np.complex64, copy=False), meta=meta,
                    snr_db=float(fields.snr_db), mask=mask, image_format=fields.format, name=name,
-                   settings=_given(fields.settings))
+                   settings=settings)
 
 
-def _check_meta(meta: LatentMeta, limits: Limits, fail: Callable[[str, str], ProtocolError]) -> None:
-    """Checks of decode metadata against this server (the schema has checked types and ranges)."""
-    name = meta.name
+def _label(name) -> str:
+    """An item's name as error messages start with it: ``image`` when there is none, long
+    ones cut to LABEL_CHARS characters."""
+    if not isinstance(name, str) or not name:
+        return "image"
+    return name if len(name) <= LABEL_CHARS else name[: LABEL_CHARS - 3] + "..."
+
+
+def _check_meta(meta: LatentMeta, limits: Limits, fail: Callable[[str, str], ProtocolError], m: int) -> None:
+    """Checks of decode metadata against this server (the schema has checked types and
+    ranges); ``m``: the receiver's inversion steps (the request's own, else the server's)."""
+    name = _label(meta.name)
     shape, size = tuple(meta.latent_shape), tuple(meta.image_size)
     c, h, w = shape
     if c != limits.latent_channels:
@@ -524,8 +558,8 @@ def _check_meta(meta: LatentMeta, limits: Limits, fail: Callable[[str, str], Pro
         raise fail(BAD_META, f"{name}: image_size {list(size)} does not fit latent {list(shape)} (at most 8h x 8w)")
     if meta.T != limits.T:
         raise fail(BAD_META, f"{name}: transmitter used T={meta.T} but this server is set to T={limits.T}")
-    if not meta.k <= limits.T - limits.m:
-        raise fail(BAD_META, f"{name}: k + m must not exceed T: k={meta.k}, m={limits.m}, T={limits.T}")
+    if not meta.k <= limits.T - m:
+        raise fail(BAD_META, f"{name}: k + m must not exceed T: k={meta.k}, m={m}, T={limits.T}")
     try:
         meta.reduction, meta.mean_latent()  # noqa: B018  (raises CodecError for a bad reduction or means)
     except CodecError as exc:

@@ -427,7 +427,8 @@ class InferenceServer:
         config = None
         if req.settings:
             try:
-                config = request_config(self._codec_config(), req.op, req.settings)
+                config = request_config(self._codec_config(), req.op, req.settings,
+                                        req.meta.k if req.meta is not None else None)
             except ValueError as exc:
                 self.counters["rejected"] += 1
                 log.info("rejected request %s: settings %s: %s", req.id, req.settings, exc)

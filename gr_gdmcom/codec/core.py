@@ -63,6 +63,12 @@ def to_device(t: torch.Tensor, device) -> torch.Tensor:
     return t.pin_memory().to(device, non_blocking=True)
 
 
+#: Largest real or imaginary part of a received symbol a decode takes: the symbols are
+#: unit-power (at an Es/N0 of -100 dB the noise alone is of order 1e5); beyond it a receiver's
+#: gain was left unset and float32 arithmetic overflows into a black image.
+SYMBOL_MAX = 1e6
+
+
 def prompt_hash(prompt: str) -> int:
     """CRC-32 of the UTF-8 prompt: what the frame header carries instead of the text."""
     return zlib.crc32(prompt.encode("utf-8")) & 0xFFFFFFFF
@@ -121,6 +127,8 @@ class LatentMeta:
             return np.zeros((c, h, w), np.float64)
         if len(self.means) != c:
             raise CodecError(f"{self.name}: metadata has {len(self.means)} channel means for {c} channels")
+        if not all(math.isfinite(v) for v in self.means):
+            raise CodecError(f"{self.name}: metadata has non-finite channel means {list(self.means)}")
         return np.broadcast_to(np.asarray(self.means, np.float64).reshape(c, 1, 1), (c, h, w))
 
     @property
@@ -228,6 +236,10 @@ def latent_from_symbols(symbols: np.ndarray, meta: LatentMeta) -> np.ndarray:
     bad = int(np.count_nonzero(~np.isfinite(s)))
     if bad:
         raise CodecError(f"{meta.name}: received symbols contain {bad} non-finite values (NaN/inf)")
+    huge = int(np.count_nonzero(np.maximum(np.abs(s.real), np.abs(s.imag)) > SYMBOL_MAX))
+    if huge:
+        raise CodecError(f"{meta.name}: {huge} received symbols exceed {SYMBOL_MAX:g} in magnitude (the symbols "
+                         f"are unit-power; is the receiver's gain set?)")
     if not (math.isfinite(meta.alpha) and meta.alpha > 0):
         raise CodecError(f"{meta.name}: alpha must be a positive finite number, got {meta.alpha}")
     y = np.empty(2 * s.size, dtype=np.float64)
@@ -455,12 +467,13 @@ class GenerativeCodec:
         """Encode a batch; images of the same padded size share every model call.
         Items that fail are returned as :class:`Failed`; the others complete."""
         cfg = self.config
-        names = list(names) if names else [_default_name(im, i) for i, im in enumerate(images)]
+        given = list(names) if names else [None] * len(images)  # errors name bytes/arrays by the caller's name
+        names = [n or _default_name(im, i) for i, (n, im) in enumerate(zip(given, images))]
         results: List[Union[Encoded, Failed, None]] = [None] * len(images)
         loaded = {}
         for i, im in enumerate(images):
             try:
-                loaded[i] = load_rgb(im, cfg.max_pixels)
+                loaded[i] = load_rgb(im, cfg.max_pixels, given[i])
             except ImageError as exc:
                 results[i] = Failed(str(exc), names[i])
                 self.stats["failures"] += 1

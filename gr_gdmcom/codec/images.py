@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -38,9 +38,11 @@ def describe(src: ImageLike) -> str:
     return f"<{type(src).__name__}>"
 
 
-def load_rgb(src: ImageLike, max_pixels: int = 4096 * 4096) -> Image.Image:
-    """Open ``src`` as an RGB ``PIL.Image``; raise :class:`ImageError` on any problem."""
-    name = describe(src)
+def load_rgb(src: ImageLike, max_pixels: int = 4096 * 4096, name: Optional[str] = None) -> Image.Image:
+    """Open ``src`` as an RGB ``PIL.Image``; raise :class:`ImageError` on any problem.
+    ``name``: what error messages call an image given as bytes or an array (a path names
+    itself)."""
+    name = describe(src) if isinstance(src, (str, Path)) or not name else name
     if isinstance(src, (str, Path)):
         p = Path(src)
         if not p.exists():
@@ -59,7 +61,9 @@ def load_rgb(src: ImageLike, max_pixels: int = 4096 * 4096) -> Image.Image:
             img.load()
         except ImageError:
             raise
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        except UnidentifiedImageError:  # Pillow's message names its BytesIO object
+            raise ImageError(f"cannot read image {name}: not an image format Pillow can read") from None
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise ImageError(f"cannot read image {name}: {exc}") from None
     elif isinstance(src, np.ndarray):
         arr = src

@@ -79,6 +79,9 @@ class Reduction:
         if factor == 1:
             return Reduction("full", 1, shape)
         if method not in REDUCE_METHODS:
+            if method == "full":  # the default of a metadata that names no method
+                raise RateError(f"reduce {factor} needs a reduce method: one of {', '.join(REDUCE_METHODS)} "
+                                f"('full' is reduce 1)")
             raise RateError(f"unknown reduce method {method!r}; choose one of {', '.join(REDUCE_METHODS)}")
         if factor < 1:
             raise RateError(f"reduce must be >= 1, got {factor}")

@@ -118,7 +118,7 @@ class StepScheduler:
             self.stats["fallbacks"] += 1
             return codec.encode_many([image], [name])[0]
         try:
-            img = load_rgb(image, cfg.max_pixels)
+            img = load_rgb(image, cfg.max_pixels, name)
         except ImageError as exc:
             codec.stats["failures"] += 1
             return Failed(str(exc), name)
