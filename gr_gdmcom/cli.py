@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from .config import CodecConfig, add_codec_args, codec_config_from_args
+from .config import CodecConfig, add_codec_args, codec_config_from_args, finite_float
 
 log = logging.getLogger("gdmcom")
 
@@ -76,6 +76,25 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
                              "[default=%(default)r]")
 
 
+def check_out(path, folder: bool = True) -> Path:
+    """Make sure ``--out`` can be written before any work: the folder (``folder``) or the
+    file's folder is created; ValueError (one line, exit 2) where it cannot be, where a folder
+    is named by an existing file, or a file by an existing folder."""
+    p = Path(path)
+    if folder and p.exists() and not p.is_dir():
+        raise ValueError(f"--out {p} is a file; give a folder")
+    if not folder and p.is_dir():
+        raise ValueError(f"--out {p} is a folder; give a file name")
+    d = p if folder else p.parent
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot create the output folder {d}: {exc.strerror or exc}") from None
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write to the output folder {d}")
+    return p
+
+
 def prepare_run(args, images=None):
     """Check what a command was given before any model is loaded; returns ``(config, image paths)``.
 
@@ -86,6 +105,8 @@ def prepare_run(args, images=None):
     from .pipeline import expand_images
 
     cfg = codec_config_from_args(args)
+    if getattr(args, "out", None):
+        check_out(args.out)
     paths = None
     if images is not None:
         paths = expand_images(images)
@@ -215,9 +236,21 @@ def cmd_simulate(args) -> int:
 def cmd_steps(args) -> int:
     from .codec.schedule import select_steps
 
+    from .codec.calibration import calibration_path, load_calibration
+
     CodecConfig(k=args.k, m=args.m, T=args.T, rule=args.rule).validate()  # ValueError: one line, exit 2
-    table = {f"{s:g}": select_steps(s, k=args.k, m=args.m, T=args.T, rule=args.rule, power=args.power,
-                                    rescale=True).n_steps for s in args.snr}
+    if not args.power > 0:
+        raise ValueError(f"--power (the latent power P = 1/alpha^2) must be > 0, got {args.power:g}")
+    path = calibration_path(args.rule)
+    if path is not None:  # a fitted rule: N from the file, for the setting it was measured at
+        cal = load_calibration(path)
+        if (cal.k, cal.m, cal.T) != (args.k, args.m, args.T):
+            raise ValueError(f"calibration {path} was measured for k={cal.k}, m={cal.m}, T={cal.T}; give "
+                             f"--k {cal.k} --m {cal.m} --T {cal.T} (here: k={args.k}, m={args.m}, T={args.T})")
+        table = {f"{s:g}": cal.n_steps(s, args.power) for s in args.snr}
+    else:
+        table = {f"{s:g}": select_steps(s, k=args.k, m=args.m, T=args.T, rule=args.rule, power=args.power,
+                                        rescale=True).n_steps for s in args.snr}
     print(json.dumps(table))
     return 0
 
@@ -231,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("simulate", help="encode images, pass a numpy channel, decode, report metrics")
     add_images_arg(s)
-    s.add_argument("--snr", nargs="+", type=float, required=True, help="Es/N0 values in dB")
+    s.add_argument("--snr", nargs="+", type=finite_float, required=True, help="Es/N0 values in dB")
     s.add_argument("--channel", default="awgn", choices=("awgn", "rayleigh"),
                    help="awgn, or flat Rayleigh block fading with perfect-CSI equalisation [default=%(default)r]")
     s.add_argument("--out", required=True, help="output folder for <stem>_snr<DB>.png")
@@ -240,9 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_simulate)
 
     st = sub.add_parser("steps", help="print the denoising steps N chosen for each SNR (no weights needed)")
-    st.add_argument("--snr", nargs="+", type=float, required=True, help="Es/N0 values in dB")
+    st.add_argument("--snr", nargs="+", type=finite_float, required=True, help="Es/N0 values in dB")
     add_codec_args(st, only=("k", "m", "T", "rule"))
-    st.add_argument("--power", type=float, default=1.0,
+    st.add_argument("--power", type=finite_float, default=1.0,
                     help="latent power P = 1/alpha^2 (every result row reports it) [default=%(default)r]")
     st.set_defaults(func=cmd_steps)
     _register_optional(sub)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 from fractions import Fraction
 from typing import Optional
@@ -105,6 +106,10 @@ class CodecConfig:
         if self.T < 1 or self.T > 1000:
             raise ValueError(f"T must be in 1..1000, got {self.T}")
         check_steps(self.k, self.m, self.T)
+        if not (math.isfinite(self.guidance) and 0.0 <= self.guidance <= 100.0):
+            raise ValueError(f"guidance must be a finite number in 0..100, got {self.guidance}")
+        if not 0 <= self.seed < 2 ** 63:
+            raise ValueError(f"seed must be in 0..2**63-1, got {self.seed}")
         if self.rule not in STEP_RULES and not (self.rule.startswith(CALIBRATED) and len(self.rule) > len(CALIBRATED)):
             raise ValueError(f"unknown step rule {self.rule!r}; choose one of {', '.join(STEP_RULES)} "
                              f"or {CALIBRATED}PATH (a file made by gdmcom calibrate)")
@@ -116,8 +121,8 @@ class CodecConfig:
             raise ValueError(f"unknown inversion {self.inversion!r}; choose one of {', '.join(INVERSION_MODES)}")
         if self.inversion_iters < 1:
             raise ValueError(f"inversion_iters must be >= 1, got {self.inversion_iters}")
-        if not self.inversion_tol >= 0:
-            raise ValueError(f"inversion_tol must be >= 0, got {self.inversion_tol}")
+        if not (math.isfinite(self.inversion_tol) and self.inversion_tol >= 0):
+            raise ValueError(f"inversion_tol must be a finite number >= 0, got {self.inversion_tol}")
         check_steps(self.k, self.m, self.T, self.steps)
         if self.max_pixels <= 0:
             raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")
@@ -263,6 +268,28 @@ _CHOICES = dict(forward=FORWARD_MODES, clean_end=CLEAN_ENDS, inversion=INVERSION
                 reduce_method=REDUCE_METHODS)
 
 
+def finite_float(text: str) -> float:
+    """argparse type: a float that is finite (``nan``, ``inf`` refused with the option's name)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return v
+
+
+def finite_complex(text: str) -> complex:
+    """argparse type: a finite complex number (``1``, ``0.3j``, ``-0.1+0.2j``)."""
+    try:
+        v = complex(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a complex number: {text!r} (e.g. 1, 0.3j, -0.1+0.2j)") from None
+    if not (math.isfinite(v.real) and math.isfinite(v.imag)):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return v
+
+
 def add_codec_args(parser: argparse.ArgumentParser, skip: tuple = (), only: Optional[tuple] = None,
                    many_bcr: bool = False) -> None:
     """Add one option per :class:`CodecConfig` field (``--k``, ``--rule`` ...);
@@ -286,7 +313,7 @@ def add_codec_args(parser: argparse.ArgumentParser, skip: tuple = (), only: Opti
         elif f.name in _CHOICES:
             group.add_argument(flag, dest=f.name, default=default, choices=_CHOICES[f.name], help=help_)
         else:
-            typ = {"int": int, "float": float, "str": str, "Optional[int]": int}[str(f.type)]
+            typ = {"int": int, "float": finite_float, "str": str, "Optional[int]": int}[str(f.type)]
             group.add_argument(flag, dest=f.name, default=default, type=typ, help=help_)
         if f.name == "reduce":
             group.add_argument("--bcr", dest="bcr", type=bcr_arg, default=None, metavar="1/N",

@@ -8,6 +8,7 @@ flowgraphs in ``flowgraphs/`` build the same graph in GNU Radio Companion.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -52,10 +53,25 @@ class ChannelConfig:
     rician_k: float = 0.0
 
     def __post_init__(self):
+        for name in ("snr_db", "cfo", "delay"):
+            if not math.isfinite(float(getattr(self, name))):
+                raise ValueError(f"{name} must be finite, got {getattr(self, name)!r}")
+        if self.kind not in ("awgn", "model"):
+            raise ValueError(f"channel kind must be awgn or model, got {self.kind!r}")
+        if not (math.isfinite(float(self.epsilon)) and 0.5 <= float(self.epsilon) <= 2.0):
+            raise ValueError(f"epsilon (sample-clock ratio) must be in 0.5 .. 2 (1 = none), got {self.epsilon!r}")
+        taps = np.asarray(self.taps, np.complex128)
+        if taps.size == 0 or not np.all(np.isfinite(taps)) or not np.any(taps):
+            raise ValueError(f"taps must be finite and not all zero, got {list(self.taps)!r}")
+        if self.kind == "awgn" and (self.cfo or self.epsilon != 1.0 or self.delay or list(taps) != [1.0]):
+            raise ValueError("cfo, epsilon, delay and taps need the channel model (--channel model, kind "
+                             "'model': channels.channel_model); the awgn channel adds noise only")
         if not 0.0 <= float(self.fading) <= 0.1:
             raise ValueError(f"fading (fD Ts) must be in 0 .. 0.1, got {self.fading!r}")
-        if not float(self.rician_k) >= 0.0:
-            raise ValueError(f"rician_k must be >= 0 (0 = Rayleigh), got {self.rician_k!r}")
+        if not (math.isfinite(float(self.rician_k)) and float(self.rician_k) >= 0.0):
+            raise ValueError(f"rician_k must be finite and >= 0 (0 = Rayleigh), got {self.rician_k!r}")
+        if self.rician_k and not self.fading:
+            raise ValueError("rician_k (--rician-k) is the K factor of a fading channel: give fading (--fading) too")
 
     def channel_taps(self) -> np.ndarray:
         return np.asarray(multipath_taps(self.taps, self.delay), np.complex64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -13,28 +14,28 @@ OFFLINE_DEFAULT_MODEL = "patch-gmm"
 
 def register(sub) -> None:
     from .cli import add_images_arg, add_run_args
-    from .config import add_codec_args, add_frame_args
+    from .config import add_codec_args, add_frame_args, finite_complex, finite_float
 
     p = sub.add_parser("link", help="send images through a GNU Radio flowgraph (source -> channel -> sink)")
     add_images_arg(p)
-    p.add_argument("--snr", nargs="+", type=float, required=True, help="Es/N0 values in dB (one run each)")
+    p.add_argument("--snr", nargs="+", type=finite_float, required=True, help="Es/N0 values in dB (one run each)")
     p.add_argument("--out", required=True, help="output folder; images go to OUT/snr<DB>/<stem>.png")
     add_run_args(p)
     ch = p.add_argument_group("channel (noise seeded by --seed)")
     ch.add_argument("--channel", default=None, choices=("awgn", "model"),
                     help="awgn (sample-exact) or model (channels.channel_model) [default: model when any "
                          "impairment is given, else awgn]")
-    ch.add_argument("--cfo", type=float, default=0.0,
+    ch.add_argument("--cfo", type=finite_float, default=0.0,
                     help="normalised frequency offset, cycles/sample [default=%(default)r]")
-    ch.add_argument("--epsilon", type=float, default=1.0,
+    ch.add_argument("--epsilon", type=finite_float, default=1.0,
                     help="sample-clock ratio (channel_model epsilon) [default=%(default)r]")
-    ch.add_argument("--delay", type=float, default=0.0, help="fractional timing offset, samples [default=%(default)r]")
-    ch.add_argument("--taps", type=complex, nargs="+", default=[1.0],
+    ch.add_argument("--delay", type=finite_float, default=0.0, help="fractional timing offset, samples [default=%(default)r]")
+    ch.add_argument("--taps", type=finite_complex, nargs="+", default=[1.0],
                     help="multipath taps, e.g. --taps 1 0.3j -0.1 (normalised to unit energy) [default: 1]")
-    ch.add_argument("--fading", type=float, default=0.0, metavar="FDTS",
+    ch.add_argument("--fading", type=finite_float, default=0.0, metavar="FDTS",
                     help="flat fading before the noise (channels.fading_model, 8 sinusoids): maximum Doppler "
                          "over the sample rate, e.g. 1e-4; --snr is then the average SNR [default: none]")
-    ch.add_argument("--rician-k", type=float, default=0.0, metavar="K",
+    ch.add_argument("--rician-k", type=finite_float, default=0.0, metavar="K",
                     help="with --fading: Rician K factor (0 = Rayleigh) [default=%(default)r]")
     add_frame_args(p)
     add_codec_args(p)
@@ -49,17 +50,25 @@ def cmd_link(args) -> int:
     from .config import frame_config_from_args
     from .eval.metrics import ms_ssim, psnr
     from .link import ChannelConfig, run_link
+    from .pipeline import image_names
     from .sim import latent_power, snr_tag
 
     frame = frame_config_from_args(args)
+    impaired = args.cfo or args.epsilon != 1.0 or args.delay or list(args.taps) != [1.0]
+    kind = args.channel or ("model" if impaired else "awgn")
+    channels = {}
+    for snr in args.snr:  # every channel checked before the model loads (ValueError: one line, exit 2)
+        channels[snr] = ChannelConfig(snr_db=snr, kind=kind, cfo=args.cfo, epsilon=args.epsilon, delay=args.delay,
+                                      taps=args.taps, seed=args.seed, fading=args.fading, rician_k=args.rician_k)
     try:
         cfg, paths = prepare_run(args, args.images)
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    impaired = args.cfo or args.epsilon != 1.0 or args.delay or list(args.taps) != [1.0]
-    kind = args.channel or ("model" if impaired else "awgn")
-    names = {i & 0xFFFF: p.stem for i, p in enumerate(paths)}
+    # output files are named by the stem: two images of one name (in two folders) get distinct
+    # names, or the second's decode would overwrite the first's and be scored against it
+    labels = image_names(paths)
+    names = {i & 0xFFFF: labels[p] for i, p in enumerate(paths)}
     originals = {}
     for i, p in enumerate(paths):
         try:
@@ -68,12 +77,7 @@ def cmd_link(args) -> int:
             pass  # the source refuses it too: reported once, as the row's error
     failed = 0
     for snr in args.snr:
-        try:
-            ch = ChannelConfig(snr_db=snr, kind=kind, cfo=args.cfo, epsilon=args.epsilon, delay=args.delay,
-                               taps=args.taps, seed=cfg.seed, fading=args.fading, rician_k=args.rician_k)
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        ch = dataclasses.replace(channels[snr], seed=cfg.seed)  # the server's seed where it gave one
         out_dir = Path(args.out) / f"snr{snr_tag(snr)}"
         try:
             run = run_link([str(p) for p in paths], str(out_dir), ch, cfg, cfg, frame, args.server, names)
@@ -83,7 +87,7 @@ def cmd_link(args) -> int:
         got = {r["image_id"]: r for r in run["results"]}
         for ev in run["tx_events"]:
             i = ev["image_id"]
-            row = dict(image=ev["name"], snr_db=float(snr), channel=kind, sps=frame.sps)
+            row = dict(image=names.get(i, ev["name"]), snr_db=float(snr), channel=kind, sps=frame.sps)
             if args.fading:
                 row.update(fading=args.fading, rician_k=args.rician_k)
             if "error" in ev:
@@ -92,7 +96,7 @@ def cmd_link(args) -> int:
                 row["error"] = "lost: no frame of this image was received"
             else:
                 r = got[i]
-                row.update({k: r[k] for k in ("snr_est_db", "chunks_received", "chunks_total", "complete")})
+                row.update({k: r.get(k) for k in ("snr_est_db", "chunks_received", "chunks_total", "complete")})
                 if "error" in r:
                     row["error"] = r["error"]
                 else:

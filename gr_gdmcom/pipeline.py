@@ -110,6 +110,19 @@ class LinkMetaError(ValueError):
     """Latent metadata that the frame header cannot carry, or a header that gives no usable metadata."""
 
 
+def image_names(files: Sequence[Path]) -> dict:
+    """Labels: the file stem, or the whole file name where two stems collide."""
+    stems = [f.stem for f in files]
+    names = {f: (f.stem if stems.count(f.stem) == 1 else f.name) for f in files}
+    seen: dict = {}
+    for f in files:  # same file name in two folders: number the later ones
+        n = names[f]
+        seen[n] = seen.get(n, 0) + 1
+        if seen[n] > 1:
+            names[f] = f"{n}~{seen[n]}"
+    return names
+
+
 def header_flags(meta: LatentMeta) -> int:
     """The header ``flags`` byte for ``meta``: its reduction (codec/rate.py) and whether
     channel means were removed (0 for the paper's signal).

@@ -53,8 +53,12 @@ def simulate(codec: GenerativeCodec, images: Sequence, snrs: Sequence[float], ch
     """Yield one row per (image, SNR): metrics, N, timings.  Images that cannot
     be read give a row with ``error`` and the others still complete."""
     cfg = codec.config
-    names = list(names) if names else [Path(str(p)).stem if isinstance(p, (str, Path)) else f"image{i}"
-                                       for i, p in enumerate(images)]
+    if not names:  # file stems; two files of one name (in two folders) get distinct ones (image_names)
+        from .pipeline import image_names
+
+        labels = image_names([Path(str(p)) for p in images if isinstance(p, (str, Path))])
+        names = [labels[Path(str(p))] if isinstance(p, (str, Path)) else f"image{i}" for i, p in enumerate(images)]
+    names = list(names)
     originals = {}
     for i, src in enumerate(images):
         try:

@@ -35,3 +35,71 @@ def test_simulate_rejects_bad_config(tmp_path, capsys):
                "--out", str(tmp_path)])
     assert rc == 2
     assert "k + m must not exceed T: k=40, m=20, T=50" in capsys.readouterr().err
+
+
+def _tiny_png(path, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_bad_numbers_and_outputs_are_refused_before_the_model_loads(tmp_path, capsys):
+    """NaN/inf, an impossible channel or an output that cannot be written: one line, exit 2,
+    before any model is loaded or image sent (a nan clock ratio used to kill `gdmcom link`
+    with SIGFPE; an unwritable --out gave a traceback after the work)."""
+    img = _tiny_png(tmp_path / "a.png")
+    base = ["--image", str(img), "--snr", "10", "--model", "no-such-model"]  # loading it would fail otherwise
+    for argv, message in [
+        (["link", *base, "--out", str(tmp_path / "o"), "--epsilon", "nan"],
+         "argument --epsilon: must be a finite number, got 'nan'"),
+        (["simulate", *base, "--out", str(tmp_path / "o"), "--guidance", "inf"],
+         "argument --guidance: must be a finite number, got 'inf'"),
+        (["link", *base, "--out", str(tmp_path / "o"), "--taps", "1", "nanj"],
+         "argument --taps: must be a finite number, got 'nanj'"),
+        (["steps", "--snr", "nan"], "argument --snr: must be a finite number, got 'nan'"),
+    ]:
+        try:
+            rc = main(argv)
+        except SystemExit as exc:  # argparse's own refusal
+            rc = exc.code
+        assert rc == 2 and message in capsys.readouterr().err, argv
+    for argv, message in [
+        (["link", *base, "--out", str(tmp_path / "o"), "--epsilon", "0"],
+         "error: epsilon (sample-clock ratio) must be in 0.5 .. 2 (1 = none), got 0.0"),
+        (["link", *base, "--out", str(tmp_path / "o"), "--channel", "awgn", "--cfo", "0.01"],
+         "error: cfo, epsilon, delay and taps need the channel model (--channel model"),
+        (["link", *base, "--out", str(tmp_path / "o"), "--rician-k", "3"],
+         "error: rician_k (--rician-k) is the K factor of a fading channel: give fading (--fading) too"),
+        (["link", *base, "--out", str(img)], f"error: --out {img} is a file; give a folder"),
+        (["simulate", *base, "--out", "/proc/gdmcom-x"],
+         "error: cannot create the output folder /proc/gdmcom-x: No such file or directory"),
+        (["simulate", *base, "--out", str(tmp_path / "o"), "--seed=-1"], "error: seed must be in 0..2**63-1, got -1"),
+        (["steps", "--snr", "5", "--power", "0"], "error: --power (the latent power P = 1/alpha^2) must be > 0, got 0"),
+    ]:
+        assert main(argv) == 2 and message in capsys.readouterr().err, argv
+
+
+def test_two_images_of_one_name_are_kept_apart(tmp_path, capsys):
+    """a.png in two folders: distinct rows and files (the second's decode used to overwrite the
+    first's and be scored against it), each scored as it is when sent alone."""
+    a, b = _tiny_png(tmp_path / "a.png", 1), _tiny_png(tmp_path / "b" / "a.png", 2)
+    common = ["--snr", "20", "--model", "tiny", "--device", "cpu"]
+    assert main(["simulate", "--image", str(a), str(b), *common, "--out", str(tmp_path / "both")]) == 0
+    both = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["image"] for r in both] == ["a.png", "a.png~2"]
+    assert (tmp_path / "both" / "a.png_snr20.png").is_file() and (tmp_path / "both" / "a.png~2_snr20.png").is_file()
+    assert both[0]["psnr"] != both[1]["psnr"]
+
+
+def test_steps_takes_a_calibrated_rule(tmp_path, capsys):
+    from gr_gdmcom.codec.calibration import Calibration
+    from gr_gdmcom.config import CodecConfig
+
+    cal = Calibration(model="analytic", k=5, m=5, T=50, guidance=6.0, prompt=CodecConfig.prompt, clean_end="model",
+                      inversion="ddim", inversion_iters=3, metric="mse", images=["a.png"], rescale=True,
+                      fit_x=[0.0, 10.0, 20.0], fit_n=[30.0, 15.0, 10.0])
+    path = cal.save(tmp_path / "cal.json")
+    assert main(["steps", "--snr", "0", "5", "20", "--rule", f"calibrated:{path}"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"0": 30, "5": 22, "20": 10}  # 22.5 rounds to even
+    assert main(["steps", "--snr", "5", "--k", "3", "--rule", f"calibrated:{path}"]) == 2
+    assert f"calibration {path} was measured for k=5, m=5, T=50; give --k 5 --m 5 --T 50" in capsys.readouterr().err

@@ -163,5 +163,5 @@ def test_link_through_flat_fading(tmp_path, small, capsys):
     rc = main(["link", "--image", str(img), "--snr", "10", "--fading", "0.5", "--model", "tiny", "--device", "cpu",
                "--out", str(tmp_path / "bad")])
     assert rc == 2 and "fading (fD Ts) must be in 0 .. 0.1, got 0.5" in capsys.readouterr().err
-    with pytest.raises(ValueError, match=r"rician_k must be >= 0 \(0 = Rayleigh\), got -1"):
+    with pytest.raises(ValueError, match=r"rician_k must be finite and >= 0 \(0 = Rayleigh\), got -1"):
         ChannelConfig(fading=1e-4, rician_k=-1)

@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 
-from ..config import add_codec_args, codec_config_from_args
+from ..config import add_codec_args, codec_config_from_args, finite_float
 
 
 def _emit(row: dict) -> None:
@@ -185,14 +185,14 @@ def register(sub) -> None:
     s.add_argument("--scheduling", choices=("batch", "step"), default="batch",
                    help="batch: a batch of requests runs to completion; step: requests join and leave the "
                         "batched UNet call at every step (docs/server.md) [default=%(default)r]")
-    s.add_argument("--max-wait-ms", type=float, default=10.0,
+    s.add_argument("--max-wait-ms", type=finite_float, default=10.0,
                    help="longest wait for a batch to fill, from a request's arrival [default=%(default)r]")
     s.add_argument("--max-queue", type=int, default=32,
                    help="requests waiting for the model; beyond it the server answers busy [default=%(default)r]")
-    s.add_argument("--max-request-mb", type=float, default=64.0,
+    s.add_argument("--max-request-mb", type=finite_float, default=64.0,
                    help="largest request accepted, MiB [default=%(default)r]")
     s.add_argument("--png-level", type=int, default=1, help="zlib level of PNG replies, 0..9 [default=%(default)r]")
-    s.add_argument("--reply-cache-mb", type=float, default=16.0,
+    s.add_argument("--reply-cache-mb", type=finite_float, default=16.0,
                    help="memory for replies kept for retries, MiB [default=%(default)r]")
     s.add_argument("--attention", choices=("sdpa", "classic"), default="sdpa",
                    help="attention kernel: PyTorch SDPA or diffusers' explicit one [default=%(default)r]")
@@ -228,9 +228,9 @@ def register(sub) -> None:
                       help="autoscaling: fewest replicas (with --max-replicas) [default=%(default)r]")
     ray_.add_argument("--max-replicas", type=int, default=None,
                       help="autoscaling: most replicas; replaces --replicas [default=%(default)r]")
-    ray_.add_argument("--gpus-per-replica", type=float, default=0.0,
+    ray_.add_argument("--gpus-per-replica", type=finite_float, default=0.0,
                       help="GPUs of each replica (ray_actor_options num_gpus) [default=%(default)r]")
-    ray_.add_argument("--cpus-per-replica", type=float, default=1.0,
+    ray_.add_argument("--cpus-per-replica", type=finite_float, default=1.0,
                       help="CPUs of each replica (ray_actor_options num_cpus) [default=%(default)r]")
     ray_.add_argument("--ray-address", default=None,
                       help="join a Ray cluster: auto or ray://HOST:PORT (default: start a local instance)")

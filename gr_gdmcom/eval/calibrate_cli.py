@@ -12,7 +12,7 @@ import sys
 def register(sub) -> None:
     """Add the ``calibrate`` subcommand to the ``gdmcom`` subparsers."""
     from ..codec.calibration import METRICS
-    from ..config import add_codec_args
+    from ..config import add_codec_args, finite_float
     from .calibrate import DEFAULT_SNRS
 
     s = sub.add_parser(
@@ -29,7 +29,7 @@ def register(sub) -> None:
                    help="with --model analytic and no --images: latents drawn from the prior (conditional on the "
                         "prompt) [default=%(default)r]")
     s.add_argument("--metric", default="mse", choices=METRICS, help="what N minimises (PSNR: maximises) [default=%(default)r]")
-    s.add_argument("--snr", nargs="+", type=float, default=list(DEFAULT_SNRS), help="Es/N0 grid in dB [default=%(default)r]")
+    s.add_argument("--snr", nargs="+", type=finite_float, default=list(DEFAULT_SNRS), help="Es/N0 grid in dB [default=%(default)r]")
     s.add_argument("--out", required=True, help="calibration file to write (JSON)")
     s.add_argument("--chunk", type=int, default=None,
                    help="latents per batched sampling run [default: --batch-size; 4096 for analytic]")
@@ -44,7 +44,10 @@ def cmd_calibrate(args) -> int:
     from .calibrate import CalibrateOptions, calibrate
     from .sweep import find_images
 
+    from ..cli import check_out
+
     cfg = codec_config_from_args(args)
+    check_out(args.out, folder=False)  # before the calibration's minutes, not after
     images = [str(p) for p in find_images(args.images)] if args.images else []  # SweepError: a ValueError
     opts = CalibrateOptions(images=images, samples=args.samples, metric=args.metric, snrs=args.snr,
                             seed=cfg.seed, chunk=args.chunk, progress=not args.quiet)

@@ -14,7 +14,7 @@ import logging
 import signal
 import sys
 
-from ..config import add_codec_args, codec_config_from_args
+from ..config import add_codec_args, codec_config_from_args, finite_float
 from .learned import ALL as LEARNED
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def register(sub) -> None:
                     "recomputed. See docs/evaluation.md.")
     s.add_argument("--images", "--image", dest="images", nargs="+", required=True, metavar="IMG",
                    help="image files, folders (their images) or globs such as 'photos/*.png'")
-    s.add_argument("--snr", nargs="+", type=float, default=list(DEFAULT_SNRS),
+    s.add_argument("--snr", nargs="+", type=finite_float, default=list(DEFAULT_SNRS),
                    help="Es/N0 values in dB [default=%(default)r]")
     s.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help=f"comma-separated methods from {', '.join(METHODS)} [default=%(default)r]")
@@ -121,7 +121,10 @@ def cmd_sweep(args) -> int:
 
         torch.set_num_threads(max(1, args.threads))
     try:
+        from ..cli import check_out
+
         cfg = codec_config_from_args(args)
+        check_out(args.out)
         reductions = list(args.bcr or ())
         if reductions and cfg.reduce != 1:
             raise ValueError(f"--bcr and --reduce {cfg.reduce} disagree; give one of them")

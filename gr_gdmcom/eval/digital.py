@@ -792,20 +792,22 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from ..config import finite_float
+
     p = argparse.ArgumentParser(prog="python -m gr_gdmcom.eval.digital", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("calibrate", help="measure the MCS thresholds (BLER <= 10 %%)")
     c.add_argument("--n-symbols", type=int, default=2048, help="[default=%(default)r]")
     c.add_argument("--trials", type=int, default=100, help="[default=%(default)r]")
-    c.add_argument("--step", type=float, default=0.25, help="SNR grid, dB [default=%(default)r]")
+    c.add_argument("--step", type=finite_float, default=0.25, help="SNR grid, dB [default=%(default)r]")
     c.add_argument("--seed", type=int, default=0, help="[default=%(default)r]")
     c.add_argument("--jobs", type=int, default=1, help="processes [default=%(default)r]")
     c.add_argument("--mcs", nargs="*", default=None, help="subset of MCS names [default: all]")
     s = sub.add_parser("sweep", help="run an skimage test image through the chain over SNRs")
     s.add_argument("--image", default="astronaut", help="skimage.data image [default=%(default)r]")
     s.add_argument("--size", type=int, default=256, help="resize to size x size [default=%(default)r]")
-    s.add_argument("--bcr", type=float, default=1 / 96, help="n_symbols = bcr*3*size^2 [default=1/96]")
-    s.add_argument("--snr", type=float, nargs="+", default=[0, 5, 10, 15, 20], help="dB [default=%(default)r]")
+    s.add_argument("--bcr", type=finite_float, default=1 / 96, help="n_symbols = bcr*3*size^2 [default=1/96]")
+    s.add_argument("--snr", type=finite_float, nargs="+", default=[0, 5, 10, 15, 20], help="dB [default=%(default)r]")
     s.add_argument("--codec", default="hevc", help="[default=%(default)r]")
     s.add_argument("--mcs", default="adaptive", help="[default=%(default)r]")
     s.add_argument("--trials", type=int, default=1, help="channel realisations per SNR [default=%(default)r]")

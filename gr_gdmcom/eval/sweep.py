@@ -41,6 +41,7 @@ import numpy as np
 from ..codec import Failed
 from ..codec.images import ImageError, load_rgb
 from ..config import CodecConfig, bcr_text, config_for_server
+from ..pipeline import image_names  # noqa: F401  (labels of the sweep's images; imported from here too)
 from . import learned as learned_mod
 from . import report
 from .baselines import (METHODS, Context, Method, Rx, ServerCodecs, Tx, build_methods,
@@ -127,19 +128,6 @@ def find_images(paths: Sequence[Union[str, Path]]) -> List[Path]:
         raise SweepError(f"no images found in {', '.join(looked) or 'the given paths'} "
                          f"(looked for {', '.join(IMAGE_SUFFIXES)})")
     return list(dict.fromkeys(files))
-
-
-def image_names(files: Sequence[Path]) -> Dict[Path, str]:
-    """Labels: the file stem, or the whole file name where two stems collide."""
-    stems = [f.stem for f in files]
-    names = {f: (f.stem if stems.count(f.stem) == 1 else f.name) for f in files}
-    seen: Dict[str, int] = {}
-    for f in files:  # same file name in two folders: number the later ones
-        n = names[f]
-        seen[n] = seen.get(n, 0) + 1
-        if seen[n] > 1:
-            names[f] = f"{n}~{seen[n]}"
-    return names
 
 
 def load_images(files: Sequence[Path], max_pixels: int):

@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..config import bcr_arg
+from ..config import bcr_arg, finite_float
 
 
 def _positive(v: str) -> int:
@@ -44,10 +44,10 @@ def register(sub) -> None:
                    help="latents for Proposition 1's Monte Carlo")
     s.add_argument("--seed", type=int, default=d.seed, help="seed of latents, channel and forward noise")
     s.add_argument("--quick", action="store_true", help="5 SNRs, 10^4 Monte-Carlo latents: a smoke run")
-    s.add_argument("--snr", nargs="+", type=float, default=None,
+    s.add_argument("--snr", nargs="+", type=finite_float, default=None,
                    help="SNRs of section 3 in dB [default: 0..20 step 1; 0 5 10 15 20 with --quick]")
     s.add_argument("--model", default=d.model, help="analytic or analytic:key=value,... (see codec/analytic.py)")
-    s.add_argument("--guidance", type=float, default=d.guidance, help="classifier-free guidance scale")
+    s.add_argument("--guidance", type=finite_float, default=d.guidance, help="classifier-free guidance scale")
     s.add_argument("--no-baseline-search", dest="baseline_search", action="store_false",
                    help="skip the exhaustive N search for the random-noise and SD_SemCom baselines")
     s.add_argument("--threads", type=int, default=1,
@@ -91,7 +91,10 @@ def _command(args) -> str:
 def cmd_validate(args) -> int:
     from ..codec.analytic import is_analytic
     from . import validate_images, validate_rate
+    from ..cli import check_out
     from .validate import ValidateOptions, analyse, run_validation, timings
+
+    check_out(args.out, folder=False)  # before the run, not after
 
     if args.real_images:
         import torch
