@@ -135,3 +135,19 @@ def test_calibrate_on_images_with_the_tiny_model(tmp_path, components):
     path = cal.save(tmp_path / "cal.json")
     codec = GenerativeCodec(cfg.replace(rule=f"calibrated:{path}"), components=components)
     assert codec.calibration.n_steps(5.0, 1.0) == cal.n_steps(5.0, 1.0)
+
+
+def test_calibrate_refuses_what_it_cannot_use_before_running(tmp_path, capsys):
+    """--images with --samples (one would be ignored), --chunk 0 and an unwritable --out: exit 2
+    at once, not after the calibration's minutes."""
+    from gr_gdmcom.cli import main
+
+    base = ["calibrate", "--model", "analytic", "--snr", "5"]
+    for argv, message in [
+        ([*base, "--images", "x.png", "--samples", "8", "--out", str(tmp_path / "c.json")],
+         "error: give --images or --samples, not both"),
+        ([*base, "--samples", "8", "--chunk", "0", "--out", str(tmp_path / "c.json")], "error: --chunk must be >= 1, got 0"),
+        ([*base, "--samples", "8", "--out", str(tmp_path)], f"error: --out {tmp_path} is a folder; give a file name"),
+        ([*base, "--samples", "8", "--out", "/proc/gdmcom-x/c.json"], "error: cannot create the output folder /proc/gdmcom-x"),
+    ]:
+        assert main(argv) == 2 and message in capsys.readouterr().err, argv

@@ -314,6 +314,11 @@ def test_cli_sweep(folder, tmp_path, capsys):
     cap = capsys.readouterr()
     assert rc == 0 and "0 rows computed, 4 already present" in cap.err
     assert json.loads(cap.out)["rows_reused"] == 4
+    (folder / "broken.png").write_bytes(b"not a png at all")  # skipped: the sweep runs, its status says so
+    rc = main(["sweep", "--images", str(folder), "--snr", "5", "--methods", "proposed,digital", "--out", str(out),
+               "--model", "tiny", "--device", "cpu", "--no-plots", "--no-progress", "--metrics", "none"])
+    cap = capsys.readouterr()
+    assert rc == 1 and "warning: skipped" in cap.err and json.loads(cap.out)["rows_reused"] == 4
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -47,6 +47,10 @@ def cmd_calibrate(args) -> int:
     from ..cli import check_out
 
     cfg = codec_config_from_args(args)
+    if args.images and args.samples:
+        raise ValueError("give --images or --samples, not both (the calibration runs on one of them)")
+    if args.chunk is not None and args.chunk < 1:
+        raise ValueError(f"--chunk must be >= 1, got {args.chunk}")
     check_out(args.out, folder=False)  # before the calibration's minutes, not after
     images = [str(p) for p in find_images(args.images)] if args.images else []  # SweepError: a ValueError
     opts = CalibrateOptions(images=images, samples=args.samples, metric=args.metric, snrs=args.snr,

@@ -36,7 +36,7 @@ def register(sub) -> None:
                     "report: Proposition 1 against Monte Carlo, DDIM round-trip error, latent MSE per SNR for "
                     "every step rule against an exhaustive search over N and against the baselines, and the "
                     "paper's Table II settings. See docs/validation.md.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_DefaultsHelp)
     s.add_argument("--out", default=str(d.out), help="report path (markdown)")
     s.add_argument("--json", default=None, metavar="PATH", help="also write the raw numbers as JSON")
     s.add_argument("--samples", type=_positive, default=d.samples, help="latents per point (sections 2-4)")
@@ -65,6 +65,18 @@ def register(sub) -> None:
     s.add_argument("--rate-samples", type=_positive, default=None,
                    help="with --rate: latents per point [default: 16]")
     s.set_defaults(func=cmd_validate)
+
+
+class _DefaultsHelp(argparse.HelpFormatter):
+    """Each option's default as every gdmcom help shows it, ``[default=...]``; none for flags
+    (``--no-baseline-search (default: True)`` read backwards) and options without one."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("%(default)" in text or "[default" in text or not action.option_strings or action.nargs == 0
+                or action.default in (None, argparse.SUPPRESS)):
+            return text
+        return text + " [default=%(default)r]"
 
 
 def _command(args) -> str:
