@@ -114,6 +114,8 @@ def prepare_run(args, images=None):
             raise ValueError(f"no images found in {' '.join(map(str, images))}")
         if not any(p.is_file() for p in paths):
             raise ValueError(f"no such image file: {', '.join(str(p) for p in paths)}")
+    if getattr(args, "threads", 0) < 0:
+        raise ValueError(f"--threads must be >= 0 (0: torch's choice), got {args.threads}")
     if getattr(args, "threads", 0):
         import torch
 

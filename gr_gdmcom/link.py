@@ -56,6 +56,9 @@ class ChannelConfig:
         for name in ("snr_db", "cfo", "delay"):
             if not math.isfinite(float(getattr(self, name))):
                 raise ValueError(f"{name} must be finite, got {getattr(self, name)!r}")
+        if not abs(float(self.cfo)) < 0.5:
+            raise ValueError(f"cfo is normalised, cycles/sample: |cfo| < 0.5, got {self.cfo!r} (a frequency in Hz "
+                             f"over the sample rate)")
         if self.kind not in ("awgn", "model"):
             raise ValueError(f"channel kind must be awgn or model, got {self.kind!r}")
         if not (math.isfinite(float(self.epsilon)) and 0.5 <= float(self.epsilon) <= 2.0):

@@ -75,6 +75,20 @@ def test_bad_numbers_and_outputs_are_refused_before_the_model_loads(tmp_path, ca
          "error: cannot create the output folder /proc/gdmcom-x: No such file or directory"),
         (["simulate", *base, "--out", str(tmp_path / "o"), "--seed=-1"], "error: seed must be in 0..2**63-1, got -1"),
         (["steps", "--snr", "5", "--power", "0"], "error: --power (the latent power P = 1/alpha^2) must be > 0, got 0"),
+        (["link", *base, "--out", str(tmp_path / "o"), "--cfo", "1000"],
+         "error: cfo is normalised, cycles/sample: |cfo| < 0.5, got 1000.0"),
+        (["link", *base, "--out", str(tmp_path / "o"), "--tx-clip", "0.5"],
+         "error: FrameConfig: tx_clip must be 0 (off) or >= 1 (got tx_clip=0.5; option --tx-clip)"),
+        (["simulate", *base, "--out", str(tmp_path / "o"), "--threads", "-1"],
+         "error: --threads must be >= 0 (0: torch's choice), got -1"),
+        (["simulate", "--image", str(img), "--snr", "10", "--model", "tiny", "--out", str(tmp_path / "o"),
+          "--device", "gpu0"], "error: unknown device 'gpu0'; use auto, cpu, cuda, cuda:N or mps"),
+        (["validate", "--quick", "--real-images", "--rate", "--out", str(tmp_path / "v.md")],
+         "error: --real-images and --rate are two separate runs: give one of them"),
+        (["validate", "--quick", "--bcr", "1/384", "--out", str(tmp_path / "v.md")],
+         "error: --bcr is an option of --rate"),
+        (["validate", "--quick", "--out", str(tmp_path / "v.md"), "--json", "/proc/gdmcom-x/v.json"],
+         "error: cannot create the output folder /proc/gdmcom-x"),
     ]:
         assert main(argv) == 2 and message in capsys.readouterr().err, argv
 

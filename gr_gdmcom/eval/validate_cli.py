@@ -107,6 +107,12 @@ def cmd_validate(args) -> int:
     from .validate import ValidateOptions, analyse, run_validation, timings
 
     check_out(args.out, folder=False)  # before the run, not after
+    if args.json:
+        check_out(args.json, folder=False)
+    if args.real_images and args.rate:
+        raise ValueError("--real-images and --rate are two separate runs: give one of them")
+    if args.bcr and not args.rate:
+        raise ValueError("--bcr is an option of --rate (latent MSE against BCR); add --rate or drop --bcr")
 
     if args.real_images:
         import torch

@@ -161,7 +161,9 @@ class FrameConfig:
         ]
         for ok, msg in checks:
             if not ok:
-                raise ValueError(f"FrameConfig: {msg} (got {self!r})")
+                name = msg.split()[0]
+                raise ValueError(f"FrameConfig: {msg} (got {name}={getattr(self, name, '?')!r}; "
+                                 f"option --{name.replace('_', '-')})")
         return self
 
     @property
