@@ -118,7 +118,9 @@ def test_requests_with_their_own_settings_through_the_replicas(gateway, componen
         d = c.decode(noisy(renc, 2), renc.meta, 5.0, settings={"m": 0, "steps": 3, "rescale": False})
         assert (d.record["m"], d.record["n_steps"]) == (0, 3)
         assert np.array_equal(d.image, rx.decode(noisy(renc, 2), renc.meta, 5.0).image)
-        with pytest.raises(CodecError, match=r"^settings: k \+ m must not exceed T: k=0, m=51, T=50$"):
+        # the decode's k is the image's (meta.k = 1), named as the transmitter's
+        with pytest.raises(CodecError, match=r"^settings: k \+ m must not exceed T: k=1 \(the transmitter's\), "
+                                             r"m=51, T=50$"):
             c.decode(noisy(renc, 2), renc.meta, 5.0, settings={"m": 51})
         assert c.status()["settings"]["decode"] == ["m", "steps", "rescale"]
 
