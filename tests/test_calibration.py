@@ -146,8 +146,10 @@ def test_calibrate_refuses_what_it_cannot_use_before_running(tmp_path, capsys):
     for argv, message in [
         ([*base, "--images", "x.png", "--samples", "8", "--out", str(tmp_path / "c.json")],
          "error: give --images or --samples, not both"),
-        ([*base, "--samples", "8", "--chunk", "0", "--out", str(tmp_path / "c.json")], "error: --chunk must be >= 1, got 0"),
+        ([*base, "--samples", "8", "--chunk", "0", "--out", str(tmp_path / "c.json")],
+         "error: --chunk must be >= 1, got 0"),
         ([*base, "--samples", "8", "--out", str(tmp_path)], f"error: --out {tmp_path} is a folder; give a file name"),
-        ([*base, "--samples", "8", "--out", "/proc/gdmcom-x/c.json"], "error: cannot create the output folder /proc/gdmcom-x"),
+        ([*base, "--samples", "8", "--out", "/proc/gdmcom-x/c.json"],
+         "error: cannot create the output folder /proc/gdmcom-x"),
     ]:
         assert main(argv) == 2 and message in capsys.readouterr().err, argv

@@ -211,7 +211,8 @@ class LocalBackend(Backend):
 
     def decode(self, symbols, meta, snr_db, mask=None, settings=None) -> Decoded:
         with self._lock:
-            out = self._codec("decode", settings, getattr(meta, "k", None)).decode_many([(symbols, meta, snr_db, mask)])[0]
+            codec = self._codec("decode", settings, getattr(meta, "k", None))
+            out = codec.decode_many([(symbols, meta, snr_db, mask)])[0]
         if isinstance(out, Failed):
             raise CodecError(out.error)
         return out

@@ -29,7 +29,8 @@ def register(sub) -> None:
                    help="with --model analytic and no --images: latents drawn from the prior (conditional on the "
                         "prompt) [default=%(default)r]")
     s.add_argument("--metric", default="mse", choices=METRICS, help="what N minimises (PSNR: maximises) [default=%(default)r]")
-    s.add_argument("--snr", nargs="+", type=finite_float, default=list(DEFAULT_SNRS), help="Es/N0 grid in dB [default=%(default)r]")
+    s.add_argument("--snr", nargs="+", type=finite_float, default=list(DEFAULT_SNRS),
+                   help="Es/N0 grid in dB [default=%(default)r]")
     s.add_argument("--out", required=True, help="calibration file to write (JSON)")
     s.add_argument("--chunk", type=int, default=None,
                    help="latents per batched sampling run [default: --batch-size; 4096 for analytic]")
