@@ -36,7 +36,7 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from ..codec import Decoded, Encoded, LatentMeta
-from ..codec.core import SYMBOL_MAX, CodecError  # SYMBOL_MAX: largest |Re|, |Im| of a symbol
+from ..codec.core import CodecError, symbol_problem
 from ..config import FORWARD_MODES, REDUCE_METHODS
 
 VERSION = 1
@@ -516,17 +516,10 @@ def _parse_decode(header, payloads, limits, rid, fail) -> Request:
         mask = np.frombuffer(payloads[1], dtype=MASK_DTYPE) != 0
     # erased symbols are replaced by 0 (whatever a receiver wrote there: NaN, say); the
     # others must be finite and of a size float32 arithmetic can take
-    with np.errstate(over="ignore", invalid="ignore"):
-        size = np.maximum(np.abs(symbols.real), np.abs(symbols.imag))
-    kept = np.ones(n, bool) if mask is None else mask
-    bad = int(np.count_nonzero(~np.isfinite(size) & kept))
-    if bad:
-        raise fail(NON_FINITE, f"{name}: received symbols contain {bad} non-finite values (NaN/inf)")
-    huge = int(np.count_nonzero((size > SYMBOL_MAX) & kept))
-    if huge:
-        raise fail(BAD_REQUEST, f"{name}: {huge} received symbols exceed {SYMBOL_MAX:g} in magnitude (the "
-                                f"symbols are unit-power; is the receiver's gain set?)")
-    if mask is not None and not np.all(np.isfinite(size) & (size <= SYMBOL_MAX)):  # some erased ones
+    problem = symbol_problem(symbols, mask)
+    if problem is not None:
+        raise fail(NON_FINITE if problem[0] == "non_finite" else BAD_REQUEST, f"{name}: {problem[1]}")
+    if mask is not None and symbol_problem(symbols) is not None:  # some erased ones
         symbols = np.where(mask, symbols, 0).astype(SYMBOL_DTYPE)
     return Request(op="decode", id=rid, symbols=symbols.astype(np.complex64, copy=False), meta=meta,
                    snr_db=float(fields.snr_db), mask=mask, image_format=fields.format, name=name,

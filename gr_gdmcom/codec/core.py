@@ -69,6 +69,24 @@ def to_device(t: torch.Tensor, device) -> torch.Tensor:
 SYMBOL_MAX = 1e6
 
 
+def symbol_problem(symbols: np.ndarray, kept: Optional[np.ndarray] = None) -> Optional[Tuple[str, str]]:
+    """What makes received symbols undecodable, or None: ``("non_finite", message)`` for NaN or
+    infinity, ``("too_large", message)`` beyond SYMBOL_MAX; ``kept`` (bool) limits the check to
+    the symbols not erased (those are replaced by 0 whatever they hold)."""
+    s = np.asarray(symbols)
+    with np.errstate(over="ignore", invalid="ignore"):
+        size = np.maximum(np.abs(s.real), np.abs(s.imag))
+    kept = np.ones(size.shape, bool) if kept is None else kept
+    bad = int(np.count_nonzero(~np.isfinite(size) & kept))
+    if bad:
+        return "non_finite", f"received symbols contain {bad} non-finite values (NaN/inf)"
+    huge = int(np.count_nonzero((size > SYMBOL_MAX) & kept))
+    if huge:
+        return "too_large", (f"{huge} received symbols exceed {SYMBOL_MAX:g} in magnitude (the symbols are "
+                             f"unit-power; is the receiver's gain set?)")
+    return None
+
+
 def prompt_hash(prompt: str) -> int:
     """CRC-32 of the UTF-8 prompt: what the frame header carries instead of the text."""
     return zlib.crc32(prompt.encode("utf-8")) & 0xFFFFFFFF
@@ -233,13 +251,9 @@ def latent_from_symbols(symbols: np.ndarray, meta: LatentMeta) -> np.ndarray:
     if s.size != meta.n_symbols:
         raise CodecError(f"{meta.name}: metadata says latent shape {tuple(meta.latent_shape)} = "
                          f"{meta.n_symbols} symbols but {s.size} symbols were received")
-    bad = int(np.count_nonzero(~np.isfinite(s)))
-    if bad:
-        raise CodecError(f"{meta.name}: received symbols contain {bad} non-finite values (NaN/inf)")
-    huge = int(np.count_nonzero(np.maximum(np.abs(s.real), np.abs(s.imag)) > SYMBOL_MAX))
-    if huge:
-        raise CodecError(f"{meta.name}: {huge} received symbols exceed {SYMBOL_MAX:g} in magnitude (the symbols "
-                         f"are unit-power; is the receiver's gain set?)")
+    problem = symbol_problem(s)
+    if problem is not None:
+        raise CodecError(f"{meta.name}: {problem[1]}")
     if not (math.isfinite(meta.alpha) and meta.alpha > 0):
         raise CodecError(f"{meta.name}: alpha must be a positive finite number, got {meta.alpha}")
     y = np.empty(2 * s.size, dtype=np.float64)
