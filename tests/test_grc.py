@@ -112,6 +112,26 @@ def test_block_faces_show_at_most_five_parameters():
         assert 2 <= len(shown) <= 5 and shown == [p[0] for p in b["params"] if p[0] in b["face"]], (name, shown)
 
 
+@pytest.mark.parametrize("fg", FLOWGRAPHS, ids=lambda p: p.name)
+def test_flowgraphs_frame_settings_are_the_blocks_defaults(fg):
+    """A burst-format or receiver setting typed into a flowgraph as a number is the block's
+    default (a variable, e.g. ``sps``, is the flowgraph's own knob): the flowgraphs are saved
+    with every parameter, so a default that improved (the tracker's ``phase_window`` 32 -> 512)
+    stayed at its old value in all seven receivers until this test."""
+    frame = set(FrameConfig.__dataclass_fields__)
+    defaults = {}
+    for f in GRC.glob("*.block.yml"):
+        doc = yaml.safe_load(f.read_text())
+        defaults[doc["id"]] = {p["id"]: str(p.get("default")) for p in doc["parameters"]}
+    stale = []
+    for b in yaml.safe_load(fg.read_text())["blocks"]:
+        for pid, value in b["parameters"].items() if b["id"] in defaults else ():
+            literal = re.fullmatch(r"[-+0-9.eE]+|True|False", str(value))
+            if pid in frame and literal and str(value) != defaults[b["id"]][pid]:
+                stale.append((b["name"], pid, value, defaults[b["id"]][pid]))
+    assert not stale, stale
+
+
 @pytest.fixture(scope="module")
 def compiled(grcc_build):
     return grcc_build
