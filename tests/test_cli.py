@@ -117,3 +117,20 @@ def test_steps_takes_a_calibrated_rule(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == {"0": 30, "5": 22, "20": 10}  # 22.5 rounds to even
     assert main(["steps", "--snr", "5", "--k", "3", "--rule", f"calibrated:{path}"]) == 2
     assert f"calibration {path} was measured for k=5, m=5, T=50; give --k 5 --m 5 --T 50" in capsys.readouterr().err
+
+
+def test_keys_refuses_bad_names_before_writing_anything(tmp_path, capsys):
+    """A name with a path, a name given twice or an --out that is a file: exit 2 with nothing
+    written (the folder used to be made, and the first of two equal names written, first)."""
+    out = tmp_path / "keys"
+    for argv, message in [
+        (["keys", "--out", str(out), "--name", "ok", "../evil"], "error: key name '../evil' must be letters"),
+        (["keys", "--out", str(out), "--name", "s", "s"], "error: --name lists a name twice: s s"),
+    ]:
+        assert main(argv) == 2 and message in capsys.readouterr().err, argv
+        assert not out.exists()
+    img = _tiny_png(tmp_path / "a.png")
+    assert main(["keys", "--out", str(img), "--name", "s"]) == 2
+    assert f"error: --out {img} is a file; give a folder" in capsys.readouterr().err
+    assert main(["keys", "--out", str(out), "--name", "s", "t"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["s.key", "s.key_secret", "t.key", "t.key_secret"]

@@ -124,8 +124,14 @@ def _curve_from_args(args):
 def cmd_keys(args) -> int:
     import zmq.auth
 
-    from .security import make_keys, public_key_hex
+    from ..cli import check_out
+    from .security import check_key_name, make_keys, public_key_hex
 
+    for name in args.name:
+        check_key_name(name)
+    if len(set(args.name)) < len(args.name):  # the second of a name would fail after the first was written
+        raise ValueError(f"--name lists a name twice: {' '.join(args.name)}")
+    check_out(args.out)
     for name in args.name:
         try:
             public, secret = make_keys(args.out, name)

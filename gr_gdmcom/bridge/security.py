@@ -43,13 +43,19 @@ HANDSHAKE_FAILED = {zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake failed",
                     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "client key refused by the authenticator"}
 
 
+def check_key_name(name: str) -> str:
+    """A key pair's name: letters, digits, ``_``, ``.``, ``-`` (no path); ValueError otherwise."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ValueError(f"key name {name!r} must be letters, digits, '_', '.', '-'")
+    return name
+
+
 def make_keys(out_dir, name: str) -> Tuple[Path, Path]:
     """Write a new CURVE key pair ``out_dir/NAME.key`` (public) and ``NAME.key_secret``;
     returns their paths.  Refuses to overwrite an existing pair (``FileExistsError``)."""
     out = Path(out_dir)
+    check_key_name(name)  # before anything is made
     out.mkdir(parents=True, exist_ok=True)
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise ValueError(f"key name {name!r} must be letters, digits, '_', '.', '-'")
     for suffix in (".key", ".key_secret"):
         if (out / (name + suffix)).exists():
             raise FileExistsError(f"{out / (name + suffix)} exists; remove it or choose another --name")
