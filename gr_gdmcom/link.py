@@ -66,7 +66,7 @@ class ChannelConfig:
         taps = np.asarray(self.taps, np.complex128)
         if taps.size == 0 or not np.all(np.isfinite(taps)) or not np.any(taps):
             raise ValueError(f"taps must be finite and not all zero, got {list(self.taps)!r}")
-        if self.kind == "awgn" and (self.cfo or self.epsilon != 1.0 or self.delay or list(taps) != [1.0]):
+        if self.kind == "awgn" and self.impaired:
             raise ValueError("cfo, epsilon, delay and taps need the channel model (--channel model, kind "
                              "'model': channels.channel_model); the awgn channel adds noise only")
         if not 0.0 <= float(self.fading) <= 0.1:
@@ -75,6 +75,11 @@ class ChannelConfig:
             raise ValueError(f"rician_k must be finite and >= 0 (0 = Rayleigh), got {self.rician_k!r}")
         if self.rician_k and not self.fading:
             raise ValueError("rician_k (--rician-k) is the K factor of a fading channel: give fading (--fading) too")
+
+    @property
+    def impaired(self) -> bool:
+        """Whether it has what only the channel model makes: a CFO, a clock offset, a delay, taps."""
+        return bool(self.cfo or self.epsilon != 1.0 or self.delay or list(np.asarray(self.taps, complex)) != [1.0])
 
     def channel_taps(self) -> np.ndarray:
         return np.asarray(multipath_taps(self.taps, self.delay), np.complex64)

@@ -55,12 +55,12 @@ def cmd_link(args) -> int:
     from .sim import latent_power, snr_tag
 
     frame = frame_config_from_args(args)
-    impaired = args.cfo or args.epsilon != 1.0 or args.delay or list(args.taps) != [1.0]
-    kind = args.channel or ("model" if impaired else "awgn")
     channels = {}
     for snr in args.snr:  # every channel checked before the model loads (ValueError: one line, exit 2)
-        channels[snr] = ChannelConfig(snr_db=snr, kind=kind, cfo=args.cfo, epsilon=args.epsilon, delay=args.delay,
-                                      taps=args.taps, seed=args.seed, fading=args.fading, rician_k=args.rician_k)
+        ch = ChannelConfig(snr_db=snr, kind="model", cfo=args.cfo, epsilon=args.epsilon, delay=args.delay,
+                           taps=args.taps, seed=args.seed, fading=args.fading, rician_k=args.rician_k)
+        kind = args.channel or ("model" if ch.impaired else "awgn")  # sample-exact AWGN unless impaired
+        channels[snr] = dataclasses.replace(ch, kind=kind)
     try:
         cfg, paths = prepare_run(args, args.images)
     except ModelLoadError as exc:
@@ -88,7 +88,7 @@ def cmd_link(args) -> int:
         got = {r["image_id"]: r for r in run["results"]}
         for ev in run["tx_events"]:
             i = ev["image_id"]
-            row = dict(image=names.get(i, ev["name"]), snr_db=float(snr), channel=kind, sps=frame.sps)
+            row = dict(image=names.get(i, ev["name"]), snr_db=float(snr), channel=ch.kind, sps=frame.sps)
             if args.fading:
                 row.update(fading=args.fading, rician_k=args.rician_k)
             if "error" in ev:

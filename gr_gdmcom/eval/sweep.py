@@ -41,7 +41,7 @@ import numpy as np
 from ..codec import Failed
 from ..codec.images import ImageError, load_rgb
 from ..config import CodecConfig, bcr_text, config_for_server
-from ..pipeline import image_names  # noqa: F401  (labels of the sweep's images; imported from here too)
+from ..pipeline import image_names
 from . import learned as learned_mod
 from . import report
 from .baselines import (METHODS, Context, Method, Rx, ServerCodecs, Tx, build_methods,
