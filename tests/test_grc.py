@@ -171,3 +171,82 @@ def test_generated_script_exits_2_when_nothing_was_sent(compiled, tmp_path):
     log = r.stdout + r.stderr  # (GNU Radio's logger writes to stdout)
     assert log.count("image not found: missing.png") == 1
     assert log.count("none of the 1 image(s) could be sent") == 1
+
+
+def _run_command(fg: Path) -> str:
+    return yaml.safe_load(fg.read_text())["options"]["parameters"]["run_command"]
+
+
+@pytest.mark.parametrize("fg", FLOWGRAPHS, ids=lambda p: p.name)
+def test_grc_run_button_uses_the_checkouts_venv(fg, tmp_path):
+    """GRC's Run executes the flowgraph's Run Command with ``{python}`` = the python GRC runs on;
+    Debian's own gnuradio-companion runs on /usr/bin/python3, which has neither torch nor gr_gdmcom.
+    The shipped flowgraphs run their script with the checkout's ``.venv/bin/python`` (found beside
+    the script's folder) and fall back to ``{python}`` where there is none."""
+    import shlex
+    for with_venv in (True, False):
+        root = tmp_path / ("with" if with_venv else "without")
+        (root / "flowgraphs").mkdir(parents=True)
+        script = root / "flowgraphs" / f"{fg.stem}.py"
+        script.write_text("import sys; print(sys.argv[0], sys.executable)\n")
+        venv_python = root / ".venv" / "bin" / "python"
+        if with_venv:
+            venv_python.parent.mkdir(parents=True)
+            venv_python.symlink_to(sys.executable)
+        fallback = tmp_path / "grc-python"
+        if not fallback.exists():
+            fallback.symlink_to(sys.executable)
+        # as GRC's Executor does: format, shlex.split, Popen from the flowgraph's folder
+        args = shlex.split(_run_command(fg).format(python=shlex.quote(str(fallback)),
+                                                   filename=shlex.quote(str(script))))
+        r = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == [str(script), str(venv_python if with_venv else fallback)]
+
+
+def _import_block(fg_name: str, block: str) -> str:
+    doc = yaml.safe_load((ROOT / "flowgraphs" / fg_name).read_text())
+    return next(b for b in doc["blocks"] if b["name"] == block)["parameters"]["imports"]
+
+
+def test_impaired_links_taps_without_gr_gdmcom_are_the_same(monkeypatch):
+    """GRC evaluates a flowgraph's Import blocks in its own python when it loads the flowgraph;
+    where gr_gdmcom cannot be imported (Debian's gnuradio-companion), impaired_link's Import
+    defines its own multipath_taps. It must give the taps gr_gdmcom.link gives."""
+    from gr_gdmcom.link import multipath_taps
+    code = _import_block("impaired_link.grc", "import_taps")
+    real, fallback = {}, {}
+    exec(code, real)
+    assert real["multipath_taps"] is multipath_taps
+    monkeypatch.setitem(sys.modules, "gr_gdmcom.link", None)  # import gr_gdmcom.link -> ImportError
+    exec(code, fallback)
+    assert fallback["multipath_taps"] is not multipath_taps
+    for taps, delay in (([1.0, 0.3j, -0.1], 0.0), ([1.0, 0.3j, -0.1], 0.37), ([1.0], 0.5), ([0.5, 0.5], -1.25)):
+        assert fallback["multipath_taps"](taps, delay) == multipath_taps(taps, delay), (taps, delay)
+
+
+def test_live_demos_display_check_loads_without_gr_gdmcom(monkeypatch):
+    code = _import_block("live_demo.grc", "display_check")
+    monkeypatch.setitem(sys.modules, "gr_gdmcom.blocks.flowgraph", None)
+    ns = {}
+    exec(code, ns)  # no ImportError: GRC draws the block (and what uses it) normally
+    assert ns["require_display"]("live_demo.py") is None
+
+
+@pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="no system python")
+def test_debians_own_grcc_compiles_every_flowgraph_the_same(compiled, tmp_path):
+    """Debian's grcc runs on /usr/bin/python3 (no gr_gdmcom, no torch): every flowgraph compiles
+    there too, to the same script as with the venv's python."""
+    probe = subprocess.run(["/usr/bin/python3", "-c", "import gnuradio.grc, importlib.util as u; "
+                            "print(u.find_spec('gr_gdmcom') is None)"], capture_output=True, text=True, cwd=tmp_path,
+                           env={k: v for k, v in _env().items() if k != "PYTHONPATH"})
+    if probe.returncode != 0:
+        pytest.skip("no GNU Radio for /usr/bin/python3")
+    if probe.stdout.strip() != "True":
+        pytest.skip("gr_gdmcom is importable from /usr/bin/python3 here")
+    env = {k: v for k, v in _env().items() if k != "PYTHONPATH"}
+    r = subprocess.run(["/usr/bin/python3", "/usr/bin/grcc", "-o", str(tmp_path), *map(str, FLOWGRAPHS)],
+                       env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for fg in FLOWGRAPHS:
+        assert (tmp_path / f"{fg.stem}.py").read_text() == (compiled / f"{fg.stem}.py").read_text(), fg.name
