@@ -815,6 +815,26 @@ def test_gdmcom_serve_command(client, tmp_path):
             proc.communicate()
 
 
+def test_server_status_exit_status_is_a_health_check(serve, capsys):
+    """0 and the status JSON when the server replies, 1 when nothing replies (a health check's
+    failure), 2 for an endpoint it cannot use (docs/server.md)."""
+    from gr_gdmcom.cli import main
+
+    srv = serve()
+    assert main(["server-status", "--server", srv.last_endpoint]) == 0
+    out, _ = capsys.readouterr()
+    assert json.loads(out.splitlines()[-1])["model"] == "tiny"
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["server-status", "--server", f"tcp://127.0.0.1:{port}", "--timeout-ms", "300"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "no reply within 300 ms. Is `gdmcom serve` running there?" in err
+    assert main(["server-status", "--server", "gpu-host:5555"]) == 2
+    assert "error: server endpoint 'gpu-host:5555' has no transport; write e.g. tcp://gpu-host:5555" in \
+        capsys.readouterr().err
+
+
 def test_cli_registers_serve_broker_and_status():
     from gr_gdmcom.cli import build_parser
 
