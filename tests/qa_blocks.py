@@ -178,6 +178,67 @@ def _png_bytes():
 
 
 class qa_missing_chunks(gr_unittest.TestCase):
+    def test_a_dropout_is_erased_and_the_image_decoded(self):
+        """The radio drops 600 samples of a burst and zero-fills them: the sink decodes the image
+        with those symbols erased (the receiver once divided them by a gain of 0: NaN symbols,
+        'image not decoded'); frame_rx's PDU gives the erased ranges, typed like every list field."""
+        from gr_gdmcom.bridge.backend import make_backend
+        from gr_gdmcom.config import CodecConfig
+        from gr_gdmcom.phy import FrameConfig
+        big = np.tile(np.arange(128, dtype=np.uint8)[:, None, None] * 2, (1, 128, 3))  # a gradient: 512 symbols
+        enc = make_backend("local", CodecConfig(**TINY)).encode(big, name="x")
+        self.assertEqual(len(enc.symbols), 512)
+        burst, = FrameTx(FrameConfig()).frames(enc.symbols, header_for(enc.meta, 3))
+        stream = awgn(np.concatenate([np.zeros(400, np.complex64), burst, np.zeros(3000, np.complex64)]), 15.0,
+                      np.random.default_rng(4))
+        stream[400 + len(burst) - 900: 400 + len(burst) - 300] = 0  # in the payload's second half
+        results = []
+        for block in (semantic_sink(out_dir="", **TINY), frame_rx()):
+            tb = gr.top_block()
+            dbg = blocks.message_debug()
+            tb.connect(blocks.vector_source_c(stream.tolist()), block)
+            tb.msg_connect(block, "images" if isinstance(block, semantic_sink) else "pdus", dbg, "store")
+            tb.run()
+            (msg,) = _messages(dbg)
+            results.append((block, pmt.car(msg), pmt.to_python(pmt.car(msg))))
+        (snk, _, r), (rx, meta, m) = results
+        self.assertNotIn("error", r)
+        self.assertEqual((r["complete"], r["chunks_received"]), (False, 1))
+        self.assertTrue(200 < r["erased_symbols"] < 300, r["erased_symbols"])
+        self.assertEqual(snk.counters()["symbols_erased"], r["erased_symbols"])
+        self.assertEqual((snk.counters()["images_partial"], snk.counters()["images_decoded"]), (1, 1))
+        self.assertGreater(r["snr_est_db"], 13.0)
+        self.assertEqual(m["erased_symbols"], r["erased_symbols"])
+        (a, b), = [tuple(v) for v in m["erased_ranges"]]
+        self.assertEqual(b - a, r["erased_symbols"])
+        self.assertTrue(pmt.is_s32vector(pmt.dict_ref(meta, pmt.intern("missing_chunks"), pmt.PMT_NIL)))  # even empty
+
+    def test_a_bug_in_the_receiver_is_logged_counted_and_the_flowgraph_ends(self):
+        """An unexpected exception inside the receiver (here a patched one) used to end the
+        block's thread, and tb.run() never returned; now it is logged with its traceback,
+        counted in internal_errors, the buffered samples dropped, and the block goes on."""
+        import logging
+        from unittest import mock
+        from gr_gdmcom.bridge.backend import make_backend
+        from gr_gdmcom.config import CodecConfig
+        from gr_gdmcom.phy import FrameConfig, FrameRx
+        enc = make_backend("local", CodecConfig(**TINY)).encode(_png_bytes(), name="x")
+        burst, = FrameTx(FrameConfig()).frames(enc.symbols, header_for(enc.meta, 5))
+        stream = awgn(np.concatenate([np.zeros(400, np.complex64), burst, np.zeros(3000, np.complex64)]), 15.0,
+                      np.random.default_rng(5))
+        for block in (semantic_sink(out_dir="", **TINY), frame_rx()):
+            tb, src = gr.top_block(), blocks.vector_source_c(stream.tolist())
+            tb.connect(src, block)
+            with mock.patch.object(FrameRx, "_payload", side_effect=RuntimeError("boom")):
+                with self.assertLogs("gr_gdmcom.blocks", logging.ERROR) as logs:
+                    tb.run()  # returns
+            self.assertEqual((block.counters()["internal_errors"], block.counters()["frames_out"]), (1, 0))
+            self.assertIn("internal error while receiving", logs.output[0])
+            self.assertIn("RuntimeError: boom", logs.output[0])  # with its traceback
+            src.rewind()
+            tb.run()  # the same block receives the next stream normally
+            self.assertEqual((block.counters()["internal_errors"], block.counters()["frames_out"]), (1, 1))
+
     def test_image_with_a_lost_chunk_is_decoded_and_marked(self):
         from gr_gdmcom.bridge.backend import make_backend
         from gr_gdmcom.config import CodecConfig

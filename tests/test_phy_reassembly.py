@@ -103,3 +103,41 @@ def test_per_symbol_noise_variances_and_untracked_chunks(rng):
     np.testing.assert_allclose(img.symbol_noise_var[:1000], np.linspace(0.05, 0.15, 1000), rtol=1e-6)
     assert np.all(img.symbol_noise_var[1000:2000] == 0) and np.allclose(img.symbol_noise_var[2000:], 0.3)
     assert img.untracked == [2] and img.missing == [1]
+
+
+def test_erased_symbols_are_masked_and_the_image_is_partial(rng):
+    """A frame's erased symbols (no signal: a dropout) are masked like a missing chunk's,
+    counted, left out of the image's noise estimate, and the image is not complete."""
+    sym = complex_noise(3000, 1.0, rng)
+    frames = frames_of(4, sym, 1000, noise_var=[0.1, 0.2, 0.1])
+    erased = np.zeros(1000, bool)
+    erased[100:350] = True
+    frames[1].symbols[erased] = 0
+    frames[1].erased = erased
+    r = Reassembler()
+    (img,) = sum((r.add(f) for f in frames), [])
+    assert not img.complete and img.missing == [] and img.erased_symbols == 250
+    np.testing.assert_array_equal(img.mask, np.concatenate([np.ones(1100, bool), np.zeros(250, bool),
+                                                            np.ones(1650, bool)]))
+    # the noise over the received symbols: chunk 1's weighs its 750 live ones
+    assert img.noise_var == pytest.approx((1000 * 0.1 + 750 * 0.2 + 1000 * 0.1) / 2750)
+    assert r.counters["images_partial"] == 1 and r.counters["images_complete"] == 0
+    from gr_gdmcom.phy.reassembly import erased_ranges
+    assert erased_ranges(~img.mask) == [[1100, 1350]] and erased_ranges(None) == []
+
+
+def test_of_two_copies_of_a_chunk_the_one_with_fewer_erasures_is_kept(rng):
+    """A copy whose live symbols are a little cleaner but half of which were erased loses to a
+    whole copy (expected MMSE error: 0.5 x 0.05/1.05 + 0.5 against 0.1/1.1)."""
+    sym = complex_noise(2000, 1.0, rng)
+    for dropped_first in (True, False):
+        dropped = frames_of(6, sym, 1000, noise_var=0.05)[0]  # chunk 0 of 2, twice
+        whole = frames_of(6, sym, 1000, noise_var=0.1)[0]
+        dropped.erased = np.arange(1000) < 500
+        dropped.symbols = np.where(dropped.erased, 0, dropped.symbols).astype(np.complex64)
+        r = Reassembler()
+        for f in ((dropped, whole) if dropped_first else (whole, dropped)):
+            assert r.add(f) == []
+        img, = r.flush()
+        assert img.erased_symbols == 0 and img.mask[:1000].all() and img.noise_var == pytest.approx(0.1)
+        assert r.counters["chunks_duplicate"] == 1

@@ -262,6 +262,58 @@ def test_nonfinite_samples_are_counted_and_contained(rng):
     assert all(measure_snr_db(chunks[f.header.chunk_index], f.symbols) > 13 for f in ok)
 
 
+@pytest.mark.parametrize("fill", [0.0, np.nan])
+def test_a_dropout_in_the_payload_is_erased_not_divided_by(fill, rng):
+    """1000 samples of a payload zeroed (a radio's dropout) or NaN (zeroed and counted): the
+    symbols where the tracked gain is ~0 are erased (0, counted, RxFrame.erased) instead of
+    divided by that gain (the old code gave NaN symbols and an estimate of -280 dB); the
+    estimate covers the other symbols and is their actual Es/N0; the next burst is
+    unharmed."""
+    cfg = FrameConfig(sps=2, max_chunk_symbols=4096)
+    x, chunks, starts = make_stream(cfg, 2, rng)
+    y = awgn(x, 10.0, rng)
+    lo, hi = starts[0] + 3000, starts[0] + 5000  # 1000 symbols of the payload
+    y[lo:hi] = fill
+    frames, counters = receive(cfg, y)
+    assert [f.header.chunk_index for f in frames] == [0, 1], counters
+    f, g = frames
+    assert np.all(np.isfinite(f.symbols)) and np.isfinite(f.snr_db) and f.erased is not None
+    assert counters["symbols_erased"] == int(f.erased.sum()) and g.erased is None
+    assert counters["nonfinite_samples"] == (2000 if np.isnan(fill) else 0)
+    assert not f.symbols[f.erased].any() and not f.symbol_noise_var[f.erased].any()
+    # the erased symbols are the dead stretch's (each symbol's sample: preamble + body position)
+    lay = cfg.layout()
+    sample_of = starts[0] + (len(lay.preamble) + lay.burst_map(cfg.max_chunk_symbols).payload) * cfg.sps + lay.half
+    dead = (sample_of >= lo) & (sample_of < hi)
+    assert dead.sum() > 800 and f.erased[dead].mean() > 0.9, f.erased[dead].mean()
+    assert np.all((sample_of[f.erased] >= lo - 20) & (sample_of[f.erased] < hi + 20))
+    # the dead known symbols are left out of the channel track: the live symbols' estimate
+    # is their actual Es/N0 (the old track, pulled to 0 by the dropout, gave errors of 10 next to it)
+    live = ~f.erased
+    actual = measure_snr_db(chunks[0][live], f.symbols[live])
+    assert f.snr_db == pytest.approx(10 * np.log10(1 / np.mean(f.symbol_noise_var[live])))
+    assert abs(f.snr_db - actual) < 0.5 and actual > 9.3, (f.snr_db, actual)
+    assert abs(g.snr_db - 10.0) < 0.5
+
+
+def test_a_dropout_over_the_header_leaves_the_payload_whole(rng):
+    """Samples 200..3000 of a burst zeroed (most of its preamble and header): the header is
+    read from its copy, and the dead known symbols stay out of the channel track, so the
+    payload after them is whole (the old track, pulled towards 0 there, gave the first 256
+    payload symbols an error of 10) and its estimate is honest."""
+    cfg = FrameConfig(sps=2, max_chunk_symbols=4096)
+    x, chunks, starts = make_stream(cfg, 1, rng)
+    y = awgn(x, 10.0, rng)
+    y[starts[0] + 200: starts[0] + 3000] = 0
+    frames, counters = receive(cfg, y)
+    assert len(frames) == 1 and counters["header_copies"] == 1, counters
+    f, = frames
+    assert f.erased is None
+    assert measure_snr_db(chunks[0][:256], f.symbols[:256]) > 8.5
+    actual = measure_snr_db(chunks[0], f.symbols)
+    assert actual > 9.0 and abs(f.snr_db - actual) < 0.5, (f.snr_db, actual)
+
+
 def test_input_types(rng):
     cfg = FrameConfig(sps=2, max_chunk_symbols=256)
     x, _, _ = make_stream(cfg, 1, rng)

@@ -38,6 +38,8 @@ def split_config(kw: dict):
 
 def to_pmt(obj):
     """Python value -> pmt, with numpy scalars, tuples and non-finite floats handled."""
+    if isinstance(obj, pmt.pmt_base):
+        return obj
     if isinstance(obj, dict):
         d = pmt.make_dict()
         for k, v in obj.items():
@@ -69,13 +71,45 @@ def to_pmt_scalar(v):
     return pmt.intern(str(v))
 
 
+#: metadata lists of integers: an s32vector even when empty (an empty Python list would
+#: become an untyped pmt vector, so a field's type would depend on its length)
+INT_LIST_FIELDS = ("missing_chunks", "untracked_chunks", "latent_shape", "image_size")
+
+
 def pdu(meta: dict, vector=None):
-    """A PDU: (metadata dict . vector); no vector -> an empty u8vector."""
+    """A PDU: (metadata dict . vector); no vector -> an empty u8vector.  The fields of
+    :data:`INT_LIST_FIELDS` are s32vectors, ``means`` an f64vector, whatever their length."""
     if vector is None:
         vec = pmt.init_u8vector(0, [])
     elif np.iscomplexobj(vector):
         vec = pmt.init_c32vector(len(vector), np.asarray(vector, np.complex64))
     else:
         vec = pmt.init_u8vector(len(vector), np.asarray(vector, np.uint8).ravel().tolist())
-    return pmt.cons(to_pmt({k: v for k, v in meta.items() if k != "image"}), vec)
+    fields = {}
+    for k, v in meta.items():
+        if k == "image":
+            continue
+        if k in INT_LIST_FIELDS and isinstance(v, (list, tuple)):
+            v = pmt.init_s32vector(len(v), [int(x) for x in v])
+        elif k == "means" and isinstance(v, (list, tuple)):
+            v = pmt.init_f64vector(len(v), [float(x) for x in v])
+        fields[k] = v
+    return pmt.cons(to_pmt(fields), vec)
 
+
+
+def guarded_receive(block, rx, receive, x):
+    """``receive(x)`` for a receiving block's ``work()``: an unexpected error (a bug) is
+    logged with its traceback and counted in ``block.internal_errors``, the receiver
+    ``rx`` (a :class:`FrameRx`) drops its buffered samples and None is returned, so that
+    the flowgraph goes on instead of losing the block's thread (GNU Radio then never
+    finishes)."""
+    try:
+        return receive(x)
+    except Exception:  # noqa: BLE001 - any bug: logged, counted, the stream goes on
+        block.internal_errors += 1
+        import logging
+        logging.getLogger(type(block).__module__).exception(
+            "internal error while receiving; %d buffered samples dropped (counted in internal_errors)", len(x))
+        rx.reset()
+        return None

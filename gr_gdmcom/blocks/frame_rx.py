@@ -6,7 +6,8 @@ import numpy as np
 from gnuradio import gr
 
 from ..phy import FrameConfig, FrameRx, Reassembler
-from ._common import PORT_PDUS, pdu
+from ..phy.reassembly import erased_ranges
+from ._common import PORT_PDUS, guarded_receive, pdu
 
 
 def header_dict(h) -> dict:
@@ -23,11 +24,14 @@ class frame_rx(gr.sync_block):
     Input: complex64 samples.  Message output ``pdus``: with ``reassemble``
     one PDU per image — metadata = header fields + ``snr_db`` (estimate, Es/N0),
     ``chunks_received``, ``chunks_total``, ``complete``, ``missing_chunks``,
-    ``untracked_chunks`` (chunks whose channel the receiver could not follow);
-    vector = the image's latent symbols (c32vector, erased chunks zero) — else
-    one PDU per frame with ``snr_db``, ``noise_var``, ``cfo``, ``sro_ppm``, ``start``,
-    ``tracked`` (False: the channel was not followed; the estimate is honest but
-    low) and ``track_span`` (the channel tracker's window, symbols).
+    ``untracked_chunks`` (chunks whose channel the receiver could not follow),
+    ``erased_symbols`` (symbols of received chunks with no signal: a dropout) and
+    ``erased_ranges`` (``[start, stop)`` symbol ranges not received: missing chunks
+    and erased symbols); vector = the image's latent symbols (c32vector, zero where
+    not received) — else one PDU per frame with ``snr_db``, ``noise_var``, ``cfo``,
+    ``sro_ppm``, ``start``, ``tracked`` (False: the channel was not followed; the
+    estimate is honest but low), ``track_span`` (the channel tracker's window,
+    symbols) and ``erased_ranges`` (the frame's erased symbols, zero in the vector).
     ``counters()`` gives the PHY's counters (detected, CRC failures, ...).
     """
 
@@ -36,17 +40,19 @@ class frame_rx(gr.sync_block):
         self.frame_config = FrameConfig(**frame)
         self.rx = FrameRx(self.frame_config)
         self.reasm = Reassembler() if reassemble else None
+        self.internal_errors = 0
         self.message_port_register_out(PORT_PDUS)
 
     def counters(self) -> dict:
-        return {**self.rx.counters, **(self.reasm.counters if self.reasm else {})}
+        return {**self.rx.counters, **(self.reasm.counters if self.reasm else {}),
+                "internal_errors": self.internal_errors}
 
     def _emit(self, frames):
         for f in frames:
             if self.reasm is None:
                 meta = dict(header_dict(f.header), snr_db=float(f.snr_db), noise_var=float(f.noise_var),
                             cfo=float(f.cfo), sro_ppm=float(f.sro_ppm), start=int(f.start), tracked=bool(f.tracked),
-                            track_span=int(f.track_span))
+                            track_span=int(f.track_span), erased_ranges=erased_ranges(f.erased))
                 self.message_port_pub(PORT_PDUS, pdu(meta, f.symbols))
                 continue
             for img in self.reasm.add(f):
@@ -55,16 +61,17 @@ class frame_rx(gr.sync_block):
     def _emit_image(self, img):
         meta = dict(header_dict(img.header), snr_db=float(img.snr_db), chunks_received=int(img.chunks_received),
                     chunks_total=int(img.chunks_total), complete=bool(img.complete),
-                    missing_chunks=[int(v) for v in img.missing], untracked_chunks=[int(v) for v in img.untracked])
+                    missing_chunks=[int(v) for v in img.missing], untracked_chunks=[int(v) for v in img.untracked],
+                    erased_symbols=int(img.erased_symbols), erased_ranges=erased_ranges(~img.mask))
         self.message_port_pub(PORT_PDUS, pdu(meta, img.symbols))
 
     def stop(self):
-        self._emit(self.rx.flush())
+        guarded_receive(self, self.rx, lambda _: self._emit(self.rx.flush()), ())
         if self.reasm is not None:
             for img in self.reasm.flush():
                 self._emit_image(img)
         return True
 
     def work(self, input_items, output_items):
-        self._emit(self.rx.push(input_items[0]))
+        guarded_receive(self, self.rx, lambda x: self._emit(self.rx.push(x)), input_items[0])
         return len(input_items[0])

@@ -160,7 +160,8 @@ BLOCKS = {
         doc="Complex baseband -> bursts found -> SNR estimated from known symbols -> N chosen -> decoded images "
             "written to the output folder.\nInput: complex64 at sps samples/symbol.\nMessage out 'images': one PDU "
             "per image, metadata image_id, name, snr_est_db, n_steps, rule, chunks_received, chunks_total, "
-            "complete, missing_chunks, untracked_chunks, snr_eff_db, seconds, file or error, counters; "
+            "complete, missing_chunks, untracked_chunks, erased_symbols, snr_eff_db, seconds, file or error, "
+            "counters; "
             "vector: RGB uint8 pixels."),
     "frame_tx": dict(
         label="Frame TX", category="[GDM-COM]/PHY",
@@ -182,8 +183,8 @@ BLOCKS = {
         callbacks=[],
         doc="Samples -> detection, CFO/timing/gain estimation, equalisation, header CRC, SNR estimate -> PDUs.\n"
             "Input: complex64.\nMessage out 'pdus': metadata = header fields + snr_db (estimated Es/N0) + "
-            "chunks/complete/untracked_chunks (or noise_var, cfo, sro_ppm, start, tracked, track_span per frame); "
-            "vector: c32 equalised latent symbols."),
+            "chunks/complete/untracked_chunks/erased_symbols/erased_ranges (or noise_var, cfo, sro_ppm, start, "
+            "tracked, track_span, erased_ranges per frame); vector: c32 equalised latent symbols, 0 where erased."),
     "rx_level": dict(
         label="RX Level", category="[GDM-COM]/Instrumentation",
         params=[("samp_rate", "Sample rate", "float", "1000000.0", None, "sample rate of the input, samples/s"),

@@ -12,7 +12,7 @@ from ..bridge.backend import make_backend
 from ..config import DEFAULT_MODEL, DEFAULT_PROMPT
 from ..pipeline import RxPipeline
 from . import _log
-from ._common import PORT_IMAGES, pdu, split_config
+from ._common import PORT_IMAGES, guarded_receive, pdu, split_config
 
 
 class semantic_sink(gr.sync_block):
@@ -65,6 +65,7 @@ class semantic_sink(gr.sync_block):
         self._flushed = False
         self.names = {}
         self.results = []
+        self.internal_errors = 0
         # Load the model here, in the constructing thread, not in the scheduler's.
         self.pipeline = RxPipeline(make_backend(server, self.codec_config), self.codec_config,
                                    self.frame_config, self._out_dir, self._filename, self.names)
@@ -88,7 +89,7 @@ class semantic_sink(gr.sync_block):
         return True
 
     def counters(self) -> dict:
-        return self.pipeline.all_counters()
+        return {**self.pipeline.all_counters(), "internal_errors": self.internal_errors}
 
     def _drain(self):
         """End of stream: flush the PHY, decode what is pending, stop the worker."""
@@ -96,7 +97,7 @@ class semantic_sink(gr.sync_block):
             return
         self._flushed = True
         _log.bind(self)
-        pending = self.pipeline.flush()
+        pending = guarded_receive(self, self.pipeline.rx, lambda _: self.pipeline.flush(), ()) or []
         if self._worker is None:
             for img in pending:
                 self._decode(img)
@@ -133,7 +134,7 @@ class semantic_sink(gr.sync_block):
     def work(self, input_items, output_items):
         _log.bind(self)
         x = input_items[0]
-        for img in self.pipeline.push(x):
+        for img in guarded_receive(self, self.pipeline.rx, self.pipeline.push, x) or ():
             if self._worker is None:
                 self._decode(img)
             else:

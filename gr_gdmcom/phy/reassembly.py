@@ -8,10 +8,13 @@ Policy (never silent):
   ``max_pending`` images are open (oldest first), or on :meth:`Reassembler.flush`;
 * a missing chunk leaves zeros in ``symbols`` and False in ``mask``; the image
   is returned with ``complete=False`` and its ``missing`` chunk indices (the
-  decoder treats masked symbols as erased);
+  decoder treats masked symbols as erased); so do a frame's erased symbols
+  (:attr:`RxFrame.erased`: no signal there), counted in ``erased_symbols``, and an
+  image with any is not ``complete`` either;
 * a frame whose image-level header fields differ from the open image of the
   same id starts a new image (the old one is finalised first);
-* a chunk received twice keeps the copy with the lower noise variance;
+* a chunk received twice keeps the copy with the lower expected error (its noise
+  variance; an erased symbol counts as lost);
 * image ids are expected to increase by one per image (mod 65536): a jump of
   d (1 < d <= ``MAX_ID_GAP``) counts d - 1 images as lost.
 """
@@ -45,19 +48,21 @@ class ReassembledImage:
     Attributes:
         header: header of chunk 0 (or of the first chunk received if chunk 0 is missing).
         symbols: complex64 (total_symbols,), unit-power scale; 0 where ``mask`` is False.
-        mask: bool (total_symbols,), True where symbols were received.
-        snr_db: Es/N0 estimate over the received chunks (from their symbol-weighted
-            mean noise variance), dB.
+        mask: bool (total_symbols,), True where symbols were received (False in a
+            missing chunk and at a frame's erased symbols).
+        snr_db: Es/N0 estimate over the received symbols (their chunks' noise variances
+            weighted by the symbols received in each), dB.
         noise_var: that mean complex noise variance.
         chunks_received, chunks_total: counts.
         missing: sorted indices of the chunks not received.
-        complete: True when no chunk is missing.
+        complete: True when no chunk is missing and no symbol was erased.
         chunk_noise_var: {chunk index: noise variance} of the received chunks.
         symbol_noise_var: float32 (total_symbols,), each received symbol's noise variance
             (:attr:`RxFrame.symbol_noise_var`, or its chunk's ``noise_var`` where a frame
             has none); 0 where ``mask`` is False.
         untracked: sorted indices of the chunks whose channel the receiver could not
             follow (:attr:`RxFrame.tracked` False).
+        erased_symbols: symbols of the received chunks that were erased (no signal).
     """
 
     header: Header
@@ -72,6 +77,27 @@ class ReassembledImage:
     chunk_noise_var: Dict[int, float] = field(default_factory=dict)
     symbol_noise_var: Optional[np.ndarray] = None
     untracked: List[int] = field(default_factory=list)
+    erased_symbols: int = 0
+
+
+def erased_ranges(erased: Optional[np.ndarray]) -> List[List[int]]:
+    """``[start, stop)`` index ranges of the True runs of ``erased`` (None: none), e.g. for
+    the ``erased_ranges`` field of a PDU."""
+    if erased is None:
+        return []
+    e = np.concatenate([[False], np.asarray(erased, bool), [False]])
+    edges = np.flatnonzero(e[1:] != e[:-1])
+    return [[int(a), int(b)] for a, b in zip(edges[::2], edges[1::2])]
+
+
+def _chunk_error(f: RxFrame) -> float:
+    """A received chunk's expected per-symbol MMSE error ``v / (1 + v)``, 1 at an erased
+    symbol: of two copies of a chunk the lower is kept."""
+    if f.erased is None:
+        return float(f.noise_var / (1.0 + f.noise_var))
+    n = len(f.erased)
+    live = n - int(np.count_nonzero(f.erased))
+    return float((live * f.noise_var / (1.0 + f.noise_var) + (n - live)) / max(n, 1))
 
 
 @dataclass
@@ -131,7 +157,7 @@ class Reassembler:
         old = img.chunks.get(h.chunk_index)
         if old is not None:
             self.counters["chunks_duplicate"] += 1
-        if old is None or frame.noise_var < old.noise_var:
+        if old is None or _chunk_error(frame) < _chunk_error(old):
             img.chunks[h.chunk_index] = frame
         img.last_seen = self._frames
         if len(img.chunks) == h.chunk_count:
@@ -166,14 +192,17 @@ class Reassembler:
         symbols = np.zeros(h0.total_symbols, np.complex64)
         mask = np.zeros(h0.total_symbols, bool)
         sym_nv = np.zeros(h0.total_symbols, np.float32)
+        live = {}
         for i, f in img.chunks.items():
             symbols[offsets[i]: offsets[i + 1]] = f.symbols
-            mask[offsets[i]: offsets[i + 1]] = True
+            mask[offsets[i]: offsets[i + 1]] = True if f.erased is None else ~f.erased
             sym_nv[offsets[i]: offsets[i + 1]] = f.noise_var if f.symbol_noise_var is None else f.symbol_noise_var
+            live[i] = sizes[i] - (0 if f.erased is None else int(np.count_nonzero(f.erased)))
         nv = {i: float(f.noise_var) for i, f in sorted(img.chunks.items())}
-        mean_nv = float(sum(nv[i] * sizes[i] for i in nv) / sum(sizes[i] for i in nv))
+        mean_nv = float(sum(nv[i] * live[i] for i in nv) / max(sum(live.values()), 1))
+        erased = sum(sizes[i] - live[i] for i in live)
         missing = sorted(set(range(h0.chunk_count)) - set(img.chunks))
-        complete = not missing
+        complete = not missing and not erased
         self.counters["images_complete" if complete else "images_partial"] += 1
         if missing:
             log.warning("image %d finalised with %d of %d chunks (missing %s)", image_id, len(img.chunks),
@@ -181,4 +210,5 @@ class Reassembler:
         return ReassembledImage(header=h0, symbols=symbols, mask=mask, snr_db=noise_var_to_snr_db(mean_nv),
                                 noise_var=mean_nv, chunks_received=len(img.chunks), chunks_total=h0.chunk_count,
                                 missing=missing, complete=complete, chunk_noise_var=nv, symbol_noise_var=sym_nv,
-                                untracked=sorted(i for i, f in img.chunks.items() if not f.tracked))
+                                untracked=sorted(i for i, f in img.chunks.items() if not f.tracked),
+                                erased_symbols=erased)

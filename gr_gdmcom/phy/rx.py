@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 COUNTERS = ("bursts_detected", "bursts_resynced", "candidates_rejected", "headers_ok", "header_retries",
             "header_copies", "header_crc_fail",
             "header_invalid", "sync_fail", "truncated", "overlapping", "nonfinite_samples", "timing_tracked",
-            "track_lost", "frames_out")
+            "track_lost", "symbols_erased", "frames_out")
 #: Default most samples handled per processing pass (bounds memory for huge pushes).
 MAX_SLICE = 1 << 18
 #: The detection metric is first evaluated every DETECT_STRIDE symbols, then at every
@@ -137,6 +137,27 @@ LOCAL_RATIO = 3.0
 GAIN_ERROR_SIGMAS = 3.0
 GAIN_ERROR_PILOTS = 32
 MIN_TRACK_SNR_DB = -10.0
+#: A payload symbol whose own Es/N0 after equalisation is below ERASE_SNR_DB carries no
+#: information (the tracked gain there is ~0: a dropout of the radio, zeroed non-finite
+#: samples, a fade's null): it is erased (``RxFrame.erased``, counter ``symbols_erased``)
+#: instead of divided by that gain, and left out of the frame's estimate.
+ERASE_SNR_DB = -30.0
+#: ... and so is every payload symbol in a stretch with no signal at all (a dropout of the
+#: radio's samples, non-finite samples zeroed): the equalised body's power averaged over
+#: DEAD_SPAN symbols below DEAD_RATIO x its median (40 dB down: a live stretch has at
+#: least its noise there).  The tracked gain, smoothed over its window, only falls to ~0
+#: in the middle of a long dropout; the known symbols of such a stretch are left out of
+#: the track, which interpolates over it.
+DEAD_SPAN = 8
+DEAD_RATIO = 1e-4
+
+
+def _dead(z: np.ndarray) -> np.ndarray:
+    """bool (len(z),): symbols of ``z`` (an equalised body) in a stretch with no signal at
+    all: its power averaged over DEAD_SPAN symbols below DEAD_RATIO x its median."""
+    pz = z.real.astype(np.float64) ** 2 + z.imag.astype(np.float64) ** 2
+    local = np.convolve(pz, np.full(DEAD_SPAN, 1.0 / DEAD_SPAN), "same")
+    return local < DEAD_RATIO * np.median(pz)
 
 
 def _fit_errors(d) -> np.ndarray:
@@ -211,10 +232,14 @@ class RxFrame:
             at sps = 1).
         symbol_noise_var: float32 (header.chunk_symbols,), each payload symbol's noise
             variance after equalisation (the noise over the tracked channel gain there);
-            its mean is ``noise_var``.  None where not computed.
+            0 where ``erased``; its mean over the others is ``noise_var``.  None where not
+            computed.
         tracked: False when the pilots could not follow the channel (deep fade, lost
             lock; counter ``track_lost``): the estimate is honest but low.
         track_span: the channel tracker's window, symbols (chosen per burst).
+        erased: bool (header.chunk_symbols,), True where a payload symbol had no signal
+            (Es/N0 below ``ERASE_SNR_DB`` there: a dropout, a fade's null): its symbol is 0;
+            None when none was.
     """
 
     header: Header
@@ -228,6 +253,7 @@ class RxFrame:
     symbol_noise_var: Optional[np.ndarray] = None
     tracked: bool = True
     track_span: int = 0
+    erased: Optional[np.ndarray] = None
 
 
 class _Demod(NamedTuple):
@@ -354,6 +380,11 @@ class FrameRx:
         return frames
 
     # --------------------------------------------------------------- internals
+    def reset(self):
+        """Drop the buffered samples and the bursts in progress (after an error in the
+        caller's processing); the next pushed sample continues the stream's indices."""
+        self._reset(self._end)
+
     def _reset(self, at: int):
         """Fresh stream state; the next pushed sample gets absolute index ``at``."""
         start = (at - self._history - self._delta - self.layout.half) // self._sps * self._sps
@@ -794,6 +825,11 @@ class FrameRx:
             n_hp = len(self._hdr_pilots)
             pos = np.concatenate([np.arange(self._hdr_body), pilot_pos[n_hp:]])
             ref = np.concatenate([known_head, pilots[n_hp:]])
+        dead = _dead(z)[pos]
+        if dead.any() and np.count_nonzero(~dead) >= max(8, len(pos) // 8):
+            # a dropout: its known symbols say nothing of the channel (the track interpolates
+            # over it; the payload symbols there are erased in _effective_noise)
+            pos, ref = pos[~dead], ref[~dead]
         zk = z[pos] * np.conj(ref)
         track = sync.track_gain(zk, pos, n_body, omega, self._spans, pos >= self._hdr_body,
                                 ref.real ** 2 + ref.imag ** 2)
@@ -1010,10 +1046,18 @@ class FrameRx:
         if est is None:
             self._fail(b, "sync_fail", "no signal on the known symbols")
             return None
-        g_pay, sym_nv, nv, tracked = est
-        sym = d.z[m.payload] / g_pay
+        g_pay, sym_nv, nv, tracked, erased = est
+        sym = np.zeros(len(g_pay), np.complex128)
+        live = ~erased
+        sym[live] = d.z[m.payload][live] / g_pay[live]
         if self.cfg.scramble:
             sym = sym * np.conj(lay.scrambler[: len(sym)])
+        n_erased = int(np.count_nonzero(erased))
+        if n_erased:
+            self.counters["symbols_erased"] += n_erased
+            log.warning("image %d chunk %d: %d of %d payload symbols erased (no signal there: a dropout of the "
+                        "samples or a fade's null; counted in symbols_erased)", b.header.image_id,
+                        b.header.chunk_index, n_erased, len(sym))
         if not tracked:
             self.counters["track_lost"] += 1
             log.debug("burst at %.1f: channel not followed (Es/N0 %.1f dB)", b.tau, noise_var_to_snr_db(nv))
@@ -1021,7 +1065,8 @@ class FrameRx:
         return RxFrame(header=b.header, symbols=sym.astype(np.complex64), snr_db=noise_var_to_snr_db(nv),
                        noise_var=nv, cfo=b.cfo + d.omega / (2 * np.pi * self._sps), gain=b.gain,
                        start=int(round(b.tau)), sro_ppm=drift / self._sps * 1e6,
-                       symbol_noise_var=sym_nv.astype(np.float32), tracked=tracked, track_span=d.track.span)
+                       symbol_noise_var=sym_nv.astype(np.float32), tracked=tracked, track_span=d.track.span,
+                       erased=erased if n_erased else None)
 
     def _effective_noise(self, d: _Demod, pay_pos: np.ndarray):
         """The payload's post-equalisation noise (docs/frame-format.md, SNR estimator).
@@ -1032,9 +1077,14 @@ class FrameRx:
         fare significantly worse.  Divided by the tracked gain's power at each payload
         symbol, they give its noise variance after the division by the gain.
 
+        A payload symbol whose noise variance exceeds 10^(-ERASE_SNR_DB/10), or that lies in
+        a stretch with no signal (DEAD_SPAN, DEAD_RATIO), is erased: its variance is set to
+        0 (as the reassembled image's at erased positions) and the mean is over the others.
+
         Returns:
             (gain complex (n_pay,) at the payload symbols, noise variance float64
-             (n_pay,) of each, their mean, tracked bool), or None if there is no signal.
+             (n_pay,) of each, their mean, tracked bool, erased bool (n_pay,)), or None if
+            there is no signal.
         """
         tr = d.track
         g_pay = tr.g[pay_pos]
@@ -1073,12 +1123,17 @@ class FrameRx:
         # the equaliser was fitted to npre + hdr_body symbols: undo its residual shrinkage
         n_fit = self._npre + self._hdr_body
         raw_t *= n_fit / (n_fit - self.cfg.eq_taps)
-        sym_nv = np.maximum(raw_t / np.maximum(p_pay, 1e-30), MIN_NOISE_VAR)
-        nv = float(sym_nv.mean())
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            sym_nv = np.maximum(raw_t / p_pay, MIN_NOISE_VAR)
+        erased = ~(sym_nv <= 10.0 ** (-ERASE_SNR_DB / 10.0)) | _dead(d.z)[pay_pos]  # NaN (0 / 0) included
+        if erased.all():
+            return None
+        sym_nv[erased] = 0.0
+        nv = float(sym_nv[~erased].mean())
         if not np.isfinite(nv):
             return None
         tracked = noise_var_to_snr_db(nv) >= MIN_TRACK_SNR_DB and noise_pay <= LOST_LOCK_RATIO * noise_all
-        return g_pay, sym_nv, nv, tracked
+        return g_pay, sym_nv, nv, tracked, erased
 
     def _trim(self):
         """Drop samples no pending burst or the detector needs any more."""
