@@ -66,7 +66,7 @@ PHY = [
     ("rolloff", "RRC roll-off", "float", "0.35", "PHY", "root-raised-cosine roll-off"),
     ("rrc_span", "RRC span", "int", "8", "PHY", "RRC length in symbols (even)"),
     ("pilot_spacing", "Pilot spacing", "int", "16", "PHY", "data symbols between known pilots"),
-    ("scramble", "Scramble", "bool", "True", "PHY", "PN phase scrambling of the payload"),
+    ("scramble", "Scramble", "bool", "True", "PHY", "PN phase scrambling of the payload (sent in the header: a receiver follows it)"),
     ("max_chunk_symbols", "Max chunk", "int", "8192", "PHY", "latent symbols per burst (larger latents are chunked)"),
     ("gap_symbols", "Gap", "int", "64", "PHY", "zero symbols between bursts"),
     ("header_copy", "Header copy", "bool", "True", "PHY",

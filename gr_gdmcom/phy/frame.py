@@ -77,7 +77,8 @@ class FrameConfig:
         rolloff: RRC roll-off factor beta.
         rrc_span: RRC filter length in symbols (even); ``rrc_span * sps + 1`` taps.
         pilot_spacing: P, data symbols between two known pilots.
-        scramble: multiply payload symbols by a PN QPSK phase sequence.
+        scramble: multiply payload symbols by a PN QPSK phase sequence (the transmitter's
+            choice: it travels in the header, flags bit 7, which the receiver follows).
         max_chunk_symbols: most latent symbols per burst (<= 65535).
         gap_symbols: zero symbols between bursts in :meth:`FrameTx.stream`.
         preamble_seg: symbols per preamble segment (a perfect square: 4, 9, 16, 25, ...);
@@ -110,7 +111,7 @@ class FrameConfig:
             on its probe pilots (docs/over-the-air.md, back-off).
 
     The receiver takes any chunk size and gap; ``sps``, ``rolloff``, ``rrc_span``,
-    ``pilot_spacing``, ``scramble``, ``header_copy`` and the preamble settings must match the
+    ``pilot_spacing``, ``header_copy`` and the preamble settings must match the
     transmitter's; the six receiver settings are the receiver's own, ``tx_clip`` the
     transmitter's.
     """

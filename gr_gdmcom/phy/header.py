@@ -39,8 +39,10 @@ HEADER_VERSION = 4
 #: channel-mean slots in the header (float16 each; SD's latent has 4 channels)
 MEAN_SLOTS = 4
 #: ``flags`` bits (docs/rate.md): bits 0-3 log2 of the latent reduction, bit 4 pool, bit 5 channel means
-#: removed, bit 6 dct (neither pool nor dct: subset)
+#: removed, bit 6 dct (neither pool nor dct: subset); bit 7 (the PHY's, set by FrameTx): the payload is
+#: not scrambled (``FrameConfig.scramble`` off), which the receiver follows
 REDUCE_LOG2_MASK, REDUCE_POOL_FLAG, MEANS_FLAG, REDUCE_DCT_FLAG = 0x0F, 0x10, 0x20, 0x40
+PLAIN_FLAG = 0x80
 #: magic, version, flags, image_id, chunk_index, chunk_count, total_symbols, chunk_symbols,
 #: latent C, latent H, latent W, image h, image w, k, m_hint, T, forward, guidance, alpha, prompt_hash, means
 HEADER_STRUCT = struct.Struct(">2sBBHHHIHBHHHHBBHBefI" + "e" * MEAN_SLOTS)
@@ -96,7 +98,8 @@ class Header:
         alpha: power-normalisation factor (float32).
         prompt_hash: uint32, CRC-32 of the prompt text.
         flags: uint8: bits 0-3 log2 of the latent reduction, bit 4 pool, bit 5 channel
-            means removed, bit 6 dct (docs/rate.md, ``pipeline.header_flags``); 0 for the paper's signal.
+            means removed, bit 6 dct (docs/rate.md, ``pipeline.header_flags``); 0 for the paper's
+            signal; bit 7 payload not scrambled (set by :class:`FrameTx` from its config).
         means: up to ``MEAN_SLOTS`` removed channel means of the latent (float16 each, the
             unused slots sent as 0); unpacked as ``MEAN_SLOTS`` values.
     """

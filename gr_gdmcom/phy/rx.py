@@ -41,7 +41,7 @@ import numpy as np
 
 from . import sync
 from .frame import HEADER_COPY_AFTER, MAX_CHUNK_LIMIT, BurstMap, FrameConfig
-from .header import HEADER_CODED_BITS, Header, HeaderError, decode_headers, encode_header
+from .header import HEADER_CODED_BITS, PLAIN_FLAG, Header, HeaderError, decode_headers, encode_header
 from .snr import MIN_NOISE_VAR, noise_var_to_snr_db
 
 log = logging.getLogger(__name__)
@@ -1050,7 +1050,7 @@ class FrameRx:
         sym = np.zeros(len(g_pay), np.complex128)
         live = ~erased
         sym[live] = d.z[m.payload][live] / g_pay[live]
-        if self.cfg.scramble:
+        if not b.header.flags & PLAIN_FLAG:  # the burst says whether it was scrambled
             sym = sym * np.conj(lay.scrambler[: len(sym)])
         n_erased = int(np.count_nonzero(erased))
         if n_erased:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import List, Optional, Union
 
 import numpy as np
 
 from .frame import FrameConfig
-from .header import Header, encode_header
+from .header import PLAIN_FLAG, Header, encode_header
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,9 @@ class FrameTx:
         payload = np.asarray(payload, np.complex64).ravel()
         if not 1 <= payload.size <= self.cfg.max_chunk_symbols:
             raise ValueError(f"payload must have 1..{self.cfg.max_chunk_symbols} symbols, got {payload.size}")
+        if isinstance(header, Header):  # bit 7: whether the payload is scrambled, which the receiver follows
+            header = dataclasses.replace(header, flags=(header.flags & ~PLAIN_FLAG)
+                                         | (0 if self.cfg.scramble else PLAIN_FLAG))
         data = header.pack() if isinstance(header, Header) else bytes(header)
         if self.cfg.scramble:
             payload = payload * lay.scrambler[: payload.size]
