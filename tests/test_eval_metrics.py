@@ -12,15 +12,30 @@ from gr_gdmcom.eval.metrics import ms_ssim, ms_ssim_scales, psnr
 
 def scales_formula(h, w):
     """Scales that fit: the coarsest of n scales is the image shrunk 2^(n-1) times (floor), and
-    it must still hold the 11-pixel window; at most the 5 standard scales."""
+    it must still hold the 11-pixel window; at most the 5 standard scales.  torchmetrics 1.x
+    asks more of 4 scales: side // (4-1)^2 > 10, i.e. a side of 99 (not 88)."""
     side = min(h, w)
-    return 0 if side < 11 else min(5, int(math.floor(math.log2(side / 11))) + 1)
+    n = 0 if side < 11 else min(5, int(math.floor(math.log2(side / 11))) + 1)
+    return 3 if n == 4 and side < 99 else n
 
 
 @pytest.mark.parametrize("h,w", [(4, 4), (10, 64), (11, 11), (21, 30), (22, 22), (43, 50), (44, 44), (87, 87),
-                                 (88, 300), (175, 175), (176, 176), (352, 352), (1024, 768), (4096, 4096)])
+                                 (88, 300), (96, 128), (98, 98), (99, 99), (175, 175), (176, 176), (352, 352),
+                                 (1024, 768), (4096, 4096)])
 def test_ms_ssim_scales_fit_the_window(h, w):
     assert ms_ssim_scales(h, w) == scales_formula(h, w)
+
+
+def test_every_side_torchmetrics_accepts_the_scales_chosen():
+    """Sides 88..98 used to get 4 scales, which torchmetrics refuses ('the image height must be
+    larger than 90'): every shorter side from 11 to 200 now gives a value."""
+    for side in range(11, 201):
+        a, b = _pair(side, side + 7, side, grey=True)
+        val, n = ms_ssim(a, b)
+        assert n == scales_formula(side, side + 7) and 0.0 <= val <= 1.0, side
+    from gr_gdmcom.eval.metrics import FULL_SCALES_SIDE
+
+    assert FULL_SCALES_SIDE == 176
 
 
 def _pair(h, w, seed, grey=False):

@@ -188,3 +188,16 @@ def test_error_bars_need_three_images_and_stay_in_the_metric_range():
     assert report.error_bar(0.05, 0.3, 5, "ms_ssim") == pytest.approx((0.05, 0.3))
     assert report.error_bar(3.0, 5.0, 3, "psnr") == pytest.approx((3.0, 5.0))  # PSNR >= 0
     assert report.error_bar(3.0, None, 1, "psnr") is None
+
+
+def test_summary_scales_note_names_the_side_the_code_uses_and_the_zero_floor():
+    """summary.md said 'below 161 px' while the code and evaluation.md say 176; and MS-SSIM's
+    exact 0 (torchmetrics' normalize='relu' clamp) is explained, not left to look like a bug."""
+    from gr_gdmcom.eval.metrics import ms_ssim_scales
+
+    rows = [_row("a", 5, "proposed", 20, ms_ssim="0", ms_ssim_scales="4"),
+            _row("b", 5, "proposed", 22, ms_ssim="0.5", ms_ssim_scales="5")]
+    md = report.summary_markdown(report.summarize(rows), {})
+    assert "images with a side below 176 px use fewer than the standard 5 scales" in md
+    assert ms_ssim_scales(175, 175) == 4 and ms_ssim_scales(176, 176) == 5
+    assert "normalize='relu'" in md and "scores exactly 0" in md

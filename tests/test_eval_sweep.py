@@ -389,3 +389,43 @@ def test_sigterm_ends_a_sweep_with_an_end_record(folder, tmp_path, monkeypatch, 
     end = json.loads((out / "run.json").read_text())["runs"][-1]
     assert end["interrupted"] is True and end["rows_computed"] == 1 and end["finished"]
     assert signal.getsignal(signal.SIGTERM) is before  # the handler does not outlive the sweep
+
+
+def test_a_96px_image_gets_3_ms_ssim_scales_and_the_sweep_goes_on(folder, tmp_path, components, capsys):
+    """Sides 88..98 made torchmetrics raise ('image height must be larger than 90'), which ended
+    the sweep with exit 2 after rows were written; now they score with 3 scales."""
+    from gr_gdmcom.cli import main
+
+    Image.open(DATA / "coffee.png").convert("RGB").resize((128, 96)).save(folder / "wide96.png")
+    out = tmp_path / "res"
+    rc = main(["sweep", "--images", str(folder), "--snr", "5", "15", "--methods", "proposed", "--out", str(out),
+               "--model", "tiny", "--device", "cpu", "--no-plots", "--no-progress", "--metrics", "none"])
+    assert rc == 0, capsys.readouterr().err
+    rows = {(r["image"], r["snr_db"]): r for r in _csv(out / "rows.csv")}
+    assert len(rows) == 6 and not any(r["error"] for r in rows.values())
+    assert rows["wide96", "5"]["ms_ssim_scales"] == "3" and 0 <= float(rows["wide96", "5"]["ms_ssim"]) <= 1
+
+
+def test_a_scoring_failure_is_one_error_row(folder, tmp_path, components, monkeypatch, capsys):
+    """Whatever fails while scoring one image becomes that row's error (named image, size); the
+    other images go on, and the exit status is 1 (rows with errors), not 2 (usage error)."""
+    from gr_gdmcom.cli import main
+    from gr_gdmcom.eval import sweep
+
+    real = sweep.ms_ssim
+
+    def ms_ssim(ref, img):
+        if ref.shape[0] == 48:
+            raise ValueError("For a given number of `betas` parameters 4 and kernel size 11, ...")
+        return real(ref, img)
+
+    monkeypatch.setattr(sweep, "ms_ssim", ms_ssim)
+    out = tmp_path / "res"
+    rc = main(["sweep", "--images", str(folder), "--snr", "5", "--methods", "proposed", "--out", str(out),
+               "--model", "tiny", "--device", "cpu", "--no-plots", "--no-progress", "--metrics", "none"])
+    assert rc == 1
+    rows = {r["image"]: r for r in _csv(out / "rows.csv")}
+    assert rows["astro"]["error"] == "" and rows["astro"]["psnr"]
+    assert rows["coffee"]["error"].startswith("proposed scoring coffee (64×48): ValueError: For a given number")
+    assert rows["coffee"]["psnr"] == "" and rows["coffee"]["symbols"] == "96"
+    assert "1 with errors" in capsys.readouterr().err

@@ -18,6 +18,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..config import FULL_BCR
+from .metrics import FULL_SCALES_SIDE
 
 #: rows.csv columns, in order.  Empty cell = not applicable or not available (never 0 in its place).
 ROW_FIELDS = [
@@ -349,7 +350,9 @@ def summary_markdown(summary: Sequence[dict], info: dict) -> str:
     out.append("")
     out += ["## Notes", ""]
     out.append("- PSNR (numpy) and MS-SSIM (torchmetrics), gr_gdmcom.eval.metrics, on uint8 RGB at the "
-               "original size.")
+               "original size. MS-SSIM clamps each scale's negative contrast-structure term at 0 "
+               "(torchmetrics' normalize='relu'), so a reconstruction with no structure in common with the "
+               "original scores exactly 0 — a floor, not a missing value.")
     unavailable: Dict[str, List[str]] = {}
     for m in ROW_METRICS[2:] + SET_METRICS:
         a = avail.get(m)
@@ -363,7 +366,7 @@ def summary_markdown(summary: Sequence[dict], info: dict) -> str:
     if scales:
         std = scales == ["5"]
         out.append("- MS-SSIM scales used: " + ", ".join(scales) + (" (standard)." if std else
-                   " — images with a side below 161 px use fewer than the standard 5 scales (weights "
+                   f" — images with a side below {FULL_SCALES_SIDE} px use fewer than the standard 5 scales (weights "
                    "renormalised), so these values are not comparable with the paper's."))
     if info.get("set_note"):
         out.append("- " + info["set_note"])

@@ -470,19 +470,27 @@ def _row(m: Method, label: str, name: str, file: str, ref: np.ndarray, snr: floa
         row["error"] = rx.error
         return row
     img = rx.image
-    ms, scales = ms_ssim(ref, img)
-    row.update(n_steps=rx.n_steps, rule=rx.rule, snr_est_db=rx.snr_est_db, psnr=psnr(ref, img), ms_ssim=ms,
-               ms_ssim_scales=scales, decode_success=rx.decode_success, rx_seconds=rx.seconds,
-               seconds=tx.seconds + rx.seconds,
-               unet_calls=None if rx.unet_calls is None else tx.unet_calls + rx.unet_calls,
-               detail=rx.detail, fidelity=rx.fidelity or m.fidelity())
-    row.update(metrics.score(ref, img))
-    rel = Path("images") / m.name / _slug(label) / f"{_slug(name)}_snr{report.snr_text(snr)}.png"
-    (out / rel).parent.mkdir(parents=True, exist_ok=True)
-    from PIL import Image
+    try:
+        ms, scales = ms_ssim(ref, img)
+        row.update(n_steps=rx.n_steps, rule=rx.rule, snr_est_db=rx.snr_est_db, psnr=psnr(ref, img), ms_ssim=ms,
+                   ms_ssim_scales=scales, decode_success=rx.decode_success, rx_seconds=rx.seconds,
+                   seconds=tx.seconds + rx.seconds,
+                   unet_calls=None if rx.unet_calls is None else tx.unet_calls + rx.unet_calls,
+                   detail=rx.detail, fidelity=rx.fidelity or m.fidelity())
+        row.update(metrics.score(ref, img))
+        rel = Path("images") / m.name / _slug(label) / f"{_slug(name)}_snr{report.snr_text(snr)}.png"
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        from PIL import Image
 
-    Image.fromarray(img).save(out / rel)
-    row["output"] = rel.as_posix()
+        Image.fromarray(img).save(out / rel)
+        row["output"] = rel.as_posix()
+    except Exception as exc:  # noqa: BLE001 - one error row; the rest of the sweep goes on
+        log.warning("%s on %s (%d×%d) at %g dB: scoring failed: %s: %s", m.name, name, w, h, snr,
+                    type(exc).__name__, exc)
+        log.debug("traceback", exc_info=True)
+        keep = {k: row[k] for k in ("image", "file", "width", "height", "snr_db", "method", "setting", "channel",
+                                    "fidelity", "symbols", "bcr", "tx_seconds", "bcr_nominal") if k in row}
+        row = dict(keep, error=f"{m.name} scoring {name} ({w}×{h}): {type(exc).__name__}: {exc}")
     return row
 
 
