@@ -86,9 +86,10 @@ def test_impairments_sps2_10db(cfo, rng):
     assert np.mean(payload_mse_db(frames, chunks)) <= np.mean(payload_mse_db(ref, chunks)) + 1.0
 
 
-@pytest.mark.parametrize("sps", [1, 2])
+@pytest.mark.parametrize("sps", [1, 2, 4, 8])
 def test_detection_at_0db(sps, rng):
-    """>= 99 % of 200 bursts detected and decoded at Es/N0 = 0 dB."""
+    """>= 99 % of 200 bursts detected and decoded at Es/N0 = 0 dB, at any sps (the verification
+    threshold scales with the per-sample SNR above sps 2: at sps 8 a fixed one found 3 of 24)."""
     cfg = FrameConfig(sps=sps, max_chunk_symbols=32)
     x, _, _ = make_stream(cfg, 200, rng)
     frames, counters = receive(cfg, awgn(x, 0.0, rng))
@@ -96,7 +97,7 @@ def test_detection_at_0db(sps, rng):
     assert counters["bursts_detected"] <= 200
 
 
-@pytest.mark.parametrize("sps", [1, 2])
+@pytest.mark.parametrize("sps", [1, 2, 4, 8])
 def test_no_false_bursts_in_noise(sps, rng):
     frames, counters = receive(FrameConfig(sps=sps), complex_noise(1_000_000, 1.0, rng))
     assert frames == [] and counters["bursts_detected"] == 0, counters

@@ -90,7 +90,8 @@ class FrameConfig:
             tracker chooses its window per burst by cross-validation, up to this;
             docs/frame-format.md section 6 step 4).
         detect_threshold: receiver: normalised preamble-metric threshold (0..1).
-        verify_threshold: receiver: normalised preamble-correlation threshold (0..1).
+        verify_threshold: receiver: normalised preamble-correlation threshold (0..1) at
+            sps <= 2; scaled by sqrt(2 / sps) above (docs/frame-format.md section 6).
         cfo_search: receiver: besides the CFO the detector reads (good to +-1/(2 seg sps)),
             try up to this many whole steps of 1/(seg sps) on either side
             (0 .. sqrt(seg) - 1); each widens the capture range by 1/(seg sps).

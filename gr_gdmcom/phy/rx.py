@@ -312,6 +312,11 @@ class FrameRx:
         self.track_timing = self.cfg.track_timing if track_timing is None else bool(track_timing)
         self._sps, self._seg, self._reps = c.sps, c.preamble_seg, c.preamble_reps
         self._seglen = c.preamble_seg * c.sps
+        # the verification score works on raw samples: it goes as the per-sample SNR
+        # (Es/N0 / sps) on a preamble and as 1/sqrt(samples) on noise, both falling as
+        # 1/sqrt(sps) relative to sps 2, where verify_threshold is set (0 dB: 0.33 against
+        # 0.12; at sps 8 a fixed 0.12 rejected 21 bursts of 24 there): scaled above sps 2
+        self._verify_threshold = c.verify_threshold * min(1.0, math.sqrt(2.0 / c.sps))
         self._npre = len(lay.preamble)
         self._h = c.eq_taps // 2
         # the truncated pulse pair's known interference, removed from the matched filter's
@@ -533,7 +538,7 @@ class FrameRx:
                 lag_n, f1, _ = sync.fine_timing_cfo(c_n[h], score_n[h], self._seglen, self._sps > 1)
                 kind, step = divmod(h, len(self._steps))
                 best_v, lag, f_hat = float(v_n[h, b[h]]), l_lo + lag_n, f0 + self._steps[step] / self._seglen + f1
-        if best_v < self.cfg.verify_threshold:
+        if best_v < self._verify_threshold:
             self.counters["candidates_rejected"] += 1
             log.debug("candidate at %d rejected (verify %.3f)", coarse, best_v)
             return False
