@@ -429,3 +429,35 @@ def test_a_scoring_failure_is_one_error_row(folder, tmp_path, components, monkey
     assert rows["coffee"]["error"].startswith("proposed scoring coffee (64×48): ValueError: For a given number")
     assert rows["coffee"]["psnr"] == "" and rows["coffee"]["symbols"] == "96"
     assert "1 with errors" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("with_metadata", [False, True])
+def test_a_torchvision_that_fails_to_import_leaves_psnr_ms_ssim_sweeps_working(folder, tmp_path, with_metadata):
+    """The usual torch/torchvision mismatch (RuntimeError 'operator torchvision::nms does not
+    exist') broke torchmetrics' own import, so every sweep ended in a traceback at the first
+    MS-SSIM.  Now only the learned metrics are unavailable (with that reason)."""
+    import os
+    import subprocess
+    import sys
+
+    fake = tmp_path / "fake"
+    (fake / "torchvision").mkdir(parents=True)
+    (fake / "torchvision" / "__init__.py").write_text(
+        'raise RuntimeError("operator torchvision::nms does not exist")\n')
+    if with_metadata:  # as a pip-installed torchvision: torchmetrics then trusts its metadata
+        (fake / "torchvision-0.20.0.dist-info").mkdir()
+        (fake / "torchvision-0.20.0.dist-info" / "METADATA").write_text(
+            "Metadata-Version: 2.1\nName: torchvision\nVersion: 0.20.0\n")
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(fake), str(root)]))
+    out = tmp_path / "res"
+    p = subprocess.run([sys.executable, "-c", "import sys; from gr_gdmcom.cli import main; sys.exit(main())",
+                        "sweep", "--images", str(folder), "--snr", "5", "--methods", "proposed", "--out", str(out),
+                        "--model", "patch-gmm", "--device", "cpu", "--no-plots", "--no-progress"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "Traceback" not in p.stderr
+    assert "torchvision does not import: RuntimeError: operator torchvision::nms does not exist" in p.stderr
+    rows = _csv(out / "rows.csv")
+    assert len(rows) == 2 and all(r["psnr"] and 0 <= float(r["ms_ssim"]) <= 1 and not r["error"] for r in rows)
+    assert all(r["lpips"] == "" for r in rows)
