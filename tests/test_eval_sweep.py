@@ -461,3 +461,27 @@ def test_a_torchvision_that_fails_to_import_leaves_psnr_ms_ssim_sweeps_working(f
     rows = _csv(out / "rows.csv")
     assert len(rows) == 2 and all(r["psnr"] and 0 <= float(r["ms_ssim"]) <= 1 and not r["error"] for r in rows)
     assert all(r["lpips"] == "" for r in rows)
+
+
+def test_a_replaced_image_is_recomputed_not_reused(tmp_path, components, caplog):
+    """The resume key was the file stem only: pic.jpg (123x77) replaced by a different pic.png
+    (160x120) gave '0 rows computed, 1 already present' with the old image's numbers."""
+    d = tmp_path / "stale"
+    d.mkdir()
+    Image.open(DATA / "astronaut.png").convert("RGB").resize((123, 77)).save(d / "pic.jpg")
+    out = tmp_path / "res"
+    opts = dict(methods="proposed", snrs=[5.0, 15.0], metrics=())
+    first = run_sweep(_opts(d, out, **opts), components=components)
+    old = {r["snr_db"]: r for r in _csv(out / "rows.csv")}
+    assert first.rows_computed == 2 and len(old["5"]["image_sha256"]) == 16 and old["5"]["width"] == "123"
+    (d / "pic.jpg").unlink()
+    Image.open(DATA / "coffee.png").convert("RGB").resize((160, 120)).save(d / "pic.png")
+    # only one SNR this time: the 15 dB row of the old picture must go too
+    res = run_sweep(_opts(d, out, **dict(opts, snrs=[5.0])), components=components)
+    assert res.rows_computed == 1 and res.rows_reused == 0
+    rows = _csv(out / "rows.csv")
+    assert len(rows) == 1 and rows[0]["width"] == "160" and rows[0]["height"] == "120"
+    assert rows[0]["image_sha256"] != old["5"]["image_sha256"] and rows[0]["psnr"] != old["5"]["psnr"]
+    assert "image pic changed since its 2 rows in rows.csv were computed" in caplog.text
+    # unchanged now: nothing recomputed
+    assert run_sweep(_opts(d, out, **dict(opts, snrs=[5.0])), components=components).rows_computed == 0

@@ -22,7 +22,7 @@ from .metrics import FULL_SCALES_SIDE
 
 #: rows.csv columns, in order.  Empty cell = not applicable or not available (never 0 in its place).
 ROW_FIELDS = [
-    "image", "file", "width", "height", "snr_db", "method", "setting", "channel", "snr_est_db",
+    "image", "file", "image_sha256", "width", "height", "snr_db", "method", "setting", "channel", "snr_est_db",
     "n_steps", "rule", "symbols", "bcr", "bcr_nominal", "psnr", "ms_ssim", "ms_ssim_scales", "lpips", "dists", "pieapp",
     "decode_success", "seconds", "tx_seconds", "rx_seconds", "unet_calls", "detail", "fidelity", "error",
     "output",

@@ -15,7 +15,8 @@
 It is **resumable**: rows already in ``rows.csv`` (key image x SNR x method x
 setting, without an error) are not recomputed, so an interrupted sweep goes on
 where it stopped and a repeated one recomputes nothing (rows with an error are
-retried).  Each transmitter runs once per image and setting and is reused for
+retried).  Each row records its image's content hash (``image_sha256``); the
+rows of an image whose file changed since are dropped and recomputed.  Each transmitter runs once per image and setting and is reused for
 every SNR (its output does not depend on the channel); images of equal size
 are batched.
 """
@@ -310,9 +311,10 @@ def run_sweep(opts: SweepOptions, components=None) -> SweepResult:
                         opts.captions, len(images) - len(hits), len(images))
     names = sorted(images)
 
-    # 3. Resume: what is already done
+    # 3. Resume: what is already done (for an image whose content changed: nothing)
     rows_path = out / "rows.csv"
-    old_rows = report.read_rows(rows_path)
+    digests = {n: content_hash(where[n]) for n in names}
+    old_rows = _drop_stale_rows(rows_path, report.read_rows(rows_path), images, digests)
     done = {report.row_key(r) for r in old_rows if not r.get("error")}
     plan: List[Tuple[Method, Dict[str, List[float]]]] = []
     for m in methods:
@@ -386,6 +388,7 @@ def run_sweep(opts: SweepOptions, components=None) -> SweepResult:
                         for n in items:
                             tx = tx_cache[(key, n)]
                             row = _row(m, label, n, where[n], images[n], snr, tx, results[n], out, metrics)
+                            row["image_sha256"] = digests[n]
                             writer.write(row)
                             computed += 1
                             failed += bool(row.get("error"))
@@ -494,6 +497,40 @@ def _row(m: Method, label: str, name: str, file: str, ref: np.ndarray, snr: floa
     return row
 
 
+def content_hash(path) -> Optional[str]:
+    """The first 16 hex digits of the file's SHA-256 (rows.csv ``image_sha256``; None if unreadable)."""
+    full = _sha256(path)
+    return full[:16] if full else None
+
+
+def _drop_stale_rows(rows_path: Path, rows: List[dict], images: dict, digests: dict) -> List[dict]:
+    """Remove the rows of images whose file changed since they were computed, so they are
+    recomputed: the content hash differs (or, for rows written before the hash was recorded,
+    the size does).  Logs one line per changed image; returns the rows kept."""
+    stale: Dict[str, List[dict]] = {}
+    for r in rows:
+        n = r["image"]
+        if n not in images:
+            continue
+        h, w = images[n].shape[:2]
+        old = r.get("image_sha256") or ""
+        if (old and digests.get(n) and old != digests[n]) or \
+                (not old and (str(r.get("width")), str(r.get("height"))) != (str(w), str(h))):
+            stale.setdefault(n, []).append(r)
+    if not stale:
+        return rows
+    for n, rs in stale.items():
+        h, w = images[n].shape[:2]
+        olds = sorted({r.get("image_sha256") or f"{r.get('width')}×{r.get('height')}" for r in rs})
+        log.warning("image %s changed since its %d rows in %s were computed (%s there, %s %d×%d now): "
+                    "they are dropped and recomputed", n, len(rs), rows_path.name, ", ".join(olds),
+                    digests.get(n), w, h)
+    gone = {id(r) for rs in stale.values() for r in rs}
+    kept = [r for r in rows if id(r) not in gone]
+    report.write_rows(rows_path, kept)
+    return kept
+
+
 def _dedupe(rows_path: Path) -> List[dict]:
     """All rows, keeping the last one per key (a retried error row is replaced)."""
     rows = report.read_rows(rows_path)
@@ -599,7 +636,8 @@ def _set_scores(out: Path, rows: Sequence[dict], images: dict, metrics: learned_
     for key, rs in groups.items():
         rs = sorted(rs, key=lambda r: r["image"])
         ck = "|".join(key)
-        ident = dict(images=[r["image"] for r in rs], backends=backends)
+        ident = dict(images=[r["image"] for r in rs], backends=backends,
+                     sha256=[r.get("image_sha256") or "" for r in rs])
         hit = cache.get(ck)
         if hit and hit.get("ident") == ident:
             result[key] = hit["scores"]
