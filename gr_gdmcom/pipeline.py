@@ -285,7 +285,8 @@ class RxPipeline:
         self.out_dir = Path(out_dir) if out_dir else None
         self.filename = filename
         self.names = dict(names or {})
-        self.counters = dict(images_decoded=0, images_failed=0, prompt_mismatch=0)
+        self.counters = dict(images_decoded=0, images_failed=0, prompt_mismatch=0, ids_reused=0)
+        self._written: set = set()  # files this receiver wrote: an image id received again keeps both
 
     def push(self, samples: np.ndarray) -> list:
         """Samples in; reassembled images (ready to decode) out."""
@@ -340,7 +341,16 @@ class RxPipeline:
                    seconds=round(time.perf_counter() - t0, 4))
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            path = self.out_dir / self.filename.format(image_id=image_id, name=name)
+            path = first = self.out_dir / self.filename.format(image_id=image_id, name=name)
+            n = 1
+            while path in self._written:  # the same id again: a restarted transmitter, or two of them
+                n += 1
+                path = first.with_name(f"{first.stem}~{n}{first.suffix}")
+            if n > 1:
+                self.counters["ids_reused"] += 1
+                log.warning("sink: image id %d received again after its image was decoded (a restarted "
+                            "transmitter, or two?); written as %s, not over %s", image_id, path.name, first.name)
+            self._written.add(path)
             Image.fromarray(dec.image).save(path)
             res["file"] = str(path)
         res["image"] = dec.image

@@ -239,6 +239,30 @@ class qa_missing_chunks(gr_unittest.TestCase):
             tb.run()  # the same block receives the next stream normally
             self.assertEqual((block.counters()["internal_errors"], block.counters()["frames_out"]), (1, 1))
 
+    def test_an_image_id_received_again_keeps_both_files(self):
+        """A restarted transmitter sends image id 3 again: both images are decoded and kept
+        (img00003.png, img00003~2.png), counted in ids_reused and logged; the second used to
+        overwrite the first silently."""
+        import tempfile
+        from pathlib import Path
+        from gr_gdmcom.bridge.backend import make_backend
+        from gr_gdmcom.config import CodecConfig
+        from gr_gdmcom.phy import FrameConfig
+        enc = make_backend("local", CodecConfig(**TINY)).encode(_png_bytes(), name="x")
+        burst, = FrameTx(FrameConfig()).frames(enc.symbols, header_for(enc.meta, 3))
+        gap = np.zeros(2000, np.complex64)
+        stream = awgn(np.concatenate([gap, burst, gap, burst, gap]), 15.0, np.random.default_rng(6))
+        with tempfile.TemporaryDirectory() as out:
+            tb = gr.top_block()
+            snk = semantic_sink(out_dir=out, **TINY)
+            tb.connect(blocks.vector_source_c(stream.tolist()), snk)
+            with self.assertLogs("gr_gdmcom.pipeline", "WARNING") as logs:
+                tb.run()
+            self.assertEqual(sorted(p.name for p in Path(out).iterdir()), ["img00003.png", "img00003~2.png"])
+            self.assertEqual([Path(r["file"]).name for r in snk.results], ["img00003.png", "img00003~2.png"])
+        self.assertEqual((snk.counters()["ids_reused"], snk.counters()["images_decoded"]), (1, 2))
+        self.assertIn("image id 3 received again after its image was decoded", "\n".join(logs.output))
+
     def test_image_with_a_lost_chunk_is_decoded_and_marked(self):
         from gr_gdmcom.bridge.backend import make_backend
         from gr_gdmcom.config import CodecConfig
