@@ -146,13 +146,21 @@ def test_frame_fields_gain_and_start(rng):
         assert f.header.image_id == 1 and f.header.chunk_count == 3
 
 
-def test_truncated_burst_is_counted(rng):
+def test_truncated_burst_is_counted(rng, caplog):
+    """... and logged (a warning naming the burst; they used to be counted only)."""
     cfg = FrameConfig(sps=2, max_chunk_symbols=512)
     x, _, starts = make_stream(cfg, 3, rng)
     y = awgn(x, 10.0, rng)
-    for cut in (starts[2] + 3000, starts[2] + 600):  # in the payload; in the header
-        frames, counters = receive(cfg, y[:cut])
+    end = starts[2] + cfg.layout().burst_samples(512)
+    for cut, what in ((end - 200, "the burst of image 1 chunk 2 at sample"),  # in the payload
+                      (starts[2] + 3000, "a burst at sample"),  # in the header
+                      (starts[2] + 600, "a burst at sample")):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="gr_gdmcom.phy.rx"):
+            frames, counters = receive(cfg, y[:cut])
         assert len(frames) == 2 and counters["truncated"] == 1 and counters["frames_out"] == 2, counters
+        assert [r.getMessage().split(" at sample")[0] + " at sample" for r in caplog.records] == [what]
+        assert caplog.records[0].getMessage().endswith("; dropped (counted in truncated)")
     # a stream that ends exactly with the last burst's last sample loses nothing
     frames, counters = receive(cfg, y[: starts[2] + cfg.layout().burst_samples(512)])
     assert len(frames) == 3 and counters["truncated"] == 0, counters
@@ -254,12 +262,14 @@ def test_nonfinite_samples_are_counted_and_contained(rng):
     y[starts[1] - 60: starts[1] - 50] = np.nan                # in a gap
     y[starts[2] + 4000] = np.inf                              # in a payload
     y[starts[2] + 4001] = complex(np.nan, 1.0)
-    frames, counters = receive(cfg, y)
-    assert counters["nonfinite_samples"] == 12
+    y[starts[3] + 4000: starts[3] + 4003] = 3e19  # out of range (another sample format read as complex64)
+    with np.errstate(over="raise", invalid="raise"):  # and no float overflow anywhere behind it
+        frames, counters = receive(cfg, y)
+    assert counters["nonfinite_samples"] == 15
     assert len(frames) == 4, counters
     for f in frames:
         assert np.all(np.isfinite(f.symbols)) and np.isfinite(f.snr_db)
-    ok = [f for f in frames if f.header.chunk_index != 2]
+    ok = [f for f in frames if f.header.chunk_index < 2]
     assert all(measure_snr_db(chunks[f.header.chunk_index], f.symbols) > 13 for f in ok)
 
 

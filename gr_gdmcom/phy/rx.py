@@ -50,6 +50,10 @@ COUNTERS = ("bursts_detected", "bursts_resynced", "candidates_rejected", "header
             "header_copies", "header_crc_fail",
             "header_invalid", "sync_fail", "truncated", "overlapping", "nonfinite_samples", "timing_tracked",
             "track_lost", "symbols_erased", "frames_out")
+#: Input samples whose real or imaginary part exceeds this (a float read from another sample
+#: format; no radio gives it) are treated like NaN: zeroed, counted in ``nonfinite_samples``.
+#: Their float32 squares summed over the detector's windows would overflow.
+MAX_SAMPLE = 1e12
 #: Default most samples handled per processing pass (bounds memory for huge pushes).
 MAX_SLICE = 1 << 18
 #: The detection metric is first evaluated every DETECT_STRIDE symbols, then at every
@@ -380,7 +384,9 @@ class FrameRx:
         ``truncated``.  The receiver is then ready for a new stream (indices go on)."""
         self._append(np.zeros(self._tail_pad, np.complex64))
         frames = self._process(final=True)
-        self.counters["truncated"] += sum(b.stage != "dead" for b in self._pending)
+        for b in self._pending:
+            if b.stage != "dead":
+                self._drop("truncated", f"{self._what(b)} cut off by the end of the stream")
         self._reset(self._end)
         return frames
 
@@ -409,13 +415,15 @@ class FrameRx:
             raise ValueError(f"FrameRx.push needs a 1-D array, got shape {a.shape}")
         with np.errstate(over="ignore", invalid="ignore"):
             x = a.astype(np.complex64, copy=True)
-        bad = ~np.isfinite(x)
+        with np.errstate(invalid="ignore"):  # (NaN compares False)
+            bad = ~(np.abs(x.real) <= MAX_SAMPLE) | ~(np.abs(x.imag) <= MAX_SAMPLE)
         nbad = int(np.count_nonzero(bad))
         if nbad:
             x[bad] = 0
             # warn on the first occurrence only (a GNU Radio block pushes many times)
             (log.debug if self.counters["nonfinite_samples"] else log.warning)(
-                "%d non-finite input samples replaced by 0 (counted in nonfinite_samples)", nbad)
+                "non-finite or out-of-range (beyond +-%g) input samples replaced by 0: %d in this block of samples "
+                "(all are counted in nonfinite_samples; later ones are logged at debug level)", MAX_SAMPLE, nbad)
             self.counters["nonfinite_samples"] += nbad
         return x
 
@@ -546,7 +554,8 @@ class FrameRx:
         if kind:
             return self._resynced(tau - self._resync_off, f_hat, best_v)
         if tau < self._last_end - self._sps:
-            self.counters["overlapping"] += 1
+            self._drop("overlapping", f"a preamble at sample {tau:.0f} inside the burst before it (an echo, or "
+                                      "two transmitters)")
             return False
         self._pending.append(_Burst(tau=tau, cfo=f_hat))
         self.counters["bursts_detected"] += 1
@@ -561,8 +570,8 @@ class FrameRx:
         if near or tau < self._last_end - self._sps:
             return True
         if tau < self._stream_start:
-            self.counters["truncated"] += 1  # the burst began before the stream did
-            log.debug("resync preamble of a burst at %.2f, before the stream start", tau)
+            self._drop("truncated", f"a burst that began at sample {tau:.0f}, before the stream did "
+                                    "(found from its resync preamble)")
             return True
         b = _Burst(tau=tau, cfo=f_hat, stage="copy", resync=True)
         self._pending.insert(sum(p.tau < tau for p in self._pending), b)
@@ -846,7 +855,7 @@ class FrameRx:
             return False
         if final and int(math.floor(b.tau)) + (self._npre + self._hdr_body) * self._sps > self._end:
             b.stage = "dead"
-            self.counters["truncated"] += 1
+            self._drop("truncated", f"{self._what(b)}: its header cut off by the end of the stream")
             return False
         lay, npre = self.layout, self._npre
         y = self._mf(b, npre + self._hdr_body)
@@ -944,6 +953,18 @@ class FrameRx:
         self.counters["header_retries"] += 1
         return b.z[self._hdr_pos] * np.conj(track.g[self._hdr_pos])
 
+    def _drop(self, counter: str, what: str):
+        """Count a dropped burst in ``counter``: a warning the first time, then debug lines
+        (a flowgraph may see many)."""
+        (log.debug if self.counters[counter] else log.warning)("%s; dropped (counted in %s)", what, counter)
+        self.counters[counter] += 1
+
+    @staticmethod
+    def _what(b: _Burst) -> str:
+        h = b.header
+        return (f"the burst of image {h.image_id} chunk {h.chunk_index} at sample {b.tau:.0f}" if h is not None
+                else f"a burst at sample {b.tau:.0f}")
+
     def _fail(self, b: _Burst, counter: str, why: str) -> bool:
         b.stage = "dead"
         self.counters[counter] += 1
@@ -966,9 +987,10 @@ class FrameRx:
             self._pending.pop(0)
             end = int(math.floor(b.tau)) + self.layout.burst_samples(b.header.chunk_symbols)
             if b.tau < self._last_end - self._sps:
-                self.counters["overlapping"] += 1
+                self._drop("overlapping", f"{self._what(b)} overlaps the burst before it (an echo, or two "
+                                          "transmitters)")
             elif final and end > self._end:
-                self.counters["truncated"] += 1
+                self._drop("truncated", f"{self._what(b)} cut off by the end of the stream")
             else:
                 frame = self._payload(b, m)
                 if frame is not None:
