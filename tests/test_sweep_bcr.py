@@ -107,7 +107,8 @@ def test_only_whole_latent_methods_below_1_96_is_refused(folder, tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--bcr", "1/100"], "argument --bcr: must be 1/(96 r) for a whole r >= 1 (1/96, 1/192, 1/384, ...), got '1/100'"),
     (["--bcr", "1/96", "1/384", "--reduce", "2"], "--bcr and --reduce 2 disagree; give one of them"),
-    (["--bcr", "1/288", "--reduce-method", "pool"], "reduce_method pool needs reduce in 1, 2, 4, 8, 16, got 3"),
+    (["--bcr", "1/288", "--reduce-method", "pool"], "--bcr 1/288 (--reduce 3) cannot be made with --reduce-method "
+                                                   "pool"),
 ])
 def test_cli_bcr_usage_errors_exit_2(folder, tmp_path, capsys, argv, message):
     from gr_gdmcom.cli import main

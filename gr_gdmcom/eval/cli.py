@@ -111,28 +111,98 @@ def register(sub) -> None:
     s.set_defaults(func=cmd_sweep)
 
 
-def cmd_sweep(args) -> int:
-    from ..codec import ModelLoadError
-    from .baselines import parse_grid
-    from .sweep import SweepError, SweepOptions, run_sweep
+def check_threads(threads: int) -> None:
+    """``--threads``: 0 (torch's choice) or a positive count; ValueError (exit 2) otherwise."""
+    if threads < 0:
+        raise ValueError(f"--threads must be 0 (torch's choice) or a positive number of threads, got {threads}")
 
-    if args.threads:
+
+def set_threads(threads: int) -> None:
+    if threads:
         import torch
 
-        torch.set_num_threads(max(1, args.threads))
-    try:
-        from ..cli import check_out
+        torch.set_num_threads(threads)
 
+
+def check_out_folder(path) -> None:
+    """``--out`` can become a writable folder, checked without creating it (the sweep creates it
+    once every other check has passed, so a usage error leaves no empty folder behind)."""
+    import os
+    from pathlib import Path
+
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"--out {p} is a file; give a folder")
+    d = p
+    while not d.exists() and d != d.parent:
+        d = d.parent
+    if not d.is_dir():
+        raise ValueError(f"cannot create the output folder {p}: {d} is a file")
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write to the output folder {p}" + ("" if d == p else f" (in {d})"))
+
+
+def _check_bcr(cfg, reductions) -> None:
+    """Every --bcr factor must suit --reduce-method, said in the user's options."""
+    from ..config import POOL_FACTORS, bcr_text
+
+    for r in reductions:
+        try:
+            cfg.replace(reduce=r).validate()
+        except ValueError:
+            if cfg.reduce_method == "pool" and r not in POOL_FACTORS:
+                raise ValueError(f"--bcr {bcr_text(r)} (--reduce {r}) cannot be made with --reduce-method pool, which "
+                                 f"pools 2, 4, 8 or 16 values: --bcr "
+                                 f"{', '.join(bcr_text(f) for f in POOL_FACTORS)}; or use --reduce-method dct "
+                                 "or subset") from None
+            raise
+
+
+#: methods whose setting takes the codec's --steps (proposed too, unless --grid replaces it)
+STEP_METHODS = ("proposed_caption", "proposed_fixed_point", "proposed_clean_one", "random_noise")
+
+
+def _check_grid(args, cfg, grid, methods) -> None:
+    """--grid replaces the proposed method's setting only: refuse it without proposed, and
+    --steps/--rescale where nothing else would use them."""
+    if not grid:
+        return
+    if "proposed" not in methods:
+        raise ValueError(f"--grid sets the proposed method's k,m,N, but --methods {','.join(methods)} has no "
+                         "proposed; add proposed to --methods or drop --grid")
+    given = set(getattr(args, "given", ()))
+    if "steps" in given:
+        users = [m for m in methods if m in STEP_METHODS]
+        if not users:
+            raise ValueError(f"--steps {cfg.steps} would be ignored: each --grid setting k,m,N fixes its own N; "
+                             "drop --steps (or put N in the --grid entries)")
+        log.warning("--steps %s applies to %s only: each --grid setting k,m,N fixes its own N", cfg.steps,
+                    ", ".join(users))
+    if "rescale" in given and cfg.rescale and not [m for m in methods if m in STEP_METHODS]:
+        raise ValueError("--rescale would be ignored: the --grid settings run without rescaling (the paper's "
+                         "Table II); drop --rescale")
+
+
+def cmd_sweep(args) -> int:
+    from ..codec import ModelLoadError
+    from .baselines import parse_grid, parse_methods
+    from .sweep import SweepError, SweepOptions, run_sweep
+
+    try:
+        check_threads(args.threads)
+        if args.jobs < 1:
+            raise ValueError(f"--jobs must be >= 1 (worker processes for the digital chain), got {args.jobs}")
         cfg = codec_config_from_args(args)
-        check_out(args.out)
+        check_out_folder(args.out)
         reductions = list(args.bcr or ())
         if reductions and cfg.reduce != 1:
             raise ValueError(f"--bcr and --reduce {cfg.reduce} disagree; give one of them")
-        for r in reductions:
-            cfg.replace(reduce=r).validate()  # e.g. pool takes 2, 4, 8, 16 only
+        _check_bcr(cfg, reductions)
         grid = parse_grid(args.grid)
         for k, m, n in grid:
             cfg.replace(k=k, m=m, steps=n).validate()
+        _check_grid(args, cfg, grid, parse_methods(args.methods))
+        set_threads(args.threads)
         opts = SweepOptions(images=args.images, out=args.out, snrs=args.snr, methods=args.methods, config=cfg,
                             grid=grid, reductions=reductions, captions=args.captions, semcom_t=args.semcom_t,
                             digital_codec=args.digital_codec, digital_mcs=args.digital_mcs, jobs=args.jobs,

@@ -223,6 +223,24 @@ def _check_folder(out: Path, cfg: CodecConfig) -> dict:
     return prev
 
 
+def _check_calibration(methods: Sequence[Method], ctx: Context) -> None:
+    """proposed_calibrated: load the model and the calibration file now and refuse a file
+    measured for another model or setting (SweepError, exit 2), instead of one error row per
+    image on every run."""
+    from ..codec.calibration import CalibrationError
+
+    for m in methods:
+        if m.name != "proposed_calibrated":
+            continue
+        try:
+            codec = m.codec  # GenerativeCodec checks the file against the model (k: per image)
+            codec.calibration.check(codec.c.model_id, m.config, with_k=True)
+        except CalibrationError as exc:
+            ctx.close()
+            raise SweepError(f"--calibration {ctx.calibration}: {exc}") from None
+        return
+
+
 def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s.replace("=", "-").replace(",", "_")).strip("_") or "default"
 
@@ -269,6 +287,8 @@ def run_sweep(opts: SweepOptions, components=None) -> SweepResult:
             from .digital import get_mcs
 
             get_mcs(opts.digital_mcs)  # ValueError listing the choices
+    if int(opts.jobs) < 1:
+        raise SweepError(f"--jobs must be >= 1 (worker processes for the digital chain), got {opts.jobs}")
     files = find_images(opts.images)
     captions = load_captions(opts.captions) if opts.captions else {}
     remote = None
@@ -295,7 +315,10 @@ def run_sweep(opts: SweepOptions, components=None) -> SweepResult:
     if not methods:
         raise SweepError(f"no method can run at BCR {', '.join(bcr_text(r) for r in factors)}: "
                          f"{', '.join(methods_names)} send{'s' if len(methods_names) == 1 else ''} the whole latent")
-    out.mkdir(parents=True, exist_ok=True)
+    if remote is None:
+        _check_calibration(methods, ctx)
+    if out.exists() and not out.is_dir():
+        raise SweepError(f"--out {out} is a file; give a folder")
     prev = _check_folder(out, cfg)
 
     # 2. Images
@@ -303,6 +326,10 @@ def run_sweep(opts: SweepOptions, components=None) -> SweepResult:
     if not images:
         raise SweepError(f"none of the {len(files)} image files could be read: "
                          + "; ".join(r for _, r in skipped[:3]))
+    try:  # only now: a usage error leaves no empty results folder behind
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SweepError(f"cannot create the results folder {out}: {exc.strerror or exc}") from None
     ctx.image_files = where
     if captions:
         hits = [n for n in images if ctx.caption_for(n)[1] == "captions file"]
