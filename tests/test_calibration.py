@@ -153,3 +153,18 @@ def test_calibrate_refuses_what_it_cannot_use_before_running(tmp_path, capsys):
          "error: cannot create the output folder /proc/gdmcom-x"),
     ]:
         assert main(argv) == 2 and message in capsys.readouterr().err, argv
+
+
+def test_calibrate_takes_threads_as_sweep_does(tmp_path, capsys, monkeypatch):
+    """`gdmcom calibrate ... --threads 1` was 'unrecognized arguments' though the docs recommend it."""
+    import torch
+
+    set_to = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: set_to.append(n))
+    out = tmp_path / "cal.json"
+    assert main(["calibrate", "--model", "analytic", "--device", "cpu", "--samples", "4", "--snr", "5",
+                 "--threads", "1", "--out", str(out), "-q"]) == 0
+    assert set_to == [1] and load_calibration(out).model == "analytic"
+    assert main(["calibrate", "--model", "analytic", "--samples", "4", "--threads", "-2", "--out", str(out)]) == 2
+    assert "error: --threads must be 0 (torch's choice) or a positive number of threads, got -2" in \
+        capsys.readouterr().err

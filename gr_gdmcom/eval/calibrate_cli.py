@@ -34,6 +34,9 @@ def register(sub) -> None:
     s.add_argument("--out", required=True, help="calibration file to write (JSON)")
     s.add_argument("--chunk", type=int, default=None,
                    help="latents per batched sampling run [default: --batch-size; 4096 for analytic]")
+    s.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0: torch's choice; fewer is faster on a busy machine) "
+                        "[default=%(default)r]")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     add_codec_args(s, skip=("rule", "steps"))
     s.set_defaults(func=cmd_calibrate)
@@ -52,8 +55,12 @@ def cmd_calibrate(args) -> int:
         raise ValueError("give --images or --samples, not both (the calibration runs on one of them)")
     if args.chunk is not None and args.chunk < 1:
         raise ValueError(f"--chunk must be >= 1, got {args.chunk}")
+    from .cli import check_threads, set_threads
+
+    check_threads(args.threads)
     check_out(args.out, folder=False)  # before the calibration's minutes, not after
     images = [str(p) for p in find_images(args.images)] if args.images else []  # SweepError: a ValueError
+    set_threads(args.threads)
     opts = CalibrateOptions(images=images, samples=args.samples, metric=args.metric, snrs=args.snr,
                             seed=cfg.seed, chunk=args.chunk, progress=not args.quiet)
     try:
