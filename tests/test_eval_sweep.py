@@ -485,3 +485,19 @@ def test_a_replaced_image_is_recomputed_not_reused(tmp_path, components, caplog)
     assert "image pic changed since its 2 rows in rows.csv were computed" in caplog.text
     # unchanged now: nothing recomputed
     assert run_sweep(_opts(d, out, **dict(opts, snrs=[5.0])), components=components).rows_computed == 0
+
+
+def test_one_snr_draws_no_snr_curves_and_metrics_none_drops_the_fid_note(folder, tmp_path, components, caplog):
+    """A single SNR drew psnr_vs_snr.png with every point at one x; --metrics none still printed
+    the FID/KID patch note."""
+    out = tmp_path / "res"
+    run_sweep(_opts(folder, out, methods="proposed", snrs=[5.0], plots=True, metrics=()), components=components)
+    assert not list((out / "plots").glob("*_vs_snr.*"))
+    assert (out / "plots" / "grid_snr5.png").is_file()
+    assert "one SNR only (5 dB): no plots/<metric>_vs_snr figures" in caplog.text
+    assert "FID/KID:" not in (out / "summary.md").read_text()
+    # with the set metrics asked for, the note is there (here: why they did not run)
+    run_sweep(_opts(folder, out, methods="proposed", snrs=[5.0, 15.0], plots=True, metrics=("fid",)),
+              components=components)
+    assert "FID/KID:" in (out / "summary.md").read_text()
+    assert (out / "plots" / "psnr_vs_snr.png").is_file()

@@ -707,7 +707,9 @@ def _report(out: Path, rows: List[dict], images: dict, opts: SweepOptions, cfg: 
                  for key in set_scores}
     sizes = sorted({f"{a.shape[1]}×{a.shape[0]}" for a in images.values()})
     p = learned_mod.PATCH
-    if not any(n_patches):
+    if not any(k in opts.metrics for k in learned_mod.SET_LEVEL):
+        set_note = None  # FID/KID not asked for (--metrics none or a list without them)
+    elif not any(n_patches):
         set_note = (f"FID/KID: not computed on these images — they are smaller than {p}×{p} "
                     f"({', '.join(sizes)}), so they give no {p}×{p} patches.")
     else:
@@ -745,7 +747,13 @@ def _report(out: Path, rows: List[dict], images: dict, opts: SweepOptions, cfg: 
         (out / "table2.md").write_text(report.table2_markdown(summary, list(opts.grid)), encoding="utf-8")
         written["table2"] = out / "table2.md"
     if opts.plots and rows:
-        figs = report.plot_metrics(summary, out / "plots")
+        snrs = sorted({report.snr_text(s["snr_db"]) for s in summary}, key=float)
+        if len(snrs) >= 2:
+            figs = report.plot_metrics(summary, out / "plots")
+        else:
+            figs = []
+            log.warning("one SNR only (%s dB): no plots/<metric>_vs_snr figures (a curve needs two SNRs); "
+                        "summary.md has the values", ", ".join(snrs) or "none")
         figs += report.plot_metrics_vs_bcr(summary, out / "plots")
         figs += report.plot_image_grids(rows, images, out / "plots", out, opts.grid_images)
         for i, f in enumerate(figs):
