@@ -162,6 +162,26 @@ def test_idle_fill_block_writes_zeros_only_between_bursts(rng):
         assert any(np.array_equal(y[k:k + len(b)], b) for k in starts)
 
 
+def test_capture_writes_the_samples_or_says_why_not(tmp_path, capsys):
+    """gdmcom.capture (the radio receivers' --capture): '' does nothing; a path gets every sample
+    (its folder made); a path that cannot be written exits 2 with one line naming it."""
+    from gnuradio import blocks, gr
+    import gr_gdmcom.blocks as gdmcom
+    x = (np.arange(1000) * (1 + 1j)).astype(np.complex64)
+    for path in ("", str(tmp_path / "new" / "rx.c64")):
+        tb = gr.top_block()
+        src, sink = blocks.vector_source_c(x.tolist()), blocks.null_sink(gr.sizeof_gr_complex)
+        tb.connect(src, sink)
+        gdmcom.capture(tb, src, path)
+        tb.run()
+    np.testing.assert_array_equal(np.fromfile(tmp_path / "new" / "rx.c64", np.complex64), x)
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(SystemExit) as e:
+        gdmcom.capture(gr.top_block(), blocks.vector_source_c([0j]), str(tmp_path / "afile" / "rx.c64"))
+    assert e.value.code == 2
+    assert f"gr_gdmcom: cannot write the capture file {tmp_path / 'afile' / 'rx.c64'}:" in capsys.readouterr().err
+
+
 def test_rx_level_block_reports_peak_rms_and_clipping():
     from gnuradio import blocks
     x = np.full(20000, 0.1, np.complex64)
@@ -336,7 +356,7 @@ report["usrp_tx"] = dict(n=len(x), sob=sob, eob=eob, peak=float(np.abs(x).max())
                          calls=[c for c in CALLS if c[0] == "sink"])
 CALLS.clear()
 air = np.concatenate([np.zeros(20000, np.complex64), x, np.zeros(20000, np.complex64)])  # silence around bursts
-report["usrp_rx"] = run_rx(usrp_rx, usrp_rx.usrp_rx, air, 0.2, rx_gain=20)
+report["usrp_rx"] = run_rx(usrp_rx, usrp_rx.usrp_rx, air, 0.2, rx_gain=20, capture=sys.argv[4] + "/usrp_rx.c64")
 CALLS.clear()
 
 # PlutoSDR: TX never ends (zeros between bursts keep the DAC fed): stop once the burst and some zeros are out
@@ -390,6 +410,19 @@ def test_radio_flowgraphs_with_stand_in_radios(compiled, image, tmp_path):
         assert rx["levels"] and all(lv["clipped_pct"] == 0 for lv in rx["levels"])
         assert f"{name}_exit" not in rep  # ended on --images-expected, not on --timeout
     assert any(c[1] == "set_gain_mode" and c[2] == [0, "manual"] for c in rep["pluto_rx"]["calls"])
+
+    # usrp_rx --capture recorded what it received; file_rx.py replays it offline to the same image
+    cap = tmp_path / "out" / "usrp_rx.c64"
+    assert cap.stat().st_size % 8 == 0 and cap.stat().st_size > 8 * 20000
+    r = subprocess.run([sys.executable, str(compiled / "file_rx.py"), "--capture", str(cap), "--model", "tiny",
+                        "--out-dir", str(tmp_path / "replay")], env=_env(tmp_path), cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(next(line for line in r.stdout.splitlines() if line.startswith('{"summary"')))
+    assert summary["decoded"] == 1 and summary["counters"]["images_complete"] == 1, summary
+    live, = rep["usrp_rx"]["results"]
+    replayed, = (tmp_path / "replay").glob("*.png")
+    np.testing.assert_array_equal(np.asarray(Image.open(replayed)), np.asarray(Image.open(live["file"])))
 
 
 # --------------------------------------------------------------------------- live demo

@@ -1,8 +1,9 @@
 """What the flowgraphs' *Python Snippets* call: end a receiver's run, print a summary, exit status.
 
-A generated script calls these from two snippets (``import gr_gdmcom.blocks as gdmcom``
+A generated script calls these from its snippets (``import gr_gdmcom.blocks as gdmcom``
 is already among its imports)::
 
+    main_after_init:   gdmcom.capture(self, self.usrp, self.capture)   (radio receivers)
     main_after_start:  gdmcom.watch_rx(self, self.sink, self.images_expected, self.timeout)
     main_after_stop:   gdmcom.finish(self, source=..., sink=..., images_expected=...)
 
@@ -87,6 +88,28 @@ def finish(tb, source=None, sink=None, images_expected: int = 0) -> None:
             "the timeout came before the expected images" if code == EXIT_TIMEOUT else "no image was decoded")
         print(f"gr_gdmcom: {what} (exit status {code})", file=sys.stderr, flush=True)
         sys.exit(code)
+
+
+def capture(tb, source, path: str) -> None:
+    """Also write ``source``'s samples to ``path`` when it is set (the radio receivers'
+    ``--capture``): complex64 interleaved I/Q, GNU Radio's ``file_sink`` of gr_complex,
+    which ``file_rx.grc`` (or ``FrameRx``) replays.  Called from a *main_after_init*
+    snippet, before the flowgraph starts."""
+    if not path:
+        return
+    from pathlib import Path
+
+    from gnuradio import blocks, gr
+
+    try:
+        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        tb.capture_sink = blocks.file_sink(gr.sizeof_gr_complex, str(Path(path).expanduser()), False)
+    except (OSError, RuntimeError) as exc:
+        print(f"gr_gdmcom: cannot write the capture file {path}: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    tb.connect(source, tb.capture_sink)
+    print(f"gr_gdmcom: capturing the received samples to {path} (complex64; replay: file_rx.py --capture {path})",
+          file=sys.stderr, flush=True)
 
 
 def require_display(script: str) -> None:
