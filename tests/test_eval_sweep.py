@@ -501,3 +501,17 @@ def test_one_snr_draws_no_snr_curves_and_metrics_none_drops_the_fid_note(folder,
               components=components)
     assert "FID/KID:" in (out / "summary.md").read_text()
     assert (out / "plots" / "psnr_vs_snr.png").is_file()
+
+
+def test_package_prefix_names_the_bundled_images_from_any_folder(tmp_path, monkeypatch):
+    """The docs' `--images gr_gdmcom/data` works only from the repository root; `package:` works
+    anywhere, as for simulate and link."""
+    from gr_gdmcom.eval.sweep import find_images
+
+    monkeypatch.chdir(tmp_path)
+    every = find_images(["package:"])
+    assert {f.name for f in every} >= {"astronaut.png", "coffee.png"} and all(f.is_file() for f in every)
+    (one,) = find_images(["package:coffee.png"])
+    assert one == DATA / "coffee.png" or one.read_bytes() == (DATA / "coffee.png").read_bytes()
+    with pytest.raises(SweepError, match=r"^no bundled image package:nope.png; bundled: .*astronaut.png"):
+        find_images(["package:nope.png"])

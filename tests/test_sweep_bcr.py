@@ -77,7 +77,7 @@ def test_sweep_over_bcr_gives_digital_the_same_symbols(folder, tmp_path):
         assert detail["reason"].endswith(f", {expect['astro', bcr]} symbols")
     # one metric-vs-BCR figure per metric with values, one panel per SNR
     assert (out / "plots" / "psnr_vs_bcr.png").stat().st_size > 0
-    assert (out / "plots" / "psnr_vs_snr.png").exists()
+    assert not (out / "plots" / "psnr_vs_snr.png").exists()  # one SNR: no curve against SNR
     run = json.loads((out / "run.json").read_text())
     assert run["sweep"]["bcr"] == ["1/96", "1/192", "1/384"]
 
@@ -131,3 +131,29 @@ def test_cli_sweep_bcr_runs_one_setting_per_ratio(folder, tmp_path, capsys):
     got = sorted((r["method"], r["bcr_nominal"], r["symbols"]) for r in report.read_rows(out / "rows.csv"))
     assert got == [("digital", "1/384", "32"), ("digital", "1/96", "128"),
                    ("proposed", "1/384", "32"), ("proposed", "1/96", "128")]
+
+
+def test_reused_digital_rows_with_another_budget_are_named(tmp_path, caplog):
+    """The digital setting names the BCR only, so a pool run reuses the dct run's rows; for a
+    160x120 image (latent 15x20) dct sends 150 symbols at 1/384 and pool 160: said, not silent."""
+    from PIL import Image
+
+    from gr_gdmcom.config import CodecConfig
+    from gr_gdmcom.eval.sweep import SweepOptions, run_sweep
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.new("RGB", (160, 120), (90, 120, 200)).save(d / "odd.png")
+    out = tmp_path / "r"
+
+    def opts(how):
+        return SweepOptions(images=[d], out=out, snrs=[20.0], methods="digital", reductions=[4],
+                            config=CodecConfig(model="tiny", device="cpu", reduce_method=how), plots=False,
+                            progress=False, argv=["t"], metrics=(), digital_codec="jpeg")
+
+    assert run_sweep(opts("dct")).rows_computed == 1
+    assert "symbol budget" not in caplog.text
+    res = run_sweep(opts("pool"))
+    assert res.rows_computed == 0 and res.rows_reused == 1
+    assert ("digital rows at BCR 1/384 are reused from an earlier run whose symbol budget differs from "
+            "--reduce-method pool's for 1 image(s) (odd: 150 there, 160 now)") in caplog.text

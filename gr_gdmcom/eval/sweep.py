@@ -111,10 +111,19 @@ class SweepResult:
 
 # --------------------------------------------------------------------------- inputs
 def find_images(paths: Sequence[Union[str, Path]]) -> List[Path]:
-    """Image files named or found (not recursively) in folders, sorted; SweepError when none."""
+    """Image files named or found (not recursively) in folders, sorted; SweepError when none.
+    ``package:NAME`` is an image bundled with gr_gdmcom (``package:`` alone: all of them),
+    found whatever the working directory, as for ``gdmcom simulate`` and ``link``."""
+    from ..pipeline import PACKAGE_PREFIX, package_image
+
     files: List[Path] = []
     looked = []
-    for p in map(Path, paths):
+    for given in map(str, paths):
+        p = package_image(given[len(PACKAGE_PREFIX):]) if given.startswith(PACKAGE_PREFIX) \
+            else Path(given).expanduser()
+        if given.startswith(PACKAGE_PREFIX) and not p.exists():
+            bundled = sorted(f.name for f in package_image("").iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            raise SweepError(f"no bundled image {given}; bundled: {', '.join(bundled)} ('package:' for all)")
         if p.is_dir():
             looked.append(str(p))
             files += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
@@ -221,6 +230,30 @@ def _check_folder(out: Path, cfg: CodecConfig) -> dict:
         raise SweepError(f"{out} holds a sweep made with another configuration ({what}); "
                          "use another --out so rows of different configurations are not mixed")
     return prev
+
+
+def _warn_reused_digital_budgets(methods: Sequence[Method], old_rows: List[dict], images: dict,
+                                 cfg: CodecConfig) -> None:
+    """The digital baseline's setting names its BCR, not the reduction method, so its rows are
+    shared by every --reduce-method in one folder.  Where an image's symbol budget under this
+    run's method differs (sides whose latent is not a whole number of blocks), say so."""
+    for m in methods:
+        if m.name != "digital" or m.reduction() <= 1:
+            continue
+        label, diffs = m.setting_label(), []
+        for r in old_rows:
+            n = r["image"]
+            if r["setting"] != label or r["method"] != "digital" or n not in images or not r.get("symbols"):
+                continue
+            want = m.budget(*images[n].shape[:2])
+            if int(float(r["symbols"])) != want:
+                diffs.append(f"{n}: {int(float(r['symbols']))} there, {want} now")
+        if diffs:
+            diffs = sorted(set(diffs))
+            log.warning("digital rows at BCR %s are reused from an earlier run whose symbol budget differs from "
+                        "--reduce-method %s's for %d image(s) (%s%s); their `symbols` column has the budget they "
+                        "had. Use another --out to compare at exactly this run's budget", bcr_text(m.reduction()),
+                        cfg.reduce_method, len(diffs), "; ".join(diffs[:3]), " …" if len(diffs) > 3 else "")
 
 
 def _check_calibration(methods: Sequence[Method], ctx: Context) -> None:
@@ -352,6 +385,7 @@ def run_sweep(opts: SweepOptions, components=None) -> SweepResult:
             if miss:
                 need[n] = miss
         plan.append((m, need))
+    _warn_reused_digital_budgets(methods, old_rows, images, cfg)
     total = sum(len(v) for _, need in plan for v in need.values())
     reused = len(names) * len(snrs) * len(methods) - total
 
