@@ -72,3 +72,21 @@ def grcc_build(tmp_path_factory):
                        timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return out
+
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """image_folder({"astro.png": ("astronaut.png", (w, h)), ...}) -> ``tmp_path/imgs`` holding
+    the bundled images resized."""
+    from PIL import Image
+
+    data = Path(__file__).resolve().parent.parent / "gr_gdmcom" / "data"
+
+    def make(sizes: dict) -> Path:
+        d = tmp_path / "imgs"
+        d.mkdir()
+        for name, (src, size) in sizes.items():
+            Image.open(data / src).convert("RGB").resize(size).save(d / name)
+        return d
+    return make

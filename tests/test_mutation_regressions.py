@@ -169,7 +169,7 @@ def _ms_ssim_formula(a, b, n):
 
 @pytest.mark.parametrize("side,scales", [(64, 3), (100, 4), (176, 5)])
 def test_ms_ssim_against_its_formula(side, scales):
-    """Mutation: weights of the scales used not renormalised (wrong MS-SSIM under 161 px)."""
+    """Mutation: weights of the scales used not renormalised (wrong MS-SSIM under 176 px)."""
     r = np.random.default_rng(side)
     a = r.integers(0, 256, (side, side, 3), dtype=np.uint8)
     a = np.asarray(torch.nn.functional.avg_pool2d(torch.from_numpy(a).permute(2, 0, 1).float()[None], 3, 1, 1)[0]

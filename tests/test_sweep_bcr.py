@@ -3,7 +3,6 @@ metric-vs-BCR plots (eval/sweep.py, eval/report.py; docs/rate.md)."""
 
 import contextlib
 import json
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -12,17 +11,10 @@ from gr_gdmcom.config import CodecConfig, bcr_text, reduce_for_bcr
 from gr_gdmcom.eval import report
 from gr_gdmcom.eval.sweep import SweepError, SweepOptions, run_sweep
 
-DATA = Path(__file__).resolve().parent.parent / "gr_gdmcom" / "data"
-
-
 @pytest.fixture
-def folder(tmp_path):
+def folder(tmp_path, image_folder):
     """Two images: 64x64 (latent 4 x 8 x 8, 128 symbols whole) and 48x40 (4 x 6 x 5, 60 symbols)."""
-    d = tmp_path / "imgs"
-    d.mkdir()
-    Image.open(DATA / "astronaut.png").convert("RGB").resize((64, 64)).save(d / "astro.png")
-    Image.open(DATA / "coffee.png").convert("RGB").resize((40, 48)).save(d / "coffee.png")
-    return d
+    return image_folder({"astro.png": ("astronaut.png", (64, 64)), "coffee.png": ("coffee.png", (40, 48))})
 
 
 def _opts(folder, out, **kw):

@@ -2,23 +2,16 @@
 any work, and no empty results folder left behind (tiny / analytic models, 64 px images)."""
 
 import csv
-from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from gr_gdmcom.cli import main
 
-DATA = Path(__file__).resolve().parent.parent / "gr_gdmcom" / "data"
-
 
 @pytest.fixture
-def folder(tmp_path):
-    d = tmp_path / "imgs"
-    d.mkdir()
-    Image.open(DATA / "astronaut.png").convert("RGB").resize((64, 64)).save(d / "astro.png")
+def folder(tmp_path, image_folder):
     (tmp_path / "emptydir").mkdir()
-    return d
+    return image_folder({"astro.png": ("astronaut.png", (64, 64))})
 
 
 BASE = ["--model", "tiny", "--device", "cpu", "--snr", "5", "--no-plots", "--no-progress", "--metrics", "none"]
