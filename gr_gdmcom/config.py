@@ -133,8 +133,9 @@ class CodecConfig:
         if self.reduce_method not in REDUCE_METHODS:
             raise ValueError(f"unknown reduce_method {self.reduce_method!r}; choose one of {', '.join(REDUCE_METHODS)}")
         if self.reduce_method == "pool" and self.reduce not in POOL_FACTORS:
-            raise ValueError(f"reduce_method pool needs reduce in {', '.join(map(str, POOL_FACTORS))}, "
-                             f"got {self.reduce}")
+            raise ValueError(f"reduce_method pool (--reduce-method pool) pools {', '.join(map(str, POOL_FACTORS))} "
+                             f"values: reduce (--reduce) must be one of them, got {self.reduce}; or use "
+                             f"reduce_method dct or subset")
         return self
 
     def replace(self, **changes) -> "CodecConfig":

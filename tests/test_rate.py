@@ -77,7 +77,7 @@ def test_reduction_errors():
         Reduction.make("dct", 128, (4, 8, 8))
     with pytest.raises(RateError, match=r"dct reduce=4 of latent \[3, 2, 2\] leaves an odd number of values \(3\)"):
         Reduction.make("dct", 4, (3, 2, 2))
-    with pytest.raises(ValueError, match="reduce_method pool needs reduce in 1, 2, 4, 8, 16, got 3"):
+    with pytest.raises(ValueError, match=r"reduce_method pool \(--reduce-method pool\) pools 1, 2, 4, 8, 16 values: reduce \(--reduce\) must be one of them, got 3; or use reduce_method dct or subset"):
         CodecConfig(reduce=3, reduce_method="pool").validate()
     with pytest.raises(ValueError, match="reduce must be >= 1, got 0"):
         CodecConfig(reduce=0).validate()
