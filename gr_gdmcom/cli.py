@@ -76,16 +76,27 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
                              "[default=%(default)r]")
 
 
-def check_out(path, folder: bool = True) -> Path:
+def check_out(path, folder: bool = True, create: bool = True) -> Path:
     """Make sure ``--out`` can be written before any work: the folder (``folder``) or the
-    file's folder is created; ValueError (one line, exit 2) where it cannot be, where a folder
-    is named by an existing file, or a file by an existing folder."""
+    file's folder is created (with ``create`` False only checked: the caller creates it once
+    its other checks passed, so a usage error leaves no empty folder); ValueError (one line,
+    exit 2) where it cannot be, where a folder is named by an existing file, or a file by an
+    existing folder."""
     p = Path(path)
     if folder and p.exists() and not p.is_dir():
         raise ValueError(f"--out {p} is a file; give a folder")
     if not folder and p.is_dir():
         raise ValueError(f"--out {p} is a folder; give a file name")
     d = p if folder else p.parent
+    if not create:
+        up = d
+        while not up.exists() and up != up.parent:
+            up = up.parent
+        if not up.is_dir():
+            raise ValueError(f"cannot create the output folder {d}: {up} is a file")
+        if not os.access(up, os.W_OK | os.X_OK):
+            raise ValueError(f"cannot write to the output folder {d}" + ("" if up == d else f" (in {up})"))
+        return p
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

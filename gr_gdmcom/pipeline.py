@@ -43,6 +43,12 @@ def package_image(name: str) -> Path:
     return Path(str(importlib.resources.files("gr_gdmcom") / "data" / name))
 
 
+def image_arg(item: str) -> Path:
+    """One image argument as a path: ``package:NAME`` the bundled image (``package:`` alone:
+    the folder of them), anything else a path (``~`` expanded)."""
+    return package_image(item[len(PACKAGE_PREFIX):]) if item.startswith(PACKAGE_PREFIX) else Path(item).expanduser()
+
+
 def expand_images(spec: Union[str, Sequence[str]]) -> List[Path]:
     """Paths, folders (their image files, sorted) and globs -> list of paths.
 
@@ -60,7 +66,7 @@ def expand_images(spec: Union[str, Sequence[str]]) -> List[Path]:
         items = [str(s).strip() for s in spec]
     out: List[Path] = []
     for item in filter(None, items):
-        p = package_image(item[len(PACKAGE_PREFIX):]) if item.startswith(PACKAGE_PREFIX) else Path(item).expanduser()
+        p = image_arg(item)
         if p.is_dir():
             out += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTENSIONS)
         elif any(ch in item for ch in "*?["):

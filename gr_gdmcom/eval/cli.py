@@ -124,24 +124,6 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def check_out_folder(path) -> None:
-    """``--out`` can become a writable folder, checked without creating it (the sweep creates it
-    once every other check has passed, so a usage error leaves no empty folder behind)."""
-    import os
-    from pathlib import Path
-
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise ValueError(f"--out {p} is a file; give a folder")
-    d = p
-    while not d.exists() and d != d.parent:
-        d = d.parent
-    if not d.is_dir():
-        raise ValueError(f"cannot create the output folder {p}: {d} is a file")
-    if not os.access(d, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot write to the output folder {p}" + ("" if d == p else f" (in {d})"))
-
-
 def _check_bcr(cfg, reductions) -> None:
     """Every --bcr factor must suit --reduce-method, said in the user's options."""
     from ..config import POOL_FACTORS, bcr_text
@@ -186,14 +168,13 @@ def _check_grid(args, cfg, grid, methods) -> None:
 def cmd_sweep(args) -> int:
     from ..codec import ModelLoadError
     from .baselines import parse_grid, parse_methods
+    from ..cli import check_out
     from .sweep import SweepError, SweepOptions, run_sweep
 
     try:
         check_threads(args.threads)
-        if args.jobs < 1:
-            raise ValueError(f"--jobs must be >= 1 (worker processes for the digital chain), got {args.jobs}")
         cfg = codec_config_from_args(args)
-        check_out_folder(args.out)
+        check_out(args.out, create=False)  # the sweep creates it once every check has passed
         reductions = list(args.bcr or ())
         if reductions and cfg.reduce != 1:
             raise ValueError(f"--bcr and --reduce {cfg.reduce} disagree; give one of them")

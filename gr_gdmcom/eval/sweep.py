@@ -114,13 +114,12 @@ def find_images(paths: Sequence[Union[str, Path]]) -> List[Path]:
     """Image files named or found (not recursively) in folders, sorted; SweepError when none.
     ``package:NAME`` is an image bundled with gr_gdmcom (``package:`` alone: all of them),
     found whatever the working directory, as for ``gdmcom simulate`` and ``link``."""
-    from ..pipeline import PACKAGE_PREFIX, package_image
+    from ..pipeline import PACKAGE_PREFIX, image_arg, package_image
 
     files: List[Path] = []
     looked = []
     for given in map(str, paths):
-        p = package_image(given[len(PACKAGE_PREFIX):]) if given.startswith(PACKAGE_PREFIX) \
-            else Path(given).expanduser()
+        p = image_arg(given)
         if given.startswith(PACKAGE_PREFIX) and not p.exists():
             bundled = sorted(f.name for f in package_image("").iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
             raise SweepError(f"no bundled image {given}; bundled: {', '.join(bundled)} ('package:' for all)")
