@@ -424,6 +424,17 @@ def test_radio_flowgraphs_with_stand_in_radios(compiled, image, tmp_path):
     replayed, = (tmp_path / "replay").glob("*.png")
     np.testing.assert_array_equal(np.asarray(Image.open(replayed)), np.asarray(Image.open(live["file"])))
 
+    # a missing or empty capture stops file_rx.py with a message before the model loads, not with
+    # GNU Radio's file_source traceback
+    (tmp_path / "empty.c64").write_bytes(b"")
+    for cap_arg, message in (("nope.c64", f"gr_gdmcom: no capture file 'nope.c64' (looked in {tmp_path}): "),
+                             ("empty.c64", "gr_gdmcom: the capture file empty.c64 is empty (0 bytes): ")):
+        r = subprocess.run([sys.executable, str(compiled / "file_rx.py"), "--capture", cap_arg, "--model", "tiny"],
+                           env=_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, (cap_arg, r.stderr[-2000:])
+        assert message + "record one with usrp_rx.py or pluto_rx.py --capture FILE" in r.stderr, r.stderr[-2000:]
+        assert "Traceback" not in r.stderr and "RuntimeError" not in r.stderr, r.stderr[-2000:]
+
 
 # --------------------------------------------------------------------------- live demo
 def test_live_demo_offscreen_screenshot(compiled, image, tmp_path):

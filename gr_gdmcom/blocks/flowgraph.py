@@ -112,6 +112,36 @@ def capture(tb, source, path: str) -> None:
           file=sys.stderr, flush=True)
 
 
+def require_capture(path: str) -> None:
+    """Exit with a message (status 2) when ``path``, the capture ``file_rx.py`` replays, is
+    missing, not a file, unreadable or empty -- instead of GNU Radio's ``RuntimeError: can't
+    open file`` traceback after the model has loaded.  Called from file_rx's *init before
+    blocks* snippet.  (A size that is not a whole number of complex64 samples is GNU Radio's
+    file_source's warning.)"""
+    import os
+    from pathlib import Path
+
+    hint = "record one with usrp_rx.py or pluto_rx.py --capture FILE, or name it with --capture PATH"
+    file = Path(path).expanduser() if path else None
+    if file is None or not file.exists():
+        where = f" (looked in {os.getcwd()})" if path and not file.is_absolute() else ""
+        print(f"gr_gdmcom: no capture file {path!r}{where}: {hint}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    if not file.is_file():
+        print(f"gr_gdmcom: the capture {path} is not a file: {hint}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    try:
+        with open(file, "rb"):
+            pass
+        size = file.stat().st_size
+    except OSError as exc:
+        print(f"gr_gdmcom: cannot read the capture file {path}: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    if size == 0:
+        print(f"gr_gdmcom: the capture file {path} is empty (0 bytes): {hint}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
 def require_display(script: str) -> None:
     """Exit with a message instead of Qt's abort (core dump) when the QT GUI script ``script``
     (e.g. ``live_demo.py``) runs without a display.  Called from the flowgraph's *Import*
