@@ -160,12 +160,14 @@ def header_for(meta: LatentMeta, image_id: int) -> Header:
     return Header(image_id=image_id & 0xFFFF, latent_shape=tuple(meta.latent_shape),
                   image_size=tuple(meta.image_size), k=meta.k, T=meta.T,
                   forward=FORWARD_CODES[meta.forward], guidance=float(meta.guidance), alpha=float(meta.alpha),
-                  prompt_hash=meta.prompt_hash, total_symbols=meta.n_symbols, flags=flags, means=means)
+                  prompt_hash=meta.prompt_hash, model_hash=int(meta.model_hash), total_symbols=meta.n_symbols,
+                  flags=flags, means=means)
 
 
 def meta_from_header(h: Header, prompt: str, name: str) -> LatentMeta:
     """The codec's metadata from a received header; the prompt is the receiver's
-    (the header carries only its CRC-32, checked by :class:`RxPipeline`).
+    (the header carries only its hash, checked by :class:`RxPipeline`); ``model_hash`` is the
+    transmitter's model fingerprint, which the codec compares with its own.
 
     Raises:
         LinkMetaError: the header says means were removed from a latent with more
@@ -183,7 +185,7 @@ def meta_from_header(h: Header, prompt: str, name: str) -> LatentMeta:
                       guidance=float(h.guidance), prompt=prompt, forward=FORWARD_NAMES.get(int(h.forward), "ddim"),
                       name=name, means=means, reduce=1 << (flags & REDUCE_LOG2_MASK),
                       reduce_method=next((m for m, f in _METHOD_FLAGS.items() if flags & f), "subset")
-                      if flags & REDUCE_LOG2_MASK else "full")
+                      if flags & REDUCE_LOG2_MASK else "full", model_hash=int(getattr(h, "model_hash", 0)))
 
 
 class TxPipeline:
@@ -291,7 +293,7 @@ class RxPipeline:
         self.out_dir = Path(out_dir) if out_dir else None
         self.filename = filename
         self.names = dict(names or {})
-        self.counters = dict(images_decoded=0, images_failed=0, prompt_mismatch=0, ids_reused=0)
+        self.counters = dict(images_decoded=0, images_failed=0, prompt_mismatch=0, model_mismatch=0, ids_reused=0)
         self._written: set = set()  # files this receiver wrote: an image id received again keeps both
 
     def push(self, samples: np.ndarray) -> list:
@@ -321,7 +323,7 @@ class RxPipeline:
                    untracked_chunks=list(map(int, img.untracked)), erased_symbols=int(img.erased_symbols))
         if int(h.prompt_hash) != prompt_hash(self.config.prompt):
             self.counters["prompt_mismatch"] += 1
-            log.warning("sink: image %d was encoded with another prompt (hash %08x); decoding with %r",
+            log.warning("sink: image %d was encoded with another prompt (hash %04x); decoding with %r",
                         image_id, int(h.prompt_hash), self.config.prompt)
         t0 = time.perf_counter()
         try:
@@ -344,7 +346,12 @@ class RxPipeline:
                    alpha=float(meta.alpha), s_tot2=rec.get("s_tot2"),
                    unet_calls=int(rec["unet_calls"]), symbols=int(img.symbols.size),
                    height=int(dec.image.shape[0]), width=int(dec.image.shape[1]),
-                   seconds=round(time.perf_counter() - t0, 4))
+                   seconds=round(time.perf_counter() - t0, 4), model_mismatch=bool(rec.get("model_mismatch")))
+        if res["model_mismatch"]:
+            self.counters["model_mismatch"] += 1
+            log.warning("sink: image %d was encoded by another model (fingerprint %04x): decoded with this "
+                        "receiver's model, it is not the transmitted image; use the transmitter's model (--model, "
+                        "or the gdmcom serve it used)", image_id, int(h.model_hash))
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             path = first = self.out_dir / self.filename.format(image_id=image_id, name=name)

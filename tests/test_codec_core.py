@@ -22,6 +22,7 @@ import torch
 
 from gr_gdmcom.codec import CodecError, GenerativeCodec, LatentMeta, load_components
 from gr_gdmcom.codec.calibration import Calibration, CalibrationError
+from gr_gdmcom.codec.models import model_fingerprint
 from gr_gdmcom.codec.core import (Decoded, Failed, latent_from_symbols, latent_to_symbols, symbols_from_latent,
                                   weight_by_reliability)
 from gr_gdmcom.codec.rate import Reduction
@@ -217,7 +218,7 @@ def test_latent_meta_means_reduction_and_dict():
     assert z.shape == (2, 2, 3) and z.dtype == np.float64 and not z.any()
     m = _meta(latent_shape=(2, 2, 3), means=(1.5, -0.5))
     np.testing.assert_array_equal(m.mean_latent(), np.concatenate([np.full((1, 2, 3), 1.5), np.full((1, 2, 3), -0.5)]))
-    assert m.prompt_hash == zlib.crc32(b"p")
+    assert m.prompt_hash == zlib.crc32(b"p") & 0xFFFF
     d = _meta(means=(np.float32(0.25), np.float64(2.0))).to_dict()
     assert d["means"] == [0.25, 2.0] and all(type(v) is float for v in d["means"])
     back = LatentMeta.from_dict(dict(d, reduce="2", reduce_method="pool"))
@@ -770,6 +771,27 @@ def test_decode_errors_are_exact_and_counted(comp, sent, caplog):
     assert isinstance(dec, Decoded) and codec.stats["images_decoded"] == 1
 
 
+def test_the_model_fingerprint_travels_in_the_metadata_and_a_foreign_one_is_flagged(comp, sent):
+    """A latent encoded by another model means something else to this one: the metadata carries
+    the encoder's fingerprint and the decode record says when it is not this model's (0: not
+    given, as from a version-4 frame header: no check)."""
+    codec = _codec(comp)
+    assert sent.meta.model_hash == codec.model_hash == model_fingerprint(comp) and 0 < codec.model_hash < 65536
+    assert model_fingerprint(_other_grid(comp)) != codec.model_hash  # another noise schedule
+    flags = [codec.decode(sent.symbols, dataclasses.replace(sent.meta, model_hash=h), 20.0).record["model_mismatch"]
+             for h in (codec.model_hash, codec.model_hash % 65535 + 1, 0)]
+    assert flags == [False, True, False]
+
+
+def test_the_fingerprint_is_the_models_not_its_path_dtype_or_device():
+    from gr_gdmcom.codec.models import tiny_path
+
+    tiny = model_fingerprint(load_components("tiny", "cpu", "fp32"))
+    assert model_fingerprint(load_components(str(tiny_path()), "cpu", "bf16")) == tiny  # its folder, another dtype
+    others = {model_fingerprint(load_components(m, "cpu", "fp32")) for m in ("analytic", "analytic:K=4", "patch-gmm")}
+    assert len(others) == 3 and tiny not in others
+
+
 def test_decode_record_and_image(comp, sent):
     codec = _codec(comp, m=3)
     s, m = sent.symbols, sent.meta
@@ -785,7 +807,7 @@ def test_decode_record_and_image(comp, sent):
     assert r == dict(name="sent", snr_db=snr, snr_in_db=10.0, n_steps=ch.n_steps, rule="snr", k=5, m=3, T=50,
                      start_t=ch.start_t, scale=ch.scale, s_tot2=ch.s_tot2, inversion="ddim",
                      unet_calls=3 + ch.n_steps, batch=1, batch_unet_calls=3 + ch.n_steps, erased=10, reduce=1,
-                     reduce_method="full", mean_removed=False)
+                     reduce_method="full", mean_removed=False, model_mismatch=False)
     assert dec.image.shape == (64, 64, 3) and dec.image.dtype == np.uint8
     # the image is the VAE decoding of the sampled latent decode_latents returns
     z0 = codec.decode_latents([(s, m, 10.0, mask, nv)])[0]

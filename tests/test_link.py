@@ -165,3 +165,21 @@ def test_link_through_flat_fading(tmp_path, small, capsys):
     assert rc == 2 and "fading (fD Ts) must be in 0 .. 0.1, got 0.5" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"rician_k must be finite and >= 0 \(0 = Rayleigh\), got -1"):
         ChannelConfig(fading=1e-4, rician_k=-1)
+
+
+def test_a_receiver_running_another_model_says_so(tmp_path, small, caplog):
+    """The helper's two-host case: transmitter and receiver on different models decoded noise and
+    reported success.  The header carries the transmitter's model fingerprint; the receiver
+    decodes (it cannot do better) but flags the image, counts it and warns."""
+    Image.fromarray(small).save(tmp_path / "a.png")
+    tx, same, other = (CodecConfig(model=m, device="cpu") for m in ("analytic", "analytic", "analytic:seed=1"))
+    for rx, mismatch in ((same, False), (other, True)):
+        caplog.clear()
+        run = run_link([str(tmp_path / "a.png")], str(tmp_path / "out"), ChannelConfig(snr_db=20.0, seed=1), tx, rx,
+                       FrameConfig())
+        res, = run["results"]
+        assert "error" not in res and res["model_mismatch"] is mismatch, res
+        assert run["counters"]["model_mismatch"] == int(mismatch)
+        warned = [r.getMessage() for r in caplog.records if "another model" in r.getMessage()]
+        assert len(warned) == int(mismatch), warned
+    assert warned[0].startswith("sink: image 0 was encoded by another model (fingerprint ")

@@ -13,7 +13,7 @@ from gr_gdmcom.phy.header import decode_headers, encode_header
 
 FULL = Header(image_id=65535, chunk_index=3, chunk_count=7, total_symbols=2 ** 32 - 1, chunk_symbols=65535,
               latent_shape=(4, 96, 128), image_size=(768, 1024), k=5, m_hint=7, T=1000, forward=1, guidance=6.5,
-              alpha=1.2345678, prompt_hash=0xDEADBEEF, flags=0x81, means=(-2.23, 0.5, -1.25, 1e-3))
+              alpha=1.2345678, prompt_hash=0xBEEF, model_hash=0xCAFE, flags=0x81, means=(-2.23, 0.5, -1.25, 1e-3))
 
 
 def test_pack_roundtrip_and_size():
@@ -21,7 +21,7 @@ def test_pack_roundtrip_and_size():
     assert len(data) == HEADER_BYTES == 52
     got = Header.unpack(data)
     for name in ("image_id", "chunk_index", "chunk_count", "total_symbols", "chunk_symbols", "latent_shape",
-                 "image_size", "k", "m_hint", "T", "forward", "prompt_hash", "flags", "version"):
+                 "image_size", "k", "m_hint", "T", "forward", "prompt_hash", "model_hash", "flags", "version"):
         assert getattr(got, name) == getattr(FULL, name), name
     assert got.guidance == 6.5  # exact in float16
     assert got.alpha == pytest.approx(1.2345678, rel=1e-7)  # float32
@@ -44,6 +44,21 @@ def test_unpack_errors(mutate, reason):
     assert str(exc.value)  # a readable message
 
 
+def test_a_version_4_header_is_read_with_its_model_unknown():
+    """Version 4 had the prompt's full CRC-32 at bytes 36-39; version 5 has the model's
+    fingerprint at 36-37 and the CRC's low 16 bits at 38-39, where version 4 has them too: a
+    version-4 burst (a capture recorded before) decodes, its model not checked (0)."""
+    body = bytearray(FULL.pack()[:-4])
+    assert body[2] == 5 and struct.unpack(">HH", bytes(body[36:40])) == (0xCAFE, 0xBEEF)
+    body[2] = 4
+    body[36:40] = struct.pack(">I", 0x1234BEEF)  # version 4's 32-bit prompt CRC
+    got = Header.unpack(bytes(body) + struct.pack(">I", zlib.crc32(bytes(body))))
+    assert (got.version, got.prompt_hash, got.model_hash) == (4, 0xBEEF, 0)
+    body[2] = 3
+    with pytest.raises(HeaderError, match="unsupported header version 3 \\(this receiver reads 4, 5\\)"):
+        Header.unpack(bytes(body) + struct.pack(">I", zlib.crc32(bytes(body))))
+
+
 def test_unsupported_version_is_reported():
     body = bytearray(FULL.pack()[:-4])
     body[2] = 9
@@ -53,6 +68,7 @@ def test_unsupported_version_is_reported():
 
 
 @pytest.mark.parametrize("field, value", [("image_id", 70000), ("chunk_symbols", -1), ("k", 300),
+                                          ("prompt_hash", 0x10000), ("model_hash", -1),
                                           ("latent_shape", (4, 64)), ("alpha", float("nan")),
                                           ("means", (0.0, float("inf"))), ("means", (70000.0,)),
                                           ("means", (0.0,) * 5)])

@@ -195,6 +195,26 @@ def test_a_client_configured_otherwise_sends_its_own_k_m_steps_rescale(server, c
     assert "uses guidance=6.0 but this side's configuration says 2.0; the server's applies" in caplog.text
 
 
+def test_a_client_configured_for_another_model_is_told_the_servers_and_its_fingerprint_travels(server, codecs,
+                                                                                               small, caplog):
+    """The model is the server's: a client whose configuration names another hears so at its first
+    request; what it encodes carries the server's fingerprint (status.model_hash), and a decode of a
+    latent from another model comes back flagged."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="gr_gdmcom.bridge.client"):
+        with RemoteBackend(server.last_endpoint, SERVER.replace(model="patch-gmm"), timeout_ms=60000) as c:
+            e = c.encode(small, "small")
+            fingerprint = c.status()["model_hash"]
+            ok = c.decode(_noisy(e, 4), e.meta, 12.0)
+            foreign = c.decode(_noisy(e, 4), dataclasses.replace(e.meta, model_hash=fingerprint % 65535 + 1), 12.0)
+    assert e.meta.model_hash == fingerprint == codecs["server"].model_hash != 0
+    assert (ok.record["model_mismatch"], foreign.record["model_mismatch"]) == (False, True)
+    warned = [r.getMessage() for r in caplog.records if "runs model" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith(
+        f"server {server.last_endpoint} runs model 'tiny', not this side's 'patch-gmm': the server's model encodes")
+
+
 def test_the_command_line_says_which_options_it_gave():
     """What `--server` runs keeps only the options typed: abbreviations, `--opt=value` and
     `--bcr` count; defaults (and set_defaults) do not, and the parser's defaults survive."""

@@ -14,7 +14,9 @@ from ._common import CHUNK, IMAGE_ID, PACKET_LEN, PORT_PDUS, TX_EOB, TX_SOB
 
 HEADER_KEYS = ("image_id", "latent_shape", "image_size", "k", "T", "forward", "guidance", "alpha", "prompt_hash")
 #: optional keys: ``flags`` (header flags: reduction, means removed), ``means`` (the removed channel means,
-#: needed when flags bit 5 is set), ``total_symbols`` (needed for a reduced latent)
+#: needed when flags bit 5 is set), ``total_symbols`` (needed for a reduced latent), ``model_hash`` (the
+#: encoding model's fingerprint, ``LatentMeta.model_hash``; 0 or absent: not given, the receiver cannot
+#: check it).  ``prompt_hash`` is ``codec.prompt_hash(prompt)`` (a full CRC-32 is cut to its low 16 bits).
 
 
 def header_from_meta(meta) -> Header:
@@ -41,7 +43,8 @@ def header_from_meta(meta) -> Header:
     return Header(image_id=int(d["image_id"]) & 0xFFFF, latent_shape=shape,
                   image_size=tuple(int(v) for v in d["image_size"]), k=int(d["k"]), T=int(d["T"]),
                   forward=int(d["forward"]), guidance=float(d["guidance"]), alpha=float(d["alpha"]),
-                  prompt_hash=int(d["prompt_hash"]), total_symbols=total, flags=flags, means=means)
+                  prompt_hash=int(d["prompt_hash"]) & 0xFFFF, model_hash=int(d.get("model_hash", 0)),
+                  total_symbols=total, flags=flags, means=means)
 
 
 class frame_tx(gr.sync_block):
@@ -49,7 +52,8 @@ class frame_tx(gr.sync_block):
 
     Message input ``pdus``: (metadata . c32vector of latent symbols); the
     metadata dict carries ``image_id, latent_shape, image_size, k, T, forward
-    (0 ddim / 1 random), guidance, alpha, prompt_hash`` and, for a latent sent
+    (0 ddim / 1 random), guidance, alpha, prompt_hash`` (optionally ``model_hash``,
+    the encoding model's fingerprint) and, for a latent sent
     with its channel means removed (the codec's default) or reduced, ``flags``,
     ``means`` and ``total_symbols`` as frame_rx's PDUs give them.  A PDU whose metadata
     has ``eos`` = #t ends the stream once everything before it is sent.

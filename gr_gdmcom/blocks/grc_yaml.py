@@ -171,7 +171,8 @@ BLOCKS = {
         face=["burst_tags", "idle_zeros", "sps"],
         inputs=[dict(domain="message", id="pdus")], outputs=[dict(domain="stream", dtype="complex")],
         callbacks=[],
-        doc="PDU (metadata: image_id, latent_shape, image_size, k, T, forward, guidance, alpha, prompt_hash; "
+        doc="PDU (metadata: image_id, latent_shape, image_size, k, T, forward, guidance, alpha, prompt_hash, "
+            "optionally model_hash, flags, means, total_symbols; "
             "vector: c32 latent symbols) -> burst samples.\nMessage in 'pdus'; a PDU with eos=#t ends the stream.\n"
             "Output: complex64 bursts with packet_len, image_id, chunk tags."),
     "frame_rx": dict(

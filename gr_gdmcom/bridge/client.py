@@ -349,6 +349,10 @@ class RemoteBackend(Backend):
             server_cfg, taken = st.get("config", {}) or {}, st.get("settings") or {}
             mine = {f.name: getattr(self.config, f.name) for f in fields(self.config)}
             where = ",".join(self.endpoints)
+            if st.get("model") is not None and st.get("model") != self.config.model:
+                log.warning("server %s runs model %r, not this side's %r: the server's model encodes and decodes "
+                            "(the other end of the link must use it too; frame headers carry its fingerprint)",
+                            where, st.get("model"), self.config.model)
             for key in SERVER_SIDE_FIELDS:
                 if key not in server_cfg or server_cfg[key] == mine[key]:
                     continue

@@ -232,13 +232,15 @@ class MetaFields(BaseModel):
                                                                           max_length=LATENT_DIM_MAX)
     reduce: StrictInt = Field(1, ge=1, le=REDUCE_MAX)
     reduce_method: Literal[("full",) + REDUCE_METHODS] = "full"  # type: ignore[valid-type]
+    #: the encoding model's fingerprint (0: not given); a foreign one is the record's model_mismatch
+    model_hash: StrictInt = Field(0, ge=0, le=0xFFFF)
 
     def to_meta(self) -> LatentMeta:
         return LatentMeta(alpha=float(self.alpha), latent_shape=tuple(self.latent_shape),
                           image_size=tuple(self.image_size), k=self.k, T=self.T, guidance=float(self.guidance),
                           prompt=self.prompt, forward=self.forward, name=self.name,
                           means=tuple(float(v) for v in self.means), reduce=self.reduce,
-                          reduce_method=self.reduce_method)
+                          reduce_method=self.reduce_method, model_hash=self.model_hash)
 
 
 class DecodeFields(BaseModel):

@@ -196,7 +196,8 @@ class CodecReplica:
     def info(self) -> dict:
         """What the gateway needs: the protocol limits, model, device, dtype, codec settings."""
         c = self.codec
-        return dict(limits=asdict(P.Limits.for_codec(c)), model=c.config.model, device=str(c.c.device),
+        return dict(limits=asdict(P.Limits.for_codec(c)), model=c.config.model, model_hash=c.model_hash,
+                    device=str(c.c.device),
                     dtype=str(c.c.dtype).replace("torch.", ""), config=asdict(c.config),
                     speed=dict(getattr(c.c, "speed", {})), scheduling=self.scheduling, replica=self.name,
                     pid=os.getpid())
@@ -410,7 +411,8 @@ class RayGateway(InferenceServer):
 
     def _engine_status(self) -> dict:
         o = self.ray_options
-        return dict(model=self.info["model"], device=self.info["device"], dtype=self.info["dtype"],
+        return dict(model=self.info["model"], model_hash=self.info.get("model_hash", 0), device=self.info["device"],
+                    dtype=self.info["dtype"],
                     config=self.info["config"], speed=self.info.get("speed", {}), engine="ray",
                     max_inflight=self.max_inflight,
                     replicas=dict(fixed=None if o.max_replicas is not None else o.replicas, min=o.min_replicas,

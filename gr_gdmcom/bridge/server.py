@@ -322,7 +322,7 @@ class InferenceServer:
     def _engine_status(self) -> dict:
         """The model side of ``status``: model, device, dtype, codec counters, config."""
         cfg = self.codec.config
-        return dict(model=cfg.model, device=str(self.codec.c.device),
+        return dict(model=cfg.model, model_hash=self.codec.model_hash, device=str(self.codec.c.device),
                     dtype=str(self.codec.c.dtype).replace("torch.", ""), codec=dict(self.codec.stats),
                     config=asdict(cfg), speed=dict(getattr(self.codec.c, "speed", {})))
 
@@ -330,7 +330,8 @@ class InferenceServer:
         """What ``status`` answers: model, device, queue, counters, uptime, version."""
         engine = self._engine_status()
         return dict(
-            version=__version__, protocol=P.VERSION, model=engine.pop("model"), device=engine.pop("device"),
+            version=__version__, protocol=P.VERSION, model=engine.pop("model"), model_hash=engine.pop("model_hash"),
+            device=engine.pop("device"),
             dtype=engine.pop("dtype"), host=socket.gethostname(), pid=os.getpid(),
             endpoint=self.last_endpoint, uptime_s=round(time.time() - self.t_start, 3),
             queue_depth=self._queue.qsize(), max_queue=self.options.max_queue, max_batch=self.options.max_batch,

@@ -38,7 +38,7 @@ import torch
 from ..config import CodecConfig, check_steps
 from .images import ImageError, ImageLike, load_rgb, to_tensor, to_uint8
 from .calibration import Calibration, calibration_path, load_calibration
-from .models import Components, check_prediction_type, load_components
+from .models import Components, check_prediction_type, load_components, model_fingerprint
 from .rate import Reduction, RateError, channel_means, impose
 from .schedule import Grid, StepChoice, get_grid, sampling_path, scheduler_settings, select_steps
 
@@ -88,8 +88,9 @@ def symbol_problem(symbols: np.ndarray, kept: Optional[np.ndarray] = None) -> Op
 
 
 def prompt_hash(prompt: str) -> int:
-    """CRC-32 of the UTF-8 prompt: what the frame header carries instead of the text."""
-    return zlib.crc32(prompt.encode("utf-8")) & 0xFFFFFFFF
+    """The CRC-32 of the UTF-8 prompt's low 16 bits: what the frame header carries instead of
+    the text (beside the model's fingerprint, :func:`~gr_gdmcom.codec.models.model_fingerprint`)."""
+    return zlib.crc32(prompt.encode("utf-8")) & 0xFFFF
 
 
 @dataclass
@@ -108,6 +109,8 @@ class LatentMeta:
             removed, the paper's signal); the receiver adds them back (codec/rate.py).
         reduce, reduce_method: the symbols carry ``A (z_k - mu)`` for the reduction
             ``Reduction.make(reduce_method, reduce, latent_shape)`` (1: the whole latent).
+        model_hash: the encoding model's fingerprint (16 bits, :func:`model_fingerprint`;
+            0: not given), which the receiver compares with its own.
     """
 
     alpha: float
@@ -122,6 +125,7 @@ class LatentMeta:
     means: Tuple[float, ...] = ()
     reduce: int = 1
     reduce_method: str = "full"
+    model_hash: int = 0
 
     @property
     def power(self) -> float:
@@ -168,7 +172,8 @@ class LatentMeta:
                        guidance=float(d["guidance"]), prompt=str(d["prompt"]),
                        forward=str(d.get("forward", "ddim")), name=str(d.get("name", "image")),
                        means=tuple(float(v) for v in d.get("means", ())), reduce=int(d.get("reduce", 1)),
-                       reduce_method=str(d.get("reduce_method", "full")))
+                       reduce_method=str(d.get("reduce_method", "full")),
+                       model_hash=int(d.get("model_hash", 0)) & 0xFFFF)
         except (KeyError, TypeError, ValueError) as exc:
             raise CodecError(f"bad latent metadata: {exc!r}") from None
 
@@ -298,6 +303,8 @@ class GenerativeCodec:
         self._embeddings: Dict[str, torch.Tensor] = {}
         self.stats = dict(unet_calls=0, images_encoded=0, images_decoded=0, failures=0)
         self._latents_only = False
+        #: the model's fingerprint, carried in every image's metadata and frame header
+        self.model_hash = model_fingerprint(self.c)
 
     # ------------------------------------------------------------------ model calls
     def _text_embedding(self, prompt: str) -> torch.Tensor:
@@ -559,7 +566,8 @@ class GenerativeCodec:
         sym, alpha, means, red = latent_to_symbols(zk, cfg)  # raises RateError for a latent too small to reduce
         meta = LatentMeta(alpha=alpha, latent_shape=tuple(zk.shape), image_size=(im.size[1], im.size[0]),
                           k=cfg.k, T=cfg.T, guidance=cfg.guidance, prompt=cfg.prompt, forward=cfg.forward,
-                          name=name, means=means, reduce=red.factor, reduce_method=red.method)
+                          name=name, means=means, reduce=red.factor, reduce_method=red.method,
+                          model_hash=self.model_hash)
         return Encoded(sym, meta)
 
     # ------------------------------------------------------------------ receiver
@@ -724,7 +732,13 @@ class GenerativeCodec:
                     inversion=cfg.inversion, unet_calls=n_inv + choice.n_steps, batch=batch,
                     batch_unet_calls=batch_unet_calls, erased=int((~mask).sum()) if mask is not None else 0,
                     seconds=seconds, reduce=meta.reduce, reduce_method=meta.reduce_method,
-                    mean_removed=bool(meta.means))
+                    mean_removed=bool(meta.means), model_mismatch=self.foreign_model(meta))
+
+    def foreign_model(self, meta: LatentMeta) -> bool:
+        """Whether ``meta`` says another model encoded the image (its ``model_hash`` is given and
+        is not this model's fingerprint): its latent means something else here, and the
+        reconstruction will not be the image."""
+        return bool(getattr(meta, "model_hash", 0)) and int(meta.model_hash) != self.model_hash
 
 
     def _free_path(self, choice: StepChoice) -> list:

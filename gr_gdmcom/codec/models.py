@@ -59,6 +59,47 @@ class Components:
         return float(self.vae.config.scaling_factor)
 
 
+#: What a fingerprint covers: the values that make a latent mean the same to both sides (the
+#: VAE's latent space and the UNet's noise schedule), named explicitly so that diffusers
+#: versions adding config keys, a local folder against a hub id, or another dtype or device
+#: give the same fingerprint.
+FINGERPRINT_KEYS = {
+    "vae": ("in_channels", "latent_channels", "block_out_channels", "layers_per_block", "scaling_factor"),
+    "unet": ("in_channels", "out_channels", "block_out_channels", "layers_per_block", "cross_attention_dim",
+             "attention_head_dim", "sample_size"),
+    "scheduler": ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type"),
+}
+
+
+def model_fingerprint(c: Components) -> int:
+    """A 16-bit fingerprint (1..65535) of the model ``c`` -- its architecture and noise schedule
+    (:data:`FINGERPRINT_KEYS`), and for the offline priors their parameters (``analytic``: its
+    spec; ``patch-gmm``: its parameter file's sha256) -- carried in every frame header so that a
+    receiver running another model says so instead of decoding noise.  Two checkpoints of one
+    architecture (SD-1.5 and a fine-tune of it, or ``sd15-random``) have the same fingerprint:
+    their latents share the VAE's space."""
+    import hashlib
+    import zlib
+
+    def pick(cfg, keys):
+        cfg = dict(cfg or {})
+        return {k: cfg.get(k) for k in keys}
+
+    what = {"vae": [type(c.vae).__name__, pick(getattr(c.vae, "config", {}), FINGERPRINT_KEYS["vae"])],
+            "unet": [type(c.unet).__name__, pick(getattr(c.unet, "config", {}), FINGERPRINT_KEYS["unet"])],
+            "scheduler": pick(c.scheduler_config, FINGERPRINT_KEYS["scheduler"])}
+    model = str(c.model_id)
+    if model == "analytic" or model.startswith("analytic:"):
+        from .analytic import parse_spec
+        what["spec"] = str(parse_spec(model))
+    elif model == "patch-gmm" or model.startswith("patch-gmm:"):
+        from .patch_gmm import PARAMS_FILE, parse_options
+        folder, _ = parse_options(model)
+        what["params"] = hashlib.sha256((folder / PARAMS_FILE).read_bytes()).hexdigest()
+    text = json.dumps(what, sort_keys=True, default=lambda v: list(v) if isinstance(v, (tuple, list)) else str(v))
+    return zlib.crc32(text.encode()) % 0xFFFF + 1
+
+
 def cache_dir() -> Path:
     """Folder for built models: ``$GDMCOM_CACHE`` or ``~/.cache/gr_gdmcom``."""
     return Path(os.environ.get("GDMCOM_CACHE", Path.home() / ".cache" / "gr_gdmcom"))

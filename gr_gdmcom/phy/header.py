@@ -5,14 +5,15 @@ polynomial) covers bytes 0..47::
 
     off size field              off size field
       0  2   magic "GD"          21  2   image height
-      2  1   version (4)         23  2   image width
+      2  1   version (5)         23  2   image width
       3  1   flags               25  1   k
       4  2   image_id            26  1   m_hint (0 = receiver default)
       6  2   chunk_index         27  2   T
       8  2   chunk_count         29  1   forward (0 ddim, 1 random)
      10  4   total_symbols       30  2   guidance (IEEE float16)
      14  2   chunk_symbols       32  4   alpha (IEEE float32)
-     16  1   latent C            36  4   prompt_hash
+     16  1   latent C            36  2   model_hash (0 = not given)
+                                 38  2   prompt_hash
      17  2   latent H            40  8   means: 4 x IEEE float16
      19  2   latent W            48  4   CRC-32
 
@@ -34,8 +35,12 @@ from . import conv
 
 MAGIC = b"GD"
 #: 4: the resync preamble before the header copy (docs/frame-format.md section 2); a
-#: version-3 burst has the copy at another place, so it is refused, never misread
-HEADER_VERSION = 4
+#: version-3 burst has the copy at another place, so it is refused, never misread.
+#: 5: bytes 36-39, version 4's CRC-32 of the prompt, are the model's fingerprint and the
+#: prompt's CRC-32 low 16 bits (which version 4 has at bytes 38-39): a version-4 burst is read,
+#: its model unknown (``model_hash`` 0)
+HEADER_VERSION = 5
+READ_VERSIONS = (4, 5)
 #: channel-mean slots in the header (float16 each; SD's latent has 4 channels)
 MEAN_SLOTS = 4
 #: ``flags`` bits (docs/rate.md): bits 0-3 log2 of the latent reduction, bit 4 pool, bit 5 channel means
@@ -44,8 +49,9 @@ MEAN_SLOTS = 4
 REDUCE_LOG2_MASK, REDUCE_POOL_FLAG, MEANS_FLAG, REDUCE_DCT_FLAG = 0x0F, 0x10, 0x20, 0x40
 PLAIN_FLAG = 0x80
 #: magic, version, flags, image_id, chunk_index, chunk_count, total_symbols, chunk_symbols,
-#: latent C, latent H, latent W, image h, image w, k, m_hint, T, forward, guidance, alpha, prompt_hash, means
-HEADER_STRUCT = struct.Struct(">2sBBHHHIHBHHHHBBHBefI" + "e" * MEAN_SLOTS)
+#: latent C, latent H, latent W, image h, image w, k, m_hint, T, forward, guidance, alpha, model_hash,
+#: prompt_hash, means
+HEADER_STRUCT = struct.Struct(">2sBBHHHIHBHHHHBBHBefHH" + "e" * MEAN_SLOTS)
 CRC_BYTES = 4
 HEADER_BYTES = HEADER_STRUCT.size + CRC_BYTES
 HEADER_BITS = 8 * HEADER_BYTES
@@ -60,7 +66,7 @@ assert len(set(HEADER_ORDER.tolist())) == HEADER_CODED_BITS
 FORWARD_DDIM, FORWARD_RANDOM = 0, 1
 
 _RANGES = dict(version=8, flags=8, image_id=16, chunk_index=16, chunk_count=16, total_symbols=32,
-               chunk_symbols=16, k=8, m_hint=8, T=16, forward=8, prompt_hash=32)
+               chunk_symbols=16, k=8, m_hint=8, T=16, forward=8, model_hash=16, prompt_hash=16)
 
 
 def fits_float16(values) -> bool:
@@ -96,7 +102,10 @@ class Header:
         forward: 0 = DDIM inversion, 1 = random forward noise.
         guidance: classifier-free guidance scale (sent as float16).
         alpha: power-normalisation factor (float32).
-        prompt_hash: uint32, CRC-32 of the prompt text.
+        model_hash: uint16, the transmitter's model fingerprint
+            (:func:`gr_gdmcom.codec.models.model_fingerprint`; 0 = not given, no check).
+        prompt_hash: uint16, the CRC-32 of the prompt text's low 16 bits
+            (:func:`gr_gdmcom.codec.prompt_hash`).
         flags: uint8: bits 0-3 log2 of the latent reduction, bit 4 pool, bit 5 channel
             means removed, bit 6 dct (docs/rate.md, ``pipeline.header_flags``); 0 for the paper's
             signal; bit 7 payload not scrambled (set by :class:`FrameTx` from its config).
@@ -118,6 +127,7 @@ class Header:
     guidance: float = 6.0
     alpha: float = 1.0
     prompt_hash: int = 0
+    model_hash: int = 0
     flags: int = 0
     means: Tuple[float, ...] = ()
     version: int = HEADER_VERSION
@@ -139,7 +149,7 @@ class Header:
             raise HeaderError(f"means {tuple(self.means)!r} must be at most {MEAN_SLOTS} values finite in float16")
         return (MAGIC, self.version, self.flags, self.image_id, self.chunk_index, self.chunk_count,
                 self.total_symbols, self.chunk_symbols, *map(int, shape), *map(int, size), self.k, self.m_hint,
-                self.T, self.forward, float(self.guidance), float(self.alpha), self.prompt_hash,
+                self.T, self.forward, float(self.guidance), float(self.alpha), self.model_hash, self.prompt_hash,
                 *means, *[0.0] * (MEAN_SLOTS - len(means)))
 
     def pack(self) -> bytes:
@@ -169,14 +179,14 @@ class Header:
             raise HeaderError(f"header CRC-32 mismatch (computed 0x{zlib.crc32(body):08x}, "
                               f"received 0x{crc:08x})", "crc")
         v = HEADER_STRUCT.unpack(body)
-        if v[1] != HEADER_VERSION:
-            raise HeaderError(f"unsupported header version {v[1]} (this receiver reads {HEADER_VERSION})",
-                              "version")
+        if v[1] not in READ_VERSIONS:
+            raise HeaderError(f"unsupported header version {v[1]} (this receiver reads "
+                              f"{', '.join(map(str, READ_VERSIONS))})", "version")
         h = cls(version=v[1], flags=v[2], image_id=v[3], chunk_index=v[4], chunk_count=v[5],
                    total_symbols=v[6], chunk_symbols=v[7], latent_shape=tuple(v[8:11]),
                    image_size=tuple(v[11:13]), k=v[13], m_hint=v[14], T=v[15], forward=v[16],
-                   guidance=float(v[17]), alpha=float(v[18]), prompt_hash=v[19],
-                   means=tuple(float(x) for x in v[20:20 + MEAN_SLOTS]))
+                   guidance=float(v[17]), alpha=float(v[18]), model_hash=v[19] if v[1] >= 5 else 0,
+                   prompt_hash=v[20], means=tuple(float(x) for x in v[21:21 + MEAN_SLOTS]))
         if not np.all(np.isfinite([h.alpha, h.guidance, *h.means])):
             raise HeaderError(f"non-finite header values: alpha={h.alpha!r}, guidance={h.guidance!r}, "
                               f"means={h.means!r}")
