@@ -21,12 +21,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gr_gdmcom.phy import FrameConfig, FrameTx, Header, noise_voltage  # noqa: E402
+from gr_gdmcom.phy.header import HEADER_VERSION  # noqa: E402
 
 OUT = ROOT / "tests" / "data" / "capture_awgn_cfo.c64"
 FRAME = dict(sps=2, max_chunk_symbols=64)
 SNR_DB, CFO, EPSILON, TAPS, SEED = 12.0, 0.003, 1.00002, [1.0, 0.25j], 7
 HEADER = dict(image_id=41, latent_shape=(4, 8, 8), image_size=(64, 64), k=5, T=50, forward=0, guidance=6.0,
-              alpha=0.731, prompt_hash=0x1234ABCD)
+              alpha=0.731, prompt_hash=0xABCD)  # the stored capture: version 4, whose 32-bit CRC was 0x1234ABCD
 
 
 def main():
@@ -53,7 +54,7 @@ def main():
                     image_size=list(HEADER["image_size"]), k=HEADER["k"], T=HEADER["T"], total_symbols=n,
                     prompt_hash=HEADER["prompt_hash"]) for i in range(chunks)]
     info = dict(frame=FRAME, snr_db=SNR_DB, alpha=HEADER["alpha"], guidance=HEADER["guidance"], cfo=CFO, epsilon=EPSILON, taps=[str(t) for t in TAPS], symbol_seed=SEED,
-                total_symbols=n, chunk=FRAME["max_chunk_symbols"], headers=headers,
+                total_symbols=n, chunk=FRAME["max_chunk_symbols"], headers=headers, header_version=HEADER_VERSION,
                 made_by="scripts/make_capture.py (GNU Radio %s)" % gr.version())
     OUT.with_suffix(".json").write_text(json.dumps(info, indent=1) + "\n")
     print(f"{OUT}: {OUT.stat().st_size} bytes, {len(headers)} bursts")
