@@ -352,20 +352,30 @@ class RxPipeline:
             log.warning("sink: image %d was encoded by another model (fingerprint %04x): decoded with this "
                         "receiver's model, it is not the transmitted image; use the transmitter's model (--model, "
                         "or the gdmcom serve it used)", image_id, int(h.model_hash))
-        if self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            path = first = self.out_dir / self.filename.format(image_id=image_id, name=name)
-            n = 1
-            while path in self._written:  # the same id again: a restarted transmitter, or two of them
-                n += 1
-                path = first.with_name(f"{first.stem}~{n}{first.suffix}")
-            if n > 1:
-                self.counters["ids_reused"] += 1
-                log.warning("sink: image id %d received again after its image was decoded (a restarted "
-                            "transmitter, or two?); written as %s, not over %s", image_id, path.name, first.name)
-            self._written.add(path)
-            Image.fromarray(dec.image).save(path)
-            res["file"] = str(path)
         res["image"] = dec.image
+        if self.out_dir is not None:
+            try:
+                res["file"] = str(self._write(dec.image, image_id, name))
+            except OSError as exc:  # a full disk, a folder removed or made read-only during the run
+                self.counters["images_failed"] += 1
+                res["error"] = f"decoded, but cannot write it to {self.out_dir}: {exc.strerror or exc}"
+                log.warning("sink: image %d %s", image_id, res["error"])
+                return res
         self.counters["images_decoded"] += 1
         return res
+
+    def _write(self, image: np.ndarray, image_id: int, name: str) -> Path:
+        """Write a decoded image into ``out_dir``; an id received again keeps both files."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = first = self.out_dir / self.filename.format(image_id=image_id, name=name)
+        n = 1
+        while path in self._written:  # the same id again: a restarted transmitter, or two of them
+            n += 1
+            path = first.with_name(f"{first.stem}~{n}{first.suffix}")
+        if n > 1:
+            self.counters["ids_reused"] += 1
+            log.warning("sink: image id %d received again after its image was decoded (a restarted "
+                        "transmitter, or two?); written as %s, not over %s", image_id, path.name, first.name)
+        Image.fromarray(image).save(path)
+        self._written.add(path)
+        return path

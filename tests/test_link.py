@@ -183,3 +183,18 @@ def test_a_receiver_running_another_model_says_so(tmp_path, small, caplog):
         warned = [r.getMessage() for r in caplog.records if "another model" in r.getMessage()]
         assert len(warned) == int(mismatch), warned
     assert warned[0].startswith("sink: image 0 was encoded by another model (fingerprint ")
+
+
+def test_an_image_that_cannot_be_written_is_reported_not_an_internal_error(tmp_path, small, caplog):
+    """The output folder gone bad during a run (here: its path runs through a file) made the sink's
+    write raise inside the block: logged as an internal error ("a bug: please report").  Now the
+    image's result says what failed, its pixels still travel, and the run goes on."""
+    Image.fromarray(small).save(tmp_path / "a.png")
+    (tmp_path / "file").write_text("not a folder")
+    cfg = CodecConfig(model="analytic", device="cpu")
+    run = run_link([str(tmp_path / "a.png")], str(tmp_path / "file" / "out"), ChannelConfig(snr_db=20.0, seed=1),
+                   cfg, cfg, FrameConfig())
+    res, = run["results"]
+    assert res["error"] == f"decoded, but cannot write it to {tmp_path / 'file' / 'out'}: Not a directory", res
+    assert "file" not in res and (res["height"], res["width"]) == (64, 64)  # (its pixels go in the PDU)
+    assert run["counters"]["images_failed"] == 1 and run["counters"].get("internal_errors", 0) == 0

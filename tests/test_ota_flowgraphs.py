@@ -195,6 +195,9 @@ def test_rx_level_block_reports_peak_rms_and_clipping():
     first, second = meter.reports
     assert first["clipped_pct"] > 0 and abs(first["peak_dbfs"] - 20 * np.log10(0.95)) < 0.01
     assert second["clipped_pct"] == 0 and abs(second["rms_dbfs"] + 20) < 0.01
+    with pytest.raises(ValueError, match=r"^rx_level: samp_rate and period must be > 0, got samp_rate=10000.0, "
+                                         r"period=0 \(a report per sample would flood the log\)$"):
+        rx_level(samp_rate=1e4, period=0)
 
 
 # --------------------------------------------------------------------------- ZMQ IQ link
@@ -207,10 +210,9 @@ def test_zmq_link_two_processes(compiled, image, tmp_path):
     rx = subprocess.Popen([py, str(compiled / "rx_zmq.py"), "--address", f"tcp://127.0.0.1:{port}",
                            "--images-expected", "1", "--timeout", "150", "--model", "tiny", "--out-dir", str(out)],
                           env=env, cwd=ROOT, stdout=logs["rx"][0], stderr=logs["rx"][1])
-    # (its inference server is never contacted, as nothing arrives: no model is loaded in that process)
+    # (a --server that does not answer would stop it at once: test_bad_settings_stop_the_script...)
     idle = subprocess.Popen([py, str(compiled / "rx_zmq.py"), "--address", f"tcp://127.0.0.1:{idle_port}",
-                             "--images-expected", "1", "--timeout", "3", "--server", f"tcp://127.0.0.1:{_free_port()}",
-                             "--out-dir", ""], env=env, cwd=ROOT, stdout=logs["idle"][0], stderr=logs["idle"][1])
+                             "--images-expected", "1", "--timeout", "3", "--model", "tiny", "--out-dir", ""], env=env, cwd=ROOT, stdout=logs["idle"][0], stderr=logs["idle"][1])
     try:
         tx = subprocess.run([py, str(compiled / "tx_zmq.py"), "--address", f"tcp://127.0.0.1:{port}",
                              "--images", str(image), "--model", "tiny", "--snr-db", "12"],
@@ -348,7 +350,10 @@ def run_rx(mod, cls, x, scale, **kw):
 
 # USRP: TX runs to the end by itself (repeat 1), bursts go to the stand-in sink
 tb = usrp_tx.usrp_tx(images=IMAGE, repeat=1, model="tiny", freq=915e6, tx_gain=40)
-tb.run()
+tb.start()  # as the script's main(): its snippets print a line per image sent and the summary
+usrp_tx.snippets_main_after_start(tb)
+tb.wait()
+usrp_tx.snippets_main_after_stop(tb)  # (exits 2 when nothing was sent)
 sink = SINKS.pop()
 x = sink.samples()
 sob, eob = bursts_of(x, sink.tags)
@@ -392,6 +397,9 @@ def test_radio_flowgraphs_with_stand_in_radios(compiled, image, tmp_path):
     assert tx["sob"][0] == 0 and tx["eob"][-1] == tx["n"] - 1  # nothing outside a burst reaches the radio
     assert all(s < e for s, e in zip(tx["sob"], tx["eob"]))
     assert 0.2 < tx["peak"] < 0.8  # default TX scale: peaks well inside full scale
+    sent = [d for d in _json_lines(r.stdout) if "bursts" in d or "images_sent" in d]
+    assert [d.get("image_id") for d in sent] == [0, None] and sent[0]["bursts"] == tx["bursts"], sent
+    assert sent[0]["name"] == "astro" and "error" not in sent[0] and sent[1]["images_sent"] == 1, sent
     calls = {c[1]: c[2] for c in tx["calls"]}
     assert calls["set_center_freq"][0] == 915e6 and calls["set_gain"][0] == 40 and calls["set_antenna"][0] == "TX/RX"
 
@@ -436,6 +444,47 @@ def test_radio_flowgraphs_with_stand_in_radios(compiled, image, tmp_path):
         assert "Traceback" not in r.stderr and "RuntimeError" not in r.stderr, r.stderr[-2000:]
 
 
+# --------------------------------------------------------------------------- settings checked first
+@pytest.mark.parametrize("script, args, lines", [
+    ("usrp_rx", ["--level-period", "0", "--samp-rate", "0", "--model", "tiny"],
+     ["gr_gdmcom: --samp-rate must be > 0 (samples/s), got 0",
+      "gr_gdmcom: --level-period must be > 0 (seconds between RX level reports), got 0"]),
+    ("usrp_tx", ["--guard", "-1", "--repeat", "-1", "--model", "tiny"],
+     ["gr_gdmcom: --guard must be >= 0 (zero samples after each burst), got -1",
+      "gr_gdmcom: --repeat must be >= 0 (0: loop forever), got -1"]),
+    ("rx_zmq", ["--images-expected", "-1", "--timeout", "-5"],
+     ["gr_gdmcom: --images-expected must be >= 0 (0: no limit), got -1",
+      "gr_gdmcom: --timeout must be >= 0 seconds (0: none), got -5"]),
+    ("file_rx", ["--capture", "cap.c64", "--sps", "0"],
+     ["gr_gdmcom: FrameConfig: sps must be an integer in 1..16 (got sps=0; option --sps)"]),
+    ("file_rx", ["--capture", "cap.c64", "--model", "nosuchmodel"],
+     ["gr_gdmcom: --model 'nosuchmodel': not a built-in model name"]),
+    ("awgn_link", ["--out-dir", "cap.c64"], ["gr_gdmcom: --out-dir cap.c64 is a file; give a folder"]),
+    ("rx_zmq", ["--server", "tcp://127.0.0.1:9"],
+     ["gr_gdmcom: no inference server answers at tcp://127.0.0.1:9 (status request, 3000 ms)"]),
+    ("pluto_tx", ["--model", "tiny"], ["gr_gdmcom: no PlutoSDR found: check its USB link"]),
+])
+def test_bad_settings_stop_the_script_with_one_line_each(compiled, tmp_path, script, args, lines):
+    """A flowgraph script checks its settings before building its blocks (its preflight snippet):
+    each problem one line, exit 2 -- not a traceback after the model loaded for minutes, a log
+    flood (--level-period 0), a run that never ends (--timeout -5) or a silent clamp (--guard -1).
+    A radio that cannot be opened (no PlutoSDR here) ends the same way, with what to check."""
+    (tmp_path / "cap.c64").write_bytes(np.zeros(16, np.complex64).tobytes())
+    r = subprocess.run([sys.executable, str(compiled / f"{script}.py"), *args], env=_env(tmp_path), cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr[-3000:]
+    mine = [line for line in r.stderr.splitlines() if line.startswith("gr_gdmcom:")]
+    assert len(mine) == len(lines) and all(m.startswith(w) for m, w in zip(mine, lines)), r.stderr[-3000:]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+
+
+def test_a_tx_scale_that_clips_is_a_warning(compiled, tmp_path):
+    r = subprocess.run([sys.executable, str(compiled / "pluto_tx.py"), "--model", "tiny", "--tx-scale", "0.5"],
+                       env=_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert ("gr_gdmcom: warning: --tx-scale 0.5 is above 0.25: the bursts' peaks may pass full scale and clip "
+            "in the DAC") in r.stderr, r.stderr[-3000:]
+
+
 # --------------------------------------------------------------------------- live demo
 def test_live_demo_offscreen_screenshot(compiled, image, tmp_path):
     pytest.importorskip("PyQt5.QtWidgets")
@@ -478,3 +527,7 @@ def test_live_demo_without_a_display_says_what_to_do(compiled, tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     assert "no display is set" in r.stderr and "xvfb-run" in r.stderr and "QT_QPA_PLATFORM=offscreen" in r.stderr
+    # --help needs no display (the docs say it lists the options)
+    r = subprocess.run([sys.executable, str(compiled / "live_demo.py"), "--help"], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "--run-seconds" in r.stdout and "--screenshot" in r.stdout, r.stderr[-2000:]

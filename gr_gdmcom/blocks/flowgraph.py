@@ -3,12 +3,16 @@
 A generated script calls these from its snippets (``import gr_gdmcom.blocks as gdmcom``
 is already among its imports)::
 
+    init_before_blocks: gdmcom.preflight(self)   (every flowgraph; file_rx: replay=self.capture)
     main_after_init:   gdmcom.capture(self, self.usrp, self.capture)   (radio receivers)
     main_after_start:  gdmcom.watch_rx(self, self.sink, self.images_expected, self.timeout)
+                       gdmcom.watch_tx(self, self.source)   (transmitters: a line per image sent)
     main_after_stop:   gdmcom.finish(self, source=..., sink=..., images_expected=...)
 
 Exit status of :func:`finish`: 0 when images were sent / decoded, 3 when the
 timeout came before the expected images, 2 when nothing was sent or decoded.
+:func:`preflight` exits 2 with one line per bad setting before any block is built
+(and a radio that cannot be opened ends the same way, not with a traceback).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import time
 
 #: keys of the per-image JSON line printed by :func:`watch_rx`
 RESULT_KEYS = ("image_id", "name", "snr_est_db", "n_steps", "complete", "chunks_received", "chunks_total",
-               "height", "width", "file", "error", "seconds")
+               "height", "width", "file", "error", "model_mismatch", "seconds")
 EXIT_NOTHING, EXIT_TIMEOUT = 2, 3
 
 
@@ -57,6 +61,34 @@ def watch_rx(tb, sink, images_expected: int = 0, timeout: float = 0.0, poll: flo
     return t
 
 
+def watch_tx(tb, source, poll: float = 0.2) -> threading.Thread:
+    """Print one JSON line per image the transmitter's ``source`` encoded and queued (its
+    ``info``: image_id, name, bursts, symbols, alpha, seconds, or error) while the flowgraph
+    runs -- a radio transmitter that loops until Ctrl-C says what it sends.  A daemon
+    thread; :func:`finish` prints what it had not yet."""
+    tb.tx_printed = 0
+
+    def _watch():
+        while True:
+            _print_tx(tb, source)
+            time.sleep(poll)
+
+    t = threading.Thread(target=_watch, name="tx-watch", daemon=True)
+    t.start()
+    return t
+
+
+_TX_LOCK = threading.Lock()
+
+
+def _print_tx(tb, source) -> None:
+    with _TX_LOCK:
+        events = source.events
+        while getattr(tb, "tx_printed", 0) < len(events):
+            _print(events[tb.tx_printed])
+            tb.tx_printed += 1
+
+
 def summary(tb, source=None, sink=None, images_expected: int = 0) -> dict:
     """The run in one dict: images sent / decoded, whether the watch timed out, counters."""
     d = dict(summary=True)
@@ -80,6 +112,8 @@ def exit_status(d: dict) -> int:
 
 def finish(tb, source=None, sink=None, images_expected: int = 0) -> None:
     """Print the :func:`summary` as one JSON line; exit with :func:`exit_status` when it is not 0."""
+    if source is not None and hasattr(tb, "tx_printed"):
+        _print_tx(tb, source)  # the images sent that watch_tx had not printed yet
     d = summary(tb, source, sink, images_expected)
     _print(d)
     code = exit_status(d)
@@ -110,6 +144,101 @@ def capture(tb, source, path: str) -> None:
     tb.connect(source, tb.capture_sink)
     print(f"gr_gdmcom: capturing the received samples to {path} (complex64; replay: file_rx.py --capture {path})",
           file=sys.stderr, flush=True)
+
+
+#: Flowgraph parameters checked by :func:`preflight`: name -> (test, what it must be).  A flowgraph
+#: has some of them; its command-line option is the name with dashes (``--level-period``).
+NUMERIC_CHECKS = {
+    "samp_rate": (lambda v: v > 0, "must be > 0 (samples/s)"),
+    "freq": (lambda v: v > 0, "must be > 0 (Hz)"),
+    "level_period": (lambda v: v > 0, "must be > 0 (seconds between RX level reports)"),
+    "tx_scale": (lambda v: v > 0, "must be > 0 (the bursts' amplitude; about 0.2 keeps them below full scale)"),
+    "guard": (lambda v: v >= 0, "must be >= 0 (zero samples after each burst)"),
+    "repeat": (lambda v: v >= 0, "must be >= 0 (0: loop forever)"),
+    "images_expected": (lambda v: v >= 0, "must be >= 0 (0: no limit)"),
+    "timeout": (lambda v: v >= 0, "must be >= 0 seconds (0: none)"),
+    "buffer_size": (lambda v: v > 0, "must be > 0 (samples)"),
+    "run_seconds": (lambda v: v >= 0, "must be >= 0 seconds (0: until the window is closed)"),
+}
+#: above this ``--tx-scale`` a burst's peaks (about 3x its rms, 5x with the tiny test model) pass
+#: full scale: a warning, not an error (docs/over-the-air.md, the gain procedure)
+TX_SCALE_WARN = 0.25
+
+
+def preflight(tb, replay: str = None) -> None:
+    """Check a flowgraph script's settings before its blocks are built (its *init before
+    blocks* snippet): the numbers of :data:`NUMERIC_CHECKS`, ``--sps``, ``--out-dir`` and a
+    ``--capture`` to write, and ``--model`` (``--server local``: it must load, the command
+    line's check) or ``--server`` (one status request within 3 s).  Every problem is one line
+    on stderr and the script exits 2 -- before a model loads for minutes and instead of a
+    traceback.  ``replay``: file_rx's capture, which must exist (:func:`require_capture`).
+    Also installs :func:`radio_error_hook`, so that a radio that cannot be opened ends the
+    script with one line too."""
+    from ..cli import check_out, check_server
+    from ..codec.models import ModelLoadError, check_model
+    from ..phy import FrameConfig
+
+    sys.excepthook = radio_error_hook
+    if replay is not None:
+        require_capture(replay)
+    problems = []
+    for name, (ok, what) in NUMERIC_CHECKS.items():
+        v = getattr(tb, name, None)
+        if isinstance(v, (int, float)) and not ok(v):
+            problems.append(f"--{name.replace('_', '-')} {what}, got {v:g}")
+    scale = getattr(tb, "tx_scale", None)
+    if isinstance(scale, (int, float)) and scale > TX_SCALE_WARN:
+        print(f"gr_gdmcom: warning: --tx-scale {scale:g} is above {TX_SCALE_WARN:g}: the bursts' peaks may pass "
+              f"full scale and clip in the DAC (the RX level meter shows it as clipped_pct)", file=sys.stderr,
+              flush=True)
+    checks = []  # (option, check): check_out's messages name --out
+    if hasattr(tb, "sps"):
+        checks.append(("--sps", lambda: FrameConfig(sps=tb.sps)))
+    if getattr(tb, "out_dir", None):
+        checks.append(("--out-dir", lambda: check_out(tb.out_dir)))  # (the sink would create it)
+    if replay is None and getattr(tb, "capture", None):
+        checks.append(("--capture", lambda: check_out(tb.capture, folder=False)))
+    for option, check in checks:
+        try:
+            check()
+        except ValueError as exc:
+            problems.append(str(exc).replace("--out ", option + " ", 1))
+    if not problems and hasattr(tb, "model"):  # (the slower checks only when the rest is right)
+        server = str(getattr(tb, "server", "local") or "local")
+        try:
+            check_model(tb.model) if server == "local" else check_server(server)
+        except (ModelLoadError, ValueError) as exc:
+            problems.append(str(exc))
+    for p in problems:
+        print(f"gr_gdmcom: {p}", file=sys.stderr, flush=True)
+    if problems:
+        sys.exit(EXIT_NOTHING)
+
+
+#: a radio driver's error (a RuntimeError from the block's constructor) -> what to check
+RADIO_HINTS = (
+    ("No devices found", "no USRP answered: check its power and USB/Ethernet link (uhd_find_devices lists what "
+                         "UHD sees) and --device-args, e.g. 'serial=31XXXXX' or 'addr=192.168.10.2'"),
+    ("No Pluto device found", "no PlutoSDR found: check its USB link (iio_info -s lists what libiio sees) or "
+                              "give --uri, e.g. ip:192.168.2.1 or usb:1.2.5"),
+    ("Unable to create context", "the PlutoSDR at --uri did not answer: check the address (ip:192.168.2.1) and "
+                                 "link (iio_info -s), or leave --uri empty to take the first one found"),
+)
+
+
+def radio_error_hook(kind, exc, tb) -> None:
+    """``sys.excepthook`` of a flowgraph script (installed by :func:`preflight`): an error
+    opening a radio (:data:`RADIO_HINTS`) is one line with what to check, exit status 2; any
+    other error keeps Python's traceback."""
+    text = str(exc)
+    for needle, hint in RADIO_HINTS:
+        if needle in text:
+            first = text.strip().splitlines()[0][:200]
+            print(f"gr_gdmcom: {hint} ({kind.__name__}: {first})", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            import os
+            os._exit(EXIT_NOTHING)  # (an excepthook cannot set the exit status otherwise)
+    sys.__excepthook__(kind, exc, tb)
 
 
 def require_capture(path: str) -> None:
@@ -145,11 +274,13 @@ def require_capture(path: str) -> None:
 def require_display(script: str) -> None:
     """Exit with a message instead of Qt's abort (core dump) when the QT GUI script ``script``
     (e.g. ``live_demo.py``) runs without a display.  Called from the flowgraph's *Import*
-    block, so only when that script itself runs (not when GRC or grcc reads the flowgraph)."""
+    block, so only when that script itself runs (not when GRC or grcc reads the flowgraph).
+    ``--help`` needs no display: the script prints its options before any window is made."""
     import os
     name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     platform = os.environ.get("QT_QPA_PLATFORM", "")
-    if name == script and sys.platform.startswith("linux") and not platform and not (
+    asks_help = any(a in ("-h", "--help") for a in sys.argv[1:])
+    if name == script and not asks_help and sys.platform.startswith("linux") and not platform and not (
             os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         print(f"gr_gdmcom: {script} is a QT GUI flowgraph and no display is set (DISPLAY is empty). Run it in a "
               "desktop session, under xvfb-run, or with QT_QPA_PLATFORM=offscreen (e.g. with --screenshot FILE "

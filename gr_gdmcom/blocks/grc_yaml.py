@@ -193,7 +193,7 @@ BLOCKS = {
                 ("clip", "Clip level", "float", "0.9", None, "|x| above this counts as clipped (full scale: 1)"),
                 ("low_dbfs", "Low level (dBFS)", "float", "-40.0", None,
                  "warn when even the peak of a period stays below this")],
-        face=["samp_rate", "period"],
+        face=["samp_rate", "period"], asserts=["samp_rate > 0", "period > 0"],
         inputs=[dict(domain="stream", dtype="complex")], outputs=[], callbacks=[],
         doc="RX level meter: every period it logs the peak and RMS of the received samples in dBFS (full scale: "
             "|x| = 1) and the share of samples above the clip level; it warns on clipping (lower the RX gain or "
@@ -291,7 +291,7 @@ def block_yaml(name: str) -> str:
     if b["callbacks"]:
         parts.append("    callbacks:")
         parts += [f"    - {c}" for c in b["callbacks"]]
-    asserts = _asserts(params)
+    asserts = _asserts(params) + [f"${{ {a} }}" for a in b.get("asserts", ())]
     if asserts:
         parts += ["", "asserts:", *[f"- {_q(a)}" for a in asserts]]
     parts += ["", "documentation: |-", *["    " + line if line else "" for line in doc.splitlines()], "",

@@ -21,6 +21,9 @@ class rx_level(gr.sync_block):
     """
 
     def __init__(self, samp_rate=1e6, period=2.0, clip=0.9, low_dbfs=-40.0):
+        if not float(samp_rate) > 0 or not float(period) > 0:
+            raise ValueError(f"rx_level: samp_rate and period must be > 0, got samp_rate={samp_rate!r}, "
+                             f"period={period!r} (a report per sample would flood the log)")
         gr.sync_block.__init__(self, name="gdmcom_rx_level", in_sig=[np.complex64], out_sig=None)
         self.block_len = max(1, int(float(samp_rate) * float(period)))
         self.clip, self.low_dbfs = float(clip), float(low_dbfs)
