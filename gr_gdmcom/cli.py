@@ -268,6 +268,10 @@ def cmd_steps(args) -> int:
     return 0
 
 
+#: commands that run until stopped: their log lines carry the time
+LONG_RUNNING = ("serve", "broker")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gdmcom", description="Training-free generative semantic communication "
                                 "(DDIM-inversion codec on Stable Diffusion) over simulated and GNU Radio links.")
@@ -292,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="latent power P = 1/alpha^2 (every result row reports it) [default=%(default)r]")
     st.set_defaults(func=cmd_steps)
     _register_optional(sub)
+    for name, sp in sub.choices.items():  # `gdmcom serve -v` as well as `gdmcom -v serve`
+        if not any("-v" in a.option_strings for a in sp._actions):
+            sp.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                            help="more logging (-vv for debug); also before the command")
     return p
 
 
@@ -335,7 +343,8 @@ def main(argv=None, parser: Optional[argparse.ArgumentParser] = None) -> int:
         parser.print_help()
         return 0
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    stamp = "%(asctime)s " if args.cmd in LONG_RUNNING else ""  # a server's log lines are matched to incidents
+    logging.basicConfig(level=level, format=stamp + "%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     with json_stdout() if args.cmd in JSON_COMMANDS else contextlib.nullcontext():
         try:
             return args.func(args)

@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import re
 import sys
 import threading
 import time
@@ -358,6 +359,21 @@ def test_bad_request_gets_error_code_then_server_still_serves(case, strict_serve
     assert header["ok"] and header["id"] == "ok-" + case and len(payloads) == 1
 
 
+def test_a_request_over_the_servers_limit_fails_at_once(serve, client, tmp_path):
+    """The server drops a message over --max-request-mb unread (no reply): a client waited 5 x 30 s and
+    then blamed the server.  A client that read the server's status refuses it before sending."""
+    srv = serve(max_request_bytes=4096)
+    big = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)).save(big)
+    assert big.stat().st_size > 4096
+    c = client(srv.last_endpoint, timeout_ms=30000)  # (with a configuration: reads the status before its requests)
+    t0 = time.monotonic()
+    with pytest.raises(ImageError, match=rf"^encode request of \d+ bytes is over the server's limit of 4096 bytes "
+                                         rf"\(its status max_request_bytes; gdmcom serve --max-request-mb\)$"):
+        c.encode(str(big))
+    assert time.monotonic() - t0 < 5 and srv.counters["received"] == 1  # only the status request went out
+
+
 def test_erased_symbols_may_hold_anything(enc):
     """A receiver may write NaN (or garbage) where it erased a symbol: those are replaced by 0
     (mask byte 0), only the symbols kept must be finite."""
@@ -691,6 +707,21 @@ def keys(tmp_path_factory):
     return root
 
 
+def test_a_curve_server_says_so_and_warns_when_no_client_key_is_accepted(serve, client, keys, tmp_path, caplog):
+    """An empty --curve-clients folder started silently, refusing everyone; neither the log nor status
+    said CURVE was on.  Both options at once said one of them was needed."""
+    from gr_gdmcom.bridge.security import CurveServer
+
+    with pytest.raises(ValueError, match="^--curve-clients DIR and --curve-allow-any exclude each other"):
+        CurveServer(str(keys / "server.key_secret"), clients=str(keys / "accepted"), allow_any=True)
+    (tmp_path / "none").mkdir()
+    with caplog.at_level("WARNING", logger="gr_gdmcom.bridge.security"):
+        srv = serve(curve=CurveServer(str(keys / "server.key_secret"), clients=str(tmp_path / "none")))
+    assert f"CURVE: no client keys (*.key) in {tmp_path / 'none'}: every client will be refused" in caplog.text
+    assert srv.status()["security"] == dict(curve=True, client_keys=0)
+    assert serve().status()["security"] == dict(curve=False, client_keys=None)
+
+
 def test_curve_serves_the_listed_key_and_refuses_others(serve, client, keys, enc, caplog, cfg):
     from gr_gdmcom.bridge.security import CurveServer, public_key_hex
 
@@ -833,6 +864,83 @@ def test_server_status_exit_status_is_a_health_check(serve, capsys):
     assert main(["server-status", "--server", "gpu-host:5555"]) == 2
     assert "error: server endpoint 'gpu-host:5555' has no transport; write e.g. tcp://gpu-host:5555" in \
         capsys.readouterr().err
+    # an endpoint ZMQ refuses (no port, another protocol) hung: the socket it failed on was never closed, so
+    # closing the client waited forever in Context.term()
+    for bad, why in (("tcp://127.0.0.1", "Invalid argument"), ("http://127.0.0.1:5555", "Protocol not supported")):
+        assert _in_thread(lambda: main(["server-status", "--server", bad, "--timeout-ms", "300"]), 20) == 2
+        assert (f"error: cannot use the server endpoint {bad!r}: {why}; write tcp://HOST:PORT (or ipc://PATH)"
+                in capsys.readouterr().err)
+
+
+def _in_thread(call, seconds):
+    """``call()``'s value, or a test failure (not a hung test run) when it takes longer than ``seconds``."""
+    import concurrent.futures
+
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        return pool.submit(call).result(timeout=seconds)
+    except concurrent.futures.TimeoutError:
+        pytest.fail(f"still running after {seconds} s")
+    finally:
+        pool.shutdown(wait=False)
+
+
+def test_remote_backend_refuses_a_server_string_with_options():
+    """RemoteBackend takes endpoints; the '?' options are make_backend's (the doc's example with a key file
+    hung in __exit__ and hid ZMQ's error)."""
+    with pytest.raises(ValueError, match=r"^RemoteBackend takes endpoints only, not 'tcp://h:5556\?server_key_fi"
+                                         r"le=k.key': options after '\?' \(timeout_ms, retries, server_key, ...\) "
+                                         r"are read by make_backend\(server, config\)"):
+        RemoteBackend("tcp://h:5556?server_key_file=k.key")
+
+
+def test_the_server_log_names_each_request_its_client_and_time(serve, client, small, caplog):
+    """`-v` (INFO) logs each request's outcome with the client's address and its time, each batch,
+    and busy refusals -- what an operator matches to an incident (the batches were DEBUG, the
+    requests not logged at all)."""
+    import logging
+
+    srv = serve()
+    with caplog.at_level(logging.INFO, logger="gr_gdmcom.bridge.server"):
+        c = client(srv.last_endpoint)
+        c.encode(small, "small")
+        deadline = time.time() + 5
+        while time.time() < deadline and not any("served in" in r.getMessage() for r in caplog.records):
+            time.sleep(0.05)
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(re.fullmatch(r"encode [0-9a-f]{32} from 127\.0\.0\.1: served in \d+ ms", m) for m in lines), lines
+    assert any(re.fullmatch(r"encode batch of 1: \d+ model calls in [\d.]+ ms", m) for m in lines), lines
+
+
+def test_a_refused_key_is_one_warning_not_one_per_retry(caplog, monkeypatch):
+    """A client with a key not on the list retries several times a second: 21 warnings in 3 s flooded
+    the log.  One warning per key, then one every REPEAT_S saying how many more."""
+    from gr_gdmcom.bridge import security
+
+    now = [1000.0]
+    monkeypatch.setattr(security.time, "monotonic", lambda: now[0])
+    keys = security._KeyList({b"good"}, False, "keys/")
+    with caplog.at_level("WARNING", logger="gr_gdmcom.bridge.security"):
+        for _ in range(20):
+            assert keys.callback("", b"bad1") is False
+            now[0] += 0.15
+        assert keys.callback("", b"bad2") is False and keys.callback("", b"good") is True
+        now[0] += 30
+        keys.callback("", b"bad1")
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused client key bad1: not among the accepted keys in keys/",
+        "refused client key bad2: not among the accepted keys in keys/",
+        "refused client key bad1: not among the accepted keys in keys/ (19 more refusals of it since the last warning)"]
+
+
+def test_verbose_is_taken_after_the_command_too():
+    from gr_gdmcom.cli import build_parser
+
+    p = build_parser()
+    assert p.parse_args(["serve", "-v", "--model", "tiny"]).verbose == 1
+    assert p.parse_args(["-vv", "serve", "--model", "tiny"]).verbose == 2
+    assert p.parse_args(["serve", "--model", "tiny"]).verbose == 0
+    assert p.parse_args(["server-status", "-vv", "--server", "tcp://h:1"]).verbose == 2
 
 
 def test_cli_registers_serve_broker_and_status():

@@ -89,6 +89,10 @@ class RemoteBackend(Backend):
             raise ValueError(f"image_format must be one of {', '.join(P.IMAGE_FORMATS)}, got {image_format!r}")
         if timeout_ms <= 0 or retries < 0:
             raise ValueError(f"timeout_ms must be > 0 and retries >= 0, got {timeout_ms}, {retries}")
+        if "?" in str(endpoints):
+            raise ValueError(f"RemoteBackend takes endpoints only, not {endpoints!r}: options after '?' (timeout_ms, "
+                             f"retries, server_key, ...) are read by make_backend(server, config), as the blocks "
+                             f"and the command line do; or pass them as arguments (curve=CurveClient(...))")
         self.endpoints = split_endpoints(endpoints)
         self.config = config
         self.curve = curve
@@ -106,6 +110,7 @@ class RemoteBackend(Backend):
         #: settings that differ from the server's and no request carries: name -> (server's, this side's)
         self._uncarried: Dict[str, tuple] = {}
         self._warned: set = set()  # of those, the names already warned about
+        self._max_request_bytes = 0  # the server's limit (from its status; 0: not known)
         self._rng = random.Random()
         #: requests, retries (re-sends), timeouts, busy, unavailable, stale (replies dropped for a wrong id)
         self.stats = dict(requests=0, retries=0, timeouts=0, busy=0, unavailable=0, stale=0)
@@ -200,7 +205,12 @@ class RemoteBackend(Backend):
                 if self.curve is not None:
                     self.curve.apply(sock)  # a server refusing the key never completes the connection: timeouts
                 for ep in self.endpoints:
-                    sock.connect(ep)
+                    try:
+                        sock.connect(ep)
+                    except zmq.ZMQError as exc:  # (a socket left open here made close() wait forever)
+                        sock.close(linger=0)
+                        raise ValueError(f"cannot use the server endpoint {ep!r}: {exc.strerror}; write "
+                                         f"tcp://HOST:PORT (or ipc://PATH)") from None
                 self._sockets[sock] = threading.current_thread()
             self._tls.sock = sock
         return sock
@@ -240,6 +250,12 @@ class RemoteBackend(Backend):
         """
         self._bump("requests")
         where = ",".join(self.endpoints)
+        size = sum(len(f) for f in frames)
+        if self._max_request_bytes and size > self._max_request_bytes:
+            # the server drops a message over its limit unread: no reply, so every attempt would time out
+            raise (ImageError if op == "encode" else CodecError)(
+                f"{op} request of {size} bytes is over the server's limit of {self._max_request_bytes} bytes "
+                f"(its status max_request_bytes; gdmcom serve --max-request-mb)")
         deadline = time.monotonic() + (self.retries + 1) * self.timeout_ms / 1000.0
         last, attempts, timeouts, backoffs = "no reply", 0, 0, 0
         while True:
@@ -347,6 +363,8 @@ class RemoteBackend(Backend):
                 self._checked = True
                 return
             server_cfg, taken = st.get("config", {}) or {}, st.get("settings") or {}
+            if isinstance(st.get("max_request_bytes"), int):
+                self._max_request_bytes = st["max_request_bytes"]
             mine = {f.name: getattr(self.config, f.name) for f in fields(self.config)}
             where = ",".join(self.endpoints)
             if st.get("model") is not None and st.get("model") != self.config.model:

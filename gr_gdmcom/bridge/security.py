@@ -25,6 +25,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
@@ -124,7 +125,10 @@ class CurveServer:
     allow_any: bool = False
 
     def __post_init__(self):
-        if (self.clients is None) == (not self.allow_any):
+        if self.clients is not None and self.allow_any:
+            raise ValueError("--curve-clients DIR and --curve-allow-any exclude each other: give the folder of "
+                             "accepted client keys, or accept any key (encryption without authentication)")
+        if self.clients is None and not self.allow_any:
             raise ValueError("a CURVE server needs either a folder of accepted client keys (--curve-clients DIR) "
                              "or --curve-allow-any")
         if self.clients is not None and not Path(self.clients).is_dir():
@@ -144,8 +148,13 @@ class CurveServer:
         auth.configure_curve_callback(domain="*", credentials_provider=_KeyList(allowed, self.allow_any,
                                                                                  self.clients))
         self._auth = auth
+        #: what ``status`` says of the server's security
+        self.accepting = "any" if self.allow_any else len(allowed)
         log.info("CURVE: server key %s, accepting %s", self.public_hex,
                  "any client key" if self.allow_any else f"{len(allowed)} client key(s) from {self.clients}")
+        if not self.allow_any and not allowed:
+            log.warning("CURVE: no client keys (*.key) in %s: every client will be refused; copy the clients' "
+                        "public .key files there (gdmcom keys makes them)", self.clients)
 
     def apply(self, sock: zmq.Socket) -> None:
         sock.curve_secretkey = self.secret
@@ -161,14 +170,26 @@ class CurveServer:
 class _KeyList:
     """ZAP credentials provider: accept listed keys (or any); log each refusal with the key."""
 
+    #: seconds between warnings about one refused key (its client retries several times a second)
+    REPEAT_S = 30.0
+
     def __init__(self, allowed: set, allow_any: bool, where: Optional[str]):
         self.allowed, self.allow_any, self.where = allowed, allow_any, where
+        self._warned: dict = {}  # key -> (time of its last warning, refusals since)
 
     def callback(self, domain: str, key: bytes) -> bool:
         if self.allow_any or key in self.allowed:
             return True
-        log.warning("refused client key %s: not among the accepted keys in %s", key.decode("ascii", "replace"),
-                    self.where)
+        now, last = time.monotonic(), self._warned.get(key)
+        if last is None or now - last[0] >= self.REPEAT_S:
+            more = f" ({last[1]} more refusals of it since the last warning)" if last and last[1] else ""
+            log.warning("refused client key %s: not among the accepted keys in %s%s",
+                        key.decode("ascii", "replace"), self.where, more)
+            if len(self._warned) > 1024:  # (a scan with random keys must not grow this without bound)
+                self._warned.clear()
+            self._warned[key] = (now, 0)
+        else:
+            self._warned[key] = (last[0], last[1] + 1)
         return False
 
 

@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 #: Counters reported by ``status`` (all start at 0).
 UNAVAILABLE_RETRY_MS = 200  # suggested wait after an ``unavailable`` reply
 PEER_WINDOW_S = 2.0  # a client counts as active this long after its last request
+#: seconds between warnings about connections refused in the CURVE handshake
+REFUSED_LOG_S = 30.0
 COUNTERS = ("received", "requests", "served", "failed", "rejected", "busy", "unavailable", "dropped",
             "duplicates", "batches", "model_calls", "refused")
 SCHEDULING = ("batch", "step")
@@ -71,10 +73,19 @@ class _Job:
     fp: int  # fingerprint of the request bytes (a retry must match)
     t_recv: float  # time.monotonic() at arrival
     config: Optional[CodecConfig] = None  # the request's own codec settings applied (None: the server's)
+    peer: str = "?"  # the client's address (TCP), for the log
 
     @property
     def id(self) -> str:
         return self.req.id
+
+
+def _peer(frame) -> str:
+    """The client's address of a received frame (``ip:port`` over TCP; ``?`` where ZMQ has none)."""
+    try:
+        return frame.get("Peer-Address") or "?"
+    except (zmq.ZMQError, AttributeError):
+        return "?"
 
 
 @dataclass
@@ -198,6 +209,7 @@ class InferenceServer:
         self._batch_ms = 100.0  # running estimate of one batch's duration, for retry_after_ms
         self._peers: dict = {}  # envelope -> time of its last request (I/O thread only)
         self._active_peers = 0  # len(self._peers) after pruning, read by the worker
+        self._refused_logged: dict = {}  # refusal reason -> (time of its last warning, refusals since)
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.metrics = ServerMetrics(self.counters, lambda: dict(queue_depth=self._queue.qsize(),
                                                                  inflight=len(self._inflight)))
@@ -338,6 +350,7 @@ class InferenceServer:
             max_wait_ms=self.options.max_wait_ms, scheduling=self.options.scheduling,
             active_clients=self._active_peers,
             max_request_bytes=self.options.max_request_bytes,
+            security=dict(curve=self.curve is not None, client_keys=getattr(self.curve, "accepting", None)),
             settings={op: list(v) for op, v in REQUEST_SETTINGS.items()},
             latent_channels=self.limits.latent_channels,
             inflight=len(self._inflight), reply_store=dict(entries=len(self._store), bytes=self._store_bytes),
@@ -398,28 +411,39 @@ class InferenceServer:
             what = HANDSHAKE_FAILED.get(event["event"])
             if what is not None:
                 self.counters["refused"] += 1
-                log.warning("refused a connection on %s: %s (code %s)", self.last_endpoint, what, event["value"])
+                # a misconfigured client retries several times a second: one warning per reason, then
+                # one every REFUSED_LOG_S saying how many more (the counter has them all)
+                now, last = time.monotonic(), self._refused_logged.get(what)
+                if last is None or now - last[0] >= REFUSED_LOG_S:
+                    more = f" ({last[1]} more refused since the last warning)" if last and last[1] else ""
+                    log.warning("refused a connection on %s: %s (code %s)%s; a client with the wrong keys, or one "
+                                "without CURVE (status counts them: refused)", self.last_endpoint, what,
+                                event["value"], more)
+                    self._refused_logged[what] = (now, 0)
+                else:
+                    self._refused_logged[what] = (last[0], last[1] + 1)
+                    log.debug("refused a connection on %s: %s", self.last_endpoint, what)
 
     def _read_requests(self, accept: bool) -> None:
         for _ in range(64):  # then look at replies again
             try:
-                frames = self._sock.recv_multipart(zmq.NOBLOCK)
+                raw = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             self.counters["received"] += 1
-            envelope, body = P.split_envelope(frames)
+            envelope, body = P.split_envelope([f.bytes for f in raw])
             try:
-                self._on_request(envelope, body, accept)
+                self._on_request(envelope, body, accept, _peer(raw[-1]))
             except Exception as exc:  # pragma: no cover - a bug in validation; answer and go on
                 log.exception("request handling failed")
                 self._send(envelope, P.error_reply(None, None, P.INTERNAL, f"{type(exc).__name__}: {exc}"))
 
-    def _on_request(self, envelope: List[bytes], body: List[bytes], accept: bool) -> None:
+    def _on_request(self, envelope: List[bytes], body: List[bytes], accept: bool, peer: str = "?") -> None:
         try:
             req = P.parse_request(body, self.limits)
         except P.ProtocolError as exc:
             self.counters["rejected"] += 1
-            log.info("rejected request %s: %s: %s", exc.rid, exc.code, exc.message)
+            log.info("rejected request %s from %s: %s: %s", exc.rid, peer, exc.code, exc.message)
             self._send(envelope, P.error_reply(exc.rid, exc.op, exc.code, exc.message))
             return
         if req.op == "status":
@@ -432,7 +456,7 @@ class InferenceServer:
                                         req.meta.k if req.meta is not None else None)
             except ValueError as exc:
                 self.counters["rejected"] += 1
-                log.info("rejected request %s: settings %s: %s", req.id, req.settings, exc)
+                log.info("rejected request %s from %s: settings %s: %s", req.id, peer, req.settings, exc)
                 self._send(envelope, P.error_reply(req.id, req.op, P.REJECTED, f"settings: {exc}"))
                 return
         if not accept:
@@ -454,12 +478,14 @@ class InferenceServer:
                 self._send(envelope, known.frames)
             log.debug("duplicate of request %s", req.id)
             return
-        job = _Job(req, envelope, fp, time.monotonic(), config)
+        job = _Job(req, envelope, fp, time.monotonic(), config, peer)
         try:
             self._queue.put_nowait(job)
         except queue.Full:
             self.counters["busy"] += 1
             retry_ms = int(max(10.0, self._batch_ms))
+            log.info("busy: %s %s from %s refused, the queue is full (%d); retry after %d ms", req.op, req.id, peer,
+                     self.options.max_queue, retry_ms)
             self._send(envelope, P.error_reply(req.id, req.op, P.BUSY,
                                                f"queue full ({self.options.max_queue} requests); retry later",
                                                retry_after_ms=retry_ms))
@@ -492,6 +518,8 @@ class InferenceServer:
             self._send_job_reply(job, frames, kind)
 
     def _send_job_reply(self, job: _Job, frames: List[bytes], kind: str) -> None:
+        log.info("%s %s from %s: %s in %.0f ms", job.req.op, job.id, job.peer, kind,
+                 (time.monotonic() - job.t_recv) * 1e3)
         self._inflight.pop(job.id, None)
         if kind == "unavailable":
             self.counters["unavailable"] += 1
@@ -627,7 +655,7 @@ class InferenceServer:
         self.counters["model_calls"] += calls
         self.metrics.observe_batch(op, len(batch))
         self._batch_ms = 0.8 * self._batch_ms + 0.2 * (t1 - t0) * 1e3
-        log.debug("%s batch of %d: %d model calls in %.1f ms", op, len(batch), calls, (t1 - t0) * 1e3)
+        log.info("%s batch of %d: %d model calls in %.1f ms", op, len(batch), calls, (t1 - t0) * 1e3)
         for job, res in zip(batch, results):
             self._post(job, *self._result_reply(job, res, dict(queue_ms=(t0 - job.t_recv) * 1e3,
                                                                 codec_ms=(t1 - t0) * 1e3, batch=len(batch))))
