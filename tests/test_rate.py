@@ -142,6 +142,18 @@ def test_mean_removal_lowers_the_tiny_models_power(components, small):
     assert on.meta.power == pytest.approx(off.meta.power - float(np.mean(mu ** 2)), rel=2e-3)  # P - mean(mu^2)
 
 
+def test_a_latent_of_one_value_per_channel_keeps_its_means(components, small):
+    """An image of at most 8 x 8 pixels has a 1 x 1 latent: removing its means left only their
+    float16 rounding, normalised to unit power (alpha ~ 6000: the symbols carried rounding noise).
+    Such a latent is sent whole; a 9 x 9 image (2 x 2 latent) still has its means removed."""
+    codec = GenerativeCodec(CodecConfig(model="tiny", device="cpu", remove_mean=True), components=components)
+    tiny, nine = codec.encode(small[:8, :8]), codec.encode(small[:9, :9])
+    assert tiny.meta.latent_shape == (4, 1, 1) and tiny.meta.means == () and 0.1 < tiny.meta.power < 100
+    assert nine.meta.latent_shape == (4, 2, 2) and len(nine.meta.means) == 4
+    dec = codec.decode(tiny.symbols, tiny.meta, 30.0)
+    assert dec.image.shape == (8, 8, 3)
+
+
 def test_reduced_latent_decodes_to_the_original_size(components, small):
     cfg = CodecConfig(model="tiny", device="cpu", reduce=4, reduce_method="subset")
     codec = GenerativeCodec(cfg, components=components)

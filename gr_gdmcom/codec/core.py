@@ -276,7 +276,10 @@ def latent_to_symbols(zk: np.ndarray, config: CodecConfig) -> Tuple[np.ndarray, 
     red = Reduction.make(config.reduce_method, config.reduce, zk.shape)
     # the means are rounded to float16, as the frame header carries them (docs/frame-format.md),
     # so that a radio link and an in-process decode restore exactly what was removed
-    means = tuple(float(v) for v in channel_means(zk).astype(np.float16)) if config.remove_mean else ()
+    # (a latent of one value per channel -- an image of at most 8 x 8 pixels -- keeps its means: removing
+    # them left only their float16 rounding, which the power normalisation blew up 6000-fold)
+    keep = config.remove_mean and zk.shape[1] * zk.shape[2] > 1
+    means = tuple(float(v) for v in channel_means(zk).astype(np.float16)) if keep else ()
     if means:
         zk = zk - np.asarray(means).reshape(-1, 1, 1)
     sym, alpha = symbols_from_latent(red.apply(torch.from_numpy(zk)[None])[0].numpy())
