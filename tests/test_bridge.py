@@ -253,6 +253,8 @@ def test_four_concurrent_clients_are_batched(serve, client, enc, bcodec):
     fastest = min(d.record["server"]["codec_ms"] for d in out.values()) / 1e3
     assert fastest <= q[0.5] <= q[0.95] <= max(walls)
     assert f'gdmcom_latency_quantile_seconds{{op="decode",quantile="0.95"}} {q[0.95]!r}' in text
+    assert f"gdmcom_batches_total {float(st['batches'])}" in text and 'outcome="batches"' not in text
+    assert f"gdmcom_model_calls_total {float(st['model_calls'])}" in text and 'outcome="model_calls"' not in text
     for (i, j), d in out.items():  # batched arithmetic: same result within float rounding
         ref = bcodec.decode(noisy(enc, 10 * i + j), enc.meta, 5.0).image
         assert np.abs(d.image.astype(int) - ref).max() <= 2

@@ -8,6 +8,8 @@ and, with ``gdmcom serve --metrics-port``, over HTTP at ``/metrics``
 * ``requests_total{outcome}``: the server's counters (``received``, ``served``,
   ``busy`` ... as in ``status``), read from it at scrape time; the request rate is
   ``rate(gdmcom_requests_total{outcome="served"}[1m])``.
+* ``batches_total``, ``model_calls_total``: codec calls and UNet calls (the ``status``
+  counters ``batches``, ``model_calls``; not request outcomes).
 * ``queue_depth``, ``inflight``: requests waiting / accepted and not yet answered.
 * ``batch_size{op}``: histogram of the requests per codec call.
 * ``latency_seconds{op}``: histogram of the time from a request's arrival to its
@@ -29,6 +31,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 WINDOW = 1024  # replies per op kept for the p50/p95 gauges
 QUANTILES = (0.5, 0.95)
 OPS = ("encode", "decode")
+#: status counters that count the model's work, exported as their own families
+WORK_COUNTERS = {"batches": "codec calls (a step-level server: UNet steps)", "model_calls": "UNet calls"}
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, float("inf"))
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, float("inf"))
 
@@ -73,9 +77,15 @@ class ServerMetrics:
     def collect(self):
         """prometheus_client custom-collector hook: the counters and gauges, read now."""
         c = CounterMetricFamily("gdmcom_requests", "messages by outcome (the status counters)", labels=["outcome"])
+        work = {}
         for key, value in list(self._counters.items()):
-            c.add_metric([key], value)
+            if key in WORK_COUNTERS:
+                work[key] = value
+            else:
+                c.add_metric([key], value)
         yield c
+        for key, value in work.items():  # what the model did, not what became of requests
+            yield CounterMetricFamily(f"gdmcom_{key}", WORK_COUNTERS[key], value=value)
         for key, value in self._gauges().items():
             yield GaugeMetricFamily(f"gdmcom_{key}", f"{key.replace('_', ' ')} now", value=value)
         q = GaugeMetricFamily("gdmcom_latency_quantile_seconds", f"latency quantiles over the last {WINDOW} replies",

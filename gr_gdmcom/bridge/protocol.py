@@ -466,7 +466,7 @@ def _parse_encode(header, payloads, limits, rid, fail) -> Request:
     name = _label(fields.name)
     data = payloads[0]
     if not data:
-        raise fail(BAD_IMAGE, f"image {name} is empty (0 bytes)")
+        raise fail(BAD_IMAGE, f"the image{'' if name == 'image' else ' ' + name} is empty (0 bytes)")
     try:  # reads the file header only: format and size, no pixels
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size
