@@ -106,6 +106,12 @@ def check_out(path, folder: bool = True, create: bool = True) -> Path:
     return p
 
 
+def check_threads(threads: int) -> None:
+    """``--threads``: 0 (torch's choice) or a positive count; ValueError (exit 2) otherwise."""
+    if threads < 0:
+        raise ValueError(f"--threads must be 0 (torch's choice) or a positive number of threads, got {threads}")
+
+
 def prepare_run(args, images=None):
     """Check what a command was given before any model is loaded; returns ``(config, image paths)``.
 
@@ -125,8 +131,7 @@ def prepare_run(args, images=None):
             raise ValueError(f"no images found in {' '.join(map(str, images))}")
         if not any(p.is_file() for p in paths):
             raise ValueError(f"no such image file: {', '.join(str(p) for p in paths)}")
-    if getattr(args, "threads", 0) < 0:
-        raise ValueError(f"--threads must be >= 0 (0: torch's choice), got {args.threads}")
+    check_threads(getattr(args, "threads", 0))
     if getattr(args, "threads", 0):
         import torch
 

@@ -80,7 +80,7 @@ def test_bad_numbers_and_outputs_are_refused_before_the_model_loads(tmp_path, ca
         (["link", *base, "--out", str(tmp_path / "o"), "--tx-clip", "0.5"],
          "error: FrameConfig: tx_clip must be 0 (off) or >= 1 (got tx_clip=0.5; option --tx-clip)"),
         (["simulate", *base, "--out", str(tmp_path / "o"), "--threads", "-1"],
-         "error: --threads must be >= 0 (0: torch's choice), got -1"),
+         "error: --threads must be 0 (torch's choice) or a positive number of threads, got -1"),
         (["simulate", "--image", str(img), "--snr", "10", "--model", "tiny", "--out", str(tmp_path / "o"),
           "--device", "gpu0"], "error: unknown device 'gpu0'; use auto, cpu, cuda, cuda:N or mps"),
         (["validate", "--quick", "--real-images", "--rate", "--out", str(tmp_path / "v.md")],

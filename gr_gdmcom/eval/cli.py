@@ -14,6 +14,7 @@ import logging
 import signal
 import sys
 
+from ..cli import check_threads  # noqa: F401 - (calibrate_cli takes it from here)
 from ..config import add_codec_args, codec_config_from_args, finite_float
 from .learned import ALL as LEARNED
 
@@ -109,12 +110,6 @@ def register(sub) -> None:
                         "[default=%(default)r]")
     add_codec_args(s, many_bcr=True)
     s.set_defaults(func=cmd_sweep)
-
-
-def check_threads(threads: int) -> None:
-    """``--threads``: 0 (torch's choice) or a positive count; ValueError (exit 2) otherwise."""
-    if threads < 0:
-        raise ValueError(f"--threads must be 0 (torch's choice) or a positive number of threads, got {threads}")
 
 
 def set_threads(threads: int) -> None:
