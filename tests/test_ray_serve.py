@@ -6,7 +6,11 @@ The replica-kill test runs last: it leaves the deployment one replica short whil
 Serve restarts the killed one.
 """
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,13 +18,16 @@ import pytest
 pytest.importorskip("ray.serve")
 
 from gr_gdmcom.bridge import protocol as P  # noqa: E402
-from gr_gdmcom.bridge.ray_engine import RayGateway, RayOptions, deploy, replica_actor_names, shutdown  # noqa: E402
+from gr_gdmcom.bridge import ray_engine  # noqa: E402
+from gr_gdmcom.bridge.ray_engine import (  # noqa: E402
+    DeployError, RayGateway, RayOptions, deploy, replica_actor_names, resource_shortage, shutdown)
 from gr_gdmcom.codec import GenerativeCodec  # noqa: E402
 from gr_gdmcom.config import CodecConfig  # noqa: E402
 
 from test_bridge import Raw, _decode_in_background, noisy, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
+ROOT = Path(__file__).resolve().parent.parent
 CFG = CodecConfig(model="tiny", device="cpu", k=1, m=1, steps=2)
 OPTIONS = RayOptions(replicas=2, cpus_per_replica=0, torch_threads=1)
 
@@ -194,6 +201,125 @@ def test_step_scheduling_runs_in_the_replicas(deployment, rcodec, small, renc):
             gw.stop(timeout=10)
     finally:
         shutdown("gdmcom-step", started_ray=False)
+
+
+def _serve_ray(*extra, timeout=90):
+    """``gdmcom serve --engine ray ...`` in a subprocess that must end by itself -> (rc, stdout, stderr, seconds)."""
+    cmd = [sys.executable, "-m", "gr_gdmcom.cli", "serve", "--engine", "ray", "--bind", "tcp://127.0.0.1:0",
+           "--device", "cpu", *extra]
+    t0 = time.monotonic()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                       env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    return r.returncode, r.stdout, r.stderr, time.monotonic() - t0
+
+
+def test_more_gpus_than_the_local_instance_has_is_one_line_not_an_endless_wait():
+    """``--replicas 2 --gpus-per-replica 1`` on a host without 2 GPUs: Ray kept the replicas pending
+    and the gateway waited forever, silently; now it compares the ask with the instance's resources
+    before deploying and exits 2 with one line (its local Ray instance stopped with it)."""
+    import torch
+
+    if torch.cuda.device_count() >= 2:
+        pytest.skip("this host has the 2 GPUs")
+    rc, out, err, took = _serve_ray("--replicas", "2", "--gpus-per-replica", "1", "--model", "tiny")
+    assert rc == 2 and out == "", (rc, out, err)
+    assert "Traceback" not in err and err.rstrip().splitlines()[-1].startswith(
+        "error: --replicas 2 x --gpus-per-replica 1 needs 2 GPUs; the local Ray instance has "), err
+    assert took < 60, took
+
+
+def test_a_folder_that_is_not_a_model_is_the_local_engines_line_before_ray_starts(tmp_path):
+    """``--model EMPTY_FOLDER``: a 35-line traceback from serve.run (the reason only in Ray's controller
+    log); now the gateway runs the local engine's model check first: its one line, status 2, no Ray."""
+    from gr_gdmcom.codec import ModelLoadError
+    from gr_gdmcom.codec.models import check_model
+
+    with pytest.raises(ModelLoadError) as exc:
+        check_model(str(tmp_path))
+    rc, out, err, took = _serve_ray("--model", str(tmp_path))
+    assert (rc, out, err) == (2, "", f"error: {exc.value}\n")
+    assert "is a folder but not a diffusers model" in err and took < 30, took
+
+
+def test_a_replica_that_cannot_load_the_model_fails_the_deploy_in_one_line(deployment, tmp_path):
+    """A model the gateway's check passes but a replica cannot load (a folder with only unet/):
+    after Serve's retries the deploy fails with the replica's ModelLoadError in one line, as the
+    local engine says it, and the failed application is removed."""
+    from ray import serve
+
+    from gr_gdmcom.codec import ModelLoadError
+
+    (tmp_path / "unet").mkdir()
+    cfg = CFG.replace(model=str(tmp_path))
+    with pytest.raises(ModelLoadError) as local:
+        GenerativeCodec(cfg)
+    t0 = time.monotonic()
+    with pytest.raises(DeployError) as exc:
+        deploy(cfg, RayOptions(replicas=1, cpus_per_replica=0, torch_threads=1, start_timeout=120),
+               app_name="gdmcom-broken")
+    assert str(exc.value) == str(local.value) and "\n" not in str(exc.value)
+    assert time.monotonic() - t0 < 90
+    wait_for(lambda: "gdmcom-broken" not in serve.status().applications, timeout=60, what="the failed app deleted")
+
+
+def test_the_local_instance_refuses_gpus_it_lacks_before_deploying(deployment):
+    """In-process: the ask is compared with ``ray.nodes()`` before ``serve.run``; nothing is deployed."""
+    import ray
+    from ray import serve
+
+    gpus = ray.cluster_resources().get("GPU", 0.0)
+    t0 = time.monotonic()
+    with pytest.raises(DeployError, match=rf"^--replicas 2 x --gpus-per-replica {gpus + 1:g} needs "
+                                          rf"{2 * (gpus + 1):g} GPUs; the local Ray instance has {gpus:g} "):
+        deploy(CFG, RayOptions(replicas=2, gpus_per_replica=gpus + 1, cpus_per_replica=0), app_name="gdmcom-gpus")
+    assert time.monotonic() - t0 < 5 and "gdmcom-gpus" not in serve.status().applications
+
+
+@pytest.mark.parametrize("replicas", [dict(replicas=1), dict(min_replicas=0, max_replicas=2)],
+                         ids=["fixed", "scale-from-zero"])
+def test_a_cluster_that_may_grow_is_waited_for_until_the_deadline(deployment, caplog, monkeypatch, replicas):
+    """A joined cluster (``--ray-address``) may add GPU nodes (an autoscaler): a warning, a line every
+    ``PROGRESS_EVERY_S`` saying what is pending, and at ``start_timeout`` one line naming it (with
+    ``--min-replicas 0`` the application runs at once and the first call waits for its replica)."""
+    import ray
+
+    monkeypatch.setattr(ray_engine, "PROGRESS_EVERY_S", 1.0)
+    gpus = ray.cluster_resources().get("GPU", 0.0)
+    ro = RayOptions(**replicas, gpus_per_replica=gpus + 1, cpus_per_replica=0, address="auto", start_timeout=4)
+    t0 = time.monotonic()
+    with caplog.at_level("WARNING", logger="gr_gdmcom.bridge.ray_engine"):
+        with pytest.raises(DeployError) as exc:
+            deploy(CFG, ro, app_name="gdmcom-pending")
+    took = time.monotonic() - t0
+    assert 4 <= took < 15, took
+    msg = str(exc.value)
+    assert msg.startswith("the Ray Serve deployment is not running after 4 s (--ray-start-timeout): CodecReplica: "
+                          "0 of 1 replicas running"), msg
+    assert msg.endswith(f"each replica asks {gpus + 1:g} GPU; free in the cluster now: {gpus:g} of {gpus:g} GPU")
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("the Ray cluster has" in m and "waiting up to 4 s" in m for m in lines), lines
+    assert sum(m.startswith(("waiting for the Ray Serve deployment to run", "waiting for a replica to answer"))
+               for m in lines) >= 2, lines
+
+
+def test_resource_shortage_counts_what_one_node_holds():
+    """Totals first (the ask x the replicas the deployment starts with), then per node: one
+    replica's ask must fit on one node; None when the replicas fit."""
+    two_nodes = [{"CPU": 8.0, "GPU": 2.0}, {"CPU": 8.0, "GPU": 1.0}]
+    assert resource_shortage(RayOptions(replicas=3, gpus_per_replica=1), two_nodes) is None
+    assert resource_shortage(RayOptions(replicas=2, gpus_per_replica=1.5), two_nodes, local=False) == (
+        "--replicas 2 x --gpus-per-replica 1.5 and --cpus-per-replica 1: the Ray cluster holds 1 such replicas "
+        "(each must fit on one node; the most one node has: 2 GPU, 8 CPU; ray status lists them)")
+    assert resource_shortage(RayOptions(replicas=4, gpus_per_replica=1), two_nodes, local=False) == (
+        "--replicas 4 x --gpus-per-replica 1 needs 4 GPUs; the Ray cluster has 3 now (ray status lists them)")
+    assert resource_shortage(RayOptions(replicas=3, cpus_per_replica=1), [{"CPU": 2.0}]).startswith(
+        "--replicas 3 x --cpus-per-replica 1 needs 3 CPUs; the local Ray instance has 2 ")
+    # autoscaling: what it starts with (at least one replica), not --max-replicas
+    assert resource_shortage(RayOptions(max_replicas=8, gpus_per_replica=1), two_nodes) is None
+    scale_from_zero = RayOptions(min_replicas=0, max_replicas=2, gpus_per_replica=1)
+    assert resource_shortage(scale_from_zero, [{"CPU": 2.0}]).startswith(
+        "1 replica (--min-replicas 0 starts one at the first request) x --gpus-per-replica 1 needs 1 GPU; ")
+    assert resource_shortage(RayOptions(replicas=50, cpus_per_replica=0), [{"CPU": 2.0}]) is None  # asks nothing
 
 
 def test_replica_killed_under_16_clients_loses_and_duplicates_nothing(gateway, raws, rcodec, renc):

@@ -101,10 +101,14 @@ def _ray_gateway(args, cfg, opts, curve):
     ro = ray_engine.RayOptions(replicas=args.replicas, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
                                gpus_per_replica=args.gpus_per_replica, cpus_per_replica=args.cpus_per_replica,
                                torch_threads=args.torch_threads, address=args.ray_address,
-                               max_inflight=args.max_inflight, metrics_port=args.ray_metrics_port).validate()
-    handle, info, started = ray_engine.deploy(cfg, ro, max_batch=opts.max_batch, max_wait_ms=opts.max_wait_ms,
-                                              speed=speed_options_from_args(args), warm_up_size=args.warm_up_size,
-                                              scheduling=opts.scheduling)
+                               max_inflight=args.max_inflight, metrics_port=args.ray_metrics_port,
+                               start_timeout=args.ray_start_timeout).validate()
+    try:
+        handle, info, started = ray_engine.deploy(cfg, ro, max_batch=opts.max_batch, max_wait_ms=opts.max_wait_ms,
+                                                  speed=speed_options_from_args(args),
+                                                  warm_up_size=args.warm_up_size, scheduling=opts.scheduling)
+    except ray_engine.DeployError as exc:  # a model or resources the deployment cannot start with: one line
+        raise ValueError(str(exc)) from None
     server = ray_engine.RayGateway(handle, info, bind=args.bind, connect=args.connect, options=opts, curve=curve,
                                    ray_options=ro)
     return server, info["device"], lambda: ray_engine.shutdown(started_ray=started)
@@ -245,6 +249,9 @@ def register(sub) -> None:
     ray_.add_argument("--ray-metrics-port", type=int, default=0,
                       help="Ray's own Prometheus export port, local instance only (0: Ray's choice) "
                            "[default=%(default)r]")
+    ray_.add_argument("--ray-start-timeout", type=finite_float, default=600.0, metavar="SECONDS",
+                      help="longest wait for the replicas to be placed and load the model; then the gateway "
+                           "exits naming what is pending (a joined cluster may be adding nodes) [default=%(default)r]")
     sec = s.add_argument_group("CURVE authentication and encryption (docs/server.md)")
     sec.add_argument("--curve-secret-key", default=None, metavar="FILE",
                      help="this server's NAME.key_secret (gdmcom keys); enables CURVE [default=%(default)r]")

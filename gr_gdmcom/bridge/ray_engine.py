@@ -21,6 +21,11 @@
   ``ray://host:port``), runs the application with ``num_replicas`` or an
   autoscaling range and ``ray_actor_options`` (GPUs, CPUs per replica), and
   returns its handle and what a replica reports (:meth:`CodecReplica.info`).
+  What cannot start is a :class:`DeployError` of one line, never an endless
+  wait: a model the gateway's check refuses (local instance), more GPUs/CPUs
+  than a local instance has (before deploying), a replica that fails to start
+  (its exception's line), or a deployment not running within ``start_timeout``
+  (what is pending; a line every ``PROGRESS_EVERY_S`` while it waits).
 * :class:`RayGateway` speaks protocol v1 in front exactly as ``gdmcom serve``
   does (it *is* an :class:`~.server.InferenceServer` with the worker thread
   replaced): validated requests are sent to the deployment, at most
@@ -38,13 +43,15 @@ import collections
 import concurrent.futures
 import dataclasses
 import logging
+import math
 import os
 import queue
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import ray
@@ -59,6 +66,9 @@ from .server import InferenceServer, gather_batch
 log = logging.getLogger(__name__)
 
 APP_NAME = "gdmcom"
+START_TIMEOUT_S = 600.0  # longest wait for the deployment to run (replicas scheduled, models loaded)
+PROGRESS_EVERY_S = 10.0  # while deploy() waits: a line saying what for, this often
+POLL_S = 0.5
 RESUBMIT_DELAY_S = 0.2  # wait before the n-th re-send: n times this
 #: Failures of the replica, not of the request: the gateway sends the request again.
 REPLICA_FAILURES = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
@@ -89,6 +99,8 @@ class RayOptions:
             ``INFLIGHT_BATCHES * max_batch`` per replica, at the largest replica count).
         attempts: tries of one request when its replica dies under it.
         metrics_port: Ray's own Prometheus metrics export port (local instance only; 0: off).
+        start_timeout: seconds :func:`deploy` waits for the deployment to run (replicas placed
+            and their models loaded) before it gives up, naming what is pending.
     """
 
     replicas: int = 1
@@ -102,6 +114,7 @@ class RayOptions:
     max_inflight: Optional[int] = None
     attempts: int = 4
     metrics_port: int = 0
+    start_timeout: float = START_TIMEOUT_S
 
     def validate(self) -> "RayOptions":
         if self.max_replicas is not None:
@@ -113,6 +126,8 @@ class RayOptions:
             raise ValueError(f"replicas must be >= 1, got {self.replicas}")
         if self.gpus_per_replica < 0 or self.cpus_per_replica < 0 or self.attempts < 1:
             raise ValueError("gpus_per_replica and cpus_per_replica must be >= 0 and attempts >= 1")
+        if not self.start_timeout > 0:
+            raise ValueError(f"start_timeout must be > 0 seconds, got {self.start_timeout}")
         return self
 
     @property
@@ -325,6 +340,11 @@ class CodecReplica:
         return out
 
 
+class DeployError(RuntimeError):
+    """The deployment cannot start, or did not start in time: one line saying why (``gdmcom serve``
+    prints it as ``error: ...`` and exits with status 2)."""
+
+
 def deploy(config: CodecConfig, ray_options: RayOptions, max_batch: int = 4, max_wait_ms: float = 10.0,
            app_name: str = APP_NAME, speed: Optional[dict] = None, warm_up_size: int = 512,
            scheduling: str = "batch"):
@@ -334,26 +354,250 @@ def deploy(config: CodecConfig, ray_options: RayOptions, max_batch: int = 4, max
 
     ``info`` is :meth:`CodecReplica.info` of one replica; ``started_ray`` says whether
     this call started the Ray instance (then :func:`shutdown` stops it).
+
+    Raises:
+        DeployError: one line, after undoing what this call started: with a local Ray instance,
+            a model that :func:`~gr_gdmcom.codec.models.check_model` refuses (before Ray starts)
+            or more GPUs/CPUs than the instance has (before deploying; a joined cluster may grow,
+            so there it is a warning); a replica that failed to start (its exception's line, a
+            model that does not load as the local engine says it); a deployment not running
+            after ``ray_options.start_timeout`` seconds (what is pending).
     """
     ray_options.validate()
+    local = _local_instance(ray_options)
+    if local:  # the replicas run on this host: the local engine's check, in seconds, before Ray starts
+        from ..codec.models import ModelLoadError, check_model
+
+        try:
+            check_model(config.model)
+        except ModelLoadError as exc:
+            raise DeployError(str(exc)) from None
+    t0 = time.monotonic()
+    deadline = t0 + ray_options.start_timeout
     started = False
     if not ray.is_initialized():
         kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
         if ray_options.address is None and ray_options.metrics_port:
             kw["_metrics_export_port"] = ray_options.metrics_port
         ray.init(address=ray_options.address, **kw)
-        started = ray_options.address is None
-    serve.start(proxy_location="Disabled")
-    app = serve.deployment(CodecReplica, name="CodecReplica").options(
-        **ray_options.deployment_options(max_batch)).bind(asdict(config), max_batch, max_wait_ms,
-                                                         ray_options.torch_threads, speed, warm_up_size,
-                                                         scheduling)
-    handle = serve.run(app, name=app_name, route_prefix=None)
-    info = handle.info.remote().result()
+        started = local
+    created = False
+    try:
+        _check_resources(ray_options, local)
+        serve.start(proxy_location="Disabled")
+        created = app_name not in serve.status().applications  # (one already there is not ours to delete)
+        app = serve.deployment(CodecReplica, name="CodecReplica").options(
+            **ray_options.deployment_options(max_batch)).bind(asdict(config), max_batch, max_wait_ms,
+                                                             ray_options.torch_threads, speed, warm_up_size,
+                                                             scheduling)
+        (handle,) = serve.run_many([serve.RunTarget(target=app, name=app_name, route_prefix=None)],
+                                   wait_for_applications_running=False)
+        _wait_running(app_name, ray_options, t0, deadline)
+        info = _first_info(handle, app_name, ray_options, t0, deadline)
+    except BaseException:
+        if started:
+            ray.shutdown()
+        elif created:  # (in the background: Serve gives replicas that never started 20 s to stop)
+            try:
+                serve.delete(app_name, _blocking=False)
+            except Exception:  # noqa: BLE001 - the error that brought us here is the one to report
+                log.debug("could not delete the application %r", app_name, exc_info=True)
+        raise
     log.info("Ray Serve application %r: %s on %s, %s", app_name, info["model"], info["device"],
              f"{ray_options.min_replicas}-{ray_options.max_replicas} replicas (autoscaling)"
              if ray_options.max_replicas is not None else f"{ray_options.replicas} replica(s)")
     return handle, info, started
+
+
+# --------------------------------------------------------------------------- why a deployment does not start
+_FLAGS = {"GPU": "--gpus-per-replica", "CPU": "--cpus-per-replica"}
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_EXC_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt|Warning))(?::\s?(.*))?$")
+
+
+def _local_instance(ro: RayOptions) -> bool:
+    """Whether Ray is (or will be) an instance on this host started by the driver: its resources
+    are all it will ever have, and the replicas see this host's files."""
+    return ro.address is None and not os.environ.get("RAY_ADDRESS")
+
+
+def _first_replicas(ro: RayOptions) -> Tuple[int, str]:
+    """Replicas the deployment needs before it serves, and how the command line asked for them."""
+    if ro.max_replicas is None:
+        return ro.replicas, f"--replicas {ro.replicas}"
+    if ro.min_replicas is None:
+        return 1, "--min-replicas 1 (the default)"
+    if ro.min_replicas == 0:
+        return 1, "1 replica (--min-replicas 0 starts one at the first request)"
+    return ro.min_replicas, f"--min-replicas {ro.min_replicas}"
+
+
+def _asks(ro: RayOptions) -> Dict[str, float]:
+    return {r: a for r, a in (("GPU", ro.gpus_per_replica), ("CPU", ro.cpus_per_replica)) if a > 0}
+
+
+def _amount(x: float, unit: str) -> str:
+    return f"{x:g} {unit}" + ("" if x == 1 else "s")
+
+
+def _replicas_fit(asks: Dict[str, float], nodes: List[dict]) -> float:
+    """How many replicas asking ``asks`` the ``nodes`` (resource totals each) hold: one replica's ask
+    must fit on one node."""
+    if not asks:
+        return math.inf
+    return sum(min(math.floor(node.get(r, 0.0) / a + 1e-9) for r, a in asks.items()) for node in nodes)
+
+
+def resource_shortage(ro: RayOptions, nodes: List[dict], local: bool = True) -> Optional[str]:
+    """Why ``nodes`` (each a dict of resource totals, as ``ray.nodes()``'s ``Resources``) cannot hold
+    the replicas the deployment starts with (``--replicas``, or ``--min-replicas`` and at least one),
+    in one line; None when they can.  ``local``: the nodes are a local instance of this host."""
+    n, label = _first_replicas(ro)
+    asks = _asks(ro)
+    for r, a in asks.items():
+        have = sum(node.get(r, 0.0) for node in nodes)
+        if n * a > have + 1e-9:
+            where = (f"the local Ray instance has {have:g} (the {r}s Ray finds on this host; ask for fewer or "
+                     f"join a cluster with --ray-address)" if local else
+                     f"the Ray cluster has {have:g} now (ray status lists them)")
+            return f"{label} x {_FLAGS[r]} {a:g} needs {_amount(n * a, r)}; {where}"
+    fits = _replicas_fit(asks, nodes)
+    if fits < n:
+        most = ", ".join(f"{max([node.get(r, 0.0) for node in nodes] or [0]):g} {r}" for r in asks)
+        return (f"{label} x {' and '.join(f'{_FLAGS[r]} {a:g}' for r, a in asks.items())}: the Ray "
+                f"{'instance' if local else 'cluster'} holds {fits} such replicas (each must fit on one node; "
+                f"the most one node has: {most}; ray status lists them)")
+    return None
+
+
+def _check_resources(ro: RayOptions, local: bool) -> None:
+    """Compare what the replicas ask with what the Ray cluster has, before deploying: a local
+    instance that cannot hold them is a :class:`DeployError`; a joined cluster may grow (an
+    autoscaler), so there it is a warning and :func:`_wait_running` bounds the wait."""
+    asks = _asks(ro)
+    if not asks:
+        return
+    try:
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive", True)]
+    except Exception:  # noqa: BLE001 - a cluster that does not list its nodes: the bounded wait still applies
+        log.debug("could not list the Ray cluster's nodes", exc_info=True)
+        return
+    short = resource_shortage(ro, nodes, local)
+    if short and local:
+        raise DeployError(short)
+    if short:
+        log.warning("%s: waiting up to %g s (--ray-start-timeout) for the cluster to add them (an autoscaler)",
+                    short, ro.start_timeout)
+    elif ro.max_replicas is not None and _replicas_fit(asks, nodes) < ro.max_replicas:
+        log.warning("--max-replicas %d: the Ray %s holds %d replicas of %s; autoscaling stops there%s",
+                    ro.max_replicas, "instance" if local else "cluster", _replicas_fit(asks, nodes),
+                    ", ".join(f"{a:g} {r}" for r, a in asks.items()), "" if local else " unless the cluster grows")
+
+
+def _exception_line(text: str) -> Tuple[Optional[str], str]:
+    """A traceback's (as Serve reports a replica's) exception -> (its class's short name, its
+    message's first line); (None, the text's first line) when it has none."""
+    lines = [ln.strip() for ln in _ANSI.sub("", text or "").splitlines() if ln.strip()]
+    for i in range(len(lines) - 1, -1, -1):
+        m = _EXC_LINE.match(lines[i])
+        if m and not lines[i].startswith("RuntimeError: Traceback"):
+            return m.group(1), (m.group(2) or "").strip()
+    return None, lines[0] if lines else ""
+
+
+def _serve_says(text: str, most: int = 400) -> str:
+    """Serve's status message in one line (a traceback: its first line and its exception's)."""
+    lines = [ln.strip() for ln in _ANSI.sub("", text or "").splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    kind, exc = _exception_line(text)
+    line = lines[0] + (f" {kind}: {exc}" if kind and len(lines) > 1 else "")
+    return line if len(line) <= most else line[:most - 3] + "..."
+
+
+def _failure(app_name: str, app) -> str:
+    """A failed deployment's reason in one line: a replica's :class:`ModelLoadError` as the local
+    engine says it; another exception as its class and message."""
+    for name, d in app.deployments.items():
+        if not d.message:
+            continue
+        kind, text = _exception_line(d.message)
+        if kind == "ModelLoadError":
+            return text
+        if kind:
+            return f"a replica of the Ray Serve deployment {name} failed to start: {kind}: {text}"
+        return f"the Ray Serve deployment {name} failed: {_serve_says(d.message)}"
+    return f"the Ray Serve application {app_name!r} failed: {_serve_says(app.message) or app.status}"
+
+
+def _pending(app_name: str, ro: RayOptions) -> str:
+    """What the deployment waits for, in one line: replicas by state, Serve's message, and what
+    each replica asks against what the cluster has free."""
+    parts = []
+    app = serve.status().applications.get(app_name)
+    n, _ = _first_replicas(ro)
+    if app is None:
+        parts.append(f"the application {app_name!r} is not created yet")
+    for name, d in (app.deployments.items() if app is not None else ()):
+        states = {getattr(k, "value", str(k)).lower(): v for k, v in d.replica_states.items() if v}
+        running = states.pop("running", 0)
+        parts.append(f"{name}: {running} of {n} replicas running" +
+                     "".join(f", {v} {k}" for k, v in sorted(states.items())))
+        if d.message:
+            parts.append(f"Serve says: {_serve_says(d.message)}")
+    asks = _asks(ro)
+    if asks:
+        try:
+            free, total = ray.available_resources(), ray.cluster_resources()
+            have = ", ".join(f"{free.get(r, 0.0):g} of {total.get(r, 0.0):g} {r}" for r in asks)
+            parts.append(f"each replica asks {', '.join(f'{a:g} {r}' for r, a in asks.items())}; "
+                         f"free in the cluster now: {have}")
+        except Exception:  # noqa: BLE001 - the rest of the line still says what is pending
+            log.debug("could not read the Ray cluster's resources", exc_info=True)
+    return "; ".join(parts)
+
+
+def _not_started(app_name: str, ro: RayOptions) -> str:
+    return (f"the Ray Serve deployment is not running after {ro.start_timeout:g} s (--ray-start-timeout): "
+            f"{_pending(app_name, ro)}")
+
+
+def _wait_running(app_name: str, ro: RayOptions, t0: float, deadline: float) -> None:
+    """Until the application runs: its failure or the deadline is a :class:`DeployError`; a line
+    every ``PROGRESS_EVERY_S`` says what it waits for."""
+    from ray.serve.schema import ApplicationStatus
+
+    next_line = t0 + PROGRESS_EVERY_S
+    while True:
+        app = serve.status().applications.get(app_name)
+        if app is not None and app.status == ApplicationStatus.RUNNING:
+            return
+        if app is not None and app.status == ApplicationStatus.DEPLOY_FAILED:
+            raise DeployError(_failure(app_name, app))
+        now = time.monotonic()
+        if now >= deadline:
+            raise DeployError(_not_started(app_name, ro))
+        if now >= next_line:
+            log.warning("waiting for the Ray Serve deployment to run (%.0f s of %g s, --ray-start-timeout): %s",
+                        now - t0, ro.start_timeout, _pending(app_name, ro))
+            next_line = now + PROGRESS_EVERY_S
+        time.sleep(POLL_S)
+
+
+def _first_info(handle, app_name: str, ro: RayOptions, t0: float, deadline: float) -> dict:
+    """:meth:`CodecReplica.info` of a replica, within the deadline (``--min-replicas 0``: the call
+    starts the first replica; a line every ``PROGRESS_EVERY_S`` while it waits)."""
+    response = handle.info.remote()
+    while True:
+        now = time.monotonic()
+        try:
+            return response.result(timeout_s=max(0.1, min(PROGRESS_EVERY_S, deadline - now)))
+        except (TimeoutError, ray.exceptions.GetTimeoutError):
+            now = time.monotonic()
+            if now >= deadline:
+                raise DeployError(_not_started(app_name, ro)) from None
+            log.warning("waiting for a replica to answer (%.0f s of %g s, --ray-start-timeout): %s", now - t0,
+                        ro.start_timeout, _pending(app_name, ro))
 
 
 def shutdown(app_name: str = APP_NAME, started_ray: bool = True) -> None:
