@@ -935,6 +935,21 @@ def test_a_refused_key_is_one_warning_not_one_per_retry(caplog, monkeypatch):
         "refused client key bad1: not among the accepted keys in keys/ (19 more refusals of it since the last warning)"]
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--metrics-port", "70000"], "--metrics-port must be a TCP port 0..65535 (0: any free one) or -1 (off), got 70000"),
+    (["--threads", "-2"], "--threads must be 0 (torch's choice) or a positive number of threads, got -2"),
+    (["--reply-cache-mb", "-1"], "--reply-cache-mb must be >= 0 (0: keep no replies), got -1"),
+    (["--max-request-mb", "-5"], "--max-request-mb must be at least 1 KiB (0.001), got -5"),
+])
+def test_serve_options_are_checked_with_their_names(args, message, capsys):
+    """A traceback (--metrics-port 70000: OverflowError; --threads -2: torch's RuntimeError), a silent
+    acceptance (--reply-cache-mb -1) or an internal name (max_request_bytes) before; one line now."""
+    from gr_gdmcom.cli import main
+
+    assert main(["serve", "--model", "tiny", "--bind", "tcp://127.0.0.1:0", *args]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+
+
 def test_verbose_is_taken_after_the_command_too():
     from gr_gdmcom.cli import build_parser
 

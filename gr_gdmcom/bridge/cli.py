@@ -27,9 +27,31 @@ def _wait(stop: threading.Event) -> None:
         pass
 
 
+def check_serve_args(args) -> None:
+    """The numbers of ``gdmcom serve`` that its objects would refuse in their own words (or not at
+    all): ValueError naming the option (one line, exit 2)."""
+    from ..cli import check_threads
+
+    checks = [(args.max_batch >= 1, f"--max-batch must be >= 1, got {args.max_batch}"),
+              (args.max_queue >= 1, f"--max-queue must be >= 1, got {args.max_queue}"),
+              (args.max_wait_ms >= 0, f"--max-wait-ms must be >= 0, got {args.max_wait_ms:g}"),
+              (args.max_request_mb * (1 << 20) >= 1024, f"--max-request-mb must be at least 1 KiB (0.001), "
+                                                        f"got {args.max_request_mb:g}"),
+              (args.reply_cache_mb >= 0, f"--reply-cache-mb must be >= 0 (0: keep no replies), "
+                                         f"got {args.reply_cache_mb:g}"),
+              (0 <= args.png_level <= 9, f"--png-level must be in 0..9, got {args.png_level}"),
+              (-1 <= args.metrics_port <= 65535, f"--metrics-port must be a TCP port 0..65535 (0: any free one) "
+                                                 f"or -1 (off), got {args.metrics_port}")]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+    check_threads(args.torch_threads)
+
+
 def cmd_serve(args) -> int:
     from .server import ServerOptions
 
+    check_serve_args(args)
     opts = ServerOptions(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                          max_request_bytes=int(args.max_request_mb * (1 << 20)), png_level=args.png_level,
                          reply_cache_bytes=int(args.reply_cache_mb * (1 << 20)),
@@ -49,6 +71,9 @@ def cmd_serve(args) -> int:
     except OSError as exc:
         server.stop()
         cleanup()
+        if server.last_endpoint:  # the endpoint was bound: it was the metrics port
+            exc = f"cannot serve metrics at {args.metrics_addr}:{args.metrics_port} (--metrics-port): " \
+                  f"{exc.strerror or exc}"
         print(f"error: {exc}", file=sys.stderr)
         return 2
     _emit(dict(event="listening", endpoint=server.last_endpoint, mode="connect" if args.connect else "bind",

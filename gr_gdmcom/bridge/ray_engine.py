@@ -379,7 +379,12 @@ def deploy(config: CodecConfig, ray_options: RayOptions, max_batch: int = 4, max
         kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
         if ray_options.address is None and ray_options.metrics_port:
             kw["_metrics_export_port"] = ray_options.metrics_port
-        ray.init(address=ray_options.address, **kw)
+        try:
+            ray.init(address=ray_options.address, **kw)
+        except ConnectionError as exc:  # Ray's own words name its flag (--address), not ours
+            first = (str(exc).strip().splitlines() or ["no Ray instance"])[0]
+            raise DeployError(f"--ray-address {ray_options.address}: {first.split('. Please')[0]} (start one with "
+                              f"`ray start --head`, or leave --ray-address out to start a local one)") from None
         started = local
     created = False
     try:
