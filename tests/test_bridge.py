@@ -848,6 +848,24 @@ def test_gdmcom_serve_command(client, tmp_path):
             proc.communicate()
 
 
+def test_gdmcom_broker_command_says_when_it_listens_and_when_it_stopped():
+    cmd = [sys.executable, "-m", "gr_gdmcom.cli", "broker", "--frontend", "tcp://127.0.0.1:0",
+           "--backend", "tcp://127.0.0.1:0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"), cwd=ROOT)
+    try:
+        started = json.loads(proc.stdout.readline() or "{}")
+        assert started.get("event") == "listening", proc.stderr.read()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert json.loads(out.splitlines()[-1]) == dict(started, event="stopped")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def test_server_status_exit_status_is_a_health_check(serve, capsys):
     """0 and the status JSON when the server replies, 1 when nothing replies (a health check's
     failure), 2 for an endpoint it cannot use (docs/server.md)."""

@@ -186,6 +186,7 @@ def cmd_broker(args) -> int:
     _emit(dict(event="listening", frontend=broker.frontend_endpoint, backend=broker.backend_endpoint))
     _wait(stop)
     broker.stop()
+    _emit(dict(event="stopped", frontend=broker.frontend_endpoint, backend=broker.backend_endpoint))
     return 0
 
 
