@@ -178,6 +178,26 @@ def test_bad_images_give_clear_errors(tmp_path, codec, small):
     assert out[1].error == f"image not found: {missing}"
 
 
+def test_wide_and_odd_image_types_are_scaled_as_they_mean_never_clipped(small):
+    """A 16-bit grey PNG, a uint16 array, a bool mask and float/int arrays give the picture they hold
+    (they were clipped to 0..255: a 16-bit picture came out nearly white); a [-1, 1] float tensor and
+    values beyond a type's range are refused (it came out nearly black)."""
+    grey = small[:, :, 1]
+    ref = np.asarray(load_rgb(grey))
+    wide = grey.astype(np.uint16) * 257
+    buf = io.BytesIO()
+    Image.fromarray(wide).save(buf, format="PNG")
+    assert Image.open(io.BytesIO(buf.getvalue())).mode.startswith("I")
+    for same in (buf.getvalue(), wide, grey / 255.0, grey.astype(np.float32), grey.astype(np.int64)):
+        np.testing.assert_array_equal(np.asarray(load_rgb(same)), ref)
+    np.testing.assert_array_equal(np.asarray(load_rgb(grey > 127))[:, :, 0], np.where(grey > 127, 255, 0))
+    with pytest.raises(ImageError, match=r"^image x has negative values \(min -1\); give 0..1 or 0..255 \(a "
+                                         r"\[-1, 1\] tensor: give \(x \+ 1\) / 2\)$"):
+        load_rgb(grey / 127.5 - 1.0, name="x")
+    with pytest.raises(ImageError, match=r"^image x has values up to 76500, beyond 255"):
+        load_rgb(grey.astype(np.int32) * 300, name="x")
+
+
 def test_bad_config_and_symbols(codec, small):
     with pytest.raises(ValueError, match="k \\+ m must not exceed T: k=30, m=30, T=50"):
         CodecConfig(k=30, m=30).validate()

@@ -73,23 +73,53 @@ def load_rgb(src: ImageLike, max_pixels: int = 4096 * 4096, name: Optional[str] 
             raise ImageError(f"image array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got {arr.shape}")
         if arr.size == 0:
             raise ImageError(f"image {name} has zero size")
-        if arr.dtype != np.uint8:
-            if not np.isfinite(arr).all():
-                raise ImageError(f"image {name} contains non-finite values")
-            if arr.dtype.kind == "f" and arr.min() >= 0 and arr.max() <= 1:
-                arr = arr * 255.0
-            arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-        img = Image.fromarray(arr)
+        img = Image.fromarray(to_uint8_range(arr, name))
     elif isinstance(src, Image.Image):
         img = src
     else:
         raise ImageError(f"unsupported image input {name}; give a path, bytes, a PIL image or a uint8 array")
     _check_size(img.size, name, max_pixels)
+    if img.mode in WIDE_MODES:  # 16-bit or 32-bit grey (a 16-bit grey PNG), float: scaled, not clipped
+        arr = np.asarray(img)
+        if img.mode.startswith("I;16") or (img.mode == "I" and arr.min() >= 0 and arr.max() > 255):
+            arr = arr.astype(np.uint16)
+        img = Image.fromarray(to_uint8_range(arr, name))
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(bg, rgba)
     return img.convert("RGB")
+
+
+#: PIL modes of more than 8 bits a channel (all grey): converted by :func:`to_uint8_range`
+WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def to_uint8_range(arr: np.ndarray, name: str = "image") -> np.ndarray:
+    """An image array of any common type -> uint8 0..255, scaled as its type means it: uint8 as it is,
+    bool 0/255, uint16 0..65535 (16-bit sensors and PNGs), other integers 0..255, float 0..1 or 0..255
+    (whichever its largest value says).  What has no such meaning -- negative floats (a [-1, 1] tensor),
+    values beyond the range -- is an :class:`ImageError`, never clipped into a wrong picture."""
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255
+    if arr.dtype == np.uint16:
+        return ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    if arr.dtype.kind not in "iuf":
+        raise ImageError(f"image {name} has values of type {arr.dtype}; give uint8, uint16, bool or float")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ImageError(f"image {name} contains non-finite values")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < 0:
+        hint = " (a [-1, 1] tensor: give (x + 1) / 2)" if arr.dtype.kind == "f" and lo >= -1 else ""
+        raise ImageError(f"image {name} has negative values (min {lo:g}); give 0..1 or 0..255{hint}")
+    if arr.dtype.kind == "f" and hi <= 1:
+        arr = arr * 255.0
+    elif hi > 255:
+        raise ImageError(f"image {name} has values up to {hi:g}, beyond 255; give uint8 0..255, uint16 0..65535 "
+                         f"or float 0..1")
+    return np.rint(arr).astype(np.uint8)
 
 
 def _check_size(size, name: str, max_pixels: int) -> None:
