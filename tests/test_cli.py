@@ -83,6 +83,9 @@ def test_bad_numbers_and_outputs_are_refused_before_the_model_loads(tmp_path, ca
          "error: --threads must be 0 (torch's choice) or a positive number of threads, got -1"),
         (["simulate", "--image", str(img), "--snr", "10", "--model", "tiny", "--out", str(tmp_path / "o"),
           "--device", "gpu0"], "error: unknown device 'gpu0'; use auto, cpu, cuda, cuda:N or mps"),
+        (["simulate", "--image", str(img), "--snr", "10", "--model", "tiny", "--out", str(tmp_path / "o"),
+          "--device", "mps"], "error: device 'mps' requested but this torch has no MPS (Apple GPU) support here; "
+                              "use --device cpu (or auto)."),
         (["validate", "--quick", "--real-images", "--rate", "--out", str(tmp_path / "v.md")],
          "error: --real-images and --rate are two separate runs: give one of them"),
         (["validate", "--quick", "--bcr", "1/384", "--out", str(tmp_path / "v.md")],

@@ -1,3 +1,4 @@
+import dataclasses
 import io
 import math
 
@@ -215,6 +216,23 @@ def test_bad_config_and_symbols(codec, small):
     out = codec.decode_many([(enc.symbols, enc.meta, 5.0), (bad, enc.meta, 5.0), (enc.symbols, None, 5.0)])
     assert isinstance(out[0], Decoded) and isinstance(out[1], Failed) and isinstance(out[2], Failed)
     assert "decode needs LatentMeta metadata" in out[2].error
+
+
+def test_decode_refuses_metadata_and_masks_that_cannot_make_the_image(codec, small):
+    """An image_size the latent cannot hold gave a 64 x 64 image for (640, 640), an empty one for
+    (0, 0), a 59 x 10 one for (-5, 10); a mask erasing everything decoded 'at 10 dB'; encode_many of
+    one image iterated over its rows (or a path's characters)."""
+    enc = codec.encode(small, name="astro")
+    for size in ((640, 640), (0, 0), (-5, 10)):
+        with pytest.raises(CodecError, match=rf"^astro: image_size \[{size[0]}, {size[1]}\] does not fit latent "
+                                             rf"\[4, 8, 8\] \(1..8h x 1..8w\)$"):
+            codec.decode(enc.symbols, dataclasses.replace(enc.meta, image_size=size), 10.0)
+    with pytest.raises(CodecError, match="^astro: nothing to decode: the mask erases every symbol$"):
+        codec.decode(enc.symbols, enc.meta, 10.0, np.zeros(enc.symbols.size, bool))
+    for one in (small, "img.png"):
+        with pytest.raises(TypeError, match=r"^encode_many takes a list of images, got one (ndarray|str): "
+                                            r"encode\(image\) or encode_many\(\[image\]\)$"):
+            codec.encode_many(one)
 
 
 def test_erasure_mask(codec, small):

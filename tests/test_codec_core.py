@@ -199,9 +199,10 @@ def test_weight_by_reliability_edges_and_exact_errors():
     mse = (v0 / (1 + v0) + v2 / (1 + v2)) / 2  # symbols 0 and 2 received
     ve = mse / (1 - mse)
     assert snr == pytest.approx(-10 * math.log10(ve), rel=1e-13)
-    np.testing.assert_allclose(out, s * (1 + ve) / (1 + v.astype(np.float64)), rtol=1e-6)
-    for var, mask, msg in [([0, -1e-9, 0], None, "noise_var must be finite and >= 0 for every symbol"),
-                           ([0, np.nan, 0], None, "noise_var must be finite and >= 0 for every symbol"),
+    # received symbols rescaled; the erased one is the prior mean, 0 (whatever it held)
+    np.testing.assert_allclose(out, np.where([1, 0, 1], s * (1 + ve) / (1 + v.astype(np.float64)), 0), rtol=1e-6)
+    for var, mask, msg in [([0, -1e-9, 0], None, "noise_var must be finite and >= 0 for every received symbol"),
+                           ([0, np.nan, 0], None, "noise_var must be finite and >= 0 for every received symbol"),
                            ([0, 0], None, "noise_var shape (2,) does not match symbols (3,)"),
                            ([1, 1, 1], [0, 0, 0], "noise_var given but no symbol was received")]:
         with pytest.raises(CodecError) as e:
@@ -754,8 +755,8 @@ def test_decode_errors_are_exact_and_counted(comp, sent, caplog):
         "sent: k + m must not exceed T: k=48, m=5, T=50",
         "sent: SNR estimate must be finite, got nan",
         f"sent: mask shape (3,) does not match symbols ({s.size},)",
-        "sent: noise_var must be finite and >= 0 for every symbol",
-        "sent: noise_var given but no symbol was received",
+        "sent: noise_var must be finite and >= 0 for every received symbol",
+        "sent: nothing to decode: the mask erases every symbol",
         f"sent: metadata says latent shape (4, 8, 8) = 128 symbols but {s.size - 1} symbols were received"]
     assert [o.name for o in out] == ["image"] + ["sent"] * 7
     assert [r.getMessage() for r in caplog.records] == [o.error for o in out]  # reported once, by the caller
@@ -769,18 +770,27 @@ def test_decode_errors_are_exact_and_counted(comp, sent, caplog):
         f"sent: transmitter prompt 'other' differs from receiver prompt {codec.config.prompt!r}; "
         "using the transmitter's"]
     assert isinstance(dec, Decoded) and codec.stats["images_decoded"] == 1
+    mask = np.arange(s.size) % 4 != 0  # an erased symbol's noise variance may be infinite (no information)
+    nv = np.where(mask, 0.1, np.inf)
+    np.testing.assert_array_equal(codec.decode(s, m, 10.0, mask, nv).image,
+                                  codec.decode(s, m, 10.0, mask, np.where(mask, 0.1, 7.0)).image)
 
 
-def test_the_model_fingerprint_travels_in_the_metadata_and_a_foreign_one_is_flagged(comp, sent):
+def test_the_model_fingerprint_travels_in_the_metadata_and_a_foreign_one_is_flagged(comp, sent, caplog):
     """A latent encoded by another model means something else to this one: the metadata carries
     the encoder's fingerprint and the decode record says when it is not this model's (0: not
     given, as from a version-4 frame header: no check)."""
     codec = _codec(comp)
     assert sent.meta.model_hash == codec.model_hash == model_fingerprint(comp) and 0 < codec.model_hash < 65536
     assert model_fingerprint(_other_grid(comp)) != codec.model_hash  # another noise schedule
-    flags = [codec.decode(sent.symbols, dataclasses.replace(sent.meta, model_hash=h), 20.0).record["model_mismatch"]
-             for h in (codec.model_hash, codec.model_hash % 65535 + 1, 0)]
-    assert flags == [False, True, False]
+    foreign = codec.model_hash % 65535 + 1
+    with caplog.at_level(logging.WARNING, logger="gr_gdmcom.codec.core"):
+        flags = [codec.decode(sent.symbols, dataclasses.replace(sent.meta, model_hash=h), 20.0).record["model_mismatch"]
+                 for h in (codec.model_hash, foreign, 0, foreign)]
+    assert flags == [False, True, False, True]
+    assert [r.getMessage() for r in caplog.records] == [  # once per foreign model
+        f"sent: encoded by another model (fingerprint {foreign:04x}; this model 'analytic' is {codec.model_hash:04x}): "
+        f"the decoded image will not be the transmitted one"]
 
 
 def test_the_fingerprint_is_the_models_not_its_path_dtype_or_device():

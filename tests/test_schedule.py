@@ -71,3 +71,14 @@ def test_cli_steps(capsys):
     assert json.loads(capsys.readouterr().out) == {"0": 21, "5": 15, "10": 12, "15": 11, "20": 10}
     assert main(["steps", "--snr", "5", "--k", "40", "--m", "20"]) == 2
     assert "k + m must not exceed T: k=40, m=20, T=50" in capsys.readouterr().err
+
+
+def test_a_grid_past_the_schedule_is_a_clear_error():
+    """T = 1000 passes CodecConfig (1..1000) but SD's steps_offset 1 puts its top step at timestep 1000,
+    past the 1000-step schedule: an IndexError traceback before; a ValueError naming the largest T now."""
+    from gr_gdmcom.codec.schedule import SD_SCHEDULER, get_grid
+
+    assert get_grid(999, SD_SCHEDULER).timesteps[-1] == 999
+    with pytest.raises(ValueError, match=r"^T=1000 steps reach timestep 1000, beyond the model's 1000 training steps "
+                                         r"\(its scheduler's steps_offset is 1\): T must be at most 999$"):
+        get_grid(1000, SD_SCHEDULER)

@@ -30,10 +30,12 @@ import math
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..config import CodecConfig, check_steps
 from .images import ImageError, ImageLike, load_rgb, to_tensor, to_uint8
@@ -226,8 +228,9 @@ def weight_by_reliability(symbols: np.ndarray, noise_var: np.ndarray,
 
     Args:
         symbols: complex (n,), equalised symbols at unit-energy scale.
-        noise_var: float (n,), each symbol's complex noise variance (finite, >= 0).
-        mask: bool (n,) received symbols (erased ones stay out of the mean), or None.
+        noise_var: float (n,), each symbol's complex noise variance (finite, >= 0 where received).
+        mask: bool (n,) received symbols (erased ones stay out of the mean and come out 0, the
+            prior mean), or None.
     Returns:
         (complex64 (n,) weighted symbols, effective Es/N0 in dB).
     Raises:
@@ -237,14 +240,14 @@ def weight_by_reliability(symbols: np.ndarray, noise_var: np.ndarray,
     v = np.asarray(noise_var, np.float64)
     if v.shape != s.shape:
         raise CodecError(f"noise_var shape {v.shape} does not match symbols {s.shape}")
-    if not np.all(np.isfinite(v)) or np.any(v < 0):
-        raise CodecError("noise_var must be finite and >= 0 for every symbol")
     keep = np.ones(v.shape, bool) if mask is None else np.asarray(mask, bool)
     if not keep.any():
         raise CodecError("noise_var given but no symbol was received")
+    if not np.all(np.isfinite(v[keep])) or np.any(v[keep] < 0):  # (an erased symbol's may be inf)
+        raise CodecError("noise_var must be finite and >= 0 for every received symbol")
     mse = float(np.mean(v[keep] / (1.0 + v[keep])))
     v_eff = max(mse / (1.0 - mse), 1e-10)
-    out = s * ((1.0 + v_eff) / (1.0 + v))
+    out = np.where(keep, s * ((1.0 + v_eff) / (1.0 + np.where(keep, v, 0.0))), 0)
     return out.astype(np.complex64), float(-10.0 * math.log10(v_eff))
 
 
@@ -308,6 +311,7 @@ class GenerativeCodec:
         self._latents_only = False
         #: the model's fingerprint, carried in every image's metadata and frame header
         self.model_hash = model_fingerprint(self.c)
+        self._foreign_warned: set = set()
 
     # ------------------------------------------------------------------ model calls
     def _text_embedding(self, prompt: str) -> torch.Tensor:
@@ -491,6 +495,9 @@ class GenerativeCodec:
         """Encode a batch; images of the same padded size share every model call.
         Items that fail are returned as :class:`Failed`; the others complete."""
         cfg = self.config
+        if isinstance(images, (str, bytes, Path, np.ndarray, Image.Image)):  # one image, not a batch of them
+            raise TypeError(f"encode_many takes a list of images, got one {type(images).__name__}: "
+                            f"encode(image) or encode_many([image])")
         given = list(names) if names else [None] * len(images)  # errors name bytes/arrays by the caller's name
         names = [n or _default_name(im, i) for i, (n, im) in enumerate(zip(given, images))]
         results: List[Union[Encoded, Failed, None]] = [None] * len(images)
@@ -662,6 +669,11 @@ class GenerativeCodec:
         if meta.prompt != cfg.prompt:
             log.warning("%s: transmitter prompt %r differs from receiver prompt %r; using the transmitter's",
                         name, meta.prompt, cfg.prompt)
+        if self.foreign_model(meta) and meta.model_hash not in self._foreign_warned:
+            self._foreign_warned.add(meta.model_hash)  # (once per foreign model: the record flags each image)
+            log.warning("%s: encoded by another model (fingerprint %04x; this model %r is %04x): the decoded "
+                        "image will not be the transmitted one", name, meta.model_hash, self.c.model_id,
+                        self.model_hash)
         snr = float(snr_db)
         if not math.isfinite(snr):
             raise CodecError(f"{name}: SNR estimate must be finite, got {snr_db}")
@@ -670,7 +682,13 @@ class GenerativeCodec:
             mask = np.asarray(mask, dtype=bool)
             if mask.shape != s.shape:
                 raise CodecError(f"{name}: mask shape {mask.shape} does not match symbols {s.shape}")
+            if not mask.any():
+                raise CodecError(f"{name}: nothing to decode: the mask erases every symbol")
             s = np.where(mask, s, 0).astype(np.complex64)
+        (height, width), (_, lh, lw) = tuple(meta.image_size), tuple(meta.latent_shape)
+        if not (1 <= height <= 8 * lh and 1 <= width <= 8 * lw):
+            raise CodecError(f"{name}: image_size {list(meta.image_size)} does not fit latent "
+                             f"{list(meta.latent_shape)} (1..8h x 1..8w)")
         snr_in = snr
         if noise_var is not None:
             try:

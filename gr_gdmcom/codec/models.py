@@ -115,6 +115,9 @@ def resolve_device(device: str = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(f"device {device!r} requested but CUDA is not available on this machine; "
                              "use --device cpu (or auto).")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelLoadError(f"device {device!r} requested but this torch has no MPS (Apple GPU) support here; "
+                             "use --device cpu (or auto).")
     return dev
 
 

@@ -157,6 +157,10 @@ def _grid(T: int, key: tuple) -> Grid:
     sched.set_timesteps(T)
     taus = np.sort(sched.timesteps.numpy().astype(np.int64))  # ascending: tau_1..tau_T
     abar = sched.alphas_cumprod.numpy().astype(np.float64)
+    if taus[-1] >= len(abar):  # (diffusers' own step() would index past the schedule too)
+        offset = int(sched.config.get("steps_offset", 0))
+        raise ValueError(f"T={T} steps reach timestep {int(taus[-1])}, beyond the model's {len(abar)} training "
+                         f"steps (its scheduler's steps_offset is {offset}): T must be at most {len(abar) - offset}")
     timesteps = np.concatenate([[-1], taus])
     a0 = float(sched.final_alpha_cumprod)  # 1.0 or abar[0], exactly as DDIMScheduler.step uses it
     alphas = np.concatenate([[a0], abar[taus]])
