@@ -7,6 +7,7 @@ flowgraphs in ``flowgraphs/`` build the same graph in GNU Radio Companion.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -113,17 +114,24 @@ def adc(x: np.ndarray, full_scale: float, bits: int = 8) -> np.ndarray:
     return np.asarray(snk.data(), np.complex64)
 
 
+def _codec_kwargs(block, config: CodecConfig) -> dict:
+    """The fields of ``config`` that ``block``'s constructor takes, by name."""
+    import inspect
+
+    takes = inspect.signature(block.__init__).parameters
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name in takes}
+
+
 def build_link(images, out_dir: Optional[str], channel: ChannelConfig, tx: CodecConfig, rx: CodecConfig,
                frame: FrameConfig, server: str = "local"):
     """The top block and its source and sink (not started)."""
     tb = gr.top_block("gdmcom_link")
     fkw = {f: getattr(frame, f) for f in frame.__dataclass_fields__}
-    src = semantic_source(images=images, server=server, model=tx.model, device=tx.device, dtype=tx.dtype,
-                          k=tx.k, T=tx.T, guidance=tx.guidance, prompt=tx.prompt, forward=tx.forward, seed=tx.seed,
-                          reduce=tx.reduce, reduce_method=tx.reduce_method, **fkw)
-    snk = semantic_sink(out_dir=out_dir or "", filename="{name}.png", server=server, model=rx.model,
-                        device=rx.device, dtype=rx.dtype, m=rx.m, T=rx.T, rule=rx.rule, rescale=rx.rescale,
-                        guidance=rx.guidance, prompt=rx.prompt, steps=rx.steps or 0, seed=rx.seed, **fkw)
+    # every codec setting the block takes, from its config (the source was given a hand-picked list
+    # that lacked remove_mean: --no-remove-mean was ignored, as were clean_end and inversion)
+    src = semantic_source(images=images, server=server, **_codec_kwargs(semantic_source, tx), **fkw)
+    snk = semantic_sink(out_dir=out_dir or "", filename="{name}.png", server=server,
+                        **dict(_codec_kwargs(semantic_sink, rx), steps=rx.steps or 0), **fkw)
     nv = noise_voltage(channel.snr_db, frame.sps)
     # GNU Radio seeds its generators from the clock when given 0: seed s runs as s + 1, so every
     # --seed is reproducible and distinct (--seed 0 and 1 used to share a channel)

@@ -198,3 +198,24 @@ def test_an_image_that_cannot_be_written_is_reported_not_an_internal_error(tmp_p
     assert res["error"] == f"decoded, but cannot write it to {tmp_path / 'file' / 'out'}: Not a directory", res
     assert "file" not in res and (res["height"], res["width"]) == (64, 64)  # (its pixels go in the PDU)
     assert run["counters"]["images_failed"] == 1 and run["counters"].get("internal_errors", 0) == 0
+
+
+def test_every_codec_setting_reaches_the_links_blocks(tmp_path, small):
+    """run_link handed the blocks a hand-picked list of settings without remove_mean, clean_end or
+    inversion: `gdmcom link --no-remove-mean` sent the means removed all the same."""
+    Image.fromarray(small).save(tmp_path / "a.png")
+    powers = {}
+    for remove in (True, False):
+        cfg = CodecConfig(model="tiny", device="cpu", remove_mean=remove)
+        run = run_link([str(tmp_path / "a.png")], None, ChannelConfig(snr_db=20.0, seed=1), cfg, cfg, FrameConfig())
+        powers[remove] = 1 / run["tx_events"][0]["alpha"] ** 2
+        assert "error" not in run["results"][0]
+    assert powers[False] > 2 * powers[True]  # the tiny model's means are far from 0 (docs/rate.md: 5.7 dB)
+    from gr_gdmcom.link import build_link
+
+    cfg = CodecConfig(model="tiny", device="cpu", clean_end="one", inversion="fixed-point", inversion_iters=2)
+    _, src, snk = build_link([str(tmp_path / "a.png")], None, ChannelConfig(snr_db=20.0), cfg, cfg, FrameConfig())
+    for block in (src, snk):
+        got = block.codec_config
+        assert (got.clean_end, got.inversion, got.inversion_iters) == ("one", "fixed-point", 2), got
+    assert src.codec_config.remove_mean is True and snk.codec_config.rescale is True
