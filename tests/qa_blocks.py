@@ -128,6 +128,16 @@ class qa_semantic_blocks(gr_unittest.TestCase):
         self.assertEqual(starts, [0])
         self.assertGreater(len(snk.data()), 1000)
 
+    def test_a_source_that_sends_nothing_writes_no_tail(self):
+        """The tail of zeros after the last burst flushes the receiver's filters; with no burst it made a
+        ZMQ PUSH sink with no receiver hold tx_zmq open forever."""
+        tb = gr.top_block()
+        src = semantic_source(images="/nonexistent/missing.png", sps=2, tail_symbols=16, **TINY)
+        snk = blocks.vector_sink_c()
+        tb.connect(src, snk)
+        tb.run()
+        self.assertEqual((src.counters()["images_sent"], len(snk.data())), (0, 0))
+
     def test_sink_survives_bad_input_and_decodes_good_bursts(self):
         """Noise only, NaN samples, a burst cut off at the end: counted; the good burst is decoded."""
         from gr_gdmcom.bridge.backend import make_backend

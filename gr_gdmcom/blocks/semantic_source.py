@@ -168,7 +168,8 @@ class semantic_source(gr.sync_block):
         if len(self._buf) == 0:
             if not self._done:
                 return 0
-            if self._tail_left <= 0:
+            if self._tail_left <= 0 or self.nitems_written(0) == 0:
+                # (no tail after nothing: a ZMQ PUSH sink with no receiver would hold the run open for it)
                 return -1  # WORK_DONE
             n = min(len(out), self._tail_left)
             out[:n] = 0
