@@ -491,6 +491,37 @@ def test_server_restarted_mid_run_loses_no_image(serve, client, enc, bcodec):
         assert np.array_equal(d.image, bcodec.decode(noisy(enc, i), enc.meta, 5.0).image)
 
 
+def test_stopping_answers_queued_requests_at_once_and_delivers_the_running_batch(serve, raw, enc, bcodec,
+                                                                                  monkeypatch):
+    """SIGTERM: queued requests were answered unavailable only after the batch in progress (14 s in the
+    operator's test); now at once, while that batch still finishes and is delivered."""
+    slow = threading.Event()
+    real = bcodec.decode_many
+
+    def decode_many(items):
+        slow.set()
+        time.sleep(2.0)
+        return real(items)
+
+    srv = serve(max_batch=1, max_wait_ms=0)
+    monkeypatch.setattr(srv.codec, "decode_many", decode_many)
+    r = raw(srv.last_endpoint)
+    for i in range(4):
+        r.send(P.decode_request(f"q{i}", enc.symbols, enc.meta, 5.0))
+    assert slow.wait(10)
+    wait_for(lambda: srv.status()["queue_depth"] == 3, what="3 requests queued")
+    stopper = threading.Thread(target=srv.stop, kwargs=dict(timeout=30))
+    t0 = time.monotonic()
+    stopper.start()
+    replies = {}
+    for _ in range(4):
+        header, _ = r.recv(timeout_ms=20000)
+        replies[header["id"]] = (header.get("code") or "ok", time.monotonic() - t0)
+    stopper.join(30)
+    assert replies["q0"][0] == "ok" and replies["q0"][1] > 1.0  # the running batch finished and was delivered
+    assert all(replies[f"q{i}"][0] == P.UNAVAILABLE and replies[f"q{i}"][1] < 1.0 for i in (1, 2, 3)), replies
+
+
 def _spawn_server(endpoint: str) -> subprocess.Popen:
     """``gdmcom serve`` in its own process with the test codec's settings, once listening."""
     cmd = [sys.executable, "-m", "gr_gdmcom.cli", "serve", "--model", "tiny", "--device", "cpu", "--bind", endpoint,

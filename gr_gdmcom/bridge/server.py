@@ -379,7 +379,9 @@ class InferenceServer:
                 if self._monitor in events:
                     self._read_monitor()
                 self._expire_store()
-            # stopping: deliver the batch in progress, keep answering (status / unavailable)
+            # stopping: queued requests are answered unavailable now (not after the batch in progress,
+            # which may take seconds); deliver that batch, keep answering (status / unavailable)
+            self._refuse_queued()
             deadline = time.monotonic() + self._drain_s
             while self._worker.is_alive() and time.monotonic() < deadline:
                 events = dict(poller.poll(50))
@@ -390,12 +392,7 @@ class InferenceServer:
             if self._worker.is_alive():
                 log.warning("worker still busy after %.1f s; closing anyway", self._drain_s)
             self._flush_replies()
-            while True:
-                try:
-                    job = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                self._send_job_reply(job, self._unavailable(job.req), "unavailable")
+            self._refuse_queued()
         except Exception:  # pragma: no cover - a bug; keep the traceback and close
             log.exception("I/O thread failed")
             self._stopping.set()
@@ -403,6 +400,15 @@ class InferenceServer:
             self._close_monitor(self._sock)
             self._sock.close(linger=1000)
             self._sock = None
+
+    def _refuse_queued(self) -> None:
+        """Answer every request still in the queue ``unavailable`` (the server is stopping)."""
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            self._send_job_reply(job, self._unavailable(job.req), "unavailable")
 
     def _read_monitor(self) -> None:
         """Log and count connections refused in the CURVE handshake (the client gets no reply)."""
