@@ -180,7 +180,8 @@ class FrameConfig:
 
 def prbs_bits(n: int, seed: int) -> np.ndarray:
     """``n`` bits of the PRBS-15 LFSR b[k] = b[k-15] xor b[k-14], initial
-    register = the 15 bits of ``seed`` (LSB first).  uint8 (n,)."""
+    register b[0..14] = the 15 bits of ``seed`` (LSB first); the output starts at b[15]
+    (the seed's own bits are not sent).  uint8 (n,)."""
     reg = [(seed >> i) & 1 for i in range(PRBS_ORDER)]
     if not any(reg):
         raise ValueError("PRBS seed must be non-zero")
