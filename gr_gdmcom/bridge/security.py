@@ -167,6 +167,27 @@ class CurveServer:
             self._auth = None
 
 
+class Throttle:
+    """One warning per key, then at most one every ``every_s`` seconds: a misconfigured client
+    retries several times a second, and each refusal would be a log line.  :meth:`due` says
+    whether to warn now and how many were held back since the last warning."""
+
+    def __init__(self, every_s: float = 30.0, max_keys: int = 1024):
+        self.every_s, self.max_keys = float(every_s), int(max_keys)
+        self._seen: dict = {}  # key -> (time of its last warning, occurrences held back since)
+
+    def due(self, key) -> Optional[int]:
+        """None: stay quiet; else warn now, the int being the occurrences held back since the last warning."""
+        now, last = time.monotonic(), self._seen.get(key)
+        if last is not None and now - last[0] < self.every_s:
+            self._seen[key] = (last[0], last[1] + 1)
+            return None
+        if len(self._seen) >= self.max_keys:  # (a scan with random keys must not grow this without bound)
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        return last[1] if last else 0
+
+
 class _KeyList:
     """ZAP credentials provider: accept listed keys (or any); log each refusal with the key."""
 
@@ -175,21 +196,16 @@ class _KeyList:
 
     def __init__(self, allowed: set, allow_any: bool, where: Optional[str]):
         self.allowed, self.allow_any, self.where = allowed, allow_any, where
-        self._warned: dict = {}  # key -> (time of its last warning, refusals since)
+        self._throttle = Throttle(self.REPEAT_S)
 
     def callback(self, domain: str, key: bytes) -> bool:
         if self.allow_any or key in self.allowed:
             return True
-        now, last = time.monotonic(), self._warned.get(key)
-        if last is None or now - last[0] >= self.REPEAT_S:
-            more = f" ({last[1]} more refusals of it since the last warning)" if last and last[1] else ""
+        held = self._throttle.due(key)
+        if held is not None:
             log.warning("refused client key %s: not among the accepted keys in %s%s",
-                        key.decode("ascii", "replace"), self.where, more)
-            if len(self._warned) > 1024:  # (a scan with random keys must not grow this without bound)
-                self._warned.clear()
-            self._warned[key] = (now, 0)
-        else:
-            self._warned[key] = (last[0], last[1] + 1)
+                        key.decode("ascii", "replace"), self.where,
+                        f" ({held} more refusals of it since the last warning)" if held else "")
         return False
 
 

@@ -50,7 +50,7 @@ from . import protocol as P
 from ..config import CodecConfig
 from .backend import REQUEST_SETTINGS, CodecVariants, codec_lock, request_config
 from .metrics import ServerMetrics
-from .security import HANDSHAKE_FAILED, CurveServer, is_loopback
+from .security import HANDSHAKE_FAILED, CurveServer, Throttle, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ class InferenceServer:
         self._batch_ms = 100.0  # running estimate of one batch's duration, for retry_after_ms
         self._peers: dict = {}  # envelope -> time of its last request (I/O thread only)
         self._active_peers = 0  # len(self._peers) after pruning, read by the worker
-        self._refused_logged: dict = {}  # refusal reason -> (time of its last warning, refusals since)
+        self._refused_log = Throttle(REFUSED_LOG_S)  # handshake refusals, per reason
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.metrics = ServerMetrics(self.counters, lambda: dict(queue_depth=self._queue.qsize(),
                                                                  inflight=len(self._inflight)))
@@ -417,17 +417,12 @@ class InferenceServer:
             what = HANDSHAKE_FAILED.get(event["event"])
             if what is not None:
                 self.counters["refused"] += 1
-                # a misconfigured client retries several times a second: one warning per reason, then
-                # one every REFUSED_LOG_S saying how many more (the counter has them all)
-                now, last = time.monotonic(), self._refused_logged.get(what)
-                if last is None or now - last[0] >= REFUSED_LOG_S:
-                    more = f" ({last[1]} more refused since the last warning)" if last and last[1] else ""
+                held = self._refused_log.due(what)  # one warning per reason, then one per REFUSED_LOG_S
+                if held is not None:
                     log.warning("refused a connection on %s: %s (code %s)%s; a client with the wrong keys, or one "
                                 "without CURVE (status counts them: refused)", self.last_endpoint, what,
-                                event["value"], more)
-                    self._refused_logged[what] = (now, 0)
+                                event["value"], f" ({held} more refused since the last warning)" if held else "")
                 else:
-                    self._refused_logged[what] = (last[0], last[1] + 1)
                     log.debug("refused a connection on %s: %s", self.last_endpoint, what)
 
     def _read_requests(self, accept: bool) -> None:

@@ -77,7 +77,11 @@ def model_fingerprint(c: Components) -> int:
     spec; ``patch-gmm``: its parameter file's sha256) -- carried in every frame header so that a
     receiver running another model says so instead of decoding noise.  Two checkpoints of one
     architecture (SD-1.5 and a fine-tune of it, or ``sd15-random``) have the same fingerprint:
-    their latents share the VAE's space."""
+    their latents share the VAE's space.  Computed once per :class:`Components` (the codecs a
+    server makes for requests' own settings share it)."""
+    cached = getattr(c, "_fingerprint", None)
+    if cached is not None:
+        return cached
     import hashlib
     import zlib
 
@@ -97,7 +101,8 @@ def model_fingerprint(c: Components) -> int:
         folder, _ = parse_options(model)
         what["params"] = hashlib.sha256((folder / PARAMS_FILE).read_bytes()).hexdigest()
     text = json.dumps(what, sort_keys=True, default=lambda v: list(v) if isinstance(v, (tuple, list)) else str(v))
-    return zlib.crc32(text.encode()) % 0xFFFF + 1
+    c._fingerprint = zlib.crc32(text.encode()) % 0xFFFF + 1
+    return c._fingerprint
 
 
 def cache_dir() -> Path:
