@@ -118,7 +118,8 @@ def test_sweep_outputs_and_second_run_recomputes_nothing(folder, tmp_path, compo
         assert k in info
     assert info["model"]["id"] == "tiny" and info["model"]["revision"].startswith("tiny-v")
     assert info["versions"]["torch"] and info["device"] == "cpu"
-    for f in ("psnr_vs_snr.png", "psnr_vs_snr.pdf", "ms_ssim_vs_snr.png", "grid_snr0.png", "grid_snr10.pdf"):
+    for f in ("psnr_vs_snr.png", "psnr_vs_snr.pdf", "ms_ssim_vs_snr.png", "grid_snr0.png", "grid_snr10.pdf",
+              "snr_astro.png", "snr_coffee.pdf"):
         assert (out / "plots" / f).stat().st_size > 1000
 
     # second run over the same folder: nothing is recomputed, rows.csv is unchanged
@@ -492,7 +493,7 @@ def test_one_snr_draws_no_snr_curves_and_metrics_none_drops_the_fid_note(folder,
     the FID/KID patch note."""
     out = tmp_path / "res"
     run_sweep(_opts(folder, out, methods="proposed", snrs=[5.0], plots=True, metrics=()), components=components)
-    assert not list((out / "plots").glob("*_vs_snr.*"))
+    assert not list((out / "plots").glob("*_vs_snr.*")) and not list((out / "plots").glob("snr_*"))
     assert (out / "plots" / "grid_snr5.png").is_file()
     assert "one SNR only (5 dB): no plots/<metric>_vs_snr figures" in caplog.text
     assert "FID/KID:" not in (out / "summary.md").read_text()
@@ -515,3 +516,54 @@ def test_package_prefix_names_the_bundled_images_from_any_folder(tmp_path, monke
     assert one == DATA / "coffee.png" or one.read_bytes() == (DATA / "coffee.png").read_bytes()
     with pytest.raises(SweepError, match=r"^no bundled image package:nope.png; bundled: .*astronaut.png"):
         find_images(["package:nope.png"])
+
+
+def test_the_snr_strip_puts_each_rows_image_and_scores_in_its_method_row_and_snr_column(tmp_path, monkeypatch):
+    """plots/snr_<image>: rows = methods, columns = SNRs; each tile is that row's own picture
+    (a solid colour per row here), its PSNR / MS-SSIM under it (LPIPS once any row has one),
+    a failed digital decode marked, a missing combination "not run"."""
+    colours = {}
+    rows = []
+    for i, (method, snr) in enumerate([("proposed", 0), ("proposed", 10), ("digital", 0), ("digital", 10)]):
+        colours[(method, snr)] = c = (40 * i + 20, 200 - 40 * i, 90)
+        f = tmp_path / f"{method}_{snr}.png"
+        Image.new("RGB", (8, 8), c).save(f)
+        rows.append(dict(image="pic", snr_db=str(snr), method=method, setting="s", output=str(f), error="",
+                         psnr=f"{10 + i}.5", ms_ssim=f"0.{i + 1}", lpips="",
+                         decode_success="false" if (method, snr) == ("digital", 0) else "true"))
+    rows.append(dict(image="pic", snr_db="20", method="proposed", setting="s", output=str(f), error="",
+                     psnr="30", ms_ssim="0.9", lpips="", decode_success="true"))
+    figs = []
+    monkeypatch.setattr(report, "_save_figure", lambda fig, stem: figs.append((fig, stem)) or [stem])
+    original = np.zeros((8, 8, 3), np.uint8)
+    assert report.plot_snr_strips(rows, {"pic": original}, tmp_path / "plots", tmp_path) == [tmp_path / "plots" / "snr_pic"]
+    (fig, _), = figs
+    axes = np.array(fig.axes).reshape(2, 4)          # proposed, digital  x  original, 0, 10, 20 dB
+    assert [a.get_title() for a in axes[0]] == ["original", "0 dB", "10 dB", "20 dB"]
+    for r, method in enumerate(("proposed", "digital")):
+        for c, snr in enumerate((0, 10), start=1):
+            tile = axes[r][c].images[0].get_array()
+            assert tuple(int(v) for v in tile[4, 4]) == colours[(method, snr)]
+        i = 2 * r
+        assert axes[r][1].get_xlabel() == f"{10 + i}.50 dB / MS-SSIM 0.{i + 1}00"
+    assert [t.get_text() for t in axes[1][1].texts] == ["not decoded\n(mid-grey)"]
+    assert not axes[1][2].texts and not axes[1][3].images
+    assert [t.get_text() for t in axes[1][3].texts] == ["not run"]
+    assert "digital" in [t.get_text() for t in axes[1][0].texts]  # the row's label
+    # with LPIPS measured on any row the second score is LPIPS
+    rows[0]["lpips"] = "0.25"
+    figs.clear()
+    report.plot_snr_strips(rows, {"pic": original}, tmp_path / "plots", tmp_path)
+    axes = np.array(figs[0][0].axes).reshape(2, 4)
+    assert axes[0][1].get_xlabel() == "10.50 dB / LPIPS 0.2500" and axes[0][2].get_xlabel().endswith("LPIPS n/a")
+    # one SNR: no strip
+    assert report.plot_snr_strips([r for r in rows if r["snr_db"] == "0"], {"pic": original}, tmp_path, tmp_path) == []
+
+
+def test_strip_names_are_safe_and_distinct():
+    """Labels are file stems, or whole names where stems collide (pipeline.image_names)."""
+    assert report.strip_name("kodim01") == "snr_kodim01"
+    assert report.strip_name("my photo (2)") == "snr_my_photo_2"
+    assert report.strip_name("a.png") == "snr_a_png" != report.strip_name("a.jpg") == "snr_a_jpg"
+    assert report.strip_name("photo.v2") == "snr_photo_v2" and report.strip_name("a~2") == "snr_a_2"
+    assert report.strip_name("..") == "snr_image"

@@ -100,7 +100,7 @@ def register(sub) -> None:
     s.add_argument("--metrics", type=_metrics, default=LEARNED, metavar="LIST",
                    help=f"learned metrics to try ({','.join(LEARNED)}, or 'none'); those that cannot run "
                         "here stay empty [default: all]")
-    s.add_argument("--grid-images", type=int, default=3, help="images in the per-SNR figure [default=%(default)r]")
+    s.add_argument("--grid-images", type=int, default=3, help="images in the per-SNR grids and per-image SNR strips [default=%(default)r]")
     s.add_argument("--no-plots", dest="plots", action="store_false", help="skip the figures")
     s.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     s.add_argument("--server", default="local",

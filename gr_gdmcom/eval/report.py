@@ -618,15 +618,11 @@ def _save_figure(fig, stem: Path) -> List[Path]:
     return paths
 
 
-def plot_image_grids(rows: Sequence[dict], originals: Dict[str, np.ndarray], out_dir: Path,
-                     results_dir: Path, max_images: int = 3) -> List[Path]:
-    """``grid_snr<DB>.{png,pdf}``: per SNR, one row per image (at most ``max_images``),
-    columns original + each method, PSNR and LPIPS (or "n/a") under each tile (Fig. 3)."""
-    from PIL import Image
-
-    plt = _plt()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _grid_inputs(rows: Sequence[dict], originals: Dict[str, np.ndarray], max_images: int):
+    """What both image figures draw: the rows with an image, the first ``max_images``
+    images (sorted), the (method, setting) pairs in method order, each pair's label
+    (the setting shown only where a method has several) and the rows by
+    (image, SNR text, method, setting)."""
     ok = [r for r in rows if not r.get("error") and r.get("output")]
     images = sorted({r["image"] for r in ok if r["image"] in originals})[:max_images]
     pairs = []
@@ -638,6 +634,48 @@ def plot_image_grids(rows: Sequence[dict], originals: Dict[str, np.ndarray], out
         settings.setdefault(m, set()).add(s)
     names = {p: p[0] if len(settings[p[0]]) == 1 else f"{p[0]}\n{p[1]}" for p in pairs}
     by = {(r["image"], snr_text(r["snr_db"]), r["method"], r["setting"]): r for r in ok}
+    return ok, images, pairs, names, by
+
+
+def _draw_tile(ax, r: Optional[dict], results_dir: Path, second: str = "lpips") -> None:
+    """One reconstruction in ``ax`` with "PSNR / <second metric>" under it ("n/a" for a
+    value the row lacks; "not decoded" where the digital chain failed and sent its
+    mid-grey image), or "not run" / "image missing"."""
+    from PIL import Image
+
+    if r is None:
+        ax.text(0.5, 0.5, "not run", ha="center", va="center", fontsize=7, transform=ax.transAxes)
+        return
+    path = Path(r["output"])
+    path = path if path.is_absolute() else Path(results_dir) / path
+    try:
+        ax.imshow(np.asarray(Image.open(path).convert("RGB")))
+    except OSError:
+        ax.text(0.5, 0.5, "image missing", ha="center", va="center", fontsize=7, transform=ax.transAxes)
+    ps, v = num(r.get("psnr")), num(r.get(second))
+    label = {"lpips": "LPIPS", "ms_ssim": "MS-SSIM"}[second]
+    if str(r.get("decode_success")).lower() in ("false", "0"):
+        ax.text(0.5, 0.5, "not decoded\n(mid-grey)", ha="center", va="center", fontsize=7, transform=ax.transAxes)
+    ax.set_xlabel((f"{ps:.2f} dB / " if ps is not None else "n/a / ")
+                  + (f"{label} {v:.{4 if second == 'lpips' else 3}f}" if v is not None else f"{label} n/a"),
+                  fontsize=7)
+
+
+def _no_ticks(axes) -> None:
+    for row in axes:
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+
+
+def plot_image_grids(rows: Sequence[dict], originals: Dict[str, np.ndarray], out_dir: Path,
+                     results_dir: Path, max_images: int = 3) -> List[Path]:
+    """``grid_snr<DB>.{png,pdf}``: per SNR, one row per image (at most ``max_images``),
+    columns original + each method, PSNR and LPIPS (or "n/a") under each tile (Fig. 3)."""
+    plt = _plt()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ok, images, pairs, names, by = _grid_inputs(rows, originals, max_images)
     written = []
     for snr in sorted({float(r["snr_db"]) for r in ok}):
         st = snr_text(snr)
@@ -651,29 +689,64 @@ def plot_image_grids(rows: Sequence[dict], originals: Dict[str, np.ndarray], out
             ax.set_title("original" if i == 0 else "", fontsize=8)
             ax.set_xlabel(im, fontsize=7)
             for j, p in enumerate(pairs, start=1):
-                ax = axes[i][j]
-                r = by.get((im, st) + p)
                 if i == 0:
-                    ax.set_title(names[p], fontsize=7)
-                if r is None:
-                    ax.text(0.5, 0.5, "not run", ha="center", va="center", fontsize=7, transform=ax.transAxes)
-                    continue
-                path = Path(r["output"])
-                path = path if path.is_absolute() else Path(results_dir) / path
-                try:
-                    ax.imshow(np.asarray(Image.open(path).convert("RGB")))
-                except OSError:
-                    ax.text(0.5, 0.5, "image missing", ha="center", va="center", fontsize=7,
-                            transform=ax.transAxes)
-                ps = num(r.get("psnr"))
-                lp = num(r.get("lpips"))
-                ax.set_xlabel(f"{ps:.2f} dB / " if ps is not None else "n/a / ", fontsize=7)
-                ax.set_xlabel(ax.get_xlabel() + (f"LPIPS {lp:.4f}" if lp is not None else "LPIPS n/a"), fontsize=7)
-        for row in axes:
-            for ax in row:
-                ax.set_xticks([])
-                ax.set_yticks([])
+                    axes[i][j].set_title(names[p], fontsize=7)
+                _draw_tile(axes[i][j], by.get((im, st) + p), results_dir)
+        _no_ticks(axes)
         fig.suptitle(f"SNR {st} dB (PSNR / LPIPS under each tile)", fontsize=9)
         fig.tight_layout()
         written += _save_figure(fig, out_dir / f"grid_snr{st}")
+    return written
+
+
+def strip_name(image: str) -> str:
+    """File stem of :func:`plot_snr_strips`' figure for the image labelled ``image`` (a
+    file stem, or the whole file name where two stems collide: ``pipeline.image_names``):
+    ``snr_<label>``, every run of characters outside ``A-Z a-z 0-9 _ -`` (the dot
+    included) as one ``_``: ``snr_kodim01``, ``snr_a_jpg``."""
+    return "snr_" + (re.sub(r"[^A-Za-z0-9_-]+", "_", image).strip("_") or "image")
+
+
+def plot_snr_strips(rows: Sequence[dict], originals: Dict[str, np.ndarray], out_dir: Path,
+                    results_dir: Path, max_images: int = 3) -> List[Path]:
+    """``snr_<image>.{png,pdf}``: for each of the first ``max_images`` images, one row per
+    method (and setting) and one column per SNR, the original at the left of the first
+    row: how each method degrades as the SNR falls (graceful against the digital
+    baseline's cliff).  PSNR and MS-SSIM (LPIPS where measured) under each tile.
+    Nothing with a single SNR (the per-SNR grid shows it)."""
+    plt = _plt()
+    out_dir = Path(out_dir)
+    ok, images, pairs, names, by = _grid_inputs(rows, originals, max_images)
+    snrs = sorted({float(r["snr_db"]) for r in ok})
+    if len(snrs) < 2:
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    second = "lpips" if any(num(r.get("lpips")) is not None for r in ok) else "ms_ssim"
+    written, stems = [], set()
+    for im in images:
+        stem = base = strip_name(im)
+        while stem in stems:  # labels "a b" and "a_b"
+            stem = f"{base}_{len(stems)}"
+        stems.add(stem)
+        nr, nc = len(pairs), 1 + len(snrs)
+        fig, axes = plt.subplots(nr, nc, figsize=(2.0 * nc, 2.25 * nr + 0.4), squeeze=False)
+        for i, p in enumerate(pairs):
+            ax = axes[i][0]
+            if i == 0:
+                ax.imshow(originals[im])
+                ax.set_title("original", fontsize=8)
+                ax.set_xlabel(im, fontsize=7)
+            else:
+                ax.axis("off")
+            ax.text(-0.08, 0.5, names[p], ha="right", va="center", rotation=90, fontsize=8,
+                    transform=axes[i][1].transAxes)
+            for j, snr in enumerate(snrs, start=1):
+                if i == 0:
+                    axes[i][j].set_title(f"{snr_text(snr)} dB", fontsize=8)
+                _draw_tile(axes[i][j], by.get((im, snr_text(snr)) + p), results_dir, second)
+        _no_ticks(axes)
+        label = "LPIPS" if second == "lpips" else "MS-SSIM"
+        fig.suptitle(f"{im}: each method against SNR (PSNR / {label} under each tile)", fontsize=9)
+        fig.tight_layout()
+        written += _save_figure(fig, out_dir / stem)
     return written

@@ -789,6 +789,7 @@ def _report(out: Path, rows: List[dict], images: dict, opts: SweepOptions, cfg: 
                         "summary.md has the values", ", ".join(snrs) or "none")
         figs += report.plot_metrics_vs_bcr(summary, out / "plots")
         figs += report.plot_image_grids(rows, images, out / "plots", out, opts.grid_images)
+        figs += report.plot_snr_strips(rows, images, out / "plots", out, opts.grid_images)
         for i, f in enumerate(figs):
             written[f"fig{i}"] = f
     return written
