@@ -356,6 +356,9 @@ def main(argv=None, parser: Optional[argparse.ArgumentParser] = None) -> int:
         except ValueError as exc:  # configuration errors: one line, no traceback
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:  # Ctrl-C where a command does not handle it (model loading, Ray start-up)
+            print("interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

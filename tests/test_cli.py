@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from gr_gdmcom.cli import main
@@ -137,3 +138,20 @@ def test_keys_refuses_bad_names_before_writing_anything(tmp_path, capsys):
     assert f"error: --out {img} is a file; give a folder" in capsys.readouterr().err
     assert main(["keys", "--out", str(out), "--name", "s", "t"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["s.key", "s.key_secret", "t.key", "t.key_secret"]
+
+
+def test_ctrl_c_where_a_command_does_not_handle_it_is_one_line_and_exit_130(monkeypatch, capsys):
+    """Ctrl-C while a model loads or Ray starts ended in a 25-line traceback (and status -2)."""
+    import gr_gdmcom.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_simulate", interrupted)
+    try:
+        rc = main(["simulate", "--model", "tiny", "--images", "x.png", "--snr", "5", "--out", "o"])
+    except KeyboardInterrupt:  # (caught here: pytest would take it for the user's and stop the run)
+        pytest.fail("KeyboardInterrupt escaped gdmcom's main")
+    assert rc == 130
+    err = capsys.readouterr().err
+    assert err == "interrupted\n"
