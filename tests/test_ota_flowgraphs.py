@@ -478,6 +478,16 @@ def test_bad_settings_stop_the_script_with_one_line_each(compiled, tmp_path, scr
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
 
 
+def test_ctrl_c_while_a_flowgraph_builds_is_one_line_and_status_130(tmp_path):
+    """The preflight's excepthook: Ctrl-C while the model loads (before GNU Radio's own SIGINT
+    handler runs the flowgraph down) was a traceback through torch's or diffusers' loading code."""
+    code = ("import sys\nfrom gr_gdmcom.blocks.flowgraph import radio_error_hook\n"
+            "sys.excepthook = radio_error_hook\nprint('building', flush=True)\nraise KeyboardInterrupt\n")
+    r = subprocess.run([sys.executable, "-c", code], env=_env(tmp_path), cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+    assert (r.returncode, r.stdout, r.stderr) == (130, "building\n", "gr_gdmcom: interrupted\n")
+
+
 def test_a_tx_scale_that_clips_is_a_warning(compiled, tmp_path):
     r = subprocess.run([sys.executable, str(compiled / "pluto_tx.py"), "--model", "tiny", "--tx-scale", "0.5"],
                        env=_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=120)

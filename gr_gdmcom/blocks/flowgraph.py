@@ -229,7 +229,13 @@ RADIO_HINTS = (
 def radio_error_hook(kind, exc, tb) -> None:
     """``sys.excepthook`` of a flowgraph script (installed by :func:`preflight`): an error
     opening a radio (:data:`RADIO_HINTS`) is one line with what to check, exit status 2; any
-    other error keeps Python's traceback."""
+    other error keeps Python's traceback.  Ctrl-C before the flowgraph runs (while its model
+    loads; GNU Radio's own handler takes over once it runs) is one line and status 130."""
+    if issubclass(kind, KeyboardInterrupt):
+        print("gr_gdmcom: interrupted", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        import os
+        os._exit(130)
     text = str(exc)
     for needle, hint in RADIO_HINTS:
         if needle in text:
