@@ -33,6 +33,18 @@ POOL_FACTORS = (1, 2, 4, 8, 16)
 #: (4 (H/8)(W/8) / 2 symbols for 3 H W values); ``--bcr 1/(96 r)`` is ``--reduce r`` (docs/rate.md)
 FULL_BCR = Fraction(1, 96)
 
+#: Ranges of a latent's metadata wherever it arrives: a decode call, a protocol request
+#: (docs/protocol.md), a frame header (docs/frame-format.md).  alpha = 1/sqrt(P): the models'
+#: latents have P of order 1 (alpha 0.2..1200 measured over photographs and flat black, white
+#: and grey pictures, the largest for flat black through patch-gmm with its means removed);
+#: below 1e-3 the latent (RMS over 1000) overflows float16 and decodes to a black picture.
+ALPHA_RANGE = (1e-3, 1e6)
+#: |each removed channel mean| (a VAE latent's are of order 1)
+MEAN_MAX = 1e6
+GUIDANCE_RANGE = (0.0, 100.0)
+#: Es/N0 handed to a decoder, dB
+SNR_DB_RANGE = (-100.0, 100.0)
+
 
 @dataclass
 class CodecConfig:

@@ -315,6 +315,10 @@ BAD = {
     "k 5.9": (lambda e: with_meta(e, k=5.9), P.BAD_META),
     "alpha a string": (lambda e: with_meta(e, alpha="0.5"), P.BAD_META),
     "alpha true": (lambda e: with_meta(e, alpha=True), P.BAD_META),
+    # in range of a float, not of a latent: alpha 1e-300 failed every request batched with it
+    # (ZeroDivisionError, all answered `internal`), 1e-30 decoded to a black picture answered ok
+    "alpha 1e-300": (lambda e: with_meta(e, alpha=1e-300), P.BAD_META),
+    "alpha 1e-30": (lambda e: with_meta(e, alpha=1e-30), P.BAD_META),
     "image_size floats": (lambda e: with_meta(e, image_size=[63.9, 64.7]), P.BAD_META),
     "latent_shape of 2": (lambda e: with_meta(e, latent_shape=[4, 8]), P.BAD_META),
     "guidance out of range": (lambda e: with_meta(e, guidance=1e9), P.BAD_META),

@@ -143,9 +143,27 @@ def test_latent_from_a_reduced_latent_puts_the_mean_where_nothing_was_sent():
     (np.ones(3, np.complex64), _meta(),
      "im: metadata says latent shape (2, 1, 2) = 2 symbols but 3 symbols were received"),
     (np.array([np.nan, np.inf], np.complex64), _meta(), "im: received symbols contain 2 non-finite values (NaN/inf)"),
-    (np.ones(2, np.complex64), _meta(alpha=0.0), "im: alpha must be a positive finite number, got 0.0"),
-    (np.ones(2, np.complex64), _meta(alpha=-1.0), "im: alpha must be a positive finite number, got -1.0"),
-    (np.ones(2, np.complex64), _meta(alpha=math.inf), "im: alpha must be a positive finite number, got inf"),
+    (np.ones(2, np.complex64), _meta(alpha=0.0), "im: alpha must be a number in 0.001..1e+06 (1/sqrt of the "
+                                                 "latent's power), got 0.0"),
+    (np.ones(2, np.complex64), _meta(alpha=-1.0), "im: alpha must be a number in 0.001..1e+06 (1/sqrt of the "
+                                                  "latent's power), got -1.0"),
+    (np.ones(2, np.complex64), _meta(alpha=math.inf), "im: alpha must be a number in 0.001..1e+06 (1/sqrt of the "
+                                                      "latent's power), got inf"),
+    # in range of a float, out of any latent's: alpha 1e-30 decoded to an all-black picture reported as good
+    (np.ones(2, np.complex64), _meta(alpha=1e-30), "im: alpha must be a number in 0.001..1e+06 (1/sqrt of the "
+                                                   "latent's power), got 1e-30"),
+    (np.ones(2, np.complex64), _meta(alpha="1"), "im: alpha must be a number in 0.001..1e+06 (1/sqrt of the "
+                                                 "latent's power), got '1'"),
+    (np.ones(2, np.complex64), _meta(guidance=math.nan), "im: guidance must be a number in 0..100, got nan"),
+    (np.ones(2, np.complex64), _meta(guidance=-1.0), "im: guidance must be a number in 0..100, got -1.0"),
+    (np.ones(2, np.complex64), _meta(means=(1e30, 0.0)), "im: channel means must lie within +-1e+06, got [1e+30, 0.0]"),
+    (np.ones(2, np.complex64), _meta(means=("a", 0.0)), "im: channel means must be numbers, got ['a', 0.0]"),
+    (np.ones(2, np.complex64), _meta(forward="bogus"), "im: forward must be one of ddim, random, got 'bogus'"),
+    (np.ones(2, np.complex64), _meta(latent_shape=(2, 2)), "im: latent_shape must be 3 positive integers, got (2, 2)"),
+    (np.ones(2, np.complex64), _meta(latent_shape=(2, 0, 2)),
+     "im: latent_shape must be 3 positive integers, got (2, 0, 2)"),
+    (np.ones(2, np.complex64), _meta(image_size=(8,)), "im: image_size must be 2 integers, got (8,)"),
+    (np.ones(2, np.complex64), _meta(prompt=None), "im: prompt must be a string, got NoneType"),
     (np.ones(2, np.complex64), _meta(means=(1.0,)), "im: metadata has 1 channel means for 2 channels"),
     # finite, but float32 arithmetic on them overflows into an all-black "decoded" image
     (np.array([1e30, 1 + 2e6j], np.complex64), _meta(),
@@ -776,6 +794,40 @@ def test_decode_errors_are_exact_and_counted(comp, sent, caplog):
                                   codec.decode(s, m, 10.0, mask, np.where(mask, 0.1, 7.0)).image)
 
 
+def test_a_bad_item_fails_alone_and_its_batch_decodes_as_without_it(comp, sent):
+    """Found by fuzzing the server: alpha 1e-300 (then schema-valid) raised ZeroDivisionError in
+    the batch's preparation and every request batched with it was answered `internal`; SNR
+    -1e308 raised OverflowError, a string SNR a bare ValueError, noise variances of 1e17 a
+    ZeroDivisionError.  Each is now its own item's error, and the others decode as alone."""
+    codec = _codec(comp)
+    s, m = sent.symbols, sent.meta
+
+    class Broken(LatentMeta):  # an arithmetic error no check foresaw: the per-item guard
+        @property
+        def power(self):
+            return 1.0 / 0.0
+
+    broken = Broken(**{f.name: getattr(m, f.name) for f in dataclasses.fields(m)})
+    items = [(s, m, 10.0), (s, dataclasses.replace(m, alpha=1e-300), 10.0), (s, m, -1e308), (s, m, "x"),
+             (s, m, None), (s, broken, 10.0), (s, m, 12.0)]
+    out = codec.decode_many(items)
+    assert [getattr(o, "error", None) for o in out] == [
+        None,
+        "sent: alpha must be a number in 0.001..1e+06 (1/sqrt of the latent's power), got 1e-300",
+        "sent: SNR estimate -1e+308 dB is outside -100..100 dB",
+        "sent: SNR estimate must be a number (dB), got 'x'",
+        "sent: SNR estimate must be a number (dB), got None",
+        "sent: unusable decode input (ZeroDivisionError: float division by zero)",
+        None]
+    alone = [codec.decode(s, m, 10.0), codec.decode(s, m, 12.0)]
+    for got, ref in zip((out[0], out[6]), alone):
+        assert got.record["n_steps"] == ref.record["n_steps"]
+        np.testing.assert_array_equal(got.image, ref.image)
+    # noise variances far beyond any SNR: the effective SNR is the range's end, not a division by zero
+    huge = codec.decode(s, m, 10.0, None, np.full(s.size, 1e17))
+    assert huge.record["snr_db"] == -100.0 and huge.record["n_steps"] == codec.decode(s, m, -100.0).record["n_steps"]
+
+
 def test_the_model_fingerprint_travels_in_the_metadata_and_a_foreign_one_is_flagged(comp, sent, caplog):
     """A latent encoded by another model means something else to this one: the metadata carries
     the encoder's fingerprint and the decode record says when it is not this model's (0: not
@@ -948,3 +1000,15 @@ def test_default_names():
 
     assert _default_name("/a/b/cat.png", 3) == "cat" and _default_name(Path("x/dog.jpeg"), 0) == "dog"
     assert _default_name(np.zeros((2, 2, 3)), 7) == "image7"
+
+
+def test_a_latent_without_power_is_refused_not_divided_by_zero():
+    """alpha = 1/sqrt(P): a latent of zeros was a ZeroDivisionError, one of tiny power an alpha no
+    receiver takes (config.ALPHA_RANGE)."""
+    with pytest.raises(CodecError, match=r"^the latent's power P = 0 gives alpha = 1/sqrt\(P\) outside 0.001..1e\+06: "
+                                         r"nothing a receiver could scale back$"):
+        symbols_from_latent(np.zeros((2, 1, 2)))
+    with pytest.raises(CodecError, match=r"^the latent's power P = 1e-14 gives alpha"):
+        symbols_from_latent(np.full((2, 1, 2), 1e-7))
+    sym, alpha = symbols_from_latent(np.full((2, 1, 2), 1e-5))  # alpha 1e5: in range, sent
+    assert alpha == pytest.approx(1e5) and np.allclose(np.abs(sym), 1.0)

@@ -104,3 +104,14 @@ def test_finalised_counts_mask_type_and_partial_log(caplog):
     assert (r.counters["images_complete"], r.counters["images_partial"]) == (2, 2)
     assert all(i.mask.dtype == bool for i in imgs) and list(imgs[0].mask) == [True, False]
     assert caplog.messages == [f"image {i} finalised with 1 of 2 chunks (missing [1])" for i in (3, 4)]
+
+
+def test_a_long_list_of_missing_chunks_is_shortened_in_the_log(caplog):
+    """One image missing 65534 chunks logged a 448 KB line listing each of them."""
+    r = Reassembler(finalise_on_new_id=False)
+    r.add(frame(7, 3, 40, [1], total=40))
+    with caplog.at_level(logging.WARNING, logger="gr_gdmcom.phy.reassembly"):
+        img, = r.flush()
+    assert img.missing == [i for i in range(40) if i != 3]
+    assert caplog.messages == ["image 7 finalised with 1 of 40 chunks (missing [0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12, "
+                               "... 27 more])"]

@@ -1,6 +1,8 @@
 """Streaming burst receiver (gr_gdmcom.phy.rx): SNR estimate, impairments, detection,
 false alarms, streaming and bad input."""
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -182,6 +184,36 @@ def test_header_crc_failure_is_counted(rng):
     frames, counters = receive(cfg, awgn(x, 15.0, rng))
     assert [f.header.image_id for f in frames] == [0, 2]
     assert counters["header_crc_fail"] == 1 and counters["bursts_detected"] == 3, counters
+
+
+@pytest.mark.parametrize("fields, why", [
+    # one CRC-valid burst claiming 65535 chunks made the reassembler allocate the whole image: 1.7 GB
+    # for chunks of 2048 symbols, 5 GB in the receiver's weighting (and 21 GB at 8192-symbol chunks)
+    (dict(chunk_count=65535, total_symbols=65535 * 256), "total_symbols 16776960 does not fit latent [4, 64, 64] "
+                                                          "(8192 symbols whole; at most 4194304 received)"),
+    (dict(latent_shape=(255, 65535, 65535), chunk_count=65535, total_symbols=65535 * 256),
+     "total_symbols 16776960 does not fit latent [255, 65535, 65535] (547591618687 symbols whole; at most 4194304 "
+     "received)"),
+    (dict(latent_shape=(4, 0, 8)), "empty latent [4, 0, 8] or image [512, 512]"),
+    (dict(forward=7), "unknown forward process 7 (0 ddim, 1 random)"),  # was decoded as ddim
+    (dict(alpha=1e-30), "alpha 1e-30 outside 0.001..1e+06"),            # was a black picture reported good
+    (dict(guidance=65504.0), "guidance 65504 outside 0..100"),
+])
+def test_a_crc_valid_header_no_transmitter_sends_is_refused(rng, caplog, fields, why):
+    """Refused before the reassembler allocates anything (counter header_invalid, the reason
+    logged at DEBUG); the next burst is received."""
+    caplog.set_level(logging.DEBUG, logger="gr_gdmcom.phy.rx")
+    cfg = FrameConfig(sps=2, max_chunk_symbols=256)
+    tx = FrameTx(cfg)
+    gap = np.zeros(200, np.complex64)
+    payload = complex_noise(256, 1.0, rng)
+    odd = Header(total_symbols=256, chunk_symbols=256).replace(**fields)
+    x = np.concatenate([gap, tx.burst(odd, payload), gap,
+                        tx.burst(Header(image_id=2, total_symbols=256, chunk_symbols=256), payload), gap])
+    frames, counters = receive(cfg, awgn(x, 20.0, rng))
+    assert [f.header.image_id for f in frames] == [2]
+    assert counters["header_invalid"] == 1 and counters["headers_ok"] == 1, counters
+    assert any(why in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
 
 
 def test_a_header_lost_in_a_fade_is_read_with_its_copy(rng):

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 
 from ..codec import Decoded, Encoded, LatentMeta
 from ..codec.core import CodecError, symbol_problem
-from ..config import FORWARD_MODES, REDUCE_METHODS
+from ..config import ALPHA_RANGE, FORWARD_MODES, GUIDANCE_RANGE, MEAN_MAX, REDUCE_METHODS, SNR_DB_RANGE
 
 VERSION = 1
 OPS = ("encode", "decode", "status")
@@ -48,15 +48,13 @@ MAX_ID_CHARS = 128
 MAX_NAME_CHARS = 256
 MAX_PROMPT_CHARS = 1024
 MAX_PAYLOADS = 2  # decode: symbols and mask
-#: Valid ranges of the numeric header fields (docs/protocol.md lists them).
-SNR_DB_RANGE = (-100.0, 100.0)  # Es/N0 estimate, dB
-ALPHA_MAX = 1e6  # 0 < alpha <= ALPHA_MAX
-GUIDANCE_RANGE = (0.0, 100.0)
+#: Valid ranges of the numeric header fields (docs/protocol.md lists them; alpha, guidance, means and
+#: snr_db: config.py's, the same wherever a latent's metadata arrives).
+ALPHA_MIN, ALPHA_MAX = ALPHA_RANGE
 T_MAX = 1000  # DDPM's training grid
 LATENT_DIM_MAX = 1 << 16  # each of C, h, w (max_pixels bounds h * w further)
 REDUCE_MAX = 1024  # reduce factor (codec/rate.py)
 IMAGE_DIM_MAX = 1 << 19  # each of H, W (they must also fit the latent: <= 8h, 8w)
-MEAN_MAX = 1e6  # |each removed channel mean| (a VAE latent's are of order 1)
 LABEL_CHARS = 64  # longest item name echoed at the start of an error message
 
 # Error codes (``docs/protocol.md`` has the table).
@@ -218,7 +216,7 @@ class MetaFields(BaseModel):
     """``meta`` of a decode request (:class:`LatentMeta` on the wire)."""
 
     model_config = _STRICT
-    alpha: _Number = Field(gt=0.0, le=ALPHA_MAX)
+    alpha: _Number = Field(ge=ALPHA_MIN, le=ALPHA_MAX)
     latent_shape: List[Annotated[StrictInt, Field(ge=1, le=LATENT_DIM_MAX)]] = Field(min_length=3, max_length=3)
     image_size: List[Annotated[StrictInt, Field(ge=1, le=IMAGE_DIM_MAX)]] = Field(min_length=2, max_length=2)
     k: StrictInt = Field(ge=0, le=T_MAX)

@@ -37,7 +37,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..config import CodecConfig, check_steps
+from ..config import (ALPHA_RANGE, FORWARD_MODES, GUIDANCE_RANGE, MEAN_MAX, SNR_DB_RANGE, CodecConfig,
+                      check_steps)
 from .images import ImageError, ImageLike, load_rgb, to_tensor, to_uint8
 from .calibration import Calibration, calibration_path, load_calibration
 from .models import Components, check_prediction_type, load_components, model_fingerprint
@@ -209,6 +210,9 @@ def symbols_from_latent(z: np.ndarray) -> Tuple[np.ndarray, float]:
     """Real latent (any shape, 2n values) -> (n complex64 unit-energy symbols, alpha)."""
     flat = np.asarray(z, dtype=np.float64).reshape(-1)
     p = float(np.mean(flat * flat))
+    if not (math.isfinite(p) and ALPHA_RANGE[0] <= 1.0 / math.sqrt(max(p, 1e-300)) <= ALPHA_RANGE[1]):
+        raise CodecError(f"the latent's power P = {p:.3g} gives alpha = 1/sqrt(P) outside "
+                         f"{ALPHA_RANGE[0]:g}..{ALPHA_RANGE[1]:g}: nothing a receiver could scale back")
     alpha = 1.0 / math.sqrt(p)
     s = alpha * (flat[0::2] + 1j * flat[1::2]) / math.sqrt(2.0)
     return s.astype(np.complex64), alpha
@@ -246,13 +250,60 @@ def weight_by_reliability(symbols: np.ndarray, noise_var: np.ndarray,
     if not np.all(np.isfinite(v[keep])) or np.any(v[keep] < 0):  # (an erased symbol's may be inf)
         raise CodecError("noise_var must be finite and >= 0 for every received symbol")
     mse = float(np.mean(v[keep] / (1.0 + v[keep])))
-    v_eff = max(mse / (1.0 - mse), 1e-10)
+    # bounded to SNR_DB_RANGE: variances of 1e17 (nothing received, in effect) made mse 1.0
+    v_lo, v_hi = 10.0 ** (-SNR_DB_RANGE[1] / 10.0), 10.0 ** (-SNR_DB_RANGE[0] / 10.0)
+    v_eff = v_hi if mse >= 1.0 - v_lo else min(max(mse / (1.0 - mse), v_lo), v_hi)
     out = np.where(keep, s * ((1.0 + v_eff) / (1.0 + np.where(keep, v, 0.0))), 0)
     return out.astype(np.complex64), float(-10.0 * math.log10(v_eff))
 
 
+def _real(v) -> Optional[float]:
+    """``v`` as a float, or None when it is not a real number (a string, None, a bool)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        return None
+    return float(v)
+
+
+def check_meta(meta: LatentMeta) -> None:
+    """Refuse metadata no transmitter of this codec makes: its numbers out of the ranges a
+    frame header and the protocol take (``config.ALPHA_RANGE``, ``GUIDANCE_RANGE``,
+    ``MEAN_MAX``), a shape that is not (C, h, w) / (H, W) of positive integers, an unknown
+    ``forward``.  Decoded, such metadata gave a black picture reported as a success
+    (alpha 1e-30, guidance NaN, means 1e30) or an arithmetic error that failed a whole batch.
+
+    Raises:
+        CodecError: naming the item and the field.
+    """
+    name = meta.name
+    shape, size = meta.latent_shape, meta.image_size
+    for field_, value, n, low in (("latent_shape", shape, 3, 1), ("image_size", size, 2, -math.inf)):
+        if (not isinstance(value, (tuple, list)) or len(value) != n
+                or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= low for v in value)):
+            what = "positive integers" if low > 0 else "integers"
+            raise CodecError(f"{name}: {field_} must be {n} {what}, got {value!r}")
+    alpha, guidance = _real(meta.alpha), _real(meta.guidance)
+    if alpha is None or not (math.isfinite(alpha) and ALPHA_RANGE[0] <= alpha <= ALPHA_RANGE[1]):
+        raise CodecError(f"{name}: alpha must be a number in {ALPHA_RANGE[0]:g}..{ALPHA_RANGE[1]:g} "
+                         f"(1/sqrt of the latent's power), got {meta.alpha!r}")
+    if guidance is None or not (math.isfinite(guidance) and GUIDANCE_RANGE[0] <= guidance <= GUIDANCE_RANGE[1]):
+        raise CodecError(f"{name}: guidance must be a number in {GUIDANCE_RANGE[0]:g}..{GUIDANCE_RANGE[1]:g}, "
+                         f"got {meta.guidance!r}")
+    means = [_real(v) for v in meta.means]
+    if any(v is None for v in means):
+        raise CodecError(f"{name}: channel means must be numbers, got {list(meta.means)}")
+    if not all(math.isfinite(v) for v in means):
+        raise CodecError(f"{name}: metadata has non-finite channel means {list(meta.means)}")
+    if not all(abs(v) <= MEAN_MAX for v in means):
+        raise CodecError(f"{name}: channel means must lie within +-{MEAN_MAX:g}, got {list(meta.means)}")
+    if meta.forward not in FORWARD_MODES:
+        raise CodecError(f"{name}: forward must be one of {', '.join(FORWARD_MODES)}, got {meta.forward!r}")
+    if not isinstance(meta.prompt, str):
+        raise CodecError(f"{name}: prompt must be a string, got {type(meta.prompt).__name__}")
+
+
 def latent_from_symbols(symbols: np.ndarray, meta: LatentMeta) -> np.ndarray:
     """Inverse of :func:`symbols_from_latent`: (n,) complex -> float32 latent ``meta.latent_shape``."""
+    check_meta(meta)
     s = np.asarray(symbols)
     if s.ndim != 1 or not np.iscomplexobj(s):
         raise CodecError(f"{meta.name}: received symbols must be a 1-D complex array, got {s.dtype} {s.shape}")
@@ -262,8 +313,6 @@ def latent_from_symbols(symbols: np.ndarray, meta: LatentMeta) -> np.ndarray:
     problem = symbol_problem(s)
     if problem is not None:
         raise CodecError(f"{meta.name}: {problem[1]}")
-    if not (math.isfinite(meta.alpha) and meta.alpha > 0):
-        raise CodecError(f"{meta.name}: alpha must be a positive finite number, got {meta.alpha}")
     y = np.empty(2 * s.size, dtype=np.float64)
     y[0::2], y[1::2] = s.real, s.imag
     y *= math.sqrt(2.0) / meta.alpha
@@ -555,7 +604,7 @@ class GenerativeCodec:
         for b, (im, name) in enumerate(zip(imgs, names)):
             try:
                 out.append(self._encoded(zk_np[b], im, name))
-            except RateError as exc:  # this item only (e.g. too few latent values to reduce)
+            except (RateError, CodecError) as exc:  # this item only (too few latent values to reduce, no power)
                 out.append(Failed(f"{name}: {exc}", name))
                 self.stats["failures"] += 1
                 log.warning("%s: %s", name, exc)
@@ -640,6 +689,11 @@ class GenerativeCodec:
                 results[i] = Failed(str(exc), getattr(item[1], "name", "image"))
                 self.stats["failures"] += 1
                 log.debug("%s", exc)  # reported once, by the caller that receives the Failed item
+            except (ArithmeticError, TypeError, ValueError, IndexError) as exc:  # a last guard: this item only
+                name = getattr(item[1], "name", "image") if isinstance(item, (tuple, list)) and len(item) > 1 else "image"
+                results[i] = Failed(f"{name}: unusable decode input ({type(exc).__name__}: {exc})", name)
+                self.stats["failures"] += 1
+                log.debug("%s", results[i].error)
         groups: Dict[tuple, list] = {}
         for i, (z, meta, *_rest) in ready.items():
             groups.setdefault((z.shape, meta.k, meta.guidance, meta.prompt, meta.reduce > 1), []).append(i)
@@ -660,6 +714,7 @@ class GenerativeCodec:
         name = getattr(meta, "name", "image")
         if not isinstance(meta, LatentMeta):
             raise CodecError(f"{name}: decode needs LatentMeta metadata, got {type(meta).__name__}")
+        check_meta(meta)
         if meta.T != cfg.T:
             raise CodecError(f"{name}: transmitter used T={meta.T} but this receiver is set to T={cfg.T}")
         try:
@@ -674,9 +729,13 @@ class GenerativeCodec:
             log.warning("%s: encoded by another model (fingerprint %04x; this model %r is %04x): the decoded "
                         "image will not be the transmitted one", name, meta.model_hash, self.c.model_id,
                         self.model_hash)
-        snr = float(snr_db)
+        snr = _real(snr_db)
+        if snr is None:
+            raise CodecError(f"{name}: SNR estimate must be a number (dB), got {snr_db!r}")
         if not math.isfinite(snr):
             raise CodecError(f"{name}: SNR estimate must be finite, got {snr_db}")
+        if not SNR_DB_RANGE[0] <= snr <= SNR_DB_RANGE[1]:
+            raise CodecError(f"{name}: SNR estimate {snr:g} dB is outside {SNR_DB_RANGE[0]:g}..{SNR_DB_RANGE[1]:g} dB")
         s = np.asarray(symbols)
         if mask is not None:
             mask = np.asarray(mask, dtype=bool)

@@ -42,6 +42,11 @@ SEED_PILOTS, SEED_HEADER, SEED_PAYLOAD, SEED_PROBES = 0x7FFF, 0x5A5A, 0x1D2B, 0x
 PRBS_ORDER, PRBS_TAP = 15, 14
 #: Largest chunk a header can describe (``chunk_symbols`` is a uint16).
 MAX_CHUNK_LIMIT = 0xFFFF
+#: Largest image a receiver assembles, in symbols (``total_symbols``): 2^22, a 4-channel latent of
+#: 1448 x 1448, an image of 11584 x 11584 pixels (SD-1.5 at 512 x 512 is 16384 symbols).  The
+#: reassembler allocates the whole image when its first chunk arrives: one CRC-valid burst claiming
+#: 65535 chunks of 2048 symbols made it allocate 1.7 GB, then 5 GB in the receiver's weighting.
+MAX_IMAGE_SYMBOLS = 1 << 22
 #: A payload of at least this many symbols carries a second copy of the coded header
 #: after its first HEADER_COPY_AFTER symbols (time diversity: a fade that swallows the
 #: header after the preamble rarely also swallows the copy ~3500 symbols later; the

@@ -205,8 +205,9 @@ class Reassembler:
         complete = not missing and not erased
         self.counters["images_complete" if complete else "images_partial"] += 1
         if missing:
+            shown = missing if len(missing) <= 12 else f"[{', '.join(map(str, missing[:12]))}, ... {len(missing) - 12} more]"
             log.warning("image %d finalised with %d of %d chunks (missing %s)", image_id, len(img.chunks),
-                        h0.chunk_count, missing)
+                        h0.chunk_count, shown)
         return ReassembledImage(header=h0, symbols=symbols, mask=mask, snr_db=noise_var_to_snr_db(mean_nv),
                                 noise_var=mean_nv, chunks_received=len(img.chunks), chunks_total=h0.chunk_count,
                                 missing=missing, complete=complete, chunk_noise_var=nv, symbol_noise_var=sym_nv,

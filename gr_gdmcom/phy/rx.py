@@ -39,9 +39,11 @@ from typing import List, NamedTuple, Optional
 
 import numpy as np
 
+from ..config import ALPHA_RANGE, GUIDANCE_RANGE
 from . import sync
-from .frame import HEADER_COPY_AFTER, MAX_CHUNK_LIMIT, BurstMap, FrameConfig
-from .header import HEADER_CODED_BITS, PLAIN_FLAG, Header, HeaderError, decode_headers, encode_header
+from .frame import HEADER_COPY_AFTER, MAX_CHUNK_LIMIT, MAX_IMAGE_SYMBOLS, BurstMap, FrameConfig
+from .header import (FORWARD_DDIM, FORWARD_RANDOM, HEADER_CODED_BITS, PLAIN_FLAG, Header, HeaderError, decode_headers,
+                     encode_header)
 from .snr import MIN_NOISE_VAR, noise_var_to_snr_db
 
 log = logging.getLogger(__name__)
@@ -940,7 +942,29 @@ class FrameRx:
         if not hdr.chunk_index < hdr.chunk_count or hdr.chunk_symbols > hdr.total_symbols:
             return HeaderError(f"inconsistent chunking: chunk {hdr.chunk_index}/{hdr.chunk_count}, "
                                f"{hdr.chunk_symbols} of {hdr.total_symbols} symbols")
-        return hdr
+        return FrameRx._image_problem(hdr) or hdr
+
+    @staticmethod
+    def _image_problem(hdr: Header) -> Optional[HeaderError]:
+        """What no transmitter sends in a CRC-valid header (a bit pattern that passed the CRC by
+        chance, or another transmitter's bug): an image the receiver would allocate gigabytes
+        for, a latent its symbol count cannot come from, an unknown forward process, an alpha
+        or a guidance outside ``config.ALPHA_RANGE`` / ``GUIDANCE_RANGE`` (decoded, an alpha of 1e-30
+        gave a black picture reported as good)."""
+        (c, h, w), (ih, iw) = hdr.latent_shape, hdr.image_size
+        if min(c, h, w, ih, iw) < 1:
+            return HeaderError(f"empty latent {list(hdr.latent_shape)} or image {list(hdr.image_size)}")
+        whole = c * h * w // 2  # symbols of the whole latent; a reduced one (flags) sends fewer
+        if hdr.total_symbols > min(whole, MAX_IMAGE_SYMBOLS):  # (the exact count is the codec's check)
+            return HeaderError(f"total_symbols {hdr.total_symbols} does not fit latent {list(hdr.latent_shape)} "
+                               f"({whole} symbols whole; at most {MAX_IMAGE_SYMBOLS} received)")
+        if hdr.forward not in (FORWARD_DDIM, FORWARD_RANDOM):
+            return HeaderError(f"unknown forward process {hdr.forward} (0 ddim, 1 random)")
+        if not ALPHA_RANGE[0] <= hdr.alpha <= ALPHA_RANGE[1]:
+            return HeaderError(f"alpha {hdr.alpha:g} outside {ALPHA_RANGE[0]:g}..{ALPHA_RANGE[1]:g}")
+        if not GUIDANCE_RANGE[0] <= hdr.guidance <= GUIDANCE_RANGE[1]:
+            return HeaderError(f"guidance {hdr.guidance:g} outside {GUIDANCE_RANGE[0]:g}..{GUIDANCE_RANGE[1]:g}")
+        return None
 
     def _retrack(self, b: _Burst, data: bytes) -> np.ndarray:
         """Header symbols re-derived with a phase track that also uses the failed
