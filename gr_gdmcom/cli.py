@@ -242,13 +242,23 @@ def cmd_simulate(args) -> int:
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    failed = 0
+    failed, sheets = 0, {}
     for row in simulate(codec, paths, args.snr, channel=args.channel, out_dir=Path(args.out)):
         emit(row)
+        sheets.setdefault(row.get("sheet"))
         if "error" in row:
             failed += 1
             print(f"error: {row['error']}", file=sys.stderr)
+    say_sheets(sheets)
     return 1 if failed else 0
+
+
+def say_sheets(paths) -> None:
+    """One stderr line naming the contact sheets written (``sim.contact_sheet``): the
+    picture to open first."""
+    paths = [p for p in paths if p]
+    if paths:
+        print(f"pictures (original, then each SNR): {', '.join(paths)}", file=sys.stderr)
 
 
 def cmd_steps(args) -> int:

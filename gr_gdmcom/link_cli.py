@@ -52,7 +52,8 @@ def cmd_link(args) -> int:
     from .eval.metrics import ms_ssim, psnr
     from .link import ChannelConfig, run_link
     from .pipeline import image_names
-    from .sim import latent_power, snr_tag
+    from .cli import say_sheets
+    from .sim import contact_sheet, latent_power, sheet_label, snr_tag
 
     frame = frame_config_from_args(args)
     channels = {}
@@ -77,6 +78,7 @@ def cmd_link(args) -> int:
         except ImageError:
             pass  # the source refuses it too: reported once, as the row's error
     failed = 0
+    tiles = {i: [] for i in originals}  # (label, decoded image or None) per SNR: each image's contact sheet
     for snr in args.snr:
         ch = dataclasses.replace(channels[snr], seed=cfg.seed)  # the server's seed where it gave one
         out_dir = Path(args.out) / f"snr{snr_tag(snr)}"
@@ -113,9 +115,18 @@ def cmd_link(args) -> int:
                         ref = received_as_is(cfg, args.server, originals[i], r["snr_est_db"], cfg.seed)
                         if ref is not None:
                             row["psnr_received_as_is"] = round(psnr(originals[i], ref), 4)
+            if i in tiles:
+                dec = None
+                if "error" not in row and row.get("output"):
+                    dec = np.asarray(load_rgb(row["output"]))
+                    row["sheet"] = str(Path(args.out) / f"{row['image']}_snrs.png")  # written after the last SNR
+                tiles[i].append((sheet_label(snr, row), dec))
             row["counters"] = run["counters"]
             failed += "error" in row
             emit(row)
+    sheets = [contact_sheet(originals[i], t, Path(args.out) / f"{names[i & 0xFFFF]}_snrs.png")
+              for i, t in tiles.items() if any(img is not None for _, img in t)]
+    say_sheets(str(p) for p in sheets)
     return 1 if failed else 0
 
 

@@ -75,6 +75,7 @@ def simulate(codec: GenerativeCodec, images: Sequence, snrs: Sequence[float], ch
             yield dict(image=names[i], error=e.error)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
+    sheets = {i: [] for i, _ in good}  # (label, decoded image) per SNR, for each image's contact sheet
     for snr in snrs:
         items, snr_eff_of = [], {}
         for i, e in good:
@@ -85,6 +86,7 @@ def simulate(codec: GenerativeCodec, images: Sequence, snrs: Sequence[float], ch
         t_dec = (time.perf_counter() - t1) / max(len(items), 1)
         for (i, e), d in zip(good, decoded):
             if isinstance(d, Failed):
+                sheets[i].append((sheet_label(snr, {}), None))
                 yield dict(image=names[i], snr_db=float(snr), error=d.error)
                 continue
             ref = originals[i]
@@ -104,7 +106,58 @@ def simulate(codec: GenerativeCodec, images: Sequence, snrs: Sequence[float], ch
                 path = out_dir / f"{names[i]}_snr{snr_tag(snr)}.png"
                 Image.fromarray(d.image).save(path)
                 row["output"] = str(path)
+                row["sheet"] = str(out_dir / f"{names[i]}_snrs.png")  # written when every SNR is done
+                sheets[i].append((sheet_label(snr, row), d.image))
             yield row
+    if out_dir is not None:
+        for i, tiles in sheets.items():
+            contact_sheet(originals[i], tiles, out_dir / f"{names[i]}_snrs.png")
+
+
+def contact_sheet(original: np.ndarray, tiles: Sequence[tuple], path: Path, tile_width: int = 256) -> Path:
+    """One picture to look at: ``original`` and each ``(label, image or None)`` of ``tiles``
+    side by side, each scaled to ``tile_width`` pixels wide, its label (lines split on
+    ``\\n``) under it; a tile without an image is grey, "not decoded".  Pillow only (no
+    matplotlib: ``gdmcom link`` and ``simulate`` need no extra).  Returns ``path``."""
+    from PIL import ImageDraw, ImageFont
+
+    h0, w0 = original.shape[:2]
+    w = int(tile_width)
+    h = max(1, round(h0 * w / w0))
+    try:
+        font = ImageFont.load_default(size=max(11, w // 19))
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        font = ImageFont.load_default()
+    entries = [("original", original)] + list(tiles)
+    lines = max(len(label.split("\n")) for label, _ in entries)
+    line_h = int(font.getbbox("Ag")[3]) + 4
+    band, gap = lines * line_h + 6, 6
+    sheet = Image.new("RGB", (len(entries) * (w + gap) + gap, h + band + 2 * gap), "white")
+    draw = ImageDraw.Draw(sheet)
+    for j, (label, img) in enumerate(entries):
+        x = gap + j * (w + gap)
+        if img is None:
+            draw.rectangle([x, gap, x + w - 1, gap + h - 1], fill=(128, 128, 128))
+            draw.text((x + w // 2, gap + h // 2), "not decoded", fill="white", font=font, anchor="mm")
+        else:
+            resample = Image.NEAREST if w >= w0 else Image.LANCZOS  # small images: pixels kept visible
+            sheet.paste(Image.fromarray(np.asarray(img, np.uint8)).resize((w, h), resample), (x, gap))
+        for n, text in enumerate(label.split("\n")):
+            draw.text((x + w // 2, gap + h + 4 + n * line_h), text, fill="black", font=font, anchor="ma")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path
+
+
+def sheet_label(snr_db: float, row: dict) -> str:
+    """A contact-sheet tile's label for one result row: SNR (and the receiver's estimate), N,
+    PSNR / MS-SSIM, or the row's error."""
+    head = f"{snr_db:g} dB" + (f" (est. {row['snr_est_db']:.1f})" if row.get("snr_est_db") is not None else "")
+    if row.get("error") or row.get("psnr") is None:
+        return head + "\nnot decoded"
+    ms = f"\nMS-SSIM {row['ms_ssim']:.3f}" if row.get("ms_ssim") is not None else ""
+    return head + f", N = {row['n_steps']}\nPSNR {row['psnr']:.2f} dB{ms}"
 
 
 def latent_power(alpha: float, record: dict) -> dict:

@@ -14,7 +14,8 @@ def test_simulate_prints_rows_and_writes_images(tmp_path, small, capsys):
     bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     rc = main(["simulate", "--image", str(img), str(bad), "--snr", "5", "20", "--model", "tiny", "--device", "cpu",
                "--out", str(tmp_path / "out")])
-    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.splitlines()]
     assert rc == 1  # one image failed, the other completed
     errors = [r for r in rows if "error" in r]
     good = [r for r in rows if "error" not in r]
@@ -28,7 +29,17 @@ def test_simulate_prints_rows_and_writes_images(tmp_path, small, capsys):
         assert r["symbols"] == 128 and abs(r["bcr"] - 1 / 96) < 1e-12
         out = tmp_path / "out" / f"astro_snr{r['snr_db']:g}.png"
         assert np.asarray(Image.open(out)).shape == small.shape
+        assert r["sheet"] == str(tmp_path / "out" / "astro_snrs.png")
     assert good[0]["n_steps"] > good[1]["n_steps"]
+    # the picture to open first: the original, then each SNR's decode (sim.contact_sheet)
+    sheet = np.asarray(Image.open(good[0]["sheet"]))
+    h = round(small.shape[0] * 256 / small.shape[1])
+    assert sheet.shape[1] == 3 * (256 + 6) + 6 and sheet.shape[0] > h + 12
+    for j, tile in enumerate([small] + [np.asarray(Image.open(tmp_path / "out" / f"astro_snr{s}.png")) for s in (5, 20)]):
+        want = np.asarray(Image.fromarray(tile).resize((256, h), Image.NEAREST), np.float64)
+        got = sheet[6:6 + h, 6 + j * 262: 6 + j * 262 + 256].astype(np.float64)
+        assert np.abs(got - want).mean() < 1.0, j
+    assert f"pictures (original, then each SNR): {good[0]['sheet']}\n" in captured.err
 
 
 def test_simulate_rejects_bad_config(tmp_path, capsys):
@@ -155,3 +166,21 @@ def test_ctrl_c_where_a_command_does_not_handle_it_is_one_line_and_exit_130(monk
     assert rc == 130
     err = capsys.readouterr().err
     assert err == "interrupted\n"
+
+
+def test_a_contact_sheet_marks_what_was_not_decoded(tmp_path):
+    from gr_gdmcom.sim import contact_sheet, sheet_label
+
+    original = np.zeros((32, 64, 3), np.uint8)
+    original[:, 32:] = 255
+    decoded = np.full((32, 64, 3), 200, np.uint8)
+    assert sheet_label(5.0, dict(snr_est_db=5.23, n_steps=17, psnr=18.666, ms_ssim=0.7934)) == \
+        "5 dB (est. 5.2), N = 17\nPSNR 18.67 dB\nMS-SSIM 0.793"
+    assert sheet_label(-2.5, dict(error="lost")) == "-2.5 dB\nnot decoded"
+    path = contact_sheet(original, [("a", decoded), ("b\nnot decoded", None)], tmp_path / "s" / "x_snrs.png", 128)
+    sheet = np.asarray(Image.open(path))
+    assert sheet.shape[1] == 3 * (128 + 6) + 6
+    assert (sheet[6:70, 6:70] == 0).all() and (sheet[6:70, 70:134] == 255).all()   # the original, scaled 2x
+    assert (sheet[6:70, 140:268] == 200).all()                                     # the decoded tile
+    grey = sheet[6:70, 274:402]
+    assert np.count_nonzero((grey == 128).all(-1)) > 0.8 * 64 * 128 and (grey != 128).any()  # grey, with its text

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -43,7 +44,8 @@ def test_awgn_link_at_10_db(tmp_path, images):
 def test_link_cli_impaired_channel(tmp_path, images, capsys):
     rc = main(["link", "--image", str(images[0]), "--snr", "10", "--cfo", "0.005", "--delay", "0.37",
                "--taps", "1", "0.3j", "-0.1", "--model", "tiny", "--device", "cpu", "--out", str(tmp_path)])
-    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.splitlines()]
     assert rc == 0, rows
     (row,) = rows
     assert row["channel"] == "model" and row["image"] == "a"
@@ -51,6 +53,14 @@ def test_link_cli_impaired_channel(tmp_path, images, capsys):
     for key in ("image", "snr_db", "snr_est_db", "n_steps", "psnr", "ms_ssim"):
         assert key in row
     assert (tmp_path / "snr10" / "a.png").exists()
+    # the picture to open: original and decode side by side, labelled with the receiver's estimate
+    assert row["sheet"] == str(tmp_path / "a_snrs.png")
+    assert f"pictures (original, then each SNR): {row['sheet']}\n" in captured.err
+    sheet = np.asarray(Image.open(row["sheet"]))
+    dec = np.asarray(Image.open(tmp_path / "snr10" / "a.png"))
+    h = round(dec.shape[0] * 256 / dec.shape[1])
+    want = np.asarray(Image.fromarray(dec).resize((256, h), Image.NEAREST), np.float64)
+    assert sheet.shape[1] == 2 * 262 + 6 and np.abs(sheet[6:6 + h, 268:524] - want).mean() < 1.0
 
 
 def test_link_reports_unreadable_image(tmp_path, images, capsys):
