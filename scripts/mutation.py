@@ -54,7 +54,7 @@ MODULES = {
     "server": ("gr_gdmcom/bridge/server.py", ["tests/test_bridge.py", "tests/test_mutation_regressions.py"]),
     "header": ("gr_gdmcom/phy/header.py", ["tests/test_phy_header.py", "tests/test_header_images_mutants.py",
                                            "tests/test_phy_tx.py", "tests/test_phy_rx.py"]),
-    "images": ("gr_gdmcom/codec/images.py", ["tests/test_codec.py", "tests/test_header_images_mutants.py",
+    "images": ("gr_gdmcom/codec/images.py", ["tests/test_header_images_mutants.py", "tests/test_codec.py",
                                              "tests/test_analytic.py", "tests/test_validate.py"]),
 }
 
@@ -132,6 +132,19 @@ EQUIVALENT: dict = {
        "likelihood codeword (equivalent in practice, not in principle)" for i in (3, 5)},
     "gr_gdmcom.phy.header.xǁHeaderǁunpack__mutmut_124": "means v[21:26]: HEADER_STRUCT unpacks exactly "
                                                         "21 + MEAN_SLOTS = 25 values, the slice is the same",
+    **{f"gr_gdmcom.codec.images.x_to_tensor__mutmut_{i}": "dtype=uint8 dropped: every PIL mode with 3 axes "
+       "(RGB, RGBA, ...) is uint8 already" for i in (10, 12)},
+    "gr_gdmcom.codec.images.x_to_tensor__mutmut_22": "x.shape[+2:] is x.shape[2:]: (H, W) of the 4-D tensor",
+    "gr_gdmcom.codec.images.x_to_uint8_range__mutmut_10": "uint16: / then astype(uint8) truncates the positive "
+                                                          "quotient, the floor (all 65536 values checked)",
+    "gr_gdmcom.codec.images.x_to_uint8_range__mutmut_13": "uint16 as float64: floor division exact below 2**53, "
+                                                          "the same for all 65536 values",
+    "gr_gdmcom.codec.images.x_to_uint8_range__mutmut_15": "uint16 + 32768: v * 255 mod 65535 = 255 (v mod 257) "
+                                                          "is never 32767, the same for all 65536 values",
+    "gr_gdmcom.codec.images.x_to_uint8_range__mutmut_18": 'kind not in "XXiufXX": a dtype kind is one '
+                                                          'character and "X" is none',
+    **{f"gr_gdmcom.codec.images.x_load_rgb__mutmut_{i}": "256 in the white fill colour: Pillow clips it to 255"
+       for i in (119, 120, 121, 122)},
 }
 
 

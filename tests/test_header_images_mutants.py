@@ -4,6 +4,7 @@ other tests let survive (docs/mutation-testing.md, ``scripts/mutation.py header`
 Each asserts what a user or a receiver depends on: the exact bytes of a header, the exact field
 values read back, the limits of each field, and error messages that name the problem."""
 
+import io
 import re
 import struct
 import warnings
@@ -11,7 +12,10 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
+from gr_gdmcom.codec.images import ImageError, load_rgb, to_tensor, to_uint8, to_uint8_range
 from gr_gdmcom.phy.frame import FrameConfig
 from gr_gdmcom.phy.header import HEADER_BYTES, Header, HeaderError, encode_header, fits_float16
 
@@ -135,3 +139,159 @@ def test_fits_float16_says_what_the_header_can_pack_without_numpy_warnings():
         assert fits_float16([]) is True
         with pytest.raises(HeaderError, match="must be at most 4 values finite in float16"):
             DISTINCT.replace(means=(70000.0,)).pack()
+
+
+# ---------------------------------------------------------------- images
+GREY = np.array([[0, 64], [128, 255]], np.uint8)
+
+
+def _rgb(img) -> np.ndarray:
+    return np.asarray(load_rgb(img))
+
+
+def _png(img: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", **kw)
+    return buf.getvalue()
+
+
+def test_image_size_limits_one_pixel_zero_and_max_pixels():
+    """One-pixel-wide or -high images load, a zero side is refused naming the image, and
+    ``max_pixels`` is the largest size allowed (not one less), for arrays and encoded bytes alike."""
+    assert _rgb(np.full((5, 1, 3), 7, np.uint8)).shape == (5, 1, 3)
+    assert _rgb(np.full((1, 5, 3), 7, np.uint8)).shape == (1, 5, 3)
+    assert _rgb(np.array([[9]], np.uint8)).tolist() == [[[9, 9, 9]]]
+    with pytest.raises(ImageError, match=r"^image <PIL image 0x5 RGB> has zero size \(0x5\)$"):
+        load_rgb(Image.new("RGB", (0, 5)))
+    with pytest.raises(ImageError, match=r"^image <PIL image 5x0 RGB> has zero size \(5x0\)$"):
+        load_rgb(Image.new("RGB", (5, 0)))
+    img = Image.new("RGB", (8, 4))  # 32 pixels
+    png = _png(img)
+    assert load_rgb(img, max_pixels=32).size == load_rgb(png, max_pixels=32).size == (8, 4)
+    for src in (img, np.zeros((4, 8, 3), np.uint8), png):
+        with pytest.raises(ImageError, match=r"^image pic has 8x4 = 32 pixels, more than the limit max_pixels=31$"):
+            load_rgb(src, max_pixels=31, name="pic")
+    with pytest.raises(ImageError, match=rf"^image <{len(png)} bytes> has 8x4 = 32 pixels, more than the limit "
+                                         r"max_pixels=31$"):
+        load_rgb(png, max_pixels=31)
+
+
+def test_input_errors_name_the_input(tmp_path):
+    with pytest.raises(ImageError, match=rf"^image path is a folder, not a file: {re.escape(str(tmp_path))}$"):
+        load_rgb(tmp_path)
+    with pytest.raises(ImageError, match=r"^image <0 bytes> is empty \(0 bytes\)$"):
+        load_rgb(b"")
+    with pytest.raises(ImageError, match=r"^image upload is empty \(0 bytes\)$"):
+        load_rgb(b"", name="upload")
+    garbage = tmp_path / "garbage.jpg"
+    garbage.write_bytes(b"this is not an image at all")
+    with pytest.raises(ImageError, match=rf"^cannot read image {re.escape(str(garbage))}: not an image format "
+                                         r"Pillow can read$"):
+        load_rgb(garbage, name="other")  # a path names itself
+    with pytest.raises(ImageError, match=r"^unsupported image input <int>; give a path, bytes, a PIL image or a "
+                                         r"uint8 array$"):
+        load_rgb(12345)
+
+
+def test_pil_images_and_array_shapes():
+    assert _rgb(Image.new("RGB", (3, 2), (10, 20, 30))).tolist() == [[[10, 20, 30]] * 3] * 2
+    ref = _rgb(GREY)
+    np.testing.assert_array_equal(ref, np.repeat(GREY[:, :, None], 3, axis=2))
+    np.testing.assert_array_equal(_rgb(GREY[:, :, None]), ref)  # (H, W, 1): its one channel
+    for shape in [(2, 2, 2), (2, 2, 5), (2, 2, 3, 1), (4,)]:
+        with pytest.raises(ImageError, match=r"^image array must be \(H, W\), \(H, W, 1\), \(H, W, 3\) or "
+                                             rf"\(H, W, 4\); got {re.escape(str(shape))}$"):
+            load_rgb(np.zeros(shape, np.uint8))
+
+
+def test_wide_grey_modes_are_scaled_as_their_range_means():
+    """16-bit grey (big-endian too), 32-bit grey holding 16-bit values (0 and 256 included) or
+    8-bit ones (255 included), float 0..1: the picture they hold; negatives and float values beyond
+    255 refused with the image's name."""
+    v16 = np.array([[0, 257 * 64], [257 * 128, 65535]])
+    big = Image.fromarray(v16.astype(">u2"))
+    assert big.mode == "I;16B"
+    np.testing.assert_array_equal(_rgb(big)[:, :, 0], GREY)
+    for arr, want in ((v16, GREY), (GREY, GREY), (np.array([[0, 256]]), [[0, 1]]), (np.array([[255, 0]]), [[255, 0]])):
+        img = Image.fromarray(np.asarray(arr, np.int32))
+        assert img.mode == "I"
+        np.testing.assert_array_equal(_rgb(img)[:, :, 0], want)
+    with pytest.raises(ImageError, match=r"^image neg has negative values \(min -5\); give 0..1 or 0..255$"):
+        load_rgb(Image.fromarray(np.array([[-5, 300]], np.int32)), name="neg")
+    f = Image.fromarray(np.array([[0.0, 0.25], [0.5, 1.0]], np.float32))
+    assert f.mode == "F"
+    np.testing.assert_array_equal(_rgb(f)[:, :, 0], [[0, 64], [128, 255]])  # 63.75, 127.5 rounded
+    with pytest.raises(ImageError, match=r"^image x has values up to 300\.5, beyond 255; give uint8 0..255, "
+                                         r"uint16 0..65535 or float 0..1$"):
+        load_rgb(Image.fromarray(np.array([[0.0, 300.5]], np.float32)), name="x")
+
+
+def test_transparent_pixels_are_white_and_opaque_ones_keep_their_colour():
+    rgba = np.array([[[10, 20, 30, 255], [10, 20, 30, 0]]], np.uint8)
+    assert _rgb(rgba).tolist() == _rgb(Image.fromarray(rgba)).tolist() == [[[10, 20, 30], [255, 255, 255]]]
+    la = Image.new("LA", (2, 1))
+    la.putdata([(50, 255), (50, 0)])
+    assert _rgb(la).tolist() == [[[50, 50, 50], [255, 255, 255]]]
+    pa = Image.new("PA", (2, 1))
+    pa.putpalette([10, 20, 30, 40, 50, 60])
+    pa.putdata([(0, 255), (1, 0)])
+    assert _rgb(pa).tolist() == [[[10, 20, 30], [255, 255, 255]]]
+    p = Image.new("P", (2, 1))
+    p.putpalette([10, 20, 30, 40, 50, 60])
+    p.putdata([0, 1])
+    assert _rgb(_png(p)).tolist() == [[[10, 20, 30], [40, 50, 60]]]
+    assert _rgb(_png(p, transparency=1)).tolist() == [[[10, 20, 30], [255, 255, 255]]]  # palette entry 1 clear
+    assert _rgb(Image.new("RGB", (1, 1), (1, 2, 3))).tolist() == [[[1, 2, 3]]]
+
+
+def test_to_tensor_reflects_the_padding_or_replicates_when_the_image_is_too_small():
+    a = (np.arange(10 * 12).reshape(10, 12) * 2).astype(np.uint8)
+    x = to_tensor(Image.fromarray(a).convert("RGB"))
+    assert x.shape == (1, 3, 16, 16) and x.dtype == torch.float32
+    v = ((x[0, 0] + 1.0) * 127.5).round().to(torch.int64).numpy()
+    np.testing.assert_array_equal(v[:10, :12], a)
+    np.testing.assert_array_equal(v[10:, :12], a[[8, 7, 6, 5, 4, 3]])  # reflected about row 9
+    np.testing.assert_array_equal(v[:10, 12:], a[:, [10, 9, 8, 7]])
+    assert x[0, :, 0, 0].tolist() == [-1.0] * 3 and float(x[0, 0, 0, 1]) == pytest.approx(2 / 127.5 - 1.0, abs=1e-7)
+    for h, w in ((4, 12), (12, 4)):  # the 4 rows (columns) of padding need 5 to reflect
+        b = (np.arange(h * w).reshape(h, w) * 5).astype(np.uint8)
+        y = to_tensor(Image.fromarray(b).convert("RGB"))
+        assert y.shape == (1, 3, 8 if h == 4 else 16, 16 if w == 12 else 8)
+        u = ((y[0, 1] + 1.0) * 127.5).round().to(torch.int64).numpy()
+        np.testing.assert_array_equal(u, np.pad(b, ((0, (-h) % 8), (0, (-w) % 8)), mode="edge"))
+
+
+def test_to_uint8_clamps_rounds_and_crops():
+    row0, row1 = [-1.5, -1.0, 0.0], [0.5, 1.0, 1.5]
+    x = torch.tensor([row0, row1]).expand(3, 2, 3)
+    out = to_uint8(x, (2, 3))
+    assert out.dtype == np.uint8 and out.shape == (2, 3, 3)
+    assert out[:, :, 0].tolist() == [[0, 0, 128], [191, 255, 255]]  # 127.5 -> 128, 191.25 -> 191
+    assert to_uint8(x, (1, 2))[:, :, 2].tolist() == [[0, 0]]
+
+
+def test_to_uint8_range_types_and_values():
+    b = to_uint8_range(np.array([[True, False]]))
+    assert b.dtype == np.uint8 and b.tolist() == [[255, 0]]
+    # uint16: rounded to the nearest of 255 levels (128 -> 0.498, 129 -> 0.502, 32768 -> 127.502)
+    u = to_uint8_range(np.array([0, 128, 129, 32768, 65535], np.uint16))
+    assert u.dtype == np.uint8 and u.tolist() == [0, 0, 1, 128, 255]
+    f = to_uint8_range(np.array([0.0, 0.5, 1.0]))
+    assert f.dtype == np.uint8 and f.tolist() == [0, 128, 255]
+    assert to_uint8_range(np.array([0.0, 1.5, 2.0])).tolist() == [0, 2, 2]  # largest value above 1: 0..255
+    assert to_uint8_range(np.array([0, 255], np.int64)).tolist() == [0, 255]
+    with pytest.raises(ImageError, match=r"^image x has values up to 256, beyond 255; give uint8 0..255, "
+                                         r"uint16 0..65535 or float 0..1$"):
+        to_uint8_range(np.array([0, 256], np.int64), "x")
+    with pytest.raises(ImageError, match=r"^image x has values of type complex128; give uint8, uint16, bool or float$"):
+        to_uint8_range(np.array([1 + 1j]), "x")
+    for bad in (np.nan, np.inf):
+        with pytest.raises(ImageError, match=r"^image x contains non-finite values$"):
+            to_uint8_range(np.array([0.5, bad]), "x")
+    # the [-1, 1] hint only for floats down to -1
+    for arr, lo in ((np.array([-3, 5]), "-3"), (np.array([-1, 5]), "-1"), (np.array([-2.0, 0.5]), "-2")):
+        with pytest.raises(ImageError, match=rf"^image x has negative values \(min {lo}\); give 0..1 or 0..255$"):
+            to_uint8_range(arr, "x")
+    with pytest.raises(ImageError, match=r"^image image has negative values \(min -1\); give 0..1 or 0..255 "
+                                         r"\(a \[-1, 1\] tensor: give \(x \+ 1\) / 2\)$"):
+        to_uint8_range(np.array([-1.0, 0.5]))  # the default name
