@@ -242,6 +242,13 @@ def test_transparent_pixels_are_white_and_opaque_ones_keep_their_colour():
     assert _rgb(_png(p)).tolist() == [[[10, 20, 30], [40, 50, 60]]]
     assert _rgb(_png(p, transparency=1)).tolist() == [[[10, 20, 30], [255, 255, 255]]]  # palette entry 1 clear
     assert _rgb(Image.new("RGB", (1, 1), (1, 2, 3))).tolist() == [[[1, 2, 3]]]
+    # an RGB or grey PNG's colour key (tRNS) is transparency too: white, as in a palette PNG (the key
+    # colour itself was kept, black here, where a viewer shows the page)
+    rgb = Image.fromarray(np.array([[[0, 0, 0], [10, 20, 30]]], np.uint8))
+    assert _rgb(_png(rgb)).tolist() == [[[0, 0, 0], [10, 20, 30]]]
+    assert _rgb(_png(rgb, transparency=(0, 0, 0))).tolist() == [[[255, 255, 255], [10, 20, 30]]]
+    grey = Image.fromarray(np.array([[7, 200]], np.uint8))
+    assert _rgb(_png(grey, transparency=7)).tolist() == [[[255, 255, 255], [200, 200, 200]]]
 
 
 def test_to_tensor_reflects_the_padding_or_replicates_when_the_image_is_too_small():

@@ -295,7 +295,7 @@ def check_meta(meta: LatentMeta) -> None:
         raise CodecError(f"{name}: metadata has non-finite channel means {list(meta.means)}")
     if not all(abs(v) <= MEAN_MAX for v in means):
         raise CodecError(f"{name}: channel means must lie within +-{MEAN_MAX:g}, got {list(meta.means)}")
-    if meta.forward not in FORWARD_MODES:
+    if meta.forward not in FORWARD_MODES and not (meta.forward == "none" and meta.k == 0):  # none: z_0 itself sent
         raise CodecError(f"{name}: forward must be one of {', '.join(FORWARD_MODES)}, got {meta.forward!r}")
     if not isinstance(meta.prompt, str):
         raise CodecError(f"{name}: prompt must be a string, got {type(meta.prompt).__name__}")

@@ -84,7 +84,9 @@ def load_rgb(src: ImageLike, max_pixels: int = 4096 * 4096, name: Optional[str] 
         if img.mode.startswith("I;16") or (img.mode == "I" and arr.min() >= 0 and arr.max() > 255):
             arr = arr.astype(np.uint16)
         img = Image.fromarray(to_uint8_range(arr, name))
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    # alpha, or a tRNS colour key (palette, RGB or grey PNGs): transparent pixels are white, as
+    # viewers show them on a white page (an RGB key colour was kept as the colour it stands for)
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
         rgba = img.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(bg, rgba)

@@ -954,10 +954,9 @@ class FrameRx:
         (c, h, w), (ih, iw) = hdr.latent_shape, hdr.image_size
         if min(c, h, w, ih, iw) < 1:
             return HeaderError(f"empty latent {list(hdr.latent_shape)} or image {list(hdr.image_size)}")
-        whole = c * h * w // 2  # symbols of the whole latent; a reduced one (flags) sends fewer
-        if hdr.total_symbols > min(whole, MAX_IMAGE_SYMBOLS):  # (the exact count is the codec's check)
-            return HeaderError(f"total_symbols {hdr.total_symbols} does not fit latent {list(hdr.latent_shape)} "
-                               f"({whole} symbols whole; at most {MAX_IMAGE_SYMBOLS} received)")
+        if hdr.total_symbols > MAX_IMAGE_SYMBOLS:  # (whether it fits the latent is the codec's check)
+            return HeaderError(f"total_symbols {hdr.total_symbols} is more than a receiver assembles "
+                               f"({MAX_IMAGE_SYMBOLS}, frame.MAX_IMAGE_SYMBOLS)")
         if hdr.forward not in (FORWARD_DDIM, FORWARD_RANDOM):
             return HeaderError(f"unknown forward process {hdr.forward} (0 ddim, 1 random)")
         if not ALPHA_RANGE[0] <= hdr.alpha <= ALPHA_RANGE[1]:
