@@ -107,10 +107,14 @@ def test_field_error_messages_name_the_field_and_value():
         DISTINCT.replace(image_id=70000).pack()
     with pytest.raises(HeaderError, match=r"^header field k=256 is not a uint8$"):
         DISTINCT.replace(k=256).pack()
-    with pytest.raises(HeaderError, match=r"^alpha=nan and guidance=2\.5 must be finite$"):
+    with pytest.raises(HeaderError, match=r"^alpha=nan and guidance=2\.5 must be finite \(guidance in float16\)$"):
         DISTINCT.replace(alpha=float("nan")).pack()
-    with pytest.raises(HeaderError, match=r"^alpha=0\.5 and guidance=inf must be finite$"):
+    with pytest.raises(HeaderError, match=r"^alpha=0\.5 and guidance=inf must be finite \(guidance in float16\)$"):
         DISTINCT.replace(guidance=float("inf")).pack()
+    with warnings.catch_warnings():  # (the float16 cast of 70000 printed numpy's overflow warning first)
+        warnings.simplefilter("error")
+        with pytest.raises(HeaderError, match=r"^alpha=0\.5 and guidance=70000\.0 must be finite \(guidance in float16\)$"):
+            DISTINCT.replace(guidance=70000.0).pack()
     with pytest.raises(HeaderError, match=r"^means \(0\.0, 70000\.0\) must be at most 4 values finite in float16$"):
         DISTINCT.replace(means=(0.0, 70000.0)).pack()
     with pytest.raises(HeaderError, match=r"^means \(1, 2, 3, 4, 5\) must be at most 4 values finite in float16$"):

@@ -142,8 +142,8 @@ class Header:
             raise HeaderError(f"latent_shape {shape!r} must be (C < 256, H < 65536, W < 65536)")
         if len(size) != 2 or not all(0 <= int(v) < 65536 for v in size):
             raise HeaderError(f"image_size {size!r} must be (height, width), each < 65536")
-        if not np.isfinite(self.alpha) or not np.isfinite(np.float16(self.guidance)):
-            raise HeaderError(f"alpha={self.alpha!r} and guidance={self.guidance!r} must be finite")
+        if not np.isfinite(self.alpha) or not fits_float16([self.guidance]):  # (no numpy overflow warning)
+            raise HeaderError(f"alpha={self.alpha!r} and guidance={self.guidance!r} must be finite (guidance in float16)")
         means = [float(v) for v in self.means]
         if len(means) > MEAN_SLOTS or not fits_float16(means):
             raise HeaderError(f"means {tuple(self.means)!r} must be at most {MEAN_SLOTS} values finite in float16")
