@@ -129,6 +129,20 @@ def image_names(files: Sequence[Path]) -> dict:
     return names
 
 
+def check_filename(pattern: str) -> str:
+    """A receiver's output file name pattern, checked once (an unknown field such as ``{idx}``
+    made every image decode and then fail on its file name): its fields are ``image_id`` and
+    ``name`` (``img{image_id:05d}.png``, ``{name}.png``).  Raises ValueError."""
+    try:
+        name = str(pattern).format(image_id=0, name="image")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"filename pattern {pattern!r} cannot be filled ({type(exc).__name__}: {exc}); "
+                         "its fields are {image_id} and {name}, e.g. img{image_id:05d}.png") from None
+    if not name or name.endswith(("/", "\\")):
+        raise ValueError(f"filename pattern {pattern!r} gives no file name")
+    return pattern
+
+
 def header_flags(meta: LatentMeta) -> int:
     """The header ``flags`` byte for ``meta``: its reduction (codec/rate.py) and whether
     channel means were removed (0 for the paper's signal).

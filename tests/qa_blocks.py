@@ -138,6 +138,34 @@ class qa_semantic_blocks(gr_unittest.TestCase):
         tb.run()
         self.assertEqual((src.counters()["images_sent"], len(snk.data())), (0, 0))
 
+    def test_settings_that_would_fail_every_image_are_refused_when_the_block_is_built(self):
+        """Found by a GNU Radio developer's audit: repeat=-1 sent nothing and ended silently; a file
+        pattern `img{idx}.png` decoded every image and then failed it on the name, uncounted."""
+        with self.assertRaisesRegex(ValueError, r"^repeat must be >= 0 \(times to send the image list; 0: forever\), "
+                                                r"got -1$"):
+            semantic_source(images="package:astronaut.png", repeat=-1, **TINY)
+        with self.assertRaisesRegex(ValueError, r"^tail_symbols must be >= 0"):
+            semantic_source(images="package:astronaut.png", tail_symbols=-5, **TINY)
+        src = semantic_source(images="package:astronaut.png", **TINY)
+        with self.assertRaisesRegex(ValueError, r"^repeat must be >= 0"):
+            src.set_repeat(-2)
+        with self.assertRaisesRegex(ValueError, r"^filename pattern 'img\{idx\}.png' cannot be filled \(KeyError: "
+                                                r"'idx'\); its fields are \{image_id\} and \{name\}"):
+            semantic_sink(out_dir="", filename="img{idx}.png", **TINY)
+
+    def test_a_sink_takes_a_fixed_n_below_its_default_k_plus_m(self):
+        """The sink has no k (each header has the transmitter's): N=3 with m=0 was refused against
+        the config's default k=5, though right for a transmitter with k=2; too small an N for an
+        image's k is that image's error."""
+        from gr_gdmcom.codec import GenerativeCodec
+        from gr_gdmcom.config import CodecConfig
+
+        sink = semantic_sink(out_dir="", m=0, steps=3, **TINY)
+        self.assertEqual((sink.codec_config.steps, sink.codec_config.k), (3, 0))
+        enc = GenerativeCodec(CodecConfig(k=5, **TINY)).encode(np.full((16, 16, 3), 90, np.uint8), "x")
+        out = GenerativeCodec(CodecConfig(k=0, m=0, steps=3, **TINY)).decode_many([(enc.symbols, enc.meta, 10.0)])
+        self.assertEqual(out[0].error, "x: steps N must satisfy k + m <= N <= T, got N=3, k=5, m=0, T=50")
+
     def test_sink_survives_bad_input_and_decodes_good_bursts(self):
         """Noise only, NaN samples, a burst cut off at the end: counted; the good burst is decoded."""
         from gr_gdmcom.bridge.backend import make_backend

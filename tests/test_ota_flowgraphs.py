@@ -198,6 +198,16 @@ def test_rx_level_block_reports_peak_rms_and_clipping():
     with pytest.raises(ValueError, match=r"^rx_level: samp_rate and period must be > 0, got samp_rate=10000.0, "
                                          r"period=0 \(a report per sample would flood the log\)$"):
         rx_level(samp_rate=1e4, period=0)
+    with pytest.raises(ValueError, match=r"^rx_level: clip must be in \(0, 1\] \(a fraction of full scale\), got -1$"):
+        rx_level(clip=-1)
+    # a NaN sample (a driver glitch) made the period's RMS nan, reported at info level
+    x[12000] = np.nan
+    meter = rx_level(samp_rate=1e4, period=1.0)
+    tb = gr.top_block()
+    tb.connect(blocks.vector_source_c(x.tolist()), meter)
+    tb.run()
+    assert meter.reports[1]["nonfinite"] == 1 and meter.reports[0]["nonfinite"] == 0
+    assert abs(meter.reports[1]["rms_dbfs"] - 10 * np.log10(0.01 * 9999 / 10000)) < 0.01
 
 
 # --------------------------------------------------------------------------- ZMQ IQ link

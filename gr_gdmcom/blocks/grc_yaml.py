@@ -99,7 +99,8 @@ OPTIONS = {"model": ([repr(DEFAULT_MODEL), "'patch-gmm'", "'tiny'", "'analytic'"
            "dtype": (["'auto'", "'fp32'", "'fp16'", "'bf16'"], ["auto", "fp32", "fp16", "bf16"])}
 #: GRC asserts, written from CodecConfig.validate / FrameConfig.validate (tests/test_grc.py checks they agree)
 ASSERTS = {
-    "T": "1 <= T <= 1000", "k": "k >= 0", "m": "m >= 0",
+    "T": "1 <= T <= 1000", "k": "0 <= k <= T", "m": "0 <= m <= T", "steps": "steps <= T",
+    "guidance": "0 <= guidance <= 100", "inversion_iters": "inversion_iters >= 1", "seed": "seed >= 0",
     "sps": "1 <= sps <= 16", "rolloff": "0 < rolloff <= 1", "rrc_span": "rrc_span >= 2 and rrc_span % 2 == 0",
     "pilot_spacing": "2 <= pilot_spacing <= 4096", "max_chunk_symbols": "1 <= max_chunk_symbols <= 65535",
     "gap_symbols": "gap_symbols >= 0", "eq_taps": "1 <= eq_taps <= 31 and eq_taps % 2 == 1",
@@ -131,7 +132,7 @@ BLOCKS = {
             "when no image can be read: wait for the files (True) or end the stream (False)"),
            ("stop_timeout", "Stop timeout", "float", "10.0", "Codec",
             "seconds stop() waits for the encoder thread (an image being encoded finishes first)")] + PHY + TX_PHY,
-        face=["images", "repeat", "model", "server"],
+        face=["images", "repeat", "model", "server"], asserts=["repeat >= 0", "tail_symbols >= 0"],
         inputs=[], outputs=[dict(domain="stream", dtype="complex"),
                             dict(domain="message", id="info", optional=True)],
         callbacks=["set_repeat(${repeat})"],
@@ -159,10 +160,11 @@ BLOCKS = {
         callbacks=[],
         doc="Complex baseband -> bursts found -> SNR estimated from known symbols -> N chosen -> decoded images "
             "written to the output folder.\nInput: complex64 at sps samples/symbol.\nMessage out 'images': one PDU "
-            "per image, metadata image_id, name, snr_est_db, n_steps, rule, chunks_received, chunks_total, "
-            "complete, missing_chunks, untracked_chunks, erased_symbols, snr_eff_db, seconds, file or error, "
-            "counters; "
-            "vector: RGB uint8 pixels."),
+            "per image, metadata image_id, name, snr_est_db, n_steps, rule, k, m, T, alpha, s_tot2, unet_calls, "
+            "symbols, height, width, chunks_received, chunks_total, complete, missing_chunks, untracked_chunks, "
+            "erased_symbols, snr_eff_db, seconds, model_mismatch, file or error, counters; "
+            "vector: RGB uint8 pixels, height*width*3.\nThreaded: images still decoding when the stream ends "
+            "are written, but get no PDU (GNU Radio delivers none that late)."),
     "frame_tx": dict(
         label="Frame TX", category="[GDM-COM]/PHY",
         params=[("burst_tags", "UHD burst tags", "bool", "False", None, "add tx_sob/tx_eob tags"),
@@ -193,7 +195,7 @@ BLOCKS = {
                 ("clip", "Clip level", "float", "0.9", None, "|x| above this counts as clipped (full scale: 1)"),
                 ("low_dbfs", "Low level (dBFS)", "float", "-40.0", None,
                  "warn when even the peak of a period stays below this")],
-        face=["samp_rate", "period"], asserts=["samp_rate > 0", "period > 0"],
+        face=["samp_rate", "period"], asserts=["samp_rate > 0", "period > 0", "0 < clip <= 1"],
         inputs=[dict(domain="stream", dtype="complex")], outputs=[], callbacks=[],
         doc="RX level meter: every period it logs the peak and RMS of the received samples in dBFS (full scale: "
             "|x| = 1) and the share of samples above the clip level; it warns on clipping (lower the RX gain or "

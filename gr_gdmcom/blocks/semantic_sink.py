@@ -10,7 +10,7 @@ from gnuradio import gr
 
 from ..bridge.backend import make_backend
 from ..config import DEFAULT_MODEL, DEFAULT_PROMPT
-from ..pipeline import RxPipeline
+from ..pipeline import RxPipeline, check_filename
 from . import _log
 from ._common import PORT_IMAGES, guarded_receive, pdu, split_config
 
@@ -23,8 +23,9 @@ class semantic_sink(gr.sync_block):
     header and reassembles each image's latent; the decoder then picks N from
     the **estimated** SNR and writes ``out_dir/filename``.  Message output
     ``images``: one PDU per image, metadata ``image_id, name, snr_est_db,
-    n_steps, rule, chunks_received, chunks_total, complete, missing_chunks,
-    untracked_chunks, snr_eff_db, seconds, file`` (or ``error``) and the counters
+    n_steps, rule, k, m, T, alpha, s_tot2, unet_calls, symbols, height, width,
+    chunks_received, chunks_total, complete, missing_chunks, untracked_chunks,
+    erased_symbols, snr_eff_db, seconds, model_mismatch, file`` (or ``error``) and the counters
     (``snr_eff_db``: the SNR the step rule used after weighting each symbol by its
     reliability, docs/codec.md); the vector is the decoded
     image as uint8 (H*W*3, row-major RGB).
@@ -51,8 +52,11 @@ class semantic_sink(gr.sync_block):
                  clean_end="model", inversion="ddim", inversion_iters=3, **frame):
         gr.sync_block.__init__(self, name="gdmcom_semantic_sink", in_sig=[np.complex64], out_sig=None)
         _log.bind(self)
+        check_filename(filename)
+        # k=0: a receiver's k is each image's own (its header); the config's default 5 refused a fixed
+        # N below 5 + m that a transmitter with a smaller k makes valid
         self.codec_config, self.frame_config = split_config(dict(
-            model=model, device=device, dtype=dtype, m=int(m), T=int(T), rule=rule, rescale=bool(rescale),
+            model=model, device=device, dtype=dtype, k=0, m=int(m), T=int(T), rule=rule, rescale=bool(rescale),
             guidance=float(guidance), prompt=prompt, steps=int(steps) if steps else None, seed=int(seed),
             clean_end=clean_end, inversion=inversion, inversion_iters=int(inversion_iters), **frame))
         self.message_port_register_out(PORT_IMAGES)

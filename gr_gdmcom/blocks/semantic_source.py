@@ -55,7 +55,9 @@ class semantic_source(gr.sync_block):
             remove_mean=bool(remove_mean), **frame))
         self.message_port_register_out(PORT_INFO)
         self._images = expand_images(images)
-        self._repeat, self._id0 = int(repeat), int(image_id_start)
+        self._repeat, self._id0 = _check_repeat(repeat), int(image_id_start)
+        if int(tail_symbols) < 0:
+            raise ValueError(f"tail_symbols must be >= 0 (zero symbols after the last burst), got {tail_symbols}")
         self._burst_tags = bool(burst_tags)
         self._tail = int(tail_symbols) * self.frame_config.sps
         self._stop_timeout = float(stop_timeout)
@@ -109,7 +111,7 @@ class semantic_source(gr.sync_block):
         return dict(self.pipeline.counters)
 
     def set_repeat(self, repeat):
-        self._repeat = self.pipeline.repeat = int(repeat)
+        self._repeat = self.pipeline.repeat = _check_repeat(repeat)
 
     def _run(self, stop: threading.Event, out: "queue.Queue"):
         _log.bind(self)
@@ -187,3 +189,11 @@ class semantic_source(gr.sync_block):
         self._pending_tags = keep
         self._buf = self._buf[n:]
         return n
+
+
+def _check_repeat(repeat) -> int:
+    """``repeat`` as an int >= 0 (0: forever); a negative one sent nothing and ended the
+    flowgraph without a word."""
+    if int(repeat) < 0:
+        raise ValueError(f"repeat must be >= 0 (times to send the image list; 0: forever), got {repeat}")
+    return int(repeat)

@@ -755,7 +755,13 @@ class GenerativeCodec:
             except CodecError as exc:
                 raise CodecError(f"{name}: {exc}") from None
         z = latent_from_symbols(s, meta)
-        return z, meta, snr, self.step_choice(snr, meta), mask, snr_in
+        try:
+            choice = self.step_choice(snr, meta)
+        except CodecError:
+            raise
+        except ValueError as exc:  # a fixed N this image's k cannot take (steps N must satisfy k + m <= N ...)
+            raise CodecError(f"{name}: {exc}") from None
+        return z, meta, snr, choice, mask, snr_in
 
     @torch.no_grad()
     def _decode_batch(self, batch) -> List[Decoded]:
