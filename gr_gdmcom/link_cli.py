@@ -116,9 +116,9 @@ def cmd_link(args) -> int:
                         if ref is not None:
                             row["psnr_received_as_is"] = round(psnr(originals[i], ref), 4)
             if i in tiles:
-                dec = None
+                dec = None  # the decoded file's path: a long run keeps no pixels
                 if "error" not in row and row.get("output"):
-                    dec = np.asarray(load_rgb(row["output"]))
+                    dec = row["output"]
                     row["sheet"] = str(Path(args.out) / f"{row['image']}_snrs.png")  # written after the last SNR
                 tiles[i].append((sheet_label(snr, row), dec))
             row["counters"] = run["counters"]

@@ -107,7 +107,7 @@ def simulate(codec: GenerativeCodec, images: Sequence, snrs: Sequence[float], ch
                 Image.fromarray(d.image).save(path)
                 row["output"] = str(path)
                 row["sheet"] = str(out_dir / f"{names[i]}_snrs.png")  # written when every SNR is done
-                sheets[i].append((sheet_label(snr, row), d.image))
+                sheets[i].append((sheet_label(snr, row), path))  # (a path: a long run keeps no pixels)
             yield row
     if out_dir is not None:
         for i, tiles in sheets.items():
@@ -115,7 +115,7 @@ def simulate(codec: GenerativeCodec, images: Sequence, snrs: Sequence[float], ch
 
 
 def contact_sheet(original: np.ndarray, tiles: Sequence[tuple], path: Path, tile_width: int = 256) -> Path:
-    """One picture to look at: ``original`` and each ``(label, image or None)`` of ``tiles``
+    """One picture to look at: ``original`` and each ``(label, image, its file or None)`` of ``tiles``
     side by side, each scaled to ``tile_width`` pixels wide, its label (lines split on
     ``\\n``) under it; a tile without an image is grey, "not decoded".  Pillow only (no
     matplotlib: ``gdmcom link`` and ``simulate`` need no extra).  Returns ``path``."""
@@ -141,7 +141,9 @@ def contact_sheet(original: np.ndarray, tiles: Sequence[tuple], path: Path, tile
             draw.text((x + w // 2, gap + h // 2), "not decoded", fill="white", font=font, anchor="mm")
         else:
             resample = Image.NEAREST if w >= w0 else Image.LANCZOS  # small images: pixels kept visible
-            sheet.paste(Image.fromarray(np.asarray(img, np.uint8)).resize((w, h), resample), (x, gap))
+            tile = Image.open(img).convert("RGB") if isinstance(img, (str, Path)) else Image.fromarray(
+                np.asarray(img, np.uint8))
+            sheet.paste(tile.resize((w, h), resample), (x, gap))
         for n, text in enumerate(label.split("\n")):
             draw.text((x + w // 2, gap + h + 4 + n * line_h), text, fill="black", font=font, anchor="ma")
     path = Path(path)

@@ -146,7 +146,14 @@ class qa_semantic_blocks(gr_unittest.TestCase):
             semantic_source(images="package:astronaut.png", repeat=-1, **TINY)
         with self.assertRaisesRegex(ValueError, r"^tail_symbols must be >= 0"):
             semantic_source(images="package:astronaut.png", tail_symbols=-5, **TINY)
-        src = semantic_source(images="package:astronaut.png", **TINY)
+        with self.assertRaisesRegex(ValueError, r"^reduce must be a power of two in 1..32768 \(the frame header "
+                                                r"carries its log2\), got 3$"):
+            semantic_source(images="package:astronaut.png", reduce=3, **TINY)
+        with self.assertRaisesRegex(ValueError, r"^stop_timeout must be >= 0 seconds, got -1$"):
+            semantic_source(images="package:astronaut.png", stop_timeout=-1, **TINY)
+        with self.assertRaisesRegex(ValueError, r"^drain_timeout must be >= 0 seconds, got -1$"):
+            semantic_sink(out_dir="", drain_timeout=-1, **TINY)
+        src = semantic_source(images="package:astronaut.png", k=46, T=50, **TINY)  # no m of its own to add
         with self.assertRaisesRegex(ValueError, r"^repeat must be >= 0"):
             src.set_repeat(-2)
         with self.assertRaisesRegex(ValueError, r"^filename pattern 'img\{idx\}.png' cannot be filled \(KeyError: "

@@ -53,6 +53,8 @@ class semantic_sink(gr.sync_block):
         gr.sync_block.__init__(self, name="gdmcom_semantic_sink", in_sig=[np.complex64], out_sig=None)
         _log.bind(self)
         check_filename(filename)
+        if not float(drain_timeout) >= 0:
+            raise ValueError(f"drain_timeout must be >= 0 seconds, got {drain_timeout}")
         # k=0: a receiver's k is each image's own (its header); the config's default 5 refused a fixed
         # N below 5 + m that a transmitter with a smaller k makes valid
         self.codec_config, self.frame_config = split_config(dict(

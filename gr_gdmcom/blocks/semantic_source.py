@@ -48,8 +48,9 @@ class semantic_source(gr.sync_block):
                  **frame):
         gr.sync_block.__init__(self, name="gdmcom_semantic_source", in_sig=None, out_sig=[np.complex64])
         _log.bind(self)
+        # m=0: a transmitter has no m (the receiver's); the config's default 5 refused k=46 of T=50
         self.codec_config, self.frame_config = split_config(dict(
-            model=model, device=device, dtype=dtype, k=int(k), T=int(T), guidance=float(guidance),
+            model=model, device=device, dtype=dtype, k=int(k), m=0, T=int(T), guidance=float(guidance),
             prompt=prompt, forward=forward, seed=int(seed), clean_end=clean_end, inversion=inversion,
             inversion_iters=int(inversion_iters), reduce=int(reduce), reduce_method=reduce_method,
             remove_mean=bool(remove_mean), **frame))
@@ -58,6 +59,11 @@ class semantic_source(gr.sync_block):
         self._repeat, self._id0 = _check_repeat(repeat), int(image_id_start)
         if int(tail_symbols) < 0:
             raise ValueError(f"tail_symbols must be >= 0 (zero symbols after the last burst), got {tail_symbols}")
+        if not float(stop_timeout) >= 0:
+            raise ValueError(f"stop_timeout must be >= 0 seconds, got {stop_timeout}")
+        r = int(reduce)
+        if r & (r - 1) or not 1 <= r <= 1 << 15:  # (it failed every image at run time, from the frame header)
+            raise ValueError(f"reduce must be a power of two in 1..32768 (the frame header carries its log2), got {reduce}")
         self._burst_tags = bool(burst_tags)
         self._tail = int(tail_symbols) * self.frame_config.sps
         self._stop_timeout = float(stop_timeout)

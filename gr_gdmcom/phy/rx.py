@@ -947,8 +947,8 @@ class FrameRx:
     @staticmethod
     def _image_problem(hdr: Header) -> Optional[HeaderError]:
         """What no transmitter sends in a CRC-valid header (a bit pattern that passed the CRC by
-        chance, or another transmitter's bug): an image the receiver would allocate gigabytes
-        for, a latent its symbol count cannot come from, an unknown forward process, an alpha
+        chance, or another transmitter's bug): an empty latent or image, an image the receiver
+        would allocate gigabytes for, an unknown forward process, an alpha
         or a guidance outside ``config.ALPHA_RANGE`` / ``GUIDANCE_RANGE`` (decoded, an alpha of 1e-30
         gave a black picture reported as good)."""
         (c, h, w), (ih, iw) = hdr.latent_shape, hdr.image_size
