@@ -58,6 +58,9 @@ def test_denoiser_is_exact_on_a_latent_that_is_not_made_of_whole_tiles(model):
 def test_vae_encoder_is_the_pca_projection_and_the_decoder_reconstructs_held_out_images(model):
     vae, params = model.vae, pg.PatchGMMParams.load(pg.ASSET_DIR / pg.PARAMS_FILE)
     img = pg.bundled_image("astronaut")  # held out
+    # the README's spelling: "astronaut.png" missed the held-out copy and gave scikit-image's 512 px one
+    np.testing.assert_array_equal(pg.bundled_image("astronaut.png"), img)
+    assert img.shape == (256, 256, 3)
     x = torch.from_numpy(img.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
     z = vae.encode(x).latent_dist.mode()
     # block (i, j), channel-major RGB, minus the mean block, projected on the encoder rows

@@ -295,12 +295,13 @@ def patch_gmm_components(model: str = PATCH_GMM_NAME, device: str = "auto", dtyp
 
 # --------------------------------------------------------------------------- training data
 def bundled_image(name: str) -> np.ndarray:
-    """A bundled image as uint8 (H, W, 3): ``astronaut`` is the project's own 256 x 256
-    copy (gr_gdmcom/data); other names are files of scikit-image's, matplotlib's or
+    """A bundled image as uint8 (H, W, 3): ``astronaut`` (or ``astronaut.png``) is the project's
+    own 256 x 256 copy (gr_gdmcom/data); other names are files of scikit-image's, matplotlib's or
     scikit-learn's data folders."""
     from PIL import Image
 
-    own = Path(__file__).resolve().parent.parent / "data" / f"{name}.png"
+    stem = name[:-4] if name.endswith(".png") else name  # "astronaut.png" missed the own copy (512 px, not held out)
+    own = Path(__file__).resolve().parent.parent / "data" / f"{stem}.png"
     if own.is_file():
         path = own
     else:
