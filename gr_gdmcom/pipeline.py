@@ -390,6 +390,7 @@ class RxPipeline:
             self.counters["ids_reused"] += 1
             log.warning("sink: image id %d received again after its image was decoded (a restarted "
                         "transmitter, or two?); written as %s, not over %s", image_id, path.name, first.name)
+        path.parent.mkdir(parents=True, exist_ok=True)  # a pattern with a folder: {name}/img{image_id}.png
         Image.fromarray(image).save(path)
         self._written.add(path)
         return path

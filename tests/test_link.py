@@ -229,3 +229,12 @@ def test_every_codec_setting_reaches_the_links_blocks(tmp_path, small):
         got = block.codec_config
         assert (got.clean_end, got.inversion, got.inversion_iters) == ("one", "fixed-point", 2), got
     assert src.codec_config.remove_mean is True and snk.codec_config.rescale is True
+
+
+def test_a_filename_pattern_with_a_folder_writes_into_it(tmp_path):
+    """`{name}/x{image_id}.png` was refused per image (the sub-folder was never made)."""
+    from gr_gdmcom.pipeline import RxPipeline
+
+    rx = RxPipeline(None, CodecConfig(model="tiny"), FrameConfig(), str(tmp_path / "out"), "{name}/x{image_id}.png")
+    path = rx._write(np.full((8, 8, 3), 7, np.uint8), 3, "astro")
+    assert path == tmp_path / "out" / "astro" / "x3.png" and np.asarray(Image.open(path)).max() == 7
