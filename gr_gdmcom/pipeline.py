@@ -143,6 +143,13 @@ def check_filename(pattern: str) -> str:
     return pattern
 
 
+def header_reduce_ok(reduce: int) -> bool:
+    """Whether the frame header can carry ``reduce``: a power of two up to 2^15 (its log2 in
+    the flags' low four bits)."""
+    r = int(reduce)
+    return 1 <= r <= 1 << REDUCE_LOG2_MASK and not r & (r - 1)
+
+
 def header_flags(meta: LatentMeta) -> int:
     """The header ``flags`` byte for ``meta``: its reduction (codec/rate.py) and whether
     channel means were removed (0 for the paper's signal).
@@ -155,7 +162,7 @@ def header_flags(meta: LatentMeta) -> int:
         raise LinkMetaError(f"{meta.name}: the frame header carries at most {MEAN_SLOTS} channel means, "
                             f"got {len(meta.means)}; send with remove_mean off (--no-remove-mean)")
     r = int(meta.reduce)
-    if r < 1 or r & (r - 1) or r > 1 << REDUCE_LOG2_MASK:
+    if not header_reduce_ok(r):
         raise LinkMetaError(f"{meta.name}: the frame header carries reduce as a power of two up to "
                             f"{1 << REDUCE_LOG2_MASK}, got {r}")
     return (r.bit_length() - 1) | _METHOD_FLAGS.get(meta.reduce_method, 0) | (MEANS_FLAG if meta.means else 0)

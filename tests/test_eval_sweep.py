@@ -567,3 +567,16 @@ def test_strip_names_are_safe_and_distinct():
     assert report.strip_name("a.png") == "snr_a_png" != report.strip_name("a.jpg") == "snr_a_jpg"
     assert report.strip_name("photo.v2") == "snr_photo_v2" and report.strip_name("a~2") == "snr_a_2"
     assert report.strip_name("..") == "snr_image"
+
+
+def test_strip_names_of_colliding_labels_stay_distinct(tmp_path, monkeypatch):
+    """Labels "a", "a_2" and "a~" make snr_a, snr_a_2 and (snr_a taken) a suffix: a suffix from the
+    count of names so far was snr_a_2 again, forever."""
+    f = tmp_path / "t.png"
+    Image.new("RGB", (4, 4)).save(f)
+    rows = [dict(image=im, snr_db=str(s), method="proposed", setting="s", output=str(f), error="", psnr="10",
+                 ms_ssim="0.5", lpips="") for im in ("a", "a_2", "a~") for s in (0, 10)]
+    monkeypatch.setattr(report, "_save_figure", lambda fig, stem: [stem])
+    orig = {im: np.zeros((4, 4, 3), np.uint8) for im in ("a", "a_2", "a~")}
+    got = report.plot_snr_strips(rows, orig, tmp_path, tmp_path)
+    assert [p.name for p in got] == ["snr_a", "snr_a_2", "snr_a_3"]

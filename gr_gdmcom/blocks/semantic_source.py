@@ -11,7 +11,7 @@ from gnuradio import gr
 
 from ..bridge.backend import make_backend
 from ..config import DEFAULT_MODEL, DEFAULT_PROMPT
-from ..pipeline import TxPipeline, expand_images
+from ..pipeline import TxPipeline, expand_images, header_reduce_ok
 from . import _log
 from ._common import CHUNK, IMAGE_ID, PACKET_LEN, PORT_INFO, TX_EOB, TX_SOB, pdu, split_config
 
@@ -61,8 +61,7 @@ class semantic_source(gr.sync_block):
             raise ValueError(f"tail_symbols must be >= 0 (zero symbols after the last burst), got {tail_symbols}")
         if not float(stop_timeout) >= 0:
             raise ValueError(f"stop_timeout must be >= 0 seconds, got {stop_timeout}")
-        r = int(reduce)
-        if r & (r - 1) or not 1 <= r <= 1 << 15:  # (it failed every image at run time, from the frame header)
+        if not header_reduce_ok(reduce):  # (it failed every image at run time, from the frame header)
             raise ValueError(f"reduce must be a power of two in 1..32768 (the frame header carries its log2), got {reduce}")
         self._burst_tags = bool(burst_tags)
         self._tail = int(tail_symbols) * self.frame_config.sps

@@ -725,8 +725,9 @@ def plot_snr_strips(rows: Sequence[dict], originals: Dict[str, np.ndarray], out_
     written, stems = [], set()
     for im in images:
         stem = base = strip_name(im)
-        while stem in stems:  # labels "a b" and "a_b"
-            stem = f"{base}_{len(stems)}"
+        n = 2
+        while stem in stems:  # labels "a b" and "a_b" (a counter: a fixed suffix could be taken too, forever)
+            stem, n = f"{base}_{n}", n + 1
         stems.add(stem)
         nr, nc = len(pairs), 1 + len(snrs)
         fig, axes = plt.subplots(nr, nc, figsize=(2.0 * nc, 2.25 * nr + 0.4), squeeze=False)
