@@ -156,6 +156,13 @@ ERASE_SNR_DB = -30.0
 #: the track, which interpolates over it.
 DEAD_SPAN = 8
 DEAD_RATIO = 1e-4
+#: Samples the receiver replaced (NaN, inf, out of range: ``nonfinite_samples``) take their
+#: energy out of the matched-filter outputs near them: a known symbol that lost more than
+#: this share of its pulse's energy is left out of the channel track and the noise estimate,
+#: and each payload symbol gets what it lost as noise (erased where that is more than
+#: REPLACED_ERASE of its signal's power: a loss is as large as the symbol, not as the average).
+HIT_KNOWN = 1e-3
+REPLACED_ERASE = 0.5
 
 
 def _dead(z: np.ndarray) -> np.ndarray:
@@ -294,6 +301,7 @@ class _Burst:
     header: Optional[Header] = None
     header_bytes: bytes = b""
     resync: bool = False              # found from its resync preamble (equaliser trained there)
+    hit: Optional[np.ndarray] = None  # body symbols near replaced samples (FrameRx._hit), or None
 
 
 class FrameRx:
@@ -410,6 +418,7 @@ class FrameRx:
         self._scan = start // self._sps  # next detection-metric index (symbol-rate)
         self._pending: List[_Burst] = []
         self._last_end = -math.inf
+        self._bad = np.zeros(0, np.int64)  # absolute indices of buffered samples _sanitize replaced
 
     def _sanitize(self, samples) -> np.ndarray:
         a = np.asarray(samples)
@@ -429,6 +438,8 @@ class FrameRx:
                 "non-finite or out-of-range (beyond +-%g) input samples replaced by 0: %d in this block of samples "
                 "(all are counted in nonfinite_samples; later ones are logged at debug level)", MAX_SAMPLE, nbad)
             self.counters["nonfinite_samples"] += nbad
+            # remembered: the symbols they touch get the energy they lost as noise (_hit)
+            self._bad = np.concatenate([self._bad, self._end + np.flatnonzero(bad)])
         return x
 
     @property
@@ -844,6 +855,8 @@ class FrameRx:
             pos = np.concatenate([np.arange(self._hdr_body), pilot_pos[n_hp:]])
             ref = np.concatenate([known_head, pilots[n_hp:]])
         dead = _dead(z)[pos]
+        if b.hit is not None:  # near samples replaced by 0: not the channel either
+            dead |= b.hit[pos]
         if dead.any() and np.count_nonzero(~dead) >= max(8, len(pos) // 8):
             # a dropout: its known symbols say nothing of the channel (the track interpolates
             # over it; the payload symbols there are erased in _effective_noise)
@@ -1091,10 +1104,14 @@ class FrameRx:
         # (the equaliser is to undo the dispersion, not the fading the tracker follows)
         head = lay.body_symbols(hdr_sym)[: self._hdr_body]
         known = lay.resync if b.resync else np.concatenate([lay.preamble, head * b.g])
+        lost = self._lost_energy(b, n_body, 0.0)
+        if lost is not None:  # (the clock's drift moves a symbol by at most its margin: widened)
+            reach = self._h + 2 + self._drift_margin(n_body) // self._sps
+            b.hit = np.convolve(lost, np.ones(2 * reach + 1), "same") > HIT_KNOWN
         d = self._demodulate(b, self._mf(b, npre + n_body), known, head, pilot_pos, n_body)
         drift, d = self._follow_drift(b, d, known, head, pilot_pos, n_body)
         b.eq = d.eq
-        est = self._effective_noise(d, m.payload)
+        est = self._effective_noise(d, m.payload, self._replaced_noise(b, d, n_body, drift, m.payload))
         if est is None:
             self._fail(b, "sync_fail", "no signal on the known symbols")
             return None
@@ -1121,7 +1138,42 @@ class FrameRx:
                        symbol_noise_var=sym_nv.astype(np.float32), tracked=tracked, track_span=d.track.span,
                        erased=erased if n_erased else None)
 
-    def _effective_noise(self, d: _Demod, pay_pos: np.ndarray):
+    def _lost_energy(self, b: _Burst, n_body: int, drift: float) -> Optional[np.ndarray]:
+        """Share of each body symbol's matched-filter energy that fell on samples
+        :meth:`_sanitize` replaced by 0 (on a clock drifting by ``drift``).  float64
+        (n_body,), or None where there are none near the burst."""
+        if not len(self._bad):
+            return None
+        half = self.layout.half
+        t = self._instants(b, np.arange(self._npre, self._npre + n_body), drift)
+        base, top = int(math.floor(t[0])) - half - 1, int(math.floor(t[-1])) + half + 3
+        bad = self._bad[(self._bad >= base) & (self._bad < top)]
+        if not len(bad):
+            return None
+        table = sync.mf_table(half, self._sps, self.cfg.rolloff, self.layout.rrc_scale) ** 2
+        ind = np.zeros(top - base, np.complex64)
+        ind[bad - base] = 1.0
+        return sync.matched_filter_at(ind, t - base, half, table / table.sum(1, keepdims=True)).real.astype(np.float64)
+
+    def _replaced_noise(self, b: _Burst, d: _Demod, n_body: int, drift: float, pay_pos: np.ndarray):
+        """The noise variance each payload symbol gets from replaced samples
+        (:meth:`_lost_energy`): the energy its matched-filter outputs lost (their local
+        power times the share), through the equaliser, over the tracked gain's power.
+        float64 (n_pay,), or None."""
+        lost = self._lost_energy(b, n_body, drift) if b.hit is not None else None
+        if lost is None:
+            return None
+        y = d.y[self._h + self._npre: self._h + self._npre + n_body]
+        # the outputs' local power, from those the replaced samples did not reach
+        keep, box = np.clip(1.0 - lost, 0.0, 1.0), np.ones(4 * DEAD_SPAN + 1)
+        power = np.convolve((y.real ** 2 + y.imag ** 2) * keep, box, "same") / \
+            np.maximum(np.convolve(keep, box, "same"), 1.0)
+        out = np.correlate(lost * power, d.eq.real ** 2 + d.eq.imag ** 2, "same")
+        g = d.track.g[pay_pos]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return out[pay_pos] / (g.real ** 2 + g.imag ** 2)
+
+    def _effective_noise(self, d: _Demod, pay_pos: np.ndarray, replaced: Optional[np.ndarray] = None):
         """The payload's post-equalisation noise (docs/frame-format.md, SNR estimator).
 
         The tracker's leave-one-out prediction errors at the known symbols measure
@@ -1130,8 +1182,12 @@ class FrameRx:
         fare significantly worse.  Divided by the tracked gain's power at each payload
         symbol, they give its noise variance after the division by the gain.
 
-        A payload symbol whose noise variance exceeds 10^(-ERASE_SNR_DB/10), or that lies in
-        a stretch with no signal (DEAD_SPAN, DEAD_RATIO), is erased: its variance is set to
+        ``replaced``: each payload symbol's noise from samples the receiver replaced
+        (:meth:`_replaced_noise`), added to its variance.
+
+        A payload symbol whose noise variance exceeds 10^(-ERASE_SNR_DB/10), that lies in
+        a stretch with no signal (DEAD_SPAN, DEAD_RATIO) or that replaced samples left with
+        less signal than noise, is erased: its variance is set to
         0 (as the reassembled image's at erased positions) and the mean is over the others.
 
         Returns:
@@ -1179,6 +1235,9 @@ class FrameRx:
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             sym_nv = np.maximum(raw_t / p_pay, MIN_NOISE_VAR)
         erased = ~(sym_nv <= 10.0 ** (-ERASE_SNR_DB / 10.0)) | _dead(d.z)[pay_pos]  # NaN (0 / 0) included
+        if replaced is not None:
+            sym_nv = sym_nv + replaced
+            erased |= ~(replaced < REPLACED_ERASE)
         if erased.all():
             return None
         sym_nv[erased] = 0.0
@@ -1198,3 +1257,5 @@ class FrameRx:
         if moved > 0:
             self._lo += moved
             self._buf_start += moved
+            if len(self._bad):
+                self._bad = self._bad[self._bad >= self._buf_start]
