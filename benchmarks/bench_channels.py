@@ -3,7 +3,7 @@ Radio's own channel blocks (fading, PA compression, ADC clipping, clock and carr
 drift): ``FrameTx`` -> ``channels.*`` -> ``FrameRx``.
 
     .venv/bin/python benchmarks/bench_channels.py [--bursts 20] [--snr 10 20] [--only rayleigh rician]
-        [--sps 2] [--seed 1]
+        [--sps 2] [--seed 1] [--no-dispersive]
 
 Each scenario sends ``--bursts`` bursts of 8192 unit-power Gaussian symbols (one
 stream, 1 Msps for the Hz settings of ``dynamic_channel_model``) and prints one row:
@@ -26,6 +26,8 @@ Scenarios (``name`` for ``--only``):
 * ``cfo-walk``: ``dynamic_channel_model`` CFO random walk, 10 Hz/sample std, max 500 Hz at
   1 Msps (no fading: LOS, K = 1e4);
 * ``sro-200ppm-sps<N>``: ``channel_model`` epsilon = 1.0002, at sps 2 and 4;
+* ``selective-<fdts>``: ``selective_fading_model``, three near-equal paths over 1.3 samples
+  (GNU Radio's example), fD Ts = 0 (still), 1e-5, 1e-4, 1e-3, then AWGN;
 * ``pa-beta-0.2``: ``distortion_3_gen`` beta = -0.2 (third-order PA compression,
   y = x + beta x |x|^2) before the noise;
 * ``adc-8bit``: after the noise, each rail clipped at 1.5 x its signal rms (``analog.rail_ff``)
@@ -35,6 +37,7 @@ Scenarios (``name`` for ``--only``):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import numpy as np
@@ -72,6 +75,14 @@ def _dynamic(snr_db: float, seed: int, fdts: float = 0.0, los: bool = False, k: 
                                           [0.0], [1.0], 1, noise_voltage(snr_db), seed)
 
 
+def _selective(fdts: float, seed: int):
+    """``selective_fading_model`` with its example's three paths (0, 0.1, 1.3 samples; powers 1,
+    0.99, 0.97), 8 sinusoids, no LOS, fD Ts = ``fdts`` (0: a still channel)."""
+    from gnuradio import channels
+
+    return channels.selective_fading_model(8, fdts, False, 4.0, seed, [0.0, 0.1, 1.3], [1.0, 0.99, 0.97], 8)
+
+
 def adc(x: np.ndarray, snr_db: float, seed: int, sps: int) -> np.ndarray:
     """AWGN, then per rail: clip at +-ADC_CREST x signal rms, 8-bit quantiser (``link.adc``)."""
     from gr_gdmcom.link import adc as adc_blocks
@@ -101,6 +112,9 @@ def scenarios(snrs, seed: int = 0):
     for sps in (2, 4):
         out += [(f"sro-200ppm-sps{sps}", s, sps, lambda x, s=s: _run(x, awgn_model(s, 11, 1.0002)), -200.0)
                 for s in snrs]
+    for fd in (0.0, 1e-5, 1e-4, 1e-3):
+        out += [(f"selective-{fd:g}", s, 2, lambda x, s=s, fd=fd: _run(x, _selective(fd, 17 + seed), awgn_model(s, 19)),
+                 None) for s in snrs]
     out += [("pa-beta-0.2", 20.0, 2, lambda x: _run(x, channels.distortion_3_gen(-0.2), awgn_model(20.0, 13)), None),
             ("adc-8bit", 20.0, 2, lambda x: adc(x, 20.0, 15 + seed, 2), None)]
     return out
@@ -112,6 +126,7 @@ def main() -> int:
     ap.add_argument("--snr", type=float, nargs="+", default=[10.0, 20.0])
     ap.add_argument("--only", nargs="+", default=None, help="scenario name prefixes")
     ap.add_argument("--seed", type=int, default=1, help="symbols' seed; channel seeds are offset by seed - 1")
+    ap.add_argument("--no-dispersive", action="store_true", help="receiver without its dispersive pass (dispersive_eq)")
     args = ap.parse_args()
 
     print(f"{args.bursts} bursts x 8192 symbols per row; est/act: medians (dB); "
@@ -131,7 +146,7 @@ def main() -> int:
         cfg, x, chunks = streams[sps]
         t0 = time.perf_counter()
         y = chan(x)
-        rx = FrameRx(cfg)
+        rx = FrameRx(dataclasses.replace(cfg, dispersive_eq=not args.no_dispersive))
         frames = rx.push(y) + rx.flush()
         est = np.array([f.snr_db for f in frames])
         act = np.array([measure_snr_db(chunks[f.header.chunk_index], f.symbols) for f in frames])

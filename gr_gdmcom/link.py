@@ -41,6 +41,10 @@ class ChannelConfig:
             100 Hz).  ``snr_db`` is then the average SNR.
         rician_k: with ``fading``: 0 = Rayleigh, else Rician with this K factor (LOS power
             over scattered power).
+        selective: with ``fading`` and several ``taps``: each tap is a path that fades on its
+            own (``channels.selective_fading_model``: path i at i + ``delay`` samples, its power
+            |tap|^2, the Rician LOS on the first) -- frequency-selective fading; without it all
+            paths fade together (flat fading times the static taps).
     """
 
     snr_db: float = 10.0
@@ -52,6 +56,7 @@ class ChannelConfig:
     seed: int = 0
     fading: float = 0.0
     rician_k: float = 0.0
+    selective: bool = False
 
     def __post_init__(self):
         for name in ("snr_db", "cfo", "delay"):
@@ -76,6 +81,9 @@ class ChannelConfig:
             raise ValueError(f"rician_k must be finite and >= 0 (0 = Rayleigh), got {self.rician_k!r}")
         if self.rician_k and not self.fading:
             raise ValueError("rician_k (--rician-k) is the K factor of a fading channel: give fading (--fading) too")
+        if self.selective and not (self.fading and taps.size > 1):
+            raise ValueError("selective (--selective) makes each of several taps fade on its own: give fading "
+                             "(--fading) and two or more taps (--taps)")
 
     @property
     def impaired(self) -> bool:
@@ -139,10 +147,18 @@ def build_link(images, out_dir: Optional[str], channel: ChannelConfig, tx: Codec
     if channel.kind not in ("awgn", "model"):
         raise ValueError(f"unknown channel kind {channel.kind!r}; choose awgn or model")
     head = src
+    taps = channel.channel_taps().tolist()
     if channel.fading:
         rician = float(channel.rician_k) > 0
-        head = channels.fading_model(8, float(channel.fading), rician, float(channel.rician_k) if rician else 1.0,
-                                     gr_seed)
+        k_factor = float(channel.rician_k) if rician else 1.0
+        if channel.selective:  # each path fades on its own; the taps' job is done here
+            power = np.abs(np.asarray(channel.taps, np.complex128)) ** 2
+            head = channels.selective_fading_model(8, float(channel.fading), rician, k_factor, gr_seed,
+                                                   [i + float(channel.delay) for i in range(len(power))],
+                                                   np.sqrt(power / power.sum()).tolist(), 8)
+            taps = [1.0 + 0j]
+        else:
+            head = channels.fading_model(8, float(channel.fading), rician, k_factor, gr_seed)
         tb.connect(src, head)
     if channel.kind == "awgn":
         noise = analog.noise_source_c(analog.GR_GAUSSIAN, nv, gr_seed)
@@ -152,7 +168,7 @@ def build_link(images, out_dir: Optional[str], channel: ChannelConfig, tx: Codec
         tb.connect(add, snk)
     else:
         ch = channels.channel_model(noise_voltage=nv, frequency_offset=float(channel.cfo),
-                                    epsilon=float(channel.epsilon), taps=channel.channel_taps().tolist(),
+                                    epsilon=float(channel.epsilon), taps=taps,
                                     noise_seed=gr_seed, block_tags=False)
         tb.connect(head, ch, snk)
     return tb, src, snk

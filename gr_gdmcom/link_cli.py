@@ -38,6 +38,10 @@ def register(sub) -> None:
                          "over the sample rate, e.g. 1e-4; --snr is then the average SNR [default: none]")
     ch.add_argument("--rician-k", type=finite_float, default=0.0, metavar="K",
                     help="with --fading: Rician K factor (0 = Rayleigh) [default=%(default)r]")
+    ch.add_argument("--selective", action="store_true",
+                    help="with --fading and several --taps: each tap a path 1 sample apart that fades on its own "
+                         "(channels.selective_fading_model): frequency-selective fading [default: all paths fade "
+                         "together]")
     add_frame_args(p)
     add_codec_args(p)
     # The link's default is the best prior that runs offline on a CPU (real quality needs SD-1.5 on a GPU).
@@ -59,7 +63,8 @@ def cmd_link(args) -> int:
     channels = {}
     for snr in args.snr:  # every channel checked before the model loads (ValueError: one line, exit 2)
         ch = ChannelConfig(snr_db=snr, kind="model", cfo=args.cfo, epsilon=args.epsilon, delay=args.delay,
-                           taps=args.taps, seed=args.seed, fading=args.fading, rician_k=args.rician_k)
+                           taps=args.taps, seed=args.seed, fading=args.fading, rician_k=args.rician_k,
+                           selective=args.selective)
         kind = args.channel or ("model" if ch.impaired else "awgn")  # sample-exact AWGN unless impaired
         channels[snr] = dataclasses.replace(ch, kind=kind)
     try:
@@ -92,7 +97,7 @@ def cmd_link(args) -> int:
             i = ev["image_id"]
             row = dict(image=names.get(i, ev["name"]), snr_db=float(snr), channel=ch.kind, sps=frame.sps)
             if args.fading:
-                row.update(fading=args.fading, rician_k=args.rician_k)
+                row.update(fading=args.fading, rician_k=args.rician_k, selective=args.selective)
             if "error" in ev:
                 row["error"] = f"not sent: {ev['error']}"
             elif i not in got:

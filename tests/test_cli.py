@@ -82,6 +82,9 @@ def test_bad_numbers_and_outputs_are_refused_before_the_model_loads(tmp_path, ca
          "error: cfo, epsilon, delay and taps need the channel model (--channel model"),
         (["link", *base, "--out", str(tmp_path / "o"), "--rician-k", "3"],
          "error: rician_k (--rician-k) is the K factor of a fading channel: give fading (--fading) too"),
+        (["link", *base, "--out", str(tmp_path / "o"), "--fading", "1e-4", "--selective"],
+         "error: selective (--selective) makes each of several taps fade on its own: give fading (--fading) and "
+         "two or more taps (--taps)"),
         (["link", *base, "--out", str(img)], f"error: --out {img} is a file; give a folder"),
         (["simulate", *base, "--out", "/proc/gdmcom-x"],
          "error: cannot create the output folder /proc/gdmcom-x: No such file or directory"),

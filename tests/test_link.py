@@ -177,6 +177,27 @@ def test_link_through_flat_fading(tmp_path, small, capsys):
         ChannelConfig(fading=1e-4, rician_k=-1)
 
 
+def test_link_through_selective_fading(tmp_path, small):
+    """--selective makes each tap a path that fades on its own (selective_fading_model): three
+    paths at fD Ts 1e-4, 20 dB.  The receiver's dispersive pass (FrameConfig.dispersive_eq) is
+    what makes it usable: its estimate 14.7 dB against 0.7 without it (other seeds: 9.8 / 0.1,
+    3.4 / 1.3; a draw in a deep fade stays at -12 with or without)."""
+    img = tmp_path / "big.png"
+    Image.fromarray(small).resize((256, 256)).save(img)  # 2048 latent symbols: one burst
+    ch = ChannelConfig(snr_db=20.0, seed=2, fading=1e-4, taps=(1.0, 0.9, 0.8), selective=True, kind="model")
+    est = {}
+    for disp in (True, False):
+        run = run_link([str(img)], str(tmp_path / f"o{disp}"), ch, TINY, TINY, FrameConfig(dispersive_eq=disp),
+                       names={0: "big"})
+        (r,) = run["results"]
+        assert r["complete"] and "error" not in r, r
+        est[disp] = r["snr_est_db"]
+        assert run["counters"].get("dispersive", 0) == (1 if disp else 0), run["counters"]
+    assert est[True] > 7.0 and est[False] < 4.0, est
+    with pytest.raises(ValueError, match=r"selective \(--selective\) makes each of several taps fade"):
+        ChannelConfig(fading=1e-4, selective=True, kind="model")
+
+
 def test_a_receiver_running_another_model_says_so(tmp_path, small, caplog):
     """The helper's two-host case: transmitter and receiver on different models decoded noise and
     reported success.  The header carries the transmitter's model fingerprint; the receiver

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gr_gdmcom.phy import FrameConfig, FrameRx
+from gr_gdmcom.phy import FrameConfig, FrameRx, sync
 from gr_gdmcom.phy.sync import (OMEGA_LAG, equalise, fine_timing_cfo, integrate_dump, phasor, preamble_correlation,
                                 preamble_metric, pulse_response, residual_frequency, slope, solve_small,
                                 train_equaliser, unwrap)
@@ -196,3 +196,41 @@ def _capture_symbols(info):
     r = np.random.default_rng(info["symbol_seed"])
     n = info["total_symbols"]
     return ((r.standard_normal(n) + 1j * r.standard_normal(n)) / np.sqrt(2)).astype(np.complex64)
+
+
+def test_fse_regressors_rows_hold_the_symbol_and_half_symbol_outputs_around_each_symbol():
+    h, k, n = 3, 2, 10
+    y = np.arange(n + 2 * h) + 0j          # y[i] is symbol i - h
+    y_half = np.arange(n + 2 * h + 1) + 0.5j  # y_half[i] is symbol i - h - 1/2
+    x = sync.fse_regressors(y, y_half, h, k, n)
+    assert x.shape == (n, 4 * k + 3)
+    j = 4  # symbol 4: y's symbols 2..6, then the half outputs at 1.5 .. 6.5
+    assert np.array_equal(x[j, :5].real, [2 + h, 3 + h, 4 + h, 5 + h, 6 + h])
+    assert np.array_equal(x[j, 5:].real, np.arange(2, 8) + h)  # y_half index m is symbol m - h - 1/2
+    assert np.all(x[j, 5:].imag == 0.5)
+
+
+def test_windowed_equaliser_is_least_squares_with_exact_leave_one_out(rng):
+    """One window over the burst: the taps are the least-squares fit on the known rows, and each
+    known symbol's leave-one-out output is the output of the fit made without it.  Windowed:
+    a segment's outputs come from the fit on the known rows of the segments within the window."""
+    n, r = 640, 5
+    x = rng.standard_normal((n, r)) + 1j * rng.standard_normal((n, r))
+    w_true = rng.standard_normal(r) + 1j * rng.standard_normal(r)
+    pos = np.sort(rng.choice(n, 200, replace=False))
+    target = x[pos] @ w_true + 0.1 * (rng.standard_normal(200) + 1j * rng.standard_normal(200))
+    z, z_loo = sync.windowed_equaliser(x, pos, target, window=10 ** 9, ridge=0.0)
+    w_ls = np.linalg.lstsq(x[pos], target, rcond=None)[0]
+    assert np.allclose(z, x @ w_ls, atol=1e-9)
+    for i in (0, 57, 199):
+        keep = np.arange(200) != i
+        w_i = np.linalg.lstsq(x[pos[keep]], target[keep], rcond=None)[0]
+        assert z_loo[i] == pytest.approx(x[pos[i]] @ w_i, abs=1e-9)
+    # windowed: hop 64, window 128 -> one segment each side; segment 5 (symbols 320..383) uses 4..6
+    z, z_loo = sync.windowed_equaliser(x, pos, target, window=128, hop=64, ridge=0.0)
+    near = (pos >= 256) & (pos < 448)
+    w_5 = np.linalg.lstsq(x[pos[near]], target[near], rcond=None)[0]
+    assert np.allclose(z[320:384], x[320:384] @ w_5, atol=1e-9)
+    # the first segment's window is the first three segments (clipped at the start)
+    first = pos < 192
+    assert np.allclose(z[:64], x[:64] @ np.linalg.lstsq(x[pos[first]], target[first], rcond=None)[0], atol=1e-9)

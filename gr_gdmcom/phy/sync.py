@@ -385,6 +385,70 @@ def equalise(y: np.ndarray, w: np.ndarray, n_out: int) -> np.ndarray:
     return out
 
 
+def fse_regressors(y: np.ndarray, y_half: np.ndarray, h: int, k: int, n: int) -> np.ndarray:
+    """Inputs of a fractionally spaced (T/2) equaliser with 2 k + 1 symbol-spaced and 2 k + 2
+    half-symbol taps around each of symbols 0 .. n - 1.
+
+    Args:
+        y: matched-filter outputs of symbols -h .. (``y[i]`` is symbol i - h), h >= k.
+        y_half: outputs half a symbol later than ``y``'s (``y_half[i]`` at symbol i - h + 1/2),
+            from i = -1 on (``y_half[0]`` at symbol -h - 1/2).
+    Returns:
+        complex128 (n, 4 k + 3): row j = y's symbols j - k .. j + k, then y_half's j - k - 1/2 .. j + k + 1/2.
+    """
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    a = sliding_window_view(np.asarray(y, np.complex128), 2 * k + 1)[h - k: h - k + n]
+    b = sliding_window_view(np.asarray(y_half, np.complex128), 2 * k + 2)[h - k: h - k + n]
+    return np.concatenate([a, b], 1)
+
+
+def windowed_equaliser(x: np.ndarray, pos: np.ndarray, target: np.ndarray, window: int, hop: int = 64,
+                       ridge: float = 1e-6) -> Tuple[np.ndarray, np.ndarray]:
+    """Least-squares equaliser re-fitted along a burst on its known symbols only.
+
+    Every ``hop`` symbols the taps are fitted (ridge-regularised) on the known symbols within
+    about ``window`` symbols around (whole hop segments; ``window >= len(x)``: one fit over
+    the burst) and applied to that segment's rows.
+
+    Args:
+        x: complex (n, r) equaliser inputs per symbol (:func:`fse_regressors`).
+        pos: int (m,) increasing positions of the known symbols; target: complex (m,) what the
+            equaliser should output there.
+    Returns:
+        (z complex128 (n,) outputs, z_loo complex128 (m,) the output at each known symbol of
+        the fit made without it -- exact for a least-squares fit: target + e / (1 - leverage)
+        -- which is what the channel tracker and the noise estimate may see).
+    """
+    n, r = x.shape
+    xk = x[pos]
+    if window >= n:  # one fit
+        g = xk.conj().T @ xk
+        g[np.arange(r), np.arange(r)] += ridge * np.trace(g).real / r + 1e-30
+        g_inv = np.linalg.inv(g)
+        z = x @ (g_inv @ (xk.conj().T @ target))
+        lev = ((xk @ g_inv) * xk.conj()).sum(1).real
+        return z, target + (z[pos] - target) / np.maximum(1.0 - lev, 0.05)
+    n_seg = -(-n // hop)
+    # each segment's Gram matrix and right-hand side (sums over its known symbols), cumulated
+    seg_of = pos // hop
+    gram = np.zeros((n_seg + 1, r, r), np.complex128)
+    rhs = np.zeros((n_seg + 1, r), np.complex128)
+    np.add.at(gram, seg_of + 1, xk.conj()[:, :, None] * xk[:, None, :])
+    np.add.at(rhs, seg_of + 1, xk.conj() * target[:, None])
+    gram, rhs = np.cumsum(gram, 0), np.cumsum(rhs, 0)
+    half = max(1, int(round(window / hop / 2)))  # segments each side
+    lo = np.clip(np.arange(n_seg) - half, 0, max(n_seg - 2 * half - 1, 0))
+    hi = np.minimum(lo + 2 * half + 1, n_seg)
+    g, b = gram[hi] - gram[lo], rhs[hi] - rhs[lo]
+    g[:, np.arange(r), np.arange(r)] += (ridge * np.einsum("sii->s", g).real / r + 1e-30)[:, None]
+    g_inv = np.linalg.inv(g)
+    w = np.einsum("sab,sb->sa", g_inv, b)
+    z = np.einsum("nr,nr->n", x, w[np.arange(n) // hop])
+    lev = (np.einsum("ma,mab->mb", xk, g_inv[seg_of]) * xk.conj()).sum(1).real
+    return z, target + (z[pos] - target) / np.maximum(1.0 - lev, 0.05)
+
+
 def unwrap(ph: np.ndarray) -> np.ndarray:
     """np.unwrap for 1-D float arrays, with less overhead."""
     if len(ph) < 2:
