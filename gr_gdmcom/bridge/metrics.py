@@ -8,8 +8,9 @@ and, with ``gdmcom serve --metrics-port``, over HTTP at ``/metrics``
 * ``requests_total{outcome}``: the server's counters (``received``, ``served``,
   ``busy`` ... as in ``status``), read from it at scrape time; the request rate is
   ``rate(gdmcom_requests_total{outcome="served"}[1m])``.
-* ``batches_total``, ``model_calls_total``: codec calls and UNet calls (the ``status``
-  counters ``batches``, ``model_calls``; not request outcomes).
+* ``batches_total``, ``model_calls_total``, ``batch_retries_total``: codec calls, UNet calls,
+  and failed calls over several requests retried in parts (the ``status`` counters ``batches``,
+  ``model_calls``, ``batch_retries``; not request outcomes).
 * ``queue_depth``, ``inflight``: requests waiting / accepted and not yet answered.
 * ``batch_size{op}``: histogram of the requests per codec call.
 * ``latency_seconds{op}``: histogram of the time from a request's arrival to its
@@ -32,7 +33,8 @@ WINDOW = 1024  # replies per op kept for the p50/p95 gauges
 QUANTILES = (0.5, 0.95)
 OPS = ("encode", "decode")
 #: status counters that count the model's work, exported as their own families
-WORK_COUNTERS = {"batches": "codec calls (a step-level server: UNet steps)", "model_calls": "UNet calls"}
+WORK_COUNTERS = {"batches": "codec calls (a step-level server: UNet steps)", "model_calls": "UNet calls",
+                 "batch_retries": "model calls over several requests that raised and were retried in parts"}
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, float("inf"))
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, float("inf"))
 

@@ -12,7 +12,9 @@
   per replica; ``encode``/``decode`` hand each request to the replica's batch
   loop, which forms batches as the plain server's worker does (``max_batch``,
   ``max_wait_ms``, the other op set aside: :func:`~.server.gather_batch`) and
-  calls ``encode_many``/``decode_many``; with ``scheduling="step"`` the gateway calls
+  calls ``encode_many``/``decode_many`` (a call that raises is retried in halves, so only the
+  requests whose own call fails get the exception: :func:`~.server.split_on_failure`); with
+  ``scheduling="step"`` the gateway calls
   ``encode_step``/``decode_step`` instead, which hand each request to the
   replica's :class:`~gr_gdmcom.codec.stepper.StepScheduler` loop (requests join
   and leave the batched UNet call at every step, as ``gdmcom serve --scheduling
@@ -61,7 +63,7 @@ from ray import serve
 from ..config import CodecConfig
 from . import protocol as P
 from .backend import CodecVariants
-from .server import InferenceServer, gather_batch
+from .server import InferenceServer, gather_batch, split_on_failure
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,9 @@ RESUBMIT_DELAY_S = 0.2  # wait before the n-th re-send: n times this
 REPLICA_FAILURES = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
                     ray.exceptions.WorkerCrashedError)
 
+
+#: What a replica counts (:meth:`CodecReplica._counts`, in this order), summed by the gateway into ``status``.
+REPLICA_COUNTS = ("batches", "model_calls", "batch_retries")
 
 #: Requests at a replica, in batches of ``max_batch``: while one batch runs, its queue holds the next
 #: batch of each op (encodes and decodes interleave where transmitters and receivers share the
@@ -147,14 +152,15 @@ class RayOptions:
         return opts
 
 
-def _settle(fut: concurrent.futures.Future, result=None, exc: Optional[BaseException] = None) -> None:
-    """Answer a request's future unless its caller gave up on it (Serve cancelled the call: the
-    future is cancelled, and answering it would raise in the replica's loop and stop it)."""
+def _settle(fut: concurrent.futures.Future, outcome) -> None:
+    """Answer a request's future with ``outcome`` (an exception: raised to its caller) unless its
+    caller gave up on it (Serve cancelled the call: the future is cancelled, and answering it would
+    raise in the replica's loop and stop it)."""
     try:
-        if exc is not None:
-            fut.set_exception(exc)
+        if isinstance(outcome, BaseException):
+            fut.set_exception(outcome)
         else:
-            fut.set_result(result)
+            fut.set_result(outcome)
     except concurrent.futures.InvalidStateError:
         log.info("a request was cancelled before its result was ready; result dropped")
 
@@ -224,11 +230,17 @@ class CodecReplica:
         if not self._stepper.is_alive():
             raise RuntimeError(f"{self.scheduling} loop stopped")
 
-    def _counts(self) -> Tuple[int, int]:
-        """(batches, UNet calls) this replica has run so far: a request's reply carries them from
-        before and after it, so the gateway can sum what the replicas did (``status``)."""
+    _retries = 0  # failed model calls over several requests that were retried in parts (counted per replica)
+
+    def _count_retry(self) -> None:
+        self._retries += 1
+
+    def _counts(self) -> Tuple[int, int, int]:
+        """(batches, UNet calls, batch retries) this replica has run so far (:data:`REPLICA_COUNTS`):
+        a request's reply carries them from before and after it, so the gateway can sum what the
+        replicas did (``status``)."""
         steps = self._sched.stats["iterations"] if self._sched is not None else 0
-        return self._batches + steps, int(self.codec.stats["unet_calls"])
+        return self._batches + steps, int(self.codec.stats["unet_calls"]), self._retries
 
     async def encode(self, item: Tuple[bytes, str], wait: bool = True) -> tuple:
         """One encode through the batch loop (``scheduling="batch"``) -> (Encoded | Failed, info).
@@ -269,15 +281,12 @@ class CodecReplica:
         while True:
             first = held.popleft() if held else self._jobs.get()
             batch, held = gather_batch(first, held, self._jobs, self.max_batch, first[3], lambda job: job[0])
-            try:
-                results = self._run(first[0], [job[1] for job in batch])
-            except Exception as exc:  # noqa: BLE001 - every request of the batch gets it (the gateway: internal)
-                log.exception("%s batch of %d failed", first[0], len(batch))
-                for job in batch:
-                    _settle(job[2], exc=exc)
-                continue
-            for job, res in zip(batch, results):
-                _settle(job[2], res)
+            op = first[0]
+            # a call that raises is retried in halves: only a request whose own call raises gets the
+            # exception (the gateway answers it internal)
+            for job, out in split_on_failure(batch, lambda part: self._run(op, [j[1] for j in part]),
+                                             f"{op} batch", self._count_retry):
+                _settle(job[2], out)
 
     def _step_loop(self) -> None:
         """Admit while the scheduler has room, then one batched UNet step over every request in
@@ -297,7 +306,7 @@ class CodecReplica:
 
         def answer(job, t_admit, res):
             record = getattr(res, "record", None) or {}
-            counts = (self._admitted.pop(id(job[2]), (0, 0)), self._counts())
+            counts = (self._admitted.pop(id(job[2]), (0, 0, 0)), self._counts())
             _settle(job[2], (res, dict(codec_ms=(time.monotonic() - t_admit) * 1e3, batch=record.get("batch", 0),
                                          replica=self.name, model_calls=record.get("unet_calls", 0),
                                          counts=counts)))
@@ -305,9 +314,9 @@ class CodecReplica:
         def fail(jobs, exc):  # answered as the batch path's failures are: the gateway says internal
             for job in jobs:
                 self._admitted.pop(id(job[2]), None)
-                _settle(job[2], exc=exc)
+                _settle(job[2], exc)
 
-        drive(sched, self._jobs, submit, answer, fail, self._lock)
+        drive(sched, self._jobs, submit, answer, fail, self._lock, retried=self._count_retry)
 
     def _split(self, op: str, item: tuple):
         """An item (encode: image, name[, settings]; decode: symbols, meta, snr_db, mask[, settings])
@@ -640,7 +649,7 @@ class RayGateway(InferenceServer):
         self._pool = ThreadPoolExecutor(self.max_inflight, thread_name_prefix="gdmcom-ray")
         self._count = threading.Lock()  # counters are bumped from the pool's threads
         self.counters["resubmitted"] = 0
-        self._replica_counts: dict = {}  # replica -> [batches, calls at its first reply's start, latest]
+        self._replica_counts: dict = {}  # replica -> (its REPLICA_COUNTS at its first reply's start, latest)
         step = info.get("scheduling", "batch") == "step"  # the replicas schedule; the gateway only forwards
         self._methods = {op: f"{op}_step" if step else op for op in ("encode", "decode")}
         self.options = dataclasses.replace(self.options, scheduling="step" if step else "batch")
@@ -689,15 +698,17 @@ class RayGateway(InferenceServer):
         self._pool.shutdown(wait=True)  # the I/O thread delivers their replies (within drain_timeout_s)
 
     def _count_replica(self, info: dict) -> None:
-        """``batches``/``model_calls`` = what each replica ran from the start of the first request
-        this gateway saw it serve to the end of the latest (replicas count; a restarted one is new)."""
+        """``batches``/``model_calls``/``batch_retries`` = what each replica ran from the start of the
+        first request this gateway saw it serve to the end of the latest (replicas count; a restarted
+        one is new)."""
         if "counts" not in info:
             return
-        (b0, c0), (b1, c1) = info["counts"]
-        seen = self._replica_counts.setdefault(info["replica"], [b0, c0, b1, c1])
-        seen[:] = [min(seen[0], b0), min(seen[1], c0), max(seen[2], b1), max(seen[3], c1)]
-        self.counters["batches"] = sum(s[2] - s[0] for s in self._replica_counts.values())
-        self.counters["model_calls"] = sum(s[3] - s[1] for s in self._replica_counts.values())
+        before, after = info["counts"]
+        first, last = self._replica_counts.setdefault(info["replica"], (list(before), list(after)))
+        first[:] = map(min, first, before)
+        last[:] = map(max, last, after)
+        for i, key in enumerate(REPLICA_COUNTS):
+            self.counters[key] = sum(b[i] - a[i] for a, b in self._replica_counts.values())
 
     # ------------------------------------------------------------------ one request
     def _run_remote(self, job) -> None:

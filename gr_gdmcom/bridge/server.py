@@ -21,7 +21,9 @@ Two threads::
   seconds it waits at most ``max_wait_ms`` (counted from the first request's
   arrival) for the batch to fill (a lone client waiting for each reply cannot
   add to its own batch, so it never waits).  The batch is one ``encode_many`` /
-  ``decode_many`` call (one UNet call per step for the whole batch).
+  ``decode_many`` call (one UNet call per step for the whole batch); when that call
+  raises, the batch is retried in halves (:func:`split_on_failure`), so only the
+  requests whose own call fails are answered ``internal``.
 
 Memory is bounded: at most ``max_queue + 2 max_batch + 1`` requests of at most
 ``max_request_bytes`` each are held, plus the reply store
@@ -39,13 +41,14 @@ import socket
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Deque, List, Optional, Tuple
+from typing import Any, Callable, Deque, Iterator, List, Optional, Tuple
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from .. import __version__
 from ..codec import Failed
+from ..codec.stepper import StepScheduler, drive, release_cuda_cache
 from . import protocol as P
 from ..config import CodecConfig
 from .backend import REQUEST_SETTINGS, CodecVariants, codec_lock, request_config
@@ -60,7 +63,7 @@ PEER_WINDOW_S = 2.0  # a client counts as active this long after its last reques
 #: seconds between warnings about connections refused in the CURVE handshake
 REFUSED_LOG_S = 30.0
 COUNTERS = ("received", "requests", "served", "failed", "rejected", "busy", "unavailable", "dropped",
-            "duplicates", "batches", "model_calls", "refused")
+            "duplicates", "batches", "model_calls", "batch_retries", "refused")
 SCHEDULING = ("batch", "step")
 
 
@@ -159,6 +162,33 @@ def gather_batch(first, held: Deque, jobs: "queue.Queue", max_batch: int, deadli
             break
         (batch if op_of(job) == op else held).append(job)
     return batch, held
+
+
+def split_on_failure(items: list, run: Callable[[list], list], what: str,
+                     retried: Callable[[], None] = lambda: None, first: bool = True) -> Iterator[Tuple[Any, Any]]:
+    """``run(items)`` -> one result per item, yielded as ``(item, result)``.  When it raises over
+    more than one item, each half is run again (recursively): only an item whose own call raises
+    comes out as ``(item, exception)``; the others get what they would have had in a clean run
+    (the codec is deterministic per request).  Before each retry ``retried()`` is called and, after
+    a CUDA out-of-memory error, the cache is freed.  At most ``2 len(items) - 1`` calls in all."""
+    try:
+        results = run(items)
+    except Exception as exc:  # noqa: BLE001 - a failure of the model call: answered per item
+        retry = "; retrying it in halves" if len(items) > 1 else ""
+        if first:
+            log.exception("%s of %d failed%s", what, len(items), retry)
+        else:
+            log.warning("%s of %d failed again (%s: %s)%s", what, len(items), type(exc).__name__, exc, retry)
+        if not retry:
+            yield items[0], exc
+            return
+        release_cuda_cache(exc)
+        retried()
+        half = len(items) // 2
+        for part in (items[:half], items[half:]):
+            yield from split_on_failure(part, run, what, retried, first=False)
+        return
+    yield from zip(items, results)
 
 
 class InferenceServer:
@@ -598,8 +628,6 @@ class InferenceServer:
     def _step_loop(self) -> None:
         """Worker of ``scheduling="step"``: admit while slots are free, then one UNet step for all
         (:func:`~gr_gdmcom.codec.stepper.drive`)."""
-        from ..codec.stepper import StepScheduler, drive
-
         sched = StepScheduler(self.codec, self.options.max_batch)
 
         def submit(job):
@@ -613,13 +641,17 @@ class InferenceServer:
             self.metrics.observe_batch("step", width)
             self._batch_ms = 0.8 * self._batch_ms + 0.2 * seconds * 1e3
 
-        drive(sched, self._queue, submit, self._reply_step, self._fail, self._lock, self._stopping.is_set, after_step)
+        drive(sched, self._queue, submit, self._reply_step, self._fail, self._lock, self._stopping.is_set, after_step,
+              self._count_retry)
 
     def _reply_step(self, job: _Job, t_admit: float, res) -> None:
         batch = res.record.get("batch", 1) if not isinstance(res, Failed) else 0
         self._post(job, *self._result_reply(job, res, dict(queue_ms=(t_admit - job.t_recv) * 1e3,
                                                             codec_ms=(time.monotonic() - t_admit) * 1e3,
                                                             batch=batch)))
+
+    def _count_retry(self) -> None:
+        self.counters["batch_retries"] += 1
 
     def _fail(self, jobs: List[_Job], exc: Exception) -> None:
         for job in jobs:
@@ -635,31 +667,35 @@ class InferenceServer:
             self._run_group(group)
 
     def _run_group(self, batch: List[_Job]) -> None:
+        """Run ``batch`` (one op, one settings) and answer each request; a call that raises is
+        retried in halves, and only a request whose own call raises is answered ``internal``."""
+        for job, out in split_on_failure(batch, self._codec_call, f"{batch[0].req.op} batch", self._count_retry):
+            if isinstance(out, Exception):
+                self._fail([job], out)
+            else:
+                self._post(job, *self._result_reply(job, *out))
+
+    def _codec_call(self, batch: List[_Job]) -> list:
+        """One ``encode_many``/``decode_many`` call over ``batch`` -> ``[(result, server info)]``
+        (raises what the model call raises)."""
         op = batch[0].req.op
         t0 = time.monotonic()
-        try:
-            with self._lock:
-                codec = self._variants.get(batch[0].config)
-                calls0 = self.codec.stats["unet_calls"]
-                if op == "encode":
-                    results = codec.encode_many([j.req.image for j in batch], [j.req.name for j in batch])
-                else:
-                    results = codec.decode_many([(j.req.symbols, j.req.meta, j.req.snr_db, j.req.mask)
-                                                 for j in batch])
-                calls = self.codec.stats["unet_calls"] - calls0
-        except Exception as exc:
-            log.exception("batch of %d %s requests failed", len(batch), op)
-            self._fail(batch, exc)
-            return
+        with self._lock:
+            codec = self._variants.get(batch[0].config)
+            calls0 = self.codec.stats["unet_calls"]
+            if op == "encode":
+                results = codec.encode_many([j.req.image for j in batch], [j.req.name for j in batch])
+            else:
+                results = codec.decode_many([(j.req.symbols, j.req.meta, j.req.snr_db, j.req.mask) for j in batch])
+            calls = self.codec.stats["unet_calls"] - calls0
         t1 = time.monotonic()
         self.counters["batches"] += 1
         self.counters["model_calls"] += calls
         self.metrics.observe_batch(op, len(batch))
         self._batch_ms = 0.8 * self._batch_ms + 0.2 * (t1 - t0) * 1e3
         log.info("%s batch of %d: %d model calls in %.1f ms", op, len(batch), calls, (t1 - t0) * 1e3)
-        for job, res in zip(batch, results):
-            self._post(job, *self._result_reply(job, res, dict(queue_ms=(t0 - job.t_recv) * 1e3,
-                                                                codec_ms=(t1 - t0) * 1e3, batch=len(batch))))
+        return [(res, dict(queue_ms=(t0 - job.t_recv) * 1e3, codec_ms=(t1 - t0) * 1e3, batch=len(batch)))
+                for job, res in zip(batch, results)]
 
     def _result_reply(self, job: _Job, res, server_info: dict) -> Tuple[List[bytes], str]:
         op = job.req.op

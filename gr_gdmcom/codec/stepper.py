@@ -223,7 +223,8 @@ class StepScheduler:
 def drive(sched: StepScheduler, jobs: "queue.Queue", submit: Callable[[Any], Tuple[Any, Any]],
           answer: Callable[[Any, float, Any], None], fail: Callable[[list, Exception], None], lock,
           stopping: Callable[[], bool] = lambda: False,
-          after_step: Optional[Callable[[int, int, float], None]] = None) -> None:
+          after_step: Optional[Callable[[int, int, float], None]] = None,
+          retried: Callable[[], None] = lambda: None) -> None:
     """Serve requests through ``sched`` until ``stopping()`` and nothing is in flight (the loop of
     ``gdmcom serve --scheduling step`` and of a Ray replica's step loop).
 
@@ -233,8 +234,14 @@ def drive(sched: StepScheduler, jobs: "queue.Queue", submit: Callable[[Any], Tup
     ``lock``.  ``answer(job, t_admit, result)`` gets every finished request; ``fail(jobs, exc)``
     the requests whose admission or step raised; ``after_step(width, unet_calls, seconds)`` each
     step's figures.
+
+    A step that raises with more than one request in flight does not fail them all: ``retried()``
+    is called, the CUDA cache is freed after an out-of-memory error, and each of those requests
+    runs again alone from its start (submitted again and stepped to its end, new requests waiting
+    meanwhile), answered with its own result or, when its own run raises, ``fail([job], exc)``.
+    A step that raises with one request in flight fails that request.
     """
-    pending: dict = {}  # key -> (job, time admitted)
+    pending: dict = {}  # key -> (job, time admitted): the requests in flight, not yet answered
     while not stopping() or sched.active:  # on stop, requests in flight are finished
         while sched.free > 0 and not stopping():
             try:
@@ -254,21 +261,60 @@ def drive(sched: StepScheduler, jobs: "queue.Queue", submit: Callable[[Any], Tup
                 answer(*pending.pop(key), out)
         if not sched.active:
             continue
-        t0 = time.monotonic()
         try:
-            with lock:
-                calls0, width = sched.codec.stats["unet_calls"], len(sched.active)
-                done = sched.step()
-                calls = sched.codec.stats["unet_calls"] - calls0
+            done = _step(sched, lock, after_step)
         except Exception as exc:
-            log.exception("step over %d requests failed", len(sched.active))
-            fail([pending.pop(r.key)[0] for r in sched.active], exc)
+            # every request in flight (those the step finished before raising too) starts again or fails
+            victims = [job for job, _ in pending.values()]
+            pending.clear()
             sched.active.clear()
+            log.exception("step over %d requests in flight failed%s", len(victims),
+                          "; running each alone from its start" if len(victims) > 1 else "")
+            if len(victims) == 1:
+                fail(victims, exc)
+                continue
+            release_cuda_cache(exc)
+            retried()
+            for job in victims:
+                _alone(sched, job, submit, answer, fail, lock, after_step)
             continue
-        if after_step is not None:
-            after_step(width, calls, time.monotonic() - t0)
         for key, res in done:
             answer(*pending.pop(key), res)
+
+
+def _step(sched: StepScheduler, lock, after_step) -> List[Tuple[Any, Any]]:
+    """One batched UNet step under ``lock``, its figures to ``after_step``; what it finished."""
+    t0 = time.monotonic()
+    with lock:
+        calls0, width = sched.codec.stats["unet_calls"], len(sched.active)
+        done = sched.step()
+        calls = sched.codec.stats["unet_calls"] - calls0
+    if after_step is not None:
+        after_step(width, calls, time.monotonic() - t0)
+    return done
+
+
+def _alone(sched: StepScheduler, job, submit, answer, fail, lock, after_step) -> None:
+    """Run ``job`` from its start with nothing else in flight (after a shared step failed) and answer it."""
+    t0 = time.monotonic()
+    try:
+        with lock:
+            key, out = submit(job)
+        while sched.active:
+            out = dict(_step(sched, lock, after_step)).get(key, out)
+    except Exception as exc:
+        log.warning("a request run alone after a failed step failed too: %s: %s", type(exc).__name__, exc)
+        sched.active.clear()
+        fail([job], exc)
+        return
+    answer(job, t0, out)
+
+
+def release_cuda_cache(exc: BaseException) -> None:
+    """After a CUDA out-of-memory error, hand the allocator's cached blocks back before a retry
+    (smaller batches may then fit); a no-op for other errors and without CUDA."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError) and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _mean_width(req: _Active) -> float:
