@@ -28,7 +28,8 @@ beyond what has been processed, and inputs are processed in slices of
    and the burst is demodulated again on a drifting symbol clock;
 7. dispersive channels: a fractionally spaced equaliser fitted on all the known symbols
    (over the burst; where the error grew, re-fitted every 64 symbols), its leave-one-out
-   outputs tracked, kept where its estimated noise is 10 % lower.
+   outputs tracked, kept where its estimated noise is 10 % lower and its pilots fit
+   significantly better.
 """
 
 from __future__ import annotations
@@ -314,7 +315,7 @@ class _Burst:
     header: Optional[Header] = None
     header_bytes: bytes = b""
     resync: bool = False              # found from its resync preamble (equaliser trained there)
-    hit: Optional[np.ndarray] = None  # body symbols near replaced samples (FrameRx._hit), or None
+    hit: Optional[np.ndarray] = None  # body symbols near replaced samples (FrameRx._lost_energy), or None
 
 
 class FrameRx:
@@ -452,7 +453,7 @@ class FrameRx:
                 "non-finite or out-of-range (beyond +-%g) input samples replaced by 0: %d in this block of samples "
                 "(all are counted in nonfinite_samples; later ones are logged at debug level)", MAX_SAMPLE, nbad)
             self.counters["nonfinite_samples"] += nbad
-            # remembered: the symbols they touch get the energy they lost as noise (_hit)
+            # remembered: the symbols they touch get the energy they lost as noise (_lost_energy)
             self._bad = np.concatenate([self._bad, self._end + np.flatnonzero(bad)])
         return x
 
@@ -1158,7 +1159,7 @@ class FrameRx:
                        erased=erased if n_erased else None)
 
     def _dispersive(self, b: _Burst, d: _Demod, est, m: BurstMap, hdr_sym: np.ndarray, drift: float):
-        """Second pass for dispersive channels (docs/frame-format.md section 6, step 7): a
+        """Second pass for dispersive channels (docs/frame-format.md section 6, step 8): a
         fractionally spaced least-squares equaliser fitted on every known symbol of the
         burst (preamble, header, its copy, pilots, resync preamble) -- over the whole burst,
         to the known symbols times the first pass's tracked gain (a channel longer than the
@@ -1166,7 +1167,8 @@ class FrameRx:
         symbols over 384 to the known symbols as sent (multipath that changes during the
         burst).  The tracker and the noise estimate see each fit's leave-one-out outputs at
         the known symbols.  The pass whose estimated noise is lowest is kept if it is below
-        DISPERSIVE_GATE x the first pass's.  Returns (demodulation, its _effective_noise)."""
+        DISPERSIVE_GATE x the first pass's and its payload pilots fit better
+        (:meth:`_pilots_better`).  Returns (demodulation, its _effective_noise)."""
         lay, npre, h = self.layout, self._npre, self._h
         n_body = m.n_body
         n = npre + n_body
@@ -1184,6 +1186,7 @@ class FrameRx:
         g = np.concatenate([np.full(npre, d.track.g[0]), d.track.g])
         g[npre + d.pos] = d.track.g_loo  # (no target carries its own symbol's noise)
         plans = [(DISPERSIVE_TAPS, n, g[kp] * val)]
+        head = lay.body_symbols(hdr_sym)[: self._hdr_body]
         if self._error_growth(d) >= TIMING_TRIGGER:
             plans.append((DISPERSIVE_TAPS_FAST, DISPERSIVE_WINDOW, val))
         best, best_est = d, est
@@ -1191,8 +1194,8 @@ class FrameRx:
             x = sync.fse_regressors(d.y, y_half, h, k, n)
             z, z_loo = sync.windowed_equaliser(x, kp, target, window)
             z[kp] = z_loo
-            cand = _Demod(d.y, None, *self._track(b, z[npre:].astype(np.complex64), n_body, m.pilots,
-                                                   lay.body_symbols(hdr_sym)[: self._hdr_body]), None, True)
+            cand = _Demod(d.y, None, *self._track(b, z[npre:].astype(np.complex64), n_body, m.pilots, head),
+                          None, True)
             cand = cand._replace(err=_fit_errors(cand))
             c_est = self._effective_noise(cand, m.payload, self._replaced_noise(b, cand, n_body, drift, m.payload))
             # its estimate better, and its payload pilots' errors lower by DISPERSIVE_SIGMAS standard
@@ -1269,8 +1272,8 @@ class FrameRx:
         (:meth:`_replaced_noise`), added to its variance.
 
         A payload symbol whose noise variance exceeds 10^(-ERASE_SNR_DB/10), that lies in
-        a stretch with no signal (DEAD_SPAN, DEAD_RATIO) or that replaced samples left with
-        less signal than noise, is erased: its variance is set to
+        a stretch with no signal (DEAD_SPAN, DEAD_RATIO) or whose noise from replaced samples
+        exceeds REPLACED_ERASE (half its signal's power), is erased: its variance is set to
         0 (as the reassembled image's at erased positions) and the mean is over the others.
 
         Returns:
