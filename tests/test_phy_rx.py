@@ -529,3 +529,15 @@ def test_a_crossing_the_every_symbol_metric_does_not_confirm_is_passed_not_loope
     monkeypatch.setattr(FrameRx, "_synchronise", counted)
     frames, counters = receive(cfg, y)
     assert len(frames) == 4 and len(calls) < 20, (len(calls), counters)
+
+
+@pytest.mark.parametrize("eq_taps", [1, 3])
+def test_the_dispersive_pass_works_with_the_shortest_equalisers(eq_taps, rng):
+    """The second pass takes its inputs from the first pass's matched-filter outputs, which reach
+    only eq_taps // 2 symbols beyond the burst: with 1 or 3 taps it used to index past them
+    (IndexError out of FrameRx.push); it now uses as many as there are."""
+    cfg = FrameConfig(sps=2, max_chunk_symbols=2048, eq_taps=eq_taps)
+    x, chunks, starts = make_stream(cfg, 2, rng)
+    frames, counters = receive(cfg, awgn(x, 20.0, rng))
+    assert [f.header.chunk_index for f in frames] == [0, 1], counters
+    assert all(measure_snr_db(chunks[f.header.chunk_index], f.symbols) > 18.0 for f in frames)

@@ -1191,7 +1191,7 @@ class FrameRx:
             plans.append((DISPERSIVE_TAPS_FAST, DISPERSIVE_WINDOW, val))
         best, best_est = d, est
         for k, window, target in plans:
-            x = sync.fse_regressors(d.y, y_half, h, k, n)
+            x = sync.fse_regressors(d.y, y_half, h, min(k, h), n)  # (the outputs reach h symbols out: eq_taps)
             z, z_loo = sync.windowed_equaliser(x, kp, target, window)
             z[kp] = z_loo
             cand = _Demod(d.y, None, *self._track(b, z[npre:].astype(np.complex64), n_body, m.pilots, head),
