@@ -166,6 +166,7 @@ DEAD_RATIO = 1e-4
 #: and each payload symbol gets what it lost as noise (erased where that is more than
 #: REPLACED_ERASE of its signal's power: a loss is as large as the symbol, not as the average).
 HIT_KNOWN = 1e-3
+REPLACED_ERASE = 0.5
 #: Second pass for dispersive channels (:meth:`FrameRx._dispersive`): half-widths (in
 #: symbols) of the fractionally spaced equalisers -- 2 k + 1 symbol-spaced and 2 k + 2
 #: half-symbol taps -- fitted over the whole burst and, where the error grows along it, every
@@ -175,7 +176,6 @@ DISPERSIVE_TAPS_FAST = 1
 DISPERSIVE_WINDOW = 384
 DISPERSIVE_GATE = 0.9
 DISPERSIVE_SIGMAS = 3.0
-REPLACED_ERASE = 0.5
 
 
 def _dead(z: np.ndarray) -> np.ndarray:

@@ -391,13 +391,11 @@ def fse_regressors(y: np.ndarray, y_half: np.ndarray, h: int, k: int, n: int) ->
 
     Args:
         y: matched-filter outputs of symbols -h .. (``y[i]`` is symbol i - h), h >= k.
-        y_half: outputs half a symbol later than ``y``'s (``y_half[i]`` at symbol i - h + 1/2),
-            from i = -1 on (``y_half[0]`` at symbol -h - 1/2).
+        y_half: the outputs halfway between: ``y_half[i]`` is symbol i - h - 1/2 (one more than
+            ``y``, starting half a symbol before it).
     Returns:
         complex128 (n, 4 k + 3): row j = y's symbols j - k .. j + k, then y_half's j - k - 1/2 .. j + k + 1/2.
     """
-    from numpy.lib.stride_tricks import sliding_window_view
-
     a = sliding_window_view(np.asarray(y, np.complex128), 2 * k + 1)[h - k: h - k + n]
     b = sliding_window_view(np.asarray(y_half, np.complex128), 2 * k + 2)[h - k: h - k + n]
     return np.concatenate([a, b], 1)
