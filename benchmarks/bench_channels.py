@@ -3,7 +3,7 @@ Radio's own channel blocks (fading, PA compression, ADC clipping, clock and carr
 drift): ``FrameTx`` -> ``channels.*`` -> ``FrameRx``.
 
     .venv/bin/python benchmarks/bench_channels.py [--bursts 20] [--snr 10 20] [--only rayleigh rician]
-        [--sps 2] [--seed 1] [--no-dispersive] [--no-track-timing]
+        [--sps 2] [--seed 1] [--no-dispersive] [--no-track-timing] [--per-burst]
 
 Each scenario sends ``--bursts`` bursts of 8192 unit-power Gaussian symbols (one
 stream, 1 Msps for the Hz settings of ``dynamic_channel_model``) and prints one row:
@@ -13,7 +13,8 @@ of the payload's actual post-equalisation Es/N0 ``act`` (mean |sent|^2 over mean
 |est - act|, the worst est - act (positive = optimistic), how many bursts were more
 than 3 dB optimistic (those the receiver flagged as not followed, ``tracked`` False,
 counted apart: "(+k flagged)"), and the receiver's counters that are not zero besides the
-usual ones.  For the clock-offset rows, the drift the receiver reported (median,
+usual ones (``--per-burst``: then each burst's ``act``, their mean and the receiver's time per
+burst).  For the clock-offset rows, the drift the receiver reported (median,
 and how many bursts within 5 ppm of the true one).  The table in
 docs/frame-format.md (section 8) comes from the defaults.
 
@@ -128,6 +129,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1, help="symbols' seed; channel seeds are offset by seed - 1")
     ap.add_argument("--no-dispersive", action="store_true", help="receiver without its dispersive pass (dispersive_eq)")
     ap.add_argument("--no-track-timing", action="store_true", help="receiver without drift tracking (track_timing)")
+    ap.add_argument("--per-burst", action="store_true",
+                    help="after each row, its bursts' actual Es/N0 by chunk, their mean (dB) and the receiver's time")
     args = ap.parse_args()
 
     print(f"{args.bursts} bursts x 8192 symbols per row; est/act: medians (dB); "
@@ -149,7 +152,9 @@ def main() -> int:
         y = chan(x)
         rx = FrameRx(dataclasses.replace(cfg, dispersive_eq=not args.no_dispersive,
                                          track_timing=not args.no_track_timing))
+        t1 = time.perf_counter()
         frames = rx.push(y) + rx.flush()
+        t_rx = time.perf_counter() - t1
         est = np.array([f.snr_db for f in frames])
         act = np.array([measure_snr_db(chunks[f.header.chunk_index], f.symbols) for f in frames])
         d = est - act
@@ -168,6 +173,10 @@ def main() -> int:
               f"{(f'{d.max():+.2f}' if len(d) else '-')} | {int(np.sum(d[~lost] > 3))}"
               f"{f' (+{int(np.sum(d[lost] > 3))} flagged)' if np.any(d[lost] > 3) else ''} | "
               f"{' '.join(f'{k}={v}' for k, v in other.items())} ({time.perf_counter() - t0:.1f} s) |", flush=True)
+        if args.per_burst and len(act):
+            each = " ".join(f"{f.header.chunk_index}:{a:.2f}" for f, a in zip(frames, act))
+            print(f"    act by chunk: {each}; mean {np.mean(act):.2f}; receiver {t_rx / args.bursts * 1e3:.1f} ms per burst",
+                  flush=True)
     return 0
 
 
