@@ -195,8 +195,9 @@ def matched_filter_at(r: np.ndarray, t: np.ndarray, half: int, table: np.ndarray
     n = np.floor(t).astype(np.int64)
     q = np.rint((t - n) * MU_STEPS).astype(np.int64)
     idx = (n - half)[:, None] + np.arange(table.shape[1])[None, :]
-    taps = table[q] if ramp is None else table[q] * ramp[None, :]
-    return np.einsum("ij,ij->i", r[idx], taps).astype(np.complex64)
+    if ramp is not None:  # (the same products, made once per table row instead of once per output)
+        table = table * ramp[None, :]
+    return np.einsum("ij,ij->i", r[idx], table[q]).astype(np.complex64)
 
 
 @functools.lru_cache(maxsize=16)
