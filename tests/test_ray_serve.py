@@ -80,6 +80,88 @@ def raws():
         r.close()
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _serve_ray_line(*extra, timeout=90):
+    """_serve_ray's last stderr line, with its exit status and seconds (stdout must be empty)."""
+    rc, out, err, took = _serve_ray(*extra, timeout=timeout)
+    assert out == "" and "Traceback" not in err, (rc, out, err)
+    return rc, err.rstrip().splitlines()[-1], took
+
+
+# (these run first: they need no Ray instance on this host, and the module's deployment below is one)
+def test_joining_where_no_cluster_answers_is_one_line_in_seconds():
+    """``--ray-address HOST:PORT`` where nothing listens: ``ray.init`` retried for ever (Ray's GCS
+    warnings every 30 s, the command still waiting after 120 s); ``ray://HOST:PORT`` gave up after 30 s.
+    Now one TCP connection is tried first: exit 2 and one line within seconds."""
+    port = _free_port()
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        rc, line, took = _serve_ray_line("--ray-address", address, "--model", "tiny")
+        assert (rc, line) == (2, f"error: --ray-address {address}: nothing answers at 127.0.0.1:{port} (connection "
+                                 f"refused) (start one with `ray start --head`, or leave --ray-address out to start a "
+                                 f"local one)"), line
+        assert took < 30, took
+    rc, line, _ = _serve_ray_line("--ray-address", "head-node", "--model", "tiny")
+    assert (rc, line) == (2, "error: --ray-address must be auto, HOST:PORT (a cluster's GCS) or ray://HOST[:PORT] "
+                             "(Ray Client), got 'head-node'")
+
+
+def test_auto_without_a_cluster_is_one_line_in_seconds():
+    """``--ray-address auto`` finds a cluster by the GCS processes running on this host (and RAY_ADDRESS):
+    without one, Ray's own reason in one line, exit 2, no local instance started."""
+    from ray._private.services import find_gcs_addresses
+
+    if find_gcs_addresses():
+        pytest.skip("a Ray cluster runs on this host: auto would join it")
+    rc, line, took = _serve_ray_line("--ray-address", "auto", "--model", "tiny")
+    assert (rc, line) == (2, "error: --ray-address auto: Could not find any running Ray instance (start one with "
+                             "`ray start --head`, or leave --ray-address out to start a local one)"), line
+    assert took < 30 and not find_gcs_addresses(), took
+
+
+def test_a_gateway_that_fails_after_the_deploy_removes_the_application(monkeypatch, capsys):
+    """On a joined cluster the application outlives this process unless deleted: a gateway that cannot
+    be made (here its constructor raises) or that fails while starting (any exception, not only a port
+    in use) deletes it, as a normal stop does; a local instance would be stopped instead."""
+    from gr_gdmcom.cli import main
+
+    calls = []
+    monkeypatch.setattr(ray_engine, "deploy", lambda *a, **k: ("handle", {"device": "cpu"}, False))
+    monkeypatch.setattr(ray_engine, "shutdown", lambda **k: calls.append(k))
+
+    def refuse(*a, **k):
+        raise ValueError("the gateway refused its replica's info")
+
+    monkeypatch.setattr(ray_engine, "RayGateway", refuse)
+    argv = ["serve", "--engine", "ray", "--ray-address", "auto", "--model", "tiny", "--bind", "tcp://127.0.0.1:0"]
+    assert main(argv) == 2 and calls == [dict(started_ray=False)]
+    assert capsys.readouterr().err == "error: the gateway refused its replica's info\n"
+
+    class Breaks:
+        last_endpoint = None
+
+        def __init__(self, *a, **k):
+            self.stopped = False
+
+        def start(self):
+            raise RuntimeError("a bug in start")
+
+        def stop(self, timeout=None):
+            self.stopped = True
+
+    calls.clear()
+    monkeypatch.setattr(ray_engine, "RayGateway", Breaks)
+    with pytest.raises(RuntimeError, match="a bug in start"):
+        main(argv)
+    assert calls == [dict(started_ray=False)]
+
+
 def test_gateway_serves_what_the_codec_computes(gateway, raws, rcodec, small, renc):
     """Encode and decode through gateway -> deployment equal the in-process codec's; status and
     metrics tell what ran where."""

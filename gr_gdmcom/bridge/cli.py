@@ -65,23 +65,23 @@ def cmd_serve(args) -> int:
         return 2
     stop = _stop_on_signal()
     try:
-        server.start()
-        metrics_port = None if args.metrics_port < 0 else server.metrics.serve_http(args.metrics_port,
-                                                                                     args.metrics_addr)
-    except OSError as exc:
+        try:
+            server.start()
+            metrics_port = None if args.metrics_port < 0 else server.metrics.serve_http(args.metrics_port,
+                                                                                         args.metrics_addr)
+        except OSError as exc:
+            if server.last_endpoint:  # the endpoint was bound: it was the metrics port
+                exc = f"cannot serve metrics at {args.metrics_addr}:{args.metrics_port} (--metrics-port): " \
+                      f"{exc.strerror or exc}"
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        _emit(dict(event="listening", endpoint=server.last_endpoint, mode="connect" if args.connect else "bind",
+                   model=cfg.model, device=device, max_batch=opts.max_batch, max_queue=opts.max_queue,
+                   engine=args.engine, metrics_port=metrics_port))
+        _wait(stop)
+    finally:  # whatever ends it (an error above, a signal, an exception): a joined cluster loses our application
         server.stop()
         cleanup()
-        if server.last_endpoint:  # the endpoint was bound: it was the metrics port
-            exc = f"cannot serve metrics at {args.metrics_addr}:{args.metrics_port} (--metrics-port): " \
-                  f"{exc.strerror or exc}"
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    _emit(dict(event="listening", endpoint=server.last_endpoint, mode="connect" if args.connect else "bind",
-               model=cfg.model, device=device, max_batch=opts.max_batch, max_queue=opts.max_queue,
-               engine=args.engine, metrics_port=metrics_port))
-    _wait(stop)
-    server.stop()
-    cleanup()
     _emit(dict(event="stopped", **{k: server.counters[k] for k in ("served", "failed", "busy", "batches")}))
     return 0
 
@@ -134,9 +134,16 @@ def _ray_gateway(args, cfg, opts, curve):
                                                   warm_up_size=args.warm_up_size, scheduling=opts.scheduling)
     except ray_engine.DeployError as exc:  # a model or resources the deployment cannot start with: one line
         raise ValueError(str(exc)) from None
-    server = ray_engine.RayGateway(handle, info, bind=args.bind, connect=args.connect, options=opts, curve=curve,
-                                   ray_options=ro)
-    return server, info["device"], lambda: ray_engine.shutdown(started_ray=started)
+    def cleanup():  # the local instance stopped, or the application deleted from the cluster joined
+        ray_engine.shutdown(started_ray=started)
+
+    try:
+        server = ray_engine.RayGateway(handle, info, bind=args.bind, connect=args.connect, options=opts, curve=curve,
+                                       ray_options=ro)
+    except BaseException:
+        cleanup()
+        raise
+    return server, info["device"], cleanup
 
 
 def _curve_from_args(args):
@@ -269,7 +276,8 @@ def register(sub) -> None:
     ray_.add_argument("--cpus-per-replica", type=finite_float, default=1.0,
                       help="CPUs of each replica (ray_actor_options num_cpus) [default=%(default)r]")
     ray_.add_argument("--ray-address", default=None,
-                      help="join a Ray cluster: auto or ray://HOST:PORT (default: start a local instance)")
+                      help="join a Ray cluster: auto, HOST:PORT (its GCS) or ray://HOST[:PORT] (Ray Client) "
+                           "(default: start a local instance)")
     ray_.add_argument("--max-inflight", type=int, default=None,
                       help="requests at the deployment at once (default: 4 x max-batch per replica)")
     ray_.add_argument("--ray-metrics-port", type=int, default=0,

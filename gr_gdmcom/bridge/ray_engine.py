@@ -19,8 +19,9 @@
   replica's :class:`~gr_gdmcom.codec.stepper.StepScheduler` loop (requests join
   and leave the batched UNet call at every step, as ``gdmcom serve --scheduling
   step`` does in one process).
-* :func:`deploy` starts a local Ray instance (or joins ``address``: ``auto`` or
-  ``ray://host:port``), runs the application with ``num_replicas`` or an
+* :func:`deploy` starts a local Ray instance (or joins ``address``: ``auto``,
+  ``host:port`` or ``ray://host:port``, where nothing answering is a :class:`DeployError`
+  within seconds), runs the application with ``num_replicas`` or an
   autoscaling range and ``ray_actor_options`` (GPUs, CPUs per replica), and
   returns its handle and what a replica reports (:meth:`CodecReplica.info`).
   What cannot start is a :class:`DeployError` of one line, never an endless
@@ -49,6 +50,7 @@ import math
 import os
 import queue
 import re
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -70,6 +72,7 @@ log = logging.getLogger(__name__)
 APP_NAME = "gdmcom"
 START_TIMEOUT_S = 600.0  # longest wait for the deployment to run (replicas scheduled, models loaded)
 PROGRESS_EVERY_S = 10.0  # while deploy() waits: a line saying what for, this often
+PROBE_TIMEOUT_S = 3.0  # --ray-address HOST:PORT: how long one TCP connection to it may take
 POLL_S = 0.5
 RESUBMIT_DELAY_S = 0.2  # wait before the n-th re-send: n times this
 #: Failures of the replica, not of the request: the gateway sends the request again.
@@ -99,7 +102,8 @@ class RayOptions:
         gpus_per_replica, cpus_per_replica: ``ray_actor_options`` of each replica.
         torch_threads: torch CPU threads in each replica (0: torch's default).
         address: None starts a local Ray instance; ``auto`` joins the cluster of this
-            host, ``ray://host:port`` a remote one (Ray Client).
+            host, ``host:port`` the cluster of that GCS, ``ray://host[:port]`` a remote one (Ray
+            Client); checked by :meth:`validate`.
         max_inflight: requests the gateway has at the deployment at once (None:
             ``INFLIGHT_BATCHES * max_batch`` per replica, at the largest replica count).
         attempts: tries of one request when its replica dies under it.
@@ -133,6 +137,7 @@ class RayOptions:
             raise ValueError("gpus_per_replica and cpus_per_replica must be >= 0 and attempts >= 1")
         if not self.start_timeout > 0:
             raise ValueError(f"start_timeout must be > 0 seconds, got {self.start_timeout}")
+        _host_port(self.address)
         return self
 
     @property
@@ -385,6 +390,10 @@ def deploy(config: CodecConfig, ray_options: RayOptions, max_batch: int = 4, max
     deadline = t0 + ray_options.start_timeout
     started = False
     if not ray.is_initialized():
+        unreachable = _unreachable(ray_options.address)
+        if unreachable:
+            raise DeployError(f"--ray-address {ray_options.address}: {unreachable} (start one with `ray start "
+                              f"--head`, or leave --ray-address out to start a local one)")
         kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
         if ray_options.address is None and ray_options.metrics_port:
             kw["_metrics_export_port"] = ray_options.metrics_port
@@ -427,6 +436,40 @@ def deploy(config: CodecConfig, ray_options: RayOptions, max_batch: int = 4, max
 _FLAGS = {"GPU": "--gpus-per-replica", "CPU": "--cpus-per-replica"}
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _EXC_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt|Warning))(?::\s?(.*))?$")
+
+
+def _host_port(address: Optional[str]) -> Optional[Tuple[str, int]]:
+    """(host, port) of a ``--ray-address`` to join (``ray://HOST`` is Ray Client's port 10001);
+    None for None, ``auto`` and ``local``.  ValueError for anything else."""
+    if address is None or address in ("auto", "local"):
+        return None
+    client = address.startswith("ray://")
+    hostport = address[len("ray://"):] if client else address
+    host, sep, port = hostport.rpartition(":")
+    if client and (not sep or hostport.endswith("]")):  # no port (an IPv6 address's colons are in brackets)
+        host, port = hostport, "10001"
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--ray-address must be auto, HOST:PORT (a cluster's GCS) or ray://HOST[:PORT] "
+                         f"(Ray Client), got {address!r}")
+    return host, int(port)
+
+
+def _unreachable(address: Optional[str], timeout: float = PROBE_TIMEOUT_S) -> Optional[str]:
+    """Why nothing can be joined at ``address`` (``host:port``, a cluster's GCS, or
+    ``ray://host:port``, Ray Client), or None: one TCP connection tried within ``timeout``
+    seconds.  ``ray.init`` itself retried a GCS address nobody listens at for ever (Ray's
+    warnings every 30 s) and gave up on a Ray Client one after 30 s.  ``auto``, ``local`` and
+    None are Ray's to resolve (``auto`` without a cluster fails at once)."""
+    where = _host_port(address)
+    if where is None:
+        return None
+    host, port = where
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        why = exc.strerror or ("timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__)
+        return f"nothing answers at {host}:{port} ({why.lower()})"
+    return None
 
 
 def _local_instance(ro: RayOptions) -> bool:
