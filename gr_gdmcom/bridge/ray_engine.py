@@ -465,7 +465,7 @@ def _unreachable(address: Optional[str], timeout: float = PROBE_TIMEOUT_S) -> Op
         return None
     host, port = where
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        socket.create_connection((host.strip("[]"), port), timeout=timeout).close()
     except OSError as exc:
         why = exc.strerror or ("timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__)
         return f"nothing answers at {host}:{port} ({why.lower()})"
