@@ -21,6 +21,11 @@ def test_snr_conversions():
     np.testing.assert_allclose(snr_db_to_noise_var(np.array([0.0, 10.0])), [1.0, 0.1])
     with pytest.raises(ValueError):
         noise_voltage(10.0, sps=0)
+    assert noise_var_to_snr_db(0.0) == 100.0 and np.isnan(noise_var_to_snr_db(float("nan")))  # floor; NaN kept
+    with pytest.raises(ValueError, match=r"^noise variance must be >= 0, got -0.5$"):
+        noise_var_to_snr_db(np.array([0.1, -0.5, -2.0]))
+    with pytest.raises(ValueError, match=r"^noise variance must be >= 0, got -1$"):
+        noise_var_to_snr_db(-1)
 
 
 @pytest.mark.parametrize("snr_db", [0.0, 10.0, 20.0])

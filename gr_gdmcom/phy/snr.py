@@ -37,11 +37,17 @@ def noise_var_to_snr_db(noise_var):
     """Complex noise variance sigma^2 -> Es/N0 in dB (inverse of :func:`snr_db_to_noise_var`).
 
     Args:
-        noise_var: float or array, sigma^2 (floored at ``MIN_NOISE_VAR``).
+        noise_var: float or array, sigma^2 (floored at ``MIN_NOISE_VAR``; NaN stays NaN).
     Returns:
         float or float64 array, Es/N0 in dB.
+    Raises:
+        ValueError: a negative variance (it was floored into 100 dB, a bug upstream read as a
+            perfect channel).
     """
-    out = -10.0 * np.log10(np.maximum(np.asarray(noise_var, np.float64), MIN_NOISE_VAR))
+    v = np.asarray(noise_var, np.float64)
+    if np.any(v < 0):
+        raise ValueError(f"noise variance must be >= 0, got {v[v < 0].flat[0]:g}")
+    out = -10.0 * np.log10(np.maximum(v, MIN_NOISE_VAR))
     return out if np.ndim(out) else float(out)
 
 
