@@ -39,6 +39,11 @@ _CORE_K = ["-k", "decoder or erased or batch_mixing or timestep or test_codec"] 
 
 _SCHEDULE_K = ["-k", "test_schedule or power or grid or timestep"]
 
+#: server.py: not the tests that run the server in a subprocess (mutmut never maps a mutant to them: a
+#: child process's calls are not recorded; 18 s of the 33 s), nor the regression tests of other modules.
+_SERVER_K = ["-k", "not (process_killed or gdmcom_serve_command or gdmcom_broker_command or "
+                   "(test_mutation_regressions and not server_refuses))"]
+
 #: name -> (file to mutate, test files that exercise it[, extra pytest arguments]).
 MODULES = {
     "schedule": ("gr_gdmcom/codec/schedule.py", ["tests/test_schedule.py", "tests/test_schedule_reference.py",
@@ -51,7 +56,8 @@ MODULES = {
     "snr": ("gr_gdmcom/phy/snr.py", ["tests/test_phy_snr_channel.py", "tests/test_phy_snr_reference.py"]),
     "reassembly": ("gr_gdmcom/phy/reassembly.py", ["tests/test_phy_reassembly.py",
                                                    "tests/test_phy_reassembly_reference.py"]),
-    "server": ("gr_gdmcom/bridge/server.py", ["tests/test_bridge.py", "tests/test_mutation_regressions.py"]),
+    "server": ("gr_gdmcom/bridge/server.py", ["tests/test_server_mutants.py", "tests/test_bridge.py",
+                                              "tests/test_mutation_regressions.py"], _SERVER_K),
     "header": ("gr_gdmcom/phy/header.py", ["tests/test_phy_header.py", "tests/test_header_images_mutants.py",
                                            "tests/test_phy_tx.py", "tests/test_phy_rx.py"]),
     "images": ("gr_gdmcom/codec/images.py", ["tests/test_header_images_mutants.py", "tests/test_codec.py",
@@ -64,6 +70,7 @@ _M = "gr_gdmcom.eval.metrics."
 _R = "gr_gdmcom.phy.reassembly.xǁReassemblerǁ"
 _S = "gr_gdmcom.codec.schedule."
 _C = "gr_gdmcom.codec.core."
+_SV = "gr_gdmcom.bridge.server."
 EQUIVALENT: dict = {
     _M + "x__t__mutmut_10": "a grey image copied to 4 channels instead of 3: the channel mean is the same",
     _M + "x__t__mutmut_20": "float64 instead of float32 pixels: the same value to rounding",
@@ -145,6 +152,42 @@ EQUIVALENT: dict = {
                                                           'character and "X" is none',
     **{f"gr_gdmcom.codec.images.x_load_rgb__mutmut_{i}": "256 in the white fill colour: Pillow clips it to 255"
        for i in (119, 120, 121, 122)},
+    # server.py (mutant numbers of server.py at 36f2849)
+    _SV + "x_gather_batch__mutmut_22": "remaining >= 0: at exactly 0.0, Queue.get(timeout=0) takes a queued job or "
+                                       "raises Empty at once, as get_nowait does",
+    _SV + "x_split_on_failure__mutmut_47": "first=None: only tested for truth, as False",
+    **{_SV + f"xǁInferenceServerǁ__init____mutmut_{i}": "a field that start() or stop() sets before anything reads it "
+       "(_sock, _worker, _drain_s, the wake-up pipe's fds)" for i in (21, 42, 44, 45, 46, 47)},
+    _SV + "xǁInferenceServerǁstart__mutmut_14": "monitor every socket event: _read_monitor counts and logs only the "
+                                               "handshake failures, the same ones",
+    **{_SV + f"xǁInferenceServerǁstart__mutmut_{i}": "linger of a socket that failed to bind or connect: it never "
+       "held a message" for i in (44, 45)},
+    _SV + "xǁInferenceServerǁstart__mutmut_53": "LAST_ENDPOINT of a connected socket: ZMQ gives back the endpoint "
+                                               "string given to connect (checked with a host name and an address)",
+    _SV + "xǁInferenceServerǁstart__mutmut_79": "a blocking wake-up pipe: a write blocks only with 64 KiB of wake-ups "
+                                               "unread, one per reply the I/O thread has not flushed (equivalent in "
+                                               "practice, not in principle)",
+    _SV + "xǁInferenceServerǁ_wake__mutmut_5": "5 bytes per wake-up instead of 1: the I/O thread only tests the pipe "
+                                              "for data and drains it (a full pipe is 13000 wake-ups behind instead "
+                                              "of 65536: equivalent in practice)",
+    **{_SV + f"xǁInferenceServerǁ_close_monitor__mutmut_{i}": "linger of the monitor socket, which only receives"
+       for i in (2, 3)},
+    _SV + "xǁInferenceServerǁ_close_monitor__mutmut_4": "_monitor after closing: a stopped server never reads it again",
+    **{_SV + f"xǁInferenceServerǁserve_forever__mutmut_{i}": "join(None) / join(1.5): join returns when the I/O "
+       "thread ends whatever its timeout (the loop only re-checks it)" for i in (4, 5)},
+    **{_SV + f"xǁInferenceServerǁ_io_loop__mutmut_{i}": "poll 1 ms longer: the wake-up pipe and the socket end "
+       "the wait, the timeout only paces the stop and store-expiry checks" for i in (19, 32)},
+    _SV + "xǁInferenceServerǁ_read_monitor__mutmut_2": "poll(1) for the next monitor event: 1 ms more after the last "
+                                                     "one, the same events read",
+    _SV + "xǁInferenceServerǁ_io_loop__mutmut_28": "drain until now <= deadline: differs only at a clock reading "
+                                                  "equal to the deadline (equivalent in practice)",
+    _SV + "xǁInferenceServerǁ_io_loop__mutmut_33": "while draining, replies flushed on the 50 ms ticks instead of at "
+                                                  "the wake-up, and all of them after the loop: the same replies, at "
+                                                  "most 50 ms later (equivalent in practice)",
+    _SV + "xǁInferenceServerǁ_io_loop__mutmut_35": "accept=None: only tested for truth, as False",
+    _SV + "xǁInferenceServerǁ_io_loop__mutmut_49": "linger 1001 ms instead of 1000 on close (equivalent in practice)",
+    **{_SV + f"xǁInferenceServerǁstatus__mutmut_{i}": "a field not popped from the engine's dict: **engine then "
+       "gives status the same key and value" for i in (48, 49, 50, 51)},
 }
 
 
@@ -153,13 +196,26 @@ EQUIVALENT: dict = {
 #: missed tests (helpers reached only through the ``torch.no_grad``-decorated batch functions,
 #: which it does not trampoline, came out "no tests"), and its fast test file comes first so that
 #: most mutants are killed within a second.
-EVERY_TEST = {"core"}
+EVERY_TEST = {"core", "server"}
 
 #: For an ``EVERY_TEST`` module, the run is two passes: every mutant against the tests of the first
 #: ``FAST_FILES[name]`` files of its list, then the mutants still alive against all of them.  The
 #: result is that of one pass with all the files (a test that fails fails in either), much faster:
 #: a surviving or equivalent mutant costs the whole list, and on two shared cores that is a minute.
-FAST_FILES = {"core": 2}
+FAST_FILES = {"core": 2, "server": 1}
+
+#: ``EVERY_TEST`` modules whose second pass runs, for each mutant still alive, only the tests that mutmut saw
+#: calling its function (mutmut's own selection) rather than all of them.  ``server``: its first file runs
+#: the server on a stand-in codec in 7 s; a mutant alive after it costs the tiny-model tests of
+#: test_bridge.py that reach its function (about 11 s, and 5 s of fixtures: the model, the keys), where
+#: all of them cost 25 s.  mutmut records calls from the server's threads, so its selection holds there.
+PER_FUNCTION_SECOND_PASS = {"server"}
+
+#: Extra [tool.mutmut] settings per module.  ``server``: mutmut's wall-clock limit per mutant is
+#: ``timeout_multiplier`` x (the tests' clean time + 1 s); at its default 15 that is 2 minutes for the
+#: first pass, and a mutant that leaves a ZMQ socket open hangs ``Context.term()`` (pytest-timeout cannot
+#: interrupt it) until then.  3 x still leaves a surviving mutant (7 s of tests) three times its time.
+MUTMUT_OPTIONS = {"server": ["timeout_multiplier = 3.0"]}
 
 
 def scratch(name: str) -> Path:
@@ -174,7 +230,7 @@ def prepare(name: str) -> Path:
         shutil.rmtree(d)
     d.mkdir(parents=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for sub in ("gr_gdmcom", "tests", "grc", "flowgraphs"):
+    for sub in ("gr_gdmcom", "tests", "grc", "flowgraphs", "docs"):  # docs: tests read protocol.md
         shutil.copytree(ROOT / sub, d / sub, ignore=ignore)
     cfg = [
         "",
@@ -183,19 +239,20 @@ def prepare(name: str) -> Path:
         f'only_mutate = ["{path}"]',
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
         f"pytest_add_cli_args = {json.dumps(['-p', 'no:cacheprovider', '-q', '-x'] + extra)}",
-        "also_copy = [\"grc/\", \"flowgraphs/\"]",
+        "also_copy = [\"grc/\", \"flowgraphs/\", \"docs/\"]",
         # torch and GNU Radio threads are not fork-safe from a process that ran tests
         'process_isolation = "forkserver"',
         "use_git_change_detection = false",
+        *MUTMUT_OPTIONS.get(name, []),
     ]
     (d / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text() + "\n".join(cfg) + "\n")
     return d
 
 
 def mutmut(d: Path, *args: str, capture: bool = False, every_test: bool = False,
-           files: int = 0) -> subprocess.CompletedProcess:
+           files: int = 0, per_function: bool = False) -> subprocess.CompletedProcess:
     env = dict(os.environ, GRC_BLOCKS_PATH=str(d / "grc"), OMP_NUM_THREADS="1", PYTHONPATH="",
-               MUTATION_TEST_FILES=str(files))
+               MUTATION_TEST_FILES=str(files), MUTATION_PER_FUNCTION=str(int(per_function)))
     cmd = [sys.executable, "-m", "mutmut"]
     if every_test:
         cmd = [sys.executable, str(Path(__file__).resolve()), _EVERY_TEST_FLAG]
@@ -207,13 +264,15 @@ _EVERY_TEST_FLAG = "--mutmut-every-test"
 
 def _mutmut_every_test(args: list) -> int:
     """``mutmut ARGS`` (run in a scratch copy) with every mutant mapped to every test that the
-    stats run saw, ordered as the test files in ``pytest_add_cli_args_test_selection``."""
+    stats run saw, ordered as the test files in ``pytest_add_cli_args_test_selection``
+    (``MUTATION_PER_FUNCTION=1``: only those of them that mutmut saw calling the mutant's function)."""
     import tomllib
 
     import mutmut.__main__ as mm
 
     files = tomllib.loads(Path("pyproject.toml").read_text())["tool"]["mutmut"]["pytest_add_cli_args_test_selection"]
     first = int(os.environ.get("MUTATION_TEST_FILES", "0")) or len(files)  # only the tests of these files
+    per_function = os.environ.get("MUTATION_PER_FUNCTION") == "1"
     collect = mm.collect_or_load_stats
 
     def every(*a, **kw):
@@ -223,13 +282,17 @@ def _mutmut_every_test(args: list) -> int:
         rank = lambda n: (next((i for i, f in enumerate(files) if n.split("::")[0] == f), len(files)),  # noqa: E731
                           seen.index(n))
         order = [n for n in sorted(seen, key=rank) if rank(n)[0] < first]
+        own = {k: set(v) for k, v in st.tests_by_mangled_function_name.items()}
+
+        def tests(key):
+            return [n for n in order if n in own.get(key, ())] if per_function else order
 
         class Every(dict):  # keeps the recorded keys (mutmut checks them), answers every lookup with all tests
             def get(self, key, default=None):
-                return order
+                return tests(key)
 
             def __getitem__(self, key):
-                return order
+                return tests(key)
 
         st.tests_by_mangled_function_name = Every(st.tests_by_mangled_function_name)
 
@@ -264,7 +327,8 @@ def retest(name: str, jobs: int = 1, copy_tests: bool = True) -> dict:
         for files in ([FAST_FILES.get(name, 0)] if copy_tests else []) + [0]:
             todo = score(name)["not_killed"]
             if todo:
-                mutmut(d, "run", "--max-children", str(jobs), *todo, every_test=True, files=files)
+                mutmut(d, "run", "--max-children", str(jobs), *todo, every_test=True, files=files,
+                       per_function=not files and name in PER_FUNCTION_SECOND_PASS)
         return {}
     original = (d / path).read_text()
     env = dict(os.environ, GRC_BLOCKS_PATH=str(d / "grc"), PYTHONPATH=str(d))
