@@ -186,6 +186,13 @@ EQUIVALENT: dict = {
                                                   "most 50 ms later (equivalent in practice)",
     _SV + "xǁInferenceServerǁ_io_loop__mutmut_35": "accept=None: only tested for truth, as False",
     _SV + "xǁInferenceServerǁ_io_loop__mutmut_49": "linger 1001 ms instead of 1000 on close (equivalent in practice)",
+    _SV + "xǁInferenceServerǁ_io_loop__mutmut_9": "the wake-up pipe polled for POLLIN|POLLOUT: its read end is "
+                                                 "never writable, the same events (an idle server does not spin)",
+    _SV + "xǁInferenceServerǁ_read_requests__mutmut_2": "65 requests read per round instead of 64 before the replies "
+                                                       "are looked at again (equivalent in practice)",
+    _SV + "xǁInferenceServerǁ_read_requests__mutmut_25": "the client address read from frame 1 instead of the last: "
+                                                        "every frame of a message carries its connection's metadata",
+    _SV + "xǁInferenceServerǁ_read_requests__mutmut_5": "copy=None: only tested for truth, as False",
     **{_SV + f"xǁInferenceServerǁstatus__mutmut_{i}": "a field not popped from the engine's dict: **engine then "
        "gives status the same key and value" for i in (48, 49, 50, 51)},
 }
