@@ -175,8 +175,8 @@ def main() -> int:
               f"{' '.join(f'{k}={v}' for k, v in other.items())} ({time.perf_counter() - t0:.1f} s) |", flush=True)
         if args.per_burst and len(act):
             each = " ".join(f"{f.header.chunk_index}:{a:.2f}" for f, a in zip(frames, act))
-            print(f"    act by chunk: {each}; mean {np.mean(act):.2f}; receiver {t_rx / args.bursts * 1e3:.1f} ms per burst",
-                  flush=True)
+            print(f"    act by chunk: {each}; mean {np.mean(act):.2f}; "
+                  f"receiver {t_rx / args.bursts * 1e3:.1f} ms per burst", flush=True)
     return 0
 
 
