@@ -2,9 +2,9 @@
 tracking, through GNU Radio's ``channels.channel_model`` (epsilon = 1 + ppm 1e-6).
 
     .venv/bin/python benchmarks/bench_sro.py [--ppm 0 10 25 50 100] [--snr 10 25] [--sps 2]
-        [--taps 1] [--bursts 4]
+        [--taps 1] [--bursts 4] [--burst-symbols 8192]
 
-Each point sends ``--bursts`` bursts of ``max_chunk_symbols`` (8192) latent symbols
+Each point sends ``--bursts`` bursts of ``--burst-symbols`` (``max_chunk_symbols``, 8192) latent symbols
 with CFO 0.001 cycles/sample and prints, per (ppm, SNR), the payload Es/N0 measured
 against the sent symbols (mean over the bursts, dB) without tracking (and without the
 receiver's dispersive pass, which follows a drift too) and with it, the
@@ -43,9 +43,11 @@ def main() -> int:
     ap.add_argument("--sps", type=int, default=2)
     ap.add_argument("--taps", type=complex, nargs="+", default=[1.0])
     ap.add_argument("--bursts", type=int, default=4)
+    ap.add_argument("--burst-symbols", type=int, default=FrameConfig.max_chunk_symbols,
+                    help="latent symbols per burst (FrameConfig.max_chunk_symbols)")
     args = ap.parse_args()
 
-    cfg = FrameConfig(sps=args.sps)
+    cfg = FrameConfig(sps=args.sps, max_chunk_symbols=args.burst_symbols)
     rng = np.random.default_rng(1)
     sym = complex_noise(args.bursts * cfg.max_chunk_symbols, 1.0, rng)
     x = FrameTx(cfg).stream(sym, Header(image_id=3))

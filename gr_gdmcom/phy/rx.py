@@ -101,6 +101,16 @@ TIMING_ROUNDS = 6
 #: (flat and 3-path, 5-20 dB) with these thresholds.
 TIMING_TRIGGER = 1.5
 TIMING_STRONG = 3.0
+#: ... or, for the wide acquisition only, where the error grew by more than this
+#: multiple of the tracked gain's power at the burst's end (:meth:`FrameRx._lost_share`).
+#: Below about 5 dB noise dominates the error, so a drift that leaves nothing of the last
+#: symbols grows it by less than 3x (by about 1 + Es/N0: 2x at 0 dB) and neither search
+#: ran (3 dB, 300 ppm: 1 of 8 bursts re-timed); measured against the gain there, which the
+#: drift shrinks too, it is 9.8-1950 with 200-400 ppm over 8192 symbols at 0-10 dB
+#: (1.4-190 over 2048) and -0.2..0.13 without drift (-0.4..1.0 over 1024 symbols at 0 dB).
+#: Not for the grid search: on selective fading at 3-5 dB the known symbols fit some drift
+#: of its 40 better, which cost one burst 16 dB.
+STRONG_SHARE = 1.0
 TIMING_SIGMAS_QUIET = 2.5
 #: ... and of the refinements after a first accepted drift.
 TIMING_SIGMAS_REFINE = 1.0
@@ -844,6 +854,17 @@ class FrameRx:
             return 0.0
         return float(e[-n_tail:].mean()) / max(float(e[: self._hdr_body].mean()), 1e-30)
 
+    def _lost_share(self, d: _Demod) -> float:
+        """The known symbols' error growth (:meth:`_error_growth`'s last quarter of the pilots
+        against the header region) over the tracked gain's power in that quarter: whatever the
+        SNR, large where a drift leaves nothing of the last symbols (the error grows by about
+        the signal's power and the gain the tracker finds there shrinks), near 0 without one."""
+        e, hb = d.err, self._hdr_body
+        n_tail = (len(e) - hb) // 4
+        g = d.track.g[d.pos[-n_tail:]]
+        p = float(np.mean(g.real ** 2 + g.imag ** 2))
+        return (float(e[-n_tail:].mean()) - float(e[:hb].mean())) / p if p > 0 else 0.0
+
     def _mf_drift(self, b: _Burst, n_sym: int, drift: float) -> np.ndarray:
         """:meth:`_mf` on a symbol clock drifting by ``drift`` (:meth:`_instants`)."""
         return sync.cancel_isi(self._mf_at(b, self._instants(b, np.arange(-self._reach, n_sym + self._reach), drift)),
@@ -1077,7 +1098,8 @@ class FrameRx:
         limit = MAX_SRO_PPM * 1e-6 * self._sps
         drift, cur = 0.0, d
         best = (_error_power(d), 0.0, d)
-        wide = self._acquire_drift(b, pilot_pos) if growth >= TIMING_STRONG else 0.0
+        strong = growth >= TIMING_STRONG
+        wide = self._acquire_drift(b, pilot_pos) if strong or self._lost_share(d) >= STRONG_SHARE else 0.0
         if wide and abs(wide) <= limit:
             drift = wide
             cur = self._demodulate(b, self._mf_drift(b, self._npre + n_body, drift), known, head, pilot_pos, n_body)
@@ -1097,7 +1119,7 @@ class FrameRx:
             p = _error_power(cur)
             if p < best[0]:
                 best = (p, drift, cur)
-        if not best[1] and growth >= TIMING_STRONG:
+        if not best[1] and strong:
             best = self._search_drift(b, best, known, head, pilot_pos, n_body)
         for _ in range(POLISH_MOVES if best[1] else 0):
             start = best[1]
