@@ -3,9 +3,9 @@ Radio's own channel blocks (fading, PA compression, ADC clipping, clock and carr
 drift): ``FrameTx`` -> ``channels.*`` -> ``FrameRx``.
 
     .venv/bin/python benchmarks/bench_channels.py [--bursts 20] [--snr 10 20] [--only rayleigh rician]
-        [--sps 2] [--seed 1] [--no-dispersive] [--no-track-timing] [--per-burst]
+        [--burst-symbols 8192] [--seed 1] [--no-dispersive] [--no-track-timing] [--per-burst]
 
-Each scenario sends ``--bursts`` bursts of 8192 unit-power Gaussian symbols (one
+Each scenario sends ``--bursts`` bursts of ``--burst-symbols`` (8192) unit-power Gaussian symbols (one
 stream, 1 Msps for the Hz settings of ``dynamic_channel_model``) and prints one row:
 bursts complete (frames out of sent), the median of the receiver's estimate ``est``,
 of the payload's actual post-equalisation Es/N0 ``act`` (mean |sent|^2 over mean
@@ -124,6 +124,8 @@ def scenarios(snrs, seed: int = 0):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bursts", type=int, default=20)
+    ap.add_argument("--burst-symbols", type=int, default=FrameConfig.max_chunk_symbols,
+                    help="latent symbols per burst (FrameConfig.max_chunk_symbols)")
     ap.add_argument("--snr", type=float, nargs="+", default=[10.0, 20.0])
     ap.add_argument("--only", nargs="+", default=None, help="scenario name prefixes")
     ap.add_argument("--seed", type=int, default=1, help="symbols' seed; channel seeds are offset by seed - 1")
@@ -133,7 +135,7 @@ def main() -> int:
                     help="after each row, its bursts' actual Es/N0 by chunk, their mean (dB) and the receiver's time")
     args = ap.parse_args()
 
-    print(f"{args.bursts} bursts x 8192 symbols per row; est/act: medians (dB); "
+    print(f"{args.bursts} bursts x {args.burst_symbols} symbols per row; est/act: medians (dB); "
           f"|d|: median |est - act|; worst: max est - act; >3: bursts > 3 dB optimistic")
     print(f"| scenario | SNR | complete | est | act | median abs(est-act) | worst est-act | >3 dB | other |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -142,7 +144,7 @@ def main() -> int:
         if args.only and not any(name.startswith(p) for p in args.only):
             continue
         if sps not in streams:
-            cfg = FrameConfig(sps=sps)
+            cfg = FrameConfig(sps=sps, max_chunk_symbols=args.burst_symbols)
             sym = complex_noise(args.bursts * cfg.max_chunk_symbols, 1.0, np.random.default_rng(args.seed))
             x = FrameTx(cfg).stream(sym, Header(image_id=3))
             x = np.concatenate([np.zeros(500, np.complex64), x, np.zeros(3000, np.complex64)])

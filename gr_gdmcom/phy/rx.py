@@ -92,7 +92,7 @@ TIMING_MIN_FIT = 4
 TIMING_ROUNDS = 6
 #: ... the error growth over the burst above which the drift estimate needs less
 #: evidence (TIMING_SIGMAS, not TIMING_SIGMAS_QUIET), and the growth above which the
-#: wide acquisition and the grid search also run.  Below TIMING_TRIGGER the drift is
+#: wide acquisition also runs.  Below TIMING_TRIGGER the drift is
 #: still measured: at 10 dB a 10-20 ppm drift costs 0.5-1 dB but hardly grows the
 #: error, which noise dominates, and with multipath at 20 dB the fine discriminator's
 #: spread doubles (the channel's interference is not predicted), so 4 standard errors
@@ -101,15 +101,16 @@ TIMING_ROUNDS = 6
 #: (flat and 3-path, 5-20 dB) with these thresholds.
 TIMING_TRIGGER = 1.5
 TIMING_STRONG = 3.0
-#: ... or, for the wide acquisition only, where the error grew by more than this
-#: multiple of the tracked gain's power at the burst's end (:meth:`FrameRx._lost_share`).
-#: Below about 5 dB noise dominates the error, so a drift that leaves nothing of the last
-#: symbols grows it by less than 3x (by about 1 + Es/N0: 2x at 0 dB) and neither search
-#: ran (3 dB, 300 ppm: 1 of 8 bursts re-timed); measured against the gain there, which the
-#: drift shrinks too, it is 9.8-1950 with 200-400 ppm over 8192 symbols at 0-10 dB
-#: (1.4-190 over 2048) and -0.2..0.13 without drift (-0.4..1.0 over 1024 symbols at 0 dB).
-#: Not for the grid search: on selective fading at 3-5 dB the known symbols fit some drift
-#: of its 40 better, which cost one burst 16 dB.
+#: ... or where the error grew by more than this multiple of the tracked gain's power
+#: at the burst's end (:meth:`FrameRx._lost_share`).  Below about 5 dB noise dominates
+#: the error, so a drift that leaves nothing of the last symbols grows it by less than
+#: 3x (by about 1 + Es/N0: 2x at 0 dB) and the acquisition did not run (3 dB, 300 ppm:
+#: 1 of 8 bursts re-timed); measured against the gain there, which the drift shrinks
+#: too, it is 9.8-1950 with 200-400 ppm over 8192 symbols at 0-10 dB (1.4-190 over
+#: 2048) and -0.2..0.13 without drift (-0.4..1.0 over 1024 symbols at 0 dB).  (A grid
+#: search of 40 drifts also ran where nothing was found; it never found a drift that was
+#: there, and on selective fading it picked some that were not, one costing a burst 18 dB:
+#: removed, docs/frame-format.md section 6 step 7.)
 STRONG_SHARE = 1.0
 TIMING_SIGMAS_QUIET = 2.5
 #: ... and of the refinements after a first accepted drift.
@@ -130,10 +131,8 @@ ACQ_MIN_DRIFT = 0.1
 #: linear range, did not correct).
 POLISH_PPM = 3.0
 POLISH_MOVES = 4
-#: ... the grid of the last-resort drift search: spacing (samples of timing at the
-#: burst's end) and most points.
-SEARCH_STEP = 0.3
-SEARCH_MAX_POINTS = 40
+#: ... and its smallest step, in samples of timing at the burst's end.
+POLISH_MIN_SPAN = 0.0375
 #: Channel tracker (docs/frame-format.md section 6 step 4): the window lengths it
 #: chooses from by cross-validation, in pilot periods (up to ``phase_window``).
 TRACK_SPANS = (2, 3, 4, 6, 8, 16, 32, 64, 128, 512)
@@ -752,30 +751,12 @@ class FrameRx:
             return 0.0
         return slope
 
-    def _search_drift(self, b: _Burst, best, known, head, pilot_pos, n_body: int):
-        """Last resort where the error grew a lot but no discriminator found a drift
-        (short bursts, low SNR): the known symbols' error power on a grid of drifts up
-        to ACQ_MAX_PPM, SEARCH_STEP samples apart at the burst's end; the best kept if it
-        fits better than ``best`` (error power, drift, demodulation)."""
-        step = SEARCH_STEP / max(n_body, 1)
-        n = min(int(ACQ_MAX_PPM * 1e-6 * self._sps / step), SEARCH_MAX_POINTS // 2)
-        step = max(step, ACQ_MAX_PPM * 1e-6 * self._sps / max(n, 1))
-        for k in range(-n, n + 1):
-            if k:
-                dm = self._demodulate(b, self._mf_drift(b, self._npre + n_body, k * step), known, head, pilot_pos,
-                                      n_body)
-                p = _error_power(dm)
-                if p < best[0]:
-                    best = (p, k * step, dm)
-        log.debug("drift search: %.3g samples/symbol", best[1])
-        return best
-
     def _polish_drift(self, b: _Burst, best, known, head, pilot_pos, n_body: int):
         """Final drift: the known symbols' error power at the drift found and POLISH_PPM
         either side, 2 POLISH_PPM either side, a parabola through the five, the
         demodulation at its vertex if that fits better.  ``best``: (error power, drift,
         demodulation); returns the same for the best found."""
-        step = max(POLISH_PPM * 1e-6 * self._sps, SEARCH_STEP / 8 / max(n_body, 1))
+        step = max(POLISH_PPM * 1e-6 * self._sps, POLISH_MIN_SPAN / max(n_body, 1))
         drifts = best[1] + step * np.arange(-2, 3)
         demods = {0: best[2]}
         powers = np.empty(5)
@@ -1098,8 +1079,8 @@ class FrameRx:
         limit = MAX_SRO_PPM * 1e-6 * self._sps
         drift, cur = 0.0, d
         best = (_error_power(d), 0.0, d)
-        strong = growth >= TIMING_STRONG
-        wide = self._acquire_drift(b, pilot_pos) if strong or self._lost_share(d) >= STRONG_SHARE else 0.0
+        strong = growth >= TIMING_STRONG or self._lost_share(d) >= STRONG_SHARE
+        wide = self._acquire_drift(b, pilot_pos) if strong else 0.0
         if wide and abs(wide) <= limit:
             drift = wide
             cur = self._demodulate(b, self._mf_drift(b, self._npre + n_body, drift), known, head, pilot_pos, n_body)
@@ -1119,8 +1100,6 @@ class FrameRx:
             p = _error_power(cur)
             if p < best[0]:
                 best = (p, drift, cur)
-        if not best[1] and strong:
-            best = self._search_drift(b, best, known, head, pilot_pos, n_body)
         for _ in range(POLISH_MOVES if best[1] else 0):
             start = best[1]
             best = self._polish_drift(b, best, known, head, pilot_pos, n_body)
