@@ -829,9 +829,8 @@ class FrameRx:
         (:func:`_fit_errors`) in the last quarter of the burst's pilots over the header
         region's (next to the equaliser's training); a sampling clock drift makes it grow.  0.0 where not
         applicable (sps = 1, short bursts)."""
-        e = d.err
-        n_tail = (len(e) - self._hdr_body) // 4
-        if self._sps < 2 or n_tail < TIMING_MIN_PILOTS:
+        e, n_tail = d.err, self._n_tail(d)
+        if not n_tail:
             return 0.0
         return float(e[-n_tail:].mean()) / max(float(e[: self._hdr_body].mean()), 1e-30)
 
@@ -840,11 +839,18 @@ class FrameRx:
         against the header region) over the tracked gain's power in that quarter: whatever the
         SNR, large where a drift leaves nothing of the last symbols (the error grows by about
         the signal's power and the gain the tracker finds there shrinks), near 0 without one."""
-        e, hb = d.err, self._hdr_body
-        n_tail = (len(e) - hb) // 4
+        e, n_tail = d.err, self._n_tail(d)
+        if not n_tail:
+            return 0.0
         g = d.track.g[d.pos[-n_tail:]]
         p = float(np.mean(g.real ** 2 + g.imag ** 2))
-        return (float(e[-n_tail:].mean()) - float(e[:hb].mean())) / p if p > 0 else 0.0
+        return (float(e[-n_tail:].mean()) - float(e[: self._hdr_body].mean())) / p if p > 0 else 0.0
+
+    def _n_tail(self, d: _Demod) -> int:
+        """How many of the last known symbols (a quarter of the pilots after the header
+        region) the drift tests compare with the header region; 0 where not applicable."""
+        n_tail = (len(d.err) - self._hdr_body) // 4
+        return n_tail if self._sps >= 2 and n_tail >= TIMING_MIN_PILOTS else 0
 
     def _mf_drift(self, b: _Burst, n_sym: int, drift: float) -> np.ndarray:
         """:meth:`_mf` on a symbol clock drifting by ``drift`` (:meth:`_instants`)."""
