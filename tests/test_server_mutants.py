@@ -55,7 +55,8 @@ class StandIn:
     """What the server uses of a GenerativeCodec.  An encode's symbols are 0..7 + the image's width, a
     decode's image is the request's H x W filled with a gradient plus snr_db; names starting with "bad"
     and snr_db -50 are refused (a ``Failed`` item), a call with an item named "boom" or snr_db -66
-    raises.  ``gate`` holds every call until set; ``calls`` lists (op, item labels) per call."""
+    raises, and so does a decode of other than 8 symbols (as the codec checks their count).  ``gate``
+    holds every call until set; ``calls`` lists (op, item labels) per call."""
 
     def __init__(self, config=CFG):
         self.config = config
@@ -93,6 +94,8 @@ class StandIn:
         self._enter("decode", [snr for _, _, snr, _ in items])
         out = []
         for symbols, meta, snr, mask in items:
+            if len(symbols) != len(SYMBOLS):
+                raise ValueError(f"{meta.name}: {len(symbols)} symbols, expected {len(SYMBOLS)}")
             if snr == -50:
                 out.append(Failed(f"{meta.name}: snr -50 refused", meta.name))
                 continue
@@ -663,15 +666,17 @@ def test_a_result_that_cannot_be_serialised_is_answered_internal(env, caplog):
     assert 'gdmcom_latency_seconds_count{op="decode"} 1.0' in srv.metrics.text().decode()
 
 
-def test_a_request_the_server_cannot_handle_is_answered_internal(env, monkeypatch):
+def test_a_request_the_server_cannot_handle_is_answered_internal(env, monkeypatch, caplog):
     srv = env.server()
 
     def broken(*a, **kw):
         raise KeyError("oops")
 
     monkeypatch.setattr(srv, "_on_request", broken)
-    h, _ = env.client(srv).ask(P.status_request("s"))
+    with caplog.at_level(logging.ERROR, logger=LOG):
+        h, _ = env.client(srv).ask(P.status_request("s"))
     assert (h["ok"], h["id"], h["op"], h["code"], h["message"]) == (False, None, None, P.INTERNAL, "KeyError: 'oops'")
+    assert caplog.messages == ["request handling failed"] and caplog.records[0].exc_info  # with the traceback
 
 
 # ---------------------------------------------------------------------- per-request settings
@@ -1072,3 +1077,212 @@ def test_step_scheduling_stops_after_the_requests_in_flight(env, monkeypatch):
     h, _ = c.recv()
     stopper.join(10)
     assert h["id"] == "x" and h["ok"] and not stopper.is_alive()
+
+
+# ---------------------------------------------------------------------- times, counts and log lines, exactly
+class Clock:
+    """The server module's ``time`` with a stand-in monotonic clock: successive readings, then the last
+    again; ``time()`` is the real one (status' uptime)."""
+
+    def __init__(self, *readings):
+        self.readings = list(readings)
+
+    def monotonic(self):
+        return self.readings.pop(0) if len(self.readings) > 1 else self.readings[0]
+
+    time = staticmethod(time.time)
+
+
+class Sock:
+    """The server's ROUTER socket as a reply meets it: ``sent`` records what leaves; ``error``: what
+    sending raises instead (``zmq.Again``: the client's pipe is full, which a blocking send would wait
+    out: the server would hang on a client that does not read)."""
+
+    def __init__(self, error=None):
+        self.sent, self.error = [], error
+
+    def send_multipart(self, frames, flags=0, copy=True):
+        if isinstance(self.error, zmq.Again) and not flags & zmq.NOBLOCK:
+            raise AssertionError("a blocking send to a client that does not read waits for it")
+        if self.error is not None:
+            raise self.error
+        self.sent.append(list(frames))
+
+
+def job(srv, frames, t_recv, peer="?"):
+    """A request as the I/O thread accepts it (envelope [b"client"]), arrived at ``t_recv``."""
+    return S._Job(P.parse_request(frames, srv.limits), [b"client"], P.fingerprint(frames), t_recv, peer=peer)
+
+
+def test_a_batch_reports_its_queue_and_codec_times_and_feeds_the_busy_estimate(monkeypatch, caplog):
+    """record.server's queue_ms and codec_ms, the "batch of" log line and the running estimate of a
+    batch's time that busy's retry_after_ms gives (weight 0.2), read off a stand-in clock."""
+    srv = InferenceServer(StandIn(), max_queue=1)
+    jobs = [job(srv, P.decode_request(f"d{i}", SYMBOLS, META, float(i)), 9.5) for i in range(2)]
+    monkeypatch.setattr(S, "time", Clock(10.0, 10.25))  # the call starts at 10.0 and ends at 10.25
+    with caplog.at_level(logging.INFO, logger=LOG):
+        out = srv._codec_call(jobs)
+    assert [info for _, info in out] == [dict(queue_ms=500.0, codec_ms=250.0, batch=2)] * 2
+    assert [res.record["snr_db"] for res, _ in out] == [0.0, 1.0]
+    assert caplog.messages == ["decode batch of 2: 3 model calls in 250.0 ms"]
+    assert srv._batch_ms == pytest.approx(0.8 * 100 + 0.2 * 250, abs=1e-9)
+    monkeypatch.setattr(S, "time", Clock(20.0, 22.0))
+    srv._codec_call(jobs[:1])
+    assert srv._batch_ms == pytest.approx(0.8 * 130 + 0.2 * 2000, abs=1e-9)
+    assert counters(srv, "batches", "model_calls") == (2, 2 * CALLS)
+    srv._sock = Sock()
+    srv._queue.put(jobs[0])  # the queue full: the next request is told to come back after one batch
+    srv._on_request([b"c"], P.decode_request("late", SYMBOLS, META, 1.0), True)
+    (sent,) = srv._sock.sent
+    h, _ = P.parse_reply(sent[1:])
+    assert (h["id"], h["code"], h["retry_after_ms"]) == ("late", P.BUSY, 504)
+
+
+def test_a_step_scheduled_reply_reports_its_queue_and_codec_times_and_batch(monkeypatch):
+    srv = InferenceServer(StandIn(), scheduling="step")
+    j = job(srv, P.decode_request("s", SYMBOLS, META, 2.0, image_format="raw"), 5.0)
+    monkeypatch.setattr(S, "time", Clock(5.75))  # admitted at 5.5 (the scheduler's reading), done at 5.75
+    srv._reply_step(j, 5.5, Decoded(np.zeros((16, 12, 3), np.uint8), dict(name="pic", batch=3)))
+    posted, frames, kind = srv._replies.get_nowait()
+    h, p = P.parse_reply(frames)
+    assert posted is j and kind == "served" and h["ok"] and p[0] == bytes(16 * 12 * 3)
+    assert h["record"] == dict(name="pic", batch=3, server=dict(queue_ms=500.0, codec_ms=250.0, batch=3))
+    srv._reply_step(j, 5.5, Failed("snr refused", "pic"))
+    _, frames, kind = srv._replies.get_nowait()
+    h, _ = P.parse_reply(frames)
+    assert (kind, h["code"], h["message"]) == ("failed", P.REJECTED, "snr refused")
+
+
+def test_each_step_counts_a_batch_and_feeds_the_busy_estimate(monkeypatch):
+    """The figures the step loop gets after each step (width, UNet calls, seconds) as the counters,
+    the batch-size metric and the running estimate behind busy's retry_after_ms show them."""
+    monkeypatch.setattr(S, "StepScheduler", FakeSteps)
+    monkeypatch.setattr(S, "drive", lambda sched, jobs, submit, answer, fail, lock, stopping, after_step, retried: (
+        after_step(3, 6, 0.25), after_step(2, 4, 2.0)))
+    srv = InferenceServer(StandIn(), scheduling="step")
+    srv._step_loop()  # the worker of step scheduling, its two steps' figures given by the stand-in drive
+    assert counters(srv, "batches", "model_calls") == (2, 10)
+    assert srv._batch_ms == pytest.approx(0.8 * (0.8 * 100 + 0.2 * 250) + 0.2 * 2000, abs=1e-9)
+    text = srv.metrics.text().decode()
+    assert 'gdmcom_batch_size_count{op="step"} 2.0' in text and 'gdmcom_batch_size_sum{op="step"} 5.0' in text
+
+
+def test_step_scheduling_runs_each_request_with_its_own_settings_mask_and_symbols(env, monkeypatch):
+    monkeypatch.setattr(S, "StepScheduler", FakeSteps)
+    srv = env.server(scheduling="step")
+    made = stand_in_variants(srv)
+    c = env.client(srv)
+    h, _ = c.ask(P.encode_request("e", png_bytes(), "e", settings={"k": 3}))
+    assert h["ok"] and h["meta"]["k"] == 3
+    (sub,) = made.values()
+    assert sub.calls == [("encode", ["e"])] and srv.codec.calls == []
+    h, _ = c.ask(P.decode_request("d", SYMBOLS, META, 2.0, mask=np.arange(8) % 3 != 0))
+    assert h["ok"] and (h["record"]["snr_db"], h["record"]["erased"]) == (2.0, 3)  # its symbols, its mask
+    assert srv.codec.calls == [("decode", [2.0])]
+
+
+def test_the_reply_log_line_and_latency_give_the_time_since_arrival(monkeypatch, caplog):
+    srv = InferenceServer(StandIn())
+    srv._sock = Sock()
+    j = job(srv, P.decode_request("s", SYMBOLS, META, 1.0), 2.0, peer="10.0.0.1:5")
+    srv._inflight["s"] = j
+    monkeypatch.setattr(S, "time", Clock(3.5))
+    with caplog.at_level(logging.INFO, logger=LOG):
+        srv._send_job_reply(j, [b"h"], "served")
+    assert caplog.messages == ["decode s from 10.0.0.1:5: served in 1500 ms"]
+    assert srv._sock.sent == [[b"client", b"h"]] and srv._inflight == {}
+    assert srv.status()["reply_store"] == dict(entries=1, bytes=1)
+    assert 'gdmcom_latency_seconds_sum{op="decode"} 1.5' in srv.metrics.text().decode()
+
+
+def test_replies_that_cannot_leave_are_counted_and_logged_with_their_reason(caplog):
+    srv = InferenceServer(StandIn())
+    with caplog.at_level(logging.INFO, logger=LOG):
+        srv._sock = Sock(zmq.Again())  # the client's pipe full: the reply is dropped, the server goes on
+        srv._send([b"slow"], [b"r"])
+        srv._sock = Sock(zmq.ZMQError(zmq.EHOSTUNREACH))
+        srv._send([b"gone"], [b"r"])
+        srv._send([b"gone"], [b"r"])
+        srv._sock = Sock()
+        srv._send([b"here"], [b"r"])
+    assert srv._sock.sent == [[b"here", b"r"]]
+    assert caplog.messages == ["reply dropped: client not reading (high-water mark)", "reply dropped: client gone",
+                               "reply dropped: client gone"]
+    assert srv.counters["dropped"] == 3 == srv.status()["dropped"]
+    srv._sock = Sock(zmq.ZMQError(zmq.ENOTSOCK))
+    with pytest.raises(zmq.ZMQError):  # anything else is a bug: the I/O thread logs it and stops
+        srv._send([b"x"], [b"r"])
+
+
+def test_internal_failures_are_each_counted_logged_and_answered_with_their_op(env, caplog):
+    """A raising model call and a reply that cannot be serialised, one after the other: each is
+    counted in failed, logged as failed, and answered with its id and op."""
+    srv = env.server()
+    c = env.client(srv)
+    with caplog.at_level(logging.INFO, logger=LOG):
+        for rid, snr, message in (("x1", -66.0, "RuntimeError: boom in a decode of 1"),
+                                  ("u1", -77.0, "ValueError: not enough values to unpack (expected 2, got 1)"),
+                                  ("x2", -66.0, "RuntimeError: boom in a decode of 1")):
+            h, p = c.ask(P.decode_request(rid, SYMBOLS, META, snr))
+            assert (h["id"], h["op"], h["code"], h["message"], p) == (rid, "decode", P.INTERNAL, message, [])
+    assert counters(srv, "failed", "served") == (3, 0)
+    assert caplog.messages.count("decode batch of 1 failed") == 2
+    for rid in ("x1", "u1", "x2"):
+        assert any(re.fullmatch(rf"decode {rid} from 127\.0\.0\.1: failed in \d+ ms", m) for m in caplog.messages)
+
+
+def test_every_rejection_is_counted_and_logged_and_a_duplicate_is_logged(env, caplog):
+    srv = env.server()
+    c = env.client(srv)
+    with caplog.at_level(logging.DEBUG, logger=LOG):
+        bad, _ = c.ask([b"\xff not json"])
+        assert c.ask(P.decode_request("same", SYMBOLS, META, 4.0))[0]["ok"]
+        for i in range(2):
+            assert c.ask(P.decode_request(f"s{i}", SYMBOLS, META, 1.0, settings={"m": 49}))[0]["code"] == P.REJECTED
+            assert c.ask(P.decode_request("same", SYMBOLS, META, 5.0))[0]["code"] == P.BAD_REQUEST
+        assert c.ask(P.decode_request("same", SYMBOLS, META, 4.0))[0]["ok"]  # a retry: the stored reply
+        wait_for(lambda: "duplicate of request same" in caplog.messages, "the log line (after the reply)")
+    assert counters(srv, "rejected", "duplicates", "requests", "served") == (5, 1, 1, 1)
+    assert f"rejected request None from 127.0.0.1: bad_json: {bad['message']}" in caplog.messages
+    assert caplog.messages.count("duplicate of request same") == 1
+
+
+def test_every_job_set_aside_joins_the_next_batch_of_its_op(env):
+    srv = env.server(max_batch=2)
+    srv.codec.gate.clear()
+    c = env.client(srv)
+    c.send(P.decode_request("x", SYMBOLS, META, 0.0))
+    assert srv.codec.entered.wait(5)
+    for f in (P.decode_request("d1", SYMBOLS, META, 1.0), P.encode_request("e1", png_bytes(), "e1"),
+              P.encode_request("e2", png_bytes(), "e2"), P.decode_request("d2", SYMBOLS, META, 2.0)):
+        c.send(f)
+    wait_for(lambda: srv.status()["queue_depth"] == 4, "4 queued")
+    srv.codec.gate.set()  # d1's batch sets e1 and e2 aside (max_batch of them): both run next, together
+    assert sorted(c.recv()[0]["id"] for _ in range(5)) == ["d1", "d2", "e1", "e2", "x"]
+    assert srv.codec.calls == [("decode", [0.0]), ("decode", [1.0]), ("encode", ["e1", "e2"]), ("decode", [2.0])]
+
+
+def test_a_job_set_aside_while_a_batch_waits_is_turned_away_when_the_server_stops(env, caplog):
+    srv = env.server(max_batch=2, max_wait_ms=500)
+    a, b = env.client(srv), env.client(srv)
+    a.ask(P.decode_request("a0", SYMBOLS, META, 1.0))
+    b.ask(P.decode_request("b0", SYMBOLS, META, 1.0))  # two active clients: a batch waits 500 ms to fill
+    calls = len(srv.codec.calls)
+    a.send(P.decode_request("a1", SYMBOLS, META, 1.0))
+    b.send(P.encode_request("e1", png_bytes(), "e1"))  # the other op: set aside for the next batch
+    wait_for(lambda: srv.counters["requests"] == 4 and srv.status()["queue_depth"] == 0, "both with the worker")
+    with caplog.at_level(logging.INFO, logger=LOG):
+        srv.stop(timeout=5)
+    (ha, _), (hb, _) = a.recv(), b.recv()
+    assert (ha["id"], ha["code"], hb["id"], hb["op"], hb["code"], hb["retry_after_ms"]) == (
+        "a1", P.UNAVAILABLE, "e1", "encode", P.UNAVAILABLE, 200)
+    assert len(srv.codec.calls) == calls and srv.counters["unavailable"] == 2
+    assert srv.status()["reply_store"]["entries"] == 2  # a0 and b0: a refusal is not kept
+    assert any(re.fullmatch(r"encode e1 from 127\.0\.0\.1: unavailable in \d+ ms", m) for m in caplog.messages)
+
+
+def test_a_server_stopped_before_any_request_ends_its_threads_without_an_error(monkeypatch):
+    errors = []
+    monkeypatch.setattr(threading, "excepthook", errors.append)  # an exception that ends a thread
+    InferenceServer(StandIn()).start().stop()
+    assert errors == []
