@@ -231,6 +231,7 @@ def cmd_simulate(args) -> int:
     from .codec import GenerativeCodec, ModelLoadError
     from .sim import BackendCodec, simulate
 
+    backend = None
     try:
         cfg, paths = prepare_run(args, args.images)
         if args.server in ("", "local"):
@@ -238,17 +239,28 @@ def cmd_simulate(args) -> int:
         else:
             from .bridge import make_backend
 
-            codec = BackendCodec(make_backend(args.server, cfg), cfg, concurrency=cfg.batch_size)
+            backend = make_backend(args.server, cfg)
+            codec = BackendCodec(backend, cfg, concurrency=cfg.batch_size)
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from .bridge import BackendError
+
     failed, sheets = 0, {}
-    for row in simulate(codec, paths, args.snr, channel=args.channel, out_dir=Path(args.out)):
-        emit(row)
-        sheets.setdefault(row.get("sheet"))
-        if "error" in row:
-            failed += 1
-            print(f"error: {row['error']}", file=sys.stderr)
+    try:
+        for row in simulate(codec, paths, args.snr, channel=args.channel, out_dir=Path(args.out)):
+            emit(row)
+            sheets.setdefault(row.get("sheet"))
+            if "error" in row:
+                failed += 1
+                print(f"error: {row['error']}", file=sys.stderr)
+    except BackendError as exc:  # the server stopped answering (the rows so far stand)
+        failed += 1
+        print(f"error: {exc}", file=sys.stderr)
+    finally:
+        if backend is not None:  # its worker threads and sockets (left open, a caller's process hung at exit)
+            codec.close()
+            backend.close()
     say_sheets(sheets)
     return 1 if failed else 0
 

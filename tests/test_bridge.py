@@ -927,6 +927,34 @@ def test_server_status_exit_status_is_a_health_check(serve, capsys):
                 in capsys.readouterr().err)
 
 
+
+def test_simulate_through_a_server_refused_items_are_rows_and_a_server_that_stops_one_line(serve, small, capsys,
+                                                                                        tmp_path, monkeypatch):
+    """`simulate --server` as `simulate` alone: an SNR the codec refuses is that row's error (it was an
+    uncaught BackendError: the server's bad_request), and a server that stops answering mid-run ends
+    the run with one line and exit 1, the rows so far printed (it was a traceback)."""
+    from gr_gdmcom.cli import main
+
+    srv = serve()
+    img = tmp_path / "a.png"
+    Image.fromarray(small).save(img)
+    argv = ["simulate", "--model", "tiny", "--images", str(img), "--server", srv.last_endpoint, "--out",
+            str(tmp_path / "o")]
+    assert main(argv + ["--snr", "400", "5"]) == 1
+    out, err = capsys.readouterr()
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert rows[0] == dict(image="a", snr_db=400.0, error="a: SNR estimate 400 dB is outside -100..100 dB")
+    assert rows[1]["snr_db"] == 5.0 and rows[1]["psnr"] > 5 and "Traceback" not in err
+
+    def dead(self, *a, **kw):
+        raise BackendError("decode request r to tcp://x failed after 1 attempt (timeout 2000 ms each): no reply")
+
+    monkeypatch.setattr(RemoteBackend, "decode", dead)
+    assert main(argv + ["--snr", "5"]) == 1
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and \
+        "error: decode request r to tcp://x failed after 1 attempt (timeout 2000 ms each): no reply\n" in err
+
 def _in_thread(call, seconds):
     """``call()``'s value, or a test failure (not a hung test run) when it takes longer than ``seconds``."""
     import concurrent.futures
