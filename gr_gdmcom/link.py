@@ -23,6 +23,10 @@ from .phy import FrameConfig, noise_voltage
 log = logging.getLogger(__name__)
 
 
+#: The largest timing offset (samples) ``multipath_taps`` builds: its windowed sinc spans +-8.
+MAX_DELAY = 4.0
+
+
 @dataclass
 class ChannelConfig:
     """The simulated channel.
@@ -62,6 +66,9 @@ class ChannelConfig:
         for name in ("snr_db", "cfo", "delay"):
             if not math.isfinite(float(getattr(self, name))):
                 raise ValueError(f"{name} must be finite, got {getattr(self, name)!r}")
+        if not abs(float(self.delay)) <= MAX_DELAY:  # beyond, the 17-tap sinc holds only its round-off
+            raise ValueError(f"delay is a fractional timing offset: |delay| <= {MAX_DELAY:g} samples, got "
+                             f"{self.delay!r} (a longer path: --taps with leading zeros)")
         if not abs(float(self.cfo)) < 0.5:
             raise ValueError(f"cfo is normalised, cycles/sample: |cfo| < 0.5, got {self.cfo!r} (a frequency in Hz "
                              f"over the sample rate)")

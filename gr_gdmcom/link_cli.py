@@ -30,7 +30,7 @@ def register(sub) -> None:
     ch.add_argument("--epsilon", type=finite_float, default=1.0,
                     help="sample-clock ratio (channel_model epsilon) [default=%(default)r]")
     ch.add_argument("--delay", type=finite_float, default=0.0,
-                    help="fractional timing offset, samples [default=%(default)r]")
+                    help="fractional timing offset, samples, |delay| <= 4 [default=%(default)r]")
     ch.add_argument("--taps", type=finite_complex, nargs="+", default=[1.0],
                     help="multipath taps, e.g. --taps 1 0.3j -0.1 (normalised to unit energy) [default: 1]")
     ch.add_argument("--fading", type=finite_float, default=0.0, metavar="FDTS",
