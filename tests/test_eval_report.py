@@ -200,4 +200,4 @@ def test_summary_scales_note_names_the_side_the_code_uses_and_the_zero_floor():
     md = report.summary_markdown(report.summarize(rows), {})
     assert "images with a side below 176 px use fewer than the standard 5 scales" in md
     assert ms_ssim_scales(175, 175) == 4 and ms_ssim_scales(176, 176) == 5
-    assert "normalize='relu'" in md and "scores exactly 0" in md
+    assert "normalize='relu'" in md and "an exact 0 is a real floor" in md and "still scores above 0" in md

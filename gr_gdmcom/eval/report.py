@@ -351,8 +351,10 @@ def summary_markdown(summary: Sequence[dict], info: dict) -> str:
     out += ["## Notes", ""]
     out.append("- PSNR (numpy) and MS-SSIM (torchmetrics), gr_gdmcom.eval.metrics, on uint8 RGB at the "
                "original size. MS-SSIM clamps each scale's negative contrast-structure term at 0 "
-               "(torchmetrics' normalize='relu'), so a reconstruction with no structure in common with the "
-               "original scores exactly 0 — a floor, not a missing value.")
+               "(torchmetrics' normalize='relu'): an exact 0 is a real floor, not a missing value. A "
+               "reconstruction with nothing of the original still scores above 0 (a flat grey image 0.097 "
+               "against the astronaut, noise 0.03-0.06: the luminance term and coarse scales), so read a "
+               "cliff from PSNR and the decoded count too.")
     unavailable: Dict[str, List[str]] = {}
     for m in ROW_METRICS[2:] + SET_METRICS:
         a = avail.get(m)
