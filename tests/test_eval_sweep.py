@@ -200,6 +200,15 @@ def test_results_folder_of_another_configuration_is_refused(folder, tmp_path, co
     run_sweep(_opts(folder, out, methods="proposed", snrs=[5.0]), components=components)
     with pytest.raises(SweepError, match="another configuration.*seed"):
         run_sweep(_opts(folder, out, methods="proposed", snrs=[5.0], config=_cfg(seed=7)), components=components)
+    # without a readable run.json the rows' configuration is unknown: refused too (they were reused as
+    # the new seed's and run.json rewritten), and so is a foreign rows.csv, which was overwritten
+    (out / "run.json").write_text("{")
+    with pytest.raises(SweepError, match=r"rows.csv exists but run.json is unreadable: which configuration made "
+                                         r"its rows is unknown; use another --out"):
+        run_sweep(_opts(folder, out, methods="proposed", snrs=[5.0], config=_cfg(seed=7)), components=components)
+    (out / "run.json").unlink()
+    with pytest.raises(SweepError, match="rows.csv exists but run.json is missing"):
+        run_sweep(_opts(folder, out, methods="proposed", snrs=[5.0]), components=components)
 
 
 def test_learned_metrics_unavailable_leave_empty_cells_and_a_reason(folder, tmp_path, components, monkeypatch):

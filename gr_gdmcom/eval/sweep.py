@@ -214,13 +214,18 @@ def _fingerprint(cfg: CodecConfig) -> dict:
 
 def _check_folder(out: Path, cfg: CodecConfig) -> dict:
     """Previous run.json (or {}); SweepError if it was made with another configuration."""
-    path = out / "run.json"
-    if not path.exists():
-        return {}
+    path, rows = out / "run.json", out / "rows.csv"
     try:
-        prev = json.loads(path.read_text())
+        prev = json.loads(path.read_text()) if path.exists() else None
     except (OSError, json.JSONDecodeError):
-        log.warning("%s is unreadable; starting a new one", path)
+        prev = None
+    if not isinstance(prev, dict):
+        if rows.exists() and rows.stat().st_size:  # (a sweep writes run.json before its first row)
+            raise SweepError(f"{rows} exists but {path.name} is {'unreadable' if path.exists() else 'missing'}: "
+                             "which configuration made its rows is unknown; use another --out (or move "
+                             f"{rows.name} away) so rows of different configurations are not mixed")
+        if path.exists():
+            log.warning("%s is unreadable; starting a new one", path)
         return {}
     old, new = prev.get("fingerprint") or {}, _fingerprint(cfg)
     diff = [k for k in new if k in old and old[k] != new[k]]
