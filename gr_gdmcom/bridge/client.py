@@ -31,8 +31,8 @@ import numpy as np
 import zmq
 
 from ..codec import CodecError, Decoded, Encoded, ImageError, LatentMeta, load_rgb
-from ..codec.core import _default_name
-from ..config import SERVER_FIELDS, SNR_DB_RANGE, CodecConfig
+from ..codec.core import _default_name, check_snr_db
+from ..config import SERVER_FIELDS, CodecConfig
 from . import protocol as P
 from .backend import Backend, BackendError
 from .security import CurveClient
@@ -158,10 +158,9 @@ class RemoteBackend(Backend):
         s = np.asarray(symbols)
         if s.ndim != 1 or not np.iscomplexobj(s):
             raise CodecError(f"{meta.name}: received symbols must be a 1-D complex array, got {s.dtype} {s.shape}")
-        if not SNR_DB_RANGE[0] <= float(snr_db) <= SNR_DB_RANGE[1]:  # (NaN too) the local codec's error, not a
-            # bad_request reply, which a client raises as BackendError: a failed item, not a dead server
-            raise CodecError(f"{meta.name}: SNR estimate {float(snr_db):g} dB is outside "
-                             f"{SNR_DB_RANGE[0]:g}..{SNR_DB_RANGE[1]:g} dB")
+        # the local codec's check and error, not a bad_request reply, which a client raises as BackendError:
+        # a failed item, not a dead server
+        check_snr_db(meta.name, snr_db)
         settings = self._settings("decode", settings)
         rid = uuid.uuid4().hex
         frames = P.decode_request(rid, s, meta, snr_db, mask, self.image_format, settings)

@@ -338,6 +338,19 @@ def latent_to_symbols(zk: np.ndarray, config: CodecConfig) -> Tuple[np.ndarray, 
     return sym, alpha, means, red
 
 
+def check_snr_db(name: str, snr_db) -> float:
+    """A receiver's SNR estimate as a float, or CodecError naming the item (not a number, not
+    finite, outside SNR_DB_RANGE); the codec's check, and the remote client's before it sends."""
+    snr = _real(snr_db)
+    if snr is None:
+        raise CodecError(f"{name}: SNR estimate must be a number (dB), got {snr_db!r}")
+    if not math.isfinite(snr):
+        raise CodecError(f"{name}: SNR estimate must be finite, got {snr_db}")
+    if not SNR_DB_RANGE[0] <= snr <= SNR_DB_RANGE[1]:
+        raise CodecError(f"{name}: SNR estimate {snr:g} dB is outside {SNR_DB_RANGE[0]:g}..{SNR_DB_RANGE[1]:g} dB")
+    return snr
+
+
 class GenerativeCodec:
     """Encoder and decoder sharing one loaded model.
 
@@ -729,13 +742,7 @@ class GenerativeCodec:
             log.warning("%s: encoded by another model (fingerprint %04x; this model %r is %04x): the decoded "
                         "image will not be the transmitted one", name, meta.model_hash, self.c.model_id,
                         self.model_hash)
-        snr = _real(snr_db)
-        if snr is None:
-            raise CodecError(f"{name}: SNR estimate must be a number (dB), got {snr_db!r}")
-        if not math.isfinite(snr):
-            raise CodecError(f"{name}: SNR estimate must be finite, got {snr_db}")
-        if not SNR_DB_RANGE[0] <= snr <= SNR_DB_RANGE[1]:
-            raise CodecError(f"{name}: SNR estimate {snr:g} dB is outside {SNR_DB_RANGE[0]:g}..{SNR_DB_RANGE[1]:g} dB")
+        snr = check_snr_db(name, snr_db)
         s = np.asarray(symbols)
         if mask is not None:
             mask = np.asarray(mask, dtype=bool)
