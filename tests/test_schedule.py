@@ -43,6 +43,17 @@ def test_exact_rule_matches_total_variance():
     assert len(path) == ch.n_steps and path[-1][2] == g.alphas[0] and path[0][0] == pytest.approx(ch.start_t)
 
 
+def test_exact_rule_counts_the_step_onto_the_grid():
+    """``exact``'s N counts UNet calls: t* above the grid's top timestep (981 for T = 50) at very
+    low SNR gives T + 1 (t* -> 981 -> ... -> clean), as codec.md says; never more."""
+    g = get_grid(50)
+    for snr in (-100.0, -30.0):
+        ch = select_steps(snr, rule="exact")
+        assert ch.start_t > g.timesteps[-1] and ch.n_steps == 51
+        assert len(sampling_path(ch, g)) == 51
+    assert select_steps(-10.0, rule="exact").n_steps == 36
+
+
 def test_snr_rule_rescale_matches_forward_process():
     ch = select_steps(10.0)
     g = get_grid(50)
