@@ -119,14 +119,14 @@ def prepare_run(args, images=None):
     :class:`gr_gdmcom.codec.ModelLoadError` (unknown model, no server answering),
     each a one-line message naming what was given.
     """
-    from .pipeline import expand_images
+    from .pipeline import distinct_files, expand_images
 
     cfg = codec_config_from_args(args)
     if getattr(args, "out", None):
-        check_out(args.out)
+        check_out(args.out, create=False)  # created once every check below passed
     paths = None
     if images is not None:
-        paths = expand_images(images)
+        paths = distinct_files(expand_images(images))
         if not paths:
             raise ValueError(f"no images found in {' '.join(map(str, images))}")
         if not any(p.is_file() for p in paths):
@@ -138,11 +138,14 @@ def prepare_run(args, images=None):
         torch.set_num_threads(max(1, args.threads))
     server = getattr(args, "server", "local")
     if server in ("", "local"):
-        from .codec.models import check_model
+        from .codec.models import check_model, resolve_device
 
         check_model(cfg.model)
+        resolve_device(cfg.device)
     else:
         cfg = server_settings(cfg, check_server(server), getattr(args, "given", ()), server)
+    if getattr(args, "out", None):
+        check_out(args.out)
     return cfg, paths
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import importlib.resources
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +115,18 @@ _METHOD_FLAGS = {"pool": REDUCE_POOL_FLAG, "dct": REDUCE_DCT_FLAG}
 
 class LinkMetaError(ValueError):
     """Latent metadata that the frame header cannot carry, or a header that gives no usable metadata."""
+
+
+def distinct_files(files: Sequence[Path]) -> List[Path]:
+    """``files`` with repeats dropped, the first kept: the same file named twice (a folder and
+    a file in it, ``a.png`` and ``./a.png``) is one image, scored once under one label."""
+    seen, out = set(), []
+    for f in map(Path, files):
+        key = os.path.realpath(f)
+        if key not in seen:
+            seen.add(key)
+            out.append(f)
+    return out
 
 
 def image_names(files: Sequence[Path]) -> dict:

@@ -86,7 +86,7 @@ def test_bad_numbers_and_outputs_are_refused_before_the_model_loads(tmp_path, ca
          "error: selective (--selective) makes each of several taps fade on its own: give fading (--fading) and "
          "two or more taps (--taps)"),
         (["link", *base, "--out", str(img)], f"error: --out {img} is a file; give a folder"),
-        (["simulate", *base, "--out", "/proc/gdmcom-x"],
+        (["simulate", "--image", str(img), "--snr", "10", "--model", "tiny", "--out", "/proc/gdmcom-x"],
          "error: cannot create the output folder /proc/gdmcom-x: No such file or directory"),
         (["simulate", *base, "--out", str(tmp_path / "o"), "--seed=-1"], "error: seed must be in 0..2**63-1, got -1"),
         (["steps", "--snr", "5", "--power", "0"], "error: --power (the latent power P = 1/alpha^2) must be > 0, got 0"),
@@ -113,6 +113,7 @@ def test_bad_numbers_and_outputs_are_refused_before_the_model_loads(tmp_path, ca
          "error: cannot create the output folder /proc/gdmcom-x"),
     ]:
         assert main(argv) == 2 and message in capsys.readouterr().err, argv
+    assert not (tmp_path / "o").exists()  # a refused run leaves no empty --out behind
 
 
 def test_two_images_of_one_name_are_kept_apart(tmp_path, capsys):
@@ -125,6 +126,10 @@ def test_two_images_of_one_name_are_kept_apart(tmp_path, capsys):
     assert [r["image"] for r in both] == ["a.png", "a.png~2"]
     assert (tmp_path / "both" / "a.png_snr20.png").is_file() and (tmp_path / "both" / "a.png~2_snr20.png").is_file()
     assert both[0]["psnr"] != both[1]["psnr"]
+    # one file named twice (its folder and itself, two spellings) is one image: one row, one label
+    assert main(["simulate", "--image", str(tmp_path / "b"), str(b), f"{tmp_path}/b/./a.png", *common,
+                 "--out", str(tmp_path / "once")]) == 0
+    assert [json.loads(line)["image"] for line in capsys.readouterr().out.splitlines()] == ["a"]
 
 
 def test_steps_takes_a_calibrated_rule(tmp_path, capsys):

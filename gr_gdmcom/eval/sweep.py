@@ -42,7 +42,7 @@ import numpy as np
 from ..codec import Failed
 from ..codec.images import ImageError, load_rgb
 from ..config import CodecConfig, bcr_text, config_for_server
-from ..pipeline import image_names
+from ..pipeline import distinct_files, image_names
 from . import learned as learned_mod
 from . import report
 from .baselines import (METHODS, Context, Method, Rx, ServerCodecs, Tx, build_methods,
@@ -136,7 +136,7 @@ def find_images(paths: Sequence[Union[str, Path]]) -> List[Path]:
     if not files:
         raise SweepError(f"no images found in {', '.join(looked) or 'the given paths'} "
                          f"(looked for {', '.join(IMAGE_SUFFIXES)})")
-    return list(dict.fromkeys(files))
+    return distinct_files(files)
 
 
 def load_images(files: Sequence[Path], max_pixels: int):
