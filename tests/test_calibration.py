@@ -81,9 +81,35 @@ def test_cli_calibrates_the_analytic_prior(tmp_path, capsys):
     assert len(p0["metric"]) == 41 and p0["n_opt"] == 10 + int(np.argmin(p0["metric"]))
     assert p0["n_opt"] > p20["n_opt"]  # more channel noise, more denoising steps
     assert cal.fit_n == sorted(cal.fit_n, reverse=True)
-    assert "wrote" in capsys.readouterr().out
+    # the line names the fitted rule's N (what --rule calibrated: uses at the samples' mean latent
+    # power; it printed the raw per-SNR optimum), the measured optimum in brackets
+    power = 10 ** ((p0["snr_db"] - p0["x"]) / 10)
+    assert capsys.readouterr().out.strip() == (
+        f"wrote {out}: mse, rescale {'on' if cal.rescale else 'off'}, N (measured best) = "
+        f"0 dB: {cal.n_steps(0, power)} ({p0['n_opt' if cal.rescale else 'n_opt_no_rescale']}), "
+        f"20 dB: {cal.n_steps(20, power)} ({p20['n_opt' if cal.rescale else 'n_opt_no_rescale']})")
     assert main(["calibrate", "--model", "analytic", "--out", str(out)]) == 2  # neither images nor samples
     assert "needs --images (or, with --model analytic, --samples n >= 2)" in capsys.readouterr().err
+
+
+def test_cli_calibrate_skips_an_unreadable_image(tmp_path, capsys):
+    """One unreadable file among the images: named, skipped, the others calibrated on, exit 1 (as
+    gdmcom sweep; it used to abort the whole run); none readable: exit 2."""
+    from PIL import Image
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.open("gr_gdmcom/data/astronaut.png").convert("RGB").resize((64, 64)).save(d / "a.png")
+    (d / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "cal.json"
+    args = ["calibrate", "--model", "analytic", "--device", "cpu", "--snr", "10", "-q", "--out", str(out)]
+    assert main([*args, "--images", str(d)]) == 1
+    err = capsys.readouterr().err
+    assert f"warning: skipped {d / 'broken.png'}: " in err and err.count("warning") == 1
+    assert load_calibration(out).images == [str(d / "a.png")]
+    out.unlink()
+    assert main([*args, "--images", str(d / "broken.png")]) == 2
+    assert "error: none of the 1 images can be read" in capsys.readouterr().err and not out.exists()
 
 
 def test_sweep_methods_beyond_the_paper(tmp_path):

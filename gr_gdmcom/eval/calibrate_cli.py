@@ -1,7 +1,8 @@
 """``gdmcom calibrate``: write a calibrated step rule for ``--rule calibrated:FILE``.
 
 Registered into the main ``gdmcom`` parser by :func:`register`.  Exit codes:
-0 written, 2 usage, configuration or model error.
+0 written, 1 written but some images could not be read (skipped, each named), 2 usage,
+configuration or model error.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ def cmd_calibrate(args) -> int:
     check_threads(args.threads)
     check_out(args.out, folder=False)  # before the calibration's minutes, not after
     images = [str(p) for p in find_images(args.images)] if args.images else []  # SweepError: a ValueError
+    images, skipped = readable_images(images, cfg.max_pixels)
+    for f, why in skipped:  # as gdmcom sweep: the others are calibrated on, exit 1
+        print(f"warning: skipped {f}: {why}", file=sys.stderr)
+    if skipped and not images:
+        raise ValueError(f"none of the {len(skipped)} images can be read")
     set_threads(args.threads)
     opts = CalibrateOptions(images=images, samples=args.samples, metric=args.metric, snrs=args.snr,
                             seed=cfg.seed, chunk=args.chunk, progress=not args.quiet)
@@ -69,6 +75,24 @@ def cmd_calibrate(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     path = cal.save(args.out)
-    print(f"wrote {path}: {cal.metric}, rescale {'on' if cal.rescale else 'off'}, N = "
-          + ", ".join(f"{p['snr_db']:g} dB: {p['n_opt' if cal.rescale else 'n_opt_no_rescale']}" for p in cal.points))
-    return 0
+    best = "n_opt" if cal.rescale else "n_opt_no_rescale"
+    # the fitted rule's N (what --rule calibrated: uses) at these images' mean latent power,
+    # each SNR's measured best in brackets
+    print(f"wrote {path}: {cal.metric}, rescale {'on' if cal.rescale else 'off'}, N (measured best) = "
+          + ", ".join(f"{p['snr_db']:g} dB: {cal.n_steps(p['snr_db'], 10 ** ((p['snr_db'] - p['x']) / 10))} "
+                      f"({p[best]})" for p in cal.points))
+    return 1 if skipped else 0
+
+
+def readable_images(files, max_pixels: int):
+    """``(files that decode, [(file, reason)] for those that do not)``."""
+    from ..codec.images import ImageError, load_rgb
+
+    good, skipped = [], []
+    for f in files:
+        try:
+            load_rgb(f, max_pixels)
+            good.append(f)
+        except ImageError as exc:
+            skipped.append((f, str(exc)))
+    return good, skipped
