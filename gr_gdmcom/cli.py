@@ -223,9 +223,13 @@ def check_server(server: str, timeout_ms: int = 3000) -> dict:
             client.timeout_ms, client.retries = timeout_ms, 0
             return client.status()
     except BackendError:
+        from .bridge.client import split_endpoints, unresolved_hosts
+
         keys = " with these CURVE keys" if "key" in server.partition("?")[2] else ""
-        raise ModelLoadError(f"no inference server answers at {endpoints}{keys} (status request, {timeout_ms} ms): "
-                             f"start one with `gdmcom serve --bind {endpoints}` or use --server local") from None
+        bad = unresolved_hosts(split_endpoints(endpoints))
+        raise ModelLoadError(f"no inference server answers at {endpoints}{keys} (status request, {timeout_ms} ms"
+                             + (f"; host name does not resolve: {', '.join(bad)}" if bad else "")
+                             + f"): start one with `gdmcom serve --bind {endpoints}` or use --server local") from None
     finally:
         quiet.setLevel(level)
 

@@ -921,10 +921,34 @@ def test_server_status_exit_status_is_a_health_check(serve, capsys):
         capsys.readouterr().err
     # an endpoint ZMQ refuses (no port, another protocol) hung: the socket it failed on was never closed, so
     # closing the client waited forever in Context.term()
-    for bad, why in (("tcp://127.0.0.1", "Invalid argument"), ("http://127.0.0.1:5555", "Protocol not supported")):
+    # and an address ZMQ takes but can never connect to (port 99999, no host) waited out the timeout, exit 1
+    for bad, why in (("tcp://127.0.0.1", "no port"), ("http://127.0.0.1:5555", "Protocol not supported"),
+                     ("tcp://127.0.0.1:99999", "the port must be 1..65535, got '99999'"), ("tcp://:5555", "no host"),
+                     ("tcp://127.0.0.1:0", "the port must be 1..65535, got '0'")):
         assert _in_thread(lambda: main(["server-status", "--server", bad, "--timeout-ms", "300"]), 20) == 2
         assert (f"error: cannot use the server endpoint {bad!r}: {why}; write tcp://HOST:PORT (or ipc://PATH)"
                 in capsys.readouterr().err)
+
+
+def test_a_host_that_does_not_resolve_is_named(monkeypatch, capsys):
+    """No reply from a host name that does not resolve: still exit 1 (a name can start resolving), the
+    message says why; an address that resolves is not named."""
+    import socket as socket_mod
+
+    from gr_gdmcom.bridge.client import unresolved_hosts
+    from gr_gdmcom.cli import main
+
+    def fake(host, *a, **k):
+        if host == "nohost.invalid":
+            raise socket_mod.gaierror(-2, "Name or service not known")
+        return [(socket_mod.AF_INET, socket_mod.SOCK_STREAM, 6, "", ("127.0.0.1", 0))]
+
+    monkeypatch.setattr(socket_mod, "getaddrinfo", fake)
+    assert unresolved_hosts(["tcp://nohost.invalid:5555", "tcp://127.0.0.1:5555", "ipc:///tmp/x",
+                             "tcp://eth0;nohost.invalid:1"]) == ["nohost.invalid (Name or service not known)"] * 2
+    assert main(["server-status", "--server", "tcp://nohost.invalid:5555", "--timeout-ms", "200"]) == 1
+    assert capsys.readouterr().err.rstrip().endswith(
+        "Is `gdmcom serve` running there? (host name does not resolve: nohost.invalid (Name or service not known))")
 
 
 

@@ -209,7 +209,11 @@ def cmd_server_status(args) -> int:
         try:
             _emit(client.status())
         except BackendError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            from .client import unresolved_hosts
+
+            bad = unresolved_hosts(client.endpoints)
+            print(f"error: {exc}" + (f" (host name does not resolve: {', '.join(bad)})" if bad else ""),
+                  file=sys.stderr)
             return 1
     return 0
 

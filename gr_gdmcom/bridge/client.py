@@ -60,7 +60,39 @@ def split_endpoints(endpoints: str) -> List[str]:
     for e in eps:
         if "://" not in e:
             raise ValueError(f"server endpoint {e!r} has no transport; write e.g. tcp://{e}")
+        if e.startswith("tcp://"):  # ZMQ connects later and quietly: checked here, or a request waits it out
+            why = _tcp_address_problem(e[len("tcp://"):].rpartition(";")[2])  # ([source;]host:port)
+            if why:
+                raise ValueError(f"cannot use the server endpoint {e!r}: {why}; write tcp://HOST:PORT (or ipc://PATH)")
     return eps
+
+
+def _tcp_address_problem(address: str) -> Optional[str]:
+    """What is wrong with a ``host:port`` to connect to (None: nothing ZMQ would wait out)."""
+    host, sep, port = address.rpartition(":")
+    if not sep:
+        return "no port"
+    if not host.strip("[]"):
+        return "no host"
+    if not (port.isdigit() and 1 <= int(port) <= 65535):
+        return f"the port must be 1..65535, got {port!r}"
+    return None
+
+
+def unresolved_hosts(endpoints: Sequence[str]) -> List[str]:
+    """``"HOST (reason)"`` for each TCP endpoint whose host name does not resolve here -- why a
+    request to it got no reply (ZMQ retries such a connection quietly)."""
+    import socket
+
+    out = []
+    for e in endpoints:
+        if e.startswith("tcp://"):
+            host = e[len("tcp://"):].rpartition(";")[2].rpartition(":")[0].strip("[]")
+            try:
+                socket.getaddrinfo(host, None)
+            except (OSError, UnicodeError) as exc:
+                out.append(f"{host} ({getattr(exc, 'strerror', None) or exc})")
+    return out
 
 
 class RemoteBackend(Backend):
@@ -414,4 +446,4 @@ def _error(op: str, where: str, header: dict) -> Exception:
     return BackendError(f"server {where} answered {code}: {message}")
 
 
-__all__: Sequence[str] = ["RemoteBackend", "split_endpoints", "SERVER_SIDE_FIELDS"]
+__all__: Sequence[str] = ["RemoteBackend", "split_endpoints", "unresolved_hosts", "SERVER_SIDE_FIELDS"]
