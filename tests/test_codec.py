@@ -1,6 +1,7 @@
 import dataclasses
 import io
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -173,6 +174,14 @@ def test_bad_images_give_clear_errors(tmp_path, codec, small):
         load_rgb(np.zeros((0, 5, 3), np.uint8))
     with pytest.raises(ImageError, match=r"64x64 = 4096 pixels, more than the limit max_pixels=1000"):
         load_rgb(small, max_pixels=1000)
+    # a header over Pillow's decompression-bomb size (~89 M pixels; an 11 kB PNG): the limit's one
+    # message, no raw DecompressionBombWarning on stderr beside it
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (10000, 9000)).save(bomb)
+    with warnings.catch_warnings(record=True) as seen:
+        with pytest.raises(ImageError, match=r"10000x9000 = 90000000 pixels, more than the limit max_pixels=16777216"):
+            load_rgb(bomb)
+    assert [w.category.__name__ for w in seen] == []
     # in a batch, the good images still complete
     out = codec.encode_many([small, missing, trunc, small[::-1].copy()])
     assert [type(o).__name__ for o in out] == ["Encoded", "Failed", "Failed", "Encoded"]

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 
 from ..codec import Decoded, Encoded, LatentMeta
 from ..codec.core import CodecError, symbol_problem
+from ..codec.images import open_image
 from ..config import ALPHA_RANGE, FORWARD_MODES, GUIDANCE_RANGE, MEAN_MAX, REDUCE_METHODS, SNR_DB_RANGE
 
 VERSION = 1
@@ -466,7 +467,7 @@ def _parse_encode(header, payloads, limits, rid, fail) -> Request:
     if not data:
         raise fail(BAD_IMAGE, f"the image{'' if name == 'image' else ' ' + name} is empty (0 bytes)")
     try:  # reads the file header only: format and size, no pixels
-        with Image.open(io.BytesIO(data)) as im:
+        with open_image(data) as im:
             w, h = im.size
     except Image.DecompressionBombError as exc:
         raise fail(TOO_LARGE, f"image {name}: {exc}") from None

@@ -10,6 +10,7 @@ that are not multiples of 8 are reflect-padded for the VAE, and
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 from typing import Optional, Union
 
@@ -24,6 +25,15 @@ MULTIPLE = 8  # VAE downsampling factor
 
 class ImageError(ValueError):
     """An input image cannot be used; the message names the image and the problem."""
+
+
+def open_image(data: bytes) -> Image.Image:
+    """``Image.open`` of encoded bytes (lazy: the header only) without Pillow's
+    DecompressionBombWarning, raw on stderr for a header over ~89 M pixels: the caller's
+    max_pixels check refuses such an image with its name and size, the one message."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data))
 
 
 def describe(src: ImageLike) -> str:
@@ -56,7 +66,7 @@ def load_rgb(src: ImageLike, max_pixels: int = 4096 * 4096, name: Optional[str] 
         if not src:
             raise ImageError(f"image {name} is empty (0 bytes)")
         try:
-            img = Image.open(io.BytesIO(src))
+            img = open_image(src)
             _check_size(img.size, name, max_pixels)  # before decoding the pixels
             img.load()
         except ImageError:
