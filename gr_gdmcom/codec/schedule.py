@@ -59,10 +59,10 @@ _FORCED = dict(timestep_spacing=("leading", "the method's grid uses leading spac
 _warned: set = set()
 
 
-def _warn_once(msg: str) -> None:
+def _warn_once(msg: str, level: int = logging.WARNING) -> None:
     if msg not in _warned:
         _warned.add(msg)
-        log.warning("%s", msg)
+        log.log(level, "%s", msg)
 
 
 def scheduler_settings(model_config: Optional[dict] = None, clean_end: str = "model") -> dict:
@@ -91,8 +91,9 @@ def scheduler_settings(model_config: Optional[dict] = None, clean_end: str = "mo
     if clean_end != "model":
         forced = clean_end == "one"
         if bool(cfg["set_alpha_to_one"]) != forced:
+            # asked for by name (--clean-end): said, not warned (validate's comparison printed it)
             _warn_once(f"scheduler config says set_alpha_to_one={cfg['set_alpha_to_one']!r}; "
-                       f"clean_end={clean_end} uses set_alpha_to_one={forced!r}")
+                       f"clean_end={clean_end} uses set_alpha_to_one={forced!r}", logging.INFO)
         cfg["set_alpha_to_one"] = forced
     return cfg
 
