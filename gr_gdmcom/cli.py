@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -306,8 +307,18 @@ def cmd_steps(args) -> int:
 LONG_RUNNING = ("serve", "broker")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, reading ``-1e1`` and ``-2.5E-1`` as negative numbers as it reads ``-10`` and
+    ``-0.25`` (its own pattern has no exponent: ``--snr -1e1`` was taken for an unknown option).
+    Subcommand parsers are of the same class."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$", re.I)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gdmcom", description="Training-free generative semantic communication "
+    p = Parser(prog="gdmcom", description="Training-free generative semantic communication "
                                 "(DDIM-inversion codec on Stable Diffusion) over simulated and GNU Radio links.")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")

@@ -80,6 +80,9 @@ def test_more_noise_means_more_steps():
 def test_cli_steps(capsys):
     assert main(["steps", "--snr", "0", "5", "10", "15", "20"]) == 0
     assert json.loads(capsys.readouterr().out) == {"0": 21, "5": 15, "10": 12, "15": 11, "20": 10}
+    # negative numbers in any form Python reads (argparse's own pattern has no exponent: -1e1 was an option)
+    assert main(["steps", "--snr", "-1e1", "-.5", "-2.5E-1", "-10"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"-10": 36, "-0.5": 22, "-0.25": 21}
     assert main(["steps", "--snr", "5", "--k", "40", "--m", "20"]) == 2
     assert "k + m must not exceed T: k=40, m=20, T=50" in capsys.readouterr().err
 
