@@ -25,6 +25,7 @@ BASE = ["--model", "tiny", "--device", "cpu", "--snr", "5", "--no-plots", "--no-
     (["--bcr", "1/192", "--reduce", "2"], "error: --bcr and --reduce 2 disagree"),
     (["--methods", "sd_semcom", "--captions", "{tmp}/nope.json"], "error: cannot read captions file"),
     (["--methods", "digital", "--digital-mcs", "bogus"], "error: unknown MCS 'bogus'"),
+    (["--methods", "proposed", "--digital-mcs", "bogus"], "error: unknown MCS 'bogus'"),  # was accepted
     (["--methods", "proposed_calibrated"], "error: method proposed_calibrated needs --calibration FILE"),
     # 13: said in the user's options, not 'reduce_method pool needs reduce in 1, 2, 4, 8, 16, got 3'
     (["--bcr", "1/288", "--reduce-method", "pool"],

@@ -320,10 +320,10 @@ def run_sweep(opts: SweepOptions, components=None) -> SweepResult:
         why = digital_unavailable(opts.digital_codec)
         if why:
             raise SweepError(f"the digital baseline cannot run here: {why}; drop 'digital' from --methods")
-        if opts.digital_mcs != "adaptive":
-            from .digital import get_mcs
+    if opts.digital_mcs != "adaptive":  # a misspelt MCS is refused with or without 'digital' in --methods
+        from .digital import get_mcs
 
-            get_mcs(opts.digital_mcs)  # ValueError listing the choices
+        get_mcs(opts.digital_mcs)  # ValueError listing the choices
     if int(opts.jobs) < 1:
         raise SweepError(f"--jobs must be >= 1 (worker processes for the digital chain), got {opts.jobs}")
     files = find_images(opts.images)
