@@ -120,7 +120,7 @@ def prepare_run(args, images=None):
     :class:`gr_gdmcom.codec.ModelLoadError` (unknown model, no server answering),
     each a one-line message naming what was given.
     """
-    from .pipeline import distinct_files, expand_images
+    from .pipeline import distinct_files, expand_images, is_pattern
 
     cfg = codec_config_from_args(args)
     if getattr(args, "out", None):
@@ -128,9 +128,9 @@ def prepare_run(args, images=None):
     paths = None
     if images is not None:
         paths = distinct_files(expand_images(images))
-        if not paths:
-            raise ValueError(f"no images found in {' '.join(map(str, images))}")
-        if not any(p.is_file() for p in paths):
+        if not any(p.is_file() for p in paths):  # (folders and globs that match nothing are kept as given)
+            if not paths or any(p.is_dir() or is_pattern(p) for p in paths):
+                raise ValueError(f"no images found in {' '.join(map(str, images))}")
             raise ValueError(f"no such image file: {', '.join(str(p) for p in paths)}")
     check_threads(getattr(args, "threads", 0))
     if getattr(args, "threads", 0):

@@ -57,9 +57,9 @@ def expand_images(spec: Union[str, Sequence[str]]) -> List[Path]:
     semicolons.  ``package:NAME`` names an image bundled with the package
     (``package:astronaut.png``, ``package:coffee.png``; ``package:`` alone: all
     of them).  Relative paths are relative to the working directory, which is
-    the flowgraph's folder when GNU Radio Companion runs a flowgraph.  A name
-    that matches nothing is kept, so that the source reports it as unreadable
-    instead of silently skipping it.
+    the flowgraph's folder when GNU Radio Companion runs a flowgraph.  A name,
+    folder or glob that matches nothing is kept as given, so that the source
+    reports it (:func:`unmatched_reason`) instead of silently skipping it.
     """
     if isinstance(spec, (str, Path)):
         items = [s.strip() for s in str(spec).replace(";", ",").split(",")]
@@ -69,12 +69,31 @@ def expand_images(spec: Union[str, Sequence[str]]) -> List[Path]:
     for item in filter(None, items):
         p = image_arg(item)
         if p.is_dir():
-            out += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTENSIONS)
-        elif any(ch in item for ch in "*?["):
-            out += sorted(Path(q) for q in glob.glob(str(p)))
+            out += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTENSIONS) or [p]
+        elif is_pattern(item) and not p.exists():
+            out += sorted(Path(q) for q in glob.glob(str(p))) or [p]
         else:
             out.append(p)
     return out
+
+
+def is_pattern(item) -> bool:
+    """Whether an image argument is a glob (``*``, ``?``, ``[``)."""
+    return any(ch in str(item) for ch in "*?[")
+
+
+def unmatched_reason(path) -> str:
+    """Why an entry of :func:`expand_images` is not an image file: a folder without images, a
+    glob that matches nothing, or a name that does not exist."""
+    p = Path(path)
+    if p.is_dir():
+        return f"no images in folder {p} (looked for {', '.join(IMAGE_EXTENSIONS)})"
+    where = (f"relative paths start from the working directory {Path.cwd()}, the flowgraph's folder when "
+             f"GNU Radio Companion runs it")
+    if is_pattern(p) and not p.exists():
+        return f"no image matches {p} ({where})"
+    return (f"image not found: {p} ({where}; bundled images: {PACKAGE_PREFIX}astronaut.png, "
+            f"{PACKAGE_PREFIX}coffee.png)")
 
 
 @dataclass
@@ -227,65 +246,83 @@ class TxPipeline:
 
     Args:
         backend: a :class:`gr_gdmcom.bridge.backend.Backend`.
-        images: list of paths (see :func:`expand_images`).
+        images: paths, folders and globs (see :func:`expand_images`), expanded again
+            at every pass over the list, so a folder's new files are found.
         frame: PHY settings.
         repeat: times to send the list (0 = forever).
         image_id_start: id of the first image (ids wrap at 65536).
+        wait: a pass that sends nothing is retried every second instead of ending the stream.
     """
 
-    def __init__(self, backend, images: Sequence[Path], frame: FrameConfig, repeat: int = 1, image_id_start: int = 0,
-                 wait: bool = False):
-        self.backend, self.images, self.repeat = backend, list(images), int(repeat)
+    def __init__(self, backend, images: Union[str, Sequence], frame: FrameConfig, repeat: int = 1,
+                 image_id_start: int = 0, wait: bool = False):
+        self.backend, self.repeat = backend, int(repeat)
+        self.spec = images if isinstance(images, (str, Path)) else [str(i) for i in images]
+        self.images = expand_images(self.spec)
         self.wait = bool(wait)
         self.tx = FrameTx(frame)
         self.next_id = int(image_id_start)
         self.counters = dict(images_sent=0, images_failed=0, bursts=0)
         self._reported: set = set()  # paths whose failure was already logged
+        self._failed: set = set()  # (path, error) of failures already reported (a waiting pass repeats none)
 
     def events(self, stop=None) -> Iterator[TxEvent]:
         """One :class:`TxEvent` per image, in order (encoding errors included).
 
-        A pass over the list that sends nothing ends the events (logged once),
+        The list is expanded again at every pass (a folder's new files, a glob's
+        new matches).  A pass that sends nothing ends the events (logged once),
         so a missing image never turns ``repeat = 0`` into an endless loop of
-        errors; with ``wait`` the pass is instead retried every second, quietly,
-        until an image can be sent or ``stop`` (a :class:`threading.Event`) is set.
+        errors; with ``wait`` the pass is instead retried every second until an
+        image can be sent or ``stop`` (a :class:`threading.Event`) is set: one
+        warning, each failure reported once (an event, a count, an image id), a
+        retry that fails the same way again reported by nothing.
         """
-        n = 0
+        n, waiting = 0, False
         while self.repeat == 0 or n < self.repeat:
             n += 1
+            self.images = expand_images(self.spec)
             if not self.images:
                 return
             sent = 0
             for path in self.images:
-                ev = self.encode_one(path)
+                ev = self.encode_one(path, quiet=waiting)
+                if ev is None:  # the same failure as before, while waiting
+                    continue
                 sent += ev.error is None
                 yield ev
             if sent:
+                waiting = False
                 continue
             if not self.wait:
                 log.error("source: none of the %d image(s) could be sent; the source stops (images: %s)",
                           len(self.images), ", ".join(map(str, self.images)))
                 return
-            if n == 1:
-                log.warning("source: nothing to send yet; retrying every second until an image can be read")
+            if not waiting:
+                log.warning("source: nothing to send yet (images: %s); retrying every second until an image can "
+                            "be read", ", ".join(map(str, self.images)))
+                waiting = True
             n -= 1  # a waiting pass does not count towards repeat
             if stop is not None and stop.wait(1.0):
                 return
             if stop is None:
                 time.sleep(1.0)
 
-    def encode_one(self, path: Path) -> TxEvent:
+    def encode_one(self, path: Path, quiet: bool = False) -> Optional[TxEvent]:
+        """Encode and frame one image: its :class:`TxEvent` (``error`` set where it failed).
+        ``quiet``: a failure already reported for this path with the same message gives None
+        and takes no image id and no count (a waiting source's retries)."""
         image_id, self.next_id = self.next_id & 0xFFFF, self.next_id + 1
         ev = TxEvent(image_id=image_id, name=Path(path).stem, path=str(path))
         t0 = time.perf_counter()
         try:
             if not Path(path).is_file():
-                raise FileNotFoundError(
-                    f"image not found: {path} (relative paths start from the working directory {Path.cwd()}, "
-                    f"the flowgraph's folder when GNU Radio Companion runs it; bundled images: "
-                    f"{PACKAGE_PREFIX}astronaut.png, {PACKAGE_PREFIX}coffee.png)")
+                raise FileNotFoundError(unmatched_reason(path))
             enc = self.backend.encode(str(path), name=ev.name)
         except Exception as exc:  # noqa: BLE001 - every failure is reported, the stream goes on
+            if quiet and (str(path), str(exc)) in self._failed:
+                self.next_id -= 1
+                return None
+            self._failed.add((str(path), str(exc)))
             ev.error = str(exc)
             self.counters["images_failed"] += 1
             (log.debug if str(path) in self._reported else log.warning)("source: image %s not sent: %s", path, exc)

@@ -128,6 +128,57 @@ class qa_semantic_blocks(gr_unittest.TestCase):
         self.assertEqual(starts, [0])
         self.assertGreater(len(snk.data()), 1000)
 
+    def test_a_waiting_source_finds_a_file_dropped_into_its_folder(self):
+        """wait_for_images on an empty folder: it waited for nothing (the folder was expanded once, at
+        construction: 'no images given', the stream ended), and for a missing file it logged every
+        second, counted each retry as a failure and took an image id per retry (the file arriving after
+        7 s was sent as image 7).  Now: the folder is reported once, the retries are silent, and the
+        file copied in later is found and sent with the next id."""
+        import shutil
+        import tempfile
+        import threading
+        from pathlib import Path
+        d = Path(tempfile.mkdtemp())
+        (d / "inbox").mkdir()
+        tb = gr.top_block()
+        src = semantic_source(images=f"{d}/inbox", wait_for_images=True, sps=2, tail_symbols=16, **TINY)
+        snk = blocks.vector_sink_c()
+        dbg = blocks.message_debug()
+        tb.connect(src, snk)
+        tb.msg_connect(src, "info", dbg, "store")
+        tb.start()
+        time.sleep(3.5)  # three retries
+        self.assertEqual(src.counters(), dict(images_sent=0, images_failed=1, bursts=0))
+        shutil.copy("gr_gdmcom/data/astronaut.png", d / "drop.tmp")  # written, then renamed in: whole
+        (d / "drop.tmp").rename(d / "inbox" / "a.png")
+        done = threading.Thread(target=tb.wait, daemon=True)
+        done.start()
+        done.join(60)
+        self.assertFalse(done.is_alive(), "the waiting source did not send the dropped file")
+        self.assertEqual(src.counters(), dict(images_sent=1, images_failed=1, bursts=1))
+        infos = [pmt.to_python(pmt.car(m)) for m in _messages(dbg)]
+        self.assertEqual([(i["image_id"], i.get("error", "")[:24]) for i in infos],
+                         [(0, "no images in folder " + str(d)[:4]), (1, "")])
+        self.assertEqual(infos[1]["name"], "a")
+
+    def test_a_folder_or_glob_that_matches_nothing_is_reported(self):
+        """An empty folder or a glob that matches nothing vanished from the list ('no images given'); a
+        missing file was reported.  Now all three are, each with what is wrong."""
+        import tempfile
+        from pathlib import Path
+        d = Path(tempfile.mkdtemp())
+        tb = gr.top_block()
+        src = semantic_source(images=f"{d},{d}/nothing*.png,{d}/missing.png", sps=2, tail_symbols=16, **TINY)
+        snk = blocks.vector_sink_c()
+        dbg = blocks.message_debug()
+        tb.connect(src, snk)
+        tb.msg_connect(src, "info", dbg, "store")
+        tb.run()
+        errors = [pmt.to_python(pmt.car(m))["error"] for m in _messages(dbg)]
+        self.assertEqual([e.split(" (")[0] for e in errors],
+                         [f"no images in folder {d}", f"no image matches {d}/nothing*.png",
+                          f"image not found: {d}/missing.png"])
+
     def test_a_source_that_sends_nothing_writes_no_tail(self):
         """The tail of zeros after the last burst flushes the receiver's filters; with no burst it made a
         ZMQ PUSH sink with no receiver hold tx_zmq open forever."""

@@ -55,7 +55,7 @@ class semantic_source(gr.sync_block):
             inversion_iters=int(inversion_iters), reduce=int(reduce), reduce_method=reduce_method,
             remove_mean=bool(remove_mean), **frame))
         self.message_port_register_out(PORT_INFO)
-        self._images = expand_images(images)
+        self._images = images  # expanded at every pass by the pipeline (a folder's new files)
         self._repeat, self._id0 = _check_repeat(repeat), int(image_id_start)
         if int(tail_symbols) < 0:
             raise ValueError(f"tail_symbols must be >= 0 (zero symbols after the last burst), got {tail_symbols}")
@@ -86,7 +86,7 @@ class semantic_source(gr.sync_block):
     def start(self):
         """(Re)start: stop a previous encoder thread first, then send the list from its start."""
         self._join_worker()
-        if not self._images:
+        if not expand_images(self._images):
             self.logger.warn("no images given: the source sends nothing")
         self._reset_stream()
         # Each run owns its stop flag and queue: an encoder thread that outlives its
