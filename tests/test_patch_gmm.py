@@ -282,3 +282,17 @@ def test_real_images_section_replaces_itself_in_place(tmp_path):
     assert page.read_text() == f"# head\n\nanalytic results\n\n{vi.BEGIN}\nsecond\n{vi.END}\n"
     assert vi.kept_section(page) == f"{vi.BEGIN}\nsecond\n{vi.END}\n"
     assert vi.kept_section(tmp_path / "absent.md") == ""
+
+
+def test_real_images_section_goes_before_a_rate_section_already_there(tmp_path):
+    """`validate --rate` then `validate --real-images` into one page: section 6 was appended after 7."""
+    from gr_gdmcom.eval import validate_images as vi
+    from gr_gdmcom.eval import validate_rate as vr
+
+    page = tmp_path / "v.md"
+    page.write_text("# head\n")
+    vi.write_section(page, f"{vr.BEGIN}\n## 7.\n{vr.END}\n", vr.BEGIN, vr.END)
+    vi.write_section(page, f"{vi.BEGIN}\n## 6.\n{vi.END}\n", before=[vr.BEGIN])
+    assert page.read_text() == f"# head\n\n{vi.BEGIN}\n## 6.\n{vi.END}\n\n{vr.BEGIN}\n## 7.\n{vr.END}\n"
+    vi.write_section(page, f"{vi.BEGIN}\n## 6 again\n{vi.END}\n", before=[vr.BEGIN])  # in place
+    assert page.read_text().index("## 6 again") < page.read_text().index("## 7.")

@@ -161,14 +161,20 @@ def section(res: dict) -> str:
     return "\n".join(L) + "\n"
 
 
-def write_section(out: Path, text: str, begin: str = BEGIN, end: str = END) -> None:
-    """Replace the section between ``begin`` and ``end`` in ``out`` (append it when absent)."""
+def write_section(out: Path, text: str, begin: str = BEGIN, end: str = END, before: Sequence[str] = ()) -> None:
+    """Replace the section between ``begin`` and ``end`` in ``out``; when absent, insert it before
+    the first of the ``before`` markers present (a later section: the numbers stay in order),
+    else append it."""
     old = out.read_text() if out.exists() else ""
     if begin in old and end in old:
         head, rest = old.split(begin, 1)
         new = head + text.rstrip("\n") + rest.split(end, 1)[1]
     else:
-        new = old.rstrip("\n") + ("\n\n" if old else "") + text
+        at = min((old.index(b) for b in before if b in old), default=None)
+        if at is None:
+            new = old.rstrip("\n") + ("\n\n" if old else "") + text
+        else:
+            new = old[:at] + text.rstrip("\n") + "\n\n" + old[at:]
     out.write_text(new)
 
 
