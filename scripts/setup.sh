@@ -58,7 +58,8 @@ need_gui=()
 command -v Xvfb >/dev/null 2>&1 || need_gui+=(xvfb)
 command -v xauth >/dev/null 2>&1 || need_gui+=(xauth)
 /usr/bin/python3 -c "import gi; gi.require_version('Gtk', '3.0')" 2>/dev/null || need_gui+=(gir1.2-gtk-3.0)
-command -v convert >/dev/null 2>&1 || need_gui+=(imagemagick)
+# `import` (the screenshot tool) rather than `convert`, which other software also installs
+command -v import >/dev/null 2>&1 || need_gui+=(imagemagick)
 # matplotlib's Qt backend needs QtSvg; without it gnuradio.qtgui warns "Matplotlib is a required dependency"
 /usr/bin/python3 -c "from PyQt5 import QtSvg" 2>/dev/null || need_gui+=(python3-pyqt5.qtsvg)
 if [ ${#need_gui[@]} -gt 0 ] && [ "${GDMCOM_NO_GUI_TOOLS:-}" != 1 ]; then
