@@ -6,6 +6,7 @@ is already among its imports)::
     init_before_blocks: gdmcom.preflight(self)   (every flowgraph; file_rx: replay=self.capture)
     main_after_init:   gdmcom.capture(self, self.usrp, self.capture)   (radio receivers)
     main_after_start:  gdmcom.watch_rx(self, self.sink, self.images_expected, self.timeout)
+                       (every receiver: a line per image; file_rx: gdmcom.watch_rx(self, self.sink))
                        gdmcom.watch_tx(self, self.source)   (transmitters: a line per image sent)
     main_after_stop:   gdmcom.finish(self, source=..., sink=..., images_expected=...)
 
@@ -37,18 +38,18 @@ def watch_rx(tb, sink, images_expected: int = 0, timeout: float = 0.0, poll: flo
 
     A daemon thread prints one JSON line per image the ``sink`` reports and calls
     ``tb.stop()`` after ``images_expected`` images (decoded or failed) or after
-    ``timeout`` seconds (then ``tb.rx_timed_out`` is True); 0 means no limit.
+    ``timeout`` seconds (then ``tb.rx_timed_out`` is True); 0 means no limit (a
+    receiver whose stream ends by itself, file_rx, calls it with neither).  :func:`finish`
+    prints the lines of images decoded after its last look (at the end of the stream).
     """
     tb.rx_timed_out = False
+    tb.rx_printed = 0
 
     def _watch():
-        t0, seen = time.monotonic(), 0
+        t0 = time.monotonic()
         while True:
-            results = sink.results
-            while seen < len(results):
-                _print({k: results[seen][k] for k in RESULT_KEYS if k in results[seen]})
-                seen += 1
-            if images_expected > 0 and seen >= images_expected:
+            _print_rx(tb, sink)
+            if images_expected > 0 and tb.rx_printed >= images_expected:
                 break
             if timeout > 0 and time.monotonic() - t0 > timeout:
                 tb.rx_timed_out = True
@@ -79,6 +80,17 @@ def watch_tx(tb, source, poll: float = 0.2) -> threading.Thread:
 
 
 _TX_LOCK = threading.Lock()
+_RX_LOCK = threading.Lock()
+
+
+def _print_rx(tb, sink) -> None:
+    """The per-image lines (:data:`RESULT_KEYS`) of ``sink``'s results not printed yet."""
+    with _RX_LOCK:
+        results = sink.results
+        while getattr(tb, "rx_printed", 0) < len(results):
+            r = results[tb.rx_printed]
+            _print({k: r[k] for k in RESULT_KEYS if k in r})
+            tb.rx_printed += 1
 
 
 def _print_tx(tb, source) -> None:
@@ -114,6 +126,8 @@ def finish(tb, source=None, sink=None, images_expected: int = 0) -> None:
     """Print the :func:`summary` as one JSON line; exit with :func:`exit_status` when it is not 0."""
     if source is not None and hasattr(tb, "tx_printed"):
         _print_tx(tb, source)  # the images sent that watch_tx had not printed yet
+    if sink is not None and hasattr(tb, "rx_printed"):
+        _print_rx(tb, sink)  # the images decoded after watch_rx's last look (file_rx: at the end of the file)
     d = summary(tb, source, sink, images_expected)
     _print(d)
     code = exit_status(d)
