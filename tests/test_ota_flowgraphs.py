@@ -484,6 +484,15 @@ def test_radio_flowgraphs_with_stand_in_radios(compiled, image, tmp_path):
     ("rx_zmq", ["--server", "tcp://127.0.0.1:9"],
      ["gr_gdmcom: no inference server answers at tcp://127.0.0.1:9 (status request, 3000 ms)"]),
     ("pluto_tx", ["--model", "tiny"], ["gr_gdmcom: no PlutoSDR found: check its USB link"]),
+    # the channel's settings, in gdmcom link's words (ChannelConfig): --epsilon 0 was GNU Radio's traceback
+    # (resampling ratio must be > 0) after the model loaded, --fading -0.1 and --cfo 0.7 were taken
+    ("impaired_link", ["--epsilon", "0", "--model", "tiny"],
+     ["gr_gdmcom: --epsilon (sample-clock ratio) must be in 0.5 .. 2 (1 = none), got 0.0"]),
+    ("impaired_link", ["--epsilon=-1", "--fading=-0.1", "--cfo", "0.7", "--model", "tiny"],
+     ["gr_gdmcom: --cfo is normalised, cycles/sample: |cfo| < 0.5, got 0.7 (a frequency in Hz over the sample rate)",
+      "gr_gdmcom: --epsilon (sample-clock ratio) must be in 0.5 .. 2 (1 = none), got -1.0",
+      "gr_gdmcom: --fading (fD Ts) must be in 0 .. 0.1, got -0.1"]),
+    ("tx_zmq", ["--cfo=-0.5", "--model", "tiny"], ["gr_gdmcom: --cfo is normalised, cycles/sample: |cfo| < 0.5"]),
 ])
 def test_bad_settings_stop_the_script_with_one_line_each(compiled, tmp_path, script, args, lines):
     """A flowgraph script checks its settings before building its blocks (its preflight snippet):

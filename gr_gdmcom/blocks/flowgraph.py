@@ -174,6 +174,10 @@ NUMERIC_CHECKS = {
     "buffer_size": (lambda v: v > 0, "must be > 0 (samples)"),
     "run_seconds": (lambda v: v >= 0, "must be >= 0 seconds (0: until the window is closed)"),
 }
+#: Channel parameters checked by :func:`preflight` with :class:`gr_gdmcom.link.ChannelConfig`'s own
+#: rules (each alone, the others at their defaults), so that ``gdmcom link`` and a flowgraph refuse the
+#: same values with the same words: ``--epsilon`` 0.5 .. 2, ``--fading`` 0 .. 0.1, ``|--cfo| < 0.5``
+CHANNEL_CHECKS = ("snr_db", "cfo", "epsilon", "delay", "fading")
 #: above this ``--tx-scale`` a burst's peaks (about 3x its rms, 5x with the tiny test model) pass
 #: full scale: a warning, not an error (docs/over-the-air.md, the gain procedure)
 TX_SCALE_WARN = 0.25
@@ -200,6 +204,7 @@ def preflight(tb, replay: str = None) -> None:
         v = getattr(tb, name, None)
         if isinstance(v, (int, float)) and not ok(v):
             problems.append(f"--{name.replace('_', '-')} {what}, got {v:g}")
+    problems += check_channel(tb)
     scale = getattr(tb, "tx_scale", None)
     if isinstance(scale, (int, float)) and scale > TX_SCALE_WARN:
         print(f"gr_gdmcom: warning: --tx-scale {scale:g} is above {TX_SCALE_WARN:g}: the bursts' peaks may pass "
@@ -227,6 +232,28 @@ def preflight(tb, replay: str = None) -> None:
         print(f"gr_gdmcom: {p}", file=sys.stderr, flush=True)
     if problems:
         sys.exit(EXIT_NOTHING)
+
+
+def check_channel(tb) -> list:
+    """The problems of the flowgraph's channel parameters (:data:`CHANNEL_CHECKS`), in
+    :class:`~gr_gdmcom.link.ChannelConfig`'s words with the option's name: ``--epsilon
+    (sample-clock ratio) must be in 0.5 .. 2 (1 = none), got 0.0`` (``gdmcom link``: ``epsilon
+    (sample-clock ratio) ...``).  GNU Radio's channel blocks took ``--epsilon 0`` for a traceback
+    (``resampling ratio must be > 0``) after the model loaded, and ``--fading -0.1`` silently."""
+    from ..link import ChannelConfig
+
+    problems = []
+    for name in CHANNEL_CHECKS:
+        v = getattr(tb, name, None)
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        try:
+            ChannelConfig(kind="model", **{name: v})
+        except ValueError as exc:
+            msg = str(exc)
+            option = "--" + name.replace("_", "-")
+            problems.append(option + msg[len(name):] if msg.startswith(name) else f"{option}: {msg}")
+    return problems
 
 
 #: a radio driver's error (a RuntimeError from the block's constructor) -> what to check
