@@ -40,6 +40,42 @@ def _calibration(path, model):
                 fit_x=[0.0, 20.0], fit_n=[40.0, 12.0]).save(path)
 
 
+# --------------------------------------------------------------------------- live demo's screenshot
+class _Window:
+    def __init__(self, saved):
+        self.saved, self.closed, self.paths = saved, False, []
+        self.display = type("D", (), {"shown": 2, "last": {"caption": "image 1 astro"}})()
+
+    def grab(self):
+        return self
+
+    def save(self, path):
+        self.paths.append(path)
+        return self.saved
+
+    def close(self):
+        self.closed = True
+
+
+def test_screenshot_that_qt_cannot_save_is_an_error(monkeypatch, capsys):
+    """QWidget.grab().save() returns False where it cannot write: the demo printed 'screenshot PATH: 2
+    image(s) shown' and exited 0 without a file; now an error line, the window closed, status 1."""
+    def _exit(code):
+        raise SystemExit(code)
+
+    monkeypatch.setattr(os, "_exit", _exit)
+    w = _Window(saved=False)
+    with pytest.raises(SystemExit) as exc:
+        flowgraph.screenshot(w, "/x/shot.png")
+    out = capsys.readouterr()
+    assert exc.value.code == 1 and w.closed and w.paths == ["/x/shot.png"]
+    assert out.out == "" and out.err == ("gr_gdmcom: error: could not save the screenshot /x/shot.png (Qt could "
+                                         "not write the file)\n")
+    w = _Window(saved=True)
+    assert flowgraph.screenshot(w, "shot.png") and not w.closed
+    assert capsys.readouterr().out == "screenshot shot.png: 2 image(s) shown, last: image 1 astro\n"
+
+
 # --------------------------------------------------------------------------- channel settings
 @pytest.mark.parametrize("name, value", [("epsilon", 0.0), ("epsilon", -1.0), ("epsilon", 2.5), ("fading", -0.1),
                                          ("fading", 0.2), ("cfo", 0.5), ("cfo", -0.7), ("delay", 5.0)])

@@ -493,6 +493,11 @@ def test_radio_flowgraphs_with_stand_in_radios(compiled, image, tmp_path):
       "gr_gdmcom: --epsilon (sample-clock ratio) must be in 0.5 .. 2 (1 = none), got -1.0",
       "gr_gdmcom: --fading (fD Ts) must be in 0 .. 0.1, got -0.1"]),
     ("tx_zmq", ["--cfo=-0.5", "--model", "tiny"], ["gr_gdmcom: --cfo is normalised, cycles/sample: |cfo| < 0.5"]),
+    # a --screenshot that cannot be written was reported as saved (exit 0, no file)
+    ("live_demo", ["--screenshot", "cap.c64/shot.png", "--model", "tiny"],
+     ["gr_gdmcom: --screenshot cap.c64/shot.png: cannot create the output folder cap.c64: "]),
+    ("live_demo", ["--screenshot", "shot.xyz", "--model", "tiny"],
+     ["gr_gdmcom: --screenshot shot.xyz: Qt cannot write .xyz; give a name ending in .png (or .bmp, "]),
 ])
 def test_bad_settings_stop_the_script_with_one_line_each(compiled, tmp_path, script, args, lines):
     """A flowgraph script checks its settings before building its blocks (its preflight snippet):

@@ -8,6 +8,7 @@ is already among its imports)::
     main_after_start:  gdmcom.watch_rx(self, self.sink, self.images_expected, self.timeout)
                        (every receiver: a line per image; file_rx: gdmcom.watch_rx(self, self.sink))
                        gdmcom.watch_tx(self, self.source)   (transmitters: a line per image sent)
+                       gdmcom.flowgraph.screenshot(tb, tb.screenshot)   (live_demo's --screenshot)
     main_after_stop:   gdmcom.finish(self, source=..., sink=..., images_expected=...)
 
 Exit status of :func:`finish`: 0 when images were sent / decoded, 3 when the
@@ -217,6 +218,8 @@ def preflight(tb, replay: str = None) -> None:
         checks.append(("--out-dir", lambda: check_out(tb.out_dir)))  # (the sink would create it)
     if replay is None and getattr(tb, "capture", None):
         checks.append(("--capture", lambda: check_out(tb.capture, folder=False)))
+    if getattr(tb, "screenshot", None):  # (live_demo: its folder is created, as --capture's)
+        checks.append(("--screenshot", lambda: check_screenshot(tb.screenshot)))
     for option, check in checks:
         try:
             check()
@@ -254,6 +257,50 @@ def check_channel(tb) -> list:
             option = "--" + name.replace("_", "-")
             problems.append(option + msg[len(name):] if msg.startswith(name) else f"{option}: {msg}")
     return problems
+
+
+def check_screenshot(path: str) -> None:
+    """``--screenshot``: its folder can be written (created here, as ``--capture``'s) and Qt
+    can write an image of its suffix; ValueError otherwise.  (A path in a missing folder was
+    reported as saved and the script exited 0 without a file.)"""
+    from pathlib import Path
+
+    from ..cli import check_out
+
+    try:
+        check_out(path, folder=False)
+    except ValueError as exc:
+        msg = str(exc)
+        raise ValueError(msg if msg.startswith("--out ") else f"--out {path}: {msg}") from None
+    suffix = Path(path).suffix.lower().lstrip(".")
+    try:
+        from PyQt5.QtGui import QImageWriter
+        formats = sorted({bytes(f).decode().lower() for f in QImageWriter.supportedImageFormats()})
+    except ImportError:  # (no Qt: the QT GUI flowgraph cannot run anyway)
+        return
+    if suffix not in formats:
+        raise ValueError(f"--out {path}: Qt cannot write {'.' + suffix if suffix else 'a file without a suffix'}"
+                         f"; give a name ending in .png (or .{', .'.join(f for f in formats if f != 'png')})")
+
+
+def screenshot(tb, path: str) -> bool:
+    """Save the QT GUI window ``tb`` to ``path`` (live_demo's ``--screenshot``) and print
+    ``screenshot PATH: N image(s) shown, last: CAPTION``; when Qt cannot write it, one line on
+    stderr, the window is closed (the flowgraph stops) and the script exits with status 1
+    instead of reporting a file it did not write.  Returns True when saved."""
+    if tb.grab().save(path):
+        display = getattr(tb, "display", None)
+        shown = getattr(display, "shown", 0)
+        caption = (getattr(display, "last", None) or {}).get("caption", "")
+        print(f"screenshot {path}: {shown} image(s) shown, last: {caption}", flush=True)
+        return True
+    print(f"gr_gdmcom: error: could not save the screenshot {path} (Qt could not write the file)",
+          file=sys.stderr, flush=True)
+    tb.close()
+    sys.stdout.flush()
+    import os
+    os._exit(1)  # (from a Qt timer: sys.exit would not end qapp.exec_())
+    return False
 
 
 #: a radio driver's error (a RuntimeError from the block's constructor) -> what to check
