@@ -40,6 +40,115 @@ def _calibration(path, model):
                 fit_x=[0.0, 20.0], fit_n=[40.0, 12.0]).save(path)
 
 
+@pytest.mark.parametrize("old, new, line", [
+    ("rule='snr'", "rule='calibrated:/nonexistent/cal.json'",
+     SINK + "calibration file not found: /nonexistent/cal.json"),
+    ("rule='snr'", "rule='calibrated:sd15.json'",
+     SINK + "calibration sd15.json was measured for another setting: "
+            "model='stable-diffusion-v1-5/stable-diffusion-v1-5' (here 'tiny'); run gdmcom calibrate with this "
+            "model and these settings"),
+    ("filename='img{image_id:05d}.png'", "filename='img{idx}.png'",
+     SINK + "filename pattern 'img{idx}.png' cannot be filled (KeyError: 'idx'); its fields are {image_id} and "
+            "{name}, e.g. img{image_id:05d}.png"),
+    ("steps=0,", "steps=3,", SINK + "steps N must satisfy k + m <= N <= T, got N=3, k=0, m=5, T=50"),
+])
+def test_sink_settings_are_checked_before_the_model_loads(grcc_build, tmp_path, old, new, line):
+    """awgn_link with one of the sink's settings changed in its generated script (as GRC writes a
+    block's parameters): one line, status 2, no traceback and no model loaded."""
+    script = (grcc_build / "awgn_link.py").read_text()
+    assert script.count(old) == 1, old
+    (tmp_path / "fg.py").write_text(script.replace(old, new))
+    _calibration(tmp_path / "sd15.json", "stable-diffusion-v1-5/stable-diffusion-v1-5")
+    r = subprocess.run([sys.executable, "fg.py", "--model", "tiny", "--out-dir", "out"], env=_env(tmp_path),
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stderr) == (2, line + "\n"), r.stderr[-3000:]
+    assert r.stdout == "" and not list((tmp_path / "out").glob("*"))  # nothing ran, nothing was written
+
+
+def test_a_calibration_for_this_model_passes_and_decodes(grcc_build, tmp_path, small):
+    from PIL import Image
+
+    script = (grcc_build / "awgn_link.py").read_text().replace("rule='snr'", "rule='calibrated:tiny.json'")
+    (tmp_path / "fg.py").write_text(script)
+    _calibration(tmp_path / "tiny.json", "tiny")
+    Image.fromarray(small).save(tmp_path / "astro.png")
+    r = subprocess.run([sys.executable, "fg.py", "--model", "tiny", "--out-dir", "out", "--images", "astro.png"],
+                       env=_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "gr_gdmcom:" not in r.stderr and '"decoded": 1' in r.stdout, r.stderr[-3000:]
+
+
+def _script_top_block(path: Path):
+    """The top block class of a generated script, imported as a module (its source readable)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"fg_{path.stem}", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return getattr(mod, path.stem), spec.name
+
+
+@pytest.mark.parametrize("fg", ["awgn_link", "impaired_link", "rx_zmq", "file_rx", "usrp_rx", "pluto_rx", "live_demo"])
+def test_block_settings_finds_every_flowgraphs_sink(grcc_build, fg):
+    """block_settings() reads the sink of every shipped flowgraph from its generated script and evaluates
+    the arguments with the script's parameters (set before the preflight snippet runs); the shipped
+    settings pass check_sink."""
+    import inspect
+
+    if fg == "live_demo":
+        pytest.importorskip("PyQt5.QtWidgets")
+    cls, modname = _script_top_block(grcc_build / f"{fg}.py")
+    try:
+        params = {n: p.default for n, p in inspect.signature(cls.__init__).parameters.items() if n != "self"}
+        stub = type("Stub", (), dict(params, __init__=cls.__init__, __module__=modname))
+        tb = object.__new__(stub)
+        vars(tb).update(params, model="tiny", sps=3)
+        (name, kw), = flowgraph.block_settings(tb, "semantic_sink")
+    finally:
+        del sys.modules[modname]
+    assert name == "sink"
+    assert (kw["model"], kw["sps"], kw["m"], kw["steps"], kw["filename"]) == ("tiny", 3, 5, 0, "img{image_id:05d}.png")
+    assert kw["out_dir"] == params.get("out_dir", kw["out_dir"])
+    assert flowgraph.check_sink(name, kw) == []
+    assert flowgraph.check_sink(name, dict(kw, m=7, steps=6)) == [
+        "sink (Semantic Sink): steps N must satisfy k + m <= N <= T, got N=6, k=0, m=7, T=50"]
+
+
+def test_sinks_steps_assert_is_what_the_sink_accepts():
+    """The GRC assert on Fixed N rejects exactly the N the sink refuses when it is built (after the model
+    loaded): 0 or less is the rule, else m <= N <= T (k = 0: each image's k comes in its header)."""
+    expr = grc_yaml.ASSERTS["steps"]
+    for T in (1, 10, 50):
+        for m in range(0, T + 1, max(1, T // 10)):
+            for steps in range(-2, T + 3):
+                try:
+                    check_steps(0, m, T, steps if steps > 0 else None)
+                    ok = True
+                except ValueError:
+                    ok = False
+                assert eval(expr, {}, dict(steps=steps, m=m, T=T)) == ok, (steps, m, T)  # noqa: S307
+
+
+def test_grcc_refuses_a_fixed_n_below_m(tmp_path):
+    """What GRC draws red (and grcc refuses) instead of a traceback after the model loads."""
+    import shutil
+    if shutil.which("grcc") is None:
+        pytest.skip("grcc not installed")
+    doc = yaml.safe_load((ROOT / "flowgraphs" / "awgn_link.grc").read_text())
+    sink, = [b for b in doc["blocks"] if b["name"] == "sink"]
+    sink["parameters"]["steps"] = "3"
+    (tmp_path / "awgn_link.grc").write_text(yaml.safe_dump(doc, sort_keys=False))
+    r = subprocess.run([sys.executable, shutil.which("grcc"), "-o", str(tmp_path), str(tmp_path / "awgn_link.grc")],
+                       env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and 'Assertion "steps <= 0 or m <= steps <= T" failed' in r.stdout + r.stderr
+    sink["parameters"]["steps"] = "10"  # m <= N <= T compiles
+    (tmp_path / "awgn_link.grc").write_text(yaml.safe_dump(doc, sort_keys=False))
+    r = subprocess.run([sys.executable, shutil.which("grcc"), "-o", str(tmp_path), str(tmp_path / "awgn_link.grc")],
+                       env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+
+
 # --------------------------------------------------------------------------- live demo's screenshot
 class _Window:
     def __init__(self, saved):

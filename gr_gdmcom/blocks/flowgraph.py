@@ -179,6 +179,8 @@ NUMERIC_CHECKS = {
 #: rules (each alone, the others at their defaults), so that ``gdmcom link`` and a flowgraph refuse the
 #: same values with the same words: ``--epsilon`` 0.5 .. 2, ``--fading`` 0 .. 0.1, ``|--cfo| < 0.5``
 CHANNEL_CHECKS = ("snr_db", "cfo", "epsilon", "delay", "fading")
+#: the Semantic Sink's arguments that are not codec or PHY settings (:func:`check_sink`)
+SINK_OWN = ("out_dir", "filename", "server", "threaded", "max_pending", "drain_timeout")
 #: above this ``--tx-scale`` a burst's peaks (about 3x its rms, 5x with the tiny test model) pass
 #: full scale: a warning, not an error (docs/over-the-air.md, the gain procedure)
 TX_SCALE_WARN = 0.25
@@ -225,6 +227,8 @@ def preflight(tb, replay: str = None) -> None:
             check()
         except ValueError as exc:
             problems.append(str(exc).replace("--out ", option + " ", 1))
+    for name, kw in block_settings(tb, "semantic_sink"):
+        problems += [p for p in check_sink(name, kw) if p.split(": ", 1)[-1] not in problems]
     if not problems and hasattr(tb, "model"):  # (the slower checks only when the rest is right)
         server = str(getattr(tb, "server", "local") or "local")
         try:
@@ -301,6 +305,89 @@ def screenshot(tb, path: str) -> bool:
     import os
     os._exit(1)  # (from a Qt timer: sys.exit would not end qapp.exec_())
     return False
+
+
+def block_settings(tb, factory: str) -> list:
+    """``[(name, arguments)]`` of each ``gdmcom.<factory>(...)`` block the flowgraph script
+    ``tb`` is about to build: read from the generated ``__init__`` (GRC writes every block as
+    ``self.NAME = gdmcom.FACTORY(arg=expression, ...)``) and each argument evaluated with the
+    script's parameters and variables, which are set before the *init before blocks* snippet.
+    An argument that cannot be evaluated yet is left out; no source (``python -c``): ``[]``.
+    Lets :func:`preflight` check a block's settings before any block loads a model."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(type(tb).__init__)))
+    except (OSError, TypeError, SyntaxError):
+        return []
+    module = sys.modules.get(type(tb).__module__)
+    ns = dict(vars(module)) if module is not None else {}
+    ns.update(vars(tb), self=tb)
+    found = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)):
+            continue
+        f, target = node.value.func, node.targets[0]
+        if not (isinstance(f, ast.Attribute) and f.attr == factory and isinstance(f.value, ast.Name)
+                and f.value.id == "gdmcom"):
+            continue
+        kw = {}
+        for k in node.value.keywords:
+            if k.arg is None:
+                continue
+            try:
+                kw[k.arg] = eval(compile(ast.Expression(k.value), "<flowgraph>", "eval"), ns)  # noqa: S307
+            except Exception:  # noqa: BLE001 - left to the block's own check
+                pass
+        found.append((target.attr if isinstance(target, ast.Attribute) else factory, kw))
+    return found
+
+
+def check_sink(name: str, kw: dict) -> list:
+    """The problems of a Semantic Sink's settings ``kw`` (:func:`block_settings`) that its
+    constructor would raise once the model had loaded, each ``NAME (Semantic Sink): reason``:
+    the file name pattern (:func:`gr_gdmcom.pipeline.check_filename`), the codec and PHY
+    settings as the block makes them (k = 0: a fixed N needs ``m <= N <= T``) and, with the
+    model in this process, a ``calibrated:FILE`` rule's file: it must load and have been
+    measured for this model and these settings (:meth:`Calibration.check`)."""
+    from ..codec.calibration import calibration_path, load_calibration
+    from ..config import DEFAULT_MODEL
+    from ..pipeline import check_filename
+    from ._common import split_config
+
+    problems = []
+    say = f"{name} (Semantic Sink): "
+    if "filename" in kw:
+        try:
+            check_filename(kw["filename"])
+        except ValueError as exc:
+            problems.append(say + str(exc))
+    settings = {k: v for k, v in kw.items() if k not in SINK_OWN}
+    settings.update(k=0, steps=int(kw.get("steps") or 0) or None)
+    try:
+        codec, _ = split_config(settings)
+    except (ValueError, TypeError) as exc:
+        return problems + [say + str(exc)]
+    path = calibration_path(codec.rule)
+    if path is not None and str(kw.get("server", "local") or "local") == "local":
+        try:
+            load_calibration(path).check(_model_id(kw.get("model", DEFAULT_MODEL)), codec, with_k=False)
+        except ValueError as exc:
+            problems.append(say + str(exc))
+    return problems
+
+
+def _model_id(model: str) -> str:
+    """The id a loaded ``model`` reports (``Components.model_id``, what a calibration names):
+    the name itself, or an analytic model's canonical label."""
+    from ..codec.analytic import is_analytic, parse_spec
+
+    try:
+        return parse_spec(model).label() if is_analytic(model) else model
+    except ValueError:
+        return model
 
 
 #: a radio driver's error (a RuntimeError from the block's constructor) -> what to check

@@ -59,7 +59,8 @@ RX = [
     ("rule", "Step rule", "editenum", "'snr'", "Codec",
      "snr (default), variance (paper's text), exact, or 'calibrated:FILE' (from gdmcom calibrate; type it in)"),
     ("rescale", "Rescale latent", "bool", "True", "Codec", "scale z_{k+m} by sqrt(a_N/a_{k+m}) (False: paper)"),
-    ("steps", "Fixed N", "int", "0", "Codec", "fixed number of denoising steps (0 = chosen from the SNR estimate)"),
+    ("steps", "Fixed N", "int", "0", "Codec", "fixed number of denoising steps N (0 = chosen from the SNR estimate); "
+     "m <= N <= T, and an image sent with k needs k + m <= N"),
 ]
 PHY = [
     ("sps", "Samples/symbol", "int", "2", "PHY", "samples per symbol (1 = no pulse shaping)"),
@@ -100,9 +101,11 @@ OPTIONS = {"model": ([repr(DEFAULT_MODEL), "'patch-gmm'", "'tiny'", "'analytic'"
                       "analytic (offline prior)"]),
            "device": (["'auto'", "'cpu'", "'cuda'", "'cuda:0'"], ["auto", "cpu", "cuda", "cuda:0"]),
            "dtype": (["'auto'", "'fp32'", "'fp16'", "'bf16'"], ["auto", "fp32", "fp16", "bf16"])}
-#: GRC asserts, written from CodecConfig.validate / FrameConfig.validate (tests/test_grc.py checks they agree)
+#: GRC asserts, written from CodecConfig.validate / FrameConfig.validate (tests/test_grc.py checks they agree).
+#: steps: 0 (or less) is the step rule; a fixed N needs k + m <= N <= T, and the sink (k = 0: each image's k
+#: comes in its header) refuses N < m when it is built -- after the model loaded, where GRC had drawn it fine
 ASSERTS = {
-    "T": "1 <= T <= 1000", "k": "0 <= k <= T", "m": "0 <= m <= T", "steps": "steps <= T",
+    "T": "1 <= T <= 1000", "k": "0 <= k <= T", "m": "0 <= m <= T", "steps": "steps <= 0 or m <= steps <= T",
     "guidance": "0 <= guidance <= 100", "inversion_iters": "inversion_iters >= 1", "seed": "seed >= 0",
     "sps": "1 <= sps <= 16", "rolloff": "0 < rolloff <= 1", "rrc_span": "rrc_span >= 2 and rrc_span % 2 == 0",
     "pilot_spacing": "2 <= pilot_spacing <= 4096", "max_chunk_symbols": "1 <= max_chunk_symbols <= 65535",
