@@ -104,6 +104,18 @@ class qa_frame_blocks(gr_unittest.TestCase):
         self.assertEqual(list(meta_from_header(h, DEFAULT_PROMPT, "x").means), means)
 
 
+def _source_flowgraph(images, **kw):
+    """A Semantic Source (tiny model, sps 2) into a vector sink, its info PDUs into a message_debug:
+    ``(top block, source, sink, debug)``."""
+    tb = gr.top_block()
+    src = semantic_source(images=images, sps=2, tail_symbols=16, **kw, **TINY)
+    snk = blocks.vector_sink_c()
+    dbg = blocks.message_debug()
+    tb.connect(src, snk)
+    tb.msg_connect(src, "info", dbg, "store")
+    return tb, src, snk, dbg
+
+
 class qa_semantic_blocks(gr_unittest.TestCase):
     def test_source_tags_bursts_and_reports_unreadable_images(self):
         import tempfile
@@ -112,12 +124,7 @@ class qa_semantic_blocks(gr_unittest.TestCase):
         d = Path(tempfile.mkdtemp())
         Image.fromarray(np.full((40, 48, 3), 90, np.uint8)).save(d / "a.png")
         (d / "b.png").write_bytes(b"not a png")
-        tb = gr.top_block()
-        src = semantic_source(images=f"{d}/a.png,{d}/b.png,{d}/missing.png", sps=2, tail_symbols=16, **TINY)
-        snk = blocks.vector_sink_c()
-        dbg = blocks.message_debug()
-        tb.connect(src, snk)
-        tb.msg_connect(src, "info", dbg, "store")
+        tb, src, snk, dbg = _source_flowgraph(f"{d}/a.png,{d}/b.png,{d}/missing.png")
         tb.run()
         self.assertEqual(src.counters(), dict(images_sent=1, images_failed=2, bursts=1))
         infos = [pmt.to_python(pmt.car(m)) for m in _messages(dbg)]
@@ -140,12 +147,7 @@ class qa_semantic_blocks(gr_unittest.TestCase):
         from pathlib import Path
         d = Path(tempfile.mkdtemp())
         (d / "inbox").mkdir()
-        tb = gr.top_block()
-        src = semantic_source(images=f"{d}/inbox", wait_for_images=True, sps=2, tail_symbols=16, **TINY)
-        snk = blocks.vector_sink_c()
-        dbg = blocks.message_debug()
-        tb.connect(src, snk)
-        tb.msg_connect(src, "info", dbg, "store")
+        tb, src, snk, dbg = _source_flowgraph(f"{d}/inbox", wait_for_images=True)
         tb.start()
         time.sleep(3.5)  # three retries
         self.assertEqual(src.counters(), dict(images_sent=0, images_failed=1, bursts=0))
@@ -167,12 +169,7 @@ class qa_semantic_blocks(gr_unittest.TestCase):
         import tempfile
         from pathlib import Path
         d = Path(tempfile.mkdtemp())
-        tb = gr.top_block()
-        src = semantic_source(images=f"{d},{d}/nothing*.png,{d}/missing.png", sps=2, tail_symbols=16, **TINY)
-        snk = blocks.vector_sink_c()
-        dbg = blocks.message_debug()
-        tb.connect(src, snk)
-        tb.msg_connect(src, "info", dbg, "store")
+        tb, src, snk, dbg = _source_flowgraph(f"{d},{d}/nothing*.png,{d}/missing.png")
         tb.run()
         errors = [pmt.to_python(pmt.car(m))["error"] for m in _messages(dbg)]
         self.assertEqual([e.split(" (")[0] for e in errors],
