@@ -68,7 +68,7 @@ class ChannelConfig:
                 raise ValueError(f"{name} must be finite, got {getattr(self, name)!r}")
         if not abs(float(self.delay)) <= MAX_DELAY:  # beyond, the 17-tap sinc holds only its round-off
             raise ValueError(f"delay is a fractional timing offset: |delay| <= {MAX_DELAY:g} samples, got "
-                             f"{self.delay!r} (a longer path: --taps with leading zeros)")
+                             f"{self.delay!r} (a longer path: taps with leading zeros)")
         if not abs(float(self.cfo)) < 0.5:
             raise ValueError(f"cfo is normalised, cycles/sample: |cfo| < 0.5, got {self.cfo!r} (a frequency in Hz "
                              f"over the sample rate)")

@@ -94,7 +94,7 @@ def test_bad_numbers_and_outputs_are_refused_before_the_model_loads(tmp_path, ca
          "error: cfo is normalised, cycles/sample: |cfo| < 0.5, got 1000.0"),
         # (beyond 4 samples the windowed sinc held only its round-off: a random multipath channel, 5.6 dB at 10)
         (["link", *base, "--out", str(tmp_path / "o"), "--delay", "20"],
-         "error: delay is a fractional timing offset: |delay| <= 4 samples, got 20.0 (a longer path: --taps with "
+         "error: delay is a fractional timing offset: |delay| <= 4 samples, got 20.0 (a longer path: taps with "
          "leading zeros)"),
         (["link", *base, "--out", str(tmp_path / "o"), "--tx-clip", "0.5"],
          "error: FrameConfig: tx_clip must be 0 (off) or >= 1 (got tx_clip=0.5; option --tx-clip)"),
