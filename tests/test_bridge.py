@@ -226,6 +226,19 @@ def test_make_backend_gives_a_remote_backend(serve, cfg):
         b.close()
 
 
+def test_either_backend_is_a_context_manager_and_a_closed_client_says_so(serve, cfg, enc):
+    """`with make_backend(...) as b:` for local and remote alike (LocalBackend had no __enter__), and a
+    RemoteBackend used after close() raises BackendError (it raised ZMQError 'Socket operation on
+    non-socket' once it had sent a request before)."""
+    with make_backend("local", cfg) as local:
+        assert local.decode(enc.symbols, enc.meta, 10.0).image.shape[2] == 3
+    srv = serve()
+    with make_backend(srv.last_endpoint, cfg) as remote:
+        assert remote.status()["model"] == "tiny"
+    with pytest.raises(BackendError, match="^RemoteBackend is closed$"):
+        remote.status()
+
+
 def test_four_concurrent_clients_are_batched(serve, client, enc, bcodec):
     srv = serve(max_batch=4, max_wait_ms=300)
     clients = [client(srv.last_endpoint, timeout_ms=20000) for _ in range(4)]

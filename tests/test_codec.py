@@ -182,6 +182,18 @@ def test_bad_images_give_clear_errors(tmp_path, codec, small):
         with pytest.raises(ImageError, match=r"10000x9000 = 90000000 pixels, more than the limit max_pixels=16777216"):
             load_rgb(bomb)
     assert [w.category.__name__ for w in seen] == []
+    # over twice Pillow's size (its DecompressionBombError, raised before the max_pixels check): the
+    # same words as the max_pixels refusal, and where max_pixels is higher still, which limit refused it
+    Image.new("1", (20000, 10000)).save(bomb)
+    with pytest.raises(ImageError, match=r"^image .*bomb.png has 200000000 pixels, more than the limit "
+                                         r"max_pixels=16777216$"):
+        load_rgb(bomb)
+    with pytest.raises(ImageError, match=r"\(Pillow's own limit, below max_pixels=300000000: raise "
+                                         r"PIL.Image.MAX_IMAGE_PIXELS too\)$"):
+        load_rgb(bomb, max_pixels=300_000_000)
+    # names given to encode_many: one per image, or none
+    with pytest.raises(ValueError, match=r"^encode_many got 2 images but 1 names: give one name per image"):
+        codec.encode_many([small, small], ["a"])
     # in a batch, the good images still complete
     out = codec.encode_many([small, missing, trunc, small[::-1].copy()])
     assert [type(o).__name__ for o in out] == ["Encoded", "Failed", "Failed", "Encoded"]

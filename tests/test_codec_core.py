@@ -808,8 +808,12 @@ def test_a_bad_item_fails_alone_and_its_batch_decodes_as_without_it(comp, sent):
             return 1.0 / 0.0
 
     broken = Broken(**{f.name: getattr(m, f.name) for f in dataclasses.fields(m)})
+    # a latent of 5 channels for this 4-channel model (found by a library walkthrough): the UNet's
+    # RuntimeError failed the whole call, the good items with it
+    c, h, w = m.latent_shape
+    five = dataclasses.replace(m, latent_shape=(5, h, w), means=())
     items = [(s, m, 10.0), (s, dataclasses.replace(m, alpha=1e-300), 10.0), (s, m, -1e308), (s, m, "x"),
-             (s, m, None), (s, broken, 10.0), (s, m, 12.0)]
+             (s, m, None), (s, broken, 10.0), (np.concatenate([s, s[:h * w // 2]]), five, 10.0), (s, m, 12.0)]
     out = codec.decode_many(items)
     assert [getattr(o, "error", None) for o in out] == [
         None,
@@ -818,9 +822,12 @@ def test_a_bad_item_fails_alone_and_its_batch_decodes_as_without_it(comp, sent):
         "sent: SNR estimate must be a number (dB), got 'x'",
         "sent: SNR estimate must be a number (dB), got None",
         "sent: unusable decode input (ZeroDivisionError: float division by zero)",
+        "sent: latent has 5 channels but this model's latent has 4",
         None]
+    with pytest.raises(CodecError, match="^sent: latent has 5 channels but this model's latent has 4$"):
+        codec.decode_as_is(np.concatenate([s, s[:h * w // 2]]), five)
     alone = [codec.decode(s, m, 10.0), codec.decode(s, m, 12.0)]
-    for got, ref in zip((out[0], out[6]), alone):
+    for got, ref in zip((out[0], out[7]), alone):
         assert got.record["n_steps"] == ref.record["n_steps"]
         np.testing.assert_array_equal(got.image, ref.image)
     # noise variances far beyond any SNR: the effective SNR is the range's end, not a division by zero

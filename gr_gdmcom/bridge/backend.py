@@ -47,6 +47,12 @@ class Backend:
     def close(self) -> None:
         pass
 
+    def __enter__(self):  # ``with make_backend(server, config) as backend:``, whichever kind it returns
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 MAX_VARIANTS = 32  # codecs kept for distinct request settings (each shares the loaded model)
 

@@ -217,18 +217,14 @@ class RemoteBackend(Backend):
         if self._own_ctx:
             self._ctx.term()
 
-    def __enter__(self) -> "RemoteBackend":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"RemoteBackend({','.join(self.endpoints)!r}, timeout_ms={self.timeout_ms}, retries={self.retries})"
 
     # ------------------------------------------------------------------ Lazy Pirate
     def _socket(self) -> zmq.Socket:
         sock = getattr(self._tls, "sock", None)
+        if sock is not None and self._closed:  # (a socket cached before close(): ZMQError "not a socket")
+            raise BackendError("RemoteBackend is closed")
         if sock is None:
             with self._lock:
                 if self._closed:

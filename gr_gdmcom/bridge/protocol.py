@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 
 from ..codec import Decoded, Encoded, LatentMeta
 from ..codec.core import CodecError, symbol_problem
-from ..codec.images import open_image
+from ..codec.images import bomb_message, open_image
 from ..config import ALPHA_RANGE, FORWARD_MODES, GUIDANCE_RANGE, MEAN_MAX, REDUCE_METHODS, SNR_DB_RANGE
 
 VERSION = 1
@@ -470,7 +470,7 @@ def _parse_encode(header, payloads, limits, rid, fail) -> Request:
         with open_image(data) as im:
             w, h = im.size
     except Image.DecompressionBombError as exc:
-        raise fail(TOO_LARGE, f"image {name}: {exc}") from None
+        raise fail(TOO_LARGE, bomb_message(name, exc, limits.max_pixels)) from None
     except UnidentifiedImageError:  # Pillow's message names its BytesIO object
         raise fail(BAD_IMAGE, f"cannot read image {name}: not an image format Pillow can read") from None
     except Exception as exc:  # PIL raises many kinds on garbage

@@ -560,6 +560,9 @@ class GenerativeCodec:
         if isinstance(images, (str, bytes, Path, np.ndarray, Image.Image)):  # one image, not a batch of them
             raise TypeError(f"encode_many takes a list of images, got one {type(images).__name__}: "
                             f"encode(image) or encode_many([image])")
+        if names and len(names) != len(images):
+            raise ValueError(f"encode_many got {len(images)} images but {len(names)} names: give one name per image "
+                             "(or none)")
         given = list(names) if names else [None] * len(images)  # errors name bytes/arrays by the caller's name
         names = [n or _default_name(im, i) for i, (n, im) in enumerate(zip(given, images))]
         results: List[Union[Encoded, Failed, None]] = [None] * len(images)
@@ -648,9 +651,19 @@ class GenerativeCodec:
         """The received latent ``z~_k`` decoded by the VAE with no denoising: the reference a
         receiver must beat.  Returns uint8 (H, W, 3) at ``meta.image_size``."""
         c = self.c
+        check_meta(meta)
+        self._check_channels(meta)
         z = torch.from_numpy(latent_from_symbols(symbols, meta))[None].to(c.device)
         x = c.vae.decode((z / c.vae_scale).to(c.dtype)).sample.float()
         return to_uint8(x[0], meta.image_size)
+
+    def _check_channels(self, meta: LatentMeta) -> None:
+        """CodecError for a latent of another channel count than this model's (the UNet's or the
+        VAE's own error otherwise, failing every item of a batch)."""
+        channels = int(self.c.vae.config.latent_channels)
+        if meta.latent_shape[0] != channels:
+            raise CodecError(f"{meta.name}: latent has {meta.latent_shape[0]} channels but this model's latent "
+                             f"has {channels}")
 
     def decode(self, symbols: np.ndarray, meta: LatentMeta, snr_db: float,
                mask: Optional[np.ndarray] = None, noise_var: Optional[np.ndarray] = None) -> Decoded:
@@ -728,6 +741,7 @@ class GenerativeCodec:
         if not isinstance(meta, LatentMeta):
             raise CodecError(f"{name}: decode needs LatentMeta metadata, got {type(meta).__name__}")
         check_meta(meta)
+        self._check_channels(meta)
         if meta.T != cfg.T:
             raise CodecError(f"{name}: transmitter used T={meta.T} but this receiver is set to T={cfg.T}")
         try:

@@ -10,6 +10,7 @@ that are not multiples of 8 are reflect-padded for the VAE, and
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from pathlib import Path
 from typing import Optional, Union
@@ -71,9 +72,11 @@ def load_rgb(src: ImageLike, max_pixels: int = 4096 * 4096, name: Optional[str] 
             img.load()
         except ImageError:
             raise
+        except Image.DecompressionBombError as exc:  # raised by Image.open itself, before _check_size
+            raise ImageError(bomb_message(name, exc, max_pixels)) from None
         except UnidentifiedImageError:  # Pillow's message names its BytesIO object
             raise ImageError(f"cannot read image {name}: not an image format Pillow can read") from None
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        except (OSError, SyntaxError, ValueError) as exc:
             raise ImageError(f"cannot read image {name}: {exc}") from None
     elif isinstance(src, np.ndarray):
         arr = src
@@ -132,6 +135,18 @@ def to_uint8_range(arr: np.ndarray, name: str = "image") -> np.ndarray:
         raise ImageError(f"image {name} has values up to {hi:g}, beyond 255; give uint8 0..255, uint16 0..65535 "
                          f"or float 0..1")
     return np.rint(arr).astype(np.uint8)
+
+
+def bomb_message(name: str, exc: Exception, max_pixels: int) -> str:
+    """The message for Pillow's DecompressionBombError (a header over 2 x PIL.Image.MAX_IMAGE_PIXELS,
+    ~179 M pixels): the max_pixels refusal's words where the image is over max_pixels too, else
+    that Pillow's own limit must be raised as well."""
+    m = re.search(r"\((\d+) pixels\)", str(exc))
+    n = int(m.group(1)) if m else None
+    if n is not None and n > max_pixels:
+        return f"image {name} has {n} pixels, more than the limit max_pixels={max_pixels}"
+    return (f"image {name}: {exc} (Pillow's own limit, below max_pixels={max_pixels}: raise "
+            f"PIL.Image.MAX_IMAGE_PIXELS too)")
 
 
 def _check_size(size, name: str, max_pixels: int) -> None:

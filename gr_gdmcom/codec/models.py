@@ -262,7 +262,7 @@ def tiny_path() -> Path:
 
 
 def sd15_random_path() -> Path:
-    """Folder of the random-weight SD-1.5-architecture model, built on first use (3.4 GB fp32)."""
+    """Folder of the random-weight SD-1.5-architecture model, built on first use (4.3 GB fp32, the UNet 3.4 GB of it)."""
     path = cache_dir() / f"sd15-random-v{SD15_RANDOM_VERSION}"
     if not (path / "model_index.json").exists():
         log.warning("building the random-weight SD-1.5-architecture model in %s (once; minutes on a CPU)", path)
