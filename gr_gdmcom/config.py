@@ -11,9 +11,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, fields
 from fractions import Fraction
 from typing import Optional
+
+import numpy as np
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_PROMPT = "High quality, High res, 8K"
@@ -115,6 +118,7 @@ class CodecConfig:
 
     def validate(self) -> "CodecConfig":
         """Raise ``ValueError`` with a readable message for impossible settings."""
+        check_types(self)
         if self.T < 1 or self.T > 1000:
             raise ValueError(f"T must be in 1..1000, got {self.T}")
         check_steps(self.k, self.m, self.T)
@@ -152,6 +156,30 @@ class CodecConfig:
 
     def replace(self, **changes) -> "CodecConfig":
         return dataclasses.replace(self, **changes)
+
+
+#: what each annotated type of a configuration field accepts, and how a refusal names it
+_TYPE_RULES = {"int": ((numbers.Integral,), "an integer"), "float": ((numbers.Real,), "a number"),
+               "bool": ((bool, np.bool_), "True or False"), "str": ((str,), "a string")}
+
+
+def check_types(config) -> None:
+    """ValueError naming the first field of the dataclass ``config`` whose value is not of its
+    annotated type (``int``, ``float``, ``bool``, ``str``, optionally ``Optional[...]``): the range
+    checks after it assume the type (``k=2.5`` passed and failed later as a TypeError, ``steps=12.5``
+    ran 12 steps, ``remove_mean="no"`` removed the means).  A bool is not taken for a number."""
+    for f in fields(config):
+        ann = str(f.type)
+        optional = ann.startswith("Optional[")
+        base = ann[len("Optional["):-1] if optional else ann
+        if base not in _TYPE_RULES:
+            continue
+        v = getattr(config, f.name)
+        if v is None and optional:
+            continue
+        kinds, word = _TYPE_RULES[base]
+        if not isinstance(v, kinds) or (base in ("int", "float") and isinstance(v, (bool, np.bool_))):
+            raise ValueError(f"{f.name} must be {word}{' (or None)' if optional else ''}, got {v!r}")
 
 
 #: codec settings that an inference server's own configuration decides for the requests sent to

@@ -72,3 +72,13 @@ def test_shape_mismatch_error_names_both_shapes():
         psnr(a, np.zeros((8, 9, 3), np.uint8))
     with pytest.raises(ValueError, match=r"^images differ in shape: \(8, 8, 3\) vs \(8, 8\)$"):
         ms_ssim(a, np.zeros((8, 8), np.uint8))
+
+
+def test_float_images_are_refused_not_scored_on_the_wrong_scale():
+    """A 0..1 float image scored as if 0..255 (found by a library walkthrough): psnr gave 68.13 dB for
+    a difference of 0.1 (20 dB); both metrics now refuse anything but uint8, saying how to convert."""
+    a = np.zeros((16, 16, 3))
+    for f in (psnr, ms_ssim):
+        with pytest.raises(ValueError, match=r"^metrics take uint8 images \(0..255\), got float64; a float image in "
+                                             r"0..1: \(x \* 255\).round\(\).astype\(np.uint8\)$"):
+            f(a, np.full_like(a, 0.1))

@@ -32,6 +32,10 @@ def _t(img: np.ndarray) -> torch.Tensor:
 
 
 def _check(a: np.ndarray, b: np.ndarray) -> None:
+    for x in (a, b):  # (a 0..1 float image scored against 255 gave 68 dB where it is 20)
+        if np.asarray(x).dtype != np.uint8:
+            raise ValueError(f"metrics take uint8 images (0..255), got {np.asarray(x).dtype}; a float image in "
+                             f"0..1: (x * 255).round().astype(np.uint8)")
     if np.asarray(a).shape != np.asarray(b).shape:
         raise ValueError(f"images differ in shape: {np.asarray(a).shape} vs {np.asarray(b).shape}")
 
