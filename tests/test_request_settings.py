@@ -16,7 +16,7 @@ import pytest
 from gr_gdmcom.bridge import InferenceServer, LocalBackend, RemoteBackend
 from gr_gdmcom.bridge import protocol as P
 from gr_gdmcom.bridge.backend import request_config
-from gr_gdmcom.codec import CodecError, GenerativeCodec
+from gr_gdmcom.codec import CodecError, GenerativeCodec, ImageError
 from gr_gdmcom.config import CodecConfig
 
 SERVER = CodecConfig(model="tiny", device="cpu", k=1, m=1, T=20)
@@ -101,6 +101,21 @@ def test_impossible_settings_are_refused_with_one_line(server, codecs, small, op
                 c.decode(enc.symbols, enc.meta, 10.0, settings=settings)
     assert str(e.value).startswith(message), str(e.value)  # code "rejected": the caller's input, not a fault
     assert server.counters["rejected"] == rejected + 1
+
+
+def test_local_and_remote_backends_refuse_the_same_input_alike(server, codecs, small, tmp_path):
+    """server.md: a RemoteBackend's bad input raises what a LocalBackend raises.  Found by a library
+    walkthrough: a setting an encode cannot carry was the server's bad_request (BackendError, which
+    BackendCodec takes for a dead server) remotely and CodecError locally; a missing image was
+    CodecError locally and ImageError remotely.  ImageError is a CodecError now."""
+    local = LocalBackend(SERVER, codec=codecs["server"])
+    with RemoteBackend(server.last_endpoint, timeout_ms=20000) as remote:
+        for b in (local, remote):
+            with pytest.raises(CodecError, match=r"^settings: encode requests cannot set m \(only k\)$"):
+                b.encode(small, "small", settings={"m": 1})
+            with pytest.raises(ImageError, match="image not found: "):
+                b.encode(str(tmp_path / "nope.png"))
+    assert issubclass(ImageError, CodecError)
 
 
 def test_the_schema_refuses_unknown_and_mistyped_settings(small):
@@ -280,3 +295,24 @@ def test_a_receiver_is_warned_only_about_the_settings_its_decodes_use(server, co
             c.encode(small, "small")
     warned = [r.getMessage() for r in caplog.records if "the server's applies" in r.getMessage()]
     assert [w.split(" uses ")[1].split("=")[0] for w in warned] == ["guidance", "remove_mean", "reduce"]
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(k=2.5), "k must be an integer, got 2.5"),
+    (dict(T=float("nan")), "T must be an integer, got nan"),
+    (dict(steps=12.5), "steps must be an integer (or None), got 12.5"),
+    (dict(remove_mean="no"), "remove_mean must be True or False, got 'no'"),
+    (dict(k=True), "k must be an integer, got True"),
+    (dict(k="5"), "k must be an integer, got '5'"),
+    (dict(rule=None), "rule must be a string, got None"),
+    (dict(guidance="6"), "guidance must be a number, got '6'"),
+])
+def test_config_of_the_wrong_type_is_refused_by_name(kw, message):
+    """Found by a library walkthrough: validate() checked ranges only, so k=2.5 passed and failed later
+    as a TypeError, steps=12.5 ran 12 steps and remove_mean='no' removed the means."""
+    from gr_gdmcom.config import CodecConfig
+
+    with pytest.raises(ValueError) as exc:
+        CodecConfig(**kw).validate()
+    assert str(exc.value) == message
+    CodecConfig(guidance=6, steps=None, seed=np.int64(3), remove_mean=np.bool_(False)).validate()  # numbers as numbers

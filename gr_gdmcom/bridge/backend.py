@@ -69,13 +69,18 @@ def request_config(base: CodecConfig, op: str, settings: Optional[dict], k: Opti
     """
     if not settings:
         return base
-    unknown = sorted(set(settings) - set(REQUEST_SETTINGS[op]))
-    if unknown:
-        raise ValueError(f"{op} requests cannot set {', '.join(unknown)} (only {', '.join(REQUEST_SETTINGS[op])})")
+    check_setting_names(op, settings)
     if op == "decode" and k is not None:
         base.replace(**{**settings, "k": int(k)}).validate()  # k + m <= N <= T with the image's k
     fixed = dict(m=0, steps=None) if op == "encode" else dict(k=0)
     return base.replace(**{**fixed, **settings}).validate()
+
+
+def check_setting_names(op: str, settings: dict) -> None:
+    """ValueError for a setting a request of ``op`` cannot carry (:data:`REQUEST_SETTINGS`)."""
+    unknown = sorted(set(settings) - set(REQUEST_SETTINGS[op]))
+    if unknown:
+        raise ValueError(f"{op} requests cannot set {', '.join(unknown)} (only {', '.join(REQUEST_SETTINGS[op])})")
 
 
 def _config_key(config: CodecConfig) -> tuple:
@@ -212,7 +217,7 @@ class LocalBackend(Backend):
         with self._lock:
             out = self._codec("encode", settings).encode_many([image], [name] if name else None)[0]
         if isinstance(out, Failed):
-            raise CodecError(out.error)
+            raise out.exception()
         return out
 
     def decode(self, symbols, meta, snr_db, mask=None, settings=None) -> Decoded:
@@ -220,7 +225,7 @@ class LocalBackend(Backend):
             codec = self._codec("decode", settings, getattr(meta, "k", None))
             out = codec.decode_many([(symbols, meta, snr_db, mask)])[0]
         if isinstance(out, Failed):
-            raise CodecError(out.error)
+            raise out.exception()
         return out
 
 

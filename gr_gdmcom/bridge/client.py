@@ -34,7 +34,7 @@ from ..codec import CodecError, Decoded, Encoded, ImageError, LatentMeta, load_r
 from ..codec.core import _default_name, check_snr_db
 from ..config import SERVER_FIELDS, CodecConfig
 from . import protocol as P
-from .backend import Backend, BackendError
+from .backend import Backend, BackendError, check_setting_names
 from .security import CurveClient
 
 log = logging.getLogger(__name__)
@@ -356,6 +356,11 @@ class RemoteBackend(Backend):
     def _settings(self, op: str, settings: Optional[dict]) -> Optional[dict]:
         """What a request carries: the caller's ``settings``, else this side's own where the
         server takes them per request and differs (read from its ``status`` once)."""
+        if settings:  # refused here in LocalBackend's words (the server's bad_request was a BackendError)
+            try:
+                check_setting_names(op, settings)
+            except ValueError as exc:
+                raise CodecError(f"settings: {exc}") from None
         self._check_config()
         self._warn_uncarried(op)
         return settings if settings is not None else (self._carried.get(op) or None)

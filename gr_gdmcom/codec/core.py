@@ -39,7 +39,7 @@ from PIL import Image
 
 from ..config import (ALPHA_RANGE, FORWARD_MODES, GUIDANCE_RANGE, MEAN_MAX, SNR_DB_RANGE, CodecConfig,
                       check_steps)
-from .images import ImageError, ImageLike, load_rgb, to_tensor, to_uint8
+from .images import CodecError, ImageError, ImageLike, load_rgb, to_tensor, to_uint8
 from .calibration import Calibration, calibration_path, load_calibration
 from .models import Components, check_prediction_type, load_components, model_fingerprint
 from .rate import Reduction, RateError, channel_means, impose
@@ -48,10 +48,6 @@ from .schedule import Grid, StepChoice, get_grid, sampling_path, scheduler_setti
 log = logging.getLogger(__name__)
 
 MAX_CACHED_PROMPTS = 16
-
-
-class CodecError(ValueError):
-    """Bad input to the codec; the message names the item and the problem."""
 
 
 def to_device(t: torch.Tensor, device) -> torch.Tensor:
@@ -204,6 +200,12 @@ class Failed:
 
     error: str
     name: str = "image"
+    #: ``image`` where the image itself could not be read (:class:`ImageError`), else ``codec``
+    kind: str = "codec"
+
+    def exception(self) -> CodecError:
+        """The exception a single-item call raises for it: :class:`ImageError` or :class:`CodecError`."""
+        return (ImageError if self.kind == "image" else CodecError)(self.error)
 
 
 def symbols_from_latent(z: np.ndarray) -> Tuple[np.ndarray, float]:
@@ -549,7 +551,7 @@ class GenerativeCodec:
         """Encode one image; raises :class:`ImageError`/:class:`CodecError` on bad input."""
         out = self.encode_many([image], [name] if name else None)[0]
         if isinstance(out, Failed):
-            raise CodecError(out.error)
+            raise out.exception()
         return out
 
     def encode_many(self, images: Sequence[ImageLike], names: Optional[Sequence[str]] = None
@@ -571,7 +573,7 @@ class GenerativeCodec:
             try:
                 loaded[i] = load_rgb(im, cfg.max_pixels, given[i])
             except ImageError as exc:
-                results[i] = Failed(str(exc), names[i])
+                results[i] = Failed(str(exc), names[i], "image")
                 self.stats["failures"] += 1
                 log.debug("%s", exc)  # reported once, by the caller that receives the Failed item
         groups: Dict[tuple, list] = {}
@@ -671,7 +673,7 @@ class GenerativeCodec:
         :meth:`decode_many`."""
         out = self.decode_many([(symbols, meta, snr_db, mask, noise_var)])[0]
         if isinstance(out, Failed):
-            raise CodecError(out.error)
+            raise out.exception()
         return out
 
     def step_choice(self, snr_db: float, meta: LatentMeta) -> StepChoice:

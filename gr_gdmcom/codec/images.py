@@ -24,8 +24,13 @@ ImageLike = Union[str, Path, bytes, Image.Image, np.ndarray]
 MULTIPLE = 8  # VAE downsampling factor
 
 
-class ImageError(ValueError):
-    """An input image cannot be used; the message names the image and the problem."""
+class CodecError(ValueError):
+    """Bad input to the codec; the message names the item and the problem."""
+
+
+class ImageError(CodecError):
+    """An input image cannot be used; the message names the image and the problem.  A
+    :class:`CodecError`, so ``except CodecError`` catches every bad input, local or remote."""
 
 
 def open_image(data: bytes) -> Image.Image:

@@ -121,7 +121,7 @@ class StepScheduler:
             img = load_rgb(image, cfg.max_pixels, name)
         except ImageError as exc:
             codec.stats["failures"] += 1
-            return Failed(str(exc), name)
+            return Failed(str(exc), name, "image")
         t0 = time.perf_counter()
         z0 = c.vae.encode(to_device(to_tensor(img), c.device).to(c.dtype)).latent_dist.mode().float() * c.vae_scale
         t_vae = time.perf_counter() - t0
