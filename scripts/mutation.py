@@ -150,8 +150,9 @@ EQUIVALENT: dict = {
                                                           "is never 32767, the same for all 65536 values",
     "gr_gdmcom.codec.images.x_to_uint8_range__mutmut_18": 'kind not in "XXiufXX": a dtype kind is one '
                                                           'character and "X" is none',
+    # (load_rgb's numbers moved by 6 with the decompression-bomb handling of 2026-11-29, effe276)
     **{f"gr_gdmcom.codec.images.x_load_rgb__mutmut_{i}": "256 in the white fill colour: Pillow clips it to 255"
-       for i in (119, 120, 121, 122)},
+       for i in (125, 126, 127, 128)},
     # server.py (mutant numbers of server.py at 36f2849)
     _SV + "x_gather_batch__mutmut_22": "remaining >= 0: at exactly 0.0, Queue.get(timeout=0) takes a queued job or "
                                        "raises Empty at once, as get_nowait does",
