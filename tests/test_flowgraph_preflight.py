@@ -65,6 +65,27 @@ def test_sink_settings_are_checked_before_the_model_loads(grcc_build, tmp_path, 
     assert r.stdout == "" and not list((tmp_path / "out").glob("*"))  # nothing ran, nothing was written
 
 
+SOURCE = "gr_gdmcom: source (Semantic Source): "
+
+
+@pytest.mark.parametrize("old, new, line", [
+    ("reduce=1, reduce_method='subset'", "reduce=3, reduce_method='subset'",
+     SOURCE + "reduce must be a power of two in 1..32768 (the frame header carries its log2), got 3"),
+    ("tail_symbols=512", "tail_symbols=-1", SOURCE + "tail_symbols must be >= 0 (zero symbols after the last "
+                                                     "burst), got -1"),
+    ("k=5, forward='ddim'", "k=60, forward='ddim'", SOURCE + "k + m must not exceed T: k=60, m=0, T=50"),
+])
+def test_source_settings_are_one_line_not_a_traceback(grcc_build, tmp_path, old, new, line):
+    """The Semantic Source's constructor refused these with a traceback (before its model loaded, but a
+    traceback); the preflight now says them as it says the sink's."""
+    script = (grcc_build / "awgn_link.py").read_text()
+    assert script.count(old) == 1, old
+    (tmp_path / "fg.py").write_text(script.replace(old, new))
+    r = subprocess.run([sys.executable, "fg.py", "--model", "tiny", "--out-dir", "out"], env=_env(tmp_path),
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stderr) == (2, line + "\n"), r.stderr[-3000:]
+
+
 def test_a_calibration_for_this_model_passes_and_decodes(grcc_build, tmp_path, small):
     from PIL import Image
 

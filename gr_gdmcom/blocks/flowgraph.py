@@ -227,8 +227,11 @@ def preflight(tb, replay: str = None) -> None:
             check()
         except ValueError as exc:
             problems.append(str(exc).replace("--out ", option + " ", 1))
-    for name, kw in block_settings(tb, "semantic_sink"):
-        problems += [p for p in check_sink(name, kw) if p.split(": ", 1)[-1] not in problems]
+    if not problems:  # the blocks' settings, where the options they are made of are right
+        for name, kw in block_settings(tb, "semantic_source"):
+            problems += check_source(name, kw)
+        for name, kw in block_settings(tb, "semantic_sink"):
+            problems += check_sink(name, kw)
     if not problems and hasattr(tb, "model"):  # (the slower checks only when the rest is right)
         server = str(getattr(tb, "server", "local") or "local")
         try:
@@ -343,6 +346,23 @@ def block_settings(tb, factory: str) -> list:
                 pass
         found.append((target.attr if isinstance(target, ast.Attribute) else factory, kw))
     return found
+
+
+def check_source(name: str, kw: dict) -> list:
+    """The problems of a Semantic Source's settings ``kw`` (:func:`block_settings`) that its
+    constructor would raise (a traceback), each ``NAME (Semantic Source): reason``: its own
+    settings (repeat, tail, stop timeout, a reduce the frame header can carry) and the codec and
+    PHY settings as the block makes them."""
+    from .semantic_source import OWN, check_own_settings, source_config
+
+    say = f"{name} (Semantic Source): "
+    own = {k: kw[k] for k in ("repeat", "tail_symbols", "stop_timeout") if k in kw}
+    try:
+        check_own_settings(reduce=kw.get("reduce", 1), **own)
+        source_config(**{k: v for k, v in kw.items() if k not in OWN})
+    except (ValueError, TypeError) as exc:
+        return [say + str(exc)]
+    return []
 
 
 def check_sink(name: str, kw: dict) -> list:

@@ -48,21 +48,14 @@ class semantic_source(gr.sync_block):
                  **frame):
         gr.sync_block.__init__(self, name="gdmcom_semantic_source", in_sig=None, out_sig=[np.complex64])
         _log.bind(self)
-        # m=0: a transmitter has no m (the receiver's); the config's default 5 refused k=46 of T=50
-        self.codec_config, self.frame_config = split_config(dict(
-            model=model, device=device, dtype=dtype, k=int(k), m=0, T=int(T), guidance=float(guidance),
-            prompt=prompt, forward=forward, seed=int(seed), clean_end=clean_end, inversion=inversion,
-            inversion_iters=int(inversion_iters), reduce=int(reduce), reduce_method=reduce_method,
-            remove_mean=bool(remove_mean), **frame))
+        self.codec_config, self.frame_config = source_config(
+            model=model, device=device, dtype=dtype, k=k, T=T, guidance=guidance, prompt=prompt, forward=forward,
+            seed=seed, clean_end=clean_end, inversion=inversion, inversion_iters=inversion_iters, reduce=reduce,
+            reduce_method=reduce_method, remove_mean=remove_mean, **frame)
         self.message_port_register_out(PORT_INFO)
         self._images = images  # expanded at every pass by the pipeline (a folder's new files)
+        check_own_settings(repeat, tail_symbols, stop_timeout, reduce)
         self._repeat, self._id0 = _check_repeat(repeat), int(image_id_start)
-        if int(tail_symbols) < 0:
-            raise ValueError(f"tail_symbols must be >= 0 (zero symbols after the last burst), got {tail_symbols}")
-        if not float(stop_timeout) >= 0:
-            raise ValueError(f"stop_timeout must be >= 0 seconds, got {stop_timeout}")
-        if not header_reduce_ok(reduce):  # (it failed every image at run time, from the frame header)
-            raise ValueError(f"reduce must be a power of two in 1..32768 (the frame header carries its log2), got {reduce}")
         self._burst_tags = bool(burst_tags)
         self._tail = int(tail_symbols) * self.frame_config.sps
         self._stop_timeout = float(stop_timeout)
@@ -194,6 +187,36 @@ class semantic_source(gr.sync_block):
         self._pending_tags = keep
         self._buf = self._buf[n:]
         return n
+
+
+#: the Semantic Source's arguments that are not codec or PHY settings (:func:`check_own_settings`)
+OWN = ("images", "repeat", "server", "image_id_start", "burst_tags", "tail_symbols", "wait_for_images",
+       "stop_timeout")
+
+
+def source_config(model=DEFAULT_MODEL, device="auto", dtype="auto", k=5, T=50, guidance=6.0, prompt=DEFAULT_PROMPT,
+                  forward="ddim", seed=0, clean_end="model", inversion="ddim", inversion_iters=3, reduce=1,
+                  reduce_method="subset", remove_mean=True, **frame):
+    """``(CodecConfig, FrameConfig)`` of a Semantic Source's codec and PHY arguments, as the block
+    makes them; ValueError for impossible ones (also run by the flowgraph preflight)."""
+    # m=0: a transmitter has no m (the receiver's); the config's default 5 refused k=46 of T=50
+    return split_config(dict(
+        model=model, device=device, dtype=dtype, k=int(k), m=0, T=int(T), guidance=float(guidance),
+        prompt=prompt, forward=forward, seed=int(seed), clean_end=clean_end, inversion=inversion,
+        inversion_iters=int(inversion_iters), reduce=int(reduce), reduce_method=reduce_method,
+        remove_mean=bool(remove_mean), **frame))
+
+
+def check_own_settings(repeat=1, tail_symbols=512, stop_timeout=10.0, reduce=1) -> None:
+    """ValueError for the source's own settings that would fail every image or end the stream
+    silently (also run by the flowgraph preflight, before any model loads)."""
+    _check_repeat(repeat)
+    if int(tail_symbols) < 0:
+        raise ValueError(f"tail_symbols must be >= 0 (zero symbols after the last burst), got {tail_symbols}")
+    if not float(stop_timeout) >= 0:
+        raise ValueError(f"stop_timeout must be >= 0 seconds, got {stop_timeout}")
+    if not header_reduce_ok(reduce):  # (it failed every image at run time, from the frame header)
+        raise ValueError(f"reduce must be a power of two in 1..32768 (the frame header carries its log2), got {reduce}")
 
 
 def _check_repeat(repeat) -> int:
