@@ -179,8 +179,6 @@ NUMERIC_CHECKS = {
 #: rules (each alone, the others at their defaults), so that ``gdmcom link`` and a flowgraph refuse the
 #: same values with the same words: ``--epsilon`` 0.5 .. 2, ``--fading`` 0 .. 0.1, ``|--cfo| < 0.5``
 CHANNEL_CHECKS = ("snr_db", "cfo", "epsilon", "delay", "fading")
-#: the Semantic Sink's arguments that are not codec or PHY settings (:func:`check_sink`)
-SINK_OWN = ("out_dir", "filename", "server", "threaded", "max_pending", "drain_timeout")
 #: above this ``--tx-scale`` a burst's peaks (about 3x its rms, 5x with the tiny test model) pass
 #: full scale: a warning, not an error (docs/over-the-air.md, the gain procedure)
 TX_SCALE_WARN = 0.25
@@ -375,7 +373,7 @@ def check_sink(name: str, kw: dict) -> list:
     from ..codec.calibration import calibration_path, load_calibration
     from ..config import DEFAULT_MODEL
     from ..pipeline import check_filename
-    from ._common import split_config
+    from .semantic_sink import OWN, sink_config
 
     problems = []
     say = f"{name} (Semantic Sink): "
@@ -384,10 +382,8 @@ def check_sink(name: str, kw: dict) -> list:
             check_filename(kw["filename"])
         except ValueError as exc:
             problems.append(say + str(exc))
-    settings = {k: v for k, v in kw.items() if k not in SINK_OWN}
-    settings.update(k=0, steps=int(kw.get("steps") or 0) or None)
     try:
-        codec, _ = split_config(settings)
+        codec, _ = sink_config(**{k: v for k, v in kw.items() if k not in OWN})
     except (ValueError, TypeError) as exc:
         return problems + [say + str(exc)]
     path = calibration_path(codec.rule)

@@ -55,12 +55,10 @@ class semantic_sink(gr.sync_block):
         check_filename(filename)
         if not float(drain_timeout) >= 0:
             raise ValueError(f"drain_timeout must be >= 0 seconds, got {drain_timeout}")
-        # k=0: a receiver's k is each image's own (its header); the config's default 5 refused a fixed
-        # N below 5 + m that a transmitter with a smaller k makes valid
-        self.codec_config, self.frame_config = split_config(dict(
-            model=model, device=device, dtype=dtype, k=0, m=int(m), T=int(T), rule=rule, rescale=bool(rescale),
-            guidance=float(guidance), prompt=prompt, steps=int(steps) if steps else None, seed=int(seed),
-            clean_end=clean_end, inversion=inversion, inversion_iters=int(inversion_iters), **frame))
+        self.codec_config, self.frame_config = sink_config(
+            model=model, device=device, dtype=dtype, m=m, T=T, rule=rule, rescale=rescale, guidance=guidance,
+            prompt=prompt, steps=steps, seed=seed, clean_end=clean_end, inversion=inversion,
+            inversion_iters=inversion_iters, **frame)
         self.message_port_register_out(PORT_IMAGES)
         self._out_dir, self._filename = out_dir or None, filename
         self._threaded = bool(threaded)
@@ -146,3 +144,20 @@ class semantic_sink(gr.sync_block):
             else:
                 self._queue.put(img)  # blocks when the decoder is behind: backpressure, no loss
         return len(x)
+
+
+#: the Semantic Sink's arguments that are not codec or PHY settings
+OWN = ("out_dir", "filename", "server", "threaded", "max_pending", "drain_timeout")
+
+
+def sink_config(model=DEFAULT_MODEL, device="auto", dtype="auto", m=5, T=50, rule="snr", rescale=True, guidance=6.0,
+                prompt=DEFAULT_PROMPT, steps=0, seed=0, clean_end="model", inversion="ddim", inversion_iters=3,
+                **frame):
+    """``(CodecConfig, FrameConfig)`` of a Semantic Sink's codec and PHY arguments, as the block
+    makes them; ValueError for impossible ones (also run by the flowgraph preflight)."""
+    # k=0: a receiver's k is each image's own (its header); the config's default 5 refused a fixed
+    # N below 5 + m that a transmitter with a smaller k makes valid
+    return split_config(dict(
+        model=model, device=device, dtype=dtype, k=0, m=int(m), T=int(T), rule=rule, rescale=bool(rescale),
+        guidance=float(guidance), prompt=prompt, steps=int(steps) if steps else None, seed=int(seed),
+        clean_end=clean_end, inversion=inversion, inversion_iters=int(inversion_iters), **frame))

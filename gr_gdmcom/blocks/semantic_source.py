@@ -55,7 +55,7 @@ class semantic_source(gr.sync_block):
         self.message_port_register_out(PORT_INFO)
         self._images = images  # expanded at every pass by the pipeline (a folder's new files)
         check_own_settings(repeat, tail_symbols, stop_timeout, reduce)
-        self._repeat, self._id0 = _check_repeat(repeat), int(image_id_start)
+        self._repeat, self._id0 = int(repeat), int(image_id_start)
         self._burst_tags = bool(burst_tags)
         self._tail = int(tail_symbols) * self.frame_config.sps
         self._stop_timeout = float(stop_timeout)
