@@ -47,7 +47,7 @@ def cmd_calibrate(args) -> int:
     from ..codec import ModelLoadError
     from ..config import codec_config_from_args
     from .calibrate import CalibrateOptions, calibrate
-    from .sweep import find_images
+    from .sweep import find_images, load_images
 
     from ..cli import check_out
 
@@ -60,8 +60,10 @@ def cmd_calibrate(args) -> int:
 
     check_threads(args.threads)
     check_out(args.out, folder=False)  # before the calibration's minutes, not after
-    images = [str(p) for p in find_images(args.images)] if args.images else []  # SweepError: a ValueError
-    images, skipped = readable_images(images, cfg.max_pixels)
+    images, skipped = [], []
+    if args.images:  # unreadable files are skipped and listed, as gdmcom sweep's
+        _, where, skipped = load_images(find_images(args.images), cfg.max_pixels)  # SweepError: a ValueError
+        images = list(where.values())
     for f, why in skipped:  # as gdmcom sweep: the others are calibrated on, exit 1
         print(f"warning: skipped {f}: {why}", file=sys.stderr)
     if skipped and not images:
@@ -83,16 +85,3 @@ def cmd_calibrate(args) -> int:
                       f"({p[best]})" for p in cal.points))
     return 1 if skipped else 0
 
-
-def readable_images(files, max_pixels: int):
-    """``(files that decode, [(file, reason)] for those that do not)``."""
-    from ..codec.images import ImageError, load_rgb
-
-    good, skipped = [], []
-    for f in files:
-        try:
-            load_rgb(f, max_pixels)
-            good.append(f)
-        except ImageError as exc:
-            skipped.append((f, str(exc)))
-    return good, skipped
