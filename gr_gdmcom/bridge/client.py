@@ -61,10 +61,15 @@ def split_endpoints(endpoints: str) -> List[str]:
         if "://" not in e:
             raise ValueError(f"server endpoint {e!r} has no transport; write e.g. tcp://{e}")
         if e.startswith("tcp://"):  # ZMQ connects later and quietly: checked here, or a request waits it out
-            why = _tcp_address_problem(e[len("tcp://"):].rpartition(";")[2])  # ([source;]host:port)
+            why = _tcp_address_problem(_tcp_address(e))
             if why:
                 raise ValueError(f"cannot use the server endpoint {e!r}: {why}; write tcp://HOST:PORT (or ipc://PATH)")
     return eps
+
+
+def _tcp_address(endpoint: str) -> str:
+    """``host:port`` of a ``tcp://[source;]host:port`` endpoint."""
+    return endpoint[len("tcp://"):].rpartition(";")[2]
 
 
 def _tcp_address_problem(address: str) -> Optional[str]:
@@ -87,7 +92,7 @@ def unresolved_hosts(endpoints: Sequence[str]) -> List[str]:
     out = []
     for e in endpoints:
         if e.startswith("tcp://"):
-            host = e[len("tcp://"):].rpartition(";")[2].rpartition(":")[0].strip("[]")
+            host = _tcp_address(e).rpartition(":")[0].strip("[]")
             try:
                 socket.getaddrinfo(host, None)
             except (OSError, UnicodeError) as exc:
