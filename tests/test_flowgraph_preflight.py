@@ -187,23 +187,52 @@ class _Window:
         self.closed = True
 
 
-def test_screenshot_that_qt_cannot_save_is_an_error(monkeypatch, capsys):
+def test_screenshot_that_qt_cannot_save_is_an_error(monkeypatch, capsys, tmp_path):
     """QWidget.grab().save() returns False where it cannot write: the demo printed 'screenshot PATH: 2
     image(s) shown' and exited 0 without a file; now an error line, the window closed, status 1."""
     def _exit(code):
         raise SystemExit(code)
 
     monkeypatch.setattr(os, "_exit", _exit)
+    (tmp_path / "file").write_text("x")
+    bad = str(tmp_path / "file" / "shot.png")
     w = _Window(saved=False)
     with pytest.raises(SystemExit) as exc:
-        flowgraph.screenshot(w, "/x/shot.png")
+        flowgraph.screenshot(w, bad)
     out = capsys.readouterr()
-    assert exc.value.code == 1 and w.closed and w.paths == ["/x/shot.png"]
-    assert out.out == "" and out.err == ("gr_gdmcom: error: could not save the screenshot /x/shot.png (Qt could "
+    assert exc.value.code == 1 and w.closed and w.paths == [bad]
+    assert out.out == "" and out.err == (f"gr_gdmcom: error: could not save the screenshot {bad} (Qt could "
                                          "not write the file)\n")
     w = _Window(saved=True)
-    assert flowgraph.screenshot(w, "shot.png") and not w.closed
-    assert capsys.readouterr().out == "screenshot shot.png: 2 image(s) shown, last: image 1 astro\n"
+    good = str(tmp_path / "shots" / "a" / "shot.png")
+    assert flowgraph.screenshot(w, good) and not w.closed
+    assert (tmp_path / "shots" / "a").is_dir()  # (the preflight only checked it could be made)
+    assert capsys.readouterr().out == f"screenshot {good}: 2 image(s) shown, last: image 1 astro\n"
+
+
+class _Script:
+    """A flowgraph script's top block as the preflight sees it (no blocks in its __init__)."""
+
+    def __init__(self, **options):
+        vars(self).update(options)
+
+
+def test_preflight_checks_output_folders_without_creating_them(tmp_path, capsys, monkeypatch):
+    """usrp_rx --capture d1/cap.c64 --out-dir d2 with no radio attached left the two folders behind:
+    the preflight created them, then the radio could not be opened.  Now it checks that they can be
+    made and leaves the making to what writes into them; a folder under a file is still refused."""
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # (the preflight installs its own)
+    tb = _Script(sps=2, out_dir=str(tmp_path / "d2" / "out"), capture=str(tmp_path / "d1" / "cap.c64"),
+                 screenshot=str(tmp_path / "d3" / "shot.png"))
+    flowgraph.preflight(tb)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    (tmp_path / "f").write_text("x")
+    tb = _Script(sps=2, out_dir=str(tmp_path / "f" / "out"), capture=str(tmp_path / "d1" / "cap.c64"))
+    with pytest.raises(SystemExit) as exc:
+        flowgraph.preflight(tb)
+    assert exc.value.code == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+    assert capsys.readouterr().err == (f"gr_gdmcom: cannot create the output folder {tmp_path}/f/out: "
+                                       f"{tmp_path}/f is a file\n")
 
 
 # --------------------------------------------------------------------------- channel settings

@@ -214,11 +214,13 @@ def preflight(tb, replay: str = None) -> None:
     checks = []  # (option, check): check_out's messages name --out
     if hasattr(tb, "sps"):
         checks.append(("--sps", lambda: FrameConfig(sps=tb.sps)))
+    # (checked, not created: the sink, gdmcom.capture and screenshot create their folders when
+    # they write, so a script that stops before -- no radio, no server -- leaves none behind)
     if getattr(tb, "out_dir", None):
-        checks.append(("--out-dir", lambda: check_out(tb.out_dir)))  # (the sink would create it)
+        checks.append(("--out-dir", lambda: check_out(tb.out_dir, create=False)))
     if replay is None and getattr(tb, "capture", None):
-        checks.append(("--capture", lambda: check_out(tb.capture, folder=False)))
-    if getattr(tb, "screenshot", None):  # (live_demo: its folder is created, as --capture's)
+        checks.append(("--capture", lambda: check_out(tb.capture, folder=False, create=False)))
+    if getattr(tb, "screenshot", None):
         checks.append(("--screenshot", lambda: check_screenshot(tb.screenshot)))
     for option, check in checks:
         try:
@@ -265,15 +267,15 @@ def check_channel(tb) -> list:
 
 
 def check_screenshot(path: str) -> None:
-    """``--screenshot``: its folder can be written (created here, as ``--capture``'s) and Qt
-    can write an image of its suffix; ValueError otherwise.  (A path in a missing folder was
+    """``--screenshot``: its folder can be written (created by :func:`screenshot`, as
+    ``--capture``'s by :func:`capture`) and Qt can write an image of its suffix; ValueError otherwise.  (A path in a missing folder was
     reported as saved and the script exited 0 without a file.)"""
     from pathlib import Path
 
     from ..cli import check_out
 
     try:
-        check_out(path, folder=False)
+        check_out(path, folder=False, create=False)
     except ValueError as exc:
         msg = str(exc)
         raise ValueError(msg if msg.startswith("--out ") else f"--out {path}: {msg}") from None
@@ -293,6 +295,12 @@ def screenshot(tb, path: str) -> bool:
     ``screenshot PATH: N image(s) shown, last: CAPTION``; when Qt cannot write it, one line on
     stderr, the window is closed (the flowgraph stops) and the script exits with status 1
     instead of reporting a file it did not write.  Returns True when saved."""
+    from pathlib import Path
+
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass  # (Qt's save fails below and says so)
     if tb.grab().save(path):
         display = getattr(tb, "display", None)
         shown = getattr(display, "shown", 0)
