@@ -30,7 +30,8 @@ from .phy.header import (MEAN_SLOTS, MEANS_FLAG, REDUCE_DCT_FLAG, REDUCE_LOG2_MA
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif",
+                    ".heic", ".heif", ".avif")
 FORWARD_CODES = {"ddim": 0, "random": 1}
 FORWARD_NAMES = {v: k for k, v in FORWARD_CODES.items()}
 

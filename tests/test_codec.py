@@ -200,6 +200,32 @@ def test_bad_images_give_clear_errors(tmp_path, codec, small):
     assert out[1].error == f"image not found: {missing}"
 
 
+def test_phone_photo_formats_are_read_and_listed(tmp_path, small, monkeypatch):
+    """HEIC (phones' photos) was listed by sweep's folder scan but refused by load_rgb ('not an image
+    format Pillow can read') and left out of simulate's: pillow-heif (eval extra) registers its opener,
+    Pillow reads AVIF; both are found in a folder by every command.  Without pillow-heif, the refusal
+    says what to install."""
+    from gr_gdmcom.codec import images
+    from gr_gdmcom.eval.sweep import find_images
+    from gr_gdmcom.pipeline import expand_images
+
+    pillow_heif = pytest.importorskip("pillow_heif")
+    pillow_heif.from_pillow(Image.fromarray(small)).save(tmp_path / "phone.heic")
+    Image.fromarray(small).save(tmp_path / "web.avif", quality=100)
+    got = np.asarray(load_rgb(tmp_path / "phone.heic"), np.float64)
+    assert got.shape == small.shape and np.abs(got - small).mean() < 8
+    assert np.asarray(load_rgb(tmp_path / "web.avif")).shape == small.shape
+    names = ["phone.heic", "web.avif"]
+    assert [p.name for p in expand_images([tmp_path])] == [p.name for p in find_images([tmp_path])] == names
+    monkeypatch.setattr(images, "_HEIF", False)
+    monkeypatch.setattr(Image, "OPEN", {k: v for k, v in Image.OPEN.items() if k != "HEIF"})
+    monkeypatch.setattr(Image, "ID", [k for k in Image.ID if k != "HEIF"])
+    with pytest.raises(ImageError, match=r"^cannot read image .*other.heic: not an image format Pillow can read "
+                                         r"\(HEIC/HEIF needs pillow-heif: pip install 'gr_gdmcom\[eval\]'\)$"):
+        (tmp_path / "other.heic").write_bytes((tmp_path / "phone.heic").read_bytes())
+        load_rgb(tmp_path / "other.heic")
+
+
 def test_wide_and_odd_image_types_are_scaled_as_they_mean_never_clipped(small):
     """A 16-bit grey PNG, a uint16 array, a bool mask and float/int arrays give the picture they hold
     (they were clipped to 0..255: a 16-bit picture came out nearly white); a [-1, 1] float tensor and

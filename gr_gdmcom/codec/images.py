@@ -33,10 +33,31 @@ class ImageError(CodecError):
     :class:`CodecError`, so ``except CodecError`` catches every bad input, local or remote."""
 
 
+#: whether HEIC/HEIF files can be opened: pillow-heif (the ``eval`` extra) registers its
+#: opener with Pillow at the first image opened; None until then
+_HEIF = None
+
+
+def heif_readable() -> bool:
+    """Register pillow-heif's HEIC/HEIF opener with Pillow where it is installed (phones'
+    photos; Pillow reads AVIF itself); False where it is not."""
+    global _HEIF
+    if _HEIF is None:
+        try:
+            import pillow_heif
+
+            pillow_heif.register_heif_opener()
+            _HEIF = True
+        except Exception:  # (missing, or a build whose libheif does not load)
+            _HEIF = False
+    return _HEIF
+
+
 def open_image(data: bytes) -> Image.Image:
     """``Image.open`` of encoded bytes (lazy: the header only) without Pillow's
     DecompressionBombWarning, raw on stderr for a header over ~89 M pixels: the caller's
     max_pixels check refuses such an image with its name and size, the one message."""
+    heif_readable()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         return Image.open(io.BytesIO(data))
@@ -80,7 +101,9 @@ def load_rgb(src: ImageLike, max_pixels: int = 4096 * 4096, name: Optional[str] 
         except Image.DecompressionBombError as exc:  # raised by Image.open itself, before _check_size
             raise ImageError(bomb_message(name, exc, max_pixels)) from None
         except UnidentifiedImageError:  # Pillow's message names its BytesIO object
-            raise ImageError(f"cannot read image {name}: not an image format Pillow can read") from None
+            hint = ("" if heif_readable() or Path(name).suffix.lower() not in (".heic", ".heif")
+                    else " (HEIC/HEIF needs pillow-heif: pip install 'gr_gdmcom[eval]')")
+            raise ImageError(f"cannot read image {name}: not an image format Pillow can read{hint}") from None
         except (OSError, SyntaxError, ValueError) as exc:
             raise ImageError(f"cannot read image {name}: {exc}") from None
     elif isinstance(src, np.ndarray):

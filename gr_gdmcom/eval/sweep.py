@@ -42,7 +42,7 @@ import numpy as np
 from ..codec import Failed
 from ..codec.images import ImageError, load_rgb
 from ..config import CodecConfig, bcr_text, config_for_server
-from ..pipeline import distinct_files, image_names
+from ..pipeline import IMAGE_EXTENSIONS, distinct_files, image_names
 from . import learned as learned_mod
 from . import report
 from .baselines import (METHODS, Context, Method, Rx, ServerCodecs, Tx, build_methods,
@@ -51,8 +51,6 @@ from .metrics import ms_ssim, psnr
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif",
-                  ".heic", ".heif", ".avif")
 DEFAULT_SNRS = (0.0, 5.0, 10.0, 15.0, 20.0)
 DEFAULT_METHODS = ("proposed", "random_noise", "sd_semcom", "digital")
 #: configuration that must match for rows to be mixed in one results folder
@@ -114,28 +112,28 @@ def find_images(paths: Sequence[Union[str, Path]]) -> List[Path]:
     """Image files named or found (not recursively) in folders, sorted; SweepError when none.
     ``package:NAME`` is an image bundled with gr_gdmcom (``package:`` alone: all of them),
     found whatever the working directory, as for ``gdmcom simulate`` and ``link``."""
-    from ..pipeline import PACKAGE_PREFIX, image_arg, package_image
+    from ..pipeline import PACKAGE_PREFIX, image_arg, is_pattern, package_image
 
     files: List[Path] = []
     looked = []
     for given in map(str, paths):
         p = image_arg(given)
         if given.startswith(PACKAGE_PREFIX) and not p.exists():
-            bundled = sorted(f.name for f in package_image("").iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            bundled = sorted(f.name for f in package_image("").iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
             raise SweepError(f"no bundled image {given}; bundled: {', '.join(bundled)} ('package:' for all)")
         if p.is_dir():
             looked.append(str(p))
-            files += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            files += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
         elif p.exists():
             files.append(p)
-        elif any(ch in str(p) for ch in "*?["):  # a glob the shell did not expand (quoted)
+        elif is_pattern(p):  # a glob the shell did not expand (quoted)
             looked.append(str(p))
-            files += sorted(Path(f) for f in glob.glob(str(p)) if Path(f).suffix.lower() in IMAGE_SUFFIXES)
+            files += sorted(Path(f) for f in glob.glob(str(p)) if Path(f).suffix.lower() in IMAGE_EXTENSIONS)
         else:
             raise SweepError(f"no such image file or folder: {p}")
     if not files:
         raise SweepError(f"no images found in {', '.join(looked) or 'the given paths'} "
-                         f"(looked for {', '.join(IMAGE_SUFFIXES)})")
+                         f"(looked for {', '.join(IMAGE_EXTENSIONS)})")
     return distinct_files(files)
 
 
