@@ -161,3 +161,34 @@ def test_tx_clip_limits_the_peaks_and_the_receiver_sees_the_distortion(rng):
         assert 24.0 < act < 30.0 and abs(f.snr_db - act) <= 1.0, (f.snr_db, act)
     with pytest.raises(ValueError, match="tx_clip"):
         FrameConfig(tx_clip=0.5)
+
+
+def test_published_test_vector_matches_the_transmitter_and_the_receiver_reads_it():
+    """docs/frame-vector.json (scripts/frame_vector.py) is what an implementation of docs/frame-format.md
+    checks itself against: this transmitter makes it to the last sample, and the receiver reads its
+    header and payload back from the published samples alone."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from gr_gdmcom.phy import FrameRx
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("frame_vector", root / "scripts" / "frame_vector.py")
+    fv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fv)
+    want = json.loads((root / "docs" / "frame-vector.json").read_text())
+    assert fv.compare(fv.build(), want) == []
+    burst = np.asarray(want["burst"], np.float64) @ np.array([1.0, 1j])
+    assert len(burst) == want["burst_samples"] == 3242
+    assert bytes.fromhex(want["header_hex"])[:2] == b"GD" and len(want["header_symbols"]) == HEADER_CODED_BITS
+    rx = FrameRx(FrameConfig())
+    gap = np.zeros(400, np.complex64)
+    frames = rx.push(np.concatenate([gap, burst, gap]).astype(np.complex64)) + rx.flush()
+    assert len(frames) == 1 and frames[0].header.pack().hex() == want["header_hex"]
+    payload = np.asarray(want["payload"]) @ np.array([1.0, 1j])
+    assert np.abs(frames[0].symbols - payload).max() < 0.02 and frames[0].snr_db > 40, frames[0].snr_db
+    # the comparison notices a changed sample
+    bad = dict(want, burst=[list(p) for p in want["burst"]])
+    bad["burst"][1000][0] += 1e-5
+    assert fv.compare(want, bad) == ["burst differs by up to 1.00e-05"]
