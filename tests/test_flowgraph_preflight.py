@@ -251,3 +251,23 @@ def test_channel_checks_pass_the_defaults_and_skip_missing_ones():
     tb = type("TB", (), dict(snr_db=10.0, cfo=0.0, epsilon=1.0, delay=0.0, fading=0.0))()
     assert flowgraph.check_channel(tb) == []
     assert flowgraph.check_channel(type("TB", (), {})()) == []
+
+
+@pytest.mark.parametrize("options, warned", [
+    (dict(sps=1, epsilon=1.00002, delay=0.37), "--epsilon 1.00002 or --delay 0.37"),
+    (dict(sps=1, epsilon=1.0, delay=2.0), None),
+    (dict(sps=2, epsilon=1.00002, delay=0.37), None),
+    (dict(sps=1, epsilon=1.0, delay=0.5), "--delay 0.5"),
+])
+def test_impaired_link_at_one_sample_per_symbol_warns_of_timing_it_cannot_follow(options, warned, capsys,
+                                                                                 monkeypatch):
+    """impaired_link --sps 1 ran its default clock offset and fractional delay without a word (its
+    description says sps >= 2) and read 7.9 dB of a nominal 10: a warning now, not a refusal."""
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    flowgraph.preflight(_Script(**options))
+    err = capsys.readouterr().err
+    if warned is None:
+        assert err == ""
+    else:
+        assert err == (f"gr_gdmcom: warning: --sps 1 has no pulse shaping, so the receiver cannot follow {warned} "
+                       "(a clock offset or a fractional delay) and the payload loses SNR; use --sps 2 or more\n")
