@@ -320,6 +320,15 @@ def finite_float(text: str) -> float:
     return v
 
 
+def snr_db(text: str) -> float:
+    """argparse type of ``--snr``: a finite Es/N0 in ``SNR_DB_RANGE`` (-100..100 dB, what the codec
+    decodes at; -150 was taken and every diffusion row failed late, the digital chain already run)."""
+    v = finite_float(text)
+    if not SNR_DB_RANGE[0] <= v <= SNR_DB_RANGE[1]:
+        raise argparse.ArgumentTypeError(f"must be within {SNR_DB_RANGE[0]:g}..{SNR_DB_RANGE[1]:g} dB, got {text}")
+    return v
+
+
 def finite_complex(text: str) -> complex:
     """argparse type: a finite complex number (``1``, ``0.3j``, ``-0.1+0.2j``)."""
     try:

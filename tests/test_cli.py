@@ -69,6 +69,11 @@ def test_bad_numbers_and_outputs_are_refused_before_the_model_loads(tmp_path, ca
         (["link", *base, "--out", str(tmp_path / "o"), "--taps", "1", "nanj"],
          "argument --taps: must be a finite number, got 'nanj'"),
         (["steps", "--snr", "nan"], "argument --snr: must be a finite number, got 'nan'"),
+        # beyond the codec's -100..100 dB a sweep ran its digital chain, then failed every diffusion row
+        (["simulate", "--image", str(img), "--snr", "-150", "--model", "no-such-model", "--out", str(tmp_path / "o")],
+         "argument --snr: must be within -100..100 dB, got -150"),
+        (["sweep", "--images", str(img), "--snr", "5", "101", "--out", str(tmp_path / "o")],
+         "argument --snr: must be within -100..100 dB, got 101"),
     ]:
         try:
             rc = main(argv)
@@ -111,6 +116,11 @@ def test_bad_numbers_and_outputs_are_refused_before_the_model_loads(tmp_path, ca
          "error: --bcr is an option of --rate"),
         (["validate", "--quick", "--out", str(tmp_path / "v.md"), "--json", "/proc/gdmcom-x/v.json"],
          "error: cannot create the output folder /proc/gdmcom-x"),
+        # a mistyped --model in a sweep made the folder, an error row per diffusion row and exit 1
+        # (and the corrected command was then refused: another configuration in that folder)
+        (["sweep", "--images", str(img), "--snr", "5", "--methods", "proposed,digital", "--metrics", "none",
+          "--model", "no-such-model", "--out", str(tmp_path / "o")],
+         "error: --model 'no-such-model': not a built-in model name"),
     ]:
         assert main(argv) == 2 and message in capsys.readouterr().err, argv
     assert not (tmp_path / "o").exists()  # a refused run leaves no empty --out behind

@@ -328,7 +328,9 @@ def test_cli_sweep(folder, tmp_path, capsys):
     rc = main(["sweep", "--images", str(folder), "--snr", "5", "--methods", "proposed,digital", "--out", str(out),
                "--model", "tiny", "--device", "cpu", "--no-plots", "--no-progress", "--metrics", "none"])
     cap = capsys.readouterr()
-    assert rc == 1 and "warning: skipped" in cap.err and json.loads(cap.out)["rows_reused"] == 4
+    done = json.loads(cap.out)  # (the JSON says why the status is 1: one image skipped, no row failed)
+    assert rc == 1 and "warning: skipped" in cap.err and done["rows_reused"] == 4
+    assert done["images_skipped"] == 1 and done["rows_failed"] == 0
 
 
 @pytest.mark.parametrize("argv, message", [

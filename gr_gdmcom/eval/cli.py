@@ -15,7 +15,7 @@ import signal
 import sys
 
 from ..cli import check_threads  # noqa: F401 - (calibrate_cli takes it from here)
-from ..config import add_codec_args, codec_config_from_args, finite_float
+from ..config import add_codec_args, codec_config_from_args, snr_db
 from .learned import ALL as LEARNED
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def register(sub) -> None:
                     "recomputed. See docs/evaluation.md.")
     s.add_argument("--images", "--image", dest="images", nargs="+", required=True, metavar="IMG",
                    help="image files, folders (their images) or globs such as 'photos/*.png'")
-    s.add_argument("--snr", nargs="+", type=finite_float, default=list(DEFAULT_SNRS),
+    s.add_argument("--snr", nargs="+", type=snr_db, default=list(DEFAULT_SNRS),
                    help="Es/N0 values in dB [default=%(default)r]")
     s.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help=f"comma-separated methods from {', '.join(METHODS)} [default=%(default)r]")
@@ -162,7 +162,7 @@ def _check_grid(args, cfg, grid, methods) -> None:
 
 def cmd_sweep(args) -> int:
     from ..codec import ModelLoadError
-    from .baselines import parse_grid, parse_methods
+    from .baselines import METHODS, parse_grid, parse_methods
     from ..cli import check_out
     from .sweep import SweepError, SweepOptions, run_sweep
 
@@ -177,7 +177,13 @@ def cmd_sweep(args) -> int:
         grid = parse_grid(args.grid)
         for k, m, n in grid:
             cfg.replace(k=k, m=m, steps=n).validate()
-        _check_grid(args, cfg, grid, parse_methods(args.methods))
+        methods = parse_methods(args.methods)
+        _check_grid(args, cfg, grid, methods)
+        if str(args.server or "local") == "local" and any(METHODS[m].needs_model for m in methods):
+            from ..codec.models import check_model, resolve_device
+
+            check_model(cfg.model)  # (as simulate and link: a mistyped --model is one line, exit 2,
+            resolve_device(cfg.device)  # before the results folder exists)
         set_threads(args.threads)
         opts = SweepOptions(images=args.images, out=args.out, snrs=args.snr, methods=args.methods, config=cfg,
                             grid=grid, reductions=reductions, captions=args.captions, semcom_t=args.semcom_t,
@@ -206,6 +212,7 @@ def cmd_sweep(args) -> int:
           f"{res.rows_total} rows in {res.out / 'rows.csv'}; summary: {res.out / 'summary.md'} "
           f"({res.seconds:.1f} s)", file=sys.stderr)
     emit(dict(event="done", rows_computed=res.rows_computed, rows_reused=res.rows_reused,
-              rows_failed=res.rows_failed, rows_total=res.rows_total, rows=str(res.out / "rows.csv"),
+              rows_failed=res.rows_failed, images_skipped=len(res.skipped), rows_total=res.rows_total,
+              rows=str(res.out / "rows.csv"),
               summary=str(res.out / "summary.md"), seconds=round(res.seconds, 1)))
     return 1 if res.rows_failed or res.skipped else 0  # as simulate and link: some images failed
