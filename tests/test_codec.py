@@ -226,6 +226,22 @@ def test_phone_photo_formats_are_read_and_listed(tmp_path, small, monkeypatch):
         load_rgb(tmp_path / "other.heic")
 
 
+def test_a_phone_photo_is_read_upright_by_its_exif_orientation(tmp_path, small):
+    """A JPEG with EXIF Orientation 6 (the sensor's 192x128 pixels, shown 128x192) was coded, scored
+    and saved sideways: load_rgb turns it as viewers do; without the tag, or with an EXIF block that
+    cannot be read, the stored pixels."""
+    stored = np.zeros((128, 192, 3), np.uint8)
+    stored[:10, :, 0] = 255  # a red band along the stored top
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    Image.fromarray(stored).save(tmp_path / "rot6.jpg", quality=95, exif=exif)
+    Image.fromarray(stored).save(tmp_path / "plain.jpg", quality=95)
+    up = np.asarray(load_rgb(tmp_path / "rot6.jpg"))
+    assert up.shape == (192, 128, 3) and up[:, -10:, 0].mean() > 240 and up[:, :-12, 0].mean() < 15
+    assert np.asarray(load_rgb(tmp_path / "plain.jpg")).shape == (128, 192, 3)
+    assert np.asarray(load_rgb((tmp_path / "rot6.jpg").read_bytes())).shape == (192, 128, 3)
+
+
 def test_wide_and_odd_image_types_are_scaled_as_they_mean_never_clipped(small):
     """A 16-bit grey PNG, a uint16 array, a bool mask and float/int arrays give the picture they hold
     (they were clipped to 0..255: a 16-bit picture came out nearly white); a [-1, 1] float tensor and

@@ -2,7 +2,8 @@
 
 Accepted inputs: a path, raw encoded bytes (PNG/JPEG/...), a ``PIL.Image`` or
 a ``uint8`` numpy array (H, W) or (H, W, C).  Grayscale, palette and RGBA
-images are converted to RGB (alpha is dropped: composited on white).  Sides
+images are converted to RGB (alpha is dropped: composited on white); a file
+is turned upright by its EXIF Orientation, as viewers show it.  Sides
 that are not multiples of 8 are reflect-padded for the VAE, and
 :func:`crop_to` gives the reconstruction back at the input's exact size.
 """
@@ -18,7 +19,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 ImageLike = Union[str, Path, bytes, Image.Image, np.ndarray]
 MULTIPLE = 8  # VAE downsampling factor
@@ -75,6 +76,16 @@ def describe(src: ImageLike) -> str:
     return f"<{type(src).__name__}>"
 
 
+def upright(img: Image.Image) -> Image.Image:
+    """A file's picture as viewers show it: turned by its EXIF Orientation (phones store the
+    sensor's pixels and say how to turn them), the tag then dropped.  A picture without the
+    tag, or with an EXIF block Pillow cannot read, is returned as stored."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001 - a malformed EXIF block must not lose the image
+        return img
+
+
 def load_rgb(src: ImageLike, max_pixels: int = 4096 * 4096, name: Optional[str] = None) -> Image.Image:
     """Open ``src`` as an RGB ``PIL.Image``; raise :class:`ImageError` on any problem.
     ``name``: what error messages call an image given as bytes or an array (a path names
@@ -96,6 +107,7 @@ def load_rgb(src: ImageLike, max_pixels: int = 4096 * 4096, name: Optional[str] 
             img = open_image(src)
             _check_size(img.size, name, max_pixels)  # before decoding the pixels
             img.load()
+            img = upright(img)
         except ImageError:
             raise
         except Image.DecompressionBombError as exc:  # raised by Image.open itself, before _check_size
