@@ -53,8 +53,15 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SNRS = (0.0, 5.0, 10.0, 15.0, 20.0)
 DEFAULT_METHODS = ("proposed", "random_noise", "sd_semcom", "digital")
-#: configuration that must match for rows to be mixed in one results folder
-FINGERPRINT_FIELDS = ("model", "T", "guidance", "prompt", "seed")
+#: configuration that must match for rows to be mixed in one results folder: every codec
+#: setting that changes a reconstruction and is not in the methods' setting labels (k, m, N,
+#: rule, rescaling, BCR are).  ``dtype`` is the one the codec runs at (``auto`` resolved).
+FINGERPRINT_FIELDS = ("model", "T", "guidance", "prompt", "seed", "remove_mean", "clean_end", "inversion",
+                      "inversion_iters", "inversion_tol", "dtype")
+#: what a folder whose run.json records neither the field (fingerprint) nor the option (config)
+#: was computed with: the codec's behaviour before the option existed (means kept, a_0 = 1,
+#: explicit DDIM inversion; iterations and tolerance are then unused, their defaults stand)
+LEGACY_SETTINGS = dict(remove_mean=False, clean_end="one", inversion="ddim", inversion_iters=3, inversion_tol=1e-4)
 
 
 class SweepError(ValueError):
@@ -206,12 +213,57 @@ def model_revision(model: str, components=None) -> Optional[str]:
     return None
 
 
-def _fingerprint(cfg: CodecConfig) -> dict:
-    return {k: getattr(cfg, k) for k in FINGERPRINT_FIELDS} | {"channel": "awgn"}
+def dtype_name(dtype) -> Optional[str]:
+    """``fp32``, ``fp16`` or ``bf16`` for a torch dtype or its name (``torch.float16``, ``float16``,
+    ``fp16``); None for ``auto``, an empty or an unknown value."""
+    t = str(dtype or "").replace("torch.", "").lower()
+    return {"float32": "fp32", "fp32": "fp32", "float": "fp32", "float16": "fp16", "fp16": "fp16", "half": "fp16",
+            "bfloat16": "bf16", "bf16": "bf16"}.get(t)
 
 
-def _check_folder(out: Path, cfg: CodecConfig) -> dict:
-    """Previous run.json (or {}); SweepError if it was made with another configuration."""
+def _run_dtype(cfg: CodecConfig, ctx: Optional[Context] = None) -> str:
+    """The dtype the codec runs at: the server's, the loaded components', or ``cfg.dtype`` with
+    ``auto`` resolved for ``cfg.device`` (fp16 on CUDA, fp32 on CPU)."""
+    if ctx is not None and ctx.remote is not None:
+        return dtype_name(ctx.remote.status.get("dtype")) or str(ctx.remote.status.get("dtype"))
+    if ctx is not None and ctx.components is not None:
+        return dtype_name(ctx.components.dtype) or str(ctx.components.dtype)
+    try:
+        from ..codec.models import resolve_device, resolve_dtype
+
+        return dtype_name(resolve_dtype(cfg.dtype, resolve_device(cfg.device))) or cfg.dtype
+    except Exception:  # noqa: BLE001 - an unusable device is refused where the model loads
+        return dtype_name(cfg.dtype) or cfg.dtype
+
+
+def _fingerprint(cfg: CodecConfig, ctx: Optional[Context] = None) -> dict:
+    fp = {k: getattr(cfg, k) for k in FINGERPRINT_FIELDS if k != "dtype"}
+    return fp | {"dtype": _run_dtype(cfg, ctx), "channel": "awgn"}
+
+
+def _recorded(prev: dict, key: str):
+    """``(value, how)`` of a fingerprint field for the rows of a results folder: its
+    fingerprint's, else (run.json written before the field was fingerprinted) the option in its
+    ``config`` (the last run's) or, for dtype, its ``dtype``; else the codec's behaviour before
+    the option existed (:data:`LEGACY_SETTINGS`).  ``(None, None)``: unknown, not compared."""
+    old = prev.get("fingerprint") or {}
+    if key in old:
+        return old[key], ""
+    if key == "dtype":
+        d = dtype_name(prev.get("dtype"))
+        return (d, " (run.json's dtype)") if d else (None, None)
+    conf = prev.get("config") or {}
+    if key in conf:
+        return conf[key], " (run.json's config)"
+    if key in LEGACY_SETTINGS:
+        return LEGACY_SETTINGS[key], " (not recorded: the codec's behaviour before the option existed)"
+    return None, None
+
+
+def _check_folder(out: Path, cfg: CodecConfig, ctx: Optional[Context] = None) -> dict:
+    """Previous run.json (or {}); SweepError if it was made with another configuration
+    (:data:`FINGERPRINT_FIELDS`; a run.json from before a field was fingerprinted: see
+    :func:`_recorded`)."""
     path, rows = out / "run.json", out / "rows.csv"
     try:
         prev = json.loads(path.read_text()) if path.exists() else None
@@ -225,12 +277,15 @@ def _check_folder(out: Path, cfg: CodecConfig) -> dict:
         if path.exists():
             log.warning("%s is unreadable; starting a new one", path)
         return {}
-    old, new = prev.get("fingerprint") or {}, _fingerprint(cfg)
-    diff = [k for k in new if k in old and old[k] != new[k]]
+    new, diff = _fingerprint(cfg, ctx), []
+    for k in new:
+        was, how = _recorded(prev, k)
+        if how is not None and was != new[k]:
+            diff.append(f"{k}={was!r} there{how}, {new[k]!r} now")
     if diff:
-        what = ", ".join(f"{k}={old[k]!r} there, {new[k]!r} now" for k in diff)
-        raise SweepError(f"{out} holds a sweep made with another configuration ({what}); "
-                         "use another --out so rows of different configurations are not mixed")
+        raise SweepError(f"{out} holds a sweep made with another configuration ({', '.join(diff)}); "
+                         "use another --out so rows of different configurations are not mixed (or give "
+                         "the folder's settings)")
     return prev
 
 
@@ -354,7 +409,7 @@ def run_sweep(opts: SweepOptions, components=None) -> SweepResult:
         _check_calibration(methods, ctx)
     if out.exists() and not out.is_dir():
         raise SweepError(f"--out {out} is a file; give a folder")
-    prev = _check_folder(out, cfg)
+    prev = _check_folder(out, cfg, ctx)
 
     # 2. Images
     images, where, skipped = load_images(files, cfg.max_pixels)
@@ -629,7 +684,7 @@ def _run_json(prev: dict, opts: SweepOptions, cfg: CodecConfig, ctx: Context, me
         tool="gdmcom sweep",
         updated=started,
         argv=opts.argv if opts.argv is not None else sys.argv,
-        fingerprint=_fingerprint(cfg),
+        fingerprint=_fingerprint(cfg, ctx),
         config=asdict(cfg),
         sweep=dict(snrs=[float(s) for s in opts.snrs],
                    bcr=[bcr_text(r) for r in (list(opts.reductions) or [cfg.reduce])],
@@ -653,7 +708,11 @@ def _run_json(prev: dict, opts: SweepOptions, cfg: CodecConfig, ctx: Context, me
         skipped_images=[dict(file=f, reason=r) for f, r in skipped],
         learned_metrics={k: v.to_dict() for k, v in avail.items()},
     )
-    info.setdefault("runs", []).append(dict(started=started))
+    # what made this run's rows (the top-level argv/config/git_commit are the latest run's)
+    info.setdefault("runs", []).append(dict(
+        started=started, argv=info["argv"], git_commit=info["git_commit"], config=info["config"],
+        dtype=info["fingerprint"]["dtype"], device=info["device"], methods=sorted(info["sweep"]["settings"]),
+        snrs=info["sweep"]["snrs"], images=sorted(images), metrics=list(opts.metrics)))
     return info
 
 

@@ -1,0 +1,121 @@
+"""What a results folder may be continued with, and what summary.md says about the rows it
+averages (a walkthrough of the evaluation harness: reconstruction-changing settings reused old
+rows; summaries mixed image sets; metrics added later, non-finite scores and PSNR = inf went
+unsaid).  Tiny model, 64 px images, CPU."""
+
+import csv
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gr_gdmcom.config import CodecConfig
+from gr_gdmcom.eval import learned, report
+from gr_gdmcom.eval.sweep import SweepError, SweepOptions, find_images, run_sweep
+
+DATA = Path(__file__).resolve().parent.parent / "gr_gdmcom" / "data"
+
+
+@pytest.fixture
+def folder(tmp_path):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.open(DATA / "astronaut.png").convert("RGB").resize((64, 64)).save(d / "astro.png")
+    Image.open(DATA / "coffee.png").convert("RGB").resize((64, 48)).save(d / "coffee.png")
+    return d
+
+
+def _cfg(**kw):
+    return CodecConfig(model="tiny", device="cpu", **kw)
+
+
+def _opts(images, out, **kw):
+    base = dict(images=[images] if not isinstance(images, list) else images, out=out, snrs=[5.0],
+                methods="proposed", config=_cfg(), plots=False, progress=False, argv=["first"], metrics=())
+    base.update(kw)
+    return SweepOptions(**base)
+
+
+def _csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# --------------------------------------------------------------------------- finding 2
+@pytest.mark.parametrize("change, said", [
+    (dict(remove_mean=False), "remove_mean=True there, False now"),
+    (dict(clean_end="one"), "clean_end='model' there, 'one' now"),
+    (dict(inversion="fixed-point"), "inversion='ddim' there, 'fixed-point' now"),
+    (dict(inversion_iters=5), "inversion_iters=3 there, 5 now"),
+    (dict(inversion_tol=1e-3), "inversion_tol=0.0001 there, 0.001 now"),
+])
+def test_a_folder_refuses_settings_that_change_reconstructions(folder, tmp_path, components, change, said):
+    out = tmp_path / "res"
+    run_sweep(_opts(folder, out), components=components)
+    before = (out / "rows.csv").read_bytes()
+    with pytest.raises(SweepError, match=f"another configuration \\({said}\\); use another --out"):
+        run_sweep(_opts(folder, out, config=_cfg(**change)), components=components)
+    assert (out / "rows.csv").read_bytes() == before
+    fp = json.loads((out / "run.json").read_text())["fingerprint"]
+    assert fp == dict(model="tiny", T=50, guidance=6.0, prompt=CodecConfig().prompt, seed=0, remove_mean=True,
+                      clean_end="model", inversion="ddim", inversion_iters=3, inversion_tol=1e-4, dtype="fp32",
+                      channel="awgn")
+
+
+def _make_old(out):
+    """run.json as the sweep wrote it before the new fields were fingerprinted."""
+    info = json.loads((out / "run.json").read_text())
+    for k in ("remove_mean", "clean_end", "inversion", "inversion_iters", "inversion_tol", "dtype"):
+        info["fingerprint"].pop(k)
+    info["dtype"] = "torch.float32"
+    (out / "run.json").write_text(json.dumps(info))
+    return info
+
+
+def test_folders_written_before_the_new_fields_resume_at_the_settings_they_were_made_with(folder, tmp_path,
+                                                                                          components):
+    out = tmp_path / "res"
+    run_sweep(_opts(folder, out), components=components)
+    info = _make_old(out)
+    # its config records remove_mean=True etc. (the defaults it ran with): resumes, nothing recomputed
+    res = run_sweep(_opts(folder, out), components=components)
+    assert (res.rows_computed, res.rows_reused) == (0, 2)
+    _make_old(out)
+    with pytest.raises(SweepError, match=r"remove_mean=True there \(run.json's config\), False now"):
+        run_sweep(_opts(folder, out, config=_cfg(remove_mean=False)), components=components)
+    # older still: no remove_mean/clean_end in its config either -> the codec's behaviour then (no mean
+    # removal, a_0 = 1): refused at today's defaults, accepted at those settings
+    for k in ("remove_mean", "clean_end"):
+        info["config"].pop(k)
+    info["dtype"] = "torch.float16"
+    (out / "run.json").write_text(json.dumps(info))
+    with pytest.raises(SweepError) as e:
+        run_sweep(_opts(folder, out), components=components)
+    assert "remove_mean=False there (not recorded: the codec's behaviour before the option existed), True now" \
+        in str(e.value)
+    assert "clean_end='one' there (not recorded" in str(e.value)
+    assert "dtype='fp16' there (run.json's dtype), 'fp32' now" in str(e.value)
+    info["dtype"] = "auto"  # unknown (no model had loaded): not compared
+    (out / "run.json").write_text(json.dumps(info))
+    res = run_sweep(_opts(folder, out, config=_cfg(remove_mean=False, clean_end="one")), components=components)
+    assert (res.rows_computed, res.rows_reused) == (0, 2)
+
+
+def test_each_run_records_its_own_argv_config_and_commit(folder, tmp_path, components):
+    out = tmp_path / "res"
+    run_sweep(_opts(folder, out), components=components)
+    run_sweep(_opts(folder, out, snrs=[5.0, 10.0], argv=["second", "--snr", "5", "10"]), components=components)
+    info = json.loads((out / "run.json").read_text())
+    first, second = info["runs"]
+    assert first["argv"] == ["first"] and second["argv"] == ["second", "--snr", "5", "10"]
+    assert first["snrs"] == [5.0] and second["snrs"] == [5.0, 10.0]
+    assert first["rows_computed"] == 2 and second["rows_computed"] == 2
+    for r in (first, second):
+        assert r["config"]["remove_mean"] is True and r["config"]["model"] == "tiny"
+        assert r["git_commit"] == info["git_commit"] and r["dtype"] == "fp32"
+        assert r["images"] == ["astro", "coffee"] and r["methods"] == ["proposed/k5,m5,snr,rescale"]
+    assert info["argv"] == second["argv"]  # top level: the latest run
