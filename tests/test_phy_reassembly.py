@@ -141,3 +141,21 @@ def test_of_two_copies_of_a_chunk_the_one_with_fewer_erasures_is_kept(rng):
         img, = r.flush()
         assert img.erased_symbols == 0 and img.mask[:1000].all() and img.noise_var == pytest.approx(0.1)
         assert r.counters["chunks_duplicate"] == 1
+
+
+def test_a_frame_of_the_same_id_from_another_picture_or_model_starts_a_new_image():
+    """The image key left out the means, the model's fingerprint, guidance and flags: two transmitters
+    both starting at image id 0, with equal alpha, merged into one 'complete' image."""
+    def frame(idx, **changes):
+        h = Header(image_id=0, chunk_index=idx, chunk_count=2, total_symbols=8, chunk_symbols=4,
+                   latent_shape=(4, 1, 4), image_size=(8, 8), alpha=1.0, means=(0.1, 0.2, 0.3, 0.4), model_hash=7)
+        h = h.replace(**changes)
+        return RxFrame(header=h, symbols=np.full(4, idx + 1, np.complex64), snr_db=10.0, noise_var=0.1, cfo=0.0,
+                       gain=1.0, start=0)
+    for changes in [dict(means=(0.5, 0.2, 0.3, 0.4)), dict(model_hash=9), dict(guidance=2.0), dict(flags=0x20)]:
+        r = Reassembler()
+        out = r.add(frame(0)) + r.add(frame(1, **changes)) + r.flush()
+        assert [(o.chunks_received, o.complete, o.missing) for o in out] == [(1, False, [1]), (1, False, [0])], changes
+    r = Reassembler()
+    out = r.add(frame(0)) + r.add(frame(1))
+    assert [(o.chunks_received, o.complete) for o in out] == [(2, True)]

@@ -37,8 +37,10 @@ log = logging.getLogger(__name__)
 #: Largest image-id jump still read as lost images (larger jumps = a new sender/session).
 MAX_ID_GAP = 256
 ID_MODULUS = 1 << 16
+#: header fields every chunk of one image carries alike: a frame of the open image's id that differs
+#: in any starts a new image (another picture under a reused id, or another transmitter's)
 _IMAGE_FIELDS = ("total_symbols", "chunk_count", "latent_shape", "image_size", "k", "T", "forward", "alpha",
-                 "prompt_hash")
+                 "prompt_hash", "model_hash", "guidance", "flags", "means")
 
 
 @dataclass
