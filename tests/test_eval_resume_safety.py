@@ -119,3 +119,40 @@ def test_each_run_records_its_own_argv_config_and_commit(folder, tmp_path, compo
         assert r["git_commit"] == info["git_commit"] and r["dtype"] == "fp32"
         assert r["images"] == ["astro", "coffee"] and r["methods"] == ["proposed/k5,m5,snr,rescale"]
     assert info["argv"] == second["argv"]  # top level: the latest run
+
+
+# --------------------------------------------------------------------------- finding 3
+def test_a_file_keeps_its_label_when_a_same_stem_file_joins_the_folder(tmp_path, components):
+    d = tmp_path / "stem"
+    d.mkdir()
+    Image.open(DATA / "astronaut.png").convert("RGB").resize((64, 64)).save(d / "a.png")
+    out = tmp_path / "res"
+    run_sweep(_opts(d, out), components=components)
+    Image.open(DATA / "coffee.png").convert("RGB").resize((64, 64)).save(d / "a.jpg")
+    res = run_sweep(_opts(d, out), components=components)
+    # a.png keeps its label `a` (it was recomputed as `a.png` and counted twice); only a.jpg is new
+    assert (res.rows_computed, res.rows_reused, res.rows_total) == (1, 1, 2)
+    rows = _csv(out / "rows.csv")
+    assert sorted((r["image"], Path(r["file"]).name) for r in rows) == [("a", "a.png"), ("a.jpg", "a.jpg")]
+    assert _csv(out / "summary.csv")[0]["n_images"] == "2"
+    md = (out / "summary.md").read_text()
+    assert "- Images: 2 in rows.csv (a, a.jpg); sizes 64×64." in md
+    # and alone again, a.jpg keeps `a.jpg`: nothing recomputed
+    (d / "a.png").unlink()
+    res = run_sweep(_opts(d, out), components=components)
+    assert (res.rows_computed, res.images) == (0, ["a.jpg"])
+
+
+def test_the_summary_says_which_images_its_cells_cover(folder, tmp_path, components):
+    out = tmp_path / "res"
+    run_sweep(_opts(folder, out), components=components)
+    run_sweep(_opts([folder / "astro.png"], out, snrs=[5.0, 10.0]), components=components)
+    md = (out / "summary.md").read_text()
+    assert ("- Images: 2 in rows.csv (astro, coffee); sizes 64×48, 64×64. This run named 1 (astro); the tables "
+            "also average the rows of 1 image(s) from earlier runs (coffee).") in md
+    assert ("**The cells cover different image sets** (each table cell shows its n): 2 image(s) (astro, coffee) "
+            "in proposed (k5,m5,snr,rescale) 5 dB — 1 image(s) (astro) in proposed (k5,m5,snr,rescale) 10 dB") in md
+    psnr = {r["snr_db"]: float(r["psnr"]) for r in _csv(out / "rows.csv") if r["image"] == "astro"}
+    both = np.mean([float(r["psnr"]) for r in _csv(out / "rows.csv") if r["snr_db"] == "5"])
+    table = md.split("## PSNR (dB)")[1].split("##")[0]
+    assert f"| proposed | {both:.2f} ± " in table and f" (n=2) | {psnr['10']:.2f} (n=1) |" in table

@@ -216,6 +216,7 @@ def summarize(rows: Sequence[dict], set_scores: Optional[Dict[tuple, dict]] = No
             s[f"{m}_patches"] = e.get("patches")
         s["kid_std"] = sc.get("kid", {}).get("std")
         s["kid_subset"] = sc.get("kid", {}).get("subset_size")
+        s["images"] = sorted({r["image"] for r in ok})  # (not in summary.csv: what the cell averages)
         fid = [r.get("fidelity", "") for r in ok if r.get("fidelity")]
         s["fidelity"] = max(set(fid), key=fid.count) if fid else ""
         out.append(s)
@@ -293,6 +294,13 @@ def metric_table(summary: Sequence[dict], metric: str, cell: Optional[Callable[[
     return "\n".join(lines)
 
 
+def _n_differs(summary: Sequence[dict], metric: str) -> bool:
+    """Whether the cells of ``metric``'s table average different numbers or sets of images."""
+    ns = {s.get(f"{metric}_n") for s in summary if s.get(f"{metric}_n")}
+    sets = {tuple(s.get("images") or ()) for s in summary if s.get(f"{metric}_n")}
+    return len(ns) > 1 or len(sets) > 1
+
+
 def summary_markdown(summary: Sequence[dict], info: dict) -> str:
     """The human summary.
 
@@ -323,6 +331,9 @@ def summary_markdown(summary: Sequence[dict], info: dict) -> str:
         out += [title, ""]
         if m in SET_METRICS:
             out.append(metric_table(summary, m, lambda s, m=m: _fmt(s.get(m), m) if s.get(m) is not None else "–"))
+        elif _n_differs(summary, m):  # cells over different images: each says how many
+            out.append(metric_table(summary, m, lambda s, m=m: _cell(s, m) + (f" (n={s.get(f'{m}_n')})"
+                                                                            if s.get(f"{m}_n") else "")))
         else:
             out.append(metric_table(summary, m))
         if a and not a.get("available") and a.get("reason"):

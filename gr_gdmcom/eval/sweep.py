@@ -27,6 +27,7 @@ import glob
 import json
 import logging
 import math
+import os
 import platform
 import re
 import subprocess
@@ -157,6 +158,55 @@ def load_images(files: Sequence[Path], max_pixels: int):
             skipped.append((str(f), why))
             log.info("skipping %s", why)
     return images, where, skipped
+
+
+def keep_recorded_labels(images: dict, where: dict, rows: Sequence[dict]) -> Tuple[dict, dict]:
+    """``(images, where)`` relabelled so that a file keeps the label its rows already have.
+
+    A label is the file stem, or the whole name where two stems collide (``pipeline.image_names``),
+    so it depends on the other files of the run: ``a.png`` is ``a`` alone and ``a.png`` beside
+    ``a.jpg``, and its rows would be computed and counted twice.  A file whose rows in rows.csv
+    (matched by the recorded ``file``, as the same real path) carry another label keeps that one,
+    unless another image of this run has it."""
+    recorded: Dict[str, List[str]] = {}
+    for r in rows:
+        if r.get("file") and r.get("image"):
+            labels = recorded.setdefault(os.path.realpath(r["file"]), [])
+            if r["image"] not in labels:
+                labels.append(r["image"])
+    if not recorded:
+        return images, where
+    rename = {}
+    used = set(images)
+    for n in sorted(images):
+        had = recorded.get(os.path.realpath(where[n]), [])
+        if had and n not in had and had[0] not in used:
+            rename[n] = had[0]
+            used.discard(n)
+            used.add(had[0])
+    for n, new in rename.items():
+        log.info("image %s keeps the label %s its rows have (not %s)", where[n], new, n)
+    return ({rename.get(n, n): a for n, a in images.items()}, {rename.get(n, n): f for n, f in where.items()})
+
+
+def row_originals(rows: Sequence[dict], images: dict, max_pixels: int) -> dict:
+    """``{label: uint8 image}`` for every image the rows cover: this run's, and those of earlier
+    runs read again from their recorded ``file`` where it still holds the same content
+    (``image_sha256``); images that cannot be read back are left out."""
+    out = dict(images)
+    tried = set()
+    for r in rows:
+        n, f, sha = r.get("image"), r.get("file"), r.get("image_sha256")
+        if n in out or n in tried or not f or not sha:
+            continue
+        tried.add(n)
+        if content_hash(f) != sha:
+            continue
+        try:
+            out[n] = np.asarray(load_rgb(f, max_pixels), dtype=np.uint8)
+        except (ImageError, OSError):
+            continue
+    return out
 
 
 # --------------------------------------------------------------------------- provenance
@@ -413,6 +463,7 @@ def run_sweep(opts: SweepOptions, components=None) -> SweepResult:
 
     # 2. Images
     images, where, skipped = load_images(files, cfg.max_pixels)
+    images, where = keep_recorded_labels(images, where, report.read_rows(out / "rows.csv"))
     if not images:
         raise SweepError(f"none of the {len(files)} image files could be read: "
                          + "; ".join(r for _, r in skipped[:3]))
@@ -533,7 +584,8 @@ def run_sweep(opts: SweepOptions, components=None) -> SweepResult:
         _write_json(out / "run.json", run_info)
 
     # 6. Summary, tables, figures
-    files_written = _report(out, rows, images, opts, cfg, run_info, metrics, skipped)
+    originals = row_originals(rows, images, cfg.max_pixels)
+    files_written = _report(out, rows, originals, opts, cfg, run_info, metrics, skipped, this_run=names)
     return SweepResult(out=out, rows_total=len(rows), rows_computed=computed, rows_reused=reused,
                        rows_failed=failed, images=names, skipped=skipped,
                        seconds=time.perf_counter() - t_start, summary=files_written.pop("summary"),
@@ -784,8 +836,49 @@ def _set_scores(out: Path, rows: Sequence[dict], images: dict, metrics: learned_
     return result
 
 
+def _names(names: Sequence[str], most: int = 8) -> str:
+    names = sorted(names)
+    return ", ".join(names[:most]) + (" …" if len(names) > most else "")
+
+
+def coverage_lines(rows: Sequence[dict], this_run: Sequence[str]) -> Tuple[str, List[str]]:
+    """What the summary averages: ``(the header's Images line, notes)``.  The summary covers
+    every row of rows.csv, which may hold images this run did not name (earlier runs), and its
+    cells may cover different image sets (an SNR or method added for some images only)."""
+    ok = [r for r in rows if not r.get("error")]
+    covered = sorted({r["image"] for r in rows})
+    sizes = sorted({f"{r['width']}×{r['height']}" for r in rows if r.get("width") and r.get("height")})
+    line = f"- Images: {len(covered)} in rows.csv ({_names(covered)})" + (f"; sizes {', '.join(sizes)}" if sizes else "")
+    others = sorted(set(covered) - set(this_run))
+    if others:
+        line += (f". This run named {len(this_run)} ({_names(this_run)}); the tables also average the rows of "
+                 f"{len(others)} image(s) from earlier runs ({_names(others)}).")
+    else:
+        line += "."
+    cells: Dict[tuple, set] = {}
+    for r in rows:
+        cells.setdefault((r["method"], r["setting"], report.snr_text(r["snr_db"])), set())
+    for r in ok:
+        cells[(r["method"], r["setting"], report.snr_text(r["snr_db"]))].add(r["image"])
+    notes = []
+    sets: Dict[frozenset, List[str]] = {}
+    for (m, st, snr), ims in cells.items():
+        sets.setdefault(frozenset(ims), []).append(f"{m} ({st}) {snr} dB")
+    if len(sets) > 1:
+        groups = sorted(sets.items(), key=lambda kv: (-len(kv[0]), sorted(kv[0])))
+        parts = [f"{len(ims)} image(s) ({_names(ims, 5) or 'none'}) in {'; '.join(where[:4])}"
+                 + (f" and {len(where) - 4} more cells" if len(where) > 4 else "") for ims, where in groups[:5]]
+        notes.append("**The cells cover different image sets** (each table cell shows its n): " + " — ".join(parts)
+                     + (" — …" if len(groups) > 5 else "") + ". Compare methods and SNRs over the same images "
+                     "only (run the missing combinations, or use another --out).")
+    return line, notes
+
+
 def _report(out: Path, rows: List[dict], images: dict, opts: SweepOptions, cfg: CodecConfig, run_info: dict,
-            metrics: learned_mod.LearnedMetrics, skipped: list) -> dict:
+            metrics: learned_mod.LearnedMetrics, skipped: list, this_run: Sequence[str] = ()) -> dict:
+    """summary.csv/md, table2.md and the figures from ``rows`` (all of rows.csv); ``images``:
+    the originals the rows cover that could be read (:func:`row_originals`), ``this_run``:
+    the labels of this run's images."""
     set_scores = _set_scores(out, rows, images, metrics)
     summary = report.summarize(rows, set_scores)
     report.write_summary_csv(out / "summary.csv", summary)
@@ -800,24 +893,29 @@ def _report(out: Path, rows: List[dict], images: dict, opts: SweepOptions, cfg: 
                      if r["image"] in images and not r.get("error")
                      and (r["method"], r["setting"], report.snr_text(r["snr_db"])) == key)
                  for key in set_scores}
-    sizes = sorted({f"{a.shape[1]}×{a.shape[0]}" for a in images.values()})
+    scored = sorted({r["image"] for r in rows if r["image"] in images and not r.get("error")})
+    sizes = sorted({f"{images[n].shape[1]}×{images[n].shape[0]}" for n in scored})
     p = learned_mod.PATCH
     if not any(k in opts.metrics for k in learned_mod.SET_LEVEL):
         set_note = None  # FID/KID not asked for (--metrics none or a list without them)
     elif not any(n_patches):
         set_note = (f"FID/KID: not computed on these images — they are smaller than {p}×{p} "
                     f"({', '.join(sizes)}), so they give no {p}×{p} patches.")
+    elif not any(avail[k]["available"] for k in learned_mod.SET_LEVEL):
+        set_note = None  # unavailable: their sections say why, and no patch was scored
     else:
         set_note = (f"FID/KID: over non-overlapping {p}×{p} patches (top-left aligned, remainders dropped) of the "
                     f"originals and the reconstructions, per method and SNR: "
-                    f"{', '.join(map(str, sorted(n_patches)))} patches per set from {len(images)} images "
+                    f"{', '.join(map(str, sorted(n_patches)))} "
+                    f"{'patch' if sorted(n_patches) == [1] else 'patches'} per set from {len(scored)} "
+                    f"image{'' if len(scored) == 1 else 's'} "
                     f"({', '.join(sizes)}); KID: "
                     f"{learned_mod.KID_SUBSETS} subsets of size min({learned_mod.KID_MAX_SUBSET}, patches). "
                     "With few patches both are noisy; compare methods on the same images only.")
     model = run_info.get("model", {})
+    images_line, coverage_notes = coverage_lines(rows, list(this_run) or sorted(images))
     header = [
-        f"- Images: {len(images)} ({', '.join(sorted(images)[:8])}{' …' if len(images) > 8 else ''}); "
-        f"sizes {', '.join(sizes)}.",
+        images_line,
         f"- Model: `{model.get('id')}` (revision: {model.get('revision') or 'unknown'}); device "
         f"{run_info.get('device')}; seed {cfg.seed}; T = {cfg.T}, guidance {cfg.guidance:g}, "
         f"prompt \"{cfg.prompt}\".",
@@ -828,7 +926,7 @@ def _report(out: Path, rows: List[dict], images: dict, opts: SweepOptions, cfg: 
     ]
     if cfg.model == "tiny":
         header.append("- **`--model tiny` is a random-weight model: these numbers test the plumbing, not the method.**")
-    notes = []
+    notes = list(coverage_notes)
     for name, (n, why) in metrics.errors.items():
         notes.append(f"{learned_mod.LABELS[name]} failed on {n} rows of the latest run (cells left empty): {why}.")
     if any(r["method"] == "proposed" and "norescale" in r["setting"] for r in rows):
