@@ -156,3 +156,73 @@ def test_the_summary_says_which_images_its_cells_cover(folder, tmp_path, compone
     both = np.mean([float(r["psnr"]) for r in _csv(out / "rows.csv") if r["snr_db"] == "5"])
     table = md.split("## PSNR (dB)")[1].split("##")[0]
     assert f"| proposed | {both:.2f} ± " in table and f" (n=2) | {psnr['10']:.2f} (n=1) |" in table
+
+
+# --------------------------------------------------------------------------- findings 4 and 5
+def _fake(backend, fn):
+    def factory(device):
+        return fn
+
+    factory.backend = backend
+    return factory
+
+
+def _mad(ref, img):
+    return float(np.mean(np.abs(ref.astype(float) - img)) / 255)
+
+
+def test_a_metric_available_later_fills_the_earlier_rows_from_their_reconstructions(folder, tmp_path, components,
+                                                                                    monkeypatch, caplog):
+    out = tmp_path / "res"
+    run_sweep(_opts(folder, out), components=components)                      # no learned metric
+    assert all(r["lpips"] == "" for r in _csv(out / "rows.csv"))
+    gone = next(r for r in _csv(out / "rows.csv") if r["image"] == "coffee")["output"]
+    (out / gone).unlink()                                                      # one reconstruction lost
+    monkeypatch.setattr(learned, "FACTORIES", {**learned.FACTORIES, "lpips": [_fake("fake", _mad)]})
+    with caplog.at_level(logging.WARNING):
+        res = run_sweep(_opts(folder, out, snrs=[5.0, 10.0], metrics=("lpips",)), components=components)
+    assert (res.rows_computed, res.rows_reused) == (2, 2)
+    rows = {(r["image"], r["snr_db"]): r for r in _csv(out / "rows.csv")}
+    astro = np.asarray(Image.open(folder / "astro.png").convert("RGB"))
+    rec = np.asarray(Image.open(out / rows[("astro", "5")]["output"]).convert("RGB"))
+    assert float(rows[("astro", "5")]["lpips"]) == pytest.approx(_mad(astro, rec), rel=1e-6)  # rescored
+    assert rows[("astro", "10")]["lpips"] and rows[("coffee", "10")]["lpips"]
+    assert rows[("coffee", "5")]["lpips"] == ""
+    assert "LPIPS: 1 row(s) of earlier runs have no value and cannot be rescored" in caplog.text
+    md = (out / "summary.md").read_text()
+    assert ("**LPIPS covers 3 of 4 rows**: its means are over those only; 1 row(s) of earlier runs could not be "
+            "rescored") in md
+    assert _csv(out / "summary.csv")[0]["lpips_n"] == "1"  # 5 dB: astro only
+
+
+def test_rows_a_metric_was_unavailable_for_are_counted_in_summary(folder, tmp_path, components, monkeypatch):
+    out = tmp_path / "res"
+    monkeypatch.setattr(learned, "FACTORIES", {**learned.FACTORIES, "lpips": [_fake("fake", _mad)]})
+    run_sweep(_opts(folder, out, metrics=("lpips",)), components=components)
+
+    def missing(device):
+        raise learned.Unavailable("pyiqa is not installed (test)")
+
+    monkeypatch.setattr(learned, "FACTORIES", {**learned.FACTORIES, "lpips": [missing]})
+    run_sweep(_opts(folder, out, snrs=[5.0, 10.0], metrics=("lpips",)), components=components)
+    md = (out / "summary.md").read_text()
+    assert ("**LPIPS covers 2 of 4 rows**: its means are over those only; the rest were computed while LPIPS was "
+            "unavailable or not asked for (--metrics); rerun with it available") in md
+
+
+def test_a_non_finite_learned_score_is_a_counted_failure(folder, tmp_path, components, monkeypatch, caplog):
+    nan_on_coffee = _fake("fake:dists-nan", lambda ref, img: float("nan") if ref.shape[0] == 48 else 0.25)
+    monkeypatch.setattr(learned, "FACTORIES", {**learned.FACTORIES, "dists": [nan_on_coffee]})
+    m = learned.LearnedMetrics(("dists",))
+    a = np.zeros((48, 64, 3), np.uint8)
+    assert m.score(a, a) == {} and m.errors == {"dists": (1, "fake:dists-nan: NonFiniteScore: returned nan (not a "
+                                                                "finite score)")}
+    out = tmp_path / "res"
+    with caplog.at_level(logging.WARNING):
+        run_sweep(_opts(folder, out, metrics=("dists",)), components=components)
+    rows = {r["image"]: r for r in _csv(out / "rows.csv")}
+    assert rows["astro"]["dists"] == "0.25" and rows["coffee"]["dists"] == "" and rows["coffee"]["error"] == ""
+    assert "DISTS failed on an image (cell left empty): fake:dists-nan: NonFiniteScore: returned nan" in caplog.text
+    md = (out / "summary.md").read_text()
+    assert ("DISTS failed on 1 rows of the latest run (cells left empty): fake:dists-nan: NonFiniteScore: returned "
+            "nan (not a finite score).") in md

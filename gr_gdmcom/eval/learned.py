@@ -63,6 +63,10 @@ class Unavailable(RuntimeError):
     """A metric cannot run here; the message is the one-line reason."""
 
 
+class NonFiniteScore(ValueError):
+    """A metric returned NaN or an infinity for an image: a failure, not a value."""
+
+
 @dataclass
 class Availability:
     name: str
@@ -338,19 +342,23 @@ class LearnedMetrics:
             log.warning("%s failed on an image (cell left empty): %s", LABELS[name], why)
         self.errors[name] = (n + 1, why)
 
-    def score(self, ref: np.ndarray, img: np.ndarray) -> Dict[str, float]:
-        """Per-image metrics that are available: ``{name: value}`` (absent = unavailable)."""
+    def score(self, ref: np.ndarray, img: np.ndarray, names: Optional[Sequence[str]] = None) -> Dict[str, float]:
+        """Per-image metrics that are available (of ``names``, default all): ``{name: value}``
+        (absent = unavailable or failed).  A failure -- an exception, or a NaN or infinite score,
+        which is no measurement either -- leaves the metric out and is counted in
+        :attr:`errors` (the first reason kept)."""
         out = {}
         for name in PER_IMAGE:
-            if not self.available(name):
+            if not self.available(name) or (names is not None and name not in names):
                 continue
             try:
                 v = float(self._fns[name](ref, img))
+                if not np.isfinite(v):
+                    raise NonFiniteScore(f"returned {v} (not a finite score)")
             except Exception as exc:  # noqa: BLE001 - e.g. an image too small for the network
                 self._failed(name, exc)
                 continue
-            if np.isfinite(v):
-                out[name] = v
+            out[name] = v
         return out
 
     def set_scores(self, refs: Sequence[np.ndarray], imgs: Sequence[np.ndarray]) -> Dict[str, dict]:
@@ -371,8 +379,8 @@ class LearnedMetrics:
                 out[name] = dict(reason=a.reason, patches=len(pr))
                 continue
             if len(pr) < 2:
-                out[name] = dict(reason=f"only {len(pr)} {PATCH}x{PATCH} patches (images smaller than {PATCH} px "
-                                        "give none)", patches=len(pr))
+                out[name] = dict(reason=f"only {len(pr)} {PATCH}x{PATCH} patch{'' if len(pr) == 1 else 'es'} "
+                                        f"(images smaller than {PATCH} px give none)", patches=len(pr))
                 continue
             try:
                 res = dict(self._fns[name](pr, pi))

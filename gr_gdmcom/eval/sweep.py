@@ -512,6 +512,7 @@ def run_sweep(opts: SweepOptions, components=None) -> SweepResult:
 
     # 5. Compute the missing rows
     computed = failed = 0
+    fresh_keys: set = set()  # keys of the rows computed in this run
     interrupted = False
     bar = _progress(total, opts.progress)
     writer = report.RowWriter(rows_path)
@@ -560,6 +561,7 @@ def run_sweep(opts: SweepOptions, components=None) -> SweepResult:
                             row["image_sha256"] = digests[n]
                             writer.write(row)
                             computed += 1
+                            fresh_keys.add(report.row_key(row))
                             failed += bool(row.get("error"))
                             bar.update(1)
                             bar.set_postfix_str(f"{n} {snr:g} dB", refresh=False)
@@ -583,9 +585,13 @@ def run_sweep(opts: SweepOptions, components=None) -> SweepResult:
         run_info["device"], run_info["dtype"] = _codec_device(cfg, ctx), _codec_dtype(cfg, ctx)
         _write_json(out / "run.json", run_info)
 
-    # 6. Summary, tables, figures
+    # 6. Learned metrics that earlier runs lacked, from their saved reconstructions
     originals = row_originals(rows, images, cfg.max_pixels)
-    files_written = _report(out, rows, originals, opts, cfg, run_info, metrics, skipped, this_run=names)
+    rows, unfilled = rescore_learned(out, rows, originals, metrics, fresh_keys)
+
+    # 7. Summary, tables, figures
+    files_written = _report(out, rows, originals, opts, cfg, run_info, metrics, skipped, this_run=names,
+                            unfilled=unfilled)
     return SweepResult(out=out, rows_total=len(rows), rows_computed=computed, rows_reused=reused,
                        rows_failed=failed, images=names, skipped=skipped,
                        seconds=time.perf_counter() - t_start, summary=files_written.pop("summary"),
@@ -665,6 +671,44 @@ def _row(m: Method, label: str, name: str, file: str, ref: np.ndarray, snr: floa
                                     "fidelity", "symbols", "bcr", "tx_seconds", "bcr_nominal") if k in row}
         row = dict(keep, error=f"{m.name} scoring {name} ({w}×{h}): {type(exc).__name__}: {exc}")
     return row
+
+
+def rescore_learned(out: Path, rows: List[dict], originals: dict, metrics: learned_mod.LearnedMetrics,
+                    fresh: set) -> Tuple[List[dict], Dict[str, int]]:
+    """Fill the per-image learned metrics that are available now into the rows of earlier runs
+    that lack them (computed while a metric was unavailable or not asked for), from the
+    reconstruction each row saved (``output``) and its original.  Rewrites rows.csv when a
+    cell was filled.  Returns the rows and ``{metric: rows still without it}`` (no saved
+    reconstruction or readable original; failures are counted in ``metrics.errors``)."""
+    from PIL import Image
+
+    todo = [n for n in learned_mod.PER_IMAGE if n in metrics.names and metrics.available(n)]
+    unfilled: Dict[str, int] = {}
+    filled = 0
+    for r in rows:
+        want = [n for n in todo if not r.get(n)]
+        if not want or r.get("error") or report.row_key(r) in fresh:
+            continue
+        ref, img = originals.get(r["image"]), None
+        if ref is not None and r.get("output"):
+            try:
+                img = np.asarray(Image.open(out / r["output"]).convert("RGB"))
+            except OSError:
+                img = None
+        if img is None or img.shape != ref.shape:
+            for n in want:
+                unfilled[n] = unfilled.get(n, 0) + 1
+            continue
+        got = metrics.score(ref, img, want)
+        r.update({k: report.fmt_cell(v) for k, v in got.items()})
+        filled += len(got)
+    if filled:
+        report.write_rows(out / "rows.csv", rows)
+        log.info("filled %d learned-metric cells of earlier rows from their saved reconstructions", filled)
+    for n, k in unfilled.items():
+        log.warning("%s: %d row(s) of earlier runs have no value and cannot be rescored (no saved reconstruction "
+                    "in %s or no readable original); see summary.md", learned_mod.LABELS[n], k, out / "images")
+    return rows, unfilled
 
 
 def content_hash(path) -> Optional[str]:
@@ -874,8 +918,30 @@ def coverage_lines(rows: Sequence[dict], this_run: Sequence[str]) -> Tuple[str, 
     return line, notes
 
 
+def learned_coverage(rows: Sequence[dict], metrics: learned_mod.LearnedMetrics, unfilled: Dict[str, int]
+                     ) -> List[str]:
+    """summary.md notes for the per-image learned metrics that only some rows have."""
+    ok = [r for r in rows if not r.get("error")]
+    notes = []
+    for name in learned_mod.PER_IMAGE:
+        have = sum(1 for r in ok if r.get(name))
+        if not ok or have in (0, len(ok)):
+            continue
+        label = learned_mod.LABELS[name]
+        if metrics.available(name):
+            why = (f"{unfilled[name]} row(s) of earlier runs could not be rescored (their reconstruction in images/ "
+                   "or their original is missing); rerun them in another --out" if unfilled.get(name) else
+                   "the rest failed (see the note below)")
+        else:
+            why = (f"the rest were computed while {label} was unavailable or not asked for (--metrics); rerun with "
+                   f"it available and they are filled from the reconstructions saved in images/")
+        notes.append(f"**{label} covers {have} of {len(ok)} rows**: its means are over those only; {why}.")
+    return notes
+
+
 def _report(out: Path, rows: List[dict], images: dict, opts: SweepOptions, cfg: CodecConfig, run_info: dict,
-            metrics: learned_mod.LearnedMetrics, skipped: list, this_run: Sequence[str] = ()) -> dict:
+            metrics: learned_mod.LearnedMetrics, skipped: list, this_run: Sequence[str] = (),
+            unfilled: Optional[Dict[str, int]] = None) -> dict:
     """summary.csv/md, table2.md and the figures from ``rows`` (all of rows.csv); ``images``:
     the originals the rows cover that could be read (:func:`row_originals`), ``this_run``:
     the labels of this run's images."""
@@ -926,7 +992,7 @@ def _report(out: Path, rows: List[dict], images: dict, opts: SweepOptions, cfg: 
     ]
     if cfg.model == "tiny":
         header.append("- **`--model tiny` is a random-weight model: these numbers test the plumbing, not the method.**")
-    notes = list(coverage_notes)
+    notes = list(coverage_notes) + learned_coverage(rows, metrics, unfilled or {})
     for name, (n, why) in metrics.errors.items():
         notes.append(f"{learned_mod.LABELS[name]} failed on {n} rows of the latest run (cells left empty): {why}.")
     if any(r["method"] == "proposed" and "norescale" in r["setting"] for r in rows):
