@@ -226,3 +226,40 @@ def test_a_non_finite_learned_score_is_a_counted_failure(folder, tmp_path, compo
     md = (out / "summary.md").read_text()
     assert ("DISTS failed on 1 rows of the latest run (cells left empty): fake:dists-nan: NonFiniteScore: returned "
             "nan (not a finite score).") in md
+
+
+# --------------------------------------------------------------------------- finding 6
+def test_psnr_inf_is_said_in_the_summary_and_marked_in_the_plot(tmp_path, monkeypatch):
+    def row(image, snr, method, psnr, ok="true"):
+        return dict(image=image, snr_db=snr, method=method, setting="s", psnr=psnr, ms_ssim="0.9",
+                    decode_success=ok, error="")
+
+    rows = [row("grey", "-5", "digital", "inf", "false"), row("crop", "-5", "digital", "9.5", "false"),
+            row("grey", "20", "digital", "inf"), row("crop", "20", "digital", "30.25"),
+            row("grey", "-5", "proposed", "15"), row("crop", "-5", "proposed", "14"),
+            row("grey", "20", "proposed", "25"), row("crop", "20", "proposed", "24")]
+    summary = report.summarize(rows)
+    dig20 = next(s for s in summary if s["method"] == "digital" and s["snr_db"] == 20)
+    assert dig20["psnr_mean"] == np.inf and dig20["psnr_inf"] == 1 and dig20["psnr_finite_mean"] == 30.25
+    md = report.summary_markdown(summary, dict(title="t"))
+    assert ("- **PSNR = inf** where a reconstruction is identical to the original (MSE 0: a lossless decode, e.g. "
+            "of a flat image), so these cells' mean is inf: digital -5 dB: 1 of 2 images (1 of them a failed decode "
+            "whose mid-grey output equals the original); the others' mean 9.50 dB; digital 20 dB: 1 of 2 images; "
+            "the others' mean 30.25 dB. The PSNR plot marks them") in md
+    figs = {}
+    real = report._save_figure
+
+    def keep(fig, stem):
+        figs[Path(stem).name] = fig
+        ax = fig.axes[0]
+        figs[Path(stem).name + ":state"] = ([t.get_text() for t in ax.get_legend().get_texts()],
+                                           [(tuple(line.get_xdata()), tuple(line.get_ydata()), line.get_marker())
+                                            for line in ax.get_lines()], ax.get_ylim())
+        return real(fig, stem)
+
+    monkeypatch.setattr(report, "_save_figure", keep)
+    report.plot_metrics(summary, tmp_path)
+    legend, lines, (low, high) = figs["psnr_vs_snr:state"]
+    assert sorted(legend) == ["digital (▲ inf at -5, 20 dB)", "proposed (n=2: no interval)"]
+    marks = [(x, y) for x, y, m in lines if m == "^" and x]  # (the legend's entry has no point)
+    assert marks == [((-5.0,), (high,)), ((20.0,), (high,))] and high > 24.5  # at the top, above proposed

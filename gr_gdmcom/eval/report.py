@@ -200,6 +200,11 @@ def summarize(rows: Sequence[dict], set_scores: Optional[Dict[tuple, dict]] = No
         for m in ROW_METRICS:
             mean, half, n = mean_ci([num(r.get(m)) for r in ok])
             s[f"{m}_mean"], s[f"{m}_ci95"], s[f"{m}_n"] = mean, half, n
+        infinite = [r for r in ok if num(r.get("psnr")) == math.inf]  # identical to the original (MSE 0)
+        s["psnr_inf"] = len(infinite)
+        s["psnr_inf_undecoded"] = sum(r.get("decode_success") == "false" for r in infinite)
+        finite = [num(r.get("psnr")) for r in ok if num(r.get("psnr")) is not None and math.isfinite(num(r["psnr"]))]
+        s["psnr_finite_mean"] = float(np.mean(finite)) if finite else None
         succ = [r.get("decode_success") == "true" for r in ok if r.get("decode_success") in ("true", "false")]
         s["success_rate"] = (sum(succ) / len(succ)) if succ else None
         for col in ("n_steps", "symbols", "bcr", "seconds", "unet_calls"):
@@ -381,6 +386,19 @@ def summary_markdown(summary: Sequence[dict], info: dict) -> str:
         out.append("- MS-SSIM scales used: " + ", ".join(scales) + (" (standard)." if std else
                    f" — images with a side below {FULL_SCALES_SIDE} px use fewer than the standard 5 scales (weights "
                    "renormalised), so these values are not comparable with the paper's."))
+    inf_cells = [s for s in summary if s.get("psnr_inf")]
+    if inf_cells:
+        parts = []
+        for s in inf_cells:
+            part = f"{labels[(s['method'], s['setting'])]} {s['snr_db']:g} dB: {s['psnr_inf']} of {s['psnr_n']} images"
+            if s.get("psnr_inf_undecoded"):
+                part += f" ({s['psnr_inf_undecoded']} of them a failed decode whose mid-grey output equals the original)"
+            if s.get("psnr_finite_mean") is not None:
+                part += f"; the others' mean {s['psnr_finite_mean']:.2f} dB"
+            parts.append(part)
+        out.append("- **PSNR = inf** where a reconstruction is identical to the original (MSE 0: a lossless decode, "
+                   "e.g. of a flat image), so these cells' mean is inf: " + "; ".join(parts) + ". The PSNR plot "
+                   "marks them with ▲ at its top edge; read them from the other metrics.")
     if info.get("set_note"):
         out.append("- " + info["set_note"])
     for line in info.get("notes", []):
@@ -497,11 +515,15 @@ def plot_metrics(summary: Sequence[dict], out_dir: Path) -> List[Path]:
         if not any(s.get(key) is not None for s in summary):
             continue
         fig, ax = plt.subplots(figsize=(5.2, 3.8))
+        marks = []
         for p in pairs:
-            xs, ys, lo, hi, ns = [], [], [], [], []
+            xs, ys, lo, hi, ns, infs = [], [], [], [], [], []
             for x in snrs:
                 s = cells.get((p, x))
-                if s is None or s.get(key) is None or not math.isfinite(s[key]):
+                if s is None or s.get(key) is None:
+                    continue
+                if not math.isfinite(s[key]):
+                    infs.append((x, s[key]))
                     continue
                 xs.append(x)
                 ys.append(s[key])
@@ -509,11 +531,19 @@ def plot_metrics(summary: Sequence[dict], out_dir: Path) -> List[Path]:
                 lo.append(bar[0] if bar else 0.0)
                 hi.append(bar[1] if bar else 0.0)
                 ns.append(s.get(f"{m}_n"))
+            few = sorted({n for n in ns if n is not None and n < MIN_CI_N})
+            label_p = labels[p] + (f" (n={','.join(map(str, few))}: no interval)" if few else "")
+            if infs:
+                label_p += f" (▲ {'inf' if infs[0][1] > 0 else '-inf'} at {', '.join(f'{x:g}' for x, _ in infs)} dB)"
             if xs:
-                few = sorted({n for n in ns if n is not None and n < MIN_CI_N})
-                label_p = labels[p] + (f" (n={','.join(map(str, few))}: no interval)" if few else "")
-                ax.errorbar(xs, ys, yerr=[lo, hi] if any(lo) or any(hi) else None, marker="o", capsize=3,
-                            label=label_p)
+                drawn = ax.errorbar(xs, ys, yerr=[lo, hi] if any(lo) or any(hi) else None, marker="o", capsize=3,
+                                    label=label_p)
+                color = drawn.lines[0].get_color()
+            elif infs:
+                color = ax.plot([], [], marker="^", linestyle="none", label=label_p)[0].get_color()
+            if infs:
+                marks.append((color, infs))
+        _mark_infinite(ax, marks)
         ax.set_xlabel("SNR (dB)")
         ax.set_ylabel(label[0] + (f" ({label[1]})" if label[1] else "") +
                       ("" if m == "n_steps" else (" ↑" if label[2] else " ↓")))
@@ -522,6 +552,21 @@ def plot_metrics(summary: Sequence[dict], out_dir: Path) -> List[Path]:
         fig.tight_layout()
         written += _save_figure(fig, out_dir / f"{m}_vs_snr")
     return written
+
+
+def _mark_infinite(ax, marks) -> None:
+    """Points whose mean is infinite (PSNR of a reconstruction identical to its original) as ▲
+    (▼ for -inf) on the axes' top (bottom) edge, in their line's colour, instead of leaving them out."""
+    if not marks:
+        return
+    low, high = ax.get_ylim()
+    for color, pts in marks:
+        for x, v in pts:
+            ax.plot([x], [high if v > 0 else low], marker="^" if v > 0 else "v", markersize=9, color=color,
+                    linestyle="none", clip_on=False, zorder=5)
+            ax.annotate("inf" if v > 0 else "-inf", (x, high if v > 0 else low), textcoords="offset points",
+                        xytext=(6, -10 if v > 0 else 4), fontsize=7, color=color)
+    ax.set_ylim(low, high)
 
 
 #: the part of a setting label naming a reduced BCR (``eval.baselines.bcr_suffix``): ``,bcr=1/384[:pool]``
