@@ -263,3 +263,42 @@ def test_psnr_inf_is_said_in_the_summary_and_marked_in_the_plot(tmp_path, monkey
     assert sorted(legend) == ["digital (▲ inf at -5, 20 dB)", "proposed (n=2: no interval)"]
     marks = [(x, y) for x, y, m in lines if m == "^" and x]  # (the legend's entry has no point)
     assert marks == [((-5.0,), (high,)), ((20.0,), (high,))] and high > 24.5  # at the top, above proposed
+
+
+# --------------------------------------------------------------------------- finding 9
+def test_broken_symlinks_and_loops_are_skipped_and_named(folder, tmp_path, components):
+    os.symlink("loop_b.png", folder / "loop_a.png")
+    os.symlink("loop_a.png", folder / "loop_b.png")
+    os.symlink("nowhere.png", folder / "dangling.png")
+    assert [f.name for f in find_images([folder])] == ["astro.png", "coffee.png", "dangling.png", "loop_a.png",
+                                                      "loop_b.png"]
+    out = tmp_path / "res"
+    res = run_sweep(_opts(folder, out), components=components)
+    assert res.rows_total == 2
+    assert sorted((Path(f).name, why.split(": ", 1)[1]) for f, why in res.skipped) == [
+        ("dangling.png", "a broken symbolic link or a link loop (-> nowhere.png)"),
+        ("loop_a.png", "a broken symbolic link or a link loop (-> loop_b.png)"),
+        ("loop_b.png", "a broken symbolic link or a link loop (-> loop_a.png)")]
+    assert "Skipped images (3, unreadable)" in (out / "summary.md").read_text()
+    only_loops = tmp_path / "loops"
+    only_loops.mkdir()
+    os.symlink("b.png", only_loops / "a.png")
+    os.symlink("a.png", only_loops / "b.png")
+    with pytest.raises(SweepError, match=r"none of the 2 image files could be read: cannot read image .*a.png: a "
+                                         r"broken symbolic link or a link loop \(-> b.png\)"):
+        run_sweep(_opts(only_loops, tmp_path / "r2"), components=components)
+    assert not (tmp_path / "r2").exists()
+
+
+def test_no_fid_patch_note_when_fid_and_kid_are_unavailable(tmp_path, components, monkeypatch):
+    def missing(device):
+        raise learned.Unavailable("torchvision is not installed (test)")
+
+    monkeypatch.setattr(learned, "FACTORIES", {k: [missing] for k in learned.ALL})
+    out = tmp_path / "res"
+    run_sweep(_opts([DATA / "astronaut.png"], out, metrics=("fid", "kid")), components=components)
+    md = (out / "summary.md").read_text()
+    assert "## FID — lower is better\n\n**unavailable** — torchvision is not installed (test)." in md
+    assert "patches per set" not in md and "FID/KID:" not in md   # it said "1 patches per set from 1 images"
+    assert learned.LearnedMetrics(()).set_scores([np.zeros((256, 256, 3), np.uint8)] * 1,
+                                                 [np.zeros((256, 256, 3), np.uint8)])["fid"]["patches"] == 1

@@ -131,7 +131,9 @@ def find_images(paths: Sequence[Union[str, Path]]) -> List[Path]:
             raise SweepError(f"no bundled image {given}; bundled: {', '.join(bundled)} ('package:' for all)")
         if p.is_dir():
             looked.append(str(p))
-            files += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            # a broken symbolic link or a link loop is kept, to be skipped and named as unreadable
+            files += sorted(f for f in p.iterdir() if (f.is_file() or (f.is_symlink() and not f.exists()))
+                            and f.suffix.lower() in IMAGE_EXTENSIONS)
         elif p.exists():
             files.append(p)
         elif is_pattern(p):  # a glob the shell did not expand (quoted)
@@ -151,6 +153,12 @@ def load_images(files: Sequence[Path], max_pixels: int):
     images, where, skipped = {}, {}, []
     for f in files:
         try:
+            if f.is_symlink() and not f.exists():
+                try:
+                    target = os.readlink(f)
+                except OSError:
+                    target = "?"
+                raise ImageError(f"cannot read image {f}: a broken symbolic link or a link loop (-> {target})")
             images[names[f]] = np.asarray(load_rgb(f, max_pixels), dtype=np.uint8)
             where[names[f]] = str(f)
         except ImageError as exc:
