@@ -302,3 +302,17 @@ def test_no_fid_patch_note_when_fid_and_kid_are_unavailable(tmp_path, components
     assert "patches per set" not in md and "FID/KID:" not in md   # it said "1 patches per set from 1 images"
     assert learned.LearnedMetrics(()).set_scores([np.zeros((256, 256, 3), np.uint8)] * 1,
                                                  [np.zeros((256, 256, 3), np.uint8)])["fid"]["patches"] == 1
+
+
+# --------------------------------------------------------------------------- finding 10
+def test_the_python_api_example_in_evaluation_md_runs_and_prints_what_it_says(tmp_path, monkeypatch, capsys):
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "evaluation.md").read_text()
+    code = doc.split("### From Python")[1].split("```python\n")[1].split("```")[0]
+    code = code.replace("psnr(ref / 255.0, out)", "pytest.raises(ValueError, psnr, ref / 255.0, out)")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "evaluation.md", "exec"), {"pytest": pytest})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "4 0 0 ['astronaut']"
+    assert lines[1:5] == ["proposed 5.0 18.79 1", "proposed 15.0 21.01 1", "digital 5.0 9.86 1",
+                          "digital 15.0 22.05 1"]
+    assert lines[5].startswith("True 22.05 (0.9019") and lines[5].endswith(", 5)") and lines[6] == "inf"
