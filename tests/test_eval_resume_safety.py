@@ -316,3 +316,12 @@ def test_the_python_api_example_in_evaluation_md_runs_and_prints_what_it_says(tm
     assert lines[1:5] == ["proposed 5.0 18.79 1", "proposed 15.0 21.01 1", "digital 5.0 9.86 1",
                           "digital 15.0 22.05 1"]
     assert lines[5].startswith("True 22.05 (0.9019") and lines[5].endswith(", 5)") and lines[6] == "inf"
+
+
+def test_a_repeated_snr_is_one_row(folder, tmp_path, components):
+    """--snr 5 5.0 computed the same row twice (rows_computed 2, rows_total 1)."""
+    out = tmp_path / "dup"
+    res = run_sweep(_opts(folder, out, snrs=[5.0, 5, 10.0], methods="proposed,proposed"), components=components)
+    n_images = len(find_images([folder]))
+    assert res.rows_computed == res.rows_total == 2 * n_images
+    assert sorted({float(r["snr_db"]) for r in _csv(out / "rows.csv")}) == [5.0, 10.0]

@@ -421,7 +421,7 @@ def run_sweep(opts: SweepOptions, components=None) -> SweepResult:
 
     # 1. Check inputs (everything that can be refused is refused before any work)
     methods_names = parse_methods(opts.methods)
-    snrs = [float(s) for s in opts.snrs]
+    snrs = list(dict.fromkeys(float(s) for s in opts.snrs))  # (--snr 5 5.0 computed one row twice)
     if not snrs:
         raise SweepError("no SNR given (--snr)")
     bad = [s for s in snrs if not math.isfinite(s)]
