@@ -164,9 +164,31 @@ def test_a_wide_drift_estimate_10_percent_off_is_polished_to_the_drift(monkeypat
 
 
 def test_a_burst_the_receiver_cannot_follow_is_reported(rng):
-    """The second half of a burst's payload replaced by noise of the same power (the
-    channel "lost"): the frame is flagged (``tracked`` False, counter ``track_lost``) and
-    its estimate is as low as what the payload got, not the header's 20 dB."""
+    """The second half of a burst faded 40 dB down, below the noise (the channel "lost"): the
+    frame is flagged (``tracked`` False, counter ``track_lost``) and its estimate is as low as
+    what the payload got, not the header's 20 dB.  It is not cut (docs/frame-format.md section 6,
+    "A burst cut short"): the noise its known symbols do not fit stays where it was, as in a fade."""
+    cfg = FrameConfig(max_chunk_symbols=4096)
+    sym = complex_noise(4096, 1.0, rng)
+    x = FrameTx(cfg).burst(Header(image_id=1, chunk_symbols=4096, total_symbols=4096), sym)
+    half = len(x) // 2
+    x[half:] *= 0.01
+    y = x + complex_noise(len(x), 0.01, rng)
+    y = np.concatenate([np.zeros(300, np.complex64), y, np.zeros(3000, np.complex64)])
+    rx = FrameRx(cfg)
+    (f,) = rx.push(y) + rx.flush()
+    act = measure_snr_db(sym, f.symbols)
+    assert not f.tracked and rx.counters["track_lost"] == 1, rx.counters
+    assert f.cut is None and rx.counters["bursts_cut"] == 0, rx.counters
+    assert act < 3.0 and f.snr_db <= act + 3.0, (f.snr_db, act)
+    assert np.isfinite(f.snr_db) and np.all(np.isfinite(f.symbol_noise_var))
+
+
+def test_a_burst_replaced_by_another_signal_is_cut(rng):
+    """The second half of a burst replaced by noise of the same power (another transmitter, or
+    the burst lost): its known symbols stop fitting there, so the burst is cut (counter
+    ``bursts_cut``): every payload symbol from there on erased, the first half delivered at the
+    Es/N0 it got (20 dB), tracked.  (It used to be delivered whole at -8 dB, flagged.)"""
     cfg = FrameConfig(max_chunk_symbols=4096)
     sym = complex_noise(4096, 1.0, rng)
     x = FrameTx(cfg).burst(Header(image_id=1, chunk_symbols=4096, total_symbols=4096), sym)
@@ -176,10 +198,11 @@ def test_a_burst_the_receiver_cannot_follow_is_reported(rng):
     y = np.concatenate([np.zeros(300, np.complex64), y, np.zeros(3000, np.complex64)])
     rx = FrameRx(cfg)
     (f,) = rx.push(y) + rx.flush()
-    act = measure_snr_db(sym, f.symbols)
-    assert not f.tracked and rx.counters["track_lost"] == 1, rx.counters
-    assert act < 3.0 and f.snr_db <= act + 3.0, (f.snr_db, act)
-    assert np.isfinite(f.snr_db) and np.all(np.isfinite(f.symbol_noise_var))
+    assert f.tracked and rx.counters["bursts_cut"] == 1 and rx.counters["track_lost"] == 0, rx.counters
+    live = ~f.erased
+    assert f.erased[f.cut:].all() and live[: f.cut].all()
+    act = measure_snr_db(sym[live], f.symbols[live])
+    assert abs(f.snr_db - act) < 1.0 and act > 18.0, (f.snr_db, act)
 
 
 def test_clean_bursts_are_tracked(rng):
