@@ -29,7 +29,11 @@ beyond what has been processed, and inputs are processed in slices of
 7. dispersive channels: a fractionally spaced equaliser fitted on all the known symbols
    (over the burst; where the error grew, re-fitted every 64 symbols), its leave-one-out
    outputs tracked, kept where its estimated noise is 10 % lower and its pilots fit
-   significantly better.
+   significantly better;
+8. a burst cut short (a transmitter's underflow, samples dropped or inserted, a stronger
+   burst colliding): where its known symbols stop fitting for good, the payload from there is
+   erased, the rest demodulated again on the known symbols before it, and the burst ends there
+   (a verified preamble after it is read, not dropped as overlapping).
 """
 
 from __future__ import annotations
