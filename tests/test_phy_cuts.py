@@ -170,3 +170,28 @@ def test_a_weaker_collision_does_not_cut(bursts):
     y[9500: 9500 + len(b[1])] += b[1] * 10 ** (-10 / 20)
     frames, c = _receive(_noisy(y, 5))
     assert c["bursts_cut"] == 0 and frames[0].header.image_id == 0 and frames[0].cut is None, c
+
+
+def test_an_equal_collision_after_the_payload_still_cuts_and_reads_the_second_burst():
+    """A 2048-symbol burst (payload, then its header's copy and resync preamble), an equal-power
+    burst starting 9000 samples in, after its payload: the first burst is cut at the second's
+    preamble (nothing of its payload erased) and its estimate is the payload's 15 dB (it was
+    5.7 dB: the copy region's pilots under the collision counted), the second burst read (it was
+    dropped as ``overlapping``)."""
+    rng = np.random.default_rng(6)
+    tx = FrameTx(FrameConfig(max_chunk_symbols=2048))
+    sym = [((rng.standard_normal(2048) + 1j * rng.standard_normal(2048)) / np.sqrt(2)).astype(np.complex64)
+           for _ in range(2)]
+    hdr = [Header(image_id=10 * (i + 1), latent_shape=(4, 32, 16), image_size=(256, 128), k=5, T=50, forward=0,
+                  guidance=6.0, alpha=1.0, prompt_hash=0, total_symbols=2048, chunk_symbols=2048, chunk_count=1,
+                  chunk_index=0) for i in range(2)]
+    b = [tx.burst(hdr[i], sym[i]) for i in range(2)]
+    y = np.concatenate([_z(500), b[0], _z(20000)])
+    y[9500: 9500 + len(b[1])] += b[1]
+    frames, c = _receive(_noisy(y, 6), 4096)
+    assert [f.header.image_id for f in frames] == [10, 20], c
+    assert c["bursts_cut"] == 1 and c["overlapping"] == 0, c
+    f = frames[0]
+    assert f.cut == 2048 and f.erased is None
+    act = -10 * np.log10(np.mean(np.abs(f.symbols - sym[0]) ** 2))
+    assert act > SNR_DB - 1 and abs(f.snr_db - act) < 1.0, (f.snr_db, act)

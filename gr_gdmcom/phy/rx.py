@@ -214,12 +214,13 @@ CUT_SIGNAL = 0.25
 #: ... and where a verified preamble lies inside the burst (a second burst: a transmitter that
 #: started again after an underflow, a colliding one), the split at its start is tested with
 #: less evidence asked: the burst's known symbols from there fit at most CUT_FIT_AT, CUT_DROP_AT
-#: less than before, and the power they do not fit grew CUT_GROWTH_AT times (an equal-power
-#: collision leaves the first burst's known symbols at 0 dB SINR: fit ~0.5).  Without a
-#: preamble that is what a selective fade the equaliser cannot follow looks like.
+#: less than before, and the power they do not fit grew CUT_GROWTH_AT times and is CUT_SIGNAL of
+#: the prefix's signal (an equal-power collision leaves the first burst's known symbols at about
+#: 0 dB SINR: fit 0.5-0.75, growth 11-36 measured).  Without a preamble that is what a selective
+#: fade the equaliser cannot follow looks like.
 CUT_MIN_KNOWN_AT = 16
-CUT_FIT_AT = 0.6
-CUT_DROP_AT = 0.25
+CUT_FIT_AT = 0.8
+CUT_DROP_AT = 0.15
 CUT_GROWTH_AT = 3.0
 
 
