@@ -218,6 +218,10 @@ CUT_SIGNAL = 0.25
 #: the prefix's signal (an equal-power collision leaves the first burst's known symbols at about
 #: 0 dB SINR: fit 0.5-0.75, growth 11-36 measured).  Without a preamble that is what a selective
 #: fade the equaliser cannot follow looks like.
+#: ... how many blocks before the split the cut is searched for (:meth:`FrameRx._refine_cut`),
+CUT_REFINE = 8
+#: ... and how many times the cut burst is demodulated again, the cut looked for again on each.
+CUT_ROUNDS = 3
 CUT_MIN_KNOWN_AT = 16
 CUT_FIT_AT = 0.8
 CUT_DROP_AT = 0.15
@@ -702,6 +706,15 @@ class FrameRx:
         near = [b for b in self._pending if b.stage != "dead" and abs(b.tau - tau) <= self._seglen]
         if near or tau < self._last_end - self._sps:
             return True
+        at = tau + self._resync_off
+        for b in self._pending:  # inside a burst being read that began after the start it gives:
+            # that burst's own resync preamble, early (samples were dropped before it: the burst
+            # is cut there, _find_cut), not a burst that began before it
+            span = self.layout.burst_samples(b.header.chunk_symbols) if b.header is not None \
+                else self._resync_off + 2 * self._npre * self._sps
+            if b.stage != "dead" and tau < b.tau < at < b.tau + span:
+                log.debug("resync preamble at %.0f inside the burst at %.0f, early: not a burst", at, b.tau)
+                return True
         if tau < self._stream_start:
             self._drop("truncated", f"a burst that began at sample {tau:.0f}, before the stream did "
                                     "(found from its resync preamble)")
@@ -1240,9 +1253,26 @@ class FrameRx:
         if cut is not None:
             # cut short (a TX underflow, an RX overflow, a collision): the burst again, from the
             # known symbols before the cut alone (its drift, equaliser, channel and noise), every
-            # payload symbol from the cut on erased; none before it: dropped
-            self.counters.update(counted)
-            b.cut = cut
+            # payload symbol from the cut on erased; none before it: dropped.  The cut is looked
+            # for again on that demodulation, over all the known symbols: the first one may have
+            # been fooled by what came after the cut (a drift fitted to a slip left the blocks
+            # before it half-fitting, and the cut 230 symbols late)
+            everything = (d.pos, d.ref)
+            for _ in range(CUT_ROUNDS):
+                if b.cut is not None and cut >= b.cut:
+                    break
+                b.cut = cut
+                if not np.count_nonzero(m.payload < cut):
+                    break
+                self.counters.update(counted)
+                train = known if b.resync or cut >= self._hdr_body else known[: npre + cut]
+                d, est, drift = self._body(b, m, train, head, pilot_pos[pilot_pos < cut], hdr_sym)
+                if est is None:
+                    break
+                cut = self._find_cut(d, starts, *everything)
+                if cut is None:
+                    break
+            cut = b.cut
             self.counters["bursts_cut"] += 1
             n_before = int(np.count_nonzero(m.payload < cut))
             (log.debug if self.counters["bursts_cut"] > 1 else log.warning)(
@@ -1252,9 +1282,6 @@ class FrameRx:
             if not n_before:
                 self._drop("cut_dropped", f"{self._what(b)}: cut before its payload")
                 return None
-            if not b.resync and cut < self._hdr_body:
-                known = known[: npre + cut]
-            d, est, drift = self._body(b, m, known, head, pilot_pos[pilot_pos < cut], hdr_sym)
         if est is None:
             self._fail(b, "sync_fail", "no signal on the known symbols")
             return None
@@ -1378,7 +1405,8 @@ class FrameRx:
         diff = rel(old, j[on]) - rel(new, i[on])
         return float(diff.mean()) > DISPERSIVE_SIGMAS * float(diff.std()) / math.sqrt(len(diff))
 
-    def _find_cut(self, d: _Demod, starts=()) -> Optional[int]:
+    def _find_cut(self, d: _Demod, starts=(), pos: Optional[np.ndarray] = None,
+                  ref: Optional[np.ndarray] = None) -> Optional[int]:
         """Where a burst's known symbols stop fitting for good (a burst cut short: docs/frame-format.md
         section 6): the body position from which its symbols are not to be trusted, or None.
 
@@ -1390,11 +1418,12 @@ class FrameRx:
         last known symbol that still fits the prefix's gain and the next.  ``starts``: body positions
         where a verified preamble begins inside the burst; the split there is tested with less
         evidence asked (CUT_*_AT) and is the cut if it passes (the earliest of those, and of the
-        blind one)."""
-        pos = d.pos
+        blind one).  ``pos``, ``ref``: the known symbols to judge (default: those ``d`` tracked)."""
+        if pos is None:
+            pos, ref = d.pos, d.ref
         if len(pos) < 2 * CUT_MIN_KNOWN_AT:
             return None
-        zk, ref = d.z[pos], d.ref
+        zk = d.z[pos]
         span = (self.cfg.pilot_spacing + 1) * CUT_BLOCK
         cuts = []
         for c in sorted(starts):
@@ -1420,30 +1449,32 @@ class FrameRx:
 
     @staticmethod
     def _refine_cut(zk: np.ndarray, ref: np.ndarray, pos: np.ndarray, first: np.ndarray, k: int) -> int:
-        """The cut between blocks k - 1 and k (:meth:`_find_cut`) to a known symbol.  Against the
-        gain g fitted on the (up to 3) blocks before those two, each known symbol's error
-        e = |z - g s|^2 is about exponential with the mean mu0 it has there where it fits and with the
-        mean mu1 it has over the (up to 3) blocks after them where it does not; the split of the two
-        blocks' known symbols that is most likely under that model (the largest sum of the
-        log-likelihood ratios log p0(e) / p1(e) before it) gives the last known symbol that fits.
-        The cut is the body position after the known symbol before that one: a known symbol after
-        the true cut may still look as if it fitted (a Gaussian probe there received a symbol
-        that happened to be close to it: about 1 in 10), and erasing one pilot period too many
-        (17 of some thousand symbols) costs less than handing the decoder 16 symbols of garbage
-        at the prefix's reliability (0.5 dB on the prefix's actual Es/N0 where it happened)."""
+        """The cut found between blocks k - 1 and k (:meth:`_find_cut`) to a known symbol, searched
+        from CUT_REFINE blocks before (4 pilots' fit is a noisy measure: a few blocks right after a
+        slip may fit half by chance, and the split then came 230 symbols late).  Against the gain g
+        fitted on the (up to 3) blocks before the search, each known symbol's error e = |z - g s|^2 is
+        about exponential with the mean mu0 it has there where it fits and with the mean mu1 it has
+        over the (up to 3) blocks after the split where it does not; the split of the searched
+        known symbols that is most likely under that model (the largest sum of the log-likelihood
+        ratios log p0(e) / p1(e) before it) gives the last known symbol that fits.  The cut is the
+        body position after the known symbol before that one: a known symbol after the true cut
+        may still look as if it fitted (a Gaussian probe there received a symbol that happened to
+        be close to it: about 1 in 10), and erasing one pilot period too many (17 of some thousand
+        symbols) costs less than handing the decoder 16 symbols of garbage at the prefix's
+        reliability (0.5 dB on the prefix's actual Es/N0 where it happened)."""
         n_b = len(first)
         edge = lambda i: first[i] if i < n_b else len(pos)  # noqa: E731
-        lo, hi = edge(k - 1), edge(k + 1)
-        g_lo = edge(max(k - 4, 0))
-        if lo - g_lo < 4:  # too little before the two blocks: the gain of the whole prefix
-            g_lo, lo = 0, min(lo, edge(k))
+        lo, hi = edge(max(k - CUT_REFINE, 1)), edge(k + 1)
+        g_lo = edge(max(k - CUT_REFINE - 3, 0))
+        if lo - g_lo < 4:  # too little before the search: the gain of the blocks before it, all
+            g_lo = 0
         a = zk * np.conj(ref)
-        g = complex(a[g_lo:max(lo, g_lo + 1)].sum() / max(float((np.abs(ref[g_lo:max(lo, g_lo + 1)]) ** 2).sum()),
-                                                          1e-300))
+        g_hi = max(lo, g_lo + 1)
+        g = complex(a[g_lo:g_hi].sum() / max(float((np.abs(ref[g_lo:g_hi]) ** 2).sum()), 1e-300))
         e = np.abs(zk - g * ref) ** 2
-        mu0 = float(e[g_lo:max(lo, g_lo + 1)].mean())
-        after = e[hi: edge(k + 4)] if edge(k + 4) > hi else e[edge(k):hi]
-        mu1 = float(after.mean())
+        mu0 = float(e[g_lo:g_hi].mean())
+        after = e[edge(k): edge(k + 3)]
+        mu1 = float(after.mean()) if len(after) else 0.0
         if not mu1 > mu0 > 0:
             return int(pos[edge(k)])
         llr = np.log(mu1 / mu0) - e[lo:hi] * (1.0 / mu0 - 1.0 / mu1)  # log p0(e) / p1(e)
