@@ -201,7 +201,7 @@ DISPERSIVE_SIGMAS = 3.0
 #: and CUT_SIGNAL of the prefix's signal: another signal, not a fade.  A fade keeps the noise the
 #: known symbols do not fit where it was (the receiver's noise is stationary through it): measured
 #: over Rayleigh, Rician and selective fading, drift and AWGN at 3-20 dB (three seeds of
-#: bench_channels.py's rows, 2 880 bursts), no burst's suffix passes both the growth and the fit
+#: bench_channels.py's rows, 3 196 bursts), no burst's suffix passes both the growth and the fit
 #: tests (largest growth 2.4 where the fit is <= 0.25; the worst fit with growth >= 4 is 0.42),
 #: while every slip (10-1000 samples dropped, 64-1000 zeros inserted) and +10 dB collision at 15
 #: dB gave fit <= 0.10 and growth >= 8.7.
