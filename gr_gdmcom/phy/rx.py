@@ -1157,7 +1157,8 @@ class FrameRx:
                 break
             m = self.layout.burst_map(b.header.chunk_symbols)
             end = int(math.floor(b.tau)) + self.layout.burst_samples(b.header.chunk_symbols)
-            if not self._available(self._need(b, m.n_body)) or (not final and self._scan * self._sps < end - self._late):
+            if not self._available(self._need(b, m.n_body)) or \
+                    (not final and self._scan * self._sps < end - self._late):
                 break  # (every preamble inside the burst that can cut it is detected first: _find_cut)
             self._pending.pop(0)
             if b.tau < self._last_end - self._sps:
