@@ -195,3 +195,27 @@ def test_an_equal_collision_after_the_payload_still_cuts_and_reads_the_second_bu
     assert f.cut == 2048 and f.erased is None
     act = -10 * np.log10(np.mean(np.abs(f.symbols - sym[0]) ** 2))
     assert act > SNR_DB - 1 and abs(f.snr_db - act) < 1.0, (f.snr_db, act)
+
+
+def test_the_frame_rx_block_says_where_a_frame_was_cut(bursts):
+    """Frame RX (reassemble=False) through GNU Radio: the cut frame's PDU carries ``cut`` (its erased
+    range runs from there to the end), the next burst's PDU ``cut`` -1."""
+    pytest.importorskip("gnuradio.gr")
+    import pmt
+    from gnuradio import blocks, gr
+
+    from gr_gdmcom.blocks import frame_rx
+
+    sym, b = bursts
+    y = _noisy(np.concatenate([_z(2000), b[0][: len(b[0]) // 2], b[1], _z(3000)]), 2)
+    tb = gr.top_block()
+    rx = frame_rx(reassemble=False)
+    dbg = blocks.message_debug()
+    tb.connect(blocks.vector_source_c(y.tolist()), rx)
+    tb.msg_connect(rx, "pdus", dbg, "store")
+    tb.run()
+    metas = [pmt.to_python(pmt.car(dbg.get_message(i))) for i in range(dbg.num_messages())]
+    assert [m["image_id"] for m in metas] == [0, 1]
+    ranges = [[[int(v) for v in r] for r in m["erased_ranges"]] for m in metas]
+    assert 2619 - 51 <= metas[0]["cut"] <= 2619 and ranges[0] == [[metas[0]["cut"], N]]
+    assert metas[1]["cut"] == -1 and ranges[1] == []

@@ -31,7 +31,9 @@ class frame_rx(gr.sync_block):
     not received) — else one PDU per frame with ``snr_db``, ``noise_var``, ``cfo``,
     ``sro_ppm``, ``start``, ``tracked`` (False: the channel was not followed; the
     estimate is honest but low), ``track_span`` (the channel tracker's window,
-    symbols) and ``erased_ranges`` (the frame's erased symbols, zero in the vector).
+    symbols), ``erased_ranges`` (the frame's erased symbols, zero in the vector) and ``cut``
+    (the payload symbol from which the burst was cut short -- a TX underflow, an RX overflow,
+    a collision: erased from there on -- or -1).
     ``counters()`` gives the PHY's counters (detected, CRC failures, ...).
     """
 
@@ -52,7 +54,8 @@ class frame_rx(gr.sync_block):
             if self.reasm is None:
                 meta = dict(header_dict(f.header), snr_db=float(f.snr_db), noise_var=float(f.noise_var),
                             cfo=float(f.cfo), sro_ppm=float(f.sro_ppm), start=int(f.start), tracked=bool(f.tracked),
-                            track_span=int(f.track_span), erased_ranges=erased_ranges(f.erased))
+                            track_span=int(f.track_span), erased_ranges=erased_ranges(f.erased),
+                            cut=-1 if f.cut is None else int(f.cut))
                 self.message_port_pub(PORT_PDUS, pdu(meta, f.symbols))
                 continue
             for img in self.reasm.add(f):
