@@ -16,21 +16,9 @@ from PIL import Image
 from gr_gdmcom.config import CodecConfig
 from gr_gdmcom.eval import learned, report
 from gr_gdmcom.eval.sweep import SweepError, SweepOptions, find_images, run_sweep
+from test_eval_sweep import _cfg, folder  # noqa: F401 - two images of different sizes (a fixture)
 
 DATA = Path(__file__).resolve().parent.parent / "gr_gdmcom" / "data"
-
-
-@pytest.fixture
-def folder(tmp_path):
-    d = tmp_path / "imgs"
-    d.mkdir()
-    Image.open(DATA / "astronaut.png").convert("RGB").resize((64, 64)).save(d / "astro.png")
-    Image.open(DATA / "coffee.png").convert("RGB").resize((64, 48)).save(d / "coffee.png")
-    return d
-
-
-def _cfg(**kw):
-    return CodecConfig(model="tiny", device="cpu", **kw)
 
 
 def _opts(images, out, **kw):
