@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from .config import CodecConfig, add_codec_args, codec_config_from_args, finite_float, snr_db
+from .config import CodecConfig, add_codec_args, codec_config_from_args, finite_float, snr_arg
 
 log = logging.getLogger("gdmcom")
 
@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("simulate", help="encode images, pass a numpy channel, decode, report metrics")
     add_images_arg(s)
-    s.add_argument("--snr", nargs="+", type=snr_db, required=True, help="Es/N0 values in dB")
+    s.add_argument("--snr", nargs="+", type=snr_arg, required=True, help="Es/N0 values in dB")
     s.add_argument("--channel", default="awgn", choices=("awgn", "rayleigh"),
                    help="awgn, or flat Rayleigh block fading with perfect-CSI equalisation [default=%(default)r]")
     s.add_argument("--out", required=True, help="output folder for <stem>_snr<DB>.png")
@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_simulate)
 
     st = sub.add_parser("steps", help="print the denoising steps N chosen for each SNR (no weights needed)")
-    st.add_argument("--snr", nargs="+", type=snr_db, required=True, help="Es/N0 values in dB")
+    st.add_argument("--snr", nargs="+", type=snr_arg, required=True, help="Es/N0 values in dB")
     add_codec_args(st, only=("k", "m", "T", "rule"))
     st.add_argument("--power", type=finite_float, default=1.0,
                     help="latent power P = 1/alpha^2 (every result row reports it) [default=%(default)r]")

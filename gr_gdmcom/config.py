@@ -320,7 +320,7 @@ def finite_float(text: str) -> float:
     return v
 
 
-def snr_db(text: str) -> float:
+def snr_arg(text: str) -> float:
     """argparse type of ``--snr``: a finite Es/N0 in ``SNR_DB_RANGE`` (-100..100 dB, what the codec
     decodes at; -150 was taken and every diffusion row failed late, the digital chain already run)."""
     v = finite_float(text)

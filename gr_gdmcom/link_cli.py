@@ -14,11 +14,11 @@ OFFLINE_DEFAULT_MODEL = "patch-gmm"
 
 def register(sub) -> None:
     from .cli import add_images_arg, add_run_args
-    from .config import add_codec_args, add_frame_args, finite_complex, finite_float, snr_db
+    from .config import add_codec_args, add_frame_args, finite_complex, finite_float, snr_arg
 
     p = sub.add_parser("link", help="send images through a GNU Radio flowgraph (source -> channel -> sink)")
     add_images_arg(p)
-    p.add_argument("--snr", nargs="+", type=snr_db, required=True, help="Es/N0 values in dB (one run each)")
+    p.add_argument("--snr", nargs="+", type=snr_arg, required=True, help="Es/N0 values in dB (one run each)")
     p.add_argument("--out", required=True, help="output folder; images go to OUT/snr<DB>/<stem>.png")
     add_run_args(p)
     ch = p.add_argument_group("channel (noise seeded by --seed)")

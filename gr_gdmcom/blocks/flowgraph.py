@@ -288,8 +288,9 @@ def warn_unshaped(tb) -> None:
 
 def check_screenshot(path: str) -> None:
     """``--screenshot``: its folder can be written (created by :func:`screenshot`, as
-    ``--capture``'s by :func:`capture`) and Qt can write an image of its suffix; ValueError otherwise.  (A path in a missing folder was
-    reported as saved and the script exited 0 without a file.)"""
+    ``--capture``'s by :func:`capture`) and Qt can write an image of its suffix; ValueError
+    otherwise.  (A path in a missing folder was reported as saved and the script exited 0
+    without a file.)"""
     from pathlib import Path
 
     from ..cli import check_out

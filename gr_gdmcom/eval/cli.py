@@ -15,7 +15,7 @@ import signal
 import sys
 
 from ..cli import check_threads  # noqa: F401 - (calibrate_cli takes it from here)
-from ..config import add_codec_args, codec_config_from_args, snr_db
+from ..config import add_codec_args, codec_config_from_args, snr_arg
 from .learned import ALL as LEARNED
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def register(sub) -> None:
                     "recomputed. See docs/evaluation.md.")
     s.add_argument("--images", "--image", dest="images", nargs="+", required=True, metavar="IMG",
                    help="image files, folders (their images) or globs such as 'photos/*.png'")
-    s.add_argument("--snr", nargs="+", type=snr_db, default=list(DEFAULT_SNRS),
+    s.add_argument("--snr", nargs="+", type=snr_arg, default=list(DEFAULT_SNRS),
                    help="Es/N0 values in dB [default=%(default)r]")
     s.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help=f"comma-separated methods from {', '.join(METHODS)} [default=%(default)r]")
