@@ -126,6 +126,23 @@ def test_unavailable_backends_report_a_reason(monkeypatch):
     assert learned.LearnedMetrics(names=("lpips",)).availability()["fid"].reason.startswith("not requested")
 
 
+def test_weights_missing_from_the_hf_hub_cache_are_said_in_the_offline_guard_s_words(monkeypatch):
+    """Newer pyiqa keeps its weights on the Hugging Face hub: offline, huggingface_hub raises its own
+    LocalEntryNotFoundError before any socket opens, and the reason was its raw text."""
+    hub = pytest.importorskip("huggingface_hub")
+
+    def hub_weights(device):
+        with learned.offline():
+            hub.hf_hub_download("chaofengc/IQA-PyTorch-Weights", "LPIPS_v0.1_alex-df73285e.pth")
+
+    hub_weights.backend = "fake:hub"
+    monkeypatch.setenv("HF_HOME", "/nonexistent-gdmcom-hf")
+    monkeypatch.setattr(learned, "FACTORIES", {"lpips": [hub_weights], "dists": [], "pieapp": [], "fid": [],
+                                               "kid": []})
+    reason = learned.LearnedMetrics(names=("lpips",)).availability()["lpips"].reason
+    assert reason == "fake:hub: pretrained weights are not in the local cache (no download is attempted here)"
+
+
 def test_this_environment_without_torchvision_marks_all_unavailable():
     try:
         import torchvision  # noqa: F401

@@ -108,6 +108,10 @@ def offline():
                 os.environ[k] = v
 
 
+#: huggingface_hub's exceptions for a file that is not in its cache while offline
+HUB_OFFLINE_ERRORS = ("LocalEntryNotFoundError", "OfflineModeIsEnabled")
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     msg = text[0] if text else type(exc).__name__
@@ -119,7 +123,10 @@ def _why_failed(exc: BaseException) -> str:
     while e is not None and len(chain) < 8:
         chain.append(e)
         e = e.__cause__ or e.__context__
-    if any(isinstance(x, _NoNetwork) or "network access refused" in str(x) for x in chain):
+    # (weights on the Hugging Face hub: with HF_HUB_OFFLINE set, huggingface_hub raises its own
+    # LocalEntryNotFoundError / OfflineModeIsEnabled before any socket is opened)
+    if any(isinstance(x, _NoNetwork) or "network access refused" in str(x)
+           or type(x).__name__ in HUB_OFFLINE_ERRORS for x in chain):
         return "pretrained weights are not in the local cache (no download is attempted here)"
     return _one_line(exc)
 
