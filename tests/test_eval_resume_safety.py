@@ -233,7 +233,7 @@ def test_psnr_inf_is_said_in_the_summary_and_marked_in_the_plot(tmp_path, monkey
     assert ("- **PSNR = inf** where a reconstruction is identical to the original (MSE 0: a lossless decode, e.g. "
             "of a flat image), so these cells' mean is inf: digital -5 dB: 1 of 2 images (1 of them a failed decode "
             "whose mid-grey output equals the original); the others' mean 9.50 dB; digital 20 dB: 1 of 2 images; "
-            "the others' mean 30.25 dB. The PSNR plot marks them") in md
+            "the others' mean 30.25 dB. The PSNR plots mark them") in md
     figs = {}
     real = report._save_figure
 
@@ -251,6 +251,18 @@ def test_psnr_inf_is_said_in_the_summary_and_marked_in_the_plot(tmp_path, monkey
     assert sorted(legend) == ["digital (▲ inf at -5, 20 dB)", "proposed (n=2: no interval)"]
     marks = [(x, y) for x, y, m in lines if m == "^" and x]  # (the legend's entry has no point)
     assert marks == [((-5.0,), (high,)), ((20.0,), (high,))] and high > 24.5  # at the top, above proposed
+
+    # the *_vs_bcr panels too (they dropped such points): digital's inf at BCR 1/384, 20 dB
+    bcr_rows = [dict(r, setting="s,bcr=1/384:pool") for r in rows] + rows
+    bcr_summary = report.summarize(bcr_rows)
+    report.plot_metrics_vs_bcr(bcr_summary, tmp_path)
+    fig = figs["psnr_vs_bcr"]
+    panel20 = next(ax for ax in fig.axes if ax.get_title() == "SNR 20 dB")
+    low, high = panel20.get_ylim()
+    marks = [(tuple(ln.get_xdata()), tuple(ln.get_ydata())) for ln in panel20.get_lines()
+             if ln.get_marker() == "^" and len(ln.get_xdata())]
+    assert sorted(marks) == [((1 / 384,), (high,)), ((1 / 96,), (high,))] and high > 24.5, marks
+    assert any("▲ inf" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
 
 
 # --------------------------------------------------------------------------- finding 9

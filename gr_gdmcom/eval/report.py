@@ -397,8 +397,8 @@ def summary_markdown(summary: Sequence[dict], info: dict) -> str:
                 part += f"; the others' mean {s['psnr_finite_mean']:.2f} dB"
             parts.append(part)
         out.append("- **PSNR = inf** where a reconstruction is identical to the original (MSE 0: a lossless decode, "
-                   "e.g. of a flat image), so these cells' mean is inf: " + "; ".join(parts) + ". The PSNR plot "
-                   "marks them with ▲ at its top edge; read them from the other metrics.")
+                   "e.g. of a flat image), so these cells' mean is inf: " + "; ".join(parts) + ". The PSNR plots "
+                   "mark them with ▲ at their top edge; read them from the other metrics.")
     if info.get("set_note"):
         out.append("- " + info["set_note"])
     for line in info.get("notes", []):
@@ -645,24 +645,37 @@ def plot_metrics_vs_bcr(summary: Sequence[dict], out_dir: Path) -> List[Path]:
         if not any(s.get(key) is not None for s in summary):
             continue
 
+        marks_at = {}  # axes -> infinite points, marked once every panel is drawn (their y axis is shared)
+
         def draw(ax, snr):
+            marks = marks_at.setdefault(ax, [])
             for k, pts in lines.items():
-                xs, ys, lo, hi = [], [], [], []
+                xs, ys, lo, hi, infs = [], [], [], [], []
                 for den in dens:
                     s = pts.get((den, snr))
-                    if s is None or s.get(key) is None or not math.isfinite(s[key]):
+                    if s is None or s.get(key) is None:
+                        continue
+                    if not math.isfinite(s[key]):  # (PSNR of identical images: marked, as in plot_metrics)
+                        infs.append((1.0 / den, s[key]))
                         continue
                     bar = error_bar(s[key], s.get(f"{m}_ci95"), s.get(f"{m}_n"), m)
                     xs.append(1.0 / den)
                     ys.append(s[key])
                     lo.append(bar[0] if bar else 0.0)
                     hi.append(bar[1] if bar else 0.0)
+                label_k = names[k] + (f" (▲ {'inf' if infs[0][1] > 0 else '-inf'})" if infs else "")
                 if xs:
-                    ax.errorbar(xs, ys, yerr=[lo, hi] if any(lo) or any(hi) else None, marker="o", capsize=3,
-                                label=names[k])
+                    color = ax.errorbar(xs, ys, yerr=[lo, hi] if any(lo) or any(hi) else None, marker="o",
+                                        capsize=3, label=label_k).lines[0].get_color()
+                elif infs:
+                    color = ax.plot([], [], marker="^", linestyle="none", label=label_k)[0].get_color()
+                if infs:
+                    marks.append((color, infs))
 
         fig = bcr_panels(snrs, dens, label[0] + (f" ({label[1]})" if label[1] else "") + (" ↑" if label[2] else " ↓"),
                          draw)
+        for ax, marks in marks_at.items():
+            _mark_infinite(ax, marks)
         written += _save_figure(fig, out_dir / f"{m}_vs_bcr")
     return written
 
