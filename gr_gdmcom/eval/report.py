@@ -535,14 +535,7 @@ def plot_metrics(summary: Sequence[dict], out_dir: Path) -> List[Path]:
             label_p = labels[p] + (f" (n={','.join(map(str, few))}: no interval)" if few else "")
             if infs:
                 label_p += f" (▲ {'inf' if infs[0][1] > 0 else '-inf'} at {', '.join(f'{x:g}' for x, _ in infs)} dB)"
-            if xs:
-                drawn = ax.errorbar(xs, ys, yerr=[lo, hi] if any(lo) or any(hi) else None, marker="o", capsize=3,
-                                    label=label_p)
-                color = drawn.lines[0].get_color()
-            elif infs:
-                color = ax.plot([], [], marker="^", linestyle="none", label=label_p)[0].get_color()
-            if infs:
-                marks.append((color, infs))
+            _draw_line(ax, xs, ys, lo, hi, infs, label_p, marks)
         _mark_infinite(ax, marks)
         ax.set_xlabel("SNR (dB)")
         ax.set_ylabel(label[0] + (f" ({label[1]})" if label[1] else "") +
@@ -552,6 +545,20 @@ def plot_metrics(summary: Sequence[dict], out_dir: Path) -> List[Path]:
         fig.tight_layout()
         written += _save_figure(fig, out_dir / f"{m}_vs_snr")
     return written
+
+
+def _draw_line(ax, xs, ys, lo, hi, infs, label: str, marks: list) -> None:
+    """One line of a metric plot: its finite points with error bars (``lo``/``hi``: none where
+    all 0), and its infinite points ``infs`` ((x, value)) added to ``marks`` in the line's colour
+    for :func:`_mark_infinite` (a line with only such points gets a legend entry of its own)."""
+    color = None
+    if xs:
+        color = ax.errorbar(xs, ys, yerr=[lo, hi] if any(lo) or any(hi) else None, marker="o", capsize=3,
+                            label=label).lines[0].get_color()
+    elif infs:
+        color = ax.plot([], [], marker="^", linestyle="none", label=label)[0].get_color()
+    if infs:
+        marks.append((color, infs))
 
 
 def _mark_infinite(ax, marks) -> None:
@@ -664,13 +671,7 @@ def plot_metrics_vs_bcr(summary: Sequence[dict], out_dir: Path) -> List[Path]:
                     lo.append(bar[0] if bar else 0.0)
                     hi.append(bar[1] if bar else 0.0)
                 label_k = names[k] + (f" (▲ {'inf' if infs[0][1] > 0 else '-inf'})" if infs else "")
-                if xs:
-                    color = ax.errorbar(xs, ys, yerr=[lo, hi] if any(lo) or any(hi) else None, marker="o",
-                                        capsize=3, label=label_k).lines[0].get_color()
-                elif infs:
-                    color = ax.plot([], [], marker="^", linestyle="none", label=label_k)[0].get_color()
-                if infs:
-                    marks.append((color, infs))
+                _draw_line(ax, xs, ys, lo, hi, infs, label_k, marks)
 
         fig = bcr_panels(snrs, dens, label[0] + (f" ({label[1]})" if label[1] else "") + (" ↑" if label[2] else " ↓"),
                          draw)
