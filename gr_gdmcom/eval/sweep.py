@@ -280,18 +280,18 @@ def dtype_name(dtype) -> Optional[str]:
 
 
 def _run_dtype(cfg: CodecConfig, ctx: Optional[Context] = None) -> str:
-    """The dtype the codec runs at: the server's, the loaded components', or ``cfg.dtype`` with
-    ``auto`` resolved for ``cfg.device`` (fp16 on CUDA, fp32 on CPU)."""
-    if ctx is not None and ctx.remote is not None:
-        return dtype_name(ctx.remote.status.get("dtype")) or str(ctx.remote.status.get("dtype"))
-    if ctx is not None and ctx.components is not None:
-        return dtype_name(ctx.components.dtype) or str(ctx.components.dtype)
-    try:
-        from ..codec.models import resolve_device, resolve_dtype
+    """The dtype the codec runs at (:func:`_codec_dtype`: the server's, the loaded components', or
+    ``cfg.dtype``), as :func:`dtype_name` gives it, ``auto`` resolved for ``cfg.device`` (fp16 on
+    CUDA, fp32 on CPU)."""
+    raw = _codec_dtype(cfg, ctx) if ctx is not None else cfg.dtype
+    if raw == "auto":
+        try:
+            from ..codec.models import resolve_device, resolve_dtype
 
-        return dtype_name(resolve_dtype(cfg.dtype, resolve_device(cfg.device))) or cfg.dtype
-    except Exception:  # noqa: BLE001 - an unusable device is refused where the model loads
-        return dtype_name(cfg.dtype) or cfg.dtype
+            raw = resolve_dtype(raw, resolve_device(cfg.device))
+        except Exception:  # noqa: BLE001 - an unusable device is refused where the model loads
+            pass
+    return dtype_name(raw) or str(raw)
 
 
 def _fingerprint(cfg: CodecConfig, ctx: Optional[Context] = None) -> dict:
