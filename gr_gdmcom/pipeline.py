@@ -392,7 +392,8 @@ class RxPipeline:
         res = dict(image_id=image_id, name=name, snr_est_db=round(float(img.snr_db), 3),
                    chunks_received=int(img.chunks_received), chunks_total=int(img.chunks_total),
                    complete=bool(img.complete), missing_chunks=list(map(int, img.missing)),
-                   untracked_chunks=list(map(int, img.untracked)), erased_symbols=int(img.erased_symbols))
+                   untracked_chunks=list(map(int, img.untracked)), erased_symbols=int(img.erased_symbols),
+                   repeat=int(img.repeat))
         if int(h.prompt_hash) != prompt_hash(self.config.prompt):
             self.counters["prompt_mismatch"] += 1
             log.warning("sink: image %d was encoded with another prompt (hash %04x); decoding with %r",

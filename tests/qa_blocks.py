@@ -54,9 +54,11 @@ class qa_frame_blocks(gr_unittest.TestCase):
         np.testing.assert_allclose(out[:len(expected[0])], expected[0], atol=1e-6)
         self.assertEqual(tx.counters(), dict(pdus=1, bad_pdus=1, bursts=1))
 
-        # received at 10 dB through frame_rx: one image PDU with the SNR estimate
+        # received at 10 dB through frame_rx: one image PDU with the SNR estimate; the same
+        # burst sent again comes out again, marked as a repeat (not a new image)
         rng = np.random.default_rng(1)
-        rx_in = awgn(np.concatenate([np.zeros(300, np.complex64), out]), 10.0, rng)
+        gap = np.zeros(300, np.complex64)
+        rx_in = awgn(np.concatenate([gap, out, gap, out, gap]), 10.0, rng)
         tb2 = gr.top_block()
         src = blocks.vector_source_c(rx_in.tolist())
         rx = frame_rx(sps=2)
@@ -65,7 +67,10 @@ class qa_frame_blocks(gr_unittest.TestCase):
         tb2.msg_connect(rx, "pdus", dbg, "store")
         tb2.run()
         msgs = _messages(dbg)
-        self.assertEqual(len(msgs), 1)
+        self.assertEqual(len(msgs), 2)
+        self.assertEqual([pmt.to_python(pmt.car(v))["repeat"] for v in msgs], [0, 1])
+        self.assertEqual(rx.counters()["images_repeated"], 1)
+        self.assertEqual(rx.counters()["images_complete"], 2)
         m = pmt.to_python(pmt.car(msgs[0]))
         vec = np.asarray(pmt.c32vector_elements(pmt.cdr(msgs[0])))
         self.assertEqual(m["image_id"], 7)

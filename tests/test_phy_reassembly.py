@@ -60,7 +60,25 @@ def test_new_image_finalises_previous_and_counts_lost(rng):
     out = r.add(fb[1])
     assert len(out) == 1 and out[0].complete
     assert r.counters == dict(images_complete=1, images_partial=1, images_lost=2, chunks_duplicate=0,
-                              chunks_inconsistent=0)
+                              chunks_inconsistent=0, images_repeated=0)
+
+
+def test_image_received_again_is_returned_as_a_repeat(rng):
+    """A retransmission (or a capture replayed twice): the same image ids and headers
+    again after they were delivered come out again, numbered, and are not lost images."""
+    imgs = {i: complex_noise(4000, 1.0, rng) for i in (5, 6)}
+    r, out = Reassembler(), []
+    for _ in range(3):
+        for i in (5, 6):
+            for f in frames_of(i, imgs[i], 2000):
+                out += r.add(f)
+    assert [(o.header.image_id, o.repeat, o.complete) for o in out] == [
+        (5, 0, True), (6, 0, True), (5, 1, True), (6, 1, True), (5, 2, True), (6, 2, True)]
+    assert r.counters["images_repeated"] == 4 and r.counters["images_lost"] == 0
+    # a new picture under a used id (another alpha) is not a repeat
+    alpha = frames_of(5, imgs[5], 2000)[0].header.alpha
+    out += [img for f in frames_of(5, imgs[5], 2000, alpha=alpha * 2) for img in r.add(f)]
+    assert out[-1].repeat == 0 and r.counters["images_repeated"] == 4
 
 
 def test_timeout_duplicates_and_inconsistent_chunks(rng):

@@ -65,7 +65,8 @@ class frame_rx(gr.sync_block):
         meta = dict(header_dict(img.header), snr_db=float(img.snr_db), chunks_received=int(img.chunks_received),
                     chunks_total=int(img.chunks_total), complete=bool(img.complete),
                     missing_chunks=[int(v) for v in img.missing], untracked_chunks=[int(v) for v in img.untracked],
-                    erased_symbols=int(img.erased_symbols), erased_ranges=erased_ranges(~img.mask))
+                    erased_symbols=int(img.erased_symbols), erased_ranges=erased_ranges(~img.mask),
+                    repeat=int(img.repeat))
         self.message_port_pub(PORT_PDUS, pdu(meta, img.symbols))
 
     def stop(self):

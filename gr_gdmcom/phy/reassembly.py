@@ -16,7 +16,11 @@ Policy (never silent):
 * a chunk received twice keeps the copy with the lower expected error (its noise
   variance; an erased symbol counts as lost);
 * image ids are expected to increase by one per image (mod 65536): a jump of
-  d (1 < d <= ``MAX_ID_GAP``) counts d - 1 images as lost.
+  d (1 < d <= ``MAX_ID_GAP``) counts d - 1 images as lost;
+* an image received again after it was finalised (same id and image-level header
+  fields as one of the last ``REPEAT_MEMORY`` finalised: a retransmission, a capture
+  replayed twice) is collected and returned again, counted in ``images_repeated``
+  and marked by its ``repeat`` number, so a consumer can tell it from a new image.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ log = logging.getLogger(__name__)
 
 #: Largest image-id jump still read as lost images (larger jumps = a new sender/session).
 MAX_ID_GAP = 256
+#: how many finalised images are remembered to recognise one received again
+REPEAT_MEMORY = 64
 ID_MODULUS = 1 << 16
 #: header fields every chunk of one image carries alike: a frame of the open image's id that differs
 #: in any starts a new image (another picture under a reused id, or another transmitter's)
@@ -65,6 +71,8 @@ class ReassembledImage:
         untracked: sorted indices of the chunks whose channel the receiver could not
             follow (:attr:`RxFrame.tracked` False).
         erased_symbols: symbols of the received chunks that were erased (no signal).
+        repeat: 0 for an image's first reception; n for its n-th reception again after it
+            was finalised (same id and image-level header fields: a retransmission).
     """
 
     header: Header
@@ -80,6 +88,7 @@ class ReassembledImage:
     symbol_noise_var: Optional[np.ndarray] = None
     untracked: List[int] = field(default_factory=list)
     erased_symbols: int = 0
+    repeat: int = 0
 
 
 def erased_ranges(erased: Optional[np.ndarray]) -> List[List[int]]:
@@ -107,6 +116,7 @@ class _Open:
     header: Header
     chunks: Dict[int, RxFrame]
     last_seen: int
+    repeat: int = 0
 
 
 def _image_key(h: Header) -> tuple:
@@ -123,7 +133,7 @@ class Reassembler:
 
     Attributes:
         counters: images_complete, images_partial, images_lost, chunks_duplicate,
-            chunks_inconsistent.
+            chunks_inconsistent, images_repeated.
     """
 
     def __init__(self, timeout_frames: int = 64, max_pending: int = 4, finalise_on_new_id: bool = True):
@@ -132,8 +142,10 @@ class Reassembler:
         self.timeout_frames, self.max_pending = int(timeout_frames), int(max_pending)
         self.finalise_on_new_id = bool(finalise_on_new_id)
         self.counters = dict(images_complete=0, images_partial=0, images_lost=0, chunks_duplicate=0,
-                             chunks_inconsistent=0)
+                             chunks_inconsistent=0, images_repeated=0)
         self._open: Dict[int, _Open] = {}
+        #: (image id, image-level fields) of the last REPEAT_MEMORY finalised images -> receptions
+        self._done: Dict[tuple, int] = {}
         self._frames = 0
         self._last_id: Optional[int] = None
 
@@ -154,8 +166,14 @@ class Reassembler:
         if img is None:
             if self.finalise_on_new_id:
                 out += [self._finalise(i) for i in list(self._open)]
-            self._count_lost(h.image_id)
-            img = self._open[h.image_id] = _Open(h, {}, self._frames)
+            seen = self._done.get((h.image_id, _image_key(h)), 0)
+            if seen:
+                self.counters["images_repeated"] += 1
+                log.info("image %d received again (same header as an image already finalised): a repeated "
+                         "transmission, returned as repeat %d", h.image_id, seen)
+            else:
+                self._count_lost(h.image_id)
+            img = self._open[h.image_id] = _Open(h, {}, self._frames, seen)
         old = img.chunks.get(h.chunk_index)
         if old is not None:
             self.counters["chunks_duplicate"] += 1
@@ -188,6 +206,11 @@ class Reassembler:
 
     def _finalise(self, image_id: int) -> ReassembledImage:
         img = self._open.pop(image_id)
+        done = (image_id, _image_key(img.header))
+        self._done.pop(done, None)
+        self._done[done] = img.repeat + 1
+        while len(self._done) > REPEAT_MEMORY:
+            del self._done[next(iter(self._done))]
         h0 = img.chunks[0].header if 0 in img.chunks else img.header
         sizes = chunk_sizes(h0.total_symbols, h0.chunk_count)
         offsets = np.concatenate([[0], np.cumsum(sizes)])
@@ -214,4 +237,4 @@ class Reassembler:
                                 noise_var=mean_nv, chunks_received=len(img.chunks), chunks_total=h0.chunk_count,
                                 missing=missing, complete=complete, chunk_noise_var=nv, symbol_noise_var=sym_nv,
                                 untracked=sorted(i for i, f in img.chunks.items() if not f.tracked),
-                                erased_symbols=erased)
+                                erased_symbols=erased, repeat=img.repeat)
