@@ -25,7 +25,7 @@ class semantic_sink(gr.sync_block):
     ``images``: one PDU per image, metadata ``image_id, name, snr_est_db,
     n_steps, rule, k, m, T, alpha, s_tot2, unet_calls, symbols, height, width,
     chunks_received, chunks_total, complete, missing_chunks, untracked_chunks,
-    erased_symbols, snr_eff_db, seconds, model_mismatch, file`` (or ``error``) and the counters
+    erased_symbols, repeat, snr_eff_db, seconds, model_mismatch, file`` (or ``error``) and the counters
     (``snr_eff_db``: the SNR the step rule used after weighting each symbol by its
     reliability, docs/codec.md); the vector is the decoded
     image as uint8 (H*W*3, row-major RGB).
