@@ -325,3 +325,32 @@ def test_a_repeated_snr_is_one_row(folder, tmp_path, components):
     n_images = len(find_images([folder]))
     assert res.rows_computed == res.rows_total == 2 * n_images
     assert sorted({float(r["snr_db"]) for r in _csv(out / "rows.csv")}) == [5.0, 10.0]
+
+
+# --------------------------------------------------------------------------- two sweeps, one folder
+def test_a_folder_being_written_by_another_sweep_is_refused(folder, tmp_path, components):
+    """Two sweeps writing one folder at once lost rows (the first to finish rewrote rows.csv under
+    the other's appends) and a run's record in run.json: the second is refused while the first
+    holds the folder's lock, and the lock goes with the sweep that held it."""
+    import fcntl
+
+    out = tmp_path / "res"
+    run_sweep(_opts(folder, out), components=components)
+    before = (out / "rows.csv").read_bytes()
+    with open(out / ".sweep.lock", "a+") as other:  # another sweep, mid-run
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        other.truncate(0)
+        other.write("pid 4711 on gpu-box, started 2026-11-29T07:00:00+00:00\n")
+        other.flush()
+        with pytest.raises(SweepError, match=r"^another gdmcom sweep \(pid 4711 on gpu-box, started "
+                                             r"2026-11-29T07:00:00\+00:00\) is writing .*res; wait for it "
+                                             r"to finish or give another --out$"):
+            run_sweep(_opts(folder, out, snrs=[5.0, 10.0]), components=components)
+        assert (out / "rows.csv").read_bytes() == before
+    res = run_sweep(_opts(folder, out, snrs=[5.0, 10.0]), components=components)  # released: it runs
+    assert res.rows_computed == 2 and res.rows_reused == 2
+    assert len(json.loads((out / "run.json").read_text())["runs"]) == 2
+    with open(out / ".sweep.lock", "a+") as f:  # and this run released it too
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        f.seek(0)
+        assert f.read().startswith(f"pid {os.getpid()} on ")

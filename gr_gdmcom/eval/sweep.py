@@ -11,6 +11,7 @@
     images/<method>/<setting>/<image>_snr<DB>.png   every reconstruction
     plots/<metric>_vs_snr.{png,pdf}, plots/grid_snr<DB>.{png,pdf}
     plots/<metric>_vs_bcr.{png,pdf}  with --bcr (several): metric vs BCR, one panel per SNR
+    .sweep.lock      held while a sweep writes the folder: a second sweep into it is refused
 
 It is **resumable**: rows already in ``rows.csv`` (key image x SNR x method x
 setting, without an error) are not recomputed, so an interrupted sweep goes on
@@ -23,6 +24,7 @@ are batched.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
@@ -53,6 +55,8 @@ from .metrics import ms_ssim, psnr
 log = logging.getLogger(__name__)
 
 DEFAULT_SNRS = (0.0, 5.0, 10.0, 15.0, 20.0)
+#: held (flock) by the sweep writing a results folder; a second one is refused
+LOCK_FILE = ".sweep.lock"
 DEFAULT_METHODS = ("proposed", "random_noise", "sd_semcom", "digital")
 #: configuration that must match for rows to be mixed in one results folder: every codec
 #: setting that changes a reconstruction and is not in the methods' setting labels (k, m, N,
@@ -414,6 +418,11 @@ def run_sweep(opts: SweepOptions, components=None) -> SweepResult:
         SweepError: usage problems, before anything is computed.
         KeyboardInterrupt: propagated after the rows so far are safely written.
     """
+    with contextlib.ExitStack() as held:  # the results folder's lock, from when it is made
+        return _run_sweep(opts, components, held)
+
+
+def _run_sweep(opts: SweepOptions, components, held: contextlib.ExitStack) -> SweepResult:
     t_start = time.perf_counter()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     cfg = opts.config.validate()
@@ -479,6 +488,8 @@ def run_sweep(opts: SweepOptions, components=None) -> SweepResult:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SweepError(f"cannot create the results folder {out}: {exc.strerror or exc}") from None
+    held.enter_context(_folder_lock(out, started))
+    prev = _check_folder(out, cfg, ctx)  # again, now that no other sweep can be writing it
     ctx.image_files = where
     if captions:
         hits = [n for n in images if ctx.caption_for(n)[1] == "captions file"]
@@ -763,6 +774,31 @@ def _dedupe(rows_path: Path) -> List[dict]:
         rows = list(last.values())
         report.write_rows(rows_path, rows)
     return rows
+
+
+@contextlib.contextmanager
+def _folder_lock(out: Path, started: str):
+    """Hold ``out/.sweep.lock`` (an advisory ``flock``, released when the process ends however
+    it ends) while a sweep writes the folder.  Two sweeps writing one folder at once lost rows:
+    the first to finish rewrites rows.csv (dropping superseded rows) under the other's appends,
+    and each wrote run.json over the other's record of its run."""
+    import fcntl
+
+    f = open(out / LOCK_FILE, "a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            who = f.read().strip() or "another process"
+            raise SweepError(f"another gdmcom sweep ({who}) is writing {out}; wait for it to finish or give "
+                             f"another --out") from None
+        f.truncate(0)
+        f.write(f"pid {os.getpid()} on {platform.node()}, started {started}\n")
+        f.flush()
+        yield
+    finally:
+        f.close()
 
 
 def _sha256(path) -> Optional[str]:
