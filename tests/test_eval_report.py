@@ -218,3 +218,19 @@ def test_summary_scales_note_names_the_side_the_code_uses_and_the_zero_floor():
     assert "images with a side below 176 px use fewer than the standard 5 scales" in md
     assert ms_ssim_scales(175, 175) == 4 and ms_ssim_scales(176, 176) == 5
     assert "normalize='relu'" in md and "an exact 0 is a real floor" in md and "still scores above 0" in md
+
+
+def test_offline_guard_keeps_torch_hub_s_download_line_off_stdout(tmp_path, capsys):
+    """torch.hub prints `Downloading: "URL" to FILE` on stdout before the download the guard refuses:
+    a line that is not true, in the stream that carries gdmcom sweep's JSON lines."""
+    import torch
+
+    with learned.offline():
+        print("pyiqa says hello")
+        with pytest.raises(OSError, match="never downloads"):
+            torch.hub.load_state_dict_from_url("https://download.pytorch.org/models/gdmcom-test.pth",
+                                               model_dir=str(tmp_path))
+    out, err = capsys.readouterr()
+    assert out == "" and err == "pyiqa says hello\n"
+    print("after")
+    assert capsys.readouterr().out == "after\n"

@@ -39,6 +39,7 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,10 +84,34 @@ class _NoNetwork(OSError):
     pass
 
 
+class _QuietStdout:
+    """What a metric library prints while :func:`offline` holds: to stderr, never into a command's
+    stdout (``gdmcom sweep``'s JSON lines), and without torch.hub's ``Downloading: "URL" to FILE``,
+    which it prints before trying the download that the guard then refuses."""
+
+    def __init__(self, err):
+        self.err, self._line = err, ""
+
+    def write(self, text: str) -> int:
+        self._line += text
+        *lines, self._line = self._line.split("\n")
+        for line in lines:
+            if not line.startswith('Downloading: "'):
+                self.err.write(line + "\n")
+        return len(text)
+
+    def flush(self):
+        if self._line and not self._line.startswith('Downloading: "'):
+            self.err.write(self._line)
+        self._line = ""
+        self.err.flush()
+
+
 @contextlib.contextmanager
 def offline():
     """Refuse every network connection (and tell the HF libraries they are offline)
-    while metrics are built, so missing weights fail instead of downloading."""
+    while metrics are built, so missing weights fail instead of downloading; what the
+    libraries print meanwhile goes to stderr (:class:`_QuietStdout`)."""
     saved_env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     orig_connect, orig_create = socket.socket.connect, socket.create_connection
@@ -96,9 +121,12 @@ def offline():
 
     socket.socket.connect = refuse  # type: ignore[assignment]
     socket.create_connection = refuse  # type: ignore[assignment]
+    quiet = _QuietStdout(sys.stderr)
     try:
-        yield
+        with contextlib.redirect_stdout(quiet):
+            yield
     finally:
+        quiet.flush()
         socket.socket.connect = orig_connect  # type: ignore[assignment]
         socket.create_connection = orig_create  # type: ignore[assignment]
         for k, v in saved_env.items():
