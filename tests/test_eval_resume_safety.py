@@ -251,6 +251,13 @@ def test_psnr_inf_is_said_in_the_summary_and_marked_in_the_plot(tmp_path, monkey
     assert sorted(legend) == ["digital (▲ inf at -5, 20 dB)", "proposed (n=2: no interval)"]
     marks = [(x, y) for x, y, m in lines if m == "^" and x]  # (the legend's entry has no point)
     assert marks == [((-5.0,), (high,)), ((20.0,), (high,))] and high > 24.5  # at the top, above proposed
+    fig = figs["psnr_vs_snr"]
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    labels = [(t.get_window_extent(), ax.transData.transform(t.xy)[0]) for t in ax.texts if t.get_text() == "inf"]
+    (first, x_first), (last, x_last) = sorted(labels, key=lambda p: p[1])
+    # the label of the last SNR lies left of its mark, inside the panel (it ran past the figure's edge)
+    assert x_first < first.x0 and last.x1 < x_last and ax.bbox.x0 < first.x0 and last.x1 < ax.bbox.x1
 
     # the *_vs_bcr panels too (they dropped such points): digital's inf at BCR 1/384, 20 dB
     bcr_rows = [dict(r, setting="s,bcr=1/384:pool") for r in rows] + rows

@@ -567,12 +567,17 @@ def _mark_infinite(ax, marks) -> None:
     if not marks:
         return
     low, high = ax.get_ylim()
+    left, right = ax.get_xlim()
     for color, pts in marks:
         for x, v in pts:
             ax.plot([x], [high if v > 0 else low], marker="^" if v > 0 else "v", markersize=9, color=color,
                     linestyle="none", clip_on=False, zorder=5)
+            # the label inside the panel: right of the mark in its left half, left of it in its right half
+            # (at the last SNR it ran past the figure's edge)
+            flip = (x - left) / (right - left) > 0.5 if right != left else False
             ax.annotate("inf" if v > 0 else "-inf", (x, high if v > 0 else low), textcoords="offset points",
-                        xytext=(6, -10 if v > 0 else 4), fontsize=7, color=color)
+                        xytext=(-6 if flip else 6, -10 if v > 0 else 4), fontsize=7, color=color,
+                        ha="right" if flip else "left")
     ax.set_ylim(low, high)
 
 
