@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import math
 import numbers
 from dataclasses import dataclass, fields
@@ -17,6 +18,8 @@ from fractions import Fraction
 from typing import Optional
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_PROMPT = "High quality, High res, 8K"
@@ -381,7 +384,11 @@ def codec_config_from_args(args: argparse.Namespace) -> CodecConfig:
         if kw.get("reduce", 1) not in (1, bcr):
             raise ValueError(f"--bcr {bcr_text(bcr)} and --reduce {kw['reduce']} disagree; give one of them")
         kw["reduce"] = bcr
-    return CodecConfig(**kw).validate()
+    cfg = CodecConfig(**kw).validate()
+    if "reduce_method" in getattr(args, "given", ()) and cfg.reduce == 1 and not isinstance(bcr, list):
+        log.warning("--reduce-method %s does nothing without --reduce (or --bcr) above 1: the whole latent is "
+                    "sent", cfg.reduce_method)
+    return cfg
 
 
 def _attribute_docs(cls) -> dict:

@@ -206,3 +206,22 @@ def test_a_contact_sheet_marks_what_was_not_decoded(tmp_path):
     assert (sheet[6:70, 140:268] == 200).all()                                     # the decoded tile
     grey = sheet[6:70, 274:402]
     assert np.count_nonzero((grey == 128).all(-1)) > 0.8 * 64 * 128 and (grey != 128).any()  # grey, with its text
+
+
+def test_a_reduce_method_without_a_reduction_is_warned_about(caplog):
+    """--reduce-method dct alone sent the whole latent and said nothing."""
+    import argparse
+
+    from gr_gdmcom.config import add_codec_args, codec_config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_codec_args(parser)
+    for argv, warned in ((["--reduce-method", "dct"], True), (["--reduce-method", "dct", "--bcr", "1/384"], False),
+                         (["--reduce", "2"], False), ([], False)):
+        caplog.clear()
+        args = parser.parse_args(argv)
+        args.given = frozenset(a[2:].replace("-", "_") for a in argv if a.startswith("--"))
+        cfg = codec_config_from_args(args)
+        said = "--reduce-method dct does nothing without --reduce (or --bcr) above 1: the whole latent is sent"
+        assert (said in caplog.text) is warned, (argv, caplog.text)
+        assert cfg.reduce == (4 if "--bcr" in argv else 2 if "--reduce" in argv else 1)
