@@ -428,7 +428,7 @@ class RxPipeline:
         res["image"] = dec.image
         if self.out_dir is not None:
             try:
-                res["file"] = str(self._write(dec.image, image_id, name))
+                res["file"] = str(self._write(dec.image, image_id, name, int(img.repeat)))
             except OSError as exc:  # a full disk, a folder removed or made read-only during the run
                 self.counters["images_failed"] += 1
                 res["error"] = f"decoded, but cannot write it to {self.out_dir}: {exc.strerror or exc}"
@@ -437,8 +437,9 @@ class RxPipeline:
         self.counters["images_decoded"] += 1
         return res
 
-    def _write(self, image: np.ndarray, image_id: int, name: str) -> Path:
-        """Write a decoded image into ``out_dir``; an id received again keeps both files."""
+    def _write(self, image: np.ndarray, image_id: int, name: str, repeat: int = 0) -> Path:
+        """Write a decoded image into ``out_dir``; an id received again keeps both files
+        (``repeat``: the reassembler recognised the same image sent again)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = first = self.out_dir / self.filename.format(image_id=image_id, name=name)
         n = 1
@@ -447,8 +448,12 @@ class RxPipeline:
             path = first.with_name(f"{first.stem}~{n}{first.suffix}")
         if n > 1:
             self.counters["ids_reused"] += 1
-            log.warning("sink: image id %d received again after its image was decoded (a restarted "
-                        "transmitter, or two?); written as %s, not over %s", image_id, path.name, first.name)
+            if repeat:
+                log.info("sink: image %d received again (a repeated transmission); written as %s beside %s",
+                         image_id, path.name, first.name)
+            else:
+                log.warning("sink: image id %d received again after its image was decoded (a restarted "
+                            "transmitter, or two?); written as %s, not over %s", image_id, path.name, first.name)
         path.parent.mkdir(parents=True, exist_ok=True)  # a pattern with a folder: {name}/img{image_id}.png
         Image.fromarray(image).save(path)
         self._written.add(path)

@@ -267,11 +267,11 @@ class qa_semantic_blocks(gr_unittest.TestCase):
         self.assertEqual(pmt.length(pmt.cdr(msgs[0])), 40 * 48 * 3)
 
 
-def _png_bytes():
+def _png_bytes(seed=3):
     import io
     from PIL import Image
     buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(3).integers(0, 255, (40, 48, 3)).astype(np.uint8)).save(buf, format="PNG")
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (40, 48, 3)).astype(np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -338,28 +338,39 @@ class qa_missing_chunks(gr_unittest.TestCase):
             self.assertEqual((block.counters()["internal_errors"], block.counters()["frames_out"]), (1, 1))
 
     def test_an_image_id_received_again_keeps_both_files(self):
-        """A restarted transmitter sends image id 3 again: both images are decoded and kept
-        (img00003.png, img00003~2.png), counted in ids_reused and logged; the second used to
-        overwrite the first silently."""
+        """Image id 3 sent again -- the same image (a repeated transmission), then another image
+        under that id (a restarted transmitter): all are decoded and kept (img00003.png,
+        img00003~2.png, img00003~3.png), counted in ids_reused and logged, the repeat as one
+        (images_repeated, `repeat` 1) and the other as a warning; the second used to overwrite the
+        first silently."""
         import tempfile
         from pathlib import Path
         from gr_gdmcom.bridge.backend import make_backend
         from gr_gdmcom.config import CodecConfig
         from gr_gdmcom.phy import FrameConfig
-        enc = make_backend("local", CodecConfig(**TINY)).encode(_png_bytes(), name="x")
+        backend = make_backend("local", CodecConfig(**TINY))
+        enc, other = (backend.encode(_png_bytes(seed), name="x") for seed in (3, 4))
         burst, = FrameTx(FrameConfig()).frames(enc.symbols, header_for(enc.meta, 3))
+        burst2, = FrameTx(FrameConfig()).frames(other.symbols, header_for(other.meta, 3))
         gap = np.zeros(2000, np.complex64)
-        stream = awgn(np.concatenate([gap, burst, gap, burst, gap]), 15.0, np.random.default_rng(6))
+        stream = awgn(np.concatenate([gap, burst, gap, burst, gap, burst2, gap]), 15.0, np.random.default_rng(6))
         with tempfile.TemporaryDirectory() as out:
             tb = gr.top_block()
             snk = semantic_sink(out_dir=out, **TINY)
             tb.connect(blocks.vector_source_c(stream.tolist()), snk)
-            with self.assertLogs("gr_gdmcom.pipeline", "WARNING") as logs:
+            with self.assertLogs("gr_gdmcom.pipeline", "INFO") as logs:
                 tb.run()
-            self.assertEqual(sorted(p.name for p in Path(out).iterdir()), ["img00003.png", "img00003~2.png"])
-            self.assertEqual([Path(r["file"]).name for r in snk.results], ["img00003.png", "img00003~2.png"])
-        self.assertEqual((snk.counters()["ids_reused"], snk.counters()["images_decoded"]), (1, 2))
-        self.assertIn("image id 3 received again after its image was decoded", "\n".join(logs.output))
+            names = ["img00003.png", "img00003~2.png", "img00003~3.png"]
+            self.assertEqual(sorted(p.name for p in Path(out).iterdir()), names)
+            self.assertEqual([Path(r["file"]).name for r in snk.results], names)
+            self.assertEqual([r["repeat"] for r in snk.results], [0, 1, 0])
+        self.assertEqual((snk.counters()["ids_reused"], snk.counters()["images_decoded"],
+                          snk.counters()["images_repeated"]), (2, 3, 1))
+        said = "\n".join(logs.output)
+        self.assertIn("INFO:gr_gdmcom.pipeline:sink: image 3 received again (a repeated transmission); written as "
+                      "img00003~2.png beside img00003.png", said)
+        self.assertIn("WARNING:gr_gdmcom.pipeline:sink: image id 3 received again after its image was decoded "
+                      "(a restarted transmitter, or two?); written as img00003~3.png", said)
 
     def test_image_with_a_lost_chunk_is_decoded_and_marked(self):
         from gr_gdmcom.bridge.backend import make_backend
