@@ -161,6 +161,7 @@ def test_generated_link_scripts_run_with_their_defaults_from_any_folder(compiled
     assert Image.open(files[0]).size == Image.open(package_image("astronaut.png")).size
     summary = [json.loads(line) for line in r.stdout.splitlines() if line.startswith('{"summary"')]
     assert summary and summary[0]["images_sent"] == 1 and summary[0]["decoded"] == 1
+    assert [json.loads(line) for line in r.stdout.splitlines()], r.stdout  # stdout: the JSON lines alone
 
 
 def test_generated_script_exits_2_when_nothing_was_sent(compiled, tmp_path):
@@ -168,9 +169,10 @@ def test_generated_script_exits_2_when_nothing_was_sent(compiled, tmp_path):
                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 2, r.stderr[-3000:]
     assert "gr_gdmcom: no image was sent (exit status 2)" in r.stderr
-    log = r.stdout + r.stderr  # (GNU Radio's logger writes to stdout)
-    assert log.count("image not found: missing.png") == 1
-    assert log.count("none of the 1 image(s) could be sent") == 1
+    # GNU Radio's logger (C++, on file descriptor 1) goes to stderr; stdout holds the JSON lines alone
+    assert r.stderr.count("image not found: missing.png") == 1
+    assert r.stderr.count("none of the 1 image(s) could be sent") == 1
+    assert [json.loads(line) for line in r.stdout.splitlines()][-1]["summary"], r.stdout
 
 
 def _run_command(fg: Path) -> str:

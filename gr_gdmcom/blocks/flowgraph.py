@@ -30,8 +30,35 @@ RESULT_KEYS = ("image_id", "name", "snr_est_db", "n_steps", "complete", "chunks_
 EXIT_NOTHING, EXIT_TIMEOUT = 2, 3
 
 
-def _print(d: dict) -> None:
-    print(json.dumps(d, default=str), flush=True)
+#: the real stdout once :func:`results_on_stdout` moved file descriptor 1 to stderr (None: sys.stdout)
+_RESULTS = None
+
+
+def results_on_stdout(tb) -> None:
+    """Keep a flowgraph script's stdout for its result lines (:func:`_print`, the screenshot line)
+    alone, as ``gdmcom link`` does (``cli.json_stdout``): GNU Radio's logger (spdlog, C++) and
+    libraries that print write to file descriptor 1 behind Python's back, so fd 1 is pointed at
+    stderr and the results go to a duplicate of the real stdout.  Only in the script being run
+    (``tb``'s class defined in ``__main__``) and only where ``sys.stdout`` is fd 1: a test that
+    imports a generated module, or captures ``sys.stdout``, is left alone."""
+    global _RESULTS
+    if _RESULTS is not None or type(tb).__module__ != "__main__":
+        return
+    try:
+        if sys.stdout.fileno() != 1:
+            return
+    except (AttributeError, OSError, ValueError):
+        return
+    import os
+
+    sys.stdout.flush()
+    _RESULTS = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+
+
+def _print(d) -> None:
+    """One result line (a dict as JSON) on the script's stdout."""
+    print(d if isinstance(d, str) else json.dumps(d, default=str), file=_RESULTS or sys.stdout, flush=True)
 
 
 def watch_rx(tb, sink, images_expected: int = 0, timeout: float = 0.0, poll: float = 0.2) -> threading.Thread:
@@ -198,6 +225,7 @@ def preflight(tb, replay: str = None) -> None:
     from ..phy import FrameConfig
 
     sys.excepthook = radio_error_hook
+    results_on_stdout(tb)
     if replay is not None:
         require_capture(replay)
     problems = []
@@ -326,12 +354,14 @@ def screenshot(tb, path: str) -> bool:
         display = getattr(tb, "display", None)
         shown = getattr(display, "shown", 0)
         caption = (getattr(display, "last", None) or {}).get("caption", "")
-        print(f"screenshot {path}: {shown} image(s) shown, last: {caption}", flush=True)
+        _print(f"screenshot {path}: {shown} image(s) shown, last: {caption}")
         return True
     print(f"gr_gdmcom: error: could not save the screenshot {path} (Qt could not write the file)",
           file=sys.stderr, flush=True)
     tb.close()
     sys.stdout.flush()
+    if _RESULTS is not None:
+        _RESULTS.flush()
     import os
     os._exit(1)  # (from a Qt timer: sys.exit would not end qapp.exec_())
     return False
