@@ -179,6 +179,18 @@ def test_calibrate_refuses_what_it_cannot_use_before_running(tmp_path, capsys):
          "error: cannot create the output folder /proc/gdmcom-x"),
     ]:
         assert main(argv) == 2 and message in capsys.readouterr().err, argv
+    # a reduced latent is decoded by the snr rule whatever a calibration says: no --bcr/--reduce to
+    # spend minutes on a file nothing would use
+    for extra in (["--bcr", "1/384"], ["--reduce", "4"], ["--reduce-method", "dct"]):
+        with pytest.raises(SystemExit) as exit_:
+            main([*base, "--samples", "8", *extra, "--out", str(tmp_path / "c.json")])
+        assert exit_.value.code == 2 and f"unrecognized arguments: {' '.join(extra)}" in capsys.readouterr().err
+    assert not (tmp_path / "c.json").exists()
+    from gr_gdmcom.config import CodecConfig
+    from gr_gdmcom.eval.calibrate import CalibrateOptions, calibrate
+
+    with pytest.raises(ValueError, match=r"^calibrate measures the whole latent: a reduced one \(reduce 4\) is "):
+        calibrate(CodecConfig(model="analytic", reduce=4), CalibrateOptions(samples=8, snrs=[5.0]))
 
 
 def test_calibrate_takes_threads_as_sweep_does(tmp_path, capsys, monkeypatch):

@@ -123,6 +123,9 @@ def calibrate(config: CodecConfig, opts: CalibrateOptions, components=None) -> C
     from ..codec.analytic import is_analytic
 
     config = config.replace(rule="snr", steps=None).validate()
+    if config.reduce > 1:
+        raise ValueError(f"calibrate measures the whole latent: a reduced one (reduce {config.reduce}) is decoded "
+                         f"by the snr rule with m = 0 whatever a calibration says (docs/rate.md)")
     if components is None:
         components = load_components(config.model, config.device, config.dtype)
     link = LatentLink(components, config)

@@ -23,6 +23,7 @@ def register(sub) -> None:
                     "latent level on the images (numpy AWGN channel), decode and score; fit a monotone N against "
                     "the latent SNR and write it with its provenance (model, k, m, T, guidance, prompt, clean end, "
                     "inversion, metric, images). The codec refuses the file for another model or setting. "
+                    "It calibrates the whole latent (BCR 1/96): a reduced one (--bcr) is decoded by the snr rule. "
                     "See docs/codec.md.")
     s.add_argument("--images", "--image", dest="images", nargs="+", default=[], metavar="IMG",
                    help="image files, folders (not searched recursively) or globs such as 'photos/*.png'")
@@ -39,7 +40,9 @@ def register(sub) -> None:
                    help="torch CPU threads (0: torch's choice; fewer is faster on a busy machine) "
                         "[default=%(default)r]")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
-    add_codec_args(s, skip=("rule", "steps"))
+    # (no --reduce/--bcr: a reduced latent is decoded by the snr rule with m = 0 whatever the rule
+    # says, so a calibration measured on one would be minutes spent on a file nothing uses)
+    add_codec_args(s, skip=("rule", "steps", "reduce", "reduce_method"))
     s.set_defaults(func=cmd_calibrate)
 
 
