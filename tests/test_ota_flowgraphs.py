@@ -445,10 +445,10 @@ def test_radio_flowgraphs_with_stand_in_radios(compiled, image, tmp_path):
     assert [d.get("image_id") for d in lines] == [0, None] and lines[1]["summary"], lines
     line = lines[0]
     for key in ("image_id", "snr_est_db", "n_steps", "complete", "chunks_received", "chunks_total", "height",
-                "width", "file"):
+                "width", "file", "repeat"):
         assert key in line, (key, line)
-    assert (line["image_id"], line["complete"], line["chunks_received"], line["chunks_total"]) == (
-        live["image_id"], True, 1, 1), line
+    assert (line["image_id"], line["complete"], line["chunks_received"], line["chunks_total"], line["repeat"]) == (
+        live["image_id"], True, 1, 1, 0), line
     assert (line["width"], line["height"]) == size and line["n_steps"] == live["n_steps"], line
     assert abs(line["snr_est_db"] - live["snr_est_db"]) < 0.01 and Path(line["file"]) == replayed, line
     np.testing.assert_array_equal(np.asarray(Image.open(replayed)), np.asarray(Image.open(live["file"])))

@@ -26,7 +26,7 @@ import time
 
 #: keys of the per-image JSON line printed by :func:`watch_rx`
 RESULT_KEYS = ("image_id", "name", "snr_est_db", "n_steps", "complete", "chunks_received", "chunks_total",
-               "height", "width", "file", "error", "model_mismatch", "seconds")
+               "height", "width", "file", "error", "model_mismatch", "repeat", "seconds")
 EXIT_NOTHING, EXIT_TIMEOUT = 2, 3
 
 
