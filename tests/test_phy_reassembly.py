@@ -79,6 +79,11 @@ def test_image_received_again_is_returned_as_a_repeat(rng):
     alpha = frames_of(5, imgs[5], 2000)[0].header.alpha
     out += [img for f in frames_of(5, imgs[5], 2000, alpha=alpha * 2) for img in r.add(f)]
     assert out[-1].repeat == 0 and r.counters["images_repeated"] == 4
+    # the chunk an image was finalised without, arriving late, is the rest of that image, not a repeat
+    late = frames_of(8, imgs[5], 2000)
+    out += r.add(late[0]) + r.add(frames_of(9, imgs[6], 2000)[0]) + r.add(late[1])
+    assert [(o.header.image_id, o.missing, o.repeat) for o in out[-2:]] == [(8, [1], 0), (9, [1], 0)]
+    assert r.flush()[0].repeat == 0 and r.counters["images_repeated"] == 4
 
 
 def test_timeout_duplicates_and_inconsistent_chunks(rng):

@@ -18,16 +18,17 @@ Policy (never silent):
 * image ids are expected to increase by one per image (mod 65536): a jump of
   d (1 < d <= ``MAX_ID_GAP``) counts d - 1 images as lost;
 * an image received again after it was finalised (same id and image-level header
-  fields as one of the last ``REPEAT_MEMORY`` finalised: a retransmission, a capture
-  replayed twice) is collected and returned again, counted in ``images_repeated``
-  and marked by its ``repeat`` number, so a consumer can tell it from a new image.
+  fields as one of the last ``REPEAT_MEMORY`` finalised, starting with a chunk that one
+  had: a retransmission, a capture replayed twice) is collected and returned again,
+  counted in ``images_repeated`` and marked by its ``repeat`` number, so a consumer can
+  tell it from a new image.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -144,8 +145,9 @@ class Reassembler:
         self.counters = dict(images_complete=0, images_partial=0, images_lost=0, chunks_duplicate=0,
                              chunks_inconsistent=0, images_repeated=0)
         self._open: Dict[int, _Open] = {}
-        #: (image id, image-level fields) of the last REPEAT_MEMORY finalised images -> receptions
-        self._done: Dict[tuple, int] = {}
+        #: (image id, image-level fields) of the last REPEAT_MEMORY finalised images -> (receptions,
+        #: the chunk indices received)
+        self._done: Dict[tuple, Tuple[int, frozenset]] = {}
         self._frames = 0
         self._last_id: Optional[int] = None
 
@@ -166,7 +168,9 @@ class Reassembler:
         if img is None:
             if self.finalise_on_new_id:
                 out += [self._finalise(i) for i in list(self._open)]
-            seen = self._done.get((h.image_id, _image_key(h)), 0)
+            seen, had = self._done.get((h.image_id, _image_key(h)), (0, frozenset()))
+            if h.chunk_index not in had:  # the rest of an image finalised without it: not a repeat
+                seen = 0
             if seen:
                 self.counters["images_repeated"] += 1
                 log.info("image %d received again (same header as an image already finalised): a repeated "
@@ -208,7 +212,7 @@ class Reassembler:
         img = self._open.pop(image_id)
         done = (image_id, _image_key(img.header))
         self._done.pop(done, None)
-        self._done[done] = img.repeat + 1
+        self._done[done] = (img.repeat + 1, frozenset(img.chunks))
         while len(self._done) > REPEAT_MEMORY:
             del self._done[next(iter(self._done))]
         h0 = img.chunks[0].header if 0 in img.chunks else img.header
