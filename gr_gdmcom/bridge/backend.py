@@ -271,5 +271,10 @@ def remote_backend(server: str, config: Optional[CodecConfig] = None, **defaults
         raise ValueError(f"unknown server option(s) {', '.join(sorted(unknown))}; use "
                          f"{', '.join([*allowed, *keys])}")
     curve = client_from_options(**{k: opts.pop(k) for k in keys if k in opts})
-    kw = {**defaults, **{k: allowed[k](v) for k, v in opts.items()}}
+    kw = dict(defaults)
+    for k, v in opts.items():
+        try:
+            kw[k] = allowed[k](v)
+        except ValueError:
+            raise ValueError(f"server option {k}={v!r} must be an integer") from None
     return RemoteBackend(endpoints, config, curve=curve, **kw)

@@ -50,6 +50,9 @@ OP_FIELDS = {"encode": ("k", "T", "guidance", "prompt", "forward", "clean_end", 
              "decode": ("m", "T", "rule", "rescale", "steps", "clean_end", "inversion", "inversion_iters",
                         "inversion_tol")}
 MAX_BACKOFF_MS = 2000.0  # longest wait between busy/unavailable retries
+#: with several endpoints, how long a new socket waits for the connection to the server it tries
+#: first (s; at most a quarter of timeout_ms) before it connects the others (_connect_order)
+FIRST_CONNECT_S = 0.3
 
 
 def split_endpoints(endpoints: str) -> List[str]:
@@ -240,16 +243,41 @@ class RemoteBackend(Backend):
                 sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only on completed connections: down servers get nothing
                 if self.curve is not None:
                     self.curve.apply(sock)  # a server refusing the key never completes the connection: timeouts
-                for ep in self.endpoints:
-                    try:
-                        sock.connect(ep)
-                    except zmq.ZMQError as exc:  # (a socket left open here made close() wait forever)
-                        sock.close(linger=0)
-                        raise ValueError(f"cannot use the server endpoint {ep!r}: {exc.strerror}; write "
-                                         f"tcp://HOST:PORT (or ipc://PATH)") from None
+                order = self._connect_order()
+                self._connect(sock, order[0])  # the others after the first send (_attempt)
                 self._sockets[sock] = threading.current_thread()
             self._tls.sock = sock
+            self._tls.pending = order[1:]
         return sock
+
+    @staticmethod
+    def _connect(sock: zmq.Socket, ep: str) -> None:
+        """Connect ``sock`` to ``ep``; ValueError (the socket closed) for an endpoint ZMQ refuses."""
+        try:
+            sock.connect(ep)
+        except zmq.ZMQError as exc:  # (a socket left open here made close() wait forever)
+            sock.close(linger=0)
+            raise ValueError(f"cannot use the server endpoint {ep!r}: {exc.strerror}; write "
+                             f"tcp://HOST:PORT (or ipc://PATH)") from None
+
+    def _connect_order(self) -> List[str]:
+        """The endpoints in the order a new socket of this thread connects them: rotated by one at
+        each new socket, from a random start.  A fresh DEALER sends its first message to whichever
+        connection completes first; connected all at once in list order, a retry after a timeout
+        went back to the server that had not answered (a hung one, SIGSTOPped, or one whose model
+        call never returns) about as often as not, and 4 retries failed with a live server listed.
+        So a new socket connects the first of this order alone, sends its first request there when
+        that connection completes within :data:`FIRST_CONNECT_S` (successive attempts go to
+        successive servers), then connects the others (round robin from then on; a server that is
+        down costs that wait, not the request)."""
+        n = len(self.endpoints)
+        if n == 1:
+            return list(self.endpoints)
+        turn = getattr(self._tls, "turn", None)
+        turn = self._rng.randrange(n) if turn is None else turn + 1
+        self._tls.turn = turn
+        k = turn % n
+        return self.endpoints[k:] + self.endpoints[:k]
 
     def _reap(self) -> None:
         """Close the sockets of threads that have ended (caller holds the lock): a block's
@@ -332,7 +360,23 @@ class RemoteBackend(Backend):
         """One send and wait; None on timeout.  Stale or malformed replies are skipped."""
         sock = self._socket()
         deadline = time.monotonic() + self.timeout_ms / 1000.0
-        while True:  # IMMEDIATE: sending needs a completed connection
+        pending, sent = getattr(self._tls, "pending", None), False
+        if pending:  # a new socket connected to one endpoint so far (_connect_order)
+            self._tls.pending = []
+            wait = min(FIRST_CONNECT_S, self.timeout_ms / 4000.0)
+            if sock.poll(int(wait * 1000) + 1, zmq.POLLOUT):
+                try:
+                    sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                    sent = True
+                except zmq.Again:
+                    pass
+            for ep in pending:
+                try:
+                    self._connect(sock, ep)
+                except ValueError:
+                    self._reset()
+                    raise
+        while not sent:  # IMMEDIATE: sending needs a completed connection
             try:
                 sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
                 break
