@@ -32,7 +32,10 @@ Scenarios (``name`` for ``--only``):
 * ``pa-beta-0.2``: ``distortion_3_gen`` beta = -0.2 (third-order PA compression,
   y = x + beta x |x|^2) before the noise;
 * ``adc-8bit``: after the noise, each rail clipped at 1.5 x its signal rms (``analog.rail_ff``)
-  and quantised to 8 bits (``channels.quantizer``).
+  and quantised to 8 bits (``channels.quantizer``);
+* ``step-up-20dB`` / ``step-down-20dB``: each burst 20 dB down before its body symbol 1400 (the
+  preamble, the header and its first ~50 payload symbols: a receiver's AGC step, a
+  transmitter's keying ramp), or from there on, then AWGN at the full level.
 """
 
 from __future__ import annotations
@@ -91,6 +94,29 @@ def adc(x: np.ndarray, snr_db: float, seed: int, sps: int) -> np.ndarray:
     return adc_blocks(_run(x, _awgn_model(snr_db, seed)), ADC_CREST * np.sqrt(0.5 / sps))
 
 
+#: Body symbol of each burst where the ``step-*`` rows' level steps.
+STEP_AT = 1400
+
+
+def level_step(x: np.ndarray, db: float, at: int = STEP_AT, sps: int = 2) -> np.ndarray:
+    """Each burst of the stream ``x`` (the runs of samples between its zero gaps) ``-db`` dB down
+    before its body symbol ``at`` (``db`` < 0: the level steps up there) or ``db`` dB down from
+    there on (``db`` > 0: it steps down)."""
+    live = np.abs(x) > 0
+    zero_run = np.convolve(~live, np.ones(16), "same") >= 16  # inside a gap (a burst has no 16 zeros)
+    edges = np.flatnonzero(np.diff(np.r_[0, (~zero_run).astype(np.int8), 0]))
+    y = x.copy()
+    scale = np.float32(10 ** (-abs(db) / 20))
+    npre = len(FrameConfig(sps=sps).layout().preamble)
+    for start, end in zip(edges[0::2], edges[1::2]):
+        k = start + (npre + at) * sps
+        if db < 0:
+            y[start:k] *= scale
+        else:
+            y[k:end] *= scale
+    return y
+
+
 def scenarios(snrs, seed: int = 0):
     """(name, snr, sps, channel function x -> y, true ppm or None); ``seed`` offsets
     every channel seed."""
@@ -118,6 +144,8 @@ def scenarios(snrs, seed: int = 0):
                  None) for s in snrs]
     out += [("pa-beta-0.2", 20.0, 2, lambda x: _run(x, channels.distortion_3_gen(-0.2), awgn_model(20.0, 13)), None),
             ("adc-8bit", 20.0, 2, lambda x: adc(x, 20.0, 15 + seed, 2), None)]
+    for name, db in (("step-up-20dB", -20.0), ("step-down-20dB", 20.0)):
+        out += [(name, s, 2, lambda x, s=s, db=db: _run(level_step(x, db), awgn_model(s, 21)), None) for s in snrs]
     return out
 
 

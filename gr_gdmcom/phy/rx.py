@@ -140,6 +140,9 @@ POLISH_MIN_SPAN = 0.0375
 #: Channel tracker (docs/frame-format.md section 6 step 4): the window lengths it
 #: chooses from by cross-validation, in pilot periods (up to ``phase_window``).
 TRACK_SPANS = (2, 3, 4, 6, 8, 16, 32, 64, 128, 512)
+#: ... and the windows (pilot periods) whose gains it compares to find a level step
+#: (:func:`sync.level_steps`: a receiver's AGC step, a transmitter's keying ramp).
+STEP_WINDOW = 4
 #: The payload's pilots replace the whole body's known symbols in the noise estimate
 #: when their error exceeds it by this many standard errors (a channel the pilots
 #: follow less well than the dense header, a distortion of the high-amplitude payload).
@@ -478,6 +481,7 @@ class FrameRx:
         self._copy_pos, self._copy_pilots, self._copy_body = lay.copy_region()
         # channel-tracker windows, symbols (the longest: phase_window pilot periods)
         self._spans = [k * (c.pilot_spacing + 1) for k in TRACK_SPANS if k <= max(c.phase_window, TRACK_SPANS[0])]
+        self._step_window = STEP_WINDOW * (c.pilot_spacing + 1)
         # a preamble closer than this (samples) to a burst's end leaves too few of its known symbols
         # after it to cut it (CUT_MIN_KNOWN_AT): detection need not have passed it when the burst is read
         self._late = CUT_MIN_KNOWN_AT * (c.pilot_spacing + 1) * c.sps
@@ -999,7 +1003,7 @@ class FrameRx:
             pos, ref = pos[~dead], ref[~dead]
         zk = z[pos] * np.conj(ref)
         track = sync.track_gain(zk, pos, n_body, omega, self._spans, pos >= self._hdr_body,
-                                ref.real ** 2 + ref.imag ** 2)
+                                ref.real ** 2 + ref.imag ** 2, self._step_window, z.real ** 2 + z.imag ** 2)
         return z, pos, track.omega, track, ref
 
     def _header_soft(self, b: _Burst, final: bool) -> bool:
@@ -1563,6 +1567,11 @@ class FrameRx:
                 raw = noise_pay * excess
         raw_t = np.full(len(pay_pos), raw)
         split = _gain_error(err[on_pay], tr.g[d.pos[on_pay]]) if n_pay >= GAIN_ERROR_PILOTS else None
+        if len(tr.steps) and n_pay >= GAIN_ERROR_PILOTS:
+            # across a level step (sync.level_steps) the payload's pilots may all lie on one level:
+            # the fit on every known symbol sees both (a step up after the header: the header's
+            # errors are the noise, the pilots' the noise and a share of the gain 20 dB up)
+            split = _gain_error(err, tr.g[d.pos])
         if split is not None and raw == noise_pay * excess:
             # in a fast fade the error scales with the gain's power: noise a (divided by the
             # gain's power like any noise) plus b |g|^2 (the same share of every symbol)
@@ -1581,6 +1590,8 @@ class FrameRx:
             raw_t *= n_fit / (n_fit - self.cfg.eq_taps)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             sym_nv = np.maximum(raw_t / p_pay, MIN_NOISE_VAR)
+        if tr.step_var is not None:  # the symbols whose side of a level step is uncertain
+            sym_nv = sym_nv + tr.step_var[pay_pos]
         erased = ~(sym_nv <= 10.0 ** (-ERASE_SNR_DB / 10.0)) | _dead(d.z)[pay_pos]  # NaN (0 / 0) included
         if replaced is not None:
             sym_nv = sym_nv + replaced

@@ -514,6 +514,147 @@ RAMP_LINEAR = 0.3
 ARC_CHORD = 0.05
 
 
+#: Level steps (:func:`level_steps`; docs/frame-format.md section 6 step 4): the gains of the
+#: known symbols in two adjacent windows differ by STEP_SIGMAS2 times the noise of that
+#: difference (each window's residuals about its own gain, pooled with those of the windows
+#: beyond them), by STEP_RATIO in amplitude (3 dB), and by no more than STEP_PHASE rad in
+#: phase beyond three standard deviations of its noise (a fade turns the phase too); and each
+#: side is level: its window's gain and the next one out differ by no more than
+#: STEP_BESIDE_NOISE times the noise of that difference plus 1 / STEP_SMOOTH of the jump (a
+#: fade keeps changing).  On bench_channels.py's rows (its defaults; seeds 1-6 of the Rayleigh
+#: and Rician rows; seeds 1-3 of the fading, selective, CFO and clock rows at 0, 5 and 10 dB)
+#: no AWGN, slow-fading, CFO, clock, PA or ADC burst keeps a step; on fast fading (fD Ts
+#: 1e-3) 1-3 bursts of 20 per row do (the defaults), which moves those rows by up to 0.1 dB.  (A threshold
+#: of 12 and a looser level test found 6-100 per row there.)
+STEP_SIGMAS2 = 36.0
+STEP_RATIO = 1.41
+STEP_PHASE = 0.5
+STEP_BESIDE_NOISE = 4.0
+STEP_SMOOTH = 64.0
+#: ... each of the two windows next to it holding at least STEP_MIN_KNOWN known symbols and
+#: STEP_MIN_WEIGHT of their power (a window of 4 Gaussian probes: 4 on average).
+STEP_MIN_KNOWN = 3
+STEP_MIN_WEIGHT = 1.0
+#: :func:`track_gain` follows a step only where the level on either side, over all of its
+#: known symbols, is above STEP_FLOOR times the noise (-13 dB): a signal that drops 20 dB
+#: below the noise is lost there (``RxFrame.tracked``), not a level to follow (a window of
+#: probes cannot tell -20 dB from -10 dB; a whole level's known symbols can).
+STEP_FLOOR = 10 ** -1.3
+#: :func:`track_gain` looks for steps with windows of ``step_window`` and STEP_LONG times that
+#: (the gains of a few probes are too noisy to show a -20 dB step at 10 dB).
+STEP_LONG = 4
+
+
+def level_steps(zk: np.ndarray, pos: np.ndarray, window: int, weight: Optional[np.ndarray] = None,
+                power: Optional[np.ndarray] = None) -> np.ndarray:
+    """Where the channel's gain jumps between two known symbols: a receiver's AGC step, a
+    transmitter's keying ramp, the level 6-20 dB apart on either side.  For each pair of
+    consecutive known symbols, the least-squares gains of the known symbols within ``window``
+    symbols before (L) and after (R) it, and of the windows beyond those (LL, RR), are
+    compared: a step where g_L and g_R differ far beyond their noise and by STEP_RATIO in
+    amplitude but not in phase, while g_LL ~ g_L and g_R ~ g_RR (STEP_* constants), and the
+    pair's statistic is the largest within ``window`` symbols (one step is found once).  It
+    is then placed where two gains fit the known symbols of its two windows best, with the
+    likelihood of the received power of every symbol there (``power``: exponential with mean
+    |g_L|^2 + N0 before the step, |g_R|^2 + N0 after) added: between Gaussian probes of small
+    weight at 10 dB the known symbols alone put it one or two pilots off.
+
+    Args:
+        zk: complex (n_k,), received known symbols times conj(their value).
+        pos: int (n_k,), their positions (increasing).
+        window: symbols per window.
+        weight: float (n_k,), |known symbol|^2 (None: unit-modulus).
+        power: float (>= pos[-1] + 1,), |received symbol|^2 at every position (unit-energy
+            symbols), or None.
+    Returns:
+        int64 (n_steps,), increasing: the index of the first known symbol after each step.
+    """
+    n = len(pos)
+    if n < 4 * STEP_MIN_KNOWN or window < 1:
+        return np.zeros(0, np.int64)
+    pos = np.asarray(pos, np.int64)
+    zk = np.asarray(zk, np.complex128)
+    w = np.ones(n) if weight is None else np.asarray(weight, np.float64)
+    q = (zk.real ** 2 + zk.imag ** 2) / np.maximum(w, 1e-30)  # |z|^2 of each: its residual about a gain
+    cz, cw, cq = (np.concatenate([[0], np.cumsum(v)]) for v in (zk, w, q))
+    b = np.arange(1, n)  # the pair (b - 1, b); where the known symbols are dense, every
+    b = b[(pos[b] - pos[b - 1] > 1) | (b % max(1, window // 16) == 0)]  # window / 16-th (placed below)
+    lo = np.searchsorted(pos, pos[b - 1] - window, "right")
+    hi = np.searchsorted(pos, pos[b] + window, "left")
+
+    def fit(a, e):
+        sw = cw[e] - cw[a]
+        ok = (e - a >= STEP_MIN_KNOWN) & (sw >= STEP_MIN_WEIGHT)
+        sw = np.where(ok, sw, 1.0)
+        sz = cz[e] - cz[a]
+        res = np.maximum(cq[e] - cq[a] - (sz.real ** 2 + sz.imag ** 2) / sw, 0.0)
+        return np.where(ok, sz / sw, 0.0), sw, ok, np.where(ok, res, 0.0), np.where(ok, e - a - 1, 0)
+
+    gl, wl, okl, rl, dl = fit(lo, b)
+    gr, wr, okr, rr, dr = fit(b, hi)
+    al, ar = np.abs(gl), np.abs(gr)
+    jump = np.abs(gr - gl) ** 2
+    # a first sieve on the two windows' own noise (a quarter of the threshold), then the rest
+    # on the few pairs left
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rough = jump * np.maximum(dl + dr, 1) / ((rl + rr) * (1.0 / wl + 1.0 / wr))
+    sub = np.flatnonzero(okl & okr & ((ar > STEP_RATIO * al) | (al > STEP_RATIO * ar))
+                         & (np.nan_to_num(rough, nan=0.0, posinf=np.inf) > 0.25 * STEP_SIGMAS2))
+    if not len(sub):
+        return np.zeros(0, np.int64)
+    b, lo, hi = b[sub], lo[sub], hi[sub]
+    gl, wl, rl, dl, gr, wr, rr, dr = gl[sub], wl[sub], rl[sub], dl[sub], gr[sub], wr[sub], rr[sub], dr[sub]
+    al, ar, jump = al[sub], ar[sub], jump[sub]
+    llo = np.searchsorted(pos, pos[b - 1] - 2 * window, "right")
+    hhi = np.searchsorted(pos, pos[b] + 2 * window, "left")
+    gll, wll, okll, rll, dll = fit(llo, lo)
+    grr, wrr, okrr, rrr, drr = fit(hi, hhi)
+    noise = (rl + rr + rll + rrr) / np.maximum(dl + dr + dll + drr, 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        stat = np.nan_to_num(jump / (noise * (1.0 / wl + 1.0 / wr)), nan=0.0, posinf=0.0)
+        # the changes beside it, less what noise would make of them (up to STEP_BESIDE_NOISE
+        # times its variance: the gain of a window of 4 probes is noisy)
+        left = np.abs(gl - gll) ** 2 - STEP_BESIDE_NOISE * noise * (1.0 / wl + 1.0 / wll)
+        right = np.abs(grr - gr) ** 2 - STEP_BESIDE_NOISE * noise * (1.0 / wr + 1.0 / wrr)
+        # a level step keeps the phase, to within STEP_PHASE and three standard deviations of
+        # the phase difference's noise (a fade turns it too)
+        sd_phase = np.sqrt(0.5 * noise * (1.0 / np.maximum(wl * al * al, 1e-30)
+                                          + 1.0 / np.maximum(wr * ar * ar, 1e-30)))
+    beside = jump / STEP_SMOOTH  # (a change beside it that noise does not explain, far below the jump)
+    flat = (okll | okrr) & ~(okll & (left > beside)) & ~(okrr & (right > beside))
+    turn = np.abs(np.angle(gr * np.conj(gl)))
+    hit = np.flatnonzero((stat > STEP_SIGMAS2) & flat & (turn <= STEP_PHASE + 3.0 * sd_phase))
+    steps = []
+    for i in hit:  # the largest statistic within a window either side
+        near = (pos[b] > pos[b[i]] - window) & (pos[b] < pos[b[i]] + window)
+        if stat[i] < stat[near].max():
+            continue
+        # placed where two gains fit the known symbols of its two windows best (the pair
+        # with the largest statistic may have a known symbol of the other level in a window:
+        # a probe's weight is small beside the header's)
+        j = np.arange(lo[i] + 1, hi[i])
+        wa, wb = cw[j] - cw[lo[i]], cw[hi[i]] - cw[j]
+        za, zb = cz[j] - cz[lo[i]], cz[hi[i]] - cz[j]
+        ok = (wa > 0) & (wb > 0)
+        fit_j = np.where(ok, (za.real ** 2 + za.imag ** 2) / np.where(ok, wa, 1.0)
+                         + (zb.real ** 2 + zb.imag ** 2) / np.where(ok, wb, 1.0), -np.inf) / max(noise[i], 1e-30)
+        if power is not None and ok.any():
+            # each place c (the first symbol of the new level) from the first known symbol
+            # after the region's first to its last: the known symbols' fit of the split there
+            # and the power of the symbols between
+            c = np.arange(pos[lo[i]] + 1, pos[hi[i] - 1] + 1)
+            ma, mb = abs(gl[i]) ** 2 + noise[i], abs(gr[i]) ** 2 + noise[i]
+            p = np.asarray(power[pos[lo[i]]: pos[hi[i] - 1]], np.float64)
+            llr = np.log(mb / ma) - p * (1.0 / ma - 1.0 / mb)  # log p_A - log p_B of each symbol
+            ll = np.cumsum(llr)[c - pos[lo[i]] - 1] + fit_j[np.searchsorted(pos, c, "left") - lo[i] - 1]
+            best = int(np.searchsorted(pos, c[int(np.argmax(ll))], "left"))
+        else:
+            best = int(j[int(np.argmax(fit_j))]) if ok.any() else int(b[i])
+        if not steps or best > steps[-1]:
+            steps.append(best)
+    return np.asarray(steps, np.int64)
+
+
 class GainTrack(NamedTuple):
     """A complex channel gain tracked along a burst (:func:`track_gain`).
 
@@ -526,6 +667,11 @@ class GainTrack(NamedTuple):
         span: the window length chosen, symbols.
         score: float, the leave-one-out error power (per unit symbol energy) that chose it.
         omega: the residual frequency removed, rad/symbol (the one given, refined).
+        steps: int64 (n_steps,), the symbol positions where a level step (:func:`level_steps`)
+            was placed: the first symbol of each new level.
+        step_var: float64 (n,) or None (no step): each symbol's share of the gain error the
+            step's uncertain place leaves, |g_A - g_B|^2 / |g|^2 times the probability that the
+            symbol lies on the other side (a variance at unit symbol power, after division by g).
     """
 
     g: np.ndarray
@@ -534,10 +680,13 @@ class GainTrack(NamedTuple):
     span: int
     score: float
     omega: float = 0.0
+    steps: np.ndarray = np.zeros(0, np.int64)
+    step_var: Optional[np.ndarray] = None
 
 
 def track_gain(zk: np.ndarray, pos: np.ndarray, n: int, omega: float, spans: Sequence[int],
-               score: Optional[np.ndarray] = None, weight: Optional[np.ndarray] = None) -> GainTrack:
+               score: Optional[np.ndarray] = None, weight: Optional[np.ndarray] = None,
+               step_window: int = 0, power: Optional[np.ndarray] = None) -> GainTrack:
     """Complex channel gain (amplitude and phase) along a burst from its known symbols,
     the smoothing length chosen by leave-one-out cross-validation.
 
@@ -559,15 +708,38 @@ def track_gain(zk: np.ndarray, pos: np.ndarray, n: int, omega: float, spans: Seq
         score: bool (n_k,), the observations whose prediction error chooses the span
             (e.g. the payload's pilots); None or too few (< 8): all of them.
         weight: float (n_k,), |known symbol|^2 (None: unit-modulus symbols).
+        step_window: > 0: look for level steps (:func:`level_steps`, windows of this many
+            symbols); no window then reaches across one, and the gain between the two known
+            symbols around it is held on either side of the step's place.
+        power: float (n,), |received symbol|^2 at every position (unit-energy symbols), to
+            place a step between its two known symbols (None: midway).
     Returns:
         :class:`GainTrack`.
     """
     pos = np.asarray(pos)
     w = np.ones(len(pos)) if weight is None else np.asarray(weight, np.float64)
     sel = np.ones(len(pos), bool) if score is None or np.count_nonzero(score) < 8 else np.asarray(score, bool)
-    plan = _track_plan(pos, w, sel, tuple(int(v) for v in spans))
     zk = np.asarray(zk, np.complex128)
+    breaks = np.zeros(0, np.int64)
+    if step_window:
+        zs = zk * np.exp(-1j * omega * pos) if omega else zk
+        breaks = level_steps(zs, pos, step_window, w, power)
+        # and with windows STEP_LONG times longer (a few probes' gains are too noisy to show
+        # a step at 10 dB), where the short ones found none near
+        for b in level_steps(zs, pos, STEP_LONG * step_window, w, power):
+            if not len(breaks) or np.abs(pos[breaks] - pos[b]).min() >= step_window:
+                breaks = np.sort(np.append(breaks, b))
+    plan = _track_plan(pos, w, sel, tuple(int(v) for v in spans), breaks)
     fit = _fit_windows(plan, zk, omega)
+    if len(breaks):
+        low = _lost_levels(plan, fit, breaks, STEP_LONG * step_window)
+        if low.any():  # the steps into (or out of) a level below the noise are not followed
+            drop = np.zeros(len(breaks), bool)
+            drop |= low[:-1]  # the step at the end of a low level
+            drop |= low[1:]   # and at its start
+            breaks = breaks[~drop]
+            plan = _track_plan(pos, w, sel, tuple(int(v) for v in spans), breaks)
+            fit = _fit_windows(plan, zk, omega)
     # a still channel: the ramp refined by all the observations (docs/frame-format.md
     # section 6 step 4).  ``omega`` comes from the pilots alone, and a window cut off by
     # the burst's end turns its error into a phase error growing towards that end (0.05
@@ -598,8 +770,76 @@ def track_gain(zk: np.ndarray, pos: np.ndarray, n: int, omega: float, spans: Seq
     if omega:
         ramp = np.exp(1j * omega * pos)
         avg, loo = avg * ramp, loo * ramp
-    return GainTrack(g=_interpolate_gain(avg, pos, n), g_loo=loo, wsum=ws, span=int(span), score=err,
-                     omega=float(omega + turn))
+    g = _interpolate_gain(avg, pos, n)
+    if not len(breaks):
+        return GainTrack(g=g, g_loo=loo, wsum=ws, span=int(span), score=err, omega=float(omega + turn))
+    steps, step_var = _place_steps(g, avg, loo, zk, w, pos, breaks, step_window, power)
+    return GainTrack(g=g, g_loo=loo, wsum=ws, span=int(span), score=err, omega=float(omega + turn),
+                     steps=steps, step_var=step_var)
+
+
+def _lost_levels(plan: "_TrackPlan", fit, breaks: np.ndarray, window: int) -> np.ndarray:
+    """bool (len(breaks) + 1,): the levels between the steps whose power, over all their known
+    symbols, is below STEP_FLOOR times the noise (the known symbols' leave-one-out errors per
+    unit weight).  Each known symbol's gain there is that of the longest candidate window up to
+    ``window`` symbols, less its noise's share: the window chosen on the payload's pilots may be
+    far too long for the other level (a phase that turns along a weak header region averages
+    out: a burst found from its resync preamble), a shorter one too noisy to tell a level 20 dB
+    below the noise from one 10 dB below over a few hundred probes."""
+    _, _, zr, _, loo = fit
+    w = plan.w
+    e = zr - loo * w
+    noise = float((e.real ** 2 + e.imag ** 2).sum()) / max(float(w.sum()), 1e-30)
+    k = int(np.searchsorted(plan.spans, window, "right")) - 1 if len(plan.spans) else -1
+    _, hi, lo, ws, _, inv_ws = plan.final(max(k, 0) if len(plan.spans) else -1)
+    c = np.concatenate([[0], np.cumsum(zr)])
+    g = (c[hi] - c[lo]) * inv_ws if hi is not None else np.full(len(zr), c[-1]) * inv_ws
+    lvl = w * (g.real ** 2 + g.imag ** 2 - noise * inv_ws)
+    edges = np.concatenate([[0], breaks, [len(w)]])
+    per = np.add.reduceat(lvl, edges[:-1]) / np.maximum(np.add.reduceat(w, edges[:-1]), 1e-30)
+    return per < STEP_FLOOR * noise
+
+
+def _place_steps(g, avg, loo, zk, w, pos, breaks, window, power):
+    """The gain ``g`` (changed in place) between the two known symbols around each level step
+    held at each one's value on its side of the step, the step placed by the received power
+    there (``power``: exponential with mean |g_A|^2 + N0 before, |g_B|^2 + N0 after, each
+    side's noise N0 from its known symbols' leave-one-out errors within ``window``); each
+    symbol's probability of lying on the other side (over the places' posterior) times the
+    relative gain error it would then have.  Returns (steps int64, step_var float64 (n,))."""
+    n = len(g)
+    var = np.zeros(n)
+    steps = []
+    e = zk - loo * w  # (noise times conj(s): |e|^2 / |s|^2 is the noise's power there)
+    for b in breaks:
+        pa, pb = int(pos[b - 1]), int(pos[b])
+        ga, gb = avg[b - 1], avg[b]
+        t = np.arange(pa + 1, min(pb, n))
+        if not len(t):
+            steps.append(pb)
+            continue
+        if power is not None:
+            side_a = (pos > pa - window) & (pos <= pa)
+            side_b = (pos >= pb) & (pos < pb + window)
+            n_a = float((e[side_a].real ** 2 + e[side_a].imag ** 2).sum() / max(w[side_a].sum(), 1e-30))
+            n_b = float((e[side_b].real ** 2 + e[side_b].imag ** 2).sum() / max(w[side_b].sum(), 1e-30))
+            ma, mb = abs(ga) ** 2 + n_a, abs(gb) ** 2 + n_b
+            p = np.asarray(power[t], np.float64)
+            llr = (np.log(mb / ma) - p * (1.0 / ma - 1.0 / mb)) if ma > 0 and mb > 0 else np.zeros(len(t))
+        else:
+            llr = np.zeros(len(t))
+        # the step before t[j] for j = 0 .. len(t) (len(t): after the gap, at pb)
+        ll = np.concatenate([[0.0], np.cumsum(llr)])
+        post = np.exp(ll - ll.max())
+        post /= post.sum()
+        p_b = np.cumsum(post)[:-1]  # t[j] on side B: the step at or before it
+        on_b = p_b > 0.5
+        g[t] = np.where(on_b, gb, ga)
+        wrong = np.where(on_b, 1.0 - p_b, p_b)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            var[t] = np.nan_to_num(wrong * abs(gb - ga) ** 2 / np.abs(g[t]) ** 2, nan=0.0, posinf=0.0)
+        steps.append(int(pa + 1 + np.argmax(post)))
+    return np.asarray(steps, np.int64), var
 
 
 def _interpolate_gain(avg: np.ndarray, pos: np.ndarray, n: int) -> np.ndarray:
@@ -648,7 +888,7 @@ def _fit_windows(plan: "_TrackPlan", zk: np.ndarray, omega: float, k: Optional[i
     else:  # too few observations for a window: one gain for the whole burst
         err, k = float("inf"), -1
     _, hi, lo, _, inv_loo, inv_ws = plan.final(k)
-    s = c[hi] - c[lo] if k >= 0 else np.full(len(zr), c[-1])
+    s = c[hi] - c[lo] if hi is not None else np.full(len(zr), c[-1])
     loo = np.where(inv_loo > 0, (s - zr) * inv_loo, s * inv_ws)
     return k, err, zr, s, loo
 
@@ -671,8 +911,16 @@ class _TrackPlan:
     """What :func:`track_gain` computes from the positions, weights and candidate windows
     alone (the same for every burst of one size): window index bounds, weights and masks."""
 
-    def __init__(self, pos: np.ndarray, w: np.ndarray, sel: np.ndarray, spans: Tuple[int, ...]):
+    def __init__(self, pos: np.ndarray, w: np.ndarray, sel: np.ndarray, spans: Tuple[int, ...],
+                 breaks: np.ndarray = np.zeros(0, np.int64)):
         self.pos, self.w = pos, w
+        # level steps (:func:`level_steps`): each observation's segment, [seg_lo, seg_hi)
+        if len(breaks):
+            edges = np.concatenate([[0], breaks, [len(pos)]]).astype(np.int64)
+            seg = np.searchsorted(breaks, np.arange(len(pos)), "right")
+            self.seg_lo, self.seg_hi = edges[seg], edges[seg + 1]
+        else:
+            self.seg_lo = self.seg_hi = None
         self.cw = np.zeros(len(w) + 1)
         np.cumsum(w, out=self.cw[1:])
         self.cwp = np.zeros(len(w) + 1)
@@ -685,6 +933,9 @@ class _TrackPlan:
         p_sel, w_sel = pos[self.idx], w[self.idx]
         self.hi = np.searchsorted(pos, p_sel[None, :] + self.spans[:, None] // 2, "right")
         self.lo = np.searchsorted(pos, p_sel[None, :] - self.spans[:, None] // 2, "left")
+        if self.seg_hi is not None:  # no window across a step
+            self.hi = np.minimum(self.hi, self.seg_hi[self.idx][None, :])
+            self.lo = np.maximum(self.lo, self.seg_lo[self.idx][None, :])
         ws = self.cw[self.hi] - self.cw[self.lo]
         w_loo = ws - w_sel
         ok = w_loo > 1e-3 * np.maximum(ws, 1e-30)
@@ -702,13 +953,18 @@ class _TrackPlan:
         1 / window weight) of candidate ``k`` over every observation (k < 0: one window
         over everything)."""
         if k not in self._final:
-            if k < 0:
+            if k < 0 and self.seg_hi is None:
                 span, hi, lo = 0, None, None
                 ws = np.full(len(self.w), max(float(self.cw[-1]), 1e-30))
+            elif k < 0:  # one window per level
+                span, hi, lo = 0, self.seg_hi, self.seg_lo
+                ws = self.cw[hi] - self.cw[lo]
             else:
                 span = int(self.spans[k])
                 hi = np.searchsorted(self.pos, self.pos + span // 2, "right")
                 lo = np.searchsorted(self.pos, self.pos - span // 2, "left")
+                if self.seg_hi is not None:
+                    hi, lo = np.minimum(hi, self.seg_hi), np.maximum(lo, self.seg_lo)
                 ws = self.cw[hi] - self.cw[lo]
             w_loo = ws - self.w
             valid = w_loo > 1e-3 * np.maximum(ws, 1e-30)
@@ -722,7 +978,7 @@ class _TrackPlan:
         float64 (n_k,)."""
         if (k, own) not in self._offsets:
             _, hi, lo, _, inv_loo, inv_ws = self.final(k)
-            wp = self.cwp[hi] - self.cwp[lo] if k >= 0 else np.full(len(self.w), self.cwp[-1])
+            wp = self.cwp[hi] - self.cwp[lo] if hi is not None else np.full(len(self.w), self.cwp[-1])
             self._offsets[k, own] = self.pos - wp * inv_ws if own else \
                 np.where(inv_loo > 0, self.pos - (wp - self.w * self.pos) * inv_loo, 0.0)
         return self._offsets[k, own]
@@ -732,13 +988,14 @@ _PLANS: "dict" = {}
 _PLANS_LOCK = threading.Lock()  # receivers may run in several GNU Radio threads
 
 
-def _track_plan(pos: np.ndarray, w: np.ndarray, sel: np.ndarray, spans: Tuple[int, ...]) -> _TrackPlan:
+def _track_plan(pos: np.ndarray, w: np.ndarray, sel: np.ndarray, spans: Tuple[int, ...],
+                breaks: np.ndarray = np.zeros(0, np.int64)) -> _TrackPlan:
     """The cached :class:`_TrackPlan` of these inputs (a burst size's layout repeats)."""
-    key = (len(pos), pos.tobytes(), w.tobytes(), sel.tobytes(), spans)
+    key = (len(pos), pos.tobytes(), w.tobytes(), sel.tobytes(), spans, breaks.tobytes())
     with _PLANS_LOCK:
         plan = _PLANS.get(key)
     if plan is None:
-        plan = _TrackPlan(pos.copy(), w.copy(), sel, spans)
+        plan = _TrackPlan(pos.copy(), w.copy(), sel, spans, breaks)
         with _PLANS_LOCK:
             while len(_PLANS) >= 32:
                 _PLANS.pop(next(iter(_PLANS)))
