@@ -1,9 +1,11 @@
 """Faults around the inference server, as an operator meets them: a server in the endpoint
 list that accepts connections but never answers (hung, SIGSTOPped, a model call that never
-returns), and malformed ``server`` strings.  Loopback only; every wait has a timeout."""
+returns), a server stopped while a client retries, and malformed ``server`` strings.  Loopback only; every wait has a timeout."""
 
 import threading
+import time
 
+import numpy as np
 import pytest
 import zmq
 
@@ -104,3 +106,56 @@ def test_several_endpoints_one_down_costs_no_timeout(bcodec, cfg):
 def test_a_server_option_that_is_not_a_number_is_named(cfg, option):
     with pytest.raises(ValueError, match=option.split("=")[0] + ".*must be an integer"):
         make_backend(f"tcp://127.0.0.1:5555?{option}", cfg)
+
+
+def test_a_retry_of_the_running_batch_while_stopping_gets_its_reply(bcodec, monkeypatch):
+    """SIGTERM during a long batch, a client's timeout within it: its retry (same id, same bytes,
+    a new socket) was answered ``unavailable`` -- and the batch's reply then went to the socket the
+    client had closed at its timeout, dropped, the image computed again after a restart or lost
+    (a `gdmcom serve` process: 4 retries answered unavailable, 'reply dropped: client gone', the
+    request failed).  A stopping server now attaches the retry to the running request, which
+    it still delivers, and answers a retry of a request served moments ago from its store."""
+    from gr_gdmcom.bridge import protocol as P
+
+    started = threading.Event()
+    real = bcodec.decode_many
+
+    def decode_many(items):
+        started.set()
+        time.sleep(1.5)
+        return real(items)
+
+    srv = InferenceServer(bcodec, "tcp://127.0.0.1:0", max_batch=1, max_wait_ms=0).start()
+    monkeypatch.setattr(srv.codec, "decode_many", decode_many)
+    enc = bcodec.encode((np.arange(32 * 32 * 3) % 251).astype(np.uint8).reshape(32, 32, 3), "img")
+    frames = P.decode_request("r1", enc.symbols, enc.meta, 5.0)
+    ctx = zmq.Context()
+    first = retry = None
+    try:
+        first = ctx.socket(zmq.DEALER)
+        first.setsockopt(zmq.LINGER, 0)
+        first.connect(srv.last_endpoint)
+        first.send_multipart([b""] + frames)
+        assert started.wait(10)
+        first.close(linger=0)  # the client's timeout: Lazy Pirate closes the socket
+        stopper = threading.Thread(target=srv.stop, kwargs=dict(timeout=30))
+        stopper.start()
+        while srv.running:  # stopping begins
+            threading.Event().wait(0.01)
+        retry = ctx.socket(zmq.DEALER)
+        retry.setsockopt(zmq.LINGER, 0)
+        retry.connect(srv.last_endpoint)
+        retry.send_multipart([b""] + frames)
+        assert retry.poll(20000), "no reply to the retry"
+        header, payloads = P.parse_reply(retry.recv_multipart()[1:])
+        assert header["ok"] and header["id"] == "r1", header
+        assert P.decoded_from_reply(header, payloads).image.shape == (32, 32, 3)
+        stopper.join(30)
+        assert srv.counters["served"] == 1 and srv.counters["duplicates"] == 1
+        assert srv.counters["dropped"] == 0 and srv.counters["unavailable"] == 0, srv.counters
+    finally:
+        srv.stop(timeout=10)
+        for sock in (first, retry):
+            if sock is not None:
+                sock.close(linger=0)
+        ctx.term()

@@ -490,12 +490,15 @@ class InferenceServer:
                 log.info("rejected request %s from %s: settings %s: %s", req.id, peer, req.settings, exc)
                 self._send(envelope, P.error_reply(req.id, req.op, P.REJECTED, f"settings: {exc}"))
                 return
-        if not accept:
+        fp = P.fingerprint(body)
+        # before the stopping server's `unavailable`: a retry of the request in the batch being
+        # finished is attached to it (it was answered unavailable, and the reply then went to the
+        # socket the client had closed at its timeout: dropped, computed again elsewhere)
+        known = self._inflight.get(req.id) or self._store.get(req.id)
+        if known is None and not accept:
             self.counters["unavailable"] += 1
             self._send(envelope, self._unavailable(req))
             return
-        fp = P.fingerprint(body)
-        known = self._inflight.get(req.id) or self._store.get(req.id)
         if known is not None:
             if known.fp != fp:
                 self.counters["rejected"] += 1
