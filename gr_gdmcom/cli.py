@@ -254,17 +254,27 @@ def cmd_simulate(args) -> int:
         return 2
     from .bridge import BackendError
 
-    failed, sheets = 0, {}
+    failed, sheets, done = 0, {}, set()
     try:
         for row in simulate(codec, paths, args.snr, channel=args.channel, out_dir=Path(args.out)):
             emit(row)
             sheets.setdefault(row.get("sheet"))
+            done.add((row["image"], row.get("snr_db")))
             if "error" in row:
                 failed += 1
                 print(f"error: {row['error']}", file=sys.stderr)
-    except BackendError as exc:  # the server stopped answering (the rows so far stand)
-        failed += 1
-        print(f"error: {exc}", file=sys.stderr)
+    except BackendError as exc:  # the server stopped answering: the rows so far stand, and every
+        print(f"error: {exc}", file=sys.stderr)  # image x SNR not run is a row saying so
+        from .pipeline import image_names
+
+        names = image_names([Path(str(p)) for p in paths])
+        for name in dict.fromkeys(names[Path(str(p))] for p in paths):
+            if (name, None) in done:  # (unreadable: its row is out)
+                continue
+            for snr in dict.fromkeys(float(s) for s in args.snr):
+                if (name, snr) not in done:
+                    emit(dict(image=name, snr_db=snr, error=f"not run: {exc}"))
+                    failed += 1
     finally:
         if backend is not None:  # its worker threads and sockets (left open, a caller's process hung at exit)
             codec.close()

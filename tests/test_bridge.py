@@ -989,10 +989,14 @@ def test_simulate_through_a_server_refused_items_are_rows_and_a_server_that_stop
         raise BackendError("decode request r to tcp://x failed after 1 attempt (timeout 2000 ms each): no reply")
 
     monkeypatch.setattr(RemoteBackend, "decode", dead)
-    assert main(argv + ["--snr", "5"]) == 1
+    assert main(argv + ["--snr", "5", "10"]) == 1
     out, err = capsys.readouterr()
     assert "Traceback" not in err and \
         "error: decode request r to tcp://x failed after 1 attempt (timeout 2000 ms each): no reply\n" in err
+    # every image x SNR is still reported (docs/cli.md), without waiting for a dead server once more
+    assert [json.loads(line) for line in out.splitlines()] == [
+        dict(image="a", snr_db=s, error="not run: decode request r to tcp://x failed after 1 attempt (timeout "
+                                        "2000 ms each): no reply") for s in (5.0, 10.0)]
 
 def _in_thread(call, seconds):
     """``call()``'s value, or a test failure (not a hung test run) when it takes longer than ``seconds``."""
