@@ -409,6 +409,25 @@ def main(argv=None, parser: Optional[argparse.ArgumentParser] = None) -> int:
         except KeyboardInterrupt:  # Ctrl-C where a command does not handle it (model loading, Ray start-up)
             print("interrupted", file=sys.stderr)
             return 130
+        except BrokenPipeError:  # the reader went away (`gdmcom steps | head -c 5`): quietly, as a shell tool
+            _stdout_to_devnull()
+            return EXIT_PIPE
+
+
+#: exit status when stdout's reader went away (128 + SIGPIPE, what a shell tool killed by it gives)
+EXIT_PIPE = 141
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout (and :func:`json_stdout`'s copy of it) at /dev/null, so that what is still
+    buffered for a reader that went away is dropped at exit, not a second BrokenPipeError."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    for f in (sys.stdout, _ROWS):
+        try:
+            os.dup2(null, f.fileno())
+        except (AttributeError, OSError, ValueError):
+            pass
+    os.close(null)
 
 
 if __name__ == "__main__":

@@ -238,3 +238,13 @@ def test_simulate_through_a_backend_reports_power_stages_and_the_applied_snr(cod
     ref = select_steps(row["snr_applied_db"], power=row["power"])
     assert row["n_steps"] == ref.n_steps and row["s_tot2"] == pytest.approx(ref.s_tot2, rel=1e-4)
     assert {"tx_vae_encode", "tx_inversion", "rx_inversion", "rx_sampling", "rx_vae_decode"} <= set(row["stages"])
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    """`gdmcom ... | head -1`: the reader closes the pipe before the JSON is written; that was a
+    BrokenPipeError traceback, now exit status 141 (128 + SIGPIPE) and nothing on stderr."""
+    p = subprocess.Popen([sys.executable, "-m", "gr_gdmcom.cli", "steps", "--snr", *map(str, range(0, 21))],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # before the interpreter has even imported the package
+    err = p.stderr.read().decode()
+    assert (p.wait(timeout=60), err) == (141, "")
