@@ -159,3 +159,42 @@ def test_a_retry_of_the_running_batch_while_stopping_gets_its_reply(bcodec, monk
             if sock is not None:
                 sock.close(linger=0)
         ctx.term()
+
+
+def test_a_server_busy_for_the_whole_budget_is_not_called_absent():
+    """A server that answers `busy` to every attempt is up: the error says to retry later or
+    give more time, not "Is gdmcom serve running there?" (the words for no reply at all)."""
+    from gr_gdmcom.bridge import BackendError
+    from gr_gdmcom.bridge import protocol as P
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.bind("tcp://127.0.0.1:0")
+    endpoint = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+    stop = threading.Event()
+
+    def busy():
+        while not stop.is_set():
+            if sock.poll(50):
+                frames = sock.recv_multipart()
+                envelope, body = P.split_envelope(frames)
+                header = P.loads_header(body[0])
+                sock.send_multipart(envelope + P.error_reply(header.get("id"), header.get("op"), P.BUSY,
+                                                             "queue full", retry_after_ms=20))
+
+    t = threading.Thread(target=busy, daemon=True)
+    t.start()
+    c = RemoteBackend(endpoint, None, timeout_ms=300, retries=1)
+    try:
+        with pytest.raises(BackendError) as e:
+            c.status()
+        msg = str(e.value)
+        assert "server answered busy: queue full. The server is up but stayed busy or was stopping for the whole " \
+               "retry budget: retry later, or give more (?timeout_ms=...&retries=...)" in msg, msg
+        assert "running there" not in msg and c.stats["busy"] >= 2
+    finally:
+        c.close()
+        stop.set()
+        t.join(5)
+        sock.close(linger=0)
+        ctx.term()

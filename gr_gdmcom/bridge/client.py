@@ -353,8 +353,11 @@ class RemoteBackend(Backend):
             if time.monotonic() + delay > deadline:
                 break
             time.sleep(delay)
+        hint = ("Is `gdmcom serve` running there?" if last.startswith("no reply") else
+                "The server is up but stayed busy or was stopping for the whole retry budget: retry later, or "
+                "give more (?timeout_ms=...&retries=...)")
         raise BackendError(f"{op} request {rid} to {where} failed after {attempts} attempt{'s' * (attempts > 1)} "
-                           f"(timeout {self.timeout_ms} ms each): {last}. Is `gdmcom serve` running there?")
+                           f"(timeout {self.timeout_ms} ms each): {last}. {hint}")
 
     def _attempt(self, rid: str, frames: List[bytes]) -> Optional[Tuple[dict, List[bytes]]]:
         """One send and wait; None on timeout.  Stale or malformed replies are skipped."""
