@@ -542,6 +542,9 @@ def test_live_demo_offscreen_screenshot(compiled, image, tmp_path):
     assert shot.exists(), r.stdout + r.stderr[-2000:]
     line = next(line for line in r.stdout.splitlines() if line.startswith("screenshot"))
     assert "image(s) shown" in line and "SNR est" in line and "N = " in line and "astro" in line
+    # the summary line when the window closes, as every shipped flowgraph prints (it printed none)
+    summary = json.loads(r.stdout.splitlines()[-1])
+    assert summary["summary"] and summary["images_sent"] >= 1 and summary["decoded"] >= 1, summary
     img = np.asarray(Image.open(shot).convert("RGB"))
     assert img.shape[0] >= 600 and img.shape[1] >= 600
     # pictures and plots, not a blank window
@@ -550,13 +553,15 @@ def test_live_demo_offscreen_screenshot(compiled, image, tmp_path):
 
 def test_live_demo_with_a_missing_image_reports_it_once_and_waits(compiled, tmp_path):
     """Repeat 0 and a missing image: one warning and one error, the source ends its stream and the
-    window stays up (closed here by --run-seconds), instead of an endless stream of errors."""
+    window stays up (closed here by --run-seconds), instead of an endless stream of errors; on
+    closing, the summary and exit status 2 (no image sent) as every shipped flowgraph (it exited 0)."""
     pytest.importorskip("PyQt5.QtWidgets")
     pytest.importorskip("gnuradio.qtgui")
     r = subprocess.run([sys.executable, str(compiled / "live_demo.py"), "--images", "missing.png", "--out-dir", "",
                         "--run-seconds", "6"], env=_env(tmp_path), cwd=tmp_path, capture_output=True, text=True,
                        timeout=200)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert json.loads(r.stdout)["images_sent"] == 0 and "gr_gdmcom: no image was sent (exit status 2)" in r.stderr
     lines = (r.stdout + r.stderr).splitlines()
     problems = [line for line in lines if ":warning:" in line or ":error:" in line or "Traceback" in line]
     assert len(problems) < 10, problems

@@ -166,6 +166,28 @@ def finish(tb, source=None, sink=None, images_expected: int = 0) -> None:
         sys.exit(code)
 
 
+def finish_on_quit(tb, source=None, sink=None) -> None:
+    """:func:`finish` for a Qt GUI flowgraph (live_demo's *main_after_start* snippet), when its
+    application quits: the window closed by hand or by ``--run-seconds``/``--screenshot``, or
+    Ctrl-C (GRC's Qt template runs no *main_after_stop* snippet when the window closes).  A Qt
+    slot cannot end the process with ``sys.exit``, so a status other than 0 ends it with
+    ``os._exit`` once the summary is written."""
+    from PyQt5 import Qt
+
+    def done():
+        try:
+            finish(tb, source, sink)
+        except SystemExit as exc:
+            import os
+
+            for f in (sys.stdout, sys.stderr, _RESULTS):
+                if f is not None:
+                    f.flush()
+            os._exit(int(exc.code or 0))
+
+    Qt.QApplication.instance().aboutToQuit.connect(done)
+
+
 def capture(tb, source, path: str) -> None:
     """Also write ``source``'s samples to ``path`` when it is set (the radio receivers'
     ``--capture``): complex64 interleaved I/Q, GNU Radio's ``file_sink`` of gr_complex,
