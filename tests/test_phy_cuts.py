@@ -219,3 +219,62 @@ def test_the_frame_rx_block_says_where_a_frame_was_cut(bursts):
     ranges = [[[int(v) for v in r] for r in m["erased_ranges"]] for m in metas]
     assert 2619 - 51 <= metas[0]["cut"] <= 2619 and ranges[0] == [[metas[0]["cut"], N]]
     assert metas[1]["cut"] == -1 and ranges[1] == []
+
+
+def _stop_sample(j, sps=2):
+    """The sample of a burst at which its payload symbol ``j``'s pulse is centred."""
+    lay = FrameTx(FrameConfig(sps=sps)).layout
+    return (len(lay.preamble) + int(lay.burst_map(N).payload[j])) * sps + lay.half
+
+
+@pytest.mark.parametrize("j, chunk", [(2457, 0), (4915, 4096), (7372, 0)])
+def test_a_transmitter_stopping_with_nothing_after_is_cut_where_it_stopped(bursts, j, chunk):
+    """Burst 0's samples zeroed from its payload symbol ``j`` on (30, 60, 90 % of the payload: a TX
+    underflow at the end of a transmission, nothing after it but noise): cut within two pilot periods
+    before ``j`` (here 1-2 symbols before; 0-5 over 8-25 dB, sps 2 and 4, 2048 and 8192 symbols), its
+    first part delivered at its actual ~15 dB with the estimate within 1 dB (here 0.1), the rest
+    erased (it was delivered whole at -17.5 / -12.4 / -3.3 dB, the first two ``track_lost``: the good
+    part reported 18-32 dB worse than it was, and the noise after the stop handed over as data)."""
+    sym, b = bursts
+    b0 = b[0].copy()
+    b0[_stop_sample(j):] = 0
+    frames, c = _receive(_noisy(np.concatenate([_z(500), b0, _z(3000)]), 7), chunk)
+    assert [f.header.image_id for f in frames] == [0], c
+    assert c["bursts_cut"] == 1 and c["track_lost"] == 0 and c["cut_dropped"] == 0, c
+    _check_prefix(frames[0], sym[0], j)
+    assert j - 4 <= frames[0].cut
+
+
+def _faded(x, start, ramp_db, ramp_samples):
+    """``x`` faded from sample ``start`` on by ``ramp_db`` dB, linearly in dB over ``ramp_samples``,
+    then held there."""
+    t = np.arange(len(x)) - start
+    db = -ramp_db * np.clip(t / ramp_samples, 0.0, 1.0)
+    return (x * 10 ** (db / 20)).astype(np.complex64)
+
+
+def test_a_slow_fade_to_the_noise_is_not_cut(bursts):
+    """A fade ramping 40 dB down over 2000 symbols from payload symbol 1000 and staying there: the
+    power falls a fraction of a dB per pilot period, not at once as a transmitter stopping: not cut
+    (a cut on "the power drops to the noise floor and stays there" alone cut it at symbol 1118,
+    erasing ~1000 symbols still worth decoding); the tracker follows it (the estimate honest)."""
+    sym, b = bursts
+    x = _faded(np.concatenate([_z(500), b[0], _z(3000)]), 500 + _stop_sample(1000), 40.0, 4000)
+    frames, c = _receive(_noisy(x, 8))
+    assert [f.header.image_id for f in frames] == [0], c
+    assert c["bursts_cut"] == 0 and frames[0].cut is None, c
+    act = -10 * np.log10(np.mean(np.abs(frames[0].symbols - sym[0]) ** 2))
+    assert abs(frames[0].snr_db - act) < 1.0, (frames[0].snr_db, act)
+
+
+def test_a_step_down_to_below_the_noise_is_not_cut(bursts):
+    """The level 20 dB down from payload symbol 1000 at 10 dB (a transmitter's level stepping, the
+    signal then 10 dB below the noise): as abrupt as a stop, but its known symbols still hold the
+    signal coherently (bench_channels.py's step-down-20dB row): not cut."""
+    sym, b = bursts
+    x = np.concatenate([_z(500), b[0], _z(3000)])
+    x[500 + _stop_sample(1000):] *= np.float32(0.1)
+    rng = np.random.default_rng(9)
+    y = (x + 10 ** (-10 / 20) / np.sqrt(2) * (rng.standard_normal(len(x)) + 1j * rng.standard_normal(len(x))))
+    frames, c = _receive(y.astype(np.complex64))
+    assert [f.header.image_id for f in frames] == [0] and c["bursts_cut"] == 0 and frames[0].cut is None, c

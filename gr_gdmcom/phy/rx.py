@@ -229,6 +229,29 @@ CUT_MIN_KNOWN_AT = 16
 CUT_FIT_AT = 0.8
 CUT_DROP_AT = 0.15
 CUT_GROWTH_AT = 3.0
+#: A transmitter that stops with nothing after it (a TX underflow at the end of a transmission, a
+#: TX buffer ending early: the samples after some point are noise): the split's suffix fits as
+#: above but holds no power beyond the noise, so the growth test cannot see it.  Where the prefix's
+#: Es/N0 (its fitted power over the noise of neighbouring known symbols) is STOP_MIN_SNR or more, the
+#: most likely drop of the equalised body's power, symbol by symbol, from the level before the
+#: search (STOP_SEARCH x CUT_REFINE blocks before the split) to that noise is a stop where it is
+#: abrupt -- the window of STOP_WINDOW pilot periods ending a window before it keeps STOP_EDGE of
+#: the level's signal, the window starting a window after it holds at most STOP_AFTER of it -- and
+#: the rest is silent: the median power of its windows at most STOP_SILENT x the noise, and its known
+#: symbols (from a window after the drop) showing no signal coherently over blocks of STOP_SCALES
+#: of them (sum over blocks of |sum z conj s|^2 / sum |z|^2 |s|^2, ~ the number of blocks on noise,
+#: within STOP_SIGMAS (sqrt(blocks) + 1) of it: a 20 dB step down at 10 dB leaves a signal 10 dB
+#: below the noise there, as abrupt as a stop).  A fade (40 dB over 2000 symbols) falls a fraction
+#: of a dB per pilot period and is not cut.  The cut is STOP_BACK symbols before the drop.
+STOP_MIN_SNR = 4.0
+STOP_SEARCH = 3
+STOP_WINDOW = 2
+STOP_EDGE = 0.5
+STOP_AFTER = 0.25
+STOP_SILENT = 1.5
+STOP_SCALES = (8, 32, 128, 1 << 30)
+STOP_SIGMAS = 5.0
+STOP_BACK = 2
 
 
 def _dead(z: np.ndarray) -> np.ndarray:
@@ -1420,7 +1443,9 @@ class FrameRx:
         the burst's end (:func:`_best_split`) is a cut where the suffix fits at most CUT_FIT, CUT_DROP
         less than the prefix, and the power it does not fit is CUT_GROWTH times the prefix's and
         CUT_SIGNAL of the prefix's signal (:func:`_split_stats`); the cut is then placed between the
-        last known symbol that still fits the prefix's gain and the next.  ``starts``: body positions
+        last known symbol that still fits the prefix's gain and the next.  A suffix that fits as badly
+        but whose power does not grow (a transmitter that stopped with nothing after it) is left to
+        :meth:`_find_stop` (STOP_*: an abrupt fall to a silent rest).  ``starts``: body positions
         where a verified preamble begins inside the burst; the split there is tested with less
         evidence asked (CUT_*_AT) and is the cut if it passes (the earliest of those, and of the
         blind one).  ``pos``, ``ref``: the known symbols to judge (default: those ``d`` tracked)."""
@@ -1448,9 +1473,70 @@ class FrameRx:
             t = _split_stats(f, p, m, k)
             log.debug("best split at body %d: %s", pos[first[k]], {a: round(v, 2) for a, v in t.items()})
             if t["n_suf"] >= CUT_MIN_KNOWN and t["n_pre"] >= CUT_MIN_KNOWN and t["fs"] <= CUT_FIT \
-                    and t["fp"] - t["fs"] >= CUT_DROP and t["growth"] >= CUT_GROWTH and t["signal"] >= CUT_SIGNAL:
-                cuts.append(self._refine_cut(zk, ref, pos, first, k))
+                    and t["fp"] - t["fs"] >= CUT_DROP:
+                if t["growth"] >= CUT_GROWTH and t["signal"] >= CUT_SIGNAL:
+                    cuts.append(self._refine_cut(zk, ref, pos, first, k))
+                else:
+                    stop = self._find_stop(d, zk, ref, pos, f, p, m, first, k)
+                    if stop is not None:
+                        cuts.append(stop)
         return min(cuts) if cuts else None
+
+    def _find_stop(self, d: _Demod, zk: np.ndarray, ref: np.ndarray, pos: np.ndarray, f: np.ndarray,
+                   p: np.ndarray, m: np.ndarray, first: np.ndarray, k: int) -> Optional[int]:
+        """The body position where the transmitter stopped (nothing but noise after it: STOP_*), for a
+        split at block ``k`` of :meth:`_find_cut`'s blocks whose suffix fits badly but whose power
+        does not grow as another signal's would; None where the power does not fall abruptly to the
+        noise and stay there (a fade, a step down)."""
+        pre = slice(0, k)
+        n_pre = float(m[pre].sum())
+        # the noise before the split, from neighbouring known symbols (the gain the same at both):
+        # |a_i+1 - a_i|^2 / 2 with a = z / s is exponential with the noise as its mean (median / ln 2;
+        # the blocks' unfitted power is half the noise at 25 dB, the tracker's errors near a stop are not noise)
+        j = int(first[k])
+        nb_ok = np.diff(pos[:j]) <= self.cfg.pilot_spacing + 1
+        a = zk[:j] * np.conj(ref[:j]) / np.maximum(np.abs(ref[:j]) ** 2, 1e-30)
+        e = np.abs(np.diff(a)[nb_ok]) ** 2 / 2
+        noise = float(np.median(e)) / math.log(2.0) if len(e) >= CUT_MIN_KNOWN else 0.0
+        if not noise > 0 or float((p[pre] * f[pre]).sum()) / n_pre < STOP_MIN_SNR * noise:
+            return None
+        # the most likely drop, per body symbol, from the level of the blocks before the search to the noise
+        pz = d.z.real.astype(np.float64) ** 2 + d.z.imag.astype(np.float64) ** 2
+        n_b, n = len(first), len(pz)
+        edge = lambda i: int(pos[first[i]]) if i < n_b else n  # noqa: E731
+        back = STOP_SEARCH * CUT_REFINE  # (the split of noisy blocks' fits can be 8 blocks late at 8 dB)
+        lo, hi, base = edge(max(k - back, 1)), edge(min(k + 3, n_b)), edge(max(k - back - 2, 0))
+        lvl = float(pz[base: lo].mean()) if lo > base else 0.0
+        if not lvl > (1.0 + STOP_MIN_SNR / 2) * noise:
+            return None
+        llr = math.log(noise / lvl) + pz[lo:hi] * (1.0 / noise - 1.0 / lvl)
+        c = lo + int(np.argmax(np.r_[0.0, np.cumsum(llr)]))
+        w = STOP_WINDOW * (self.cfg.pilot_spacing + 1)
+        if c < 2 * w or n - c < 3 * w:
+            return None
+        # abrupt: the signal's level held up to a window before the drop, the noise from a window after it
+        before, after = float(pz[c - 2 * w: c - w].mean()), float(pz[c + w: c + 2 * w].mean())
+        # silent from there on: each block's power at the noise (median), no signal in the known symbols
+        tail = pz[c + w:]
+        nb = len(tail) // w
+        silent = float(np.median(tail[: nb * w].reshape(nb, w).mean(1)))
+        after_k = pos >= c + w
+        a = (zk[after_k] * np.conj(ref[after_k]) * np.exp(-1j * d.omega * pos[after_k])).astype(np.complex128)
+        zw = (np.abs(zk[after_k]) ** 2 * np.abs(ref[after_k]) ** 2).astype(np.float64)
+        coherent = []
+        for s in STOP_SCALES:
+            nb = max(len(a) // s, 1)
+            idx = np.minimum(np.arange(len(a)) * nb // max(len(a), 1), nb - 1)
+            num = np.abs(np.bincount(idx, a.real, nb) + 1j * np.bincount(idx, a.imag, nb)) ** 2
+            t = float((num / np.maximum(np.bincount(idx, zw, nb), 1e-300)).sum())
+            coherent.append((t - nb) / (math.sqrt(nb) + 1.0))  # ~ sigmas above noise's
+        ok = len(a) >= CUT_MIN_KNOWN_AT and before - noise >= STOP_EDGE * (lvl - noise) \
+            and after - noise <= STOP_AFTER * (lvl - noise) and silent <= STOP_SILENT * noise \
+            and max(coherent) <= STOP_SIGMAS
+        log.debug("stop candidate at body %d: level %.3g, noise %.3g, before %.3g, after %.3g, silent %.3g, "
+                  "coherent %s over %d known: %s", c, lvl, noise, before, after, silent,
+                  np.round(coherent, 1), len(a), "cut" if ok else "not cut")
+        return max(c - STOP_BACK, 0) if ok else None
 
     @staticmethod
     def _refine_cut(zk: np.ndarray, ref: np.ndarray, pos: np.ndarray, first: np.ndarray, k: int) -> int:
