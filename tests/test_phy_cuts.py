@@ -278,3 +278,33 @@ def test_a_step_down_to_below_the_noise_is_not_cut(bursts):
     y = (x + 10 ** (-10 / 20) / np.sqrt(2) * (rng.standard_normal(len(x)) + 1j * rng.standard_normal(len(x))))
     frames, c = _receive(y.astype(np.complex64))
     assert [f.header.image_id for f in frames] == [0] and c["bursts_cut"] == 0 and frames[0].cut is None, c
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_partial_overlap_s_early_peak_does_not_hide_the_preamble(seed):
+    """At 25 dB the detection metric crosses its threshold where the window overlaps a preamble
+    by a segment or two; the partial overlap's own peak (0.47, 192 symbols early at sps 4) was
+    the largest in the window looked at, verified (0.085) and the scan resumed one preamble after
+    it, past the true peak: the burst was read from the wrong place and its header failed.  A
+    whole burst was still found from its resync preamble; one whose transmitter stopped before
+    that (here at 60 % of a 2048-symbol payload) was lost (``header_crc_fail``, no frame)."""
+    n, sps, snr = 2048, 4, 25.0
+    cfg = FrameConfig(sps=sps)
+    tx = FrameTx(cfg)
+    rng = np.random.default_rng(seed)
+    sym = ((rng.standard_normal(n) + 1j * rng.standard_normal(n)) / np.sqrt(2)).astype(np.complex64)
+    h = Header(image_id=1, latent_shape=(4, 32, n // 64), image_size=(256, 256), k=5, T=50, forward=0,
+               guidance=6.0, alpha=1.0, prompt_hash=0, total_symbols=n, chunk_symbols=n, chunk_count=1,
+               chunk_index=0)
+    b = tx.burst(h, sym).copy()
+    j = int(0.6 * n)
+    b[(len(tx.layout.preamble) + int(tx.layout.burst_map(n).payload[j])) * sps + tx.layout.half:] = 0
+    x = np.concatenate([_z(500), b, _z(3000)])
+    y = (x + 10 ** (-snr / 20) / np.sqrt(2) * (rng.standard_normal(len(x)) + 1j * rng.standard_normal(len(x))))
+    rx = FrameRx(cfg)
+    frames = rx.push(y.astype(np.complex64)) + rx.flush()
+    assert len(frames) == 1 and rx.counters["header_crc_fail"] == 0, rx.counters
+    f = frames[0]
+    assert f.header.image_id == 1 and j - 34 <= f.cut <= j and abs(f.start - 500) < 1, (f.cut, f.start)
+    live = ~f.erased
+    assert abs(f.snr_db - snr) < 1.5 and -10 * np.log10(np.mean(np.abs(f.symbols[live] - sym[live]) ** 2)) > 23

@@ -637,8 +637,13 @@ class FrameRx:
         metric, _ = sync.preamble_metric(y[grid:], seg, self.layout.barker, DETECT_STRIDE)
         above = grid + np.flatnonzero(metric > cfg.detect_threshold) * DETECT_STRIDE
         # the peak may follow the first crossing by a whole preamble: partial overlaps
-        # with silence before a burst also score high
-        span = (self._reps + 2) * seg + DETECT_STRIDE
+        # with silence before a burst also score high.  And by more: at 25 dB the metric
+        # crosses the threshold where the window overlaps the preamble by a segment or two, and
+        # the partial overlap's own peak (0.47, 192 symbols early at sps 4) was taken, verified
+        # (0.085) and the scan resumed a preamble after it, past the true peak: the burst was
+        # read from the wrong place, its header failed, and it was lost when nothing after it
+        # (its resync preamble) was received.  So the window reaches one preamble further.
+        span = (2 * self._reps + 2) * seg + DETECT_STRIDE
         n_metric = len(y) - self._reps * seg + 1
         pos = 0
         while True:
