@@ -198,3 +198,41 @@ def test_a_server_busy_for_the_whole_budget_is_not_called_absent():
         t.join(5)
         sock.close(linger=0)
         ctx.term()
+
+
+def test_a_dead_server_costs_the_retry_budget_once_then_a_probe(bcodec, cfg, monkeypatch):
+    """A server that died: the first request spends the whole retry budget ((retries + 1) x
+    timeout_ms: 150 s with the defaults), and every later one did too -- a Semantic Sink took
+    150 s per image while the server was down.  Now the next request first asks for status
+    within PROBE_MS and fails at once when nothing answers; a server back on the endpoint is used
+    by the next request."""
+    from gr_gdmcom.bridge import BackendError
+    from gr_gdmcom.bridge import client as client_mod
+
+    monkeypatch.setattr(client_mod, "PROBE_MS", 200)
+    with zmq.Context() as ctx:  # a free port nobody listens on yet
+        s = ctx.socket(zmq.ROUTER)
+        port = s.bind_to_random_port("tcp://127.0.0.1")
+        s.close(linger=0)
+    c = RemoteBackend(f"tcp://127.0.0.1:{port}", None, timeout_ms=700, retries=1)
+    srv = None
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(BackendError, match=r"failed after 2 attempts \(timeout 700 ms each\): no reply"):
+            c.status()
+        first = time.monotonic() - t0
+        t0 = time.monotonic()
+        with pytest.raises(BackendError, match=r"^status request \w+ to tcp://127\.0\.0\.1:\d+ not sent: no server "
+                                               r"answered the last request, nor a status request now \(within "
+                                               r"200 ms\)\. Is `gdmcom serve` running there\? \(the next request "
+                                               r"tries again\)$"):
+            c.status()
+        second = time.monotonic() - t0
+        assert first >= 1.4 and second < 0.6, (first, second)
+        srv = InferenceServer(bcodec, f"tcp://127.0.0.1:{port}").start()
+        assert c.status()["served"] == 0  # back: the probe is answered and the request goes through
+        assert c.status()["served"] == 0 and c.stats["timeouts"] == 2, c.stats
+    finally:
+        c.close()
+        if srv is not None:
+            srv.stop(timeout=10)

@@ -50,6 +50,9 @@ OP_FIELDS = {"encode": ("k", "T", "guidance", "prompt", "forward", "clean_end", 
              "decode": ("m", "T", "rule", "rescale", "steps", "clean_end", "inversion", "inversion_iters",
                         "inversion_tol")}
 MAX_BACKOFF_MS = 2000.0  # longest wait between busy/unavailable retries
+#: after a request that no server answered, the next one first asks for ``status`` within this
+#: long (ms, at most timeout_ms) and fails at once when that is not answered either
+PROBE_MS = 3000
 #: with several endpoints, how long a new socket waits for the connection to the server it tries
 #: first (s; at most a quarter of timeout_ms) before it connects the others (_connect_order)
 FIRST_CONNECT_S = 0.3
@@ -154,6 +157,9 @@ class RemoteBackend(Backend):
         self._rng = random.Random()
         #: requests, retries (re-sends), timeouts, busy, unavailable, stale (replies dropped for a wrong id)
         self.stats = dict(requests=0, retries=0, timeouts=0, busy=0, unavailable=0, stale=0)
+        #: the last request got no reply from any server (cleared by the next reply): the next
+        #: request probes first (:data:`PROBE_MS`) instead of spending the whole retry budget again
+        self._down = False
 
     # ------------------------------------------------------------------ Backend
     def encode(self, image, name: Optional[str] = None, settings: Optional[dict] = None) -> Encoded:
@@ -320,6 +326,10 @@ class RemoteBackend(Backend):
             raise (ImageError if op == "encode" else CodecError)(
                 f"{op} request of {size} bytes is over the server's limit of {self._max_request_bytes} bytes "
                 f"(its status max_request_bytes; gdmcom serve --max-request-mb)")
+        if self._down and not self._probe():
+            raise BackendError(f"{op} request {rid} to {where} not sent: no server answered the last request, "
+                               f"nor a status request now (within {min(self.timeout_ms, PROBE_MS)} ms). Is "
+                               f"`gdmcom serve` running there? (the next request tries again)")
         deadline = time.monotonic() + (self.retries + 1) * self.timeout_ms / 1000.0
         last, attempts, timeouts, backoffs = "no reply", 0, 0, 0
         while True:
@@ -338,6 +348,7 @@ class RemoteBackend(Backend):
                     break
                 continue
             header, payloads = got
+            self._down = False
             code = header.get("code")
             if header.get("ok"):
                 return header, payloads
@@ -353,16 +364,30 @@ class RemoteBackend(Backend):
             if time.monotonic() + delay > deadline:
                 break
             time.sleep(delay)
+        if timeouts > self.retries:  # no reply at all: the next request probes before it waits as long
+            self._down = True
         hint = ("Is `gdmcom serve` running there?" if last.startswith("no reply") else
                 "The server is up but stayed busy or was stopping for the whole retry budget: retry later, or "
                 "give more (?timeout_ms=...&retries=...)")
         raise BackendError(f"{op} request {rid} to {where} failed after {attempts} attempt{'s' * (attempts > 1)} "
                            f"(timeout {self.timeout_ms} ms each): {last}. {hint}")
 
-    def _attempt(self, rid: str, frames: List[bytes]) -> Optional[Tuple[dict, List[bytes]]]:
-        """One send and wait; None on timeout.  Stale or malformed replies are skipped."""
+    def _probe(self) -> bool:
+        """One ``status`` round trip within :data:`PROBE_MS`: whether a server answers now."""
+        rid = uuid.uuid4().hex
+        got = self._attempt(rid, [b""] + P.status_request(rid), min(self.timeout_ms, PROBE_MS))
+        if got is None:
+            self._reset()
+            return False
+        self._down = False
+        return True
+
+    def _attempt(self, rid: str, frames: List[bytes],
+                 timeout_ms: Optional[int] = None) -> Optional[Tuple[dict, List[bytes]]]:
+        """One send and wait (``timeout_ms``, default the client's); None on timeout.  Stale or
+        malformed replies are skipped."""
         sock = self._socket()
-        deadline = time.monotonic() + self.timeout_ms / 1000.0
+        deadline = time.monotonic() + (self.timeout_ms if timeout_ms is None else timeout_ms) / 1000.0
         pending, sent = getattr(self._tls, "pending", None), False
         if pending:  # a new socket connected to one endpoint so far (_connect_order)
             self._tls.pending = []
