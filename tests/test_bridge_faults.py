@@ -1,6 +1,7 @@
 """Faults around the inference server, as an operator meets them: a server in the endpoint
 list that accepts connections but never answers (hung, SIGSTOPped, a model call that never
-returns), a server stopped while a client retries, and malformed ``server`` strings.  Loopback only; every wait has a timeout."""
+returns), a server stopped while a client retries, one busy or dead for a client's whole retry
+budget, and malformed ``server`` strings.  Loopback only; every wait has a timeout."""
 
 import threading
 import time
@@ -10,20 +11,9 @@ import pytest
 import zmq
 
 from gr_gdmcom.bridge import InferenceServer, RemoteBackend, make_backend
-from gr_gdmcom.codec import GenerativeCodec
-from gr_gdmcom.config import CodecConfig
+from test_bridge import bcodec, cfg  # noqa: F401 - the tiny codec of the bridge tests (fixtures)
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def cfg():
-    return CodecConfig(model="tiny", device="cpu", k=1, m=1, steps=2)
-
-
-@pytest.fixture(scope="module")
-def bcodec(components, cfg):
-    return GenerativeCodec(cfg, components=components)
 
 
 class BlackHole:
