@@ -361,3 +361,20 @@ def test_a_folder_being_written_by_another_sweep_is_refused(folder, tmp_path, co
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         f.seek(0)
         assert f.read().startswith(f"pid {os.getpid()} on ")
+
+
+def test_a_folder_on_a_file_system_without_locks_is_swept_with_a_warning(folder, tmp_path, components, monkeypatch,
+                                                                       caplog):
+    """flock failing for another reason than a holder (ENOLCK on some network mounts) is not
+    "another gdmcom sweep is writing": the sweep runs, and says it is not guarded."""
+    import errno
+    import fcntl
+
+    def no_locks(*a):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    res = run_sweep(_opts(folder, tmp_path / "res"), components=components)
+    assert res.rows_computed == 2
+    assert "(No locks available): a second sweep into this folder at the same time would not be refused" \
+        in caplog.text

@@ -788,11 +788,14 @@ def _folder_lock(out: Path, started: str):
     try:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             f.seek(0)
             who = f.read().strip() or "another process"
             raise SweepError(f"another gdmcom sweep ({who}) is writing {out}; wait for it to finish or give "
                              f"another --out") from None
+        except OSError as exc:  # a file system without locks (some network mounts): run unguarded
+            log.warning("cannot lock %s (%s): a second sweep into this folder at the same time would not be "
+                        "refused", out / LOCK_FILE, exc.strerror or exc)
         f.truncate(0)
         f.write(f"pid {os.getpid()} on {platform.node()}, started {started}\n")
         f.flush()
