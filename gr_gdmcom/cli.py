@@ -35,6 +35,23 @@ def emit(row: dict) -> None:
     print(json.dumps(clean, default=str), file=_ROWS or sys.stdout, flush=True)
 
 
+def divert_stdout():
+    """Point file descriptor 1 at stderr (where GNU Radio's C++ logger and printing libraries
+    then write) and return ``(a line-buffered stream on the real stdout, a duplicate of the real
+    fd 1 to restore it from)``; None when ``sys.stdout`` is not fd 1 (pytest's capsys, a
+    redirected ``sys.stdout``), which is left alone."""
+    try:
+        if sys.stdout.fileno() != 1:
+            return None
+    except (AttributeError, OSError, ValueError):
+        return None
+    sys.stdout.flush()
+    saved = os.dup(1)
+    stream = os.fdopen(os.dup(saved), "w", buffering=1)
+    os.dup2(2, 1)
+    return stream, saved
+
+
 @contextlib.contextmanager
 def json_stdout():
     """Keep file descriptor 1 for :func:`emit`'s JSON lines alone.
@@ -45,17 +62,11 @@ def json_stdout():
     ``sys.stdout`` is not fd 1 (pytest's capsys, a redirected ``sys.stdout``).
     """
     global _ROWS
-    try:
-        real = sys.stdout.fileno() == 1
-    except (AttributeError, OSError, ValueError):
-        real = False
-    if not real or _ROWS is not None:
+    diverted = divert_stdout() if _ROWS is None else None
+    if diverted is None:
         yield
         return
-    sys.stdout.flush()
-    saved = os.dup(1)
-    _ROWS = os.fdopen(os.dup(saved), "w", buffering=1)
-    os.dup2(2, 1)
+    _ROWS, saved = diverted
     try:
         yield
     finally:
@@ -265,10 +276,9 @@ def cmd_simulate(args) -> int:
                 print(f"error: {row['error']}", file=sys.stderr)
     except BackendError as exc:  # the server stopped answering: the rows so far stand, and every
         print(f"error: {exc}", file=sys.stderr)  # image x SNR not run is a row saying so
-        from .pipeline import image_names
+        from .sim import row_names
 
-        names = image_names([Path(str(p)) for p in paths])
-        for name in dict.fromkeys(names[Path(str(p))] for p in paths):
+        for name in dict.fromkeys(row_names(paths)):
             if (name, None) in done:  # (unreadable: its row is out)
                 continue
             for snr in dict.fromkeys(float(s) for s in args.snr):

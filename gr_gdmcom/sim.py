@@ -11,7 +11,7 @@ import math
 import time
 import zlib
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -48,17 +48,21 @@ def pass_channel(symbols: np.ndarray, snr_db: float, channel: str, rng: np.rando
     raise ValueError(f"unknown channel {channel!r}; choose one of {', '.join(CHANNELS)}")
 
 
+def row_names(images: Sequence) -> List[str]:
+    """The ``image`` of :func:`simulate`'s rows: file stems, two files of one name (in two folders)
+    told apart (``pipeline.image_names``); ``image{i}`` for an array."""
+    from .pipeline import image_names
+
+    labels = image_names([Path(str(p)) for p in images if isinstance(p, (str, Path))])
+    return [labels[Path(str(p))] if isinstance(p, (str, Path)) else f"image{i}" for i, p in enumerate(images)]
+
+
 def simulate(codec: GenerativeCodec, images: Sequence, snrs: Sequence[float], channel: str = "awgn",
              out_dir: Optional[Path] = None, names: Optional[Sequence[str]] = None) -> Iterator[dict]:
     """Yield one row per (image, SNR): metrics, N, timings.  Images that cannot
     be read give a row with ``error`` and the others still complete."""
     cfg = codec.config
-    if not names:  # file stems; two files of one name (in two folders) get distinct ones (image_names)
-        from .pipeline import image_names
-
-        labels = image_names([Path(str(p)) for p in images if isinstance(p, (str, Path))])
-        names = [labels[Path(str(p))] if isinstance(p, (str, Path)) else f"image{i}" for i, p in enumerate(images)]
-    names = list(names)
+    names = list(names) if names else row_names(images)
     originals = {}
     for i, src in enumerate(images):
         try:

@@ -36,7 +36,7 @@ _RESULTS = None
 
 def results_on_stdout(tb) -> None:
     """Keep a flowgraph script's stdout for its result lines (:func:`_print`, the screenshot line)
-    alone, as ``gdmcom link`` does (``cli.json_stdout``): GNU Radio's logger (spdlog, C++) and
+    alone, as ``gdmcom link`` does (``cli.divert_stdout``): GNU Radio's logger (spdlog, C++) and
     libraries that print write to file descriptor 1 behind Python's back, so fd 1 is pointed at
     stderr and the results go to a duplicate of the real stdout.  Only in the script being run
     (``tb``'s class defined in ``__main__``) and only where ``sys.stdout`` is fd 1: a test that
@@ -44,16 +44,14 @@ def results_on_stdout(tb) -> None:
     global _RESULTS
     if _RESULTS is not None or type(tb).__module__ != "__main__":
         return
-    try:
-        if sys.stdout.fileno() != 1:
-            return
-    except (AttributeError, OSError, ValueError):
-        return
-    import os
+    from ..cli import divert_stdout
 
-    sys.stdout.flush()
-    _RESULTS = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)
+    diverted = divert_stdout()
+    if diverted is not None:  # (for the script's lifetime: the copy to restore from is not needed)
+        import os
+
+        _RESULTS, saved = diverted
+        os.close(saved)
 
 
 def _print(d) -> None:
