@@ -8,6 +8,7 @@ refused with one line before anything runs.
 
 import dataclasses
 import io
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -316,3 +317,88 @@ def test_config_of_the_wrong_type_is_refused_by_name(kw, message):
         CodecConfig(**kw).validate()
     assert str(exc.value) == message
     CodecConfig(guidance=6, steps=None, seed=np.int64(3), remove_mean=np.bool_(False)).validate()  # numbers as numbers
+
+
+def test_a_server_restarted_with_other_settings_still_gets_this_sides_and_is_read_again(codecs, components, small,
+                                                                                        caplog):
+    """A client whose k, m, N, rescale equal the server's first, then the server restarted on the
+    same port with k = 10, m = 0 and another guidance: the client's k/m/N/rescale still apply (they
+    go with every request, equal or not: before, the next encode came back with k = 10 and no
+    word), and the guidance that no request carries is warned about after the restart."""
+    import logging
+
+    mine = SERVER.replace(steps=8)
+    first = InferenceServer(GenerativeCodec(mine, components=components), "tcp://127.0.0.1:0", max_wait_ms=0).start()
+    endpoint = first.last_endpoint
+    other = mine.replace(k=10, m=0, steps=None, rescale=not mine.rescale, guidance=2.0)
+    with caplog.at_level(logging.INFO, logger="gr_gdmcom.bridge.client"):
+        with RemoteBackend(endpoint, mine, timeout_ms=20000) as c:
+            try:
+                before = c.encode(small, "small")
+                assert "goes with each" not in caplog.text and "guidance" not in caplog.text  # all equal
+                first.stop(timeout=10)
+                second = InferenceServer(GenerativeCodec(other, components=components), endpoint,
+                                         max_wait_ms=0).start()
+                after = c.encode(small, "small")
+                d = c.decode(_noisy(after, 5), after.meta, 12.0)
+                again = c.encode(small, "small")
+                st = c.status()
+            finally:
+                first.stop(timeout=10)
+                second.stop(timeout=10)
+    assert before.meta.k == after.meta.k == again.meta.k == 1 and st["config"]["k"] == 10
+    assert (d.record["m"], d.record["n_steps"]) == (1, 8)
+    want = GenerativeCodec(mine, components=components).decode(_noisy(after, 5), after.meta, 12.0)
+    assert _close(d.image, want.image)  # rescale too: this side's
+    assert after.meta.guidance == 2.0  # the restarted server's: no request carries it
+    changed = [r.getMessage() for r in caplog.records if "now runs other settings" in r.getMessage()]
+    assert len(changed) == 1 and changed[0].startswith(f"server {endpoint} now runs other settings (config_id ")
+    warned = [r.getMessage() for r in caplog.records if "uses guidance=2.0" in r.getMessage()]
+    assert warned == [f"server {endpoint} uses guidance=2.0 but this side's configuration says 6.0; the server's "
+                      f"applies"]
+
+
+def test_requests_carrying_the_servers_own_settings_share_its_batches(codecs, small):
+    """A client carries its k with every request, mostly equal to the server's: such a request is
+    batched with those that carry none (before, a batch was split between them)."""
+    import threading
+
+    gate = threading.Event()
+    codec = codecs["server"]
+    srv = InferenceServer(codec, "tcp://127.0.0.1:0", max_batch=4, max_wait_ms=1000).start()  # < PEER_WINDOW_S
+    try:
+        def one(i):
+            with RemoteBackend(srv.last_endpoint, timeout_ms=30000) as c:
+                c.encode(small, f"s{i}")  # four clients known to the server: it waits for a full batch
+                gate.wait(30)
+                return c.encode(small, f"s{i}", settings={"k": SERVER.k} if i % 2 else None)
+
+        with ThreadPoolExecutor(4) as pool:
+            futs = [pool.submit(one, i) for i in range(4)]
+            try:
+                t0 = time.monotonic()
+                while srv.counters["served"] < 4 and time.monotonic() - t0 < 20:
+                    time.sleep(0.01)
+            finally:
+                gate.set()
+            out = [f.result(timeout=60) for f in futs]
+        assert [e.record["server"]["batch"] for e in out] == [4, 4, 4, 4], [e.record["server"] for e in out]
+    finally:
+        srv.stop(timeout=10)
+
+
+def test_replies_from_servers_of_a_list_with_different_settings_are_warned_about_once(caplog):
+    """Two servers behind one client with different settings: replies alternate between two
+    config_ids, each seen before; that is one warning, not a reread per reply."""
+    import logging
+
+    c = RemoteBackend("tcp://127.0.0.1:9", SERVER, timeout_ms=100, retries=0)
+    c._checked, c._config_id, c._config_ids = True, "aaaaaaaaaaaa", {"aaaaaaaaaaaa", "bbbbbbbbbbbb"}
+    with caplog.at_level(logging.INFO, logger="gr_gdmcom.bridge.client"):
+        for cid in ["bbbbbbbbbbbb", "aaaaaaaaaaaa", "bbbbbbbbbbbb", "bbbbbbbbbbbb"]:
+            c._note_config("encode", {"config_id": cid})
+    c.close()
+    assert [r.getMessage() for r in caplog.records] == [
+        "replies from tcp://127.0.0.1:9 come from servers with different settings (config_id aaaaaaaaaaaa and "
+        "bbbbbbbbbbbb): what no request carries is each server's own"]
+    assert c._config_id == "bbbbbbbbbbbb" and c.stats["requests"] == 0  # no status asked

@@ -239,6 +239,7 @@ def test_status_reports_the_server_and_its_model(env):
                     settings={"encode": ["k"], "decode": ["m", "steps", "rescale"]}, latent_channels=4, inflight=0,
                     reply_store=dict(entries=0, bytes=0), codec=dict(srv.codec.stats), config=asdict(CFG),
                     speed={"attention": "sdpa"}, **dict(dict.fromkeys(S.COUNTERS, 0), received=1))
+    assert st.pop("config_id") == P.config_id(expected)
     assert st == P.loads_header(P.dumps_header(expected))
     assert srv.status()["received"] == 1
     for up in (12.34567, 3.21234, 7.77779):  # uptime in s, to the ms

@@ -65,13 +65,17 @@ def request_config(base: CodecConfig, op: str, settings: Optional[dict], k: Opti
     (the transmitter's travels in the metadata: set to 0), so only what the request does
     is checked; a decode's ``m`` and ``steps`` are checked against ``k``, the transmitter's
     (its ``meta.k``) where given.  Raises ValueError, one line, for unknown or impossible
-    settings.
+    settings.  Settings that all equal ``base``'s are ``base`` itself (a client carries its
+    own with every request, mostly the server's: such requests share codec calls with those
+    that carry none).
     """
     if not settings:
         return base
     check_setting_names(op, settings)
     if op == "decode" and k is not None:
         base.replace(**{**settings, "k": int(k)}).validate()  # k + m <= N <= T with the image's k
+    if all(getattr(base, name) == value for name, value in settings.items()):
+        return base
     fixed = dict(m=0, steps=None) if op == "encode" else dict(k=0)
     return base.replace(**{**fixed, **settings}).validate()
 

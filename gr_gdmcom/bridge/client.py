@@ -112,8 +112,12 @@ class RemoteBackend(Backend):
     Args:
         endpoints: one endpoint or several separated by commas, e.g.
             ``"tcp://gpu1:5555,tcp://gpu2:5555"`` (or a broker's frontend).
-        config: the codec settings this side expects; the server's own apply,
-            differences are logged once as warnings (None: no check).
+        config: the codec settings this side expects (None: the server's, no check).
+            Those a request may carry (protocol ``settings``: encode ``k``; decode ``m``,
+            ``steps``, ``rescale``) go with every request, so they apply whatever the
+            server was started with; a difference in the others (the server's apply) is
+            logged once as a warning, and again after the server's settings change (its
+            replies' ``config_id``).
         timeout_ms: how long one attempt waits for its reply (ms), connecting included.
         retries: how many times a request is sent again after a timeout before
             :class:`BackendError`; ``busy`` / ``unavailable`` replies are retried
@@ -148,11 +152,14 @@ class RemoteBackend(Backend):
         self._closed = False
         self._checked = config is None
         self._check_lock = threading.Lock()
-        #: per op, this side's settings the server takes per request where they differ from its own
+        #: per op, this side's settings the server takes per request: every request carries them
         self._carried: Dict[str, dict] = {}
         #: settings that differ from the server's and no request carries: name -> (server's, this side's)
         self._uncarried: Dict[str, tuple] = {}
         self._warned: set = set()  # of those, the names already warned about
+        self._config_id: Optional[str] = None  # the server's settings when last read (its status config_id)
+        self._config_ids: set = set()  # every config_id read; one seen again: servers of a list that differ
+        self._mixed = False  # that was warned about
         self._max_request_bytes = 0  # the server's limit (from its status; 0: not known)
         self._rng = random.Random()
         #: requests, retries (re-sends), timeouts, busy, unavailable, stale (replies dropped for a wrong id)
@@ -169,7 +176,8 @@ class RemoteBackend(Backend):
             image: a path, encoded image bytes (PNG/JPEG ...), a uint8 array or a
                 PIL image (arrays and PIL images travel as lossless PNG).
             name: label; default as the local codec (file stem, else ``image0``).
-            settings: this request's own ``k`` (``{"k": 10}``); None: the server's.
+            settings: this request's own ``k`` (``{"k": 10}``; ``{}``: the server's); None:
+                this side's configuration's (the server's with none).
         Returns:
             :class:`Encoded` (symbols complex64 (n,), unit mean energy; meta; record).
         Raises:
@@ -180,6 +188,7 @@ class RemoteBackend(Backend):
         settings = self._settings("encode", settings)
         rid = uuid.uuid4().hex
         header, payloads = self._call("encode", rid, P.encode_request(rid, data, name, settings))
+        self._note_config("encode", header)
         return P.encoded_from_reply(header, payloads)
 
     def decode(self, symbols: np.ndarray, meta: LatentMeta, snr_db: float,
@@ -192,7 +201,8 @@ class RemoteBackend(Backend):
             snr_db: the receiver's Es/N0 estimate (dB).
             mask: bool (n,), False = erased symbol, or None.
             settings: this request's own ``m``, ``steps`` (a fixed N; None: the rule),
-                ``rescale``, e.g. ``{"m": 0, "steps": 15, "rescale": False}``; None: the server's.
+                ``rescale``, e.g. ``{"m": 0, "steps": 15, "rescale": False}`` (those not
+                given: the server's); None: this side's configuration's (the server's with none).
         Returns:
             :class:`Decoded`: image uint8 (H, W, 3) and record (``n_steps`` ...,
             ``server``: queue_ms, codec_ms, batch).
@@ -211,6 +221,7 @@ class RemoteBackend(Backend):
         rid = uuid.uuid4().hex
         frames = P.decode_request(rid, s, meta, snr_db, mask, self.image_format, settings)
         header, payloads = self._call("decode", rid, frames)
+        self._note_config("decode", header)
         return P.decoded_from_reply(header, payloads)
 
     def status(self) -> dict:
@@ -431,8 +442,8 @@ class RemoteBackend(Backend):
             return header, payloads
 
     def _settings(self, op: str, settings: Optional[dict]) -> Optional[dict]:
-        """What a request carries: the caller's ``settings``, else this side's own where the
-        server takes them per request and differs (read from its ``status`` once)."""
+        """What a request carries: the caller's ``settings``, else this side's own that the
+        server takes per request (read from its ``status``)."""
         if settings:  # refused here in LocalBackend's words (the server's bad_request was a BackendError)
             try:
                 check_setting_names(op, settings)
@@ -458,12 +469,13 @@ class RemoteBackend(Backend):
                                 where, key, theirs, mine)
 
     def _check_config(self) -> None:
-        """Once, before the first encode/decode: compare this client's configuration with the
-        server's.  Settings a request may carry (protocol ``settings``: k; m, steps, rescale) that
-        differ go with every request; others are warnings (the server's apply) at the first
-        request of an op that uses them (:data:`OP_FIELDS`).  A server that does not answer
-        raises :class:`BackendError` (the request would fail too), and the check is tried again
-        with the next request."""
+        """Once, before the first encode/decode (and again when the server's settings change:
+        :meth:`_note_config`): compare this client's configuration with the server's.  Settings
+        a request may carry (protocol ``settings``: k; m, steps, rescale) go with every request
+        (a difference is logged); others that differ are warnings (the server's apply) at the
+        first request of an op that uses them (:data:`OP_FIELDS`).  A server that does not
+        answer raises :class:`BackendError` (the request would fail too), and the check is tried
+        again with the next request."""
         if self._checked:
             return
         with self._check_lock:
@@ -480,6 +492,11 @@ class RemoteBackend(Backend):
                 self._max_request_bytes = st["max_request_bytes"]
             mine = {f.name: getattr(self.config, f.name) for f in fields(self.config)}
             where = ",".join(self.endpoints)
+            self._config_id = st.get("config_id")
+            self._config_ids.add(self._config_id)
+            # (new dicts, assigned whole: a request reads them without the lock)
+            self._carried = {op: {key: mine[key] for key in names if key in mine} for op, names in taken.items()}
+            uncarried = {}
             if st.get("model") is not None and st.get("model") != self.config.model:
                 log.warning("server %s runs model %r, not this side's %r: the server's model encodes and decodes "
                             "(the other end of the link must use it too; frame headers carry its fingerprint)",
@@ -489,13 +506,41 @@ class RemoteBackend(Backend):
                     continue
                 ops = [op for op, names in taken.items() if key in names]
                 if ops:
-                    for op in ops:
-                        self._carried.setdefault(op, {})[key] = mine[key]
                     log.info("server %s runs %s=%r; this side's %r goes with each %s request", where, key,
                              server_cfg[key], mine[key], "/".join(ops))
                 else:
-                    self._uncarried[key] = (server_cfg[key], mine[key])
+                    uncarried[key] = (server_cfg[key], mine[key])
+            self._uncarried = uncarried
             self._checked = True
+
+    def _note_config(self, op: str, header: dict) -> None:
+        """After a reply: a ``config_id`` other than the one read with the settings means the
+        server now runs other settings (restarted with other options, or another server of the
+        list): read them again now, so that the warnings about differences that no request
+        carries come with this reply, not never."""
+        cid = header.get("config_id")
+        if self.config is None or not isinstance(cid, str) or cid == self._config_id or self._config_id is None:
+            return
+        with self._check_lock:
+            if cid == self._config_id:
+                return  # another thread read them
+            where = ",".join(self.endpoints)
+            if cid in self._config_ids:  # back to settings read before: servers of the list differ
+                if not self._mixed:
+                    self._mixed = True
+                    log.warning("replies from %s come from servers with different settings (config_id %s and %s): "
+                                "what no request carries is each server's own", where, self._config_id, cid)
+                self._config_id = cid
+                return
+            log.info("server %s now runs other settings (config_id %s, was %s: restarted?); reading them again",
+                     where, cid, self._config_id)
+            self._checked, self._warned = False, set()
+        try:
+            self._check_config()
+        except BackendError as exc:  # this reply stands; the next request reads them
+            log.warning("cannot read the server's new settings: %s", exc)
+            return
+        self._warn_uncarried(op)
 
 
 def _image_bytes(image) -> bytes:

@@ -24,6 +24,7 @@ never a number or a string.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -578,19 +579,29 @@ def error_reply(rid: Optional[str], op: Optional[str], code: str, message: str, 
                          "retry": code in RETRYABLE, **fields})
 
 
-def encoded_reply(rid: str, enc: Encoded) -> List[bytes]:
-    """Encode result: header ``meta``, ``record``, ``n_symbols``; payload symbols ``<c8`` (n,)."""
+def encoded_reply(rid: str, enc: Encoded, **fields) -> List[bytes]:
+    """Encode result: header ``meta``, ``record``, ``n_symbols`` (+ ``fields``, e.g. the
+    server's ``config_id``); payload symbols ``<c8`` (n,)."""
     sym = np.ascontiguousarray(enc.symbols, dtype=SYMBOL_DTYPE)
-    return reply(rid, "encode", [sym.tobytes()], meta=enc.meta.to_dict(), record=enc.record, n_symbols=int(sym.size))
+    return reply(rid, "encode", [sym.tobytes()], meta=enc.meta.to_dict(), record=enc.record, n_symbols=int(sym.size),
+                 **fields)
 
 
-def decoded_reply(rid: str, dec: Decoded, image_format: str = "png", png_level: int = 1) -> List[bytes]:
+def decoded_reply(rid: str, dec: Decoded, image_format: str = "png", png_level: int = 1, **fields) -> List[bytes]:
     """Decode result: header ``record`` (``n_steps`` ...) and ``image`` {format, height, width,
-    channels}; payload the image (PNG, or raw uint8 RGB (H, W, 3) row-major)."""
+    channels} (+ ``fields``); payload the image (PNG, or raw uint8 RGB (H, W, 3) row-major)."""
     h, w = dec.image.shape[:2]
     data = image_to_bytes(dec.image, image_format, png_level)
     return reply(rid, "decode", [data], record=dec.record,
-                 image={"format": image_format, "height": int(h), "width": int(w), "channels": 3})
+                 image={"format": image_format, "height": int(h), "width": int(w), "channels": 3}, **fields)
+
+
+def config_id(status: dict) -> str:
+    """A server's settings as 12 hex digits: its model (name and weights fingerprint), codec
+    settings and request limit (fields of its ``status``).  Every encode/decode reply carries
+    it: a client that sees it change (a server restarted with other settings) reads them again."""
+    ident = {key: status.get(key) for key in ("model", "model_hash", "config", "max_request_bytes")}
+    return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 # ---------------------------------------------------------------------- replies (client side)

@@ -247,6 +247,7 @@ class InferenceServer:
         self.served_ids: Deque[str] = collections.deque(maxlen=4096)
         self.last_endpoint = ""
         self.t_start = time.time()
+        self._config_id: Optional[str] = None  # P.config_id of this server's status, once known
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "InferenceServer":
@@ -371,7 +372,7 @@ class InferenceServer:
     def status(self) -> dict:
         """What ``status`` answers: model, device, queue, counters, uptime, version."""
         engine = self._engine_status()
-        return dict(
+        st = dict(
             version=__version__, protocol=P.VERSION, model=engine.pop("model"), model_hash=engine.pop("model_hash"),
             device=engine.pop("device"),
             dtype=engine.pop("dtype"), host=socket.gethostname(), pid=os.getpid(),
@@ -385,6 +386,10 @@ class InferenceServer:
             latent_channels=self.limits.latent_channels,
             inflight=len(self._inflight), reply_store=dict(entries=len(self._store), bytes=self._store_bytes),
             **engine, **self.counters)
+        if self._config_id is None:  # fixed for the server's life: computed once
+            self._config_id = P.config_id(st)
+        st["config_id"] = self._config_id
+        return st
 
     # ------------------------------------------------------------------ I/O thread
     def _wake(self) -> None:
@@ -483,8 +488,10 @@ class InferenceServer:
         config = None
         if req.settings:
             try:
-                config = request_config(self._codec_config(), req.op, req.settings,
-                                        req.meta.k if req.meta is not None else None)
+                base = self._codec_config()
+                config = request_config(base, req.op, req.settings, req.meta.k if req.meta is not None else None)
+                if config is base:  # the server's own settings: batched with requests carrying none
+                    config = None
             except ValueError as exc:
                 self.counters["rejected"] += 1
                 log.info("rejected request %s from %s: settings %s: %s", req.id, peer, req.settings, exc)
@@ -707,8 +714,9 @@ class InferenceServer:
             return P.error_reply(job.id, op, P.BAD_IMAGE if op == "encode" else P.REJECTED, res.error), "failed"
         try:
             res.record["server"] = server_info
-            frames = (P.encoded_reply(job.id, res) if op == "encode" else
-                      P.decoded_reply(job.id, res, job.req.image_format, self.options.png_level))
+            cid = self._config_id if self._config_id is not None else self.status()["config_id"]
+            frames = (P.encoded_reply(job.id, res, config_id=cid) if op == "encode" else
+                      P.decoded_reply(job.id, res, job.req.image_format, self.options.png_level, config_id=cid))
         except Exception as exc:  # pragma: no cover - serialisation bug
             log.exception("cannot serialise the %s reply for %s", op, job.id)
             self.counters["failed"] += 1
