@@ -455,7 +455,7 @@ def test_each_replica_holds_four_batches_of_requests():
     assert RayOptions(replicas=3).deployment_options(max_batch=8)["max_ongoing_requests"] == 32
 
 
-def _batch_replica(codec, max_wait_s):
+def _batch_replica(codec, max_wait_s, stall_timeout=None):
     """A replica with batch scheduling as Serve would hold it, without Ray (its loop not started)."""
     import queue
     import threading
@@ -466,7 +466,8 @@ def _batch_replica(codec, max_wait_s):
     rep = CodecReplica.__new__(CodecReplica)
     rep.codec, rep._lock, rep._variants = codec, threading.Lock(), CodecVariants(codec)
     rep.max_batch, rep.max_wait_s, rep._jobs, rep._batches, rep.name = 4, max_wait_s, queue.Queue(), 0, "r"
-    rep._sched, rep.scheduling = None, "batch"
+    rep._sched, rep.scheduling, rep._retries = None, "batch", 0
+    rep._init_progress(stall_timeout)
     return rep
 
 
@@ -512,3 +513,147 @@ def test_a_replica_batches_interleaved_encodes_and_decodes_by_op(rcodec, small, 
             np.testing.assert_allclose(res.symbols, renc.symbols, atol=1e-4)
         else:
             assert np.abs(res.image.astype(int) - rcodec.decode(*item[:3]).image.astype(int)).max() <= 2
+
+
+def test_a_replica_whose_loop_stalls_with_requests_fails_its_health_check(rcodec, small):
+    """A model call that never returns (here: the codec's lock held, as a CUDA call stuck in the driver
+    or a deadlock would) with a request pending: check_health raised nothing before (it only checked
+    that the loop thread lived), so Serve never replaced the replica and its requests waited for ever.
+    Now it fails once the loop has made no progress for the stall bound; idle, or progressing, it passes."""
+    import asyncio
+    import threading
+
+    rep = _batch_replica(rcodec, max_wait_s=0.0, stall_timeout=0.6)
+    rep._stepper = threading.Thread(target=rep._batch_loop, daemon=True)
+    rep._stepper.start()
+    rep.check_health()
+    time.sleep(0.8)
+    rep.check_health()  # idle for longer than the bound: healthy
+    out = {}
+    with rep._lock:  # the next model call blocks
+        t = threading.Thread(target=lambda: out.update(r=asyncio.run(rep._submit("encode", (small, "s"), "batch"))))
+        t.start()
+        wait_for(lambda: len(rep._pending) == 1 and rep._jobs.empty(), timeout=10, what="the request taken")
+        rep.check_health()  # (the first sample with the request pending)
+        time.sleep(0.8)
+        with pytest.raises(RuntimeError, match=r"replica r: the batch loop has made no progress for \d+ s with "
+                                               r"1 request\(s\) pending \(stall bound 0.6 s, --ray-stall-timeout\)"):
+            rep.check_health()
+    t.join(60)  # the call went through once unblocked: healthy again, nothing pending
+    assert out["r"][0].symbols.size > 0 and not rep._pending
+    rep.check_health()
+
+
+def test_a_long_batch_that_makes_progress_is_not_a_stall():
+    """A batch that takes far longer than the bound but finishes model calls (UNet steps) as it goes
+    stays healthy; the bound grows to STALL_FACTOR x the longest wait for progress seen; None is
+    automatic (STALL_CPU_S on a CPU or with --compile, STALL_GPU_S on a GPU); 0 turns it off."""
+    import concurrent.futures
+    import types
+
+    codec = types.SimpleNamespace(stats=dict(unet_calls=0), c=types.SimpleNamespace(device="cpu", speed={}))
+    rep = _batch_replica(codec, max_wait_s=0.0, stall_timeout=1.0)
+    rep._stepper = types.SimpleNamespace(is_alive=lambda: True)
+    rep._pending.add(concurrent.futures.Future())  # a request in the loop's hands
+    now = 100.0
+    for _ in range(20):  # 10 s of one batch: a UNet call every 0.5 s, checked every 0.25 s
+        now += 0.25
+        assert rep._stalled(now) is None
+        now += 0.25
+        codec.stats["unet_calls"] += 1
+        assert rep._stalled(now) is None
+    assert rep.stall_bound() == 2.0  # 4 x the 0.5 s it waited for progress
+    assert rep._stalled(now + 1.9) is None and "no progress for 2 s" in rep._stalled(now + 2.1)
+    rep.stall_timeout = 0
+    assert rep.stall_bound() is None and rep._stalled(now + 1e6) is None
+    rep._slowest_gap, rep.stall_timeout = 0.0, None
+    assert rep.stall_bound() == ray_engine.STALL_CPU_S == 900
+    codec.c.device = "cuda:0"
+    assert rep.stall_bound() == ray_engine.STALL_GPU_S == 120
+    codec.c.speed = dict(compile=True)  # a new shape compiles inside a request
+    assert rep.stall_bound() == ray_engine.STALL_CPU_S
+
+
+def test_health_check_options_reach_serve_and_the_command_line(monkeypatch):
+    """Serve's defaults (a check every 10 s, 30 s to answer, 3 failures in a row) replaced a
+    SIGSTOPped replica after 99 s, past a client's retries; the deployment now asks for 2 s and
+    10 s (replaced in about 32 s), set by ``--ray-health-period``/``--ray-health-timeout``, and
+    ``--ray-stall-timeout`` reaches each replica."""
+    from gr_gdmcom.cli import main
+
+    opts = RayOptions().deployment_options(max_batch=4)
+    assert (opts["health_check_period_s"], opts["health_check_timeout_s"]) == (2.0, 10.0)
+    for bad in (dict(health_period=0), dict(health_timeout=-1), dict(stall_timeout=-1)):
+        with pytest.raises(ValueError, match="must be"):
+            RayOptions(**bad).validate()
+    seen = []
+
+    def fake_deploy(cfg, ro, **kw):
+        seen.append(ro)
+        raise DeployError("stop here")
+
+    monkeypatch.setattr(ray_engine, "deploy", fake_deploy)
+    assert main(["serve", "--engine", "ray", "--model", "tiny", "--ray-health-period", "1.5",
+                 "--ray-health-timeout", "4", "--ray-stall-timeout", "300"]) == 2
+    assert (seen[0].health_period, seen[0].health_timeout, seen[0].stall_timeout) == (1.5, 4.0, 300.0)
+    assert main(["serve", "--engine", "ray", "--model", "tiny"]) == 2 and seen[1].stall_timeout is None
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_hung_replica_is_replaced_and_its_requests_answered(deployment, raws, rcodec, renc):
+    """The replica SIGSTOPped under 16 decodes (its own application, one replica, health checked every
+    1 s with 3 s to answer).  With Serve's defaults the replica was replaced after 99 s and its
+    requests sent again 20 s later (graceful shutdown), past the clients' retries; now it is killed
+    within period + 3 x timeout (+ the controller's ticks), its requests are sent again then, and
+    every request is answered once, by the new replica, as the codec computes it."""
+    import signal
+
+    from gr_gdmcom.bridge.backend import CodecVariants
+
+    ro = RayOptions(replicas=1, cpus_per_replica=0, torch_threads=1, health_period=1.0, health_timeout=3.0)
+    handle, info, _ = deploy(CFG, ro, max_batch=4, max_wait_ms=5, app_name="gdmcom-hang")
+    pid = info["pid"]
+    try:
+        gw = RayGateway(handle, info, "tcp://127.0.0.1:0", ray_options=ro).start()
+        try:
+            assert gw.status()["health"] == dict(period_s=1.0, timeout_s=3.0, stall_s=ray_engine.STALL_CPU_S)
+            clients = raws(gw.last_endpoint, 16)
+            for i, r in enumerate(clients):  # 4 batches of 4 at 50 steps: the last ones are at the replica
+                r.send(P.decode_request(f"h{i}", noisy(renc, i), renc.meta, 5.0, image_format="raw",
+                                        settings={"steps": 50}))
+            wait_for(lambda: gw.counters["served"] >= 1, timeout=60, what="a request served")
+            os.kill(pid, signal.SIGSTOP)
+            t0 = time.monotonic()
+            wait_for(lambda: gw.counters["resubmitted"] >= 1, timeout=40, what="the hung replica's requests sent again")
+            resent = time.monotonic() - t0
+            assert resent < 1.1 + 3 * 3.0 + 8, resent  # (measured: 10.5-11 s; Serve's defaults: 118 s)
+            wait_for(lambda: not _alive(pid), timeout=40, what="the hung replica's process gone")
+            got = {}
+            for r in clients:
+                header, payloads = r.recv(120000)  # (the new replica starts: seconds, a minute on a busy host)
+                assert header["ok"], header
+                assert header["id"] not in got, f"{header['id']} answered twice"
+                got[header["id"]] = np.frombuffer(payloads[0], np.uint8).reshape(64, 64, 3)
+            assert sorted(got) == sorted(f"h{i}" for i in range(16))
+            assert gw.counters["resubmitted"] >= 1 and gw.counters["failed"] == 0, gw.counters
+            variants = CodecVariants(rcodec)
+            slow = variants.get(variants.config("decode", {"steps": 50}))
+            for i in (0, 15):
+                ref = slow.decode(noisy(renc, i), renc.meta, 5.0).image
+                assert np.abs(got[f"h{i}"].astype(int) - ref).max() <= 2, i
+        finally:
+            gw.stop(timeout=10)
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+        shutdown("gdmcom-hang", started_ray=False)

@@ -127,7 +127,9 @@ def _ray_gateway(args, cfg, opts, curve):
                                gpus_per_replica=args.gpus_per_replica, cpus_per_replica=args.cpus_per_replica,
                                torch_threads=args.torch_threads, address=args.ray_address,
                                max_inflight=args.max_inflight, metrics_port=args.ray_metrics_port,
-                               start_timeout=args.ray_start_timeout).validate()
+                               start_timeout=args.ray_start_timeout, health_period=args.ray_health_period,
+                               health_timeout=args.ray_health_timeout,
+                               stall_timeout=args.ray_stall_timeout).validate()
     try:
         handle, info, started = ray_engine.deploy(cfg, ro, max_batch=opts.max_batch, max_wait_ms=opts.max_wait_ms,
                                                   speed=speed_options_from_args(args),
@@ -290,6 +292,16 @@ def register(sub) -> None:
     ray_.add_argument("--ray-start-timeout", type=finite_float, default=600.0, metavar="SECONDS",
                       help="longest wait for the replicas to be placed and load the model; then the gateway "
                            "exits naming what is pending (a joined cluster may be adding nodes) [default=%(default)r]")
+    ray_.add_argument("--ray-health-period", type=finite_float, default=2.0, metavar="SECONDS",
+                      help="Serve health-checks each replica this often (health_check_period_s); 3 failed checks "
+                           "in a row replace it [default=%(default)r]")
+    ray_.add_argument("--ray-health-timeout", type=finite_float, default=10.0, metavar="SECONDS",
+                      help="a health check not answered within this fails (health_check_timeout_s): a hung replica "
+                           "is replaced within about period + 3 x this [default=%(default)r]")
+    ray_.add_argument("--ray-stall-timeout", type=finite_float, default=None, metavar="SECONDS",
+                      help="a replica with requests whose loop has made no progress (no model call finished) for "
+                           "this long fails its health checks (default: 120 on a GPU, 900 on a CPU or with "
+                           "--compile; 0: off)")
     sec = s.add_argument_group("CURVE authentication and encryption (docs/server.md)")
     sec.add_argument("--curve-secret-key", default=None, metavar="FILE",
                      help="this server's NAME.key_secret (gdmcom keys); enables CURVE [default=%(default)r]")

@@ -18,7 +18,10 @@
   ``encode_step``/``decode_step`` instead, which hand each request to the
   replica's :class:`~gr_gdmcom.codec.stepper.StepScheduler` loop (requests join
   and leave the batched UNet call at every step, as ``gdmcom serve --scheduling
-  step`` does in one process).
+  step`` does in one process).  Its :meth:`~CodecReplica.check_health` also fails while its loop
+  has requests and has finished no model call for the stall bound (``--ray-stall-timeout``), and
+  Serve checks every ``health_period`` with ``health_timeout`` to answer, so a replica that hangs
+  or stalls is replaced within a bounded time (docs/server.md) and its requests are sent again.
 * :func:`deploy` starts a local Ray instance (or joins ``address``: ``auto``,
   ``host:port`` or ``ray://host:port``, where nothing answering is a :class:`DeployError`
   within seconds), runs the application with ``num_replicas`` or an
@@ -75,6 +78,26 @@ PROGRESS_EVERY_S = 10.0  # while deploy() waits: a line saying what for, this of
 PROBE_TIMEOUT_S = 3.0  # --ray-address HOST:PORT: how long one TCP connection to it may take
 POLL_S = 0.5
 RESUBMIT_DELAY_S = 0.2  # wait before the n-th re-send: n times this
+#: Serve's health check of each replica (``health_check_period_s``/``health_check_timeout_s``, Serve's defaults
+#: 10 s and 30 s): Serve marks a replica unhealthy after REPLICA_HEALTH_CHECK_UNHEALTHY_THRESHOLD (3) failed
+#: checks in a row and starts another; a replica that does not answer at all (SIGSTOP, a call that holds the
+#: GIL) is replaced within HEALTH_PERIOD_S * 1.1 + 3 * HEALTH_TIMEOUT_S (Serve's defaults: 100 s, measured
+#: 99 s; these: 32 s).
+HEALTH_PERIOD_S = 2.0
+HEALTH_TIMEOUT_S = 10.0
+#: --ray-stall-timeout auto: how long a replica's loop may make no progress (no UNet call, no batch or
+#: request finished) while it has requests before its health check fails.  A GPU replica's slowest
+#: legitimate call is seconds; on a CPU, or with --compile (a new shape compiles inside a request), one
+#: VAE call over a batch at 512² or a recompilation can take minutes.
+STALL_GPU_S = 120.0
+STALL_CPU_S = 900.0
+#: ... or this many times the longest wait for progress the replica has seen, if that is longer.
+STALL_FACTOR = 4.0
+#: Set for a local instance the gateway starts (unless set already): Serve stops an unhealthy replica at
+#: once instead of draining its requests for graceful_shutdown_timeout_s (20 s) first -- a hung replica
+#: finishes none of them, and the gateway sends them again when the replica is gone.
+FORCE_STOP_ENV = "RAY_SERVE_FORCE_STOP_UNHEALTHY_REPLICAS"
+
 #: Failures of the replica, not of the request: the gateway sends the request again.
 REPLICA_FAILURES = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
                     ray.exceptions.WorkerCrashedError)
@@ -110,6 +133,11 @@ class RayOptions:
         metrics_port: Ray's own Prometheus metrics export port (local instance only; 0: off).
         start_timeout: seconds :func:`deploy` waits for the deployment to run (replicas placed
             and their models loaded) before it gives up, naming what is pending.
+        health_period, health_timeout: Serve's ``health_check_period_s`` and ``health_check_timeout_s``
+            (a replica that fails 3 checks in a row is replaced).
+        stall_timeout: a replica with requests whose loop has made no progress for this long fails its
+            health check (None: ``STALL_GPU_S`` on a GPU, ``STALL_CPU_S`` on a CPU or with ``--compile``;
+            0: off); or ``STALL_FACTOR`` times its longest wait for progress so far, if longer.
     """
 
     replicas: int = 1
@@ -124,6 +152,9 @@ class RayOptions:
     attempts: int = 4
     metrics_port: int = 0
     start_timeout: float = START_TIMEOUT_S
+    health_period: float = HEALTH_PERIOD_S
+    health_timeout: float = HEALTH_TIMEOUT_S
+    stall_timeout: Optional[float] = None
 
     def validate(self) -> "RayOptions":
         if self.max_replicas is not None:
@@ -137,6 +168,11 @@ class RayOptions:
             raise ValueError("gpus_per_replica and cpus_per_replica must be >= 0 and attempts >= 1")
         if not self.start_timeout > 0:
             raise ValueError(f"start_timeout must be > 0 seconds, got {self.start_timeout}")
+        if not (0 < self.health_period < math.inf and 0 < self.health_timeout < math.inf):
+            raise ValueError(f"health_period and health_timeout must be > 0 seconds, got {self.health_period}, "
+                             f"{self.health_timeout}")
+        if self.stall_timeout is not None and not 0 <= self.stall_timeout < math.inf:
+            raise ValueError(f"stall_timeout must be >= 0 seconds (0: off), got {self.stall_timeout}")
         _host_port(self.address)
         return self
 
@@ -147,7 +183,8 @@ class RayOptions:
     def deployment_options(self, max_batch: int) -> dict:
         """``Deployment.options(...)`` keyword arguments."""
         opts = dict(ray_actor_options=dict(num_gpus=self.gpus_per_replica, num_cpus=self.cpus_per_replica),
-                    max_ongoing_requests=INFLIGHT_BATCHES * max_batch)
+                    max_ongoing_requests=INFLIGHT_BATCHES * max_batch,
+                    health_check_period_s=self.health_period, health_check_timeout_s=self.health_timeout)
         if self.max_replicas is not None:
             opts["autoscaling_config"] = dict(min_replicas=1 if self.min_replicas is None else self.min_replicas,
                                               max_replicas=self.max_replicas,
@@ -182,10 +219,12 @@ class CodecReplica:
             one warm-up encode+decode of ``warm_up_size`` pixels before it takes requests.
         scheduling: ``batch`` (``encode``/``decode``: whole requests batched) or ``step``
             (``encode_step``/``decode_step``: step-level, up to ``max_batch`` requests in flight).
+        stall_timeout: :attr:`RayOptions.stall_timeout` (:meth:`check_health`).
     """
 
     def __init__(self, config: dict, max_batch: int = 4, max_wait_ms: float = 10.0, torch_threads: int = 0,
-                 speed: Optional[dict] = None, warm_up_size: int = 512, scheduling: str = "batch"):
+                 speed: Optional[dict] = None, warm_up_size: int = 512, scheduling: str = "batch",
+                 stall_timeout: Optional[float] = None):
         import torch
 
         from ..codec import GenerativeCodec
@@ -208,6 +247,7 @@ class CodecReplica:
         self._sched = None
         self._batches = 0  # whole-request codec calls (batch scheduling, step fallbacks aside)
         self._admitted: dict = {}  # step loop: key -> counts when the request was admitted
+        self._init_progress(stall_timeout)
         if scheduling == "step":
             from ..codec.stepper import StepScheduler
 
@@ -226,14 +266,60 @@ class CodecReplica:
                     device=str(c.c.device),
                     dtype=str(c.c.dtype).replace("torch.", ""), config=asdict(c.config),
                     speed=dict(getattr(c.c, "speed", {})), scheduling=self.scheduling, replica=self.name,
-                    pid=os.getpid())
+                    pid=os.getpid(), stall_bound_s=self.stall_bound())
 
     def check_health(self) -> None:
-        """Serve's periodic health check: a replica whose codec or step loop is gone is restarted."""
+        """Serve's periodic health check (every ``health_period``): a replica whose codec or loop is
+        gone, or whose loop has had requests and made no progress for longer than
+        :meth:`stall_bound` (a call stuck in the GPU driver, a deadlock), raises; Serve replaces a
+        replica after 3 failed checks in a row.  (A replica that does not answer at all fails
+        by ``health_timeout``.)"""
         if self.codec is None:
             raise RuntimeError("codec not loaded")
         if not self._stepper.is_alive():
             raise RuntimeError(f"{self.scheduling} loop stopped")
+        stalled = self._stalled(time.monotonic())
+        if stalled:
+            log.error("%s", stalled)
+            raise RuntimeError(stalled)
+
+    # ------------------------------------------------------------------ progress of the loop
+    def _init_progress(self, stall_timeout: Optional[float]) -> None:
+        self.stall_timeout = stall_timeout
+        self._pending: set = set()  # futures of requests not answered yet
+        self._mark: Optional[tuple] = None  # the loop's counters when they last changed (or it was idle) ...
+        self._mark_t = 0.0  # ... at this time (monotonic)
+        self._slowest_gap = 0.0  # the longest wait for progress seen with requests pending (s)
+
+    def _progress(self) -> tuple:
+        """What moves while the loop works: batches and steps run, UNet calls, images encoded and
+        decoded, failures, retries (each model call of a batch counts, not only its end)."""
+        return self._counts() + tuple(self.codec.stats.values())
+
+    def stall_bound(self) -> Optional[float]:
+        """Seconds the loop may make no progress with requests pending (None: not checked):
+        ``stall_timeout`` (automatic: ``STALL_GPU_S`` on a GPU without ``--compile``, else
+        ``STALL_CPU_S``), or ``STALL_FACTOR`` times the longest wait this replica has seen, if longer."""
+        floor = self.stall_timeout
+        if floor is None:
+            compiled = bool(getattr(self.codec.c, "speed", {}).get("compile"))
+            floor = STALL_GPU_S if str(self.codec.c.device).startswith("cuda") and not compiled else STALL_CPU_S
+        return max(floor, STALL_FACTOR * self._slowest_gap) if floor > 0 else None
+
+    def _stalled(self, now: float) -> Optional[str]:
+        """Why the loop counts as stalled at ``now`` (one line), or None; called by each health check,
+        which samples the loop's progress."""
+        mark, pending = self._progress(), len(self._pending)
+        if mark != self._mark or not pending:
+            if pending and self._mark is not None:
+                self._slowest_gap = max(self._slowest_gap, now - self._mark_t)
+            self._mark, self._mark_t = mark, now
+            return None
+        bound, waited = self.stall_bound(), now - self._mark_t
+        if bound is None or waited <= bound:
+            return None
+        return (f"replica {self.name}: the {self.scheduling} loop has made no progress for {waited:.0f} s with "
+                f"{pending} request(s) pending (stall bound {bound:g} s, --ray-stall-timeout)")
 
     _retries = 0  # failed model calls over several requests that were retried in parts (counted per replica)
 
@@ -271,6 +357,8 @@ class CodecReplica:
             name = op + ("_step" if scheduling == "step" else "")
             raise RuntimeError(f"{name} needs a replica deployed with scheduling={scheduling!r}")
         fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._pending.add(fut)
+        fut.add_done_callback(self._pending.discard)
         self._jobs.put((op, item, fut, time.monotonic() + (self.max_wait_s if wait else 0.0)))
         return await asyncio.wrap_future(fut)
 
@@ -395,6 +483,8 @@ def deploy(config: CodecConfig, ray_options: RayOptions, max_batch: int = 4, max
             raise DeployError(f"--ray-address {ray_options.address}: {unreachable} (start one with `ray start "
                               f"--head`, or leave --ray-address out to start a local one)")
         kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        if local:  # the instance started here inherits this environment (its Serve controller too)
+            os.environ.setdefault(FORCE_STOP_ENV, "1")
         if ray_options.address is None and ray_options.metrics_port:
             kw["_metrics_export_port"] = ray_options.metrics_port
         try:
@@ -412,7 +502,7 @@ def deploy(config: CodecConfig, ray_options: RayOptions, max_batch: int = 4, max
         app = serve.deployment(CodecReplica, name="CodecReplica").options(
             **ray_options.deployment_options(max_batch)).bind(asdict(config), max_batch, max_wait_ms,
                                                              ray_options.torch_threads, speed, warm_up_size,
-                                                             scheduling)
+                                                             scheduling, ray_options.stall_timeout)
         (handle,) = serve.run_many([serve.RunTarget(target=app, name=app_name, route_prefix=None)],
                                    wait_for_applications_running=False)
         _wait_running(app_name, ray_options, t0, deadline)
@@ -717,7 +807,9 @@ class RayGateway(InferenceServer):
                     config=self.info["config"], speed=self.info.get("speed", {}), engine="ray",
                     max_inflight=self.max_inflight,
                     replicas=dict(fixed=None if o.max_replicas is not None else o.replicas, min=o.min_replicas,
-                                  max=o.max_replicas, gpus_each=o.gpus_per_replica))
+                                  max=o.max_replicas, gpus_each=o.gpus_per_replica),
+                    health=dict(period_s=o.health_period, timeout_s=o.health_timeout,
+                                stall_s=self.info.get("stall_bound_s")))
 
     def _step_loop(self) -> None:
         """Step-level scheduling runs in the replicas (``encode_step``/``decode_step``): the gateway
