@@ -341,3 +341,31 @@ def test_a_weak_step_down_on_a_short_burst_is_not_cut_as_a_stop(sps, frac, seed)
     # each symbol's own reliability: the rest of the payload ~20 dB below its start
     nv = f.symbol_noise_var
     assert 15 < 10 * np.log10(np.median(nv[j + 40:]) / np.median(nv[: j - 40])) < 25
+
+
+@pytest.mark.parametrize("snr, depth, seed", [(15.0, 7.0, 11), (20.0, 12.0, 12)])
+def test_a_transmitter_stopping_inside_a_fade_is_cut_where_it_stopped(bursts, snr, depth, seed):
+    """Burst 0 fading 40 dB over 2000 symbols from payload symbol 4096 on, its transmitter stopping
+    where the fade is ``depth`` dB deep (the signal 8 dB above the noise there).  Against the level
+    before the search (the fade's start) the drop was not abrupt, and the burst was delivered whole,
+    ``track_lost``, at -19.0 / -17.0 dB while its part before the stop got 13.2 / 17.4 dB (the noise
+    after the stop handed over as data).  The drop is looked for again from the level just before it
+    (``STOP_LOCAL``): cut 1 / 2 symbols before the stop (0-9 over 15-25 dB, stops 5-15 dB into the fade,
+    sps 2 and 4), the estimate within 1 dB of what the kept part got (here 0.4 / 0.5 dB over)."""
+    sym, b = bursts
+    s0 = _stop_sample(4096)
+    stop = s0 + int(round(depth / 40.0 * 4000))
+    j = int(np.searchsorted([_stop_sample(i) for i in range(4096, 6000)], stop)) + 4096
+    b0 = b[0].copy()
+    b0[_stop_sample(j):] = 0
+    x = _faded(np.concatenate([_z(500), b0, _z(3000)]), 500 + s0, 40.0, 4000)
+    rng = np.random.default_rng(seed)
+    y = (x + 10 ** (-snr / 20) / np.sqrt(2) * (rng.standard_normal(len(x)) + 1j * rng.standard_normal(len(x))))
+    frames, c = _receive(y.astype(np.complex64))
+    assert [f.header.image_id for f in frames] == [0], c
+    assert c["bursts_cut"] == 1 and c["track_lost"] == 0, c
+    f = frames[0]
+    assert f.cut is not None and j - 34 <= f.cut <= j, (f.cut, j)
+    live = ~f.erased
+    act = -10 * np.log10(np.mean(np.abs(f.symbols[live] - sym[0][live]) ** 2))
+    assert abs(f.snr_db - act) < 1.0, (f.snr_db, act)

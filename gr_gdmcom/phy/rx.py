@@ -252,6 +252,18 @@ CUT_GROWTH_AT = 3.0
 #: symbols at -12 dB erased; not cut: the noise after a stop handed over at its low reliability).
 #: A fade (40 dB over 2000 symbols) falls a fraction of a dB per pilot period and is not cut.  The cut
 #: is STOP_BACK symbols before the drop.
+#: Inside a fade the level before the search is not the level the transmitter stopped at (nor above the noise at all):
+#: where the window before the drop does not hold STOP_EDGE of it, the drop is looked for again from the level of the
+#: STOP_LOCAL windows ending two windows before it (twice, each from the last drop found), that level's Es/N0 at least
+#: STOP_MIN_SNR, and the window after the drop must hold at most STOP_AFTER x q^3 of its signal, q the share the window
+#: before it kept (a fade falling steadily in dB keeps q^3 there; a stop keeps nothing): a stop 5-15 dB into a 40 dB
+#: fade at 15-25 dB was cut 0 times in 72, now 53 (0-9 symbols early, estimates -0.9 .. +1.9 dB of the kept part's); one
+#: at a random point of a flat Rayleigh fade (fD 1e-4 per sample) 17 -> 24 of 24 at 20 dB, 9 -> 13 of 24 at 10 dB.
+#: Below STOP_MIN_SNR there (a stop deep in a fade) it is not cut: delivered whole, ``track_lost``, its estimate honest
+#: for all its symbols but 15-30 dB under its part before the stop (the noise after it weighted ~0 by its own noise_var:
+#: the MMSE decoder loses 0.03-0.25 dB against a cut there).  Fades that fall 30-40 dB within 100-500 symbols and stay
+#: there were cut as stops before and are now (slightly more often); 1000-symbol ones are not.
+STOP_LOCAL = 2
 STOP_MIN_SNR = 4.0
 STOP_SEARCH = 3
 STOP_WINDOW = 2
@@ -1523,15 +1535,42 @@ class FrameRx:
         back = STOP_SEARCH * CUT_REFINE  # (the split of noisy blocks' fits can be 8 blocks late at 8 dB)
         lo, hi, base = edge(max(k - back, 1)), edge(min(k + 3, n_b)), edge(max(k - back - 2, 0))
         lvl = float(pz[base: lo].mean()) if lo > base else 0.0
-        if not lvl > (1.0 + STOP_MIN_SNR / 2) * noise:
-            return None
-        llr = math.log(noise / lvl) + pz[lo:hi] * (1.0 / noise - 1.0 / lvl)
-        c = lo + int(np.argmax(np.r_[0.0, np.cumsum(llr)]))
         w = STOP_WINDOW * (self.cfg.pilot_spacing + 1)
-        if c < 2 * w or n - c < 3 * w:
-            return None
-        # abrupt: the signal's level held up to a window before the drop, the noise from a window after it
-        before, after = float(pz[c - 2 * w: c - w].mean()), float(pz[c + w: c + 2 * w].mean())
+        c = None
+        if lvl > (1.0 + STOP_MIN_SNR / 2) * noise:
+            llr = math.log(noise / lvl) + pz[lo:hi] * (1.0 / noise - 1.0 / lvl)
+            c = lo + int(np.argmax(np.r_[0.0, np.cumsum(llr)]))
+            if c < 2 * w or n - c < 3 * w:
+                return None
+            # abrupt: the signal's level held up to a window before the drop, the noise from a window after it
+            before, after = float(pz[c - 2 * w: c - w].mean()), float(pz[c + w: c + 2 * w].mean())
+        local = c is None or before - noise < STOP_EDGE * (lvl - noise)
+        if local:
+            # the level before the search at the noise, or not held up to the drop: a stop inside a fade?  The
+            # drop looked for again from the level just before it (STOP_LOCAL windows ending two windows
+            # before it; at first, where there is no drop yet, the searched symbols' mean), twice over
+            lvl = float(pz[lo: edge(k)].mean()) if c is None and edge(k) > lo else lvl
+            for _ in range(2):
+                if c is not None:
+                    b0 = max(c - (2 + STOP_LOCAL) * w, 0)
+                    if c - 2 * w <= b0:
+                        return None
+                    lvl = float(pz[b0: c - 2 * w].mean())
+                if not lvl > (1.0 + STOP_MIN_SNR) * noise:
+                    return None
+                llr = math.log(noise / lvl) + pz[lo:hi] * (1.0 / noise - 1.0 / lvl)
+                c = lo + int(np.argmax(np.r_[0.0, np.cumsum(llr)]))
+                if c < (2 + STOP_LOCAL) * w or n - c < 3 * w:
+                    return None
+            lvl = float(pz[c - (2 + STOP_LOCAL) * w: c - 2 * w].mean())
+            if not lvl > (1.0 + STOP_MIN_SNR) * noise:
+                return None
+            before, after = float(pz[c - 2 * w: c - w].mean()), float(pz[c + w: c + 2 * w].mean())
+            # a fade falling at a steady rate (in dB) loses twice as much from the window before the drop to
+            # the one after it as from the level to the window before (its signal there a fraction q of the
+            # level's, q^3 after): the signal after is measured against the level times that q^3
+            fall = min(max(before - noise, 0.0) / (lvl - noise), 1.0)
+            after = noise + (after - noise) / max(fall ** 3, 1e-12)
         # silent from there on: each block's power at the noise (median), no signal in the known symbols
         tail = pz[c + w:]
         nb = len(tail) // w
@@ -1556,9 +1595,9 @@ class FrameRx:
         ok = len(a) >= CUT_MIN_KNOWN_AT and before - noise >= STOP_EDGE * (lvl - noise) \
             and after - noise <= STOP_AFTER * (lvl - noise) and silent <= STOP_SILENT * noise \
             and max(coherent) <= STOP_SIGMAS and phased <= STOP_PHASE_SIGMAS
-        log.debug("stop candidate at body %d: level %.3g, noise %.3g, before %.3g, after %.3g, silent %.3g, "
-                  "coherent %s, in phase %.1f over %d known: %s", c, lvl, noise, before, after, silent,
-                  np.round(coherent, 1), phased, len(a), "cut" if ok else "not cut")
+        log.debug("stop candidate at body %d: %slevel %.3g, noise %.3g, before %.3g, after %.3g, silent %.3g, "
+                  "coherent %s, in phase %.1f over %d known: %s", c, "local " if local else "", lvl, noise, before,
+                  after, silent, np.round(coherent, 1), phased, len(a), "cut" if ok else "not cut")
         return max(c - STOP_BACK, 0) if ok else None
 
     @staticmethod
