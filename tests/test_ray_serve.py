@@ -547,7 +547,8 @@ def test_a_replica_whose_loop_stalls_with_requests_fails_its_health_check(rcodec
 def test_a_long_batch_that_makes_progress_is_not_a_stall():
     """A batch that takes far longer than the bound but finishes model calls (UNet steps) as it goes
     stays healthy; the bound grows to STALL_FACTOR x the longest wait for progress seen; None is
-    automatic (STALL_CPU_S on a CPU or with --compile, STALL_GPU_S on a GPU); 0 turns it off."""
+    automatic (STALL_CPU_S on a CPU or with --compile, or 60 s per image of a full batch if longer;
+    STALL_GPU_S on a GPU); 0 turns it off."""
     import concurrent.futures
     import types
 
@@ -568,9 +569,11 @@ def test_a_long_batch_that_makes_progress_is_not_a_stall():
     assert rep.stall_bound() is None and rep._stalled(now + 1e6) is None
     rep._slowest_gap, rep.stall_timeout = 0.0, None
     assert rep.stall_bound() == ray_engine.STALL_CPU_S == 900
+    rep.max_batch = 32  # a UNet call over 32 images at 512² on one slow CPU thread: 11 min
+    assert rep.stall_bound() == 32 * ray_engine.STALL_CPU_PER_IMAGE_S == 1920
     codec.c.device = "cuda:0"
     assert rep.stall_bound() == ray_engine.STALL_GPU_S == 120
-    codec.c.speed = dict(compile=True)  # a new shape compiles inside a request
+    codec.c.speed, rep.max_batch = dict(compile=True), 4  # a new shape compiles inside a request
     assert rep.stall_bound() == ray_engine.STALL_CPU_S
 
 

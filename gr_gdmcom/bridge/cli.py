@@ -300,8 +300,8 @@ def register(sub) -> None:
                            "is replaced within about period + 3 x this [default=%(default)r]")
     ray_.add_argument("--ray-stall-timeout", type=finite_float, default=None, metavar="SECONDS",
                       help="a replica with requests whose loop has made no progress (no model call finished) for "
-                           "this long fails its health checks (default: 120 on a GPU, 900 on a CPU or with "
-                           "--compile; 0: off)")
+                           "this long fails its health checks (default: 120 on a GPU; on a CPU or with --compile "
+                           "900, or 60 x max-batch if longer; 0: off)")
     sec = s.add_argument_group("CURVE authentication and encryption (docs/server.md)")
     sec.add_argument("--curve-secret-key", default=None, metavar="FILE",
                      help="this server's NAME.key_secret (gdmcom keys); enables CURVE [default=%(default)r]")

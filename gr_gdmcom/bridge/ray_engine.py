@@ -88,9 +88,12 @@ HEALTH_TIMEOUT_S = 10.0
 #: --ray-stall-timeout auto: how long a replica's loop may make no progress (no UNet call, no batch or
 #: request finished) while it has requests before its health check fails.  A GPU replica's slowest
 #: legitimate call is seconds; on a CPU, or with --compile (a new shape compiles inside a request), one
-#: VAE call over a batch at 512² or a recompilation can take minutes.
+#: call can take minutes: measured on 2 shared cores, 1 torch thread, an SD-1.5-size model at 512²: a
+#: UNet call (with guidance) 20 s and a VAE decode 18 s per image of the batch, so on a CPU the bound is
+#: also STALL_CPU_PER_IMAGE_S per image of a full batch (max_batch), if that is longer.
 STALL_GPU_S = 120.0
 STALL_CPU_S = 900.0
+STALL_CPU_PER_IMAGE_S = 60.0
 #: ... or this many times the longest wait for progress the replica has seen, if that is longer.
 STALL_FACTOR = 4.0
 #: Set for a local instance the gateway starts (unless set already): Serve stops an unhealthy replica at
@@ -136,8 +139,9 @@ class RayOptions:
         health_period, health_timeout: Serve's ``health_check_period_s`` and ``health_check_timeout_s``
             (a replica that fails 3 checks in a row is replaced).
         stall_timeout: a replica with requests whose loop has made no progress for this long fails its
-            health check (None: ``STALL_GPU_S`` on a GPU, ``STALL_CPU_S`` on a CPU or with ``--compile``;
-            0: off); or ``STALL_FACTOR`` times its longest wait for progress so far, if longer.
+            health check (None: ``STALL_GPU_S`` on a GPU, ``STALL_CPU_S`` or ``STALL_CPU_PER_IMAGE_S`` x
+            ``max_batch`` on a CPU or with ``--compile``; 0: off); or ``STALL_FACTOR`` times its longest
+            wait for progress so far, if longer.
     """
 
     replicas: int = 1
@@ -298,12 +302,14 @@ class CodecReplica:
 
     def stall_bound(self) -> Optional[float]:
         """Seconds the loop may make no progress with requests pending (None: not checked):
-        ``stall_timeout`` (automatic: ``STALL_GPU_S`` on a GPU without ``--compile``, else
-        ``STALL_CPU_S``), or ``STALL_FACTOR`` times the longest wait this replica has seen, if longer."""
+        ``stall_timeout`` (automatic: ``STALL_GPU_S`` on a GPU without ``--compile``, else the longer of
+        ``STALL_CPU_S`` and ``STALL_CPU_PER_IMAGE_S`` per image of a full batch), or ``STALL_FACTOR``
+        times the longest wait this replica has seen, if longer."""
         floor = self.stall_timeout
         if floor is None:
             compiled = bool(getattr(self.codec.c, "speed", {}).get("compile"))
-            floor = STALL_GPU_S if str(self.codec.c.device).startswith("cuda") and not compiled else STALL_CPU_S
+            floor = (STALL_GPU_S if str(self.codec.c.device).startswith("cuda") and not compiled else
+                     max(STALL_CPU_S, STALL_CPU_PER_IMAGE_S * self.max_batch))
         return max(floor, STALL_FACTOR * self._slowest_gap) if floor > 0 else None
 
     def _stalled(self, now: float) -> Optional[str]:
