@@ -35,7 +35,13 @@ Scenarios (``name`` for ``--only``):
   and quantised to 8 bits (``channels.quantizer``);
 * ``step-up-20dB`` / ``step-down-20dB``: each burst 20 dB down before its body symbol 1400 (the
   preamble, the header and its first ~50 payload symbols: a receiver's AGC step, a
-  transmitter's keying ramp), or from there on, then AWGN at the full level.
+  transmitter's keying ramp), or from there on, then AWGN at the full level;
+* ``stop-sps<N>``: each burst's transmitter stops at 30, 60 or 90 % of its payload (burst i at
+  ``STOP_FRACS[i % 3]``: a TX underflow at the end of a transmission, nothing after it but the
+  noise), then AWGN, at sps 2 and 4.  For these rows ``act`` is the Es/N0 of the symbols the
+  receiver kept (not erased), and ``other`` adds ``cut`` (bursts cut of those received) and
+  ``early`` (the range of payload symbols cut before the true stop: 0 .. a few is right, < 0
+  leaves noise handed over as data).
 """
 
 from __future__ import annotations
@@ -117,9 +123,37 @@ def level_step(x: np.ndarray, db: float, at: int = STEP_AT, sps: int = 2) -> np.
     return y
 
 
-def scenarios(snrs, seed: int = 0):
+#: Where the ``stop-*`` rows' transmitter stops: burst i at this share of its payload symbols.
+STOP_FRACS = (0.3, 0.6, 0.9)
+
+
+def stop_at(i: int, n: int) -> int:
+    """The payload symbol of burst ``i`` (of ``n``) from whose centre the ``stop-*`` rows zero it."""
+    return int(STOP_FRACS[i % len(STOP_FRACS)] * n)
+
+
+def tx_stop(x: np.ndarray, sps: int, n: int) -> np.ndarray:
+    """Each burst of the stream ``x`` (bursts of ``n`` payload symbols between zero gaps) zeroed from
+    the centre of its payload symbol :func:`stop_at` on."""
+    live = np.abs(x) > 0
+    zero_run = np.convolve(~live, np.ones(16), "same") >= 16  # inside a gap (a burst has no 16 zeros)
+    edges = np.flatnonzero(np.diff(np.r_[0, (~zero_run).astype(np.int8), 0]))
+    lay = FrameConfig(sps=sps, max_chunk_symbols=n).layout()
+    payload = lay.burst_map(n).payload
+    y = x.copy()
+    i = 0
+    for start, end in zip(edges[0::2], edges[1::2]):
+        if not live[start:end].any():  # (the stream's ends: "same" sees no 16 zeros there)
+            continue
+        start += int(np.argmax(live[start:end]))  # the burst's first sample
+        y[start + (len(lay.preamble) + int(payload[stop_at(i, n)])) * sps + lay.half: end] = 0
+        i += 1
+    return y
+
+
+def scenarios(snrs, seed: int = 0, n: int = FrameConfig.max_chunk_symbols):
     """(name, snr, sps, channel function x -> y, true ppm or None); ``seed`` offsets
-    every channel seed."""
+    every channel seed; ``n``: payload symbols per burst (the ``stop-*`` rows)."""
     from gnuradio import channels
 
     def awgn_model(s, k, epsilon=1.0):
@@ -146,6 +180,9 @@ def scenarios(snrs, seed: int = 0):
             ("adc-8bit", 20.0, 2, lambda x: adc(x, 20.0, 15 + seed, 2), None)]
     for name, db in (("step-up-20dB", -20.0), ("step-down-20dB", 20.0)):
         out += [(name, s, 2, lambda x, s=s, db=db: _run(level_step(x, db), awgn_model(s, 21)), None) for s in snrs]
+    for sps in (2, 4):
+        out += [(f"stop-sps{sps}", s, sps, lambda x, s=s, sps=sps: _run(tx_stop(x, sps, n), awgn_model(s, 23)), None)
+                for s in snrs]
     return out
 
 
@@ -168,7 +205,8 @@ def main() -> int:
     print(f"| scenario | SNR | complete | est | act | median abs(est-act) | worst est-act | >3 dB | other |")
     print("|---|---|---|---|---|---|---|---|---|")
     streams = {}
-    for name, snr, sps, chan, ppm in scenarios(args.snr, args.seed - 1):
+    n_sym = args.burst_symbols
+    for name, snr, sps, chan, ppm in scenarios(args.snr, args.seed - 1, n_sym):
         if args.only and not any(name.startswith(p) for p in args.only):
             continue
         if sps not in streams:
@@ -186,7 +224,13 @@ def main() -> int:
         frames = rx.push(y) + rx.flush()
         t_rx = time.perf_counter() - t1
         est = np.array([f.snr_db for f in frames])
-        act = np.array([measure_snr_db(chunks[f.header.chunk_index], f.symbols) for f in frames])
+        stopped = name.startswith("stop-")
+        if stopped:  # the symbols kept (the rest was erased: cut where the transmitter stopped)
+            kept = [np.ones(n_sym, bool) if f.erased is None else ~f.erased for f in frames]
+            act = np.array([measure_snr_db(chunks[f.header.chunk_index][k], f.symbols[k])
+                            for f, k in zip(frames, kept)])
+        else:
+            act = np.array([measure_snr_db(chunks[f.header.chunk_index], f.symbols) for f in frames])
         d = est - act
         lost = np.array([not f.tracked for f in frames], bool)
         # (bursts re-timed where the channel has no clock offset are shown: step 7 fooled)
@@ -198,6 +242,10 @@ def main() -> int:
             other["within5"] = int(np.sum(np.abs(rep - ppm) <= 5))
         if rx.counters.get("header_retries"):
             other["retries"] = rx.counters["header_retries"]
+        if stopped:
+            early = [stop_at(f.header.chunk_index, n_sym) - f.cut for f in frames if f.cut is not None]
+            other["cut"] = f"{len(early)}/{len(frames)}"
+            other["early"] = f"{min(early)}..{max(early)}" if early else "-"
         med = (lambda a: f"{np.median(a):.2f}" if len(a) else "-")
         print(f"| {name} | {snr:g} | {len(frames)}/{args.bursts} | {med(est)} | {med(act)} | {med(np.abs(d))} | "
               f"{(f'{d.max():+.2f}' if len(d) else '-')} | {int(np.sum(d[~lost] > 3))}"
