@@ -226,3 +226,83 @@ def test_a_dead_server_costs_the_retry_budget_once_then_a_probe(bcodec, cfg, mon
         c.close()
         if srv is not None:
             srv.stop(timeout=10)
+
+
+@pytest.mark.parametrize("scheduling", ["batch", "step"])
+def test_requests_whose_client_stopped_waiting_are_not_run(bcodec, cfg, monkeypatch, scheduling):
+    """Three decodes from clients that wait 400 ms in all, behind one that holds the model 1.5 s:
+    all three time out. Before, the server then computed each of them for nobody (a client that
+    went away still cost its queue's model time, `dropped` after); now a request queued past its
+    `deadline_ms` is answered `expired`, not run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gr_gdmcom.bridge import BackendError
+    from gr_gdmcom.bridge import protocol as P
+
+    enc = bcodec.encode((np.arange(32 * 32 * 3) % 251).astype(np.uint8).reshape(32, 32, 3), "img")
+    srv = InferenceServer(bcodec, "tcp://127.0.0.1:0", max_batch=1, max_wait_ms=0, scheduling=scheduling).start()
+    calls = []
+    if scheduling == "batch":
+        real = bcodec.decode_many
+
+        def decode_many(items):
+            calls.append(len(items))
+            time.sleep(1.5)
+            return real(items)
+
+        monkeypatch.setattr(srv.codec, "decode_many", decode_many)
+    else:
+        from gr_gdmcom.codec import stepper
+
+        real_submit = stepper.StepScheduler.submit_decode
+
+        def submit_decode(self, *a, **kw):
+            calls.append(1)
+            time.sleep(1.5)
+            return real_submit(self, *a, **kw)
+
+        monkeypatch.setattr(stepper.StepScheduler, "submit_decode", submit_decode)
+    ctx = zmq.Context()
+    holder = ctx.socket(zmq.DEALER)
+    holder.setsockopt(zmq.LINGER, 0)
+    try:
+        holder.connect(srv.last_endpoint)
+        holder.send_multipart([b""] + P.decode_request("hold", enc.symbols, enc.meta, 5.0))  # no deadline
+        deadline = time.monotonic() + 10
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+        def one(i):
+            with RemoteBackend(srv.last_endpoint, cfg, timeout_ms=400, retries=0) as c:
+                assert c.budget_ms == 400
+                with pytest.raises(BackendError, match="no reply within 400 ms"):
+                    c.decode(enc.symbols, enc.meta, 5.0 + i)
+
+        with ThreadPoolExecutor(3) as pool:
+            list(pool.map(one, range(3)))
+        assert holder.poll(20000), "no reply to the request without a deadline"
+        header, _ = P.parse_reply(holder.recv_multipart()[1:])
+        assert header["ok"] and header["id"] == "hold"
+        t_end = time.monotonic() + 10
+        while srv.counters["expired"] < 3 and time.monotonic() < t_end:
+            time.sleep(0.01)
+        assert calls == [1] and srv.counters["expired"] == 3 and srv.counters["served"] == 1, (calls, srv.counters)
+        # a request that says how long it waits, and is waited for, is run; a bad deadline is named
+        raw = ctx.socket(zmq.DEALER)
+        raw.setsockopt(zmq.LINGER, 0)
+        raw.connect(srv.last_endpoint)
+        raw.send_multipart([b""] + P.decode_request("ok", enc.symbols, enc.meta, 5.0, deadline_ms=60000))
+        assert raw.poll(20000)
+        assert P.parse_reply(raw.recv_multipart()[1:])[0]["ok"]
+        bad = P.decode_request("bad", enc.symbols, enc.meta, 5.0, deadline_ms=1)
+        head = P.loads_header(bad[0])
+        head["deadline_ms"] = -5
+        raw.send_multipart([b"", P.dumps_header(head)] + bad[1:])
+        assert raw.poll(20000)
+        err = P.parse_reply(raw.recv_multipart()[1:])[0]
+        raw.close(linger=0)
+        assert (err["code"], err["message"]) == ("bad_request", "'deadline_ms': Input should be greater than 0, got -5")
+    finally:
+        srv.stop(timeout=10)
+        holder.close(linger=0)
+        ctx.term()

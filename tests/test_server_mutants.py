@@ -215,7 +215,7 @@ def test_a_session_of_requests_gets_exact_replies_and_counters(env, caplog):
         assert (h["ok"], h["id"], h["op"], p) == (True, "s1", "status", [])
     st = h["status"]
     assert {k: st[k] for k in S.COUNTERS} == dict(received=9, requests=5, served=3, failed=2, rejected=3, busy=0,
-                                                  unavailable=0, dropped=0, duplicates=0, batches=5,
+                                                  unavailable=0, expired=0, dropped=0, duplicates=0, batches=5,
                                                   model_calls=5 * CALLS, batch_retries=0, refused=0)
     assert list(srv.served_ids) == ["e1", "d1", "d2"]
     assert srv.codec.calls == [("encode", ["cat"]), ("decode", [7.0]), ("decode", [9.0]), ("encode", ["bad-one"]),

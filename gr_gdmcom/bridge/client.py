@@ -187,7 +187,7 @@ class RemoteBackend(Backend):
         name = (name or _default_name(image, 0))[:P.MAX_NAME_CHARS]
         settings = self._settings("encode", settings)
         rid = uuid.uuid4().hex
-        header, payloads = self._call("encode", rid, P.encode_request(rid, data, name, settings))
+        header, payloads = self._call("encode", rid, P.encode_request(rid, data, name, settings, self.budget_ms))
         self._note_config("encode", header)
         return P.encoded_from_reply(header, payloads)
 
@@ -219,10 +219,16 @@ class RemoteBackend(Backend):
         check_snr_db(meta.name, snr_db)
         settings = self._settings("decode", settings)
         rid = uuid.uuid4().hex
-        frames = P.decode_request(rid, s, meta, snr_db, mask, self.image_format, settings)
+        frames = P.decode_request(rid, s, meta, snr_db, mask, self.image_format, settings, self.budget_ms)
         header, payloads = self._call("decode", rid, frames)
         self._note_config("decode", header)
         return P.decoded_from_reply(header, payloads)
+
+    @property
+    def budget_ms(self) -> int:
+        """How long a request is waited for in all, ``(retries + 1) * timeout_ms``: its
+        ``deadline_ms`` (a server does not run a request still queued after that)."""
+        return (self.retries + 1) * self.timeout_ms
 
     def status(self) -> dict:
         """The server's ``status`` (model, device, queue depth, counters, uptime, version ...)."""
@@ -341,7 +347,7 @@ class RemoteBackend(Backend):
             raise BackendError(f"{op} request {rid} to {where} not sent: no server answered the last request, "
                                f"nor a status request now (within {min(self.timeout_ms, PROBE_MS)} ms). Is "
                                f"`gdmcom serve` running there? (the next request tries again)")
-        deadline = time.monotonic() + (self.retries + 1) * self.timeout_ms / 1000.0
+        deadline = time.monotonic() + self.budget_ms / 1000.0
         last, attempts, timeouts, backoffs = "no reply", 0, 0, 0
         while True:
             if attempts:

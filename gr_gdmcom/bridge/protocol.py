@@ -47,6 +47,7 @@ IMAGE_FORMATS = ("png", "raw")
 SYMBOL_DTYPE = np.dtype("<c8")  # complex64, little-endian: float32 re, float32 im
 MASK_DTYPE = np.dtype("u1")  # one byte per symbol, 0 = erased
 MAX_ID_CHARS = 128
+DEADLINE_MAX_MS = 86_400_000.0  # a request's deadline_ms: at most a day
 MAX_NAME_CHARS = 256
 MAX_PROMPT_CHARS = 1024
 MAX_PAYLOADS = 2  # decode: symbols and mask
@@ -73,6 +74,7 @@ BAD_IMAGE = "bad_image"
 REJECTED = "rejected"
 BUSY = "busy"
 UNAVAILABLE = "unavailable"
+EXPIRED = "expired"
 INTERNAL = "internal"
 
 ERROR_CODES: Dict[str, str] = {
@@ -89,6 +91,7 @@ ERROR_CODES: Dict[str, str] = {
     REJECTED: "the codec refused an input that passed the protocol checks",
     BUSY: "the server's queue is full; retry after retry_after_ms",
     UNAVAILABLE: "the server is shutting down; retry (another server, or this one after restart)",
+    EXPIRED: "the request waited in the queue past its deadline_ms (its client stopped waiting): not run",
     INTERNAL: "unexpected server failure; the message has the exception",
 }
 RETRYABLE = (BUSY, UNAVAILABLE)
@@ -150,6 +153,8 @@ class Request:
         image_format: decode only, ``png`` or ``raw`` (reply image encoding).
         settings: codec settings of this request that differ from the server's own
             (encode: ``k``; decode: ``m``, ``steps``, ``rescale``); empty: the server's.
+        deadline_ms: how long, from its arrival, the client waits for the reply (None: no
+            limit); a request still queued after that is not run (``expired``).
     """
 
     op: str
@@ -162,6 +167,7 @@ class Request:
     mask: Optional[np.ndarray] = None
     image_format: str = "png"
     settings: Dict[str, object] = field(default_factory=dict)
+    deadline_ms: Optional[float] = None
 
 
 # ---------------------------------------------------------------------- header schema
@@ -181,6 +187,7 @@ class Common(BaseModel):
     op: Literal["encode", "decode", "status"]
     id: StrictStr = Field(min_length=1, max_length=MAX_ID_CHARS)
     sizes: List[Annotated[StrictInt, Field(ge=0)]] = Field(default_factory=list, max_length=MAX_PAYLOADS)
+    deadline_ms: Optional[_Number] = Field(None, gt=0, le=DEADLINE_MAX_MS)
 
 
 #: unknown settings are refused, never ignored (a client asking for one must not get another)
@@ -257,8 +264,9 @@ def _given(settings: Optional[BaseModel]) -> dict:
 
 
 #: Which error code a schema failure of a top-level field gives (first in this order wins).
-_FIELD_CODES = {"v": BAD_VERSION, "op": BAD_OP, "id": BAD_REQUEST, "sizes": BAD_REQUEST, "name": BAD_REQUEST,
-                "meta": BAD_META, "snr_db": BAD_REQUEST, "format": BAD_REQUEST, "settings": BAD_REQUEST}
+_FIELD_CODES = {"v": BAD_VERSION, "op": BAD_OP, "id": BAD_REQUEST, "sizes": BAD_REQUEST, "deadline_ms": BAD_REQUEST,
+                "name": BAD_REQUEST, "meta": BAD_META, "snr_db": BAD_REQUEST, "format": BAD_REQUEST,
+                "settings": BAD_REQUEST}
 
 
 def _schema_error(exc: ValidationError, prefix: str = "") -> Tuple[str, str]:
@@ -395,26 +403,33 @@ def make_message(header: dict, payloads: Sequence[bytes] = ()) -> List[bytes]:
     return [dumps_header({"v": VERSION, **header, "sizes": [len(p) for p in payloads]}), *payloads]
 
 
-def encode_request(rid: str, image: bytes, name: str, settings: Optional[dict] = None) -> List[bytes]:
+def encode_request(rid: str, image: bytes, name: str, settings: Optional[dict] = None,
+                   deadline_ms: Optional[float] = None) -> List[bytes]:
     """Encode request: one payload, the image file bytes (PNG, JPEG ... anything PIL reads);
-    ``settings``: e.g. ``{"k": 10}`` (REQUEST_SETTINGS), None: the server's."""
+    ``settings``: e.g. ``{"k": 10}`` (REQUEST_SETTINGS), None: the server's; ``deadline_ms``:
+    how long the client waits for the reply (None: not said)."""
     header = {"op": "encode", "id": rid, "name": name}
     if settings:
         header["settings"] = dict(settings)
+    if deadline_ms is not None:
+        header["deadline_ms"] = float(deadline_ms)
     return make_message(header, [image])
 
 
 def decode_request(rid: str, symbols: np.ndarray, meta: LatentMeta, snr_db: float,
                    mask: Optional[np.ndarray] = None, image_format: str = "png",
-                   settings: Optional[dict] = None) -> List[bytes]:
+                   settings: Optional[dict] = None, deadline_ms: Optional[float] = None) -> List[bytes]:
     """Decode request: symbols complex (n,) as ``<c8``; optional mask bool (n,) as uint8;
-    ``settings``: e.g. ``{"m": 0, "steps": 15, "rescale": false}`` (REQUEST_SETTINGS)."""
+    ``settings``: e.g. ``{"m": 0, "steps": 15, "rescale": false}`` (REQUEST_SETTINGS);
+    ``deadline_ms`` as :func:`encode_request`'s."""
     payloads = [np.ascontiguousarray(symbols, dtype=SYMBOL_DTYPE).tobytes()]
     if mask is not None:
         payloads.append(np.ascontiguousarray(mask, dtype=bool).astype(MASK_DTYPE).tobytes())
     header = {"op": "decode", "id": rid, "meta": meta.to_dict(), "snr_db": float(snr_db), "format": image_format}
     if settings:
         header["settings"] = dict(settings)
+    if deadline_ms is not None:
+        header["deadline_ms"] = float(deadline_ms)
     return make_message(header, payloads)
 
 
@@ -449,7 +464,9 @@ def parse_request(body: Sequence[bytes], limits: Limits) -> Request:
     actual = [len(p) for p in payloads]
     if common.sizes != actual:
         raise fail(SIZE_MISMATCH, f"header says payload sizes {common.sizes} but the frames have {actual} bytes")
-    return _PARSERS[common.op](header, payloads, limits, common.id, fail)
+    req = _PARSERS[common.op](header, payloads, limits, common.id, fail)
+    req.deadline_ms = common.deadline_ms
+    return req
 
 
 def _parse_status(header, payloads, limits, rid, fail) -> Request:

@@ -62,7 +62,7 @@ UNAVAILABLE_RETRY_MS = 200  # suggested wait after an ``unavailable`` reply
 PEER_WINDOW_S = 2.0  # a client counts as active this long after its last request
 #: seconds between warnings about connections refused in the CURVE handshake
 REFUSED_LOG_S = 30.0
-COUNTERS = ("received", "requests", "served", "failed", "rejected", "busy", "unavailable", "dropped",
+COUNTERS = ("received", "requests", "served", "failed", "rejected", "busy", "unavailable", "expired", "dropped",
             "duplicates", "batches", "model_calls", "batch_retries", "refused")
 SCHEDULING = ("batch", "step")
 
@@ -77,10 +77,30 @@ class _Job:
     t_recv: float  # time.monotonic() at arrival
     config: Optional[CodecConfig] = None  # the request's own codec settings applied (None: the server's)
     peer: str = "?"  # the client's address (TCP), for the log
+    expires: Optional[float] = None  # time.monotonic() after which its client no longer waits (deadline_ms)
 
     @property
     def id(self) -> str:
         return self.req.id
+
+
+class _JobQueue(queue.Queue):
+    """The accepted requests, in order.  A job whose client stopped waiting (its ``deadline_ms``
+    passed in the queue) is not handed to a worker: ``expired(job)`` gets it instead, so that a
+    client that went away (a flowgraph stopped with a backlog, a timed-out client) costs no model
+    time -- every loop (batch, step, a Ray gateway's) takes its jobs through ``get``."""
+
+    def __init__(self, maxsize: int, expired: Callable[[Any], None]):
+        super().__init__(maxsize)
+        self._expired = expired
+
+    def get(self, block: bool = True, timeout: Optional[float] = None):
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = super().get(block, None if end is None else max(0.0, end - time.monotonic()))
+            if job.expires is None or time.monotonic() < job.expires:
+                return job
+            self._expired(job)
 
 
 def _peer(frame) -> str:
@@ -226,7 +246,7 @@ class InferenceServer:
         self.curve = curve
         self._lock = codec_lock(codec) if codec is not None else None
         self._variants = CodecVariants(codec) if codec is not None else None
-        self._queue: "queue.Queue[_Job]" = queue.Queue(maxsize=self.options.max_queue)
+        self._queue: "queue.Queue[_Job]" = _JobQueue(self.options.max_queue, self._expire)
         self._replies: "queue.Queue[Tuple[_Job, List[bytes], str]]" = queue.Queue()
         self._inflight: dict = {}
         self._store: "collections.OrderedDict[str, _Stored]" = collections.OrderedDict()
@@ -519,7 +539,8 @@ class InferenceServer:
                 self._send(envelope, known.frames)
             log.debug("duplicate of request %s", req.id)
             return
-        job = _Job(req, envelope, fp, time.monotonic(), config, peer)
+        t = time.monotonic()
+        job = _Job(req, envelope, fp, t, config, peer, None if req.deadline_ms is None else t + req.deadline_ms / 1e3)
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -564,7 +585,7 @@ class InferenceServer:
         self._inflight.pop(job.id, None)
         if kind == "unavailable":
             self.counters["unavailable"] += 1
-        else:
+        elif kind != "expired":  # (no retry of it can come: its client stopped waiting)
             self._remember(job, frames)
             self.metrics.observe_reply(job.req.op, time.monotonic() - job.t_recv)
         self._send(job.envelope, frames)
@@ -610,6 +631,14 @@ class InferenceServer:
                              retry_after_ms=UNAVAILABLE_RETRY_MS)
 
     # ------------------------------------------------------------------ worker thread
+    def _expire(self, job: _Job) -> None:
+        """A queued request whose ``deadline_ms`` passed: answered ``expired``, not run."""
+        self.counters["expired"] += 1
+        waited = time.monotonic() - job.t_recv
+        self._post(job, P.error_reply(job.id, job.req.op, P.EXPIRED,
+                                      f"not run: it waited {waited:.1f} s in the queue, past its deadline_ms "
+                                      f"{job.req.deadline_ms:g} (its client no longer waits)"), "expired")
+
     def _post(self, job: _Job, frames: List[bytes], kind: str) -> None:
         self._replies.put((job, frames, kind))
         self._wake()
