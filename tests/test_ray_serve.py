@@ -448,6 +448,21 @@ def test_the_gateway_reads_a_replica_config_with_fields_it_does_not_know():
     assert gw._codec_config() == CodecConfig(model="tiny", k=3)
 
 
+def test_a_request_whose_replicas_all_die_is_answered_with_why():
+    """A request that hangs every replica it reaches (each replaced for failing its health checks, 4 in
+    a row: 56 s with --ray-stall-timeout 5) is answered ``internal`` saying so in one line, not Ray's
+    multi-line actor description; another exception keeps its own words."""
+    import ray.exceptions
+
+    gw = RayGateway.__new__(RayGateway)  # no Ray: only the reply's text
+    gw.ray_options = RayOptions(attempts=4)
+    assert gw._failure_text(ray.exceptions.ActorDiedError()) == (
+        "ActorDiedError: the replica serving this request died under it on each of 4 tries (crashed, killed, "
+        "or replaced after failing its health checks: hung or stalled); last: The actor died unexpectedly "
+        "before finishing this task.")
+    assert gw._failure_text(ValueError("bad\nthing")) == "ValueError: bad\nthing"
+
+
 def test_each_replica_holds_four_batches_of_requests():
     """The encode and the decode batcher each need a batch running or waiting and one filling
     behind it; with two batches' worth, interleaved encodes and decodes ran in batches of ~1.3

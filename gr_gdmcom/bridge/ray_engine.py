@@ -852,6 +852,16 @@ class RayGateway(InferenceServer):
             self.counters[key] = sum(b[i] - a[i] for a, b in self._replica_counts.values())
 
     # ------------------------------------------------------------------ one request
+    def _failure_text(self, exc: BaseException) -> str:
+        """The ``internal`` reply's message: a request whose replicas died under it on every try (a
+        request that hangs each replica it reaches, until Serve replaces it) says so in one line."""
+        first = (str(exc).strip().splitlines() or [""])[0]
+        if isinstance(exc, REPLICA_FAILURES):
+            return (f"{type(exc).__name__}: the replica serving this request died under it on each of "
+                    f"{self.ray_options.attempts} tries (crashed, killed, or replaced after failing its health "
+                    f"checks: hung or stalled); last: {first}")
+        return f"{type(exc).__name__}: {exc}"
+
     def _run_remote(self, job) -> None:
         op, req = job.req.op, job.req
         args = (req.image, req.name) if op == "encode" else (np.array(req.symbols), req.meta, req.snr_db, req.mask)
@@ -879,7 +889,7 @@ class RayGateway(InferenceServer):
             with self._count:
                 self.counters["failed"] += 1
             self._slots.release()
-            self._post(job, P.error_reply(job.id, op, P.INTERNAL, f"{type(exc).__name__}: {exc}"), "failed")
+            self._post(job, P.error_reply(job.id, op, P.INTERNAL, self._failure_text(exc)), "failed")
             return
         self._slots.release()
         t1 = time.monotonic()
