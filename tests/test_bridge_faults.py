@@ -306,3 +306,43 @@ def test_requests_whose_client_stopped_waiting_are_not_run(bcodec, cfg, monkeypa
         srv.stop(timeout=10)
         holder.close(linger=0)
         ctx.term()
+
+
+@pytest.mark.parametrize("hung_first", [True, False])
+def test_a_hung_server_of_a_list_is_left_out_after_one_timeout(bcodec, cfg, black_hole, hung_first, monkeypatch,
+                                                               caplog):
+    """Two servers listed, one hung (up, never answering): after the first timeout the client asks
+    each for status on its own socket and leaves the silent one out of new sockets; 8 requests
+    cost one timeout at most. Before, a socket connected to both kept sending every other request
+    to the hung one (the round robin does not say where a request went): up to 2 timeouts per
+    request. After SUSPECT_S the hung one is connected again (and left out again)."""
+    import logging
+
+    from gr_gdmcom.bridge import client as client_mod
+
+    monkeypatch.setattr(client_mod, "SUSPECT_S", 3.0)
+    srv = InferenceServer(bcodec, "tcp://127.0.0.1:0").start()
+    eps = [black_hole.endpoint, srv.last_endpoint]
+    if not hung_first:
+        eps.reverse()
+    c = RemoteBackend(",".join(eps), cfg, timeout_ms=1000, retries=2)
+    try:
+        with caplog.at_level(logging.WARNING, logger="gr_gdmcom.bridge.client"):
+            for _ in range(8):
+                assert c.status()["served"] == 0
+            assert c.stats["timeouts"] <= 1, c.stats
+            if c.stats["timeouts"] == 0:  # the round robin never sent it there: make it
+                c._socket()
+                c._tls.order, c._tls.left_out = list(eps), ()
+                c._check_endpoints()
+            assert list(c._suspects) == [black_hole.endpoint]
+            assert f"server {black_hole.endpoint} did not answer a status request within 1000 ms after a timeout, " \
+                   f"while another listed did: left out of new connections for 3 s" in caplog.text
+            seen = black_hole.received
+            time.sleep(3.2)  # its time is up: connected again, round robin reaches it, left out again
+            for _ in range(4):
+                assert c.status()["served"] == 0
+            assert black_hole.received > seen and c.stats["timeouts"] <= 2, (black_hole.received, c.stats)
+    finally:
+        c.close()
+        srv.stop(timeout=10)

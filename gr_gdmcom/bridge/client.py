@@ -56,6 +56,9 @@ PROBE_MS = 3000
 #: with several endpoints, how long a new socket waits for the connection to the server it tries
 #: first (s; at most a quarter of timeout_ms) before it connects the others (_connect_order)
 FIRST_CONNECT_S = 0.3
+#: with several endpoints, after a timeout each is asked for ``status`` on its own socket (within
+#: PROBE_MS); one that does not answer while another does is left out of new sockets this long (s)
+SUSPECT_S = 60.0
 
 
 def split_endpoints(endpoints: str) -> List[str]:
@@ -167,6 +170,8 @@ class RemoteBackend(Backend):
         #: the last request got no reply from any server (cleared by the next reply): the next
         #: request probes first (:data:`PROBE_MS`) instead of spending the whole retry budget again
         self._down = False
+        #: endpoint -> time.monotonic() until which new sockets leave it out (:meth:`_check_endpoints`)
+        self._suspects: Dict[str, float] = {}
 
     # ------------------------------------------------------------------ Backend
     def encode(self, image, name: Optional[str] = None, settings: Optional[dict] = None) -> Encoded:
@@ -256,6 +261,9 @@ class RemoteBackend(Backend):
         sock = getattr(self._tls, "sock", None)
         if sock is not None and self._closed:  # (a socket cached before close(): ZMQError "not a socket")
             raise BackendError("RemoteBackend is closed")
+        if sock is not None and len(self.endpoints) > 1 and self._stale_socket():
+            self._reset()
+            sock = None
         if sock is None:
             with self._lock:
                 if self._closed:
@@ -271,6 +279,7 @@ class RemoteBackend(Backend):
                 self._sockets[sock] = threading.current_thread()
             self._tls.sock = sock
             self._tls.pending = order[1:]
+            self._tls.order = order
         return sock
 
     @staticmethod
@@ -294,13 +303,74 @@ class RemoteBackend(Backend):
         successive servers), then connects the others (round robin from then on; a server that is
         down costs that wait, not the request)."""
         n = len(self.endpoints)
+        self._tls.left_out = ()
         if n == 1:
             return list(self.endpoints)
         turn = getattr(self._tls, "turn", None)
         turn = self._rng.randrange(n) if turn is None else turn + 1
         self._tls.turn = turn
         k = turn % n
-        return self.endpoints[k:] + self.endpoints[:k]
+        order = self.endpoints[k:] + self.endpoints[:k]
+        kept = [ep for ep in order if not self._suspect(ep)]  # (all left out: none is)
+        if kept and len(kept) < n:
+            self._tls.left_out = tuple(ep for ep in order if ep not in kept)
+            return kept
+        return order
+
+    def _stale_socket(self) -> bool:
+        """Whether this thread's socket should be connected anew: a server it left out has had
+        its time, or one it connects is now left out (another thread's timeout found it silent)."""
+        connected = [ep for ep in self._tls.order if self._suspect(ep)]
+        return any(not self._suspect(ep) for ep in self._tls.left_out) or 0 < len(connected) < len(self._tls.order)
+
+    def _suspect(self, ep: str) -> bool:
+        until = self._suspects.get(ep)
+        return until is not None and time.monotonic() < until
+
+    def _check_endpoints(self) -> None:
+        """After a timeout with several endpoints: ask each for ``status`` on its own socket, all at
+        once, within :data:`PROBE_MS`.  A DEALER connected to several servers does not say which
+        one a request went to, so a hung server (up, never answering: SIGSTOPped, a stuck host)
+        kept getting its share of the round robin -- about every other request cost a timeout.
+        One that does not answer while another does is left out of new sockets for
+        :data:`SUSPECT_S`; one that answers is trusted again."""
+        wait_ms = min(self.timeout_ms, PROBE_MS)
+        socks: dict = {}
+        try:
+            for ep in self.endpoints:
+                sock = self._ctx.socket(zmq.DEALER)
+                sock.setsockopt(zmq.LINGER, 0)
+                socks[sock] = ep
+                if self.curve is not None:
+                    self.curve.apply(sock)
+                sock.connect(ep)
+                sock.send_multipart([b""] + P.status_request(f"probe-{uuid.uuid4().hex}"), flags=zmq.NOBLOCK)
+            poller = zmq.Poller()
+            for sock in socks:
+                poller.register(sock, zmq.POLLIN)
+            silent, deadline = set(self.endpoints), time.monotonic() + wait_ms / 1000.0
+            while silent:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                for sock, _ in poller.poll(int(left * 1000) + 1):
+                    sock.recv_multipart()
+                    silent.discard(socks[sock])
+                    poller.unregister(sock)
+        except zmq.ZMQError as exc:  # (the endpoints were connected before: not expected)
+            log.debug("checking the endpoints failed: %s", exc)
+            return
+        finally:
+            for sock in socks:
+                sock.close(linger=0)
+        with self._lock:
+            for ep in self.endpoints:
+                if ep not in silent:
+                    self._suspects.pop(ep, None)
+                elif len(silent) < len(self.endpoints) and not self._suspect(ep):
+                    self._suspects[ep] = time.monotonic() + SUSPECT_S
+                    log.warning("server %s did not answer a status request within %d ms after a timeout, while "
+                                "another listed did: left out of new connections for %g s", ep, wait_ms, SUSPECT_S)
 
     def _reap(self) -> None:
         """Close the sockets of threads that have ended (caller holds the lock): a block's
@@ -361,6 +431,8 @@ class RemoteBackend(Backend):
                 log.warning("%s request %s to %s: %s (timeout %d of %d)", op, rid, where, last, timeouts,
                             self.retries + 1)
                 self._reset()
+                if len(self.endpoints) > 1 and timeouts <= self.retries:
+                    self._check_endpoints()
                 if timeouts > self.retries:
                     break
                 continue
