@@ -675,3 +675,40 @@ def test_a_hung_replica_is_replaced_and_its_requests_answered(deployment, raws, 
         except ProcessLookupError:
             pass
         shutdown("gdmcom-hang", started_ray=False)
+
+
+def test_a_request_whose_client_stopped_waiting_is_not_sent_again(rcodec, renc):
+    """A replica that dies under a request whose deadline_ms has passed: the gateway sent it again
+    (up to 4 tries, each waiting for a new replica) for a client that had given up; now it is
+    answered ``expired`` and counted, not sent again.  (No Ray: a handle whose replica dies.)"""
+    import dataclasses as dc
+
+    import ray.exceptions
+
+    calls = []
+
+    class Dying:
+        def remote(self, args, **kw):
+            calls.append(time.monotonic())
+            time.sleep(0.5)
+            raise ray.exceptions.ActorDiedError()
+
+    class Handle:
+        decode = Dying()
+
+    c = rcodec
+    info = dict(limits=dc.asdict(P.Limits.for_codec(c)), model=c.config.model, model_hash=c.model_hash,
+                device="cpu", dtype="float32", config=dc.asdict(c.config), speed={}, scheduling="batch",
+                replica="r0", pid=os.getpid())
+    gw = RayGateway(Handle(), info, "tcp://127.0.0.1:0", ray_options=RayOptions(attempts=4)).start()
+    r = Raw(gw.last_endpoint)
+    try:
+        r.send(P.decode_request("x1", noisy(renc, 0), renc.meta, 5.0, deadline_ms=300))
+        header, _ = r.recv(20000)
+        assert (header["ok"], header["code"]) == (False, "expired"), header
+        assert header["message"] == ("not sent again after its replica failed, 0.5 s after it came, past its "
+                                     "deadline_ms 300 (its client no longer waits)"), header
+        assert len(calls) == 1 and gw.counters["expired"] == 1 and gw.counters["resubmitted"] == 0, gw.counters
+    finally:
+        r.close()
+        gw.stop(timeout=10)

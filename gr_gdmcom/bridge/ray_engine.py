@@ -879,6 +879,13 @@ class RayGateway(InferenceServer):
                 except REPLICA_FAILURES as exc:
                     if attempt == self.ray_options.attempts:
                         raise
+                    if job.expires is not None and time.monotonic() >= job.expires:  # its client stopped waiting
+                        log.warning("%s %s: replica failed (%s); not sent again: its deadline_ms has passed", op,
+                                    job.id, type(exc).__name__)
+                        with self._count:
+                            self._expire(job, "not sent again after its replica failed, {s:.1f} s after it came")
+                        self._slots.release()
+                        return
                     with self._count:
                         self.counters["resubmitted"] += 1
                     log.warning("%s %s: replica failed (%s); sending it again (attempt %d of %d)", op, job.id,

@@ -631,13 +631,14 @@ class InferenceServer:
                              retry_after_ms=UNAVAILABLE_RETRY_MS)
 
     # ------------------------------------------------------------------ worker thread
-    def _expire(self, job: _Job) -> None:
-        """A queued request whose ``deadline_ms`` passed: answered ``expired``, not run."""
+    def _expire(self, job: _Job, what: str = "not run: it waited {s:.1f} s in the queue") -> None:
+        """A queued request whose ``deadline_ms`` passed: answered ``expired`` (``what`` the first
+        words, ``{s}`` the seconds since it came), not run."""
         self.counters["expired"] += 1
         waited = time.monotonic() - job.t_recv
         self._post(job, P.error_reply(job.id, job.req.op, P.EXPIRED,
-                                      f"not run: it waited {waited:.1f} s in the queue, past its deadline_ms "
-                                      f"{job.req.deadline_ms:g} (its client no longer waits)"), "expired")
+                                      f"{what.format(s=waited)}, past its deadline_ms {job.req.deadline_ms:g} "
+                                      f"(its client no longer waits)"), "expired")
 
     def _post(self, job: _Job, frames: List[bytes], kind: str) -> None:
         self._replies.put((job, frames, kind))
