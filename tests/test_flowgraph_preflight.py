@@ -271,3 +271,102 @@ def test_impaired_link_at_one_sample_per_symbol_warns_of_timing_it_cannot_follow
     else:
         assert err == (f"gr_gdmcom: warning: --sps 1 has no pulse shaping, so the receiver cannot follow {warned} "
                        "(a clock offset or a fractional delay) and the payload loses SNR; use --sps 2 or more\n")
+
+
+# --------------------------------------------------------------------------- ZMQ addresses
+class _ZmqTx:
+    """tx_zmq's top block as the preflight reads it: the ZMQ block in its __init__ is never built."""
+
+    def __init__(self, address):
+        self.address = address
+        return
+        self.push = zeromq.push_sink(gr.sizeof_gr_complex, 1, address, 100, False, -1)  # noqa: F821
+
+
+class _ZmqRx:
+    def __init__(self, address):
+        self.address = address
+        return
+        self.pull = zeromq.pull_source(gr.sizeof_gr_complex, 1, address, 100, False, (-1))  # noqa: F821
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_zmq_addresses_are_read_from_the_script():
+    assert flowgraph.zmq_endpoints(_ZmqTx("tcp://127.0.0.1:5556")) == [("--address", "tcp://127.0.0.1:5556", True)]
+    assert flowgraph.zmq_endpoints(_ZmqRx("tcp://127.0.0.1:5556")) == [("--address", "tcp://127.0.0.1:5556", False)]
+    assert flowgraph.zmq_endpoints(_Script(address="foo")) == []  # (no ZMQ block: nothing to check)
+
+
+def test_zmq_addresses_that_the_blocks_would_refuse_are_one_line_each():
+    """tx_zmq/rx_zmq --address foo (or an address of another machine, a host name, a port that another
+    transmitter holds) was GNU Radio's 'RuntimeError: Invalid argument' traceback once the model had
+    loaded; the preflight binds or connects the way the block will and says what is wrong."""
+    zmq = pytest.importorskip("zmq")
+    port = _free_port()
+    assert flowgraph.check_zmq(_ZmqTx(f"tcp://127.0.0.1:{port}")) == []
+    assert flowgraph.check_zmq(_ZmqTx(f"tcp://*:{port}")) == []
+    assert flowgraph.check_zmq(_ZmqRx("tcp://192.0.2.1:5556")) == []  # (a peer that is not up yet: fine)
+    bad = "is not a ZMQ endpoint (Invalid argument): write tcp://HOST:PORT, e.g. tcp://127.0.0.1:5556"
+    assert flowgraph.check_zmq(_ZmqTx("foo")) == ["--address 'foo' " + bad]
+    assert flowgraph.check_zmq(_ZmqRx("tcp://127.0.0.1")) == ["--address 'tcp://127.0.0.1' " + bad]
+    [line] = flowgraph.check_zmq(_ZmqTx("tcp://192.0.2.1:5556"))  # (TEST-NET-1: not this machine's)
+    assert line.startswith("--address tcp://192.0.2.1:5556: cannot bind (") and "tcp://*:5556" in line, line
+    ctx = zmq.Context()
+    held = ctx.socket(zmq.PULL)
+    held.setsockopt(zmq.LINGER, 0)
+    held.bind(f"tcp://127.0.0.1:{port}")
+    try:
+        [line] = flowgraph.check_zmq(_ZmqTx(f"tcp://127.0.0.1:{port}"))
+        assert line.startswith(f"--address tcp://127.0.0.1:{port}: cannot bind, the address is in use"), line
+    finally:
+        held.close()
+        ctx.term()
+
+
+@pytest.mark.parametrize("fg, address", [("tx_zmq", "foo"), ("rx_zmq", "tcp://127.0.0.1")])
+def test_zmq_flowgraph_with_a_bad_address_stops_before_the_model_loads(grcc_build, tmp_path, fg, address):
+    r = subprocess.run([sys.executable, str(grcc_build / f"{fg}.py"), "--model", "tiny", "--address", address],
+                       env=_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stdout) == (2, ""), r.stderr[-3000:]
+    assert r.stderr == (f"gr_gdmcom: --address {address!r} is not a ZMQ endpoint (Invalid argument): write "
+                        "tcp://HOST:PORT, e.g. tcp://127.0.0.1:5556\n"), r.stderr[-3000:]
+
+
+# --------------------------------------------------------------------------- result lines, radio hints
+def test_result_lines_are_json_without_bare_nan(capsys):
+    """A transmitter's line for an image it could not send had "alpha": NaN, which is not JSON (jq
+    refuses the line); non-finite floats are written as gdmcom link writes them, "nan" / "inf"."""
+    import json
+
+    def refuse(word):
+        raise ValueError(f"not JSON: {word}")
+
+    flowgraph._print({"image_id": 0, "alpha": float("nan"), "counters": {"x": float("inf")},
+                      "list": [float("-inf"), 1.5]})
+    line = capsys.readouterr().out
+    assert json.loads(line, parse_constant=refuse) == {"image_id": 0, "alpha": "nan", "counters": {"x": "inf"},
+                                                       "list": ["-inf", 1.5]}
+
+
+def test_pluto_hint_names_the_uri_that_was_given(monkeypatch, capsys):
+    """pluto_tx --uri usb:1.2.5 without the radio said 'check the address (ip:192.168.2.1)', an
+    address the user had not given; the line names the --uri (and a USRP's --device-args)."""
+    def _exit(code):
+        raise SystemExit(code)
+
+    monkeypatch.setattr(os, "_exit", _exit)
+    monkeypatch.setattr(flowgraph, "_TB", _Script(uri="usb:1.2.5"))
+    with pytest.raises(SystemExit) as exc:
+        flowgraph.radio_error_hook(RuntimeError, RuntimeError("Unable to create context"), None)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("gr_gdmcom: the PlutoSDR at --uri usb:1.2.5 did not answer: "), err
+    monkeypatch.setattr(flowgraph, "_TB", _Script(device_args="addr=192.168.10.2"))
+    with pytest.raises(SystemExit):
+        flowgraph.radio_error_hook(RuntimeError, RuntimeError("LookupError: KeyError: No devices found for"), None)
+    assert "--device-args (here 'addr=192.168.10.2')" in capsys.readouterr().err

@@ -20,6 +20,7 @@ timeout came before the expected images, 2 when nothing was sent or decoded.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import threading
 import time
@@ -54,9 +55,24 @@ def results_on_stdout(tb) -> None:
         os.close(saved)
 
 
+def _json_safe(v):
+    """``v`` with every NaN or infinite float written as a string ("nan", "inf"), as ``gdmcom
+    link``'s lines (``cli.emit``): ``json.dumps`` wrote them as the bare words ``NaN`` and
+    ``Infinity``, which are not JSON (``jq`` and most parsers other than Python's refuse the
+    line; a transmitter's line for an image it could not send has ``alpha`` NaN)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return v
+
+
 def _print(d) -> None:
     """One result line (a dict as JSON) on the script's stdout."""
-    print(d if isinstance(d, str) else json.dumps(d, default=str), file=_RESULTS or sys.stdout, flush=True)
+    line = d if isinstance(d, str) else json.dumps(_json_safe(d), default=str, allow_nan=False)
+    print(line, file=_RESULTS or sys.stdout, flush=True)
 
 
 def watch_rx(tb, sink, images_expected: int = 0, timeout: float = 0.0, poll: float = 0.2) -> threading.Thread:
@@ -244,7 +260,9 @@ def preflight(tb, replay: str = None) -> None:
     from ..codec.models import ModelLoadError, check_model
     from ..phy import FrameConfig
 
+    global _TB
     sys.excepthook = radio_error_hook
+    _TB = tb
     results_on_stdout(tb)
     if replay is not None:
         require_capture(replay)
@@ -276,6 +294,7 @@ def preflight(tb, replay: str = None) -> None:
             check()
         except ValueError as exc:
             problems.append(str(exc).replace("--out ", option + " ", 1))
+    problems += check_zmq(tb)
     if not problems:  # the blocks' settings, where the options they are made of are right
         for name, kw in block_settings(tb, "semantic_source"):
             problems += check_source(name, kw)
@@ -425,6 +444,105 @@ def block_settings(tb, factory: str) -> list:
     return found
 
 
+#: GNU Radio 3.10's ZMQ blocks: factory -> (index of ``address`` among the positional arguments,
+#: whether the block binds (else connects); the message blocks take a ``bind`` argument)
+ZMQ_BLOCKS = {"push_sink": (2, True), "pub_sink": (2, True), "rep_sink": (2, True),
+              "pull_source": (2, False), "sub_source": (2, False), "req_source": (2, False),
+              "push_msg_sink": (0, True), "pub_msg_sink": (0, True), "rep_msg_sink": (0, True),
+              "pull_msg_source": (0, False), "sub_msg_source": (0, False), "req_msg_source": (0, False)}
+
+
+def zmq_endpoints(tb) -> list:
+    """``[(option, address, binds)]`` of each GNU Radio ZMQ block the flowgraph script ``tb`` is
+    about to build (``self.NAME = zeromq.push_sink(..., address, ...)`` in the generated
+    ``__init__``, its address evaluated as :func:`block_settings` does); ``option`` is the
+    command-line option when the address is a flowgraph parameter (``--address``), else the
+    block's name.  An address that cannot be evaluated yet is left out."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(type(tb).__init__)))
+    except (OSError, TypeError, SyntaxError):
+        return []
+    module = sys.modules.get(type(tb).__module__)
+    ns = dict(vars(module)) if module is not None else {}
+    ns.update(vars(tb), self=tb)
+
+    def value(node):
+        return eval(compile(ast.Expression(node), "<flowgraph>", "eval"), ns)  # noqa: S307
+
+    found = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)):
+            continue
+        call, target = node.value, node.targets[0]
+        f = call.func
+        if not (isinstance(f, ast.Attribute) and f.attr in ZMQ_BLOCKS and isinstance(f.value, ast.Name)
+                and f.value.id == "zeromq"):
+            continue
+        index, binds = ZMQ_BLOCKS[f.attr]
+        kws = {k.arg: k.value for k in call.keywords if k.arg}
+        expr = call.args[index] if len(call.args) > index else kws.get("address")
+        if f.attr.endswith(("_msg_sink", "_msg_source")):
+            bind_expr = call.args[2] if len(call.args) > 2 else kws.get("bind")
+            try:
+                binds = bool(value(bind_expr)) if bind_expr is not None else binds
+            except Exception:  # noqa: BLE001 - left to the block
+                continue
+        if expr is None:
+            continue
+        try:
+            address = value(expr)
+        except Exception:  # noqa: BLE001 - left to the block
+            continue
+        if isinstance(expr, ast.Name) and hasattr(tb, expr.id):
+            option = "--" + expr.id.replace("_", "-")
+        else:
+            option = f"{target.attr if isinstance(target, ast.Attribute) else f.attr} ({f.attr}) address"
+        found.append((option, str(address), binds))
+    return found
+
+
+def check_zmq(tb) -> list:
+    """The problems of the flowgraph's ZMQ addresses (:func:`zmq_endpoints`), found by binding or
+    connecting a socket of pyzmq (the same libzmq) the way the block will, then closing it:
+    ``--address foo``, a host name or an address of another machine to bind, a port another
+    transmitter holds.  GNU Radio's blocks raised them as ``RuntimeError: Invalid argument``
+    tracebacks once the model had loaded.  (A connecting block's peer need not be up: ZMQ
+    connects when it appears.)"""
+    try:
+        import zmq
+    except ImportError:  # (python3-zmq missing: the block says it)
+        return []
+    problems = []
+    for option, address, binds in zmq_endpoints(tb):
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            (sock.bind if binds else sock.connect)(address)
+        except zmq.ZMQError as exc:
+            what = exc.strerror
+            if exc.errno == zmq.EINVAL or exc.errno == zmq.EPROTONOSUPPORT:
+                problems.append(f"{option} {address!r} is not a ZMQ endpoint ({what}): write "
+                                f"tcp://HOST:PORT, e.g. tcp://127.0.0.1:5556")
+            elif not binds:
+                problems.append(f"{option} {address}: cannot connect ({what})")
+            elif exc.errno == zmq.EADDRINUSE:
+                problems.append(f"{option} {address}: cannot bind, the address is in use (another transmitter "
+                                f"still running? `ss -ltnp` names what holds the port)")
+            else:
+                problems.append(f"{option} {address}: cannot bind ({what}): this side binds, so give an IP "
+                                f"address of this machine, or * for all of them (tcp://*:5556 lets other "
+                                f"machines connect); the other side connects to this machine's address")
+        finally:
+            sock.close()
+            ctx.term()
+    return problems
+
+
 def check_source(name: str, kw: dict) -> list:
     """The problems of a Semantic Source's settings ``kw`` (:func:`block_settings`) that its
     constructor would raise (a traceback), each ``NAME (Semantic Source): reason``: its own
@@ -491,9 +609,12 @@ RADIO_HINTS = (
                          "UHD sees) and --device-args, e.g. 'serial=31XXXXX' or 'addr=192.168.10.2'"),
     ("No Pluto device found", "no PlutoSDR found: check its USB link (iio_info -s lists what libiio sees) or "
                               "give --uri, e.g. ip:192.168.2.1 or usb:1.2.5"),
-    ("Unable to create context", "the PlutoSDR at --uri did not answer: check the address (ip:192.168.2.1) and "
-                                 "link (iio_info -s), or leave --uri empty to take the first one found"),
+    ("Unable to create context", "the PlutoSDR at --uri {uri} did not answer: check that address (e.g. "
+                                 "ip:192.168.2.1 or usb:1.2.5) and the link (iio_info -s lists what libiio sees), "
+                                 "or leave --uri empty to take the first one found"),
 )
+#: the flowgraph script's top block, set by :func:`preflight`, whose options the hints name
+_TB = None
 
 
 def radio_error_hook(kind, exc, tb) -> None:
@@ -510,6 +631,10 @@ def radio_error_hook(kind, exc, tb) -> None:
     for needle, hint in RADIO_HINTS:
         if needle in text:
             first = text.strip().splitlines()[0][:200]
+            hint = hint.replace("{uri}", str(getattr(_TB, "uri", "") or "")).replace("  ", " ")
+            args = getattr(_TB, "device_args", None)
+            if args and "--device-args" in hint:
+                hint = hint.replace("--device-args", f"--device-args (here {args!r})", 1)
             print(f"gr_gdmcom: {hint} ({kind.__name__}: {first})", file=sys.stderr, flush=True)
             sys.stdout.flush()
             import os
