@@ -26,7 +26,9 @@ SERVER = [("server", "Inference server", "string", "'local'", None,
            "'local' (model in this process) or the ZMQ endpoint of `gdmcom serve`, e.g. tcp://gpu-host:5555")]
 MODEL = [
     ("model", "Model", "string", repr(DEFAULT_MODEL), None,
-     "Hugging Face id, local diffusers folder, 'tiny' (offline random-weight test model) or 'analytic'"),
+     "Hugging Face id (default: Stable Diffusion 1.5), local diffusers folder, 'patch-gmm' (offline prior of "
+     "natural images that runs on a CPU: the example flowgraphs' default), 'tiny' (offline random weights: "
+     "tests the plumbing, the picture is noise), 'sd15-random' or 'analytic'"),
     ("device", "Device", "string", "'auto'", "Codec", "auto (CUDA if present), cpu, cuda, cuda:N"),
     ("dtype", "Precision", "string", "'auto'", "Codec", "auto (fp16 on CUDA, fp32 on CPU), fp16, bf16, fp32"),
 ]
