@@ -370,3 +370,29 @@ def test_pluto_hint_names_the_uri_that_was_given(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         flowgraph.radio_error_hook(RuntimeError, RuntimeError("LookupError: KeyError: No devices found for"), None)
     assert "--device-args (here 'addr=192.168.10.2')" in capsys.readouterr().err
+
+
+class _Sink:
+    def __init__(self, **counters):
+        self.results = []
+        self._c = {**dict(bursts_detected=0, candidates_rejected=0, headers_ok=0), **counters}
+
+    def counters(self):
+        return dict(self._c)
+
+
+@pytest.mark.parametrize("counters, why", [
+    (dict(candidates_rejected=4), ": 4 preamble-like candidate(s) failed verification and no burst was found; "
+                                  "--sps must be the transmitter's"),
+    (dict(), ": nothing burst-like arrived (no preamble candidate): is the transmitter running"),
+    (dict(bursts_detected=1, candidates_rejected=3), ""),
+])
+def test_a_receiver_that_found_no_burst_says_what_its_counters_say(counters, why, capsys):
+    """file_rx --sps 4 on an sps-2 capture ended on a bare 'no image was decoded (exit status 2)';
+    the counters behind it (over-the-air.md's troubleshooting table) are now said on that line."""
+    with pytest.raises(SystemExit) as exc:
+        flowgraph.finish(_Script(), sink=_Sink(**counters))
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("gr_gdmcom: no image was decoded (exit status 2)" + why), err
+    if not why:
+        assert err == "gr_gdmcom: no image was decoded (exit status 2)\n"
