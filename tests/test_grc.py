@@ -161,7 +161,10 @@ def test_generated_link_scripts_run_with_their_defaults_from_any_folder(compiled
     assert Image.open(files[0]).size == Image.open(package_image("astronaut.png")).size
     summary = [json.loads(line) for line in r.stdout.splitlines() if line.startswith('{"summary"')]
     assert summary and summary[0]["images_sent"] == 1 and summary[0]["decoded"] == 1
-    assert [json.loads(line) for line in r.stdout.splitlines()], r.stdout  # stdout: the JSON lines alone
+    lines = [json.loads(line) for line in r.stdout.splitlines()]  # stdout: the JSON lines alone
+    # one result line per image decoded, as the receivers print (the summary alone said no SNR estimate)
+    assert [d["file"] for d in lines if "snr_est_db" in d] == [f"out/{name}/{files[0].name}"], r.stdout
+    assert "summary" in lines[-1]
 
 
 def test_generated_script_exits_2_when_nothing_was_sent(compiled, tmp_path):
