@@ -396,3 +396,8 @@ def test_a_receiver_that_found_no_burst_says_what_its_counters_say(counters, why
     assert exc.value.code == 2 and err.startswith("gr_gdmcom: no image was decoded (exit status 2)" + why), err
     if not why:
         assert err == "gr_gdmcom: no image was decoded (exit status 2)\n"
+    if "nothing burst-like" in why:  # (rx_zmq: no radio to tune)
+        with pytest.raises(SystemExit):
+            flowgraph.finish(_Script(address="tcp://127.0.0.1:5556"), sink=_Sink(**counters))
+        assert capsys.readouterr().err.endswith("is the transmitter running, bound to --address "
+                                                "tcp://127.0.0.1:5556?\n")

@@ -176,11 +176,11 @@ def finish(tb, source=None, sink=None, images_expected: int = 0) -> None:
     if code:
         what = "no image was sent" if d.get("images_sent", 1) == 0 else (
             "the timeout came before the expected images" if code == EXIT_TIMEOUT else "no image was decoded")
-        print(f"gr_gdmcom: {what} (exit status {code}){_why_nothing(d)}", file=sys.stderr, flush=True)
+        print(f"gr_gdmcom: {what} (exit status {code}){_why_nothing(d, tb)}", file=sys.stderr, flush=True)
         sys.exit(code)
 
 
-def _why_nothing(d: dict) -> str:
+def _why_nothing(d: dict, tb=None) -> str:
     """What the receiver's counters say when no burst was found (over-the-air.md's troubleshooting
     table): '' when a burst was found or nothing was received.  A receiver whose ``--sps`` is not
     the transmitter's rejects every candidate, and its run ended on a bare 'no image was
@@ -193,6 +193,10 @@ def _why_nothing(d: dict) -> str:
         return (f": {rejected} preamble-like candidate(s) failed verification and no burst was found; "
                 f"--sps must be the transmitter's (then interference, clipping or a carrier offset near the "
                 f"capture edge: docs/over-the-air.md, troubleshooting)")
+    address = getattr(tb, "address", None)
+    if address:  # (rx_zmq: no radio between the two)
+        return (f": nothing burst-like arrived (no preamble candidate): is the transmitter running, bound to "
+                f"--address {address}?")
     return (": nothing burst-like arrived (no preamble candidate): is the transmitter running, on the same "
             "frequency, with enough level? (docs/over-the-air.md, troubleshooting)")
 
