@@ -401,3 +401,20 @@ def test_a_receiver_that_found_no_burst_says_what_its_counters_say(counters, why
             flowgraph.finish(_Script(address="tcp://127.0.0.1:5556"), sink=_Sink(**counters))
         assert capsys.readouterr().err.endswith("is the transmitter running, bound to --address "
                                                 "tcp://127.0.0.1:5556?\n")
+
+
+def test_pluto_settings_outside_the_ad9361_ranges_are_refused_first(capsys, monkeypatch):
+    """pluto_rx --gain-mode foo --rx-gain 500, pluto_tx --tx-atten 100: the ranges their parameters'
+    comments give were not checked, and the values went to the driver once the model had loaded."""
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    with pytest.raises(SystemExit) as exc:
+        flowgraph.preflight(_Script(uri="", rx_gain=500.0, gain_mode="foo", tx_atten=100.0))
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == (
+        "gr_gdmcom: --rx-gain must be in 0 .. 73 dB (the AD9361's manual RX gain), got 500\n"
+        "gr_gdmcom: --tx-atten must be in 0 .. 89.75 dB (the AD9361's TX attenuation; more = weaker), got 100\n"
+        "gr_gdmcom: --gain-mode must be one of manual, slow_attack, fast_attack, hybrid (manual for bursts), "
+        "got 'foo'\n")
+    flowgraph.preflight(_Script(uri="", rx_gain=73.0, gain_mode="slow_attack", tx_atten=0.0))
+    flowgraph.preflight(_Script(rx_gain=500.0))  # (a USRP's gain range is its own: not checked here)
+    assert capsys.readouterr().err == ""

@@ -259,6 +259,14 @@ NUMERIC_CHECKS = {
     "buffer_size": (lambda v: v > 0, "must be > 0 (samples)"),
     "run_seconds": (lambda v: v >= 0, "must be >= 0 seconds (0: until the window is closed)"),
 }
+#: The PlutoSDR flowgraphs' radio settings (a flowgraph with ``--uri``), by the AD9361's ranges that
+#: their parameters' comments give: gr-iio passed a value outside them to the driver once the model had
+#: loaded and the radio was open
+PLUTO_CHECKS = {
+    "rx_gain": (lambda v: 0 <= v <= 73, "must be in 0 .. 73 dB (the AD9361's manual RX gain)"),
+    "tx_atten": (lambda v: 0 <= v <= 89.75, "must be in 0 .. 89.75 dB (the AD9361's TX attenuation; more = weaker)"),
+}
+PLUTO_GAIN_MODES = ("manual", "slow_attack", "fast_attack", "hybrid")
 #: Channel parameters checked by :func:`preflight` with :class:`gr_gdmcom.link.ChannelConfig`'s own
 #: rules (each alone, the others at their defaults), so that ``gdmcom link`` and a flowgraph refuse the
 #: same values with the same words: ``--epsilon`` 0.5 .. 2, ``--fading`` 0 .. 0.1, ``|--cfo| < 0.5``
@@ -292,6 +300,15 @@ def preflight(tb, replay: str = None) -> None:
         v = getattr(tb, name, None)
         if isinstance(v, (int, float)) and not ok(v):
             problems.append(f"--{name.replace('_', '-')} {what}, got {v:g}")
+    if hasattr(tb, "uri"):  # (a PlutoSDR flowgraph)
+        for name, (ok, what) in PLUTO_CHECKS.items():
+            v = getattr(tb, name, None)
+            if isinstance(v, (int, float)) and not ok(v):
+                problems.append(f"--{name.replace('_', '-')} {what}, got {v:g}")
+        mode = getattr(tb, "gain_mode", None)
+        if isinstance(mode, str) and mode not in PLUTO_GAIN_MODES:
+            problems.append(f"--gain-mode must be one of {', '.join(PLUTO_GAIN_MODES)} (manual for bursts), "
+                            f"got {mode!r}")
     problems += check_channel(tb)
     scale = getattr(tb, "tx_scale", None)
     if isinstance(scale, (int, float)) and scale > TX_SCALE_WARN:
