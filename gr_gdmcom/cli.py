@@ -15,6 +15,7 @@ import math
 import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -29,10 +30,22 @@ _ROWS = None
 JSON_COMMANDS = ("simulate", "link", "sweep")
 
 
+def json_safe(v):
+    """``v`` with every NaN or infinite float, nested ones too, written as a string ("nan",
+    "inf"): ``json.dumps`` writes them as the bare words ``NaN`` and ``Infinity``, which are not
+    JSON (``jq`` and most parsers other than Python's refuse the line)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if isinstance(v, dict):
+        return {k: json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    return v
+
+
 def emit(row: dict) -> None:
-    """Print one JSON object per line (inf PSNR as the string "inf")."""
-    clean = {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
-    print(json.dumps(clean, default=str), file=_ROWS or sys.stdout, flush=True)
+    """Print one JSON object per line (inf PSNR as the string "inf", :func:`json_safe`)."""
+    print(json.dumps(json_safe(row), default=str, allow_nan=False), file=_ROWS or sys.stdout, flush=True)
 
 
 def divert_stdout():
@@ -106,16 +119,30 @@ def check_out(path, folder: bool = True, create: bool = True) -> Path:
             up = up.parent
         if not up.is_dir():
             raise ValueError(f"cannot create the output folder {d}: {up} is a file")
-        if not os.access(up, os.W_OK | os.X_OK):
+        if not _writable(up):
             raise ValueError(f"cannot write to the output folder {d}" + ("" if up == d else f" (in {up})"))
         return p
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ValueError(f"cannot create the output folder {d}: {exc.strerror or exc}") from None
-    if not os.access(d, os.W_OK | os.X_OK):
+    if not _writable(d):
         raise ValueError(f"cannot write to the output folder {d}")
     return p
+
+
+def _writable(folder: Path) -> bool:
+    """Whether a file can be made in ``folder``, by making one (``os.access`` says yes to root
+    everywhere, /proc and read-only mounts included: the run failed after its work)."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return False
+    try:
+        fd, name = tempfile.mkstemp(prefix=".gdmcom-check-", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(name)
+    return True
 
 
 def check_threads(threads: int) -> None:

@@ -248,3 +248,29 @@ def test_a_reader_that_goes_away_ends_the_command_quietly():
     p.stdout.close()  # before the interpreter has even imported the package
     err = p.stderr.read().decode()
     assert (p.wait(timeout=60), err) == (141, "")
+
+
+def test_result_lines_are_json_with_nested_nan_and_inf_as_strings(capsys):
+    """A row with a NaN or inf inside a nested value (a record's list, a dict of figures) printed
+    the bare word NaN/Infinity there, which is not JSON (jq refuses the line); every level is
+    cleaned now, as the flowgraph scripts' lines are."""
+    import json
+    import math
+
+    from gr_gdmcom.cli import emit
+
+    emit({"psnr": math.inf, "record": {"snr_db": [1.0, math.nan], "alpha": -math.inf}, "name": "a"})
+    line = capsys.readouterr().out.strip()
+    assert "NaN" not in line and "Infinity" not in line
+    assert json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} in {line}")) == {
+        "psnr": "inf", "record": {"snr_db": [1.0, "nan"], "alpha": "-inf"}, "name": "a"}
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux /proc")
+def test_an_output_folder_that_cannot_be_written_is_refused_before_the_work():
+    """As root, os.access says /proc is writable: `--out-dir /proc/x` passed the check and the
+    run failed after decoding every image (helper-59's walkthrough). The check now makes a file."""
+    from gr_gdmcom.cli import check_out
+
+    with pytest.raises(ValueError, match=r"^cannot write to the output folder /proc/gdmcom-x \(in /proc\)$"):
+        check_out("/proc/gdmcom-x", folder=True, create=False)

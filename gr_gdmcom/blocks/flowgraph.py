@@ -55,23 +55,11 @@ def results_on_stdout(tb) -> None:
         os.close(saved)
 
 
-def _json_safe(v):
-    """``v`` with every NaN or infinite float written as a string ("nan", "inf"), as ``gdmcom
-    link``'s lines (``cli.emit``): ``json.dumps`` wrote them as the bare words ``NaN`` and
-    ``Infinity``, which are not JSON (``jq`` and most parsers other than Python's refuse the
-    line; a transmitter's line for an image it could not send has ``alpha`` NaN)."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
-    if isinstance(v, dict):
-        return {k: _json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
-    return v
-
-
 def _print(d) -> None:
-    """One result line (a dict as JSON) on the script's stdout."""
-    line = d if isinstance(d, str) else json.dumps(_json_safe(d), default=str, allow_nan=False)
+    """One result line (a dict as JSON, NaN and inf as strings) on the script's stdout."""
+    from ..cli import json_safe
+
+    line = d if isinstance(d, str) else json.dumps(json_safe(d), default=str, allow_nan=False)
     print(line, file=_RESULTS or sys.stdout, flush=True)
 
 
