@@ -402,3 +402,33 @@ def test_replies_from_servers_of_a_list_with_different_settings_are_warned_about
         "replies from tcp://127.0.0.1:9 come from servers with different settings (config_id aaaaaaaaaaaa and "
         "bbbbbbbbbbbb): what no request carries is each server's own"]
     assert c._config_id == "bbbbbbbbbbbb" and c.stats["requests"] == 0  # no status asked
+
+
+def test_two_servers_with_different_settings_cost_one_status_reread_not_one_per_reply(components, small, caplog):
+    """Two servers listed, the second with another guidance: the DEALER's round robin sends the
+    status re-read to one server and the next encode to the other, so each reply of that one came
+    with a config_id never read. Before, every such reply cost a status round trip and an info
+    line 'restarted?' (10 encodes: 9 re-reads) and the warning that the servers differ never came;
+    now a config_id is noted when a reply brings it, and one re-read answered with the other
+    server's settings is that warning."""
+    import logging
+
+    a = InferenceServer(GenerativeCodec(SERVER, components=components), "tcp://127.0.0.1:0", max_wait_ms=0).start()
+    b = InferenceServer(GenerativeCodec(SERVER.replace(guidance=2.0), components=components), "tcp://127.0.0.1:0",
+                        max_wait_ms=0).start()
+    try:
+        with caplog.at_level(logging.INFO, logger="gr_gdmcom.bridge.client"):
+            with RemoteBackend(f"{a.last_endpoint},{b.last_endpoint}", SERVER, timeout_ms=20000) as c:
+                for _ in range(10):
+                    c.encode(small, "small")
+                requests = c.stats["requests"]
+    finally:
+        a.stop(timeout=10)
+        b.stop(timeout=10)
+    assert a.counters["served"] and b.counters["served"], (a.counters, b.counters)
+    assert requests <= 12, requests  # 10 encodes, the first status, at most one re-read
+    assert len([r for r in caplog.records if "now runs other settings" in r.getMessage()]) <= 1
+    mixed = [r.getMessage() for r in caplog.records if "come from servers with different settings" in r.getMessage()]
+    assert len(mixed) == 1, caplog.text
+    guidance = [r for r in caplog.records if "uses guidance=2.0" in r.getMessage()]
+    assert len(guidance) <= 1

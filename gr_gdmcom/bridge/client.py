@@ -602,23 +602,37 @@ class RemoteBackend(Backend):
         with self._check_lock:
             if cid == self._config_id:
                 return  # another thread read them
-            where = ",".join(self.endpoints)
-            if cid in self._config_ids:  # back to settings read before: servers of the list differ
-                if not self._mixed:
-                    self._mixed = True
-                    log.warning("replies from %s come from servers with different settings (config_id %s and %s): "
-                                "what no request carries is each server's own", where, self._config_id, cid)
+            if cid in self._config_ids:  # back to settings seen before: servers of the list differ
+                self._warn_mixed(self._config_id, cid)
                 self._config_id = cid
                 return
+            # (noted now: a status re-read that another server answers does not make it new again,
+            # which made every reply of the other server cost a status round trip)
+            self._config_ids.add(cid)
             log.info("server %s now runs other settings (config_id %s, was %s: restarted?); reading them again",
-                     where, cid, self._config_id)
+                     ",".join(self.endpoints), cid, self._config_id)
+            was, warned = self._config_id, self._warned
             self._checked, self._warned = False, set()
         try:
             self._check_config()
         except BackendError as exc:  # this reply stands; the next request reads them
             log.warning("cannot read the server's new settings: %s", exc)
             return
+        with self._check_lock:
+            if self._config_id != cid:  # the status came from another server (of the list, or behind a broker)
+                if self._config_id == was:  # the one read before: its warnings were given
+                    self._warned |= warned
+                self._warn_mixed(self._config_id, cid)
+                self._config_id = cid
+                return
         self._warn_uncarried(op)
+
+    def _warn_mixed(self, one: Optional[str], other: str) -> None:
+        """Once: replies come from servers with different settings (caller holds the check lock)."""
+        if not self._mixed:
+            self._mixed = True
+            log.warning("replies from %s come from servers with different settings (config_id %s and %s): "
+                        "what no request carries is each server's own", ",".join(self.endpoints), one, other)
 
 
 def _image_bytes(image) -> bytes:
