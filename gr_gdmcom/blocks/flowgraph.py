@@ -432,6 +432,24 @@ def screenshot(tb, path: str) -> bool:
     return False
 
 
+def _init_source(tb):
+    """``(syntax tree of the flowgraph script's generated __init__, the names its expressions
+    see: the script's module, its parameters and variables, self)``; ``(None, None)`` without
+    source (``python -c``)."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(type(tb).__init__)))
+    except (OSError, TypeError, SyntaxError):
+        return None, None
+    module = sys.modules.get(type(tb).__module__)
+    ns = dict(vars(module)) if module is not None else {}
+    ns.update(vars(tb), self=tb)
+    return tree, ns
+
+
 def block_settings(tb, factory: str) -> list:
     """``[(name, arguments)]`` of each ``gdmcom.<factory>(...)`` block the flowgraph script
     ``tb`` is about to build: read from the generated ``__init__`` (GRC writes every block as
@@ -440,16 +458,10 @@ def block_settings(tb, factory: str) -> list:
     An argument that cannot be evaluated yet is left out; no source (``python -c``): ``[]``.
     Lets :func:`preflight` check a block's settings before any block loads a model."""
     import ast
-    import inspect
-    import textwrap
 
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(type(tb).__init__)))
-    except (OSError, TypeError, SyntaxError):
+    tree, ns = _init_source(tb)
+    if tree is None:
         return []
-    module = sys.modules.get(type(tb).__module__)
-    ns = dict(vars(module)) if module is not None else {}
-    ns.update(vars(tb), self=tb)
     found = []
     for node in ast.walk(tree):
         if not (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)):
@@ -485,16 +497,10 @@ def zmq_endpoints(tb) -> list:
     command-line option when the address is a flowgraph parameter (``--address``), else the
     block's name.  An address that cannot be evaluated yet is left out."""
     import ast
-    import inspect
-    import textwrap
 
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(type(tb).__init__)))
-    except (OSError, TypeError, SyntaxError):
+    tree, ns = _init_source(tb)
+    if tree is None:
         return []
-    module = sys.modules.get(type(tb).__module__)
-    ns = dict(vars(module)) if module is not None else {}
-    ns.update(vars(tb), self=tb)
 
     def value(node):
         return eval(compile(ast.Expression(node), "<flowgraph>", "eval"), ns)  # noqa: S307
