@@ -280,15 +280,10 @@ def test_a_step_down_to_below_the_noise_is_not_cut(bursts):
     assert [f.header.image_id for f in frames] == [0] and c["bursts_cut"] == 0 and frames[0].cut is None, c
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_a_partial_overlap_s_early_peak_does_not_hide_the_preamble(seed):
-    """At 25 dB the detection metric crosses its threshold where the window overlaps a preamble
-    by a segment or two; the partial overlap's own peak (0.47, 192 symbols early at sps 4) was
-    the largest in the window looked at, verified (0.085) and the scan resumed one preamble after
-    it, past the true peak: the burst was read from the wrong place and its header failed.  A
-    whole burst was still found from its resync preamble; one whose transmitter stopped before
-    that (here at 60 % of a 2048-symbol payload) was lost (``header_crc_fail``, no frame)."""
-    n, sps, snr = 2048, 4, 25.0
+def _short_burst_received(n, sps, snr, seed, frac, after):
+    """One ``n``-symbol burst (500 zeros before, 3000 after) whose samples from payload symbol
+    ``j = frac n`` on are scaled by ``after`` (0: the transmitter stopped; 0.1: a 20 dB step down),
+    received at ``snr`` dB: ``(rx, frames, sent symbols, j)``."""
     cfg = FrameConfig(sps=sps)
     tx = FrameTx(cfg)
     rng = np.random.default_rng(seed)
@@ -297,12 +292,24 @@ def test_a_partial_overlap_s_early_peak_does_not_hide_the_preamble(seed):
                guidance=6.0, alpha=1.0, prompt_hash=0, total_symbols=n, chunk_symbols=n, chunk_count=1,
                chunk_index=0)
     b = tx.burst(h, sym).copy()
-    j = int(0.6 * n)
-    b[(len(tx.layout.preamble) + int(tx.layout.burst_map(n).payload[j])) * sps + tx.layout.half:] = 0
+    j = int(frac * n)
+    b[(len(tx.layout.preamble) + int(tx.layout.burst_map(n).payload[j])) * sps + tx.layout.half:] *= np.float32(after)
     x = np.concatenate([_z(500), b, _z(3000)])
     y = (x + 10 ** (-snr / 20) / np.sqrt(2) * (rng.standard_normal(len(x)) + 1j * rng.standard_normal(len(x))))
     rx = FrameRx(cfg)
-    frames = rx.push(y.astype(np.complex64)) + rx.flush()
+    return rx, rx.push(y.astype(np.complex64)) + rx.flush(), sym, j
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_partial_overlap_s_early_peak_does_not_hide_the_preamble(seed):
+    """At 25 dB the detection metric crosses its threshold where the window overlaps a preamble
+    by a segment or two; the partial overlap's own peak (0.47, 192 symbols early at sps 4) was
+    the largest in the window looked at, verified (0.085) and the scan resumed one preamble after
+    it, past the true peak: the burst was read from the wrong place and its header failed.  A
+    whole burst was still found from its resync preamble; one whose transmitter stopped before
+    that (here at 60 % of a 2048-symbol payload) was lost (``header_crc_fail``, no frame)."""
+    n, snr = 2048, 25.0
+    rx, frames, sym, j = _short_burst_received(n, 4, snr, seed, 0.6, 0.0)
     assert len(frames) == 1 and rx.counters["header_crc_fail"] == 0, rx.counters
     f = frames[0]
     assert f.header.image_id == 1 and j - 34 <= f.cut <= j and abs(f.start - 500) < 1, (f.cut, f.start)
@@ -319,20 +326,7 @@ def test_a_weak_step_down_on_a_short_burst_is_not_cut_as_a_stop(sps, frac, seed)
     erased (a 20 dB step at 8 dB was cut 51 times in 60 over sps 2/4 and three positions, now 20).
     Not cut, every symbol delivered with its own reliability, the estimate within 1 dB of them all."""
     n, snr = 2048, 8.0
-    cfg = FrameConfig(sps=sps)
-    tx = FrameTx(cfg)
-    rng = np.random.default_rng(seed)
-    sym = ((rng.standard_normal(n) + 1j * rng.standard_normal(n)) / np.sqrt(2)).astype(np.complex64)
-    h = Header(image_id=1, latent_shape=(4, 32, n // 64), image_size=(256, 256), k=5, T=50, forward=0,
-               guidance=6.0, alpha=1.0, prompt_hash=0, total_symbols=n, chunk_symbols=n, chunk_count=1,
-               chunk_index=0)
-    b = tx.burst(h, sym).copy()
-    j = int(frac * n)
-    b[(len(tx.layout.preamble) + int(tx.layout.burst_map(n).payload[j])) * sps + tx.layout.half:] *= np.float32(0.1)
-    x = np.concatenate([_z(500), b, _z(3000)])
-    y = (x + 10 ** (-snr / 20) / np.sqrt(2) * (rng.standard_normal(len(x)) + 1j * rng.standard_normal(len(x))))
-    rx = FrameRx(cfg)
-    frames = rx.push(y.astype(np.complex64)) + rx.flush()
+    rx, frames, sym, j = _short_burst_received(n, sps, snr, seed, frac, 0.1)
     assert len(frames) == 1 and rx.counters["bursts_cut"] == 0, rx.counters
     f = frames[0]
     assert f.cut is None and (f.erased is None or not f.erased.any()), f.cut
@@ -380,21 +374,8 @@ def test_a_stop_whose_short_silent_rest_fits_by_chance_is_still_cut(snr, seed):
     test has tests of its own (abrupt, silent, no coherent signal): its suffix may fit up to 0.4
     (``STOP_FIT``).  Over 1 440 stops (8-30 dB, sps 2/4/8, 2048/8192 symbols, 20 seeds) the 8 so missed
     are now cut 0-2 symbols early, nothing else changed.  Cut, the estimate within 0.5 dB."""
-    n, sps = 2048, 2
-    cfg = FrameConfig(sps=sps)
-    tx = FrameTx(cfg)
-    rng = np.random.default_rng(seed)
-    sym = ((rng.standard_normal(n) + 1j * rng.standard_normal(n)) / np.sqrt(2)).astype(np.complex64)
-    h = Header(image_id=1, latent_shape=(4, 32, n // 64), image_size=(256, 256), k=5, T=50, forward=0,
-               guidance=6.0, alpha=1.0, prompt_hash=0, total_symbols=n, chunk_symbols=n, chunk_count=1,
-               chunk_index=0)
-    b = tx.burst(h, sym).copy()
-    j = int(0.9 * n)
-    b[(len(tx.layout.preamble) + int(tx.layout.burst_map(n).payload[j])) * sps + tx.layout.half:] = 0
-    x = np.concatenate([_z(500), b, _z(3000)])
-    y = (x + 10 ** (-snr / 20) / np.sqrt(2) * (rng.standard_normal(len(x)) + 1j * rng.standard_normal(len(x))))
-    rx = FrameRx(cfg)
-    frames = rx.push(y.astype(np.complex64)) + rx.flush()
+    n = 2048
+    rx, frames, sym, j = _short_burst_received(n, 2, snr, seed, 0.9, 0.0)
     assert len(frames) == 1 and rx.counters["bursts_cut"] == 1 and rx.counters["track_lost"] == 0, rx.counters
     f = frames[0]
     assert f.cut is not None and j - 5 <= f.cut <= j, (f.cut, j)
