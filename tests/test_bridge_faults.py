@@ -346,3 +346,50 @@ def test_a_hung_server_of_a_list_is_left_out_after_one_timeout(bcodec, cfg, blac
     finally:
         c.close()
         srv.stop(timeout=10)
+
+
+def test_a_retry_after_probing_a_hung_server_is_not_answered_expired_while_its_client_waits(bcodec, cfg, black_hole,
+                                                                                            monkeypatch):
+    """A live server busy for 2.4 s and a hung one listed; timeout 1 s, one retry. The decode
+    queued at the live server times out, the client probes both (the hung one is silent for 1 s),
+    and its retry attaches to the queued request. The client waits for that retry until 3 s after
+    its first send, but it had told the server deadline_ms = (retries + 1) * timeout_ms = 2 s,
+    which the probe's second had used: the request was answered `expired` at 2.4 s while its
+    client still waited (BackendError 'answered expired'), though the model was free then. The
+    deadline a request carries now counts the probes' time too, so it is run and answered."""
+    from gr_gdmcom.bridge import protocol as P
+
+    enc = bcodec.encode((np.arange(32 * 32 * 3) % 251).astype(np.uint8).reshape(32, 32, 3), "img")
+    srv = InferenceServer(bcodec, "tcp://127.0.0.1:0", max_batch=1, max_wait_ms=0).start()
+    real, calls = bcodec.decode_many, []
+
+    def decode_many(items):
+        calls.append(len(items))
+        if len(calls) == 1:
+            time.sleep(2.4)
+        return real(items)
+
+    monkeypatch.setattr(srv.codec, "decode_many", decode_many)
+    ctx = zmq.Context()
+    holder = ctx.socket(zmq.DEALER)
+    holder.setsockopt(zmq.LINGER, 0)
+    c = RemoteBackend(f"{srv.last_endpoint},{black_hole.endpoint}", None, timeout_ms=1000, retries=1)
+    try:
+        holder.connect(srv.last_endpoint)
+        holder.send_multipart([b""] + P.decode_request("hold", enc.symbols, enc.meta, 5.0))
+        t_end = time.monotonic() + 10
+        while not calls and time.monotonic() < t_end:
+            time.sleep(0.01)
+        c._tls.turn = len(c.endpoints) - 1  # this thread's first socket sends to the live server
+        t0 = time.monotonic()
+        d = c.decode(enc.symbols, enc.meta, 5.0)
+        waited = time.monotonic() - t0
+        assert d.image.shape == (32, 32, 3) and c.stats["timeouts"] == 1, c.stats
+        assert srv.counters["expired"] == 0 and srv.counters["duplicates"] == 1, srv.counters
+        assert 2.3 < waited < 3.0, waited
+        assert c.budget_ms == 3000  # 2 attempts of 1 s and the probe of 1 s after the timeout
+    finally:
+        c.close()
+        srv.stop(timeout=10)
+        holder.close(linger=0)
+        ctx.term()

@@ -10,7 +10,8 @@ a restarted or other server computes it.  Replies whose id is not the one
 awaited are stale and dropped.  ``busy`` and ``unavailable`` (server
 stopping; then on a new socket) replies are retried after the server's
 ``retry_after_ms`` (doubling, capped at 2 s).  After ``retries`` timeouts,
-or ``(retries + 1) * timeout_ms`` in all, the call raises :class:`BackendError`.
+or ``(retries + 1) * timeout_ms`` in all (with several endpoints plus the status probes
+after timeouts: :attr:`RemoteBackend.budget_ms`), the call raises :class:`BackendError`.
 
 Sockets are per thread, so one client can serve several threads (two GNU
 Radio blocks, a benchmark's workers) without a lock.
@@ -124,7 +125,7 @@ class RemoteBackend(Backend):
         timeout_ms: how long one attempt waits for its reply (ms), connecting included.
         retries: how many times a request is sent again after a timeout before
             :class:`BackendError`; ``busy`` / ``unavailable`` replies are retried
-            with back-off for up to ``(retries + 1) * timeout_ms`` in all.
+            with back-off for up to ``(retries + 1) * timeout_ms`` in all (:attr:`budget_ms`).
         image_format: ``raw`` (uint8 RGB, fastest on a LAN) or ``png`` (smaller)
             for decoded images on the wire; the result is the same.
         context: ZMQ context (default: a private one, termed by :meth:`close`).
@@ -231,9 +232,13 @@ class RemoteBackend(Backend):
 
     @property
     def budget_ms(self) -> int:
-        """How long a request is waited for in all, ``(retries + 1) * timeout_ms``: its
-        ``deadline_ms`` (a server does not run a request still queued after that)."""
-        return (self.retries + 1) * self.timeout_ms
+        """How long a request is waited for in all, ``(retries + 1) * timeout_ms`` (with several
+        endpoints, plus ``retries * min(timeout_ms, PROBE_MS)`` for the status probes after its
+        timeouts): its ``deadline_ms`` (a server does not run a request still queued after that;
+        the probes' time left out, a retry attached to the queued request was answered
+        ``expired`` while its client still waited)."""
+        probes = self.retries * min(self.timeout_ms, PROBE_MS) if len(self.endpoints) > 1 else 0
+        return (self.retries + 1) * self.timeout_ms + probes
 
     def status(self) -> dict:
         """The server's ``status`` (model, device, queue depth, counters, uptime, version ...)."""
@@ -403,7 +408,7 @@ class RemoteBackend(Backend):
         """Send ``frames`` (request ``rid``) until a reply for ``rid`` comes back; map errors.
 
         A timeout costs one of ``retries``; ``busy`` / ``unavailable`` replies are
-        retried after a back-off for as long as ``(retries + 1) * timeout_ms`` allows.
+        retried after a back-off for as long as :attr:`budget_ms` allows; no attempt waits past it.
         """
         self._bump("requests")
         where = ",".join(self.endpoints)
@@ -423,7 +428,9 @@ class RemoteBackend(Backend):
             if attempts:
                 self._bump("retries")
             attempts += 1
-            got = self._attempt(rid, [b""] + frames)
+            # (never past the deadline_ms the server was told: it counts from its receipt, later than this)
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            got = self._attempt(rid, [b""] + frames, min(self.timeout_ms, left_ms)) if left_ms > 0 else None
             if got is None:
                 self._bump("timeouts")
                 timeouts += 1
@@ -433,7 +440,8 @@ class RemoteBackend(Backend):
                 self._reset()
                 if len(self.endpoints) > 1 and timeouts <= self.retries:
                     self._check_endpoints()
-                if timeouts > self.retries:
+                if timeouts > self.retries or time.monotonic() >= deadline:
+                    timeouts = self.retries + 1
                     break
                 continue
             header, payloads = got
