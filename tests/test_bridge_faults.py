@@ -49,6 +49,16 @@ def black_hole():
     bh.close()
 
 
+def _hung_and_live(bcodec, cfg, black_hole, hung_first):
+    """A live server and the black hole in one endpoint list (the hung one first or second), and a
+    client of both with 1 s timeouts and 2 retries: ``(server, endpoints, client)``."""
+    srv = InferenceServer(bcodec, "tcp://127.0.0.1:0").start()
+    eps = [black_hole.endpoint, srv.last_endpoint]
+    if not hung_first:
+        eps.reverse()
+    return srv, eps, RemoteBackend(",".join(eps), cfg, timeout_ms=1000, retries=2)
+
+
 @pytest.mark.parametrize("hung_first", [True, False])
 def test_a_retry_after_a_timeout_goes_to_the_other_server(bcodec, cfg, black_hole, hung_first):
     """Two servers listed, one hung: every request is answered within three attempts (the first
@@ -57,11 +67,7 @@ def test_a_retry_after_a_timeout_goes_to_the_other_server(bcodec, cfg, black_hol
     the endpoints in list order and send its first request to whichever connection completed
     first -- the first listed, or the hung server ahead of a busy one -- so retries went back
     to it: with the hung server listed first, 5 of 20 requests failed after 4 attempts each."""
-    srv = InferenceServer(bcodec, "tcp://127.0.0.1:0").start()
-    eps = [black_hole.endpoint, srv.last_endpoint]
-    if not hung_first:
-        eps.reverse()
-    c = RemoteBackend(",".join(eps), cfg, timeout_ms=1000, retries=2)
+    srv, _, c = _hung_and_live(bcodec, cfg, black_hole, hung_first)
     try:
         for _ in range(8):
             assert c.status()["served"] == 0
@@ -321,11 +327,7 @@ def test_a_hung_server_of_a_list_is_left_out_after_one_timeout(bcodec, cfg, blac
     from gr_gdmcom.bridge import client as client_mod
 
     monkeypatch.setattr(client_mod, "SUSPECT_S", 3.0)
-    srv = InferenceServer(bcodec, "tcp://127.0.0.1:0").start()
-    eps = [black_hole.endpoint, srv.last_endpoint]
-    if not hung_first:
-        eps.reverse()
-    c = RemoteBackend(",".join(eps), cfg, timeout_ms=1000, retries=2)
+    srv, eps, c = _hung_and_live(bcodec, cfg, black_hole, hung_first)
     try:
         with caplog.at_level(logging.WARNING, logger="gr_gdmcom.bridge.client"):
             for _ in range(8):

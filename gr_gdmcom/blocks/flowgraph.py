@@ -20,7 +20,6 @@ timeout came before the expected images, 2 when nothing was sent or decoded.
 from __future__ import annotations
 
 import json
-import math
 import sys
 import threading
 import time
