@@ -118,12 +118,15 @@ class TxEvent:
     bursts: List[Burst] = field(default_factory=list)
     error: Optional[str] = None
     symbols: int = 0
-    alpha: float = float("nan")
+    #: the power normalisation's alpha; None for an image that was not encoded (no key in ``info``)
+    alpha: Optional[float] = None
     seconds: float = 0.0
 
     def info(self) -> dict:
         d = dict(image_id=self.image_id, name=self.name, path=self.path, bursts=len(self.bursts),
                  symbols=self.symbols, alpha=self.alpha, seconds=round(self.seconds, 4))
+        if self.alpha is None:
+            del d["alpha"]
         if self.error:
             d["error"] = self.error
         return d

@@ -136,6 +136,10 @@ class qa_semantic_blocks(gr_unittest.TestCase):
         self.assertEqual([i["image_id"] for i in infos], [0, 1, 2])
         self.assertIn("cannot read image", infos[1]["error"])
         self.assertIn("image not found", infos[2]["error"])
+        # an image not sent has no alpha (it was a NaN, printed as "nan" by the flowgraphs)
+        self.assertGreater(infos[0]["alpha"], 0.0)
+        self.assertNotIn("alpha", infos[1])
+        self.assertNotIn("alpha", infos[2])
         starts = [t.offset for t in snk.tags() if pmt.symbol_to_string(t.key) == "packet_len"]
         self.assertEqual(starts, [0])
         self.assertGreater(len(snk.data()), 1000)
