@@ -818,6 +818,32 @@ def test_curve_serves_the_listed_key_and_refuses_others(serve, client, keys, enc
                      f"&timeout_ms=60000", timeout_ms=500)
 
 
+def test_the_per_server_status_probe_uses_curve_and_names_what_differs(serve, keys, components, cfg):
+    """The client's own-socket status probes (after a timeout with several endpoints; when the
+    listed servers turn out to differ) go through CURVE like its requests: without the keys on
+    those sockets every CURVE server looked silent, no hung one was ever left out, and the
+    servers' differences could not be read."""
+    from gr_gdmcom.bridge.client import _differences
+    from gr_gdmcom.bridge.security import CurveServer, public_key_hex
+
+    curve = CurveServer(str(keys / "server.key_secret"), clients=str(keys / "accepted"))
+    a = serve(curve=curve)
+    b = serve(GenerativeCodec(cfg.replace(guidance=2.0), components=components),
+              curve=CurveServer(str(keys / "server.key_secret"), clients=str(keys / "accepted")))
+    key = public_key_hex(curve.public)
+    c = make_backend(f"{a.last_endpoint},{b.last_endpoint}?server_key={key}"
+                     f"&client_key_file={keys / 'accepted' / 'client.key_secret'}&timeout_ms=5000", cfg)
+    try:
+        answers = c._status_each(3000)
+    finally:
+        c.close()
+    assert sorted(answers) == sorted([a.last_endpoint, b.last_endpoint])
+    assert answers[b.last_endpoint]["config"]["guidance"] == 2.0
+    assert _differences(answers) == (f"; {a.last_endpoint}: guidance={cfg.guidance!r}, "
+                                     f"{b.last_endpoint}: guidance=2.0")
+    assert a.counters["refused"] == b.counters["refused"] == 0
+
+
 def test_plain_tcp_off_loopback_is_warned_about(serve, caplog):
     with caplog.at_level("WARNING", logger="gr_gdmcom.bridge.server"):
         serve(bind="tcp://127.0.0.1:0")

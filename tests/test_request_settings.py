@@ -400,7 +400,8 @@ def test_replies_from_servers_of_a_list_with_different_settings_are_warned_about
     c.close()
     assert [r.getMessage() for r in caplog.records] == [
         "replies from tcp://127.0.0.1:9 come from servers with different settings (config_id aaaaaaaaaaaa and "
-        "bbbbbbbbbbbb): what no request carries is each server's own"]
+        "bbbbbbbbbbbb; or a server restarted back to settings it had before): what no request carries is "
+        "each server's own"]
     assert c._config_id == "bbbbbbbbbbbb" and c.stats["requests"] == 0  # no status asked
 
 
@@ -430,5 +431,8 @@ def test_two_servers_with_different_settings_cost_one_status_reread_not_one_per_
     assert len([r for r in caplog.records if "now runs other settings" in r.getMessage()]) <= 1
     mixed = [r.getMessage() for r in caplog.records if "come from servers with different settings" in r.getMessage()]
     assert len(mixed) == 1, caplog.text
+    # and it says which server runs what (each asked on its own socket)
+    assert (f"before); {a.last_endpoint}: guidance={SERVER.guidance!r}, {b.last_endpoint}: guidance=2.0: what no "
+            "request carries") in mixed[0], mixed[0]
     guidance = [r for r in caplog.records if "uses guidance=2.0" in r.getMessage()]
     assert len(guidance) <= 1

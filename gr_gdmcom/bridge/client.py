@@ -332,15 +332,12 @@ class RemoteBackend(Backend):
         until = self._suspects.get(ep)
         return until is not None and time.monotonic() < until
 
-    def _check_endpoints(self) -> None:
-        """After a timeout with several endpoints: ask each for ``status`` on its own socket, all at
-        once, within :data:`PROBE_MS`.  A DEALER connected to several servers does not say which
-        one a request went to, so a hung server (up, never answering: SIGSTOPped, a stuck host)
-        kept getting its share of the round robin -- about every other request cost a timeout.
-        One that does not answer while another does is left out of new sockets for
-        :data:`SUSPECT_S`; one that answers is trusted again."""
-        wait_ms = min(self.timeout_ms, PROBE_MS)
+    def _status_each(self, wait_ms: int) -> dict:
+        """Ask every endpoint for ``status`` on its own socket, all at once: ``{endpoint: status
+        dict}`` of those that answered within ``wait_ms`` (a DEALER connected to several servers
+        cannot address one of them)."""
         socks: dict = {}
+        answers: dict = {}
         try:
             for ep in self.endpoints:
                 sock = self._ctx.socket(zmq.DEALER)
@@ -353,21 +350,40 @@ class RemoteBackend(Backend):
             poller = zmq.Poller()
             for sock in socks:
                 poller.register(sock, zmq.POLLIN)
-            silent, deadline = set(self.endpoints), time.monotonic() + wait_ms / 1000.0
-            while silent:
+            deadline = time.monotonic() + wait_ms / 1000.0
+            while len(answers) < len(socks):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 for sock, _ in poller.poll(int(left * 1000) + 1):
-                    sock.recv_multipart()
-                    silent.discard(socks[sock])
+                    msg = sock.recv_multipart()
                     poller.unregister(sock)
+                    try:
+                        header, _ = P.parse_reply(msg[1:] if msg and not msg[0] else msg)
+                    except P.ProtocolError:
+                        header = {}
+                    answers[socks[sock]] = header.get("status") if isinstance(header.get("status"), dict) else {}
         except zmq.ZMQError as exc:  # (the endpoints were connected before: not expected)
-            log.debug("checking the endpoints failed: %s", exc)
-            return
+            log.debug("asking the endpoints for status failed: %s", exc)
+            raise
         finally:
             for sock in socks:
                 sock.close(linger=0)
+        return answers
+
+    def _check_endpoints(self) -> None:
+        """After a timeout with several endpoints: ask each for ``status`` on its own socket, all at
+        once, within :data:`PROBE_MS`.  A DEALER connected to several servers does not say which
+        one a request went to, so a hung server (up, never answering: SIGSTOPped, a stuck host)
+        kept getting its share of the round robin -- about every other request cost a timeout.
+        One that does not answer while another does is left out of new sockets for
+        :data:`SUSPECT_S`; one that answers is trusted again."""
+        wait_ms = min(self.timeout_ms, PROBE_MS)
+        try:
+            answered = self._status_each(wait_ms)
+        except zmq.ZMQError:
+            return
+        silent = set(self.endpoints) - set(answered)
         with self._lock:
             for ep in self.endpoints:
                 if ep not in silent:
@@ -636,11 +652,35 @@ class RemoteBackend(Backend):
         self._warn_uncarried(op)
 
     def _warn_mixed(self, one: Optional[str], other: str) -> None:
-        """Once: replies come from servers with different settings (caller holds the check lock)."""
-        if not self._mixed:
-            self._mixed = True
-            log.warning("replies from %s come from servers with different settings (config_id %s and %s): "
-                        "what no request carries is each server's own", ",".join(self.endpoints), one, other)
+        """Once: replies come from servers with different settings (caller holds the check lock).
+        With several endpoints, each is asked for its settings on its own socket, and the warning
+        names which server runs what (behind one endpoint, a broker, that cannot be asked)."""
+        if self._mixed:
+            return
+        self._mixed = True
+        which = ""
+        if len(self.endpoints) > 1:
+            try:
+                which = _differences(self._status_each(min(self.timeout_ms, PROBE_MS)))
+            except zmq.ZMQError:
+                pass
+        log.warning("replies from %s come from servers with different settings (config_id %s and %s; or a "
+                    "server restarted back to settings it had before)%s: what no request carries is each "
+                    "server's own", ",".join(self.endpoints), one, other, which)
+
+
+def _differences(answers: dict) -> str:
+    """``"; tcp://a: guidance=6.0, tcp://b: guidance=2.0"``: the settings (model, request limit,
+    the server-side codec settings) in which the servers that answered ``status`` differ, or ''."""
+    seen = {ep: {"model": st.get("model"), "max_request_bytes": st.get("max_request_bytes"),
+                 **{k: (st.get("config") or {}).get(k) for k in SERVER_SIDE_FIELDS}}
+            for ep, st in answers.items() if st}
+    if len(seen) < 2:
+        return ""
+    keys = [k for k in next(iter(seen.values())) if len({repr(v[k]) for v in seen.values()}) > 1]
+    if not keys:
+        return ""
+    return "; " + ", ".join(f"{ep}: " + " ".join(f"{k}={v[k]!r}" for k in keys) for ep, v in seen.items())
 
 
 def _image_bytes(image) -> bytes:
