@@ -393,6 +393,57 @@ def test_a_request_over_the_servers_limit_fails_at_once(serve, client, tmp_path)
     assert time.monotonic() - t0 < 5 and srv.counters["received"] == 1  # only the status request went out
 
 
+def test_frame_and_size_refusals_word_for_word(enc):
+    """What a hand-written client gets for a message of the wrong shape (parse_request and
+    parse_reply alone): each refusal names what was wrong, with the numbers."""
+    limits = P.Limits(T=50, m=1, max_pixels=64 * 64, max_header_bytes=4096, max_prompt_chars=100)
+
+    def message(frames):
+        with pytest.raises(P.ProtocolError) as e:
+            P.parse_request(frames, limits)
+        return e.value.code, e.value.message
+
+    def counted(frames, extra=()):  # frames with header 'sizes' saying what they are
+        h = json.loads(frames[0])
+        h["sizes"] = [len(f) for f in [*frames[1:], *extra]]
+        return [json.dumps(h).encode(), *frames[1:], *extra]
+
+    tall = io.BytesIO()
+    Image.fromarray(np.zeros((65, 64, 3), np.uint8)).save(tall, "PNG")
+    status, encode = P.status_request("r1"), P.encode_request("r1", tall.getvalue(), "tall")
+    assert message([]) == message([b""]) == (P.BAD_JSON, "empty message: frame 0 must be the JSON header")
+    assert message([b"{" + b" " * 5000 + b"}"]) == (P.TOO_LARGE, "header of 5002 bytes exceeds the limit of 4096 bytes")
+    assert message(status + [b"x"]) == (P.SIZE_MISMATCH, "header says payload sizes [] but the frames have [1] bytes")
+    assert message(counted(status, [b"x"])) == (P.BAD_REQUEST, "status takes no payload frames, got 1")
+    assert message(counted(encode[:1])) == (P.BAD_REQUEST, "encode takes exactly one payload frame (the image "
+                                                           "file), got 0")
+    assert message(counted(encode, [b"x"]))[0] == P.BAD_REQUEST
+    assert message(encode) == (P.TOO_LARGE, "image tall has 64x65 = 4160 pixels, more than the limit max_pixels=4096")
+    assert message(counted(decode_frames(enc, "r1"), [b"\1" * 128, b"x"])) == (
+        P.BAD_REQUEST, "'sizes': List should have at most 2 items after validation, not 3, got [1024, 128, 1]")
+    odd = json.loads(decode_frames(enc, "r1")[0])
+    odd["sizes"] = [1001]
+    assert message([json.dumps(odd).encode(), b"\0" * 1001]) == (
+        P.SIZE_MISMATCH, "small: symbol frame of 1001 bytes is not a whole number of 8-byte complex64 values")
+    assert message(with_meta(enc, latent_shape=[3, 8, 8])) == (
+        P.BAD_META, "small: latent has 3 channels but this model's latent has 4")
+    assert message(with_meta(enc, latent_shape=[4, 16, 16])) == (
+        P.TOO_LARGE, "small: latent [4, 16, 16] means a 128x128 image, more than max_pixels=4096")
+    assert message(with_meta(enc, image_size=[72, 64])) == (
+        P.BAD_META, "small: image_size [72, 64] does not fit latent [4, 8, 8] (at most 8h x 8w)")
+    assert message(with_meta(enc, prompt="a" * 101)) == (P.BAD_META,
+                                                          "small: prompt of 101 characters is longer than 100")
+    # replies (what RemoteBackend drops with a warning, or raises)
+    for frames, want in (([], (P.BAD_JSON, "empty reply")),
+                         ([json.dumps({"v": 2, "ok": True, "id": "r"}).encode()],
+                          (P.BAD_VERSION, "reply has protocol version 2, expected 1")),
+                         ([json.dumps({"v": 1, "ok": True, "id": "r", "sizes": [3]}).encode(), b"ab"],
+                          (P.SIZE_MISMATCH, "reply says sizes [3] but frames have [2] bytes"))):
+        with pytest.raises(P.ProtocolError) as e:
+            P.parse_reply(frames)
+        assert (e.value.code, e.value.message) == want
+
+
 def test_erased_symbols_may_hold_anything(enc):
     """A receiver may write NaN (or garbage) where it erased a symbol: those are replaced by 0
     (mask byte 0), only the symbols kept must be finite."""
