@@ -339,6 +339,117 @@ _NO_MODEL = (
     "random-weight test model that is built offline (it proves the plumbing, "
     "not the image quality)."
 )
+#: the subfolders a Stable Diffusion 1.x/2.x diffusers folder needs, and a file each must hold
+_PARTS = {"vae": ("config.json",), "unet": ("config.json",), "text_encoder": ("config.json",),
+          "tokenizer": ("tokenizer.json", "vocab.json"), "scheduler": ("scheduler_config.json",)}
+_SD_LAYOUT = "a Stable Diffusion diffusers folder holds vae/, unet/, text_encoder/, tokenizer/ and scheduler/"
+# diffusers' and transformers' weight files: NAME[.VARIANT][-0000i-of-0000n].(safetensors|bin)[.index.json]
+_WEIGHTS = re.compile(r"^(?:diffusion_pytorch_model|model|pytorch_model)(?:\.(\w+?))?(?:-\d+-of-\d+)?"
+                      r"\.(safetensors|bin)(?:\.index\.json)?$")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__).rstrip(".")[:300]
+
+
+def check_folder(path: Path, model: str) -> None:
+    """Refuse a local folder that is not a Stable Diffusion (1.x/2.x) diffusers folder,
+    naming the part that is missing, before any weights are read.
+
+    Raises:
+        ModelLoadError: one line: the part missing or the architecture not supported.
+    """
+    index = {}
+    if (path / "model_index.json").is_file():
+        try:
+            index = json.loads((path / "model_index.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"--model {model!r}: {path / 'model_index.json'} is not valid JSON "
+                                 f"({_first_line(exc)})") from None
+    kind = str(index.get("_class_name", ""))
+    if "text_encoder_2" in index or "XL" in kind or (path / "text_encoder_2").is_dir():
+        raise ModelLoadError(f"--model {model!r}: {path} is a Stable Diffusion XL model ({kind or 'text_encoder_2/'}); "
+                             "the codec runs Stable Diffusion 1.x/2.x UNets (one CLIP text encoder, no size "
+                             "conditioning)")
+    for part, needs in _PARTS.items():
+        sub = path / part
+        if not sub.is_dir():
+            raise ModelLoadError(f"--model {model!r}: {path} has no {part}/ ({_SD_LAYOUT}; copy {part}/ from "
+                                 f"the model's download)")
+        if not any((sub / n).is_file() for n in needs):
+            raise ModelLoadError(f"--model {model!r}: {sub} has no {' or '.join(needs)} ({_SD_LAYOUT}; copy "
+                                 f"{part}/ again from the model's download)")
+    if not (path / "tokenizer" / "tokenizer.json").is_file() and not (path / "tokenizer" / "merges.txt").is_file():
+        raise ModelLoadError(f"--model {model!r}: {path / 'tokenizer'} has vocab.json but no merges.txt (a CLIP "
+                             "tokenizer needs both, or tokenizer.json)")
+
+
+def weight_files(folder: Path, dtype: Optional[torch.dtype] = None) -> dict:
+    """``from_pretrained`` keywords (``variant``, ``use_safetensors``) for the weights in
+    ``folder``: plain files when present, else a variant (``fp16`` first when ``dtype`` is
+    fp16 or fp32, ``bf16`` first when bf16), safetensors before ``.bin``.  Empty when no
+    weight file is there (``from_pretrained`` then names what it looked for)."""
+    found = set()
+    for f in folder.iterdir() if folder.is_dir() else ():
+        m = _WEIGHTS.match(f.name)
+        if m and f.is_file():
+            found.add((m.group(1), m.group(2)))
+    if not found:
+        return {}
+    variants = {v for v, _ in found}
+    if None in variants:
+        variant = None
+    else:
+        first = ["bf16", "fp16"] if dtype == torch.bfloat16 else ["fp16", "bf16"]
+        variant = next((v for v in first if v in variants), sorted(variants)[0])
+    kw = dict(use_safetensors=(variant, "safetensors") in found)
+    if variant is not None:
+        kw["variant"] = variant
+    return kw
+
+
+def check_architecture(vae, unet, text_encoder, tokenizer, model: str) -> None:
+    """Refuse components that do not fit together as an SD 1.x/2.x text-conditioned latent
+    model, before a run would fail deep inside a UNet call or decode garbage.
+
+    Raises:
+        ModelLoadError: one line naming the two settings that disagree.
+    """
+    uc, vc, tc = unet.config, vae.config, text_encoder.config
+    if getattr(uc, "addition_embed_type", None) or getattr(uc, "class_embed_type", None):
+        raise ModelLoadError(f"--model {model!r}: its UNet takes extra conditioning (addition_embed_type="
+                             f"{getattr(uc, 'addition_embed_type', None)!r}, class_embed_type="
+                             f"{getattr(uc, 'class_embed_type', None)!r}: SDXL, an upscaler or an unCLIP model); "
+                             "the codec runs Stable Diffusion 1.x/2.x UNets")
+    cross = uc.cross_attention_dim
+    if cross != tc.hidden_size:
+        raise ModelLoadError(f"--model {model!r}: unet/ has cross_attention_dim={cross} but text_encoder/ has "
+                             f"hidden_size={tc.hidden_size}; the UNet and the text encoder come from different "
+                             "models (SD 1.x: 768 with CLIP ViT-L; SD 2.x: 1024 with OpenCLIP ViT-H)")
+    if not (uc.in_channels == uc.out_channels == vc.latent_channels):
+        raise ModelLoadError(f"--model {model!r}: unet/ takes {uc.in_channels} and gives {uc.out_channels} latent "
+                             f"channels but vae/ has latent_channels={vc.latent_channels}; an inpainting UNet "
+                             "(9 input channels) or parts of different models")
+    n_max = getattr(tokenizer, "model_max_length", None)
+    if len(tokenizer) < 10 or not n_max or n_max > tc.max_position_embeddings:
+        raise ModelLoadError(f"--model {model!r}: its tokenizer is empty or does not fit the text encoder "
+                             f"({len(tokenizer)} tokens, model_max_length={n_max}, the text encoder takes "
+                             f"{tc.max_position_embeddings} positions); copy tokenizer/ from the model's download")
+
+
+def _hub_snapshot(model: str, revision: Optional[str]) -> Optional[Path]:
+    """The hub cache's folder of ``model`` (at ``revision``), or None when it is not cached:
+    a cached model then loads from disk with no request to the hub (with no network and
+    HF_HUB_OFFLINE unset, each request would be retried for about 30 s)."""
+    if not _HUB_ID.match(model):
+        return None
+    import huggingface_hub
+
+    try:
+        return Path(huggingface_hub.snapshot_download(model, revision=revision, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached (LocalEntryNotFoundError and the like)
+        return None
 
 
 def load_components(model: str = "tiny", device: str = "auto", dtype: str = "auto",
@@ -369,22 +480,52 @@ def load_components(model: str = "tiny", device: str = "auto", dtype: str = "aut
     builders = {TINY_NAME: tiny_path, SD15_RANDOM_NAME: sd15_random_path}
     source = str(builders[model]()) if model in builders else model
     kw = dict(revision=revision) if revision else {}
-    if Path(source).exists():
-        kw["local_files_only"] = True
+    local = Path(source).expanduser() if Path(source).expanduser().is_dir() else None
+    cached = None if local else _hub_snapshot(model, revision)
+    if cached is not None:
+        try:
+            check_folder(cached, model)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"{exc} [the hub cache's copy in {cached} is incomplete: download it again]") from None
+        local = cached
+    if local is not None:
+        if cached is None:
+            check_folder(local, model)
+        source, kw = str(local), dict(local_files_only=True)
     dlogging.set_verbosity_error()
     tlogging.set_verbosity_error()
     dlogging.disable_progress_bar()
     tlogging.disable_progress_bar()
+    wkw = {part: (weight_files(local / part, dt) if local is not None else {})
+           for part in ("vae", "unet", "text_encoder")}
+    for part, w in wkw.items():
+        if w.get("variant"):
+            log.info("%s: %s/ has only %s-variant weights; loading those as %s", model, part, w["variant"], dt)
     try:
-        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dt, **kw)
-        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dt, **kw)
-        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", torch_dtype=dt, **kw)
+        loaded = {part: cls.from_pretrained(source, subfolder=part, torch_dtype=dt, output_loading_info=True,
+                                            **kw, **wkw[part])
+                  for part, cls in (("vae", AutoencoderKL), ("unet", UNet2DConditionModel),
+                                    ("text_encoder", CLIPTextModel))}
         tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kw)
         from diffusers import DDIMScheduler
         scheduler_config = dict(DDIMScheduler.load_config(source, subfolder="scheduler", **kw))
     except Exception as exc:  # hub/network/file errors come in many classes
-        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(_NO_MODEL.format(model=model, why=why[:300])) from None
+        if local is not None:
+            raise ModelLoadError(f"Could not load the diffusion model {model!r} from {local}: {_first_line(exc)} "
+                                 "(a missing, truncated or corrupt file: copy that part of the model "
+                                 "again)") from None
+        raise ModelLoadError(_NO_MODEL.format(model=model, why=_first_line(exc))) from None
+    for part, (_, info) in loaded.items():
+        # (diffusers and transformers fill weights the checkpoint lacks with a fresh random init
+        # and only log it: a partial or converted checkpoint would run and decode noise)
+        missing = sorted(info.get("missing_keys") or ()) + sorted(
+            str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys") or ())
+        if missing:
+            raise ModelLoadError(f"--model {model!r}: the {part}/ weights lack {len(missing)} of the model's tensors "
+                                 f"(e.g. {missing[0]}): a partial or converted checkpoint, or a config.json of "
+                                 "another model; copy that part of the model again")
+    vae, unet, text_encoder = (loaded[p][0] for p in ("vae", "unet", "text_encoder"))
+    check_architecture(vae, unet, text_encoder, tokenizer, model)
     check_prediction_type(scheduler_config, model)
     for m in (vae, unet, text_encoder):
         m.to(dev).eval().requires_grad_(False)
