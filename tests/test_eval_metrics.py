@@ -82,3 +82,52 @@ def test_float_images_are_refused_not_scored_on_the_wrong_scale():
         with pytest.raises(ValueError, match=r"^metrics take uint8 images \(0..255\), got float64; a float image in "
                                              r"0..1: \(x \* 255\).round\(\).astype\(np.uint8\)$"):
             f(a, np.full_like(a, 0.1))
+
+
+# --------------------------------------------------------------------------- weights of the learned metrics, offline
+def _hub_factory(model_dir, via_stderr=False):
+    """A metric whose network loads its weights as torchvision / torch-fidelity do: torch.hub's
+    load_state_dict_from_url into ``model_dir`` (torch-fidelity sends its stdout to stderr meanwhile)."""
+    import contextlib
+    import sys
+
+    from gr_gdmcom.eval import learned
+
+    def factory(device):
+        with learned.offline():
+            with contextlib.redirect_stdout(sys.stderr) if via_stderr else contextlib.nullcontext():
+                sd = torch.hub.load_state_dict_from_url("https://download.pytorch.org/models/net-0123abcd.pth",
+                                                        model_dir=str(model_dir))
+        w = float(sd["w"])
+        return lambda ref, img: w * float(np.mean(np.abs(ref.astype(float) - img.astype(float))))
+
+    factory.backend = "fake:hub-net"
+    return factory
+
+
+@pytest.mark.parametrize("via_stderr", [False, True])
+def test_missing_metric_weights_name_the_file_to_supply(tmp_path, monkeypatch, capsys, via_stderr):
+    """The reason said only 'not in the local cache': a user with the weights on another disk was
+    not told which file goes where; and torch-fidelity's 'Downloading: URL to FILE' (sent to stderr)
+    was printed for a download that never happens."""
+    from gr_gdmcom.eval import learned
+
+    monkeypatch.setattr(learned, "FACTORIES", {**{k: [] for k in learned.ALL},
+                                               "lpips": [_hub_factory(tmp_path, via_stderr)]})
+    a = learned.LearnedMetrics(names=("lpips",)).availability()["lpips"]
+    assert not a.available
+    assert a.reason.startswith(f"fake:hub-net: pretrained weights are not in the local cache: no "
+                               f"{tmp_path / 'net-0123abcd.pth'} (no download is attempted here; ")
+    assert "TORCH_HOME" in a.reason
+    assert "Downloading" not in capsys.readouterr().err
+
+
+def test_metric_weights_present_in_the_cache_are_used_offline(tmp_path, monkeypatch):
+    from gr_gdmcom.eval import learned
+
+    torch.save({"w": torch.tensor(0.5)}, tmp_path / "net-0123abcd.pth")
+    monkeypatch.setattr(learned, "FACTORIES", {**{k: [] for k in learned.ALL}, "lpips": [_hub_factory(tmp_path)]})
+    m = learned.LearnedMetrics(names=("lpips",))
+    assert m.availability()["lpips"].available
+    a, b = np.zeros((8, 8, 3), np.uint8), np.full((8, 8, 3), 10, np.uint8)
+    assert m.score(a, b) == {"lpips": 5.0}

@@ -89,19 +89,29 @@ class _QuietStdout:
     stdout (``gdmcom sweep``'s JSON lines), and without torch.hub's ``Downloading: "URL" to FILE``,
     which it prints before trying the download that the guard then refuses."""
 
-    def __init__(self, err):
+    def __init__(self, err, wanted: Optional[List[str]] = None):
         self.err, self._line = err, ""
+        #: the files the dropped ``Downloading: "URL" to FILE`` lines named: where the weights belong
+        self.wanted = [] if wanted is None else wanted
+
+    def _keep(self, line: str) -> bool:
+        if not line.startswith('Downloading: "'):
+            return True
+        _, sep, path = line.rpartition('" to ')
+        if sep and path.strip():
+            self.wanted.append(path.strip())
+        return False
 
     def write(self, text: str) -> int:
         self._line += text
         *lines, self._line = self._line.split("\n")
         for line in lines:
-            if not line.startswith('Downloading: "'):
+            if self._keep(line):
                 self.err.write(line + "\n")
         return len(text)
 
     def flush(self):
-        if self._line and not self._line.startswith('Downloading: "'):
+        if self._line and self._keep(self._line):
             self.err.write(self._line)
         self._line = ""
         self.err.flush()
@@ -121,12 +131,23 @@ def offline():
 
     socket.socket.connect = refuse  # type: ignore[assignment]
     socket.create_connection = refuse  # type: ignore[assignment]
-    quiet = _QuietStdout(sys.stderr)
+    # (stderr too: torch-fidelity sends torch.hub's stdout to stderr while it loads its Inception)
+    err = sys.stderr
+    quiet = _QuietStdout(err)
+    quiet_err = _QuietStdout(err, quiet.wanted)
     try:
-        with contextlib.redirect_stdout(quiet):
+        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet_err):
             yield
+    except BaseException as exc:
+        if quiet.wanted:  # the file the library looked for: the reason names it
+            try:
+                exc.gdmcom_missing_file = quiet.wanted[-1]
+            except AttributeError:
+                pass
+        raise
     finally:
         quiet.flush()
+        quiet_err.flush()
         socket.socket.connect = orig_connect  # type: ignore[assignment]
         socket.create_connection = orig_create  # type: ignore[assignment]
         for k, v in saved_env.items():
@@ -155,6 +176,10 @@ def _why_failed(exc: BaseException) -> str:
     # LocalEntryNotFoundError / OfflineModeIsEnabled before any socket is opened)
     if any(isinstance(x, _NoNetwork) or "network access refused" in str(x)
            or type(x).__name__ in HUB_OFFLINE_ERRORS for x in chain):
+        missing = next((x.gdmcom_missing_file for x in chain if getattr(x, "gdmcom_missing_file", None)), None)
+        if missing:
+            return (f"pretrained weights are not in the local cache: no {missing} (no download is attempted "
+                    "here; copy the file there, or set TORCH_HOME to the folder above hub/ that holds it)")
         return "pretrained weights are not in the local cache (no download is attempted here)"
     return _one_line(exc)
 
