@@ -1068,6 +1068,18 @@ class FrameRx:
                                 ref.real ** 2 + ref.imag ** 2, self._step_window, z.real ** 2 + z.imag ** 2)
         return z, pos, track.omega, track, ref
 
+    def _known_all(self, b: _Burst, known_head: np.ndarray, pilot_pos: np.ndarray):
+        """The known symbols :meth:`_track` starts from (header region and payload pilots), less
+        those near replaced samples, before its cut and dead-stretch rules: (pos, ref)."""
+        pilots = self.layout.pilots[: len(pilot_pos)]
+        n_hp = len(self._hdr_pilots)
+        pos = np.concatenate([np.arange(self._hdr_body), pilot_pos[n_hp:]])
+        ref = np.concatenate([known_head, pilots[n_hp:]])
+        if b.hit is not None:
+            keep = ~b.hit[pos]
+            pos, ref = pos[keep], ref[keep]
+        return pos, ref
+
     def _header_soft(self, b: _Burst, final: bool) -> bool:
         """Stage A: header soft values once the header region is buffered."""
         if not self._available(self._need(b, self._hdr_body)):
@@ -1316,7 +1328,13 @@ class FrameRx:
         counted = {k: self.counters[k] for k in ("timing_tracked", "dispersive")}
         d, est, drift = self._body(b, m, known, head, pilot_pos, hdr_sym)
         starts = self._starts_inside(b, m) if est is not None else ()
-        cut = self._find_cut(d, starts) if est is not None else None
+        # the cut judged on every known symbol the track could have used, those in a dead stretch
+        # included: a transmitter stopping at 40 dB or more leaves noise 40 dB under the body, which
+        # the dead-stretch rule (_dead) takes out of the track, and the stop's rest out of sight
+        judge = self._known_all(b, head, pilot_pos) if est is not None else None
+        if judge is not None and len(judge[0]) == len(d.pos):
+            judge = None
+        cut = self._find_cut(d, starts, *(judge or ())) if est is not None else None
         if cut is not None:
             # cut short (a TX underflow, an RX overflow, a collision): the burst again, from the
             # known symbols before the cut alone (its drift, equaliser, channel and noise), every
@@ -1324,7 +1342,7 @@ class FrameRx:
             # for again on that demodulation, over all the known symbols: the first one may have
             # been fooled by what came after the cut (a drift fitted to a slip left the blocks
             # before it half-fitting, and the cut 230 symbols late)
-            everything = (d.pos, d.ref)
+            everything = judge or (d.pos, d.ref)
             for _ in range(CUT_ROUNDS):
                 if b.cut is not None and cut >= b.cut:
                     break
