@@ -131,3 +131,35 @@ def test_metric_weights_present_in_the_cache_are_used_offline(tmp_path, monkeypa
     assert m.availability()["lpips"].available
     a, b = np.zeros((8, 8, 3), np.uint8), np.full((8, 8, 3), 10, np.uint8)
     assert m.score(a, b) == {"lpips": 5.0}
+
+
+def test_a_cached_weight_file_that_is_not_the_published_one_is_refused(tmp_path, monkeypatch):
+    """torch.hub checks the SHA-256 prefix in a file's name only when it downloads (torchvision asks
+    check_hash=True); a file copied in by hand -- another version, a random-weight stand-in -- was
+    loaded, and LPIPS gave plausible numbers (0.215 on a decode) that were not LPIPS."""
+    import hashlib
+
+    from gr_gdmcom.eval import learned
+
+    def factory_for(name):
+        def factory(device):
+            with learned.offline():
+                sd = torch.hub.load_state_dict_from_url(f"https://download.pytorch.org/models/{name}",
+                                                        model_dir=str(tmp_path), check_hash=True)
+            return lambda ref, img: float(sd["w"])
+        factory.backend = "fake:torchvision-net"
+        return factory
+
+    torch.save({"w": torch.tensor(0.5)}, tmp_path / "blob")
+    digest = hashlib.sha256((tmp_path / "blob").read_bytes()).hexdigest()
+    (tmp_path / "blob").rename(tmp_path / f"net-{digest[:8]}.pth")
+    (tmp_path / "net-00000000.pth").write_bytes((tmp_path / f"net-{digest[:8]}.pth").read_bytes())
+    monkeypatch.setattr(learned, "FACTORIES", {**{k: [] for k in learned.ALL},
+                                               "lpips": [factory_for("net-00000000.pth")],
+                                               "dists": [factory_for(f"net-{digest[:8]}.pth")]})
+    a = learned.LearnedMetrics(names=("lpips", "dists")).availability()
+    assert not a["lpips"].available
+    assert a["lpips"].reason == (f"{tmp_path / 'net-00000000.pth'} is not the published weight file: its SHA-256 "
+                                 f"starts {digest[:8]}, its name says 00000000 (a partial copy or other weights: "
+                                 "copy it again)")
+    assert a["dists"].available

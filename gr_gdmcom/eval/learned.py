@@ -117,6 +117,54 @@ class _QuietStdout:
         self.err.flush()
 
 
+_HASH_OK: Dict[tuple, object] = {}
+
+
+def _hub_asked_to_check_hash() -> bool:
+    """Whether the caller is torch.hub's ``load_state_dict_from_url(..., check_hash=True)``."""
+    f = sys._getframe(2)
+    for _ in range(4):
+        if f is None:
+            return False
+        if f.f_code.co_name == "load_state_dict_from_url" and f.f_code.co_filename.endswith("hub.py"):
+            return bool(f.f_locals.get("check_hash"))
+        f = f.f_back
+    return False
+
+
+def check_weight_hash(path) -> None:
+    """Refuse a weight file whose content does not match the SHA-256 prefix in its name
+    (torch.hub's convention: ``alexnet-owt-7be5be79.pth``).  torch.hub checks that prefix only
+    when it downloads (``check_hash=True``, as torchvision asks); a file copied in by hand
+    (another version, a stand-in) would otherwise be loaded and give plausible numbers that are
+    not the metric's.  :func:`offline` applies it to every file torch.hub was asked to check.
+
+    Raises:
+        Unavailable: naming the file, the prefix its name promises and the one it has.
+    """
+    import hashlib
+
+    import torch.hub
+
+    p = Path(path)
+    m = torch.hub.HASH_REGEX.search(p.name)
+    if not m or len(m.group(1)) < 6 or not p.is_file():
+        return
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASH_OK:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _HASH_OK[key] = h.hexdigest().startswith(m.group(1))
+        if not _HASH_OK[key]:
+            _HASH_OK[key + ("got",)] = h.hexdigest()[:len(m.group(1))]
+    if not _HASH_OK[key]:
+        raise Unavailable(f"{p} is not the published weight file: its SHA-256 starts {_HASH_OK[key + ('got',)]}, "
+                          f"its name says {m.group(1)} (a partial copy or other weights: copy it again)")
+
+
 @contextlib.contextmanager
 def offline():
     """Refuse every network connection (and tell the HF libraries they are offline)
@@ -131,6 +179,18 @@ def offline():
 
     socket.socket.connect = refuse  # type: ignore[assignment]
     socket.create_connection = refuse  # type: ignore[assignment]
+    import torch
+
+    orig_load = torch.load
+
+    def checked_load(f, *a, **k):
+        # a cached file that torch.hub was asked to hash-check (torchvision's weights: check_hash=True)
+        # is checked here as its download would have been; other loaders' names promise nothing
+        if isinstance(f, (str, os.PathLike)) and _hub_asked_to_check_hash():
+            check_weight_hash(f)
+        return orig_load(f, *a, **k)
+
+    torch.load = checked_load  # type: ignore[assignment]
     # (stderr too: torch-fidelity sends torch.hub's stdout to stderr while it loads its Inception)
     err = sys.stderr
     quiet = _QuietStdout(err)
@@ -148,6 +208,7 @@ def offline():
     finally:
         quiet.flush()
         quiet_err.flush()
+        torch.load = orig_load  # type: ignore[assignment]
         socket.socket.connect = orig_connect  # type: ignore[assignment]
         socket.create_connection = orig_create  # type: ignore[assignment]
         for k, v in saved_env.items():
