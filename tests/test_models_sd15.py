@@ -223,3 +223,16 @@ def test_cli_refuses_a_broken_folder_in_one_line(tmp_path):
                        timeout=300, cwd=tmp_path)
     assert r.returncode == 2, r.stderr[-2000:]
     assert r.stderr.strip().count("\n") == 0 and "has no tokenizer/" in r.stderr
+
+
+def test_check_model_refuses_an_incomplete_folder_before_any_run(tmp_path):
+    """check_model (run by simulate, link, sweep and serve before anything else) passed a folder with
+    model_index.json whatever it lacked: `gdmcom sweep` then failed every row (exit 1, a results
+    folder of errors) instead of exit 2 with one line."""
+    from gr_gdmcom.codec.models import check_model
+
+    folder = _copy(tmp_path)
+    check_model(str(folder))
+    shutil.rmtree(folder / "scheduler")
+    with pytest.raises(ModelLoadError, match="has no scheduler/"):
+        check_model(str(folder))

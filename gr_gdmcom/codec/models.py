@@ -288,7 +288,7 @@ def check_model(model: str, probe_timeout: float = 4.0) -> None:
     """Refuse a ``--model`` value that cannot load, in seconds and before any weights are read.
 
     Built-in names pass; an existing folder must hold a diffusers model
-    (``model_index.json`` or ``unet/``); ``owner/name`` is a hub id that must be
+    (``model_index.json`` or ``unet/``) with every part (:func:`check_folder`); ``owner/name`` is a hub id that must be
     in the hub cache or answer one metadata request within ``probe_timeout``
     seconds; anything else is not a model.
 
@@ -303,6 +303,7 @@ def check_model(model: str, probe_timeout: float = 4.0) -> None:
     path = Path(model).expanduser()
     if path.is_dir():
         if (path / "model_index.json").exists() or (path / "unet").is_dir():
+            check_folder(path, model)  # every part there, not SDXL: `sweep` would fail every row instead
             return
         raise ModelLoadError(f"--model {model!r} is a folder but not a diffusers model (no model_index.json "
                              f"or unet/ in {path.resolve()}); {choices}")
