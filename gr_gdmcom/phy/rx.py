@@ -694,12 +694,30 @@ class FrameRx:
                 pos = n_metric
                 break
             best = int(np.argmax(local))
+            # The true peak follows a partial overlap's peak by up to a preamble, so the window
+            # must reach a preamble past the peak it takes.  Where the first crossing was noise
+            # well before the burst (the threshold is low, for 0 dB), the window ended between
+            # the partial peak and the true one: at sps 8, 20-40 dB, 13-17 of 40 bursts after a
+            # silent lead were read from the partial peak, their headers failed and they were
+            # lost.  So the window moves up to just before its peak until a preamble follows
+            # it (from the same crossing in any chunking: a window not buffered yet waits).
+            start, wait = first, False
+            while best + (self._reps + 1) * seg >= len(local) and best > seg:
+                if first + best - seg + span >= n_metric and not final:
+                    wait = True
+                    break
+                first += best - seg
+                local, p = sync.preamble_metric(y[first: first + span + self._reps * seg], seg, self.layout.barker)
+                best = int(np.argmax(local))
+            if wait:
+                pos = start
+                break
             pk = first + best
             f0 = -cmath.phase(p[best]) / (2 * np.pi * self._seglen)
             coarse = int(round((self._scan + pk) * sps + (sps - 1) / 2 - self.layout.half))
             verdict = self._synchronise(coarse, f0, final, float(local[best]))
             if verdict is None:  # sync window not buffered yet
-                pos = first
+                pos = start
                 break
             if verdict:
                 pos = pk + self._reps * seg
