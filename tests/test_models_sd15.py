@@ -236,3 +236,13 @@ def test_check_model_refuses_an_incomplete_folder_before_any_run(tmp_path):
     shutil.rmtree(folder / "scheduler")
     with pytest.raises(ModelLoadError, match="has no scheduler/"):
         check_model(str(folder))
+
+
+def test_a_folder_given_with_a_tilde_loads(tmp_path, monkeypatch):
+    """'~/sd15' (a GRC parameter or a quoted argument: no shell expands it) passed check_model but was
+    then handed to from_pretrained unexpanded, which took it for a hub id ('couldn't connect to
+    https://huggingface.co')."""
+    _copy(tmp_path, "sd15")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    comp = load_components("~/sd15", device="cpu")
+    assert comp.model_id == "~/sd15" and comp.unet.config.cross_attention_dim == 32
