@@ -246,3 +246,18 @@ def test_a_folder_given_with_a_tilde_loads(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     comp = load_components("~/sd15", device="cpu")
     assert comp.model_id == "~/sd15" and comp.unet.config.cross_attention_dim == 32
+
+
+def test_an_incomplete_hub_snapshot_offline_is_refused_naming_the_cache(tmp_path, monkeypatch):
+    hub = tmp_path / "hub" / "models--someone--sd15"
+    commit = "1" * 40
+    (hub / "refs").mkdir(parents=True)
+    (hub / "refs" / "main").write_text(commit)
+    shutil.copytree(tiny_path(), hub / "snapshots" / commit)
+    shutil.rmtree(hub / "snapshots" / commit / "unet")  # an interrupted download
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match=r"has no unet/ .*the hub cache's copy in .* is incomplete"):
+        load_components("someone/sd15", device="cpu")

@@ -453,6 +453,20 @@ def _hub_snapshot(model: str, revision: Optional[str]) -> Optional[Path]:
         return None
 
 
+def _hub_answers(model: str, timeout: float = 4.0) -> bool:
+    """Whether the hub answers a metadata request for ``model`` within ``timeout`` seconds
+    (never when HF_HUB_OFFLINE is set)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    import huggingface_hub
+
+    try:
+        huggingface_hub.model_info(model, timeout=timeout)
+        return True
+    except Exception:  # noqa: BLE001 - network errors come in many classes
+        return False
+
+
 def load_components(model: str = "tiny", device: str = "auto", dtype: str = "auto",
                     revision: Optional[str] = None) -> Components:
     """Load VAE, UNet, text encoder, tokenizer and scheduler config.
@@ -486,9 +500,13 @@ def load_components(model: str = "tiny", device: str = "auto", dtype: str = "aut
     if cached is not None:
         try:
             check_folder(cached, model)
+            local = cached
         except ModelLoadError as exc:
-            raise ModelLoadError(f"{exc} [the hub cache's copy in {cached} is incomplete: download it again]") from None
-        local = cached
+            # an incomplete snapshot (an interrupted download): the hub fills it in when it answers
+            if not _hub_answers(model):
+                raise ModelLoadError(f"{exc} [the hub cache's copy in {cached} is incomplete and the hub cannot "
+                                     "be reached to complete it]") from None
+            cached = None
     if local is not None:
         if cached is None:
             check_folder(local, model)
