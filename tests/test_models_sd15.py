@@ -261,3 +261,15 @@ def test_an_incomplete_hub_snapshot_offline_is_refused_naming_the_cache(tmp_path
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match=r"has no unet/ .*the hub cache's copy in .* is incomplete"):
         load_components("someone/sd15", device="cpu")
+
+
+def test_a_single_file_checkpoint_is_refused_with_the_conversion(tmp_path):
+    """v1-5-pruned-emaonly.safetensors, the most common download, got only 'is a file, not a diffusers
+    folder' and the list of built-in models."""
+    from gr_gdmcom.codec.models import check_model
+
+    f = tmp_path / "v1-5-pruned-emaonly.safetensors"
+    f.write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match=r"is a single-file checkpoint, not a diffusers folder: convert it once "
+                                             r"with diffusers, .*from_single_file\('.*v1-5-pruned-emaonly"):
+        check_model(str(f))

@@ -308,6 +308,12 @@ def check_model(model: str, probe_timeout: float = 4.0) -> None:
         raise ModelLoadError(f"--model {model!r} is a folder but not a diffusers model (no model_index.json "
                              f"or unet/ in {path.resolve()}); {choices}")
     if path.exists():
+        if path.suffix.lower() in (".safetensors", ".ckpt", ".pt", ".pth", ".bin"):
+            raise ModelLoadError(
+                f"--model {model!r} is a single-file checkpoint, not a diffusers folder: convert it once with "
+                f"diffusers, python -c \"from diffusers import StableDiffusionPipeline as P; "
+                f"P.from_single_file('{path}').save_pretrained('DIR')\" (it reads the model's config from the hub, "
+                "or from a local diffusers folder given as config='FOLDER'), then --model DIR")
         raise ModelLoadError(f"--model {model!r} is a file, not a diffusers folder; {choices}")
     if not _HUB_ID.match(model):
         what = "no such folder" if ("/" in model or model.startswith((".", "~"))) else "not a built-in model name"
