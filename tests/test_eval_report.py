@@ -234,3 +234,29 @@ def test_offline_guard_keeps_torch_hub_s_download_line_off_stdout(tmp_path, caps
     assert out == "" and err == "pyiqa says hello\n"
     print("after")
     assert capsys.readouterr().out == "after\n"
+
+
+def test_fid_and_kid_on_too_few_patches_are_marked_and_explained():
+    """FID over 2 patches was printed as a plain number (helper-61).  Below 2048 patches (FID's
+    feature count: singular covariances, a value biased by the count) and 1000 (KID: each subset
+    the whole set, std 0 by construction) the cell carries its count and the notes say why."""
+    rows = [_row(i, 5, "proposed", 20 + j) for j, i in enumerate("ab")] + [_row(i, 5, "digital", 30) for i in "ab"]
+    for r in rows[:2]:
+        r["setting"] = "k5,m5,N15,norescale"
+    scores = {("proposed", "k5,m5,N15,norescale", "5"): dict(fid=dict(value=81.25, patches=2),
+                                                             kid=dict(value=0.0123, std=0.0, subset_size=2, patches=2)),
+              ("digital", "s", "5"): dict(fid=dict(value=3.5, patches=4096), kid=dict(value=0.001, std=0.0004,
+                                                                                     subset_size=1000, patches=4096))}
+    summary = report.summarize(rows, scores)
+    md = report.summary_markdown(summary, {})
+    fid_table = md.split("## FID")[1].split("##")[0]
+    assert "| 81.25 (n=2†) |" in fid_table and "| 3.50 |" in fid_table  # 4096 patches: no mark
+    assert "| 0.0123 (n=2†) |" in md.split("## KID")[1].split("##")[0]
+    assert "**FID rests on too few patches** (n=2 per set, marked †): fewer samples than its 2048" in md
+    assert "**KID rests on too few patches** (n=2 per set, marked †)" in md and "std is 0 by construction" in md
+    t2 = report.table2_markdown(summary, [(5, 5, 15)])
+    assert "| 81.25 (n=2†) |" in t2 and "**FID rests on too few patches**" in t2
+    # enough patches everywhere: no mark, no note
+    scores[("proposed", "k5,m5,N15,norescale", "5")] = scores[("digital", "s", "5")]
+    md = report.summary_markdown(report.summarize(rows, scores), {})
+    assert "†" not in md and "too few patches" not in md

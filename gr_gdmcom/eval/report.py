@@ -39,6 +39,14 @@ METRIC_INFO = {  # label, unit, higher is better
     "fid": ("FID", "", False),
     "kid": ("KID", "", False),
 }
+#: Patches per set below which a set metric's value cannot be read as FID or KID (docs/evaluation.md).
+#: FID fits a Gaussian to each set's 2048 Inception features: with fewer samples than features the
+#: covariance estimate is singular (rank n - 1), and the value is biased by the sample count -- the FID
+#: authors' code (TTUR) asks for more samples than 2048 and recommends 10 000; torchmetrics only
+#: refuses fewer than 2.  KID is unbiased, but torch-fidelity's KID draws subsets of 1000 and refuses
+#: fewer samples; learned.py takes subsets of min(1000, n), so below 1000 each subset is the whole set,
+#: the reported std is 0 by construction and the value has no spread estimate.
+SET_MIN_SAMPLES = {"fid": 2048, "kid": 1000}
 METHOD_ORDER = ["proposed", "proposed_caption", "proposed_fixed_point", "proposed_clean_one", "proposed_calibrated",
                 "random_noise", "sd_semcom", "digital"]
 KEY_FIELDS = ("image", "snr_db", "method", "setting")
@@ -258,6 +266,44 @@ def _fmt(v: Optional[float], metric: str) -> str:
     return f"{v:.3f}"
 
 
+def few_samples(s: dict, m: str) -> Optional[int]:
+    """The patch count of set metric ``m``'s value in summary row ``s`` when it is below
+    :data:`SET_MIN_SAMPLES` (the value is then not an FID/KID to compare with others), else None."""
+    n = s.get(f"{m}_patches")
+    if s.get(m) is None or n is None:
+        return None
+    n = int(num(n)) if num(n) is not None else None
+    return n if n is not None and n < SET_MIN_SAMPLES[m] else None
+
+
+def _set_cell(s: dict, m: str) -> str:
+    """A set metric's cell: its value, marked with its patch count where it rests on too few."""
+    if s.get(m) is None:
+        return "–"
+    few = few_samples(s, m)
+    return _fmt(s.get(m), m) + (f" (n={few}†)" if few is not None else "")
+
+
+def set_samples_note(summary: Sequence[dict]) -> List[str]:
+    """Notes for the set metrics whose values rest on fewer patches than :data:`SET_MIN_SAMPLES`."""
+    out = []
+    for m in SET_METRICS:
+        ns = sorted({few_samples(s, m) for s in summary} - {None})
+        if not ns:
+            continue
+        counts = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
+        if m == "fid":
+            why = ("fewer samples than its 2048 Inception features, so each set's covariance is singular and the "
+                   "value is biased by the patch count: compare cells of the same count only, never with FIDs "
+                   "published over other counts (the FID authors ask for more than 2048 samples, 10 000 "
+                   "recommended)")
+        else:
+            why = ("fewer than the 1000 samples of torch-fidelity's KID subsets: each of the subsets is the whole "
+                   "set, so the KID std is 0 by construction and says nothing about the value's spread")
+        out.append(f"**{METRIC_INFO[m][0]} rests on too few patches** (n={counts} per set, marked †): {why}.")
+    return out
+
+
 def _cell(s: dict, m: str) -> str:
     mean, half = s.get(f"{m}_mean"), s.get(f"{m}_ci95")
     if mean is None:
@@ -335,7 +381,7 @@ def summary_markdown(summary: Sequence[dict], info: dict) -> str:
             continue
         out += [title, ""]
         if m in SET_METRICS:
-            out.append(metric_table(summary, m, lambda s, m=m: _fmt(s.get(m), m) if s.get(m) is not None else "–"))
+            out.append(metric_table(summary, m, lambda s, m=m: _set_cell(s, m)))
         elif _n_differs(summary, m):  # cells over different images: each says how many
             out.append(metric_table(summary, m, lambda s, m=m: _cell(s, m) + (f" (n={s.get(f'{m}_n')})"
                                                                             if s.get(f"{m}_n") else "")))
@@ -401,6 +447,7 @@ def summary_markdown(summary: Sequence[dict], info: dict) -> str:
                    "mark them with ▲ at their top edge; read them from the other metrics.")
     if info.get("set_note"):
         out.append("- " + info["set_note"])
+    out += ["- " + line for line in set_samples_note(summary)]
     for line in info.get("notes", []):
         out.append("- " + line)
     fid_notes = {}
@@ -460,7 +507,7 @@ def table2_markdown(summary: Sequence[dict], grid: Sequence[Tuple[int, int, int]
             s = next((s for s in rows if s["snr_db"] == x and parse_grid_label(s["setting"]) == tuple(g)), None)
             if s is None:
                 continue
-            fid = _fmt(s.get("fid"), "fid") if s.get("fid") is not None else "–"
+            fid = _set_cell(s, "fid")
             out.append(f"| {g[0]} | {g[1]} | {g[2]} | {_cell(s, 'psnr')} | {_cell(s, 'ms_ssim')} | "
                        f"{_cell(s, 'lpips')} | {fid} | {s['n_images']} |")
         out.append("")
@@ -468,6 +515,9 @@ def table2_markdown(summary: Sequence[dict], grid: Sequence[Tuple[int, int, int]
             "| k | m | N | PSNR↑ | MS-SSIM↑ | LPIPS↓ | FID↓ |", "|---|---|---|---|---|---|---|"]
     for g, v in PAPER_TABLE2.items():
         out.append(f"| {g[0]} | {g[1]} | {g[2]} | {v[0]:.2f} | {v[1]:.3f} | {v[2]:.3f} | {v[3]:.2f} |")
+    notes = set_samples_note(rows)
+    if notes:
+        out += [""] + ["- " + n for n in notes if n.startswith("**FID")]
     return "\n".join(out) + "\n"
 
 
