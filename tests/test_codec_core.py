@@ -1019,3 +1019,18 @@ def test_a_latent_without_power_is_refused_not_divided_by_zero():
         symbols_from_latent(np.full((2, 1, 2), 1e-7))
     sym, alpha = symbols_from_latent(np.full((2, 1, 2), 1e-5))  # alpha 1e5: in range, sent
     assert alpha == pytest.approx(1e5) and np.allclose(np.abs(sym), 1.0)
+
+
+def test_decode_many_a_latent_the_model_refuses_fails_its_items_only(comp):
+    """The random-forward encoder runs no UNet, so it sends an 8 x 8 image the analytic UNet refuses
+    (sides of 64 px); decoding it raised the model's ValueError out of decode_many, losing every other
+    item of the call (soak_codec.py, run seed 30).  It is now that item's Failed, naming it."""
+    codec = _codec(comp, forward="random", k=2, m=0, T=20)
+    small = codec.encode(_img(8, 8), name="small")
+    good = codec.encode(_img(64, 64), name="good")
+    out = codec.decode_many([(small.symbols, small.meta, 10.0), (good.symbols, good.meta, 10.0)])
+    assert isinstance(out[0], Failed) and out[0].error.startswith("small: analytic model: latent 4x1x1")
+    assert "\n" not in out[0].error
+    assert isinstance(out[1], Decoded) and out[1].image.shape == (64, 64, 3)
+    with pytest.raises(CodecError, match="small: analytic model"):
+        codec.decode(small.symbols, small.meta, 10.0)

@@ -728,7 +728,16 @@ class GenerativeCodec:
         for members in groups.values():
             for start in range(0, len(members), cfg.batch_size):
                 batch = members[start:start + cfg.batch_size]
-                for i, dec in zip(batch, self._decode_batch([ready[i] for i in batch])):
+                try:
+                    decs = self._decode_batch([ready[i] for i in batch])
+                except ValueError as exc:  # the model refuses this latent (analytic: sides of 64 px), as in
+                    decs = []              # encode_many: this group's items fail, the others complete
+                    for i in batch:
+                        name = ready[i][1].name
+                        decs.append(Failed(str(exc) if isinstance(exc, CodecError) else f"{name}: {exc}", name))
+                    self.stats["failures"] += len(batch)
+                    log.debug("%s", exc)
+                for i, dec in zip(batch, decs):
                     results[i] = dec
         return results  # type: ignore[return-value]
 
