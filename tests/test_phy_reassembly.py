@@ -182,3 +182,34 @@ def test_a_frame_of_the_same_id_from_another_picture_or_model_starts_a_new_image
     r = Reassembler()
     out = r.add(frame(0)) + r.add(frame(1))
     assert [(o.chunks_received, o.complete) for o in out] == [(2, True)]
+
+
+def test_a_retransmission_after_a_late_chunk_is_still_a_repeat(rng):
+    """Image 5 finalised without chunk 1 (image 6 came), chunk 1 arriving late (the rest of 5), then
+    image 5 sent again: the late chunk's reception replaced what the first one had received ({0, 2}
+    by {1}), so the retransmission, starting with chunk 0, came out as repeat 0 -- a new image under a
+    reused id to the sink ('a restarted transmitter, or two?') -- and images_repeated stayed 0."""
+    a, b = complex_noise(6000, 1.0, rng), complex_noise(6000, 1.0, rng)
+    f5, f6 = frames_of(5, a, 2000), frames_of(6, b, 2000)
+    r = Reassembler()
+    out = r.add(f5[0]) + r.add(f5[2]) + r.add(f6[0]) + r.add(f5[1])
+    out += sum((r.add(f) for f in f6[1:] + frames_of(5, a, 2000)), []) + r.flush()
+    assert [(o.header.image_id, o.chunks_received, o.repeat) for o in out] == [
+        (5, 2, 0), (6, 1, 0), (5, 1, 0), (6, 2, 0), (5, 3, 1)]
+    assert r.counters["images_repeated"] == 1
+
+
+def test_an_image_with_every_symbol_erased_reports_its_chunks_noise_not_100_db(rng):
+    """Every received symbol erased: the mean noise over no symbols was 0, reported as 100 dB (a perfect
+    channel) for an image of which nothing arrived; now the chunks' own estimates.  A frame without
+    symbol_noise_var gets 0 at its erased symbols too (it got its noise_var)."""
+    sym = complex_noise(2000, 1.0, rng)
+    frames = frames_of(3, sym, 1000, noise_var=[0.1, 0.3])
+    for f in frames:
+        f.erased = np.ones(1000, bool)
+        f.symbols = np.zeros(1000, np.complex64)
+    r = Reassembler()
+    (img,) = r.add(frames[0]) + r.add(frames[1])
+    assert not img.mask.any() and img.erased_symbols == 2000 and not img.complete
+    assert img.noise_var == pytest.approx(0.2) and img.snr_db == pytest.approx(noise_var_to_snr_db(0.2))
+    assert not img.symbol_noise_var.any()

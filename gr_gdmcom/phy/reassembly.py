@@ -18,8 +18,8 @@ Policy (never silent):
 * image ids are expected to increase by one per image (mod 65536): a jump of
   d (1 < d <= ``MAX_ID_GAP``) counts d - 1 images as lost;
 * an image received again after it was finalised (same id and image-level header
-  fields as one of the last ``REPEAT_MEMORY`` finalised, starting with a chunk that one
-  had: a retransmission, a capture replayed twice) is collected and returned again,
+  fields as one of the last ``REPEAT_MEMORY`` finalised, starting with a chunk one of its
+  receptions had: a retransmission, a capture replayed twice) is collected and returned again,
   counted in ``images_repeated`` and marked by its ``repeat`` number, so a consumer can
   tell it from a new image.
 """
@@ -60,7 +60,8 @@ class ReassembledImage:
         mask: bool (total_symbols,), True where symbols were received (False in a
             missing chunk and at a frame's erased symbols).
         snr_db: Es/N0 estimate over the received symbols (their chunks' noise variances
-            weighted by the symbols received in each), dB.
+            weighted by the symbols received in each; where every received symbol was erased,
+            the plain mean of the chunks' estimates), dB.
         noise_var: that mean complex noise variance.
         chunks_received, chunks_total: counts.
         missing: sorted indices of the chunks not received.
@@ -211,8 +212,10 @@ class Reassembler:
     def _finalise(self, image_id: int) -> ReassembledImage:
         img = self._open.pop(image_id)
         done = (image_id, _image_key(img.header))
-        self._done.pop(done, None)
-        self._done[done] = (img.repeat + 1, frozenset(img.chunks))
+        # the chunks of every reception so far: the rest of an image (a late chunk) adds to them, so
+        # that a retransmission starting with any chunk ever received is still known as a repeat
+        seen, had = self._done.pop(done, (0, frozenset()))
+        self._done[done] = (max(seen, img.repeat + 1), had | frozenset(img.chunks))
         while len(self._done) > REPEAT_MEMORY:
             del self._done[next(iter(self._done))]
         h0 = img.chunks[0].header if 0 in img.chunks else img.header
@@ -227,8 +230,12 @@ class Reassembler:
             mask[offsets[i]: offsets[i + 1]] = True if f.erased is None else ~f.erased
             sym_nv[offsets[i]: offsets[i + 1]] = f.noise_var if f.symbol_noise_var is None else f.symbol_noise_var
             live[i] = sizes[i] - (0 if f.erased is None else int(np.count_nonzero(f.erased)))
+        sym_nv[~mask] = 0  # (a frame without symbol_noise_var: its noise_var was filled in at erased symbols)
         nv = {i: float(f.noise_var) for i, f in sorted(img.chunks.items())}
-        mean_nv = float(sum(nv[i] * live[i] for i in nv) / max(sum(live.values()), 1))
+        if sum(live.values()):
+            mean_nv = float(sum(nv[i] * live[i] for i in nv) / sum(live.values()))
+        else:  # every received symbol erased: the chunks' own estimates, not 0 (read as 100 dB)
+            mean_nv = float(np.mean(list(nv.values())))
         erased = sum(sizes[i] - live[i] for i in live)
         missing = sorted(set(range(h0.chunk_count)) - set(img.chunks))
         complete = not missing and not erased
