@@ -300,6 +300,16 @@ def _short_burst_received(n, sps, snr, seed, frac, after):
     return rx, rx.push(y.astype(np.complex64)) + rx.flush(), sym, j
 
 
+def _cut_at_most_5_early(rx, frames, sym, j):
+    """One frame, cut 0-5 symbols before the stop at payload symbol ``j``, its channel followed:
+    (its estimate, the Es/N0 its kept symbols got), in dB."""
+    assert len(frames) == 1 and rx.counters["bursts_cut"] == 1 and rx.counters["track_lost"] == 0, rx.counters
+    f = frames[0]
+    assert f.cut is not None and j - 5 <= f.cut <= j, (f.cut, j)
+    live = ~f.erased
+    return f.snr_db, -10 * np.log10(np.mean(np.abs(f.symbols[live] - sym[live]) ** 2))
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_a_partial_overlap_s_early_peak_does_not_hide_the_preamble(seed):
     """At 25 dB the detection metric crosses its threshold where the window overlaps a preamble
@@ -376,12 +386,8 @@ def test_a_stop_whose_short_silent_rest_fits_by_chance_is_still_cut(snr, seed):
     are now cut 0-2 symbols early, nothing else changed.  Cut, the estimate within 0.5 dB."""
     n = 2048
     rx, frames, sym, j = _short_burst_received(n, 2, snr, seed, 0.9, 0.0)
-    assert len(frames) == 1 and rx.counters["bursts_cut"] == 1 and rx.counters["track_lost"] == 0, rx.counters
-    f = frames[0]
-    assert f.cut is not None and j - 5 <= f.cut <= j, (f.cut, j)
-    live = ~f.erased
-    act = -10 * np.log10(np.mean(np.abs(f.symbols[live] - sym[live]) ** 2))
-    assert abs(f.snr_db - act) < 0.5 and act > snr - 1.0, (f.snr_db, act)
+    est, act = _cut_at_most_5_early(rx, frames, sym, j)
+    assert abs(est - act) < 0.5 and act > snr - 1.0, (est, act)
 
 
 @pytest.mark.parametrize("snr, sps, frac, seed", [(30.0, 8, 0.3, 30016), (30.0, 8, 0.6, 30008), (40.0, 4, 0.3, 40018)])
@@ -394,12 +400,8 @@ def test_a_stop_at_high_snr_is_not_cut_after_the_last_symbol_sent(snr, sps, frac
     35, 39 at 40).  The drop is walked back over symbols below ``STOP_TAIL`` of the level
     (``STOP_WALK``): cut 0-4 symbols before ``j``, none late, the estimate within 1 dB of the kept part's."""
     rx, frames, sym, j = _short_burst_received(2048, sps, snr, seed, frac, 0.0)
-    assert len(frames) == 1 and rx.counters["bursts_cut"] == 1 and rx.counters["track_lost"] == 0, rx.counters
-    f = frames[0]
-    assert f.cut is not None and j - 5 <= f.cut <= j, (f.cut, j)
-    live = ~f.erased
-    act = -10 * np.log10(np.mean(np.abs(f.symbols[live] - sym[live]) ** 2))
-    assert abs(f.snr_db - act) < 1.0 and act > snr - 2.0, (f.snr_db, act)
+    est, act = _cut_at_most_5_early(rx, frames, sym, j)
+    assert abs(est - act) < 1.0 and act > snr - 2.0, (est, act)
 
 
 @pytest.mark.parametrize("sps, frac, seed", [(2, 0.6, 45001), (4, 0.3, 45002)])
@@ -412,9 +414,5 @@ def test_a_stop_at_45_db_whose_rest_the_dead_stretch_rule_hides_is_cut(sps, frac
     kept part got 45; at 42-50 dB, 5 seeds, 179 of 270 not cut, estimates -20 .. +32 dB off).  The cut is
     judged on every known symbol, the dead ones included: cut 0-3 symbols early, within 1 dB."""
     rx, frames, sym, j = _short_burst_received(2048, sps, 45.0, seed, frac, 0.0)
-    assert len(frames) == 1 and rx.counters["bursts_cut"] == 1 and rx.counters["track_lost"] == 0, rx.counters
-    f = frames[0]
-    assert f.cut is not None and j - 5 <= f.cut <= j, (f.cut, j)
-    live = ~f.erased
-    act = -10 * np.log10(np.mean(np.abs(f.symbols[live] - sym[live]) ** 2))
-    assert abs(f.snr_db - act) < 1.0 and act > 42.0, (f.snr_db, act)
+    est, act = _cut_at_most_5_early(rx, frames, sym, j)
+    assert abs(est - act) < 1.0 and act > 42.0, (est, act)
