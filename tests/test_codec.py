@@ -395,3 +395,26 @@ def test_a_size_the_model_refuses_fails_its_row_only():
     assert out[1].error == ("analytic model: latent 4x9x10 is not made of 4x8x8 tiles "
                             "(image sides must be multiples of 64x64 pixels)")
     assert codec.stats["failures"] == 1
+
+
+def test_a_premultiplied_alpha_image_reads_and_a_mode_pillow_cannot_convert_fails_that_image_only(codec, small,
+                                                                                                     monkeypatch):
+    """soak_codec's image modes: a PIL image in mode La (premultiplied grey + alpha) raised Pillow's
+    ValueError 'conversion from La to L not supported' out of load_rgb, and so out of encode_many,
+    losing the batch's other images.  It is read as LA; a mode Pillow cannot take to RGB at all is
+    that image's ImageError, naming the mode."""
+    la = Image.fromarray(small).convert("La")
+    assert np.array_equal(np.asarray(load_rgb(la)), np.asarray(load_rgb(la.convert("LA"))))
+    hsv = Image.fromarray(small).convert("HSV")
+    real = Image.Image.convert
+
+    def convert(self, mode=None, *a, **kw):
+        if self.mode == "HSV":
+            raise ValueError("conversion from HSV to RGB not supported")
+        return real(self, mode, *a, **kw)
+
+    monkeypatch.setattr(Image.Image, "convert", convert)
+    with pytest.raises(ImageError, match=r"cannot convert image hsv \(Pillow mode HSV\) to RGB: conversion from HSV"):
+        load_rgb(hsv, name="hsv")
+    out = codec.encode_many([hsv, small], names=["hsv", "ok"])
+    assert isinstance(out[0], Failed) and out[0].kind == "image" and not isinstance(out[1], Failed)

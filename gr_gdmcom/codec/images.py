@@ -137,13 +137,18 @@ def load_rgb(src: ImageLike, max_pixels: int = 4096 * 4096, name: Optional[str] 
         if img.mode.startswith("I;16") or (img.mode == "I" and arr.min() >= 0 and arr.max() > 255):
             arr = arr.astype(np.uint16)
         img = Image.fromarray(to_uint8_range(arr, name))
-    # alpha, or a tRNS colour key (palette, RGB or grey PNGs): transparent pixels are white, as
-    # viewers show them on a white page (an RGB key colour was kept as the colour it stands for)
-    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(bg, rgba)
-    return img.convert("RGB")
+    try:
+        if img.mode == "La":  # premultiplied grey + alpha: Pillow converts it to LA only (else a ValueError)
+            img = img.convert("LA")
+        # alpha, or a tRNS colour key (palette, RGB or grey PNGs): transparent pixels are white, as
+        # viewers show them on a white page (an RGB key colour was kept as the colour it stands for)
+        if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+            rgba = img.convert("RGBA")
+            bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            img = Image.alpha_composite(bg, rgba)
+        return img.convert("RGB")
+    except (ValueError, OSError) as exc:  # a mode Pillow cannot take to RGB: this image's ImageError, not
+        raise ImageError(f"cannot convert image {name} (Pillow mode {img.mode}) to RGB: {exc}") from None  # the batch's
 
 
 #: PIL modes of more than 8 bits a channel (all grey): converted by :func:`to_uint8_range`
