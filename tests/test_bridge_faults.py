@@ -3,6 +3,7 @@ list that accepts connections but never answers (hung, SIGSTOPped, a model call 
 returns), a server stopped while a client retries, one busy or dead for a client's whole retry
 budget, and malformed ``server`` strings.  Loopback only; every wait has a timeout."""
 
+import json
 import threading
 import time
 
@@ -394,4 +395,51 @@ def test_a_retry_after_probing_a_hung_server_is_not_answered_expired_while_its_c
         c.close()
         srv.stop(timeout=10)
         holder.close(linger=0)
+        ctx.term()
+
+
+def _status_via(ctx, endpoint, rid, timeout_ms=5000):
+    """A status request on a fresh DEALER: the reply header, or None after ``timeout_ms``."""
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(endpoint)
+    try:
+        s.send_multipart([b"", b'{"v":1,"op":"status","id":"%s"}' % rid.encode()])
+        return json.loads(s.recv_multipart()[1]) if s.poll(timeout_ms) else None
+    finally:
+        s.close(0)
+
+
+@pytest.mark.parametrize("broker_limit", [None, (1 << 20) + (64 << 10)])
+def test_an_oversized_frame_through_a_broker_cuts_off_no_other_client(bcodec, broker_limit):
+    """One client's frame over the server's max_request_bytes + 64 KiB, sent through a broker, is
+    answered too_large (or, with the broker's own max_message_bytes, that client alone is
+    disconnected), and the other clients are served.  Before, the server's ZMQ_MAXMSGSIZE closed
+    its connection to the broker -- shared by every client -- and it was never reopened: every
+    later request of every client went unanswered (soak_server.py --broker; 0 of 4 status
+    requests answered over 12 s after one 2 MiB frame)."""
+    from gr_gdmcom.bridge import Broker
+
+    ctx = zmq.Context()
+    broker = Broker("tcp://127.0.0.1:0", "tcp://127.0.0.1:0", max_message_bytes=broker_limit).start()
+    srv = InferenceServer(bcodec, connect=broker.backend_endpoint, max_request_bytes=1 << 20).start()
+    big = ctx.socket(zmq.DEALER)
+    big.setsockopt(zmq.LINGER, 0)
+    try:
+        assert _status_via(ctx, broker.frontend_endpoint, "before")["ok"]
+        big.connect(broker.frontend_endpoint)
+        big.send_multipart([b"", b'{"v":1,"op":"status","id":"big","sizes":[2097152]}', b"\0" * (2 << 20)])
+        if broker_limit is None:
+            assert big.poll(10000), "no reply to the oversized request"
+            head = json.loads(big.recv_multipart()[1])
+            assert (head["id"], head["code"]) == ("big", "too_large")
+        else:
+            assert not big.poll(500)  # disconnected by the broker: no reply (documented)
+        for i in range(3):
+            head = _status_via(ctx, broker.frontend_endpoint, f"after{i}")
+            assert head is not None and head["ok"], f"request {i} after the oversized frame: no reply"
+    finally:
+        big.close(0)
+        srv.stop(timeout=5)
+        broker.stop()
         ctx.term()

@@ -27,13 +27,19 @@ class Broker:
         frontend: endpoint the clients connect to, e.g. ``tcp://0.0.0.0:5555``.
         backend: endpoint the servers connect to, e.g. ``tcp://0.0.0.0:5556``.
         context: ZMQ context (default: a private one, termed by :meth:`stop`).
+        max_message_bytes: largest frame a client may send (``ZMQ_MAXMSGSIZE`` on the frontend):
+            a client sending a larger one is disconnected, alone, with no reply.  None: no limit
+            (the servers answer an oversized request ``too_large``).  Give it at least the
+            servers' ``max_request_bytes`` + 64 KiB.
 
     After :meth:`start`, :attr:`frontend_endpoint` / :attr:`backend_endpoint`
     hold the bound addresses (the real port when ``:0`` was asked).
     """
 
-    def __init__(self, frontend: str, backend: str, context: Optional[zmq.Context] = None):
+    def __init__(self, frontend: str, backend: str, context: Optional[zmq.Context] = None,
+                 max_message_bytes: Optional[int] = None):
         self.frontend, self.backend = frontend, backend
+        self.max_message_bytes = max_message_bytes
         self._own_ctx = context is None
         self._ctx = context
         self._thread: Optional[threading.Thread] = None
@@ -65,6 +71,8 @@ class Broker:
         try:
             for s in (front, back, ctrl):
                 s.setsockopt(zmq.LINGER, 0)
+            if self.max_message_bytes is not None:  # per client connection: only the sender is cut off
+                front.setsockopt(zmq.MAXMSGSIZE, int(self.max_message_bytes))
             front.bind(self.frontend)
             back.bind(self.backend)
             ctrl.bind(self._ctrl_addr)

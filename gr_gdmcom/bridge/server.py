@@ -285,8 +285,12 @@ class InferenceServer:
         sock.setsockopt(zmq.LINGER, 1000)  # last replies still leave when stopping
         sock.setsockopt(zmq.RCVHWM, 1000)
         sock.setsockopt(zmq.SNDHWM, 1000)
-        # hard guard against absurd frames: the peer is disconnected, no reply (P.TOO_LARGE answers below it)
-        sock.setsockopt(zmq.MAXMSGSIZE, self.options.max_request_bytes + self.limits.max_header_bytes)
+        # hard guard against absurd frames: the peer is disconnected, no reply (P.TOO_LARGE answers below it).
+        # Bound only: connected to a broker, the one connection carries every client's requests, and
+        # ZeroMQ closing it for one client's frame cut all of them off for good (it is not reopened);
+        # there the frame is read and answered too_large (Broker(max_message_bytes=) guards the broker)
+        if self._bind:
+            sock.setsockopt(zmq.MAXMSGSIZE, self.options.max_request_bytes + self.limits.max_header_bytes)
         try:
             if self._bind:
                 sock.bind(self._bind)
