@@ -104,3 +104,23 @@ def test_soak_reassembly_finds_nothing_wrong_in_a_short_soak(capsys, monkeypatch
     rows = [line.split() for line in out if line.split() and line.split()[0] in (
         "simple", "restart", "retransmit", "contradict", "interleave", "many_open")]
     assert len(rows) == 6 and sum(int(r[7]) for r in rows) > 1000  # images out
+
+
+def test_soak_codec_finds_nothing_wrong_in_a_short_soak(capsys, monkeypatch):
+    """benchmarks/soak_codec.py, two short windows: 40 random configurations (API and CLI refusals) with
+    3 encode -> AWGN -> decode runs from seed 100, and 3 runs from seed 409.  Seed 101 (analytic, an
+    80x64 image sent by the random forward: decode_many raised the model's ValueError before 79f30c7)
+    and seed 410 (a PIL image in mode La: load_rgb raised Pillow's ValueError before fb54b8d) are in them."""
+    soak = BENCH.parent / "soak_codec.py"
+    for argv in (["--configs", "40", "--runs", "3", "--seed", "100"], ["--configs", "0", "--runs", "3", "--seed", "409"]):
+        monkeypatch.setattr(sys, "argv", [str(soak), *argv])
+        try:
+            runpy.run_path(str(soak), run_name="__main__")
+        except SystemExit as exc:
+            assert exc.code == 0, capsys.readouterr()
+        last = capsys.readouterr().out.splitlines()[-1]
+        m = re.fullmatch(r"configs (\d+) \(refused (\d+), accepted (\d+), .*runs 3 \(passed (\d+), .* findings 0", last)
+        assert m, last
+        assert int(m.group(4)) >= 1  # something went through the whole link
+        if argv[1] == "40":
+            assert int(m.group(2)) >= 10 and int(m.group(3)) >= 10  # both refused and accepted settings
