@@ -1034,3 +1034,16 @@ def test_decode_many_a_latent_the_model_refuses_fails_its_items_only(comp):
     assert isinstance(out[1], Decoded) and out[1].image.shape == (64, 64, 3)
     with pytest.raises(CodecError, match="small: analytic model"):
         codec.decode(small.symbols, small.meta, 10.0)
+
+
+def test_an_snr_just_outside_the_range_is_named_with_its_digits(comp):
+    """soak_codec: 100.0001 dB was refused as 'SNR estimate 100 dB is outside -100..100 dB' (':g' keeps 6
+    digits), a refusal of a value it names as inside the range."""
+    codec = _codec(comp)
+    e = codec.encode(_img(), name="x")
+    with pytest.raises(CodecError, match=r"^x: SNR estimate 100\.0001 dB is outside -100\.\.100 dB$"):
+        codec.decode(e.symbols, e.meta, 100.0001)
+    with pytest.raises(CodecError, match=r"^x: SNR estimate -100\.00000000001 dB is outside"):
+        codec.decode(e.symbols, e.meta, -100.00000000001)
+    with pytest.raises(CodecError, match=r"^x: SNR estimate 400 dB is outside"):  # round values as before
+        codec.decode(e.symbols, e.meta, 400.0)

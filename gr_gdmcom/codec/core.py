@@ -349,7 +349,8 @@ def check_snr_db(name: str, snr_db) -> float:
     if not math.isfinite(snr):
         raise CodecError(f"{name}: SNR estimate must be finite, got {snr_db}")
     if not SNR_DB_RANGE[0] <= snr <= SNR_DB_RANGE[1]:
-        raise CodecError(f"{name}: SNR estimate {snr:g} dB is outside {SNR_DB_RANGE[0]:g}..{SNR_DB_RANGE[1]:g} dB")
+        shown = f"{snr:g}" if float(f"{snr:g}") == snr else repr(snr)  # (100.0001 is not '100')
+        raise CodecError(f"{name}: SNR estimate {shown} dB is outside {SNR_DB_RANGE[0]:g}..{SNR_DB_RANGE[1]:g} dB")
     return snr
 
 
