@@ -124,3 +124,20 @@ def test_soak_codec_finds_nothing_wrong_in_a_short_soak(capsys, monkeypatch):
         assert int(m.group(4)) >= 1  # something went through the whole link
         if argv[1] == "40":
             assert int(m.group(2)) >= 10 and int(m.group(3)) >= 10  # both refused and accepted settings
+
+
+def test_soak_server_finds_nothing_wrong_through_a_broker(capsys, monkeypatch):
+    """benchmarks/soak_server.py for a few seconds through a Broker: valid, mutated and garbage requests
+    from DEALER, REQ and delimiter-less sockets and clients that vanish, each answered with its
+    documented reply, counters that add up, no ERROR in the server's log.  Its first message is a frame
+    over max_request_bytes + 64 KiB: before e5867e6 the server's connection to the broker was closed
+    for good and nothing was answered again (exit 1, 'no reply to a valid encode')."""
+    soak = BENCH.parent / "soak_server.py"
+    monkeypatch.setattr(sys, "argv", [str(soak), "--seconds", "3", "--threads", "3", "--burst", "20", "--broker"])
+    try:
+        runpy.run_path(str(soak), run_name="__main__")
+    except SystemExit as exc:
+        assert exc.code == 0, capsys.readouterr()
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == "findings 0", out
+    assert re.search(r"\| ok \| \d+ \|", "\n".join(out)) and re.search(r"\| bad_json \| \d+ \|", "\n".join(out))
