@@ -659,6 +659,8 @@ def main() -> None:
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--keys", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.broker and args.curve:  # the broker speaks no CURVE: a CURVE server connected to it refuses it
+        ap.error("--broker and --curve exclude each other (Broker has no CURVE: the server would refuse it)")
     if args.child:
         child(args)
         return
