@@ -1,6 +1,6 @@
 """Soak the codec with random settings and random images: what a user's command line and photos hand it.
 
-    .venv/bin/python benchmarks/soak_codec.py [--configs 300] [--runs 12] [--big] [--seed 0] [--verbose]
+    .venv/bin/python benchmarks/soak_codec.py [--configs 1000] [--runs 100] [--big] [--seed 0] [--verbose]
 
 Part 1 (``--configs``): random ``CodecConfig`` combinations, each a default configuration with one to
 three fields set to a valid or a just-invalid value (k, m, T, steps, rule, rescale, guidance, prompt,
@@ -462,8 +462,8 @@ def soak_runs(n, seed0, comps, verbose, findings, big=False):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--configs", type=int, default=300)
-    ap.add_argument("--runs", type=int, default=12)
+    ap.add_argument("--configs", type=int, default=1000)
+    ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--big", action="store_true", help="images up to 600x400 (a minute each on a loaded CPU)")
     ap.add_argument("--seed", type=int, default=0, help="first seed of each part (item i: seed + i)")
     ap.add_argument("--verbose", action="store_true", help="a line per configuration and run")
