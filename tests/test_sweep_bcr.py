@@ -98,7 +98,7 @@ def test_only_whole_latent_methods_below_1_96_is_refused(folder, tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--bcr", "1/100"], "argument --bcr: must be 1/(96 r) for a whole r >= 1 (1/96, 1/192, 1/384, ...), got '1/100'"),
-    (["--bcr", "1/96", "1/384", "--reduce", "2"], "--bcr and --reduce 2 disagree; give one of them"),
+    (["--bcr", "1/96", "1/384", "--reduce", "2"], "--bcr 1/96 1/384 and --reduce 2 disagree; give one of them"),
     (["--bcr", "1/288", "--reduce-method", "pool"], "--bcr 1/288 (--reduce 3) cannot be made with --reduce-method "
                                                    "pool"),
 ])

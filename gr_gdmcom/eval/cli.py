@@ -164,6 +164,7 @@ def cmd_sweep(args) -> int:
     from ..codec import ModelLoadError
     from .baselines import METHODS, parse_grid, parse_methods
     from ..cli import check_out
+    from ..config import bcr_text
     from .sweep import SweepError, SweepOptions, run_sweep
 
     try:
@@ -172,7 +173,8 @@ def cmd_sweep(args) -> int:
         check_out(args.out, create=False)  # the sweep creates it once every check has passed
         reductions = list(args.bcr or ())
         if reductions and cfg.reduce != 1:
-            raise ValueError(f"--bcr and --reduce {cfg.reduce} disagree; give one of them")
+            raise ValueError(f"--bcr {' '.join(bcr_text(r) for r in reductions)} and --reduce {cfg.reduce} disagree; "
+                             "give one of them")
         _check_bcr(cfg, reductions)
         grid = parse_grid(args.grid)
         for k, m, n in grid:
