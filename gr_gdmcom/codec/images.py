@@ -147,8 +147,8 @@ def load_rgb(src: ImageLike, max_pixels: int = 4096 * 4096, name: Optional[str] 
             bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             img = Image.alpha_composite(bg, rgba)
         return img.convert("RGB")
-    except (ValueError, OSError) as exc:  # a mode Pillow cannot take to RGB: this image's ImageError, not
-        raise ImageError(f"cannot convert image {name} (Pillow mode {img.mode}) to RGB: {exc}") from None  # the batch's
+    except (ValueError, OSError) as exc:  # a mode Pillow cannot take to RGB: this image's error, not the batch's
+        raise ImageError(f"cannot convert image {name} (Pillow mode {img.mode}) to RGB: {exc}") from None
 
 
 #: PIL modes of more than 8 bits a channel (all grey): converted by :func:`to_uint8_range`
