@@ -991,6 +991,38 @@ def test_gdmcom_broker_command_says_when_it_listens_and_when_it_stopped():
             proc.communicate()
 
 
+def test_gdmcom_broker_max_message_mb_reaches_the_broker_and_is_checked(monkeypatch, capsys):
+    """--max-message-mb: the broker's per-client frame bound (Broker(max_message_bytes=)), in MiB."""
+    from gr_gdmcom.bridge import broker as broker_mod
+    from gr_gdmcom.cli import main
+
+    made = []
+
+    class Recorder:
+        def __init__(self, frontend, backend, max_message_bytes=None):
+            made.append(max_message_bytes)
+
+        def start(self):
+            raise OSError("recorded")
+
+    monkeypatch.setattr(broker_mod, "Broker", Recorder)
+    assert main(["broker", "--max-message-mb", "1.0625"]) == 2 and main(["broker"]) == 2
+    assert made == [(1 << 20) + (64 << 10), None]
+    assert main(["broker", "--max-message-mb", "0"]) == 2 and len(made) == 2
+    assert "error: --max-message-mb must be at least 1 KiB (0.001), got 0" in capsys.readouterr().err
+
+
+def test_gdmcom_serve_refuses_curve_behind_a_broker(capsys):
+    """A CURVE server connected to a broker refuses the broker itself (the broker does not speak
+    CURVE): it received nothing, silently (soak_server.py).  Refused before any model is loaded."""
+    from gr_gdmcom.cli import main
+
+    assert main(["serve", "--connect", "tcp://127.0.0.1:1", "--curve-secret-key", "/nonexistent.key_secret",
+                 "--model", "tiny", "--device", "cpu"]) == 2
+    assert ("error: --curve-secret-key with --connect: gdmcom broker does not speak CURVE, so this server would "
+            "refuse the broker itself and receive nothing") in capsys.readouterr().err
+
+
 def test_server_status_exit_status_is_a_health_check(serve, capsys):
     """0 and the status JSON when the server replies, 1 when nothing replies (a health check's
     failure), 2 for an endpoint it cannot use (docs/server.md)."""

@@ -156,6 +156,11 @@ def _curve_from_args(args):
         if args.curve_clients or args.curve_allow_any:
             raise ValueError("--curve-clients and --curve-allow-any need --curve-secret-key")
         return None
+    if args.connect:  # (the broker's backend would have to be this server's CURVE client)
+        raise ValueError("--curve-secret-key with --connect: gdmcom broker does not speak CURVE, so this server "
+                         "would refuse the broker itself and receive nothing; serve with CURVE bound (--bind) "
+                         "and list the servers in the clients' server string, or keep the broker and its "
+                         "servers on a trusted network (docs/server.md)")
     return CurveServer(args.curve_secret_key, clients=args.curve_clients, allow_any=args.curve_allow_any)
 
 
@@ -185,7 +190,10 @@ def cmd_keys(args) -> int:
 def cmd_broker(args) -> int:
     from .broker import Broker
 
-    broker = Broker(args.frontend, args.backend)
+    if args.max_message_mb is not None and not args.max_message_mb * (1 << 20) >= 1024:
+        raise ValueError(f"--max-message-mb must be at least 1 KiB (0.001), got {args.max_message_mb:g}")
+    limit = None if args.max_message_mb is None else int(args.max_message_mb * (1 << 20))
+    broker = Broker(args.frontend, args.backend, max_message_bytes=limit)
     stop = _stop_on_signal()
     try:
         broker.start()
@@ -325,6 +333,10 @@ def register(sub) -> None:
                    help="endpoint the flowgraphs connect to [default=%(default)r]")
     b.add_argument("--backend", default="tcp://0.0.0.0:5556",
                    help="endpoint the servers connect to (gdmcom serve --connect) [default=%(default)r]")
+    b.add_argument("--max-message-mb", type=finite_float, default=None, metavar="MB",
+                   help="largest frame a client may send, MiB: a client sending a larger one is disconnected, "
+                        "alone, with no reply (give at least the servers' --max-request-mb + 0.0625); default: "
+                        "no limit, the servers answer too_large")
     b.set_defaults(func=cmd_broker)
 
     st = sub.add_parser("server-status", help="print an inference server's status as JSON")
