@@ -166,7 +166,8 @@ def test_reduced_latent_decodes_to_the_original_size(components, small):
     assert dec.image.shape == img.shape and dec.record["reduce"] == 4
     # free steps from the top of the grid to the start level, then N steps: T UNet calls in all
     assert codec.stats["unet_calls"] - calls0 == cfg.T == dec.record["unet_calls"]
-    with pytest.raises(CodecError, match="metadata says latent shape"):
+    with pytest.raises(CodecError, match=rf"^{enc.meta.name}: metadata says latent shape \(4, 7, 5\), reduced 4x "
+                                         rf"\({enc.meta.reduce_method}\), = 17 symbols but 16 symbols were received$"):
         codec.decode(enc.symbols[:-1], enc.meta, 10.0)
     # a latent too small for the reduction fails alone; the other images are encoded
     few = GenerativeCodec(cfg.replace(reduce=64), components=components)

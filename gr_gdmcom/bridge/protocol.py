@@ -525,8 +525,7 @@ def _parse_decode(header, payloads, limits, rid, fail) -> Request:
                                   f"{SYMBOL_DTYPE.itemsize}-byte complex64 values")
     n = len(frame) // SYMBOL_DTYPE.itemsize
     if n != meta.n_symbols:
-        raise fail(SIZE_MISMATCH, f"{name}: metadata says latent shape {tuple(meta.latent_shape)} = "
-                                  f"{meta.n_symbols} symbols but {n} symbols were received")
+        raise fail(SIZE_MISMATCH, f"{name}: metadata says {meta.symbols_text()} but {n} symbols were received")
     symbols = np.frombuffer(frame, dtype=SYMBOL_DTYPE)
     mask = None
     if len(payloads) == 2:

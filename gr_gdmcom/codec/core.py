@@ -141,6 +141,12 @@ class LatentMeta:
     def n_symbols(self) -> int:
         return self.reduction.n_values // 2
 
+    def symbols_text(self) -> str:
+        """``latent shape (4, 8, 8) = 128 symbols`` (with ``, reduced 4x (pool)`` where reduced):
+        what a symbol count is checked against, in a message."""
+        reduced = f", reduced {self.reduce}x ({self.reduce_method})," if self.reduce != 1 else ""
+        return f"latent shape {tuple(self.latent_shape)}{reduced} = {self.n_symbols} symbols"
+
     def mean_latent(self) -> np.ndarray:
         """The removed means broadcast to ``latent_shape`` (zeros when none were removed)."""
         c, h, w = self.latent_shape
@@ -310,8 +316,7 @@ def latent_from_symbols(symbols: np.ndarray, meta: LatentMeta) -> np.ndarray:
     if s.ndim != 1 or not np.iscomplexobj(s):
         raise CodecError(f"{meta.name}: received symbols must be a 1-D complex array, got {s.dtype} {s.shape}")
     if s.size != meta.n_symbols:
-        raise CodecError(f"{meta.name}: metadata says latent shape {tuple(meta.latent_shape)} = "
-                         f"{meta.n_symbols} symbols but {s.size} symbols were received")
+        raise CodecError(f"{meta.name}: metadata says {meta.symbols_text()} but {s.size} symbols were received")
     problem = symbol_problem(s)
     if problem is not None:
         raise CodecError(f"{meta.name}: {problem[1]}")
