@@ -334,8 +334,8 @@ class RemoteBackend(Backend):
 
     def _status_each(self, wait_ms: int) -> dict:
         """Ask every endpoint for ``status`` on its own socket, all at once: ``{endpoint: status
-        dict}`` of those that answered within ``wait_ms`` (a DEALER connected to several servers
-        cannot address one of them)."""
+        dict}`` of those that answered within ``wait_ms``, in the list's order (a DEALER connected
+        to several servers cannot address one of them)."""
         socks: dict = {}
         answers: dict = {}
         try:
@@ -369,7 +369,7 @@ class RemoteBackend(Backend):
         finally:
             for sock in socks:
                 sock.close(linger=0)
-        return answers
+        return {ep: answers[ep] for ep in self.endpoints if ep in answers}  # (in list order, not answer order)
 
     def _check_endpoints(self) -> None:
         """After a timeout with several endpoints: ask each for ``status`` on its own socket, all at
