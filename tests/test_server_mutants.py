@@ -814,8 +814,9 @@ def test_curve_refusals_are_counted_and_logged_once_per_reason(tmp_path, ctx, ca
         finally:
             plain.sock.close(0)
         warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-        reasons = {f"handshake failed{x} (code {c})" for x, c in (("", 32), (" (protocol: wrong or no CURVE key?)",
-                                                                              285212674))}  # EPIPE, mechanism mismatch
+        reasons = {"connection closed during the handshake (a client that went away, a TCP probe, or a client "
+                   "without CURVE) (code 32)",  # EPIPE
+                   "handshake failed (protocol: wrong or no CURVE key?) (code 285212674)"}  # mechanism mismatch
         assert warnings and all(re.sub(rf"^refused a connection on {srv.last_endpoint}: (.*); a client with the "
                                        r"wrong keys, or one without CURVE \(status counts them: refused\)$", r"\1", m)
                                 in reasons for m in warnings), warnings
@@ -1289,11 +1290,12 @@ def test_a_server_stopped_before_any_request_ends_its_threads_without_an_error(m
     assert errors == []
 
 
-def test_a_connection_closed_mid_handshake_is_not_counted_refused(tmp_path, caplog):
-    """A peer that closes its TCP connection before the CURVE handshake ends (a client that went away,
-    a health checker's TCP probe) was counted in ``refused`` and warned about as 'a client with the
-    wrong keys, or one without CURVE' (soak_server.py --curve: 20 refused, none with a wrong key, in
-    25 s of 36 clients closing at once).  Now it is a DEBUG line; a client without CURVE still counts."""
+def test_a_connection_closed_mid_handshake_is_counted_and_said_for_what_it_may_be(tmp_path, caplog):
+    """A peer that closes its TCP connection before the CURVE handshake ends (NO_DETAIL) was warned
+    about as 'a client with the wrong keys, or one without CURVE' (soak_server.py --curve: 20 in 25 s
+    of 36 clients with valid keys closing at once).  f9b89e7 made it a DEBUG line and no count, but a
+    client without CURVE can end that way too (code 32: test_curve_refusals_are_counted_and_logged_once_per_reason),
+    and then went unseen.  Counted, with what it may be: a client gone, a TCP probe, or no CURVE."""
     from gr_gdmcom.bridge.security import CurveServer, make_keys
 
     secret = str(make_keys(tmp_path, "server")[1])
@@ -1304,16 +1306,11 @@ def test_a_connection_closed_mid_handshake_is_not_counted_refused(tmp_path, capl
         with caplog.at_level(logging.DEBUG, logger=LOG):
             for _ in range(3):
                 socket.create_connection(("127.0.0.1", port), timeout=5).close()
-            wait_for(lambda: sum("closed during the CURVE handshake" in m for m in caplog.messages) >= 3,
-                     "the closed connections seen")
-            assert srv.counters["refused"] == 0
-            assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "refused" in r.getMessage()]
-            plain = Client(ctx, srv.last_endpoint)  # no CURVE at all: still refused, counted
-            try:
-                plain.send(P.status_request("p"))
-                wait_for(lambda: srv.counters["refused"] >= 1, "the plain client's refusal")
-            finally:
-                plain.sock.close(0)
+            wait_for(lambda: srv.counters["refused"] >= 3, "the closed connections counted")
+        warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert warned == [f"refused a connection on {srv.last_endpoint}: connection closed during the handshake (a "
+                          f"client that went away, a TCP probe, or a client without CURVE) (code 32); a client with "
+                          f"the wrong keys, or one without CURVE (status counts them: refused)"], warned
     finally:
         srv.stop()
         ctx.term()

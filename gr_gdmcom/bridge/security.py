@@ -39,7 +39,8 @@ from zmq.utils import z85
 log = logging.getLogger(__name__)
 
 #: Socket-monitor events of a connection refused during the handshake (wrong or no key, ZAP denial).
-HANDSHAKE_FAILED = {zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake failed",
+HANDSHAKE_FAILED = {zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "connection closed during the handshake (a client that "
+                                                          "went away, a TCP probe, or a client without CURVE)",
                     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshake failed (protocol: wrong or no CURVE key?)",
                     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "client key refused by the authenticator"}
 

@@ -474,12 +474,9 @@ class InferenceServer:
         while self._monitor.poll(0):
             event = recv_monitor_message(self._monitor)
             what = HANDSHAKE_FAILED.get(event["event"])
-            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-                # the peer closed the connection mid-handshake (a client that went away, a TCP health
-                # probe): nothing was refused -- a wrong or missing key fails with PROTOCOL or AUTH
-                log.debug("a connection on %s closed during the CURVE handshake (code %s)", self.last_endpoint,
-                          event["value"])
-            elif what is not None:
+            # (NO_DETAIL, a connection closed mid-handshake, is counted too: most are clients that went
+            # away or TCP probes, but a client without CURVE can end that way as well, and went unseen)
+            if what is not None:
                 self.counters["refused"] += 1
                 held = self._refused_log.due(what)  # one warning per reason, then one per REFUSED_LOG_S
                 if held is not None:
