@@ -8,14 +8,21 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_gpu.py"
 
 
+def _script(monkeypatch, capsys, name: str, *args) -> str:
+    """benchmarks/``name`` with ``args`` as its command line; its stdout (exit status 0 checked,
+    with what it printed when not)."""
+    path = BENCH.parent / name
+    monkeypatch.setattr(sys, "argv", [str(path), *args])
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+    except SystemExit as exc:
+        assert exc.code == 0, capsys.readouterr()
+    return capsys.readouterr().out
+
+
 def _run(monkeypatch, capsys, *args) -> str:
     """bench_gpu.py with ``args`` as its command line; its stdout (exit status 0 checked)."""
-    monkeypatch.setattr(sys, "argv", [str(BENCH), *args])
-    try:
-        runpy.run_path(str(BENCH), run_name="__main__")
-    except SystemExit as exc:
-        assert exc.code == 0
-    return capsys.readouterr().out
+    return _script(monkeypatch, capsys, BENCH.name, *args)
 
 
 def test_bench_gpu_cpu_smoke(capsys, monkeypatch):
@@ -55,13 +62,7 @@ def test_bench_gpu_speed_flags_without_anchor(capsys, monkeypatch):
 def test_bench_serving_cpu_smoke(capsys, monkeypatch):
     """benchmarks/bench_serving.py on the tiny model: both schedulings serve every request, the same
     images within float rounding, and the summary lines are there."""
-    path = BENCH.parent / "bench_serving.py"
-    monkeypatch.setattr(sys, "argv", [str(path), "--requests", "6", "--rounds", "1", "--max-batch", "2"])
-    try:
-        runpy.run_path(str(path), run_name="__main__")
-    except SystemExit as exc:
-        assert exc.code == 0
-    out = capsys.readouterr().out
+    out = _script(monkeypatch, capsys, "bench_serving.py", "--requests", "6", "--rounds", "1", "--max-batch", "2")
     assert re.search(r"^same outputs: largest grey-level difference step vs batch [01] \(of 255\)$", out, re.M)
     ratio = float(re.search(r"^step-level/batch throughput ratio: ([0-9.]+)$", out, re.M).group(1))
     assert 0.3 < ratio < 3
@@ -72,14 +73,9 @@ def test_bench_serving_cpu_smoke(capsys, monkeypatch):
 def test_soak_rx_finds_nothing_wrong_in_a_short_soak(capsys, monkeypatch):
     """benchmarks/soak_rx.py on 60 random streams (sps, SNR, faults): the receiver raises nothing,
     delivers no frame of a header not sent, nothing non-finite, loses no clean burst at >= 3 dB and
-    estimates each within 3 dB of what its payload got (seeds 160-219 hold seed 166, a clean 30.5 dB burst at sps 8 the receiver lost before 812aaf9)."""
-    soak = BENCH.parent / "soak_rx.py"
-    monkeypatch.setattr(sys, "argv", [str(soak), "--streams", "60", "--seed", "160"])
-    try:
-        runpy.run_path(str(soak), run_name="__main__")
-    except SystemExit as exc:
-        assert exc.code == 0, capsys.readouterr()
-    out = capsys.readouterr().out.splitlines()
+    estimates each within 3 dB of what its payload got (seeds 160-219 hold seed 166, a clean 30.5 dB
+    burst at sps 8 the receiver lost before 812aaf9)."""
+    out = _script(monkeypatch, capsys, "soak_rx.py", "--streams", "60", "--seed", "160").splitlines()
     last = re.fullmatch(r"exceptions 0, wrong headers 0, non-finite 0, clean bursts lost at >= 3 dB: 0 of (\d+), "
                         r"estimates more than 3 dB off: 0", out[-1])
     assert last, out[-1]
@@ -93,13 +89,7 @@ def test_soak_reassembly_finds_nothing_wrong_in_a_short_soak(capsys, monkeypatch
     interleaved and contradicting transmitters, erasures): no exception, no image out of shape, mixed or
     miscounted (seeds 0-29 hold 5 streams where an image with every symbol erased reported 100 dB
     before 10e69a6)."""
-    soak = BENCH.parent / "soak_reassembly.py"
-    monkeypatch.setattr(sys, "argv", [str(soak), "--streams", "30", "--seed", "0"])
-    try:
-        runpy.run_path(str(soak), run_name="__main__")
-    except SystemExit as exc:
-        assert exc.code == 0, capsys.readouterr()
-    out = capsys.readouterr().out.splitlines()
+    out = _script(monkeypatch, capsys, "soak_reassembly.py", "--streams", "30", "--seed", "0").splitlines()
     assert re.fullmatch(r"exceptions 0, failing streams 0; [0-9.]+ s", out[-1]), out[-1]
     rows = [line.split() for line in out if line.split() and line.split()[0] in (
         "simple", "restart", "retransmit", "contradict", "interleave", "many_open")]
@@ -111,14 +101,8 @@ def test_soak_codec_finds_nothing_wrong_in_a_short_soak(capsys, monkeypatch):
     3 encode -> AWGN -> decode runs from seed 100, and 3 runs from seed 409.  Seed 101 (analytic, an
     80x64 image sent by the random forward: decode_many raised the model's ValueError before 79f30c7)
     and seed 410 (a PIL image in mode La: load_rgb raised Pillow's ValueError before fb54b8d) are in them."""
-    soak = BENCH.parent / "soak_codec.py"
     for argv in (["--configs", "40", "--runs", "3", "--seed", "100"], ["--configs", "0", "--runs", "3", "--seed", "409"]):
-        monkeypatch.setattr(sys, "argv", [str(soak), *argv])
-        try:
-            runpy.run_path(str(soak), run_name="__main__")
-        except SystemExit as exc:
-            assert exc.code == 0, capsys.readouterr()
-        last = capsys.readouterr().out.splitlines()[-1]
+        last = _script(monkeypatch, capsys, "soak_codec.py", *argv).splitlines()[-1]
         m = re.fullmatch(r"configs (\d+) \(refused (\d+), accepted (\d+), .*runs 3 \(passed (\d+), .* findings 0", last)
         assert m, last
         assert int(m.group(4)) >= 1  # something went through the whole link
@@ -132,12 +116,7 @@ def test_soak_server_finds_nothing_wrong_through_a_broker(capsys, monkeypatch):
     documented reply, counters that add up, no ERROR in the server's log.  Its first message is a frame
     over max_request_bytes + 64 KiB: before e5867e6 the server's connection to the broker was closed
     for good and nothing was answered again (exit 1, 'no reply to a valid encode')."""
-    soak = BENCH.parent / "soak_server.py"
-    monkeypatch.setattr(sys, "argv", [str(soak), "--seconds", "3", "--threads", "3", "--burst", "20", "--broker"])
-    try:
-        runpy.run_path(str(soak), run_name="__main__")
-    except SystemExit as exc:
-        assert exc.code == 0, capsys.readouterr()
-    out = capsys.readouterr().out.splitlines()
+    out = _script(monkeypatch, capsys, "soak_server.py", "--seconds", "3", "--threads", "3", "--burst", "20",
+                  "--broker").splitlines()
     assert out[-1] == "findings 0", out
     assert re.search(r"\| ok \| \d+ \|", "\n".join(out)) and re.search(r"\| bad_json \| \d+ \|", "\n".join(out))
