@@ -497,31 +497,33 @@ def check_valid(t: Tally, zctx, endpoint, curve, inp) -> bool:
     not answer at all)."""
     from gr_gdmcom.bridge import protocol as P
     cl = Client(zctx, endpoint, curve, "dealer")
-    try:
-        e = P.encode_request(uuid.uuid4().hex, inp.ref_png, "img0")
-        cl.send(e)
+
+    def ask(op, frames):
+        """(header, payloads) of the reply; None when there was none, (header, None) when it was
+        an error: both findings."""
+        cl.send(frames)
         rep = cl.recv(30_000)
         if rep is None:
-            t.find("no reply to a valid encode after a burst", "")
-            return False
+            t.find(f"no reply to a valid {op} after a burst", "")
+            return None
         h, pl = P.parse_reply(rep)
         if not h.get("ok"):
-            t.find("valid encode refused after a burst", h)
-            return True
-        sym = np.frombuffer(pl[0], "<c8")
+            t.find(f"valid {op} refused after a burst", h)
+            return h, None
+        return h, pl
+
+    try:
+        got = ask("encode", P.encode_request(uuid.uuid4().hex, inp.ref_png, "img0"))
+        if got is None or got[1] is None:
+            return got is not None
+        sym = np.frombuffer(got[1][0], "<c8")
         if sym.shape != inp.ref_enc.symbols.shape or np.abs(sym - inp.ref_enc.symbols).max() > 1e-4:
             t.find("encode differs from in-process", np.abs(sym - inp.ref_enc.symbols).max())
-        d = P.decode_request(uuid.uuid4().hex, inp.ref_enc.symbols, inp.ref_enc.meta, 10.0, image_format="raw")
-        cl.send(d)
-        rep = cl.recv(30_000)
-        if rep is None:
-            t.find("no reply to a valid decode after a burst", "")
-            return False
-        h, pl = P.parse_reply(rep)
-        if not h.get("ok"):
-            t.find("valid decode refused after a burst", h)
-            return True
-        img = P.decoded_from_reply(h, pl).image
+        got = ask("decode", P.decode_request(uuid.uuid4().hex, inp.ref_enc.symbols, inp.ref_enc.meta, 10.0,
+                                             image_format="raw"))
+        if got is None or got[1] is None:
+            return got is not None
+        img = P.decoded_from_reply(*got).image
         diff = np.abs(img.astype(int) - inp.ref_dec.image.astype(int)).max()
         if diff > 1:
             t.find("decode differs from in-process", f"max grey-level difference {diff}")
