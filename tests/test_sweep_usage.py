@@ -22,7 +22,7 @@ BASE = ["--model", "tiny", "--device", "cpu", "--snr", "5", "--no-plots", "--no-
     (["--images", "{tmp}/emptydir"], "error: no images found in "),
     (["--methods", "proposed,foo"], "error: unknown method 'foo'"),
     (["--grid", "5,5"], "error: --grid entries are k,m,N"),
-    (["--bcr", "1/192", "--reduce", "2"], "error: --bcr and --reduce 2 disagree"),
+    (["--bcr", "1/192", "--reduce", "2"], "error: --bcr 1/192 and --reduce 2 disagree"),
     (["--methods", "sd_semcom", "--captions", "{tmp}/nope.json"], "error: cannot read captions file"),
     (["--methods", "digital", "--digital-mcs", "bogus"], "error: unknown MCS 'bogus'"),
     (["--methods", "proposed", "--digital-mcs", "bogus"], "error: unknown MCS 'bogus'"),  # was accepted
