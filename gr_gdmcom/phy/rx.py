@@ -1066,11 +1066,7 @@ class FrameRx:
         lay = self.layout
         pilots = lay.pilots[: len(pilot_pos)]
         omega = sync.residual_frequency(z[pilot_pos] * np.conj(pilots), pilot_pos)
-        pos, ref = pilot_pos, pilots
-        if known_head is not None:
-            n_hp = len(self._hdr_pilots)
-            pos = np.concatenate([np.arange(self._hdr_body), pilot_pos[n_hp:]])
-            ref = np.concatenate([known_head, pilots[n_hp:]])
+        pos, ref = (pilot_pos, pilots) if known_head is None else self._known(known_head, pilot_pos)
         if b.cut is not None:  # cut short: nothing from there on is this burst's (FrameRx._find_cut)
             keep = pos < b.cut
             pos, ref = pos[keep], ref[keep]
@@ -1086,13 +1082,17 @@ class FrameRx:
                                 ref.real ** 2 + ref.imag ** 2, self._step_window, z.real ** 2 + z.imag ** 2)
         return z, pos, track.omega, track, ref
 
+    def _known(self, known_head: np.ndarray, pilot_pos: np.ndarray):
+        """The known symbols of a burst body: the header region's (``known_head``) and the
+        payload pilots after it: (pos, ref)."""
+        n_hp = len(self._hdr_pilots)
+        return (np.concatenate([np.arange(self._hdr_body), pilot_pos[n_hp:]]),
+                np.concatenate([known_head, self.layout.pilots[: len(pilot_pos)][n_hp:]]))
+
     def _known_all(self, b: _Burst, known_head: np.ndarray, pilot_pos: np.ndarray):
         """The known symbols :meth:`_track` starts from (header region and payload pilots), less
         those near replaced samples, before its cut and dead-stretch rules: (pos, ref)."""
-        pilots = self.layout.pilots[: len(pilot_pos)]
-        n_hp = len(self._hdr_pilots)
-        pos = np.concatenate([np.arange(self._hdr_body), pilot_pos[n_hp:]])
-        ref = np.concatenate([known_head, pilots[n_hp:]])
+        pos, ref = self._known(known_head, pilot_pos)
         if b.hit is not None:
             keep = ~b.hit[pos]
             pos, ref = pos[keep], ref[keep]
