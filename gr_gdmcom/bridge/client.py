@@ -363,10 +363,7 @@ class RemoteBackend(Backend):
                     except P.ProtocolError:
                         header = {}
                     answers[socks[sock]] = header.get("status") if isinstance(header.get("status"), dict) else {}
-        except zmq.ZMQError as exc:  # (the endpoints were connected before: not expected)
-            log.debug("asking the endpoints for status failed: %s", exc)
-            raise
-        finally:
+        finally:  # (a ZMQError, not expected: the endpoints were connected before, goes to the caller)
             for sock in socks:
                 sock.close(linger=0)
         return {ep: answers[ep] for ep in self.endpoints if ep in answers}  # (in list order, not answer order)
@@ -381,7 +378,8 @@ class RemoteBackend(Backend):
         wait_ms = min(self.timeout_ms, PROBE_MS)
         try:
             answered = self._status_each(wait_ms)
-        except zmq.ZMQError:
+        except zmq.ZMQError as exc:
+            log.debug("checking the endpoints failed: %s", exc)
             return
         silent = set(self.endpoints) - set(answered)
         with self._lock:
