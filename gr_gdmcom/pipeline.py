@@ -364,7 +364,7 @@ class RxPipeline:
                  reassembler: Optional[Reassembler] = None):
         self.backend, self.config = backend, config
         self.rx = FrameRx(frame)
-        self.reasm = reassembler or Reassembler()
+        self.reasm = reassembler or Reassembler(deadline=self.rx.image_deadline)
         self.out_dir = Path(out_dir) if out_dir else None
         self.filename = filename
         self.names = dict(names or {})
@@ -376,7 +376,7 @@ class RxPipeline:
         images = []
         for frame in self.rx.push(samples):
             images += self.reasm.add(frame)
-        return images
+        return images + self.reasm.idle(self.rx.position)
 
     def flush(self) -> list:
         images = []

@@ -395,3 +395,51 @@ class qa_missing_chunks(gr_unittest.TestCase):
         self.assertEqual((r["chunks_received"], r["chunks_total"], r["complete"], r["missing_chunks"]), (2, 3, False, [1]))
         self.assertEqual(snk.counters()["images_partial"], 1)
         self.assertNotIn("error", r)
+
+    def test_a_live_stream_publishes_an_image_whose_last_chunk_was_lost_without_stopping(self):
+        """Over the air the stream never ends: an image whose last burst was lost used to be held
+        until the flowgraph stopped (stop() flushed it).  Now both receiving blocks publish it once
+        the stream has passed its deadline (FrameConfig.image_timeout), counted in images_idle, while
+        the radio (a source that goes on sending noise) keeps running."""
+        from gr_gdmcom.bridge.backend import make_backend
+        from gr_gdmcom.config import CodecConfig
+        from gr_gdmcom.phy import FrameConfig
+        enc = make_backend("local", CodecConfig(**TINY)).encode(_png_bytes(), name="x")  # 60 symbols
+        bursts = FrameTx(FrameConfig(max_chunk_symbols=24)).frames(enc.symbols, header_for(enc.meta, 9))
+        gap = np.zeros(400, np.complex64)
+        stream = awgn(np.concatenate([gap, bursts[0], gap, bursts[1], gap, np.zeros_like(bursts[2]),
+                                      np.zeros(8192, np.complex64)]), 15.0, np.random.default_rng(8))
+
+        class radio(gr.sync_block):  # the stream, then its noise for ever
+            def __init__(self):
+                gr.sync_block.__init__(self, name="radio", in_sig=None, out_sig=[np.complex64])
+                self.at = 0
+
+            def work(self, input_items, output_items):
+                out = output_items[0]
+                n = len(out)
+                k = np.arange(self.at, self.at + n)
+                out[:] = np.where(k < len(stream), stream[np.minimum(k, len(stream) - 1)],
+                                  stream[len(stream) - 8192 + (k % 8192)])
+                self.at += n
+                return n
+
+        for block in (semantic_sink(out_dir="", threaded=True, max_chunk_symbols=24, **TINY), frame_rx()):
+            tb, dbg, src = gr.top_block(), blocks.message_debug(), radio()  # (src kept: a Python block)
+            tb.connect(src, block)
+            tb.msg_connect(block, "images" if isinstance(block, semantic_sink) else "pdus", dbg, "store")
+            tb.start()
+            try:
+                waited = time.monotonic() + 60
+                while dbg.num_messages() == 0 and time.monotonic() < waited:
+                    time.sleep(0.05)
+                (msg,) = _messages(dbg)  # published while the stream goes on
+                self.assertEqual(block.counters()["images_idle"], 1)
+            finally:
+                tb.stop()
+                tb.wait()
+            m = pmt.to_python(pmt.car(msg))
+            self.assertEqual((m["image_id"], m["chunks_received"], m["chunks_total"], list(m["missing_chunks"])),
+                             (9, 2, 3, [2]))
+            self.assertNotIn("error", m)
+            self.assertEqual(len(_messages(dbg)), 1)  # and not again at stop()

@@ -60,7 +60,7 @@ def test_new_image_finalises_previous_and_counts_lost(rng):
     out = r.add(fb[1])
     assert len(out) == 1 and out[0].complete
     assert r.counters == dict(images_complete=1, images_partial=1, images_lost=2, chunks_duplicate=0,
-                              chunks_inconsistent=0, images_repeated=0)
+                              chunks_inconsistent=0, images_repeated=0, images_idle=0)
 
 
 def test_image_received_again_is_returned_as_a_repeat(rng):
@@ -213,3 +213,84 @@ def test_an_image_with_every_symbol_erased_reports_its_chunks_noise_not_100_db(r
     assert not img.mask.any() and img.erased_symbols == 2000 and not img.complete
     assert img.noise_var == pytest.approx(0.2) and img.snr_db == pytest.approx(noise_var_to_snr_db(0.2))
     assert not img.symbol_noise_var.any()
+
+
+# --- deadlines: an image whose rest never comes is published while the stream goes on -------------
+
+def _pushed(rx, r, x, piece):
+    """Push ``x`` in ``piece``-sample parts; [(stream position when out, image)]."""
+    out = []
+    for k in range(0, len(x), piece):
+        for f in rx.push(x[k:k + piece]):
+            out += [(rx.position, img) for img in r.add(f)]
+        out += [(rx.position, img) for img in r.idle(rx.position)]
+    return out
+
+
+def _stream(cfg, images, rng, snr_db, silent=()):
+    """Bursts of ``images`` ({id: n_symbols}) back to back, the chunks in ``silent`` ((id, chunk))
+    sent as silence (lost), then 600 000 samples of noise; the symbols per id; bursts' starts."""
+    from gr_gdmcom.phy import FrameTx
+    from gr_gdmcom.phy.channel import awgn
+    tx, parts, syms, starts, at = FrameTx(cfg), [np.zeros(2000, np.complex64)], {}, {}, 2000
+    for image_id, n in images.items():
+        syms[image_id] = complex_noise(n, 1.0, rng)
+        h = Header(image_id=image_id, latent_shape=(2, 1, n), image_size=(8, 8))
+        for i, b in enumerate(tx.frames(syms[image_id], h)):
+            starts[image_id, i] = at
+            parts += [np.zeros_like(b) if (image_id, i) in silent else b,
+                      np.zeros(cfg.gap_symbols * cfg.sps, np.complex64)]
+            at += len(b) + cfg.gap_symbols * cfg.sps
+    parts.append(np.zeros(600_000, np.complex64))
+    return awgn(np.concatenate(parts), snr_db, rng), syms, starts
+
+
+@pytest.mark.parametrize("timeout", [4.0, 1.0])
+def test_the_last_image_without_its_last_chunk_is_published_at_its_deadline_not_at_the_end(rng, timeout):
+    from gr_gdmcom.phy import FrameConfig, FrameRx
+    cfg = FrameConfig(max_chunk_symbols=1024, image_timeout=timeout)
+    x, syms, starts = _stream(cfg, {4: 3000}, rng, 20.0, silent={(4, 2)})
+    rx = FrameRx(cfg)
+    r = Reassembler(deadline=rx.image_deadline)
+    (at, img), = _pushed(rx, r, x, 4096)
+    lay = cfg.layout()
+    deadline = starts[4, 1] + lay.burst_samples(1000) + int(np.ceil(timeout * lay.burst_samples(1000))) \
+        + 4 * lay.burst_samples(0)
+    assert deadline <= at < deadline + 4096, (at, deadline)  # the first push past it
+    assert at < len(x) - 500_000  # long before the end of the stream
+    assert img.missing == [2] and img.chunks_received == 2 and not img.complete
+    assert np.abs(img.symbols[:2000] - syms[4][:2000]).mean() < 0.1
+    assert r.counters["images_idle"] == 1 and r.counters["images_partial"] == 1
+    assert r.flush() == [] and rx.flush() == []
+
+
+def test_without_a_timeout_the_image_waits_for_the_end_of_the_stream(rng):
+    from gr_gdmcom.phy import FrameConfig, FrameRx
+    cfg = FrameConfig(max_chunk_symbols=1024, image_timeout=0)
+    x, _, _ = _stream(cfg, {4: 3000}, rng, 20.0, silent={(4, 2)})
+    rx = FrameRx(cfg)
+    r = Reassembler(deadline=rx.image_deadline)
+    frames = rx.push(x[:20_000])
+    assert frames and [rx.image_deadline(f) for f in frames] == [None] * len(frames)
+    assert [i for f in frames for i in r.add(f)] == []
+    assert _pushed(rx, r, x[20_000:], 4096) == []
+    (img,) = [i for f in rx.flush() for i in r.add(f)] + r.flush()
+    assert img.missing == [2] and r.counters["images_idle"] == 0
+
+
+@pytest.mark.parametrize("sps,chunk,snr_db,piece", [(1, 64, 30.0, 64), (2, 1024, 3.0, 4096), (8, 64, 30.0, 512),
+                                                    (8, 1024, 30.0, 64), (4, 4096, 10.0, 4096)])
+def test_a_timeout_of_n_bursts_never_splits_an_image_missing_fewer_than_n_in_a_row(rng, sps, chunk, snr_db, piece):
+    """The receiver's own delay is in the deadline (at sps 8, 30 dB, 64-symbol chunks a burst was read
+    1.7 bursts after its end: the detector waits for a preamble past its peak): with image_timeout 1
+    every chunk of an image sent back to back comes before its deadline, and with 2 the chunk after
+    a lost one does (a timeout of 1 split that image in two, at 4096-symbol chunks)."""
+    from gr_gdmcom.phy import FrameConfig, FrameRx
+    for timeout, lost in ((1.0, set()), (2.0, {(1, 1), (2, 1)})):
+        cfg = FrameConfig(sps=sps, max_chunk_symbols=chunk, image_timeout=timeout)
+        x, syms, _ = _stream(cfg, {1: 3 * chunk, 2: 4 * chunk - 5}, rng, snr_db, silent=lost)
+        rx = FrameRx(cfg)
+        r = Reassembler(deadline=rx.image_deadline)
+        out = [img for _, img in _pushed(rx, r, x, piece)]
+        assert [(i.header.image_id, i.missing) for i in out] == [(1, [1] if lost else []), (2, [1] if lost else [])]
+        assert r.counters["images_idle"] == (1 if lost else 0)  # image 2, the last: complete without a loss

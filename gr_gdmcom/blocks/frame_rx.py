@@ -41,7 +41,7 @@ class frame_rx(gr.sync_block):
         gr.sync_block.__init__(self, name="gdmcom_frame_rx", in_sig=[np.complex64], out_sig=None)
         self.frame_config = FrameConfig(**frame)
         self.rx = FrameRx(self.frame_config)
-        self.reasm = Reassembler() if reassemble else None
+        self.reasm = Reassembler(deadline=self.rx.image_deadline) if reassemble else None
         self.internal_errors = 0
         self.message_port_register_out(PORT_PDUS)
 
@@ -69,6 +69,12 @@ class frame_rx(gr.sync_block):
                     repeat=int(img.repeat))
         self.message_port_pub(PORT_PDUS, pdu(meta, img.symbols))
 
+    def _push(self, x):
+        self._emit(self.rx.push(x))
+        if self.reasm is not None:  # an image the rest of which the stream has passed by now
+            for img in self.reasm.idle(self.rx.position):
+                self._emit_image(img)
+
     def stop(self):
         guarded_receive(self, self.rx, lambda _: self._emit(self.rx.flush()), ())
         if self.reasm is not None:
@@ -77,5 +83,5 @@ class frame_rx(gr.sync_block):
         return True
 
     def work(self, input_items, output_items):
-        guarded_receive(self, self.rx, lambda x: self._emit(self.rx.push(x)), input_items[0])
+        guarded_receive(self, self.rx, self._push, input_items[0])
         return len(input_items[0])

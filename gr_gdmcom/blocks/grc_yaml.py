@@ -96,6 +96,10 @@ RECEIVER = [  # the receiver's own settings (FrameConfig), on the Advanced tab
     ("dispersive_eq", "Dispersive equaliser", "bool", "True", "Advanced",
      "second pass with a fractionally spaced equaliser fitted on all known symbols, kept where it lowers the "
      "noise 10 %: multipath longer than the taps or changing within a burst"),
+    ("image_timeout", "Image timeout", "float", "4.0", "Advanced",
+     "an image still missing chunks is published after this many of its bursts' durations with none of the "
+     "rest (0 = at end of stream or the next image only; else >= 1); fewer of its bursts lost in a row never "
+     "split an image: raise it where the transmitter pauses between chunks or a link drops several"),
 ]
 #: editable dropdowns (GRC: a string parameter with options): the usual values, any other may be typed
 OPTIONS = {"model": ([repr(DEFAULT_MODEL), "'patch-gmm'", "'tiny'", "'analytic'"],
@@ -114,7 +118,7 @@ ASSERTS = {
     "gap_symbols": "gap_symbols >= 0", "eq_taps": "1 <= eq_taps <= 31 and eq_taps % 2 == 1",
     "phase_window": "phase_window >= 1", "detect_threshold": "0 < detect_threshold < 1",
     "verify_threshold": "0 < verify_threshold < 1", "cfo_search": "0 <= cfo_search <= 3",
-    "tx_clip": "tx_clip == 0 or tx_clip >= 1",
+    "tx_clip": "tx_clip == 0 or tx_clip >= 1", "image_timeout": "image_timeout == 0 or 1 <= image_timeout <= 1e6",
 }
 #: parameters hidden unless they apply (a GRC hide expression)
 HIDE_WHEN = {"max_pending": "${ 'part' if threaded else 'all' }",

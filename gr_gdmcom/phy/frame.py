@@ -121,10 +121,19 @@ class FrameConfig:
             the peak-to-average power ratio the power amplifier sees (the Gaussian latent
             payload has ~10 dB at 1e-4) at the cost of a distortion the receiver measures
             on its probe pilots (docs/over-the-air.md, back-off).
+        image_timeout: receiver: an image still missing chunks is published once the stream
+            has gone on this many of its bursts' durations (plus the receiver's own delay of
+            four bursts' overhead) past its last chunk with none of the rest: the last image of a
+            stream whose end never comes (a radio) is not held until the flowgraph stops.  At
+            least 1; 0 = only at the end of the stream, when another image starts or after 64
+            frames of others.
+            Fewer than ``image_timeout`` of an image's bursts lost in a row never split it; more
+            publish it as two partial receptions of the same id.  Raise it where a transmitter
+            pauses between the chunks of an image or a link drops several in a row.
 
     The receiver takes any chunk size and gap; ``sps``, ``rolloff``, ``rrc_span``,
     ``pilot_spacing``, ``header_copy`` and the preamble settings must match the
-    transmitter's; the seven receiver settings are the receiver's own, ``tx_clip`` the
+    transmitter's; the eight receiver settings are the receiver's own, ``tx_clip`` the
     transmitter's.
     """
 
@@ -146,6 +155,7 @@ class FrameConfig:
     track_timing: bool = True
     dispersive_eq: bool = True
     tx_clip: float = 0.0
+    image_timeout: float = 4.0
 
     def __post_init__(self):
         self.validate()
@@ -168,6 +178,8 @@ class FrameConfig:
             (0.0 < self.detect_threshold < 1.0, "detect_threshold must be in (0, 1)"),
             (0.0 < self.verify_threshold < 1.0, "verify_threshold must be in (0, 1)"),
             (self.tx_clip == 0 or self.tx_clip >= 1.0, "tx_clip must be 0 (off) or >= 1"),
+            (float(self.image_timeout) == 0 or 1.0 <= float(self.image_timeout) <= 1e6,
+             "image_timeout must be 0 (off) or in 1 .. 1e6 (bursts)"),
             (isinstance(self.header_copy, (bool, np.bool_)), "header_copy must be True or False"),
             (isinstance(self.cfo_search, (int, np.integer))
              and 0 <= self.cfo_search < round(np.sqrt(self.preamble_seg)),

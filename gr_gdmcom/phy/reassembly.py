@@ -5,7 +5,10 @@ Policy (never silent):
 * chunks are collected by ``image_id``; an image is finalised when all its
   chunks are in, when a frame of another image arrives (``finalise_on_new_id``),
   when it has received nothing for ``timeout_frames`` frames, when more than
-  ``max_pending`` images are open (oldest first), or on :meth:`Reassembler.flush`;
+  ``max_pending`` images are open (oldest first), when the stream has passed its
+  ``deadline`` (:meth:`Reassembler.idle`: the receiver's stream position is past where the
+  rest of it would have been received; counted in ``images_idle``) or on
+  :meth:`Reassembler.flush`;
 * a missing chunk leaves zeros in ``symbols`` and False in ``mask``; the image
   is returned with ``complete=False`` and its ``missing`` chunk indices (the
   decoder treats masked symbols as erased); so do a frame's erased symbols
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -119,6 +122,7 @@ class _Open:
     chunks: Dict[int, RxFrame]
     last_seen: int
     repeat: int = 0
+    deadline: Optional[int] = None
 
 
 def _image_key(h: Header) -> tuple:
@@ -132,19 +136,25 @@ class Reassembler:
         timeout_frames: finalise an open image after this many frames without a chunk of it.
         max_pending: most images open at once.
         finalise_on_new_id: a frame of a new image id finalises the open images.
+        deadline: ``frame -> stream position (or None)`` by which the rest of the frame's image
+            has been received if it was sent (:meth:`FrameRx.image_deadline
+            <gr_gdmcom.phy.FrameRx.image_deadline>`); :meth:`idle` finalises an open image
+            past the latest of its chunks' deadlines.  None: no deadlines.
 
     Attributes:
         counters: images_complete, images_partial, images_lost, chunks_duplicate,
-            chunks_inconsistent, images_repeated.
+            chunks_inconsistent, images_repeated, images_idle (finalised by :meth:`idle`).
     """
 
-    def __init__(self, timeout_frames: int = 64, max_pending: int = 4, finalise_on_new_id: bool = True):
+    def __init__(self, timeout_frames: int = 64, max_pending: int = 4, finalise_on_new_id: bool = True,
+                 deadline: Optional[Callable[[RxFrame], Optional[int]]] = None):
         if timeout_frames < 1 or max_pending < 1:
             raise ValueError(f"timeout_frames and max_pending must be >= 1, got {timeout_frames}, {max_pending}")
         self.timeout_frames, self.max_pending = int(timeout_frames), int(max_pending)
         self.finalise_on_new_id = bool(finalise_on_new_id)
         self.counters = dict(images_complete=0, images_partial=0, images_lost=0, chunks_duplicate=0,
-                             chunks_inconsistent=0, images_repeated=0)
+                             chunks_inconsistent=0, images_repeated=0, images_idle=0)
+        self._deadline = deadline
         self._open: Dict[int, _Open] = {}
         #: (image id, image-level fields) of the last REPEAT_MEMORY finalised images -> (receptions,
         #: the chunk indices received)
@@ -185,6 +195,9 @@ class Reassembler:
         if old is None or _chunk_error(frame) < _chunk_error(old):
             img.chunks[h.chunk_index] = frame
         img.last_seen = self._frames
+        if self._deadline is not None:
+            d = self._deadline(frame)
+            img.deadline = d if img.deadline is None or d is None else max(img.deadline, d)
         if len(img.chunks) == h.chunk_count:
             out.append(self._finalise(h.image_id))
         return out + self._expire()
@@ -192,6 +205,14 @@ class Reassembler:
     def flush(self) -> List[ReassembledImage]:
         """Finalise every open image (end of stream)."""
         return [self._finalise(i) for i in list(self._open)]
+
+    def idle(self, position: int) -> List[ReassembledImage]:
+        """Finalise the open images whose deadline the receiver's stream ``position`` (absolute
+        index of its next sample) has passed: the rest of them was not sent, or was lost.  Call
+        after each :meth:`FrameRx.push <gr_gdmcom.phy.FrameRx.push>` with its ``position``."""
+        late = [i for i, img in self._open.items() if img.deadline is not None and position >= img.deadline]
+        self.counters["images_idle"] += len(late)
+        return [self._finalise(i) for i in late]
 
     def _expire(self) -> List[ReassembledImage]:
         out = [self._finalise(i) for i, img in list(self._open.items())

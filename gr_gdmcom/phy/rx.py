@@ -585,6 +585,26 @@ class FrameRx:
         self._reset(self._end)
         return frames
 
+    @property
+    def position(self) -> int:
+        """Absolute index of the next sample to be pushed (samples pushed so far, any flush's
+        padding not counted)."""
+        return self._end
+
+    def image_deadline(self, frame: RxFrame) -> Optional[int]:
+        """Stream position by which the next chunk of ``frame``'s image has been received, if
+        it was sent: ``cfg.image_timeout`` durations of the image's largest burst after this
+        burst's end, plus this receiver's own delay (up to about two bursts' overhead: the
+        detector waits for a preamble's worth past a peak) taken twice.  None with
+        ``image_timeout`` 0.  :meth:`Reassembler.idle <gr_gdmcom.phy.Reassembler.idle>`
+        publishes an image still missing chunks there."""
+        if not self.cfg.image_timeout:
+            return None
+        h, lay = frame.header, self.layout
+        largest = -(-int(h.total_symbols) // max(int(h.chunk_count), 1))
+        end = int(frame.start) + lay.burst_samples(len(frame.symbols))
+        return end + int(math.ceil(self.cfg.image_timeout * lay.burst_samples(largest))) + 4 * lay.burst_samples(0)
+
     # --------------------------------------------------------------- internals
     def reset(self):
         """Drop the buffered samples and the bursts in progress (after an error in the
