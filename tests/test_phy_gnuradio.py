@@ -226,3 +226,55 @@ def test_dispersive_pass_leaves_a_flat_channel_alone(rng):
     assert n0 == n1 == 0 and len(f0) == len(f1) == 3
     for a, b in zip(f0, f1):
         assert np.array_equal(a.symbols, b.symbols) and a.snr_db == b.snr_db
+
+
+@pytest.mark.parametrize("sps,kind", [(2, "tone"), (2, "band"), (4, "band")])
+def test_an_adjacent_channel_20_db_stronger_than_the_signal_is_filtered_out(sps, kind, rng):
+    """GNU Radio's own blocks make the link: channel_model at 15 dB, plus an interferer outside the
+    signal's band ((1 + 0.35) / (2 sps) cycles/sample) -- a sig_source_c tone at 0.45, or GR's noise
+    source through a complex band-pass 0.06 wide at the band edge + 0.05 (an adjacent channel) -- with
+    10x the signal's rms amplitude.  The detector's metrics are normalised by all the power they see:
+    before the receiver's channel filter (FrameRx step 0) it found none of the 4 bursts (12 dB over
+    the signal already lost them all); now every one, the estimate as without the interferer."""
+    channels = pytest.importorskip("gnuradio.channels")
+    from gnuradio import analog, blocks, filter as gr_filter, gr
+    from gnuradio.fft import window
+
+    cfg = FrameConfig(sps=sps, max_chunk_symbols=2048)
+    sym = complex_noise(4 * 2048, 1.0, rng)
+    x = FrameTx(cfg).stream(sym, Header(image_id=3))
+    x = np.concatenate([np.zeros(3000, np.complex64), x, np.zeros(3000, np.complex64)])
+    rms = float(np.sqrt(np.mean(np.abs(x[x != 0]) ** 2)))
+    edge = 1.35 / (2 * sps)
+    chunks = chunk_symbols(sym, 2048)
+
+    def link(ampl):
+        tb = gr.top_block()
+        src = blocks.vector_source_c(x, False)
+        ch = channels.channel_model(noise_voltage=noise_voltage(15.0), noise_seed=4, block_tags=False)
+        add, snk = blocks.add_cc(), blocks.vector_sink_c()
+        if kind == "tone":
+            interferer = analog.sig_source_c(1.0, analog.GR_COS_WAVE, 0.45, ampl * rms)
+            tb.connect(interferer, (add, 1))
+        else:
+            lo = edge + 0.05
+            taps = gr_filter.firdes.complex_band_pass(1.0, 1.0, lo, lo + 0.06, 0.01, window.WIN_HAMMING)
+            gain = ampl * rms / np.sqrt(np.sum(np.abs(taps) ** 2))  # (white noise of unit power in)
+            noise = analog.noise_source_c(analog.GR_GAUSSIAN, 1.0, 7)
+            bp = gr_filter.fir_filter_ccc(1, taps)
+            tb.connect(noise, bp, blocks.multiply_const_cc(gain), (add, 1))
+        tb.connect(src, ch, (add, 0))
+        tb.connect(add, snk)
+        tb.run()
+        y = np.asarray(snk.data(), np.complex64)
+        rx = FrameRx(cfg)
+        return y, rx.push(y) + rx.flush()
+
+    y, frames = link(10.0)
+    clean_y, clean = link(0.0)
+    power = np.mean(np.abs(y - clean_y) ** 2)
+    assert 10 * np.log10(power / rms ** 2) == pytest.approx(20.0, abs=1.5)  # the interferer: ~20 dB over the signal
+    assert sorted(f.header.chunk_index for f in frames) == [0, 1, 2, 3]
+    by = {f.header.chunk_index: f.snr_db for f in clean}
+    assert max(abs(f.snr_db - by[f.header.chunk_index]) for f in frames) < 0.3
+    assert all(abs(measure_snr_db(chunks[f.header.chunk_index], f.symbols) - 15.0) < 1.0 for f in frames)

@@ -5,6 +5,11 @@ in an internal buffer (bounded: at most one burst plus the detection look-ahead
 beyond what has been processed, and inputs are processed in slices of
 ``max_slice`` samples).  The chain, per burst (``docs/frame-format.md``):
 
+0. channel selection (sps >= 2, once, on the stream): a linear-phase low-pass FIR
+   flat over the signal's band (1 + rolloff) / (2 sps) and 60 dB down 0.05 cycles/sample
+   above it, its delay taken out (the buffer's indices stay the input's): what lies
+   outside the band -- an adjacent channel, a spur -- no longer reaches detection,
+   whose metrics are normalised by all the power they see;
 1. detection: Barker-weighted repeated-segment metric on integrate-and-dump
    samples (CFO-proof), threshold ``detect_threshold``, peak pick;
 2. coarse CFO from the metric's phase; segment-wise correlation with the known
@@ -46,6 +51,7 @@ from dataclasses import dataclass
 from typing import List, NamedTuple, Optional
 
 import numpy as np
+from scipy import signal as sps_signal
 
 from ..config import ALPHA_RANGE, GUIDANCE_RANGE
 from . import sync
@@ -55,6 +61,26 @@ from .header import (FORWARD_DDIM, FORWARD_RANDOM, HEADER_CODED_BITS, PLAIN_FLAG
 from .snr import MIN_NOISE_VAR, noise_var_to_snr_db
 
 log = logging.getLogger(__name__)
+
+#: channel filter: stopband attenuation (dB) and the widest transition band (cycles/sample)
+CHANNEL_STOP_DB, CHANNEL_TRANSITION = 60.0, 0.05
+
+
+@functools.lru_cache(maxsize=16)
+def channel_taps(sps: int, rolloff: float) -> Optional[np.ndarray]:
+    """Taps of the receiver's channel-select filter (step 0): a Kaiser-window low-pass (scipy
+    ``kaiserord``/``firwin``), passband to the signal's band edge (1 + rolloff) / (2 sps)
+    (ripple 0.01 dB), ``CHANNEL_STOP_DB`` down ``CHANNEL_TRANSITION`` cycles/sample above it
+    (or at Nyquist); odd length, linear phase; complex64.  None where the band leaves no room
+    (sps 1, or less than 0.03 cycles/sample below Nyquist)."""
+    edge = (1.0 + float(rolloff)) / (2.0 * int(sps))
+    stop = min(edge + CHANNEL_TRANSITION, 0.5)
+    if sps < 2 or stop - edge < 0.03:
+        return None
+    n, beta = sps_signal.kaiserord(CHANNEL_STOP_DB, 2.0 * (stop - edge))
+    taps = sps_signal.firwin(n | 1, (edge + stop) / 2.0, window=("kaiser", beta), fs=1.0).astype(np.complex64)
+    taps.flags.writeable = False
+    return taps
 
 COUNTERS = ("bursts_detected", "bursts_resynced", "candidates_rejected", "headers_ok", "header_retries",
             "header_copies", "header_crc_fail",
@@ -542,6 +568,8 @@ class FrameRx:
         # a preamble closer than this (samples) to a burst's end leaves too few of its known symbols
         # after it to cut it (CUT_MIN_KNOWN_AT): detection need not have passed it when the burst is read
         self._late = CUT_MIN_KNOWN_AT * (c.pilot_spacing + 1) * c.sps
+        self._chan = channel_taps(c.sps, c.rolloff)
+        self._lag = 0 if self._chan is None else (len(self._chan) - 1) // 2
         self._ted = _discriminators(lay.half, c.sps, c.rolloff, lay.rrc_scale, c.rrc_span) if c.sps > 1 else None
         # samples kept before the scan position (sync window; a resync preamble's burst start)
         # and padded at the stream edges
@@ -568,7 +596,8 @@ class FrameRx:
         x = self._sanitize(samples)
         frames: List[RxFrame] = []
         for k in range(0, len(x), self.max_slice):
-            part = x[k: k + self.max_slice]
+            part = self._select(x[k: k + self.max_slice])
+            self._pushed += min(self.max_slice, len(x) - k)
             self._append(part)
             self._end += len(part)
             frames += self._process(final=False)
@@ -577,7 +606,10 @@ class FrameRx:
     def flush(self) -> List[RxFrame]:
         """End of stream: decode what is complete; bursts cut off by the end count as
         ``truncated``.  The receiver is then ready for a new stream (indices go on)."""
-        self._append(np.zeros(self._tail_pad, np.complex64))
+        # the channel filter's last outputs (its delay) and the padding, through it
+        tail = self._select(np.zeros(self._lag + self._tail_pad, np.complex64))
+        self._append(tail)
+        self._end = self._pushed  # (the padding is not counted)
         frames = self._process(final=True)
         for b in self._pending:
             if b.stage != "dead":
@@ -587,8 +619,8 @@ class FrameRx:
 
     @property
     def position(self) -> int:
-        """Absolute index of the next sample to be pushed (samples pushed so far, any flush's
-        padding not counted)."""
+        """Absolute index up to which pushed samples have been buffered (the samples pushed so
+        far less the channel filter's delay; any flush's padding not counted)."""
         return self._end
 
     def image_deadline(self, frame: RxFrame) -> Optional[int]:
@@ -609,7 +641,7 @@ class FrameRx:
     def reset(self):
         """Drop the buffered samples and the bursts in progress (after an error in the
         caller's processing); the next pushed sample continues the stream's indices."""
-        self._reset(self._end)
+        self._reset(self._pushed)
 
     def _reset(self, at: int):
         """Fresh stream state; the next pushed sample gets absolute index ``at``."""
@@ -617,7 +649,10 @@ class FrameRx:
         self._store = np.zeros(max(at - start, 1 << 16), np.complex64)  # zeros before the stream start
         self._lo, self._hi = 0, at - start  # self._store[_lo:_hi] holds samples _buf_start..
         self._buf_start = start
-        self._end = self._stream_start = at
+        self._end = self._stream_start = self._pushed = at
+        # the channel filter: its state, and its first outputs still to drop (its delay)
+        self._zi = None if self._chan is None else np.zeros(len(self._chan) - 1, np.complex64)
+        self._skip = self._lag
         self._scan = start // self._sps  # next detection-metric index (symbol-rate)
         self._pending: List[_Burst] = []
         self._last_end = -math.inf
@@ -642,8 +677,20 @@ class FrameRx:
                 "(all are counted in nonfinite_samples; later ones are logged at debug level)", MAX_SAMPLE, nbad)
             self.counters["nonfinite_samples"] += nbad
             # remembered: the symbols they touch get the energy they lost as noise (_lost_energy)
-            self._bad = np.concatenate([self._bad, self._end + np.flatnonzero(bad)])
+            self._bad = np.concatenate([self._bad, self._pushed + np.flatnonzero(bad)])
         return x
+
+    def _select(self, x: np.ndarray) -> np.ndarray:
+        """Step 0: ``x`` through the channel filter (state kept across calls), its delay
+        dropped at the stream's start, so that buffer index = input index."""
+        if self._chan is None:
+            return x
+        z = np.concatenate([self._zi, x])
+        self._zi = z[len(x):]  # the filter's memory: the last len(taps) - 1 inputs
+        y = np.convolve(z, self._chan, "valid")  # (each output a direct sum: the same in any chunking)
+        k = min(self._skip, len(y))
+        self._skip -= k
+        return y[k:]
 
     @property
     def _buf(self) -> np.ndarray:
