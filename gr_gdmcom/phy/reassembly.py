@@ -207,9 +207,10 @@ class Reassembler:
         return [self._finalise(i) for i in list(self._open)]
 
     def idle(self, position: int) -> List[ReassembledImage]:
-        """Finalise the open images whose deadline the receiver's stream ``position`` (absolute
-        index of its next sample) has passed: the rest of them was not sent, or was lost.  Call
-        after each :meth:`FrameRx.push <gr_gdmcom.phy.FrameRx.push>` with its ``position``."""
+        """Finalise the open images whose deadline the receiver's stream ``position`` (how far it
+        has buffered the stream, :attr:`FrameRx.position <gr_gdmcom.phy.FrameRx.position>`) has
+        passed: the rest of them was not sent, or was lost.  Call after each
+        :meth:`FrameRx.push <gr_gdmcom.phy.FrameRx.push>`."""
         late = [i for i, img in self._open.items() if img.deadline is not None and position >= img.deadline]
         self.counters["images_idle"] += len(late)
         return [self._finalise(i) for i in late]
