@@ -11,15 +11,17 @@ open).  Images have random latent shapes and 1-200 chunks; frames carry random n
 per-symbol variances, tracked flags and (in half the streams) erased runs, some of a whole chunk.
 Then frames are lost (up to 40 %), duplicated (20 %), swapped with their neighbour (20 %) or sent
 with one symbol short of their header's size (1 %, to be dropped as inconsistent), and
-fed to a ``Reassembler`` with random ``timeout_frames``, ``max_pending`` and
-``finalise_on_new_id``.  Every symbol is ``uid + 1j * position`` (uid: one per transmitted image),
+fed to a ``Reassembler`` with random ``timeout_frames``, ``max_pending``,
+``finalise_on_new_id`` and deadlines (none, or 1-50 frames after a frame, each frame at its place in
+the stream; ``idle`` called after each frame with the stream position a little past it).  Every symbol is ``uid + 1j * position`` (uid: one per transmitted image),
 so an image out that mixes two images' symbols, or puts one at the wrong place, is seen.
 
 Checks: ``add``/``flush`` never raise; never more than ``max_pending`` open images, the repeat
 memory bounded; each image out has symbols/mask/symbol_noise_var of ``total_symbols``, zeros
 outside the mask, consistent chunk counts, ``complete`` and ``erased_symbols``, a finite SNR that
 is not 100 dB when nothing was received, one transmitted image's symbols at their positions;
-images_complete + images_partial = images out, images_repeated = images with ``repeat``; every
+images_complete + images_partial = images out, images_repeated = images with ``repeat``,
+images_idle <= images_partial (an image complete is never waited out); every
 accepted chunk is in some image out.  One row per kind, the summed counters, then the last line
 ``exceptions X, failing streams Y; ...``: all zero is a pass (exit 0; else 1).  Found this way
 (10e69a6): an image whose received symbols were all erased reported 100 dB.
@@ -28,6 +30,7 @@ accepted chunk is in some image out.  One row per kind, the summed counters, the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 import traceback
@@ -204,10 +207,13 @@ def run_one(seed):
     frames = scenario(rng, kind)
     tf = int(rng.choice([1, 2, 5, 64, 1000])); mp = int(rng.choice([1, 2, 4, 8, 64]))
     fnew = bool(rng.random() < 0.6) if kind != "many_open" else bool(rng.random() < 0.2)
-    r = Reassembler(timeout_frames=tf, max_pending=mp, finalise_on_new_id=fnew)
+    wait = None if rng.random() < 0.3 else int(rng.choice([1, 2, 5, 50])) * 1000
+    r = Reassembler(timeout_frames=tf, max_pending=mp, finalise_on_new_id=fnew,
+                    deadline=None if wait is None else (lambda f: f.start + wait))
     problems, images = [], []
     for k, f in enumerate(frames):
-        images += r.add(f)
+        images += r.add(dataclasses.replace(f, start=1000 * k))  # (frame k of the stream at 1000 k)
+        images += r.idle(1000 * k + int(rng.integers(0, 3000)))
         if len(r._open) > mp:
             problems.append(f"frame {k}: {len(r._open)} open > max_pending {mp}")
         if len(r._done) > REPEAT_MEMORY:
@@ -218,6 +224,8 @@ def run_one(seed):
     c = r.counters
     if c["images_complete"] + c["images_partial"] != len(images):
         problems.append(f"counters complete {c['images_complete']} + partial {c['images_partial']} != {len(images)} images out")
+    if c["images_idle"] > c["images_partial"]:
+        problems.append(f"images_idle {c['images_idle']} > images_partial {c['images_partial']}")
     if c["images_repeated"] != sum(1 for i in images if i.repeat):
         problems.append(f"images_repeated {c['images_repeated']} != {sum(1 for i in images if i.repeat)} with repeat>0")
     for j, img in enumerate(images):
@@ -234,7 +242,7 @@ def run_one(seed):
         if f.header.chunk_index < len(sizes) and len(f.symbols) == sizes[f.header.chunk_index] and key not in out_chunks:
             problems.append(f"chunk {key[2]} of image {key[0]} accepted but in no image out")
             break
-    return kind, len(frames), len(images), c, problems, (tf, mp, fnew)
+    return kind, len(frames), len(images), c, problems, (tf, mp, fnew, wait)
 
 
 def main(argv=None):
@@ -262,7 +270,7 @@ def main(argv=None):
             r[3] += 1
             nfail += 1
             if nfail <= 15:
-                print(f"seed {s} ({kind}, timeout/max_pending/new_id {par}): {problems[:3]}")
+                print(f"seed {s} ({kind}, timeout/max_pending/new_id/deadline {par}): {problems[:3]}")
     for k, r in rows.items():
         print(f"{k:11s} streams {r[0]:4d} frames {r[1]:6d} images out {r[2]:5d} failing {r[3]}")
     print("counters", dict(tot))
