@@ -130,10 +130,13 @@ class FrameConfig:
             Fewer than ``image_timeout`` of an image's bursts lost in a row never split it; more
             publish it as two partial receptions of the same id.  Raise it where a transmitter
             pauses between the chunks of an image or a link drops several in a row.
+        notch: receiver (sps >= 2): find narrowband interferers inside the signal's band (a
+            spur, a carrier, a DC offset) and notch each (``phy.notch``; counter
+            ``tones_notched``).  Where none is found the stream passes unchanged.
 
     The receiver takes any chunk size and gap; ``sps``, ``rolloff``, ``rrc_span``,
     ``pilot_spacing``, ``header_copy`` and the preamble settings must match the
-    transmitter's; the eight receiver settings are the receiver's own, ``tx_clip`` the
+    transmitter's; the nine receiver settings are the receiver's own, ``tx_clip`` the
     transmitter's.
     """
 
@@ -156,6 +159,7 @@ class FrameConfig:
     dispersive_eq: bool = True
     tx_clip: float = 0.0
     image_timeout: float = 4.0
+    notch: bool = True
 
     def __post_init__(self):
         self.validate()
@@ -181,6 +185,7 @@ class FrameConfig:
             (float(self.image_timeout) == 0 or 1.0 <= float(self.image_timeout) <= 1e6,
              "image_timeout must be 0 (off) or in 1 .. 1e6 (bursts)"),
             (isinstance(self.header_copy, (bool, np.bool_)), "header_copy must be True or False"),
+            (isinstance(self.notch, (bool, np.bool_)), "notch must be True or False"),
             (isinstance(self.cfo_search, (int, np.integer))
              and 0 <= self.cfo_search < round(np.sqrt(self.preamble_seg)),
              "cfo_search must be an integer in 0 .. sqrt(preamble_seg) - 1"),

@@ -9,7 +9,8 @@ beyond what has been processed, and inputs are processed in slices of
    flat over the signal's band (1 + rolloff) / (2 sps) and 60 dB down 0.05 cycles/sample
    above it, its delay taken out (the buffer's indices stay the input's): what lies
    outside the band -- an adjacent channel, a spur -- no longer reaches detection,
-   whose metrics are normalised by all the power they see;
+   whose metrics are normalised by all the power they see; then the tones inside the
+   band found and notched (:mod:`.notch`, ``FrameConfig.notch``);
 1. detection: Barker-weighted repeated-segment metric on integrate-and-dump
    samples (CFO-proof), threshold ``detect_threshold``, peak pick;
 2. coarse CFO from the metric's phase; segment-wise correlation with the known
@@ -55,6 +56,7 @@ from scipy import signal as sps_signal
 
 from ..config import ALPHA_RANGE, GUIDANCE_RANGE
 from . import sync
+from .notch import ToneNotch
 from .frame import HEADER_COPY_AFTER, MAX_CHUNK_LIMIT, MAX_IMAGE_SYMBOLS, BurstMap, FrameConfig
 from .header import (FORWARD_DDIM, FORWARD_RANDOM, HEADER_CODED_BITS, PLAIN_FLAG, Header, HeaderError, decode_headers,
                      encode_header)
@@ -85,7 +87,7 @@ def channel_taps(sps: int, rolloff: float) -> Optional[np.ndarray]:
 COUNTERS = ("bursts_detected", "bursts_resynced", "candidates_rejected", "headers_ok", "header_retries",
             "header_copies", "header_crc_fail",
             "header_invalid", "sync_fail", "truncated", "overlapping", "nonfinite_samples", "timing_tracked",
-            "track_lost", "symbols_erased", "dispersive", "bursts_cut", "cut_dropped", "frames_out")
+            "track_lost", "symbols_erased", "dispersive", "bursts_cut", "cut_dropped", "tones_notched", "frames_out")
 #: Input samples whose real or imaginary part exceeds this (a float read from another sample
 #: format; no radio gives it) are treated like NaN: zeroed, counted in ``nonfinite_samples``.
 #: Their float32 squares summed over the detector's windows would overflow.
@@ -570,6 +572,9 @@ class FrameRx:
         self._late = CUT_MIN_KNOWN_AT * (c.pilot_spacing + 1) * c.sps
         self._chan = channel_taps(c.sps, c.rolloff)
         self._lag = 0 if self._chan is None else (len(self._chan) - 1) // 2
+        # (not at sps 1: there the bursts' own lines -- the same preamble and pilots in every burst
+        # -- reached the notch's threshold, with 16-symbol chunks at 41 dB)
+        self._notch = ToneNotch((1.0 + c.rolloff) / (2.0 * c.sps)) if c.notch and c.sps > 1 else None
         self._ted = _discriminators(lay.half, c.sps, c.rolloff, lay.rrc_scale, c.rrc_span) if c.sps > 1 else None
         # samples kept before the scan position (sync window; a resync preamble's burst start)
         # and padded at the stream edges
@@ -653,6 +658,8 @@ class FrameRx:
         # the channel filter: its state, and its first outputs still to drop (its delay)
         self._zi = None if self._chan is None else np.zeros(len(self._chan) - 1, np.complex64)
         self._skip = self._lag
+        if self._notch is not None:
+            self._notch.reset()
         self._scan = start // self._sps  # next detection-metric index (symbol-rate)
         self._pending: List[_Burst] = []
         self._last_end = -math.inf
@@ -683,14 +690,18 @@ class FrameRx:
     def _select(self, x: np.ndarray) -> np.ndarray:
         """Step 0: ``x`` through the channel filter (state kept across calls), its delay
         dropped at the stream's start, so that buffer index = input index."""
-        if self._chan is None:
+        if self._chan is not None:
+            z = np.concatenate([self._zi, x])
+            self._zi = z[len(x):]  # the filter's memory: the last len(taps) - 1 inputs
+            x = np.convolve(z, self._chan, "valid")  # (each output a direct sum: the same in any chunking)
+            k = min(self._skip, len(x))
+            self._skip -= k
+            x = x[k:]
+        if self._notch is None or not len(x):
             return x
-        z = np.concatenate([self._zi, x])
-        self._zi = z[len(x):]  # the filter's memory: the last len(taps) - 1 inputs
-        y = np.convolve(z, self._chan, "valid")  # (each output a direct sum: the same in any chunking)
-        k = min(self._skip, len(y))
-        self._skip -= k
-        return y[k:]
+        x = self._notch.process(x)  # and the tones inside the band
+        self.counters["tones_notched"] = self._notch.found
+        return x
 
     @property
     def _buf(self) -> np.ndarray:
