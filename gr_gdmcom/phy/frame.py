@@ -198,6 +198,12 @@ class FrameConfig:
         return self
 
     @property
+    def band_edge(self) -> float:
+        """Edge of the signal's band, (1 + rolloff) / (2 sps) cycles/sample (above 0.5 at sps 1:
+        the whole sampled band)."""
+        return (1.0 + float(self.rolloff)) / (2.0 * int(self.sps))
+
+    @property
     def cfo_range(self) -> float:
         """Largest |CFO| the receiver acquires, cycles/sample."""
         return (self.cfo_search + 0.5) / (self.preamble_seg * self.sps)

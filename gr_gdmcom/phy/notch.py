@@ -56,8 +56,7 @@ class ToneNotch:
         self.edge = float(edge)
         self.radius = 1.0 - RADIUS_SLOPE * self.edge
         self._win = np.hanning(BLOCK).astype(np.float32)
-        self._freq = np.fft.fftfreq(BLOCK)
-        self._inband = np.abs(self._freq) <= self.edge
+        self._inband = np.abs(np.fft.fftfreq(BLOCK)) <= self.edge
         self.found = 0
         self.reset()
 
@@ -73,7 +72,7 @@ class ToneNotch:
 
     def process(self, x: np.ndarray) -> np.ndarray:
         """``x`` (complex64) with the tones notched; the blocks it completes analysed."""
-        out, k = [], 0
+        out, k = [x[:0]], 0
         while k < len(x):
             n = min(len(x) - k, BLOCK - self._fill)
             part = x[k: k + n]
@@ -85,7 +84,7 @@ class ToneNotch:
                 self._analyse()
                 self._fill = 0
                 self._block += 1
-        return np.concatenate(out) if len(out) != 1 else out[0]
+        return np.concatenate(out) if len(out) > 2 else out[-1]
 
     def _notch(self, x: np.ndarray) -> np.ndarray:
         for i, f in enumerate(self.tones):

@@ -69,15 +69,14 @@ CHANNEL_STOP_DB, CHANNEL_TRANSITION = 60.0, 0.05
 
 
 @functools.lru_cache(maxsize=16)
-def channel_taps(sps: int, rolloff: float) -> Optional[np.ndarray]:
+def channel_taps(edge: float) -> Optional[np.ndarray]:
     """Taps of the receiver's channel-select filter (step 0): a Kaiser-window low-pass (scipy
-    ``kaiserord``/``firwin``), passband to the signal's band edge (1 + rolloff) / (2 sps)
-    (ripple 0.01 dB), ``CHANNEL_STOP_DB`` down ``CHANNEL_TRANSITION`` cycles/sample above it
-    (or at Nyquist); odd length, linear phase; complex64.  None where the band leaves no room
-    (sps 1, or less than 0.03 cycles/sample below Nyquist)."""
-    edge = (1.0 + float(rolloff)) / (2.0 * int(sps))
+    ``kaiserord``/``firwin``), passband to the signal's band edge (:attr:`FrameConfig.band_edge`,
+    cycles/sample; ripple 0.01 dB), ``CHANNEL_STOP_DB`` down ``CHANNEL_TRANSITION`` cycles/sample
+    above it (or at Nyquist); odd length, linear phase; complex64.  None where the band leaves no
+    room (sps 1, or less than 0.03 cycles/sample below Nyquist)."""
     stop = min(edge + CHANNEL_TRANSITION, 0.5)
-    if sps < 2 or stop - edge < 0.03:
+    if stop - edge < 0.03:
         return None
     n, beta = sps_signal.kaiserord(CHANNEL_STOP_DB, 2.0 * (stop - edge))
     taps = sps_signal.firwin(n | 1, (edge + stop) / 2.0, window=("kaiser", beta), fs=1.0).astype(np.complex64)
@@ -570,11 +569,11 @@ class FrameRx:
         # a preamble closer than this (samples) to a burst's end leaves too few of its known symbols
         # after it to cut it (CUT_MIN_KNOWN_AT): detection need not have passed it when the burst is read
         self._late = CUT_MIN_KNOWN_AT * (c.pilot_spacing + 1) * c.sps
-        self._chan = channel_taps(c.sps, c.rolloff)
+        self._chan = channel_taps(c.band_edge)
         self._lag = 0 if self._chan is None else (len(self._chan) - 1) // 2
         # (not at sps 1: there the bursts' own lines -- the same preamble and pilots in every burst
         # -- reached the notch's threshold, with 16-symbol chunks at 41 dB)
-        self._notch = ToneNotch((1.0 + c.rolloff) / (2.0 * c.sps)) if c.notch and c.sps > 1 else None
+        self._notch = ToneNotch(c.band_edge) if c.notch and c.sps > 1 else None
         self._ted = _discriminators(lay.half, c.sps, c.rolloff, lay.rrc_scale, c.rrc_span) if c.sps > 1 else None
         # samples kept before the scan position (sync window; a resync preamble's burst start)
         # and padded at the stream edges
@@ -697,7 +696,7 @@ class FrameRx:
             k = min(self._skip, len(x))
             self._skip -= k
             x = x[k:]
-        if self._notch is None or not len(x):
+        if self._notch is None:
             return x
         x = self._notch.process(x)  # and the tones inside the band
         self.counters["tones_notched"] = self._notch.found
