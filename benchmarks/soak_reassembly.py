@@ -20,8 +20,9 @@ Checks: ``add``/``flush`` never raise; never more than ``max_pending`` open imag
 memory bounded; each image out has symbols/mask/symbol_noise_var of ``total_symbols``, zeros
 outside the mask, consistent chunk counts, ``complete`` and ``erased_symbols``, a finite SNR that
 is not 100 dB when nothing was received, one transmitted image's symbols at their positions;
-images_complete + images_partial = images out, images_repeated = images with ``repeat``,
-images_idle <= images_partial (an image complete is never waited out); every
+images_complete + images_partial = images out - updates, images_repeated = images with ``repeat``
+(updates aside), images_updated = images with ``update``, each update missing fewer chunks than its
+earlier version, images_idle <= images_partial + updates (an image complete is never waited out); every
 accepted chunk is in some image out.  One row per kind, the summed counters, then the last line
 ``exceptions X, failing streams Y; ...``: all zero is a pass (exit 0; else 1).  Found this way
 (10e69a6): an image whose received symbols were all erased reported 100 dB.
@@ -222,12 +223,25 @@ def run_one(seed):
     if r._open:
         problems.append("open images after flush")
     c = r.counters
-    if c["images_complete"] + c["images_partial"] != len(images):
-        problems.append(f"counters complete {c['images_complete']} + partial {c['images_partial']} != {len(images)} images out")
-    if c["images_idle"] > c["images_partial"]:
-        problems.append(f"images_idle {c['images_idle']} > images_partial {c['images_partial']}")
-    if c["images_repeated"] != sum(1 for i in images if i.repeat):
-        problems.append(f"images_repeated {c['images_repeated']} != {sum(1 for i in images if i.repeat)} with repeat>0")
+    updates = sum(1 for i in images if i.update)
+    if c["images_complete"] + c["images_partial"] != len(images) - updates:
+        problems.append(f"counters complete {c['images_complete']} + partial {c['images_partial']} != "
+                        f"{len(images)} images out - {updates} updates")
+    if c["images_idle"] > c["images_partial"] + updates:
+        problems.append(f"images_idle {c['images_idle']} > images_partial {c['images_partial']} + {updates} updates")
+    if c["images_repeated"] != sum(1 for i in images if i.repeat and not i.update):
+        problems.append(f"images_repeated {c['images_repeated']} != "
+                        f"{sum(1 for i in images if i.repeat and not i.update)} with repeat>0 (not updates)")
+    if c["images_updated"] != updates:
+        problems.append(f"images_updated {c['images_updated']} != {updates} with update>0")
+    latest = {}  # an update has every chunk its earlier version had, and more
+    for j, img in enumerate(images):
+        key = (img.header.image_id, _image_key(img.header), img.repeat)
+        prev = latest.get(key)
+        if img.update and (prev is None or prev.update != img.update - 1 or not set(img.missing) < set(prev.missing)):
+            problems.append(f"image {j} (id {img.header.image_id}): update {img.update} does not add to its "
+                            "earlier version")
+        latest[key] = img
     for j, img in enumerate(images):
         check_image(img, problems, f"image {j} (id {img.header.image_id})")
     # every accepted chunk (uid, index) is in some image out

@@ -370,6 +370,7 @@ class RxPipeline:
         self.names = dict(names or {})
         self.counters = dict(images_decoded=0, images_failed=0, prompt_mismatch=0, model_mismatch=0, ids_reused=0)
         self._written: set = set()  # files this receiver wrote: an image id received again keeps both
+        self._files: dict = {}  # (image id, repeat) -> the file of that reception: an update goes over it
 
     def push(self, samples: np.ndarray) -> list:
         """Samples in; reassembled images (ready to decode) out."""
@@ -396,7 +397,7 @@ class RxPipeline:
                    chunks_received=int(img.chunks_received), chunks_total=int(img.chunks_total),
                    complete=bool(img.complete), missing_chunks=list(map(int, img.missing)),
                    untracked_chunks=list(map(int, img.untracked)), erased_symbols=int(img.erased_symbols),
-                   repeat=int(img.repeat))
+                   repeat=int(img.repeat), update=int(img.update))
         if int(h.prompt_hash) != prompt_hash(self.config.prompt):
             self.counters["prompt_mismatch"] += 1
             log.warning("sink: image %d was encoded with another prompt (hash %04x); decoding with %r",
@@ -431,7 +432,7 @@ class RxPipeline:
         res["image"] = dec.image
         if self.out_dir is not None:
             try:
-                res["file"] = str(self._write(dec.image, image_id, name, int(img.repeat)))
+                res["file"] = str(self._write(dec.image, image_id, name, int(img.repeat), int(img.update)))
             except OSError as exc:  # a full disk, a folder removed or made read-only during the run
                 self.counters["images_failed"] += 1
                 res["error"] = f"decoded, but cannot write it to {self.out_dir}: {exc.strerror or exc}"
@@ -440,13 +441,19 @@ class RxPipeline:
         self.counters["images_decoded"] += 1
         return res
 
-    def _write(self, image: np.ndarray, image_id: int, name: str, repeat: int = 0) -> Path:
+    def _write(self, image: np.ndarray, image_id: int, name: str, repeat: int = 0, update: int = 0) -> Path:
         """Write a decoded image into ``out_dir``; an id received again keeps both files
-        (``repeat``: the reassembler recognised the same image sent again)."""
+        (``repeat``: the reassembler recognised the same image sent again); an ``update`` (the
+        same reception with chunks that came late) goes over its earlier file."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = first = self.out_dir / self.filename.format(image_id=image_id, name=name)
         n = 1
-        while path in self._written:  # the same id again: a restarted transmitter, or two of them
+        earlier = self._files.get((image_id, repeat)) if update else None
+        if earlier is not None:
+            path = earlier
+            log.info("sink: image %d again with chunks that came late (update %d); written over %s", image_id,
+                     update, path.name)
+        while earlier is None and path in self._written:  # the same id again: a restarted transmitter, or two
             n += 1
             path = first.with_name(f"{first.stem}~{n}{first.suffix}")
         if n > 1:
@@ -460,4 +467,5 @@ class RxPipeline:
         path.parent.mkdir(parents=True, exist_ok=True)  # a pattern with a folder: {name}/img{image_id}.png
         Image.fromarray(image).save(path)
         self._written.add(path)
+        self._files[(image_id, repeat)] = path
         return path

@@ -376,6 +376,46 @@ class qa_missing_chunks(gr_unittest.TestCase):
         self.assertIn("WARNING:gr_gdmcom.pipeline:sink: image id 3 received again after its image was decoded "
                       "(a restarted transmitter, or two?); written as img00003~3.png", said)
 
+    def test_chunks_that_come_after_the_deadline_publish_the_image_again_over_its_file(self):
+        """Chunk 0 of image 9, then silence past its deadline (more bursts lost in a row than
+        image_timeout allows): the image is published without chunks 1 and 2.  When they come, it is
+        published again whole (`update` 1) and written over img00009.png; it used to come out as a
+        second partial image of its own (img00009~2.png, "a restarted transmitter, or two?") holding
+        only the rest.  The run's summary counts it once."""
+        import tempfile
+        from pathlib import Path
+        from PIL import Image
+        from gr_gdmcom.blocks.flowgraph import summary
+        from gr_gdmcom.bridge.backend import make_backend
+        from gr_gdmcom.config import CodecConfig
+        from gr_gdmcom.phy import FrameConfig
+        enc = make_backend("local", CodecConfig(**TINY)).encode(_png_bytes(), name="x")  # 60 symbols
+        bursts = FrameTx(FrameConfig(max_chunk_symbols=24)).frames(enc.symbols, header_for(enc.meta, 9))
+        gap = np.zeros(400, np.complex64)
+        stream = awgn(np.concatenate([gap, bursts[0], np.zeros(12 * len(bursts[0]), np.complex64), bursts[1], gap,
+                                      bursts[2], gap]), 15.0, np.random.default_rng(4))
+        with tempfile.TemporaryDirectory() as out:
+            tb, dbg = gr.top_block(), blocks.message_debug()
+            snk = semantic_sink(out_dir=out, max_chunk_symbols=24, **TINY)
+            tb.connect(blocks.vector_source_c(stream.tolist()), snk)
+            tb.msg_connect(snk, "images", dbg, "store")
+            with self.assertLogs("gr_gdmcom.pipeline", "INFO") as logs:
+                tb.run()
+            self.assertEqual([p.name for p in Path(out).iterdir()], ["img00009.png"])
+            self.assertEqual([(r["update"], r["chunks_received"], r["missing_chunks"], Path(r["file"]).name)
+                              for r in snk.results], [(0, 1, [1, 2], "img00009.png"), (1, 3, [], "img00009.png")])
+            first, second = (np.asarray(pmt.to_python(pmt.cdr(m)), np.uint8) for m in _messages(dbg))
+            written = np.asarray(Image.open(Path(out) / "img00009.png")).ravel()
+            np.testing.assert_array_equal(written, second)
+            self.assertGreater(np.abs(written.astype(int) - first).mean(), 1.0)  # not the partial decode
+        c = snk.counters()
+        self.assertEqual((c["images_idle"], c["images_updated"], c["images_complete"], c["images_partial"],
+                          c["ids_reused"], c["images_decoded"]), (1, 1, 1, 0, 0, 2))
+        self.assertIn("INFO:gr_gdmcom.pipeline:sink: image 9 again with chunks that came late (update 1); written "
+                      "over img00009.png", logs.output)
+        d = summary(tb, sink=snk)
+        self.assertEqual((d["images"], d["decoded"]), (1, 1))
+
     def test_image_with_a_lost_chunk_is_decoded_and_marked(self):
         from gr_gdmcom.bridge.backend import make_backend
         from gr_gdmcom.config import CodecConfig

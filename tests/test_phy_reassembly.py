@@ -60,7 +60,7 @@ def test_new_image_finalises_previous_and_counts_lost(rng):
     out = r.add(fb[1])
     assert len(out) == 1 and out[0].complete
     assert r.counters == dict(images_complete=1, images_partial=1, images_lost=2, chunks_duplicate=0,
-                              chunks_inconsistent=0, images_repeated=0, images_idle=0)
+                              chunks_inconsistent=0, images_repeated=0, images_idle=0, images_updated=0)
 
 
 def test_image_received_again_is_returned_as_a_repeat(rng):
@@ -79,11 +79,14 @@ def test_image_received_again_is_returned_as_a_repeat(rng):
     alpha = frames_of(5, imgs[5], 2000)[0].header.alpha
     out += [img for f in frames_of(5, imgs[5], 2000, alpha=alpha * 2) for img in r.add(f)]
     assert out[-1].repeat == 0 and r.counters["images_repeated"] == 4
-    # the chunk an image was finalised without, arriving late, is the rest of that image, not a repeat
+    # the chunk an image was finalised without, arriving late, is the rest of that image, not a repeat:
+    # it is returned again, whole, as an update
     late = frames_of(8, imgs[5], 2000)
     out += r.add(late[0]) + r.add(frames_of(9, imgs[6], 2000)[0]) + r.add(late[1])
-    assert [(o.header.image_id, o.missing, o.repeat) for o in out[-2:]] == [(8, [1], 0), (9, [1], 0)]
-    assert r.flush()[0].repeat == 0 and r.counters["images_repeated"] == 4
+    assert [(o.header.image_id, o.missing, o.repeat, o.update) for o in out[-3:]] == [
+        (8, [1], 0, 0), (9, [1], 0, 0), (8, [], 0, 1)]
+    np.testing.assert_array_equal(out[-1].symbols, imgs[5])
+    assert r.flush() == [] and r.counters["images_repeated"] == 4
 
 
 def test_timeout_duplicates_and_inconsistent_chunks(rng):
@@ -185,18 +188,20 @@ def test_a_frame_of_the_same_id_from_another_picture_or_model_starts_a_new_image
 
 
 def test_a_retransmission_after_a_late_chunk_is_still_a_repeat(rng):
-    """Image 5 finalised without chunk 1 (image 6 came), chunk 1 arriving late (the rest of 5), then
-    image 5 sent again: the late chunk's reception replaced what the first one had received ({0, 2}
-    by {1}), so the retransmission, starting with chunk 0, came out as repeat 0 -- a new image under a
-    reused id to the sink ('a restarted transmitter, or two?') -- and images_repeated stayed 0."""
+    """Image 5 finalised without chunk 1 (image 6 came), chunk 1 arriving late (the rest of 5: it
+    comes out again, whole, as update 1), then image 5 sent again: a repeat, as it starts with a chunk
+    the image had.  (Once the late chunk's reception replaced what the first had received, {0, 2} by
+    {1}, and the retransmission came out as a new image under a reused id.)"""
     a, b = complex_noise(6000, 1.0, rng), complex_noise(6000, 1.0, rng)
     f5, f6 = frames_of(5, a, 2000), frames_of(6, b, 2000)
     r = Reassembler()
     out = r.add(f5[0]) + r.add(f5[2]) + r.add(f6[0]) + r.add(f5[1])
     out += sum((r.add(f) for f in f6[1:] + frames_of(5, a, 2000)), []) + r.flush()
-    assert [(o.header.image_id, o.chunks_received, o.repeat) for o in out] == [
-        (5, 2, 0), (6, 1, 0), (5, 1, 0), (6, 2, 0), (5, 3, 1)]
-    assert r.counters["images_repeated"] == 1
+    assert [(o.header.image_id, o.chunks_received, o.repeat, o.update) for o in out] == [
+        (5, 2, 0, 0), (6, 1, 0, 0), (5, 3, 0, 1), (6, 3, 0, 1), (5, 3, 1, 0)]
+    assert r.counters["images_repeated"] == 1 and r.counters["images_updated"] == 2
+    # each image counted once: the updates replaced their partial receptions
+    assert r.counters["images_complete"] == 3 and r.counters["images_partial"] == 0
 
 
 def test_an_image_with_every_symbol_erased_reports_its_chunks_noise_not_100_db(rng):
@@ -294,3 +299,48 @@ def test_a_timeout_of_n_bursts_never_splits_an_image_missing_fewer_than_n_in_a_r
         out = [img for _, img in _pushed(rx, r, x, piece)]
         assert [(i.header.image_id, i.missing) for i in out] == [(1, [1] if lost else []), (2, [1] if lost else [])]
         assert r.counters["images_idle"] == (1 if lost else 0)  # image 2, the last: complete without a loss
+
+
+def test_chunks_arriving_after_the_deadline_publish_the_image_again_whole(rng):
+    """More bursts lost (or delayed) in a row than the deadline allows: the image is published at its
+    deadline without them, and when they come it is published again with every chunk (update 1),
+    not as a second partial image holding only the rest."""
+    sym = complex_noise(10_000, 1.0, rng)
+    fr = frames_of(3, sym, 1000)  # 10 chunks, chunk i at stream position 1000 i
+    r = Reassembler(deadline=lambda f: f.start + 1500)
+    assert r.add(fr[0]) + r.add(fr[1]) == [] and r.idle(2499) == []
+    first, = r.idle(2500)
+    assert (first.update, first.chunks_received, first.missing) == (0, 2, list(range(2, 10)))
+    out = sum((r.add(f) for f in fr[2:]), [])
+    assert [(o.update, o.complete, o.chunks_received) for o in out] == [(1, True, 10)]
+    np.testing.assert_array_equal(out[0].symbols, sym)
+    assert out[0].mask.all() and out[0].header.chunk_index == 0 and r.flush() == []
+    c = r.counters
+    assert (c["images_complete"], c["images_partial"], c["images_idle"], c["images_updated"], c["images_lost"]) == (
+        1, 0, 1, 1, 0)
+
+
+def test_an_update_can_itself_be_updated_and_the_memory_is_bounded(rng):
+    from gr_gdmcom.phy.reassembly import UPDATE_MEMORY
+
+    imgs = {i: complex_noise(3000, 1.0, rng) for i in range(UPDATE_MEMORY + 2)}
+    fr = {i: frames_of(i, imgs[i], 1000) for i in imgs}
+    r = Reassembler()
+    out = r.add(fr[0][0]) + r.add(fr[1][0])  # 0 finalised with chunk 0 alone
+    out += r.add(fr[0][1])  # 1 finalised; 0 re-opened with chunks 0, 1
+    out += r.add(fr[1][2])  # 0 published again (update 1, still without chunk 2); 1 re-opened
+    out += r.add(fr[0][2])  # 1 published again (update 1); 0 whole (update 2)
+    assert [(o.header.image_id, o.update, o.chunks_received) for o in out] == [
+        (0, 0, 1), (1, 0, 1), (0, 1, 2), (1, 1, 2), (0, 2, 3)]
+    np.testing.assert_array_equal(out[-1].symbols, imgs[0])
+    # UPDATE_MEMORY more partial images later, image 1's last chunk is too late to complete it: it comes
+    # out alone, a partial reception of its own, as before updates existed
+    for i in range(2, UPDATE_MEMORY + 2):
+        out += r.add(fr[i][0])
+    out += r.add(fr[1][1]) + r.flush()
+    assert [(o.header.image_id, o.update, o.chunks_received) for o in out[-3:]] == [
+        (UPDATE_MEMORY, 0, 1), (UPDATE_MEMORY + 1, 0, 1), (1, 0, 1)]
+    assert r.counters["images_updated"] == 3
+    # ... and, a known image, it is no jump back in the ids: the next image is not 'lost images'
+    r.add(frames_of(UPDATE_MEMORY + 2, imgs[0], 1000)[0])
+    assert r.counters["images_lost"] == 0

@@ -26,7 +26,7 @@ import time
 
 #: keys of the per-image JSON line printed by :func:`watch_rx`
 RESULT_KEYS = ("image_id", "name", "snr_est_db", "n_steps", "complete", "chunks_received", "chunks_total",
-               "height", "width", "file", "error", "model_mismatch", "repeat", "seconds")
+               "height", "width", "file", "error", "model_mismatch", "repeat", "update", "seconds")
 EXIT_NOTHING, EXIT_TIMEOUT = 2, 3
 
 
@@ -66,19 +66,20 @@ def watch_rx(tb, sink, images_expected: int = 0, timeout: float = 0.0, poll: flo
     """End a receiver's run: a radio or ZMQ PULL source never ends its stream.
 
     A daemon thread prints one JSON line per image the ``sink`` reports and calls
-    ``tb.stop()`` after ``images_expected`` images (decoded or failed) or after
+    ``tb.stop()`` after ``images_expected`` images (decoded or failed; an ``update``, an image
+    published again with chunks that came late, is not another image) or after
     ``timeout`` seconds (then ``tb.rx_timed_out`` is True); 0 means no limit (a
     receiver whose stream ends by itself, file_rx, calls it with neither).  :func:`finish`
     prints the lines of images decoded after its last look (at the end of the stream).
     """
     tb.rx_timed_out = False
-    tb.rx_printed = 0
+    tb.rx_printed = tb.rx_images = 0
 
     def _watch():
         t0 = time.monotonic()
         while True:
             _print_rx(tb, sink)
-            if images_expected > 0 and tb.rx_printed >= images_expected:
+            if images_expected > 0 and tb.rx_images >= images_expected:
                 break
             if timeout > 0 and time.monotonic() - t0 > timeout:
                 tb.rx_timed_out = True
@@ -120,6 +121,7 @@ def _print_rx(tb, sink) -> None:
             r = results[tb.rx_printed]
             _print({k: r[k] for k in RESULT_KEYS if k in r})
             tb.rx_printed += 1
+            tb.rx_images = getattr(tb, "rx_images", 0) + (not r.get("update"))
 
 
 def _print_tx(tb, source) -> None:
@@ -136,7 +138,15 @@ def summary(tb, source=None, sink=None, images_expected: int = 0) -> dict:
     if source is not None:
         d.update(images_sent=source.counters()["images_sent"], source_counters=source.counters())
     if sink is not None:
-        d.update(images=len(sink.results), decoded=sum("error" not in r for r in sink.results),
+        images, where = [], {}  # each image once: an update replaces the reception it completes
+        for r in sink.results:
+            key = (r.get("image_id"), r.get("repeat", 0))
+            if r.get("update") and key in where:
+                images[where[key]] = r
+            else:
+                where[key] = len(images)
+                images.append(r)
+        d.update(images=len(images), decoded=sum("error" not in r for r in images),
                  images_expected=int(images_expected), timed_out=bool(getattr(tb, "rx_timed_out", False)),
                  counters=sink.counters())
     return d

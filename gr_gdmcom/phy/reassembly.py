@@ -19,12 +19,19 @@ Policy (never silent):
 * a chunk received twice keeps the copy with the lower expected error (its noise
   variance; an erased symbol counts as lost);
 * image ids are expected to increase by one per image (mod 65536): a jump of
-  d (1 < d <= ``MAX_ID_GAP``) counts d - 1 images as lost;
+  d (1 < d <= ``MAX_ID_GAP``) counts d - 1 images as lost (a late chunk of an image already
+  finalised is no jump);
 * an image received again after it was finalised (same id and image-level header
   fields as one of the last ``REPEAT_MEMORY`` finalised, starting with a chunk one of its
   receptions had: a retransmission, a capture replayed twice) is collected and returned again,
   counted in ``images_repeated`` and marked by its ``repeat`` number, so a consumer can
-  tell it from a new image.
+  tell it from a new image;
+* a chunk an image was finalised without, arriving late (more of its bursts lost in a row than
+  its deadline allows, a burst delayed behind another image's), re-opens it with the chunks it
+  had (the last ``UPDATE_MEMORY`` images finalised with chunks missing keep theirs): it is
+  returned again, more complete, marked by its ``update`` number and counted in
+  ``images_updated``, in place of its earlier reception in ``images_partial`` /
+  ``images_complete``.
 """
 
 from __future__ import annotations
@@ -47,6 +54,9 @@ MAX_ID_GAP = 256
 #: how many finalised images are remembered to recognise one received again
 REPEAT_MEMORY = 64
 ID_MODULUS = 1 << 16
+#: how many images finalised with chunks missing keep their chunks, so that a late one re-opens
+#: the image (an ``update``) instead of starting a reception of the rest alone
+UPDATE_MEMORY = 8
 #: header fields every chunk of one image carries alike: a frame of the open image's id that differs
 #: in any starts a new image (another picture under a reused id, or another transmitter's)
 _IMAGE_FIELDS = ("total_symbols", "chunk_count", "latent_shape", "image_size", "k", "T", "forward", "alpha",
@@ -78,6 +88,9 @@ class ReassembledImage:
         erased_symbols: symbols of the received chunks that were erased (no signal).
         repeat: 0 for an image's first reception; n for its n-th reception again after it
             was finalised (same id and image-level header fields: a retransmission).
+        update: 0, or n when a chunk this image had been finalised without arrived late: the
+            n-th more complete version of the same reception (its chunks and the late ones),
+            to be used in place of the earlier one.
     """
 
     header: Header
@@ -94,6 +107,7 @@ class ReassembledImage:
     untracked: List[int] = field(default_factory=list)
     erased_symbols: int = 0
     repeat: int = 0
+    update: int = 0
 
 
 def erased_ranges(erased: Optional[np.ndarray]) -> List[List[int]]:
@@ -123,6 +137,7 @@ class _Open:
     last_seen: int
     repeat: int = 0
     deadline: Optional[int] = None
+    update: int = 0
 
 
 def _image_key(h: Header) -> tuple:
@@ -142,8 +157,10 @@ class Reassembler:
             past the latest of its chunks' deadlines.  None: no deadlines.
 
     Attributes:
-        counters: images_complete, images_partial, images_lost, chunks_duplicate,
-            chunks_inconsistent, images_repeated, images_idle (finalised by :meth:`idle`).
+        counters: images_complete, images_partial (each image once: an update replaces its
+            earlier reception), images_lost, chunks_duplicate, chunks_inconsistent,
+            images_repeated, images_idle (finalised by :meth:`idle`), images_updated (returned
+            again with late chunks).
     """
 
     def __init__(self, timeout_frames: int = 64, max_pending: int = 4, finalise_on_new_id: bool = True,
@@ -153,12 +170,15 @@ class Reassembler:
         self.timeout_frames, self.max_pending = int(timeout_frames), int(max_pending)
         self.finalise_on_new_id = bool(finalise_on_new_id)
         self.counters = dict(images_complete=0, images_partial=0, images_lost=0, chunks_duplicate=0,
-                             chunks_inconsistent=0, images_repeated=0, images_idle=0)
+                             chunks_inconsistent=0, images_repeated=0, images_idle=0,
+                             images_updated=0)
         self._deadline = deadline
         self._open: Dict[int, _Open] = {}
         #: (image id, image-level fields) of the last REPEAT_MEMORY finalised images -> (receptions,
         #: the chunk indices received)
         self._done: Dict[tuple, Tuple[int, frozenset]] = {}
+        #: the same key -> (repeat, update, chunks) of the last UPDATE_MEMORY finalised with chunks missing
+        self._partial: Dict[tuple, Tuple[int, int, Dict[int, RxFrame]]] = {}
         self._frames = 0
         self._last_id: Optional[int] = None
 
@@ -179,16 +199,26 @@ class Reassembler:
         if img is None:
             if self.finalise_on_new_id:
                 out += [self._finalise(i) for i in list(self._open)]
-            seen, had = self._done.get((h.image_id, _image_key(h)), (0, frozenset()))
+            key = (h.image_id, _image_key(h))
+            seen, had = self._done.get(key, (0, frozenset()))
+            prior = None
             if h.chunk_index not in had:  # the rest of an image finalised without it: not a repeat
-                seen = 0
+                seen, prior = 0, self._partial.pop(key, None)
             if seen:
                 self.counters["images_repeated"] += 1
                 log.info("image %d received again (same header as an image already finalised): a repeated "
                          "transmission, returned as repeat %d", h.image_id, seen)
-            else:
+            elif prior is not None:  # re-opened with what it had: published again, more complete
+                seen, update, chunks = prior
+                log.info("image %d: chunk %d arrived after the image was finalised with %d of %d chunks; "
+                         "re-opened, to be returned again as update %d", h.image_id, h.chunk_index, len(chunks),
+                         h.chunk_count, update + 1)
+                img = _Open(h, dict(chunks), self._frames, seen, update=update + 1)
+            elif key not in self._done:  # (the rest of an image finalised long ago is no id jump)
                 self._count_lost(h.image_id)
-            img = self._open[h.image_id] = _Open(h, {}, self._frames, seen)
+            if img is None:
+                img = _Open(h, {}, self._frames, seen)
+            self._open[h.image_id] = img
         old = img.chunks.get(h.chunk_index)
         if old is not None:
             self.counters["chunks_duplicate"] += 1
@@ -262,6 +292,14 @@ class Reassembler:
         missing = sorted(set(range(h0.chunk_count)) - set(img.chunks))
         complete = not missing and not erased
         self.counters["images_complete" if complete else "images_partial"] += 1
+        if img.update:  # in place of the reception it completes, which was partial
+            self.counters["images_partial"] -= 1
+            self.counters["images_updated"] += 1
+        self._partial.pop(done, None)
+        if missing:  # a late chunk re-opens it
+            self._partial[done] = (img.repeat, img.update, img.chunks)
+            while len(self._partial) > UPDATE_MEMORY:
+                del self._partial[next(iter(self._partial))]
         if missing:
             shown = missing if len(missing) <= 12 else f"[{', '.join(map(str, missing[:12]))}, ... {len(missing) - 12} more]"
             log.warning("image %d finalised with %d of %d chunks (missing %s)", image_id, len(img.chunks),
@@ -270,4 +308,4 @@ class Reassembler:
                                 noise_var=mean_nv, chunks_received=len(img.chunks), chunks_total=h0.chunk_count,
                                 missing=missing, complete=complete, chunk_noise_var=nv, symbol_noise_var=sym_nv,
                                 untracked=sorted(i for i, f in img.chunks.items() if not f.tracked),
-                                erased_symbols=erased, repeat=img.repeat)
+                                erased_symbols=erased, repeat=img.repeat, update=img.update)
