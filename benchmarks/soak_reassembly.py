@@ -7,7 +7,7 @@ Each stream is one of six kinds (by seed): ``simple`` (one transmitter, consecut
 ``retransmit`` (images sent again, same header and content), ``contradict`` (a CRC-valid frame of
 an image's id whose chunk_count, total_symbols or latent_shape differ), ``interleave`` (2-3
 transmitters' frames interleaved) and ``many_open`` (4-11 transmitters, short runs, many images
-open).  Images have random latent shapes and 1-200 chunks; frames carry random noise variances,
+open); in half the streams of several transmitters each has its own sender id.  Images have random latent shapes and 1-200 chunks; frames carry random noise variances,
 per-symbol variances, tracked flags and (in half the streams) erased runs, some of a whole chunk.
 Then frames are lost (up to 40 %), duplicated (20 %), swapped with their neighbour (20 %) or sent
 with one symbol short of their header's size (1 %, to be dropped as inconsistent), and
@@ -99,6 +99,10 @@ def scenario(rng, kind):
     if kind == "many_open":
         n_tx = int(rng.integers(4, 12))
     p_erase = 0.3 if rng.random() < 0.5 else 0.0
+    # half the streams of several transmitters give each its own sender id (the header's, version 6)
+    senders = [0] * n_tx
+    if n_tx > 1 and rng.random() < 0.5:
+        senders = [int(v) for v in rng.choice(np.arange(1, 128), n_tx, replace=False)]
     streams = []
     for t in range(n_tx):
         nid = int(rng.integers(0, 65536)) if rng.random() < 0.7 else 65530
@@ -108,7 +112,7 @@ def scenario(rng, kind):
                 nid = int(rng.choice([0, nid - 3, int(rng.integers(0, 65536))])) % 65536
                 cut = int(rng.integers(0, len(frames) + 1))
                 frames = frames[:cut] if rng.random() < 0.5 else frames
-            hdr = make_image(rng, nid & 0xFFFF, small=kind == "many_open")
+            hdr = dict(make_image(rng, nid & 0xFFFF, small=kind == "many_open"), sender=senders[t])
             uid = new_uid()
             fr = frames_of(rng, hdr, uid, p_erase)
             if kind == "restart" and rng.random() < 0.3:  # transmitter restarted mid image: only a prefix

@@ -25,7 +25,7 @@ from .codec import LatentMeta, prompt_hash
 from .codec.core import weight_by_reliability
 from .config import CodecConfig
 from .phy import FrameConfig, FrameRx, FrameTx, Header, Reassembler
-from .phy.header import (MEAN_SLOTS, MEANS_FLAG, REDUCE_DCT_FLAG, REDUCE_LOG2_MASK, REDUCE_POOL_FLAG,
+from .phy.header import (MEAN_SLOTS, MEANS_FLAG, REDUCE_DCT_FLAG, REDUCE_LOG2_MASK, REDUCE_POOL_FLAG, SENDERS,
                          fits_float16)
 
 log = logging.getLogger(__name__)
@@ -167,16 +167,29 @@ def image_names(files: Sequence[Path]) -> dict:
 
 def check_filename(pattern: str) -> str:
     """A receiver's output file name pattern, checked once (an unknown field such as ``{idx}``
-    made every image decode and then fail on its file name): its fields are ``image_id`` and
-    ``name`` (``img{image_id:05d}.png``, ``{name}.png``).  Raises ValueError."""
+    made every image decode and then fail on its file name): its fields are ``image_id``,
+    ``name`` and ``sender`` (``img{image_id:05d}.png``, ``{name}.png``,
+    ``tx{sender}-{image_id}.png``).  Raises ValueError."""
     try:
-        name = str(pattern).format(image_id=0, name="image")
+        name = str(pattern).format(image_id=0, name="image", sender=0)
     except (KeyError, IndexError, ValueError) as exc:
         raise ValueError(f"filename pattern {pattern!r} cannot be filled ({type(exc).__name__}: {exc}); "
-                         "its fields are {image_id} and {name}, e.g. img{image_id:05d}.png") from None
+                         "its fields are {image_id}, {name} and {sender}, e.g. img{image_id:05d}.png") from None
     if not name or name.endswith(("/", "\\")):
         raise ValueError(f"filename pattern {pattern!r} gives no file name")
     return pattern
+
+
+def check_sender(sender) -> int:
+    """A transmitter's sender id (:attr:`Header.sender`) as an int in 0..127.  Raises ValueError."""
+    try:
+        ok = not isinstance(sender, bool) and float(sender) == int(sender) and 0 <= int(sender) < SENDERS
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"sender_id must be an integer in 0..{SENDERS - 1} (7 bits of the frame header), got "
+                         f"{sender!r}")
+    return int(sender)
 
 
 def header_reduce_ok(reduce: int) -> bool:
@@ -204,8 +217,9 @@ def header_flags(meta: LatentMeta) -> int:
     return (r.bit_length() - 1) | _METHOD_FLAGS.get(meta.reduce_method, 0) | (MEANS_FLAG if meta.means else 0)
 
 
-def header_for(meta: LatentMeta, image_id: int) -> Header:
-    """Frame header template (chunk fields are filled in by the PHY).
+def header_for(meta: LatentMeta, image_id: int, sender: int = 0) -> Header:
+    """Frame header template (chunk fields are filled in by the PHY); ``sender``: the
+    transmitter's id, 0-127 (:attr:`Header.sender`).
 
     Raises:
         LinkMetaError: see :func:`header_flags`; or a mean that float16 cannot hold.
@@ -218,7 +232,7 @@ def header_for(meta: LatentMeta, image_id: int) -> Header:
                   image_size=tuple(meta.image_size), k=meta.k, T=meta.T,
                   forward=FORWARD_CODES[meta.forward], guidance=float(meta.guidance), alpha=float(meta.alpha),
                   prompt_hash=meta.prompt_hash, model_hash=int(meta.model_hash), total_symbols=meta.n_symbols,
-                  flags=flags, means=means)
+                  flags=flags, means=means, sender=int(sender))
 
 
 def meta_from_header(h: Header, prompt: str, name: str) -> LatentMeta:
@@ -255,12 +269,15 @@ class TxPipeline:
         frame: PHY settings.
         repeat: times to send the list (0 = forever).
         image_id_start: id of the first image (ids wrap at 65536).
+        sender: the transmitter's id in every header, 0-127 (:attr:`Header.sender`): receivers
+            reassemble each sender's images apart.
         wait: a pass that sends nothing is retried every second instead of ending the stream.
     """
 
     def __init__(self, backend, images: Union[str, Sequence], frame: FrameConfig, repeat: int = 1,
-                 image_id_start: int = 0, wait: bool = False):
+                 image_id_start: int = 0, wait: bool = False, sender: int = 0):
         self.backend, self.repeat = backend, int(repeat)
+        self.sender = check_sender(sender)
         self.spec = images if isinstance(images, (str, Path)) else [str(i) for i in images]
         self.images = expand_images(self.spec)
         self.wait = bool(wait)
@@ -333,7 +350,7 @@ class TxPipeline:
             self._reported.add(str(path))
             return ev
         try:
-            header = header_for(enc.meta, image_id)
+            header = header_for(enc.meta, image_id, self.sender)
         except LinkMetaError as exc:
             ev.error = str(exc)
             self.counters["images_failed"] += 1
@@ -355,7 +372,8 @@ class RxPipeline:
         config: the receiver's :class:`CodecConfig` (prompt, for the hash check).
         frame: PHY settings (must match the transmitter's).
         out_dir: folder for decoded images (None: do not write).
-        filename: pattern with ``{image_id}`` and ``{name}`` fields.
+        filename: pattern with ``{image_id}``, ``{name}`` and ``{sender}`` fields; the images of a
+            sender other than 0 go into a sub-folder ``tx<sender>`` unless it names ``{sender}``.
         names: optional ``{image_id: name}`` (e.g. the source's file stems).
     """
 
@@ -370,7 +388,7 @@ class RxPipeline:
         self.names = dict(names or {})
         self.counters = dict(images_decoded=0, images_failed=0, prompt_mismatch=0, model_mismatch=0, ids_reused=0)
         self._written: set = set()  # files this receiver wrote: an image id received again keeps both
-        self._files: dict = {}  # (image id, repeat) -> the file of that reception: an update goes over it
+        self._files: dict = {}  # (sender, image id, repeat) -> the file of that reception: an update goes over it
 
     def push(self, samples: np.ndarray) -> list:
         """Samples in; reassembled images (ready to decode) out."""
@@ -391,9 +409,9 @@ class RxPipeline:
     def decode(self, img) -> dict:
         """Decode one reassembled image; returns the result record (never raises)."""
         h = img.header
-        image_id = int(h.image_id)
+        image_id, sender = int(h.image_id), int(h.sender)
         name = self.names.get(image_id, f"img{image_id:05d}")
-        res = dict(image_id=image_id, name=name, snr_est_db=round(float(img.snr_db), 3),
+        res = dict(image_id=image_id, sender=sender, name=name, snr_est_db=round(float(img.snr_db), 3),
                    chunks_received=int(img.chunks_received), chunks_total=int(img.chunks_total),
                    complete=bool(img.complete), missing_chunks=list(map(int, img.missing)),
                    untracked_chunks=list(map(int, img.untracked)), erased_symbols=int(img.erased_symbols),
@@ -432,7 +450,7 @@ class RxPipeline:
         res["image"] = dec.image
         if self.out_dir is not None:
             try:
-                res["file"] = str(self._write(dec.image, image_id, name, int(img.repeat), int(img.update)))
+                res["file"] = str(self._write(dec.image, image_id, name, int(img.repeat), int(img.update), sender))
             except OSError as exc:  # a full disk, a folder removed or made read-only during the run
                 self.counters["images_failed"] += 1
                 res["error"] = f"decoded, but cannot write it to {self.out_dir}: {exc.strerror or exc}"
@@ -441,14 +459,19 @@ class RxPipeline:
         self.counters["images_decoded"] += 1
         return res
 
-    def _write(self, image: np.ndarray, image_id: int, name: str, repeat: int = 0, update: int = 0) -> Path:
-        """Write a decoded image into ``out_dir``; an id received again keeps both files
+    def _write(self, image: np.ndarray, image_id: int, name: str, repeat: int = 0, update: int = 0,
+               sender: int = 0) -> Path:
+        """Write a decoded image into ``out_dir`` (a sender other than 0: its sub-folder
+        ``tx<sender>``, unless the pattern names ``{sender}``); an id received again keeps both files
         (``repeat``: the reassembler recognised the same image sent again); an ``update`` (the
         same reception with chunks that came late) goes over its earlier file."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        path = first = self.out_dir / self.filename.format(image_id=image_id, name=name)
+        rel = self.filename.format(image_id=image_id, name=name, sender=sender)
+        if sender and "{sender" not in self.filename:
+            rel = f"tx{sender}/{rel}"
+        path = first = self.out_dir / rel
         n = 1
-        earlier = self._files.get((image_id, repeat)) if update else None
+        earlier = self._files.get((sender, image_id, repeat)) if update else None
         if earlier is not None:
             path = earlier
             log.info("sink: image %d again with chunks that came late (update %d); written over %s", image_id,
@@ -463,9 +486,9 @@ class RxPipeline:
                          image_id, path.name, first.name)
             else:
                 log.warning("sink: image id %d received again after its image was decoded (a restarted "
-                            "transmitter, or two?); written as %s, not over %s", image_id, path.name, first.name)
+                            "transmitter, or two with one sender id?); written as %s, not over %s", image_id, path.name, first.name)
         path.parent.mkdir(parents=True, exist_ok=True)  # a pattern with a folder: {name}/img{image_id}.png
         Image.fromarray(image).save(path)
         self._written.add(path)
-        self._files[(image_id, repeat)] = path
+        self._files[(sender, image_id, repeat)] = path
         return path

@@ -1,5 +1,6 @@
 """QA of the GNU Radio blocks: vector_source -> block -> vector_sink, tags, message ports, bad input."""
 
+import re
 import time
 
 import numpy as np
@@ -41,14 +42,14 @@ class qa_frame_blocks(gr_unittest.TestCase):
         snk = blocks.vector_sink_c()
         tb.connect(tx, snk)
         meta = pmt.to_pmt(dict(image_id=7, latent_shape=[4, 8, 8], image_size=[64, 64], k=5, T=50, forward=0,
-                               guidance=6.0, alpha=0.8, prompt_hash=prompt_hash(DEFAULT_PROMPT)))
+                               guidance=6.0, alpha=0.8, prompt_hash=prompt_hash(DEFAULT_PROMPT), sender=5))
         tx._post(pmt.intern("pdus"), pmt.cons(meta, pmt.init_c32vector(len(sym), sym)))
         tx._post(pmt.intern("pdus"), pmt.cons(pmt.PMT_NIL, pmt.init_u8vector(1, [1])))  # bad PDU: counted
         tx._post(pmt.intern("pdus"), pmt.cons(pmt.to_pmt({"eos": True}), pmt.init_u8vector(0, [])))
         tb.run()
         out = np.asarray(snk.data(), np.complex64)
         tags = {pmt.symbol_to_string(t.key): (t.offset, pmt.to_python(t.value)) for t in snk.tags()}
-        expected = FrameTx(tx.frame_config).frames(sym, _header())
+        expected = FrameTx(tx.frame_config).frames(sym, _header().replace(sender=5))
         self.assertEqual(tags["packet_len"], (0, len(expected[0])))
         self.assertEqual(tags["image_id"], (0, 7))
         np.testing.assert_allclose(out[:len(expected[0])], expected[0], atol=1e-6)
@@ -73,7 +74,7 @@ class qa_frame_blocks(gr_unittest.TestCase):
         self.assertEqual(rx.counters()["images_complete"], 2)
         m = pmt.to_python(pmt.car(msgs[0]))
         vec = np.asarray(pmt.c32vector_elements(pmt.cdr(msgs[0])))
-        self.assertEqual(m["image_id"], 7)
+        self.assertEqual((m["image_id"], m["sender"]), (7, 5))
         self.assertTrue(m["complete"])
         self.assertEqual(list(m["untracked_chunks"]), [])
         self.assertLess(abs(m["snr_db"] - 10.0), 1.0)
@@ -208,13 +209,17 @@ class qa_semantic_blocks(gr_unittest.TestCase):
             semantic_source(images="package:astronaut.png", reduce=3, **TINY)
         with self.assertRaisesRegex(ValueError, r"^stop_timeout must be >= 0 seconds, got -1$"):
             semantic_source(images="package:astronaut.png", stop_timeout=-1, **TINY)
+        for bad in (128, -1, 2.5, "x"):
+            with self.assertRaisesRegex(ValueError, r"^sender_id must be an integer in 0\.\.127 \(7 bits of the frame "
+                                                    rf"header\), got {re.escape(repr(bad))}$"):
+                semantic_source(images="package:astronaut.png", sender_id=bad, **TINY)
         with self.assertRaisesRegex(ValueError, r"^drain_timeout must be >= 0 seconds, got -1$"):
             semantic_sink(out_dir="", drain_timeout=-1, **TINY)
         src = semantic_source(images="package:astronaut.png", k=46, T=50, **TINY)  # no m of its own to add
         with self.assertRaisesRegex(ValueError, r"^repeat must be >= 0"):
             src.set_repeat(-2)
         with self.assertRaisesRegex(ValueError, r"^filename pattern 'img\{idx\}.png' cannot be filled \(KeyError: "
-                                                r"'idx'\); its fields are \{image_id\} and \{name\}"):
+                                                r"'idx'\); its fields are \{image_id\}, \{name\} and \{sender\}"):
             semantic_sink(out_dir="", filename="img{idx}.png", **TINY)
 
     def test_a_sink_takes_a_fixed_n_below_its_default_k_plus_m(self):
@@ -374,7 +379,7 @@ class qa_missing_chunks(gr_unittest.TestCase):
         self.assertIn("INFO:gr_gdmcom.pipeline:sink: image 3 received again (a repeated transmission); written as "
                       "img00003~2.png beside img00003.png", said)
         self.assertIn("WARNING:gr_gdmcom.pipeline:sink: image id 3 received again after its image was decoded "
-                      "(a restarted transmitter, or two?); written as img00003~3.png", said)
+                      "(a restarted transmitter, or two with one sender id?); written as img00003~3.png", said)
 
     def test_chunks_that_come_after_the_deadline_publish_the_image_again_over_its_file(self):
         """Chunk 0 of image 9, then silence past its deadline (more bursts lost in a row than
@@ -415,6 +420,39 @@ class qa_missing_chunks(gr_unittest.TestCase):
                       "over img00009.png", logs.output)
         d = summary(tb, sink=snk)
         self.assertEqual((d["images"], d["decoded"]), (1, 1))
+
+    def test_two_senders_taking_turns_on_one_channel_each_get_their_images(self):
+        """Two transmitters (Sender ID 1 and 2) whose bursts alternate on one channel, the same image
+        id 4: the sink decodes each image whole and writes each sender's into its own folder
+        (tx1/img00004.png, tx2/img00004.png); with one sender id each burst finalised the other's
+        image and the pair came out as partial images and updates."""
+        import tempfile
+        from pathlib import Path
+        from gr_gdmcom.bridge.backend import make_backend
+        from gr_gdmcom.config import CodecConfig
+        from gr_gdmcom.phy import FrameConfig
+        backend = make_backend("local", CodecConfig(**TINY))
+        encs = [backend.encode(_png_bytes(seed), name="x") for seed in (3, 4)]  # 60 symbols each
+        tx = FrameTx(FrameConfig(max_chunk_symbols=24))
+        gap = np.zeros(400, np.complex64)
+        for senders in ((1, 2), (0, 0)):
+            a, b = (tx.frames(e.symbols, header_for(e.meta, 4, sender=s)) for e, s in zip(encs, senders))
+            stream = awgn(np.concatenate([gap] + [x for pair in zip(a, b) for x in (pair[0], gap, pair[1], gap)]),
+                          15.0, np.random.default_rng(9))
+            with tempfile.TemporaryDirectory() as out:
+                tb = gr.top_block()
+                snk = semantic_sink(out_dir=out, max_chunk_symbols=24, **TINY)
+                tb.connect(blocks.vector_source_c(stream.tolist()), snk)
+                tb.run()
+                files = sorted(str(p.relative_to(out)) for p in Path(out).rglob("*.png"))
+            got = [(r["sender"], r["image_id"], r["complete"], r["update"]) for r in snk.results]
+            if senders == (1, 2):
+                self.assertEqual(got, [(1, 4, True, 0), (2, 4, True, 0)])
+                self.assertEqual(files, ["tx1/img00004.png", "tx2/img00004.png"])
+                self.assertEqual(snk.counters()["images_complete"], 2)
+            else:
+                self.assertGreater(len(got), 2)
+                self.assertFalse(all(complete for _, _, complete, _ in got[:2]))
 
     def test_image_with_a_lost_chunk_is_decoded_and_marked(self):
         from gr_gdmcom.bridge.backend import make_backend

@@ -48,8 +48,8 @@ def _calibration(path, model):
             "model='stable-diffusion-v1-5/stable-diffusion-v1-5' (here 'tiny'); run gdmcom calibrate with this "
             "model and these settings"),
     ("filename='img{image_id:05d}.png'", "filename='img{idx}.png'",
-     SINK + "filename pattern 'img{idx}.png' cannot be filled (KeyError: 'idx'); its fields are {image_id} and "
-            "{name}, e.g. img{image_id:05d}.png"),
+     SINK + "filename pattern 'img{idx}.png' cannot be filled (KeyError: 'idx'); its fields are {image_id}, "
+            "{name} and {sender}, e.g. img{image_id:05d}.png"),
     ("steps=0,", "steps=3,", SINK + "steps N must satisfy k + m <= N <= T, got N=3, k=0, m=5, T=50"),
 ])
 def test_sink_settings_are_checked_before_the_model_loads(grcc_build, tmp_path, old, new, line):
@@ -74,6 +74,8 @@ SOURCE = "gr_gdmcom: source (Semantic Source): "
     ("tail_symbols=512", "tail_symbols=-1", SOURCE + "tail_symbols must be >= 0 (zero symbols after the last "
                                                      "burst), got -1"),
     ("k=5, forward='ddim'", "k=60, forward='ddim'", SOURCE + "k + m must not exceed T: k=60, m=0, T=50"),
+    ("sender_id=0,", "sender_id=128,", SOURCE + "sender_id must be an integer in 0..127 (7 bits of the frame header), "
+                                                "got 128"),
 ])
 def test_source_settings_are_one_line_not_a_traceback(grcc_build, tmp_path, old, new, line):
     """The Semantic Source's constructor refused these with a traceback (before its model loaded, but a

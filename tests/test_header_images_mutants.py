@@ -24,14 +24,15 @@ from gr_gdmcom.phy.header import HEADER_BYTES, Header, HeaderError, encode_heade
 #: each integer field holds distinct bytes, so a field read from the wrong place shows
 DISTINCT = Header(image_id=0x0102, chunk_index=3, chunk_count=4, total_symbols=0x05060708, chunk_symbols=0x090A,
                   latent_shape=(11, 0x0C0D, 0x0E0F), image_size=(0x1011, 0x1213), k=20, m_hint=21, T=0x1617,
-                  forward=1, guidance=2.5, alpha=0.5, model_hash=0x2425, prompt_hash=0x2627, flags=0x41,
+                  forward=1, sender=0x18, guidance=2.5, alpha=0.5, model_hash=0x2425, prompt_hash=0x2627, flags=0x41,
                   means=(1.0, -2.0, 0.25))
-#: its 52 bytes (docs/frame-format.md): "GD", version 5, flags 0x41, the integers big-endian,
+#: its 52 bytes (docs/frame-format.md): "GD", version 6, flags 0x41, the integers big-endian, byte
+#: 29 forward 1 | sender 0x18 << 1 = 0x31,
 #: guidance 2.5 = float16 0x4100, alpha 0.5 = float32 0x3f000000, model 0x2425 (bytes 36-37),
 #: prompt 0x2627 (38-39), means 1, -2, 0.25, 0 as float16, then the CRC-32 of bytes 0..47
-DISTINCT_BYTES = bytes.fromhex("4744" "05" "41" "0102" "0003" "0004" "05060708" "090a" "0b" "0c0d" "0e0f"
-                               "1011" "1213" "14" "15" "1617" "01" "4100" "3f000000" "2425" "2627"
-                               "3c00" "c000" "3400" "0000" "4ce98cc2")
+DISTINCT_BYTES = bytes.fromhex("4744" "06" "41" "0102" "0003" "0004" "05060708" "090a" "0b" "0c0d" "0e0f"
+                               "1011" "1213" "14" "15" "1617" "31" "4100" "3f000000" "2425" "2627"
+                               "3c00" "c000" "3400" "0000" "f9756d69")
 
 
 def _with_crc(body) -> bytes:
@@ -43,12 +44,13 @@ def test_header_bytes_are_pinned_and_every_field_reads_back():
     assert DISTINCT.pack() == DISTINCT_BYTES
     got = Header.unpack(DISTINCT_BYTES)
     assert got == DISTINCT.replace(means=(1.0, -2.0, 0.25, 0.0))  # unused mean slots come back as 0
-    assert (got.k, got.m_hint, got.T, got.forward) == (20, 21, 0x1617, 1)
+    assert (got.k, got.m_hint, got.T, got.forward, got.sender) == (20, 21, 0x1617, 1, 0x18)
     # the same burst as version 4: k and the rest as they are, the model unknown
     body = bytearray(DISTINCT_BYTES[:-4])
-    body[2] = 4
+    body[2], body[29] = 4, 1
     got4 = Header.unpack(_with_crc(body))
-    assert (got4.version, got4.k, got4.model_hash, got4.prompt_hash) == (4, 20, 0, 0x2627)
+    assert (got4.version, got4.k, got4.forward, got4.sender, got4.model_hash, got4.prompt_hash) == (
+        4, 20, 1, 0, 0, 0x2627)
 
 
 def test_unpack_error_messages_name_the_problem():
@@ -60,8 +62,8 @@ def test_unpack_error_messages_name_the_problem():
     assert exc.value.reason == "magic"
     bad = bytearray(DISTINCT_BYTES)
     bad[10] ^= 0x01
-    with pytest.raises(HeaderError, match=r"^header CRC-32 mismatch \(computed 0xc1617120, "
-                                          r"received 0x4ce98cc2\)$") as exc:
+    with pytest.raises(HeaderError, match=r"^header CRC-32 mismatch \(computed 0x74fd908b, "
+                                          r"received 0xf9756d69\)$") as exc:
         Header.unpack(bytes(bad))
     assert exc.value.reason == "crc"
 

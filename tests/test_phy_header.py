@@ -12,7 +12,7 @@ from gr_gdmcom.phy.frame import FrameConfig
 from gr_gdmcom.phy.header import decode_headers, encode_header
 
 FULL = Header(image_id=65535, chunk_index=3, chunk_count=7, total_symbols=2 ** 32 - 1, chunk_symbols=65535,
-              latent_shape=(4, 96, 128), image_size=(768, 1024), k=5, m_hint=7, T=1000, forward=1, guidance=6.5,
+              latent_shape=(4, 96, 128), image_size=(768, 1024), k=5, m_hint=7, T=1000, forward=1, sender=93, guidance=6.5,
               alpha=1.2345678, prompt_hash=0xBEEF, model_hash=0xCAFE, flags=0x81, means=(-2.23, 0.5, -1.25, 1e-3))
 
 
@@ -21,7 +21,7 @@ def test_pack_roundtrip_and_size():
     assert len(data) == HEADER_BYTES == 52
     got = Header.unpack(data)
     for name in ("image_id", "chunk_index", "chunk_count", "total_symbols", "chunk_symbols", "latent_shape",
-                 "image_size", "k", "m_hint", "T", "forward", "prompt_hash", "model_hash", "flags", "version"):
+                 "image_size", "k", "m_hint", "T", "forward", "sender", "prompt_hash", "model_hash", "flags", "version"):
         assert getattr(got, name) == getattr(FULL, name), name
     assert got.guidance == 6.5  # exact in float16
     assert got.alpha == pytest.approx(1.2345678, rel=1e-7)  # float32
@@ -49,14 +49,39 @@ def test_a_version_4_header_is_read_with_its_model_unknown():
     fingerprint at 36-37 and the CRC's low 16 bits at 38-39, where version 4 has them too: a
     version-4 burst (a capture recorded before) decodes, its model not checked (0)."""
     body = bytearray(FULL.pack()[:-4])
-    assert body[2] == 5 and struct.unpack(">HH", bytes(body[36:40])) == (0xCAFE, 0xBEEF)
-    body[2] = 4
+    assert body[2] == 6 and struct.unpack(">HH", bytes(body[36:40])) == (0xCAFE, 0xBEEF)
+    assert body[29] == 1 | 93 << 1  # forward | sender << 1
+    body[2], body[29] = 4, 1  # (version 4 and 5: byte 29 is forward)
+    got = Header.unpack(bytes(body) + struct.pack(">I", zlib.crc32(bytes(body))))
+    assert (got.version, got.forward, got.sender, got.model_hash) == (4, 1, 0, 0)
     body[36:40] = struct.pack(">I", 0x1234BEEF)  # version 4's 32-bit prompt CRC
     got = Header.unpack(bytes(body) + struct.pack(">I", zlib.crc32(bytes(body))))
     assert (got.version, got.prompt_hash, got.model_hash) == (4, 0xBEEF, 0)
     body[2] = 3
-    with pytest.raises(HeaderError, match="unsupported header version 3 \\(this receiver reads 4, 5\\)"):
+    with pytest.raises(HeaderError, match="unsupported header version 3 \\(this receiver reads 4, 5, 6\\)"):
         Header.unpack(bytes(body) + struct.pack(">I", zlib.crc32(bytes(body))))
+
+
+def test_a_version_5_header_is_read_as_sender_0():
+    """Version 6 put the sender in byte 29's seven bits above ``forward``; a version-5 burst (its
+    byte 29 forward, 0 or 1) is read as sender 0, and a version-5 header cannot name one."""
+    body = bytearray(FULL.pack()[:-4])
+    body[2], body[29] = 5, 1
+    got = Header.unpack(bytes(body) + struct.pack(">I", zlib.crc32(bytes(body))))
+    assert (got.version, got.forward, got.sender, got.model_hash, got.k) == (5, 1, 0, 0xCAFE, 5)
+    assert Header.unpack(FULL.replace(version=5, sender=0).pack()).sender == 0
+    with pytest.raises(HeaderError, match=r"^header field sender=93 is not in 0\.\.127 \(a version-5 header has no "
+                                          r"sender: 0\)$"):
+        FULL.replace(version=5).pack()
+    for bad in (128, -1):
+        with pytest.raises(HeaderError, match=rf"^header field sender={bad} is not in 0\.\.127$"):
+            FULL.replace(sender=bad).pack()
+    with pytest.raises(HeaderError, match=r"^header field forward=2 is not a uint1$"):
+        FULL.replace(forward=2).pack()  # (it would have been read as sender 1)
+    for sender in (0, 1, 64, 127):
+        for forward in (0, 1):
+            got = Header.unpack(FULL.replace(sender=sender, forward=forward).pack())
+            assert (got.sender, got.forward) == (sender, forward)
 
 
 def test_unsupported_version_is_reported():

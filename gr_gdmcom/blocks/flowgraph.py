@@ -25,7 +25,7 @@ import threading
 import time
 
 #: keys of the per-image JSON line printed by :func:`watch_rx`
-RESULT_KEYS = ("image_id", "name", "snr_est_db", "n_steps", "complete", "chunks_received", "chunks_total",
+RESULT_KEYS = ("image_id", "sender", "name", "snr_est_db", "n_steps", "complete", "chunks_received", "chunks_total",
                "height", "width", "file", "error", "model_mismatch", "repeat", "update", "seconds")
 EXIT_NOTHING, EXIT_TIMEOUT = 2, 3
 
@@ -140,7 +140,7 @@ def summary(tb, source=None, sink=None, images_expected: int = 0) -> dict:
     if sink is not None:
         images, where = [], {}  # each image once: an update replaces the reception it completes
         for r in sink.results:
-            key = (r.get("image_id"), r.get("repeat", 0))
+            key = (r.get("sender", 0), r.get("image_id"), r.get("repeat", 0))
             if r.get("update") and key in where:
                 images[where[key]] = r
             else:
@@ -587,12 +587,12 @@ def check_zmq(tb) -> list:
 def check_source(name: str, kw: dict) -> list:
     """The problems of a Semantic Source's settings ``kw`` (:func:`block_settings`) that its
     constructor would raise (a traceback), each ``NAME (Semantic Source): reason``: its own
-    settings (repeat, tail, stop timeout, a reduce the frame header can carry) and the codec and
+    settings (repeat, tail, stop timeout, a reduce and sender id the frame header can carry) and the codec and
     PHY settings as the block makes them."""
     from .semantic_source import OWN, check_own_settings, source_config
 
     say = f"{name} (Semantic Source): "
-    own = {k: kw[k] for k in ("repeat", "tail_symbols", "stop_timeout") if k in kw}
+    own = {k: kw[k] for k in ("repeat", "tail_symbols", "stop_timeout", "sender_id") if k in kw}
     try:
         check_own_settings(reduce=kw.get("reduce", 1), **own)
         source_config(**{k: v for k, v in kw.items() if k not in OWN})

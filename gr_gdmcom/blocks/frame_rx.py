@@ -15,7 +15,7 @@ def header_dict(h) -> dict:
                 latent_shape=[int(v) for v in h.latent_shape], image_size=[int(v) for v in h.image_size],
                 k=int(h.k), T=int(h.T), forward=int(h.forward), guidance=float(h.guidance), alpha=float(h.alpha),
                 prompt_hash=int(h.prompt_hash), model_hash=int(h.model_hash), total_symbols=int(h.total_symbols), flags=int(h.flags),
-                means=[float(v) for v in h.means])
+                means=[float(v) for v in h.means], sender=int(h.sender))
 
 
 class frame_rx(gr.sync_block):

@@ -16,7 +16,8 @@ HEADER_KEYS = ("image_id", "latent_shape", "image_size", "k", "T", "forward", "g
 #: optional keys: ``flags`` (header flags: reduction, means removed), ``means`` (the removed channel means,
 #: needed when flags bit 5 is set), ``total_symbols`` (needed for a reduced latent), ``model_hash`` (the
 #: encoding model's fingerprint, ``LatentMeta.model_hash``; 0 or absent: not given, the receiver cannot
-#: check it).  ``prompt_hash`` is ``codec.prompt_hash(prompt)`` (a full CRC-32 is cut to its low 16 bits).
+#: check it), ``sender`` (0-127, the transmitter's id; absent: 0).  ``prompt_hash`` is
+#: ``codec.prompt_hash(prompt)`` (a full CRC-32 is cut to its low 16 bits).
 
 
 def header_from_meta(meta) -> Header:
@@ -44,7 +45,7 @@ def header_from_meta(meta) -> Header:
                   image_size=tuple(int(v) for v in d["image_size"]), k=int(d["k"]), T=int(d["T"]),
                   forward=int(d["forward"]), guidance=float(d["guidance"]), alpha=float(d["alpha"]),
                   prompt_hash=int(d["prompt_hash"]) & 0xFFFF, model_hash=int(d.get("model_hash", 0)),
-                  total_symbols=total, flags=flags, means=means)
+                  total_symbols=total, flags=flags, means=means, sender=int(d.get("sender", 0)))
 
 
 class frame_tx(gr.sync_block):
@@ -53,7 +54,7 @@ class frame_tx(gr.sync_block):
     Message input ``pdus``: (metadata . c32vector of latent symbols); the
     metadata dict carries ``image_id, latent_shape, image_size, k, T, forward
     (0 ddim / 1 random), guidance, alpha, prompt_hash`` (optionally ``model_hash``,
-    the encoding model's fingerprint) and, for a latent sent
+    the encoding model's fingerprint, and ``sender``, the transmitter's id 0-127) and, for a latent sent
     with its channel means removed (the codec's default) or reduced, ``flags``,
     ``means`` and ``total_symbols`` as frame_rx's PDUs give them.  A PDU whose metadata
     has ``eos`` = #t ends the stream once everything before it is sent.

@@ -141,13 +141,16 @@ BLOCKS = {
                 ("repeat", "Repeat", "int", "1", None, "times to send the list (0 = loop forever)")]
         + SERVER + MODEL + TX + SHARED
         + [("image_id_start", "First image id", "int", "0", "Codec", "image id of the first image (wraps at 65536)"),
+           ("sender_id", "Sender ID", "int", "0", "Codec",
+            "this transmitter's id in every burst header, 0-127: receivers reassemble each sender's images apart, "
+            "so transmitters taking turns on one channel do not split each other's images"),
            ("burst_tags", "UHD burst tags", "bool", "False", "PHY", "add tx_sob/tx_eob tags for UHD sinks"),
            ("tail_symbols", "Tail", "int", "512", "PHY", "zero symbols sent after the last burst"),
            ("wait_for_images", "Wait for images", "bool", "False", None,
             "when no image can be read: wait for the files (True) or end the stream (False)"),
            ("stop_timeout", "Stop timeout", "float", "10.0", "Codec",
             "seconds stop() waits for the encoder thread (an image being encoded finishes first)")] + PHY + TX_PHY,
-        face=["images", "repeat", "model", "server"], asserts=["repeat >= 0", "tail_symbols >= 0", "stop_timeout >= 0",
+        face=["images", "repeat", "model", "server"], asserts=["repeat >= 0", "tail_symbols >= 0", "stop_timeout >= 0", "0 <= sender_id <= 127",
                                                           "reduce in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)"],
         inputs=[], outputs=[dict(domain="stream", dtype="complex"),
                             dict(domain="message", id="info", optional=True)],
@@ -163,7 +166,8 @@ BLOCKS = {
                  "folder for decoded images ('' = none); relative to the working directory (GRC: the flowgraph's "
                  "folder)"),
                 ("filename", "File name", "string", "'img{image_id:05d}.png'", None,
-                 "pattern with {image_id} and {name}")]
+                 "pattern with {image_id}, {name} and {sender}; a sender other than 0 writes into tx<sender>/ unless "
+                 "the pattern names {sender}")]
         + SERVER + MODEL + RX + SHARED
         + [("threaded", "Decode in thread", "bool", "False", "Codec",
             "decode in a worker thread so a live radio stream keeps flowing (False: decode in work())"),
@@ -176,7 +180,7 @@ BLOCKS = {
         callbacks=[],
         doc="Complex baseband -> bursts found -> SNR estimated from known symbols -> N chosen -> decoded images "
             "written to the output folder.\nInput: complex64 at sps samples/symbol.\nMessage out 'images': one PDU "
-            "per image, metadata image_id, name, snr_est_db, n_steps, rule, k, m, T, alpha, s_tot2, unet_calls, "
+            "per image, metadata image_id, sender, name, snr_est_db, n_steps, rule, k, m, T, alpha, s_tot2, unet_calls, "
             "symbols, height, width, chunks_received, chunks_total, complete, missing_chunks, untracked_chunks, "
             "erased_symbols, repeat, update, snr_eff_db, seconds, model_mismatch, file or error, counters; "
             "vector: RGB uint8 pixels, height*width*3.\nThreaded: images still decoding when the stream ends "

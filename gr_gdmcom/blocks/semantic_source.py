@@ -11,7 +11,7 @@ from gnuradio import gr
 
 from ..bridge.backend import make_backend
 from ..config import DEFAULT_MODEL, DEFAULT_PROMPT
-from ..pipeline import TxPipeline, expand_images, header_reduce_ok
+from ..pipeline import TxPipeline, check_sender, expand_images, header_reduce_ok
 from . import _log
 from ._common import CHUNK, IMAGE_ID, PACKET_LEN, PORT_INFO, TX_EOB, TX_SOB, pdu, split_config
 
@@ -35,6 +35,8 @@ class semantic_source(gr.sync_block):
 
     Parameters: ``images`` (paths, folders or globs, comma-separated;
     ``package:astronaut.png`` names a bundled image), ``repeat``, ``server`` (``local`` or a ZMQ endpoint of ``gdmcom serve``),
+    ``image_id_start``, ``sender_id`` (0-127, in every header: receivers reassemble each sender's
+    images apart, so transmitters taking turns on one channel do not split each other's),
     the codec settings of :class:`gr_gdmcom.config.CodecConfig` used by the
     transmitter (``model, device, dtype, k, T, guidance, prompt, forward, seed,
     clean_end, inversion, inversion_iters, reduce, reduce_method, remove_mean``)
@@ -43,7 +45,7 @@ class semantic_source(gr.sync_block):
 
     def __init__(self, images="", repeat=1, server="local", model=DEFAULT_MODEL, device="auto", dtype="auto",
                  k=5, T=50, guidance=6.0, prompt=DEFAULT_PROMPT, forward="ddim", seed=0, image_id_start=0,
-                 burst_tags=False, tail_symbols=512, clean_end="model", inversion="ddim", inversion_iters=3,
+                 sender_id=0, burst_tags=False, tail_symbols=512, clean_end="model", inversion="ddim", inversion_iters=3,
                  wait_for_images=False, stop_timeout=10.0, reduce=1, reduce_method="subset", remove_mean=True,
                  **frame):
         gr.sync_block.__init__(self, name="gdmcom_semantic_source", in_sig=None, out_sig=[np.complex64])
@@ -54,8 +56,8 @@ class semantic_source(gr.sync_block):
             reduce_method=reduce_method, remove_mean=remove_mean, **frame)
         self.message_port_register_out(PORT_INFO)
         self._images = images  # expanded at every pass by the pipeline (a folder's new files)
-        check_own_settings(repeat, tail_symbols, stop_timeout, reduce)
-        self._repeat, self._id0 = int(repeat), int(image_id_start)
+        check_own_settings(repeat, tail_symbols, stop_timeout, reduce, sender_id)
+        self._repeat, self._id0, self._sender = int(repeat), int(image_id_start), int(sender_id)
         self._burst_tags = bool(burst_tags)
         self._tail = int(tail_symbols) * self.frame_config.sps
         self._stop_timeout = float(stop_timeout)
@@ -65,7 +67,7 @@ class semantic_source(gr.sync_block):
         self.events = []
         # Load the model here, in the constructing thread, not in the scheduler's.
         self.pipeline = TxPipeline(make_backend(server, self.codec_config), self._images, self.frame_config,
-                                   self._repeat, self._id0, wait=bool(wait_for_images))
+                                   self._repeat, self._id0, wait=bool(wait_for_images), sender=self._sender)
 
     # ------------------------------------------------------------------ control
     def _reset_stream(self):
@@ -190,7 +192,7 @@ class semantic_source(gr.sync_block):
 
 
 #: the Semantic Source's arguments that are not codec or PHY settings (:func:`check_own_settings`)
-OWN = ("images", "repeat", "server", "image_id_start", "burst_tags", "tail_symbols", "wait_for_images",
+OWN = ("images", "repeat", "server", "image_id_start", "sender_id", "burst_tags", "tail_symbols", "wait_for_images",
        "stop_timeout")
 
 
@@ -207,10 +209,11 @@ def source_config(model=DEFAULT_MODEL, device="auto", dtype="auto", k=5, T=50, g
         remove_mean=bool(remove_mean), **frame))
 
 
-def check_own_settings(repeat=1, tail_symbols=512, stop_timeout=10.0, reduce=1) -> None:
+def check_own_settings(repeat=1, tail_symbols=512, stop_timeout=10.0, reduce=1, sender_id=0) -> None:
     """ValueError for the source's own settings that would fail every image or end the stream
     silently (also run by the flowgraph preflight, before any model loads)."""
     _check_repeat(repeat)
+    check_sender(sender_id)  # (it failed every image at run time, from the frame header)
     if int(tail_symbols) < 0:
         raise ValueError(f"tail_symbols must be >= 0 (zero symbols after the last burst), got {tail_symbols}")
     if not float(stop_timeout) >= 0:

@@ -5,11 +5,12 @@ polynomial) covers bytes 0..47::
 
     off size field              off size field
       0  2   magic "GD"          21  2   image height
-      2  1   version (5)         23  2   image width
+      2  1   version (6)         23  2   image width
       3  1   flags               25  1   k
       4  2   image_id            26  1   m_hint (0 = receiver default)
       6  2   chunk_index         27  2   T
-      8  2   chunk_count         29  1   forward (0 ddim, 1 random)
+      8  2   chunk_count         29  1   bit 0 forward (0 ddim, 1 random),
+                                         bits 1-7 sender (0-127)
      10  4   total_symbols       30  2   guidance (IEEE float16)
      14  2   chunk_symbols       32  4   alpha (IEEE float32)
      16  1   latent C            36  2   model_hash (0 = not given)
@@ -39,8 +40,12 @@ MAGIC = b"GD"
 #: 5: bytes 36-39, version 4's CRC-32 of the prompt, are the model's fingerprint and the
 #: prompt's CRC-32 low 16 bits (which version 4 has at bytes 38-39): a version-4 burst is read,
 #: its model unknown (``model_hash`` 0)
-HEADER_VERSION = 5
-READ_VERSIONS = (4, 5)
+#: 6: byte 29's bits 1-7, unused by ``forward`` (0 or 1), are the transmitter's ``sender`` id: a
+#: version 4 or 5 burst is read as sender 0
+HEADER_VERSION = 6
+READ_VERSIONS = (4, 5, 6)
+#: senders a header can name (byte 29's seven high bits)
+SENDERS = 128
 #: channel-mean slots in the header (float16 each; SD's latent has 4 channels)
 MEAN_SLOTS = 4
 #: ``flags`` bits (docs/rate.md): bits 0-3 log2 of the latent reduction, bit 4 pool, bit 5 channel means
@@ -49,7 +54,7 @@ MEAN_SLOTS = 4
 REDUCE_LOG2_MASK, REDUCE_POOL_FLAG, MEANS_FLAG, REDUCE_DCT_FLAG = 0x0F, 0x10, 0x20, 0x40
 PLAIN_FLAG = 0x80
 #: magic, version, flags, image_id, chunk_index, chunk_count, total_symbols, chunk_symbols,
-#: latent C, latent H, latent W, image h, image w, k, m_hint, T, forward, guidance, alpha, model_hash,
+#: latent C, latent H, latent W, image h, image w, k, m_hint, T, forward | sender << 1, guidance, alpha, model_hash,
 #: prompt_hash, means
 HEADER_STRUCT = struct.Struct(">2sBBHHHIHBHHHHBBHBefHH" + "e" * MEAN_SLOTS)
 CRC_BYTES = 4
@@ -66,7 +71,7 @@ assert len(set(HEADER_ORDER.tolist())) == HEADER_CODED_BITS
 FORWARD_DDIM, FORWARD_RANDOM = 0, 1
 
 _RANGES = dict(version=8, flags=8, image_id=16, chunk_index=16, chunk_count=16, total_symbols=32,
-               chunk_symbols=16, k=8, m_hint=8, T=16, forward=8, model_hash=16, prompt_hash=16)
+               chunk_symbols=16, k=8, m_hint=8, T=16, forward=1, sender=7, model_hash=16, prompt_hash=16)
 
 
 def fits_float16(values) -> bool:
@@ -100,6 +105,9 @@ class Header:
         m_hint: receiver inversion steps suggested by the transmitter (0 = receiver default).
         T: DDIM grid size (uint16).
         forward: 0 = DDIM inversion, 1 = random forward noise.
+        sender: 0-127, the transmitter's id (version 6; 0 in an older burst): the receiver
+            reassembles each sender's images apart, so transmitters that share a channel do
+            not split each other's images.
         guidance: classifier-free guidance scale (sent as float16).
         alpha: power-normalisation factor (float32).
         model_hash: uint16, the transmitter's model fingerprint
@@ -124,6 +132,7 @@ class Header:
     m_hint: int = 0
     T: int = 50
     forward: int = FORWARD_DDIM
+    sender: int = 0
     guidance: float = 6.0
     alpha: float = 1.0
     prompt_hash: int = 0
@@ -133,9 +142,15 @@ class Header:
     version: int = HEADER_VERSION
 
     def _values(self) -> tuple:
+        old = self.version < 6  # (a version 4 or 5 header, as tests pack one: forward a byte, no sender)
         for name, nbits in _RANGES.items():
             v = getattr(self, name)
+            if old and name in ("forward", "sender"):
+                nbits = 8 if name == "forward" else 0
             if not isinstance(v, (int, np.integer)) or not 0 <= int(v) < (1 << nbits):
+                if name == "sender":
+                    raise HeaderError(f"header field sender={v!r} is not in 0..{SENDERS - 1}"
+                                      + (f" (a version-{self.version} header has no sender: 0)" if old else ""))
                 raise HeaderError(f"header field {name}={v!r} is not a uint{nbits}")
         shape, size = tuple(self.latent_shape), tuple(self.image_size)
         if len(shape) != 3 or not 0 <= shape[0] < 256 or not all(0 <= int(v) < 65536 for v in shape[1:]):
@@ -149,7 +164,7 @@ class Header:
             raise HeaderError(f"means {tuple(self.means)!r} must be at most {MEAN_SLOTS} values finite in float16")
         return (MAGIC, self.version, self.flags, self.image_id, self.chunk_index, self.chunk_count,
                 self.total_symbols, self.chunk_symbols, *map(int, shape), *map(int, size), self.k, self.m_hint,
-                self.T, self.forward, float(self.guidance), float(self.alpha), self.model_hash, self.prompt_hash,
+                self.T, int(self.forward) | int(self.sender) << 1, float(self.guidance), float(self.alpha), self.model_hash, self.prompt_hash,
                 *means, *[0.0] * (MEAN_SLOTS - len(means)))
 
     def pack(self) -> bytes:
@@ -184,7 +199,8 @@ class Header:
                               f"{', '.join(map(str, READ_VERSIONS))})", "version")
         h = cls(version=v[1], flags=v[2], image_id=v[3], chunk_index=v[4], chunk_count=v[5],
                    total_symbols=v[6], chunk_symbols=v[7], latent_shape=tuple(v[8:11]),
-                   image_size=tuple(v[11:13]), k=v[13], m_hint=v[14], T=v[15], forward=v[16],
+                   image_size=tuple(v[11:13]), k=v[13], m_hint=v[14], T=v[15],
+                   forward=v[16] & 1 if v[1] >= 6 else v[16], sender=v[16] >> 1 if v[1] >= 6 else 0,
                    guidance=float(v[17]), alpha=float(v[18]), model_hash=v[19] if v[1] >= 5 else 0,
                    prompt_hash=v[20], means=tuple(float(x) for x in v[21:21 + MEAN_SLOTS]))
         if not np.all(np.isfinite([h.alpha, h.guidance, *h.means])):

@@ -2,8 +2,9 @@
 
 Policy (never silent):
 
-* chunks are collected by ``image_id``; an image is finalised when all its
-  chunks are in, when a frame of another image arrives (``finalise_on_new_id``),
+* chunks are collected by ``image_id``, each sender's (``Header.sender``) apart; an image is
+  finalised when all its chunks are in, when a frame of its sender's next image arrives
+  (``finalise_on_new_id``),
   when it has received nothing for ``timeout_frames`` frames, when more than
   ``max_pending`` images are open (oldest first), when the stream has passed its
   ``deadline`` (:meth:`Reassembler.idle`: the receiver's stream position is past where the
@@ -18,7 +19,7 @@ Policy (never silent):
   same id starts a new image (the old one is finalised first);
 * a chunk received twice keeps the copy with the lower expected error (its noise
   variance; an erased symbol counts as lost);
-* image ids are expected to increase by one per image (mod 65536): a jump of
+* a sender's image ids are expected to increase by one per image (mod 65536): a jump of
   d (1 < d <= ``MAX_ID_GAP``) counts d - 1 images as lost (a late chunk of an image already
   finalised is no jump);
 * an image received again after it was finalised (same id and image-level header
@@ -59,7 +60,7 @@ ID_MODULUS = 1 << 16
 UPDATE_MEMORY = 8
 #: header fields every chunk of one image carries alike: a frame of the open image's id that differs
 #: in any starts a new image (another picture under a reused id, or another transmitter's)
-_IMAGE_FIELDS = ("total_symbols", "chunk_count", "latent_shape", "image_size", "k", "T", "forward", "alpha",
+_IMAGE_FIELDS = ("sender", "total_symbols", "chunk_count", "latent_shape", "image_size", "k", "T", "forward", "alpha",
                  "prompt_hash", "model_hash", "guidance", "flags", "means")
 
 
@@ -140,6 +141,11 @@ class _Open:
     update: int = 0
 
 
+def _who(sender: int) -> str:
+    """A log line's prefix naming a sender other than 0."""
+    return f"sender {sender}: " if sender else ""
+
+
 def _image_key(h: Header) -> tuple:
     return tuple(getattr(h, f) for f in _IMAGE_FIELDS)
 
@@ -150,7 +156,7 @@ class Reassembler:
     Args:
         timeout_frames: finalise an open image after this many frames without a chunk of it.
         max_pending: most images open at once.
-        finalise_on_new_id: a frame of a new image id finalises the open images.
+        finalise_on_new_id: a frame of a new image id finalises its sender's open images.
         deadline: ``frame -> stream position (or None)`` by which the rest of the frame's image
             has been received if it was sent (:meth:`FrameRx.image_deadline
             <gr_gdmcom.phy.FrameRx.image_deadline>`); :meth:`idle` finalises an open image
@@ -173,14 +179,14 @@ class Reassembler:
                              chunks_inconsistent=0, images_repeated=0, images_idle=0,
                              images_updated=0)
         self._deadline = deadline
-        self._open: Dict[int, _Open] = {}
+        self._open: Dict[Tuple[int, int], _Open] = {}  # by (sender, image id)
         #: (image id, image-level fields) of the last REPEAT_MEMORY finalised images -> (receptions,
         #: the chunk indices received)
         self._done: Dict[tuple, Tuple[int, frozenset]] = {}
         #: the same key -> (repeat, update, chunks) of the last UPDATE_MEMORY finalised with chunks missing
         self._partial: Dict[tuple, Tuple[int, int, Dict[int, RxFrame]]] = {}
         self._frames = 0
-        self._last_id: Optional[int] = None
+        self._last_id: Dict[int, int] = {}  # by sender
 
     def add(self, frame: RxFrame) -> List[ReassembledImage]:
         """Add one frame; return the images it (or a timeout) finalised."""
@@ -189,16 +195,17 @@ class Reassembler:
         sizes = chunk_sizes(h.total_symbols, h.chunk_count) if 0 < h.chunk_count else np.zeros(0, np.int64)
         if not h.chunk_index < len(sizes) or len(frame.symbols) != sizes[h.chunk_index]:
             self.counters["chunks_inconsistent"] += 1
-            log.warning("image %d: chunk %d/%d with %d symbols does not fit %d total symbols; dropped",
-                        h.image_id, h.chunk_index, h.chunk_count, len(frame.symbols), h.total_symbols)
+            log.warning("%simage %d: chunk %d/%d with %d symbols does not fit %d total symbols; dropped",
+                        _who(h.sender), h.image_id, h.chunk_index, h.chunk_count, len(frame.symbols), h.total_symbols)
             return self._expire()
-        img = self._open.get(h.image_id)
+        at = (h.sender, h.image_id)
+        img = self._open.get(at)
         if img is not None and _image_key(img.header) != _image_key(h):
-            out.append(self._finalise(h.image_id))
+            out.append(self._finalise(at))
             img = None
         if img is None:
             if self.finalise_on_new_id:
-                out += [self._finalise(i) for i in list(self._open)]
+                out += [self._finalise(i) for i in list(self._open) if i[0] == h.sender]
             key = (h.image_id, _image_key(h))
             seen, had = self._done.get(key, (0, frozenset()))
             prior = None
@@ -206,19 +213,19 @@ class Reassembler:
                 seen, prior = 0, self._partial.pop(key, None)
             if seen:
                 self.counters["images_repeated"] += 1
-                log.info("image %d received again (same header as an image already finalised): a repeated "
-                         "transmission, returned as repeat %d", h.image_id, seen)
+                log.info("%simage %d received again (same header as an image already finalised): a repeated "
+                         "transmission, returned as repeat %d", _who(h.sender), h.image_id, seen)
             elif prior is not None:  # re-opened with what it had: published again, more complete
                 seen, update, chunks = prior
-                log.info("image %d: chunk %d arrived after the image was finalised with %d of %d chunks; "
-                         "re-opened, to be returned again as update %d", h.image_id, h.chunk_index, len(chunks),
+                log.info("%simage %d: chunk %d arrived after the image was finalised with %d of %d chunks; "
+                         "re-opened, to be returned again as update %d", _who(h.sender), h.image_id, h.chunk_index, len(chunks),
                          h.chunk_count, update + 1)
                 img = _Open(h, dict(chunks), self._frames, seen, update=update + 1)
             elif key not in self._done:  # (the rest of an image finalised long ago is no id jump)
-                self._count_lost(h.image_id)
+                self._count_lost(h.sender, h.image_id)
             if img is None:
                 img = _Open(h, {}, self._frames, seen)
-            self._open[h.image_id] = img
+            self._open[at] = img
         old = img.chunks.get(h.chunk_index)
         if old is not None:
             self.counters["chunks_duplicate"] += 1
@@ -229,7 +236,7 @@ class Reassembler:
             d = self._deadline(frame)
             img.deadline = d if img.deadline is None or d is None else max(img.deadline, d)
         if len(img.chunks) == h.chunk_count:
-            out.append(self._finalise(h.image_id))
+            out.append(self._finalise(at))
         return out + self._expire()
 
     def flush(self) -> List[ReassembledImage]:
@@ -252,17 +259,19 @@ class Reassembler:
             out.append(self._finalise(min(self._open, key=lambda i: self._open[i].last_seen)))
         return out
 
-    def _count_lost(self, image_id: int):
-        if self._last_id is not None:
-            gap = (image_id - self._last_id) % ID_MODULUS
+    def _count_lost(self, sender: int, image_id: int):
+        last = self._last_id.get(sender)
+        if last is not None:
+            gap = (image_id - last) % ID_MODULUS
             if 1 < gap <= MAX_ID_GAP:
                 self.counters["images_lost"] += gap - 1
-                log.warning("images %d..%d lost (no chunk received)", (self._last_id + 1) % ID_MODULUS,
+                log.warning("%simages %d..%d lost (no chunk received)", _who(sender), (last + 1) % ID_MODULUS,
                             (image_id - 1) % ID_MODULUS)
-        self._last_id = image_id
+        self._last_id[sender] = image_id
 
-    def _finalise(self, image_id: int) -> ReassembledImage:
-        img = self._open.pop(image_id)
+    def _finalise(self, at: Tuple[int, int]) -> ReassembledImage:
+        img = self._open.pop(at)
+        image_id = at[1]
         done = (image_id, _image_key(img.header))
         # the chunks of every reception so far: the rest of an image (a late chunk) adds to them, so
         # that a retransmission starting with any chunk ever received is still known as a repeat
@@ -302,8 +311,8 @@ class Reassembler:
                 del self._partial[next(iter(self._partial))]
         if missing:
             shown = missing if len(missing) <= 12 else f"[{', '.join(map(str, missing[:12]))}, ... {len(missing) - 12} more]"
-            log.warning("image %d finalised with %d of %d chunks (missing %s)", image_id, len(img.chunks),
-                        h0.chunk_count, shown)
+            log.warning("%simage %d finalised with %d of %d chunks (missing %s)", _who(at[0]), image_id,
+                        len(img.chunks), h0.chunk_count, shown)
         return ReassembledImage(header=h0, symbols=symbols, mask=mask, snr_db=noise_var_to_snr_db(mean_nv),
                                 noise_var=mean_nv, chunks_received=len(img.chunks), chunks_total=h0.chunk_count,
                                 missing=missing, complete=complete, chunk_noise_var=nv, symbol_noise_var=sym_nv,
