@@ -22,8 +22,9 @@ outside the mask, consistent chunk counts, ``complete`` and ``erased_symbols``, 
 is not 100 dB when nothing was received, one transmitted image's symbols at their positions;
 images_complete + images_partial = images out - updates, images_repeated = images with ``repeat``
 (updates aside), images_updated = images with ``update``, each update missing fewer chunks than its
-earlier version, images_idle <= images_partial + updates (an image complete is never waited out); every
-accepted chunk is in some image out.  One row per kind, the summed counters, then the last line
+earlier version (the one with its ``reception`` number; a new reception, a new number),
+images_idle <= images_partial + updates (an image complete is never waited out); every accepted
+chunk is in some image out.  One row per kind, the summed counters, then the last line
 ``exceptions X, failing streams Y; ...``: all zero is a pass (exit 0; else 1).  Found this way
 (10e69a6): an image whose received symbols were all erased reported 100 dB.
 """
@@ -238,14 +239,17 @@ def run_one(seed):
                         f"{sum(1 for i in images if i.repeat and not i.update)} with repeat>0 (not updates)")
     if c["images_updated"] != updates:
         problems.append(f"images_updated {c['images_updated']} != {updates} with update>0")
-    latest = {}  # an update has every chunk its earlier version had, and more
+    latest = {}  # an update has its earlier version's reception number, every chunk it had, and more
     for j, img in enumerate(images):
-        key = (img.header.image_id, _image_key(img.header), img.repeat)
-        prev = latest.get(key)
-        if img.update and (prev is None or prev.update != img.update - 1 or not set(img.missing) < set(prev.missing)):
+        prev = latest.get(img.reception)
+        if img.update and (prev is None or prev.update != img.update - 1 or not set(img.missing) < set(prev.missing)
+                           or (prev.header.image_id, _image_key(prev.header), prev.repeat) !=
+                           (img.header.image_id, _image_key(img.header), img.repeat)):
             problems.append(f"image {j} (id {img.header.image_id}): update {img.update} does not add to its "
                             "earlier version")
-        latest[key] = img
+        elif not img.update and prev is not None:
+            problems.append(f"image {j} (id {img.header.image_id}): reception number {img.reception} used twice")
+        latest[img.reception] = img
     for j, img in enumerate(images):
         check_image(img, problems, f"image {j} (id {img.header.image_id})")
     # every accepted chunk (uid, index) is in some image out

@@ -388,7 +388,7 @@ class RxPipeline:
         self.names = dict(names or {})
         self.counters = dict(images_decoded=0, images_failed=0, prompt_mismatch=0, model_mismatch=0, ids_reused=0)
         self._written: set = set()  # files this receiver wrote: an image id received again keeps both
-        self._files: dict = {}  # (sender, image id, repeat) -> the file of that reception: an update goes over it
+        self._files: dict = {}  # reception number -> its file: an update goes over it
 
     def push(self, samples: np.ndarray) -> list:
         """Samples in; reassembled images (ready to decode) out."""
@@ -415,7 +415,7 @@ class RxPipeline:
                    chunks_received=int(img.chunks_received), chunks_total=int(img.chunks_total),
                    complete=bool(img.complete), missing_chunks=list(map(int, img.missing)),
                    untracked_chunks=list(map(int, img.untracked)), erased_symbols=int(img.erased_symbols),
-                   repeat=int(img.repeat), update=int(img.update))
+                   repeat=int(img.repeat), update=int(img.update), reception=int(img.reception))
         if int(h.prompt_hash) != prompt_hash(self.config.prompt):
             self.counters["prompt_mismatch"] += 1
             log.warning("sink: image %d was encoded with another prompt (hash %04x); decoding with %r",
@@ -450,7 +450,8 @@ class RxPipeline:
         res["image"] = dec.image
         if self.out_dir is not None:
             try:
-                res["file"] = str(self._write(dec.image, image_id, name, int(img.repeat), int(img.update), sender))
+                res["file"] = str(self._write(dec.image, image_id, name, int(img.repeat), int(img.update), sender,
+                                              int(img.reception)))
             except OSError as exc:  # a full disk, a folder removed or made read-only during the run
                 self.counters["images_failed"] += 1
                 res["error"] = f"decoded, but cannot write it to {self.out_dir}: {exc.strerror or exc}"
@@ -460,7 +461,7 @@ class RxPipeline:
         return res
 
     def _write(self, image: np.ndarray, image_id: int, name: str, repeat: int = 0, update: int = 0,
-               sender: int = 0) -> Path:
+               sender: int = 0, reception: int = 0) -> Path:
         """Write a decoded image into ``out_dir`` (a sender other than 0: its sub-folder
         ``tx<sender>``, unless the pattern names ``{sender}``); an id received again keeps both files
         (``repeat``: the reassembler recognised the same image sent again); an ``update`` (the
@@ -471,7 +472,7 @@ class RxPipeline:
             rel = f"tx{sender}/{rel}"
         path = first = self.out_dir / rel
         n = 1
-        earlier = self._files.get((sender, image_id, repeat)) if update else None
+        earlier = self._files.get(reception) if update else None
         if earlier is not None:
             path = earlier
             log.info("sink: image %d again with chunks that came late (update %d); written over %s", image_id,
@@ -490,5 +491,6 @@ class RxPipeline:
         path.parent.mkdir(parents=True, exist_ok=True)  # a pattern with a folder: {name}/img{image_id}.png
         Image.fromarray(image).save(path)
         self._written.add(path)
-        self._files[(sender, image_id, repeat)] = path
+        if reception:
+            self._files[reception] = path
         return path

@@ -424,8 +424,10 @@ class qa_missing_chunks(gr_unittest.TestCase):
     def test_two_senders_taking_turns_on_one_channel_each_get_their_images(self):
         """Two transmitters (Sender ID 1 and 2) whose bursts alternate on one channel, the same image
         id 4: the sink decodes each image whole and writes each sender's into its own folder
-        (tx1/img00004.png, tx2/img00004.png); with one sender id each burst finalised the other's
-        image and the pair came out as partial images and updates."""
+        (tx1/img00004.png, tx2/img00004.png).  With one sender id each burst finalises the other's
+        image and the pair comes out as partial images and updates, each update written over its
+        own reception's file (the one with its `reception` number; keyed by sender, id and repeat,
+        the first image's update went over the second's file)."""
         import tempfile
         from pathlib import Path
         from gr_gdmcom.bridge.backend import make_backend
@@ -445,6 +447,9 @@ class qa_missing_chunks(gr_unittest.TestCase):
                 tb.connect(blocks.vector_source_c(stream.tolist()), snk)
                 tb.run()
                 files = sorted(str(p.relative_to(out)) for p in Path(out).rglob("*.png"))
+                by_reception = {}
+                for r in snk.results:
+                    by_reception.setdefault(r["reception"], set()).add(Path(r["file"]).name)
             got = [(r["sender"], r["image_id"], r["complete"], r["update"]) for r in snk.results]
             if senders == (1, 2):
                 self.assertEqual(got, [(1, 4, True, 0), (2, 4, True, 0)])
@@ -453,6 +458,7 @@ class qa_missing_chunks(gr_unittest.TestCase):
             else:
                 self.assertGreater(len(got), 2)
                 self.assertFalse(all(complete for _, _, complete, _ in got[:2]))
+                self.assertEqual(by_reception, {1: {"img00004.png"}, 2: {"img00004~2.png"}})
 
     def test_image_with_a_lost_chunk_is_decoded_and_marked(self):
         from gr_gdmcom.bridge.backend import make_backend

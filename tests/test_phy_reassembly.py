@@ -330,8 +330,8 @@ def test_an_update_can_itself_be_updated_and_the_memory_is_bounded(rng):
     out += r.add(fr[0][1])  # 1 finalised; 0 re-opened with chunks 0, 1
     out += r.add(fr[1][2])  # 0 published again (update 1, still without chunk 2); 1 re-opened
     out += r.add(fr[0][2])  # 1 published again (update 1); 0 whole (update 2)
-    assert [(o.header.image_id, o.update, o.chunks_received) for o in out] == [
-        (0, 0, 1), (1, 0, 1), (0, 1, 2), (1, 1, 2), (0, 2, 3)]
+    assert [(o.header.image_id, o.update, o.chunks_received, o.reception) for o in out] == [
+        (0, 0, 1, 1), (1, 0, 1, 2), (0, 1, 2, 1), (1, 1, 2, 2), (0, 2, 3, 1)]  # an update: its reception's number
     np.testing.assert_array_equal(out[-1].symbols, imgs[0])
     # UPDATE_MEMORY more partial images later, image 1's last chunk is too late to complete it: it comes
     # out alone, a partial reception of its own, as before updates existed

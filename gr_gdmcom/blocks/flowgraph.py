@@ -26,7 +26,7 @@ import time
 
 #: keys of the per-image JSON line printed by :func:`watch_rx`
 RESULT_KEYS = ("image_id", "sender", "name", "snr_est_db", "n_steps", "complete", "chunks_received", "chunks_total",
-               "height", "width", "file", "error", "model_mismatch", "repeat", "update", "seconds")
+               "height", "width", "file", "error", "model_mismatch", "repeat", "update", "reception", "seconds")
 EXIT_NOTHING, EXIT_TIMEOUT = 2, 3
 
 
@@ -140,7 +140,7 @@ def summary(tb, source=None, sink=None, images_expected: int = 0) -> dict:
     if sink is not None:
         images, where = [], {}  # each image once: an update replaces the reception it completes
         for r in sink.results:
-            key = (r.get("sender", 0), r.get("image_id"), r.get("repeat", 0))
+            key = r.get("reception")
             if r.get("update") and key in where:
                 images[where[key]] = r
             else:

@@ -66,7 +66,8 @@ class frame_rx(gr.sync_block):
                     chunks_total=int(img.chunks_total), complete=bool(img.complete),
                     missing_chunks=[int(v) for v in img.missing], untracked_chunks=[int(v) for v in img.untracked],
                     erased_symbols=int(img.erased_symbols), erased_ranges=erased_ranges(~img.mask),
-                    repeat=int(img.repeat), update=int(img.update))
+                    repeat=int(img.repeat), update=int(img.update),
+                    reception=int(img.reception))
         self.message_port_pub(PORT_PDUS, pdu(meta, img.symbols))
 
     def _push(self, x):

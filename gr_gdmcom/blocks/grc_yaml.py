@@ -182,7 +182,7 @@ BLOCKS = {
             "written to the output folder.\nInput: complex64 at sps samples/symbol.\nMessage out 'images': one PDU "
             "per image, metadata image_id, sender, name, snr_est_db, n_steps, rule, k, m, T, alpha, s_tot2, unet_calls, "
             "symbols, height, width, chunks_received, chunks_total, complete, missing_chunks, untracked_chunks, "
-            "erased_symbols, repeat, update, snr_eff_db, seconds, model_mismatch, file or error, counters; "
+            "erased_symbols, repeat, update, reception, snr_eff_db, seconds, model_mismatch, file or error, counters; "
             "vector: RGB uint8 pixels, height*width*3.\nThreaded: images still decoding when the stream ends "
             "are written, but get no PDU (GNU Radio delivers none that late)."),
     "frame_tx": dict(
@@ -206,7 +206,7 @@ BLOCKS = {
         callbacks=[],
         doc="Samples -> detection, CFO/timing/gain estimation, equalisation, header CRC, SNR estimate -> PDUs.\n"
             "Input: complex64.\nMessage out 'pdus': metadata = header fields + snr_db (estimated Es/N0) + "
-            "chunks/complete/untracked_chunks/erased_symbols/erased_ranges/repeat/update (or noise_var, cfo, sro_ppm, start, "
+            "chunks/complete/untracked_chunks/erased_symbols/erased_ranges/repeat/update/reception (or noise_var, cfo, sro_ppm, start, "
             "tracked, track_span, erased_ranges, cut per frame); vector: c32 equalised latent symbols, 0 where erased."),
     "rx_level": dict(
         label="RX Level", category="[GDM-COM]/Instrumentation",

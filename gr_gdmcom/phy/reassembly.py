@@ -92,6 +92,9 @@ class ReassembledImage:
         update: 0, or n when a chunk this image had been finalised without arrived late: the
             n-th more complete version of the same reception (its chunks and the late ones),
             to be used in place of the earlier one.
+        reception: this reassembler's serial number of the reception (1, 2, ...): an update
+            has its earlier version's, so a consumer knows which it replaces (two images can
+            share a sender, an id and ``repeat``: two transmitters with one sender id).
     """
 
     header: Header
@@ -109,6 +112,7 @@ class ReassembledImage:
     erased_symbols: int = 0
     repeat: int = 0
     update: int = 0
+    reception: int = 0
 
 
 def erased_ranges(erased: Optional[np.ndarray]) -> List[List[int]]:
@@ -139,6 +143,7 @@ class _Open:
     repeat: int = 0
     deadline: Optional[int] = None
     update: int = 0
+    reception: int = 0
 
 
 def _who(sender: int) -> str:
@@ -183,8 +188,10 @@ class Reassembler:
         #: (image id, image-level fields) of the last REPEAT_MEMORY finalised images -> (receptions,
         #: the chunk indices received)
         self._done: Dict[tuple, Tuple[int, frozenset]] = {}
-        #: the same key -> (repeat, update, chunks) of the last UPDATE_MEMORY finalised with chunks missing
-        self._partial: Dict[tuple, Tuple[int, int, Dict[int, RxFrame]]] = {}
+        #: the same key -> (repeat, update, reception, chunks) of the last UPDATE_MEMORY finalised with
+        #: chunks missing
+        self._partial: Dict[tuple, Tuple[int, int, int, Dict[int, RxFrame]]] = {}
+        self._receptions = 0
         self._frames = 0
         self._last_id: Dict[int, int] = {}  # by sender
 
@@ -216,15 +223,16 @@ class Reassembler:
                 log.info("%simage %d received again (same header as an image already finalised): a repeated "
                          "transmission, returned as repeat %d", _who(h.sender), h.image_id, seen)
             elif prior is not None:  # re-opened with what it had: published again, more complete
-                seen, update, chunks = prior
+                seen, update, reception, chunks = prior
                 log.info("%simage %d: chunk %d arrived after the image was finalised with %d of %d chunks; "
                          "re-opened, to be returned again as update %d", _who(h.sender), h.image_id, h.chunk_index, len(chunks),
                          h.chunk_count, update + 1)
-                img = _Open(h, dict(chunks), self._frames, seen, update=update + 1)
+                img = _Open(h, dict(chunks), self._frames, seen, update=update + 1, reception=reception)
             elif key not in self._done:  # (the rest of an image finalised long ago is no id jump)
                 self._count_lost(h.sender, h.image_id)
             if img is None:
-                img = _Open(h, {}, self._frames, seen)
+                self._receptions += 1
+                img = _Open(h, {}, self._frames, seen, reception=self._receptions)
             self._open[at] = img
         old = img.chunks.get(h.chunk_index)
         if old is not None:
@@ -306,7 +314,7 @@ class Reassembler:
             self.counters["images_updated"] += 1
         self._partial.pop(done, None)
         if missing:  # a late chunk re-opens it
-            self._partial[done] = (img.repeat, img.update, img.chunks)
+            self._partial[done] = (img.repeat, img.update, img.reception, img.chunks)
             while len(self._partial) > UPDATE_MEMORY:
                 del self._partial[next(iter(self._partial))]
         if missing:
@@ -317,4 +325,5 @@ class Reassembler:
                                 noise_var=mean_nv, chunks_received=len(img.chunks), chunks_total=h0.chunk_count,
                                 missing=missing, complete=complete, chunk_noise_var=nv, symbol_noise_var=sym_nv,
                                 untracked=sorted(i for i, f in img.chunks.items() if not f.tracked),
-                                erased_symbols=erased, repeat=img.repeat, update=img.update)
+                                erased_symbols=erased, repeat=img.repeat, update=img.update,
+                                reception=img.reception)
