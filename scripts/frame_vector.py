@@ -34,7 +34,7 @@ def build() -> dict:
     header = Header(image_id=7, chunk_index=0, chunk_count=1, total_symbols=PAYLOAD_SYMBOLS,
                     chunk_symbols=PAYLOAD_SYMBOLS, latent_shape=(4, 4, 5), image_size=(40, 32), k=5, m_hint=0,
                     T=50, guidance=6.0, alpha=1.25, prompt_hash=0x1234, model_hash=0xBEEF, flags=0,
-                    means=(0.5, -0.25, 0.125, 0.0))
+                    means=(0.5, -0.25, 0.125, 0.0), sender=3)
     payload = np.round(frame.gaussian_symbols(PAYLOAD_SYMBOLS, PAYLOAD_SEED).astype(np.complex128), DECIMALS)
     tx = FrameTx(cfg)
     burst = tx.burst(header, payload)
@@ -51,7 +51,7 @@ def build() -> dict:
                    "chunk_count": header.chunk_count, "total_symbols": header.total_symbols,
                    "chunk_symbols": header.chunk_symbols, "latent_shape": list(header.latent_shape),
                    "image_size": list(header.image_size), "k": header.k, "m_hint": header.m_hint, "T": header.T,
-                   "forward": header.forward, "guidance": header.guidance, "alpha": header.alpha,
+                   "forward": header.forward, "sender": header.sender, "guidance": header.guidance, "alpha": header.alpha,
                    "model_hash": header.model_hash, "prompt_hash": header.prompt_hash, "flags": header.flags,
                    "means": list(header.means), "version": header.version},
         "header_hex": header.pack().hex(),

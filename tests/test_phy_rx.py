@@ -221,7 +221,8 @@ def test_header_crc_failure_is_counted(rng):
     (dict(chunk_count=65535, total_symbols=65535 * 256), "total_symbols 16776960 is more than a receiver assembles "
                                                           "(4194304, frame.MAX_IMAGE_SYMBOLS)"),
     (dict(latent_shape=(4, 0, 8)), "empty latent [4, 0, 8] or image [512, 512]"),
-    (dict(forward=7), "unknown forward process 7 (0 ddim, 1 random)"),  # was decoded as ddim
+    # was decoded as ddim; since version 6 forward is one bit (byte 29's others the sender), a version-5 burst
+    (dict(forward=7, version=5), "unknown forward process 7 (0 ddim, 1 random)"),
     (dict(alpha=1e-30), "alpha 1e-30 outside 0.001..1e+06"),            # was a black picture reported good
     (dict(guidance=65504.0), "guidance 65504 outside 0..100"),
 ])
