@@ -2,6 +2,7 @@
 ``channels.channel_model`` on the same number of samples, measured in the same run.
 
     .venv/bin/python benchmarks/bench_phy.py [--bursts 50] [--symbols 4096] [--sps 2] [--snr 10]
+        [--off dispersive_eq track_timing notch]
 
 The stream is ``--bursts`` back-to-back bursts of ``--symbols`` latent symbols
 at ``--snr`` dB (numpy AWGN).  The receiver is timed from the first ``push``
@@ -12,7 +13,8 @@ with the whole stream in one ``push`` and once in ``--chunk``-sample pushes
 By default the process is pinned to one CPU core (``--cores 0`` to leave it
 free) and each figure is the best of ``--repeat`` runs, the receiver and
 ``channel_model`` runs interleaved so that both see the same machine load;
-wall-clock and CPU-time (``time.process_time``, all threads) rates are printed.
+wall-clock and CPU-time (``time.process_time``, all threads) rates are printed.  ``--off``
+turns receiver stages off (their ``FrameConfig`` switches) to show what each costs.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ import time
 import numpy as np
 
 from gr_gdmcom.phy import FrameConfig, FrameRx, FrameTx, Header, awgn, noise_voltage
+
+
+#: the receiver's switchable stages (FrameConfig fields), for --off
+OFF = ("dispersive_eq", "track_timing", "notch")
 
 
 def timed(fn):
@@ -61,6 +67,8 @@ def main() -> int:
     ap.add_argument("--chunk", type=int, default=8192, help="samples per push, streaming run [default=%(default)r]")
     ap.add_argument("--repeat", type=int, default=5, help="runs per figure (best kept) [default=%(default)r]")
     ap.add_argument("--seed", type=int, default=0, help="random seed [default=%(default)r]")
+    ap.add_argument("--off", nargs="*", default=[], choices=OFF,
+                    help="receiver stages to turn off, to see what each costs (FrameConfig switches)")
     ap.add_argument("--cores", type=int, default=1, help="pin to this many CPU cores, 0 = no pinning "
                     "[default=%(default)r]")
     args = ap.parse_args()
@@ -68,13 +76,14 @@ def main() -> int:
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.cores])
 
     rng = np.random.default_rng(args.seed)
-    cfg = FrameConfig(sps=args.sps, max_chunk_symbols=args.symbols, gap_symbols=0)
+    cfg = FrameConfig(sps=args.sps, max_chunk_symbols=args.symbols, gap_symbols=0, **{k: False for k in args.off})
     sym = ((rng.standard_normal(args.bursts * args.symbols) + 1j * rng.standard_normal(args.bursts * args.symbols))
            / np.sqrt(2)).astype(np.complex64)
     x = awgn(FrameTx(cfg).stream(sym, Header(image_id=1)), args.snr, rng)
     n = len(x)
     print(f"stream: {args.bursts} bursts x {args.symbols} symbols, sps={args.sps}, {args.snr:g} dB: {n} samples; "
-          f"cores: {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'}")
+          f"cores: {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'}"
+          + (f"; off: {', '.join(args.off)}" if args.off else ""))
     runs = {"FrameRx, one push": lambda: run_rx(cfg, x, n, args.bursts),
             f"FrameRx, {args.chunk}-sample pushes": lambda: run_rx(cfg, x, args.chunk, args.bursts)}
     try:
