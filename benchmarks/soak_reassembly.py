@@ -7,8 +7,8 @@ Each stream is one of six kinds (by seed): ``simple`` (one transmitter, consecut
 ``retransmit`` (images sent again, same header and content), ``contradict`` (a CRC-valid frame of
 an image's id whose chunk_count, total_symbols or latent_shape differ), ``interleave`` (2-3
 transmitters' frames interleaved) and ``many_open`` (4-11 transmitters, short runs, many images
-open); in half the streams of several transmitters each has its own sender id.  Images have random latent shapes and 1-200 chunks; frames carry random noise variances,
-per-symbol variances, tracked flags and (in half the streams) erased runs, some of a whole chunk.
+open); in half the streams of several transmitters each has its own sender id.  Images have
+random latent shapes and 1-200 chunks; frames carry random noise variances, per-symbol variances, tracked flags and (in half the streams) erased runs, some of a whole chunk.
 Then frames are lost (up to 40 %), duplicated (20 %), swapped with their neighbour (20 %) or sent
 with one symbol short of their header's size (1 %, to be dropped as inconsistent), and
 fed to a ``Reassembler`` with random ``timeout_frames``, ``max_pending``,

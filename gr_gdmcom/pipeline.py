@@ -487,7 +487,8 @@ class RxPipeline:
                          image_id, path.name, first.name)
             else:
                 log.warning("sink: image id %d received again after its image was decoded (a restarted "
-                            "transmitter, or two with one sender id?); written as %s, not over %s", image_id, path.name, first.name)
+                            "transmitter, or two with one sender id?); written as %s, not over %s", image_id,
+                            path.name, first.name)
         path.parent.mkdir(parents=True, exist_ok=True)  # a pattern with a folder: {name}/img{image_id}.png
         Image.fromarray(image).save(path)
         self._written.add(path)

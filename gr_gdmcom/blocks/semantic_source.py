@@ -45,8 +45,8 @@ class semantic_source(gr.sync_block):
 
     def __init__(self, images="", repeat=1, server="local", model=DEFAULT_MODEL, device="auto", dtype="auto",
                  k=5, T=50, guidance=6.0, prompt=DEFAULT_PROMPT, forward="ddim", seed=0, image_id_start=0,
-                 sender_id=0, burst_tags=False, tail_symbols=512, clean_end="model", inversion="ddim", inversion_iters=3,
-                 wait_for_images=False, stop_timeout=10.0, reduce=1, reduce_method="subset", remove_mean=True,
+                 sender_id=0, burst_tags=False, tail_symbols=512, clean_end="model", inversion="ddim",
+                 inversion_iters=3, wait_for_images=False, stop_timeout=10.0, reduce=1, reduce_method="subset", remove_mean=True,
                  **frame):
         gr.sync_block.__init__(self, name="gdmcom_semantic_source", in_sig=None, out_sig=[np.complex64])
         _log.bind(self)

@@ -164,8 +164,8 @@ class Header:
             raise HeaderError(f"means {tuple(self.means)!r} must be at most {MEAN_SLOTS} values finite in float16")
         return (MAGIC, self.version, self.flags, self.image_id, self.chunk_index, self.chunk_count,
                 self.total_symbols, self.chunk_symbols, *map(int, shape), *map(int, size), self.k, self.m_hint,
-                self.T, int(self.forward) | int(self.sender) << 1, float(self.guidance), float(self.alpha), self.model_hash, self.prompt_hash,
-                *means, *[0.0] * (MEAN_SLOTS - len(means)))
+                self.T, int(self.forward) | int(self.sender) << 1, float(self.guidance), float(self.alpha),
+                self.model_hash, self.prompt_hash, *means, *[0.0] * (MEAN_SLOTS - len(means)))
 
     def pack(self) -> bytes:
         """Serialise: ``HEADER_BYTES`` bytes (fields, then CRC-32 big-endian).

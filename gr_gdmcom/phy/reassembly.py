@@ -225,8 +225,8 @@ class Reassembler:
             elif prior is not None:  # re-opened with what it had: published again, more complete
                 seen, update, reception, chunks = prior
                 log.info("%simage %d: chunk %d arrived after the image was finalised with %d of %d chunks; "
-                         "re-opened, to be returned again as update %d", _who(h.sender), h.image_id, h.chunk_index, len(chunks),
-                         h.chunk_count, update + 1)
+                         "re-opened, to be returned again as update %d", _who(h.sender), h.image_id, h.chunk_index,
+                         len(chunks), h.chunk_count, update + 1)
                 img = _Open(h, dict(chunks), self._frames, seen, update=update + 1, reception=reception)
             elif key not in self._done:  # (the rest of an image finalised long ago is no id jump)
                 self._count_lost(h.sender, h.image_id)
