@@ -491,6 +491,15 @@ class qa_missing_chunks(gr_unittest.TestCase):
         self.assertEqual((c["images_complete"], c["images_partial"], c["images_lost"], c["overlapping"]), (2, 0, 0, 0))
         self.assertTrue(all(abs(r["snr_est_db"] - 15.0) < 1.0 for r in snk.results))
 
+    def test_the_display_caption_names_a_sender_and_an_update(self):
+        from gr_gdmcom.blocks.image_display import caption
+        meta = dict(image_id=4, name="img00004", snr_est_db=12.04, n_steps=11, chunks_received=3, chunks_total=3,
+                    complete=True)
+        self.assertEqual(caption(meta, 21.25), "image 4 img00004  |  SNR est 12.0 dB  |  N = 11  |  PSNR 21.2 dB  |  "
+                                               "chunks 3/3")
+        self.assertEqual(caption(dict(meta, sender=2, update=1), None),
+                         "image 4 img00004 (sender 2)  |  SNR est 12.0 dB  |  N = 11  |  chunks 3/3, update 1")
+
     def test_image_with_a_lost_chunk_is_decoded_and_marked(self):
         from gr_gdmcom.bridge.backend import make_backend
         from gr_gdmcom.config import CodecConfig

@@ -71,8 +71,10 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float | None:
 
 
 def caption(meta: dict, quality: float | None) -> str:
-    """One line under the pictures: image, estimated SNR, chosen N, PSNR, chunks."""
-    parts = [f"image {meta.get('image_id', '?')} {meta.get('name', '')}".strip()]
+    """One line under the pictures: image (and its sender, where not 0), estimated SNR, chosen N,
+    PSNR, chunks (and the update: the image again with chunks that came late)."""
+    parts = [f"image {meta.get('image_id', '?')} {meta.get('name', '')}".strip()
+             + (f" (sender {meta['sender']})" if meta.get("sender") else "")]
     if meta.get("error"):
         return parts[0] + f"  |  error: {meta['error']}"
     snr = meta.get("snr_est_db")
@@ -84,7 +86,8 @@ def caption(meta: dict, quality: float | None) -> str:
         parts.append("PSNR inf" if math.isinf(quality) else f"PSNR {quality:.1f} dB")
     if meta.get("chunks_total"):
         parts.append(f"chunks {meta.get('chunks_received', '?')}/{meta['chunks_total']}"
-                     + ("" if meta.get("complete", True) else " (partial)"))
+                     + ("" if meta.get("complete", True) else " (partial)")
+                     + (f", update {meta['update']}" if meta.get("update") else ""))
     return "  |  ".join(parts)
 
 
