@@ -16,7 +16,7 @@ fed to a ``Reassembler`` with random ``timeout_frames``, ``max_pending``,
 the stream; ``idle`` called after each frame with the stream position a little past it).  Every symbol is ``uid + 1j * position`` (uid: one per transmitted image),
 so an image out that mixes two images' symbols, or puts one at the wrong place, is seen.
 
-Checks: ``add``/``flush`` never raise; never more than ``max_pending`` open images, the repeat
+Checks: ``add``/``flush`` never raise; never more than ``max_pending`` open images of a sender, the repeat
 memory bounded; each image out has symbols/mask/symbol_noise_var of ``total_symbols``, zeros
 outside the mask, consistent chunk counts, ``complete`` and ``erased_symbols``, a finite SNR that
 is not 100 dB when nothing was received, one transmitted image's symbols at their positions;
@@ -220,8 +220,9 @@ def run_one(seed):
     for k, f in enumerate(frames):
         images += r.add(dataclasses.replace(f, start=1000 * k))  # (frame k of the stream at 1000 k)
         images += r.idle(1000 * k + int(rng.integers(0, 3000)))
-        if len(r._open) > mp:
-            problems.append(f"frame {k}: {len(r._open)} open > max_pending {mp}")
+        most = max((sum(1 for s, _ in r._open if s == t) for t, _ in r._open), default=0)
+        if most > mp:
+            problems.append(f"frame {k}: {most} open of one sender > max_pending {mp}")
         if len(r._done) > REPEAT_MEMORY:
             problems.append(f"frame {k}: repeat memory {len(r._done)}")
     images += r.flush()

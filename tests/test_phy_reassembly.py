@@ -381,3 +381,25 @@ def test_senders_taking_turns_on_one_channel_do_not_split_each_others_images(rng
     out = r.add(frames_of(7, a, 3000, sender=3)[1]) + r.add(frames_of(7, b, 3000, sender=4)[1])
     assert [(o.header.sender, o.complete) for o in out] == [(3, True), (4, True)]
     np.testing.assert_array_equal(out[1].symbols, b)
+
+
+def test_max_pending_counts_each_senders_images_so_five_senders_can_take_turns(rng):
+    """Five transmitters (senders 1-5) taking turns burst by burst: with max_pending over all senders
+    (4), each new sender's frame finalised the least recently seen image, partial, and every image
+    came out several times (partial, then updates); per sender, each is reassembled once, whole."""
+    syms = {s: complex_noise(4000, 1.0, rng) for s in range(1, 6)}
+    frames = {s: frames_of(s * 10, syms[s], 1000, sender=s) for s in syms}  # 4 chunks each
+    r, out = Reassembler(max_pending=4), []
+    for i in range(4):
+        for s in syms:
+            out += r.add(frames[s][i])
+    out += r.flush()
+    assert sorted((o.header.sender, o.complete, o.update) for o in out) == [(s, True, 0) for s in range(1, 6)]
+    for o in out:
+        np.testing.assert_array_equal(o.symbols, syms[o.header.sender])
+    # one sender's own images are still limited: 2 open of sender 1 with max_pending 1 finalise the older
+    r = Reassembler(max_pending=1, finalise_on_new_id=False)
+    assert r.add(frames_of(1, syms[1], 1000, sender=1)[0]) == []
+    out = r.add(frames_of(2, syms[2], 1000, sender=1)[0])
+    assert [(o.header.image_id, o.complete) for o in out] == [(1, False)]
+    assert r.add(frames_of(3, syms[3], 1000, sender=2)[0]) == []  # another sender's: its own limit

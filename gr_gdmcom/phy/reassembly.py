@@ -6,7 +6,7 @@ Policy (never silent):
   finalised when all its chunks are in, when a frame of its sender's next image arrives
   (``finalise_on_new_id``),
   when it has received nothing for ``timeout_frames`` frames, when more than
-  ``max_pending`` images are open (oldest first), when the stream has passed its
+  ``max_pending`` images of its sender are open (oldest first), when the stream has passed its
   ``deadline`` (:meth:`Reassembler.idle`: the receiver's stream position is past where the
   rest of it would have been received; counted in ``images_idle``) or on
   :meth:`Reassembler.flush`;
@@ -160,7 +160,7 @@ class Reassembler:
 
     Args:
         timeout_frames: finalise an open image after this many frames without a chunk of it.
-        max_pending: most images open at once.
+        max_pending: most images open at once per sender.
         finalise_on_new_id: a frame of a new image id finalises its sender's open images.
         deadline: ``frame -> stream position (or None)`` by which the rest of the frame's image
             has been received if it was sent (:meth:`FrameRx.image_deadline
@@ -263,8 +263,12 @@ class Reassembler:
     def _expire(self) -> List[ReassembledImage]:
         out = [self._finalise(i) for i, img in list(self._open.items())
                if self._frames - img.last_seen >= self.timeout_frames]
-        while len(self._open) > self.max_pending:
-            out.append(self._finalise(min(self._open, key=lambda i: self._open[i].last_seen)))
+        for sender in sorted({s for s, _ in self._open}):  # each sender's oldest beyond max_pending
+            mine = [i for i in self._open if i[0] == sender]
+            while len(mine) > self.max_pending:
+                oldest = min(mine, key=lambda i: self._open[i].last_seen)
+                out.append(self._finalise(oldest))
+                mine.remove(oldest)
         return out
 
     def _count_lost(self, sender: int, image_id: int):
