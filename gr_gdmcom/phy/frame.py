@@ -127,9 +127,10 @@ class FrameConfig:
             stream whose end never comes (a radio) is not held until the flowgraph stops.  At
             least 1; 0 = only at the end of the stream, when another image starts or after 64
             frames of others.
-            Fewer than ``image_timeout`` of an image's bursts lost in a row never split it; more
-            publish it as two partial receptions of the same id.  Raise it where a transmitter
-            pauses between the chunks of an image or a link drops several in a row.
+            Fewer than ``image_timeout`` of an image's bursts lost in a row never split it; after
+            more, it is published without them and, when they come, again with them (an update,
+            :class:`~gr_gdmcom.phy.Reassembler`).  Raise it where a transmitter pauses between the
+            chunks of an image or a link drops several in a row.
         notch: receiver (sps >= 2): find narrowband interferers inside the signal's band (a
             spur, a carrier, a DC offset) and notch each (``phy.notch``; counter
             ``tones_notched``).  Where none is found the stream passes unchanged.
