@@ -816,6 +816,8 @@ def test_curve_refusals_are_counted_and_logged_once_per_reason(tmp_path, ctx, ca
         warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
         reasons = {"connection closed during the handshake (a client that went away, a TCP probe, or a client "
                    "without CURVE) (code 32)",  # EPIPE
+                   "connection closed during the handshake (a client that went away, a TCP probe, or a client "
+                   "without CURVE) (code 104)",  # ECONNRESET, as the kernel's timing falls
                    "handshake failed (protocol: wrong or no CURVE key?) (code 285212674)"}  # mechanism mismatch
         assert warnings and all(re.sub(rf"^refused a connection on {srv.last_endpoint}: (.*); a client with the "
                                        r"wrong keys, or one without CURVE \(status counts them: refused\)$", r"\1", m)
@@ -1308,9 +1310,13 @@ def test_a_connection_closed_mid_handshake_is_counted_and_said_for_what_it_may_b
                 socket.create_connection(("127.0.0.1", port), timeout=5).close()
             wait_for(lambda: srv.counters["refused"] >= 3, "the closed connections counted")
         warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-        assert warned == [f"refused a connection on {srv.last_endpoint}: connection closed during the handshake (a "
-                          f"client that went away, a TCP probe, or a client without CURVE) (code 32); a client with "
-                          f"the wrong keys, or one without CURVE (status counts them: refused)"], warned
+        # the code is the errno libzmq saw: EPIPE (32) or ECONNRESET (104), as the kernel's timing falls
+        # (CI saw 104 once in ~40 runs of 32)
+        assert len(warned) == 1 and re.fullmatch(
+            re.escape(f"refused a connection on {srv.last_endpoint}: connection closed during the handshake (a "
+                      f"client that went away, a TCP probe, or a client without CURVE) (code ") + r"(32|104)" +
+            re.escape("); a client with the wrong keys, or one without CURVE (status counts them: refused)"),
+            warned[0]), warned
     finally:
         srv.stop()
         ctx.term()
