@@ -9,7 +9,11 @@ at ``--snr`` dB (numpy AWGN).  The receiver is timed from the first ``push``
 to the last frame of ``flush`` (detection through payload extraction), once
 with the whole stream in one ``push`` and once in ``--chunk``-sample pushes
 (what a GNU Radio block sees).  ``channel_model`` runs
-``vector_source_c -> channel_model -> null_sink`` with noise, CFO and 3 taps.
+``vector_source_c -> channel_model -> null_sink`` with noise, CFO and 3 taps, and
+``channel_model -> frame_rx`` the same into the receiver's GNU Radio block (a receiving
+flowgraph: its CPU rate is what a radio host spends).  The receiver runs numpy's BLAS on one
+thread unless ``OPENBLAS_NUM_THREADS`` is set (``phy.rx.single_blas_thread``):
+``OPENBLAS_NUM_THREADS=2 ... --cores 0`` shows what OpenBLAS's spinning worker cost.
 By default the process is pinned to one CPU core (``--cores 0`` to leave it
 free) and each figure is the best of ``--repeat`` runs, the receiver and
 ``channel_model`` runs interleaved so that both see the same machine load;
@@ -20,6 +24,7 @@ turns receiver stages off (their ``FrameConfig`` switches) to show what each cos
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 
@@ -49,13 +54,27 @@ def run_rx(cfg: FrameConfig, x: np.ndarray, chunk: int, expect: int):
         raise RuntimeError(f"receiver returned {len(frames)} frames, expected {expect}: {rx.counters}")
 
 
-def run_channel_model(x: np.ndarray, snr_db: float):
+def run_channel_model(x: np.ndarray, snr_db: float, cfg: FrameConfig = None, expect: int = 0):
+    """``vector_source_c -> channel_model -> null_sink``; with ``cfg``, into the ``frame_rx`` block
+    instead (a receiving flowgraph: its CPU time is what a radio host spends)."""
     from gnuradio import blocks, channels, gr
 
     tb = gr.top_block()
     ch = channels.channel_model(noise_voltage(snr_db), 0.001, 1.0, [1.0, 0.3j, -0.1], 1)
-    tb.connect(blocks.vector_source_c(x, False), ch, blocks.null_sink(gr.sizeof_gr_complex))
+    src = blocks.vector_source_c(np.concatenate([x, np.zeros(64, np.complex64)]), False)  # (the taps' delay)
+    if cfg is None:
+        tb.connect(src, ch, blocks.null_sink(gr.sizeof_gr_complex))
+        tb.run()
+        return
+    from gr_gdmcom.blocks.frame_rx import frame_rx
+
+    rx = frame_rx(reassemble=False, **dataclasses.asdict(cfg))
+    tb.connect(src, ch, rx)
+    tb.msg_connect(rx, "pdus", blocks.message_debug(), "store")
     tb.run()
+    if rx.counters()["frames_out"] != expect:  # (the last frame's PDU, sent in stop(), may not reach a sink)
+        raise RuntimeError(f"frame_rx returned {rx.counters()['frames_out']} frames, expected {expect}: "
+                           f"{rx.counters()}")
 
 
 def main() -> int:
@@ -89,6 +108,7 @@ def main() -> int:
     try:
         import gnuradio  # noqa: F401
         runs["channel_model"] = lambda: run_channel_model(x, args.snr)
+        runs["channel_model -> frame_rx"] = lambda: run_channel_model(x, args.snr, cfg, args.bursts)
     except ImportError as exc:
         print(f"GNU Radio not importable ({exc}); receiver only")
     best = {k: [float("inf")] * 2 for k in runs}

@@ -120,3 +120,15 @@ def test_soak_server_finds_nothing_wrong_through_a_broker(capsys, monkeypatch):
                   "--broker").splitlines()
     assert out[-1] == "findings 0", out
     assert re.search(r"\| ok \| \d+ \|", "\n".join(out)) and re.search(r"\| bad_json \| \d+ \|", "\n".join(out))
+
+
+def test_bench_phy_smoke(capsys, monkeypatch):
+    """The receiver's rate benchmark: FrameRx alone, GNU Radio's channel_model, and the two in one
+    flowgraph (the frame_rx block), each a positive rate; the receiver counts every burst."""
+    out = _script(monkeypatch, capsys, "bench_phy.py", "--bursts", "3", "--symbols", "1024", "--repeat", "1",
+                  "--cores", "0", "--off", "notch")
+    rates = dict((m.group(1).strip(), (float(m.group(2)), float(m.group(3)))) for m in
+                 re.finditer(r"^(.+?)\s+wall\s+([\d.]+) Msps\s+cpu\s+([\d.]+) Msps$", out, re.M))
+    assert list(rates) == ["FrameRx, one push", "FrameRx, 8192-sample pushes", "channel_model",
+                           "channel_model -> frame_rx"], out
+    assert all(w > 0 and c > 0 for w, c in rates.values()) and "off: notch" in out.splitlines()[0]

@@ -571,3 +571,38 @@ def test_the_dispersive_pass_works_with_the_shortest_equalisers(eq_taps, rng):
     frames, counters = receive(cfg, awgn(x, 20.0, rng))
     assert [f.header.chunk_index for f in frames] == [0, 1], counters
     assert all(measure_snr_db(chunks[f.header.chunk_index], f.symbols) > 18.0 for f in frames)
+
+
+BLAS_PROBE = """
+import json, torch
+from threadpoolctl import threadpool_info, threadpool_limits
+threadpool_limits(2, user_api="blas")  # what OpenBLAS starts with on a 2-core machine
+blas = lambda: sorted({d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"})
+before, torch_before = blas(), torch.get_num_threads()
+from gr_gdmcom.phy import FrameRx
+FrameRx(); FrameRx()
+print(json.dumps([before, blas(), torch_before, torch.get_num_threads()]))
+"""
+
+
+@pytest.mark.parametrize("env, expect", [({}, [1]), ({"OPENBLAS_NUM_THREADS": "2"}, [2])])
+def test_the_receiver_runs_numpy_blas_on_one_thread_unless_the_user_chose(env, expect):
+    """OpenBLAS's idle worker spins between the receiver's small matrix products: a receiving
+    flowgraph (channel_model -> frame_rx, ``bench_phy.py --cores 0``) ran at 1.65 Msps of wall time
+    and 0.83 per CPU-second, on one BLAS thread 1.79 and 1.64.  FrameRx sets one thread, once,
+    unless the user set it; torch's threads are not touched."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    clean = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
+                                                              "MKL_NUM_THREADS", "BLIS_NUM_THREADS")}
+    r = subprocess.run([sys.executable, "-c", BLAS_PROBE], capture_output=True, text=True, timeout=120,
+                       env=dict(clean, PYTHONPATH=str(Path(__file__).resolve().parent.parent), **env))
+    assert r.returncode == 0, r.stderr[-2000:]
+    before, after, torch_before, torch_after = json.loads(r.stdout.strip().splitlines()[-1])
+    if before != [2]:
+        pytest.skip(f"BLAS would not take 2 threads here ({before})")
+    assert after == expect and torch_after == torch_before

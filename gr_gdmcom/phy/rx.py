@@ -48,6 +48,8 @@ import cmath
 import functools
 import logging
 import math
+import os
+import threading
 from dataclasses import dataclass
 from typing import List, NamedTuple, Optional
 
@@ -63,6 +65,42 @@ from .header import (FORWARD_DDIM, FORWARD_RANDOM, HEADER_CODED_BITS, PLAIN_FLAG
 from .snr import MIN_NOISE_VAR, noise_var_to_snr_db
 
 log = logging.getLogger(__name__)
+
+#: environment variables by which a user chose numpy's BLAS threads: :func:`single_blas_thread` leaves
+#: BLAS as they set it
+BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
+_blas_lock = threading.Lock()
+_blas_done = False
+
+
+def single_blas_thread() -> Optional[dict]:
+    """Run numpy's BLAS (OpenBLAS, MKL, BLIS, as loaded) on one thread, once per process, unless
+    one of ``BLAS_THREAD_VARS`` is set: the receiver's matrices are small (at most 31 columns), a
+    second BLAS thread never made it faster, and OpenBLAS's idle workers spin between calls --
+    they doubled the CPU time of a receiving flowgraph (docs/frame-format.md section 6, *BLAS threads*),
+    CPU that a radio source, the channel or the decoder in the same process needs.  Process-wide
+    (BLAS has one setting); torch's own threads are not touched.  Returns ``{library: threads
+    before}`` of the call that set it, else None."""
+    global _blas_done
+    with _blas_lock:
+        if _blas_done:
+            return None
+        _blas_done = True
+        chosen = [v for v in BLAS_THREAD_VARS if os.environ.get(v)]
+        if chosen:
+            log.debug("BLAS threads left as %s sets them", chosen[0])
+            return None
+        try:
+            from threadpoolctl import threadpool_info, threadpool_limits
+        except ImportError:  # (a dependency; an install without it keeps BLAS's default)
+            log.warning("threadpoolctl is not installed: numpy's BLAS keeps its threads, which spin between "
+                        "the receiver's calls (set OPENBLAS_NUM_THREADS=1)")
+            return None
+        before = {d["filepath"]: d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"}
+        threadpool_limits(1, user_api="blas")
+        log.debug("BLAS set to one thread (was %s)", before)
+        return before
+
 
 #: channel filter: stopband attenuation (dB) and the widest transition band (cycles/sample)
 CHANNEL_STOP_DB, CHANNEL_TRANSITION = 60.0, 0.05
@@ -521,10 +559,14 @@ class FrameRx:
 
     Attributes:
         counters: dict of int, see ``COUNTERS``.
+
+    The first receiver of a process sets numpy's BLAS to one thread (:func:`single_blas_thread`;
+    not where ``OPENBLAS_NUM_THREADS`` or the like is set).
     """
 
     def __init__(self, cfg: Optional[FrameConfig] = None, max_slice: int = MAX_SLICE,
                  track_timing: Optional[bool] = None):
+        single_blas_thread()
         self.cfg = cfg or FrameConfig()
         self.layout = lay = self.cfg.layout()
         c = self.cfg
