@@ -33,10 +33,13 @@ Scenarios (``name`` for ``--only``):
   y = x + beta x |x|^2) before the noise;
 * ``adc-8bit``: after the noise, each rail clipped at 1.5 x its signal rms (``analog.rail_ff``)
   and quantised to 8 bits (``channels.quantizer``);
-* ``iq-1dB-5deg``, ``phase-noise-0dB``, ``dc-20dBc``: GNU Radio's ``channels.impairments`` (the
+* ``iq-1dB-5deg``, ``phase-noise-0dB``, ``dc-20dBc-busy``: GNU Radio's ``channels.impairments`` (the
   front end of a radio) before the noise: IQ imbalance of 1 dB and 5 degrees (an image 22.5 dB
   under the signal), its phase noise at 0 dB (``phase_noise_gen(1, 0.01)``: about 4 degrees rms,
-  correlated over ~100 samples), a DC offset (LO leakage) 20 dB under the signal's power;
+  correlated over ~100 samples), a DC offset (LO leakage) 20 dB under the signal's power with the
+  bursts back to back from the stream's start; ``dc-20dBc``: the same offset with 40000 samples of
+  silence first (the receiver running before the transmitter starts: the offset is measured there
+  and subtracted, ``phy.notch``);
 * ``step-up-20dB`` / ``step-down-20dB``: each burst 20 dB down before its body symbol 1400 (the
   preamble, the header and its first ~50 payload symbols: a receiver's AGC step, a
   transmitter's keying ramp), or from there on, then AWGN at the full level;
@@ -103,6 +106,9 @@ def adc(x: np.ndarray, snr_db: float, seed: int, sps: int) -> np.ndarray:
 
     return adc_blocks(_run(x, _awgn_model(snr_db, seed)), ADC_CREST * np.sqrt(0.5 / sps))
 
+
+#: Samples of silence before the ``dc-20dBc`` rows' bursts.
+SILENCE = 40000
 
 #: Body symbol of each burst where the ``step-*`` rows' level steps.
 STEP_AT = 1400
@@ -184,9 +190,12 @@ def scenarios(snrs, seed: int = 0, n: int = FrameConfig.max_chunk_symbols):
             ("adc-8bit", 20.0, 2, lambda x: adc(x, 20.0, 15 + seed, 2), None)]
     dc = float(np.sqrt(0.5 / 2 * 10 ** (-20 / 10)))  # each rail: |dc|^2 20 dB under the sample power 1/sps
     for name, imp in (("iq-1dB-5deg", (-200.0, 1.0, 5.0, 0.0, 0.0)), ("phase-noise-0dB", (0.0, 0.0, 0.0, 0.0, 0.0)),
-                      ("dc-20dBc", (-200.0, 0.0, 0.0, dc, dc))):
+                      ("dc-20dBc-busy", (-200.0, 0.0, 0.0, dc, dc))):
         out += [(name, s, 2, lambda x, s=s, imp=imp: _run(x, channels.impairments(*imp, 0.0, 0.0, 0.0),
                                                           awgn_model(s, 25)), None) for s in snrs]
+    out += [("dc-20dBc", s, 2, lambda x, s=s: _run(np.concatenate([np.zeros(SILENCE, np.complex64), x]),
+                                                    channels.impairments(-200.0, 0.0, 0.0, dc, dc, 0.0, 0.0, 0.0),
+                                                    awgn_model(s, 25)), None) for s in snrs]
     for name, db in (("step-up-20dB", -20.0), ("step-down-20dB", 20.0)):
         out += [(name, s, 2, lambda x, s=s, db=db: _run(level_step(x, db), awgn_model(s, 21)), None) for s in snrs]
     for sps in (2, 4):

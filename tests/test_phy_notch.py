@@ -21,7 +21,8 @@ def _link(sps, rng, ampl, freq, n_bursts=4, chunk=2048, lead=40_000, snr_db=20.0
 
 
 def _receive(x, sps, notch=True, chunk=2048, pieces=None):
-    """(frames, the receiver); ``rx.tones_at_end``: the tones notched when the stream ended."""
+    """(frames, the receiver); ``rx.tones_at_end``, ``rx.dc_at_end``: the tones notched and the DC
+    offset subtracted when the stream ended."""
     rx = FrameRx(FrameConfig(sps=sps, max_chunk_symbols=chunk, notch=notch))
     frames, k = [], 0
     for p in (pieces if pieces is not None else []):
@@ -29,10 +30,11 @@ def _receive(x, sps, notch=True, chunk=2048, pieces=None):
         k += p
     frames += rx.push(x[k:])
     rx.tones_at_end = list(rx._notch.tones) if rx._notch else []
+    rx.dc_at_end = rx._notch.dc if rx._notch else 0
     return frames + rx.flush(), rx
 
 
-@pytest.mark.parametrize("sps,freq", [(2, 0.05), (2, 0.0), (8, 0.013), (4, -0.1)])
+@pytest.mark.parametrize("sps,freq", [(2, 0.05), (8, 0.013), (4, -0.1)])  # (a DC offset: below)
 def test_a_tone_3x_the_signal_inside_the_band_is_notched(sps, freq, rng):
     """A tone at 3x the signal's rms amplitude (+9.5 dB) inside the band: without the notch the
     detector found at most 1 of the 4 bursts (its metrics are normalised by all the power in their
@@ -50,6 +52,34 @@ def test_a_tone_3x_the_signal_inside_the_band_is_notched(sps, freq, rng):
     assert abs(tone - freq) < 2.5e-6, tone  # two hundredths of a bin (1 / 8192 cycles/sample)
 
 
+@pytest.mark.parametrize("sps,level_db", [(2, 9.5), (2, -20.0), (8, -20.0), (4, -30.0)])
+def test_a_dc_offset_is_measured_where_the_stream_is_quiet_and_subtracted(sps, level_db):
+    """A DC offset (LO leakage) at +9.5, -20 or -30 dB against the bursts' power, 20 dB of noise,
+    the receiver started 40 000 samples before the first burst: measured in that silence and
+    subtracted, every burst gets what it gets without the offset (within 0.15 dB; -20 dB had
+    held the payload near 17 dB), the offset measured as well as the silence allows (its noise's
+    standard error), counted once in tones_notched,
+    no notch left at DC.  (-30 dB is 10 dB under the noise: over the gate, 13 dB under it.)"""
+    ampl = 10 ** (level_db / 20)
+    x, sym = _link(sps, np.random.default_rng(5), ampl, 0.0)
+    clean, _ = _link(sps, np.random.default_rng(5), 0.0, 0.0)
+    frames, rx = _receive(x, sps)
+    ref, _ = _receive(clean, sps)
+    got = [measure_snr_db(sym[f.header.chunk_index], f.symbols) for f in frames]
+    want = [measure_snr_db(sym[f.header.chunk_index], f.symbols) for f in ref]
+    assert len(frames) == len(ref) == 4 and np.max(np.abs(np.subtract(got, want))) < 0.15, (got, want)
+    assert rx.counters["tones_notched"] == 1 and rx.tones_at_end == []
+    bursts = FrameTx(FrameConfig(sps=sps, max_chunk_symbols=2048)).frames(
+        sym.ravel(), Header(image_id=2, latent_shape=(2, 1, sym.size)))
+    rms = np.sqrt(np.mean(np.abs(bursts[0]) ** 2))
+    true_dc = ampl * rms * np.exp(2j * np.pi * 0.3)
+    # within 3 standard errors of a mean over the 40 000 samples of silence, noise 20 dB under the bursts
+    assert abs(rx.dc_at_end - true_dc) < 3 * 0.1 * rms / np.sqrt(40_000), (rx.dc_at_end, true_dc)
+    if level_db == -20.0:  # without the stage: the offset is noise to the payload
+        off, _ = _receive(x, sps, notch=False)
+        assert np.median([measure_snr_db(sym[f.header.chunk_index], f.symbols) for f in off]) < 17.5
+
+
 def test_a_weak_tone_is_notched_too(rng):
     """10 dB under the signal a tone caps the payload near 11.5 dB at 20 dB; notched: above 18.5."""
     x, sym = _link(2, rng, 0.316, 0.11)
@@ -61,9 +91,13 @@ def test_a_weak_tone_is_notched_too(rng):
 
 def test_pieces_of_any_size_give_the_same_frames_with_a_tone(rng):
     x, _ = _link(4, rng, 3.0, 0.07, n_bursts=2)
-    whole, _ = _receive(x, 4)
+    x = (x + np.complex64(0.05 - 0.02j)).astype(np.complex64)  # and a DC offset
+    whole, rx = _receive(x, 4)
     pieces = rng.integers(1, 30_000, 40)
-    parts, _ = _receive(x, 4, pieces=pieces)
+    parts, rx2 = _receive(x, 4, pieces=pieces)
+    # (3: the tone; the offset, first notched as a tone at 0 while the tone's power hid it from the
+    # DC measurement, then -- the tone notched -- measured and subtracted)
+    assert rx.counters["tones_notched"] == rx2.counters["tones_notched"] == 3 and rx.dc_at_end == rx2.dc_at_end != 0
     assert len(whole) == len(parts) == 2
     for a, b in zip(whole, parts):
         assert a.start == b.start and a.snr_db == b.snr_db

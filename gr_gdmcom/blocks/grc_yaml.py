@@ -97,8 +97,9 @@ RECEIVER = [  # the receiver's own settings (FrameConfig), on the Advanced tab
      "second pass with a fractionally spaced equaliser fitted on all known symbols, kept where it lowers the "
      "noise 10 %: multipath longer than the taps or changing within a burst"),
     ("notch", "Tone notch", "bool", "True", "Advanced",
-     "find narrowband interferers inside the signal's band (a spur, a carrier, a DC offset) and notch each "
-     "(sps >= 2; counter tones_notched): 10 dB under the signal a tone costs ~8 dB of Es/N0, 3x over it every burst"),
+     "find narrowband interferers inside the signal's band (a spur, a carrier) and notch each, and subtract a DC "
+     "offset measured where the stream is quiet (sps >= 2; counter tones_notched): 10 dB under the signal a tone "
+     "costs ~8 dB of Es/N0, 3x over it every burst"),
     ("image_timeout", "Image timeout", "float", "4.0", "Advanced",
      "an image still missing chunks is published after this many of its bursts' durations with none of the "
      "rest (0 = at end of stream or the next image only; else >= 1); fewer of its bursts lost in a row never "

@@ -132,8 +132,9 @@ class FrameConfig:
             :class:`~gr_gdmcom.phy.Reassembler`).  Raise it where a transmitter pauses between the
             chunks of an image or a link drops several in a row.
         notch: receiver (sps >= 2): find narrowband interferers inside the signal's band (a
-            spur, a carrier, a DC offset) and notch each (``phy.notch``; counter
-            ``tones_notched``).  Where none is found the stream passes unchanged.
+            spur, a carrier) and notch each, and subtract a DC offset measured where the stream
+            is quiet (``phy.notch``; counter ``tones_notched``).  Where none is found the stream
+            passes unchanged.
 
     The receiver takes any chunk size and gap; ``sps``, ``rolloff``, ``rrc_span``,
     ``pilot_spacing``, ``header_copy`` and the preamble settings must match the

@@ -12,6 +12,17 @@ block on a first-order complex notch (zero on the unit circle at its frequency, 
 ``1 - RADIUS_SLOPE * edge``: 3 dB wide ~0.2 % of the band) removes it; the frequency is re-read every block it is
 seen in, and the notch goes when it has not been for ``FORGET`` blocks.  At most ``MAX_NOTCHES``.
 
+A **DC offset** (a zero-IF radio's LO leakage) is also measured where the stream is quietest --
+its mean over the blocks whose power about their mean (the tones notched) is within ``DC_SILENT`` (3 dB)
+of the lowest of the last ``DC_HISTORY``: the silence between transmissions, where there is any -- and,
+once it is more than ``DC_GATE`` of the noise there (13 dB under it), subtracted from every sample from the next
+block on, re-measured every block (off again under ``DC_GATE_OFF``).  Bursts are measured only
+where the stream is never silent (bursts back to back from the start): their preambles have a DC
+line of their own (each Frank segment sums to a quarter of its length), 21-36 dB under the
+stream's power at zero carrier offset, which a mean over the bursts would subtract as an offset;
+there the gate, 13 dB under the bursts' power, leaves it -- and a DC offset under that stays
+(the notch takes it once it is ``CONTRAST_DB`` over the spectrum, about 10 dB under the signal).
+
 What the bursts themselves look like never reaches the threshold: the same preamble, header pilots
 and probes in every burst make lines at multiples of the burst period (short bursts at sps 1: up to
 21 dB in 120 random streams, sps 1-8, 16-8192-symbol chunks, 0-45 dB; under 15 dB at sps >= 2).
@@ -39,6 +50,11 @@ RADIUS_SLOPE = 0.006
 MAX_NOTCHES = 4
 _AROUND, _OWN = 32, 3  # the mean log-power of bins k-32..k+32 but k-3..k+3
 _MATCH = 1.5  # bins
+#: DC offset: blocks remembered, a quiet block's power about its mean over the lowest of them, and
+#: |DC|^2 over the quiet blocks' noise to subtract it (and to stop)
+DC_HISTORY = 64
+DC_SILENT = 2.0
+DC_GATE, DC_GATE_OFF = 0.05, 0.02
 
 
 class ToneNotch:
@@ -49,7 +65,9 @@ class ToneNotch:
 
     Attributes:
         tones: [frequency, cycles/sample] of the tones notched now.
-        found: tones notched so far (a tone lost and found again counts again).
+        found: tones notched so far (a tone lost and found again counts again), and DC offsets
+            subtracted (each time subtraction starts).
+        dc: the DC offset subtracted now (0 when none).
     """
 
     def __init__(self, edge: float):
@@ -67,8 +85,12 @@ class ToneNotch:
         self._zi: List[np.ndarray] = []
         self._history: List[np.ndarray] = []  # candidate frequencies (bins, fractional) of recent blocks
         self._buf = np.zeros(BLOCK, np.complex64)
+        self._raw = np.zeros(BLOCK, np.complex64)  # the block as received (the DC measured on it)
+        self._out = np.zeros(BLOCK, np.complex64)  # as passed on (the noise measured on it: no tones)
         self._fill = 0
         self._block = 0
+        self.dc = np.complex64(0)
+        self._blocks: List[tuple] = []  # (power, mean) of the last DC_HISTORY blocks
 
     def process(self, x: np.ndarray) -> np.ndarray:
         """``x`` (complex64) with the tones notched; the blocks it completes analysed."""
@@ -76,15 +98,46 @@ class ToneNotch:
         while k < len(x):
             n = min(len(x) - k, BLOCK - self._fill)
             part = x[k: k + n]
+            self._raw[self._fill: self._fill + n] = part
+            if self.dc:
+                part = part - self.dc
             self._buf[self._fill: self._fill + n] = part
             out.append(self._notch(part))
+            self._out[self._fill: self._fill + n] = out[-1]
             self._fill += n
             k += n
             if self._fill == BLOCK:
                 self._analyse()
+                self._track_dc()
                 self._fill = 0
                 self._block += 1
         return np.concatenate(out) if len(out) > 2 else out[-1]
+
+    def _track_dc(self):
+        """Measure the DC offset on the quiet blocks of the last DC_HISTORY (see the module's
+        docstring); subtract it while it is over DC_GATE of their noise."""
+        mean = self._raw.astype(np.complex128).mean()
+        out = self._out.astype(np.complex128)
+        out -= out.mean()
+        var = float(np.mean(out.real ** 2 + out.imag ** 2))  # (the power about the mean, tones notched)
+        self._blocks = (self._blocks + [(var, complex(mean))])[-DC_HISTORY:]
+        floor = min(v for v, _ in self._blocks)
+        if not floor > 1e-30:  # digital silence
+            return
+        quiet = [(v, m) for v, m in self._blocks if v <= DC_SILENT * floor]
+        dc = complex(np.mean([m for _, m in quiet]))
+        noise = float(np.mean([v for v, _ in quiet]))
+        ratio = abs(dc) ** 2 / noise
+        if ratio > (DC_GATE_OFF if self.dc else DC_GATE):
+            if not self.dc:
+                (log.debug if self.found else log.warning)(
+                    "DC offset %+.1f dB against the noise where the stream is quietest: subtracted (counted in "
+                    "tones_notched)", 10 * np.log10(ratio))
+                self.found += 1
+            self.dc = np.complex64(dc)
+        elif self.dc:
+            log.info("DC offset gone (%+.1f dB against the noise): no longer subtracted", 10 * np.log10(max(ratio, 1e-30)))
+            self.dc = np.complex64(0)
 
     def _notch(self, x: np.ndarray) -> np.ndarray:
         for i, f in enumerate(self.tones):
