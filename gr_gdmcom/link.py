@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 from gnuradio import analog, blocks, channels, gr
@@ -49,6 +49,13 @@ class ChannelConfig:
             own (``channels.selective_fading_model``: path i at i + ``delay`` samples, its power
             |tap|^2, the Rician LOS on the first) -- frequency-selective fading; without it all
             paths fade together (flat fading times the static taps).
+        iq_imbalance: the receiver's IQ imbalance after the noise, (magnitude dB, phase degrees)
+            (``channels.iqbal_gen``; (0, 0) = none).
+        dc_offset: the receiver's DC offset (LO leakage) after the noise, dB against the
+            signal's power (``blocks.add_const_cc``, equal on both rails; None = none).
+        lead: samples of the channel alone (noise, offset) before the transmitter's first sample
+            (``blocks.delay``): the receiver started first, as a radio's is -- it measures a
+            DC offset there (``phy.notch``).
     """
 
     snr_db: float = 10.0
@@ -61,6 +68,9 @@ class ChannelConfig:
     fading: float = 0.0
     rician_k: float = 0.0
     selective: bool = False
+    iq_imbalance: Tuple[float, float] = (0.0, 0.0)
+    dc_offset: Optional[float] = None
+    lead: int = 0
 
     def __post_init__(self):
         for name in ("snr_db", "cfo", "delay"):
@@ -91,6 +101,16 @@ class ChannelConfig:
         if self.selective and not (self.fading and taps.size > 1):
             raise ValueError("selective (--selective) makes each of several taps fade on its own: give fading "
                              "(--fading) and two or more taps (--taps)")
+        iq = tuple(self.iq_imbalance)
+        if len(iq) != 2 or not all(math.isfinite(float(v)) for v in iq) or not (abs(float(iq[0])) <= 6.0
+                                                                                and abs(float(iq[1])) <= 45.0):
+            raise ValueError(f"iq_imbalance (--iq-imbalance) is (magnitude dB, phase degrees) within +-6 dB and "
+                             f"+-45 degrees, got {self.iq_imbalance!r}")
+        if self.dc_offset is not None and not (math.isfinite(float(self.dc_offset)) and float(self.dc_offset) <= 20.0):
+            raise ValueError(f"dc_offset (--dc-offset) is dB against the signal's power, at most 20, got "
+                             f"{self.dc_offset!r}")
+        if not (isinstance(self.lead, (int, np.integer)) and 0 <= int(self.lead) <= 100_000_000):
+            raise ValueError(f"lead (--lead) is samples before the first burst, 0 .. 1e8, got {self.lead!r}")
 
     @property
     def impaired(self) -> bool:
@@ -155,29 +175,40 @@ def build_link(images, out_dir: Optional[str], channel: ChannelConfig, tx: Codec
         raise ValueError(f"unknown channel kind {channel.kind!r}; choose awgn or model")
     head = src
     taps = channel.channel_taps().tolist()
+    if channel.lead:  # the receiver started first: the channel alone before the transmitter's first sample
+        head = blocks.delay(gr.sizeof_gr_complex, int(channel.lead))
+        tb.connect(src, head)
     if channel.fading:
         rician = float(channel.rician_k) > 0
         k_factor = float(channel.rician_k) if rician else 1.0
         if channel.selective:  # each path fades on its own; the taps' job is done here
             power = np.abs(np.asarray(channel.taps, np.complex128)) ** 2
-            head = channels.selective_fading_model(8, float(channel.fading), rician, k_factor, gr_seed,
+            fade = channels.selective_fading_model(8, float(channel.fading), rician, k_factor, gr_seed,
                                                    [i + float(channel.delay) for i in range(len(power))],
                                                    np.sqrt(power / power.sum()).tolist(), 8)
             taps = [1.0 + 0j]
         else:
-            head = channels.fading_model(8, float(channel.fading), rician, k_factor, gr_seed)
-        tb.connect(src, head)
+            fade = channels.fading_model(8, float(channel.fading), rician, k_factor, gr_seed)
+        tb.connect(head, fade)
+        head = fade
+    # the receiver's front end after the noise: IQ imbalance, then the DC offset
+    front = []
+    if any(channel.iq_imbalance):
+        front.append(channels.iqbal_gen(float(channel.iq_imbalance[0]), float(channel.iq_imbalance[1])))
+    if channel.dc_offset is not None:
+        dc = math.sqrt(10 ** (float(channel.dc_offset) / 10) / frame.sps / 2)  # each rail; the signal's power 1/sps
+        front.append(blocks.add_const_cc(complex(dc, dc)))
     if channel.kind == "awgn":
         noise = analog.noise_source_c(analog.GR_GAUSSIAN, nv, gr_seed)
         add = blocks.add_cc()
         tb.connect(head, (add, 0))
         tb.connect(noise, (add, 1))
-        tb.connect(add, snk)
+        tb.connect(add, *front, snk)
     else:
         ch = channels.channel_model(noise_voltage=nv, frequency_offset=float(channel.cfo),
                                     epsilon=float(channel.epsilon), taps=taps,
                                     noise_seed=gr_seed, block_tags=False)
-        tb.connect(head, ch, snk)
+        tb.connect(head, ch, *front, snk)
     return tb, src, snk
 
 

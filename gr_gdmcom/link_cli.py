@@ -42,6 +42,15 @@ def register(sub) -> None:
                     help="with --fading and several --taps: each tap a path 1 sample apart that fades on its own "
                          "(channels.selective_fading_model): frequency-selective fading [default: all paths fade "
                          "together]")
+    ch.add_argument("--iq-imbalance", type=finite_float, nargs=2, default=[0.0, 0.0], metavar=("DB", "DEG"),
+                    help="the receiver's IQ imbalance after the noise (channels.iqbal_gen): magnitude dB, phase "
+                         "degrees, e.g. --iq-imbalance 1 5 [default: none]")
+    ch.add_argument("--dc-offset", type=finite_float, default=None, metavar="DB",
+                    help="the receiver's DC offset (LO leakage) after the noise, dB against the signal's power, "
+                         "e.g. -20; measured and subtracted where the channel is quiet: see --lead [default: none]")
+    ch.add_argument("--lead", type=int, default=0, metavar="SAMPLES",
+                    help="samples of the channel alone (noise, offset) before the first burst: the receiver "
+                         "started before the transmitter, as a radio's is [default=%(default)r]")
     add_frame_args(p)
     add_codec_args(p)
     # The link's default is the best prior that runs offline on a CPU (real quality needs SD-1.5 on a GPU).
@@ -64,7 +73,8 @@ def cmd_link(args) -> int:
     for snr in args.snr:  # every channel checked before the model loads (ValueError: one line, exit 2)
         ch = ChannelConfig(snr_db=snr, kind="model", cfo=args.cfo, epsilon=args.epsilon, delay=args.delay,
                            taps=args.taps, seed=args.seed, fading=args.fading, rician_k=args.rician_k,
-                           selective=args.selective)
+                           selective=args.selective, iq_imbalance=tuple(args.iq_imbalance),
+                           dc_offset=args.dc_offset, lead=args.lead)
         kind = args.channel or ("model" if ch.impaired else "awgn")  # sample-exact AWGN unless impaired
         channels[snr] = dataclasses.replace(ch, kind=kind)
     try:
@@ -98,6 +108,12 @@ def cmd_link(args) -> int:
             row = dict(image=names.get(i, ev["name"]), snr_db=float(snr), channel=ch.kind, sps=frame.sps)
             if args.fading:
                 row.update(fading=args.fading, rician_k=args.rician_k, selective=args.selective)
+            if any(args.iq_imbalance):
+                row["iq_imbalance"] = list(args.iq_imbalance)
+            if args.dc_offset is not None:
+                row["dc_offset"] = args.dc_offset
+            if args.lead:
+                row["lead"] = args.lead
             if "error" in ev:
                 row["error"] = f"not sent: {ev['error']}"
             elif i not in got:

@@ -259,3 +259,32 @@ def test_a_filename_pattern_with_a_folder_writes_into_it(tmp_path):
     rx = RxPipeline(None, CodecConfig(model="tiny"), FrameConfig(), str(tmp_path / "out"), "{name}/x{image_id}.png")
     path = rx._write(np.full((8, 8, 3), 7, np.uint8), 3, "astro")
     assert path == tmp_path / "out" / "astro" / "x3.png" and np.asarray(Image.open(path)).max() == 7
+
+
+def test_a_receivers_dc_offset_is_measured_before_the_first_burst_and_subtracted(tmp_path, small, capsys):
+    """``--dc-offset -20``: the receiver's LO leakage 20 dB under the signal (blocks.add_const_cc after
+    the noise) held a 20 dB link near 17 dB; with ``--lead 40000`` (the receiver started first,
+    blocks.delay) the receiver measures it there and subtracts it: back within 0.5 dB of 20."""
+    img = tmp_path / "big.png"
+    Image.fromarray(small).resize((256, 256)).save(img)
+    est = {}
+    for lead in (0, 40_000):
+        rc = main(["link", "--image", str(img), "--snr", "20", "--model", "tiny", "--device", "cpu", "--seed", "4",
+                   "--dc-offset", "-20", "--lead", str(lead), "--out", str(tmp_path / f"o{lead}")])
+        (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert rc == 0 and row["counters"]["tones_notched"] == (1 if lead else 0), row
+        assert row["dc_offset"] == -20.0 and row.get("lead", 0) == lead
+        est[lead] = row["snr_est_db"]
+    assert est[0] < 18.0 and abs(est[40_000] - 20.0) < 0.5, est
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(dc_offset=25.0), "dc_offset (--dc-offset) is dB against the signal's power, at most 20, got 25.0"),
+    (dict(dc_offset=float("nan")), "dc_offset (--dc-offset) is dB against the signal's power, at most 20, got nan"),
+    (dict(iq_imbalance=(1.0, 50.0)), "iq_imbalance (--iq-imbalance) is (magnitude dB, phase degrees) within +-6 dB "
+                                     "and +-45 degrees, got (1.0, 50.0)"),
+    (dict(lead=-1), "lead (--lead) is samples before the first burst, 0 .. 1e8, got -1")])
+def test_front_end_impairments_out_of_range_are_refused(kw, message):
+    with pytest.raises(ValueError) as exc:
+        ChannelConfig(**kw)
+    assert str(exc.value) == message
