@@ -76,6 +76,7 @@ class ToneNotch:
         self._win = np.hanning(BLOCK).astype(np.float32)
         self._inband = np.abs(np.fft.fftfreq(BLOCK)) <= self.edge
         self.found = 0
+        self._dc_found = False  # (the first DC offset a warning, later ones debug lines)
         self.reset()
 
     def reset(self):
@@ -90,7 +91,7 @@ class ToneNotch:
         self._fill = 0
         self._block = 0
         self.dc = np.complex64(0)
-        self._blocks: List[tuple] = []  # (power, mean) of the last DC_HISTORY blocks
+        self._blocks: List[tuple] = []  # (power about the mean, mean) of the last DC_HISTORY blocks
 
     def process(self, x: np.ndarray) -> np.ndarray:
         """``x`` (complex64) with the tones notched; the blocks it completes analysed."""
@@ -130,10 +131,11 @@ class ToneNotch:
         ratio = abs(dc) ** 2 / noise
         if ratio > (DC_GATE_OFF if self.dc else DC_GATE):
             if not self.dc:
-                (log.debug if self.found else log.warning)(
+                (log.debug if self._dc_found else log.warning)(
                     "DC offset %+.1f dB against the noise where the stream is quietest: subtracted (counted in "
                     "tones_notched)", 10 * np.log10(ratio))
                 self.found += 1
+                self._dc_found = True
             self.dc = np.complex64(dc)
         elif self.dc:
             log.info("DC offset gone (%+.1f dB against the noise): no longer subtracted", 10 * np.log10(max(ratio, 1e-30)))
