@@ -5,6 +5,8 @@ import runpy
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_gpu.py"
 
 
@@ -132,3 +134,31 @@ def test_bench_phy_smoke(capsys, monkeypatch):
     assert list(rates) == ["FrameRx, one push", "FrameRx, 8192-sample pushes", "channel_model",
                            "channel_model -> frame_rx"], out
     assert all(w > 0 and c > 0 for w, c in rates.values()) and "off: notch" in out.splitlines()[0]
+
+
+class _Parsed(Exception):
+    """Raised after a benchmark's command line parsed: its flags exist."""
+
+
+def test_every_gpu_session_stage_command_line_parses(monkeypatch):
+    """benchmarks/gpu_session.sh runs only when a GPU is lent, for minutes: a flag renamed in a benchmark
+    would cost a stage then.  Each stage's command line goes through its benchmark's own argparse here."""
+    import argparse
+    import shlex
+
+    text = (BENCH.parent / "gpu_session.sh").read_text().replace("\\\n", " ")
+    stages = re.findall(r"^stage (\w+) \$\{T\d:-\d+\} \$PY (benchmarks/\S+\.py) (.*)$", text, re.M)
+    assert [s[0] for s in stages] == ["eager_fp16", "eager_bf16", "cudagraphs_b1", "cudagraphs_b16", "serving",
+                                      "serving_cudagraphs", "tuned_b1"]
+    parse = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        parse(self, args, namespace)
+        raise _Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    for name, script, args in stages:
+        argv = [str(BENCH.parent.parent / script)] + shlex.split(args.replace('"$MODEL"', "sd15-random"))
+        monkeypatch.setattr(sys, "argv", argv)
+        with pytest.raises(_Parsed):
+            runpy.run_path(argv[0], run_name="__main__")
