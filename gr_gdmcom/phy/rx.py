@@ -10,7 +10,8 @@ beyond what has been processed, and inputs are processed in slices of
    above it, its delay taken out (the buffer's indices stay the input's): what lies
    outside the band -- an adjacent channel, a spur -- no longer reaches detection,
    whose metrics are normalised by all the power they see; then the tones inside the
-   band found and notched (:mod:`.notch`, ``FrameConfig.notch``);
+   band found and notched, and a DC offset measured where the stream is quiet subtracted
+   (:mod:`.notch`, ``FrameConfig.notch``);
 1. detection: Barker-weighted repeated-segment metric on integrate-and-dump
    samples (CFO-proof), threshold ``detect_threshold``, peak pick;
 2. coarse CFO from the metric's phase; segment-wise correlation with the known
