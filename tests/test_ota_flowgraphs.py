@@ -195,6 +195,17 @@ def test_rx_level_block_reports_peak_rms_and_clipping():
     first, second = meter.reports
     assert first["clipped_pct"] > 0 and abs(first["peak_dbfs"] - 20 * np.log10(0.95)) < 0.01
     assert second["clipped_pct"] == 0 and abs(second["rms_dbfs"] + 20) < 0.01
+    assert abs(second["dc_dbfs"] + 20) < 0.01  # a constant 0.1: all of it DC
+    rng = np.random.default_rng(0)
+    noise = ((rng.standard_normal(40000) + 1j * rng.standard_normal(40000)) * 0.1 / np.sqrt(2)).astype(np.complex64)
+    meter = rx_level(samp_rate=1e4, period=4.0)
+    tb = gr.top_block()
+    tb.connect(blocks.vector_source_c((noise + np.complex64(0.012 - 0.016j)).tolist()), meter)
+    tb.run()
+    # a DC offset of |0.02| (-34 dBFS) in noise of RMS 0.1 (-20 dBFS): within 1 dB (5 standard errors)
+    (only,) = meter.reports
+    assert abs(only["rms_dbfs"] - 10 * np.log10(0.01 + 0.02 ** 2)) < 0.1, only
+    assert abs(only["dc_dbfs"] - 20 * np.log10(0.02)) < 1.0, only
     with pytest.raises(ValueError, match=r"^rx_level: samp_rate and period must be > 0, got samp_rate=10000.0, "
                                          r"period=0 \(a report per sample would flood the log\)$"):
         rx_level(samp_rate=1e4, period=0)

@@ -219,8 +219,8 @@ BLOCKS = {
                  "warn when even the peak of a period stays below this")],
         face=["samp_rate", "period"], asserts=["samp_rate > 0", "period > 0", "0 < clip <= 1"],
         inputs=[dict(domain="stream", dtype="complex")], outputs=[], callbacks=[],
-        doc="RX level meter: every period it logs the peak and RMS of the received samples in dBFS (full scale: "
-            "|x| = 1) and the share of samples above the clip level; it warns on clipping (lower the RX gain or "
+        doc="RX level meter: every period it logs the peak, RMS and DC (the radio's DC offset) of the received "
+            "samples in dBFS (full scale: |x| = 1) and the share of samples above the clip level; it warns on clipping (lower the RX gain or "
             "the TX level) and when nothing strong arrived. Bursts should peak between about -20 and -6 dBFS.\n"
             "Input: complex64 samples."),
     "image_display": dict(

@@ -9,13 +9,14 @@ from gnuradio import gr
 class rx_level(gr.sync_block):
     """RX level meter.
 
-    Every ``period`` seconds of samples (at ``samp_rate``) it logs the peak and
-    RMS of the received samples in dBFS (full scale: |x| = 1) and the share of
-    samples above ``clip``.  It warns when the input clips (lower the RX gain or
-    the TX level) and when even the peak stays below ``low_dbfs`` (no burst in
-    that period, or too little gain): bursts should peak between about -20 and
+    Every ``period`` seconds of samples (at ``samp_rate``) it logs the peak,
+    RMS and DC (|mean|: the radio's DC offset, LO leakage) of the received
+    samples in dBFS (full scale: |x| = 1) and the share of samples above
+    ``clip``.  It warns when the input clips (lower the RX gain or the TX
+    level) and when even the peak stays below ``low_dbfs`` (no burst in that
+    period, or too little gain): bursts should peak between about -20 and
     -6 dBFS.  ``reports`` keeps the last 100 reports (``peak_dbfs``,
-    ``rms_dbfs``, ``clipped_pct``).
+    ``rms_dbfs``, ``dc_dbfs``, ``clipped_pct``, ``nonfinite``).
 
     Input: complex64 samples.
     """
@@ -34,6 +35,7 @@ class rx_level(gr.sync_block):
 
     def _reset(self):
         self._n, self._energy, self._peak, self._clipped, self._nonfinite = 0, 0.0, 0.0, 0, 0
+        self._sum = 0j
 
     def work(self, input_items, output_items):
         x = input_items[0]
@@ -45,6 +47,8 @@ class rx_level(gr.sync_block):
             if bad.any():  # NaN/inf samples (a driver glitch) are counted, not summed: one made the RMS nan
                 self._nonfinite += int(np.count_nonzero(bad))
                 mag = np.where(bad, 0.0, mag)
+                seg = np.where(bad, 0, seg)
+            self._sum += complex(seg.sum(dtype=np.complex128))
             self._n += len(seg)
             self._energy += float(np.dot(mag, mag))
             self._peak = max(self._peak, float(mag.max()))
@@ -58,9 +62,12 @@ class rx_level(gr.sync_block):
         peak = 20 * np.log10(max(self._peak, 1e-12))
         rms = 10 * np.log10(max(self._energy / self._n, 1e-24))
         clipped = 100.0 * self._clipped / self._n
-        self.reports.append(dict(peak_dbfs=peak, rms_dbfs=rms, clipped_pct=clipped, nonfinite=self._nonfinite))
+        dc = 20 * np.log10(max(abs(self._sum) / self._n, 1e-12))
+        self.reports.append(dict(peak_dbfs=peak, rms_dbfs=rms, dc_dbfs=dc, clipped_pct=clipped,
+                                 nonfinite=self._nonfinite))
         del self.reports[:-100]
-        msg = f"RX level: peak {peak:.1f} dBFS, RMS {rms:.1f} dBFS, {clipped:.3f} % of samples above {self.clip}"
+        msg = (f"RX level: peak {peak:.1f} dBFS, RMS {rms:.1f} dBFS, DC {dc:.1f} dBFS, {clipped:.3f} % of samples "
+               f"above {self.clip}")
         if self._nonfinite:
             self.logger.warn(msg + f" - {self._nonfinite} NaN/inf samples (left out): check the radio's driver")
         elif self._clipped:

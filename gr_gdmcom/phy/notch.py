@@ -138,7 +138,8 @@ class ToneNotch:
                 self._dc_found = True
             self.dc = np.complex64(dc)
         elif self.dc:
-            log.info("DC offset gone (%+.1f dB against the noise): no longer subtracted", 10 * np.log10(max(ratio, 1e-30)))
+            log.info("DC offset gone (%+.1f dB against the noise): no longer subtracted",
+                     10 * np.log10(max(ratio, 1e-30)))
             self.dc = np.complex64(0)
 
     def _notch(self, x: np.ndarray) -> np.ndarray:
