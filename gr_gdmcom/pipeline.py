@@ -180,8 +180,9 @@ def check_filename(pattern: str) -> str:
     return pattern
 
 
-def check_sender(sender) -> int:
-    """A transmitter's sender id (:attr:`Header.sender`) as an int in 0..127.  Raises ValueError."""
+def check_sender(sender, header_version: int = 6) -> int:
+    """A transmitter's sender id (:attr:`Header.sender`) as an int in 0..127, and 0 where its bursts carry a
+    version-5 header (``FrameConfig.header_version``), which has none.  Raises ValueError."""
     try:
         ok = not isinstance(sender, bool) and float(sender) == int(sender) and 0 <= int(sender) < SENDERS
     except (TypeError, ValueError):
@@ -189,6 +190,9 @@ def check_sender(sender) -> int:
     if not ok:
         raise ValueError(f"sender_id must be an integer in 0..{SENDERS - 1} (7 bits of the frame header), got "
                          f"{sender!r}")
+    if int(sender) and int(header_version) < 6:
+        raise ValueError(f"sender_id {int(sender)} needs header_version 6: a version-{int(header_version)} header "
+                         f"has no sender id (0 only)")
     return int(sender)
 
 
@@ -277,7 +281,7 @@ class TxPipeline:
     def __init__(self, backend, images: Union[str, Sequence], frame: FrameConfig, repeat: int = 1,
                  image_id_start: int = 0, wait: bool = False, sender: int = 0):
         self.backend, self.repeat = backend, int(repeat)
-        self.sender = check_sender(sender)
+        self.sender = check_sender(sender, frame.header_version)
         self.spec = images if isinstance(images, (str, Path)) else [str(i) for i in images]
         self.images = expand_images(self.spec)
         self.wait = bool(wait)

@@ -88,6 +88,19 @@ def test_source_settings_are_one_line_not_a_traceback(grcc_build, tmp_path, old,
     assert (r.returncode, r.stderr) == (2, line + "\n"), r.stderr[-3000:]
 
 
+def test_a_sender_id_with_header_version_5_is_one_line(grcc_build, tmp_path):
+    """Version 5 (for receivers from before 2026-11-29) has no sender id: the source with both is refused
+    before any model loads, with one line."""
+    script = (grcc_build / "awgn_link.py").read_text()
+    assert script.count("sender_id=0,") == 1 and script.count("header_version=6,") == 1
+    (tmp_path / "fg.py").write_text(script.replace("sender_id=0,", "sender_id=3,", 1)
+                                    .replace("header_version=6,", "header_version=5,", 1))
+    r = subprocess.run([sys.executable, "fg.py", "--model", "tiny", "--out-dir", "out"], env=_env(tmp_path),
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stderr) == (2, SOURCE + "sender_id 3 needs header_version 6: a version-5 header has "
+                                           "no sender id (0 only)\n"), r.stderr[-3000:]
+
+
 def test_a_calibration_for_this_model_passes_and_decodes(grcc_build, tmp_path, small):
     from PIL import Image
 

@@ -70,8 +70,8 @@ def test_a_version_5_header_is_read_as_sender_0():
     got = Header.unpack(bytes(body) + struct.pack(">I", zlib.crc32(bytes(body))))
     assert (got.version, got.forward, got.sender, got.model_hash, got.k) == (5, 1, 0, 0xCAFE, 5)
     assert Header.unpack(FULL.replace(version=5, sender=0).pack()).sender == 0
-    with pytest.raises(HeaderError, match=r"^header field sender=93 is not in 0\.\.127 \(a version-5 header has no "
-                                          r"sender: 0\)$"):
+    with pytest.raises(HeaderError, match=r"^header field sender=93: a version-5 header has no sender \(0 only; "
+                                          r"version 6 carries 0\.\.127\)$"):
         FULL.replace(version=5).pack()
     for bad in (128, -1):
         with pytest.raises(HeaderError, match=rf"^header field sender={bad} is not in 0\.\.127$"):

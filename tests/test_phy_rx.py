@@ -235,8 +235,10 @@ def test_a_crc_valid_header_no_transmitter_sends_is_refused(rng, caplog, fields,
     gap = np.zeros(200, np.complex64)
     payload = complex_noise(256, 1.0, rng)
     odd = Header(total_symbols=256, chunk_symbols=256).replace(**fields)
+    if odd.version != cfg.header_version:  # (a transmitter's bursts carry its configured version)
+        tx = FrameTx(FrameConfig(sps=2, max_chunk_symbols=256, header_version=odd.version))
     x = np.concatenate([gap, tx.burst(odd, payload), gap,
-                        tx.burst(Header(image_id=2, total_symbols=256, chunk_symbols=256), payload), gap])
+                        FrameTx(cfg).burst(Header(image_id=2, total_symbols=256, chunk_symbols=256), payload), gap])
     frames, counters = receive(cfg, awgn(x, 20.0, rng))
     assert [f.header.image_id for f in frames] == [2]
     assert counters["header_invalid"] == 1 and counters["headers_ok"] == 1, counters

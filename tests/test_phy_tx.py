@@ -192,3 +192,39 @@ def test_published_test_vector_matches_the_transmitter_and_the_receiver_reads_it
     bad = dict(want, burst=[list(p) for p in want["burst"]])
     bad["burst"][1000][0] += 1e-5
     assert fv.compare(want, bad) == ["burst differs by up to 1.00e-05"]
+
+
+def test_header_version_5_bursts_are_read_by_a_receiver_from_before_version_6(rng, monkeypatch):
+    """``FrameConfig(header_version=5)``: the transmitter's bursts carry version 5, which a receiver from
+    before 2026-11-29 (it read versions 4 and 5) decodes; version-6 bursts it refuses (header_invalid).
+    This receiver reads both.  A version-5 transmitter has no sender id."""
+    from gr_gdmcom.phy import FrameRx, awgn
+    from gr_gdmcom.phy import header as header_mod
+    from gr_gdmcom.pipeline import TxPipeline
+
+    sym = complex_noise(3000, 1.0, rng)
+    bursts = {}
+    for v in (5, 6):
+        cfg = FrameConfig(max_chunk_symbols=1500, header_version=v)
+        bursts[v] = np.concatenate([np.zeros(300, np.complex64), FrameTx(cfg).stream(sym, Header(image_id=7)),
+                                    np.zeros(3000, np.complex64)])
+
+    def receive(x, cfg=FrameConfig(max_chunk_symbols=1500)):
+        rx = FrameRx(cfg)
+        return rx.push(awgn(x, 20.0, np.random.default_rng(1))) + rx.flush(), rx.counters
+
+    for v, x in bursts.items():
+        frames, _ = receive(x)
+        assert [(f.header.version, f.header.image_id, f.header.chunk_index) for f in frames] == [(v, 7, 0), (v, 7, 1)]
+        np.testing.assert_allclose(np.concatenate([f.symbols for f in frames]), sym, atol=0.5)
+    monkeypatch.setattr(header_mod, "READ_VERSIONS", (4, 5))  # the receiver as it was before version 6
+    old5, _ = receive(bursts[5])
+    old6, counters = receive(bursts[6])
+    assert len(old5) == 2 and old6 == [] and counters["header_invalid"] == 2, counters
+    with pytest.raises(ValueError, match=r"^FrameConfig: header_version must be 6 \(this version\) or 5 \(for "
+                                         r"receivers from before 2026-11-29: no sender id\) \(got header_version=4; "
+                                         r"option --header-version\)$"):
+        FrameConfig(header_version=4)
+    with pytest.raises(ValueError, match=r"^sender_id 3 needs header_version 6: a version-5 header has no sender id "
+                                         r"\(0 only\)$"):
+        TxPipeline(None, [], FrameConfig(header_version=5), sender=3)

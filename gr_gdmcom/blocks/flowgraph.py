@@ -594,7 +594,7 @@ def check_source(name: str, kw: dict) -> list:
     say = f"{name} (Semantic Source): "
     own = {k: kw[k] for k in ("repeat", "tail_symbols", "stop_timeout", "sender_id") if k in kw}
     try:
-        check_own_settings(reduce=kw.get("reduce", 1), **own)
+        check_own_settings(reduce=kw.get("reduce", 1), header_version=kw.get("header_version", 6), **own)
         source_config(**{k: v for k, v in kw.items() if k not in OWN})
     except (ValueError, TypeError) as exc:
         return [say + str(exc)]

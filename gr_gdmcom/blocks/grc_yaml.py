@@ -76,6 +76,9 @@ PHY = [
      "a resync preamble and a second copy of the header in payloads of 2048 symbols or more (against fades; TX and RX must agree)"),
 ]
 TX_PHY = [  # the transmitter's own settings (FrameConfig)
+    ("header_version", "Header version", "int", "6", "PHY",
+     "6 (this version: the sender id in the header) or 5, which receivers from before 2026-11-29 read "
+     "(no sender id: Sender ID 0); receivers read both"),
     ("tx_clip", "TX clip", "float", "0.0", "PHY",
      "clip each sample at tx_clip x the burst's rms amplitude (0 = off, else >= 1): lower PAPR at the power "
      "amplifier, a distortion the receiver measures (docs/over-the-air.md)"),
@@ -122,7 +125,7 @@ ASSERTS = {
     "gap_symbols": "gap_symbols >= 0", "eq_taps": "1 <= eq_taps <= 31 and eq_taps % 2 == 1",
     "phase_window": "phase_window >= 1", "detect_threshold": "0 < detect_threshold < 1",
     "verify_threshold": "0 < verify_threshold < 1", "cfo_search": "0 <= cfo_search <= 3",
-    "tx_clip": "tx_clip == 0 or tx_clip >= 1", "image_timeout": "image_timeout == 0 or 1 <= image_timeout <= 1e6",
+    "tx_clip": "tx_clip == 0 or tx_clip >= 1", "header_version": "header_version in (5, 6)", "image_timeout": "image_timeout == 0 or 1 <= image_timeout <= 1e6",
 }
 #: parameters hidden unless they apply (a GRC hide expression)
 HIDE_WHEN = {"max_pending": "${ 'part' if threaded else 'all' }",

@@ -56,7 +56,7 @@ class semantic_source(gr.sync_block):
             reduce_method=reduce_method, remove_mean=remove_mean, **frame)
         self.message_port_register_out(PORT_INFO)
         self._images = images  # expanded at every pass by the pipeline (a folder's new files)
-        check_own_settings(repeat, tail_symbols, stop_timeout, reduce, sender_id)
+        check_own_settings(repeat, tail_symbols, stop_timeout, reduce, sender_id, self.frame_config.header_version)
         self._repeat, self._id0, self._sender = int(repeat), int(image_id_start), int(sender_id)
         self._burst_tags = bool(burst_tags)
         self._tail = int(tail_symbols) * self.frame_config.sps
@@ -209,11 +209,11 @@ def source_config(model=DEFAULT_MODEL, device="auto", dtype="auto", k=5, T=50, g
         remove_mean=bool(remove_mean), **frame))
 
 
-def check_own_settings(repeat=1, tail_symbols=512, stop_timeout=10.0, reduce=1, sender_id=0) -> None:
+def check_own_settings(repeat=1, tail_symbols=512, stop_timeout=10.0, reduce=1, sender_id=0, header_version=6) -> None:
     """ValueError for the source's own settings that would fail every image or end the stream
     silently (also run by the flowgraph preflight, before any model loads)."""
     _check_repeat(repeat)
-    check_sender(sender_id)  # (it failed every image at run time, from the frame header)
+    check_sender(sender_id, header_version)  # (it failed every image at run time, from the frame header)
     if int(tail_symbols) < 0:
         raise ValueError(f"tail_symbols must be >= 0 (zero symbols after the last burst), got {tail_symbols}")
     if not float(stop_timeout) >= 0:

@@ -131,6 +131,10 @@ class FrameConfig:
             more, it is published without them and, when they come, again with them (an update,
             :class:`~gr_gdmcom.phy.Reassembler`).  Raise it where a transmitter pauses between the
             chunks of an image or a link drops several in a row.
+        header_version: transmitter: the header version its bursts carry, 6 (this version: the
+            sender id in byte 29) or 5 (the version before, which receivers from before
+            2026-11-29 read -- no sender id, so ``sender`` must be 0; docs/frame-format.md
+            section 3).  Receivers read both.
         notch: receiver (sps >= 2): find narrowband interferers inside the signal's band (a
             spur, a carrier) and notch each, and subtract a DC offset measured where the stream
             is quiet (``phy.notch``; counter ``tones_notched``).  Where none is found the stream
@@ -138,8 +142,8 @@ class FrameConfig:
 
     The receiver takes any chunk size and gap; ``sps``, ``rolloff``, ``rrc_span``,
     ``pilot_spacing``, ``header_copy`` and the preamble settings must match the
-    transmitter's; the nine receiver settings are the receiver's own, ``tx_clip`` the
-    transmitter's.
+    transmitter's; the nine receiver settings are the receiver's own, ``tx_clip`` and
+    ``header_version`` the transmitter's.
     """
 
     sps: int = 2
@@ -162,6 +166,7 @@ class FrameConfig:
     tx_clip: float = 0.0
     image_timeout: float = 4.0
     notch: bool = True
+    header_version: int = 6
 
     def __post_init__(self):
         self.validate()
@@ -188,6 +193,9 @@ class FrameConfig:
              "image_timeout must be 0 (off) or in 1 .. 1e6 (bursts)"),
             (isinstance(self.header_copy, (bool, np.bool_)), "header_copy must be True or False"),
             (isinstance(self.notch, (bool, np.bool_)), "notch must be True or False"),
+            (isinstance(self.header_version, (int, np.integer)) and not isinstance(self.header_version, bool)
+             and self.header_version in (5, 6),
+             "header_version must be 6 (this version) or 5 (for receivers from before 2026-11-29: no sender id)"),
             (isinstance(self.cfo_search, (int, np.integer))
              and 0 <= self.cfo_search < round(np.sqrt(self.preamble_seg)),
              "cfo_search must be an integer in 0 .. sqrt(preamble_seg) - 1"),

@@ -148,9 +148,11 @@ class Header:
             if old and name in ("forward", "sender"):
                 nbits = 8 if name == "forward" else 0
             if not isinstance(v, (int, np.integer)) or not 0 <= int(v) < (1 << nbits):
+                if name == "sender" and old:
+                    raise HeaderError(f"header field sender={v!r}: a version-{self.version} header has no sender "
+                                      f"(0 only; version 6 carries 0..{SENDERS - 1})")
                 if name == "sender":
-                    raise HeaderError(f"header field sender={v!r} is not in 0..{SENDERS - 1}"
-                                      + (f" (a version-{self.version} header has no sender: 0)" if old else ""))
+                    raise HeaderError(f"header field sender={v!r} is not in 0..{SENDERS - 1}")
                 raise HeaderError(f"header field {name}={v!r} is not a uint{nbits}")
         shape, size = tuple(self.latent_shape), tuple(self.image_size)
         if len(shape) != 3 or not 0 <= shape[0] < 256 or not all(0 <= int(v) < 65536 for v in shape[1:]):

@@ -71,7 +71,7 @@ class FrameTx:
             raise ValueError(f"payload must have 1..{self.cfg.max_chunk_symbols} symbols, got {payload.size}")
         if isinstance(header, Header):  # bit 7: whether the payload is scrambled, which the receiver follows
             header = dataclasses.replace(header, flags=(header.flags & ~PLAIN_FLAG)
-                                         | (0 if self.cfg.scramble else PLAIN_FLAG))
+                                         | (0 if self.cfg.scramble else PLAIN_FLAG), version=self.cfg.header_version)
         data = header.pack() if isinstance(header, Header) else bytes(header)
         if self.cfg.scramble:
             payload = payload * lay.scrambler[: payload.size]
