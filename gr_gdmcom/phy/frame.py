@@ -134,7 +134,7 @@ class FrameConfig:
         header_version: transmitter: the header version its bursts carry, 6 (this version: the
             sender id in byte 29) or 5 (the version before, which receivers from before
             2026-11-29 read -- no sender id, so ``sender`` must be 0; docs/frame-format.md
-            section 3).  Receivers read both.
+            section 4).  Receivers read both.
         notch: receiver (sps >= 2): find narrowband interferers inside the signal's band (a
             spur, a carrier) and notch each, and subtract a DC offset measured where the stream
             is quiet (``phy.notch``; counter ``tones_notched``).  Where none is found the stream
