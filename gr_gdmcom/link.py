@@ -104,13 +104,13 @@ class ChannelConfig:
         iq = tuple(self.iq_imbalance)
         if len(iq) != 2 or not all(math.isfinite(float(v)) for v in iq) or not (abs(float(iq[0])) <= 6.0
                                                                                 and abs(float(iq[1])) <= 45.0):
-            raise ValueError(f"iq_imbalance (--iq-imbalance) is (magnitude dB, phase degrees) within +-6 dB and "
-                             f"+-45 degrees, got {self.iq_imbalance!r}")
+            raise ValueError(f"iq_imbalance (magnitude dB, phase degrees) must be within +-6 dB and +-45 degrees, got "
+                             f"{self.iq_imbalance!r}")
         if self.dc_offset is not None and not (math.isfinite(float(self.dc_offset)) and float(self.dc_offset) <= 20.0):
-            raise ValueError(f"dc_offset (--dc-offset) is dB against the signal's power, at most 20, got "
+            raise ValueError(f"dc_offset (dB against the signal's power) must be finite and at most 20, got "
                              f"{self.dc_offset!r}")
         if not (isinstance(self.lead, (int, np.integer)) and 0 <= int(self.lead) <= 100_000_000):
-            raise ValueError(f"lead (--lead) is samples before the first burst, 0 .. 1e8, got {self.lead!r}")
+            raise ValueError(f"lead (samples before the first burst) must be an integer in 0 .. 1e8, got {self.lead!r}")
 
     @property
     def impaired(self) -> bool:

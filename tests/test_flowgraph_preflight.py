@@ -252,18 +252,19 @@ def test_preflight_checks_output_folders_without_creating_them(tmp_path, capsys,
 
 # --------------------------------------------------------------------------- channel settings
 @pytest.mark.parametrize("name, value", [("epsilon", 0.0), ("epsilon", -1.0), ("epsilon", 2.5), ("fading", -0.1),
-                                         ("fading", 0.2), ("cfo", 0.5), ("cfo", -0.7), ("delay", 5.0)])
+                                         ("fading", 0.2), ("cfo", 0.5), ("cfo", -0.7), ("delay", 5.0),
+                                         ("dc_offset", 25.0), ("lead", -1)])
 def test_channel_checks_say_what_gdmcom_link_says(name, value):
     """The flowgraph's line is ChannelConfig's message (gdmcom link's) with the option's name in front."""
     from gr_gdmcom.link import ChannelConfig
     with pytest.raises(ValueError) as exc:
         ChannelConfig(kind="model", **{name: value})
     tb = type("TB", (), {name: value})()
-    assert flowgraph.check_channel(tb) == ["--" + str(exc.value)], str(exc.value)
+    assert flowgraph.check_channel(tb) == ["--" + name.replace("_", "-") + str(exc.value)[len(name):]], str(exc.value)
 
 
 def test_channel_checks_pass_the_defaults_and_skip_missing_ones():
-    tb = type("TB", (), dict(snr_db=10.0, cfo=0.0, epsilon=1.0, delay=0.0, fading=0.0))()
+    tb = type("TB", (), dict(snr_db=10.0, cfo=0.0, epsilon=1.0, delay=0.0, fading=0.0, dc_offset=-200.0, lead=0))()
     assert flowgraph.check_channel(tb) == []
     assert flowgraph.check_channel(type("TB", (), {})()) == []
 

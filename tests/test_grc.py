@@ -167,6 +167,23 @@ def test_generated_link_scripts_run_with_their_defaults_from_any_folder(compiled
     assert "summary" in lines[-1]
 
 
+def test_impaired_link_with_a_dc_offset_and_the_receiver_started_first(compiled, tmp_path):
+    """impaired_link --dc-offset -20 (blocks.add_const_cc after the channel: the receiver's LO leakage) at
+    20 dB: the estimate held near 17 dB; with --lead 40000 (blocks.delay: the channel alone first) the
+    sink measures the offset there and subtracts it (tones_notched 1), the estimate back within 1 dB."""
+    got = {}
+    for lead in ("0", "40000"):
+        r = subprocess.run([sys.executable, str(compiled / "impaired_link.py"), "--model", "tiny", "--snr-db", "20",
+                            "--dc-offset", "-20", "--lead", lead, "--out-dir", f"o{lead}"], env=_env(),
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        lines = [json.loads(line) for line in r.stdout.splitlines()]
+        got[lead] = ([d["snr_est_db"] for d in lines if "snr_est_db" in d], lines[-1]["counters"]["tones_notched"])
+    (est0,), notched0 = got["0"]
+    (est1,), notched1 = got["40000"]
+    assert est0 < 17.5 and notched0 == 0 and abs(est1 - 20.0) < 1.0 and notched1 == 1, got
+
+
 def test_generated_script_exits_2_when_nothing_was_sent(compiled, tmp_path):
     r = subprocess.run([sys.executable, str(compiled / "awgn_link.py"), "--images", "missing.png"], env=_env(),
                        capture_output=True, text=True, timeout=300, cwd=tmp_path)

@@ -279,11 +279,11 @@ def test_a_receivers_dc_offset_is_measured_before_the_first_burst_and_subtracted
 
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(dc_offset=25.0), "dc_offset (--dc-offset) is dB against the signal's power, at most 20, got 25.0"),
-    (dict(dc_offset=float("nan")), "dc_offset (--dc-offset) is dB against the signal's power, at most 20, got nan"),
-    (dict(iq_imbalance=(1.0, 50.0)), "iq_imbalance (--iq-imbalance) is (magnitude dB, phase degrees) within +-6 dB "
-                                     "and +-45 degrees, got (1.0, 50.0)"),
-    (dict(lead=-1), "lead (--lead) is samples before the first burst, 0 .. 1e8, got -1")])
+    (dict(dc_offset=25.0), "dc_offset (dB against the signal's power) must be finite and at most 20, got 25.0"),
+    (dict(dc_offset=float("nan")), "dc_offset (dB against the signal's power) must be finite and at most 20, got nan"),
+    (dict(iq_imbalance=(1.0, 50.0)), "iq_imbalance (magnitude dB, phase degrees) must be within +-6 dB and +-45 "
+                                     "degrees, got (1.0, 50.0)"),
+    (dict(lead=-1), "lead (samples before the first burst) must be an integer in 0 .. 1e8, got -1")])
 def test_front_end_impairments_out_of_range_are_refused(kw, message):
     with pytest.raises(ValueError) as exc:
         ChannelConfig(**kw)

@@ -267,7 +267,7 @@ PLUTO_GAIN_MODES = ("manual", "slow_attack", "fast_attack", "hybrid")
 #: Channel parameters checked by :func:`preflight` with :class:`gr_gdmcom.link.ChannelConfig`'s own
 #: rules (each alone, the others at their defaults), so that ``gdmcom link`` and a flowgraph refuse the
 #: same values with the same words: ``--epsilon`` 0.5 .. 2, ``--fading`` 0 .. 0.1, ``|--cfo| < 0.5``
-CHANNEL_CHECKS = ("snr_db", "cfo", "epsilon", "delay", "fading")
+CHANNEL_CHECKS = ("snr_db", "cfo", "epsilon", "delay", "fading", "dc_offset", "lead")
 #: above this ``--tx-scale`` a burst's peaks (about 3x its rms, 5x with the tiny test model) pass
 #: full scale: a warning, not an error (docs/over-the-air.md, the gain procedure)
 TX_SCALE_WARN = 0.25
