@@ -188,7 +188,9 @@ def scenarios(snrs, seed: int = 0, n: int = FrameConfig.max_chunk_symbols):
                  None) for s in snrs]
     out += [("pa-beta-0.2", 20.0, 2, lambda x: _run(x, channels.distortion_3_gen(-0.2), awgn_model(20.0, 13)), None),
             ("adc-8bit", 20.0, 2, lambda x: adc(x, 20.0, 15 + seed, 2), None)]
-    dc = float(np.sqrt(0.5 / 2 * 10 ** (-20 / 10)))  # each rail: |dc|^2 20 dB under the sample power 1/sps
+    from gr_gdmcom.link import dc_rail
+
+    dc = dc_rail(-20.0, 2)  # each rail: |dc|^2 20 dB under the sample power 1/sps
     for name, imp in (("iq-1dB-5deg", (-200.0, 1.0, 5.0, 0.0, 0.0)), ("phase-noise-0dB", (0.0, 0.0, 0.0, 0.0, 0.0)),
                       ("dc-20dBc-busy", (-200.0, 0.0, 0.0, dc, dc))):
         out += [(name, s, 2, lambda x, s=s, imp=imp: _run(x, channels.impairments(*imp, 0.0, 0.0, 0.0),

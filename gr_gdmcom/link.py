@@ -121,6 +121,12 @@ class ChannelConfig:
         return np.asarray(multipath_taps(self.taps, self.delay), np.complex64)
 
 
+def dc_rail(db: float, sps: int) -> float:
+    """Each rail's value (I and Q alike) of a DC offset ``db`` dB against the power 1/``sps`` of
+    unit-energy symbols sent at ``sps`` samples each."""
+    return math.sqrt(10 ** (float(db) / 10) / int(sps) / 2)
+
+
 def multipath_taps(taps: Sequence[complex], delay: float = 0.0) -> list:
     """Multipath ``taps`` convolved with a 17-tap windowed-sinc fractional delay
     of ``delay`` samples, normalised to unit energy (a list, for GRC)."""
@@ -196,7 +202,7 @@ def build_link(images, out_dir: Optional[str], channel: ChannelConfig, tx: Codec
     if any(channel.iq_imbalance):
         front.append(channels.iqbal_gen(float(channel.iq_imbalance[0]), float(channel.iq_imbalance[1])))
     if channel.dc_offset is not None:
-        dc = math.sqrt(10 ** (float(channel.dc_offset) / 10) / frame.sps / 2)  # each rail; the signal's power 1/sps
+        dc = dc_rail(channel.dc_offset, frame.sps)
         front.append(blocks.add_const_cc(complex(dc, dc)))
     if channel.kind == "awgn":
         noise = analog.noise_source_c(analog.GR_GAUSSIAN, nv, gr_seed)
