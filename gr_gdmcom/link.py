@@ -50,7 +50,7 @@ class ChannelConfig:
             |tap|^2, the Rician LOS on the first) -- frequency-selective fading; without it all
             paths fade together (flat fading times the static taps).
         iq_imbalance: the receiver's IQ imbalance after the noise, (magnitude dB, phase degrees)
-            (``channels.iqbal_gen``; (0, 0) = none).
+            (``channels.iqbal_gen``'s receiver model; (0, 0) = none).
         dc_offset: the receiver's DC offset (LO leakage) after the noise, dB against the
             signal's power (``blocks.add_const_cc``, equal on both rails; None = none).
         lead: samples of the channel alone (noise, offset) before the transmitter's first sample
@@ -200,7 +200,9 @@ def build_link(images, out_dir: Optional[str], channel: ChannelConfig, tx: Codec
     # the receiver's front end after the noise: IQ imbalance, then the DC offset
     front = []
     if any(channel.iq_imbalance):
-        front.append(channels.iqbal_gen(float(channel.iq_imbalance[0]), float(channel.iq_imbalance[1])))
+        # (mode 1: GNU Radio's receiver model -- the default, 0, is the transmitter's, which
+        # channels.impairments uses)
+        front.append(channels.iqbal_gen(float(channel.iq_imbalance[0]), float(channel.iq_imbalance[1]), 1))
     if channel.dc_offset is not None:
         dc = dc_rail(channel.dc_offset, frame.sps)
         front.append(blocks.add_const_cc(complex(dc, dc)))

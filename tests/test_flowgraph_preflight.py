@@ -263,8 +263,22 @@ def test_channel_checks_say_what_gdmcom_link_says(name, value):
     assert flowgraph.check_channel(tb) == ["--" + name.replace("_", "-") + str(exc.value)[len(name):]], str(exc.value)
 
 
+@pytest.mark.parametrize("mag, phase", [(7.0, 0.0), (-6.5, 1.0), (0.0, 50.0), (1.0, float("nan"))])
+def test_the_iq_imbalance_check_names_both_options(mag, phase):
+    """impaired_link's IQ magnitude and phase are ChannelConfig's one iq_imbalance: its message, both names."""
+    from gr_gdmcom.link import ChannelConfig
+    with pytest.raises(ValueError) as exc:
+        ChannelConfig(kind="model", iq_imbalance=(mag, phase))
+    assert str(exc.value).startswith("iq_imbalance (magnitude dB, phase degrees) must be within +-6 dB and +-45 ")
+    tb = type("TB", (), dict(iq_mag=mag, iq_phase=phase))()
+    assert flowgraph.check_channel(tb) == ["--iq-mag/--iq-phase" + str(exc.value)[len("iq_imbalance"):]]
+
+
 def test_channel_checks_pass_the_defaults_and_skip_missing_ones():
-    tb = type("TB", (), dict(snr_db=10.0, cfo=0.0, epsilon=1.0, delay=0.0, fading=0.0, dc_offset=-200.0, lead=0))()
+    tb = type("TB", (), dict(snr_db=10.0, cfo=0.0, epsilon=1.0, delay=0.0, fading=0.0, dc_offset=-200.0, lead=0,
+                             iq_mag=0.0, iq_phase=0.0))()
+    assert flowgraph.check_channel(tb) == []
+    assert flowgraph.check_channel(type("TB", (), dict(iq_mag=6.0, iq_phase=-45.0))()) == []
     assert flowgraph.check_channel(tb) == []
     assert flowgraph.check_channel(type("TB", (), {})()) == []
 

@@ -167,21 +167,32 @@ def test_generated_link_scripts_run_with_their_defaults_from_any_folder(compiled
     assert "summary" in lines[-1]
 
 
-def test_impaired_link_with_a_dc_offset_and_the_receiver_started_first(compiled, tmp_path):
+def test_impaired_link_with_the_receivers_front_end_impairments(compiled, tmp_path):
     """impaired_link --dc-offset -20 (blocks.add_const_cc after the channel: the receiver's LO leakage) at
     20 dB: the estimate held near 17 dB; with --lead 40000 (blocks.delay: the channel alone first) the
-    sink measures the offset there and subtracts it (tones_notched 1), the estimate back within 1 dB."""
+    sink measures the offset there and subtracts it (tones_notched 1), the estimate back within 1 dB.
+    --iq-mag 1 --iq-phase 5 (channels.iqbal_gen, receiver model) on top, the same noise: the image (about
+    21.6 dB under the signal after the noise, measured against the symbols sent in phy) is noise the
+    estimate reports, 2.1 dB at 19.6 dB (1.5 .. 3 allowed); out of range, one line and exit 2 before the
+    model loads."""
     got = {}
-    for lead in ("0", "40000"):
+    for lead, iq in (("0", []), ("40000", []), ("40000", ["--iq-mag", "1", "--iq-phase", "5"])):
         r = subprocess.run([sys.executable, str(compiled / "impaired_link.py"), "--model", "tiny", "--snr-db", "20",
-                            "--dc-offset", "-20", "--lead", lead, "--out-dir", f"o{lead}"], env=_env(),
+                            "--dc-offset", "-20", "--lead", lead, *iq, "--out-dir", f"o{lead}{len(iq)}"], env=_env(),
                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
         assert r.returncode == 0, r.stderr[-3000:]
         lines = [json.loads(line) for line in r.stdout.splitlines()]
-        got[lead] = ([d["snr_est_db"] for d in lines if "snr_est_db" in d], lines[-1]["counters"]["tones_notched"])
-    (est0,), notched0 = got["0"]
-    (est1,), notched1 = got["40000"]
+        got[lead, len(iq)] = ([d["snr_est_db"] for d in lines if "snr_est_db" in d],
+                              lines[-1]["counters"]["tones_notched"])
+    (est0,), notched0 = got["0", 0]
+    (est1,), notched1 = got["40000", 0]
+    (est_iq,), notched_iq = got["40000", 4]
     assert est0 < 17.5 and notched0 == 0 and abs(est1 - 20.0) < 1.0 and notched1 == 1, got
+    assert 1.5 < est1 - est_iq < 3.0 and notched_iq == 1, got
+    r = subprocess.run([sys.executable, str(compiled / "impaired_link.py"), "--iq-phase", "50"], env=_env(),
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr == ("gr_gdmcom: --iq-mag/--iq-phase (magnitude dB, phase degrees) must be "
+                                              "within +-6 dB and +-45 degrees, got (0.0, 50.0)\n"), r.stderr
 
 
 def test_generated_script_exits_2_when_nothing_was_sent(compiled, tmp_path):

@@ -268,6 +268,9 @@ PLUTO_GAIN_MODES = ("manual", "slow_attack", "fast_attack", "hybrid")
 #: rules (each alone, the others at their defaults), so that ``gdmcom link`` and a flowgraph refuse the
 #: same values with the same words: ``--epsilon`` 0.5 .. 2, ``--fading`` 0 .. 0.1, ``|--cfo| < 0.5``
 CHANNEL_CHECKS = ("snr_db", "cfo", "epsilon", "delay", "fading", "dc_offset", "lead")
+#: ... and the two parameters that make ChannelConfig's ``iq_imbalance`` (impaired_link's IQ
+#: magnitude and phase): ``--iq-mag/--iq-phase (magnitude dB, phase degrees) must be ...``
+IQ_CHECK = ("iq_mag", "iq_phase")
 #: above this ``--tx-scale`` a burst's peaks (about 3x its rms, 5x with the tiny test model) pass
 #: full scale: a warning, not an error (docs/over-the-air.md, the gain procedure)
 TX_SCALE_WARN = 0.25
@@ -366,6 +369,12 @@ def check_channel(tb) -> list:
             msg = str(exc)
             option = "--" + name.replace("_", "-")
             problems.append(option + msg[len(name):] if msg.startswith(name) else f"{option}: {msg}")
+    iq = [getattr(tb, name, 0.0) for name in IQ_CHECK]
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in iq):
+        try:
+            ChannelConfig(kind="model", iq_imbalance=tuple(iq))
+        except ValueError as exc:
+            problems.append("/".join("--" + n.replace("_", "-") for n in IQ_CHECK) + str(exc)[len("iq_imbalance"):])
     return problems
 
 
