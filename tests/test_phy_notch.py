@@ -147,3 +147,180 @@ def test_no_notch_at_one_sample_per_symbol_or_when_turned_off():
     assert FrameRx(FrameConfig(sps=2, notch=False))._notch is None
     with pytest.raises(ValueError, match="notch must be True or False"):
         FrameConfig(notch="yes")
+
+
+# --------------------------------------------------------------------------- ToneNotch alone
+# Exact checks of the stage's pieces, block by block (mutation testing, docs/mutation-testing.md,
+# found the end-to-end tests above blind to most of its arithmetic, its timing and its log lines).
+from gr_gdmcom.phy import notch as notch_mod  # noqa: E402
+from gr_gdmcom.phy.notch import BLOCK, CONFIRM, FORGET, MAX_NOTCHES, ToneNotch  # noqa: E402
+
+
+def _tone(f, ampl, n, start=0):
+    k = np.arange(start, start + n)
+    return (ampl * np.exp(2j * np.pi * f * k)).astype(np.complex64)
+
+
+def _qpsk_blocks(n_blocks, seed=0):
+    """Zero-mean noise of exactly constant power 2 per block (+-1 +-j, each block's mean exactly 0):
+    the DC tests' ratios are then exact."""
+    rng = np.random.default_rng(seed)
+    half = np.tile(np.r_[np.ones(BLOCK // 4), -np.ones(BLOCK // 4)], 2)
+    out = [(rng.permutation(half) + 1j * rng.permutation(half)).astype(np.complex64) for _ in range(n_blocks)]
+    return np.concatenate(out)
+
+
+def _reference_candidates(buf, edge, threshold_db):
+    """_candidates written out plainly: Hann window, log power, each bin's mean log power over bins
+    k-32 .. k+32 but k-3 .. k+3 (circular), local maxima in the band over the threshold, a parabola
+    through the peak's log power and its neighbours for the fraction."""
+    p = np.abs(np.fft.fft(buf * np.hanning(BLOCK).astype(np.float32))) ** 2
+    lp = 10 * np.log10(np.maximum(p, p.max() * 1e-15))
+    offs = np.r_[np.arange(-32, -3), np.arange(4, 33)]
+    around = np.array([lp[(k + offs) % BLOCK].mean() for k in range(BLOCK)])
+    out = []
+    for k in range(BLOCK):
+        a, b, d = lp[k - 1], lp[k], lp[(k + 1) % BLOCK]
+        if b - around[k] > threshold_db and b >= a and b >= d and abs(np.fft.fftfreq(BLOCK)[k]) <= edge:
+            out.append((k + (0.5 * (a - d) / (a - 2 * b + d) if a - 2 * b + d < 0 else 0.0), b - around[k]))
+    return np.array([o[0] for o in out]), np.array([o[1] for o in out])
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-5])
+def test_candidates_equal_the_written_out_reference(scale):
+    """Every local maximum 3 dB over its surroundings (a noise block has hundreds, near DC and the band
+    edges too) and three tones, one at DC: the bins (to the fraction) and contrasts of the reference, float64; at
+    1e-5 of full scale (the spectrum's peak ~1e-3) as at 1 -- a level, not a power, decides."""
+    rng = np.random.default_rng(3)
+    buf = (complex_noise(BLOCK, 0.01, rng) + _tone(0.0123, 1.0, BLOCK) + _tone(0.00031, 0.5, BLOCK) + 0.3) * scale
+    n = ToneNotch(0.3)
+    n._buf[:] = buf
+    for thr in (3.0, notch_mod.CONTRAST_DB):
+        bins, contrast = n._candidates(thr)
+        ref_bins, ref_contrast = _reference_candidates(n._buf, 0.3, thr)
+        assert bins.dtype == contrast.dtype == np.float64 and len(bins) == len(ref_bins) > (0 if thr > 3 else 100)
+        np.testing.assert_allclose(bins, ref_bins, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(contrast, ref_contrast, rtol=0, atol=1e-6)
+    bins, _ = n._candidates()
+    assert np.round(bins).astype(int).tolist() == [0, 3, 101]  # (0, 0.00031 and 0.0123 cycles/sample)
+    assert abs(bins[2] - 0.0123 * BLOCK) < 0.05
+
+
+def test_candidates_of_silence_and_of_noise_are_empty_and_the_band_edge_is_in():
+    n = ToneNotch(0.25)
+    for buf in (np.zeros(BLOCK, np.complex64), complex_noise(BLOCK, 1.0, np.random.default_rng(1))):
+        n._buf[:] = buf
+        bins, contrast = n._candidates()
+        assert len(bins) == 0 and len(contrast) == 0
+    noise = complex_noise(BLOCK, 1e-4, np.random.default_rng(2))
+    for f, found in ((0.25, [2048.0]), (-0.25 + 1 / BLOCK, [4096.0 + 2049.0]), (0.25 + 2 / BLOCK, [])):
+        n._buf[:] = noise + _tone(f, 1.0, BLOCK)
+        assert np.round(n._candidates()[0], 3).tolist() == found, f
+
+
+def test_a_tone_is_notched_from_the_block_after_its_third_and_dropped_8_blocks_after_its_last(caplog):
+    """A tone from block 5 to block 12: a tone from the CONFIRM-th block it is seen in (block 7: the
+    samples from 8 x 8192 on are notched, those before passed exactly); its notch removed after block
+    12 + FORGET -- FORGET blocks without it -- with an info line. Pushed in odd pieces."""
+    noise = complex_noise(24 * BLOCK, 0.01, np.random.default_rng(4))
+    x = noise.copy()
+    x[5 * BLOCK:13 * BLOCK] += _tone(0.1, 1.0, 8 * BLOCK, 5 * BLOCK)
+    n = ToneNotch(0.3)
+    count, out, k = [], [], 0
+    with caplog.at_level("DEBUG", logger="gr_gdmcom.phy.notch"):
+        for size in [1000, 7192, 3, 8189] + [BLOCK] * 22:
+            out.append(n.process(x[k:k + size]))
+            k += size
+            if k % BLOCK == 0:
+                count.append(len(n.tones))
+    out = np.concatenate(out)
+    assert k == len(x) == len(out) and out.dtype == np.complex64
+    start = 5 + CONFIRM
+    gone = 12 + FORGET  # (the block whose analysis removes it)
+    assert count == [0] * (start - 1) + [1] * (gone - start + 1) + [0] * (24 - gone), count
+    np.testing.assert_array_equal(out[:start * BLOCK], x[:start * BLOCK])
+    tone_left = out[(start + 1) * BLOCK:13 * BLOCK] - noise[(start + 1) * BLOCK:13 * BLOCK]
+    assert np.mean(np.abs(tone_left) ** 2) < 1e-3  # the tone 30 dB down (the notch takes a little noise)
+    assert n.found == 1
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "narrowband interferer at 0.10000 cycles/sample (60 dB over the spectrum around it) in the "
+                    "signal's band: notched (counted in tones_notched)"),
+        ("INFO", "interferer at 0.10000 cycles/sample gone: its notch removed")]
+    assert n.process(np.zeros(0, np.complex64)).tolist() == []
+
+
+def test_a_notched_tone_is_kept_down_to_keep_db_and_at_most_four_are_notched(caplog):
+    """Five tones: four notched (MAX_NOTCHES), the first logged as a warning, the rest at debug.  One of
+    them then drops to ~18 dB over the spectrum (under CONTRAST_DB, over KEEP_DB): still notched, and
+    its frequency followed; another stops: its notch goes, and the fifth takes its place."""
+    freqs = [0.02, 0.05, 0.08, 0.11, 0.14]
+    centre = [round(f * BLOCK) / BLOCK for f in freqs]  # (bin centres: contrasts without scalloping)
+    n_blocks = 3 + FORGET + 6
+    x = complex_noise(n_blocks * BLOCK, 0.01, np.random.default_rng(6))
+    for i, f in enumerate(centre):
+        ampl = np.r_[np.ones(5 * BLOCK), np.full((n_blocks - 5) * BLOCK, 0.011 if i == 0 else 1.0)]
+        if i == 1:
+            ampl[5 * BLOCK:] = 0.0
+        x += (ampl * _tone(f, 1.0, n_blocks * BLOCK)).astype(np.complex64)
+    n = ToneNotch(0.3)
+    with caplog.at_level("DEBUG", logger="gr_gdmcom.phy.notch"):
+        n.process(x[:3 * BLOCK])
+        assert [round(t, 5) for t in n.tones] == [round(f, 5) for f in centre[:MAX_NOTCHES]] and n.found == 4
+        n.process(x[3 * BLOCK:])
+    assert [r.levelname for r in caplog.records[:4]] == ["WARNING", "DEBUG", "DEBUG", "DEBUG"]
+    assert sorted(round(t, 4) for t in n.tones) == [round(f, 4) for f in centre if f != centre[1]] and n.found == 5
+    assert "interferer at 0.05005 cycles/sample gone: its notch removed" in [r.getMessage() for r in caplog.records]
+
+
+def _dc_stream(levels, seed=0):
+    """Blocks of exact-power noise (2 per sample) plus a DC offset of |dc|^2 / 2 = levels[i] in block i."""
+    x = _qpsk_blocks(len(levels), seed)
+    dc = np.repeat(np.sqrt(2 * np.asarray(levels, np.float64)) * np.exp(0.7j), BLOCK)
+    return (x + dc).astype(np.complex64)
+
+
+def test_a_dc_offset_is_subtracted_over_5_percent_of_the_noise_and_kept_until_under_2(caplog, monkeypatch):
+    """The offset measured on the quiet blocks (here all: their power about the mean is equal) is
+    subtracted from the next block on when |DC|^2 is over DC_GATE (5 %) of their noise, stays while over
+    DC_GATE_OFF (2 %): 0.1 in blocks 0-3 and none after make the history's mean 0.1 x (4 / (k + 1))^2:
+    on after block 0, on through block 7 (0.025), off after block 8 (0.0198), exactly 0 from then on.
+    Back at 4 (block 10): on again, logged at debug.  (The tone finder is kept out: from about 3 % of
+    the noise an offset -- or what is left of one -- is also a line 24 dB over the spectrum at 0.)"""
+    monkeypatch.setattr(notch_mod, "CONTRAST_DB", 200.0)
+    levels = [0.1] * 4 + [0.0] * 6 + [4.0] * 2
+    x = _dc_stream(levels)
+    n = ToneNotch(0.3)
+    dcs, outs = [], []
+    with caplog.at_level("DEBUG", logger="gr_gdmcom.phy.notch"):
+        for i in range(len(levels)):
+            outs.append(n.process(x[i * BLOCK:(i + 1) * BLOCK]))
+            dcs.append(complex(n.dc))
+            assert isinstance(n.dc, np.complex64)
+    on = [abs(d) > 0 for d in dcs]
+    assert on == [True] * 8 + [False] * 2 + [True] * 2, on
+    for k in range(8):  # the mean of the history's block means
+        want = np.sqrt(0.2) * np.exp(0.7j) * min(4, k + 1) / (k + 1)
+        assert abs(dcs[k] - want) < 1e-6, (k, dcs[k], want)
+    for i in range(1, len(levels)):  # each block less the offset measured up to the one before
+        np.testing.assert_array_equal(outs[i], x[i * BLOCK:(i + 1) * BLOCK] - np.complex64(dcs[i - 1]))
+    np.testing.assert_array_equal(outs[0], x[:BLOCK])
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "DC offset -10.0 dB against the noise where the stream is quietest: subtracted (counted in "
+                    "tones_notched)"),
+        ("INFO", "DC offset gone (-17.0 dB against the noise): no longer subtracted"),
+        ("DEBUG", "DC offset -10.6 dB against the noise where the stream is quietest: subtracted (counted in "
+                  "tones_notched)")]
+    assert n.found == 2
+    n.reset()
+    assert n.dc == 0 and isinstance(n.dc, np.complex64) and n.tones == []
+    fresh = ToneNotch(0.3)
+    for i in range(len(levels)):  # after reset() as new
+        np.testing.assert_array_equal(n.process(x[i * BLOCK:(i + 1) * BLOCK]), fresh.process(x[i * BLOCK:(i + 1) * BLOCK]))
+
+
+def test_a_dc_offset_under_5_percent_of_the_noise_is_left(monkeypatch):
+    monkeypatch.setattr(notch_mod, "CONTRAST_DB", 200.0)  # (the tone finder would notch it: see above)
+    n = ToneNotch(0.3)
+    x = _dc_stream([0.03] * 6)
+    np.testing.assert_array_equal(n.process(x), x)
+    assert n.dc == 0 and n.found == 0
