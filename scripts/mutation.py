@@ -60,6 +60,8 @@ MODULES = {
                                               "tests/test_mutation_regressions.py"], _SERVER_K),
     "header": ("gr_gdmcom/phy/header.py", ["tests/test_phy_header.py", "tests/test_header_images_mutants.py",
                                            "tests/test_phy_tx.py", "tests/test_phy_rx.py"]),
+    "notch": ("gr_gdmcom/phy/notch.py", ["tests/test_phy_notch.py"]),
+    "conv": ("gr_gdmcom/phy/conv.py", ["tests/test_phy_conv.py", "tests/test_phy_header.py"]),
     "images": ("gr_gdmcom/codec/images.py", ["tests/test_header_images_mutants.py", "tests/test_codec.py",
                                              "tests/test_analytic.py", "tests/test_validate.py"]),
 }
@@ -71,6 +73,7 @@ _R = "gr_gdmcom.phy.reassembly.xǁReassemblerǁ"
 _S = "gr_gdmcom.codec.schedule."
 _C = "gr_gdmcom.codec.core."
 _SV = "gr_gdmcom.bridge.server."
+_N = "gr_gdmcom.phy.notch.xǁToneNotchǁ"
 EQUIVALENT: dict = {
     _M + "x__t__mutmut_10": "a grey image copied to 4 channels instead of 3: the channel mean is the same",
     _M + "x__t__mutmut_20": "float64 instead of float32 pixels: the same value to rounding",
@@ -222,6 +225,26 @@ EQUIVALENT: dict = {
                                                          "queueing it, before it can read a reply)",
     _SV + "xǁInferenceServerǁ_worker_loop__mutmut_12": "a batch waits max_wait_ms / 1.001: 10 us less at the default "
                                                       "10 ms (equivalent in practice)",
+    _N + "__init____mutmut_16": "_dc_found None: only tested for truth, as False",
+    _N + "reset__mutmut_23": "block counter starting at 1: only differences of it are used",
+    **{_N + f"process__mutmut_{i}": "np.concatenate of [x[:0], y] is y: the same samples" for i in (37, 39)},
+    **{_N + f"{f}__mutmut_{i}": "<= / >= at a float equality (a power exactly 1e-30, a contrast exactly at the "
+       "threshold, a ratio exactly at the gate, bins exactly 1.5 apart): equivalent in practice"
+       for f, ids in (("_track_dc", (22, 25, 38)), ("_analyse", (15, 50, 53)), ("_candidates", (8, 55)))
+       for i in ids},
+    **{_N + f"_analyse__mutmut_{i}": "+- BLOCK / 2 (or + 1.5 for + 0.5) inside a modulo of BLOCK (of 1): the same "
+       "residue" for i in (9, 25, 44, 46)},
+    **{_N + f"_analyse__mutmut_{i}": "the frequency step without its wrap (/ 1.0, or % 2.0): the same for a "
+       "reading within 1.5 bins of the tone, far from +-0.5 cycles/sample" for i in (43, 47)},
+    _N + "_analyse__mutmut_4": "KEEP_DB without tones notched: the weaker peaks it admits only update notched tones; "
+                               "new ones must pass CONTRAST_DB anyway",
+    **{_N + f"_analyse__mutmut_{i}": "a float64 filter state: lfilter returns the same complex state and output"
+       for i in (74, 76)},
+    **{_N + f"_candidates__mutmut_{i}": "strict local maximum: differs only for two bins of exactly equal log "
+       "power" for i in (56, 62)},
+    **{_N + f"_candidates__mutmut_{i}": "at a local maximum the parabola's curvature a - 2b + d is <= 0, and 0 only "
+       "for three exactly equal bins: the branches for >= 0 never run in practice, and the vertex lies within "
+       "+-0.5 bin, so the clip never acts" for i in (94, 95, 106, 107, 108, 109, 110, 113, 114, 119, 120)},
 }
 
 
