@@ -62,6 +62,7 @@ MODULES = {
                                            "tests/test_phy_tx.py", "tests/test_phy_rx.py"]),
     "notch": ("gr_gdmcom/phy/notch.py", ["tests/test_phy_notch.py"]),
     "conv": ("gr_gdmcom/phy/conv.py", ["tests/test_phy_conv.py", "tests/test_phy_header.py"]),
+    "tx": ("gr_gdmcom/phy/tx.py", ["tests/test_phy_tx.py"]),
     "images": ("gr_gdmcom/codec/images.py", ["tests/test_header_images_mutants.py", "tests/test_codec.py",
                                              "tests/test_analytic.py", "tests/test_validate.py"]),
 }
@@ -242,6 +243,10 @@ EQUIVALENT: dict = {
        for i in (74, 76)},
     **{_N + f"_candidates__mutmut_{i}": "strict local maximum: differs only for two bins of exactly equal log "
        "power" for i in (56, 62)},
+    **{f"gr_gdmcom.phy.tx.xǁFrameTxǁburst__mutmut_{i}": "the payload's dtype left as given: it is cast to complex64 "
+       "where it is placed in the burst body, the same values" for i in (4, 6)},
+    "gr_gdmcom.phy.tx.xǁFrameTxǁburst__mutmut_56": "a sample exactly at the clip limit scaled by limit / |x| = 1: "
+                                                 "the same sample",
     **{_N + f"_candidates__mutmut_{i}": "at a local maximum the parabola's curvature a - 2b + d is <= 0, and 0 only "
        "for three exactly equal bins: the branches for >= 0 never run in practice, and the vertex lies within "
        "+-0.5 bin, so the clip never acts" for i in (94, 95, 106, 107, 108, 109, 110, 113, 114, 119, 120)},
@@ -287,7 +292,8 @@ def prepare(name: str) -> Path:
         shutil.rmtree(d)
     d.mkdir(parents=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for sub in ("gr_gdmcom", "tests", "grc", "flowgraphs", "docs"):  # docs: tests read protocol.md
+    # docs: tests read protocol.md; scripts: test_phy_tx runs frame_vector.py
+    for sub in ("gr_gdmcom", "tests", "grc", "flowgraphs", "docs", "scripts"):
         shutil.copytree(ROOT / sub, d / sub, ignore=ignore)
     cfg = [
         "",
@@ -296,7 +302,7 @@ def prepare(name: str) -> Path:
         f'only_mutate = ["{path}"]',
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
         f"pytest_add_cli_args = {json.dumps(['-p', 'no:cacheprovider', '-q', '-x'] + extra)}",
-        "also_copy = [\"grc/\", \"flowgraphs/\", \"docs/\"]",
+        "also_copy = [\"grc/\", \"flowgraphs/\", \"docs/\", \"scripts/\"]",
         # torch and GNU Radio threads are not fork-safe from a process that ran tests
         'process_isolation = "forkserver"',
         "use_git_change_detection = false",

@@ -228,3 +228,88 @@ def test_header_version_5_bursts_are_read_by_a_receiver_from_before_version_6(rn
     with pytest.raises(ValueError, match=r"^sender_id 3 needs header_version 6: a version-5 header has no sender id "
                                          r"\(0 only\)$"):
         TxPipeline(None, [], FrameConfig(header_version=5), sender=3)
+
+
+# --------------------------------------------------------------------------- exact edges
+# (mutation testing, docs/mutation-testing.md: the messages, the limits and the dtypes below had no
+# test that would fail if they changed)
+def test_chunking_limits_and_messages():
+    assert [c.tolist() for c in chunk_symbols(np.arange(3), 1)] == [[0], [1], [2]]
+    with pytest.raises(ValueError) as exc:
+        chunk_symbols(np.arange(3), 0)
+    assert str(exc.value) == "max_chunk must be >= 1, got 0"
+    with pytest.raises(ValueError) as exc:
+        chunk_symbols(np.zeros(0), 4)
+    assert str(exc.value) == "no symbols to send"
+
+
+def test_burst_edges_messages_and_dtypes():
+    tx = FrameTx(FrameConfig(max_chunk_symbols=10))
+    one = tx.burst(Header(image_id=3), [0.5 + 0.5j])  # one symbol, given as a list of Python complex
+    assert one.dtype == np.complex64 and len(one) == tx.layout.burst_samples(1)
+    np.testing.assert_array_equal(tx.burst(Header(image_id=3), np.array([0.5 + 0.5j], np.complex128)), one)
+    for n in (0, 11):
+        with pytest.raises(ValueError) as exc:
+            tx.burst(Header(), np.ones(n, np.complex64))
+        assert str(exc.value) == f"payload must have 1..10 symbols, got {n}"
+    # raw header bytes (the hook for corrupted headers) are sent as given
+    hdr = Header(image_id=3, flags=0x01)
+    sent = FrameTx(FrameConfig(max_chunk_symbols=10)).burst(hdr, np.ones(4, np.complex64))
+    np.testing.assert_array_equal(tx.burst(hdr.replace(version=6).pack(), np.ones(4, np.complex64)), sent)
+    assert not np.array_equal(tx.burst(hdr.replace(version=6, image_id=4).pack(), np.ones(4, np.complex64)), sent)
+
+
+@pytest.mark.parametrize("scramble", [True, False])
+def test_the_plain_flag_follows_the_scrambler_whatever_the_template_says(scramble):
+    """Bit 7 of the flags says whether the payload is scrambled: set by the transmitter from its
+    setting, the template's other flag bits kept."""
+    from gr_gdmcom.phy.header import PLAIN_FLAG
+    tx = FrameTx(FrameConfig(max_chunk_symbols=10, scramble=scramble))
+    for flags in (0x01, 0x01 | PLAIN_FLAG):
+        want = Header(image_id=3, flags=0x01 | (0 if scramble else PLAIN_FLAG), version=6)
+        np.testing.assert_array_equal(tx.burst(Header(image_id=3, flags=flags), np.ones(4, np.complex64)),
+                                      tx.burst(want.pack(), np.ones(4, np.complex64)))
+
+
+def test_clipped_samples_sit_at_the_limit_with_their_phase():
+    """tx_clip 1 at sps 2: the limit 1 / sqrt(2) lies under 1, so a sample between the two is clipped
+    to the limit too (not scaled by less), its phase kept; the others pass as they were."""
+    rng = np.random.default_rng(0)
+    sym = complex_noise(500, 1.0, rng)
+    plain = FrameTx(FrameConfig(sps=2)).burst(Header(image_id=1), sym)
+    x = FrameTx(FrameConfig(sps=2, tx_clip=1.0)).burst(Header(image_id=1), sym)
+    limit = 1 / np.sqrt(2)
+    over = np.abs(plain) > limit
+    assert x.dtype == np.complex64 and over.mean() > 0.05 and (np.abs(plain[over]) < 1).any()
+    np.testing.assert_allclose(np.abs(x[over]), limit, rtol=1e-6)
+    np.testing.assert_allclose(np.angle(x[over] * np.conj(plain[over])), 0, atol=1e-5)
+    np.testing.assert_array_equal(x[~over], plain[~over])
+
+
+def test_frames_refuse_bad_symbols_in_words_and_count_chunks_up_to_65535(monkeypatch, caplog):
+    tx = FrameTx(FrameConfig(max_chunk_symbols=10))
+    for bad, kind, msg in ((np.array(["a", "b"]), TypeError, "symbols must be numeric, got dtype <U1"),
+                           (np.array([1, np.nan], np.complex64), ValueError, "symbols contain NaN or inf")):
+        with pytest.raises(kind) as exc:
+            tx.frames(bad, Header())
+        assert str(exc.value) == msg
+    with caplog.at_level("DEBUG", logger="gr_gdmcom.phy.tx"):
+        tx.frames(np.ones(25, np.complex64), Header(image_id=7))
+    assert [r.getMessage() for r in caplog.records] == ["image 7: 25 symbols -> 3 bursts"]
+    tx1 = FrameTx(FrameConfig(max_chunk_symbols=1))
+    monkeypatch.setattr(FrameTx, "burst", lambda self, header, payload: header)  # (the count is what is tested)
+    headers = tx1.frames(np.ones(65535, np.complex64), Header(image_id=7))
+    assert len(headers) == 65535 and headers[-1].chunk_index == 65534 and headers[-1].chunk_count == 65535
+    with pytest.raises(ValueError) as exc:
+        tx1.frames(np.ones(65536, np.complex64), Header(image_id=7))
+    assert str(exc.value) == "65536 symbols need 65536 chunks (at most 65535)"
+
+
+def test_a_stream_is_complex64_with_its_gaps():
+    cfg = FrameConfig(max_chunk_symbols=10, gap_symbols=3, sps=4)
+    tx = FrameTx(cfg)
+    bursts = tx.frames(np.ones(25, np.complex64), Header(image_id=2))
+    s = tx.stream(np.ones(25, np.complex64), Header(image_id=2))
+    gap = np.zeros(12, np.complex64)
+    assert s.dtype == np.complex64
+    np.testing.assert_array_equal(s, np.concatenate([bursts[0], gap, bursts[1], gap, bursts[2]]))
