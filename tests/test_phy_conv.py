@@ -125,7 +125,7 @@ def test_the_trellis_tables_are_the_encoders_outputs():
     np.testing.assert_array_equal(conv._COMBO, combo)
 
 
-@pytest.mark.parametrize("n, batch, noise", [(40, 20, 1.8), (30, 1, 2.2), (400, 1, 0.8), (120, 3, 0.9)])
+@pytest.mark.parametrize("n, batch, noise", [(40, 20, 1.8), (30, 1, 2.2), (400, 1, 0.8), (120, 3, 0.9), (300, 3, 0.8)])
 def test_viterbi_equals_a_full_trellis_decoder(n, batch, noise):
     """Noisy codewords: the same bits as the textbook decoder.  One window (20 codewords, or a word too
     short to cut) with errors left after decoding, so ties and near ties matter; several windows (a
