@@ -28,6 +28,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -415,16 +416,26 @@ def retest(name: str, jobs: int = 1, copy_tests: bool = True) -> dict:
     env = dict(os.environ, GRC_BLOCKS_PATH=str(d / "grc"), PYTHONPATH=str(d))
     f = d / "retest.json"
     verdicts = json.loads(f.read_text()) if f.exists() else {}  # earlier retests' verdicts stand
+    todo = score(name)["not_killed"]
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *extra, *tests]
+    limit = RETEST_TIMEOUT_S
+    if todo:  # the tests pass without a mutant (else every mutant would count as killed), and how fast
+        t0 = time.monotonic()
+        clean = subprocess.run(cmd, cwd=d, env=env, capture_output=True, timeout=RETEST_TIMEOUT_S)
+        if clean.returncode != 0:
+            raise SystemExit(f"{name}: the tests fail in {d} without a mutant:\n"
+                             + clean.stdout.decode(errors="replace")[-3000:])
+        # (a mutant that loops forever -- at import, say -- is stopped after RETEST_CLEAN_FACTOR x that)
+        limit = min(RETEST_TIMEOUT_S, max(RETEST_MIN_S, RETEST_CLEAN_FACTOR * (time.monotonic() - t0)))
     try:
-        for k in score(name)["not_killed"]:
+        for k in todo:
             (d / path).write_text(original)
             mutmut(d, "apply", k, capture=True)
             if (d / path).read_text() == original:
                 verdicts[k] = "not applied"
                 continue
             try:
-                r = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *extra, *tests],
-                                   cwd=d, env=env, capture_output=True, timeout=RETEST_TIMEOUT_S)
+                r = subprocess.run(cmd, cwd=d, env=env, capture_output=True, timeout=limit)
                 verdicts[k] = "survived" if r.returncode == 0 else "killed"
             except subprocess.TimeoutExpired:
                 verdicts[k] = "timeout"
@@ -435,8 +446,11 @@ def retest(name: str, jobs: int = 1, copy_tests: bool = True) -> dict:
     return verdicts
 
 
-#: Per-mutant limit of :func:`retest` (the module's test files run whole there).
+#: Per-mutant limit of :func:`retest` (the module's test files run whole there): RETEST_CLEAN_FACTOR
+#: times their clean run, at least RETEST_MIN_S, at most RETEST_TIMEOUT_S.
 RETEST_TIMEOUT_S = 600
+RETEST_CLEAN_FACTOR = 5
+RETEST_MIN_S = 30
 
 
 def score(name: str, retested: Optional[dict] = None) -> dict:
