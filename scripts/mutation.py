@@ -64,6 +64,7 @@ MODULES = {
     "notch": ("gr_gdmcom/phy/notch.py", ["tests/test_phy_notch.py"]),
     "conv": ("gr_gdmcom/phy/conv.py", ["tests/test_phy_conv.py", "tests/test_phy_header.py"]),
     "tx": ("gr_gdmcom/phy/tx.py", ["tests/test_phy_tx.py"]),
+    "frame": ("gr_gdmcom/phy/frame.py", ["tests/test_phy_tx.py"]),
     "images": ("gr_gdmcom/codec/images.py", ["tests/test_header_images_mutants.py", "tests/test_codec.py",
                                              "tests/test_analytic.py", "tests/test_validate.py"]),
 }
@@ -244,6 +245,9 @@ EQUIVALENT: dict = {
        for i in (74, 76)},
     **{_N + f"_candidates__mutmut_{i}": "strict local maximum: differs only for two bins of exactly equal log "
        "power" for i in (56, 62)},
+    **{_N + f"_candidates__mutmut_{i}": "at a local maximum the parabola's curvature a - 2b + d is <= 0, and 0 only "
+       "for three exactly equal bins: the branches for >= 0 never run in practice, and the vertex lies within "
+       "+-0.5 bin, so the clip never acts" for i in (94, 95, 106, 107, 108, 109, 110, 113, 114, 119, 120)},
     **{f"gr_gdmcom.phy.conv.x__gen_taps__mutmut_{i}": "dtype dropped: an array of Python ints is int64"
        for i in (2, 4)},
     "gr_gdmcom.phy.conv.x_decode_hard__mutmut_11": "reshape(-2, 3): numpy 1.x takes any negative size as the "
@@ -266,9 +270,6 @@ EQUIVALENT: dict = {
        "where it is placed in the burst body, the same values" for i in (4, 6)},
     "gr_gdmcom.phy.tx.xǁFrameTxǁburst__mutmut_56": "a sample exactly at the clip limit scaled by limit / |x| = 1: "
                                                  "the same sample",
-    **{_N + f"_candidates__mutmut_{i}": "at a local maximum the parabola's curvature a - 2b + d is <= 0, and 0 only "
-       "for three exactly equal bins: the branches for >= 0 never run in practice, and the vertex lies within "
-       "+-0.5 bin, so the clip never acts" for i in (94, 95, 106, 107, 108, 109, 110, 113, 114, 119, 120)},
 }
 
 
