@@ -64,7 +64,7 @@ MODULES = {
     "notch": ("gr_gdmcom/phy/notch.py", ["tests/test_phy_notch.py"]),
     "conv": ("gr_gdmcom/phy/conv.py", ["tests/test_phy_conv.py", "tests/test_phy_header.py"]),
     "tx": ("gr_gdmcom/phy/tx.py", ["tests/test_phy_tx.py"]),
-    "frame": ("gr_gdmcom/phy/frame.py", ["tests/test_phy_tx.py"]),
+    "frame": ("gr_gdmcom/phy/frame.py", ["tests/test_phy_frame.py", "tests/test_phy_tx.py"]),
     "images": ("gr_gdmcom/codec/images.py", ["tests/test_header_images_mutants.py", "tests/test_codec.py",
                                              "tests/test_analytic.py", "tests/test_validate.py"]),
 }
