@@ -86,3 +86,24 @@ def test_rrc_is_the_root_raised_cosine(beta):
     want = np.array([_rrc_reference(float(v), beta) for v in t])
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
     assert got[0] == 1 - beta + 4 * beta / np.pi
+
+
+def test_rrc_takes_integer_times_and_warns_of_nothing():
+    """At whole symbols given as integers, and at 0 and the singular points (each branch computed
+    where it applies: no 0 / 0 to warn about)."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(rrc(np.arange(-4, 5), 0.25), rrc(np.arange(-4, 5).astype(float), 0.25))
+        assert np.isfinite(rrc(np.array([0.0, 1.0, -1.0, 0.5]), 0.25)).all()  # (+-1 = +-1 / (4 x 0.25))
+
+
+def test_the_known_sequences_follow_their_definitions():
+    from gr_gdmcom.phy.frame import prbs_bits, qpsk, zadoff_chu
+    k = np.arange(16)
+    np.testing.assert_allclose(zadoff_chu(16, 3), np.exp(-1j * np.pi * 3 * k * k / 16), atol=1e-6)
+    np.testing.assert_array_equal(qpsk(np.array([0, 1, 1, 0, 1], np.uint8)),
+                                  np.array([1 - 1j, -1 + 1j], np.complex64) / np.float32(np.sqrt(2)))
+    with pytest.raises(ValueError) as exc:
+        prbs_bits(5, 0)
+    assert str(exc.value) == "PRBS seed must be non-zero"
