@@ -141,7 +141,9 @@ def test_batch_a_poisoned_request_alone_is_internal_the_others_equal_a_clean_run
     fault(poison=True)
     got, srv = serve_queued(codec, "batch", requests)
     assert errors(got) == {"d1": ("internal", POISONED)}
-    assert_same_outputs(got, clean)
+    # (d0 ran alone and d2, d3 as a pair, against a batch of 4 in the clean run: equal on some CPUs, a
+    # grey level apart in one pixel of d0 on another -- an AMD EPYC without AVX-512 -- so within rounding)
+    assert_same_outputs(got, clean, exact=False)
     # 4 failed -> halves: (d0, d1) failed -> d0 alone, d1 alone failed; (d2, d3) served
     assert [got[r]["record"]["server"]["batch"] for r in ("d0", "d2", "d3")] == [1, 2, 2]
     st = srv.status()
@@ -156,7 +158,7 @@ def test_batch_out_of_memory_over_two_requests_is_split_and_all_are_served(codec
     fault(most=2)
     got, srv = serve_queued(codec, "batch", requests)
     assert not errors(got)
-    assert_same_outputs(got, clean)
+    assert_same_outputs(got, clean, exact=False)  # (pairs against a batch of 4: within rounding, as above)
     assert [h["record"]["server"]["batch"] for h in got.values()] == [2] * 4
     assert srv.status()["batch_retries"] == 1 and freed == [1]  # the cache emptied before the retry
 
