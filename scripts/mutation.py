@@ -266,6 +266,18 @@ EQUIVALENT: dict = {
        "a longer margin: the windowed decoder keeps the full trellis's decisions but in negligible cases "
        "(test_viterbi_equals_a_full_trellis_decoder; equivalent in practice)"
        for f, i in (("viterbi", 28), ("viterbi", 29), ("_segments", 12))},
+    **{f"gr_gdmcom.phy.frame.x_{f}__mutmut_{i}": "dtype dropped: bits (uint8, bool) times a float are float64; "
+       "astype(None) is float64" for f, i in (("gaussian_symbols", 2), ("qpsk", 11), ("qpsk", 13))},
+    "gr_gdmcom.phy.frame.x_qpsk__mutmut_19": "reshape(-2, 2): numpy 1.x takes any negative size as the unknown one",
+    "gr_gdmcom.phy.frame.x_qpsk__mutmut_25": "1j / b instead of 1j * b: b is +-1, the same values",
+    "gr_gdmcom.phy.frame.x_prbs_bits__mutmut_25": "the register filled one bit per step instead of 14: each write "
+                                                 "reads only bits already final, the same sequence (slower)",
+    **{f"gr_gdmcom.phy.frame.x_rrc__mutmut_{i}": "<= 1e-9 instead of < 1e-9: differs only at a distance of "
+       "exactly 1e-9 from 0 or from a singular point" for i in (10, 20)},
+    **{f"gr_gdmcom.phy.frame.xǁFrameConfigǁvalidate__mutmut_{i}": "getattr's default in the message: the first "
+       "word of every message is a field of FrameConfig, so it is never used" for i in (127, 130, 131)},
+    "gr_gdmcom.phy.frame.xǁFrameConfigǁvalidate__mutmut_62": "eq_taps <= 32 instead of <= 31: 32 is even, refused by "
+                                                            "the oddness test of the same line",
     **{f"gr_gdmcom.phy.tx.xǁFrameTxǁburst__mutmut_{i}": "the payload's dtype left as given: it is cast to complex64 "
        "where it is placed in the burst body, the same values" for i in (4, 6)},
     "gr_gdmcom.phy.tx.xǁFrameTxǁburst__mutmut_56": "a sample exactly at the clip limit scaled by limit / |x| = 1: "
