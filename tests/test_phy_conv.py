@@ -27,13 +27,18 @@ def _int(c) -> int:
     return sum(int(v) << i for i, v in enumerate(c))
 
 
+def _outputs(reg):
+    """The three output bits of the shift register ``reg`` = [u[t], u[t-1], ..., u[t-6]]."""
+    return [sum(a * b for a, b in zip(taps, reg)) % 2 for taps in TAPS]
+
+
 def _encode_ref(bits):
     """A shift register: output j at step t = xor of TAPS[j][i] * u[t - i]."""
     u = list(bits) + [0] * 6
     out = []
     for t in range(len(u)):
         reg = [u[t - i] if t - i >= 0 else 0 for i in range(7)]
-        out += [sum(a * b for a, b in zip(taps, reg)) % 2 for taps in TAPS]
+        out += _outputs(reg)
     return np.array(out, np.uint8)
 
 
@@ -51,8 +56,7 @@ def _viterbi_ref(soft):
                 continue
             for u in (0, 1):
                 reg = [u] + [(s >> (5 - i)) & 1 for i in range(6)]
-                m = metric[s] + sum(soft[3 * t + j] * (1 - 2 * (sum(a * b for a, b in zip(TAPS[j], reg)) % 2))
-                                    for j in range(3))
+                m = metric[s] + sum(soft[3 * t + j] * (1 - 2 * c) for j, c in enumerate(_outputs(reg)))
                 nxt = (u << 5) | (s >> 1)
                 if m > new[nxt]:
                     new[nxt], arg[nxt] = m, s
@@ -118,7 +122,7 @@ def test_the_trellis_tables_are_the_encoders_outputs():
         for sp in range(64):
             s, u = ((sp & 31) << 1) | b, sp >> 5
             reg = [u] + [(s >> (5 - i)) & 1 for i in range(6)]
-            want.append(sum((sum(a * r for a, r in zip(TAPS[j], reg)) % 2) << j for j in range(3)))
+            want.append(sum(c << j for j, c in enumerate(_outputs(reg))))
     assert combo.tolist() == want
     assert signs.dtype == np.float32 and signs.tolist() == [[1.0 - 2.0 * ((c >> j) & 1) for c in range(8)]
                                                              for j in range(3)]

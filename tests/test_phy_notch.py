@@ -7,6 +7,8 @@ import pytest
 
 from gr_gdmcom.phy import FrameConfig, FrameRx, FrameTx, Header, measure_snr_db
 from gr_gdmcom.phy.channel import awgn, complex_noise, simulate_channel
+from gr_gdmcom.phy import notch as notch_mod
+from gr_gdmcom.phy.notch import BLOCK, CONFIRM, FORGET, MAX_NOTCHES, ToneNotch
 
 
 def _link(sps, rng, ampl, freq, n_bursts=4, chunk=2048, lead=40_000, snr_db=20.0):
@@ -152,8 +154,6 @@ def test_no_notch_at_one_sample_per_symbol_or_when_turned_off():
 # --------------------------------------------------------------------------- ToneNotch alone
 # Exact checks of the stage's pieces, block by block (mutation testing, docs/mutation-testing.md,
 # found the end-to-end tests above blind to most of its arithmetic, its timing and its log lines).
-from gr_gdmcom.phy import notch as notch_mod  # noqa: E402
-from gr_gdmcom.phy.notch import BLOCK, CONFIRM, FORGET, MAX_NOTCHES, ToneNotch  # noqa: E402
 
 
 def _tone(f, ampl, n, start=0):
