@@ -94,7 +94,8 @@ def test_asserts_agree_with_the_configs_validation(pid):
     frame = pid in FrameConfig.__dataclass_fields__
     defaults = {"T": 50, "k": 5, "m": 5, **{f: FrameConfig.__dataclass_fields__[f].default for f in
                                              FrameConfig.__dataclass_fields__}}
-    for v in (-1, 0, 0.5, 1, 2, 3, 4, 5, 7, 8, 15, 16, 17, 31, 32, 33, 1000, 1001, 4096, 4097, 65535, 65536):
+    for v in (-1, 0, 0.5, 1, 2, 3, 4, 5, 7, 8, 15, 16, 17, 31, 32, 33, 1000, 1001, 3314, 3315, 4096, 4097,
+              65535, 65536):
         if frame and isinstance(defaults[pid], int) and isinstance(v, float):
             continue
         ns = dict(defaults, **{pid: v})

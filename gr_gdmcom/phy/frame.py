@@ -56,6 +56,10 @@ MAX_IMAGE_SYMBOLS = 1 << 22
 HEADER_COPY_AFTER = 2048
 #: The copy's symbols are the header's rotated by this many (FrameLayout.header_copy_symbols).
 COPY_ROTATION = HEADER_CODED_BITS // 2
+#: the largest pilot spacing with the header copy: the resync preamble goes before the pilot of the
+#: block holding the copy's first symbol (data symbol 1266 + 2048), which must not be the first block
+#: (the one holding the header; the receiver reads the header before it knows of a copy)
+MAX_COPY_PILOT_SPACING = HEADER_CODED_BITS + HEADER_COPY_AFTER
 #: Zadoff-Chu root of the resync preamble's segment (of all roots and the conjugate Frank
 #: segment, the one whose verification score against the Frank template is lowest: at
 #: most 0.15 of its own at any lag, sps 1, 2 and 4).
@@ -81,7 +85,8 @@ class FrameConfig:
         sps: samples per symbol (1 = no pulse shaping: symbol = sample).
         rolloff: RRC roll-off factor beta.
         rrc_span: RRC filter length in symbols (even); ``rrc_span * sps + 1`` taps.
-        pilot_spacing: P, data symbols between two known pilots.
+        pilot_spacing: P, data symbols between two known pilots (2..4096; at most 3314 with
+            ``header_copy``, :data:`MAX_COPY_PILOT_SPACING`).
         scramble: multiply payload symbols by a PN QPSK phase sequence (the transmitter's
             choice: it travels in the header, flags bit 7, which the receiver follows).
         max_chunk_symbols: most latent symbols per burst (<= 65535).
@@ -177,7 +182,8 @@ class FrameConfig:
             (isinstance(self.sps, (int, np.integer)) and 1 <= self.sps <= 16, "sps must be an integer in 1..16"),
             (0.0 < float(self.rolloff) <= 1.0, "rolloff must be in (0, 1]"),
             (self.rrc_span >= 2 and self.rrc_span % 2 == 0, "rrc_span must be an even number >= 2"),
-            (2 <= self.pilot_spacing <= 4096, "pilot_spacing must be in 2..4096"),
+            (2 <= self.pilot_spacing <= (MAX_COPY_PILOT_SPACING if self.header_copy else 4096),
+             f"pilot_spacing must be in 2..{MAX_COPY_PILOT_SPACING} with header_copy (2..4096 without)"),
             (1 <= self.max_chunk_symbols <= MAX_CHUNK_LIMIT, f"max_chunk_symbols must be in 1..{MAX_CHUNK_LIMIT}"),
             (self.gap_symbols >= 0, "gap_symbols must be >= 0"),
             (self.preamble_seg >= 4 and round(np.sqrt(self.preamble_seg)) ** 2 == self.preamble_seg,
@@ -322,7 +328,7 @@ class FrameLayout:
         self.resync = (np.repeat(self.cover, seg) * np.tile(zadoff_chu(seg), reps)).astype(np.complex64)
         self.header_whitening = qpsk(prbs_bits(2 * HEADER_CODED_BITS, SEED_HEADER))
         max_data = 2 * HEADER_CODED_BITS + MAX_CHUNK_LIMIT
-        n_pilots = max_data // cfg.pilot_spacing + 2
+        n_pilots = -(-max_data // cfg.pilot_spacing) + 1  # those of the largest burst
         self.header_pilots = -(-HEADER_CODED_BITS // cfg.pilot_spacing)
         self.pilots = np.concatenate([qpsk(prbs_bits(2 * self.header_pilots, SEED_PILOTS)),
                                       gaussian_symbols(n_pilots - self.header_pilots, SEED_PROBES)])
