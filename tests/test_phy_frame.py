@@ -109,9 +109,13 @@ def test_rrc_takes_integer_times_and_warns_of_nothing():
 
 
 def test_the_known_sequences_follow_their_definitions():
-    from gr_gdmcom.phy.frame import prbs_bits, qpsk, zadoff_chu
+    from gr_gdmcom.phy.frame import frank, prbs_bits, qpsk, zadoff_chu
     k = np.arange(16)
     np.testing.assert_allclose(zadoff_chu(16, 3), np.exp(-1j * np.pi * 3 * k * k / 16), atol=1e-6)
+    # Frank: segment of q^2 symbols, symbol (a q + b) = exp(j 2 pi a b / q)
+    a, b = np.divmod(np.arange(9), 3)
+    np.testing.assert_allclose(frank(9), np.exp(2j * np.pi * a * b / 3), atol=1e-6)
+    assert frank(9).dtype == np.complex64
     np.testing.assert_array_equal(qpsk(np.array([0, 1, 1, 0, 1], np.uint8)),
                                   np.array([1 - 1j, -1 + 1j], np.complex64) / np.float32(np.sqrt(2)))
     with pytest.raises(ValueError) as exc:
@@ -140,7 +144,8 @@ def _walked_body(p, n_payload, header_copy, n_resync):
     return {kind: np.flatnonzero(np.array(body) == kind) for kind in "hdcpr"}, len(body)
 
 
-LAYOUTS = [(16, True), (16, False), (7, True), (2, True), (27, True), (3314, True), (4096, False)]
+#: 19: a pilot falls between the copy's last two symbols (data symbol 4579 = 19 x 241 starts a block)
+LAYOUTS = [(16, True), (16, False), (7, True), (2, True), (19, True), (27, True), (3314, True), (4096, False)]
 
 
 @pytest.mark.parametrize("p,header_copy", LAYOUTS)
@@ -221,6 +226,7 @@ def test_at_one_sample_per_symbol_there_is_no_pulse():
     lay = FrameConfig(sps=1).layout()
     assert lay.half == 0 and lay.rrc_scale == 1.0
     np.testing.assert_array_equal(lay.taps, [1.0])
+    assert lay.taps.shape == (1,)
     sym = np.array([1 + 2j, -0.5j, 3.0], np.complex128)
     out = lay.shape(sym)
     assert out.dtype == np.complex64
