@@ -290,6 +290,23 @@ EQUIVALENT: dict = {
     "gr_gdmcom.phy.frame.xǁFrameLayoutǁshape__mutmut_20": "float64 instead of float32 taps: samples differ by float32 "
                                                           "rounding (~1e-8), inside the test vector's 2e-6 "
                                                           "(equivalent in practice)",
+    "gr_gdmcom.bridge.protocol.x__parse_decode__mutmut_118": "erased symbols set to 0 whenever there is a mask, not "
+                                                            "only when one is not finite: the codec sets them to 0 "
+                                                            "itself (decode_many), the same decode",
+    "gr_gdmcom.bridge.protocol.x__schema_error__mutmut_8": "include_url=True: the errors' url is never read",
+    "gr_gdmcom.bridge.protocol.x__schema_error__mutmut_10": "errors kept in pydantic's order: it reports them in the "
+                                                           "models' field order, which is _FIELD_CODES' order",
+    "gr_gdmcom.bridge.protocol.x__schema_error__mutmut_51": "'XXXX' instead of '' for an error with no location: "
+                                                           "neither is a field of _FIELD_CODES, bad_request either way",
+    **{f"gr_gdmcom.bridge.protocol.x__schema_error__mutmut_{i}": "json.dumps without default=repr: the value comes "
+       "from parsed JSON, always serialisable" for i in (67, 69, 85, 87)},
+    **{f"gr_gdmcom.bridge.protocol.x_dumps_header__mutmut_{i}": "allow_nan dropped or True: _clean has made every "
+       "non-finite float null" for i in (3, 6, 9)},
+    **{f"gr_gdmcom.bridge.protocol.x_{f}__mutmut_{i}": '"UTF-8" is the codec "utf-8"'
+       for f, i in (("dumps_header", 13), ("loads_header", 6))},
+    **{f"gr_gdmcom.bridge.protocol.x_image_to_bytes__mutmut_{i}": "another default format: every format but raw is "
+       "PNG" for i in (1, 2)},
+    "gr_gdmcom.bridge.protocol.x_image_to_bytes__mutmut_18": 'format="png": Pillow upper-cases the format name',
     **{f"gr_gdmcom.phy.tx.xǁFrameTxǁburst__mutmut_{i}": "the payload's dtype left as given: it is cast to complex64 "
        "where it is placed in the burst body, the same values" for i in (4, 6)},
     "gr_gdmcom.phy.tx.xǁFrameTxǁburst__mutmut_56": "a sample exactly at the clip limit scaled by limit / |x| = 1: "

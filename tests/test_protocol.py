@@ -446,3 +446,85 @@ def test_limits_come_from_the_codec_and_meta_fields_from_latent_meta():
     assert P.meta_fields() == ["alpha", "latent_shape", "image_size", "k", "T", "guidance", "prompt", "forward",
                                "name", "means", "reduce", "reduce_method", "model_hash"]
     assert P.Limits() == P.Limits(64 << 20, 64 << 10, 4096 * 4096, 50, 5, 4, 1024)
+
+
+# ---------------------------------------------------------------------- what mutation testing found unchecked
+def test_a_good_decode_request_keeps_every_meta_field():
+    meta = LatentMeta(alpha=0.5, latent_shape=(4, 8, 8), image_size=(64, 64), k=3, T=50, guidance=0.0, prompt="",
+                      forward="random", name="r", means=(0.5, -0.5, 0.25, 0.0), reduce=2, reduce_method="pool",
+                      model_hash=0xBEEF)
+    req = P.parse_request(P.decode_request("r1", SYMBOLS[:64], meta, 5.0), LIMITS)
+    assert req.meta == meta and (req.meta.forward, req.meta.reduce_method, req.meta.model_hash) == (
+        "random", "pool", 0xBEEF)
+    # a latent whose value count is even though c / h * w is not an integer
+    odd = P.Limits(T=50, m=5, latent_channels=3)
+    m = LatentMeta(**{**META.to_dict(), "latent_shape": (3, 2, 3), "image_size": (16, 24)})
+    assert P.parse_request(P.decode_request("r1", np.zeros(9, np.complex64), m, 0.0), odd).meta.latent_shape == (3, 2, 3)
+
+
+def test_symbols_are_a_read_only_view_of_the_frame_unless_erasures_were_replaced():
+    req = P.parse_request(P.decode_request("r1", SYMBOLS, META, 5.0, np.ones(128, bool)), LIMITS)
+    assert not req.symbols.flags.writeable and np.array_equal(req.symbols, SYMBOLS)
+
+
+def test_mask_values_go_as_zero_or_one():
+    frames = P.decode_request("r1", SYMBOLS, META, 5.0, np.array([0, 2, 255, 1] * 32, np.uint8))
+    assert frames[2] == bytes([0, 1, 1, 1] * 32)
+
+
+def test_more_refusals_word_for_word(monkeypatch):
+    h = header_of(decode_frames())
+    h["sizes"] = [1001]
+    assert refusal([json.dumps(h).encode(), bytes(1001)]) == (
+        P.SIZE_MISMATCH, "small: symbol frame of 1001 bytes is not a whole number of 8-byte complex64 values")
+    assert refusal(P.encode_request("r1", png(4, 4)[:20], "x")) == (P.BAD_IMAGE,
+                                                                    "cannot read image x: Truncated File Read")
+    assert refusal(decode_frames(v=None)) == (P.BAD_VERSION, "this server speaks protocol version 1: header field "
+                                                             "'v' must be 1, got nothing")
+    assert refusal(decode_frames(v="v" * 100)) == (P.BAD_VERSION, "this server speaks protocol version 1: header "
+                                                                  "field 'v' must be 1, got \"" + "v" * 79)
+    assert refusal(with_meta(name=5)) == (P.BAD_META, "image: 'meta.name': Input should be a valid string, got 5")
+    with pytest.raises(P.ProtocolError) as e:  # a one-character id is echoed
+        P.parse_request(P.make_message({"op": "status", "id": "r"}, [b"x"]), LIMITS)
+    assert (e.value.rid, e.value.op) == ("r", "status")
+    # Pillow opens no image of zero size; the check behind it, with a stand-in
+    for size in ((0, 5), (5, 0)):
+        monkeypatch.setattr(P, "open_image", lambda data, size=size: _Opened(size))
+        assert refusal(P.encode_request("r1", b"img", "z")) == (
+            P.BAD_IMAGE, f"image z has zero size ({size[0]}x{size[1]})")
+    monkeypatch.setattr(P, "open_image", lambda data: _Opened((1, 1)))
+    assert P.parse_request(P.encode_request("r1", b"img", "z"), LIMITS).image == b"img"
+
+
+class _Opened:
+    def __init__(self, size):
+        self.size = size
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_two_empty_frames_after_an_empty_identity():
+    assert P.split_envelope([b"", b"", b"h"]) == ([b"", b""], [b"h"])
+
+
+def test_a_decode_reply_names_its_request_and_format():
+    img = np.zeros((2, 3, 3), np.uint8)
+    h = header_of(P.decoded_reply("r9", Decoded(img, {}), server={"batch": 1}))
+    assert h == {"v": 1, "id": "r9", "op": "decode", "ok": True, "record": {},
+                 "image": {"format": "png", "height": 2, "width": 3, "channels": 3}, "server": {"batch": 1},
+                 "sizes": [len(P.image_to_bytes(img))]}
+    big = np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8)
+    assert P.decoded_reply("r", Decoded(big, {}), png_level=9)[1] == P.image_to_bytes(big, "png", 9) != \
+        P.image_to_bytes(big, "png", 0)
+
+
+def test_config_id_takes_settings_json_cannot_write():
+    from pathlib import PurePosixPath
+    status = {"model": PurePosixPath("/models/sd15"), "config": {"x": PurePosixPath("a")}}
+    ident = json.dumps({"model": "/models/sd15", "model_hash": None, "config": {"x": "a"}, "max_request_bytes": None},
+                       sort_keys=True)
+    assert P.config_id(status) == hashlib.sha1(ident.encode()).hexdigest()[:12]
