@@ -66,6 +66,7 @@ MODULES = {
     "tx": ("gr_gdmcom/phy/tx.py", ["tests/test_phy_tx.py"]),
     "frame": ("gr_gdmcom/phy/frame.py", ["tests/test_phy_frame.py", "tests/test_phy_tx.py"]),
     "protocol": ("gr_gdmcom/bridge/protocol.py", ["tests/test_protocol.py"]),
+    "rate": ("gr_gdmcom/codec/rate.py", ["tests/test_rate.py"]),
     "images": ("gr_gdmcom/codec/images.py", ["tests/test_header_images_mutants.py", "tests/test_codec.py",
                                              "tests/test_analytic.py", "tests/test_validate.py"]),
 }

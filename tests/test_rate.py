@@ -9,7 +9,7 @@ import torch
 
 from gr_gdmcom.codec import GenerativeCodec
 from gr_gdmcom.codec.core import CodecError, latent_from_symbols, latent_to_symbols
-from gr_gdmcom.codec.rate import Reduction, RateError, mean_gain_db
+from gr_gdmcom.codec.rate import Reduction, RateError, channel_means, mean_gain_db
 from gr_gdmcom.config import CodecConfig
 from gr_gdmcom.phy import Header
 from gr_gdmcom.pipeline import LinkMetaError, header_for, meta_from_header
@@ -231,3 +231,106 @@ def test_receiver_drops_a_header_with_a_non_finite_mean():
         got = rx.push(np.concatenate([gap, tx.burst(data, payload), gap])) + rx.flush()
         assert (rx.all_counters()["header_invalid"], len(got)) == (invalid, images)
     assert got[0].header.means == (-2.0, 0.5, 1.0, 0.25)
+
+
+# ---------------------------------------------------------------------- what mutation testing found unchecked
+def _pool_reference(z, factor):
+    """Block sums over (ph, pw) blocks (smaller at the bottom and right edges) over sqrt(values in the block)."""
+    from gr_gdmcom.codec.rate import POOL_BLOCKS
+    ph, pw = POOL_BLOCKS[factor]
+    c, h, w = z.shape
+    out = np.zeros((c, -(-h // ph), -(-w // pw)))
+    for i in range(out.shape[1]):
+        for j in range(out.shape[2]):
+            block = z[:, i * ph:(i + 1) * ph, j * pw:(j + 1) * pw]
+            out[:, i, j] = block.reshape(c, -1).sum(1) / math.sqrt(block[0].size)
+    return out
+
+
+@pytest.mark.parametrize("factor,shape", [(2, (2, 3, 5)), (4, (2, 5, 5)), (8, (2, 5, 5)), (8, (1, 3, 9)),
+                                          (16, (2, 5, 5)), (16, (1, 6, 7))])
+def test_pool_is_the_block_sums_over_their_root_size_at_every_edge(rng, factor, shape):
+    z = rng.standard_normal(shape)
+    red = Reduction.make("pool", factor, shape)
+    y = red.apply(torch.from_numpy(z[None]))[0].numpy()
+    want = _pool_reference(z, factor)
+    assert red.n_values == want.size
+    np.testing.assert_allclose(y, want.ravel(), rtol=1e-13, atol=0)
+    # A^T: each value of a block gets the block's value over sqrt(its size)
+    back = red.adjoint(torch.from_numpy(y[None]))[0].numpy()
+    np.testing.assert_allclose(back, _pool_adjoint_reference(y.reshape(want.shape), factor, shape), rtol=1e-13,
+                               atol=0)
+
+
+def _pool_adjoint_reference(y, factor, shape):
+    from gr_gdmcom.codec.rate import POOL_BLOCKS
+    ph, pw = POOL_BLOCKS[factor]
+    c, h, w = shape
+    out = np.zeros(shape)
+    for i in range(y.shape[1]):
+        for j in range(y.shape[2]):
+            rows, cols = slice(i * ph, min((i + 1) * ph, h)), slice(j * pw, min((j + 1) * pw, w))
+            n = (rows.stop - rows.start) * (cols.stop - cols.start)
+            out[:, rows, cols] = (y[:, i, j] / math.sqrt(n))[:, None, None]
+    return out
+
+
+@pytest.mark.parametrize("h,w", [(16, 16), (8, 8), (12, 6)])
+def test_dct_coefficients_go_in_radial_order_ties_row_major(h, w):
+    """The symbol order is part of the format (both sides derive it): ties, such as (i, j) and (j, i) of
+    a square latent, go in row-major order."""
+    red = Reduction.make("dct", 4, (1, h, w))
+    freq = [(i / h) ** 2 + (j / w) ** 2 for i in range(h) for j in range(w)]
+    assert red._dct_kept().tolist() == sorted(range(h * w), key=lambda n: (freq[n], n))[: h * w // 4]
+
+
+def test_impose_replaces_the_measured_part_and_keeps_the_rest(rng):
+    """x + A^T (sqrt(a / a_s) y_s - A x): A of the result is the measurement at level a, the part of x
+    outside A's rows is x's."""
+    from gr_gdmcom.codec.rate import impose
+    for method, factor in (("subset", 4), ("pool", 4), ("dct", 2)):
+        red = Reduction.make(method, factor, (2, 4, 6))
+        x = torch.from_numpy(rng.standard_normal((1, 2, 4, 6)))
+        y_s = torch.from_numpy(rng.standard_normal((1, red.n_values)))
+        out = impose(x, red, y_s, 0.3, 0.6)
+        torch.testing.assert_close(red.apply(out), math.sqrt(0.5) * y_s, rtol=1e-12, atol=1e-12)
+        rest = lambda v: v - red.adjoint(red.apply(v))  # noqa: E731  (the projection off A's rows)
+        torch.testing.assert_close(rest(out), rest(x), rtol=1e-12, atol=1e-12)
+
+
+def test_the_maps_stay_on_the_latents_device_and_dtype():
+    """On the meta device (no data: what a GPU run would do with the device and dtype, checked on CPU)."""
+    for method, factor in (("full", 1), ("subset", 2), ("pool", 8), ("dct", 4)):
+        red = Reduction.make(method, factor, (4, 5, 7))
+        for dtype in (torch.float32, torch.float64):
+            z = torch.zeros(2, 4, 5, 7, device="meta", dtype=dtype)
+            y = red.apply(z)
+            x = red.adjoint(y)
+            assert (y.device.type, y.dtype, tuple(y.shape)) == ("meta", dtype, (2, red.n_values)), method
+            assert (x.device.type, x.dtype, tuple(x.shape)) == ("meta", dtype, (2, 4, 5, 7)), method
+
+
+def test_means_and_mean_gain_are_computed_in_float64():
+    z = (np.arange(2 * 3 * 3).reshape(2, 3, 3) * 37.3 + 1000).astype(np.float16)
+    means = channel_means(z)
+    assert means.dtype == np.float64
+    np.testing.assert_array_equal(means, z.astype(np.float64).reshape(2, -1).mean(1))
+    assert mean_gain_db(z) == mean_gain_db(z.astype(np.float64))
+
+
+@pytest.mark.parametrize("method,factor,shape,message", [
+    ("full", 2, (4, 8, 8), "reduce 2 needs a reduce method: one of subset, pool, dct ('full' is reduce 1)"),
+    ("pool", 0, (4, 8, 8), "reduce must be >= 1, got 0"),
+    ("dct", 8, (4, 1, 4), "dct reduce=8 keeps no coefficient of a 1x4 latent channel"),
+    ("subset", 2, (2, 1, 1), "reduce=2 leaves fewer than 2 of the latent's 2 values"),
+])
+def test_each_reduction_refusal_in_its_words(method, factor, shape, message):
+    with pytest.raises(RateError) as e:
+        Reduction.make(method, factor, shape)
+    assert str(e.value) == message
+
+
+def test_the_smallest_reductions_taken():
+    assert Reduction.make("subset", 2, (2, 1, 2)).n_values == 2
+    assert Reduction.make("dct", 4, (2, 1, 4)).n_values == 2
+    assert Reduction.make("full", 1, (1, 1, 2)).n_values == 2
