@@ -308,6 +308,10 @@ def test_the_maps_stay_on_the_latents_device_and_dtype():
             x = red.adjoint(y)
             assert (y.device.type, y.dtype, tuple(y.shape)) == ("meta", dtype, (2, red.n_values)), method
             assert (x.device.type, x.dtype, tuple(x.shape)) == ("meta", dtype, (2, 4, 5, 7)), method
+    # (the meta device lets a CPU operand through a product: the DCT's matrices are checked themselves)
+    z = torch.zeros(1, 4, 5, 7, device="meta", dtype=torch.float32)
+    for m, n in zip(Reduction.make("dct", 4, (4, 5, 7))._dct_matrices(z), (5, 7)):
+        assert (m.device.type, m.dtype, tuple(m.shape)) == ("meta", torch.float32, (n, n))
 
 
 def test_means_and_mean_gain_are_computed_in_float64():

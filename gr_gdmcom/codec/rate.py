@@ -130,11 +130,15 @@ class Reduction:
         if self.method == "subset":
             return z.reshape(B, -1)[:, torch.from_numpy(self._subset()).to(z.device)]
         if self.method == "dct":
-            dh, dw = (_dct_matrix(n).to(z.device, z.dtype) for n in self.shape[1:])
+            dh, dw = self._dct_matrices(z)
             coef = (dh @ z @ dw.T).reshape(B, self.shape[0], -1)  # dctn(z, axes=(-2, -1), norm="ortho")
             return coef[:, :, torch.from_numpy(self._dct_kept()).to(z.device)].reshape(B, -1)
         sums, counts = self._block_sums(z), self._counts(z)
         return (sums / counts.sqrt()).reshape(B, -1)
+
+    def _dct_matrices(self, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The DCT-II matrices of the latent's height and width on ``like``'s device, in its dtype."""
+        return tuple(_dct_matrix(n).to(like.device, like.dtype) for n in self.shape[1:])
 
     def _pad(self, z: torch.Tensor) -> torch.Tensor:
         ph, pw = POOL_BLOCKS[self.factor]
@@ -162,7 +166,7 @@ class Reduction:
         if self.method == "dct":
             coef = torch.zeros(B, c, h * w, dtype=y.dtype, device=y.device)
             coef[:, :, torch.from_numpy(self._dct_kept()).to(y.device)] = y.reshape(B, c, -1)
-            dh, dw = (_dct_matrix(n).to(y.device, y.dtype) for n in (h, w))
+            dh, dw = self._dct_matrices(y)
             return dh.T @ coef.reshape(B, c, h, w) @ dw  # idctn of the zero-filled coefficients
         ph, pw = POOL_BLOCKS[self.factor]
         counts = self._counts(y)
