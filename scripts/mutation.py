@@ -67,6 +67,7 @@ MODULES = {
     "frame": ("gr_gdmcom/phy/frame.py", ["tests/test_phy_frame.py", "tests/test_phy_tx.py"]),
     "protocol": ("gr_gdmcom/bridge/protocol.py", ["tests/test_protocol.py"]),
     "rate": ("gr_gdmcom/codec/rate.py", ["tests/test_rate.py"]),
+    "channel": ("gr_gdmcom/phy/channel.py", ["tests/test_phy_snr_channel.py"]),
     "images": ("gr_gdmcom/codec/images.py", ["tests/test_header_images_mutants.py", "tests/test_codec.py",
                                              "tests/test_analytic.py", "tests/test_validate.py"]),
 }
@@ -308,6 +309,16 @@ EQUIVALENT: dict = {
     **{f"gr_gdmcom.bridge.protocol.x_image_to_bytes__mutmut_{i}": "another default format: every format but raw is "
        "PNG" for i in (1, 2)},
     "gr_gdmcom.bridge.protocol.x_image_to_bytes__mutmut_18": 'format="png": Pillow upper-cases the format name',
+    **{f"gr_gdmcom.codec.rate.x_{f}__mutmut_{i}": "reshape(-2): numpy 1.x takes any negative size as the unknown one"
+       for f, i in (("channel_means", 12), ("mean_gain_db", 17))},
+    "gr_gdmcom.codec.rate.xǁReductionǁ_dct_kept__mutmut_24": 'kind="STABLE": numpy reads the kind case-insensitively',
+    **{f"gr_gdmcom.codec.rate.xǁReductionǁmake__mutmut_{i}": "factor <= 1 or < 2: factor 1 has returned before"
+       for i in (27, 28)},
+    **{f"gr_gdmcom.codec.rate.xǁReductionǁmake__mutmut_{i}": "x / r < k instead of x // r < k: the same for integers"
+       for i in (44, 53)},
+    **{f"gr_gdmcom.codec.rate.xǁReductionǁ{f}__mutmut_{i}": "index tensor left on the CPU: PyTorch takes CPU indices "
+       "for a tensor on any device, the same values (equivalent in practice)"
+       for f, i in (("apply", 21), ("apply", 42), ("adjoint", 30), ("adjoint", 56))},
     **{f"gr_gdmcom.phy.tx.xǁFrameTxǁburst__mutmut_{i}": "the payload's dtype left as given: it is cast to complex64 "
        "where it is placed in the burst body, the same values" for i in (4, 6)},
     "gr_gdmcom.phy.tx.xǁFrameTxǁburst__mutmut_56": "a sample exactly at the clip limit scaled by limit / |x| = 1: "
