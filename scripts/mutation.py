@@ -319,6 +319,13 @@ EQUIVALENT: dict = {
     **{f"gr_gdmcom.codec.rate.xǁReductionǁ{f}__mutmut_{i}": "index tensor left on the CPU: PyTorch takes CPU indices "
        "for a tensor on any device, the same values (equivalent in practice)"
        for f, i in (("apply", 21), ("apply", 42), ("adjoint", 30), ("adjoint", 56))},
+    **{f"gr_gdmcom.phy.channel.x_fractional_delay__mutmut_{i}": "the input's dtype kept: it goes into a complex128 "
+       "buffer either way" for i in (3, 5)},
+    **{f"gr_gdmcom.phy.channel.x_fractional_delay__mutmut_{i}": "more zero padding or a longer FFT: the same delay "
+       "to float rounding for a band-limited input, differences only at the edges (equivalent in practice)"
+       for i in (11, 14, 20)},
+    **{f"gr_gdmcom.phy.channel.x_simulate_channel__mutmut_{i}": "the input's dtype kept: np.convolve promotes to "
+       "complex128 with the taps, every later step and the plain path end in complex64" for i in (6, 8)},
     **{f"gr_gdmcom.phy.tx.xǁFrameTxǁburst__mutmut_{i}": "the payload's dtype left as given: it is cast to complex64 "
        "where it is placed in the burst body, the same values" for i in (4, 6)},
     "gr_gdmcom.phy.tx.xǁFrameTxǁburst__mutmut_56": "a sample exactly at the clip limit scaled by limit / |x| = 1: "
