@@ -326,6 +326,9 @@ EQUIVALENT: dict = {
        for i in (11, 14, 20)},
     **{f"gr_gdmcom.phy.channel.x_simulate_channel__mutmut_{i}": "the input's dtype kept: np.convolve promotes to "
        "complex128 with the taps, every later step and the plain path end in complex64" for i in (6, 8)},
+    "gr_gdmcom.phy.channel.x_rayleigh_block__mutmut_46": "astype(None) is astype(float64)",
+    "gr_gdmcom.phy.channel.x_simulate_channel__mutmut_1": "a default offset of 1 cycle/sample: exp(j 2 pi n) = 1 at "
+                                                          "every sample, the same samples to float rounding",
     **{f"gr_gdmcom.phy.tx.xǁFrameTxǁburst__mutmut_{i}": "the payload's dtype left as given: it is cast to complex64 "
        "where it is placed in the burst body, the same values" for i in (4, 6)},
     "gr_gdmcom.phy.tx.xǁFrameTxǁburst__mutmut_56": "a sample exactly at the clip limit scaled by limit / |x| = 1: "
