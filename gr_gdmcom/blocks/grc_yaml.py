@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from ..config import DEFAULT_MODEL, DEFAULT_PROMPT
+from ..phy.frame import MAX_COPY_PILOT_SPACING
 
 # (id, label, dtype, default (GRC expression), tab, documentation)
 SERVER = [("server", "Inference server", "string", "'local'", None,
@@ -121,7 +122,8 @@ ASSERTS = {
     "T": "1 <= T <= 1000", "k": "0 <= k <= T", "m": "0 <= m <= T", "steps": "steps <= 0 or m <= steps <= T",
     "guidance": "0 <= guidance <= 100", "inversion_iters": "inversion_iters >= 1", "seed": "seed >= 0",
     "sps": "1 <= sps <= 16", "rolloff": "0 < rolloff <= 1", "rrc_span": "rrc_span >= 2 and rrc_span % 2 == 0",
-    "pilot_spacing": "2 <= pilot_spacing <= (3314 if header_copy else 4096)", "max_chunk_symbols": "1 <= max_chunk_symbols <= 65535",
+    "pilot_spacing": f"2 <= pilot_spacing <= ({MAX_COPY_PILOT_SPACING} if header_copy else 4096)",
+    "max_chunk_symbols": "1 <= max_chunk_symbols <= 65535",
     "gap_symbols": "gap_symbols >= 0", "eq_taps": "1 <= eq_taps <= 31 and eq_taps % 2 == 1",
     "phase_window": "phase_window >= 1", "detect_threshold": "0 < detect_threshold < 1",
     "verify_threshold": "0 < verify_threshold < 1", "cfo_search": "0 <= cfo_search <= 3",
