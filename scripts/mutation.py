@@ -68,6 +68,7 @@ MODULES = {
     "protocol": ("gr_gdmcom/bridge/protocol.py", ["tests/test_protocol.py"]),
     "rate": ("gr_gdmcom/codec/rate.py", ["tests/test_rate.py"]),
     "channel": ("gr_gdmcom/phy/channel.py", ["tests/test_phy_snr_channel.py"]),
+    "stepper": ("gr_gdmcom/codec/stepper.py", ["tests/test_stepper.py", "tests/test_batch_isolation.py"]),
     "images": ("gr_gdmcom/codec/images.py", ["tests/test_header_images_mutants.py", "tests/test_codec.py",
                                              "tests/test_analytic.py", "tests/test_validate.py"]),
 }
@@ -340,14 +341,15 @@ EQUIVALENT: dict = {
 #: tests mutmut saw calling the mutated function.  For ``core``, mutmut's per-function mapping
 #: missed tests (helpers reached only through the ``torch.no_grad``-decorated batch functions,
 #: which it does not trampoline, came out "no tests"), and its fast test file comes first so that
-#: most mutants are killed within a second.
-EVERY_TEST = {"core", "server"}
+#: most mutants are killed within a second.  ``stepper``: the same (``step`` is ``torch.no_grad``-decorated:
+#: ``_Active.settle`` and ``_finish``, reached only through it, came out "no tests").
+EVERY_TEST = {"core", "server", "stepper"}
 
 #: For an ``EVERY_TEST`` module, the run is two passes: every mutant against the tests of the first
 #: ``FAST_FILES[name]`` files of its list, then the mutants still alive against all of them.  The
 #: result is that of one pass with all the files (a test that fails fails in either), much faster:
 #: a surviving or equivalent mutant costs the whole list, and on two shared cores that is a minute.
-FAST_FILES = {"core": 2, "server": 1}
+FAST_FILES = {"core": 2, "server": 1, "stepper": 1}
 
 #: ``EVERY_TEST`` modules whose second pass runs, for each mutant still alive, only the tests that mutmut saw
 #: calling its function (mutmut's own selection) rather than all of them.  ``server``: its first file runs
