@@ -85,8 +85,8 @@ class FrameConfig:
         sps: samples per symbol (1 = no pulse shaping: symbol = sample).
         rolloff: RRC roll-off factor beta.
         rrc_span: RRC filter length in symbols (even); ``rrc_span * sps + 1`` taps.
-        pilot_spacing: P, data symbols between two known pilots (2..4096; at most 3314 with
-            ``header_copy``, :data:`MAX_COPY_PILOT_SPACING`).
+        pilot_spacing: P, data symbols between two known pilots: 2..4096, at most 3314
+            (MAX_COPY_PILOT_SPACING) with header_copy.
         scramble: multiply payload symbols by a PN QPSK phase sequence (the transmitter's
             choice: it travels in the header, flags bit 7, which the receiver follows).
         max_chunk_symbols: most latent symbols per burst (<= 65535).
