@@ -68,6 +68,7 @@ MODULES = {
     "protocol": ("gr_gdmcom/bridge/protocol.py", ["tests/test_protocol.py"]),
     "rate": ("gr_gdmcom/codec/rate.py", ["tests/test_rate.py"]),
     "channel": ("gr_gdmcom/phy/channel.py", ["tests/test_phy_snr_channel.py"]),
+    "config": ("gr_gdmcom/config.py", ["tests/test_config.py"]),
     "stepper": ("gr_gdmcom/codec/stepper.py", ["tests/test_stepper.py", "tests/test_batch_isolation.py"]),
     "images": ("gr_gdmcom/codec/images.py", ["tests/test_header_images_mutants.py", "tests/test_codec.py",
                                              "tests/test_analytic.py", "tests/test_validate.py"]),
