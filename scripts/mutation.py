@@ -331,6 +331,17 @@ EQUIVALENT: dict = {
     "gr_gdmcom.phy.channel.x_rayleigh_block__mutmut_46": "astype(None) is astype(float64)",
     "gr_gdmcom.phy.channel.x_simulate_channel__mutmut_1": "a default offset of 1 cycle/sample: exp(j 2 pi n) = 1 at "
                                                           "every sample, the same samples to float rounding",
+    **{f"gr_gdmcom.config.x_{f}__mutmut_{i}": "dest dropped or None: argparse derives the same dest from the "
+       "long option (--inversion-tol -> inversion_tol)"
+       for f, i in [("add_codec_args", j) for j in (36, 41, 49, 55, 70, 75, 91, 96, 104, 110)]
+       + [("add_frame_args", 38), ("add_frame_args", 42)]},
+    "gr_gdmcom.config.x_add_codec_args__mutmut_112": "--bcr's default=None dropped: None is argparse's default",
+    **{f"gr_gdmcom.config.x_add_frame_args__mutmut_{i}": "another fallback for an undocumented field: every "
+       "FrameConfig field has a docstring entry (test_config checks), so it is never used" for i in (22, 23, 24)},
+    "gr_gdmcom.config.x__attribute_docs__mutmut_8": "a class without a docstring: 'XXXX' holds no entry either",
+    "gr_gdmcom.config.x__attribute_docs__mutmut_38": "`or name` in the blank-line branch: a non-blank line with a "
+                                                      "name set was taken by the branch before",
+    "gr_gdmcom.config.x__attribute_docs__mutmut_40": "name reset to '' instead of None: both false",
     **{f"gr_gdmcom.phy.tx.xǁFrameTxǁburst__mutmut_{i}": "the payload's dtype left as given: it is cast to complex64 "
        "where it is placed in the burst body, the same values" for i in (4, 6)},
     "gr_gdmcom.phy.tx.xǁFrameTxǁburst__mutmut_56": "a sample exactly at the clip limit scaled by limit / |x| = 1: "

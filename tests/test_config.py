@@ -66,6 +66,7 @@ POOL = ("reduce_method pool (--reduce-method pool) pools 1, 2, 4, 8, 16 values: 
     (dict(k=True), "k must be an integer, got True"),
     (dict(steps=12.5), "steps must be an integer (or None), got 12.5"),
     (dict(guidance=np.bool_(True)), "guidance must be a number, got True"),
+    (dict(guidance=True), "guidance must be a number, got True"),
     (dict(guidance="6"), "guidance must be a number, got '6'"),
     (dict(remove_mean="no"), "remove_mean must be True or False, got 'no'"),
     (dict(remove_mean=1), "remove_mean must be True or False, got 1"),
@@ -277,10 +278,14 @@ def test_frame_options_come_from_frameconfigs_fields_and_docstring():
 class _Documented:
     """Title.
 
+    Notes:
+        x: a note before the attributes, not one of them.
+
     Attributes:
         a: first line
             continued here.
-        b: one line, 5 % of it.
+         see: a line indented by one more than the names continues the entry.
+        b: one line, 5 % of it (an "Attributes:" in the text is text).
           not a field: this line is indented by 2 more than the names.
 
     Example: not an attribute
@@ -290,7 +295,48 @@ class _Documented:
 
 def test_attribute_docs_join_continuation_lines_and_stop_at_a_blank_line():
     assert _attribute_docs(_Documented) == {
-        "a": "first line continued here.",
-        "b": "one line, 5 % of it. not a field: this line is indented by 2 more than the names.",
+        "a": "first line continued here. see: a line indented by one more than the names continues the entry.",
+        "b": 'one line, 5 % of it (an "Attributes:" in the text is text). not a field: this line is indented by '
+             '2 more than the names.',
         "c": "after the blank line, under another heading."}
     assert _attribute_docs(type("D", (), {})) == {}
+
+
+def _unwrapped(prog):
+    return argparse.HelpFormatter(prog, width=100000)  # no wrapping: textwrap breaks lines at hyphens
+
+
+def test_every_option_has_its_help_and_group():
+    from dataclasses import fields as dc_fields
+
+    from gr_gdmcom.config import _HELP
+    from gr_gdmcom.phy import FrameConfig
+    p = argparse.ArgumentParser(prog="x", formatter_class=_unwrapped)
+    add_codec_args(p)
+    add_frame_args(p)
+    text = " ".join(p.format_help().split())
+    assert "codec: --model MODEL" in text and "phy (burst format; see docs/frame-format.md): --sps SPS" in text
+    for f in dc_fields(CodecConfig):
+        assert f"{_HELP[f.name]} [default={getattr(CodecConfig(), f.name)!r}]" in text, f.name
+    assert ("bandwidth compression ratio 1/(96 r), the same as --reduce r: 1/96 (whole latent), 1/192, 1/384, "
+            "1/768 ... [default: --reduce]") in text
+    docs = _attribute_docs(FrameConfig)
+    for f in dc_fields(FrameConfig):  # every field documented: its help is its docstring entry
+        assert f"{' '.join(docs[f.name].split())} [default={getattr(FrameConfig(), f.name)!r}]" in text, f.name
+    assert "(14 % of an 8192-symbol burst, 29 % of a 2048-symbol one)" in text  # a % in a docstring survives
+    many = argparse.ArgumentParser(prog="x", formatter_class=_unwrapped)
+    add_codec_args(many, only=("reduce",), many_bcr=True)
+    assert "1/768 ... (several: one setting each) [default: --reduce]" in " ".join(many.format_help().split())
+
+
+def test_a_skipped_frame_option_leaves_the_others():
+    p = argparse.ArgumentParser(prog="x")
+    add_frame_args(p, skip=("sps",))
+    args = p.parse_args([])
+    assert not hasattr(args, "sps") and args.notch is True and args.pilot_spacing == 16
+    assert frame_config_from_args(args).sps == 2
+
+
+def test_a_namespace_without_some_options_takes_the_defaults():
+    assert codec_config_from_args(argparse.Namespace(k=3)) == CodecConfig(k=3)
+    assert codec_config_from_args(argparse.Namespace(k=3, bcr=4)).reduce == 4  # --bcr without --reduce
