@@ -277,8 +277,9 @@ def test_interleaved_encodes_and_decodes_fill_their_own_batches(serve, client, e
     """Four transmitters' encodes and four receivers' decodes arriving together, in whatever order:
     two codec calls (one of each op), where stopping at the first request of the other op made a
     batch per change of op (up to 8 here).  The wait is long (2 s, counted from each batch's first request;
-    a full batch does not wait): at 500 ms, in a full CI run on a slow machine, the set-aside op's batch
-    once found its deadline passed while the first batch ran, and went without its last request (3 batches)."""
+    a full batch does not wait): at 500 ms a full CI run on a slow machine once made 3 batches, one going
+    without a request that came later (the set-aside op's batch, whose deadline runs from its first
+    request's arrival while the other batch computes, is the likely one; it passed alone 5 times in 5)."""
     srv = serve(max_batch=4, max_wait_ms=2000)
     clients = [client(srv.last_endpoint, timeout_ms=20000) for _ in range(8)]
     barrier, out = threading.Barrier(8), {}
