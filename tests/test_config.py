@@ -5,13 +5,16 @@ dataclasses.  No model, under a second."""
 import argparse
 import logging
 import math
+from dataclasses import fields as dc_fields
+from fractions import Fraction
 
 import numpy as np
 import pytest
 
-from gr_gdmcom.config import (CodecConfig, _attribute_docs, add_codec_args, add_frame_args, bcr_arg, bcr_text,
+from gr_gdmcom.config import (_HELP, CodecConfig, _attribute_docs, add_codec_args, add_frame_args, bcr_arg, bcr_text,
                               check_steps, check_types, codec_config_from_args, config_for_server, finite_complex,
                               finite_float, frame_config_from_args, reduce_for_bcr, server_mismatch, snr_arg)
+from gr_gdmcom.phy import FrameConfig
 
 
 def test_the_defaults_are_the_papers_settings():
@@ -160,7 +163,6 @@ def test_bcr_is_one_over_96_r(text, r):
 
 
 def test_bcr_takes_a_fraction():
-    from fractions import Fraction
     assert reduce_for_bcr(Fraction(1, 768)) == 8
 
 
@@ -258,7 +260,6 @@ def test_bcr_and_reduce_must_agree_and_a_method_without_a_reduction_is_warned(ca
 
 
 def test_frame_options_come_from_frameconfigs_fields_and_docstring():
-    from gr_gdmcom.phy import FrameConfig
     p = argparse.ArgumentParser(prog="x", exit_on_error=False)
     add_frame_args(p, skip=("notch",))
     args = p.parse_args(["--pilot-spacing", "8", "--no-header-copy", "--rolloff", "0.5", "--sps", "4"])
@@ -307,10 +308,6 @@ def _unwrapped(prog):
 
 
 def test_every_option_has_its_help_and_group():
-    from dataclasses import fields as dc_fields
-
-    from gr_gdmcom.config import _HELP
-    from gr_gdmcom.phy import FrameConfig
     p = argparse.ArgumentParser(prog="x", formatter_class=_unwrapped)
     add_codec_args(p)
     add_frame_args(p)

@@ -9,7 +9,9 @@ import pytest
 from scipy import integrate
 
 from gr_gdmcom.phy import FrameConfig
-from gr_gdmcom.phy.frame import rrc
+from gr_gdmcom.phy.frame import (COPY_ROTATION, HEADER_CODED_BITS as H, HEADER_COPY_AFTER as S, MAX_CHUNK_LIMIT,
+                                 SEED_PAYLOAD, SEED_PILOTS, SEED_PROBES, FrameLayout, frank, gaussian_symbols,
+                                 prbs_bits, qpsk, rrc, zadoff_chu)
 
 SPS = "sps must be an integer in 1..16"
 ROLL = "rolloff must be in (0, 1]"
@@ -109,7 +111,6 @@ def test_rrc_takes_integer_times_and_warns_of_nothing():
 
 
 def test_the_known_sequences_follow_their_definitions():
-    from gr_gdmcom.phy.frame import frank, prbs_bits, qpsk, zadoff_chu
     k = np.arange(16)
     np.testing.assert_allclose(zadoff_chu(16, 3), np.exp(-1j * np.pi * 3 * k * k / 16), atol=1e-6)
     # Frank: segment of q^2 symbols, symbol (a q + b) = exp(j 2 pi a b / q)
@@ -130,7 +131,6 @@ def test_the_known_sequences_follow_their_definitions():
 # pilot of the block that holds data symbol HEADER_CODED_BITS + HEADER_COPY_AFTER.
 
 def _walked_body(p, n_payload, header_copy, n_resync):
-    from gr_gdmcom.phy.frame import HEADER_CODED_BITS as H, HEADER_COPY_AFTER as S
     copy = header_copy and n_payload >= S
     data = ["h"] * H + (["d"] * S + ["c"] * H + ["d"] * (n_payload - S) if copy else ["d"] * n_payload)
     body = []
@@ -166,7 +166,6 @@ def test_the_header_copy_and_resync_regions_are_those_of_every_burst(p, header_c
     """header_region, copy_region and resync_start: the receiver reads the header (and its copy, and
     finds the resync preamble) before it knows the payload length, so these are the same in every
     burst: checked against walked-out bodies of 2048 and 9000 payload symbols."""
-    from gr_gdmcom.phy.frame import HEADER_CODED_BITS as H
     lay = FrameConfig(pilot_spacing=p, header_copy=header_copy).layout()
     for n_payload in (2048, 9000):
         want, _ = _walked_body(p, n_payload, header_copy, len(lay.resync))
@@ -189,7 +188,6 @@ def test_the_header_copy_and_resync_regions_are_those_of_every_burst(p, header_c
 def test_the_header_copy_is_the_header_rotated_by_half_and_combining_undoes_it():
     """Copy symbol j is header symbol (j + 633) mod 1266; combine_copies adds the copy's values back
     in the header's order, so two copies of the same soft values give twice each value."""
-    from gr_gdmcom.phy.frame import COPY_ROTATION, HEADER_CODED_BITS as H, FrameLayout
     assert (H, COPY_ROTATION) == (1266, 633)
     header = np.arange(H) * (1 + 1j)
     copy = FrameLayout.header_copy_symbols(header)
@@ -204,8 +202,6 @@ def test_the_layouts_sequences_have_their_documented_lengths_and_types(p):
     """pilots: exactly as many as the largest burst carries (the header, its copy and 65535 payload
     symbols), QPSK for the header's pilots then the probes; scrambler: one phase per payload symbol
     of the largest chunk; barker and cover float64."""
-    from gr_gdmcom.phy.frame import MAX_CHUNK_LIMIT, SEED_PAYLOAD, SEED_PILOTS, SEED_PROBES, gaussian_symbols, \
-        prbs_bits, qpsk
     lay = FrameConfig(pilot_spacing=p).layout()
     largest = len(lay.burst_map(MAX_CHUNK_LIMIT).pilots)
     assert len(lay.pilots) == largest and lay.pilots.dtype == np.complex64

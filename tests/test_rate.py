@@ -9,7 +9,7 @@ import torch
 
 from gr_gdmcom.codec import GenerativeCodec
 from gr_gdmcom.codec.core import CodecError, latent_from_symbols, latent_to_symbols
-from gr_gdmcom.codec.rate import Reduction, RateError, channel_means, mean_gain_db
+from gr_gdmcom.codec.rate import POOL_BLOCKS, Reduction, RateError, channel_means, impose, mean_gain_db
 from gr_gdmcom.config import CodecConfig
 from gr_gdmcom.phy import Header
 from gr_gdmcom.pipeline import LinkMetaError, header_for, meta_from_header
@@ -236,7 +236,6 @@ def test_receiver_drops_a_header_with_a_non_finite_mean():
 # ---------------------------------------------------------------------- what mutation testing found unchecked
 def _pool_reference(z, factor):
     """Block sums over (ph, pw) blocks (smaller at the bottom and right edges) over sqrt(values in the block)."""
-    from gr_gdmcom.codec.rate import POOL_BLOCKS
     ph, pw = POOL_BLOCKS[factor]
     c, h, w = z.shape
     out = np.zeros((c, -(-h // ph), -(-w // pw)))
@@ -263,7 +262,6 @@ def test_pool_is_the_block_sums_over_their_root_size_at_every_edge(rng, factor, 
 
 
 def _pool_adjoint_reference(y, factor, shape):
-    from gr_gdmcom.codec.rate import POOL_BLOCKS
     ph, pw = POOL_BLOCKS[factor]
     c, h, w = shape
     out = np.zeros(shape)
@@ -287,7 +285,6 @@ def test_dct_coefficients_go_in_radial_order_ties_row_major(h, w):
 def test_impose_replaces_the_measured_part_and_keeps_the_rest(rng):
     """x + A^T (sqrt(a / a_s) y_s - A x): A of the result is the measurement at level a, the part of x
     outside A's rows is x's."""
-    from gr_gdmcom.codec.rate import impose
     for method, factor in (("subset", 4), ("pool", 4), ("dct", 2)):
         red = Reduction.make(method, factor, (2, 4, 6))
         x = torch.from_numpy(rng.standard_normal((1, 2, 4, 6)))
