@@ -261,15 +261,25 @@ def make_backend(server: str, config: CodecConfig) -> Backend:
 def remote_backend(server: str, config: Optional[CodecConfig] = None, **defaults) -> Backend:
     """A :class:`~.client.RemoteBackend` from a ``server`` string (endpoints ``?`` options);
     ``defaults`` are RemoteBackend arguments that the string's options override."""
+    from collections import Counter
     from urllib.parse import parse_qsl
 
     from .client import RemoteBackend  # noqa: WPS433 - optional layer
     from .security import client_from_options
 
     endpoints, _, query = server.partition("?")
-    opts = dict(parse_qsl(query))
     allowed = {"timeout_ms": int, "retries": int, "image_format": str}
     keys = ("server_key", "server_key_file", "client_key_file")
+    try:  # strict: a field without '=' was dropped, and with it a Z85 key cut at its '&' (no CURVE at all)
+        fields = "&".join(f for f in query.split("&") if f)  # (a stray '&' is harmless)
+        pairs = parse_qsl(fields, keep_blank_values=True, strict_parsing=True) if fields else []
+    except ValueError:
+        raise ValueError(f"server options must be name=value pairs joined by '&', got {query!r} (a Z85 key "
+                         f"holds '&', '+' and '=': give server_key as the 64 hex digits gdmcom keys prints)") from None
+    opts = dict(pairs)
+    twice = sorted(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
+    if twice:
+        raise ValueError(f"server option(s) {', '.join(twice)} given more than once")
     unknown = set(opts) - set(allowed) - set(keys)
     if unknown:
         raise ValueError(f"unknown server option(s) {', '.join(sorted(unknown))}; use "

@@ -25,6 +25,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,10 +81,12 @@ def parse_public_key(text: str) -> bytes:
         try:
             if len(z85.decode(text.encode("ascii"))) == 32:
                 return text.encode("ascii")
-        except (ValueError, KeyError, UnicodeEncodeError):
+        except (ValueError, KeyError, UnicodeEncodeError, struct.error):  # struct: a 5-character group > 2**32
             pass
+    hint = (" (a '+' of a Z85 key reads as a space in a server string: give the hex digits)"
+            if " " in text else "")
     raise ValueError(f"server_key must be 64 hex digits or 40 Z85 characters (gdmcom keys prints both), "
-                     f"got {len(text)} characters")
+                     f"got {len(text)} characters{hint}")
 
 
 def _load(path, want_secret: bool) -> Tuple[bytes, Optional[bytes]]:
@@ -234,14 +237,16 @@ def client_from_options(server_key: Optional[str] = None, server_key_file: Optio
         client_key_file: this client's ``NAME.key_secret``; without it an ephemeral key pair
             is made (accepted only by a server started with ``--curve-allow-any``).
     """
-    if server_key and server_key_file:
+    # (an empty value is a value: `server_key=` with nothing after it must not mean "no CURVE")
+    if server_key is not None and server_key_file is not None:
         raise ValueError("give server_key or server_key_file, not both")
-    if not (server_key or server_key_file):
-        if client_key_file:
+    if server_key is None and server_key_file is None:
+        if client_key_file is not None:
             raise ValueError("client_key_file needs the server's public key (server_key= or server_key_file=)")
         return None
-    server_public = parse_public_key(server_key) if server_key else _load(server_key_file, want_secret=False)[0]
-    if client_key_file:
+    server_public = (parse_public_key(server_key) if server_key is not None
+                     else _load(server_key_file, want_secret=False)[0])
+    if client_key_file is not None:
         public, secret = _load(client_key_file, want_secret=True)
     else:
         public, secret = zmq.curve_keypair()
