@@ -69,6 +69,8 @@ MODULES = {
     "rate": ("gr_gdmcom/codec/rate.py", ["tests/test_rate.py"]),
     "channel": ("gr_gdmcom/phy/channel.py", ["tests/test_phy_snr_channel.py"]),
     "config": ("gr_gdmcom/config.py", ["tests/test_config.py"]),
+    "security": ("gr_gdmcom/bridge/security.py", ["tests/test_security.py"]),
+    "servermetrics": ("gr_gdmcom/bridge/metrics.py", ["tests/test_server_metrics.py"]),
     "stepper": ("gr_gdmcom/codec/stepper.py", ["tests/test_stepper.py", "tests/test_batch_isolation.py"]),
     "images": ("gr_gdmcom/codec/images.py", ["tests/test_header_images_mutants.py", "tests/test_codec.py",
                                              "tests/test_analytic.py", "tests/test_validate.py"]),
@@ -346,6 +348,12 @@ EQUIVALENT: dict = {
        "where it is placed in the burst body, the same values" for i in (4, 6)},
     "gr_gdmcom.phy.tx.xǁFrameTxǁburst__mutmut_56": "a sample exactly at the clip limit scaled by limit / |x| = 1: "
                                                  "the same sample",
+    "gr_gdmcom.bridge.security.x_client_from_options__mutmut_20": "want_secret=None instead of False: both false",
+    "gr_gdmcom.bridge.security.x_is_loopback__mutmut_16": "'XXXX' instead of '' for an endpoint without a host: "
+                                                          "neither is localhost nor an IP address",
+    "gr_gdmcom.bridge.security.x_parse_public_key__mutmut_17": '"ASCII": codec names are case-insensitive',
+    "gr_gdmcom.bridge.security.xǁCurveServerǁstart__mutmut_17": "domain='*' dropped: pyzmq's default domain is '*'",
+    "gr_gdmcom.bridge.security.xǁ_KeyListǁcallback__mutmut_22": '"ASCII": codec names are case-insensitive',
 }
 
 

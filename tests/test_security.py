@@ -299,6 +299,25 @@ def test_listed_client_keys_are_served_and_others_refused_and_logged(keydir, ctx
     srv.stop()  # twice is harmless
 
 
+def test_the_authenticators_own_log_is_under_the_modules_logger(keydir, ctx, caplog):
+    """pyzmq's authenticator logs each decision at DEBUG; under ``gr_gdmcom.bridge.security.zap``
+    (not pyzmq's ``zmq.auth``) a user's gr_gdmcom log settings reach it."""
+    srv = CurveServer(str(keydir / "server.key_secret"), allow_any=True)
+    with caplog.at_level(logging.DEBUG, logger="gr_gdmcom.bridge.security.zap"):
+        srv.start(ctx)
+        try:
+            assert _serve_once(ctx, srv, client_from_options(server_key=srv.public_hex)) == b"ping pong"
+        finally:
+            srv.stop()
+    zap = [r for r in caplog.records if r.name == "gr_gdmcom.bridge.security.zap"]
+    assert any(r.levelno == logging.DEBUG and "ALLOWED" in r.getMessage() for r in zap), [
+        (r.name, r.getMessage()) for r in caplog.records]
+
+
+def test_stopping_a_server_that_never_started_is_harmless(keydir):
+    CurveServer(str(keydir / "server.key_secret"), allow_any=True).stop()
+
+
 def test_allow_any_serves_a_throw_away_key_but_not_a_plain_client(keydir, ctx, caplog):
     srv = CurveServer(str(keydir / "server.key_secret"), allow_any=True)
     with caplog.at_level(logging.INFO, logger="gr_gdmcom.bridge.security"):
