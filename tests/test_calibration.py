@@ -45,6 +45,71 @@ def test_file_round_trip_and_bad_files(tmp_path):
         load_calibration(tmp_path / "x.json")
 
 
+@pytest.mark.parametrize("change, reason", [
+    (dict(fit_x=None), "fit_x must be a list, got None"),
+    (dict(fit_n="30"), "fit_n must be a list, got '30'"),
+    (dict(k="5"), "k must be an integer, got '5'"),
+    (dict(m=True), "m must be an integer, got True"),
+    (dict(T=50.5), "T must be an integer, got 50.5"),
+    (dict(inversion_iters=None), "inversion_iters must be an integer, got None"),
+    (dict(guidance="6"), "guidance must be a number, got '6'"),
+    (dict(guidance=False), "guidance must be a number, got False"),
+    (dict(model=1), "model must be a string, got 1"),
+    (dict(prompt=None), "prompt must be a string, got None"),
+    (dict(clean_end=0), "clean_end must be a string, got 0"),
+    (dict(inversion=["ddim"]), "inversion must be a string, got ['ddim']"),
+    (dict(metric=None), "metric must be a string, got None"),
+    (dict(images="a.png"), "images must be a list, got 'a.png'"),
+    (dict(rescale=1), "rescale must be true or false, got 1"),
+    (dict(points={}), "points must be a list, got {}"),
+    (dict(seed=0.5), "seed must be an integer, got 0.5"),
+    (dict(fit_x=[0.0, "a", 2.0]), "the fit's x and n must be finite numbers"),
+    (dict(fit_x=[0.0, [1.0], 2.0]), "the fit's x and n must be finite numbers"),
+    (dict(fit_n=[30.0, float("nan"), 10.0]), "the fit's x and n must be finite numbers"),
+    (dict(fit_x=[0.0, 10.0, float("inf")]), "the fit's x and n must be finite numbers"),
+    (dict(fit_n=[30.0, True, 10.0]), "the fit's x and n must be finite numbers"),
+    (dict(fit_x=[], fit_n=[]), "the fit needs ascending x values with one N each"),
+    (dict(fit_n=[30.0, 10.0]), "the fit needs ascending x values with one N each"),
+    (dict(fit_x=[0.0, 20.0, 10.0]), "the fit needs ascending x values with one N each"),
+])
+def test_a_calibration_file_with_a_wrong_type_is_refused_with_the_field(tmp_path, change, reason):
+    """A hand-edited or corrupt file (k as a string, fit_x null, NaN) was a TypeError, ValueError or
+    numpy's UFuncTypeError from inside the codec or at the first decode."""
+    d = _cal().to_dict()
+    d.update(change)
+    (tmp_path / "cal.json").write_text(json.dumps(d))
+    with pytest.raises(CalibrationError) as e:
+        load_calibration(tmp_path / "cal.json")
+    assert str(e.value) == f"{tmp_path / 'cal.json'}: bad calibration file: {reason}"
+
+
+def test_a_calibration_file_takes_integers_for_numbers_and_equal_x_values(tmp_path):
+    d = _cal().to_dict()
+    d.update(guidance=6, fit_x=[0, 10, 10], fit_n=[30, 15, 12.5])
+    (tmp_path / "cal.json").write_text(json.dumps(d))
+    cal = load_calibration(tmp_path / "cal.json")
+    assert (cal.guidance, cal.fit_x, cal.n_steps(0.0), cal.source) == (6, [0, 10, 10], 30, str(tmp_path / "cal.json"))
+
+
+def test_other_unreadable_calibration_files_say_why(tmp_path):
+    f = tmp_path / "cal.json"
+    for text, message in (("{", "cannot read calibration file {f}: Expecting property name enclosed in double "
+                                "quotes: line 1 column 2 (char 1)"),
+                          ("[1, 2]", "{f} is not a gdmcom calibration file (made by gdmcom calibrate)"),
+                          (json.dumps(dict(_cal().to_dict(), version=2)),
+                           "{f}: calibration format version 2; this gdmcom reads 1"),
+                          (json.dumps(dict(_cal().to_dict(), colour="red")),
+                           "{f}: bad calibration file: Calibration.__init__() got an unexpected keyword argument "
+                           "'colour'")):
+        f.write_text(text)
+        with pytest.raises(CalibrationError) as e:
+            load_calibration(f)
+        assert str(e.value) == message.format(f=f)
+    with pytest.raises(CalibrationError) as e:
+        load_calibration(tmp_path)  # a folder
+    assert str(e.value).startswith(f"cannot read calibration file {tmp_path}: [Errno 21] Is a directory")
+
+
 def test_codec_uses_the_calibration_and_refuses_other_settings(tmp_path):
     path = _cal().save(tmp_path / "cal.json")
     comp = load_components("analytic", device="cpu", dtype="fp32")

@@ -150,6 +150,23 @@ def load_calibration(path) -> Calibration:
         cal = Calibration(**d, source=str(p))
     except TypeError as exc:
         raise CalibrationError(f"{p}: bad calibration file: {exc}") from None
+    for name, want in _FIELD_TYPES.items():  # (a wrong type was a TypeError deep in the codec)
+        value = getattr(cal, name)
+        if not isinstance(value, want) or (isinstance(value, bool) and want is not bool):
+            raise CalibrationError(f"{p}: bad calibration file: {name} must be {_TYPE_WORDS[want]}, got {value!r}")
+    if any(not _is_number(v) for v in [*cal.fit_x, *cal.fit_n]):
+        raise CalibrationError(f"{p}: bad calibration file: the fit's x and n must be finite numbers")
     if len(cal.fit_x) < 1 or len(cal.fit_x) != len(cal.fit_n) or np.any(np.diff(cal.fit_x) < 0):
         raise CalibrationError(f"{p}: bad calibration file: the fit needs ascending x values with one N each")
     return cal
+
+
+#: the type each field of a calibration file must have (bool is not taken for a number)
+_FIELD_TYPES = dict(model=str, k=int, m=int, T=int, guidance=(int, float), prompt=str, clean_end=str, inversion=str,
+                    inversion_iters=int, metric=str, images=list, rescale=bool, points=list, fit_x=list, fit_n=list,
+                    seed=int)
+_TYPE_WORDS = {str: "a string", int: "an integer", (int, float): "a number", list: "a list", bool: "true or false"}
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
