@@ -71,6 +71,7 @@ MODULES = {
     "config": ("gr_gdmcom/config.py", ["tests/test_config.py"]),
     "security": ("gr_gdmcom/bridge/security.py", ["tests/test_security.py"]),
     "servermetrics": ("gr_gdmcom/bridge/metrics.py", ["tests/test_server_metrics.py"]),
+    "calibration": ("gr_gdmcom/codec/calibration.py", ["tests/test_calibration.py"]),
     "stepper": ("gr_gdmcom/codec/stepper.py", ["tests/test_stepper.py", "tests/test_batch_isolation.py"]),
     "images": ("gr_gdmcom/codec/images.py", ["tests/test_header_images_mutants.py", "tests/test_codec.py",
                                              "tests/test_analytic.py", "tests/test_validate.py"]),
@@ -348,6 +349,10 @@ EQUIVALENT: dict = {
        "where it is placed in the burst body, the same values" for i in (4, 6)},
     "gr_gdmcom.phy.tx.xǁFrameTxǁburst__mutmut_56": "a sample exactly at the clip limit scaled by limit / |x| = 1: "
                                                  "the same sample",
+    **{f"gr_gdmcom.bridge.metrics.xǁServerMetricsǁ__init____mutmut_{i}": "auto_describe=None/False: the registry "
+       "only auto-describes collectors without describe(), and every collector here has one" for i in (2, 3)},
+    **{f"gr_gdmcom.bridge.metrics.xǁServerMetricsǁclose__mutmut_{i}": "the join's timeout (None, 6 s): the thread "
+       "ends once the server is shut down" for i in (3, 4)},
     "gr_gdmcom.bridge.security.x_client_from_options__mutmut_20": "want_secret=None instead of False: both false",
     "gr_gdmcom.bridge.security.x_is_loopback__mutmut_16": "'XXXX' instead of '' for an endpoint without a host: "
                                                           "neither is localhost nor an IP address",

@@ -130,7 +130,7 @@ def test_two_servers_in_one_process_do_not_mix():
 def test_metrics_are_served_over_http_until_closed():
     m = ServerMetrics(dict(served=6), lambda: dict(queue_depth=0))
     port = m.serve_http(0)
-    assert port > 0
+    assert port > 0 and m._http[0].server_address[:2] == ("127.0.0.1", port)  # loopback unless told otherwise
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
             body = page.read().decode()
@@ -142,3 +142,16 @@ def test_metrics_are_served_over_http_until_closed():
     m.close()  # twice is harmless
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+
+
+def test_closing_metrics_that_never_served_http_is_harmless():
+    ServerMetrics({}, dict).close()
+
+
+def test_metrics_bind_the_address_given():
+    m = ServerMetrics({}, dict)
+    port = m.serve_http(0, "0.0.0.0")
+    try:
+        assert m._http[0].server_address[:2] == ("0.0.0.0", port)
+    finally:
+        m.close()
