@@ -110,6 +110,59 @@ def test_other_unreadable_calibration_files_say_why(tmp_path):
     assert str(e.value).startswith(f"cannot read calibration file {tmp_path}: [Errno 21] Is a directory")
 
 
+def test_check_compares_k_unless_told_and_inversion_iters_only_for_fixed_point():
+    cfg = CodecConfig(**ANALYTIC)  # k=5, m=5, ddim, inversion_iters=3: as _cal()
+    assert _cal().check("analytic", cfg) is not None
+    with pytest.raises(CalibrationError) as e:
+        _cal(k=4).check("analytic", cfg)  # k is compared by default
+    assert str(e.value) == ("calibration file was measured for another setting: k=4 (here 5); run gdmcom calibrate "
+                            "with this model and these settings")  # (not read from a file: 'file')
+    cal = _cal(k=4)
+    assert cal.check("analytic", cfg, with_k=False) is cal  # a receiver learns k from each header
+    assert _cal(inversion_iters=7).check("analytic", cfg) is not None  # ddim: the iterations are not used
+    for mine, theirs in (("fixed-point", "fixed-point"), ("fixed-point", "ddim"), ("ddim", "fixed-point")):
+        with pytest.raises(CalibrationError) as e:
+            _cal(inversion=mine, inversion_iters=7).check("analytic", CodecConfig(inversion=theirs, **ANALYTIC),
+                                                          with_k=False)
+        want = (f"inversion={mine!r} (here {theirs!r}), " if mine != theirs else "") + "inversion_iters=7 (here 3)"
+        assert str(e.value) == (f"calibration file was measured for another setting: {want}; run gdmcom "
+                                f"calibrate with this model and these settings")
+
+
+def test_the_latent_power_defaults_to_one_and_k_to_the_calibrations():
+    cal = _cal()  # fit 30 -> 15 -> 10 over x = 0, 10, 20
+    assert cal.n_float(5.0) == cal.n_float(5.0, 1.0) == 22.5
+    assert cal.n_steps(5.0) == cal.n_steps(5.0, 1.0) == 22
+    hi = _cal(fit_n=[4.0, 3.0, 2.0])  # below k + m everywhere: the floor shows which k
+    assert (hi.n_steps(5.0), hi.n_steps(5.0, k=2), hi.n_steps(5.0, k=None)) == (10, 7, 10)
+
+
+def test_save_makes_the_folders_and_writes_ascii_json(tmp_path):
+    cal = _cal(prompt="une photo, café", images=["été.png"])
+    path = cal.save(tmp_path / "a" / "b" / "cal.json")
+    assert path == tmp_path / "a" / "b" / "cal.json"
+    assert path.read_bytes().isascii()  # json's escapes: no locale can misread it
+    assert load_calibration(path).to_dict() == cal.to_dict()
+
+
+def test_a_hand_edited_utf8_file_is_read_as_utf8_whatever_the_locale(tmp_path):
+    """Python reads a file in the locale's encoding unless told: a prompt with an accent written
+    by an editor (UTF-8) on a machine with an ASCII locale."""
+    import os
+    import subprocess
+    import sys
+
+    d = _cal(prompt="une photo, café").to_dict()
+    (tmp_path / "cal.json").write_text(json.dumps(d, ensure_ascii=False), encoding="utf-8")
+    env = dict(os.environ, LC_ALL="C", LANG="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0")
+    code = ("import sys, locale; from gr_gdmcom.codec.calibration import load_calibration; "
+            "print(locale.getpreferredencoding(False), load_calibration(sys.argv[1]).prompt.encode('unicode_escape'))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "cal.json")], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["ANSI_X3.4-1968", "b'une", "photo,", "caf\\\\xe9'"], out.stdout
+
+
 def test_codec_uses_the_calibration_and_refuses_other_settings(tmp_path):
     path = _cal().save(tmp_path / "cal.json")
     comp = load_components("analytic", device="cpu", dtype="fp32")
