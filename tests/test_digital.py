@@ -1,6 +1,7 @@
 """Digital baseline: source codecs to a budget, 5G NR LDPC + QAM over AWGN, the cliff."""
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -52,6 +53,31 @@ def test_unknown_names_raise_value_error(astro128):
         dg.run_digital(astro128, 0, 10.0, 0)
     with pytest.raises(ValueError, match="unknown source codec 'png'"):
         sc.encode_to_budget(astro128, "png", 1000)
+
+
+@pytest.mark.parametrize("n_symbols, snr_db, message", [
+    (float("inf"), 10.0, "n_symbols must be a positive integer, got inf"),  # was OverflowError
+    (float("nan"), 10.0, "n_symbols must be a positive integer, got nan"),  # was numpy's own ValueError
+    (True, 10.0, "n_symbols must be a positive integer, got True"),  # was one symbol
+    ("600", 10.0, "n_symbols must be a positive integer, got '600'"),
+    (2.5, 10.0, "n_symbols must be a positive integer, got 2.5"),
+    (-600, 10.0, "n_symbols must be a positive integer, got -600"),
+    (600, "10", "snr_db must be a finite number, got '10'"),  # was numpy's TypeError
+    (600, None, "snr_db must be a finite number, got None"),
+    (600, float("inf"), "snr_db must be a finite number, got inf"),
+    (600, float("nan"), "snr_db must be a finite number, got nan"),
+    (600, False, "snr_db must be a finite number, got False"),
+])
+def test_bad_arguments_are_value_errors_that_name_them(n_symbols, snr_db, message):
+    with pytest.raises(ValueError) as e:
+        dg.run_digital(np.zeros((16, 16, 3), np.uint8), n_symbols, snr_db, 0, codec="jpeg")
+    assert type(e.value) is ValueError and str(e.value) == message
+
+
+def test_numpy_numbers_are_taken():
+    r = dg.run_digital(np.zeros((16, 16, 3), np.uint8), np.int64(600), np.float32(30.0), 0, codec="jpeg")
+    assert r.decode_success and (r.n_symbols, type(r.n_symbols), r.snr_db) == (600, int, 30.0)
+    assert dg.run_digital(np.zeros((16, 16, 3), np.uint8), 600.0, 30, 0, codec="jpeg").n_symbols == 600
 
 
 # --------------------------------------------------------------------------- #
@@ -312,3 +338,47 @@ def test_adaptive_chain_runs_and_rows(astro128, rng):
     assert r.mcs == dg.select_mcs(15.0).name
     row = r.row()
     assert "image" not in row and row["snr_db"] == 15.0 and row["n_symbols"] == 2048
+
+
+# --------------------------------------------------------------------------- #
+# python -m gr_gdmcom.eval.digital
+# --------------------------------------------------------------------------- #
+def test_calibrate_command_prints_each_threshold_and_its_search(capsys):
+    assert dg.main(["calibrate", "--n-symbols", "600", "--trials", "3", "--mcs", "qpsk-1/2", "bpsk-1/5"]) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    # in the ladder's order, whatever order --mcs gave; the search starts at the capacity limit
+    assert lines[0].startswith("bpsk-1/5     -5.75 dB   -8.5:1/1 -8.25:1/1 ") and lines[0].endswith(
+        " -6.25:1/3 -6:1/2 -5.75:0/3")
+    assert lines[1] == "qpsk-1/2      1.25 dB   0:1/1 0.25:1/1 0.5:1/1 0.75:1/1 1:1/1 1.25:0/3"
+    assert lines[2:] == ['{"qpsk-1/2": 1.25, "bpsk-1/5": -5.75}']
+    assert re.fullmatch(r"# \d+ s\n", err)
+
+
+def test_sweep_command_prints_a_row_per_snr_and_trial(capsys):
+    assert dg.main(["sweep", "--size", "64", "--bcr", "0.0833333333", "--snr", "30", "-20", "--codec", "jpeg",
+                    "--trials", "2", "--seed", "1"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0] == "# astronaut 64x64, n_symbols=1024, codec=jpeg, mcs=adaptive"
+    assert rows[1].split() == ["snr_dB", "mcs", "ok", "q", "bytes", "bpp", "psnr", "s/call", "reason"]
+    assert len(rows) == 6
+    for row in rows[2:4]:
+        assert re.fullmatch(r"    30 64qam-9/10  True    9    656  1\.281  20\.04 +\d+\.\d\d  ", row), row
+    for row in rows[4:]:
+        assert re.fullmatch(r"   -20   bpsk-1/5 False None      0  0\.000  10\.16 +\d+\.\d\d  budget: budget too "
+                            r"small for jpeg: 20 bytes available, lowest quality \(1\) needs 430 bytes at bpsk-1/5, "
+                            r"1024 symbols \(SNR -20 dB is below the bpsk-1/5 threshold -6 dB\)", row), row
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sweep", "--image", "nope"], "--image 'nope' is not an image of skimage.data (astronaut, coffee, chelsea, ...)"),
+    (["sweep", "--image", "__name__"], "--image '__name__' is not an image of skimage.data (astronaut, coffee, "
+                                       "chelsea, ...)"),
+    (["sweep", "--size", "7"], "--size must be at least 8 pixels, got 7"),
+])
+def test_sweep_command_refuses_what_it_cannot_use(args, message, capsys):
+    """An unknown image was an AttributeError traceback; size 0 Pillow's ValueError."""
+    with pytest.raises(SystemExit) as e:
+        dg.main(args)
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"python -m gr_gdmcom.eval.digital: error: {message}"

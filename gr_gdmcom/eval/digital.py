@@ -632,6 +632,11 @@ def _to_pil(img) -> Image.Image:
     return Image.fromarray(a, "RGB")
 
 
+def _is_real(v) -> bool:
+    """A Python or numpy number that is not a bool (True is not one symbol)."""
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
 def run_digital(
     img,
     n_symbols: int,
@@ -660,12 +665,12 @@ def run_digital(
     sc.get_codec(codec)
     if mcs != "adaptive":
         get_mcs(mcs)
-    if int(n_symbols) != n_symbols or n_symbols < 1:
+    if not (_is_real(n_symbols) and float(n_symbols).is_integer() and n_symbols >= 1):  # (inf, NaN: not integers)
         raise ValueError(f"n_symbols must be a positive integer, got {n_symbols!r}")
     if decoder not in ("fast", "py3gpp"):
         raise ValueError(f"unknown LDPC decoder {decoder!r}; choose 'fast' or 'py3gpp'")
-    if not np.isfinite(snr_db):
-        raise ValueError(f"snr_db must be finite, got {snr_db!r}")
+    if not (_is_real(snr_db) and math.isfinite(snr_db)):
+        raise ValueError(f"snr_db must be a finite number, got {snr_db!r}")
     n_symbols = int(n_symbols)
     pil = _to_pil(img)
     w, h = pil.size
@@ -827,6 +832,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from skimage import data as skdata
 
+    if a.image.startswith("_") or not callable(getattr(skdata, a.image, None)):
+        p.error(f"--image {a.image!r} is not an image of skimage.data (astronaut, coffee, chelsea, ...)")
+    if a.size < 8:
+        p.error(f"--size must be at least 8 pixels, got {a.size}")
     img = Image.fromarray(getattr(skdata, a.image)()).convert("RGB").resize((a.size, a.size), Image.LANCZOS)
     n_symbols = int(round(a.bcr * 3 * a.size * a.size))
     ref = np.asarray(img)
