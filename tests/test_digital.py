@@ -382,3 +382,314 @@ def test_sweep_command_refuses_what_it_cannot_use(args, message, capsys):
         dg.main(args)
     assert e.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == f"python -m gr_gdmcom.eval.digital: error: {message}"
+
+
+# --------------------------------------------------------------------------- #
+# pinned details (from the mutation run of digital.py, docs/mutation-testing.md)
+# --------------------------------------------------------------------------- #
+def _clean_block(n_symbols=700, name="qpsk-1/2", payload=bytes(range(80))):
+    """(tb, payload, hard bits (K, C) as the LDPC decoder would give them for it)."""
+    tb = dg.transport_block(n_symbols, name)
+    block = bytearray(tb.tbs // 8)
+    block[:tb.header_bytes] = len(payload).to_bytes(tb.header_bytes, "big")
+    block[tb.header_bytes:tb.header_bytes + len(payload)] = payload
+    return tb, payload, bytes(block)
+
+
+def _hard_of(tb, block: bytes) -> np.ndarray:
+    bits = np.unpackbits(np.frombuffer(block, np.uint8)).astype(np.int64)
+    cbs = dg._segment(np.concatenate([bits, dg.crc_bits(bits, dg.TB_CRC)]), tb)
+    k = (22 if tb.bgn == 1 else 10) * tb.Zc
+    hard = np.zeros((k, tb.C), np.uint8)
+    hard[:tb.K] = np.where(cbs < 0, 0, cbs)
+    return hard
+
+
+def test_the_crc_catches_a_block_the_decoder_got_wrong(monkeypatch):
+    """The decoder's output with one payload bit flipped: the CRC fails, even though the length
+    field is intact (a block that passed would hand the source decoder a wrong bitstream)."""
+    tb, payload, block = _clean_block()
+    hard = _hard_of(tb, block)
+    llr = np.ones(tb.G)
+    monkeypatch.setattr(dg, "ldpc_decode", lambda *a, **k: (hard, 1))
+    assert dg.decode_transport_block(llr, tb) == (payload, True)
+    bad = hard.copy()
+    bad[8 * tb.header_bytes + 3, 0] ^= 1
+    monkeypatch.setattr(dg, "ldpc_decode", lambda *a, **k: (bad, 1))
+    assert dg.decode_transport_block(llr, tb) == (None, False)
+
+
+def test_a_block_that_passes_the_crc_with_an_impossible_length_is_a_failure(monkeypatch):
+    tb, _, block = _clean_block()
+    block = bytearray(block)
+    block[:tb.header_bytes] = (tb.payload_bytes + 1).to_bytes(tb.header_bytes, "big")
+    hard = _hard_of(tb, bytes(block))
+    monkeypatch.setattr(dg, "ldpc_decode", lambda *a, **k: (hard, 1))
+    assert dg.decode_transport_block(np.ones(tb.G), tb) == (None, False)
+    block[:tb.header_bytes] = tb.payload_bytes.to_bytes(tb.header_bytes, "big")  # the largest that fits
+    hard = _hard_of(tb, bytes(block))
+    monkeypatch.setattr(dg, "ldpc_decode", lambda *a, **k: (hard, 1))
+    got, ok = dg.decode_transport_block(np.ones(tb.G), tb)
+    assert ok and len(got) == tb.payload_bytes
+
+
+def test_infinite_llrs_are_clipped_both_ways_before_decoding():
+    """A noiseless channel read with infinite confidence: +-inf would make the min-sum messages NaN."""
+    tb, payload, _ = _clean_block()
+    bits = dg.encode_transport_block(payload, tb)
+    assert bits.dtype == np.uint8 and bits.shape == (tb.G,)
+    llr = np.where(bits == 0, np.inf, -np.inf)
+    assert dg.decode_transport_block(llr, tb, 4) == (payload, True)
+    assert dg.decode_transport_block(-llr, tb, 4) == (None, False)
+
+
+def test_the_py3gpp_decoder_is_asked_for_normalised_min_sum(monkeypatch):
+    import py3gpp
+
+    seen = {}
+    real = py3gpp.nrLDPCDecode
+
+    def spy(*a, **k):
+        seen.update(k, iters=a[2])
+        return real(*a, **k)
+
+    monkeypatch.setattr(py3gpp, "nrLDPCDecode", spy)
+    tb, payload, _ = _clean_block()
+    llr = 1.0 - 2.0 * dg.encode_transport_block(payload, tb)
+    assert dg.decode_transport_block(llr, tb, 3, decoder="py3gpp") == (payload, True)
+    assert seen == dict(Algorithm="Normalized min-sum", ScalingFactor=0.75, iters=3)
+    with pytest.raises(ValueError) as e:
+        dg.decode_transport_block(llr, tb, 3, decoder="bp")
+    assert str(e.value) == "unknown LDPC decoder 'bp'; choose 'fast' or 'py3gpp'"
+
+
+def test_payload_over_budget_and_unknown_modulation_are_named():
+    tb, _, _ = _clean_block()
+    with pytest.raises(ValueError) as e:
+        dg.encode_transport_block(bytes(tb.payload_bytes + 1), tb)
+    assert str(e.value) == f"payload of {tb.payload_bytes + 1} bytes exceeds the {tb.payload_bytes}-byte budget"
+    for f in (lambda: dg.modulate([0, 1, 1], "8PSK"), lambda: dg.demodulate_maxlog([1j], "8PSK", 1.0)):
+        with pytest.raises(ValueError) as e:
+            f()
+        assert str(e.value) == "unknown modulation '8PSK'; choose one of BPSK, QPSK, 16QAM, 64QAM"
+
+
+def test_base_graph_1_stands_in_up_to_640_bits_with_the_crc():
+    # getBGNInfo gives base graph 2 at rate 0.2 for all of these; py3gpp's encoder needs B > 640 on it
+    assert [dg._base_graph(a, 0.2) for a in (616, 617, 1000)] == [1, 2, 2]
+
+
+def test_ldpc_decoding_stops_early_by_default_and_gives_uint8_bits(rng):
+    tb = dg.transport_block(2048, "qpsk-1/2")
+    clean = np.full((tb.N, tb.C), 4.0)  # the all-zero codeword, confidently
+    hard, it = dg.ldpc_decode(clean, tb.bgn, 10)
+    assert it == 1 and hard.dtype == np.uint8 and not hard.any()
+    soft = rng.standard_normal((tb.N, tb.C)) * 1.2 + 1.0  # noisy, still decodable
+    full, it_full = dg.ldpc_decode(soft.copy(), tb.bgn, 30, early_stop=False)
+    early, it_early = dg.ldpc_decode(soft.copy(), tb.bgn, 30)
+    assert it_full == 30 and 2 <= it_early < 30 and not full.any() and np.array_equal(early, full)
+    # one iteration fewer than the early stop took: not yet a codeword (the stop was not premature)
+    before, _ = dg.ldpc_decode(soft.copy(), tb.bgn, it_early - 1, early_stop=False)
+    assert before.any()
+
+
+def test_zero_iterations_give_the_channels_hard_decisions_and_zero_punctured_bits():
+    tb = dg.transport_block(2048, "qpsk-1/2")
+    llr = np.where(np.arange(tb.N) % 3 == 0, -1.0, 1.0)[:, None].repeat(tb.C, axis=1)
+    hard, it = dg.ldpc_decode(llr, tb.bgn, 0)
+    k = 10 * tb.Zc
+    assert it == 0 and hard.shape == (k, tb.C)
+    assert not hard[:2 * tb.Zc].any()  # punctured: no information, read as 0
+    np.testing.assert_array_equal(hard[2 * tb.Zc:, 0], (llr[:k - 2 * tb.Zc, 0] < 0).astype(np.uint8))
+
+
+def test_llrs_of_more_than_one_chunk_match_the_formula_in_double_precision(rng):
+    y = (rng.standard_normal(70001) + 1j * rng.standard_normal(70001)).astype(np.complex64)
+    got = dg.demodulate_maxlog(y, "16QAM", 0.5)
+    pts, bits = dg._constellation("16QAM")
+    d2 = np.abs(y.astype(np.complex128)[:, None] - pts[None, :]) ** 2
+    want = np.stack([d2[:, bits[:, k]].min(axis=1) - d2[:, ~bits[:, k]].min(axis=1) for k in range(4)], axis=1)
+    np.testing.assert_array_equal(got, (want / 0.5).ravel())
+
+
+def test_the_raw_bit_error_rate_is_that_of_qpsk_hard_decisions():
+    """QPSK at Es/N0 0 dB: each bit sees Q(sqrt(Es/N0)) = Q(1) = 0.1587; 8192 bits."""
+    img = np.zeros((16, 16, 3), np.uint8)
+    ber = [dg.run_digital(img, 4096, 0.0, seed, codec="jpeg", mcs="qpsk-1/2").raw_ber for seed in (0, 1)]
+    assert all(abs(b - 0.1587) < 0.015 for b in ber), ber
+
+
+def test_each_failure_row_says_what_was_and_was_not_sent(monkeypatch):
+    img = np.zeros((16, 16, 3), np.uint8)
+    common = dict(source_codec="jpeg", modulation="BPSK", code_rate=0.2, mcs="bpsk-1/5", n_symbols=1, snr_db=-6.0,
+                  quality=None, payload_bytes=0, symbols_used=0, bits_per_pixel=0.0, raw_ber=None, extra={},
+                  fidelity_note="JPEG (Pillow/libjpeg, optimised Huffman, 4:2:0); 5G NR LDPC via py3gpp (CRC24A, "
+                                "rate matching, layered normalised min-sum, up to 20 iterations), 38.211 Gray QAM, "
+                                "AWGN, max-log demapping")
+
+    def row(r):
+        d = r.row()
+        assert 0 <= d.pop("seconds") < 60 and np.isnan(d["raw_ber"])
+        d["raw_ber"] = None
+        assert r.image.mode == "RGB" and r.image.size == (16, 16) and np.all(np.asarray(r.image) == 128)
+        return d
+
+    # one symbol is taken (not a ValueError) and fails for its budget; exactly at the bpsk-1/5
+    # threshold the adaptive choice needs no excuse
+    r = dg.run_digital(img, 1, -6.0, 0, codec="jpeg")
+    assert row(r) == dict(common, decode_success=False, tbs_bits=0, code_blocks=0, reason="budget: 1 symbols at "
+                          "bpsk-1/5 carry no transport block (0 bits for CRC and data)")
+    assert r.decode_success is False
+    # a fixed MCS below its threshold: no "below the threshold" note either
+    r = dg.run_digital(img, 1, -30.0, 0, codec="jpeg", mcs="bpsk-1/5")
+    assert r.reason == "budget: 1 symbols at bpsk-1/5 carry no transport block (0 bits for CRC and data)"
+    r = dg.run_digital(img, 700, -6.0, 0, codec="jpeg")
+    d = row(r)
+    assert re.fullmatch(r"budget: budget too small for jpeg: 12 bytes available, lowest quality \(1\) needs \d+ "
+                        r"bytes at bpsk-1/5, 700 symbols", d.pop("reason")), r.reason  # (the size is libjpeg's)
+    assert d == dict(common, n_symbols=700, decode_success=False, tbs_bits=112, code_blocks=1)
+
+    def unavailable(*a, **k):
+        raise dg.sc.CodecUnavailableError("no libjpeg here")
+
+    monkeypatch.setattr(dg.sc, "encode_to_budget", unavailable)
+    r = dg.run_digital(img, 700, -6.0, 0, codec="jpeg")
+    assert row(r) == dict(common, n_symbols=700, decode_success=False, tbs_bits=112, code_blocks=1,
+                          reason="codec unavailable: no libjpeg here")
+
+
+def test_a_row_that_was_sent_says_its_transport_block():
+    img = np.zeros((16, 16, 3), np.uint8)
+    r = dg.run_digital(img, 4096, 30.0, 0, codec="webp", mcs="qpsk-1/2", max_iter=7)
+    tb = dg.transport_block(4096, "qpsk-1/2")
+    assert (r.decode_success, r.tbs_bits, r.code_blocks, r.symbols_used, r.raw_ber) == (True, tb.tbs, tb.C, 4096, 0.0)
+    assert r.fidelity_note == ("WebP lossy (Pillow/libwebp, method 6); 5G NR LDPC via py3gpp (CRC24A, rate matching, "
+                               "layered normalised min-sum, up to 7 iterations), 38.211 Gray QAM, AWGN, max-log "
+                               "demapping")
+    assert dg._fidelity_note("hevc", 20).startswith(
+        "HEVC-intra via x265 (pillow-heif) stands in for BPG (BPG-like 5-byte header); 5G NR LDPC")
+
+
+@pytest.mark.parametrize("img, message", [
+    (np.zeros((16, 16, 4), np.uint8), "image must be a PIL image or a uint8 (H, W, 3) array, got uint8 (16, 16, 4)"),
+    (np.zeros((16, 16, 3), np.float32), "image must be a PIL image or a uint8 (H, W, 3) array, got float32 "
+                                        "(16, 16, 3)"),
+    (np.zeros((16, 16), np.uint8), "image must be a PIL image or a uint8 (H, W, 3) array, got uint8 (16, 16)"),
+])
+def test_images_other_than_rgb_arrays_or_pil_are_refused(img, message):
+    with pytest.raises(ValueError) as e:
+        dg.run_digital(img, 700, 10.0, 0, codec="jpeg")
+    assert str(e.value) == message
+
+
+def test_a_pil_image_of_any_mode_is_sent_as_rgb():
+    r = dg.run_digital(Image.new("L", (16, 16), 40), 4096, 30.0, 0, codec="jpeg")
+    assert r.decode_success and r.image.mode == "RGB" and dg._to_pil(Image.new("LA", (4, 4))).mode == "RGB"
+
+
+def test_py3gpp_missing_is_an_import_error_that_says_how_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "py3gpp", None)
+    with pytest.raises(ImportError) as e:
+        dg._py3gpp()
+    assert str(e.value) == "the digital baseline needs py3gpp: pip install 'gr-gdmcom[eval]'"
+
+
+def test_threshold_search_stops_at_the_first_snr_within_the_target(monkeypatch):
+    calls = []
+
+    def fake(m, snr, n_symbols, trials, rng, max_iter, stop_after_errors):
+        calls.append((snr, n_symbols, trials, max_iter, stop_after_errors))
+        return (0 if snr >= 1.0 else stop_after_errors), trials
+
+    monkeypatch.setattr(dg, "simulate_bler", fake)
+    name, thr, log = dg._threshold_one(("qpsk-1/2", 700, 20, 0.25, 0.1, 0, 9))
+    assert (name, thr) == ("qpsk-1/2", 1.0)
+    assert [c[1:] for c in calls] == [(700, 20, 9, 3)] * len(calls)  # floor(0.1 * 20) + 1 errors end a point
+    assert [s for s, _, _ in log] == [c[0] for c in calls] and log[-1] == (1.0, 0, 20)
+
+
+def _words(text):
+    return " ".join(text.split())
+
+
+@pytest.mark.parametrize("args, tail", [
+    (["--help"], "positional arguments: {calibrate,sweep} calibrate measure the MCS thresholds (BLER <= 10 %) sweep run "
+                 "an skimage test image through the chain over SNRs options: -h, --help show this help message and "
+                 "exit"),
+    (["calibrate", "--help"], "--n-symbols N_SYMBOLS [default=2048] --trials TRIALS [default=100] --step STEP SNR "
+                              "grid, dB [default=0.25] --seed SEED [default=0] --jobs JOBS processes [default=1] "
+                              "--mcs [MCS ...] subset of MCS names [default: all]"),
+    (["sweep", "--help"], "--image IMAGE skimage.data image [default='astronaut'] --size SIZE resize to size x size "
+                          "[default=256] --bcr BCR n_symbols = bcr*3*size^2 [default=1/96] --snr SNR [SNR ...] dB "
+                          "[default=[0, 5, 10, 15, 20]] --codec CODEC [default='hevc'] --mcs MCS [default='adaptive'] "
+                          "--trials TRIALS channel realisations per SNR [default=1] --seed SEED [default=0]"),
+])
+def test_the_commands_help(args, tail, capsys):
+    with pytest.raises(SystemExit) as e:
+        dg.main(args)
+    out = _words(capsys.readouterr().out)
+    assert e.value.code == 0 and out.endswith(tail), out
+    assert out.startswith(f"usage: python -m gr_gdmcom.eval.digital {(args[0] + ' ') if len(args) > 1 else ''}")
+    if len(args) == 1:
+        assert "Digital baseline: separate source and channel coding at the semantic codec's budget." in out
+
+
+def test_the_commands_defaults(monkeypatch, capsys):
+    seen = []
+
+    def calibrate(*a, **k):
+        seen.append((a, k))
+        return {}
+
+    def run(img, n_symbols, snr, rng, **k):
+        seen.append((img.size, img.mode, n_symbols, snr, k, rng.integers(1 << 30)))
+        return dg.DigitalResult(img, True, k["codec"], 1, 1, "QPSK", 0.5, n_symbols, 0.1, "", "")
+
+    monkeypatch.setattr(dg, "calibrate_thresholds", calibrate)
+    monkeypatch.setattr(dg, "run_digital", run)
+    assert dg.main(["calibrate"]) == 0
+    assert seen.pop() == ((2048, 100, 0.25), dict(seed=0, jobs=1, names=None))
+    assert capsys.readouterr().out == "{}\n"
+    assert dg.main(["sweep"]) == 0
+    first = np.random.default_rng(0).integers(1 << 30)
+    assert seen[0] == ((256, 256), "RGB", 2048, 0, dict(codec="hevc", mcs="adaptive"), first)
+    assert [s[3] for s in seen] == [0, 5, 10, 15, 20] and len(seen) == 5  # one trial each, one rng for all
+    assert capsys.readouterr().out.splitlines()[0] == "# astronaut 256x256, n_symbols=2048, codec=hevc, mcs=adaptive"
+    with pytest.raises(SystemExit):
+        dg.main([])  # a command is required
+    for args in (["calibrate", "--step", "nan"], ["sweep", "--bcr", "inf"], ["sweep", "--snr", "nan"]):
+        with pytest.raises(SystemExit):
+            dg.main(args)
+
+
+def test_calibration_defaults_are_those_the_table_was_measured_with():
+    import inspect
+
+    kw = {k: v.default for k, v in inspect.signature(dg.calibrate_thresholds).parameters.items()}
+    assert kw == dict(n_symbols=2048, trials=100, step_db=0.25, target_bler=0.1, seed=0, jobs=1, names=None,
+                      max_iter=dg.DEFAULT_LDPC_ITERATIONS)
+    kw = {k: v.default for k, v in inspect.signature(dg.simulate_bler).parameters.items()}
+    assert kw == dict(mcs=inspect.Parameter.empty, snr_db=inspect.Parameter.empty, n_symbols=2048, trials=100, rng=0,
+                      max_iter=dg.DEFAULT_LDPC_ITERATIONS, stop_after_errors=None)
+
+
+def test_calibration_in_worker_processes_gives_the_serial_result():
+    kw = dict(n_symbols=600, trials=3, names=["qpsk-1/2", "bpsk-1/5"])
+    assert dg.calibrate_thresholds(jobs=2, **kw) == dg.calibrate_thresholds(jobs=1, **kw)
+
+
+def test_simulate_bler_is_pinned_by_its_seed_and_uses_its_iterations():
+    """Seeded block-error counts (the MCS table is regenerated from them) at a marginal SNR."""
+    got = [dg.simulate_bler("qpsk-1/2", 0.75, 700, 8, rng=5, max_iter=i) for i in (1, 20)]
+    assert got == [(8, 8), (7, 8)], got  # one iteration: every block lost; twenty: one through
+    assert dg.simulate_bler("qpsk-1/2", 0.75, 700, 8, rng=5, max_iter=20, stop_after_errors=1)[0] == 1
+
+
+def test_the_sweeps_psnr():
+    a = np.zeros((4, 4, 3), np.uint8)
+    b = np.ones((4, 4, 3), np.uint8)
+    assert dg._psnr(a, a) == float("inf")
+    assert dg._psnr(a, b) == dg._psnr(b, a) == pytest.approx(10 * np.log10(255.0 ** 2))  # mse 1, not wrapped uint8
+    assert dg._psnr(a, b * 3) == pytest.approx(10 * np.log10(255.0 ** 2 / 9))
