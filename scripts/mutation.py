@@ -72,7 +72,7 @@ MODULES = {
     "security": ("gr_gdmcom/bridge/security.py", ["tests/test_security.py"]),
     "servermetrics": ("gr_gdmcom/bridge/metrics.py", ["tests/test_server_metrics.py"]),
     "calibration": ("gr_gdmcom/codec/calibration.py", ["tests/test_calibration.py"]),
-    "digital": ("gr_gdmcom/eval/digital.py", ["tests/test_digital.py"]),
+    "digital": ("gr_gdmcom/eval/digital.py", ["tests/test_digital_cli.py", "tests/test_digital.py"]),
     "stepper": ("gr_gdmcom/codec/stepper.py", ["tests/test_stepper.py", "tests/test_batch_isolation.py"]),
     "images": ("gr_gdmcom/codec/images.py", ["tests/test_header_images_mutants.py", "tests/test_codec.py",
                                              "tests/test_analytic.py", "tests/test_validate.py"]),
@@ -407,7 +407,7 @@ EVERY_TEST = {"core", "server", "stepper", "digital"}
 #: ``FAST_FILES[name]`` files of its list, then the mutants still alive against all of them.  The
 #: result is that of one pass with all the files (a test that fails fails in either), much faster:
 #: a surviving or equivalent mutant costs the whole list, and on two shared cores that is a minute.
-FAST_FILES = {"core": 2, "server": 1, "stepper": 1}
+FAST_FILES = {"core": 2, "server": 1, "stepper": 1, "digital": 1}
 
 #: ``EVERY_TEST`` modules whose second pass runs, for each mutant still alive, only the tests that mutmut saw
 #: calling its function (mutmut's own selection) rather than all of them.  ``server``: its first file runs
@@ -530,7 +530,7 @@ def retest(name: str, jobs: int = 1, copy_tests: bool = True) -> dict:
         shutil.copytree(ROOT / "tests", d / "tests", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     if name in EVERY_TEST:
         # the fast files first (with new tests most die there), then all the files for what is left
-        for files in ([FAST_FILES.get(name, 0)] if copy_tests else []) + [0]:
+        for files in ([FAST_FILES[name]] if copy_tests and name in FAST_FILES else []) + [0]:  # (0: all files)
             todo = score(name)["not_killed"]
             if todo:
                 mutmut(d, "run", "--max-children", str(jobs), *todo, every_test=True, files=files,
