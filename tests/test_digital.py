@@ -344,7 +344,8 @@ def test_adaptive_chain_runs_and_rows(astro128, rng):
 # pinned details (from the mutation run of digital.py, docs/mutation-testing.md)
 # --------------------------------------------------------------------------- #
 def _clean_block(n_symbols=700, name="qpsk-1/2", payload=bytes(range(80))):
-    """(tb, payload, hard bits (K, C) as the LDPC decoder would give them for it)."""
+    """(tb, payload, the transport block's A/8 bytes: length field, payload, zero padding) for
+    :func:`_hard_of` to turn into the bits the LDPC decoder would give."""
     tb = dg.transport_block(n_symbols, name)
     block = bytearray(tb.tbs // 8)
     block[:tb.header_bytes] = len(payload).to_bytes(tb.header_bytes, "big")

@@ -18,7 +18,7 @@ from zmq.utils import z85
 
 from gr_gdmcom.bridge import security
 from gr_gdmcom.bridge.backend import remote_backend
-from gr_gdmcom.bridge.security import (HANDSHAKE_FAILED, CurveClient, CurveServer, Throttle, check_key_name,
+from gr_gdmcom.bridge.security import (HANDSHAKE_FAILED, CurveServer, Throttle, check_key_name,
                                        client_from_options, is_loopback, make_keys, parse_public_key,
                                        public_key_hex)
 
