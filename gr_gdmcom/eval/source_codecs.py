@@ -31,9 +31,12 @@ encoding of a flat grey image of the same size, whose container (``hvcC``
 included: x265 puts the QP in the slice header, not in the parameter sets)
 is the same for every picture of that size, with only the item length
 patched.  The encoder checks that the rebuilt file is byte-identical to the
-one x265/libheif wrote; if it is not (a different libheif, an image larger
-than 65535 pixels a side), it sends ``0x02 | full HEIF file`` instead, so
-the decoded image is always exactly libheif's decode of its own file.
+one x265/libheif wrote; if it is not (a different libheif, a picture larger
+than HEVC's level 6.2 allows: 35 651 584 pixels, 16 888 a side), it sends
+``0x02 | full HEIF file`` instead, so the decoded image is always exactly
+libheif's decode of its own file.  The decoder refuses a ``0x01`` header
+outside those bounds (a corrupt header must not make it encode a
+65535 x 65535 template) and a zero width or height.
 """
 
 from __future__ import annotations
@@ -128,6 +131,13 @@ def _webp_available() -> None:
 # --------------------------------------------------------------------------- #
 _HEVC_FLAT = 0x01  # width, height, mdat payload; container rebuilt from a template
 _HEVC_FULL = 0x02  # the whole HEIF file follows
+# HEVC level 6.2 (ITU-T H.265 Table A.8): MaxLumaPs, and sqrt(8 * MaxLumaPs) a side
+HEVC_MAX_PIXELS = 35_651_584
+HEVC_MAX_SIDE = 16_888
+
+
+def _hevc_flat_size_ok(width: int, height: int) -> bool:
+    return 1 <= width <= HEVC_MAX_SIDE and 1 <= height <= HEVC_MAX_SIDE and width * height <= HEVC_MAX_PIXELS
 
 
 def _pillow_heif():
@@ -243,7 +253,7 @@ def hevc_rebuild_heif(width: int, height: int, payload: bytes) -> bytes:
 def _hevc_encode(img: Image.Image, quality: int) -> bytes:
     heif = hevc_heif_file(img, quality)
     w, h = img.size
-    if w < 65536 and h < 65536:
+    if _hevc_flat_size_ok(w, h):
         try:
             _, payload, _ = _split_heif(heif)
             if hevc_rebuild_heif(w, h, payload) == heif:
@@ -260,6 +270,11 @@ def _hevc_to_heif(data: bytes) -> bytes:
         if len(data) < 5:
             raise ValueError("truncated hevc bitstream header")
         w, h = int.from_bytes(data[1:3], "big"), int.from_bytes(data[3:5], "big")
+        if not _hevc_flat_size_ok(w, h):
+            raise ValueError(
+                f"hevc bitstream header gives a {w} x {h} picture; the BPG-like packaging carries "
+                f"1 .. {HEVC_MAX_SIDE} pixels a side and at most {HEVC_MAX_PIXELS} pixels (HEVC level 6.2)"
+            )
         return hevc_rebuild_heif(w, h, data[5:])
     if data[0] == _HEVC_FULL:
         return data[1:]
@@ -275,6 +290,11 @@ def _hevc_decode(data: bytes) -> Image.Image:
 # --------------------------------------------------------------------------- #
 # The interface
 # --------------------------------------------------------------------------- #
+def _is_integer(x) -> bool:
+    """A Python or numpy integer, not a bool (``True`` is not quality 1)."""
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
 @dataclass(frozen=True)
 class SourceCodec:
     """One source codec: quality range, encoder, decoder, availability check."""
@@ -288,8 +308,10 @@ class SourceCodec:
     _check: Callable[[], None]
 
     def encode(self, img: Image.Image, quality: int) -> bytes:
-        if not self.q_min <= int(quality) <= self.q_max:
-            raise ValueError(f"{self.name} quality must be in [{self.q_min}, {self.q_max}], got {quality}")
+        if not (_is_integer(quality) and self.q_min <= quality <= self.q_max):
+            raise ValueError(
+                f"{self.name} quality must be an integer in [{self.q_min}, {self.q_max}], got {quality!r}"
+            )
         check_available(self.name)
         return self._encode(_as_rgb(img), int(quality))
 
@@ -367,11 +389,14 @@ def encode_to_budget(img: Image.Image, codec: str, max_bytes: int) -> Tuple[byte
     Returns ``(bitstream, quality, decoded RGB image)``.  Raises
     :class:`BudgetTooSmallError` when the lowest quality does not fit,
     :class:`CodecUnavailableError` when the codec cannot run here, and
-    ValueError for an unknown codec name.  Bitstreams are cached per (image
+    ValueError for an unknown codec name or a ``max_bytes`` that is not an
+    integer.  Bitstreams are cached per (image
     content, codec, quality) for the last few images, so a sweep over SNRs
     and budgets encodes each quality of an image at most once.
     """
     spec = get_codec(codec)
+    if not _is_integer(max_bytes):
+        raise ValueError(f"max_bytes must be an integer number of bytes, got {max_bytes!r}")
     check_available(codec)
     rgb = _as_rgb(img)
     max_bytes = int(max_bytes)
