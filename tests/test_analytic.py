@@ -48,6 +48,64 @@ def test_spec_parsing_and_errors():
         load_components("analytic:foo=1", device="cpu")
 
 
+@pytest.mark.parametrize("opts,msg", [
+    ("shape=0x8x8", "analytic: shape must be CxHxW with 1 <= C <= 192, got (0, 8, 8)"),
+    ("shape=4x0x8", "analytic: shape must be CxHxW with 1 <= C <= 192, got (4, 0, 8)"),
+    ("shape=4x8x0", "analytic: shape must be CxHxW with 1 <= C <= 192, got (4, 8, 0)"),
+    ("shape=193x1x1", "analytic: shape must be CxHxW with 1 <= C <= 192, got (193, 1, 1)"),
+    ("shape=4x8x8x1", "analytic: bad value '4x8x8x1' for shape"),
+    ("K=0", "analytic: need K >= 1 and 0 <= rank <= D=256, got K=0, rank=8"),
+    ("rank=-1", "analytic: need K >= 1 and 0 <= rank <= D=256, got K=8, rank=-1"),
+    ("shape=1x2x2,rank=5", "analytic: need K >= 1 and 0 <= rank <= D=4, got K=8, rank=5"),
+    ("K=2.5", "analytic: bad value '2.5' for K"),
+    ("mean=-0.1", "analytic: mean and lowrank must be >= 0 and diag > 0"),
+    ("lowrank=-1e-9", "analytic: mean and lowrank must be >= 0 and diag > 0"),
+    ("diag=-1", "analytic: mean and lowrank must be >= 0 and diag > 0"),
+    ("cond=0", "analytic: need 0 < cond <= 1 and 0 <= leak <= 1"),
+    ("cond=1.01", "analytic: need 0 < cond <= 1 and 0 <= leak <= 1"),
+    ("leak=-0.5", "analytic: need 0 < cond <= 1 and 0 <= leak <= 1"),
+    ("leak=1.5", "analytic: need 0 < cond <= 1 and 0 <= leak <= 1"),
+    ("scale=0", "analytic: scale must be positive"),
+    ("scale=-2", "analytic: scale must be positive"),
+    ("precision=fp16", "analytic: precision must be fp32 or fp64"),
+    ("mean=nan", "analytic: mean must be finite, got mean=nan"),
+    ("diag=inf", "analytic: diag must be finite, got diag=inf"),
+    ("lowrank=inf,scale=nan", "analytic: lowrank, scale must be finite, got lowrank=inf, scale=nan"),
+    ("cond=nan", "analytic: cond must be finite, got cond=nan"),
+    ("leak=-inf", "analytic: leak must be finite, got leak=-inf"),
+    ("tied=2", "analytic: tied must be 0 or 1, got 2"),
+    ("tied=-1", "analytic: tied must be 0 or 1, got -1"),
+    ("K=4,K=8", "analytic: option K given twice"),
+    ("k=4,components=8", "analytic: option K given twice"),
+    ("seed=1, seed = 1", "analytic: option seed given twice"),
+    ("K", "analytic: option 'K' must be key=value"),
+    ("vae=/tmp/x", "analytic: vae=PATH (fitting the mixture to real VAE latents) is not implemented yet; "
+                   "see docs/validation.md"),
+    ("Shape=4x8x8", "analytic: unknown option 'Shape'; valid: shape, K, rank, seed, mean, lowrank, diag, cond, "
+                    "leak, tied, scale, precision"),
+])
+def test_each_bad_option_is_named(opts, msg):
+    # a NaN or infinite option used to build a model whose latents were NaN or inf; tied=2 and an
+    # option given twice (the last one won) were taken silently
+    with pytest.raises(ValueError) as e:
+        parse_spec("analytic:" + opts)
+    assert str(e.value) == msg
+
+
+def test_option_boundaries_that_are_valid():
+    ok = parse_spec("analytic:shape=192x1x1,K=1,mean=0,lowrank=0,cond=1,leak=1,tied=1,seed=-1, r = 0 ,")
+    assert (ok.shape, ok.rank, ok.K, ok.mean, ok.lowrank, ok.cond, ok.leak, ok.tied, ok.seed) == (
+        (192, 1, 1), 0, 1, 0.0, 0.0, 1.0, 1.0, 1, -1)
+    assert parse_spec("analytic:shape=1X2X3,rank=6").shape == (1, 2, 3)
+    assert parse_spec("analytic:diag=1e-300,scale=1e-300").diag == 1e-300
+    assert parse_spec("analytic:rank=256").rank == 256
+    assert parse_spec("analytic:cond=0.01").n_cond == 1 and parse_spec("analytic:cond=0.3").n_cond == 3
+    for bad in ("tiny", "analytic2", "", "patch-gmm"):
+        with pytest.raises(ValueError) as e:
+            parse_spec(bad)
+        assert str(e.value) == f"not an analytic model name: {bad!r}"
+
+
 @pytest.mark.parametrize("model", [SMALL, "analytic:shape=2x2x2,K=4,rank=3,precision=fp64",
                                    "analytic:shape=2x2x2,K=2,rank=0,precision=fp64"])
 def test_woodbury_eps_equals_dense(model):

@@ -136,6 +136,13 @@ class AnalyticSpec:
             raise ValueError(f"analytic: shape must be CxHxW with 1 <= C <= {3 * PATCH * PATCH}, got {self.shape}")
         if self.K < 1 or self.rank < 0 or self.rank > self.dim:
             raise ValueError(f"analytic: need K >= 1 and 0 <= rank <= D={self.dim}, got K={self.K}, rank={self.rank}")
+        bad = [f.name for f in fields(self)
+               if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name))]
+        if bad:
+            raise ValueError(f"analytic: {', '.join(bad)} must be finite, got "
+                             + ", ".join(f"{n}={getattr(self, n)}" for n in bad))
+        if self.tied not in (0, 1):
+            raise ValueError(f"analytic: tied must be 0 or 1, got {self.tied}")
         if self.mean < 0 or self.lowrank < 0 or self.diag <= 0:
             raise ValueError("analytic: mean and lowrank must be >= 0 and diag > 0")
         if not (0 < self.cond <= 1) or not (0 <= self.leak <= 1):
@@ -163,6 +170,8 @@ def parse_spec(model: str = ANALYTIC_NAME) -> AnalyticSpec:
             raise ValueError(f"analytic: option {item!r} must be key=value")
         key, val = (s.strip() for s in item.split("=", 1))
         key = _ALIASES.get(key, key)
+        if key in changes:
+            raise ValueError(f"analytic: option {key} given twice")
         if key == "vae":
             raise ValueError("analytic: vae=PATH (fitting the mixture to real VAE latents) is not implemented yet; "
                              "see docs/validation.md")
