@@ -145,6 +145,16 @@ def test_bad_options_give_a_clear_error():
         load_components("patch-gmm:K=3", device="cpu")
     with pytest.raises(ModelLoadError, match="no patch_gmm.npz in /nonexistent"):
         load_components("patch-gmm:path=/nonexistent", device="cpu")
+    for bad, msg in (("shifts=2,shifts=3", "patch-gmm: option shifts given twice"),
+                     (f"path={pg.ASSET_DIR},path=/x", "patch-gmm: option path given twice"),
+                     ("shifts=0", "patch-gmm: bad option 'shifts=0'; valid: path=DIR, shifts=S (S >= 1)"),
+                     ("shifts=1.5", "patch-gmm: bad option 'shifts=1.5'; valid: path=DIR, shifts=S (S >= 1)"),
+                     ("path=", "patch-gmm: bad option 'path='; valid: path=DIR, shifts=S (S >= 1)")):
+        with pytest.raises(ValueError) as e:  # (an option given twice used to keep the last one)
+            pg.parse_options("patch-gmm:" + bad)
+        assert str(e.value) == msg
+    assert pg.parse_options("patch-gmm: shifts = 2 ,") == (pg.ASSET_DIR, 2)
+    assert pg.parse_options("patch-gmm") == (pg.ASSET_DIR, pg.DEFAULT_SHIFTS)
 
 
 def test_codec_runs_on_image_sides_that_are_not_multiples_of_the_tile():

@@ -233,8 +233,12 @@ def parse_options(model: str) -> Tuple[Path, int]:
         raise ValueError(f"not a patch-gmm model name: {model!r}")
     folder, shifts = ASSET_DIR, DEFAULT_SHIFTS
     opts = model.split(":", 1)[1] if ":" in model else ""
+    seen = set()
     for item in filter(None, (s.strip() for s in opts.split(","))):
         key, _, val = (v.strip() for v in item.partition("="))
+        if key in seen and key in ("path", "shifts"):
+            raise ValueError(f"patch-gmm: option {key} given twice")
+        seen.add(key)
         if key == "path" and val:
             folder = Path(val)
         elif key == "shifts" and val.isdigit() and int(val) >= 1:
