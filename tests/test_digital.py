@@ -527,6 +527,60 @@ def test_a_row_that_was_sent_says_its_transport_block():
         "HEVC-intra via x265 (pillow-heif) stands in for BPG (BPG-like 5-byte header); 5G NR LDPC")
 
 
+def test_a_bitstream_the_source_decoder_refuses_or_misreads_is_a_failure_row(monkeypatch):
+    """The CRC passed but the source decoder raised, or gave another size (p ~ 2^-24 on a real channel)."""
+    img = np.zeros((16, 16, 3), np.uint8)
+    ok = dg.run_digital(img, 4096, 30.0, 0, codec="webp", mcs="qpsk-1/2")
+    sent = {k: v for k, v in ok.row().items() if k not in ("seconds", "decode_success", "reason")}
+    assert ok.decode_success is True and ok.reason == "" and sent["quality"] > 1 and sent["payload_bytes"] > 0
+
+    def check(r, reason):
+        d = r.row()
+        d.pop("seconds")
+        assert d == dict(sent, decode_success=False, reason=reason)
+        assert r.decode_success is False
+        assert r.image.mode == "RGB" and r.image.size == (16, 16) and np.all(np.asarray(r.image) == 128)
+
+    def refuse(data, codec):
+        raise ValueError("corrupt slice")
+
+    monkeypatch.setattr(dg.sc, "decode", refuse)
+    check(dg.run_digital(img, 4096, 30.0, 0, codec="webp", mcs="qpsk-1/2"),
+          "source decoder rejected the bitstream: corrupt slice")
+    monkeypatch.setattr(dg.sc, "decode", lambda data, codec: Image.new("RGB", (8, 16)))
+    check(dg.run_digital(img, 4096, 30.0, 0, codec="webp", mcs="qpsk-1/2"),
+          "decoded size (8, 16) differs from (16, 16)")
+
+
+def test_run_digital_hands_its_decoder_choice_to_the_transport_block_decoder(monkeypatch):
+    seen = []
+    real = dg.decode_transport_block
+    monkeypatch.setattr(dg, "decode_transport_block", lambda *a: seen.append(a[2:]) or real(*a))
+    img = np.zeros((16, 16, 3), np.uint8)
+    fast = dg.run_digital(img, 4096, 30.0, 0, codec="webp", mcs="qpsk-1/2", max_iter=3)
+    slow = dg.run_digital(img, 4096, 30.0, 0, codec="webp", mcs="qpsk-1/2", max_iter=3, decoder="py3gpp")
+    assert seen == [(3, "fast"), (3, "py3gpp")]
+    assert fast.decode_success and slow.decode_success
+    assert np.array_equal(np.asarray(fast.image), np.asarray(slow.image))
+
+
+def test_the_calibration_defaults_are_the_documented_ones():
+    import inspect
+
+    got = {k: v.default for k, v in inspect.signature(dg.calibrate_thresholds).parameters.items()
+           if v.default is not inspect.Parameter.empty}
+    assert {k: got[k] for k in ("n_symbols", "trials", "step_db", "target_bler", "seed", "jobs", "names")} == dict(
+        n_symbols=2048, trials=100, step_db=0.25, target_bler=0.1, seed=0, jobs=1, names=None)
+
+
+def test_llrs_are_computed_in_double_precision_whatever_the_samples_dtype(rng):
+    y = (rng.standard_normal(500) + 1j * rng.standard_normal(500)).astype(np.complex64)
+    for mod in ("QPSK", "16QAM", "64QAM"):
+        a = dg.demodulate_maxlog(y, mod, 0.3)
+        b = dg.demodulate_maxlog(y.astype(np.complex128), mod, 0.3)
+        assert a.dtype == np.float64 and np.array_equal(a, b)
+
+
 @pytest.mark.parametrize("img, message", [
     (np.zeros((16, 16, 4), np.uint8), "image must be a PIL image or a uint8 (H, W, 3) array, got uint8 (16, 16, 4)"),
     (np.zeros((16, 16, 3), np.float32), "image must be a PIL image or a uint8 (H, W, 3) array, got float32 "

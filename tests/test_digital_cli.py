@@ -76,7 +76,7 @@ def test_calibrate_command_prints_each_threshold_and_its_search(capsys):
         " -6.25:1/3 -6:1/2 -5.75:0/3")
     assert lines[1] == "qpsk-1/2      1.25 dB   0:1/1 0.25:1/1 0.5:1/1 0.75:1/1 1:1/1 1.25:0/3"
     assert lines[2:] == ['{"qpsk-1/2": 1.25, "bpsk-1/5": -5.75}']
-    assert re.fullmatch(r"# \d+ s\n", err)
+    assert re.fullmatch(r"# \d+ s\n", err) and int(err.split()[1]) < 600  # the seconds the command took
 
 
 def test_sweep_command_prints_a_row_per_snr_and_trial(capsys):
@@ -106,3 +106,46 @@ def test_sweep_command_refuses_what_it_cannot_use(args, message, capsys):
         dg.main(args)
     assert e.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == f"python -m gr_gdmcom.eval.digital: error: {message}"
+
+
+def test_the_commands_numbers_reach_the_functions_as_numbers(monkeypatch, capsys):
+    seen = []
+    monkeypatch.setattr(dg, "calibrate_thresholds", lambda *a, **k: seen.append((a, k)) or {})
+    assert dg.main(["calibrate", "--n-symbols", "600", "--trials", "3", "--step", "0.5", "--seed", "4",
+                    "--jobs", "2", "--mcs", "bpsk-1/5", "qpsk-1/2"]) == 0
+    a, k = seen.pop()
+    assert (a, k) == ((600, 3, 0.5), dict(seed=4, jobs=2, names=["bpsk-1/5", "qpsk-1/2"]))
+    assert [type(v) for v in (*a, k["seed"], k["jobs"])] == [int, int, float, int, int]
+
+
+def test_the_help_describes_the_command_in_one_line(capsys):
+    with pytest.raises(SystemExit):
+        dg.main(["--help"])
+    out = capsys.readouterr().out
+    head = out.split("positional arguments:")[0]
+    assert _words(head) == ("usage: python -m gr_gdmcom.eval.digital [-h] {calibrate,sweep} ... "
+                            "Digital baseline: separate source and channel coding at the semantic codec's budget.")
+
+
+def test_a_grey_image_is_sent_as_rgb_and_size_8_is_the_smallest(monkeypatch, capsys):
+    seen = []
+
+    def run(img, n_symbols, snr, rng, **k):
+        seen.append((img.size, img.mode))
+        return dg.DigitalResult(img, True, k["codec"], 1, 1, "QPSK", 0.5, n_symbols, 0.1, "", "")
+
+    monkeypatch.setattr(dg, "run_digital", run)
+    assert dg.main(["sweep", "--image", "camera", "--size", "8", "--snr", "10"]) == 0  # camera is greyscale
+    assert seen == [((8, 8), "RGB")]
+
+
+def test_private_names_of_skimage_data_are_not_images(monkeypatch, capsys):
+    import skimage.data
+
+    monkeypatch.setattr(skimage.data, "_private", lambda: np.zeros((8, 8, 3), np.uint8), raising=False)
+    with pytest.raises(SystemExit) as e:
+        dg.main(["sweep", "--image", "_private"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "python -m gr_gdmcom.eval.digital: error: --image '_private' is not an image of skimage.data "
+        "(astronaut, coffee, chelsea, ...)")
