@@ -381,6 +381,11 @@ EQUIVALENT: dict = {
     **{f"gr_gdmcom.eval.digital.x_modulate__mutmut_{i}": "the bits' dtype kept: 0/1 integers or bools give the same constellation index" for i in (9, 11)},
     "gr_gdmcom.eval.digital.x_modulate__mutmut_13": "reshape(-2, qm): numpy 1.x takes any negative size as the unknown one",
     "gr_gdmcom.eval.digital.x_run_digital__mutmut_211": "llr <= 0 in the raw BER: an LLR exactly 0 has probability 0 on AWGN (equivalent in practice)",
+    **{f"gr_gdmcom.eval.digital.x__psnr__mutmut_{i}": "one operand float64 already: the difference is float64 either way" for i in (7, 9, 11, 13)},
+    "gr_gdmcom.eval.digital.x__psnr__mutmut_19": 'float("INF") is float("inf")',
+    **{f"gr_gdmcom.eval.digital.x_demodulate_maxlog__mutmut_{i}": "the samples' dtype kept: subtracting the complex128 constellation promotes them, exactly, to complex128 (test_llrs_are_computed_in_double_precision_whatever_the_samples_dtype)" for i in (6, 8)},
+    "gr_gdmcom.eval.digital.x_run_digital__mutmut_214": "bits.astype(None), float 0/1: compared with the bools (llr < 0), the same",
+    "gr_gdmcom.eval.digital.x_main__mutmut_100": "default=None dropped: argparse's default is None",
     **{f"gr_gdmcom.eval.digital.x_calibrate_thresholds__mutmut_{i}": "worker processes or not, how many, and the default context (fork on Linux): the same thresholds (test_calibration_in_worker_processes_gives_the_serial_result)" for i in (11, 12, 13, 14)},
     **{f"gr_gdmcom.eval.digital.x_calibrate_thresholds__mutmut_{i}": "Pool.map's chunksize: the results keep their order" for i in (20, 23, 24)},
     "gr_gdmcom.eval.digital.x__threshold_one__mutmut_59": "the SNR rounded to 7 places instead of 6: the same grid for steps of 0.25 dB",
@@ -530,13 +535,27 @@ def retest(name: str, jobs: int = 1, copy_tests: bool = True) -> dict:
     if copy_tests:
         shutil.rmtree(d / "tests")
         shutil.copytree(ROOT / "tests", d / "tests", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        # mutmut's own rerun (EVERY_TEST) selects the test files named in the scratch pyproject.toml:
+        # name today's, or a test file added to MODULES since the run is never run at all
+        toml = d / "pyproject.toml"
+        key = "pytest_add_cli_args_test_selection = "
+        toml.write_text("".join(key + json.dumps(tests) + "\n" if line.startswith(key) else line
+                                for line in toml.read_text().splitlines(keepends=True)))
     if name in EVERY_TEST:
         # the fast files first (with new tests most die there), then all the files for what is left
+        meta = d / "mutants" / (path + ".meta")
         for files in ([FAST_FILES[name]] if copy_tests and name in FAST_FILES else []) + [0]:  # (0: all files)
             todo = score(name)["not_killed"]
             if todo:
+                # a changed test selection makes mutmut reset every verdict, the killed ones included:
+                # keep those (only ``todo`` is rerun)
+                before = json.loads(meta.read_text())["exit_code_by_key"]
                 mutmut(d, "run", "--max-children", str(jobs), *todo, every_test=True, files=files,
                        per_function=not files and name in PER_FUNCTION_SECOND_PASS)
+                m = json.loads(meta.read_text())
+                codes = m["exit_code_by_key"]
+                codes.update({k: v for k, v in before.items() if k not in todo and codes.get(k) is None})
+                meta.write_text(json.dumps(m))
         return {}
     original = (d / path).read_text()
     env = dict(os.environ, GRC_BLOCKS_PATH=str(d / "grc"), PYTHONPATH=str(d))
@@ -588,12 +607,15 @@ def score(name: str, retested: Optional[dict] = None) -> dict:
     st.update({k: v for k, v in retested.items() if k in st and v in ("killed", "timeout")})
     count = lambda s: sum(v == s for v in st.values())  # noqa: E731
     eq = [k for k in st if k in EQUIVALENT]
-    killed = count("killed") + count("timeout")  # a mutant that hangs the tests is caught by the timeout
-    live = [k for k, v in st.items() if v not in ("killed", "timeout", "not checked") and k not in EQUIVALENT]
+    # a mutant that hangs the tests is caught by the timeout; mutmut reports the SIGKILL it sends a second
+    # after SIGXCPU when the tests sit in C code (numpy) as "segfault": a test run that did not pass either way
+    killed = count("killed") + count("timeout") + count("segfault")
+    live = [k for k, v in st.items()
+            if v not in ("killed", "timeout", "segfault", "not checked") and k not in EQUIVALENT]
     denom = len(st) - len(eq) - count("not checked")  # a stopped run: the score of the mutants checked
     out = dict(module=MODULES[name][0], tests=MODULES[name][1], total=len(st), not_checked=count("not checked"),
                killed=count("killed"),
-               timeout=count("timeout"), survived=count("survived"), no_tests=count("no tests"),
+               timeout=count("timeout") + count("segfault"), survived=count("survived"), no_tests=count("no tests"),
                equivalent=len(eq), score=round(100.0 * killed / denom, 1) if denom else None,
                not_killed=sorted(live))
     (scratch(name) / "score.json").write_text(json.dumps(out, indent=1))
