@@ -450,6 +450,37 @@ def test_ldpc_decoding_stops_early_by_default_and_gives_uint8_bits(rng):
     assert before.any()
 
 
+def test_a_clean_random_codeword_stops_after_one_iteration_in_every_block(rng):
+    """Not only the all-zero codeword: parity is checked per check node and per block."""
+    from py3gpp import nrLDPCEncode
+
+    tb = dg.transport_block(2048, "qpsk-1/2")
+    for bgn, zc, c in ((tb.bgn, tb.Zc, 3), (1, 24, 2)):
+        bits = rng.integers(0, 2, ((22 if bgn == 1 else 10) * zc, c))
+        llr = 4.0 * (1.0 - 2.0 * np.asarray(nrLDPCEncode(bits, bgn), dtype=np.float64))
+        hard, it = dg.ldpc_decode(llr, bgn, 10)
+        assert it == 1 and np.array_equal(hard, bits)
+        llr[5, 1] = -llr[5, 1]  # one wrong bit in the second block: corrected in the same (layered) pass
+        hard, it = dg.ldpc_decode(llr, bgn, 10)
+        assert it == 1 and np.array_equal(hard, bits)
+        hard, it = dg.ldpc_decode(llr, bgn, 0)
+        assert it == 0 and hard[5 + 2 * zc, 1] != bits[5 + 2 * zc, 1]  # (before any iteration it was wrong)
+
+
+@pytest.mark.parametrize("seed, sigma, iterations", [(157, 1.1, 7), (0, 1.0, 6)])
+def test_the_early_stop_comes_at_the_first_iteration_that_satisfies_every_check(seed, sigma, iterations):
+    """Two inputs (found by search) where weaker stop rules differ: at (157, 1.1) the XOR of each
+    layer's bits as a whole (instead of per check) is even one iteration too soon, with a wrong
+    block; at (0, 1.0) reading small positive LLRs (< 1) as ones stops one iteration late."""
+    tb = dg.transport_block(512, "qpsk-1/2")
+    soft = np.random.default_rng(seed).standard_normal((tb.N, tb.C)) * sigma + 1.0  # the all-zero codeword
+    hard, it = dg.ldpc_decode(soft.copy(), tb.bgn, 20)
+    assert (it, hard.any()) == (iterations, False)
+    full, _ = dg.ldpc_decode(soft.copy(), tb.bgn, iterations, early_stop=False)
+    before, _ = dg.ldpc_decode(soft.copy(), tb.bgn, iterations - 1, early_stop=False)
+    assert not full.any() and before.any()
+
+
 def test_zero_iterations_give_the_channels_hard_decisions_and_zero_punctured_bits():
     tb = dg.transport_block(2048, "qpsk-1/2")
     llr = np.where(np.arange(tb.N) % 3 == 0, -1.0, 1.0)[:, None].repeat(tb.C, axis=1)
