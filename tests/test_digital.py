@@ -602,6 +602,19 @@ def test_the_calibration_defaults_are_the_documented_ones():
            if v.default is not inspect.Parameter.empty}
     assert {k: got[k] for k in ("n_symbols", "trials", "step_db", "target_bler", "seed", "jobs", "names")} == dict(
         n_symbols=2048, trials=100, step_db=0.25, target_bler=0.1, seed=0, jobs=1, names=None)
+    got = {k: v.default for k, v in inspect.signature(dg.simulate_bler).parameters.items()
+           if v.default is not inspect.Parameter.empty}
+    assert {k: got[k] for k in ("n_symbols", "trials", "rng")} == dict(n_symbols=2048, trials=100, rng=0)
+
+
+def test_run_digital_is_reproducible_from_its_seed_and_times_itself(astro128):
+    img = np.zeros((16, 16, 3), np.uint8)
+    runs = [dg.run_digital(img, 4096, 3.0, seed, codec="webp", mcs="qpsk-1/2") for seed in (5, 5, 6)]
+    assert 0.01 < runs[0].raw_ber == runs[1].raw_ber != runs[2].raw_ber
+    assert all(0 < r.seconds < 60 for r in runs)
+    with pytest.raises(ValueError) as e:
+        dg.run_digital(astro128, 2048, 3.0, 0, decoder="bp")
+    assert str(e.value) == "unknown LDPC decoder 'bp'; choose 'fast' or 'py3gpp'"
 
 
 def test_llrs_are_computed_in_double_precision_whatever_the_samples_dtype(rng):
