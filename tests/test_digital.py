@@ -607,6 +607,34 @@ def test_the_calibration_defaults_are_the_documented_ones():
     assert {k: got[k] for k in ("n_symbols", "trials", "rng")} == dict(n_symbols=2048, trials=100, rng=0)
 
 
+def test_calibration_and_bler_defaults_reach_the_simulation(monkeypatch):
+    """The defaults as they act (mutation testing's wrappers keep the original signature)."""
+    calls = []
+
+    def fake_bler(m, snr, n_symbols, trials, rng, max_iter, stop_after_errors):
+        calls.append((m.name, snr, n_symbols, trials, rng, max_iter, stop_after_errors))
+        return (11 if len(calls) == 1 else 0), trials
+
+    monkeypatch.setattr(dg, "simulate_bler", fake_bler)
+    res = dg.calibrate_thresholds(names=["bpsk-1/5"])  # in this process (jobs=1): the calls are seen here
+    start = calls[0][1]
+    assert calls == [("bpsk-1/5", start, 2048, 100, [0, round(start * 100) + 10000], 20, 11),
+                     ("bpsk-1/5", start + 0.25, 2048, 100, [0, round((start + 0.25) * 100) + 10000], 20, 11)]
+    assert res == {"bpsk-1/5": (start + 0.25, [(start, 11, 100), (start + 0.25, 0, 100)])}
+    monkeypatch.undo()
+
+    seen = {}
+    real_tb = dg.transport_block
+    monkeypatch.setattr(dg, "transport_block", lambda n, m: seen.setdefault("n", n) and real_tb(n, m))
+    monkeypatch.setattr(dg, "encode_transport_block",
+                        lambda payload, tb: seen.setdefault("payload", payload) and np.zeros(tb.G, np.uint8))
+    monkeypatch.setattr(dg, "decode_transport_block", lambda *a: (None, False))
+    assert dg.simulate_bler("bpsk-1/5", 0.0) == (100, 100)
+    tb = real_tb(2048, "bpsk-1/5")
+    assert seen["n"] == 2048
+    assert seen["payload"] == np.random.default_rng(0).integers(0, 256, tb.payload_bytes, dtype=np.uint8).tobytes()
+
+
 def test_run_digital_is_reproducible_from_its_seed_and_times_itself(astro128):
     img = np.zeros((16, 16, 3), np.uint8)
     runs = [dg.run_digital(img, 4096, 3.0, seed, codec="webp", mcs="qpsk-1/2") for seed in (5, 5, 6)]
