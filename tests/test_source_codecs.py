@@ -97,6 +97,54 @@ def test_pillow_decoders_refuse_garbage(codec):
             sc.decode(data, codec)
 
 
+@pytest.mark.parametrize("codec", ["jpeg", "webp"])
+def test_pillow_bitstreams_are_pillows_with_the_documented_settings(codec, astro64):
+    buf = io.BytesIO()
+    if codec == "jpeg":
+        astro64.save(buf, format="JPEG", quality=40, optimize=True, subsampling="4:2:0")
+    else:
+        astro64.save(buf, format="WEBP", quality=40, method=6)
+    assert sc.encode(astro64, codec, 40) == buf.getvalue()
+
+
+def test_the_decoders_always_give_8_bit_rgb():
+    """Bitstreams from other encoders too: a grey JPEG, a WebP and a HEIF with alpha, a 10-bit HEIF."""
+    def saved(img, fmt):
+        b = io.BytesIO()
+        img.save(b, format=fmt)
+        return b.getvalue()
+
+    out = sc.decode(saved(Image.new("L", (16, 16), 77), "JPEG"), "jpeg")
+    assert out.mode == "RGB" and np.asarray(out)[0, 0].tolist() == [77, 77, 77]
+    out = sc.decode(saved(Image.new("RGBA", (16, 16), (1, 2, 3, 100)), "WEBP"), "webp")
+    assert out.mode == "RGB" and out.size == (16, 16)
+
+
+@needs_hevc
+def test_the_hevc_decoder_gives_8_bit_rgb_from_alpha_and_10_bit_files():
+    import pillow_heif
+
+    b = io.BytesIO()
+    pillow_heif.from_pillow(Image.new("RGBA", (16, 16), (10, 200, 30, 128))).save(b, quality=90)
+    out = sc.decode(b"\x02" + b.getvalue(), "hevc")
+    assert out.mode == "RGB" and np.abs(np.asarray(out, dtype=int) - [10, 200, 30]).max() <= 4
+    grad = np.repeat(np.linspace(0, 65535, 32)[None, :, None], 32, 0).repeat(3, 2).astype(np.uint16)
+    b = io.BytesIO()
+    pillow_heif.from_bytes(mode="RGB;16", size=(32, 32), data=grad.tobytes()).save(b, quality=95)
+    out = sc.decode(b"\x02" + b.getvalue(), "hevc")
+    assert out.mode == "RGB" and np.abs(np.asarray(out, dtype=int) - (grad >> 8)).mean() < 3
+
+
+def test_a_missing_pillow_heif_is_named(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # import raises ImportError
+    with pytest.raises(sc.CodecUnavailableError) as e:
+        sc._pillow_heif()
+    assert str(e.value) == ("hevc unavailable: pillow-heif is not installed (pip install 'gr-gdmcom[eval]'); "
+                            "jpeg and webp still work")
+
+
 # --------------------------------------------------------------------------- #
 # availability
 # --------------------------------------------------------------------------- #
@@ -189,7 +237,7 @@ def heif(payload=b"slice-data!", version=0, offset_size=4, length_size=4, base_o
     return out, len(head)
 
 
-@pytest.mark.parametrize("kw", [{}, {"version": 1}, {"base_offset_size": 0}, {"base_offset_size": 8},
+@pytest.mark.parametrize("kw", [{}, {"version": 1}, {"base_offset_size": 0}, {"base_offset_size": 8}, {"offset_size": 0},
                                 {"offset_size": 8, "base_offset_size": 0}, {"payload": b""}])
 def test_the_parser_splits_a_well_formed_file(kw):
     data, moff = heif(**kw)
