@@ -692,6 +692,33 @@ def test_client_ignores_stale_replies(client):
     assert out["status"] == {"model": "fresh"} and c.stats["stale"] == 1
 
 
+def test_client_drops_and_counts_malformed_replies(client, caplog):
+    """Frames that are no protocol reply (garbage, a header that is not JSON, an empty message) are
+    logged and counted; the client goes on waiting for its own reply."""
+    ctx = zmq.Context()
+    fake = ctx.socket(zmq.ROUTER)
+    fake.setsockopt(zmq.LINGER, 0)
+    fake.bind("tcp://127.0.0.1:0")
+    c = client(fake.getsockopt(zmq.LAST_ENDPOINT).decode(), timeout_ms=5000, retries=0)
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("status", c.status()))
+    t.start()
+    try:
+        assert fake.poll(5000)
+        ident, delim, header = fake.recv_multipart()
+        rid = json.loads(header)["id"]
+        for junk in ([b"\xff\xfe not json"], [b"[1, 2]"], [b""]):
+            fake.send_multipart([ident, delim] + junk)
+        fake.send_multipart([ident, delim] + P.reply(rid, "status", status={"model": "fresh"}))
+        t.join(10)
+    finally:
+        fake.close(0)
+        ctx.term()
+    assert out["status"] == {"model": "fresh"}
+    assert c.stats["malformed"] == 3 and c.stats["stale"] == 0 and c.stats["timeouts"] == 0
+    assert sum("malformed reply dropped" in r.getMessage() for r in caplog.records) == 3
+
+
 def test_no_server_raises_backend_error_after_retries(client):
     ctx = zmq.Context()
     s = ctx.socket(zmq.ROUTER)

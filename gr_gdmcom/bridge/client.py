@@ -166,8 +166,9 @@ class RemoteBackend(Backend):
         self._mixed = False  # that was warned about
         self._max_request_bytes = 0  # the server's limit (from its status; 0: not known)
         self._rng = random.Random()
-        #: requests, retries (re-sends), timeouts, busy, unavailable, stale (replies dropped for a wrong id)
-        self.stats = dict(requests=0, retries=0, timeouts=0, busy=0, unavailable=0, stale=0)
+        #: requests, retries (re-sends), timeouts, busy, unavailable, stale (replies dropped for a wrong id),
+        #: malformed (replies dropped that are not protocol messages)
+        self.stats = dict(requests=0, retries=0, timeouts=0, busy=0, unavailable=0, stale=0, malformed=0)
         #: the last request got no reply from any server (cleared by the next reply): the next
         #: request probes first (:data:`PROBE_MS`) instead of spending the whole retry budget again
         self._down = False
@@ -533,6 +534,7 @@ class RemoteBackend(Backend):
             try:
                 header, payloads = P.parse_reply(msg)
             except P.ProtocolError as exc:
+                self._bump("malformed")
                 log.warning("malformed reply dropped: %s", exc)
                 continue
             if header.get("id") != rid:
