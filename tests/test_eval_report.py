@@ -96,6 +96,18 @@ def test_captions_json_and_csv(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_captions(bad)
+    # saved as "UTF-8 with BOM" (a spreadsheet's CSV): the first image's name used to keep the BOM,
+    # so its caption was never found and it silently got the fixed prompt; JSON was refused
+    c.write_bytes(b"\xef\xbb\xbfkodim01.png,a red door\nkodim02.png,a boat\n")
+    assert load_captions(c) == {"kodim01.png": "a red door", "kodim02.png": "a boat"}
+    c.write_bytes(b"\xef\xbb\xbffile,caption\nkodim01.png,a red door\n")
+    assert load_captions(c) == {"kodim01.png": "a red door"}
+    j.write_bytes(b'\xef\xbb\xbf{"kodim01.png": "a red door"}')
+    assert load_captions(j) == {"kodim01.png": "a red door"}
+    c.write_text("kodim01.png,a red door\n\nkodim02.png,a boat\n kodim01.png ,a blue door\n")
+    with pytest.raises(ValueError) as e:
+        load_captions(c)
+    assert str(e.value) == f"captions file {c}, line 4: kodim01.png already has a caption (line 1)"
 
 
 def test_patches_for_fid():

@@ -309,7 +309,7 @@ def load_captions(path: Union[str, Path]) -> Dict[str, str]:
     """
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")  # (a spreadsheet's "UTF-8 with BOM" CSV: BOM dropped)
     except OSError as exc:
         raise ValueError(f"cannot read captions file {p}: {exc.strerror or exc}") from None
     if p.suffix.lower() == ".json" or text.lstrip().startswith("{"):
@@ -320,7 +320,7 @@ def load_captions(path: Union[str, Path]) -> Dict[str, str]:
         if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
             raise ValueError(f"captions file {p} must map image file names to caption strings")
         return {str(k): v for k, v in data.items()}
-    out = {}
+    out, line_of = {}, {}
     for i, row in enumerate(csv.reader(text.splitlines())):
         if not row or not "".join(row).strip():
             continue
@@ -328,7 +328,10 @@ def load_captions(path: Union[str, Path]) -> Dict[str, str]:
             raise ValueError(f"captions file {p}, line {i + 1}: expected 'file,caption'")
         if i == 0 and row[0].strip().lower() in ("file", "filename", "image", "name"):
             continue
-        out[row[0].strip()] = ",".join(row[1:]).strip()
+        name = row[0].strip()
+        if name in out:
+            raise ValueError(f"captions file {p}, line {i + 1}: {name} already has a caption (line {line_of[name]})")
+        out[name], line_of[name] = ",".join(row[1:]).strip(), i + 1
     return out
 
 
