@@ -79,8 +79,14 @@ def test_parsers():
     with pytest.raises(ValueError, match="valid methods: proposed, proposed_caption, proposed_fixed_point, proposed_clean_one, proposed_calibrated, random_noise, received, sd_semcom, digital"):
         parse_methods("proposed,deepjscc")
     assert parse_grid(["10,0,10", "5,5,15"]) == [(10, 0, 10), (5, 5, 15)]
-    with pytest.raises(ValueError):
-        parse_grid(["10,0"])
+    assert parse_grid(["5,5,15", "10,0,10", " 5, 5,15"]) == [(5, 5, 15), (10, 0, 10)]  # (twice: one setting)
+    assert parse_methods(["proposed,digital", "proposed"]) == ["proposed", "digital"]
+    for bad, msg in ((["10,0"], "--grid entries are k,m,N (three integers), got '10,0'"),
+                     (["1,2,x"], "--grid entries are k,m,N (three integers), got '1,2,x'"),
+                     (["5,-1,3"], "--grid entries must be non-negative, got '5,-1,3'")):
+        with pytest.raises(ValueError) as e:
+            parse_grid(bad)
+        assert str(e.value) == msg
     assert latent_symbols(512, 768) == 4 * 64 * 96 // 2 == 3 * 512 * 768 // 96
     assert latent_symbols(48, 64) == 4 * 6 * 8 // 2
 

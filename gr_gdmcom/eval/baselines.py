@@ -838,7 +838,8 @@ def parse_methods(spec: Union[str, Sequence[str]]) -> List[str]:
 
 
 def parse_grid(specs: Sequence[str]) -> List[Tuple[int, int, int]]:
-    """``["10,0,10", "5,5,15"]`` -> [(k, m, N), ...]; ValueError on malformed entries."""
+    """``["10,0,10", "5,5,15"]`` -> [(k, m, N), ...] (an entry given twice counts once, as repeated
+    methods and ``--bcr`` factors do); ValueError on malformed entries."""
     out = []
     for s in specs:
         parts = str(s).replace(" ", "").split(",")
@@ -849,7 +850,7 @@ def parse_grid(specs: Sequence[str]) -> List[Tuple[int, int, int]]:
         if min(k, m, n) < 0:
             raise ValueError(f"--grid entries must be non-negative, got {s!r}")
         out.append((k, m, n))
-    return out
+    return list(dict.fromkeys(out))
 
 
 def build_methods(names: Sequence[str], ctx: Context, grid: Optional[Sequence[Tuple[int, int, int]]] = None,
