@@ -75,7 +75,7 @@ MODULES = {
     "digital": ("gr_gdmcom/eval/digital.py", ["tests/test_digital_cli.py", "tests/test_digital.py"]),
     "stepper": ("gr_gdmcom/codec/stepper.py", ["tests/test_stepper.py", "tests/test_batch_isolation.py"]),
     "sourcecodecs": ("gr_gdmcom/eval/source_codecs.py", ["tests/test_source_codecs.py"]),
-    "analytic": ("gr_gdmcom/codec/analytic.py", ["tests/test_analytic.py"]),
+    "analytic": ("gr_gdmcom/codec/analytic.py", ["tests/test_analytic_parts.py", "tests/test_analytic.py"]),
     "images": ("gr_gdmcom/codec/images.py", ["tests/test_header_images_mutants.py", "tests/test_codec.py",
                                              "tests/test_analytic.py", "tests/test_validate.py"]),
 }
