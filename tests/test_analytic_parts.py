@@ -226,3 +226,27 @@ def test_the_components_say_what_they_are():
     assert c.scheduler_config == dict(SD_SCHEDULER)
     assert load_components("analytic", device="cpu").model_id == "analytic"
     assert parse_spec("analytic:shape=4x16x8,K=4").label() == "analytic:shape=4x16x8,K=4"
+
+
+def test_mixture_parameters_are_kept_in_float64_and_the_weights_normalised():
+    import numpy as np
+
+    from gr_gdmcom.codec.analytic import GaussianMixture
+
+    rng = np.random.default_rng(0)
+    g = GaussianMixture(np.float32([1, 3]), rng.standard_normal((2, 3)).astype(np.float32),
+                        rng.standard_normal((2, 3, 1)).astype(np.float32), np.float32(np.full((2, 3), 0.5)))
+    assert [t.dtype for t in (g.weights, g.means, g.factors, g.diag)] == [torch.float64] * 4
+    assert g.weights.tolist() == [0.25, 0.75] and (g.K, g.D, g.r) == (2, 3, 1)
+    assert g.dtype == torch.float32 and g.to(torch.float64) is g and g.dtype == torch.float64
+
+
+def test_the_unet_stand_in_describes_itself_as_diffusers_does():
+    am = build_analytic("analytic:shape=3x8x4,K=12,rank=2")
+    cfg = am.unet.config
+    assert (cfg.in_channels, cfg.out_channels, cfg.sample_size, cfg.cross_attention_dim) == (3, 3, 8, 12)
+    assert am.unet.log_abar.dtype == torch.float64
+    fresh = type(am.unet)(am.gmm, am.spec, am.unet.log_abar)
+    assert fresh.calls == 0
+    with pytest.raises(AttributeError):
+        cfg.no_such_field
