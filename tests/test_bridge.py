@@ -669,8 +669,9 @@ def test_retried_id_is_computed_once(serve, raw, enc, bcodec):
     assert third.recv()[0]["code"] == P.BAD_REQUEST
 
 
-def test_client_ignores_stale_replies(client):
-    """A fake server answers first with another id: the client waits for its own."""
+def _status_through_a_fake_server(client, answer):
+    """``client.status()`` against a fake ROUTER; ``answer(send, rid)`` replies with ``send(frames)``.
+    Returns (the status the client got, the client)."""
     ctx = zmq.Context()
     fake = ctx.socket(zmq.ROUTER)
     fake.setsockopt(zmq.LINGER, 0)
@@ -682,39 +683,34 @@ def test_client_ignores_stale_replies(client):
     try:
         assert fake.poll(5000)
         ident, delim, header = fake.recv_multipart()
-        rid = json.loads(header)["id"]
-        fake.send_multipart([ident, delim] + P.reply("some-older-id", "status", status={"model": "stale"}))
-        fake.send_multipart([ident, delim] + P.reply(rid, "status", status={"model": "fresh"}))
+        answer(lambda frames: fake.send_multipart([ident, delim] + frames), json.loads(header)["id"])
         t.join(10)
     finally:
         fake.close(0)
         ctx.term()
-    assert out["status"] == {"model": "fresh"} and c.stats["stale"] == 1
+    return out["status"], c
+
+
+def test_client_ignores_stale_replies(client):
+    """A fake server answers first with another id: the client waits for its own."""
+    def answer(send, rid):
+        send(P.reply("some-older-id", "status", status={"model": "stale"}))
+        send(P.reply(rid, "status", status={"model": "fresh"}))
+
+    status, c = _status_through_a_fake_server(client, answer)
+    assert status == {"model": "fresh"} and c.stats["stale"] == 1
 
 
 def test_client_drops_and_counts_malformed_replies(client, caplog):
     """Frames that are no protocol reply (garbage, a header that is not JSON, an empty message) are
     logged and counted; the client goes on waiting for its own reply."""
-    ctx = zmq.Context()
-    fake = ctx.socket(zmq.ROUTER)
-    fake.setsockopt(zmq.LINGER, 0)
-    fake.bind("tcp://127.0.0.1:0")
-    c = client(fake.getsockopt(zmq.LAST_ENDPOINT).decode(), timeout_ms=5000, retries=0)
-    out = {}
-    t = threading.Thread(target=lambda: out.setdefault("status", c.status()))
-    t.start()
-    try:
-        assert fake.poll(5000)
-        ident, delim, header = fake.recv_multipart()
-        rid = json.loads(header)["id"]
+    def answer(send, rid):
         for junk in ([b"\xff\xfe not json"], [b"[1, 2]"], [b""]):
-            fake.send_multipart([ident, delim] + junk)
-        fake.send_multipart([ident, delim] + P.reply(rid, "status", status={"model": "fresh"}))
-        t.join(10)
-    finally:
-        fake.close(0)
-        ctx.term()
-    assert out["status"] == {"model": "fresh"}
+            send(junk)
+        send(P.reply(rid, "status", status={"model": "fresh"}))
+
+    status, c = _status_through_a_fake_server(client, answer)
+    assert status == {"model": "fresh"}
     assert c.stats["malformed"] == 3 and c.stats["stale"] == 0 and c.stats["timeouts"] == 0
     assert sum("malformed reply dropped" in r.getMessage() for r in caplog.records) == 3
 

@@ -12,17 +12,9 @@ skdata = pytest.importorskip("skimage.data")
 
 from gr_gdmcom.eval import digital as dg  # noqa: E402
 from gr_gdmcom.eval import source_codecs as sc  # noqa: E402
+from test_source_codecs import needs_hevc  # noqa: E402 - skips without pillow-heif's x265
 
 
-def _hevc_ok() -> bool:
-    try:
-        sc.check_available("hevc")
-        return True
-    except sc.CodecUnavailableError:
-        return False
-
-
-needs_hevc = pytest.mark.skipif(not _hevc_ok(), reason="pillow-heif with x265 not available")
 
 
 @pytest.fixture(scope="module")
