@@ -250,3 +250,45 @@ def test_the_unet_stand_in_describes_itself_as_diffusers_does():
     assert fresh.calls == 0
     with pytest.raises(AttributeError):
         cfg.no_such_field
+
+
+@pytest.mark.parametrize("model, msg", [
+    ("analytic:K=4:rank=2", "analytic: bad value '4:rank=2' for K"),  # (a colon is no separator)
+    ("analytic:K=4=5", "analytic: bad value '4=5' for K"),
+    ("analytic:seed=3.5", "analytic: bad value '3.5' for seed"),
+])
+def test_values_with_separators_in_them_are_bad_values(model, msg):
+    with pytest.raises(ValueError) as e:
+        parse_spec(model)
+    assert str(e.value) == msg
+
+
+def test_integer_options_stay_integers_and_small_mixtures_get_8_wide_embeddings():
+    s = parse_spec("analytic:seed=3,K=4,tied=1,rank=2")
+    assert [type(v) for v in (s.seed, s.K, s.tied, s.rank)] == [int] * 4 and s.label().endswith("seed=3,tied=1")
+    assert build_analytic("analytic:K=4,rank=2").unet.config.cross_attention_dim == 8
+    assert build_analytic("analytic:K=9,rank=2").unet.config.cross_attention_dim == 9
+
+
+def test_block_patterns_beyond_four_channels():
+    from gr_gdmcom.codec.analytic import block_patterns
+
+    W = block_patterns(7, seed=3)
+    torch.testing.assert_close(W @ W.T, torch.eye(7, dtype=torch.float64), rtol=0, atol=1e-12)
+    ramp = torch.arange(8, dtype=torch.float64) - 3.5
+    horizontal = ramp.view(1, 8).expand(8, 8).reshape(-1).repeat(3)  # (RGB, 8 rows, 8 columns), flattened
+    vertical = ramp.view(8, 1).expand(8, 8).reshape(-1).repeat(3)
+    torch.testing.assert_close(W[3], horizontal / horizontal.norm(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(W[4], vertical / vertical.norm(), rtol=0, atol=1e-12)
+    # then seeded Gaussian rows (generator seeded with 1000 + seed), Gram-Schmidt against the rows before
+    g = torch.Generator().manual_seed(1003)
+    basis = list(W[:5])
+    for _ in range(2):
+        v = torch.randn(192, generator=g, dtype=torch.float64)
+        for b in basis:
+            v = v - (v @ b) * b
+        basis.append(v / v.norm())
+    torch.testing.assert_close(W, torch.stack(basis), rtol=0, atol=1e-12)
+    assert torch.equal(block_patterns(7, seed=3), W)
+    other = block_patterns(7, seed=4)
+    assert torch.equal(other[:5], W[:5]) and not torch.allclose(other[5:], W[5:])
