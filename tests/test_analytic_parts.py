@@ -292,3 +292,30 @@ def test_block_patterns_beyond_four_channels():
     assert torch.equal(block_patterns(7, seed=3), W)
     other = block_patterns(7, seed=4)
     assert torch.equal(other[:5], W[:5]) and not torch.allclose(other[5:], W[5:])
+
+
+@pytest.mark.parametrize("opts", ["", "mean=0.5,lowrank=0.3,diag=0.2,K=16,rank=4,seed=2", "tied=1,K=6"])
+def test_the_seeded_mixture_has_the_documented_statistics(opts):
+    """Weights 0.5 + U(0, 1) normalised; means with variance ``mean``; rank-r factors adding ``lowrank``
+    per element; a log-normal diagonal whose mean is ``diag`` exactly; ``tied=1``: one covariance."""
+    from gr_gdmcom.codec.analytic import GaussianMixture
+
+    spec = parse_spec("analytic:" + opts)
+    g = GaussianMixture.random(spec)
+    K, D, r = spec.K, spec.dim, spec.rank
+    assert (g.K, g.D, g.r) == (K, D, r) and g.dtype == torch.float32
+    assert float(g.weights.sum()) == pytest.approx(1.0, abs=1e-15)
+    assert float(g.weights.max() / g.weights.min()) < 3.0 and float(g.weights.std()) > 0
+    n = K * D
+    assert float(g.means.pow(2).mean()) == pytest.approx(spec.mean, rel=4 / math.sqrt(n))
+    assert float(g.means.mean()) == pytest.approx(0.0, abs=4 * math.sqrt(spec.mean / n))
+    assert float(g.factors.pow(2).sum(-1).mean()) == pytest.approx(spec.lowrank, rel=4 / math.sqrt(n))
+    # (tied: the first component's diagonal for all, so its mean only nearly)
+    assert float(g.diag.mean()) == pytest.approx(spec.diag, rel=0.1 if spec.tied else 1e-12) and float(g.diag.min()) > 0
+    spread = torch.log(g.diag).std()
+    assert 0.4 < float(spread) < 0.6  # exp(0.5 N(0, 1)): log-sd 0.5
+    same = all(torch.equal(g.factors[k], g.factors[0]) and torch.equal(g.diag[k], g.diag[0]) for k in range(K))
+    assert same == bool(spec.tied)
+    assert not torch.equal(g.means[0], g.means[1])
+    again = GaussianMixture.random(spec)
+    assert torch.equal(again.means, g.means) and torch.equal(again.factors, g.factors)
