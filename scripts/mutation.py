@@ -381,6 +381,17 @@ EQUIVALENT: dict = {
     **{f"gr_gdmcom.eval.digital.x_modulate__mutmut_{i}": "the bits' dtype kept: 0/1 integers or bools give the same constellation index" for i in (9, 11)},
     "gr_gdmcom.eval.digital.x_modulate__mutmut_13": "reshape(-2, qm): numpy 1.x takes any negative size as the unknown one",
     "gr_gdmcom.eval.digital.x_run_digital__mutmut_211": "llr <= 0 in the raw BER: an LLR exactly 0 has probability 0 on AWGN (equivalent in practice)",
+    **{f"gr_gdmcom.codec.analytic.x__log_abar_at__mutmut_{i}": "a clamp bound never reached (t is clamped to [-1, n-1] first, so u is in [0, n]), a dtype promoted anyway (cat with float64, long indices exact), or an upper clamp at n+1 where lo = hi = n and (1-w) e + w e = e exactly for w <= 2" for i in (11, 16, 18, 24, 25, 27, 35)},
+    **{f"gr_gdmcom.codec.analytic.x_build_analytic__mutmut_{i}": "get_grid's default scheduler is SD's, and its 1000-entry abar table does not depend on the step count" for i in (10, 12, 13)},
+    **{f"gr_gdmcom.codec.analytic.xǁAnalyticUNetǁ__call____mutmut_{i}": "B even and > 0 is B >= 2 (B = 0: empty either way); repeat_interleave of a 1-D tensor flattens the same with dim None" for i in (22, 23, 60, 62)},
+    "gr_gdmcom.codec.analytic.xǁAnalyticUNetǁ__init____mutmut_3": "log_abar comes from numpy float64 already: .to(None) keeps float64",
+    **{f"gr_gdmcom.codec.analytic.xǁAnalyticUNetǁ_inputs__mutmut_{i}": "the float32 timesteps or log-weights kept: _log_abar_at and eps_multi convert them (exactly) to float64 / the mixture's dtype first" for i in (4, 6, 19, 21)},
+    **{f"gr_gdmcom.codec.analytic.xǁByteTokenizerǁ__call____mutmut_{i}": "'UTF-8' is utf-8; torch.tensor of Python ints is int64 (long) without dtype" for i in (16, 36, 38)},
+    **{f"gr_gdmcom.codec.analytic.xǁGaussianMixtureǁeps_multi__mutmut_{i}": "chunking and the whole-batch fast path change how the rows are computed, not their values (rows are independent); a 2-D weighting expanded to its own shape" for i in (1, 23, 48, 49, 59, 60)},
+    **{f"gr_gdmcom.codec.analytic.xǁGaussianMixtureǁ_combine_level__mutmut_{i}": "einsum subscripts in capitals; softmax over dim +1 of a 2-D tensor is dim -1" for i in (51, 81)},
+    **{f"gr_gdmcom.codec.analytic.xǁGaussianMixtureǁ_level__mutmut_{i}": "a term common to every component (D log 2 pi) in the log-likelihood: the responsibilities, a softmax over components, do not change" for i in (157, 160, 162, 163)},
+    **{f"gr_gdmcom.codec.analytic.xǁGaussianMixtureǁ_level__mutmut_{i}": "the rank-0 placeholders (A, Minv, Amu) are used only when rank > 0, A's dtype promoted by the cat with float64" for i in (101, 107, 108, 109, 110, 111, 112, 113, 117, 118, 119, 120, 121)},
+    **{f"gr_gdmcom.codec.analytic.xǁGaussianMixtureǁ_level__mutmut_{i}": "torch.cat's default dim is 0; the cache is cleared one entry sooner or later (a cache, not a value)" for i in (155, 166, 167)},
     **{f"gr_gdmcom.eval.source_codecs.x_{f}__mutmut_{i}": "int.from_bytes / to_bytes without 'big': Python 3.11's default byte order is 'big'"
        for f, ids in (("_boxes", (9,)), ("_hevc_encode", (27, 34)), ("_hevc_to_heif", (17, 25)),
                       ("_split_heif", (93, 123, 133, 152, 169)), ("hevc_rebuild_heif", (20, 30))) for i in ids},
@@ -420,13 +431,16 @@ EQUIVALENT: dict = {
 #: ``_Active.settle`` and ``_finish``, reached only through it, came out "no tests").  ``digital``: its
 #: ``functools.lru_cache``-decorated helpers (the constellations, transport-block sizes, the
 #: rate-matching map, the decoder's graph, CRC tables, scrambling) came out "no tests" (442 of 1322).
-EVERY_TEST = {"core", "server", "stepper", "digital"}
+#: ``analytic``: ``build_analytic`` caches a model per spec, so mutmut mapped its constructors to the one
+#: test that built each first (``AnalyticUNet.__init__`` setting ``log_abar = None`` survived), and 89
+#: mutants came out "no tests"; every test of ``tests/test_analytic_parts.py`` (4 s) first.
+EVERY_TEST = {"core", "server", "stepper", "digital", "analytic"}
 
 #: For an ``EVERY_TEST`` module, the run is two passes: every mutant against the tests of the first
 #: ``FAST_FILES[name]`` files of its list, then the mutants still alive against all of them.  The
 #: result is that of one pass with all the files (a test that fails fails in either), much faster:
 #: a surviving or equivalent mutant costs the whole list, and on two shared cores that is a minute.
-FAST_FILES = {"core": 2, "server": 1, "stepper": 1, "digital": 1}
+FAST_FILES = {"core": 2, "server": 1, "stepper": 1, "digital": 1, "analytic": 1}
 
 #: ``EVERY_TEST`` modules whose second pass runs, for each mutant still alive, only the tests that mutmut saw
 #: calling its function (mutmut's own selection) rather than all of them.  ``server``: its first file runs
