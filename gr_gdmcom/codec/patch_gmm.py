@@ -236,7 +236,7 @@ def parse_options(model: str) -> Tuple[Path, int]:
     seen = set()
     for item in filter(None, (s.strip() for s in opts.split(","))):
         key, _, val = (v.strip() for v in item.partition("="))
-        if key in seen and key in ("path", "shifts"):
+        if key in seen:  # (an unknown key is refused the first time)
             raise ValueError(f"patch-gmm: option {key} given twice")
         seen.add(key)
         if key == "path" and val:
